@@ -1,0 +1,225 @@
+//! The ext_authz service (Envoy `envoy.service.auth.v3.Authorization`, gRPC): resolves the
+//! client's virtual key to its bundle, refuses missing, unknown, expired and disabled keys in
+//! the client's API dialect, and hands the bundle to ext_proc as dynamic metadata.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+use envoy_types::pb::google::rpc;
+use time::OffsetDateTime;
+use tollgate_core::config::KeyBundle;
+use tollgate_core::metadata as md;
+use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
+use tollgate_core::{keys, ApiError, Dialect, SharedConfig};
+
+/// Headers a client key may arrive in; all of them are removed before the request goes on.
+pub const KEY_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
+/// gRPC status codes used in check responses.
+const GRPC_OK: i32 = 0;
+const GRPC_PERMISSION_DENIED: i32 = 7;
+const GRPC_UNAUTHENTICATED: i32 = 16;
+
+/// The ext_authz gRPC service.
+pub struct AuthzService {
+    config: SharedConfig,
+    metrics: Metrics,
+}
+
+impl AuthzService {
+    /// A service reading the live config.
+    pub fn new(config: SharedConfig, metrics: Metrics) -> Self {
+        Self { config, metrics }
+    }
+
+    /// Decides one check request. Pure apart from the clock and the config snapshot.
+    pub fn decide(&self, req: &CheckRequest, now: OffsetDateTime) -> CheckResponse {
+        let empty = HashMap::new();
+        let http = req
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let headers = http.map(|h| &h.headers).unwrap_or(&empty);
+        let path = http.map(|h| h.path.as_str()).unwrap_or("/");
+        let method = http.map(|h| h.method.as_str()).unwrap_or("");
+        let dialect = Dialect::from_path(path);
+        let request_id = keys::new_request_id();
+
+        let config = self.config.load();
+        let decision = presented_key(headers)
+            .ok_or(ApiError::MissingKey)
+            .and_then(|key| config.key(&keys::hash_key(key)).ok_or(ApiError::InvalidKey))
+            .and_then(|bundle| {
+                if bundle.disabled {
+                    Err(ApiError::DisabledKey)
+                } else if bundle.expires_at.is_some_and(|t| t <= now) {
+                    Err(ApiError::ExpiredKey)
+                } else {
+                    Ok(bundle)
+                }
+            });
+
+        match decision {
+            Ok(bundle) => {
+                self.metrics
+                    .authz
+                    .get_or_create(&DecisionLabel { decision: "allow" })
+                    .inc();
+                allow(bundle, path, method, &request_id)
+            }
+            Err(err) => {
+                let label = match err {
+                    ApiError::MissingKey => "missing_key",
+                    ApiError::ExpiredKey => "expired_key",
+                    ApiError::DisabledKey => "disabled_key",
+                    _ => "invalid_key",
+                };
+                self.metrics
+                    .authz
+                    .get_or_create(&DecisionLabel { decision: label })
+                    .inc();
+                self.metrics
+                    .errors
+                    .get_or_create(&CodeLabel { code: label })
+                    .inc();
+                tracing::debug!(request_id, decision = label, "Denied request");
+                deny(&err, dialect, &request_id)
+            }
+        }
+    }
+}
+
+/// The key a client presented, from the first header that carries one.
+pub fn presented_key(headers: &HashMap<String, String>) -> Option<&str> {
+    if let Some(v) = headers.get("authorization") {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(v[7..].trim()).filter(|k| !k.is_empty());
+        }
+    }
+    ["x-api-key", "api-key", "x-goog-api-key"]
+        .iter()
+        .find_map(|h| headers.get(*h))
+        .map(|v| v.trim())
+        .filter(|k| !k.is_empty())
+}
+
+fn string(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    }
+}
+
+fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    }
+}
+
+fn allow(bundle: &KeyBundle, path: &str, method: &str, request_id: &str) -> CheckResponse {
+    let models = match &bundle.models {
+        tollgate_core::config::ModelAccess::All => vec![string("*")],
+        tollgate_core::config::ModelAccess::Only(set) => set.iter().map(|m| string(m)).collect(),
+    };
+    let mut fields = HashMap::with_capacity(7);
+    fields.insert(md::KEY_ID.to_owned(), string(&bundle.id));
+    if let Some(t) = &bundle.tenant {
+        fields.insert(md::TENANT.to_owned(), string(t));
+    }
+    if let Some(t) = &bundle.team {
+        fields.insert(md::TEAM.to_owned(), string(t));
+    }
+    fields.insert(
+        md::MODELS.to_owned(),
+        Value {
+            kind: Some(Kind::ListValue(ListValue { values: models })),
+        },
+    );
+    fields.insert(md::PATH.to_owned(), string(path));
+    fields.insert(md::METHOD.to_owned(), string(method));
+    fields.insert(md::REQUEST_ID.to_owned(), string(request_id));
+
+    let mut headers_to_remove: Vec<String> = KEY_HEADERS.iter().map(|h| (*h).to_owned()).collect();
+    // The routing header is Tollgate's to set; a client must not pick a cluster itself.
+    headers_to_remove.push(md::ROUTE_HEADER.to_owned());
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: GRPC_OK,
+            ..Default::default()
+        }),
+        dynamic_metadata: Some(Struct { fields }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers_to_remove,
+            response_headers_to_add: vec![header(
+                md::REQUEST_ID_HEADER,
+                request_id,
+                HeaderAppendAction::OverwriteIfExistsOrAdd,
+            )],
+            ..Default::default()
+        })),
+    }
+}
+
+fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
+    let status = err.status();
+    let body = String::from_utf8(err.body(dialect)).unwrap_or_default();
+    let grpc_code = if status == 401 {
+        GRPC_UNAUTHENTICATED
+    } else {
+        GRPC_PERMISSION_DENIED
+    };
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: grpc_code,
+            ..Default::default()
+        }),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(status),
+            }),
+            headers: vec![
+                header(
+                    "content-type",
+                    "application/json",
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                ),
+                header(
+                    md::REQUEST_ID_HEADER,
+                    request_id,
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                ),
+            ],
+            body,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthzService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let started = Instant::now();
+        let response = self.decide(request.get_ref(), OffsetDateTime::now_utc());
+        self.metrics.observe_phase("authz", started);
+        Ok(tonic::Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests;

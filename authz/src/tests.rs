@@ -1,0 +1,162 @@
+//! ext_authz decision tests.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, HttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::google::protobuf::value::Kind;
+use time::macros::datetime;
+use tollgate_core::env::MapEnv;
+use tollgate_core::keys::{format_hash, hash_key};
+use tollgate_core::metrics::Metrics;
+use tollgate_core::Config;
+
+use super::*;
+
+fn service() -> AuthzService {
+    let yaml = format!(
+        r#"
+providers:
+  mock: {{ kind: openai, base_url: "http://127.0.0.1:1/v1" }}
+models:
+  m1: {{ targets: [{{ provider: mock, model: m1 }}] }}
+keys:
+  - {{ id: good, hash: "{}", tenant: acme, team: ml, models: [m1] }}
+  - {{ id: old, hash: "{}", models: ["*"], expires_at: 2020-01-01T00:00:00Z }}
+  - {{ id: off, hash: "{}", models: ["*"], disabled: true }}
+"#,
+        format_hash(&hash_key("tg-good")),
+        format_hash(&hash_key("tg-old")),
+        format_hash(&hash_key("tg-off")),
+    );
+    let config = Config::from_yaml(&yaml, &MapEnv::default()).unwrap();
+    AuthzService::new(Arc::new(ArcSwap::from_pointee(config)), Metrics::default())
+}
+
+fn check(path: &str, headers: &[(&str, &str)]) -> CheckResponse {
+    let req = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".into(),
+                    path: path.into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    service().decide(&req, datetime!(2026-06-01 0:00 UTC))
+}
+
+fn denied(resp: &CheckResponse) -> (i32, serde_json::Value, Vec<(String, String)>) {
+    match resp.http_response.as_ref().unwrap() {
+        HttpResponse::DeniedResponse(d) => (
+            d.status.as_ref().unwrap().code,
+            serde_json::from_str(&d.body).unwrap(),
+            d.headers
+                .iter()
+                .map(|h| {
+                    let h = h.header.as_ref().unwrap();
+                    (h.key.clone(), h.value.clone())
+                })
+                .collect(),
+        ),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+fn field(resp: &CheckResponse, name: &str) -> Kind {
+    resp.dynamic_metadata.as_ref().unwrap().fields[name]
+        .kind
+        .clone()
+        .unwrap()
+}
+
+#[test]
+fn a_valid_bearer_key_is_allowed_and_its_bundle_travels_as_metadata() {
+    let resp = check(
+        "/v1/chat/completions",
+        &[("authorization", "Bearer tg-good")],
+    );
+    assert_eq!(resp.status.as_ref().unwrap().code, 0);
+    assert_eq!(field(&resp, "key_id"), Kind::StringValue("good".into()));
+    assert_eq!(field(&resp, "tenant"), Kind::StringValue("acme".into()));
+    assert_eq!(field(&resp, "team"), Kind::StringValue("ml".into()));
+    assert_eq!(
+        field(&resp, "path"),
+        Kind::StringValue("/v1/chat/completions".into())
+    );
+    let Kind::ListValue(models) = field(&resp, "models") else {
+        panic!("models is not a list")
+    };
+    assert_eq!(models.values.len(), 1);
+    let Kind::StringValue(rid) = field(&resp, "request_id") else {
+        panic!("no request id")
+    };
+    assert_eq!(rid.len(), 32);
+    let Some(HttpResponse::OkResponse(ok)) = resp.http_response else {
+        panic!("not ok")
+    };
+    for h in KEY_HEADERS.iter().chain(&["x-tollgate-cluster"]) {
+        assert!(ok.headers_to_remove.iter().any(|r| r == h), "{h} kept");
+    }
+    let added = ok.response_headers_to_add[0].header.as_ref().unwrap();
+    assert_eq!(
+        (added.key.as_str(), added.value.as_str()),
+        ("x-tollgate-request-id", rid.as_str())
+    );
+}
+
+#[test]
+fn keys_are_read_from_every_supported_header() {
+    for h in ["x-api-key", "api-key", "x-goog-api-key"] {
+        let resp = check("/v1/chat/completions", &[(h, "tg-good")]);
+        assert_eq!(resp.status.unwrap().code, 0, "{h}");
+    }
+    let resp = check(
+        "/v1/chat/completions",
+        &[("authorization", "bearer  tg-good ")],
+    );
+    assert_eq!(resp.status.unwrap().code, 0);
+}
+
+#[test]
+fn refusals_are_401s_in_the_clients_dialect() {
+    let (status, body, headers) = denied(&check("/v1/chat/completions", &[]));
+    assert_eq!(status, 401);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("API key"));
+    assert!(headers.iter().any(|(k, _)| k == "x-tollgate-request-id"));
+    assert!(headers.contains(&("content-type".into(), "application/json".into())));
+
+    let (status, body, _) = denied(&check("/v1/models", &[("authorization", "Bearer tg-bad")]));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_api_key"))
+    );
+    let (_, body, _) = denied(&check("/v1/x", &[("authorization", "Bearer tg-old")]));
+    assert_eq!(body["error"]["code"], "expired_api_key");
+    let (_, body, _) = denied(&check("/v1/x", &[("authorization", "Bearer tg-off")]));
+    assert_eq!(body["error"]["code"], "disabled_api_key");
+    let (_, body, _) = denied(&check("/v1/messages", &[("x-api-key", "nope")]));
+    assert_eq!(body["error"]["type"], "authentication_error");
+}
+
+#[test]
+fn a_refusal_never_echoes_the_presented_key() {
+    let resp = check(
+        "/v1/chat/completions",
+        &[("authorization", "Bearer tg-secret-123")],
+    );
+    assert!(!format!("{resp:?}").contains("tg-secret-123"));
+}

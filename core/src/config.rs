@@ -1,0 +1,782 @@
+//! The configuration file: a raw serde schema (`deny_unknown_fields`, a doc comment on every
+//! field) validated into [`Config`], whose errors each name the field path they concern.
+//!
+//! Everything a request needs from the config (upstream paths, credential headers, the
+//! weighted target list) is derived here once per config version, never per request.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::env::EnvSource;
+use crate::keys::{self, KeyHash};
+
+// ---------------------------------------------------------------------------------------------
+// Raw schema (what the YAML says)
+// ---------------------------------------------------------------------------------------------
+
+/// The YAML file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where the gRPC services and the admin endpoint listen.
+    #[serde(default)]
+    pub listen: RawListen,
+    /// Upstream providers by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    /// Public model names clients use, each mapped to one or more provider targets.
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+    /// Virtual keys.
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+/// Listen addresses.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// The gRPC address for ext_authz and ext_proc: `host:port`, or `unix:/path/to.sock`.
+    #[serde(default = "default_grpc")]
+    pub grpc: String,
+    /// The admin HTTP address (`/metrics`, `/healthz`, `/readyz`): `host:port`.
+    #[serde(default = "default_admin")]
+    pub admin: String,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            grpc: default_grpc(),
+            admin: default_admin(),
+        }
+    }
+}
+
+fn default_grpc() -> String {
+    "127.0.0.1:50051".to_owned()
+}
+
+fn default_admin() -> String {
+    "127.0.0.1:9464".to_owned()
+}
+
+/// The API a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI itself.
+    Openai,
+    /// Any OpenAI-compatible API (Groq, Mistral, Together, DeepSeek, Fireworks, OpenRouter,
+    /// vLLM, Ollama, ...).
+    OpenaiCompatible,
+    /// Azure OpenAI: deployment in the path, `api-version` query, `api-key` header.
+    AzureOpenai,
+}
+
+/// One upstream provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// Which API the provider speaks.
+    pub kind: ProviderKind,
+    /// The API's base URL, e.g. `https://api.openai.com/v1` or `https://RESOURCE.openai.azure.com`.
+    pub base_url: String,
+    /// The Envoy cluster that reaches this provider (defaults to the provider's name).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Where the provider credential comes from (never the YAML itself).
+    #[serde(default)]
+    pub credential: Option<RawCredential>,
+    /// Extra headers sent to this provider on every request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Azure OpenAI `api-version` (required for `azure_openai`).
+    #[serde(default)]
+    pub api_version: Option<String>,
+}
+
+/// A secret's source: exactly one of `env` or `file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
+    /// Name of an environment variable holding the secret.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Path of a file holding the secret (surrounding whitespace is trimmed).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+/// A public model.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// The provider targets serving this model; one is picked per request by weight.
+    pub targets: Vec<RawTarget>,
+}
+
+/// One provider target of a model.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// The provider's name (a key of `providers`).
+    pub provider: String,
+    /// The model id the provider knows (for Azure: the deployment name).
+    pub model: String,
+    /// Relative share of traffic (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// A virtual key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    /// Stable id of the key, used in logs and metrics (never the key itself).
+    pub id: String,
+    /// `sha256:<hex>` of the key, as printed by `tollgate keys new`.
+    pub hash: String,
+    /// The tenant the key belongs to.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The team the key belongs to.
+    #[serde(default)]
+    pub team: Option<String>,
+    /// Public model names the key may use; `"*"` allows every model.
+    pub models: Vec<String>,
+    /// When the key stops working (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// A disabled key is refused.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// One problem in a config file, with the field path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the field, e.g. `providers.openai.base_url`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated config
+// ---------------------------------------------------------------------------------------------
+
+/// The endpoints Tollgate understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+    /// `GET /v1/models`, answered by Tollgate itself.
+    Models,
+}
+
+impl Endpoint {
+    /// Every endpoint that is forwarded to a provider.
+    pub const FORWARDED: [Endpoint; 3] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+    ];
+
+    /// The endpoint of a client request (`path` without its query).
+    pub fn from_request(method: &str, path: &str) -> Option<Endpoint> {
+        match (method, path) {
+            ("POST", "/v1/chat/completions") => Some(Endpoint::ChatCompletions),
+            ("POST", "/v1/completions") => Some(Endpoint::Completions),
+            ("POST", "/v1/embeddings") => Some(Endpoint::Embeddings),
+            ("GET", "/v1/models") => Some(Endpoint::Models),
+            _ => None,
+        }
+    }
+
+    /// The path after the API's base, e.g. `chat/completions`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Models => "models",
+        }
+    }
+
+    /// A short label for metrics and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Models => "models",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Endpoint::ChatCompletions => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+            Endpoint::Models => 3,
+        }
+    }
+}
+
+/// A string that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    /// The secret itself; call only where it goes on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Where the gRPC server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrpcAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A Unix domain socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for GrpcAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GrpcAddr::Tcp(a) => write!(f, "{a}"),
+            GrpcAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl GrpcAddr {
+    /// Parses `host:port` or `unix:/path`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("`unix:` needs a socket path".into());
+            }
+            return Ok(GrpcAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse()
+            .map(GrpcAddr::Tcp)
+            .map_err(|_| format!("`{s}` is neither `host:port` nor `unix:/path`"))
+    }
+}
+
+/// Listen addresses.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// The gRPC services.
+    pub grpc: GrpcAddr,
+    /// The admin HTTP endpoint.
+    pub admin: SocketAddr,
+}
+
+/// The URL scheme towards a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP (local servers, the mock).
+    Http,
+    /// HTTPS.
+    Https,
+}
+
+/// A validated provider.
+#[derive(Debug)]
+pub struct Provider {
+    /// Its name in the config.
+    pub name: String,
+    /// The API it speaks.
+    pub kind: ProviderKind,
+    /// The Envoy cluster routing reaches it through.
+    pub cluster: String,
+    /// Scheme of its base URL.
+    pub scheme: Scheme,
+    /// Host of its base URL.
+    pub host: String,
+    /// Port of its base URL (explicit or the scheme's default).
+    pub port: u16,
+    /// `:authority` to send (`host` or `host:port` as written in the base URL).
+    pub authority: String,
+    /// The base URL's path without a trailing slash (`/v1`, or empty).
+    pub base_path: String,
+    /// Header name and value carrying the credential, when one is configured.
+    pub credential_header: Option<(&'static str, Secret)>,
+    /// Extra headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Azure `api-version`.
+    pub api_version: Option<String>,
+}
+
+/// One provider target of a model, with its upstream paths precomputed.
+#[derive(Debug)]
+pub struct Target {
+    /// The provider.
+    pub provider: Arc<Provider>,
+    /// The provider's model id (Azure: deployment).
+    pub upstream_model: String,
+    /// Relative share of traffic.
+    pub weight: u32,
+    paths: [String; 3],
+}
+
+impl Target {
+    /// The upstream `:path` (with query) for a forwarded endpoint.
+    pub fn path(&self, endpoint: Endpoint) -> &str {
+        self.paths
+            .get(endpoint.index())
+            .map(String::as_str)
+            .unwrap_or("/")
+    }
+}
+
+/// A public model.
+#[derive(Debug)]
+pub struct Model {
+    /// The public name.
+    pub name: String,
+    /// Its targets (never empty).
+    pub targets: Vec<Target>,
+    total_weight: u64,
+}
+
+impl Model {
+    /// The sum of the targets' weights.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
+    }
+
+    /// The target owning the point `r` in `[0, total_weight)`.
+    pub fn pick(&self, r: u64) -> Option<&Target> {
+        let mut acc = 0u64;
+        for t in &self.targets {
+            acc += u64::from(t.weight);
+            if r < acc {
+                return Some(t);
+            }
+        }
+        self.targets.last()
+    }
+}
+
+/// Which models a key may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelAccess {
+    /// Every configured model.
+    All,
+    /// Only these public names.
+    Only(HashSet<String>),
+}
+
+impl ModelAccess {
+    /// Whether `model` is allowed.
+    pub fn allows(&self, model: &str) -> bool {
+        match self {
+            ModelAccess::All => true,
+            ModelAccess::Only(set) => set.contains(model),
+        }
+    }
+}
+
+/// Everything known about a virtual key.
+#[derive(Debug, Clone)]
+pub struct KeyBundle {
+    /// Stable id.
+    pub id: String,
+    /// SHA-256 of the key.
+    pub hash: KeyHash,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Team.
+    pub team: Option<String>,
+    /// Allowed models.
+    pub models: ModelAccess,
+    /// Expiry.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Disabled by an operator.
+    pub disabled: bool,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Listen addresses.
+    pub listen: Listen,
+    /// Providers by name.
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    /// Models by public name.
+    pub models: BTreeMap<String, Model>,
+    /// Keys by hash.
+    pub keys: HashMap<KeyHash, Arc<KeyBundle>>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }]
+        })?;
+        Self::from_yaml(&text, env)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            vec![ConfigError {
+                path: if path == "." { String::new() } else { path },
+                message: e.into_inner().to_string(),
+            }]
+        })?;
+        Self::validate(raw, env)
+    }
+
+    /// Validates a raw config, collecting every error.
+    pub fn validate(raw: RawConfig, env: &dyn EnvSource) -> Result<Config, Vec<ConfigError>> {
+        let mut errs = Errors(Vec::new());
+        let listen = validate_listen(&raw.listen, &mut errs);
+
+        let mut providers = BTreeMap::new();
+        for (name, p) in &raw.providers {
+            if let Some(p) = validate_provider(name, p, env, &mut errs) {
+                providers.insert(name.clone(), Arc::new(p));
+            }
+        }
+
+        let mut models = BTreeMap::new();
+        for (name, m) in &raw.models {
+            let path = format!("models.{name}");
+            if name.trim().is_empty() {
+                errs.add(&path, "model names must not be empty");
+            }
+            if m.targets.is_empty() {
+                errs.add(format!("{path}.targets"), "needs at least one target");
+                continue;
+            }
+            let mut targets = Vec::new();
+            for (i, t) in m.targets.iter().enumerate() {
+                let tpath = format!("{path}.targets[{i}]");
+                if t.weight == 0 {
+                    errs.add(format!("{tpath}.weight"), "must be at least 1");
+                }
+                if t.model.trim().is_empty() {
+                    errs.add(format!("{tpath}.model"), "must not be empty");
+                }
+                match providers.get(&t.provider) {
+                    Some(p) => targets.push(target(Arc::clone(p), &t.model, t.weight)),
+                    None if raw.providers.contains_key(&t.provider) => {} // reported already
+                    None => errs.add(
+                        format!("{tpath}.provider"),
+                        format!("unknown provider `{}`", t.provider),
+                    ),
+                }
+            }
+            let total_weight = targets.iter().map(|t| u64::from(t.weight)).sum();
+            models.insert(
+                name.clone(),
+                Model {
+                    name: name.clone(),
+                    targets,
+                    total_weight,
+                },
+            );
+        }
+
+        let mut keys = HashMap::new();
+        let mut ids = HashSet::new();
+        for (i, k) in raw.keys.iter().enumerate() {
+            let path = format!("keys[{i}]");
+            if k.id.trim().is_empty() {
+                errs.add(format!("{path}.id"), "must not be empty");
+            } else if !ids.insert(k.id.as_str()) {
+                errs.add(format!("{path}.id"), format!("duplicate key id `{}`", k.id));
+            }
+            let models_access = if k.models.iter().any(|m| m == "*") {
+                ModelAccess::All
+            } else {
+                for (j, m) in k.models.iter().enumerate() {
+                    if !raw.models.contains_key(m) {
+                        errs.add(
+                            format!("{path}.models[{j}]"),
+                            format!("unknown model `{m}`"),
+                        );
+                    }
+                }
+                ModelAccess::Only(k.models.iter().cloned().collect())
+            };
+            match keys::parse_hash(&k.hash) {
+                Ok(hash) => {
+                    let bundle = KeyBundle {
+                        id: k.id.clone(),
+                        hash,
+                        tenant: k.tenant.clone(),
+                        team: k.team.clone(),
+                        models: models_access,
+                        expires_at: k.expires_at,
+                        disabled: k.disabled,
+                    };
+                    if keys.insert(hash, Arc::new(bundle)).is_some() {
+                        errs.add(format!("{path}.hash"), "the same key hash appears twice");
+                    }
+                }
+                Err(m) => errs.add(format!("{path}.hash"), m),
+            }
+        }
+
+        match listen {
+            Some(listen) if errs.0.is_empty() => Ok(Config {
+                listen,
+                providers,
+                models,
+                keys,
+            }),
+            _ => Err(errs.0),
+        }
+    }
+
+    /// The key with this hash, compared in constant time.
+    pub fn key(&self, hash: &KeyHash) -> Option<&Arc<KeyBundle>> {
+        self.keys
+            .get(hash)
+            .filter(|b| keys::hashes_equal(&b.hash, hash))
+    }
+}
+
+fn validate_listen(raw: &RawListen, errs: &mut Errors) -> Option<Listen> {
+    let grpc = GrpcAddr::parse(&raw.grpc).map_err(|m| errs.add("listen.grpc", m));
+    let admin = raw.admin.parse::<SocketAddr>().map_err(|_| {
+        errs.add(
+            "listen.admin",
+            format!("`{}` is not `host:port`", raw.admin),
+        )
+    });
+    Some(Listen {
+        grpc: grpc.ok()?,
+        admin: admin.ok()?,
+    })
+}
+
+fn valid_cluster_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn valid_header_name(s: &str) -> bool {
+    !s.is_empty() && http::HeaderName::from_bytes(s.as_bytes()).is_ok() && !s.starts_with(':')
+}
+
+fn validate_provider(
+    name: &str,
+    p: &RawProvider,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<Provider> {
+    let path = format!("providers.{name}");
+    let before = errs.0.len();
+    let cluster = p.cluster.clone().unwrap_or_else(|| name.to_owned());
+    if !valid_cluster_name(&cluster) {
+        errs.add(
+            if p.cluster.is_some() {
+                format!("{path}.cluster")
+            } else {
+                path.clone()
+            },
+            "cluster names may use only letters, digits, `-`, `_` and `.`",
+        );
+    }
+    let url = parse_base_url(&p.base_url).map_err(|m| errs.add(format!("{path}.base_url"), m));
+
+    let credential = p.credential.as_ref().and_then(|c| {
+        let cpath = format!("{path}.credential");
+        let secret = match (&c.env, &c.file) {
+            (Some(var), None) => env
+                .var(var)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| {
+                    errs.add(
+                        format!("{cpath}.env"),
+                        format!("environment variable `{var}` is not set"),
+                    )
+                }),
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| {
+                    errs.add(
+                        format!("{cpath}.file"),
+                        format!("cannot read {}: {e}", file.display()),
+                    )
+                }),
+            _ => Err(errs.add(&cpath, "give exactly one of `env` or `file`")),
+        }
+        .ok()?;
+        let header = match p.kind {
+            ProviderKind::AzureOpenai => ("api-key", Secret::new(secret)),
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+                ("authorization", Secret::new(format!("Bearer {secret}")))
+            }
+        };
+        if http::HeaderValue::from_str(header.1.expose()).is_err() {
+            errs.add(
+                &cpath,
+                "the secret contains characters not allowed in a header",
+            );
+            return None;
+        }
+        Some(header)
+    });
+
+    let mut headers = Vec::new();
+    for (k, v) in &p.headers {
+        let lower = k.to_ascii_lowercase();
+        if !valid_header_name(&lower) {
+            errs.add(format!("{path}.headers.{k}"), "is not a valid header name");
+        } else if http::HeaderValue::from_str(v).is_err() {
+            errs.add(format!("{path}.headers.{k}"), "is not a valid header value");
+        } else {
+            headers.push((lower, v.clone()));
+        }
+    }
+    if p.kind == ProviderKind::AzureOpenai && p.api_version.is_none() {
+        errs.add(
+            format!("{path}.api_version"),
+            "is required for `azure_openai`",
+        );
+    }
+    if p.kind != ProviderKind::AzureOpenai && p.api_version.is_some() {
+        errs.add(
+            format!("{path}.api_version"),
+            "applies only to `azure_openai`",
+        );
+    }
+    let url = url.ok()?;
+    (errs.0.len() == before).then(|| Provider {
+        name: name.to_owned(),
+        kind: p.kind,
+        cluster,
+        scheme: url.scheme,
+        host: url.host,
+        port: url.port,
+        authority: url.authority,
+        base_path: url.path,
+        credential_header: credential,
+        headers,
+        api_version: p.api_version.clone(),
+    })
+}
+
+struct BaseUrl {
+    scheme: Scheme,
+    host: String,
+    port: u16,
+    authority: String,
+    path: String,
+}
+
+fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
+    let uri: http::Uri = s.parse().map_err(|_| format!("`{s}` is not a URL"))?;
+    let scheme = match uri.scheme_str() {
+        Some("https") => Scheme::Https,
+        Some("http") => Scheme::Http,
+        _ => return Err(format!("`{s}` must start with http:// or https://")),
+    };
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("`{s}` has no host"))?;
+    if uri.query().is_some() {
+        return Err(format!("`{s}` must not have a query"));
+    }
+    let port = authority.port_u16().unwrap_or(match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    });
+    Ok(BaseUrl {
+        scheme,
+        host: authority.host().to_owned(),
+        port,
+        authority: authority.as_str().to_owned(),
+        path: uri.path().trim_end_matches('/').to_owned(),
+    })
+}
+
+fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
+    let paths = Endpoint::FORWARDED.map(|e| match provider.kind {
+        ProviderKind::AzureOpenai => format!(
+            "{}/openai/deployments/{}/{}?api-version={}",
+            provider.base_path,
+            model,
+            e.suffix(),
+            provider.api_version.as_deref().unwrap_or_default()
+        ),
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+            format!("{}/{}", provider.base_path, e.suffix())
+        }
+    });
+    Target {
+        provider,
+        upstream_model: model.to_owned(),
+        weight,
+        paths,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! Config parsing and validation tests.
+
+use super::*;
+use crate::env::MapEnv;
+use crate::keys::{format_hash, hash_key};
+
+fn env() -> MapEnv {
+    MapEnv::from_pairs([("OPENAI_API_KEY", "sk-test"), ("AZ_KEY", "az-secret")])
+}
+
+fn good() -> String {
+    format!(
+        r#"
+listen:
+  grpc: "unix:/tmp/tollgate.sock"
+  admin: "127.0.0.1:9464"
+providers:
+  openai:
+    kind: openai
+    base_url: https://api.openai.com/v1
+    credential: {{ env: OPENAI_API_KEY }}
+  groq:
+    kind: openai_compatible
+    base_url: https://api.groq.com/openai/v1/
+    headers: {{ X-Team: ml }}
+  azure:
+    kind: azure_openai
+    base_url: https://res.openai.azure.com
+    api_version: "2024-10-21"
+    credential: {{ env: AZ_KEY }}
+    cluster: azure-eastus
+models:
+  gpt-4o-mini:
+    targets:
+      - {{ provider: openai, model: gpt-4o-mini, weight: 3 }}
+      - {{ provider: azure, model: my-deployment }}
+  llama:
+    targets:
+      - {{ provider: groq, model: llama-3.1-8b-instant }}
+keys:
+  - id: dev
+    hash: "{}"
+    tenant: acme
+    models: ["*"]
+  - id: limited
+    hash: "{}"
+    models: [llama]
+    expires_at: 2030-01-01T00:00:00Z
+"#,
+        format_hash(&hash_key("tg-dev")),
+        format_hash(&hash_key("tg-limited"))
+    )
+}
+
+#[test]
+fn a_good_config_validates_and_precomputes_paths() {
+    let c = Config::from_yaml(&good(), &env()).unwrap();
+    assert_eq!(c.listen.grpc, GrpcAddr::Unix("/tmp/tollgate.sock".into()));
+    let m = &c.models["gpt-4o-mini"];
+    assert_eq!(m.total_weight(), 4);
+    assert_eq!(m.pick(0).unwrap().provider.name, "openai");
+    assert_eq!(m.pick(2).unwrap().provider.name, "openai");
+    assert_eq!(m.pick(3).unwrap().provider.name, "azure");
+    let openai = m.pick(0).unwrap();
+    assert_eq!(
+        openai.path(Endpoint::ChatCompletions),
+        "/v1/chat/completions"
+    );
+    assert_eq!(openai.provider.authority, "api.openai.com");
+    assert_eq!(openai.provider.port, 443);
+    let (name, secret) = openai.provider.credential_header.as_ref().unwrap();
+    assert_eq!(
+        (*name, secret.expose()),
+        ("authorization", "Bearer sk-test")
+    );
+    let azure = m.pick(3).unwrap();
+    assert_eq!(
+        azure.path(Endpoint::Embeddings),
+        "/openai/deployments/my-deployment/embeddings?api-version=2024-10-21"
+    );
+    assert_eq!(azure.provider.cluster, "azure-eastus");
+    assert_eq!(
+        azure.provider.credential_header.as_ref().unwrap().0,
+        "api-key"
+    );
+    let groq = c.models["llama"].pick(0).unwrap();
+    assert_eq!(groq.path(Endpoint::Completions), "/openai/v1/completions");
+    assert_eq!(groq.provider.headers, vec![("x-team".into(), "ml".into())]);
+    assert!(groq.provider.credential_header.is_none());
+
+    let dev = c.key(&hash_key("tg-dev")).unwrap();
+    assert_eq!(dev.models, ModelAccess::All);
+    let limited = c.key(&hash_key("tg-limited")).unwrap();
+    assert!(limited.models.allows("llama") && !limited.models.allows("gpt-4o-mini"));
+    assert!(limited.expires_at.is_some());
+    assert!(c.key(&hash_key("tg-nope")).is_none());
+}
+
+#[test]
+fn secrets_do_not_print() {
+    let c = Config::from_yaml(&good(), &env()).unwrap();
+    let dump = format!("{c:?}");
+    assert!(!dump.contains("sk-test") && !dump.contains("az-secret"));
+}
+
+#[test]
+fn unknown_fields_name_their_path() {
+    let text = good().replace("    kind: openai\n", "    kind: openai\n    bsae_url: x\n");
+    let errs = Config::from_yaml(&text, &env()).unwrap_err();
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].path.starts_with("providers.openai"),
+        "{:?}",
+        errs[0]
+    );
+    assert!(errs[0].message.contains("bsae_url"), "{:?}", errs[0]);
+}
+
+#[test]
+fn every_validation_error_is_reported_with_its_path() {
+    let text = r#"
+listen: { grpc: "nonsense", admin: "127.0.0.1:1" }
+providers:
+  openai:
+    kind: openai
+    base_url: ftp://x
+    credential: { env: MISSING_VAR }
+  az:
+    kind: azure_openai
+    base_url: https://x.openai.azure.com
+models:
+  m:
+    targets:
+      - { provider: nope, model: x, weight: 0 }
+  empty: { targets: [] }
+keys:
+  - { id: a, hash: "sha256:00", models: [m, ghost] }
+  - { id: a, hash: "md5:1", models: ["*"] }
+"#;
+    let errs = Config::from_yaml(text, &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "listen.grpc",
+        "providers.openai.base_url",
+        "providers.openai.credential.env",
+        "providers.az.api_version",
+        "models.m.targets[0].weight",
+        "models.m.targets[0].provider",
+        "models.empty.targets",
+        "keys[0].models[1]",
+        "keys[0].hash",
+        "keys[1].id",
+        "keys[1].hash",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+    }
+}

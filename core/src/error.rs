@@ -1,0 +1,225 @@
+//! Client-facing errors and their wire form in each client API's own dialect.
+//!
+//! One exhaustive function ([`ApiError::class`]) decides status and error type per variant, so
+//! a new variant forces a decision. Messages never carry secrets or upstream internals.
+
+use serde_json::json;
+
+/// The API dialect a client speaks, which decides the shape of its error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI (and every OpenAI-compatible client).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+    /// Google Gemini.
+    Gemini,
+}
+
+impl Dialect {
+    /// The dialect a request path belongs to.
+    pub fn from_path(path: &str) -> Self {
+        if path.starts_with("/v1/messages") {
+            Dialect::Anthropic
+        } else if path.starts_with("/v1beta/")
+            || path.starts_with("/v1/models/") && path.contains(':')
+        {
+            Dialect::Gemini
+        } else {
+            Dialect::OpenAi
+        }
+    }
+}
+
+/// Every error Tollgate itself answers a client with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// No key in any of the recognised headers.
+    #[error("You didn't provide an API key. Provide your Tollgate key in the Authorization header using Bearer auth.")]
+    MissingKey,
+    /// A key that matches no configured key.
+    #[error("Incorrect API key provided.")]
+    InvalidKey,
+    /// A key past its expiry time.
+    #[error("The API key has expired.")]
+    ExpiredKey,
+    /// A key that an operator disabled.
+    #[error("The API key has been disabled.")]
+    DisabledKey,
+    /// The body is not valid JSON (or not a JSON object).
+    #[error("We could not parse the JSON body of your request: {0}")]
+    InvalidJson(String),
+    /// A required field is missing or has the wrong type.
+    #[error("{message}")]
+    InvalidField {
+        /// The offending field.
+        param: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The model is not configured.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    UnknownModel(String),
+    /// The model exists but this key may not use it.
+    #[error("This API key is not allowed to use the model `{0}`.")]
+    ModelNotAllowed(String),
+    /// No such endpoint.
+    #[error("Unknown request URL: {method} {path}.")]
+    UnknownEndpoint {
+        /// The request method.
+        method: String,
+        /// The request path, without its query.
+        path: String,
+    },
+    /// The request body exceeds the configured limit.
+    #[error("The request body is too large.")]
+    PayloadTooLarge,
+    /// The provider answered with an error body that is not in the client's format.
+    #[error("The upstream provider returned an error (HTTP {0}).")]
+    Upstream(u16),
+    /// The gateway is misconfigured or failed internally.
+    #[error("The gateway could not process the request.")]
+    Internal,
+}
+
+/// How an error is classed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorClass {
+    /// HTTP status.
+    pub status: u16,
+    /// OpenAI `error.type`.
+    pub openai_type: &'static str,
+    /// OpenAI `error.code`, when it has one.
+    pub openai_code: Option<&'static str>,
+}
+
+impl ApiError {
+    /// Status and type of each variant.
+    pub fn class(&self) -> ErrorClass {
+        let (status, openai_type, openai_code) = match self {
+            ApiError::MissingKey => (401, "invalid_request_error", None),
+            ApiError::InvalidKey => (401, "invalid_request_error", Some("invalid_api_key")),
+            ApiError::ExpiredKey => (401, "invalid_request_error", Some("expired_api_key")),
+            ApiError::DisabledKey => (401, "invalid_request_error", Some("disabled_api_key")),
+            ApiError::InvalidJson(_) => (400, "invalid_request_error", Some("invalid_json")),
+            ApiError::InvalidField { .. } => (400, "invalid_request_error", Some("invalid_value")),
+            ApiError::UnknownModel(_) => (404, "invalid_request_error", Some("model_not_found")),
+            ApiError::ModelNotAllowed(_) => (403, "permission_error", Some("model_not_allowed")),
+            ApiError::UnknownEndpoint { .. } => (404, "invalid_request_error", Some("unknown_url")),
+            ApiError::PayloadTooLarge => (413, "invalid_request_error", Some("request_too_large")),
+            ApiError::Upstream(status) => (*status, "upstream_error", None),
+            ApiError::Internal => (500, "server_error", None),
+        };
+        ErrorClass {
+            status,
+            openai_type,
+            openai_code,
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.class().status
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            ApiError::InvalidField { param, .. } => Some(param),
+            ApiError::UnknownModel(_) | ApiError::ModelNotAllowed(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The error body in `dialect`.
+    pub fn body(&self, dialect: Dialect) -> Vec<u8> {
+        let class = self.class();
+        let message = self.to_string();
+        let value = match dialect {
+            Dialect::OpenAi => json!({"error": {
+                "message": message,
+                "type": class.openai_type,
+                "param": self.param(),
+                "code": class.openai_code,
+            }}),
+            Dialect::Anthropic => json!({
+                "type": "error",
+                "error": {"type": anthropic_type(class.status), "message": message},
+            }),
+            Dialect::Gemini => json!({"error": {
+                "code": class.status,
+                "message": message,
+                "status": gemini_status(class.status),
+            }}),
+        };
+        value.to_string().into_bytes()
+    }
+}
+
+/// Anthropic's `error.type` for a status.
+pub fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        400 | 405 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 | 503 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+/// Gemini's (Google RPC) `error.status` for a status.
+pub fn gemini_status(status: u16) -> &'static str {
+    match status {
+        400 | 413 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(b: Vec<u8>) -> serde_json::Value {
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[test]
+    fn openai_body_has_the_documented_shape() {
+        let e = ApiError::UnknownModel("gpt-x".into());
+        let v = parse(e.body(Dialect::OpenAi));
+        assert_eq!(e.status(), 404);
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert!(v["error"]["message"].as_str().unwrap().contains("gpt-x"));
+        let v = parse(ApiError::MissingKey.body(Dialect::OpenAi));
+        assert!(v["error"]["code"].is_null());
+    }
+
+    #[test]
+    fn other_dialects_follow_their_apis() {
+        let v = parse(ApiError::InvalidKey.body(Dialect::Anthropic));
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        let v = parse(ApiError::ModelNotAllowed("m".into()).body(Dialect::Gemini));
+        assert_eq!(v["error"]["code"], 403);
+        assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
+    }
+
+    #[test]
+    fn dialect_follows_the_path() {
+        assert_eq!(Dialect::from_path("/v1/chat/completions"), Dialect::OpenAi);
+        assert_eq!(Dialect::from_path("/v1/messages"), Dialect::Anthropic);
+        assert_eq!(
+            Dialect::from_path("/v1beta/models/gemini-2.0-flash:generateContent"),
+            Dialect::Gemini
+        );
+    }
+}

@@ -1,0 +1,24 @@
+//! Names shared by ext_authz and ext_proc: the dynamic-metadata namespace and its fields,
+//! and the headers Tollgate sets.
+
+/// The dynamic-metadata namespace ext_authz writes into and ext_proc reads.
+pub const NAMESPACE: &str = "envoy.filters.http.ext_authz";
+/// Metadata field: the virtual key's id.
+pub const KEY_ID: &str = "key_id";
+/// Metadata field: the key's tenant.
+pub const TENANT: &str = "tenant";
+/// Metadata field: the key's team.
+pub const TEAM: &str = "team";
+/// Metadata field: the models the key may use (a list of strings; `*` means all).
+pub const MODELS: &str = "models";
+/// Metadata field: the request's `:path`.
+pub const PATH: &str = "path";
+/// Metadata field: the request's `:method`.
+pub const METHOD: &str = "method";
+/// Metadata field: the request id Tollgate assigned.
+pub const REQUEST_ID: &str = "request_id";
+
+/// Response header carrying Tollgate's request id on every response.
+pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
+/// Request header whose value names the Envoy cluster to route to.
+pub const ROUTE_HEADER: &str = "x-tollgate-cluster";

@@ -1,0 +1,170 @@
+//! The Prometheus metrics every service emits, in one place.
+//!
+//! | name | type | labels | unit |
+//! |---|---|---|---|
+//! | `tollgate_requests_total` | counter | `endpoint`, `provider`, `model`, `status` | requests |
+//! | `tollgate_tokens_total` | counter | `provider`, `model`, `kind` (`input`, `output`, `cache_read`, `cache_write`, `reasoning`) | tokens |
+//! | `tollgate_upstream_latency_seconds` | histogram | `provider` | seconds from the forwarded request to the provider's response headers |
+//! | `tollgate_phase_duration_seconds` | histogram | `phase` (`authz`, `request_headers`, `request_body`, `response_headers`, `response_body`) | seconds Tollgate spent on one message |
+//! | `tollgate_authz_decisions_total` | counter | `decision` (`allow`, `missing_key`, `invalid_key`, `expired_key`, `disabled_key`) | checks |
+//! | `tollgate_errors_total` | counter | `code` (the client-facing error code or type) | requests answered with an error by Tollgate itself |
+//! | `tollgate_config_reloads_total` | counter | `result` (`ok`, `rejected`) | reloads |
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of `tollgate_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Endpoint label.
+    pub endpoint: &'static str,
+    /// Provider name.
+    pub provider: String,
+    /// Public model name.
+    pub model: String,
+    /// HTTP status returned to the client.
+    pub status: u16,
+}
+
+/// Labels of `tollgate_tokens_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Provider name.
+    pub provider: String,
+    /// Public model name.
+    pub model: String,
+    /// Token kind.
+    pub kind: &'static str,
+}
+
+/// A single static label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// The phase.
+    pub phase: &'static str,
+}
+
+/// A provider label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    /// Provider name.
+    pub provider: String,
+}
+
+/// A decision label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabel {
+    /// The decision.
+    pub decision: &'static str,
+}
+
+/// A code label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The error code.
+    pub code: &'static str,
+}
+
+/// A result label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// The result.
+    pub result: &'static str,
+}
+
+fn phase_histogram() -> Histogram {
+    // 10 µs .. ~80 ms
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_01, 2.0, 14,
+    ))
+}
+
+fn upstream_histogram() -> Histogram {
+    // 1 ms .. ~130 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 18,
+    ))
+}
+
+/// Every metric, registered once and shared by the services.
+#[derive(Clone)]
+pub struct Metrics {
+    /// `tollgate_requests_total`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `tollgate_tokens_total`.
+    pub tokens: Family<TokenLabels, Counter>,
+    /// `tollgate_upstream_latency_seconds`.
+    pub upstream_latency: Family<ProviderLabel, Histogram>,
+    /// `tollgate_phase_duration_seconds`.
+    pub phase: Family<PhaseLabel, Histogram>,
+    /// `tollgate_authz_decisions_total`.
+    pub authz: Family<DecisionLabel, Counter>,
+    /// `tollgate_errors_total`.
+    pub errors: Family<CodeLabel, Counter>,
+    /// `tollgate_config_reloads_total`.
+    pub reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            tokens: Family::default(),
+            upstream_latency: Family::new_with_constructor(upstream_histogram),
+            phase: Family::new_with_constructor(phase_histogram),
+            authz: Family::default(),
+            errors: Family::default(),
+            reloads: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in `registry` (names get the `tollgate_` prefix there).
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("tollgate");
+        r.register(
+            "requests",
+            "Requests by endpoint, provider, model and status",
+            self.requests.clone(),
+        );
+        r.register(
+            "tokens",
+            "Tokens by provider, model and kind",
+            self.tokens.clone(),
+        );
+        r.register_with_unit(
+            "upstream_latency",
+            "Time from forwarding a request to the provider's response headers",
+            prometheus_client::registry::Unit::Seconds,
+            self.upstream_latency.clone(),
+        );
+        r.register_with_unit(
+            "phase_duration",
+            "Time Tollgate spent processing one message of a phase",
+            prometheus_client::registry::Unit::Seconds,
+            self.phase.clone(),
+        );
+        r.register("authz_decisions", "ext_authz decisions", self.authz.clone());
+        r.register(
+            "errors",
+            "Requests Tollgate answered with an error itself",
+            self.errors.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads by result",
+            self.reloads.clone(),
+        );
+    }
+
+    /// Records the time one phase took.
+    pub fn observe_phase(&self, phase: &'static str, started: std::time::Instant) {
+        self.phase
+            .get_or_create(&PhaseLabel { phase })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}

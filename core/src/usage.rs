@@ -1,0 +1,122 @@
+//! Token usage normalised across providers.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a usage figure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// The provider reported it.
+    #[default]
+    Provider,
+    /// Tollgate estimated it (the provider reported nothing).
+    Estimated,
+}
+
+/// Token counts of one request, the same shape for every provider.
+///
+/// `input_tokens` counts every prompt token, cached or not; `cache_read_tokens` and
+/// `cache_write_tokens` are the parts of it read from / written to a prompt cache.
+/// `output_tokens` counts every generated token; `reasoning_tokens` is the part of it spent
+/// on hidden reasoning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// All prompt tokens, cached included.
+    pub input_tokens: u64,
+    /// All generated tokens, reasoning included.
+    pub output_tokens: u64,
+    /// Prompt tokens served from the provider's cache.
+    pub cache_read_tokens: u64,
+    /// Prompt tokens written to the provider's cache.
+    pub cache_write_tokens: u64,
+    /// Generated tokens spent on reasoning.
+    pub reasoning_tokens: u64,
+    /// Where the figures came from.
+    pub source: UsageSource,
+}
+
+/// The `usage` object of OpenAI's chat, completions and embeddings APIs.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpenAiUsage {
+    /// Prompt tokens.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Completion tokens (absent for embeddings).
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Breakdown of the prompt tokens.
+    #[serde(default)]
+    pub prompt_tokens_details: Option<OpenAiPromptDetails>,
+    /// Breakdown of the completion tokens.
+    #[serde(default)]
+    pub completion_tokens_details: Option<OpenAiCompletionDetails>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpenAiPromptDetails {
+    /// Prompt tokens read from the cache.
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+/// `usage.completion_tokens_details`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OpenAiCompletionDetails {
+    /// Completion tokens spent on reasoning.
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
+
+impl From<OpenAiUsage> for Usage {
+    fn from(u: OpenAiUsage) -> Self {
+        Usage {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+            cache_read_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            cache_write_tokens: 0,
+            reasoning_tokens: u
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+            source: UsageSource::Provider,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_usage_normalises_cached_and_reasoning_tokens() {
+        let raw: OpenAiUsage = serde_json::from_str(
+            r#"{"prompt_tokens":120,"completion_tokens":40,"total_tokens":160,
+                "prompt_tokens_details":{"cached_tokens":100,"audio_tokens":0},
+                "completion_tokens_details":{"reasoning_tokens":25}}"#,
+        )
+        .unwrap();
+        let u = Usage::from(raw);
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_tokens,
+                u.reasoning_tokens
+            ),
+            (120, 40, 100, 25)
+        );
+        assert_eq!(u.source, UsageSource::Provider);
+    }
+
+    #[test]
+    fn embeddings_usage_has_no_completion_tokens() {
+        let raw: OpenAiUsage =
+            serde_json::from_str(r#"{"prompt_tokens":7,"total_tokens":7}"#).unwrap();
+        let u = Usage::from(raw);
+        assert_eq!((u.input_tokens, u.output_tokens), (7, 0));
+    }
+}

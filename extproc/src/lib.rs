@@ -1,0 +1,13 @@
+//! The ext_proc service (Envoy `envoy.service.ext_proc.v3.ExternalProcessor`, gRPC): reads and
+//! rewrites LLM requests and their (streamed) responses.
+//!
+//! Three layers: the [`server`] owns the gRPC stream loop; a [`processor::Processor`] per
+//! stream has one method per ext_proc phase; [`translator`]s are pure functions over bodies
+//! and chunks. Header and body mutations are built by the pure functions in [`mutation`].
+
+pub mod mutation;
+pub mod processor;
+pub mod server;
+pub mod translator;
+
+pub use server::ExtProcService;

@@ -1,0 +1,462 @@
+//! One processor per ext_proc stream (one HTTP request): a method per phase, holding the
+//! request's state between phases.
+//!
+//! Phases Envoy sends (see `envoy/`): the request headers (where `GET /v1/models` is answered),
+//! the buffered request body (parsed once, rewritten, routed), the response headers (where the
+//! response-body mode is switched per request), and the response body (BUFFERED for complete
+//! JSON, STREAMED for SSE).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+};
+use envoy_types::pb::google::protobuf::value::Kind;
+use rand::Rng;
+use tollgate_core::config::Provider;
+use tollgate_core::metadata as md;
+use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
+use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
+
+use crate::mutation::{self, set};
+use crate::translator::{openai, sse::UsageFilter};
+
+/// What ext_authz established about the request.
+#[derive(Debug, Default)]
+struct AuthContext {
+    key_id: String,
+    tenant: String,
+    team: String,
+    models: Vec<String>,
+    path: String,
+    method: String,
+    request_id: String,
+}
+
+impl AuthContext {
+    fn from_metadata(md_ctx: &Metadata) -> Option<Self> {
+        let s = md_ctx.filter_metadata.get(md::NAMESPACE)?;
+        let text = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) => v.clone(),
+            _ => String::new(),
+        };
+        let models = match s.fields.get(md::MODELS).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::ListValue(l)) => l
+                .values
+                .iter()
+                .filter_map(|v| match &v.kind {
+                    Some(Kind::StringValue(m)) => Some(m.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let ctx = AuthContext {
+            key_id: text(md::KEY_ID),
+            tenant: text(md::TENANT),
+            team: text(md::TEAM),
+            models,
+            path: text(md::PATH),
+            method: text(md::METHOD),
+            request_id: text(md::REQUEST_ID),
+        };
+        (!ctx.key_id.is_empty()).then_some(ctx)
+    }
+
+    fn allows(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == "*" || m == model)
+    }
+}
+
+/// A request that went to a provider.
+#[derive(Debug)]
+struct Forwarded {
+    endpoint: Endpoint,
+    model: String,
+    provider: Arc<Provider>,
+    stream: bool,
+    sent_at: Instant,
+    status: Option<u16>,
+    sse: Option<UsageFilter>,
+    usage: Option<Usage>,
+}
+
+/// The state of one ext_proc stream.
+pub struct Processor {
+    config: Arc<Config>,
+    metrics: Metrics,
+    ctx: Option<AuthContext>,
+    forwarded: Option<Forwarded>,
+    finished: bool,
+}
+
+fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a [u8]> {
+    headers.as_ref()?.headers.iter().find_map(|h| {
+        (h.key == name).then(|| {
+            if h.raw_value.is_empty() {
+                h.value.as_bytes()
+            } else {
+                h.raw_value.as_slice()
+            }
+        })
+    })
+}
+
+fn strip_query(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(p, _)| p)
+}
+
+impl Processor {
+    /// A processor for one stream, reading one config snapshot throughout.
+    pub fn new(config: Arc<Config>, metrics: Metrics) -> Self {
+        Self {
+            config,
+            metrics,
+            ctx: None,
+            forwarded: None,
+            finished: false,
+        }
+    }
+
+    /// Handles one message; `None` when Envoy expects no answer (observability mode).
+    pub fn handle(&mut self, msg: ProcessingRequest) -> Option<ProcessingResponse> {
+        if self.ctx.is_none() {
+            self.ctx = msg
+                .metadata_context
+                .as_ref()
+                .and_then(AuthContext::from_metadata);
+        }
+        let started = Instant::now();
+        let (phase, response) = match msg.request {
+            Some(Request::RequestHeaders(h)) => ("request_headers", self.on_request_headers(&h)),
+            Some(Request::RequestBody(b)) => ("request_body", self.on_request_body(b)),
+            Some(Request::ResponseHeaders(h)) => ("response_headers", self.on_response_headers(&h)),
+            Some(Request::ResponseBody(b)) => ("response_body", self.on_response_body(b)),
+            Some(Request::RequestTrailers(_)) => (
+                "request_trailers",
+                ProcessingResponse {
+                    response: Some(
+                        envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response::RequestTrailers(
+                            Default::default(),
+                        ),
+                    ),
+                    ..Default::default()
+                },
+            ),
+            Some(Request::ResponseTrailers(_)) => (
+                "response_trailers",
+                ProcessingResponse {
+                    response: Some(
+                        envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response::ResponseTrailers(
+                            Default::default(),
+                        ),
+                    ),
+                    ..Default::default()
+                },
+            ),
+            None => ("unknown", ProcessingResponse::default()),
+        };
+        self.metrics.observe_phase(phase, started);
+        tracing::trace!(phase, "Processed ext_proc message");
+        (!msg.observability_mode).then_some(response)
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::from_path(self.ctx.as_ref().map_or("", |c| c.path.as_str()))
+    }
+
+    /// Answers with an error in the client's dialect.
+    fn reject(&self, err: &ApiError, model: Option<&str>) -> ProcessingResponse {
+        let class = err.class();
+        self.metrics
+            .errors
+            .get_or_create(&CodeLabel {
+                code: class.openai_code.unwrap_or(class.openai_type),
+            })
+            .inc();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: "error",
+                provider: "none".to_owned(),
+                model: model.unwrap_or("none").to_owned(),
+                status: class.status,
+            })
+            .inc();
+        let request_id = self.ctx.as_ref().map(|c| c.request_id.as_str());
+        tracing::debug!(request_id, status = class.status, error = %err, "Rejected request");
+        mutation::immediate(
+            class.status,
+            err.body(self.dialect()),
+            "application/json",
+            request_id,
+        )
+    }
+
+    fn endpoint(&self, method: &str, path: &str) -> Result<Endpoint, ApiError> {
+        let path = strip_query(path);
+        Endpoint::from_request(method, path).ok_or_else(|| ApiError::UnknownEndpoint {
+            method: method.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    fn on_request_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
+        let Some(ctx) = &self.ctx else {
+            tracing::error!("No ext_authz metadata on the request: is ext_authz before ext_proc, and its namespace forwarded?");
+            return self.reject(&ApiError::Internal, None);
+        };
+        let path = header(&h.headers, ":path").map_or(ctx.path.clone(), |p| {
+            String::from_utf8_lossy(p).into_owned()
+        });
+        let method = header(&h.headers, ":method").map_or(ctx.method.clone(), |m| {
+            String::from_utf8_lossy(m).into_owned()
+        });
+        match self.endpoint(&method, &path) {
+            Ok(Endpoint::Models) => self.list_models(),
+            Ok(_) if h.end_of_stream => self.reject(
+                &ApiError::InvalidJson("the request has no body".to_owned()),
+                None,
+            ),
+            Ok(_) => mutation::request_headers_continue(),
+            Err(e) => self.reject(&e, None),
+        }
+    }
+
+    fn list_models(&self) -> ProcessingResponse {
+        let Some(ctx) = &self.ctx else {
+            return self.reject(&ApiError::Internal, None);
+        };
+        let data: Vec<serde_json::Value> = self
+            .config
+            .models
+            .keys()
+            .filter(|m| ctx.allows(m))
+            .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
+            .collect();
+        let body = serde_json::json!({"object": "list", "data": data}).to_string();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: Endpoint::Models.label(),
+                provider: "tollgate".to_owned(),
+                model: "none".to_owned(),
+                status: 200,
+            })
+            .inc();
+        mutation::immediate(
+            200,
+            body.into_bytes(),
+            "application/json",
+            Some(&ctx.request_id),
+        )
+    }
+
+    fn on_request_body(&mut self, b: HttpBody) -> ProcessingResponse {
+        match self.route(&b) {
+            Ok(resp) => resp,
+            Err((err, model)) => self.reject(&err, model.as_deref()),
+        }
+    }
+
+    fn route(&mut self, b: &HttpBody) -> Result<ProcessingResponse, (ApiError, Option<String>)> {
+        let Some(ctx) = &self.ctx else {
+            tracing::error!("No ext_authz metadata on the request: is ext_authz before ext_proc, and its namespace forwarded?");
+            return Err((ApiError::Internal, None));
+        };
+        if !b.end_of_stream {
+            tracing::error!("Request body arrived in parts: request_body_mode must be BUFFERED");
+            return Err((ApiError::Internal, None));
+        }
+        let endpoint = self
+            .endpoint(&ctx.method, &ctx.path)
+            .map_err(|e| (e, None))?;
+        if endpoint == Endpoint::Models {
+            return Ok(self.list_models());
+        }
+        let parsed = openai::parse_request(endpoint, &b.body).map_err(|e| (e, None))?;
+        let model = parsed.model.clone();
+        let Some(m) = self.config.models.get(&model) else {
+            return Err((ApiError::UnknownModel(model.clone()), Some(model)));
+        };
+        if !ctx.allows(&model) {
+            return Err((ApiError::ModelNotAllowed(model.clone()), Some(model)));
+        }
+        let target = if m.targets.len() == 1 {
+            m.targets.first()
+        } else {
+            m.pick(rand::rng().random_range(0..m.total_weight()))
+        }
+        .ok_or_else(|| (ApiError::Internal, Some(model.clone())))?;
+        let rewritten = parsed
+            .rewrite(&target.upstream_model, b.body.len())
+            .map_err(|e| (e, Some(model.clone())))?;
+
+        let provider = &target.provider;
+        let mut headers = Vec::with_capacity(6 + provider.headers.len());
+        headers.push(set(":path", target.path(endpoint)));
+        headers.push(set(":authority", provider.authority.as_str()));
+        headers.push(set(md::ROUTE_HEADER, provider.cluster.as_str()));
+        headers.push(set("content-length", rewritten.body.len().to_string()));
+        if let Some((name, secret)) = &provider.credential_header {
+            headers.push(set(name, secret.expose()));
+        }
+        for (k, v) in &provider.headers {
+            headers.push(set(k, v.as_str()));
+        }
+        tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
+        self.forwarded = Some(Forwarded {
+            endpoint,
+            model,
+            provider: Arc::clone(provider),
+            stream: parsed.stream,
+            sent_at: Instant::now(),
+            status: None,
+            sse: parsed
+                .stream
+                .then(|| UsageFilter::new(rewritten.strip_usage_chunk)),
+            usage: None,
+        });
+        Ok(mutation::request_body(mutation::common(
+            headers,
+            Vec::new(),
+            Some(rewritten.body),
+            true,
+        )))
+    }
+
+    fn on_response_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
+        let Some(fwd) = &mut self.forwarded else {
+            // A reply that never came from a provider through us (a local reply): leave it.
+            return mutation::response_headers(
+                mutation::common(vec![], vec![], None, false),
+                BodySendMode::None,
+            );
+        };
+        let status = header(&h.headers, ":status")
+            .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+            .unwrap_or(0u16);
+        fwd.status = Some(status);
+        if header(&h.headers, "x-envoy-upstream-service-time").is_some() {
+            self.metrics
+                .upstream_latency
+                .get_or_create(&ProviderLabel {
+                    provider: fwd.provider.name.clone(),
+                })
+                .observe(fwd.sent_at.elapsed().as_secs_f64());
+        }
+        let ok = (200..300).contains(&status);
+        let (mode, remove) = if ok && fwd.stream {
+            (BodySendMode::Streamed, vec!["content-length".to_owned()])
+        } else {
+            (BodySendMode::Buffered, Vec::new())
+        };
+        if h.end_of_stream {
+            self.finish();
+        }
+        mutation::response_headers(mutation::common(vec![], remove, None, false), mode)
+    }
+
+    fn on_response_body(&mut self, b: HttpBody) -> ProcessingResponse {
+        let Some(fwd) = &mut self.forwarded else {
+            return mutation::response_body(Default::default());
+        };
+        let status = fwd.status.unwrap_or(0);
+        let mut common = Default::default();
+        if let Some(filter) = &mut fwd.sse {
+            if (200..300).contains(&status) {
+                if let Some(out) = filter.push(&b.body, b.end_of_stream) {
+                    common = mutation::common(vec![], vec![], Some(out), false);
+                }
+                fwd.usage = filter.usage();
+            }
+        }
+        if fwd.sse.is_none() || !(200..300).contains(&status) {
+            if (200..300).contains(&status) {
+                fwd.usage = openai::usage_from_body(&b.body);
+            } else if !openai::is_openai_error(&b.body) {
+                let body = ApiError::Upstream(status).body(Dialect::OpenAi);
+                common = mutation::common(
+                    vec![
+                        set("content-type", "application/json"),
+                        set("content-length", body.len().to_string()),
+                    ],
+                    vec![],
+                    Some(body),
+                    false,
+                );
+            }
+        }
+        if b.end_of_stream {
+            self.finish();
+        }
+        mutation::response_body(common)
+    }
+
+    /// Records the outcome of a forwarded request, once.
+    fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let Some(fwd) = &self.forwarded else { return };
+        let status = fwd.status.unwrap_or(499);
+        let provider = fwd.provider.name.clone();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: fwd.endpoint.label(),
+                provider: provider.clone(),
+                model: fwd.model.clone(),
+                status,
+            })
+            .inc();
+        if let Some(u) = fwd.usage {
+            for (kind, n) in [
+                ("input", u.input_tokens),
+                ("output", u.output_tokens),
+                ("cache_read", u.cache_read_tokens),
+                ("cache_write", u.cache_write_tokens),
+                ("reasoning", u.reasoning_tokens),
+            ] {
+                if n > 0 {
+                    self.metrics
+                        .tokens
+                        .get_or_create(&TokenLabels {
+                            provider: provider.clone(),
+                            model: fwd.model.clone(),
+                            kind,
+                        })
+                        .inc_by(n);
+                }
+            }
+        }
+        let ctx = self.ctx.as_ref();
+        tracing::info!(
+            request_id = ctx.map_or("", |c| c.request_id.as_str()),
+            key_id = ctx.map_or("", |c| c.key_id.as_str()),
+            tenant = ctx.map_or("", |c| c.tenant.as_str()),
+            team = ctx.map_or("", |c| c.team.as_str()),
+            endpoint = fwd.endpoint.label(),
+            model = %fwd.model,
+            provider = %provider,
+            stream = fwd.stream,
+            status,
+            input_tokens = fwd.usage.map(|u| u.input_tokens),
+            output_tokens = fwd.usage.map(|u| u.output_tokens),
+            duration_ms = fwd.sent_at.elapsed().as_secs_f64() * 1000.0,
+            "Request finished"
+        );
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        // A stream that ends before the response did (client gone, upstream reset) still counts.
+        self.finish();
+    }
+}

@@ -1,0 +1,159 @@
+//! Top-level JSON object access without building a tree: each member's value stays a borrowed
+//! raw slice, so a large prompt is scanned once and copied once, never re-encoded.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The members of a JSON object, in order, values unparsed.
+#[derive(Debug)]
+pub struct RawObject<'a> {
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+/// Why a body is not a usable JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawObjectError {
+    /// Not JSON, or not an object.
+    Syntax(String),
+    /// The same member twice (ambiguous between us and the provider).
+    Duplicate(String),
+}
+
+impl<'a> RawObject<'a> {
+    /// Parses `body` as one JSON object.
+    pub fn parse(body: &'a [u8]) -> Result<Self, RawObjectError> {
+        let obj: RawObject<'a> =
+            serde_json::from_slice(body).map_err(|e| RawObjectError::Syntax(e.to_string()))?;
+        for (i, (k, _)) in obj.members.iter().enumerate() {
+            if obj.members[..i].iter().any(|(other, _)| other == k) {
+                return Err(RawObjectError::Duplicate(k.to_string()));
+            }
+        }
+        Ok(obj)
+    }
+
+    /// The raw value of a member.
+    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.members.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// Writes the object back, with `replace` members substituted (or appended when absent).
+    /// Replacement values must already be JSON text.
+    pub fn write_with(&self, replace: &[(&str, &str)], capacity_hint: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(capacity_hint + 64);
+        out.push(b'{');
+        let mut first = true;
+        let mut push = |out: &mut Vec<u8>, k: &str, v: &str| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            // Keys came from valid JSON or from us; serialising a str cannot fail.
+            out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
+            out.push(b':');
+            out.extend_from_slice(v.as_bytes());
+        };
+        for (k, v) in &self.members {
+            let value = replace
+                .iter()
+                .find(|(rk, _)| *rk == k)
+                .map(|(_, rv)| *rv)
+                .unwrap_or(v.get());
+            push(&mut out, k, value);
+        }
+        for (rk, rv) in replace {
+            if self.get(rk).is_none() {
+                push(&mut out, rk, rv);
+            }
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawObject<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some((k, v)) = map.next_entry::<Key<'de>, &'de RawValue>()? {
+                    members.push((k.0, v));
+                }
+                Ok(RawObject { members })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_rewritten_in_place_and_appended() {
+        let body = br#"{"model":"a","messages":[{"role":"user","content":"hi \"there\""}],"n":1}"#;
+        let obj = RawObject::parse(body).unwrap();
+        assert_eq!(obj.get("model").unwrap().get(), r#""a""#);
+        let out = obj.write_with(&[("model", r#""b""#), ("extra", "true")], body.len());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "b");
+        assert_eq!(v["extra"], true);
+        assert_eq!(v["messages"][0]["content"], "hi \"there\"");
+        assert_eq!(v["n"], 1);
+        assert!(std::str::from_utf8(&out)
+            .unwrap()
+            .starts_with(r#"{"model":"b","messages""#));
+    }
+
+    #[test]
+    fn escaped_keys_and_errors() {
+        let obj = RawObject::parse(br#"{"mo\u0064el":"x"}"#).unwrap();
+        assert_eq!(obj.get("model").unwrap().get(), r#""x""#);
+        assert!(matches!(
+            RawObject::parse(b"[1]"),
+            Err(RawObjectError::Syntax(_))
+        ));
+        assert!(matches!(
+            RawObject::parse(b"{\"a\":"),
+            Err(RawObjectError::Syntax(_))
+        ));
+        assert_eq!(
+            RawObject::parse(br#"{"model":"a","model":"b"}"#).unwrap_err(),
+            RawObjectError::Duplicate("model".into())
+        );
+    }
+}

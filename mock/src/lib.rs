@@ -1,0 +1,80 @@
+//! Built-in mock OpenAI provider: an HTTP server speaking the OpenAI wire format (chat
+//! completions, legacy completions, embeddings, models, Azure OpenAI deployment paths; JSON and
+//! SSE streaming) with deterministic replies, faults on demand and a request log. It stands in
+//! for real LLM providers in `tollgate up`, the end-to-end tests and the benchmark.
+//!
+//! Magic inputs:
+//! - model `mock-error-<status>` (400..=599): that status with an OpenAI error body
+//!   (429 adds `retry-after`);
+//! - model `mock-stream-error`: a stream that sends two content chunks, then an in-stream error
+//!   event, and ends without `[DONE]` (a non-streaming request gets a 500);
+//! - model `mock-html-error`: 502 with an HTML body, as a misbehaving proxy would answer;
+//! - header `x-mock-latency-ms`: time to first byte for this request;
+//! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;
+//! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.
+
+mod chat;
+mod completions;
+mod embeddings;
+mod error;
+mod log;
+mod models;
+mod params;
+mod routes;
+mod sse;
+mod text;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+
+/// How the mock behaves; every field has a neutral default.
+#[derive(Clone, Default)]
+pub struct MockConfig {
+    /// Delay before the response headers (time to first byte).
+    pub latency: Duration,
+    /// Delay between streamed chunks.
+    pub chunk_delay: Duration,
+    /// When set, requests must carry this key as `Authorization: Bearer <k>` or `api-key: <k>`;
+    /// otherwise 401 in OpenAI format.
+    pub api_key: Option<String>,
+}
+
+impl fmt::Debug for MockConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockConfig")
+            .field("latency", &self.latency)
+            .field("chunk_delay", &self.chunk_delay)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The mock as an axum router, for serving in process (tests) or behind [`serve`].
+pub fn router(config: MockConfig) -> axum::Router {
+    routes::router(config)
+}
+
+/// Serves the mock on `listener` until `shutdown` resolves, then drains open connections.
+///
+/// Accepted connections get `TCP_NODELAY`, so small streamed chunks are not held back by
+/// Nagle's algorithm (the mock is the upstream for latency benchmarks).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: MockConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "Could not set TCP_NODELAY on a mock connection");
+        }
+    });
+    axum::serve(listener, router(config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

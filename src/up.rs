@@ -1,0 +1,229 @@
+//! `tollgate up`: a local all-in-one for a newcomer. Starts the built-in mock provider and
+//! `serve` in this process and Envoy as a child, writes a config with a fresh key, and prints
+//! a curl that works. With `OPENAI_API_KEY` set, OpenAI models are added next to the mock.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tollgate_core::keys;
+
+use crate::bootstrap::{self, EnvoyOptions};
+
+/// Options of `tollgate up`.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Envoy's client-facing port.
+    pub port: u16,
+    /// Envoy's admin port.
+    pub envoy_admin_port: u16,
+    /// Tollgate's admin port.
+    pub admin_port: u16,
+    /// Where the config, bootstrap and socket go.
+    pub dir: PathBuf,
+    /// An explicit Envoy binary.
+    pub envoy: Option<PathBuf>,
+}
+
+fn ensure_free(port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .with_context(|| format!("port {port} is busy: stop what uses it or pass {flag} PORT"))?;
+    Ok(addr)
+}
+
+/// The config `up` writes: the mock, and OpenAI when a key is in the environment.
+pub fn local_config(
+    dir: &std::path::Path,
+    mock: SocketAddr,
+    admin: SocketAddr,
+    key_hash: &str,
+    openai: bool,
+) -> String {
+    let mut yaml = format!(
+        r#"# Written by `tollgate up`. Edit freely: `tollgate serve` reloads it on change.
+listen:
+  grpc: "unix:{sock}"
+  admin: "{admin}"
+providers:
+  mock:
+    kind: openai
+    base_url: "http://{mock}/v1"
+"#,
+        sock = dir.join("tollgate.sock").display(),
+    );
+    if openai {
+        yaml.push_str(
+            r#"  openai:
+    kind: openai
+    base_url: "https://api.openai.com/v1"
+    credential: { env: OPENAI_API_KEY }
+"#,
+        );
+    }
+    yaml.push_str(
+        r#"models:
+  mock-model:
+    targets: [{ provider: mock, model: mock-model }]
+  mock-embedding:
+    targets: [{ provider: mock, model: mock-embedding }]
+"#,
+    );
+    if openai {
+        yaml.push_str(
+            r#"  gpt-4o-mini:
+    targets: [{ provider: openai, model: gpt-4o-mini }]
+  gpt-4o:
+    targets: [{ provider: openai, model: gpt-4o }]
+  text-embedding-3-small:
+    targets: [{ provider: openai, model: text-embedding-3-small }]
+"#,
+        );
+    }
+    yaml.push_str(&format!(
+        "keys:\n  - id: local-dev\n    hash: \"{key_hash}\"\n    tenant: local\n    models: [\"*\"]\n"
+    ));
+    yaml
+}
+
+async fn wait_ready(
+    url: &str,
+    what: &str,
+    child: &mut tokio::process::Child,
+) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("{what} exited during start-up ({status}); see its log above");
+        }
+        if let Ok(mut s) = tokio::net::TcpStream::connect(url).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await;
+            let mut buf = [0u8; 12];
+            if s.read_exact(&mut buf).await.is_ok() && buf.ends_with(b"200") {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("{what} did not become ready")
+}
+
+/// Runs the all-in-one until Ctrl-C.
+pub async fn up(o: UpOptions) -> anyhow::Result<()> {
+    let envoy_bin = bootstrap::find_envoy(o.envoy.as_deref())?;
+    let listen = ensure_free(o.port, "--port")?;
+    let envoy_admin = ensure_free(o.envoy_admin_port, "--envoy-admin-port")?;
+    let admin = ensure_free(o.admin_port, "--admin-port")?;
+    std::fs::create_dir_all(&o.dir)
+        .with_context(|| format!("cannot create {}", o.dir.display()))?;
+    let dir = std::fs::canonicalize(&o.dir)?;
+
+    let mock_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mock = mock_listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut mock_stop = stop_rx.clone();
+    let mock_task = tokio::spawn(tollgate_mock::serve(
+        mock_listener,
+        tollgate_mock::MockConfig::default(),
+        async move {
+            let _ = mock_stop.changed().await;
+        },
+    ));
+
+    let key = keys::generate_key();
+    let openai = std::env::var("OPENAI_API_KEY").is_ok_and(|k| !k.trim().is_empty());
+    let config_path = dir.join("tollgate.yaml");
+    std::fs::write(
+        &config_path,
+        local_config(
+            &dir,
+            mock,
+            admin,
+            &keys::format_hash(&keys::hash_key(&key)),
+            openai,
+        ),
+    )?;
+    let config = crate::serve::load_config(&config_path)?;
+    let bootstrap_path = dir.join("envoy.yaml");
+    std::fs::write(
+        &bootstrap_path,
+        bootstrap::gateway(&config, &EnvoyOptions::new(listen, envoy_admin))?,
+    )?;
+
+    let mut serve_stop = stop_rx.clone();
+    let serve_path = config_path.clone();
+    let serve_task = tokio::spawn(async move {
+        crate::serve::serve(&serve_path, async move {
+            let _ = serve_stop.changed().await;
+        })
+        .await
+    });
+
+    let mut envoy = tokio::process::Command::new(&envoy_bin)
+        .arg("-c")
+        .arg(&bootstrap_path)
+        .args([
+            "--log-level",
+            "warning",
+            "--use-dynamic-base-id",
+            "--concurrency",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start Envoy at {}", envoy_bin.display()))?;
+    let started = wait_ready(&envoy_admin.to_string(), "Envoy", &mut envoy).await;
+    if let Err(e) = started {
+        let _ = stop_tx.send(true);
+        return Err(e);
+    }
+
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "\nTollgate is up: Envoy on http://{listen}, the mock provider behind it.\n"
+    )?;
+    writeln!(
+        out,
+        "Your key (shown once; only its hash is in {}):\n  {key}\n",
+        config_path.display()
+    )?;
+    writeln!(out, "Try it:\n")?;
+    writeln!(
+        out,
+        "  curl -s http://{listen}/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"mock-model\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello Tollgate\"}}]}}'\n"
+    )?;
+    writeln!(
+        out,
+        "  curl -s http://{listen}/v1/models -H 'Authorization: Bearer {key}'\n"
+    )?;
+    if openai {
+        writeln!(out, "OpenAI is configured from OPENAI_API_KEY: models gpt-4o-mini, gpt-4o, text-embedding-3-small.")?;
+    } else {
+        writeln!(
+            out,
+            "To reach OpenAI too: `export OPENAI_API_KEY=sk-...` and run `tollgate up` again;"
+        )?;
+        writeln!(
+            out,
+            "models gpt-4o-mini, gpt-4o and text-embedding-3-small then route to api.openai.com."
+        )?;
+    }
+    writeln!(out, "Metrics: http://{admin}/metrics   Envoy admin: http://{envoy_admin}\nCtrl-C stops everything.")?;
+    drop(out);
+
+    tokio::select! {
+        _ = crate::serve::shutdown_signal() => {}
+        status = envoy.wait() => tracing::error!(status = ?status, "Envoy exited"),
+    }
+    let _ = envoy.start_kill();
+    let _ = stop_tx.send(true);
+    let _ = mock_task.await;
+    serve_task.await.context("serve task failed")??;
+    Ok(())
+}
