@@ -22,7 +22,8 @@ pub struct EnvoyOptions {
     pub listen: SocketAddr,
     /// Envoy's admin listener.
     pub admin: SocketAddr,
-    /// Request body limit (the listener's buffer limit); larger requests get 413.
+    /// Request body limit; larger requests get 413. The gateway takes it from the Tollgate
+    /// config (`limits.max_request_body_bytes`), so Envoy and Tollgate always agree.
     pub max_body_bytes: u64,
     /// Upstream request timeout, in seconds.
     pub upstream_timeout_secs: u64,
@@ -57,12 +58,19 @@ fn common_vars(o: &EnvoyOptions) -> Vec<(&'static str, String)> {
         ("LISTEN_ADDRESS", o.listen.ip().to_string()),
         ("LISTEN_PORT", o.listen.port().to_string()),
         ("MAX_BODY_BYTES", o.max_body_bytes.to_string()),
+        (
+            "CONNECTION_BUFFER_BYTES",
+            (o.max_body_bytes * 2 + 1024 * 1024).to_string(),
+        ),
         ("UPSTREAM_TIMEOUT", format!("{}s", o.upstream_timeout_secs)),
     ]
 }
 
 /// The gateway bootstrap for `config`.
 pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
+    let mut o = o.clone();
+    o.max_body_bytes = config.max_request_body_bytes;
+    let o = &o;
     let tollgate = match &config.listen.grpc {
         GrpcAddr::Unix(p) => format!("{{ pipe: {{ path: \"{}\" }} }}", p.display()),
         GrpcAddr::Tcp(a) => format!(

@@ -73,7 +73,8 @@ enum Command {
         /// Envoy's admin listener.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
-        /// Request body limit in bytes (413 above it).
+        /// Request body limit in bytes for --plain-upstream (the gateway takes
+        /// `limits.max_request_body_bytes` from its config).
         #[arg(long, default_value_t = 8 * 1024 * 1024)]
         max_body_bytes: u64,
         /// CA bundle for TLS to providers.

@@ -171,10 +171,11 @@ pub async fn serve(
             Arc::clone(&shared),
             metrics.clone(),
         )))
-        .add_service(ExternalProcessorServer::new(ExtProcService::new(
-            Arc::clone(&shared),
-            metrics.clone(),
-        )));
+        .add_service(
+            ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&shared), metrics.clone()))
+                .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),
+        );
 
     let mut grpc_stop = stop_rx.clone();
     let grpc_shutdown = async move {

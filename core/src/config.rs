@@ -36,7 +36,35 @@ pub struct RawConfig {
     /// Virtual keys.
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: RawLimits,
 }
+
+/// Request limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// The largest request body accepted, in bytes (413 above it). Also the Envoy buffer limit
+    /// in bootstraps rendered from this config. At most 32 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_request_body_bytes: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: default_max_body(),
+        }
+    }
+}
+
+fn default_max_body() -> u64 {
+    8 * 1024 * 1024
+}
+
+/// The ceiling of `limits.max_request_body_bytes`.
+pub const MAX_REQUEST_BODY_CEILING: u64 = 32 * 1024 * 1024;
 
 /// Listen addresses.
 #[derive(Debug, Deserialize)]
@@ -462,6 +490,8 @@ pub struct Config {
     pub models: BTreeMap<String, Model>,
     /// Keys by hash.
     pub keys: HashMap<KeyHash, Arc<KeyBundle>>,
+    /// The largest request body accepted, in bytes.
+    pub max_request_body_bytes: u64,
 }
 
 impl Config {
@@ -581,12 +611,21 @@ impl Config {
             }
         }
 
+        let max_body = raw.limits.max_request_body_bytes;
+        if max_body == 0 || max_body > MAX_REQUEST_BODY_CEILING {
+            errs.add(
+                "limits.max_request_body_bytes",
+                format!("must be between 1 and {MAX_REQUEST_BODY_CEILING}"),
+            );
+        }
+
         match listen {
             Some(listen) if errs.0.is_empty() => Ok(Config {
                 listen,
                 providers,
                 models,
                 keys,
+                max_request_body_bytes: max_body,
             }),
             _ => Err(errs.0),
         }

@@ -397,6 +397,11 @@ impl Processor {
         mutation::response_body(common)
     }
 
+    /// Marks the stream failed: after an error response Envoy sends nothing more on it.
+    pub fn abandon(&mut self) {
+        self.finish();
+    }
+
     /// Records the outcome of a forwarded request, once.
     fn finish(&mut self) {
         if self.finished {

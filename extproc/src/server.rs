@@ -25,6 +25,18 @@ impl ExtProcService {
     }
 }
 
+/// The largest ext_proc message accepted or sent: above any body Envoy's buffer limit lets through.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Whether a receive error is just Envoy closing the stream.
+fn is_stream_end(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Cancelled | tonic::Code::Unavailable
+    ) || status.message().contains("reset")
+        || status.message().contains("broken pipe")
+}
+
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -48,10 +60,17 @@ impl ExternalProcessor for ExtProcService {
                             }
                         }
                         Ok(None) => return None,
-                        Err(status) => {
+                        Err(status) if is_stream_end(&status) => {
                             // Envoy often ends a finished stream with a reset: not an error.
                             tracing::debug!(code = ?status.code(), "ext_proc stream closed by Envoy");
                             return None;
+                        }
+                        Err(status) => {
+                            // Say so, rather than end cleanly: a clean end lets Envoy carry on
+                            // without us, while an error makes it fail closed.
+                            tracing::warn!(code = ?status.code(), message = status.message(), "ext_proc stream failed");
+                            processor.abandon();
+                            return Some((Err(status), (inbound, processor)));
                         }
                     }
                 }
