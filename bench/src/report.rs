@@ -504,6 +504,7 @@ pub fn render_markdown(meta: &Meta, plan: &Plan, s: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::loadgen::StreamResult;
     use crate::stats::ErrorCounts;
 
     fn lat(p50: u64, p99: u64) -> LatencyStats {

@@ -1,0 +1,461 @@
+//! End-to-end harness: spawns the real `tollgate` binary (mock, serve) and real Envoy on free
+//! ports, waits until each is ready, kills each on drop, and prints every process's log when a
+//! test fails.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub const TOLLGATE: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// Keys every stack knows.
+pub const KEY_ALL: &str = "tg-e2e-all-models";
+pub const KEY_LIMITED: &str = "tg-e2e-limited";
+pub const KEY_EXPIRED: &str = "tg-e2e-expired";
+pub const KEY_DISABLED: &str = "tg-e2e-disabled";
+/// The Azure mock's credential, given to `serve` through the environment.
+pub const AZURE_SECRET: &str = "azure-upstream-secret";
+/// The OpenAI-compatible mock's credential, read from a file.
+pub const COMPAT_SECRET: &str = "compat-upstream-secret";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub fn hash(key: &str) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+/// A child process with its log file; killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn envoy_bin() -> PathBuf {
+    tollgate::bootstrap::find_envoy(None).expect(
+        "Envoy is needed for end-to-end tests: run the README's test command, which installs it",
+    )
+}
+
+/// Blocks until `url` answers 200 or `deadline` passes.
+pub fn wait_http_ok(url: &str, procs: &mut [&mut Proc]) {
+    let client = reqwest::blocking_client();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        for p in procs.iter_mut() {
+            assert!(p.alive(), "{} exited during start-up:\n{}", p.name, p.log());
+        }
+        if let Ok(r) = client.get(url).send() {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let logs: Vec<String> = procs
+        .iter()
+        .map(|p| format!("===== {} log =====\n{}", p.name, p.log()))
+        .collect();
+    panic!("{url} did not become ready\n{}", logs.join("\n"));
+}
+
+/// Tiny blocking HTTP/1.0 GET without pulling in reqwest's blocking feature.
+mod reqwest {
+    pub struct Client;
+    pub struct Resp(u16);
+    impl Resp {
+        pub fn status(&self) -> Status {
+            Status(self.0)
+        }
+    }
+    pub struct Status(u16);
+    impl Status {
+        pub fn is_success(&self) -> bool {
+            (200..300).contains(&self.0)
+        }
+    }
+    pub fn blocking_client() -> Client {
+        Client
+    }
+    pub struct Get(String);
+    impl Client {
+        pub fn get(&self, url: &str) -> Get {
+            Get(url.to_owned())
+        }
+    }
+    impl Get {
+        pub fn send(self) -> std::io::Result<Resp> {
+            use std::io::{Read, Write};
+            let rest = self.0.trim_start_matches("http://");
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let mut s = std::net::TcpStream::connect(host)?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+            write!(
+                s,
+                "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut buf = [0u8; 12];
+            s.read_exact(&mut buf)?;
+            let code = std::str::from_utf8(&buf[9..12])
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            Ok(Resp(code))
+        }
+    }
+}
+
+/// Options of a stack.
+#[derive(Clone)]
+pub struct StackOptions {
+    /// gRPC over TCP instead of a Unix socket.
+    pub tcp: bool,
+    /// Request body limit.
+    pub max_body: u64,
+    /// Mock chunk delay in ms.
+    pub chunk_delay_ms: u64,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            tcp: false,
+            max_body: 64 * 1024,
+            chunk_delay_ms: 0,
+        }
+    }
+}
+
+/// Mock, serve and Envoy, all real processes.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub base: String,
+    pub mock: String,
+    pub admin: String,
+    pub envoy_admin: String,
+    pub config_path: PathBuf,
+    pub procs: Vec<Proc>,
+    pub http: ::reqwest::Client,
+}
+
+pub fn config_yaml(opts: &StackOptions, grpc: &str, admin: &str, mock: &str) -> String {
+    format!(
+        r#"listen:
+  grpc: "{grpc}"
+  admin: "{admin}"
+limits:
+  max_request_body_bytes: {max_body}
+providers:
+  mock:
+    kind: openai
+    base_url: "http://{mock}/v1"
+  compat:
+    kind: openai_compatible
+    base_url: "http://{mock}/openai/v1/"
+    credential: {{ file: "{compat_file}" }}
+    headers: {{ X-Provider-Team: e2e }}
+  azure:
+    kind: azure_openai
+    base_url: "http://{mock}"
+    api_version: "2024-10-21"
+    credential: {{ env: E2E_AZURE_KEY }}
+    cluster: azure-mock
+  down:
+    kind: openai
+    base_url: "http://127.0.0.1:{down}/v1"
+models:
+  mock-model:
+    targets: [{{ provider: mock, model: mock-model }}]
+  mock-embedding:
+    targets: [{{ provider: mock, model: mock-embedding }}]
+  compat-model:
+    targets: [{{ provider: compat, model: upstream-compat-model }}]
+  azure-model:
+    targets: [{{ provider: azure, model: my-deployment }}]
+  dead-model:
+    targets: [{{ provider: down, model: whatever }}]
+  rate-limited:
+    targets: [{{ provider: mock, model: mock-error-429 }}]
+  html-error:
+    targets: [{{ provider: mock, model: mock-html-error }}]
+keys:
+  - {{ id: all, hash: "{all}", tenant: acme, team: ml, models: ["*"] }}
+  - {{ id: limited, hash: "{limited}", tenant: acme, models: [mock-model, mock-embedding] }}
+  - {{ id: expired, hash: "{expired}", models: ["*"], expires_at: 2020-01-01T00:00:00Z }}
+  - {{ id: disabled, hash: "{disabled}", models: ["*"], disabled: true }}
+"#,
+        max_body = opts.max_body,
+        compat_file = "COMPAT_FILE",
+        down = free_port(),
+        all = hash(KEY_ALL),
+        limited = hash(KEY_LIMITED),
+        expired = hash(KEY_EXPIRED),
+        disabled = hash(KEY_DISABLED),
+    )
+}
+
+impl Stack {
+    pub fn start(opts: StackOptions) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mock = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let envoy_admin = format!("127.0.0.1:{}", free_port());
+        let grpc = if opts.tcp {
+            format!("127.0.0.1:{}", free_port())
+        } else {
+            format!("unix:{}", d.join("tollgate.sock").display())
+        };
+        let compat_file = d.join("compat.key");
+        std::fs::write(&compat_file, format!("{COMPAT_SECRET}\n")).unwrap();
+        let config_path = d.join("tollgate.yaml");
+        std::fs::write(
+            &config_path,
+            config_yaml(&opts, &grpc, &admin, &mock)
+                .replace("COMPAT_FILE", &compat_file.display().to_string()),
+        )
+        .unwrap();
+
+        let mut procs = Vec::new();
+        let mut mock_p = Proc::spawn(
+            "mock",
+            Command::new(TOLLGATE).args([
+                "mock",
+                "--listen",
+                &mock,
+                "--chunk-delay-ms",
+                &opts.chunk_delay_ms.to_string(),
+            ]),
+            d,
+        );
+        let mut serve_p = Proc::spawn(
+            "serve",
+            Command::new(TOLLGATE)
+                .args(["serve", "--config"])
+                .arg(&config_path)
+                .env("E2E_AZURE_KEY", AZURE_SECRET)
+                .env(
+                    "TOLLGATE_LOG",
+                    "info,tollgate_extproc=debug,tollgate_authz=debug",
+                ),
+            d,
+        );
+        let bootstrap = Command::new(TOLLGATE)
+            .args(["envoy-bootstrap", "--config"])
+            .arg(&config_path)
+            .args(["--listen", &listen.to_string(), "--admin", &envoy_admin])
+            .env("E2E_AZURE_KEY", AZURE_SECRET)
+            .output()
+            .unwrap();
+        assert!(
+            bootstrap.status.success(),
+            "envoy-bootstrap failed: {}",
+            String::from_utf8_lossy(&bootstrap.stderr)
+        );
+        let bootstrap_path = d.join("envoy.yaml");
+        std::fs::write(&bootstrap_path, &bootstrap.stdout).unwrap();
+        let mut envoy_p = Proc::spawn(
+            "envoy",
+            Command::new(envoy_bin())
+                .arg("-c")
+                .arg(&bootstrap_path)
+                .args([
+                    "--concurrency",
+                    "1",
+                    "--use-dynamic-base-id",
+                    "--log-level",
+                    "warning",
+                ]),
+            d,
+        );
+        wait_http_ok(
+            &format!("http://{mock}/v1/models"),
+            &mut [&mut mock_p, &mut serve_p, &mut envoy_p],
+        );
+        wait_http_ok(
+            &format!("http://{admin}/readyz"),
+            &mut [&mut mock_p, &mut serve_p, &mut envoy_p],
+        );
+        wait_http_ok(
+            &format!("http://{envoy_admin}/ready"),
+            &mut [&mut mock_p, &mut serve_p, &mut envoy_p],
+        );
+        procs.push(mock_p);
+        procs.push(serve_p);
+        procs.push(envoy_p);
+        Stack {
+            dir,
+            base: format!("http://{listen}"),
+            mock: format!("http://{mock}"),
+            admin: format!("http://{admin}"),
+            envoy_admin: format!("http://{envoy_admin}"),
+            config_path,
+            procs,
+            http: ::reqwest::Client::new(),
+        }
+    }
+
+    /// POSTs JSON text to the gateway with a bearer key.
+    pub async fn post(&self, path: &str, key: Option<&str>, body: impl Into<String>) -> Reply {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.into());
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        Reply::from(req.send().await.unwrap()).await
+    }
+
+    /// GETs a gateway path with a bearer key.
+    pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        Reply::from(req.send().await.unwrap()).await
+    }
+
+    /// What the mock provider received, oldest first.
+    pub async fn upstream_requests(&self) -> Vec<serde_json::Value> {
+        self.http
+            .get(format!("{}/__mock/requests", self.mock))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn clear_upstream_requests(&self) {
+        self.http
+            .delete(format!("{}/__mock/requests", self.mock))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub fn serve_log(&self) -> String {
+        self.procs[1].log()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in &self.procs {
+                eprintln!("===== {} log =====\n{}", p.name, p.log());
+            }
+        }
+    }
+}
+
+/// A response, read whole.
+pub struct Reply {
+    pub status: u16,
+    pub headers: ::reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    async fn from(r: ::reqwest::Response) -> Reply {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        Reply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an OpenAI-format error with this status and code, and a request id.
+    pub fn assert_openai_error(&self, status: u16, code: Option<&str>) -> serde_json::Value {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        let v = self.json();
+        let err = &v["error"];
+        assert!(
+            err["message"].is_string(),
+            "no error.message: {}",
+            self.text
+        );
+        assert!(err["type"].is_string(), "no error.type: {}", self.text);
+        if let Some(code) = code {
+            assert_eq!(err["code"], code, "body: {}", self.text);
+        }
+        let rid = self
+            .header("x-tollgate-request-id")
+            .unwrap_or_else(|| panic!("no x-tollgate-request-id on {status}: {:?}", self.headers));
+        assert_eq!(rid.len(), 32);
+        v
+    }
+}
