@@ -3,6 +3,9 @@
 //! are counted, streaming separates first and last byte. Bounds follow from arithmetic on
 //! the server's built-in delays, not from how fast this machine is.
 
+// Test support: failing loudly is the point here.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -704,7 +704,10 @@ fn validate_provider(
                         format!("cannot read {}: {e}", file.display()),
                     )
                 }),
-            _ => Err(errs.add(&cpath, "give exactly one of `env` or `file`")),
+            _ => {
+                errs.add(&cpath, "give exactly one of `env` or `file`");
+                Err(())
+            }
         }
         .ok()?;
         let header = match p.kind {

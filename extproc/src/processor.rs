@@ -96,12 +96,10 @@ pub struct Processor {
 
 fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a [u8]> {
     headers.as_ref()?.headers.iter().find_map(|h| {
-        (h.key == name).then(|| {
-            if h.raw_value.is_empty() {
-                h.value.as_bytes()
-            } else {
-                h.raw_value.as_slice()
-            }
+        (h.key == name).then_some(if h.raw_value.is_empty() {
+            h.value.as_bytes()
+        } else {
+            h.raw_value.as_slice()
         })
     })
 }

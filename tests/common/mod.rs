@@ -2,7 +2,8 @@
 //! ports, waits until each is ready, kills each on drop, and prints every process's log when a
 //! test fails.
 
-#![allow(dead_code)]
+// Test support: failing loudly is the point here.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
