@@ -125,7 +125,9 @@ fn tollgate_check_accepts_every_example_and_names_the_field_of_a_bad_one() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("providers.openai.credential.env: environment variable `OPENAI_API_KEY` is not set"),
+        err.contains(
+            "providers.openai.credential.env: environment variable `OPENAI_API_KEY` is not set"
+        ),
         "{err}"
     );
 }
