@@ -1,6 +1,9 @@
 //! The small commands: `tollgate keys new` mints a key that the config it prints accepts, and
 //! `tollgate check` reports every error with its field path.
 
+// Test support: failing loudly is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::Command;

@@ -3,6 +3,9 @@
 //! `envoy/sidecar.yaml` is exactly what `tollgate envoy-bootstrap` renders for the production
 //! example, so the committed file cannot drift from the code.
 
+// Test support: failing loudly is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

@@ -2,6 +2,9 @@
 //! Envoy, prints a key and a curl, and the printed request works. Start-up problems (no Envoy,
 //! a busy port) end with a message that says what to do.
 
+// Test support: failing loudly is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{BufRead, BufReader};
