@@ -155,3 +155,30 @@ keys:
         assert!(paths.contains(&want), "missing {want} in {errs:#?}");
     }
 }
+
+#[test]
+fn anthropic_providers_get_x_api_key_and_the_messages_path() {
+    let yaml = r#"
+providers:
+  claude:
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1
+    credential: { env: ANTHROPIC_KEY }
+models:
+  sonnet:
+    targets: [{ provider: claude, model: claude-sonnet-4-5 }]
+"#;
+    let env = MapEnv::from_pairs([("ANTHROPIC_KEY", "sk-ant-test")]);
+    let c = Config::from_yaml(yaml, &env).unwrap();
+    let p = &c.providers["claude"];
+    assert_eq!(p.kind.family(), ApiFamily::Anthropic);
+    let (name, secret) = p.credential_header.as_ref().unwrap();
+    assert_eq!((*name, secret.expose()), ("x-api-key", "sk-ant-test"));
+    let t = &c.models["sonnet"].targets[0];
+    assert_eq!(t.path(Endpoint::Messages), "/v1/messages");
+    assert_eq!(ProviderKind::OpenaiCompatible.family(), ApiFamily::OpenAi);
+    assert_eq!(
+        Endpoint::from_request("POST", "/v1/messages"),
+        Some(Endpoint::Messages)
+    );
+}
