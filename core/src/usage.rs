@@ -167,7 +167,12 @@ mod tests {
         .unwrap();
         let mut u = Usage::from(start);
         assert_eq!(
-            (u.input_tokens, u.cache_read_tokens, u.cache_write_tokens, u.output_tokens),
+            (
+                u.input_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                u.output_tokens
+            ),
             (125, 100, 5, 1)
         );
         let delta: AnthropicUsage = serde_json::from_str(
@@ -175,7 +180,10 @@ mod tests {
         )
         .unwrap();
         delta.merge_into(&mut u);
-        assert_eq!((u.input_tokens, u.output_tokens, u.reasoning_tokens), (125, 42, 30));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
+            (125, 42, 30)
+        );
         let delta: AnthropicUsage =
             serde_json::from_str(r#"{"input_tokens":21,"cache_read_input_tokens":0}"#).unwrap();
         delta.merge_into(&mut u);

@@ -314,24 +314,23 @@ impl Processor {
         let provider = &target.provider;
         let (pair, upstream_endpoint) = Pair::route(endpoint, provider.kind.family())
             .map_err(|e| (e.api_error(), Some(model.clone())))?;
-        let (body, strip_usage_chunk, include_usage) = if pair.translates()
-            || pair.upstream == ApiFamily::Anthropic
-        {
-            let (body, include_usage) = pair
-                .request(
-                    parsed.object(),
-                    &target.upstream_model,
-                    parsed.stream,
-                    b.body.len(),
-                )
-                .map_err(|e| (e.api_error(), Some(model.clone())))?;
-            (body, false, include_usage)
-        } else {
-            let r = parsed
-                .rewrite(&target.upstream_model, b.body.len())
-                .map_err(|e| (e, Some(model.clone())))?;
-            (r.body, r.strip_usage_chunk, false)
-        };
+        let (body, strip_usage_chunk, include_usage) =
+            if pair.translates() || pair.upstream == ApiFamily::Anthropic {
+                let (body, include_usage) = pair
+                    .request(
+                        parsed.object(),
+                        &target.upstream_model,
+                        parsed.stream,
+                        b.body.len(),
+                    )
+                    .map_err(|e| (e.api_error(), Some(model.clone())))?;
+                (body, false, include_usage)
+            } else {
+                let r = parsed
+                    .rewrite(&target.upstream_model, b.body.len())
+                    .map_err(|e| (e, Some(model.clone())))?;
+                (r.body, r.strip_usage_chunk, false)
+            };
 
         let mut headers = Vec::with_capacity(7 + provider.headers.len());
         headers.push(set(":path", target.path(upstream_endpoint)));
@@ -348,7 +347,10 @@ impl Processor {
         match pair.upstream {
             ApiFamily::Anthropic
                 if !self.client_anthropic_version
-                    && !provider.headers.iter().any(|(k, _)| k == "anthropic-version") =>
+                    && !provider
+                        .headers
+                        .iter()
+                        .any(|(k, _)| k == "anthropic-version") =>
             {
                 headers.push(set("anthropic-version", ANTHROPIC_VERSION));
             }

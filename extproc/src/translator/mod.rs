@@ -70,15 +70,13 @@ impl Pair {
             }
             (Endpoint::Messages, ApiFamily::OpenAi) => Endpoint::ChatCompletions,
             (e, ApiFamily::OpenAi) => e,
-            (e, ApiFamily::Anthropic) => {
-                return Err(TranslateError::Unsupported {
-                    param: "model",
-                    message: format!(
-                        "This model is served by an Anthropic provider, which has no `{}` endpoint.",
-                        e.suffix()
-                    ),
-                })
-            }
+            (e, ApiFamily::Anthropic) => return Err(TranslateError::Unsupported {
+                param: "model",
+                message: format!(
+                    "This model is served by an Anthropic provider, which has no `{}` endpoint.",
+                    e.suffix()
+                ),
+            }),
         };
         Ok((pair, target))
     }
@@ -131,9 +129,9 @@ impl Pair {
                 body: None,
                 usage: match self.upstream {
                     ApiFamily::OpenAi => openai::usage_from_body(body),
-                    ApiFamily::Anthropic => anthropic::response_from_wire(body)
-                        .ok()
-                        .map(|r| r.usage),
+                    ApiFamily::Anthropic => {
+                        anthropic::response_from_wire(body).ok().map(|r| r.usage)
+                    }
                 },
             };
         }

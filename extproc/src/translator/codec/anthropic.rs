@@ -15,8 +15,8 @@ use tollgate_core::Usage;
 use super::{member, to_bytes};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role,
-    StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
 };
 use crate::translator::json::RawObject;
 
@@ -357,15 +357,17 @@ fn block_value(p: &Part) -> Option<Value> {
     Some(match p {
         Part::Text(t) if t.is_empty() => return None,
         Part::Text(t) => json!({"type": "text", "text": t}),
-        Part::Image(Image::Url(url)) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+        Part::Image(Image::Url(url)) => {
+            json!({"type": "image", "source": {"type": "url", "url": url}})
+        }
         Part::Image(Image::Base64 { media_type, data }) => json!({"type": "image",
             "source": {"type": "base64", "media_type": media_type, "data": data}}),
         Part::ToolCall(c) => json!({"type": "tool_use", "id": c.id, "name": c.name,
-            "input": if c.arguments.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| json!({}))
-            }}),
+        "input": if c.arguments.trim().is_empty() {
+            json!({})
+        } else {
+            serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| json!({}))
+        }}),
         Part::ToolResult(r) => {
             let mut v = Map::new();
             v.insert("type".into(), "tool_result".into());
@@ -647,14 +649,18 @@ impl StreamDecoder {
                     _ => (BlockKind::Text, None),
                 };
                 out.push(StreamEvent::BlockStart { index, block });
-                if let Some(d) = first.filter(|d| !matches!(d, Delta::Text(t) | Delta::Thinking(t) if t.is_empty())) {
+                if let Some(d) = first
+                    .filter(|d| !matches!(d, Delta::Text(t) | Delta::Thinking(t) if t.is_empty()))
+                {
                     out.push(StreamEvent::Delta { index, delta: d });
                 }
             }
             WireEvent::ContentBlockDelta { index, delta } => {
                 let delta = match delta {
                     WireDelta::TextDelta { text } => Delta::Text(text),
-                    WireDelta::InputJsonDelta { partial_json } => Delta::ToolArguments(partial_json),
+                    WireDelta::InputJsonDelta { partial_json } => {
+                        Delta::ToolArguments(partial_json)
+                    }
                     WireDelta::ThinkingDelta { thinking } => Delta::Thinking(thinking),
                     WireDelta::SignatureDelta { signature } => Delta::Signature(signature),
                     WireDelta::Other => return,
@@ -758,7 +764,9 @@ impl StreamEncoder {
                     BlockKind::ToolCall { id, name } => {
                         json!({"type": "tool_use", "id": id, "name": name, "input": {}})
                     }
-                    BlockKind::Thinking => json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    BlockKind::Thinking => {
+                        json!({"type": "thinking", "thinking": "", "signature": ""})
+                    }
                     BlockKind::RedactedThinking { data } => {
                         json!({"type": "redacted_thinking", "data": data})
                     }
@@ -775,7 +783,9 @@ impl StreamEncoder {
                 }
                 let delta = match delta {
                     Delta::Text(t) => json!({"type": "text_delta", "text": t}),
-                    Delta::ToolArguments(a) => json!({"type": "input_json_delta", "partial_json": a}),
+                    Delta::ToolArguments(a) => {
+                        json!({"type": "input_json_delta", "partial_json": a})
+                    }
                     Delta::Thinking(t) => json!({"type": "thinking_delta", "thinking": t}),
                     Delta::Signature(s) => json!({"type": "signature_delta", "signature": s}),
                 };

@@ -15,8 +15,8 @@ use tollgate_core::Usage;
 use super::{member, to_bytes};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role,
-    StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
+    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
 };
 use crate::translator::json::RawObject;
 
@@ -295,7 +295,9 @@ pub fn request_from_wire(
             other => {
                 return Err(TranslateError::Unsupported {
                     param: "messages",
-                    message: format!("Messages with role `{other}` cannot be sent to this model's provider."),
+                    message: format!(
+                        "Messages with role `{other}` cannot be sent to this model's provider."
+                    ),
                 })
             }
         }
@@ -356,7 +358,9 @@ fn content_value(parts: &[&Part]) -> Value {
             .iter()
             .filter_map(|p| match p {
                 Part::Text(t) => Some(json!({"type": "text", "text": t})),
-                Part::Image(i) => Some(json!({"type": "image_url", "image_url": {"url": i.to_url()}})),
+                Part::Image(i) => {
+                    Some(json!({"type": "image_url", "image_url": {"url": i.to_url()}}))
+                }
                 _ => None,
             })
             .collect(),
@@ -633,7 +637,9 @@ pub fn response_to_wire(r: &ChatResponse, created: u64) -> Vec<u8> {
 
 /// An OpenAI-format error body, when `body` is one.
 pub fn error_from_wire(status: u16, body: &[u8]) -> Option<ErrorInfo> {
-    let e = serde_json::from_slice::<WireErrorEnvelope>(body).ok()?.error;
+    let e = serde_json::from_slice::<WireErrorEnvelope>(body)
+        .ok()?
+        .error;
     Some(ErrorInfo {
         status,
         kind: e.kind,
@@ -642,7 +648,9 @@ pub fn error_from_wire(status: u16, body: &[u8]) -> Option<ErrorInfo> {
 }
 
 fn error_value(e: &ErrorInfo) -> Value {
-    let fallback = tollgate_core::ApiError::Upstream(e.status).class().openai_type;
+    let fallback = tollgate_core::ApiError::Upstream(e.status)
+        .class()
+        .openai_type;
     json!({"error": {
         "message": e.message,
         "type": e.kind.as_deref().unwrap_or(fallback),
@@ -883,7 +891,9 @@ impl StreamEncoder {
                     Delta::Text(t) => json!({"content": t}),
                     Delta::Thinking(t) => json!({"reasoning_content": t}),
                     Delta::ToolArguments(a) => match self.tools.get(&index) {
-                        Some(n) => json!({"tool_calls": [{"index": n, "function": {"arguments": a}}]}),
+                        Some(n) => {
+                            json!({"tool_calls": [{"index": n, "function": {"arguments": a}}]})
+                        }
                         None => return,
                     },
                     Delta::Signature(_) => return,
