@@ -70,13 +70,15 @@ impl Pair {
             }
             (Endpoint::Messages, ApiFamily::OpenAi) => Endpoint::ChatCompletions,
             (e, ApiFamily::OpenAi) => e,
-            (e, ApiFamily::Anthropic) => return Err(TranslateError::Unsupported {
-                param: "model",
-                message: format!(
+            (e, ApiFamily::Anthropic) => {
+                return Err(TranslateError::Unsupported {
+                    param: "model",
+                    message: format!(
                     "This model is served by an Anthropic provider, which has no `{}` endpoint.",
                     e.suffix()
                 ),
-            }),
+                })
+            }
         };
         Ok((pair, target))
     }

@@ -665,6 +665,10 @@ impl StreamDecoder {
                     WireDelta::SignatureDelta { signature } => Delta::Signature(signature),
                     WireDelta::Other => return,
                 };
+                if matches!(&delta, Delta::Text(t) | Delta::ToolArguments(t) | Delta::Thinking(t) if t.is_empty())
+                {
+                    return;
+                }
                 out.push(StreamEvent::Delta { index, delta });
             }
             WireEvent::ContentBlockStop { index } => out.push(StreamEvent::BlockStop { index }),
