@@ -21,6 +21,8 @@ pub const KEY_EXPIRED: &str = "tg-e2e-expired";
 pub const KEY_DISABLED: &str = "tg-e2e-disabled";
 /// The Azure mock's credential, given to `serve` through the environment.
 pub const AZURE_SECRET: &str = "azure-upstream-secret";
+/// The Anthropic mock's credential, given to `serve` through the environment.
+pub const ANTHROPIC_SECRET: &str = "anthropic-upstream-secret";
 /// The OpenAI-compatible mock's credential, read from a file.
 pub const COMPAT_SECRET: &str = "compat-upstream-secret";
 
@@ -211,6 +213,10 @@ providers:
   down:
     kind: openai
     base_url: "http://127.0.0.1:{down}/v1"
+  claude:
+    kind: anthropic
+    base_url: "http://{mock}/v1"
+    credential: {{ env: E2E_ANTHROPIC_KEY }}
 models:
   mock-model:
     targets: [{{ provider: mock, model: mock-model }}]
@@ -226,6 +232,14 @@ models:
     targets: [{{ provider: mock, model: mock-error-429 }}]
   html-error:
     targets: [{{ provider: mock, model: mock-html-error }}]
+  stream-error:
+    targets: [{{ provider: mock, model: mock-stream-error }}]
+  claude-model:
+    targets: [{{ provider: claude, model: claude-upstream-model }}]
+  claude-rate-limited:
+    targets: [{{ provider: claude, model: mock-error-429 }}]
+  claude-stream-error:
+    targets: [{{ provider: claude, model: mock-stream-error }}]
 keys:
   - {{ id: all, hash: "{all}", tenant: acme, team: ml, models: ["*"] }}
   - {{ id: limited, hash: "{limited}", tenant: acme, models: [mock-model, mock-embedding] }}
@@ -283,6 +297,7 @@ impl Stack {
                 .args(["serve", "--config"])
                 .arg(&config_path)
                 .env("E2E_AZURE_KEY", AZURE_SECRET)
+                .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
                 .env(
                     "TOLLGATE_LOG",
                     "info,tollgate_extproc=debug,tollgate_authz=debug",
@@ -294,6 +309,7 @@ impl Stack {
             .arg(&config_path)
             .args(["--listen", &listen.to_string(), "--admin", &envoy_admin])
             .env("E2E_AZURE_KEY", AZURE_SECRET)
+            .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
             .output()
             .unwrap();
         assert!(
