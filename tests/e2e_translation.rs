@@ -260,6 +260,11 @@ async fn errors_reach_anthropic_clients_in_anthropic_format() {
         400,
         "invalid_request_error",
     );
+    let big = json!({"model": "claude-model", "max_tokens": 10, "pad": "x".repeat(70 * 1024),
+        "messages": [{"role": "user", "content": "x"}]});
+    let r = s.post("/v1/messages", Some(KEY_ALL), big.to_string()).await;
+    assert_eq!(r.status, 413, "{}", r.text);
+    assert_eq!(r.json()["error"]["type"], "request_too_large", "{}", r.text);
     // Upstream errors: OpenAI-format bodies translated, others replaced, Envoy's own too.
     assert_anthropic_error(
         &s.post("/v1/messages", Some(KEY_ALL), body("rate-limited"))
