@@ -16,7 +16,7 @@ impl EnvSource for AnyEnv {
 
 #[test]
 fn every_example_config_validates() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
     let mut seen = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
