@@ -12,7 +12,7 @@ use tollgate_core::error::anthropic_type;
 use tollgate_core::usage::AnthropicUsage;
 use tollgate_core::Usage;
 
-use super::{member, to_bytes};
+use super::{member, start_request, to_bytes};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
@@ -291,13 +291,7 @@ pub fn request_from_wire(
     model: &str,
     stream: bool,
 ) -> Result<ChatRequest, TranslateError> {
-    let wire: Vec<WireMessage> =
-        member(obj, "messages")?.ok_or_else(|| invalid("messages", "it is required"))?;
-    let mut req = ChatRequest {
-        model: model.to_owned(),
-        stream,
-        ..Default::default()
-    };
+    let (wire, mut req) = start_request::<WireMessage>(obj, model, stream)?;
     for m in wire {
         let role = match m.role.as_str() {
             "user" => Role::User,

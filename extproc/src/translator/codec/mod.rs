@@ -7,7 +7,23 @@ pub mod openai;
 use serde::de::DeserializeOwned;
 
 use super::error::{invalid, TranslateError};
+use super::hub::ChatRequest;
 use super::json::RawObject;
+
+/// A request's `messages` in the dialect's wire type `M`, and the hub request to fill.
+pub(crate) fn start_request<M: DeserializeOwned>(
+    obj: &RawObject<'_>,
+    model: &str,
+    stream: bool,
+) -> Result<(Vec<M>, ChatRequest), TranslateError> {
+    let wire = member(obj, "messages")?.ok_or_else(|| invalid("messages", "it is required"))?;
+    let req = ChatRequest {
+        model: model.to_owned(),
+        stream,
+        ..Default::default()
+    };
+    Ok((wire, req))
+}
 
 /// A top-level member deserialized from its raw slice (`None` when absent or `null`).
 pub(crate) fn member<T: DeserializeOwned>(

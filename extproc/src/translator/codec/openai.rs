@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use tollgate_core::usage::OpenAiUsage;
 use tollgate_core::Usage;
 
-use super::{member, to_bytes};
+use super::{member, start_request, to_bytes};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
@@ -248,13 +248,7 @@ pub fn request_from_wire(
     model: &str,
     stream: bool,
 ) -> Result<ChatRequest, TranslateError> {
-    let wire: Vec<WireMessage> =
-        member(obj, "messages")?.ok_or_else(|| invalid("messages", "it is required"))?;
-    let mut req = ChatRequest {
-        model: model.to_owned(),
-        stream,
-        ..Default::default()
-    };
+    let (wire, mut req) = start_request::<WireMessage>(obj, model, stream)?;
     for m in wire {
         match m.role.as_str() {
             "system" | "developer" => req.system.push(text_of(parts_of(m.content)?)),
@@ -408,39 +402,7 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
                     messages.push(json!({"role": "user", "content": content_value(&rest)}));
                 }
             }
-            Role::Assistant => {
-                let text: Vec<&str> = m
-                    .content
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::Text(t) => Some(t.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                let calls: Vec<Value> = m
-                    .content
-                    .iter()
-                    .filter_map(|p| match p {
-                        Part::ToolCall(c) => Some(json!({"id": c.id, "type": "function",
-                            "function": {"name": c.name, "arguments": c.arguments}})),
-                        _ => None,
-                    })
-                    .collect();
-                let mut msg = Map::new();
-                msg.insert("role".into(), "assistant".into());
-                msg.insert(
-                    "content".into(),
-                    if text.is_empty() {
-                        Value::Null
-                    } else {
-                        Value::String(text.concat())
-                    },
-                );
-                if !calls.is_empty() {
-                    msg.insert("tool_calls".into(), Value::Array(calls));
-                }
-                messages.push(Value::Object(msg));
-            }
+            Role::Assistant => messages.push(Value::Object(assistant_message(&m.content))),
         }
     }
     let mut body = Map::new();
@@ -502,6 +464,39 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Responses and errors
 // ---------------------------------------------------------------------------------------------
+
+/// An assistant message: its text joined (`null` when it has none) and its tool calls.
+fn assistant_message(content: &[Part]) -> Map<String, Value> {
+    let text: String = content
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    let calls: Vec<Value> = content
+        .iter()
+        .filter_map(|p| match p {
+            Part::ToolCall(c) => Some(json!({"id": c.id, "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments}})),
+            _ => None,
+        })
+        .collect();
+    let mut msg = Map::new();
+    msg.insert("role".into(), "assistant".into());
+    msg.insert(
+        "content".into(),
+        if text.is_empty() {
+            Value::Null
+        } else {
+            text.into()
+        },
+    );
+    if !calls.is_empty() {
+        msg.insert("tool_calls".into(), calls.into());
+    }
+    msg
+}
 
 fn stop_reason(finish: &str) -> StopReason {
     match finish {
@@ -578,14 +573,11 @@ fn usage_value(u: &Usage) -> Value {
 
 /// A `chat.completion` body for an OpenAI client.
 pub fn response_to_wire(r: &ChatResponse, created: u64) -> Vec<u8> {
-    let text: String = r
-        .content
-        .iter()
-        .filter_map(|p| match p {
-            Part::Text(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect();
+    let mut message = assistant_message(&r.content);
+    if message["content"].is_null() && !message.contains_key("tool_calls") {
+        message.insert("content".into(), "".into());
+    }
+    message.insert("refusal".into(), Value::Null);
     let reasoning: String = r
         .content
         .iter()
@@ -594,31 +586,8 @@ pub fn response_to_wire(r: &ChatResponse, created: u64) -> Vec<u8> {
             _ => None,
         })
         .collect();
-    let calls: Vec<Value> = r
-        .content
-        .iter()
-        .filter_map(|p| match p {
-            Part::ToolCall(c) => Some(json!({"id": c.id, "type": "function",
-                "function": {"name": c.name, "arguments": c.arguments}})),
-            _ => None,
-        })
-        .collect();
-    let mut message = Map::new();
-    message.insert("role".into(), "assistant".into());
-    message.insert(
-        "content".into(),
-        if text.is_empty() && !calls.is_empty() {
-            Value::Null
-        } else {
-            text.into()
-        },
-    );
-    message.insert("refusal".into(), Value::Null);
     if !reasoning.is_empty() {
         message.insert("reasoning_content".into(), reasoning.into());
-    }
-    if !calls.is_empty() {
-        message.insert("tool_calls".into(), calls.into());
     }
     to_bytes(&json!({
         "id": r.id,
