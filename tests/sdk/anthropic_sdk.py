@@ -16,11 +16,11 @@ Standalone on purpose (no pytest): `python3 tests/sdk/anthropic_sdk.py`.
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 import anthropic
+from checks import env, expect, fail, run_plan
 from anthropic import Anthropic
 
 PROMPT = "Say hello to the Tollgate gateway and tell me what you are"
@@ -34,27 +34,6 @@ WEATHER_TOOL = {
         "required": ["city"],
     },
 }
-
-
-class CheckFailed(Exception):
-    """A check saw something wrong."""
-
-
-def fail(message: str) -> NoReturn:
-    raise CheckFailed(message)
-
-
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        fail(message)
-
-
-def env(name: str) -> str:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        print(f"FAIL setup: environment variable {name} is not set")
-        sys.exit(1)
-    return value
 
 
 class Checks:
@@ -198,24 +177,7 @@ def main() -> int:
         ("errors in Anthropic format", checks.errors),
     ]
     print(f"anthropic SDK {anthropic.__version__} against {checks.client.base_url}, model {checks.model}")
-    for name, check in plan:
-        try:
-            detail = check()
-        except CheckFailed as error:
-            print(f"FAIL {name}: {error}")
-            return 1
-        except anthropic.APIStatusError as error:
-            print(f"FAIL {name}: HTTP {error.status_code} from the server: {error.message}")
-            return 1
-        except anthropic.APIError as error:
-            print(f"FAIL {name}: {type(error).__name__}: {error}")
-            return 1
-        except Exception as error:  # noqa: BLE001 - a crash is a failed check, said clearly
-            print(f"FAIL {name}: unexpected {type(error).__name__}: {error}")
-            return 1
-        print(f"ok   {name}: {detail}")
-    print("all checks passed")
-    return 0
+    return run_plan(plan, anthropic.APIStatusError, anthropic.APIError)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-from typing import Callable, NoReturn
+from typing import Callable
 
 import openai
+from checks import env, expect, fail, run_plan
 from openai import OpenAI
 
 PROMPT = "Say hello to the Tollgate gateway and tell me what you are"
@@ -33,27 +33,6 @@ EMBED_INPUTS = ["The quick brown fox", "jumps over the lazy dog"]
 # Float JSON and base64 carry the same f32 values; allow for a gateway that re-encodes JSON
 # numbers with a last-digit difference, while still catching any real change of vector.
 EMBED_TOLERANCE = 1e-6
-
-
-class CheckFailed(Exception):
-    """A check saw something wrong."""
-
-
-def fail(message: str) -> NoReturn:
-    raise CheckFailed(message)
-
-
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        fail(message)
-
-
-def env(name: str, required: bool = True) -> str:
-    value = os.environ.get(name, "").strip()
-    if required and not value:
-        print(f"FAIL setup: environment variable {name} is not set")
-        sys.exit(1)
-    return value
 
 
 def usage_tuple(usage: object) -> tuple[int, int, int]:
@@ -317,24 +296,7 @@ def main() -> int:
         ("models.list", checks.models),
     ]
     print(f"openai SDK {openai.__version__} against {checks.client.base_url}")
-    for name, check in plan:
-        try:
-            detail = check()
-        except CheckFailed as error:
-            print(f"FAIL {name}: {error}")
-            return 1
-        except openai.APIStatusError as error:
-            print(f"FAIL {name}: HTTP {error.status_code} from the server: {error.message}")
-            return 1
-        except openai.APIError as error:
-            print(f"FAIL {name}: {type(error).__name__}: {error}")
-            return 1
-        except Exception as error:  # noqa: BLE001 - a crash is a failed check, said clearly
-            print(f"FAIL {name}: unexpected {type(error).__name__}: {error}")
-            return 1
-        print(f"ok   {name}: {detail}")
-    print("all checks passed")
-    return 0
+    return run_plan(plan, openai.APIStatusError, openai.APIError)
 
 
 if __name__ == "__main__":
