@@ -304,31 +304,12 @@ async fn streams_pass_through_chunk_by_chunk() {
     });
     let body = json!({"model": "mock-model", "stream": true,
         "messages": [{"role": "user", "content": "one two three four five six seven eight"}]});
-    let started = Instant::now();
-    let mut resp = stack
-        .http
-        .post(format!("{}/v1/chat/completions", stack.base))
-        .bearer_auth(KEY_ALL)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut first = None;
-    let mut all = Vec::new();
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        first.get_or_insert_with(|| started.elapsed());
-        all.extend_from_slice(&chunk);
-    }
-    let total = started.elapsed();
-    let first = first.unwrap();
+    let (first, total, text) = stack.stream_timed("/v1/chat/completions", body).await;
     // 14 chunks 150 ms apart: a gateway that buffered the stream would deliver nothing before
     // the end (about 2 s).
     assert!(total >= Duration::from_millis(1500), "{total:?}");
     assert!(first < total / 3, "first byte at {first:?} of {total:?}");
-    assert!(String::from_utf8(all)
-        .unwrap()
-        .ends_with("data: [DONE]\n\n"));
+    assert!(text.ends_with("data: [DONE]\n\n"));
 }
 
 #[tokio::test]

@@ -307,35 +307,6 @@ async fn errors_reach_anthropic_clients_in_anthropic_format() {
     .assert_openai_error(400, Some("invalid_value"));
 }
 
-/// Time to the first body byte and in total of one streamed request.
-async fn first_byte_and_total(
-    stack: &Stack,
-    path: &str,
-    body: Value,
-) -> (std::time::Duration, std::time::Duration, String) {
-    let started = std::time::Instant::now();
-    let mut resp = stack
-        .http
-        .post(format!("{}{path}", stack.base))
-        .bearer_auth(KEY_ALL)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut first = None;
-    let mut all = Vec::new();
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        first.get_or_insert_with(|| started.elapsed());
-        all.extend_from_slice(&chunk);
-    }
-    (
-        first.unwrap(),
-        started.elapsed(),
-        String::from_utf8(all).unwrap(),
-    )
-}
-
 #[tokio::test]
 async fn translated_streams_flow_chunk_by_chunk() {
     let stack = Stack::start(StackOptions {
@@ -344,25 +315,25 @@ async fn translated_streams_flow_chunk_by_chunk() {
     });
     let prompt = "one two three four five six seven eight";
     // Anthropic client, OpenAI backend: 14 chunks 100 ms apart.
-    let (first, total, text) = first_byte_and_total(
-        &stack,
-        "/v1/messages",
-        json!({"model": "mock-model", "max_tokens": 100, "stream": true,
+    let (first, total, text) = stack
+        .stream_timed(
+            "/v1/messages",
+            json!({"model": "mock-model", "max_tokens": 100, "stream": true,
             "messages": [{"role": "user", "content": prompt}]}),
-    )
-    .await;
+        )
+        .await;
     assert!(total >= std::time::Duration::from_millis(1000), "{total:?}");
     assert!(first < total / 3, "first byte at {first:?} of {total:?}");
     assert!(text.starts_with("event: message_start\n"), "{text}");
     assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
     // OpenAI client, Anthropic backend.
-    let (first, total, text) = first_byte_and_total(
-        &stack,
-        "/v1/chat/completions",
-        json!({"model": "claude-model", "stream": true,
+    let (first, total, text) = stack
+        .stream_timed(
+            "/v1/chat/completions",
+            json!({"model": "claude-model", "stream": true,
             "messages": [{"role": "user", "content": prompt}]}),
-    )
-    .await;
+        )
+        .await;
     assert!(total >= std::time::Duration::from_millis(1000), "{total:?}");
     assert!(first < total / 3, "first byte at {first:?} of {total:?}");
     assert!(text.ends_with("data: [DONE]\n\n"), "{text}");

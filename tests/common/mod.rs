@@ -373,6 +373,36 @@ impl Stack {
         Reply::from(req.send().await.unwrap()).await
     }
 
+    /// POSTs a streaming request with the all-models key and reads the body chunk by chunk:
+    /// time to the first body byte, total time, and the whole body.
+    pub async fn stream_timed(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (Duration, Duration, String) {
+        let started = Instant::now();
+        let mut resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(KEY_ALL)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut first = None;
+        let mut all = Vec::new();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            first.get_or_insert_with(|| started.elapsed());
+            all.extend_from_slice(&chunk);
+        }
+        (
+            first.unwrap(),
+            started.elapsed(),
+            String::from_utf8(all).unwrap(),
+        )
+    }
+
     /// GETs a gateway path with a bearer key.
     pub async fn get(&self, path: &str, key: Option<&str>) -> Reply {
         let mut req = self.http.get(format!("{}{path}", self.base));
