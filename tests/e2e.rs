@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,26 +14,17 @@ const CHAT: &str =
 #[tokio::test]
 async fn the_official_openai_sdk_works_through_envoy() {
     let stack = Stack::start(StackOptions::default());
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/openai_sdk.py"
-        ))
-        .env("TOLLGATE_BASE_URL", format!("{}/v1", stack.base))
-        .env("TOLLGATE_KEY", KEY_LIMITED)
-        .env("TOLLGATE_CHAT_MODEL", "mock-model")
-        .env("TOLLGATE_EMBED_MODEL", "mock-embedding")
-        .env("TOLLGATE_EXPECT_MODELS", "mock-model,mock-embedding")
-        .output()
-        .expect("python3 is needed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let base = format!("{}/v1", stack.base);
+    run_sdk(
+        "openai_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &base),
+            ("TOLLGATE_KEY", KEY_LIMITED),
+            ("TOLLGATE_CHAT_MODEL", "mock-model"),
+            ("TOLLGATE_EMBED_MODEL", "mock-embedding"),
+            ("TOLLGATE_EXPECT_MODELS", "mock-model,mock-embedding"),
+        ],
     );
-    eprintln!("{text}");
-    assert!(out.status.success(), "SDK checks failed:\n{text}");
-    assert!(text.contains("ok"), "{text}");
 }
 
 #[tokio::test]

@@ -9,26 +9,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::{json, Value};
-
-fn run_sdk(script: &str, envs: &[(&str, &str)]) {
-    let out = Command::new("python3")
-        .arg(format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR")))
-        .envs(envs.iter().copied())
-        .output()
-        .expect("python3 is needed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "SDK checks failed:\n{text}");
-    assert!(text.contains("all checks passed"), "{text}");
-}
 
 /// The API requests the mock received (not the harness's readiness probes).
 async fn posted(stack: &Stack) -> Vec<Value> {

@@ -155,6 +155,24 @@ mod reqwest {
     }
 }
 
+/// Runs an SDK check script from `tests/sdk/` with `envs`; fails the test (showing the
+/// script's output) unless every check passed.
+pub fn run_sdk(script: &str, envs: &[(&str, &str)]) {
+    let out = Command::new("python3")
+        .arg(format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR")))
+        .envs(envs.iter().copied())
+        .output()
+        .expect("python3 is needed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "SDK checks failed:\n{text}");
+    assert!(text.contains("all checks passed"), "{text}");
+}
+
 /// Options of a stack.
 #[derive(Clone)]
 pub struct StackOptions {

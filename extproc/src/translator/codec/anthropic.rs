@@ -12,7 +12,7 @@ use tollgate_core::error::anthropic_type;
 use tollgate_core::usage::AnthropicUsage;
 use tollgate_core::Usage;
 
-use super::{member, start_request, to_bytes};
+use super::{member, start_request, to_bytes, tool_object};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
@@ -438,15 +438,7 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
             "tools".into(),
             req.tools
                 .iter()
-                .map(|t| {
-                    let mut v = Map::new();
-                    v.insert("name".into(), t.name.clone().into());
-                    if let Some(d) = &t.description {
-                        v.insert("description".into(), d.clone().into());
-                    }
-                    v.insert("input_schema".into(), t.parameters.clone());
-                    Value::Object(v)
-                })
+                .map(|t| Value::Object(tool_object(t, "input_schema")))
                 .collect(),
         );
     }

@@ -7,7 +7,7 @@ pub mod openai;
 use serde::de::DeserializeOwned;
 
 use super::error::{invalid, TranslateError};
-use super::hub::ChatRequest;
+use super::hub::{ChatRequest, Tool};
 use super::json::RawObject;
 
 /// A request's `messages` in the dialect's wire type `M`, and the hub request to fill.
@@ -42,4 +42,19 @@ pub(crate) fn member<T: DeserializeOwned>(
 /// Serializes a JSON value we built ourselves (cannot fail for `serde_json::Value`).
 pub(crate) fn to_bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// A tool definition as both APIs spell it: `name`, optional `description`, and the JSON
+/// Schema under `schema_key` (`parameters` for OpenAI, `input_schema` for Anthropic).
+pub(crate) fn tool_object(
+    t: &Tool,
+    schema_key: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut v = serde_json::Map::new();
+    v.insert("name".into(), t.name.clone().into());
+    if let Some(d) = &t.description {
+        v.insert("description".into(), d.clone().into());
+    }
+    v.insert(schema_key.into(), t.parameters.clone());
+    v
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use tollgate_core::usage::OpenAiUsage;
 use tollgate_core::Usage;
 
-use super::{member, start_request, to_bytes};
+use super::{member, start_request, to_bytes, tool_object};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
@@ -413,15 +413,7 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
             "tools".into(),
             req.tools
                 .iter()
-                .map(|t| {
-                    let mut f = Map::new();
-                    f.insert("name".into(), t.name.clone().into());
-                    if let Some(d) = &t.description {
-                        f.insert("description".into(), d.clone().into());
-                    }
-                    f.insert("parameters".into(), t.parameters.clone());
-                    json!({"type": "function", "function": f})
-                })
+                .map(|t| json!({"type": "function", "function": tool_object(t, "parameters")}))
                 .collect(),
         );
         if let Some(p) = req.parallel_tool_calls {
