@@ -250,14 +250,28 @@ impl Processor {
         let Some(ctx) = &self.ctx else {
             return self.reject(&ApiError::Internal, None);
         };
-        let data: Vec<serde_json::Value> = self
+        let ids: Vec<&String> = self
             .config
             .models
             .keys()
             .filter(|m| ctx.allows(m))
-            .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
             .collect();
-        let body = serde_json::json!({"object": "list", "data": data}).to_string();
+        // Anthropic's SDK (which always sends `anthropic-version`) gets Anthropic's list shape.
+        let body = if self.client_anthropic_version {
+            let data: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|m| serde_json::json!({"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}))
+                .collect();
+            serde_json::json!({"data": data, "has_more": false,
+                "first_id": ids.first(), "last_id": ids.last()})
+        } else {
+            let data: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
+                .collect();
+            serde_json::json!({"object": "list", "data": data})
+        }
+        .to_string();
         self.metrics
             .requests
             .get_or_create(&RequestLabels {

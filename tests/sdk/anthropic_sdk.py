@@ -131,6 +131,12 @@ class Checks:
         expect(final.stop_reason == "tool_use", f"stop_reason {final.stop_reason!r}")
         return f"{len(final.content)} blocks, input {calls[0].input}"
 
+    def models(self) -> str:
+        ids = [m.id for m in self.client.models.list()]
+        expect(self.model in ids, f"models.list returned {ids}, without {self.model}")
+        expect(all(m.type == "model" for m in self.client.models.list()), "entries are not models")
+        return f"{len(ids)} models, {self.model} among them"
+
     def errors(self) -> str:
         seen = []
         try:
@@ -174,6 +180,7 @@ def main() -> int:
         ("messages streaming", checks.streamed),
         ("tool call and tool result", checks.tool_call),
         ("tool call streaming", checks.tool_call_streamed),
+        ("models.list in Anthropic's shape", checks.models),
         ("errors in Anthropic format", checks.errors),
     ]
     print(f"anthropic SDK {anthropic.__version__} against {checks.client.base_url}, model {checks.model}")

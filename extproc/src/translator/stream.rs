@@ -84,6 +84,12 @@ impl StreamTranslator {
     }
 
     fn event(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        let passthrough = matches!(self.encoder, Encoder::Passthrough);
+        // Passed-through streams are read for usage only: skip events that carry none.
+        if passthrough && memchr::memmem::find(raw, b"\"usage\"").is_none() {
+            out.extend_from_slice(raw);
+            return;
+        }
         let data = event_data(raw);
         if !data.is_empty() {
             match &mut self.decoder {
@@ -91,7 +97,7 @@ impl StreamTranslator {
                 Decoder::Anthropic(d) => d.decode(&data, &mut self.events),
             }
         }
-        if matches!(self.encoder, Encoder::Passthrough) {
+        if passthrough {
             self.events.clear();
             out.extend_from_slice(raw);
         } else {
