@@ -535,3 +535,171 @@ proptest! {
         prop_assert_eq!(whole, split);
     }
 }
+
+#[test]
+fn openai_reasoning_streams_become_thinking_blocks_before_the_text() {
+    // DeepSeek-style `reasoning_content` deltas, then content.
+    let sse = concat!(
+        "data: {\"id\":\"c\",\"model\":\"r1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"reasoning_content\":\"Think\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"model\":\"r1\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"ing…\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"model\":\"r1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Answer\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"model\":\"r1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        "data: {\"id\":\"c\",\"model\":\"r1\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,\"completion_tokens_details\":{\"reasoning_tokens\":6}}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    let (out, usage) = translate_stream(ANTHROPIC_TO_OPENAI, false, &[sse.as_bytes()]);
+    let evs = validate_anthropic(&out);
+    let starts: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "content_block_start")
+        .map(|e| &e["content_block"]["type"])
+        .collect();
+    assert_eq!(starts, [&json!("thinking"), &json!("text")]);
+    let thinking: String = evs
+        .iter()
+        .filter(|e| e["index"] == 0 && e["delta"]["type"] == "thinking_delta")
+        .map(|e| e["delta"]["thinking"].as_str().unwrap())
+        .collect();
+    assert_eq!(thinking, "Thinking…");
+    assert_eq!(evs[evs.len() - 2]["delta"]["stop_reason"], "end_turn");
+    assert_eq!(usage.unwrap().reasoning_tokens, 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codec round trips: a hub request written in a dialect and read back is the same request
+// (up to what the dialect merges), so a translation loses nothing either codec can express.
+// ---------------------------------------------------------------------------------------------
+
+mod round_trip {
+    use super::*;
+    use crate::translator::codec::{anthropic, openai as openai_codec};
+    use crate::translator::hub::{
+        ChatRequest, Image, Message, Part, Role, Tool, ToolCall, ToolResult,
+    };
+
+    fn word() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9éü🌍 ]{1,12}".prop_filter("non-blank", |s| !s.trim().is_empty())
+    }
+
+    fn args() -> impl Strategy<Value = String> {
+        proptest::collection::btree_map("[a-z]{1,6}", 0i64..100, 0..3)
+            .prop_map(|m| serde_json::to_string(&m).unwrap())
+    }
+
+    fn image() -> impl Strategy<Value = Image> {
+        prop_oneof![
+            "[a-z]{1,8}".prop_map(|p| Image::Url(format!("https://x.test/{p}.png"))),
+            "[A-Za-z0-9+/]{4,16}".prop_map(|d| Image::Base64 {
+                media_type: "image/png".into(),
+                data: d
+            }),
+        ]
+    }
+
+    /// A turn of one of the shapes both dialects can carry.
+    fn message() -> impl Strategy<Value = Message> {
+        let user = (word(), proptest::option::of(image())).prop_map(|(t, img)| {
+            let mut content = vec![Part::Text(t)];
+            content.extend(img.map(Part::Image));
+            Message {
+                role: Role::User,
+                content,
+            }
+        });
+        let assistant = (
+            proptest::option::of(word()),
+            proptest::collection::vec(("[a-z]{3,8}", "[a-z_]{1,10}", args()), 0..3),
+        )
+            .prop_filter("not empty", |(t, calls)| t.is_some() || !calls.is_empty())
+            .prop_map(|(t, calls)| {
+                let mut content: Vec<Part> = t.into_iter().map(Part::Text).collect();
+                content.extend(calls.into_iter().map(|(id, name, arguments)| {
+                    Part::ToolCall(ToolCall {
+                        id: format!("call_{id}"),
+                        name,
+                        arguments,
+                    })
+                }));
+                Message {
+                    role: Role::Assistant,
+                    content,
+                }
+            });
+        let results =
+            proptest::collection::vec(("[a-z]{3,8}", word()), 1..3).prop_map(|rs| Message {
+                role: Role::User,
+                content: rs
+                    .into_iter()
+                    .map(|(id, text)| {
+                        Part::ToolResult(ToolResult {
+                            call_id: format!("call_{id}"),
+                            content: vec![Part::Text(text)],
+                            is_error: false,
+                        })
+                    })
+                    .collect(),
+            });
+        prop_oneof![user, assistant, results]
+    }
+
+    fn request() -> impl Strategy<Value = ChatRequest> {
+        (
+            proptest::collection::vec(word(), 0..3),
+            proptest::collection::vec(message(), 1..6),
+            proptest::collection::vec(("[a-z_]{1,10}", proptest::option::of(word())), 0..3),
+            1u64..10_000,
+            proptest::option::of(prop_oneof![Just(0.0), Just(0.5), Just(1.0)]),
+            proptest::collection::vec(word(), 0..3),
+            proptest::option::of("[a-z0-9-]{1,10}"),
+        )
+            .prop_map(|(system, messages, tools, max, temperature, stop, user)| ChatRequest {
+                model: "m".into(),
+                system,
+                messages,
+                tools: tools
+                    .into_iter()
+                    .map(|(name, description)| Tool {
+                        name,
+                        description,
+                        parameters: json!({"type": "object", "properties": {"q": {"type": "string"}}}),
+                    })
+                    .collect(),
+                max_tokens: Some(max),
+                temperature,
+                stop,
+                user,
+                ..Default::default()
+            })
+    }
+
+    /// Consecutive turns of one role as one turn: both dialects may split or merge them.
+    fn merged(mut r: ChatRequest) -> ChatRequest {
+        let mut out: Vec<Message> = Vec::new();
+        for m in r.messages {
+            match out.last_mut() {
+                Some(last) if last.role == m.role => last.content.extend(m.content),
+                _ => out.push(m),
+            }
+        }
+        r.messages = out;
+        r
+    }
+
+    proptest! {
+        #[test]
+        fn openai_codec_round_trips(req in request()) {
+            let body = openai_codec::request_to_wire(&req);
+            let obj = RawObject::parse(&body).unwrap();
+            let back = openai_codec::request_from_wire(&obj, "m", false).unwrap();
+            prop_assert_eq!(merged(back), merged(req));
+        }
+
+        #[test]
+        fn anthropic_codec_round_trips(req in request()) {
+            let body = anthropic::request_to_wire(&req);
+            let obj = RawObject::parse(&body).unwrap();
+            let back = anthropic::request_from_wire(&obj, "m", false).unwrap();
+            prop_assert_eq!(back, merged(req));
+        }
+    }
+}

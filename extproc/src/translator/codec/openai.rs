@@ -231,15 +231,12 @@ fn parts_of(content: Option<WireContent>) -> Result<Vec<Part>, TranslateError> {
     }
 }
 
-fn text_of(parts: Vec<Part>) -> String {
-    parts
-        .into_iter()
-        .filter_map(|p| match p {
-            Part::Text(t) => Some(t),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// The texts of a system message, one system block per text part.
+fn texts_of(parts: Vec<Part>) -> impl Iterator<Item = String> {
+    parts.into_iter().filter_map(|p| match p {
+        Part::Text(t) => Some(t),
+        _ => None,
+    })
 }
 
 /// A client's chat request, read from its members.
@@ -251,7 +248,7 @@ pub fn request_from_wire(
     let (wire, mut req) = start_request::<WireMessage>(obj, model, stream)?;
     for m in wire {
         match m.role.as_str() {
-            "system" | "developer" => req.system.push(text_of(parts_of(m.content)?)),
+            "system" | "developer" => req.system.extend(texts_of(parts_of(m.content)?)),
             "user" => req.messages.push(Message {
                 role: Role::User,
                 content: parts_of(m.content)?,
