@@ -104,6 +104,7 @@ async fn providers_get_anthropic_credentials_versions_and_bodies() {
         .post(format!("{}/v1/messages", s.base))
         .header("x-api-key", KEY_ALL)
         .header("anthropic-version", "2099-01-01")
+        .header("accept-encoding", "gzip, br")
         .header("content-type", "application/json")
         .body(messages.to_string())
         .send()
@@ -132,6 +133,7 @@ async fn providers_get_anthropic_credentials_versions_and_bodies() {
         .header("x-api-key", KEY_ALL)
         .header("anthropic-version", "2023-06-01")
         .header("anthropic-beta", "some-beta")
+        .header("accept-encoding", "gzip")
         .body(
             json!({"model": "mock-model", "max_tokens": 50, "system": "be brief",
             "messages": [{"role": "user", "content": "hi openai"}]})
@@ -172,6 +174,8 @@ async fn providers_get_anthropic_credentials_versions_and_bodies() {
             !req.to_string().contains(KEY_ALL),
             "client key reached the provider"
         );
+        // Responses must come back readable (usage, translation): no compression upstream.
+        assert!(req["headers"].get("accept-encoding").is_none(), "{req}");
         assert_eq!(
             req["headers"]["content-length"]
                 .as_str()

@@ -356,7 +356,9 @@ impl Processor {
         for (k, v) in &provider.headers {
             headers.push(set(k, v.as_str()));
         }
-        let mut remove = Vec::new();
+        // The response is read (usage) and may be rewritten (translation): it must come back
+        // uncompressed. Envoy can still compress towards the client.
+        let mut remove = vec!["accept-encoding".to_owned()];
         match pair.upstream {
             ApiFamily::Anthropic
                 if !self.client_anthropic_version
@@ -368,7 +370,7 @@ impl Processor {
                 headers.push(set("anthropic-version", ANTHROPIC_VERSION));
             }
             ApiFamily::OpenAi if pair.client == ApiFamily::Anthropic => {
-                remove = vec!["anthropic-version".to_owned(), "anthropic-beta".to_owned()];
+                remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
             }
             _ => {}
         }
