@@ -347,6 +347,20 @@ fn requests_the_provider_cannot_express_are_refused() {
     let obj_body = br#"{"model":"c","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{}}]}]}"#;
     let obj = RawObject::parse(obj_body).unwrap();
     assert!(OPENAI_TO_ANTHROPIC.request(&obj, "x", false, 0).is_err());
+    for body in [
+        &br#"{"model":"c","response_format":{"type":"json_object"},"messages":[]}"#[..],
+        br#"{"model":"c","logprobs":true,"messages":[]}"#,
+    ] {
+        let obj = RawObject::parse(body).unwrap();
+        let e = OPENAI_TO_ANTHROPIC
+            .request(&obj, "x", false, 0)
+            .unwrap_err();
+        assert_eq!(e.api_error().status(), 400);
+    }
+    let ok = br#"{"model":"c","response_format":{"type":"text"},"logprobs":false,"messages":[]}"#;
+    assert!(OPENAI_TO_ANTHROPIC
+        .request(&RawObject::parse(ok).unwrap(), "x", false, 0)
+        .is_ok());
     let obj_body = br#"{"model":"c","messages":"nope"}"#;
     let obj = RawObject::parse(obj_body).unwrap();
     let e = OPENAI_TO_ANTHROPIC

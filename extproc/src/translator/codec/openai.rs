@@ -330,6 +330,19 @@ pub fn request_from_wire(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     req.user = member(obj, "user")?;
+    // Members that change what the client gets back cannot be dropped silently.
+    if member::<Value>(obj, "response_format")?.is_some_and(|f| f["type"] != "text") {
+        return Err(TranslateError::Unsupported {
+            param: "response_format",
+            message: "This model's provider does not support `response_format` through Tollgate yet; ask for JSON in the prompt or use tools.".to_owned(),
+        });
+    }
+    if member::<bool>(obj, "logprobs")? == Some(true) {
+        return Err(TranslateError::Unsupported {
+            param: "logprobs",
+            message: "This model's provider does not return log probabilities.".to_owned(),
+        });
+    }
     if member::<u64>(obj, "n")?.is_some_and(|n| n > 1) {
         return Err(TranslateError::Unsupported {
             param: "n",
