@@ -717,3 +717,56 @@ mod round_trip {
         }
     }
 }
+
+#[test]
+fn anthropic_clients_get_dense_block_indices_whatever_the_hub_says() {
+    use crate::translator::hub::{BlockKind, Delta, StreamEvent};
+    let mut enc = codec::anthropic::StreamEncoder::default();
+    let mut out = Vec::new();
+    for e in [
+        StreamEvent::Start {
+            id: "m".into(),
+            model: "x".into(),
+            usage: Default::default(),
+        },
+        StreamEvent::BlockStart {
+            index: 3,
+            block: BlockKind::Text,
+        },
+        StreamEvent::Delta {
+            index: 3,
+            delta: Delta::Text("a".into()),
+        },
+        StreamEvent::BlockStart {
+            index: 3,
+            block: BlockKind::Text,
+        },
+        StreamEvent::BlockStop { index: 3 },
+        StreamEvent::Delta {
+            index: 3,
+            delta: Delta::Text("late".into()),
+        },
+        StreamEvent::BlockStart {
+            index: 7,
+            block: BlockKind::ToolCall {
+                id: "t".into(),
+                name: "f".into(),
+            },
+        },
+        StreamEvent::Delta {
+            index: 7,
+            delta: Delta::ToolArguments("{}".into()),
+        },
+        StreamEvent::Finish {
+            stop_reason: None,
+            stop_sequence: None,
+            usage: None,
+        },
+        StreamEvent::Stop,
+    ] {
+        enc.encode(e, &mut out);
+    }
+    let evs = validate_anthropic(&out);
+    let indices: Vec<u64> = evs.iter().filter_map(|e| e["index"].as_u64()).collect();
+    assert_eq!(indices, [0, 0, 0, 1, 1, 1]);
+}

@@ -688,11 +688,16 @@ impl StreamDecoder {
     }
 }
 
-/// Hub events → Messages events for an Anthropic client.
+/// Hub events → Messages events for an Anthropic client. Blocks are renumbered 0, 1, 2… in
+/// the order they start, whatever indices the hub events carry, so the client's accumulator
+/// never sees a gap.
 #[derive(Debug, Default)]
 pub struct StreamEncoder {
     started: bool,
-    open: Vec<usize>,
+    /// Open blocks: (hub index, client index).
+    open: Vec<(usize, usize)>,
+    /// Hub indices already started (a block is started once).
+    seen: Vec<usize>,
     next_index: usize,
     ended: bool,
 }
@@ -724,7 +729,7 @@ impl StreamEncoder {
     }
 
     fn close_all(&mut self, out: &mut Vec<u8>) {
-        for index in std::mem::take(&mut self.open) {
+        for (_, index) in std::mem::take(&mut self.open) {
             event(
                 "content_block_stop",
                 &json!({"type": "content_block_stop", "index": index}),
@@ -744,11 +749,14 @@ impl StreamEncoder {
         match e {
             StreamEvent::Start { id, model, usage } => self.start(&id, &model, &usage, out),
             StreamEvent::BlockStart { index, block } => {
-                if index < self.next_index {
+                if self.seen.contains(&index) {
                     return; // a block twice: keep the indices consistent
                 }
-                self.next_index = index + 1;
-                self.open.push(index);
+                self.seen.push(index);
+                let hub_index = index;
+                let index = self.next_index;
+                self.next_index += 1;
+                self.open.push((hub_index, index));
                 let block = match block {
                     BlockKind::Text => json!({"type": "text", "text": ""}),
                     BlockKind::ToolCall { id, name } => {
@@ -768,9 +776,9 @@ impl StreamEncoder {
                 );
             }
             StreamEvent::Delta { index, delta } => {
-                if !self.open.contains(&index) {
+                let Some(&(_, index)) = self.open.iter().find(|(h, _)| *h == index) else {
                     return; // a delta outside its block would break the client's accumulator
-                }
+                };
                 let delta = match delta {
                     Delta::Text(t) => json!({"type": "text_delta", "text": t}),
                     Delta::ToolArguments(a) => {
@@ -786,8 +794,8 @@ impl StreamEncoder {
                 );
             }
             StreamEvent::BlockStop { index } => {
-                if let Some(pos) = self.open.iter().position(|i| *i == index) {
-                    self.open.remove(pos);
+                if let Some(pos) = self.open.iter().position(|(h, _)| *h == index) {
+                    let (_, index) = self.open.remove(pos);
                     event(
                         "content_block_stop",
                         &json!({"type": "content_block_stop", "index": index}),
