@@ -770,3 +770,30 @@ fn anthropic_clients_get_dense_block_indices_whatever_the_hub_says() {
     let indices: Vec<u64> = evs.iter().filter_map(|e| e["index"].as_u64()).collect();
     assert_eq!(indices, [0, 0, 0, 1, 1, 1]);
 }
+
+#[test]
+fn interleaved_parallel_tool_calls_lose_no_arguments() {
+    let chunk = |delta: &str| {
+        format!("data: {{\"id\":\"c\",\"model\":\"g\",\"choices\":[{{\"index\":0,\"delta\":{delta}}}]}}\n\n")
+    };
+    let sse = [
+        chunk(r#"{"role":"assistant","tool_calls":[{"index":0,"id":"a","type":"function","function":{"name":"f","arguments":"{\"x\":"}}]}"#),
+        chunk(r#"{"tool_calls":[{"index":1,"id":"b","type":"function","function":{"name":"g","arguments":"{\"y\":"}}]}"#),
+        chunk(r#"{"tool_calls":[{"index":0,"function":{"arguments":"1}"}}]}"#),
+        chunk(r#"{"tool_calls":[{"index":1,"function":{"arguments":"2}"}}]}"#),
+        "data: {\"id\":\"c\",\"model\":\"g\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let (out, _) = translate_stream(ANTHROPIC_TO_OPENAI, false, &[sse.as_bytes()]);
+    let evs = validate_anthropic(&out);
+    let args = |i: u64| -> String {
+        evs.iter()
+            .filter(|e| e["index"] == i && e["delta"]["type"] == "input_json_delta")
+            .map(|e| e["delta"]["partial_json"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        (args(0), args(1)),
+        (r#"{"x":1}"#.to_owned(), r#"{"y":2}"#.to_owned())
+    );
+}

@@ -648,10 +648,14 @@ enum Open {
 }
 
 /// Upstream `chat.completion.chunk` events → hub events, numbering blocks as they start.
+///
+/// Tool-call blocks stay open until text follows or the choice finishes, so a provider that
+/// interleaves the arguments of parallel calls loses none of them.
 #[derive(Debug, Default)]
 pub struct StreamDecoder {
     started: bool,
-    open: Option<(usize, Open)>,
+    /// Open blocks, in start order: (block index, kind).
+    open: Vec<(usize, Open)>,
     next_index: usize,
     /// OpenAI tool-call index → block index.
     tools: HashMap<usize, usize>,
@@ -667,21 +671,29 @@ impl StreamDecoder {
     }
 
     fn open(&mut self, kind: Open, block: BlockKind, out: &mut Vec<StreamEvent>) -> usize {
-        if let Some((index, open)) = self.open {
-            if open == kind {
-                return index;
+        match (self.open.last(), kind) {
+            (Some(&(index, open)), _) if open == kind => return index,
+            // A new tool call leaves the other calls open.
+            (_, Open::Tool(_)) => {
+                let (tools, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.open)
+                    .into_iter()
+                    .partition(|(_, k)| matches!(k, Open::Tool(_)));
+                for (index, _) in rest {
+                    out.push(StreamEvent::BlockStop { index });
+                }
+                self.open = tools;
             }
-            out.push(StreamEvent::BlockStop { index });
+            _ => self.close(out),
         }
         let index = self.next_index;
         self.next_index += 1;
-        self.open = Some((index, kind));
+        self.open.push((index, kind));
         out.push(StreamEvent::BlockStart { index, block });
         index
     }
 
     fn close(&mut self, out: &mut Vec<StreamEvent>) {
-        if let Some((index, _)) = self.open.take() {
+        for (index, _) in std::mem::take(&mut self.open) {
             out.push(StreamEvent::BlockStop { index });
         }
     }
