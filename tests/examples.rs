@@ -30,3 +30,24 @@ fn every_example_config_validates() {
     }
     assert!(seen >= 2);
 }
+
+#[test]
+fn the_config_tollgate_up_writes_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    for openai in [false, true] {
+        let yaml = tollgate::up::local_config(
+            dir.path(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            openai,
+        );
+        let config = Config::from_yaml(&yaml, &AnyEnv).unwrap_or_else(|errs| {
+            let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+            panic!("{}", text.join("; "))
+        });
+        // Both chat APIs have a model to try offline.
+        assert!(config.models.contains_key("mock-model"));
+        assert!(config.models.contains_key("mock-claude"));
+    }
+}
