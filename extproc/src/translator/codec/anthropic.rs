@@ -12,7 +12,7 @@ use tollgate_core::error::anthropic_type;
 use tollgate_core::usage::AnthropicUsage;
 use tollgate_core::Usage;
 
-use super::{member, start_request, to_bytes, tool_object};
+use super::{insert_sampling, member, start_request, to_bytes, tool_object};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
@@ -458,15 +458,7 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
         }
         body.insert("tool_choice".into(), c);
     }
-    if let Some(t) = req.temperature {
-        body.insert("temperature".into(), t.into());
-    }
-    if let Some(t) = req.top_p {
-        body.insert("top_p".into(), t.into());
-    }
-    if !req.stop.is_empty() {
-        body.insert("stop_sequences".into(), req.stop.clone().into());
-    }
+    insert_sampling(&mut body, req, "stop_sequences");
     if let Some(u) = &req.user {
         body.insert("metadata".into(), json!({"user_id": u}));
     }

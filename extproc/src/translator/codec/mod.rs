@@ -58,3 +58,21 @@ pub(crate) fn tool_object(
     v.insert(schema_key.into(), t.parameters.clone());
     v
 }
+
+/// The sampling members both APIs share, with the stop sequences under `stop_key` (`stop` for
+/// OpenAI, `stop_sequences` for Anthropic).
+pub(crate) fn insert_sampling(
+    body: &mut serde_json::Map<String, serde_json::Value>,
+    req: &ChatRequest,
+    stop_key: &str,
+) {
+    if let Some(t) = req.temperature {
+        body.insert("temperature".into(), t.into());
+    }
+    if let Some(t) = req.top_p {
+        body.insert("top_p".into(), t.into());
+    }
+    if !req.stop.is_empty() {
+        body.insert(stop_key.into(), req.stop.clone().into());
+    }
+}

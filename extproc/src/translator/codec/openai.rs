@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use tollgate_core::usage::OpenAiUsage;
 use tollgate_core::Usage;
 
-use super::{member, start_request, to_bytes, tool_object};
+use super::{insert_sampling, member, start_request, to_bytes, tool_object};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
@@ -444,15 +444,7 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
     if let Some(n) = req.max_tokens {
         body.insert("max_completion_tokens".into(), n.into());
     }
-    if let Some(t) = req.temperature {
-        body.insert("temperature".into(), t.into());
-    }
-    if let Some(t) = req.top_p {
-        body.insert("top_p".into(), t.into());
-    }
-    if !req.stop.is_empty() {
-        body.insert("stop".into(), req.stop.clone().into());
-    }
+    insert_sampling(&mut body, req, "stop");
     if let Some(u) = &req.user {
         body.insert("user".into(), u.clone().into());
     }
