@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 
 use crate::env::EnvSource;
 use crate::keys::{self, KeyHash};
+use crate::pricing::{PerToken, Price, PriceTable};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -39,6 +40,38 @@ pub struct RawConfig {
     /// Request limits.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Model prices: overrides of (and additions to) the built-in catalog.
+    #[serde(default)]
+    pub pricing: RawPricing,
+}
+
+/// Model prices.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPricing {
+    /// Prices by provider model id (the `model` of a target, e.g. `gpt-4o` or
+    /// `meta-llama/Llama-3.1-8B-Instruct`), replacing the built-in price of that id.
+    #[serde(default)]
+    pub models: BTreeMap<String, RawPrice>,
+}
+
+/// One model's prices, in USD per million tokens written as decimal strings (`"2.50"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// Uncached prompt tokens.
+    pub input: String,
+    /// Generated tokens.
+    pub output: String,
+    /// Prompt tokens read from the provider's cache (default: `input`).
+    #[serde(default)]
+    pub cache_read: Option<String>,
+    /// Prompt tokens written to the provider's cache (default: `input`).
+    #[serde(default)]
+    pub cache_write: Option<String>,
+    /// Reasoning tokens, when priced apart from other output (default: `output`).
+    #[serde(default)]
+    pub reasoning: Option<String>,
 }
 
 /// Request limits.
@@ -527,6 +560,8 @@ pub struct Config {
     pub keys: HashMap<KeyHash, Arc<KeyBundle>>,
     /// The largest request body accepted, in bytes.
     pub max_request_body_bytes: u64,
+    /// Model prices: the built-in catalog with the config's overrides.
+    pub prices: PriceTable,
 }
 
 impl Config {
@@ -654,6 +689,8 @@ impl Config {
             );
         }
 
+        let prices = validate_pricing(&raw.pricing, &mut errs);
+
         match listen {
             Some(listen) if errs.0.is_empty() => Ok(Config {
                 listen,
@@ -661,6 +698,7 @@ impl Config {
                 models,
                 keys,
                 max_request_body_bytes: max_body,
+                prices,
             }),
             _ => Err(errs.0),
         }
@@ -672,6 +710,43 @@ impl Config {
             .get(hash)
             .filter(|b| keys::hashes_equal(&b.hash, hash))
     }
+}
+
+fn validate_pricing(raw: &RawPricing, errs: &mut Errors) -> PriceTable {
+    let mut table = PriceTable::builtin();
+    for (model, p) in &raw.models {
+        let path = format!("pricing.models.{model}");
+        let mut field = |name: &str, v: &str| {
+            PerToken::parse_usd_per_million(v).map_err(|m| errs.add(format!("{path}.{name}"), m))
+        };
+        let input = field("input", &p.input);
+        let output = field("output", &p.output);
+        let cache_read = p.cache_read.as_deref().map(|v| field("cache_read", v));
+        let cache_write = p.cache_write.as_deref().map(|v| field("cache_write", v));
+        let reasoning = p.reasoning.as_deref().map(|v| field("reasoning", v));
+        let (Ok(input), Ok(output)) = (input, output) else {
+            continue;
+        };
+        let (Ok(cache_read), Ok(cache_write), Ok(reasoning)) = (
+            cache_read.unwrap_or(Ok(input)),
+            cache_write.unwrap_or(Ok(input)),
+            reasoning.transpose(),
+        ) else {
+            continue;
+        };
+        table.set(
+            model,
+            Price {
+                input,
+                output,
+                cache_read,
+                cache_write,
+                reasoning,
+                long_context: None,
+            },
+        );
+    }
+    table
 }
 
 fn validate_listen(raw: &RawListen, errs: &mut Errors) -> Option<Listen> {
