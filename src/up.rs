@@ -53,6 +53,10 @@ providers:
   mock:
     kind: openai
     base_url: "http://{mock}/v1"
+  # The same mock speaking Anthropic's Messages API.
+  mock-anthropic:
+    kind: anthropic
+    base_url: "http://{mock}/v1"
 "#,
         sock = dir.join("tollgate.sock").display(),
     );
@@ -71,6 +75,8 @@ providers:
     targets: [{ provider: mock, model: mock-model }]
   mock-embedding:
     targets: [{ provider: mock, model: mock-embedding }]
+  mock-claude:
+    targets: [{ provider: mock-anthropic, model: mock-claude }]
 "#,
     );
     if openai {
@@ -201,6 +207,10 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
     writeln!(
         out,
         "  curl -s http://{listen}/v1/chat/completions \\\n    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"mock-model\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello Tollgate\"}}]}}'\n"
+    )?;
+    writeln!(
+        out,
+        "  curl -s http://{listen}/v1/messages \\\n    -H 'x-api-key: {key}' -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"mock-model\",\"max_tokens\":100,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello from the Anthropic API\"}}]}}'\n"
     )?;
     writeln!(
         out,

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,26 +14,17 @@ const CHAT: &str =
 #[tokio::test]
 async fn the_official_openai_sdk_works_through_envoy() {
     let stack = Stack::start(StackOptions::default());
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/openai_sdk.py"
-        ))
-        .env("TOLLGATE_BASE_URL", format!("{}/v1", stack.base))
-        .env("TOLLGATE_KEY", KEY_LIMITED)
-        .env("TOLLGATE_CHAT_MODEL", "mock-model")
-        .env("TOLLGATE_EMBED_MODEL", "mock-embedding")
-        .env("TOLLGATE_EXPECT_MODELS", "mock-model,mock-embedding")
-        .output()
-        .expect("python3 is needed");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let base = format!("{}/v1", stack.base);
+    run_sdk(
+        "openai_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &base),
+            ("TOLLGATE_KEY", KEY_LIMITED),
+            ("TOLLGATE_CHAT_MODEL", "mock-model"),
+            ("TOLLGATE_EMBED_MODEL", "mock-embedding"),
+            ("TOLLGATE_EXPECT_MODELS", "mock-model,mock-embedding"),
+        ],
     );
-    eprintln!("{text}");
-    assert!(out.status.success(), "SDK checks failed:\n{text}");
-    assert!(text.contains("ok"), "{text}");
 }
 
 #[tokio::test]
@@ -154,7 +144,8 @@ async fn models_lists_only_what_the_key_may_use() {
         .collect();
     assert_eq!(ids, ["mock-embedding", "mock-model"]);
     let r = stack.get("/v1/models", Some(KEY_ALL)).await;
-    assert_eq!(r.json()["data"].as_array().unwrap().len(), 7);
+    // Every model of the e2e config (common::config_yaml).
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 11);
     stack
         .get("/v1/models", None)
         .await
@@ -303,31 +294,12 @@ async fn streams_pass_through_chunk_by_chunk() {
     });
     let body = json!({"model": "mock-model", "stream": true,
         "messages": [{"role": "user", "content": "one two three four five six seven eight"}]});
-    let started = Instant::now();
-    let mut resp = stack
-        .http
-        .post(format!("{}/v1/chat/completions", stack.base))
-        .bearer_auth(KEY_ALL)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut first = None;
-    let mut all = Vec::new();
-    while let Some(chunk) = resp.chunk().await.unwrap() {
-        first.get_or_insert_with(|| started.elapsed());
-        all.extend_from_slice(&chunk);
-    }
-    let total = started.elapsed();
-    let first = first.unwrap();
+    let (first, total, text) = stack.stream_timed("/v1/chat/completions", body).await;
     // 14 chunks 150 ms apart: a gateway that buffered the stream would deliver nothing before
     // the end (about 2 s).
     assert!(total >= Duration::from_millis(1500), "{total:?}");
     assert!(first < total / 3, "first byte at {first:?} of {total:?}");
-    assert!(String::from_utf8(all)
-        .unwrap()
-        .ends_with("data: [DONE]\n\n"));
+    assert!(text.ends_with("data: [DONE]\n\n"));
 }
 
 #[tokio::test]

@@ -174,3 +174,22 @@ fn the_sidecar_example_is_what_envoy_bootstrap_renders_and_envoy_accepts_it() {
 }
 
 const SIDECAR_HEADER_END: &str = "# ---- rendered below ----\n";
+
+#[test]
+fn the_config_tollgate_up_writes_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    for openai in [false, true] {
+        let yaml = tollgate::up::local_config(
+            dir.path(),
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            openai,
+        );
+        let config = Config::from_yaml(&yaml, &AnyEnv)
+            .unwrap_or_else(|errs| panic!("the config `up` writes is invalid: {errs:?}"));
+        // Both chat APIs have a model to try offline.
+        assert!(config.models.contains_key("mock-model"));
+        assert!(config.models.contains_key("mock-claude"));
+    }
+}

@@ -139,7 +139,35 @@ pub enum ProviderKind {
     OpenaiCompatible,
     /// Azure OpenAI: deployment in the path, `api-version` query, `api-key` header.
     AzureOpenai,
+    /// Anthropic Messages API: `POST {base_url}/messages`, credential in `x-api-key`, an
+    /// `anthropic-version` header (the client's when it sends one, else
+    /// [`ANTHROPIC_VERSION`]).
+    Anthropic,
 }
+
+impl ProviderKind {
+    /// The wire format the provider speaks, which decides the translation.
+    pub fn family(self) -> ApiFamily {
+        match self {
+            ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai => {
+                ApiFamily::OpenAi
+            }
+            ProviderKind::Anthropic => ApiFamily::Anthropic,
+        }
+    }
+}
+
+/// The wire format of a provider's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiFamily {
+    /// OpenAI Chat Completions (and its siblings: completions, embeddings).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// The `anthropic-version` sent to Anthropic providers when the client sent none.
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// One upstream provider.
 #[derive(Debug, Deserialize)]
@@ -273,14 +301,17 @@ pub enum Endpoint {
     Embeddings,
     /// `GET /v1/models`, answered by Tollgate itself.
     Models,
+    /// `POST /v1/messages` (Anthropic Messages).
+    Messages,
 }
 
 impl Endpoint {
     /// Every endpoint that is forwarded to a provider.
-    pub const FORWARDED: [Endpoint; 3] = [
+    pub const FORWARDED: [Endpoint; 4] = [
         Endpoint::ChatCompletions,
         Endpoint::Completions,
         Endpoint::Embeddings,
+        Endpoint::Messages,
     ];
 
     /// The endpoint of a client request (`path` without its query).
@@ -290,6 +321,7 @@ impl Endpoint {
             ("POST", "/v1/completions") => Some(Endpoint::Completions),
             ("POST", "/v1/embeddings") => Some(Endpoint::Embeddings),
             ("GET", "/v1/models") => Some(Endpoint::Models),
+            ("POST", "/v1/messages") => Some(Endpoint::Messages),
             _ => None,
         }
     }
@@ -301,6 +333,7 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -311,6 +344,7 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -319,7 +353,8 @@ impl Endpoint {
             Endpoint::ChatCompletions => 0,
             Endpoint::Completions => 1,
             Endpoint::Embeddings => 2,
-            Endpoint::Models => 3,
+            Endpoint::Messages => 3,
+            Endpoint::Models => 4,
         }
     }
 }
@@ -432,7 +467,7 @@ pub struct Target {
     pub upstream_model: String,
     /// Relative share of traffic.
     pub weight: u32,
-    paths: [String; 3],
+    paths: [String; 4],
 }
 
 impl Target {
@@ -790,6 +825,7 @@ fn validate_provider(
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
                 ("authorization", Secret::new(format!("Bearer {secret}")))
             }
+            ProviderKind::Anthropic => ("x-api-key", Secret::new(secret)),
         };
         if http::HeaderValue::from_str(header.1.expose()).is_err() {
             errs.add(
@@ -883,7 +919,7 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
             e.suffix(),
             provider.api_version.as_deref().unwrap_or_default()
         ),
-        ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
+        ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Anthropic => {
             format!("{}/{}", provider.base_path, e.suffix())
         }
     });

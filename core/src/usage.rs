@@ -87,9 +87,108 @@ impl From<OpenAiUsage> for Usage {
     }
 }
 
+/// The `usage` object of Anthropic's Messages API (responses, `message_start` and
+/// `message_delta` events). Anthropic's `input_tokens` excludes the cached parts.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AnthropicUsage {
+    /// Prompt tokens neither read from nor written to the cache.
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    /// Generated tokens.
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    /// Prompt tokens written to the cache.
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Prompt tokens read from the cache.
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<u64>,
+    /// Breakdown of the output tokens (newer API versions).
+    #[serde(default)]
+    pub output_tokens_details: Option<AnthropicOutputDetails>,
+}
+
+/// `usage.output_tokens_details`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AnthropicOutputDetails {
+    /// Output tokens spent on extended thinking.
+    #[serde(default)]
+    pub thinking_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Folds this (possibly partial) report into `usage`: fields present here overwrite,
+    /// absent ones keep their value, as Anthropic's `message_delta` usage does.
+    pub fn merge_into(&self, usage: &mut Usage) {
+        let read = self.cache_read_input_tokens;
+        let write = self.cache_creation_input_tokens;
+        let uncached = usage
+            .input_tokens
+            .saturating_sub(usage.cache_read_tokens + usage.cache_write_tokens);
+        if let Some(r) = read {
+            usage.cache_read_tokens = r;
+        }
+        if let Some(w) = write {
+            usage.cache_write_tokens = w;
+        }
+        let uncached = self.input_tokens.unwrap_or(uncached);
+        usage.input_tokens = uncached + usage.cache_read_tokens + usage.cache_write_tokens;
+        if let Some(o) = self.output_tokens {
+            usage.output_tokens = o;
+        }
+        if let Some(t) = self
+            .output_tokens_details
+            .as_ref()
+            .and_then(|d| d.thinking_tokens)
+        {
+            usage.reasoning_tokens = t;
+        }
+        usage.source = UsageSource::Provider;
+    }
+}
+
+impl From<AnthropicUsage> for Usage {
+    fn from(u: AnthropicUsage) -> Self {
+        let mut usage = Usage::default();
+        u.merge_into(&mut usage);
+        usage
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_usage_counts_cached_tokens_as_input_and_merges_deltas() {
+        let start: AnthropicUsage = serde_json::from_str(
+            r#"{"input_tokens":20,"cache_creation_input_tokens":5,"cache_read_input_tokens":100,"output_tokens":1}"#,
+        )
+        .unwrap();
+        let mut u = Usage::from(start);
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                u.output_tokens
+            ),
+            (125, 100, 5, 1)
+        );
+        let delta: AnthropicUsage = serde_json::from_str(
+            r#"{"output_tokens":42,"output_tokens_details":{"thinking_tokens":30}}"#,
+        )
+        .unwrap();
+        delta.merge_into(&mut u);
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.reasoning_tokens),
+            (125, 42, 30)
+        );
+        let delta: AnthropicUsage =
+            serde_json::from_str(r#"{"input_tokens":21,"cache_read_input_tokens":0}"#).unwrap();
+        delta.merge_into(&mut u);
+        assert_eq!((u.input_tokens, u.cache_read_tokens), (26, 0));
+    }
 
     #[test]
     fn openai_usage_normalises_cached_and_reasoning_tokens() {

@@ -17,13 +17,14 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use rand::Rng;
-use tollgate_core::config::Provider;
+use tollgate_core::config::{ApiFamily, Provider, ANTHROPIC_VERSION};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
 use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
 
 use crate::mutation::{self, set};
-use crate::translator::{openai, sse::UsageFilter};
+use crate::translator::stream::StreamTranslator;
+use crate::translator::{openai, sse::UsageFilter, Pair};
 
 /// What ext_authz established about the request.
 #[derive(Debug, Default)]
@@ -81,8 +82,24 @@ struct Forwarded {
     stream: bool,
     sent_at: Instant,
     status: Option<u16>,
-    sse: Option<UsageFilter>,
+    pair: Pair,
+    sse: Option<ResponseStream>,
     usage: Option<Usage>,
+}
+
+/// How a successful stream is handled.
+#[derive(Debug)]
+enum ResponseStream {
+    /// Same dialect (OpenAI family): read usage, hide the usage chunk nobody asked for.
+    Usage(UsageFilter),
+    /// Anything else: decode and re-encode event by event.
+    Translate(Box<StreamTranslator>),
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The state of one ext_proc stream.
@@ -91,6 +108,8 @@ pub struct Processor {
     metrics: Metrics,
     ctx: Option<AuthContext>,
     forwarded: Option<Forwarded>,
+    /// Whether the client sent its own `anthropic-version`.
+    client_anthropic_version: bool,
     finished: bool,
 }
 
@@ -116,6 +135,7 @@ impl Processor {
             metrics,
             ctx: None,
             forwarded: None,
+            client_anthropic_version: false,
             finished: false,
         }
     }
@@ -214,6 +234,7 @@ impl Processor {
         let method = header(&h.headers, ":method").map_or(ctx.method.clone(), |m| {
             String::from_utf8_lossy(m).into_owned()
         });
+        self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
         match self.endpoint(&method, &path) {
             Ok(Endpoint::Models) => self.list_models(),
             Ok(_) if h.end_of_stream => self.reject(
@@ -229,14 +250,28 @@ impl Processor {
         let Some(ctx) = &self.ctx else {
             return self.reject(&ApiError::Internal, None);
         };
-        let data: Vec<serde_json::Value> = self
+        let ids: Vec<&String> = self
             .config
             .models
             .keys()
             .filter(|m| ctx.allows(m))
-            .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
             .collect();
-        let body = serde_json::json!({"object": "list", "data": data}).to_string();
+        // Anthropic's SDK (which always sends `anthropic-version`) gets Anthropic's list shape.
+        let body = if self.client_anthropic_version {
+            let data: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|m| serde_json::json!({"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}))
+                .collect();
+            serde_json::json!({"data": data, "has_more": false,
+                "first_id": ids.first(), "last_id": ids.last()})
+        } else {
+            let data: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "tollgate"}))
+                .collect();
+            serde_json::json!({"object": "list", "data": data})
+        }
+        .to_string();
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -290,23 +325,63 @@ impl Processor {
             m.pick(rand::rng().random_range(0..m.total_weight()))
         }
         .ok_or_else(|| (ApiError::Internal, Some(model.clone())))?;
-        let rewritten = parsed
-            .rewrite(&target.upstream_model, b.body.len())
-            .map_err(|e| (e, Some(model.clone())))?;
-
         let provider = &target.provider;
-        let mut headers = Vec::with_capacity(6 + provider.headers.len());
-        headers.push(set(":path", target.path(endpoint)));
+        let (pair, upstream_endpoint) = Pair::route(endpoint, provider.kind.family())
+            .map_err(|e| (e.api_error(), Some(model.clone())))?;
+        let (body, strip_usage_chunk, include_usage) = if !pair.is_openai_passthrough() {
+            let (body, include_usage) = pair
+                .request(
+                    parsed.object(),
+                    &target.upstream_model,
+                    parsed.stream,
+                    b.body.len(),
+                )
+                .map_err(|e| (e.api_error(), Some(model.clone())))?;
+            (body, false, include_usage)
+        } else {
+            let r = parsed
+                .rewrite(&target.upstream_model, b.body.len())
+                .map_err(|e| (e, Some(model.clone())))?;
+            (r.body, r.strip_usage_chunk, false)
+        };
+
+        let mut headers = Vec::with_capacity(7 + provider.headers.len());
+        headers.push(set(":path", target.path(upstream_endpoint)));
         headers.push(set(":authority", provider.authority.as_str()));
         headers.push(set(md::ROUTE_HEADER, provider.cluster.as_str()));
-        headers.push(set("content-length", rewritten.body.len().to_string()));
+        headers.push(set("content-length", body.len().to_string()));
         if let Some((name, secret)) = &provider.credential_header {
             headers.push(set(name, secret.expose()));
         }
         for (k, v) in &provider.headers {
             headers.push(set(k, v.as_str()));
         }
+        // The response is read (usage) and may be rewritten (translation): it must come back
+        // uncompressed. Envoy can still compress towards the client.
+        let mut remove = vec!["accept-encoding".to_owned()];
+        match pair.upstream {
+            ApiFamily::Anthropic
+                if !self.client_anthropic_version
+                    && !provider
+                        .headers
+                        .iter()
+                        .any(|(k, _)| k == "anthropic-version") =>
+            {
+                headers.push(set("anthropic-version", ANTHROPIC_VERSION));
+            }
+            ApiFamily::OpenAi if pair.client == ApiFamily::Anthropic => {
+                remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
+            }
+            _ => {}
+        }
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
+        let sse = parsed.stream.then(|| {
+            if !pair.is_openai_passthrough() {
+                ResponseStream::Translate(Box::new(pair.stream(include_usage, unix_now())))
+            } else {
+                ResponseStream::Usage(UsageFilter::new(strip_usage_chunk))
+            }
+        });
         self.forwarded = Some(Forwarded {
             endpoint,
             model,
@@ -314,15 +389,14 @@ impl Processor {
             stream: parsed.stream,
             sent_at: Instant::now(),
             status: None,
-            sse: parsed
-                .stream
-                .then(|| UsageFilter::new(rewritten.strip_usage_chunk)),
+            pair,
+            sse,
             usage: None,
         });
         Ok(mutation::request_body(mutation::common(
             headers,
-            Vec::new(),
-            Some(rewritten.body),
+            remove,
+            Some(body),
             true,
         )))
     }
@@ -364,29 +438,36 @@ impl Processor {
             return mutation::response_body(Default::default());
         };
         let status = fwd.status.unwrap_or(0);
+        let ok = (200..300).contains(&status);
         let mut common = Default::default();
-        if let Some(filter) = &mut fwd.sse {
-            if (200..300).contains(&status) {
+        match &mut fwd.sse {
+            Some(ResponseStream::Usage(filter)) if ok => {
                 if let Some(out) = filter.push(&b.body, b.end_of_stream) {
                     common = mutation::common(vec![], vec![], Some(out), false);
                 }
                 fwd.usage = filter.usage();
             }
-        }
-        if fwd.sse.is_none() || !(200..300).contains(&status) {
-            if (200..300).contains(&status) {
-                fwd.usage = openai::usage_from_body(&b.body);
-            } else if !openai::is_openai_error(&b.body) {
-                let body = ApiError::Upstream(status).body(Dialect::OpenAi);
-                common = mutation::common(
-                    vec![
-                        set("content-type", "application/json"),
-                        set("content-length", body.len().to_string()),
-                    ],
-                    vec![],
-                    Some(body),
-                    false,
-                );
+            Some(ResponseStream::Translate(t)) if ok => {
+                let out = t.push(&b.body, b.end_of_stream);
+                common = mutation::common(vec![], vec![], Some(out), false);
+                fwd.usage = t.usage();
+            }
+            _ => {
+                let done = fwd.pair.complete(status, &b.body, unix_now());
+                if ok {
+                    fwd.usage = done.usage;
+                }
+                if let Some(body) = done.body {
+                    common = mutation::common(
+                        vec![
+                            set("content-type", "application/json"),
+                            set("content-length", body.len().to_string()),
+                        ],
+                        vec![],
+                        Some(body),
+                        false,
+                    );
+                }
             }
         }
         if b.end_of_stream {

@@ -1,13 +1,15 @@
 //! `POST …/chat/completions`: the OpenAI Chat Completions API, answered with one
-//! `chat.completion` object or an SSE stream of `chat.completion.chunk` events.
+//! `chat.completion` object or an SSE stream of `chat.completion.chunk` events. With `tools`
+//! in the request and no tool result in the last message, the reply calls the first tool.
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::error::{ErrorBody, ErrorObject, MockError, SERVER_ERROR_MESSAGE};
+use crate::messages::ToolUse;
 use crate::params::{self, Request};
 use crate::routes::Exchange;
 use crate::sse;
@@ -36,8 +38,28 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
         user_texts.into_iter().flat_map(str::split_whitespace),
         max_tokens,
     );
-    let usage = Usage::new(prompt_tokens, reply.tokens());
     let id = format!("chatcmpl-mock-{}", exchange.number);
+    let answering_tool = messages
+        .last()
+        .is_some_and(|m| m.get("role").and_then(Value::as_str) == Some("tool"));
+    let tool = request
+        .get("tools")
+        .and_then(Value::as_array)
+        .and_then(|t| t.first())
+        .filter(|_| !answering_tool && !exchange.stream_error);
+    if let Some(tool) = tool {
+        let call = ToolUse::for_tool(tool, exchange.number);
+        let usage = Usage::new(prompt_tokens, call.tokens());
+        return Ok(tool_call(
+            &id,
+            exchange,
+            &call,
+            &usage,
+            stream,
+            include_usage,
+        ));
+    }
+    let usage = Usage::new(prompt_tokens, reply.tokens());
 
     if stream {
         let events = stream_events(&id, exchange, &reply, &usage, include_usage);
@@ -83,6 +105,66 @@ fn messages(request: &Request) -> Result<&Vec<Value>, MockError> {
             message: "Invalid type for 'messages': expected an array of objects.".to_owned(),
         }),
     }
+}
+
+/// A reply that calls `call`'s tool (`finish_reason: tool_calls`), whole or streamed with
+/// the id and name in the first tool-call delta and the arguments in two pieces.
+fn tool_call(
+    id: &str,
+    exchange: &Exchange<'_>,
+    call: &ToolUse,
+    usage: &Usage,
+    stream: bool,
+    include_usage: bool,
+) -> Response {
+    let call_id = call.id.replace("toolu_", "call_");
+    let arguments = call.input.to_string();
+    if !stream {
+        return Json(json!({
+            "id": id, "object": "chat.completion", "created": exchange.created,
+            "model": exchange.model,
+            "choices": [{"index": 0, "message": {
+                "role": "assistant", "content": null, "refusal": null, "annotations": [],
+                "tool_calls": [{"id": call_id, "type": "function",
+                                "function": {"name": call.name, "arguments": arguments}}],
+            }, "logprobs": null, "finish_reason": "tool_calls"}],
+            "usage": usage, "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT,
+        }))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let mut c = json!({
+            "id": id, "object": "chat.completion.chunk", "created": exchange.created,
+            "model": exchange.model, "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        sse::event(&c)
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": call_id,
+            "type": "function", "function": {"name": call.name, "arguments": ""}}]}),
+        None,
+    )];
+    for piece in call.argument_pieces() {
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
+            None,
+        ));
+    }
+    events.push(chunk(json!({}), Some("tool_calls")));
+    if include_usage {
+        events.push(sse::event(&json!({
+            "id": id, "object": "chat.completion.chunk", "created": exchange.created,
+            "model": exchange.model, "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT, "choices": [], "usage": usage,
+        })));
+    }
+    events.push(Bytes::from_static(sse::DONE));
+    sse::response(events, exchange.chunk_delay)
 }
 
 /// The texts of a message's content: the string, or the `text` of each `{"type":"text"}` part.

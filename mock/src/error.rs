@@ -65,6 +65,11 @@ struct Classification {
 }
 
 impl MockError {
+    /// The HTTP status of this error.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.classify().status
+    }
+
     /// The one place that decides how each error looks on the wire.
     fn classify(&self) -> Classification {
         let invalid_request = |status, param, code| Classification {

@@ -1,6 +1,8 @@
-//! Built-in mock OpenAI provider: an HTTP server speaking the OpenAI wire format (chat
-//! completions, legacy completions, embeddings, models, Azure OpenAI deployment paths; JSON and
-//! SSE streaming) with deterministic replies, faults on demand and a request log. It stands in
+//! Built-in mock OpenAI and Anthropic provider: an HTTP server speaking the OpenAI wire format
+//! (chat completions, legacy completions, embeddings, models, Azure OpenAI deployment paths;
+//! JSON and SSE streaming) and the Anthropic Messages format (`…/messages`, JSON and SSE,
+//! errors in Anthropic's shape), with deterministic replies, tool calls when the request
+//! offers tools, faults on demand and a request log. It stands in
 //! for real LLM providers in `tollgate up`, the end-to-end tests and the benchmark.
 //!
 //! Magic inputs:
@@ -18,6 +20,7 @@ mod completions;
 mod embeddings;
 mod error;
 mod log;
+mod messages;
 mod models;
 mod params;
 mod routes;
@@ -40,8 +43,8 @@ pub struct MockConfig {
     pub latency: Duration,
     /// Delay between streamed chunks.
     pub chunk_delay: Duration,
-    /// When set, requests must carry this key as `Authorization: Bearer <k>` or `api-key: <k>`;
-    /// otherwise 401 in OpenAI format.
+    /// When set, requests must carry this key as `Authorization: Bearer <k>`, `api-key: <k>`
+    /// or `x-api-key: <k>`; otherwise 401.
     pub api_key: Option<String>,
 }
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
-use crate::{chat, completions, embeddings, models, text, MockConfig};
+use crate::{chat, completions, embeddings, messages, models, text, MockConfig};
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
 pub(crate) const LATENCY_HEADER: &str = "x-mock-latency-ms";
@@ -99,6 +99,10 @@ async fn api(
     tracing::debug!(%method, path = uri.path(), number, "Mock request");
     let mut response = match answer(&state, number, &method, &uri, &headers, &body).await {
         Ok(response) => response,
+        // Anthropic's API answers errors in its own format.
+        Err(error) if uri.path().trim_end_matches('/').ends_with("/messages") => {
+            messages::error_response(error.status(), &error.to_string())
+        }
         Err(error) => error.into_response(),
     };
     if let Ok(value) = HeaderValue::from_str(&format!("req-mock-{number}")) {
@@ -141,6 +145,7 @@ async fn answer(
         Operation::Chat => chat::respond,
         Operation::Completions => completions::respond,
         Operation::Embeddings => embeddings::respond,
+        Operation::Messages => messages::respond,
     };
     let request: Value = serde_json::from_slice(body).map_err(|_| MockError::InvalidJson)?;
     let Value::Object(request) = request else {
@@ -183,6 +188,7 @@ enum Operation<'a> {
     Chat,
     Completions,
     Embeddings,
+    Messages,
     ListModels,
     RetrieveModel(&'a str),
 }
@@ -223,7 +229,10 @@ impl<'a> Route<'a> {
             }
         };
         let expected = match route.operation {
-            Operation::Chat | Operation::Completions | Operation::Embeddings => Method::POST,
+            Operation::Chat
+            | Operation::Completions
+            | Operation::Embeddings
+            | Operation::Messages => Method::POST,
             Operation::ListModels | Operation::RetrieveModel(_) => Method::GET,
         };
         if *method != expected {
@@ -244,6 +253,8 @@ impl<'a> Operation<'a> {
             Some(Self::Completions)
         } else if path.ends_with("/embeddings") {
             Some(Self::Embeddings)
+        } else if path.ends_with("/messages") {
+            Some(Self::Messages)
         } else if path.ends_with("/models") {
             Some(Self::ListModels)
         } else {
@@ -309,9 +320,11 @@ fn body_model(request: &Request) -> Result<Option<&str>, MockError> {
 /// Whether the request carries the configured key: `api-key` always; `Authorization: Bearer`
 /// too, except on Azure paths, where Azure OpenAI takes keys in `api-key` only.
 fn authorized(headers: &HeaderMap, key: &str, azure: bool) -> bool {
-    let api_key = headers
-        .get("api-key")
-        .is_some_and(|value| value.as_bytes() == key.as_bytes());
+    let api_key = ["api-key", "x-api-key"].iter().any(|name| {
+        headers
+            .get(*name)
+            .is_some_and(|value| value.as_bytes() == key.as_bytes())
+    });
     if api_key || azure {
         return api_key;
     }

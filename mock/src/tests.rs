@@ -793,3 +793,205 @@ async fn request_log_records_api_requests_oldest_first() {
         .unwrap();
     assert_eq!(log, json!([]));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Anthropic Messages
+// ---------------------------------------------------------------------------------------------
+
+fn messages_request(extra: Value) -> Value {
+    with(
+        json!({
+            "model": "claude-mock",
+            "max_tokens": 100,
+            "system": "Be brief.",
+            "messages": [{"role": "user", "content": "Say hello to the world"}],
+        }),
+        extra,
+    )
+}
+
+fn weather_tool() -> Value {
+    json!([{"name": "get_weather", "description": "Weather of a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                             "required": ["city"]}}])
+}
+
+/// `(event name, data)` of each event, checking the `event:` line matches the data's `type`.
+fn anthropic_events(body: &str) -> Vec<(String, Value)> {
+    assert!(body.ends_with("\n\n"), "{body:?}");
+    body.strip_suffix("\n\n")
+        .unwrap()
+        .split("\n\n")
+        .map(|e| {
+            let (name, data) = e.split_once('\n').unwrap();
+            let name = name.strip_prefix("event: ").unwrap().to_owned();
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+            assert_eq!(data["type"], name.as_str(), "{e}");
+            (name, data)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn messages_answer_in_anthropic_format_with_usage() {
+    let mock = Mock::default().await;
+    let (status, _, v) = mock
+        .post_json("/v1/messages", &messages_request(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(
+        v["content"][0]["text"],
+        "Mock reply to: Say hello to the world"
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(v["usage"]["input_tokens"], 7);
+    assert_eq!(v["usage"]["output_tokens"], 8);
+}
+
+#[tokio::test]
+async fn messages_stream_with_anthropic_framing() {
+    let mock = Mock::default().await;
+    let response = mock
+        .post("/v1/messages", &messages_request(json!({"stream": true})))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = anthropic_events(&response.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[..3], ["message_start", "content_block_start", "ping"]);
+    assert_eq!(
+        names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    let text: String = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, d)| d["delta"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "Mock reply to: Say hello to the world");
+    assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 7);
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["usage"]["output_tokens"], 8);
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+}
+
+#[tokio::test]
+async fn messages_call_the_first_tool_until_it_has_answered() {
+    let mock = Mock::default().await;
+    let (_, _, v) = mock
+        .post_json(
+            "/v1/messages",
+            &messages_request(json!({"tools": weather_tool()})),
+        )
+        .await;
+    assert_eq!(v["stop_reason"], "tool_use");
+    let call = &v["content"][1];
+    assert_eq!(call["type"], "tool_use");
+    assert_eq!(call["name"], "get_weather");
+    assert_eq!(call["input"], json!({"city": "mock", "days": 1}));
+
+    let response = mock
+        .post(
+            "/v1/messages",
+            &messages_request(json!({"tools": weather_tool(), "stream": true})),
+        )
+        .send()
+        .await
+        .unwrap();
+    let events = anthropic_events(&response.text().await.unwrap());
+    let args: String = events
+        .iter()
+        .filter(|(_, d)| d["index"] == 1 && d["delta"]["type"] == "input_json_delta")
+        .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"city": "mock", "days": 1})
+    );
+
+    let answered = messages_request(json!({"tools": weather_tool(), "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}]},
+    ]}));
+    let (_, _, v) = mock.post_json("/v1/messages", &answered).await;
+    assert_eq!(v["stop_reason"], "end_turn");
+}
+
+#[tokio::test]
+async fn messages_errors_use_anthropic_bodies() {
+    let mock = Mock::default().await;
+    let (status, _, v) = mock
+        .post_json(
+            "/v1/messages",
+            &messages_request(json!({"model": "mock-error-429"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    let mut no_max = messages_request(json!({}));
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    let (status, _, v) = mock.post_json("/v1/messages", &no_max).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+
+    let response = mock
+        .post(
+            "/v1/messages",
+            &messages_request(json!({"model": "mock-stream-error", "stream": true})),
+        )
+        .send()
+        .await
+        .unwrap();
+    let events = anthropic_events(&response.text().await.unwrap());
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["error"]["type"], "overloaded_error");
+}
+
+#[tokio::test]
+async fn chat_calls_the_first_tool_when_offered_tools() {
+    let mock = Mock::default().await;
+    let tools = json!([{"type": "function", "function": {"name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]);
+    let (_, _, v) = mock
+        .post_json(
+            "/v1/chat/completions",
+            &with(chat_request("m"), json!({"tools": tools})),
+        )
+        .await;
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(
+        choice["message"]["tool_calls"][0]["function"]["name"],
+        "lookup"
+    );
+    assert_eq!(
+        choice["message"]["tool_calls"][0]["function"]["arguments"],
+        r#"{"q":"mock"}"#
+    );
+    let body = mock
+        .post_stream(
+            "/v1/chat/completions",
+            &with(chat_request("m"), json!({"tools": tools, "stream": true})),
+        )
+        .await;
+    let chunks = chunks_until_done(&body);
+    let args: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, r#"{"q":"mock"}"#);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+}

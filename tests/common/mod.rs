@@ -21,6 +21,8 @@ pub const KEY_EXPIRED: &str = "tg-e2e-expired";
 pub const KEY_DISABLED: &str = "tg-e2e-disabled";
 /// The Azure mock's credential, given to `serve` through the environment.
 pub const AZURE_SECRET: &str = "azure-upstream-secret";
+/// The Anthropic mock's credential, given to `serve` through the environment.
+pub const ANTHROPIC_SECRET: &str = "anthropic-upstream-secret";
 /// The OpenAI-compatible mock's credential, read from a file.
 pub const COMPAT_SECRET: &str = "compat-upstream-secret";
 
@@ -153,6 +155,24 @@ mod reqwest {
     }
 }
 
+/// Runs an SDK check script from `tests/sdk/` with `envs`; fails the test (showing the
+/// script's output) unless every check passed.
+pub fn run_sdk(script: &str, envs: &[(&str, &str)]) {
+    let out = Command::new("python3")
+        .arg(format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR")))
+        .envs(envs.iter().copied())
+        .output()
+        .expect("python3 is needed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "SDK checks failed:\n{text}");
+    assert!(text.contains("all checks passed"), "{text}");
+}
+
 /// Options of a stack.
 #[derive(Clone)]
 pub struct StackOptions {
@@ -211,6 +231,10 @@ providers:
   down:
     kind: openai
     base_url: "http://127.0.0.1:{down}/v1"
+  claude:
+    kind: anthropic
+    base_url: "http://{mock}/v1"
+    credential: {{ env: E2E_ANTHROPIC_KEY }}
 models:
   mock-model:
     targets: [{{ provider: mock, model: mock-model }}]
@@ -226,6 +250,14 @@ models:
     targets: [{{ provider: mock, model: mock-error-429 }}]
   html-error:
     targets: [{{ provider: mock, model: mock-html-error }}]
+  stream-error:
+    targets: [{{ provider: mock, model: mock-stream-error }}]
+  claude-model:
+    targets: [{{ provider: claude, model: claude-upstream-model }}]
+  claude-rate-limited:
+    targets: [{{ provider: claude, model: mock-error-429 }}]
+  claude-stream-error:
+    targets: [{{ provider: claude, model: mock-stream-error }}]
 keys:
   - {{ id: all, hash: "{all}", tenant: acme, team: ml, models: ["*"] }}
   - {{ id: limited, hash: "{limited}", tenant: acme, models: [mock-model, mock-embedding] }}
@@ -283,6 +315,7 @@ impl Stack {
                 .args(["serve", "--config"])
                 .arg(&config_path)
                 .env("E2E_AZURE_KEY", AZURE_SECRET)
+                .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
                 .env(
                     "TOLLGATE_LOG",
                     "info,tollgate_extproc=debug,tollgate_authz=debug",
@@ -294,6 +327,7 @@ impl Stack {
             .arg(&config_path)
             .args(["--listen", &listen.to_string(), "--admin", &envoy_admin])
             .env("E2E_AZURE_KEY", AZURE_SECRET)
+            .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
             .output()
             .unwrap();
         assert!(
@@ -355,6 +389,36 @@ impl Stack {
             req = req.bearer_auth(k);
         }
         Reply::from(req.send().await.unwrap()).await
+    }
+
+    /// POSTs a streaming request with the all-models key and reads the body chunk by chunk:
+    /// time to the first body byte, total time, and the whole body.
+    pub async fn stream_timed(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (Duration, Duration, String) {
+        let started = Instant::now();
+        let mut resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(KEY_ALL)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut first = None;
+        let mut all = Vec::new();
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            first.get_or_insert_with(|| started.elapsed());
+            all.extend_from_slice(&chunk);
+        }
+        (
+            first.unwrap(),
+            started.elapsed(),
+            String::from_utf8(all).unwrap(),
+        )
     }
 
     /// GETs a gateway path with a bearer key.

@@ -6,9 +6,12 @@ Environment:
   TOLLGATE_BASE_URL      base URL including the API prefix, e.g. http://127.0.0.1:8080/v1
   TOLLGATE_KEY           the key sent as `Authorization: Bearer`
   TOLLGATE_CHAT_MODEL    model for chat and legacy completions
-  TOLLGATE_EMBED_MODEL   model for embeddings
+  TOLLGATE_EMBED_MODEL   model for embeddings (legacy completions and embeddings are skipped
+                         when empty or unset: a provider without those endpoints)
   TOLLGATE_EXPECT_MODELS comma-separated ids models.list must return, exactly that set
                          (the models check is skipped when empty or unset)
+  TOLLGATE_STREAM_ERROR_MODEL  a model whose provider fails in the middle of a stream
+                         (the check is skipped when empty or unset)
 
 Prints one line per check; at the first failure prints what went wrong and exits 1.
 Standalone on purpose (no pytest): `python3 tests/sdk/openai_sdk.py`.
@@ -16,12 +19,13 @@ Standalone on purpose (no pytest): `python3 tests/sdk/openai_sdk.py`.
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import sys
-from typing import Callable, NoReturn
+from typing import Callable
 
 import openai
+from checks import env, expect, fail, run_plan
 from openai import OpenAI
 
 PROMPT = "Say hello to the Tollgate gateway and tell me what you are"
@@ -29,27 +33,6 @@ EMBED_INPUTS = ["The quick brown fox", "jumps over the lazy dog"]
 # Float JSON and base64 carry the same f32 values; allow for a gateway that re-encodes JSON
 # numbers with a last-digit difference, while still catching any real change of vector.
 EMBED_TOLERANCE = 1e-6
-
-
-class CheckFailed(Exception):
-    """A check saw something wrong."""
-
-
-def fail(message: str) -> NoReturn:
-    raise CheckFailed(message)
-
-
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        fail(message)
-
-
-def env(name: str, required: bool = True) -> str:
-    value = os.environ.get(name, "").strip()
-    if required and not value:
-        print(f"FAIL setup: environment variable {name} is not set")
-        sys.exit(1)
-    return value
 
 
 def usage_tuple(usage: object) -> tuple[int, int, int]:
@@ -77,7 +60,8 @@ class Checks:
             timeout=30.0,
         )
         self.chat_model = env("TOLLGATE_CHAT_MODEL")
-        self.embed_model = env("TOLLGATE_EMBED_MODEL")
+        self.embed_model = env("TOLLGATE_EMBED_MODEL", required=False)
+        self.stream_error_model = env("TOLLGATE_STREAM_ERROR_MODEL", required=False)
         expected = env("TOLLGATE_EXPECT_MODELS", required=False)
         self.expected_models = {m.strip() for m in expected.split(",") if m.strip()}
         # Filled by the non-streaming chat check, compared against by the streaming ones.
@@ -161,7 +145,90 @@ class Checks:
         )
         return f"{len(chunks)} chunks, usage {usage} on the last only"
 
+    def tool_calls(self) -> str:
+        tools = [{
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "The current weather of a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                    "required": ["city"],
+                },
+            },
+        }]
+        question = [{"role": "user", "content": "What is the weather in Paris?"}]
+        response = self.client.chat.completions.create(model=self.chat_model, messages=question, tools=tools)
+        choice = response.choices[0]
+        expect(choice.finish_reason == "tool_calls", f"finish_reason {choice.finish_reason!r}")
+        calls = choice.message.tool_calls or []
+        expect(len(calls) == 1, f"tool calls: {calls}")
+        call = calls[0]
+        expect(call.function.name == "get_weather", f"name {call.function.name!r}")
+        expect(
+            json.loads(call.function.arguments) == {"city": "mock", "days": 1},
+            f"arguments {call.function.arguments!r}",
+        )
+        stream = self.client.chat.completions.create(
+            model=self.chat_model, messages=question, tools=tools, stream=True
+        )
+        # Accumulate as the SDK's stream helper does: repeated string fields are concatenated,
+        # so an id or name sent twice would show here doubled.
+        acc: dict[int, dict[str, str]] = {}
+        finish = []
+        for chunk in stream:
+            for choice in chunk.choices:
+                if choice.finish_reason:
+                    finish.append(choice.finish_reason)
+                for tc in choice.delta.tool_calls or []:
+                    slot = acc.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                    slot["id"] += tc.id or ""
+                    if tc.function:
+                        slot["name"] += tc.function.name or ""
+                        slot["arguments"] += tc.function.arguments or ""
+        expect(finish == ["tool_calls"], f"streamed finish reasons {finish}")
+        expect(list(acc) == [0], f"streamed tool-call indexes {list(acc)}")
+        scall = acc[0]
+        # The mocks' call ids contain "mock" once: an id sent twice would contain it twice.
+        expect(scall["id"].count("mock") == 1, f"streamed id {scall['id']!r}")
+        expect(scall["name"] == "get_weather", f"streamed name {scall['name']!r}")
+        expect(
+            json.loads(scall["arguments"]) == {"city": "mock", "days": 1},
+            f"streamed arguments {scall['arguments']!r}",
+        )
+        answer = self.client.chat.completions.create(
+            model=self.chat_model,
+            tools=tools,
+            messages=question
+            + [
+                {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+            ],
+        )
+        expect(answer.choices[0].finish_reason == "stop", f"after the tool result: {answer.choices[0]}")
+        return f"{call.function.name}({call.function.arguments}), streamed the same, then text"
+
+    def stream_error(self) -> str:
+        if not self.stream_error_model:
+            return "SKIP (TOLLGATE_STREAM_ERROR_MODEL is empty)"
+        parts = []
+        try:
+            stream = self.client.chat.completions.create(
+                model=self.stream_error_model, messages=self.messages(), stream=True
+            )
+            for chunk in stream:
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        parts.append(choice.delta.content)
+            fail("a stream that failed upstream ended without an error")
+        except openai.APIError as error:
+            expect(bool(parts), "no content before the error")
+            return f"{type(error).__name__} after {len(parts)} content deltas"
+
     def completions(self) -> str:
+        if not self.embed_model:
+            return "SKIP (TOLLGATE_EMBED_MODEL is empty)"
         response = self.client.completions.create(model=self.chat_model, prompt=PROMPT)
         expect(response.object == "text_completion", f"object is {response.object!r}")
         expect(len(response.choices) >= 1, "no choices")
@@ -171,6 +238,8 @@ class Checks:
         return f"{text!r}, usage {usage}"
 
     def embeddings(self) -> str:
+        if not self.embed_model:
+            return "SKIP (TOLLGATE_EMBED_MODEL is empty)"
         default = self.client.embeddings.create(model=self.embed_model, input=EMBED_INPUTS)
         floats = self.client.embeddings.create(
             model=self.embed_model, input=EMBED_INPUTS, encoding_format="float"
@@ -220,29 +289,14 @@ def main() -> int:
         ("chat non-streaming", checks.chat),
         ("chat streaming without stream_options", checks.chat_stream),
         ("chat streaming with include_usage", checks.chat_stream_usage),
+        ("tool calls, streamed tool calls, tool result", checks.tool_calls),
+        ("error in the middle of a stream", checks.stream_error),
         ("legacy completions", checks.completions),
         ("embeddings base64 (SDK default) vs float", checks.embeddings),
         ("models.list", checks.models),
     ]
     print(f"openai SDK {openai.__version__} against {checks.client.base_url}")
-    for name, check in plan:
-        try:
-            detail = check()
-        except CheckFailed as error:
-            print(f"FAIL {name}: {error}")
-            return 1
-        except openai.APIStatusError as error:
-            print(f"FAIL {name}: HTTP {error.status_code} from the server: {error.message}")
-            return 1
-        except openai.APIError as error:
-            print(f"FAIL {name}: {type(error).__name__}: {error}")
-            return 1
-        except Exception as error:  # noqa: BLE001 - a crash is a failed check, said clearly
-            print(f"FAIL {name}: unexpected {type(error).__name__}: {error}")
-            return 1
-        print(f"ok   {name}: {detail}")
-    print("all checks passed")
-    return 0
+    return run_plan(plan, openai.APIStatusError, openai.APIError)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,33 @@ keys:
 }
 
 #[test]
+fn anthropic_providers_get_x_api_key_and_the_messages_path() {
+    let yaml = r#"
+providers:
+  claude:
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1
+    credential: { env: ANTHROPIC_KEY }
+models:
+  sonnet:
+    targets: [{ provider: claude, model: claude-sonnet-4-5 }]
+"#;
+    let env = MapEnv::from_pairs([("ANTHROPIC_KEY", "sk-ant-test")]);
+    let c = Config::from_yaml(yaml, &env).unwrap();
+    let p = &c.providers["claude"];
+    assert_eq!(p.kind.family(), ApiFamily::Anthropic);
+    let (name, secret) = p.credential_header.as_ref().unwrap();
+    assert_eq!((*name, secret.expose()), ("x-api-key", "sk-ant-test"));
+    let t = &c.models["sonnet"].targets[0];
+    assert_eq!(t.path(Endpoint::Messages), "/v1/messages");
+    assert_eq!(ProviderKind::OpenaiCompatible.family(), ApiFamily::OpenAi);
+    assert_eq!(
+        Endpoint::from_request("POST", "/v1/messages"),
+        Some(Endpoint::Messages)
+    );
+}
+
+#[test]
 fn pricing_overrides_replace_and_extend_the_catalog_and_bad_prices_name_their_field() {
     let base = r#"
 providers: { p: { kind: openai, base_url: "http://127.0.0.1:1/v1" } }

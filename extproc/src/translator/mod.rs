@@ -1,7 +1,207 @@
 //! Translators: pure functions that turn request bodies and response chunks between a client
-//! dialect and a provider dialect. Only OpenAI → OpenAI-family exists so far; it rewrites the
-//! model, asks for streamed usage, and reads usage back.
+//! dialect and a provider dialect.
+//!
+//! A [`Pair`] names the (client dialect, provider dialect) of one request. Same-dialect pairs
+//! pass bodies through with the model rewritten and usage read back ([`openai`] for the
+//! OpenAI family, [`Pair::request`] for Anthropic). Cross-dialect pairs go through the
+//! [`hub`]: the client's codec decodes, the provider's encodes, and back for responses,
+//! errors and streams ([`codec`], [`stream`]).
 
+pub mod codec;
+pub mod error;
+pub mod hub;
 pub mod json;
 pub mod openai;
 pub mod sse;
+pub mod stream;
+
+#[cfg(test)]
+mod tests;
+
+use tollgate_core::config::ApiFamily;
+use tollgate_core::{ApiError, Endpoint, Usage};
+
+use self::codec::{anthropic, openai as openai_codec};
+use self::error::TranslateError;
+use self::hub::ErrorInfo;
+use self::json::RawObject;
+use self::stream::{Decoder, Encoder, StreamTranslator};
+
+/// The dialects of one request: what the client speaks, what the provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pair {
+    /// The client's API.
+    pub client: ApiFamily,
+    /// The provider's API.
+    pub upstream: ApiFamily,
+}
+
+/// A complete response body after translation.
+#[derive(Debug, Default, PartialEq)]
+pub struct Completed {
+    /// The body to send instead (`None`: the provider's body goes through unchanged).
+    pub body: Option<Vec<u8>>,
+    /// Usage read from a successful body.
+    pub usage: Option<Usage>,
+}
+
+fn family_name(f: ApiFamily) -> &'static str {
+    match f {
+        ApiFamily::OpenAi => "OpenAI",
+        ApiFamily::Anthropic => "Anthropic",
+    }
+}
+
+impl Pair {
+    /// The pair of a client `endpoint` served by a provider speaking `upstream`, and the
+    /// provider endpoint it goes to; an error for endpoints the provider has no counterpart of.
+    pub fn route(
+        endpoint: Endpoint,
+        upstream: ApiFamily,
+    ) -> Result<(Pair, Endpoint), TranslateError> {
+        let client = match endpoint {
+            Endpoint::Messages => ApiFamily::Anthropic,
+            _ => ApiFamily::OpenAi,
+        };
+        let pair = Pair { client, upstream };
+        let target = match (endpoint, upstream) {
+            (Endpoint::ChatCompletions | Endpoint::Messages, ApiFamily::Anthropic) => {
+                Endpoint::Messages
+            }
+            (Endpoint::Messages, ApiFamily::OpenAi) => Endpoint::ChatCompletions,
+            (e, ApiFamily::OpenAi) => e,
+            (e, ApiFamily::Anthropic) => {
+                return Err(TranslateError::Unsupported {
+                    param: "model",
+                    message: format!(
+                    "This model is served by an Anthropic provider, which has no `{}` endpoint.",
+                    e.suffix()
+                ),
+                })
+            }
+        };
+        Ok((pair, target))
+    }
+
+    /// Whether bodies change dialect.
+    pub fn translates(self) -> bool {
+        self.client != self.upstream
+    }
+
+    /// The OpenAI → OpenAI-family pair, whose requests and streams keep their own
+    /// byte-preserving path ([`openai::ParsedRequest::rewrite`], [`sse::UsageFilter`]).
+    pub fn is_openai_passthrough(self) -> bool {
+        self.client == ApiFamily::OpenAi && self.upstream == ApiFamily::OpenAi
+    }
+
+    /// The request body for the provider (not for the OpenAI → OpenAI pair, which keeps its
+    /// own rewrite in [`openai::ParsedRequest::rewrite`]), and whether a streaming OpenAI
+    /// client asked for the usage chunk.
+    pub fn request(
+        self,
+        obj: &RawObject<'_>,
+        upstream_model: &str,
+        stream: bool,
+        size_hint: usize,
+    ) -> Result<(Vec<u8>, bool), TranslateError> {
+        if !self.translates() {
+            let model = serde_json::to_string(upstream_model).unwrap_or_default();
+            return Ok((obj.write_with(&[("model", &model)], size_hint), false));
+        }
+        let req = match self.client {
+            ApiFamily::OpenAi => openai_codec::request_from_wire(obj, upstream_model, stream)?,
+            ApiFamily::Anthropic => anthropic::request_from_wire(obj, upstream_model, stream)?,
+        };
+        tracing::trace!(
+            from = family_name(self.client),
+            to = family_name(self.upstream),
+            "Translated request"
+        );
+        let body = match self.upstream {
+            ApiFamily::OpenAi => openai_codec::request_to_wire(&req),
+            ApiFamily::Anthropic => anthropic::request_to_wire(&req),
+        };
+        Ok((body, req.include_usage))
+    }
+
+    /// A complete response body (status `status`) for the client.
+    pub fn complete(self, status: u16, body: &[u8], created: u64) -> Completed {
+        if !(200..300).contains(&status) {
+            return Completed {
+                body: self.error(status, body),
+                usage: None,
+            };
+        }
+        if !self.translates() {
+            return Completed {
+                body: None,
+                usage: match self.upstream {
+                    ApiFamily::OpenAi => openai::usage_from_body(body),
+                    ApiFamily::Anthropic => {
+                        anthropic::response_from_wire(body).ok().map(|r| r.usage)
+                    }
+                },
+            };
+        }
+        let parsed = match self.upstream {
+            ApiFamily::OpenAi => openai_codec::response_from_wire(body),
+            ApiFamily::Anthropic => anthropic::response_from_wire(body),
+        };
+        match parsed {
+            Ok(r) => Completed {
+                body: Some(match self.client {
+                    ApiFamily::OpenAi => openai_codec::response_to_wire(&r, created),
+                    ApiFamily::Anthropic => anthropic::response_to_wire(&r),
+                }),
+                usage: Some(r.usage),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not translate the provider's response");
+                Completed {
+                    body: Some(self.own_error(&e.api_error())),
+                    usage: None,
+                }
+            }
+        }
+    }
+
+    /// An error body in the client's dialect (`None`: the provider's is already one).
+    fn error(self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
+        let info: Option<ErrorInfo> = match self.upstream {
+            ApiFamily::OpenAi => openai_codec::error_from_wire(status, body),
+            ApiFamily::Anthropic => anthropic::error_from_wire(status, body),
+        };
+        match info {
+            Some(_) if !self.translates() => None,
+            Some(info) => Some(match self.client {
+                ApiFamily::OpenAi => openai_codec::error_to_wire(&info),
+                ApiFamily::Anthropic => anthropic::error_to_wire(&info),
+            }),
+            None => Some(self.own_error(&ApiError::Upstream(status))),
+        }
+    }
+
+    fn own_error(self, e: &ApiError) -> Vec<u8> {
+        e.body(match self.client {
+            ApiFamily::OpenAi => tollgate_core::Dialect::OpenAi,
+            ApiFamily::Anthropic => tollgate_core::Dialect::Anthropic,
+        })
+    }
+
+    /// The stream translator of this pair (`include_usage`: an OpenAI client asked for the
+    /// usage chunk; `created`: the `created` of OpenAI chunks).
+    pub fn stream(self, include_usage: bool, created: u64) -> StreamTranslator {
+        let decoder = match self.upstream {
+            ApiFamily::OpenAi => Decoder::OpenAi(Default::default()),
+            ApiFamily::Anthropic => Decoder::Anthropic(Default::default()),
+        };
+        let encoder = match (self.translates(), self.client) {
+            (false, _) => Encoder::Passthrough,
+            (true, ApiFamily::OpenAi) => {
+                Encoder::OpenAi(openai_codec::StreamEncoder::new(include_usage, created))
+            }
+            (true, ApiFamily::Anthropic) => Encoder::Anthropic(Default::default()),
+        };
+        StreamTranslator::new(decoder, encoder)
+    }
+}

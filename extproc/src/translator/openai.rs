@@ -1,5 +1,8 @@
 //! OpenAI client → OpenAI-family provider: validate the request, rewrite the model to the
 //! provider's id, make streams report usage, and read usage and errors back.
+//!
+//! [`parse_request`] is also the first step for every other pair: Anthropic requests share
+//! the `model` and `stream` members it checks.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -60,7 +63,12 @@ pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest<'_
     Ok(ParsedRequest { obj, model, stream })
 }
 
-impl ParsedRequest<'_> {
+impl<'a> ParsedRequest<'a> {
+    /// The body's members.
+    pub fn object(&self) -> &RawObject<'a> {
+        &self.obj
+    }
+
     /// The body for the provider: `upstream_model` in place of the public name, and for a
     /// stream, `stream_options.include_usage` switched on.
     pub fn rewrite(&self, upstream_model: &str, size_hint: usize) -> Result<Rewritten, ApiError> {

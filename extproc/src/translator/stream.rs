@@ -1,0 +1,117 @@
+//! Stream translation, chunk by chunk: upstream bytes are cut into complete SSE events (a
+//! partial event, even one split inside a UTF-8 character, waits for its end), each event is
+//! decoded into hub events and encoded at once into the client's dialect. Nothing is
+//! buffered beyond the one incomplete event.
+
+use tollgate_core::Usage;
+
+use super::codec::{anthropic, openai};
+use super::hub::StreamEvent;
+use super::sse::{event_data, event_end};
+
+/// Reads the provider's stream.
+#[derive(Debug)]
+pub enum Decoder {
+    /// `chat.completion.chunk` events.
+    OpenAi(openai::StreamDecoder),
+    /// Messages events.
+    Anthropic(anthropic::StreamDecoder),
+}
+
+/// Writes the client's stream.
+#[derive(Debug)]
+pub enum Encoder {
+    /// `chat.completion.chunk` events.
+    OpenAi(openai::StreamEncoder),
+    /// Messages events.
+    Anthropic(anthropic::StreamEncoder),
+    /// The upstream events unchanged (same dialect on both sides; decoded for usage only).
+    Passthrough,
+}
+
+/// Per-stream translation state.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    carry: Vec<u8>,
+    decoder: Decoder,
+    encoder: Encoder,
+    events: Vec<StreamEvent>,
+}
+
+impl StreamTranslator {
+    /// A translator from `decoder`'s dialect to `encoder`'s.
+    pub fn new(decoder: Decoder, encoder: Encoder) -> Self {
+        Self {
+            carry: Vec::new(),
+            decoder,
+            encoder,
+            events: Vec::new(),
+        }
+    }
+
+    /// Usage the provider reported so far.
+    pub fn usage(&self) -> Option<Usage> {
+        match &self.decoder {
+            Decoder::OpenAi(d) => d.usage(),
+            Decoder::Anthropic(d) => d.usage(),
+        }
+    }
+
+    /// Translates one upstream chunk; at `end`, whatever is held back is translated too.
+    pub fn push(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 2);
+        self.carry.extend_from_slice(chunk);
+        let buf = std::mem::take(&mut self.carry);
+        let mut pos = 0;
+        while let Some(len) = event_end(&buf[pos..]) {
+            self.event(&buf[pos..pos + len], &mut out);
+            pos += len;
+        }
+        let rest = &buf[pos..];
+        if end {
+            if !rest.is_empty() {
+                // The upstream ended without the blank line: its last event is still whole.
+                self.event(rest, &mut out);
+            }
+            if let Decoder::OpenAi(d) = &mut self.decoder {
+                d.finish(&mut self.events);
+            }
+            self.flush(&mut out);
+        } else {
+            self.carry.extend_from_slice(rest);
+        }
+        out
+    }
+
+    fn event(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        let passthrough = matches!(self.encoder, Encoder::Passthrough);
+        // Passed-through streams are read for usage only: skip events that carry none.
+        if passthrough && memchr::memmem::find(raw, b"\"usage\"").is_none() {
+            out.extend_from_slice(raw);
+            return;
+        }
+        let data = event_data(raw);
+        if !data.is_empty() {
+            match &mut self.decoder {
+                Decoder::OpenAi(d) => d.decode(&data, &mut self.events),
+                Decoder::Anthropic(d) => d.decode(&data, &mut self.events),
+            }
+        }
+        if passthrough {
+            self.events.clear();
+            out.extend_from_slice(raw);
+        } else {
+            self.flush(out);
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        for e in self.events.drain(..) {
+            match &mut self.encoder {
+                Encoder::OpenAi(enc) => enc.encode(e, out),
+                Encoder::Anthropic(enc) => enc.encode(e, out),
+                Encoder::Passthrough => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! `POST …/messages`: the Anthropic Messages API, answered with one `message` object or an SSE
+//! stream framed as Anthropic frames it (`event: <type>` + `data: <json>`, a `ping` after the
+//! first block starts), with usage on `message_start` and `message_delta`.
+//!
+//! With `tools` in the request and no `tool_result` in the last turn, the reply is a short text
+//! block followed by a `tool_use` block calling the first tool (`stop_reason: tool_use`), its
+//! input built from the tool's schema; otherwise it is the usual echo.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+use crate::error::MockError;
+use crate::params::{self, Request};
+use crate::routes::Exchange;
+use crate::sse;
+use crate::text::{word_count, FinishReason, Reply};
+
+/// Answers one Messages request.
+pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Response, MockError> {
+    let messages = match request.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => {
+            return Err(MockError::InvalidParameter {
+                param: "messages",
+                message: "messages: at least one message is required".to_owned(),
+            })
+        }
+        _ => return Err(MockError::MissingParameter("messages")),
+    };
+    let max_tokens = params::positive_integer(request, "max_tokens")?
+        .ok_or(MockError::MissingParameter("max_tokens"))?;
+    let stream = params::flag(request, "stream")?;
+
+    let system_words: u64 = match request.get("system") {
+        Some(Value::String(s)) => word_count(s),
+        Some(Value::Array(blocks)) => blocks.iter().flat_map(block_texts).map(word_count).sum(),
+        _ => 0,
+    };
+    let input_tokens = (system_words
+        + messages
+            .iter()
+            .flat_map(message_texts)
+            .map(word_count)
+            .sum::<u64>())
+    .max(1);
+    let last = messages.last();
+    let answering_tool = last.is_some_and(|m| {
+        m.get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"))
+    });
+    let tool = request
+        .get("tools")
+        .and_then(Value::as_array)
+        .and_then(|t| t.first())
+        .filter(|_| !answering_tool);
+    let last_user = messages.iter().rev().find(|m| m["role"] == "user");
+    let user_texts = last_user.map(message_texts).unwrap_or_default();
+    let reply = Reply::to(
+        user_texts.iter().flat_map(|t| t.split_whitespace()),
+        (!exchange.stream_error).then_some(max_tokens),
+    );
+    let id = format!("msg_mock{:08}", exchange.number);
+    let call = tool.map(|t| ToolUse::for_tool(t, exchange.number));
+    let text = match &call {
+        Some(c) => format!("Calling {}.", c.name),
+        None => reply.text(),
+    };
+    let output_tokens = word_count(&text) + call.as_ref().map_or(0, |c| c.tokens());
+    let stop_reason = match (&call, reply.finish_reason) {
+        (Some(_), _) => "tool_use",
+        (None, FinishReason::Length) => "max_tokens",
+        (None, FinishReason::Stop) => "end_turn",
+    };
+    let usage = json!({
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    });
+
+    if stream {
+        let pieces: Vec<String> = match &call {
+            Some(_) => vec![text.clone()],
+            None => reply.pieces().collect(),
+        };
+        let events = stream_events(&StreamPlan {
+            id: &id,
+            model: exchange.model,
+            pieces: &pieces,
+            call: call.as_ref(),
+            input_tokens,
+            output_tokens,
+            stop_reason,
+            fail: exchange.stream_error,
+        });
+        return Ok(sse_response(events, exchange));
+    }
+    if exchange.stream_error {
+        return Err(MockError::GenerationFailed);
+    }
+    let mut content = vec![json!({"type": "text", "text": text})];
+    if let Some(c) = &call {
+        content.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.input}));
+    }
+    Ok(Json(json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": exchange.model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": null,
+        "usage": usage,
+    }))
+    .into_response())
+}
+
+/// A tool call the mock makes.
+pub(crate) struct ToolUse {
+    pub id: String,
+    pub name: String,
+    pub input: Value,
+}
+
+impl ToolUse {
+    /// A call of `tool` (an Anthropic or OpenAI tool definition) with arguments made from its
+    /// schema: `"mock"` for strings, 1 for numbers, `true` for booleans.
+    pub(crate) fn for_tool(tool: &Value, number: u64) -> Self {
+        let (name, schema) = match tool.get("function") {
+            Some(f) => (&f["name"], &f["parameters"]),
+            None => (&tool["name"], &tool["input_schema"]),
+        };
+        let mut input = Map::new();
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (k, p) in props {
+                let v = match p.get("type").and_then(Value::as_str) {
+                    Some("integer" | "number") => json!(1),
+                    Some("boolean") => json!(true),
+                    Some("array") => json!([]),
+                    Some("object") => json!({}),
+                    _ => json!("mock"),
+                };
+                input.insert(k.clone(), v);
+            }
+        }
+        Self {
+            id: format!("toolu_mock{number:08}"),
+            name: name.as_str().unwrap_or("tool").to_owned(),
+            input: Value::Object(input),
+        }
+    }
+
+    /// The arguments as JSON text, in two pieces for streaming.
+    pub(crate) fn argument_pieces(&self) -> [String; 2] {
+        let text = self.input.to_string();
+        let cut = text.len() / 2;
+        let cut = (0..=cut)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        [text[..cut].to_owned(), text[cut..].to_owned()]
+    }
+
+    /// Output tokens the call counts for.
+    pub(crate) fn tokens(&self) -> u64 {
+        1 + self.input.as_object().map_or(0, |o| o.len() as u64)
+    }
+}
+
+struct StreamPlan<'a> {
+    id: &'a str,
+    model: &'a str,
+    pieces: &'a [String],
+    call: Option<&'a ToolUse>,
+    input_tokens: u64,
+    output_tokens: u64,
+    stop_reason: &'a str,
+    fail: bool,
+}
+
+fn event(name: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+fn stream_events(plan: &StreamPlan<'_>) -> Vec<Bytes> {
+    let mut events = vec![event(
+        "message_start",
+        &json!({"type": "message_start", "message": {
+            "id": plan.id, "type": "message", "role": "assistant", "model": plan.model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": plan.input_tokens, "output_tokens": 1,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        }}),
+    )];
+    events.push(event(
+        "content_block_start",
+        &json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+    ));
+    events.push(event("ping", &json!({"type": "ping"})));
+    let delta = |piece: &str| {
+        event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": piece}}),
+        )
+    };
+    if plan.fail {
+        events.extend(plan.pieces.iter().take(2).map(|p| delta(p)));
+        events.push(event(
+            "error",
+            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ));
+        return events;
+    }
+    events.extend(plan.pieces.iter().map(|p| delta(p)));
+    events.push(event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
+    if let Some(c) = plan.call {
+        events.push(event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 1,
+                    "content_block": {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}}),
+        ));
+        for piece in c.argument_pieces() {
+            events.push(event(
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": 1,
+                        "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        events.push(event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 1}),
+        ));
+    }
+    events.push(event(
+        "message_delta",
+        &json!({"type": "message_delta",
+                "delta": {"stop_reason": plan.stop_reason, "stop_sequence": null},
+                "usage": {"output_tokens": plan.output_tokens}}),
+    ));
+    events.push(event("message_stop", &json!({"type": "message_stop"})));
+    events
+}
+
+fn sse_response(events: Vec<Bytes>, exchange: &Exchange<'_>) -> Response {
+    let mut r = sse::response(events, exchange.chunk_delay);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    r
+}
+
+/// The texts of a message: its string content, or its text blocks and the texts inside its
+/// tool results.
+fn message_texts(message: &Value) -> Vec<&str> {
+    match message.get("content") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(blocks)) => blocks.iter().flat_map(block_texts).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn block_texts(block: &Value) -> Vec<&str> {
+    match block.get("type").and_then(Value::as_str) {
+        Some("text") => block
+            .get("text")
+            .and_then(Value::as_str)
+            .into_iter()
+            .collect(),
+        Some("tool_result") => match block.get("content") {
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(b)) => b.iter().flat_map(block_texts).collect(),
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+/// An error in Anthropic's format: `{"type":"error","error":{"type","message"}}`.
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
+    let kind = match status.as_u16() {
+        400 | 405 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 | 503 => "overloaded_error",
+        _ => "api_error",
+    };
+    let mut r = (
+        status,
+        Json(json!({"type": "error", "error": {"type": kind, "message": message}})),
+    )
+        .into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
