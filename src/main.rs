@@ -27,6 +27,24 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the log ingest service (gRPC `tollgate.logger.v1.LogIngest`) with the NDJSON sink.
+    Logger {
+        /// The gRPC address to listen on.
+        #[arg(long, default_value = "127.0.0.1:4317")]
+        listen: SocketAddr,
+        /// Where the NDJSON files go (created when missing).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Rotate an NDJSON file once it would pass this size, in bytes.
+        #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_MAX_FILE_BYTES)]
+        max_file_bytes: u64,
+        /// Refuse a batch holding an event larger than this, in encoded bytes.
+        #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_MAX_EVENT_BYTES)]
+        max_event_bytes: usize,
+        /// Refuse a batch with more events than this.
+        #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_MAX_BATCH_EVENTS)]
+        max_batch_events: usize,
+    },
     /// Local all-in-one: Envoy + serve + the mock provider, with a curl to try.
     Up {
         /// Envoy's client-facing port.
@@ -221,6 +239,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing();
             runtime()?.block_on(tollgate::serve::serve(
                 &config,
+                tollgate::serve::shutdown_signal(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logger {
+            listen,
+            data_dir,
+            max_file_bytes,
+            max_event_bytes,
+            max_batch_events,
+        } => {
+            drop(out);
+            init_tracing();
+            let config = tollgate_logger::LoggerConfig {
+                listen,
+                data_dir,
+                max_file_bytes,
+                max_event_bytes,
+                max_batch_events,
+            };
+            runtime()?.block_on(tollgate_logger::run(
+                config,
                 tollgate::serve::shutdown_signal(),
             ))?;
             Ok(ExitCode::SUCCESS)

@@ -563,7 +563,10 @@ fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
         errs.add("logging.queue_capacity", "must be between 1 and 1000000");
     }
     if raw.spool_max_bytes < 1024 * 1024 {
-        errs.add("logging.spool_max_bytes", "must be at least 1048576 (1 MiB)");
+        errs.add(
+            "logging.spool_max_bytes",
+            "must be at least 1048576 (1 MiB)",
+        );
     }
     (errs.0.len() == before).then(|| Logging {
         address: raw.address.clone(),

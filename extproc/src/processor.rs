@@ -7,7 +7,7 @@
 //! JSON, STREAMED for SSE).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
@@ -21,7 +21,9 @@ use tollgate_core::config::Provider;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
 use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
+use tollgate_logger::LogHandle;
 
+use crate::log;
 use crate::mutation::{self, set};
 use crate::translator::{openai, sse::UsageFilter};
 
@@ -78,8 +80,10 @@ struct Forwarded {
     endpoint: Endpoint,
     model: String,
     provider: Arc<Provider>,
+    upstream_model: String,
     stream: bool,
     sent_at: Instant,
+    upstream_latency: Option<Duration>,
     status: Option<u16>,
     sse: Option<UsageFilter>,
     usage: Option<Usage>,
@@ -92,6 +96,19 @@ pub struct Processor {
     ctx: Option<AuthContext>,
     forwarded: Option<Forwarded>,
     finished: bool,
+    log: Option<LogHandle>,
+    started_at: SystemTime,
+    first_byte_at: Option<SystemTime>,
+    overhead: Duration,
+    rejected: Option<Rejected>,
+}
+
+/// A request Tollgate answered with an error itself.
+#[derive(Debug)]
+struct Rejected {
+    status: u16,
+    class: &'static str,
+    model: Option<String>,
 }
 
 fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a [u8]> {
@@ -117,7 +134,18 @@ impl Processor {
             ctx: None,
             forwarded: None,
             finished: false,
+            log: None,
+            started_at: SystemTime::now(),
+            first_byte_at: None,
+            overhead: Duration::ZERO,
+            rejected: None,
         }
+    }
+
+    /// Emits this request's `LogEvent` to `log` when it ends (logging is off with `None`).
+    pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
+        self.log = log;
+        self
     }
 
     /// Handles one message; `None` when Envoy expects no answer (observability mode).
@@ -159,6 +187,7 @@ impl Processor {
             None => ("unknown", ProcessingResponse::default()),
         };
         self.metrics.observe_phase(phase, started);
+        self.overhead += started.elapsed();
         tracing::trace!(phase, "Processed ext_proc message");
         (!msg.observability_mode).then_some(response)
     }
@@ -168,8 +197,13 @@ impl Processor {
     }
 
     /// Answers with an error in the client's dialect.
-    fn reject(&self, err: &ApiError, model: Option<&str>) -> ProcessingResponse {
+    fn reject(&mut self, err: &ApiError, model: Option<&str>) -> ProcessingResponse {
         let class = err.class();
+        self.rejected = Some(Rejected {
+            status: class.status,
+            class: class.openai_code.unwrap_or(class.openai_type),
+            model: model.map(str::to_owned),
+        });
         self.metrics
             .errors
             .get_or_create(&CodeLabel {
@@ -225,7 +259,7 @@ impl Processor {
         }
     }
 
-    fn list_models(&self) -> ProcessingResponse {
+    fn list_models(&mut self) -> ProcessingResponse {
         let Some(ctx) = &self.ctx else {
             return self.reject(&ApiError::Internal, None);
         };
@@ -311,8 +345,10 @@ impl Processor {
             endpoint,
             model,
             provider: Arc::clone(provider),
+            upstream_model: target.upstream_model.clone(),
             stream: parsed.stream,
             sent_at: Instant::now(),
+            upstream_latency: None,
             status: None,
             sse: parsed
                 .stream
@@ -340,6 +376,7 @@ impl Processor {
             .unwrap_or(0u16);
         fwd.status = Some(status);
         if header(&h.headers, "x-envoy-upstream-service-time").is_some() {
+            fwd.upstream_latency = Some(fwd.sent_at.elapsed());
             self.metrics
                 .upstream_latency
                 .get_or_create(&ProviderLabel {
@@ -364,6 +401,9 @@ impl Processor {
             return mutation::response_body(Default::default());
         };
         let status = fwd.status.unwrap_or(0);
+        if self.first_byte_at.is_none() && !b.body.is_empty() {
+            self.first_byte_at = Some(SystemTime::now());
+        }
         let mut common = Default::default();
         if let Some(filter) = &mut fwd.sse {
             if (200..300).contains(&status) {
@@ -406,6 +446,7 @@ impl Processor {
             return;
         }
         self.finished = true;
+        self.emit_log();
         let Some(fwd) = &self.forwarded else { return };
         let status = fwd.status.unwrap_or(499);
         let provider = fwd.provider.name.clone();
@@ -454,6 +495,62 @@ impl Processor {
             duration_ms = fwd.sent_at.elapsed().as_secs_f64() * 1000.0,
             "Request finished"
         );
+    }
+}
+
+impl Processor {
+    /// Hands the request's `LogEvent` to the log queue (never blocks), when logging is on.
+    fn emit_log(&self) {
+        let (Some(handle), Some(ctx)) = (&self.log, &self.ctx) else {
+            return;
+        };
+        let endpoint = self
+            .forwarded
+            .as_ref()
+            .map(|f| f.endpoint)
+            .or_else(|| Endpoint::from_request(&ctx.method, strip_query(&ctx.path)))
+            .map_or("unknown", Endpoint::label);
+        let mut facts = log::Facts {
+            request_id: &ctx.request_id,
+            key_id: &ctx.key_id,
+            tenant: &ctx.tenant,
+            team: &ctx.team,
+            dialect: self.dialect(),
+            endpoint,
+            requested_model: "",
+            provider: "",
+            upstream_model: "",
+            stream: false,
+            status: 0,
+            error_class: "",
+            usage: None,
+            started: self.started_at,
+            first_byte: self.first_byte_at,
+            ended: SystemTime::now(),
+            overhead: self.overhead,
+            upstream_latency: None,
+        };
+        match (&self.forwarded, &self.rejected) {
+            (Some(fwd), _) => {
+                let status = fwd.status.unwrap_or(499);
+                facts.requested_model = &fwd.model;
+                facts.provider = &fwd.provider.name;
+                facts.upstream_model = &fwd.upstream_model;
+                facts.stream = fwd.stream;
+                facts.status = status;
+                facts.error_class = log::upstream_error_class(status);
+                facts.usage = fwd.usage;
+                facts.upstream_latency = fwd.upstream_latency;
+            }
+            (None, Some(r)) => {
+                facts.requested_model = r.model.as_deref().unwrap_or("");
+                facts.status = r.status;
+                facts.error_class = r.class;
+            }
+            // Answered by Tollgate without an error (`GET /v1/models`): not an LLM call.
+            (None, None) => return,
+        }
+        handle.emit(log::event(&facts));
     }
 }
 
