@@ -3,6 +3,9 @@
 //! which is killed with SIGKILL mid-run and restarted. Exactly one line per request, with the
 //! usage the client saw, and no duplicates.
 
+// Test helpers outside #[test] functions: failing loudly is the point here.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 mod common;
 
 use std::collections::HashMap;
@@ -33,7 +36,7 @@ fn usage_of_stream(text: &str) -> Value {
 
 /// Sends request `i` (every third one streams) and returns its request id and what was seen.
 async fn send(stack: &Stack, i: usize) -> (String, Seen) {
-    let stream = i % 3 == 0;
+    let stream = i.is_multiple_of(3);
     let words = "word ".repeat(1 + i % 7);
     let mut body = json!({"model": "mock-model",
         "messages": [{"role": "user", "content": format!("request {i}: {words}")}]});
