@@ -12,6 +12,7 @@
 //! [`LogBatch`]: tollgate_proto::logger::v1::LogBatch
 
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod ndjson;
 pub mod record;

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use tollgate_proto::logger::v1::LogEvent;
 
+use crate::durable::sync_dir;
 use crate::error::LoggerError;
 use crate::record::{Record, RecordId};
 use crate::sink::{Sink, WriteSummary};
@@ -55,12 +56,6 @@ pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
     }
     out.sort();
     Ok(out)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), LoggerError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LoggerError::io("cannot fsync", dir, e))
 }
 
 impl NdjsonSink {

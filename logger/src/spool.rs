@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 use prost::Message as _;
 use tollgate_proto::logger::v1::LogBatch;
 
+use crate::durable::sync_dir;
 use crate::error::LoggerError;
 
 const SUFFIX: &str = ".batch";
@@ -29,12 +30,6 @@ struct State {
     /// Spooled files by sequence number, with their sizes.
     files: BTreeMap<u64, u64>,
     bytes: u64,
-}
-
-fn sync_dir(dir: &Path) -> Result<(), LoggerError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LoggerError::io("cannot fsync", dir, e))
 }
 
 impl Spool {
