@@ -1,6 +1,9 @@
 //! The logger over real gRPC: the sidecar's shipper (its real tonic client) against the real
 //! server and NDJSON sink, graceful shutdown, and a malformed batch refused on the wire.
 
+// Test helpers outside #[test] functions: failing loudly is the point here.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use tollgate_core::config::Logging;
