@@ -4,18 +4,31 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::clickhouse::ClickHouseConfig;
 use crate::error::LoggerError;
+
+/// Which sink stores the events.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    /// Rotating NDJSON files (the default, and what `tollgate up` uses).
+    Ndjson {
+        /// The directory (created when missing).
+        data_dir: PathBuf,
+        /// An NDJSON file is rotated once it would grow past this size, in bytes. A file may
+        /// exceed it by at most one batch: a batch is never split across files.
+        max_file_bytes: u64,
+    },
+    /// A ClickHouse table.
+    ClickHouse(ClickHouseConfig),
+}
 
 /// Everything `tollgate logger` needs.
 #[derive(Debug, Clone)]
 pub struct LoggerConfig {
     /// The gRPC address to listen on.
     pub listen: SocketAddr,
-    /// The NDJSON sink's directory (created when missing).
-    pub data_dir: PathBuf,
-    /// An NDJSON file is rotated once it would grow past this size, in bytes. A file may
-    /// exceed it by at most one batch: a batch is never split across files.
-    pub max_file_bytes: u64,
+    /// Where events are stored.
+    pub sink: SinkConfig,
     /// The largest event accepted, in encoded bytes; a batch holding a larger one is refused
     /// with `INVALID_ARGUMENT`.
     pub max_event_bytes: usize,
@@ -31,12 +44,14 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 256 * 1024;
 pub const DEFAULT_MAX_BATCH_EVENTS: usize = 10_000;
 
 impl LoggerConfig {
-    /// A config with the default limits.
+    /// A config with the NDJSON sink in `data_dir` and the default limits.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
-            data_dir,
-            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            sink: SinkConfig::Ndjson {
+                data_dir,
+                max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            },
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
         }
@@ -44,13 +59,21 @@ impl LoggerConfig {
 
     /// Checks every limit, naming the flag at fault.
     pub fn validate(&self) -> Result<(), LoggerError> {
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(LoggerError::Config("--data-dir must not be empty".into()));
-        }
-        if self.max_file_bytes < 1024 {
-            return Err(LoggerError::Config(
-                "--max-file-bytes must be at least 1024".into(),
-            ));
+        match &self.sink {
+            SinkConfig::Ndjson {
+                data_dir,
+                max_file_bytes,
+            } => {
+                if data_dir.as_os_str().is_empty() {
+                    return Err(LoggerError::Config("--data-dir must not be empty".into()));
+                }
+                if *max_file_bytes < 1024 {
+                    return Err(LoggerError::Config(
+                        "--max-file-bytes must be at least 1024".into(),
+                    ));
+                }
+            }
+            SinkConfig::ClickHouse(c) => c.validate()?,
         }
         if !(64..=16 * 1024 * 1024).contains(&self.max_event_bytes) {
             return Err(LoggerError::Config(

@@ -51,6 +51,9 @@ pub enum LoggerError {
         /// The cap.
         max: u64,
     },
+    /// ClickHouse refused or could not be reached.
+    #[error("ClickHouse: {0}")]
+    ClickHouse(String),
     /// An invalid setting.
     #[error("invalid logger config: {0}")]
     Config(String),
@@ -78,7 +81,9 @@ impl LoggerError {
             LoggerError::MissingRequestId { .. }
             | LoggerError::EventTooLarge { .. }
             | LoggerError::BatchTooLarge { .. } => tonic::Code::InvalidArgument,
-            LoggerError::Io { .. } | LoggerError::SpoolFull { .. } => tonic::Code::Unavailable,
+            LoggerError::Io { .. } | LoggerError::SpoolFull { .. } | LoggerError::ClickHouse(_) => {
+                tonic::Code::Unavailable
+            }
             LoggerError::Config(_)
             | LoggerError::Listen { .. }
             | LoggerError::Transport(_)

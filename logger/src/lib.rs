@@ -4,13 +4,15 @@
 //! - Server side ([`run`], [`serve`]): [`service`] validates each [`LogBatch`] and hands it to a
 //!   [`sink::Sink`]; the batch is acknowledged only once the sink says it is durable. The
 //!   default sink is [`ndjson::NdjsonSink`]: rotating NDJSON files, fsynced before the ack,
-//!   idempotent on `request_id` across restarts.
+//!   idempotent on `request_id` across restarts; [`clickhouse::ClickHouseSink`] writes a
+//!   ClickHouse table, idempotent on `request_id` too.
 //! - Sidecar side ([`shipper`]): `tollgate serve` pushes one event per request into a bounded
 //!   queue; a background sender batches, retries, spools to disk ([`spool`]) while the logger
 //!   is unreachable, and replays the spool in order.
 //!
 //! [`LogBatch`]: tollgate_proto::logger::v1::LogBatch
 
+pub mod clickhouse;
 pub mod config;
 pub mod durable;
 pub mod error;
@@ -45,8 +47,8 @@ pub async fn run(
     serve(listener, config, shutdown).await
 }
 
-/// Runs the logger on a bound listener until `shutdown` resolves: opens the NDJSON sink under
-/// `config.data_dir`, serves `LogIngest` and gRPC health, then lets in-flight batches finish
+/// Runs the logger on a bound listener until `shutdown` resolves: opens the configured sink
+/// (NDJSON files or ClickHouse), serves `LogIngest` and gRPC health, then lets in-flight batches finish
 /// and closes the sink (a final fsync).
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -54,12 +56,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), LoggerError> {
     config.validate()?;
-    let dir = config.data_dir.clone();
-    let max_file_bytes = config.max_file_bytes;
-    let sink = tokio::task::spawn_blocking(move || ndjson::NdjsonSink::open(&dir, max_file_bytes))
-        .await
-        .map_err(|e| LoggerError::Task(e.to_string()))??;
-    let sink: Arc<dyn sink::Sink> = Arc::new(sink);
+    let sink: Arc<dyn sink::Sink> = match &config.sink {
+        config::SinkConfig::Ndjson {
+            data_dir,
+            max_file_bytes,
+        } => {
+            let (dir, max) = (data_dir.clone(), *max_file_bytes);
+            let sink = tokio::task::spawn_blocking(move || ndjson::NdjsonSink::open(&dir, max))
+                .await
+                .map_err(|e| LoggerError::Task(e.to_string()))??;
+            Arc::new(sink)
+        }
+        config::SinkConfig::ClickHouse(c) => Arc::new(clickhouse::ClickHouseSink::open(c).await?),
+    };
     let local = listener.local_addr().ok();
     let ingest = LogIngestServer::new(service::IngestService::new(
         Arc::clone(&sink),
@@ -70,7 +79,7 @@ pub async fn serve(
     health
         .set_serving::<LogIngestServer<service::IngestService>>()
         .await;
-    tracing::info!(listen = ?local, data_dir = %config.data_dir.display(), "Tollgate logger listening");
+    tracing::info!(listen = ?local, sink = ?config.sink, "Tollgate logger listening");
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(ingest)

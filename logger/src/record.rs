@@ -1,11 +1,12 @@
 //! The stored form of one event: one flat JSON object per line (NDJSON), field names matching
-//! the proto, `usage_source` spelled out. Flat so a warehouse table maps onto it one to one.
+//! the proto, `usage_source` spelled out. Flat so a warehouse table maps onto it one to one:
+//! the ClickHouse sink inserts the same struct, field order = column order of its table.
 
 use serde::{Deserialize, Serialize};
 use tollgate_proto::logger::v1::{LogEvent, UsageSource};
 
 /// One stored event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
 pub struct Record {
     /// Tollgate's request id.
     pub request_id: String,
