@@ -58,6 +58,27 @@ pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
     Ok(out)
 }
 
+/// Every stored record under `dir`, oldest file first (for tools and tests; it reads every
+/// file whole). Blocking.
+pub fn read_records(dir: &Path) -> Result<Vec<Record>, LoggerError> {
+    let mut out = Vec::new();
+    for (_, path) in files(dir)? {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| LoggerError::io("cannot read", &path, e))?;
+        for line in text.lines() {
+            let record = serde_json::from_str(line).map_err(|e| {
+                LoggerError::io(
+                    "cannot parse a line of",
+                    &path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            })?;
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
 impl NdjsonSink {
     /// Opens (or creates) the sink in `dir`: reads back every stored request id, and cuts off a
     /// partial last line left by a crash mid-write (its batch was never acknowledged, so the

@@ -1,9 +1,6 @@
 //! The logger over real gRPC: the sidecar's shipper (its real tonic client) against the real
 //! server and NDJSON sink, graceful shutdown, and a malformed batch refused on the wire.
 
-// Test helpers outside #[test] functions: failing loudly is the point here.
-#![allow(clippy::unwrap_used)]
-
 use std::time::Duration;
 
 use tollgate_core::config::Logging;
@@ -17,20 +14,6 @@ fn event(id: &str) -> LogEvent {
         http_status: 200,
         ..Default::default()
     }
-}
-
-fn lines(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    tollgate_logger::ndjson::files(dir)
-        .unwrap()
-        .iter()
-        .flat_map(|(_, p)| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -92,9 +75,10 @@ async fn shipped_events_are_stored_once_and_a_graceful_shutdown_loses_none() {
 
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
-    let ids: Vec<String> = lines(&data)
-        .iter()
-        .map(|l| l["request_id"].as_str().unwrap().to_owned())
+    let ids: Vec<String> = tollgate_logger::ndjson::read_records(&data)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.request_id)
         .collect();
     let mut want: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
     want.push("new".to_owned());

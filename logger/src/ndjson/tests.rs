@@ -19,17 +19,7 @@ pub(crate) fn event(id: &str, input: u64) -> LogEvent {
 }
 
 fn lines(dir: &Path) -> Vec<Record> {
-    files(dir)
-        .unwrap()
-        .iter()
-        .flat_map(|(_, p)| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Record>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    read_records(dir).unwrap()
 }
 
 #[tokio::test]
