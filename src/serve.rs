@@ -178,10 +178,10 @@ pub async fn serve(
         .await;
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(AuthzService::new(
-            Arc::clone(&shared),
-            metrics.clone(),
-        )))
+        .add_service(AuthorizationServer::new(
+            AuthzService::new(Arc::clone(&shared), metrics.clone())
+                .with_log(shipper.as_ref().map(Shipper::handle)),
+        ))
         .add_service(
             ExternalProcessorServer::new(
                 ExtProcService::new(Arc::clone(&shared), metrics.clone())

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
+const CHAT_BODY: &str = r#"{"model":"mock-model","messages":[{"role":"user","content":"hi"}]}"#;
+
 /// What a client saw of one request: its id, status and token counts.
 #[derive(Debug, Clone, PartialEq)]
 struct Seen {
@@ -113,8 +115,14 @@ async fn every_request_is_logged_exactly_once_even_across_a_logger_kill_9() {
         .await;
     assert_eq!(r.status, 404);
     let refused = r.header("x-tollgate-request-id").unwrap().to_owned();
-    let lines = settle(&logger, 13).await;
-    assert_eq!(lines.len(), 13, "{lines:#?}");
+    // So is one ext_authz refuses (it never reaches ext_proc).
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_EXPIRED), CHAT_BODY)
+        .await;
+    assert_eq!(r.status, 401);
+    let denied = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let lines = settle(&logger, 14).await;
+    assert_eq!(lines.len(), 14, "{lines:#?}");
 
     // 2. kill -9 the logger in the middle of a burst; requests keep succeeding meanwhile.
     let burst = {
@@ -151,8 +159,8 @@ async fn every_request_is_logged_exactly_once_even_across_a_logger_kill_9() {
         let (id, seen) = send(&stack, i).await;
         expected.insert(id, seen);
     }
-    let total = expected.len() + 1;
-    assert_eq!(total, 58);
+    let total = expected.len() + 2;
+    assert_eq!(total, 59);
     let lines = settle(&logger, total).await;
     let mut by_id: HashMap<String, Value> = HashMap::new();
     for l in &lines {
@@ -216,6 +224,23 @@ async fn every_request_is_logged_exactly_once_even_across_a_logger_kill_9() {
             &json!("")
         ),
         "{r}"
+    );
+
+    let d = &by_id[&denied];
+    assert_eq!(
+        (
+            &d["http_status"],
+            &d["error_class"],
+            &d["key_id"],
+            &d["endpoint"]
+        ),
+        (
+            &json!(401),
+            &json!("expired_api_key"),
+            &json!("expired"),
+            &json!("chat_completions")
+        ),
+        "{d}"
     );
 
     let m = stack.metrics().await;

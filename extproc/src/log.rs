@@ -59,15 +59,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The client API label of a dialect.
-pub fn client_api(d: Dialect) -> &'static str {
-    match d {
-        Dialect::OpenAi => "openai",
-        Dialect::Anthropic => "anthropic",
-        Dialect::Gemini => "gemini",
-    }
-}
-
 /// The `error_class` of a request that reached a provider, by the status the client got.
 pub fn upstream_error_class(status: u16) -> &'static str {
     match status {
@@ -91,7 +82,7 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         team: f.team.to_owned(),
         // The OpenAI `user` field is not parsed yet: the translator owns the body.
         end_user: String::new(),
-        client_api: client_api(f.dialect).to_owned(),
+        client_api: f.dialect.label().to_owned(),
         endpoint: f.endpoint.to_owned(),
         requested_model: f.requested_model.to_owned(),
         provider: f.provider.to_owned(),
