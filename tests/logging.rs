@@ -256,3 +256,41 @@ async fn every_request_is_logged_exactly_once_even_across_a_logger_kill_9() {
         .collect();
     assert!(left.is_empty(), "left in the spool: {left:?}");
 }
+
+#[test]
+fn the_logger_command_refuses_bad_settings_with_a_clear_message() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(TOLLGATE)
+            .arg("logger")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--listen", "127.0.0.1:0"]);
+    assert!(err.contains("--data-dir"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let err = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &data,
+        "--max-event-bytes",
+        "1",
+    ]);
+    assert!(err.contains("--max-event-bytes must be between"), "{err}");
+    let err = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--sink",
+        "clickhouse",
+        "--clickhouse-table",
+        "drop table x",
+    ]);
+    assert!(
+        err.contains("--clickhouse-table `drop table x` may use only"),
+        "{err}"
+    );
+}
