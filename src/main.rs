@@ -60,6 +60,13 @@ enum Command {
         /// Refuse a batch with more events than this.
         #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_MAX_BATCH_EVENTS)]
         max_batch_events: usize,
+        /// Keep batches the sink cannot take right now in this directory (acknowledged, and
+        /// replayed into the sink once it is back); without it the sidecars keep them.
+        #[arg(long)]
+        spool_dir: Option<PathBuf>,
+        /// The logger-side spool's size cap in bytes.
+        #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_SPOOL_MAX_BYTES)]
+        spool_max_bytes: u64,
     },
     /// Local all-in-one: Envoy + serve + the mock provider, with a curl to try.
     Up {
@@ -279,6 +286,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_file_bytes,
             max_event_bytes,
             max_batch_events,
+            spool_dir,
+            spool_max_bytes,
         } => {
             drop(out);
             init_tracing();
@@ -305,6 +314,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sink,
                 max_event_bytes,
                 max_batch_events,
+                spool_dir,
+                spool_max_bytes,
             };
             runtime()?.block_on(tollgate_logger::run(
                 config,

@@ -34,7 +34,16 @@ pub struct LoggerConfig {
     pub max_event_bytes: usize,
     /// The most events in one batch; a larger batch is refused with `INVALID_ARGUMENT`.
     pub max_batch_events: usize,
+    /// The logger-side spool: when set, a batch the sink cannot take right now is kept here,
+    /// acknowledged, and replayed into the sink once it is back. Without it the logger answers
+    /// `UNAVAILABLE` and the sidecars keep the batch.
+    pub spool_dir: Option<PathBuf>,
+    /// The logger-side spool's size cap in bytes.
+    pub spool_max_bytes: u64,
 }
+
+/// Default of [`LoggerConfig::spool_max_bytes`]: 1 GiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Default of [`LoggerConfig::max_file_bytes`]: 128 MiB.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 128 * 1024 * 1024;
@@ -54,6 +63,8 @@ impl LoggerConfig {
             },
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
+            spool_dir: None,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
         }
     }
 
@@ -78,6 +89,11 @@ impl LoggerConfig {
         if !(64..=16 * 1024 * 1024).contains(&self.max_event_bytes) {
             return Err(LoggerError::Config(
                 "--max-event-bytes must be between 64 and 16777216".into(),
+            ));
+        }
+        if self.spool_dir.is_some() && self.spool_max_bytes < 1024 * 1024 {
+            return Err(LoggerError::Config(
+                "--spool-max-bytes must be at least 1048576 (1 MiB)".into(),
             ));
         }
         if !(1..=100_000).contains(&self.max_batch_events) {

@@ -22,6 +22,7 @@ pub mod service;
 pub mod shipper;
 pub mod sink;
 pub mod spool;
+pub mod spooled;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -68,6 +69,20 @@ pub async fn serve(
             Arc::new(sink)
         }
         config::SinkConfig::ClickHouse(c) => Arc::new(clickhouse::ClickHouseSink::open(c).await?),
+    };
+    let sink: Arc<dyn sink::Sink> = match &config.spool_dir {
+        Some(dir) => {
+            let (dir, max) = (dir.clone(), config.spool_max_bytes);
+            let spool = tokio::task::spawn_blocking(move || spool::Spool::open(&dir, max))
+                .await
+                .map_err(|e| LoggerError::Task(e.to_string()))??;
+            Arc::new(spooled::SpooledSink::new(
+                sink,
+                Arc::new(spool),
+                std::time::Duration::from_secs(1),
+            ))
+        }
+        None => sink,
     };
     let local = listener.local_addr().ok();
     let ingest = LogIngestServer::new(service::IngestService::new(

@@ -79,19 +79,7 @@ impl ClickHouse {
 "#,
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
-        let bin = server_bin();
-        let mut cmd = Command::new(&bin);
-        if bin.ends_with("clickhouse") {
-            cmd.arg("server");
-        }
-        let child = cmd
-            .arg(format!("--config-file={}", config.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let child = Self::spawn(dir.path());
         let mut ch = ClickHouse {
             child,
             dir,
@@ -99,6 +87,40 @@ impl ClickHouse {
         };
         ch.wait_ready();
         ch
+    }
+
+    fn spawn(dir: &std::path::Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stdout.log"))
+            .unwrap();
+        let bin = server_bin();
+        let mut cmd = Command::new(&bin);
+        if bin.ends_with("clickhouse") {
+            cmd.arg("server");
+        }
+        cmd.arg(format!(
+            "--config-file={}",
+            dir.join("config.xml").display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+    }
+
+    /// Kills the server (`kill -9`), keeping its data.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same ports and data.
+    fn restart(&mut self) {
+        self.child = Self::spawn(self.dir.path());
+        self.wait_ready();
     }
 
     fn logs(&self) -> String {
@@ -300,6 +322,59 @@ async fn the_logger_serves_into_clickhouse_and_refuses_while_it_is_away() {
         err.message().starts_with("ClickHouse: "),
         "{}",
         err.message()
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn with_a_logger_spool_batches_are_acknowledged_while_clickhouse_is_away_and_land_later() {
+    let mut ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = LoggerConfig::new(addr, dir.path().join("unused"));
+    config.sink = SinkConfig::ClickHouse(ch.sink_config("tg_spool"));
+    config.spool_dir = Some(dir.path().join("logger-spool"));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tollgate_logger::serve(listener, config, async move {
+        let _ = stop_rx.await;
+    }));
+    let mut client = tollgate_logger::shipper::connect(&addr.to_string()).unwrap();
+    let batch = |ids: std::ops::Range<u32>| tollgate_proto::logger::v1::LogBatch {
+        events: ids.map(|i| event(&format!("p{i}"), 2)).collect(),
+    };
+    client.ingest(batch(0..5)).await.unwrap();
+
+    ch.kill();
+    // Acknowledged all the same: the batch is durable in the logger's spool.
+    let ack = client.ingest(batch(5..12)).await.unwrap().into_inner();
+    assert_eq!(ack.written, 7);
+    ch.restart();
+    let start = Instant::now();
+    let mut count = String::new();
+    while start.elapsed() < Duration::from_secs(30) {
+        count = ch
+            .query("SELECT count() FROM tg_spool.requests")
+            .unwrap_or_default();
+        if count.trim() == "12" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count.trim(),
+        "12",
+        "the spooled batch never reached ClickHouse"
+    );
+    // A sidecar resending the spooled batch (its ack lost) adds nothing.
+    let ack = client.ingest(batch(0..12)).await.unwrap().into_inner();
+    assert_eq!((ack.written, ack.duplicates), (0, 12));
+    assert_eq!(
+        ch.query("SELECT count() FROM tg_spool.requests")
+            .unwrap()
+            .trim(),
+        "12"
     );
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
