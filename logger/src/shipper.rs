@@ -249,16 +249,6 @@ impl<T: Transport> Sender<T> {
         }
     }
 
-    async fn blocking<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Spool) -> Result<R, LoggerError> + Send + 'static,
-    ) -> Result<R, LoggerError> {
-        let spool = Arc::clone(&self.spool);
-        tokio::task::spawn_blocking(move || f(&spool))
-            .await
-            .map_err(|e| LoggerError::Task(e.to_string()))?
-    }
-
     fn logger_down(&mut self) {
         self.next_attempt = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(self.options.max_backoff);
@@ -313,7 +303,7 @@ impl<T: Transport> Sender<T> {
     }
 
     async fn spool_batch(&mut self, batch: LogBatch, n: u64) {
-        match self.blocking(move |s| s.push(&batch)).await {
+        match self.spool.blocking(move |s| s.push(&batch)).await {
             Ok(()) => self.metrics.log_events("spooled", n),
             Err(e) => {
                 self.metrics.log_events("dropped", n);
@@ -325,6 +315,7 @@ impl<T: Transport> Sender<T> {
     async fn reject(&mut self, batch: LogBatch, n: u64, status: tonic::Status) {
         self.metrics.log_events("dropped", n);
         match self
+            .spool
             .blocking(move |s| s.keep_aside(&batch, ".rejected"))
             .await
         {
@@ -340,7 +331,7 @@ impl<T: Transport> Sender<T> {
     /// Sends spooled batches oldest first until the spool is empty or the logger fails.
     async fn replay(&mut self) {
         loop {
-            let (seq, batch) = match self.blocking(|s| s.oldest()).await {
+            let (seq, batch) = match self.spool.blocking(|s| s.oldest()).await {
                 Ok(Some(next)) => next,
                 Ok(None) => return,
                 Err(e) => {
@@ -354,7 +345,7 @@ impl<T: Transport> Sender<T> {
                 Ok(_) => {
                     self.metrics.log_events("sent", n);
                     self.logger_up();
-                    if let Err(e) = self.blocking(move |s| s.remove(seq)).await {
+                    if let Err(e) = self.spool.blocking(move |s| s.remove(seq)).await {
                         tracing::error!(error = %e, "Cannot remove a replayed batch from the spool");
                         self.logger_down();
                         return;
@@ -368,7 +359,11 @@ impl<T: Transport> Sender<T> {
                         message = status.message(),
                         "The logger refused a spooled log batch; kept it aside as .rejected"
                     );
-                    if let Err(e) = self.blocking(move |s| s.set_aside(seq, ".rejected")).await {
+                    if let Err(e) = self
+                        .spool
+                        .blocking(move |s| s.set_aside(seq, ".rejected"))
+                        .await
+                    {
                         tracing::error!(error = %e, "Cannot set a refused batch aside");
                         self.logger_down();
                         return;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message as _;
 use tollgate_proto::logger::v1::LogBatch;
@@ -177,6 +177,17 @@ impl Spool {
         let path = self.path(seq, suffix);
         self.write_file(&path, &batch.encode_to_vec())?;
         Ok(path)
+    }
+
+    /// Runs a blocking spool operation off the async workers.
+    pub async fn blocking<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Spool) -> Result<R, LoggerError> + Send + 'static,
+    ) -> Result<R, LoggerError> {
+        let spool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&spool))
+            .await
+            .map_err(|e| LoggerError::Task(e.to_string()))?
     }
 
     fn forget(&self, seq: u64) -> Result<(), LoggerError> {

@@ -43,24 +43,14 @@ impl SpooledSink {
     }
 }
 
-async fn blocking<R: Send + 'static>(
-    spool: &Arc<Spool>,
-    f: impl FnOnce(&Spool) -> Result<R, LoggerError> + Send + 'static,
-) -> Result<R, LoggerError> {
-    let spool = Arc::clone(spool);
-    tokio::task::spawn_blocking(move || f(&spool))
-        .await
-        .map_err(|e| LoggerError::Task(e.to_string()))?
-}
-
 /// Replays the spool into the sink until it is empty or the sink fails; returns the events
 /// stored.
 async fn drain(inner: &Arc<dyn Sink>, spool: &Arc<Spool>) -> Result<u64, LoggerError> {
     let mut stored = 0;
-    while let Some((seq, batch)) = blocking(spool, |s| s.oldest()).await? {
+    while let Some((seq, batch)) = spool.blocking(|s| s.oldest()).await? {
         let n = batch.events.len() as u64;
         inner.write(batch.events).await?;
-        blocking(spool, move |s| s.remove(seq)).await?;
+        spool.blocking(move |s| s.remove(seq)).await?;
         stored += n;
     }
     Ok(stored)
@@ -93,7 +83,9 @@ impl Sink for SpooledSink {
         match self.inner.write(events.clone()).await {
             Err(e) if e.code() == tonic::Code::Unavailable => {
                 tracing::warn!(events = n, error = %e, "Sink unavailable: spooling the batch on the logger");
-                blocking(&self.spool, move |s| s.push(&LogBatch { events })).await?;
+                self.spool
+                    .blocking(move |s| s.push(&LogBatch { events }))
+                    .await?;
                 Ok(WriteSummary {
                     written: u32::try_from(n).unwrap_or(u32::MAX),
                     duplicates: 0,
