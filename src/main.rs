@@ -170,13 +170,18 @@ enum KeysCommand {
     },
 }
 
-fn init_tracing() {
+/// Logs to stderr through a background writer thread, so a slow log reader (a full pipe, a
+/// busy disk) never blocks a request on an async worker. Lines beyond the writer's queue are
+/// dropped rather than stalling traffic; the returned guard flushes the queue at exit.
+fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
+    guard
 }
 
 fn yaml_str(s: &str) -> String {
@@ -268,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve { config } => {
             drop(out);
-            init_tracing();
+            let _log = init_tracing();
             runtime()?.block_on(tollgate::serve::serve(
                 &config,
                 tollgate::serve::shutdown_signal(),
@@ -290,7 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             spool_max_bytes,
         } => {
             drop(out);
-            init_tracing();
+            let _log = init_tracing();
             let sink = match sink {
                 SinkKind::Ndjson => tollgate_logger::config::SinkConfig::Ndjson {
                     data_dir: data_dir.unwrap_or_default(),
@@ -331,7 +336,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             envoy,
         } => {
             drop(out);
-            init_tracing();
+            let _log = init_tracing();
             runtime()?.block_on(tollgate::up::up(tollgate::up::UpOptions {
                 port,
                 envoy_admin_port,
@@ -348,7 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             api_key,
         } => {
             drop(out);
-            init_tracing();
+            let _log = init_tracing();
             runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await

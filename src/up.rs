@@ -101,13 +101,14 @@ async fn wait_ready(
     what: &str,
     child: &mut tokio::process::Child,
 ) -> anyhow::Result<()> {
-    for _ in 0..200 {
+    // 30 s: a cold Envoy on a busy machine takes a while.
+    for _ in 0..600 {
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("{what} exited during start-up ({status}); see its log above");
         }
         if let Ok(mut s) = tokio::net::TcpStream::connect(url).await {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            // HTTP/1.1: Envoy refuses HTTP/1.0 unless told to accept it.
+            // HTTP/1.1: Envoy refuses HTTP/1.0 (426) unless told otherwise.
             let _ = s
                 .write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 .await;
@@ -118,7 +119,7 @@ async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::bail!("{what} did not become ready")
+    anyhow::bail!("{what} did not become ready within 30 s; see its log above")
 }
 
 /// Runs the all-in-one until Ctrl-C.

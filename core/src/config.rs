@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 
 use crate::env::EnvSource;
 use crate::keys::{self, KeyHash};
+use crate::pricing::{PerToken, Price, PriceTable};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -42,6 +43,9 @@ pub struct RawConfig {
     /// Where per-request log events go; logging is off when the section is absent.
     #[serde(default)]
     pub logging: Option<RawLogging>,
+    /// Model prices: overrides of (and additions to) the built-in catalog.
+    #[serde(default)]
+    pub pricing: RawPricing,
 }
 
 /// The `logging` section: how `serve` ships one `LogEvent` per request to `tollgate logger`.
@@ -84,6 +88,35 @@ fn default_log_queue_capacity() -> usize {
 
 fn default_log_spool_max_bytes() -> u64 {
     1024 * 1024 * 1024
+}
+
+/// Model prices.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPricing {
+    /// Prices by provider model id (the `model` of a target, e.g. `gpt-4o` or
+    /// `meta-llama/Llama-3.1-8B-Instruct`), replacing the built-in price of that id.
+    #[serde(default)]
+    pub models: BTreeMap<String, RawPrice>,
+}
+
+/// One model's prices, in USD per million tokens written as decimal strings (`"2.50"`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    /// Uncached prompt tokens.
+    pub input: String,
+    /// Generated tokens.
+    pub output: String,
+    /// Prompt tokens read from the provider's cache (default: `input`).
+    #[serde(default)]
+    pub cache_read: Option<String>,
+    /// Prompt tokens written to the provider's cache (default: `input`).
+    #[serde(default)]
+    pub cache_write: Option<String>,
+    /// Reasoning tokens, when priced apart from other output (default: `output`).
+    #[serde(default)]
+    pub reasoning: Option<String>,
 }
 
 /// Request limits.
@@ -594,6 +627,8 @@ pub struct Config {
     /// Per-request log shipping; `None` when logging is off. Read once at start-up: a change
     /// takes effect on restart.
     pub logging: Option<Logging>,
+    /// Model prices: the built-in catalog with the config's overrides.
+    pub prices: PriceTable,
 }
 
 impl Config {
@@ -725,6 +760,7 @@ impl Config {
             .logging
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
+        let prices = validate_pricing(&raw.pricing, &mut errs);
 
         match listen {
             Some(listen) if errs.0.is_empty() => Ok(Config {
@@ -734,6 +770,7 @@ impl Config {
                 keys,
                 max_request_body_bytes: max_body,
                 logging,
+                prices,
             }),
             _ => Err(errs.0),
         }
@@ -745,6 +782,43 @@ impl Config {
             .get(hash)
             .filter(|b| keys::hashes_equal(&b.hash, hash))
     }
+}
+
+fn validate_pricing(raw: &RawPricing, errs: &mut Errors) -> PriceTable {
+    let mut table = PriceTable::builtin();
+    for (model, p) in &raw.models {
+        let path = format!("pricing.models.{model}");
+        let mut field = |name: &str, v: &str| {
+            PerToken::parse_usd_per_million(v).map_err(|m| errs.add(format!("{path}.{name}"), m))
+        };
+        let input = field("input", &p.input);
+        let output = field("output", &p.output);
+        let cache_read = p.cache_read.as_deref().map(|v| field("cache_read", v));
+        let cache_write = p.cache_write.as_deref().map(|v| field("cache_write", v));
+        let reasoning = p.reasoning.as_deref().map(|v| field("reasoning", v));
+        let (Ok(input), Ok(output)) = (input, output) else {
+            continue;
+        };
+        let (Ok(cache_read), Ok(cache_write), Ok(reasoning)) = (
+            cache_read.unwrap_or(Ok(input)),
+            cache_write.unwrap_or(Ok(input)),
+            reasoning.transpose(),
+        ) else {
+            continue;
+        };
+        table.set(
+            model,
+            Price {
+                input,
+                output,
+                cache_read,
+                cache_write,
+                reasoning,
+                long_context: None,
+            },
+        );
+    }
+    table
 }
 
 fn validate_listen(raw: &RawListen, errs: &mut Errors) -> Option<Listen> {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod keys;
 pub mod metadata;
 pub mod metrics;
+pub mod pricing;
 pub mod usage;
 
 /// The live config, swapped whole on reload.

@@ -205,3 +205,50 @@ fn logging_errors_name_their_fields() {
     assert_eq!(errs[0].path, "logging.batch");
     assert!(errs[0].message.contains("unknown field"), "{errs:?}");
 }
+
+#[test]
+fn pricing_overrides_replace_and_extend_the_catalog_and_bad_prices_name_their_field() {
+    let base = r#"
+providers: { p: { kind: openai, base_url: "http://127.0.0.1:1/v1" } }
+models: { m: { targets: [{ provider: p, model: llama-3.1-8b }] } }
+"#;
+    let c = Config::from_yaml(
+        &format!(
+            "{base}pricing:\n  models:\n    llama-3.1-8b: {{ input: \"0.05\", output: \"0.08\" }}\n    gpt-4o: {{ input: \"2\", output: \"9\", cache_read: \"1\" }}\n"
+        ),
+        &env(),
+    )
+    .unwrap();
+    let llama = c.prices.get("llama-3.1-8b").unwrap();
+    assert_eq!(llama.input.to_string(), "0.05");
+    assert_eq!(
+        llama.cache_read, llama.input,
+        "cache prices default to input"
+    );
+    let gpt = c.prices.get("gpt-4o-2024-08-06").unwrap();
+    assert_eq!(
+        (gpt.output.to_string(), gpt.cache_read.to_string()),
+        ("9".into(), "1".into())
+    );
+    assert!(
+        c.prices.get("gpt-4o-mini").is_some(),
+        "the rest of the catalog stays"
+    );
+
+    let errs = Config::from_yaml(
+        &format!("{base}pricing:\n  models:\n    x: {{ input: \"cheap\", output: \"1\", reasoning: \"0.0000001\" }}\n"),
+        &env(),
+    )
+    .unwrap_err();
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|e| e.starts_with("pricing.models.x.input:")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|e| e.starts_with("pricing.models.x.reasoning:")),
+        "{text:?}"
+    );
+}
