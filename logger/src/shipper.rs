@@ -7,6 +7,7 @@
 //! Ordering: once anything waits in the spool, new batches go behind it, so the logger
 //! receives batches in the order they were made. Counting: `tollgate_log_events_total`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,6 +84,8 @@ pub struct LogHandle {
     tx: mpsc::Sender<LogEvent>,
     spool: Arc<Spool>,
     metrics: Metrics,
+    /// Events that found the queue full, for a log line that does not flood under overload.
+    overflows: Arc<AtomicU64>,
 }
 
 impl LogHandle {
@@ -96,7 +99,13 @@ impl LogHandle {
                 return;
             }
             Err(mpsc::error::TrySendError::Full(e)) => {
-                tracing::warn!("Log queue full: spooling the event to disk");
+                let n = self.overflows.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        overflows = n,
+                        "Log queue full: spooling events to disk (logged at 1, 2, 4, ... overflows)"
+                    );
+                }
                 e
             }
             Err(mpsc::error::TrySendError::Closed(e)) => e,
@@ -159,7 +168,12 @@ impl Shipper {
         };
         let task = tokio::spawn(sender.run(rx, stop_rx));
         Shipper {
-            handle: LogHandle { tx, spool, metrics },
+            handle: LogHandle {
+                tx,
+                spool,
+                metrics,
+                overflows: Arc::default(),
+            },
             stop,
             task,
         }

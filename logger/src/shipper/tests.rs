@@ -257,6 +257,7 @@ async fn a_full_queue_spools_instead_of_blocking() {
         tx,
         spool: Arc::clone(&sp),
         metrics: metrics.clone(),
+        overflows: Arc::default(),
     };
     for i in 0..5 {
         h.emit(event(format!("e{i}")));
