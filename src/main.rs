@@ -27,6 +27,47 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the log ingest service (gRPC `tollgate.logger.v1.LogIngest`) with the NDJSON or the
+    /// ClickHouse sink.
+    Logger {
+        /// The gRPC address to listen on.
+        #[arg(long, default_value = "127.0.0.1:4317")]
+        listen: SocketAddr,
+        /// Where events are stored.
+        #[arg(long, value_enum, default_value_t = SinkKind::Ndjson)]
+        sink: SinkKind,
+        /// Where the NDJSON files go (created when missing); required with `--sink ndjson`.
+        #[arg(long, required_if_eq("sink", "ndjson"))]
+        data_dir: Option<PathBuf>,
+        /// ClickHouse's HTTP URL (`--sink clickhouse`).
+        #[arg(long, default_value = "http://127.0.0.1:8123")]
+        clickhouse_url: String,
+        /// The ClickHouse database (created when missing).
+        #[arg(long, default_value = "tollgate")]
+        clickhouse_database: String,
+        /// The ClickHouse table (created when missing).
+        #[arg(long, default_value = "requests")]
+        clickhouse_table: String,
+        /// The ClickHouse user.
+        #[arg(long, default_value = "default")]
+        clickhouse_user: String,
+        /// Rotate an NDJSON file once it would pass this size, in bytes (`--sink ndjson`).
+        #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_MAX_FILE_BYTES)]
+        max_file_bytes: u64,
+        /// Refuse a batch holding an event larger than this, in encoded bytes.
+        #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_MAX_EVENT_BYTES)]
+        max_event_bytes: usize,
+        /// Refuse a batch with more events than this.
+        #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_MAX_BATCH_EVENTS)]
+        max_batch_events: usize,
+        /// Keep batches the sink cannot take right now in this directory (acknowledged, and
+        /// replayed into the sink once it is back); without it the sidecars keep them.
+        #[arg(long)]
+        spool_dir: Option<PathBuf>,
+        /// The logger-side spool's size cap in bytes.
+        #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_SPOOL_MAX_BYTES)]
+        spool_max_bytes: u64,
+    },
     /// Local all-in-one: Envoy + serve + the mock provider, with a curl to try.
     Up {
         /// Envoy's client-facing port.
@@ -96,6 +137,15 @@ enum Command {
         #[arg(long)]
         api_key: Option<String>,
     },
+}
+
+/// `tollgate logger --sink`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SinkKind {
+    /// Rotating NDJSON files under `--data-dir`.
+    Ndjson,
+    /// A ClickHouse table.
+    Clickhouse,
 }
 
 #[derive(Subcommand)]
@@ -226,6 +276,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _log = init_tracing();
             runtime()?.block_on(tollgate::serve::serve(
                 &config,
+                tollgate::serve::shutdown_signal(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Logger {
+            listen,
+            sink,
+            data_dir,
+            clickhouse_url,
+            clickhouse_database,
+            clickhouse_table,
+            clickhouse_user,
+            max_file_bytes,
+            max_event_bytes,
+            max_batch_events,
+            spool_dir,
+            spool_max_bytes,
+        } => {
+            drop(out);
+            let _log = init_tracing();
+            let sink = match sink {
+                SinkKind::Ndjson => tollgate_logger::config::SinkConfig::Ndjson {
+                    data_dir: data_dir.unwrap_or_default(),
+                    max_file_bytes,
+                },
+                SinkKind::Clickhouse => tollgate_logger::config::SinkConfig::ClickHouse(
+                    tollgate_logger::clickhouse::ClickHouseConfig {
+                        url: clickhouse_url,
+                        database: clickhouse_database,
+                        table: clickhouse_table,
+                        user: clickhouse_user,
+                        password: std::env::var("TOLLGATE_CLICKHOUSE_PASSWORD")
+                            .ok()
+                            .filter(|p| !p.is_empty())
+                            .map(tollgate_core::config::Secret::new),
+                    },
+                ),
+            };
+            let config = tollgate_logger::LoggerConfig {
+                listen,
+                sink,
+                max_event_bytes,
+                max_batch_events,
+                spool_dir,
+                spool_max_bytes,
+            };
+            runtime()?.block_on(tollgate_logger::run(
+                config,
                 tollgate::serve::shutdown_signal(),
             ))?;
             Ok(ExitCode::SUCCESS)

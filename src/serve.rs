@@ -24,6 +24,7 @@ use tollgate_core::env::ProcessEnv;
 use tollgate_core::metrics::{Metrics, ResultLabel};
 use tollgate_core::{Config, SharedConfig};
 use tollgate_extproc::ExtProcService;
+use tollgate_logger::Shipper;
 
 /// Loads a config file, turning every validation error into one readable message.
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
@@ -118,11 +119,21 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
     let listen = config.listen.clone();
+    let logging = config.logging.clone();
     let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
+    // Read once: a change to `logging` takes effect on restart.
+    let shipper = match &logging {
+        Some(l) => Some(
+            Shipper::start(l, metrics.clone())
+                .await
+                .context("cannot start log shipping (logging)")?,
+        ),
+        None => None,
+    };
 
     let admin_listener = tokio::net::TcpListener::bind(listen.admin)
         .await
@@ -167,14 +178,17 @@ pub async fn serve(
         .await;
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(AuthzService::new(
-            Arc::clone(&shared),
-            metrics.clone(),
-        )))
+        .add_service(AuthorizationServer::new(
+            AuthzService::new(Arc::clone(&shared), metrics.clone())
+                .with_log(shipper.as_ref().map(Shipper::handle)),
+        ))
         .add_service(
-            ExternalProcessorServer::new(ExtProcService::new(Arc::clone(&shared), metrics.clone()))
-                .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),
+            ExternalProcessorServer::new(
+                ExtProcService::new(Arc::clone(&shared), metrics.clone())
+                    .with_log(shipper.as_ref().map(Shipper::handle)),
+            )
+            .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),
         );
 
     let mut grpc_stop = stop_rx.clone();
@@ -207,6 +221,10 @@ pub async fn serve(
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
     let grpc_result = grpc.await;
+    if let Some(shipper) = shipper {
+        // Every stream has ended, so every event is queued: drain them to the logger (or spool).
+        shipper.shutdown().await;
+    }
     let _ = admin_task.await;
     let _ = reload_task.await;
     if let GrpcAddr::Unix(path) = &listen.grpc {

@@ -1,6 +1,6 @@
-//! `tollgate up`: a local all-in-one for a newcomer. Starts the built-in mock provider and
-//! `serve` in this process and Envoy as a child, writes a config with a fresh key, and prints
-//! a curl that works. With `OPENAI_API_KEY` set, OpenAI models are added next to the mock.
+//! `tollgate up`: a local all-in-one for a newcomer. Starts the built-in mock provider, the
+//! logger (NDJSON files under `<dir>/events`) and `serve` in this process and Envoy as a child,
+//! writes a config with a fresh key, and prints a curl that works. With `OPENAI_API_KEY` set, OpenAI models are added next to the mock.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -36,11 +36,13 @@ fn ensure_free(port: u16, flag: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// The config `up` writes: the mock, and OpenAI when a key is in the environment.
+/// The config `up` writes: the mock, OpenAI when a key is in the environment, and logging to
+/// the in-process logger at `logger` (spool under `dir`).
 pub fn local_config(
     dir: &std::path::Path,
     mock: SocketAddr,
     admin: SocketAddr,
+    logger: SocketAddr,
     key_hash: &str,
     openai: bool,
 ) -> String {
@@ -93,6 +95,10 @@ providers:
     yaml.push_str(&format!(
         "keys:\n  - id: local-dev\n    hash: \"{key_hash}\"\n    tenant: local\n    models: [\"*\"]\n"
     ));
+    yaml.push_str(&format!(
+        "logging:\n  address: \"{logger}\"\n  spool_dir: \"{}\"\n  max_delay_ms: 200\n",
+        dir.join("spool").display()
+    ));
     yaml
 }
 
@@ -144,6 +150,19 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
         },
     ));
 
+    // The logger, in process: every request lands in <dir>/events/*.ndjson.
+    let logger_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let logger_addr = logger_listener.local_addr()?;
+    let events_dir = dir.join("events");
+    let (logger_stop_tx, logger_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let logger_task = tokio::spawn(tollgate_logger::serve(
+        logger_listener,
+        tollgate_logger::LoggerConfig::new(logger_addr, events_dir.clone()),
+        async move {
+            let _ = logger_stop_rx.await;
+        },
+    ));
+
     let key = keys::generate_key();
     let openai = std::env::var("OPENAI_API_KEY").is_ok_and(|k| !k.trim().is_empty());
     let config_path = dir.join("tollgate.yaml");
@@ -153,6 +172,7 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
             &dir,
             mock,
             admin,
+            logger_addr,
             &keys::format_hash(&keys::hash_key(&key)),
             openai,
         ),
@@ -190,6 +210,7 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
     let started = wait_ready(&envoy_admin.to_string(), "Envoy", &mut envoy).await;
     if let Err(e) = started {
         let _ = stop_tx.send(true);
+        let _ = logger_stop_tx.send(());
         return Err(e);
     }
 
@@ -228,6 +249,11 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
             "models gpt-4o-mini, gpt-4o and text-embedding-3-small then route to api.openai.com."
         )?;
     }
+    writeln!(
+        out,
+        "Every request is logged, one JSON line each, in {}/events-*.ndjson",
+        events_dir.display()
+    )?;
     writeln!(out, "Metrics: http://{admin}/metrics   Envoy admin: http://{envoy_admin}\nCtrl-C stops everything.")?;
     drop(out);
 
@@ -238,6 +264,36 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
     let _ = envoy.start_kill();
     let _ = stop_tx.send(true);
     let _ = mock_task.await;
-    serve_task.await.context("serve task failed")??;
+    let served = serve_task.await.context("serve task failed");
+    // `serve` has drained its log queue into the logger by now: stop the logger last.
+    let _ = logger_stop_tx.send(());
+    let logged = logger_task.await.context("logger task failed");
+    served??;
+    logged??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::env::MapEnv;
+
+    #[test]
+    fn the_local_config_validates_and_logs_to_the_in_process_logger() {
+        let dir = std::path::Path::new("/tmp/tollgate-up");
+        let yaml = local_config(
+            dir,
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+            "127.0.0.1:3".parse().unwrap(),
+            &keys::format_hash(&keys::hash_key("tg-test")),
+            true,
+        );
+        let env = MapEnv::from_pairs([("OPENAI_API_KEY", "sk-test")]);
+        let c = tollgate_core::Config::from_yaml(&yaml, &env).unwrap();
+        let l = c.logging.unwrap();
+        assert_eq!(l.address, "127.0.0.1:3");
+        assert_eq!(l.spool_dir, dir.join("spool"));
+        assert!(c.models.contains_key("gpt-4o-mini"));
+    }
 }

@@ -183,6 +183,7 @@ fn the_config_tollgate_up_writes_validates() {
             dir.path(),
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
+            "127.0.0.1:3".parse().unwrap(),
             "sha256:0000000000000000000000000000000000000000000000000000000000000000",
             openai,
         );
@@ -191,5 +192,6 @@ fn the_config_tollgate_up_writes_validates() {
         // Both chat APIs have a model to try offline.
         assert!(config.models.contains_key("mock-model"));
         assert!(config.models.contains_key("mock-claude"));
+        assert!(config.logging.is_some(), "up logs every request");
     }
 }

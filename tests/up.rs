@@ -1,6 +1,7 @@
 //! `tollgate up`, as a newcomer runs it: the real binary starts the mock, `serve` and real
 //! Envoy, prints a key and a curl, and the printed request works. Start-up problems (no Envoy,
-//! a busy port) end with a message that says what to do.
+//! a busy port) end with a message that says what to do. The in-process logger records every
+//! request.
 
 // Test support: failing loudly is the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -106,6 +107,22 @@ async fn up_prints_a_key_and_a_curl_that_work() {
     assert!(status.success(), "{status}");
     let gone = std::net::TcpStream::connect(("127.0.0.1", port)).is_err();
     assert!(gone, "Envoy still listens on {port} after `up` stopped");
+
+    // The in-process logger recorded the request, once, with its usage: on SIGTERM `serve`
+    // drained its log queue into the logger before the logger stopped.
+    assert!(text.contains("events-*.ndjson"), "{text}");
+    let records = tollgate_logger::ndjson::read_records(&dir.path().join("events")).unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let r = &records[0];
+    assert_eq!((r.key_id.as_str(), r.http_status), ("local-dev", 200));
+    assert_eq!(
+        r.input_tokens,
+        v["usage"]["prompt_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        r.output_tokens,
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+    );
 }
 
 #[test]

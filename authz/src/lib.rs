@@ -1,6 +1,7 @@
 //! The ext_authz service (Envoy `envoy.service.auth.v3.Authorization`, gRPC): resolves the
 //! client's virtual key to its bundle, refuses missing, unknown, expired and disabled keys in
-//! the client's API dialect, and hands the bundle to ext_proc as dynamic metadata.
+//! the client's API dialect, and hands the bundle to ext_proc as dynamic metadata. A refused
+//! request never reaches ext_proc, so its `LogEvent` is emitted here.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -16,7 +17,9 @@ use time::OffsetDateTime;
 use tollgate_core::config::KeyBundle;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
-use tollgate_core::{keys, ApiError, Dialect, SharedConfig};
+use tollgate_core::{keys, ApiError, Dialect, Endpoint, SharedConfig};
+use tollgate_logger::LogHandle;
+use tollgate_proto::logger::v1::LogEvent;
 
 /// Headers a client key may arrive in; all of them are removed before the request goes on.
 pub const KEY_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
@@ -30,15 +33,27 @@ const GRPC_UNAUTHENTICATED: i32 = 16;
 pub struct AuthzService {
     config: SharedConfig,
     metrics: Metrics,
+    log: Option<LogHandle>,
 }
 
 impl AuthzService {
     /// A service reading the live config.
     pub fn new(config: SharedConfig, metrics: Metrics) -> Self {
-        Self { config, metrics }
+        Self {
+            config,
+            metrics,
+            log: None,
+        }
     }
 
-    /// Decides one check request. Pure apart from the clock and the config snapshot.
+    /// Emits a `LogEvent` for every refused request to `log` (logging is off with `None`).
+    pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Decides one check request. Pure apart from the clock, the config snapshot and the log
+    /// queue (a refusal is recorded there).
     pub fn decide(&self, req: &CheckRequest, now: OffsetDateTime) -> CheckResponse {
         let empty = HashMap::new();
         let http = req
@@ -53,18 +68,17 @@ impl AuthzService {
         let request_id = keys::new_request_id();
 
         let config = self.config.load();
-        let decision = presented_key(headers)
-            .ok_or(ApiError::MissingKey)
-            .and_then(|key| config.key(&keys::hash_key(key)).ok_or(ApiError::InvalidKey))
-            .and_then(|bundle| {
-                if bundle.disabled {
-                    Err(ApiError::DisabledKey)
-                } else if bundle.expires_at.is_some_and(|t| t <= now) {
-                    Err(ApiError::ExpiredKey)
-                } else {
-                    Ok(bundle)
-                }
-            });
+        let key = presented_key(headers);
+        let bundle = key.and_then(|key| config.key(&keys::hash_key(key)));
+        let decision = match (key, bundle) {
+            (None, _) => Err(ApiError::MissingKey),
+            (Some(_), None) => Err(ApiError::InvalidKey),
+            (Some(_), Some(b)) if b.disabled => Err(ApiError::DisabledKey),
+            (Some(_), Some(b)) if b.expires_at.is_some_and(|t| t <= now) => {
+                Err(ApiError::ExpiredKey)
+            }
+            (Some(_), Some(b)) => Ok(b),
+        };
 
         match decision {
             Ok(bundle) => {
@@ -90,9 +104,48 @@ impl AuthzService {
                     .get_or_create(&CodeLabel { code: label })
                     .inc();
                 tracing::debug!(request_id, decision = label, "Denied request");
+                if let Some(log) = &self.log {
+                    log.emit(denied_event(
+                        &request_id,
+                        bundle.map(|b| b.as_ref()),
+                        path,
+                        method,
+                        &err,
+                        now,
+                    ));
+                }
                 deny(&err, dialect, &request_id)
             }
         }
+    }
+}
+
+/// The `LogEvent` of a request refused here, with the key's owner when the key is known.
+pub fn denied_event(
+    request_id: &str,
+    bundle: Option<&KeyBundle>,
+    path: &str,
+    method: &str,
+    err: &ApiError,
+    now: OffsetDateTime,
+) -> LogEvent {
+    let class = err.class();
+    let nanos = i64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+    let bare = path.split_once('?').map_or(path, |(p, _)| p);
+    LogEvent {
+        request_id: request_id.to_owned(),
+        start_time_unix_nanos: nanos,
+        end_time_unix_nanos: nanos,
+        key_id: bundle.map(|b| b.id.clone()).unwrap_or_default(),
+        tenant: bundle.and_then(|b| b.tenant.clone()).unwrap_or_default(),
+        team: bundle.and_then(|b| b.team.clone()).unwrap_or_default(),
+        client_api: Dialect::from_path(path).label().to_owned(),
+        endpoint: Endpoint::from_request(method, bare)
+            .map_or("unknown", Endpoint::label)
+            .to_owned(),
+        http_status: u32::from(class.status),
+        error_class: class.openai_code.unwrap_or(class.openai_type).to_owned(),
+        ..Default::default()
     }
 }
 

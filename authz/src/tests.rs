@@ -160,3 +160,45 @@ fn a_refusal_never_echoes_the_presented_key() {
     );
     assert!(!format!("{resp:?}").contains("tg-secret-123"));
 }
+
+#[test]
+fn a_refusal_becomes_a_log_event_with_the_key_owner_when_known() {
+    let s = service();
+    let config = s.config.load();
+    let bundle = config.key(&hash_key("tg-old")).unwrap();
+    let now = datetime!(2026-01-02 03:04:05 UTC);
+    let e = denied_event(
+        "rid",
+        Some(bundle),
+        "/v1/chat/completions?x=1",
+        "POST",
+        &ApiError::ExpiredKey,
+        now,
+    );
+    assert_eq!(e.request_id, "rid");
+    assert_eq!((e.key_id.as_str(), e.http_status), ("old", 401));
+    assert_eq!(e.error_class, "expired_api_key");
+    assert_eq!(
+        (e.client_api.as_str(), e.endpoint.as_str()),
+        ("openai", "chat_completions")
+    );
+    assert_eq!(e.start_time_unix_nanos, 1_767_323_045_000_000_000);
+    assert!(e.usage.is_none());
+
+    let e = denied_event(
+        "rid",
+        None,
+        "/v1/messages",
+        "POST",
+        &ApiError::MissingKey,
+        now,
+    );
+    assert_eq!(
+        (e.key_id.as_str(), e.error_class.as_str()),
+        ("", "invalid_request_error")
+    );
+    assert_eq!(
+        (e.client_api.as_str(), e.endpoint.as_str()),
+        ("anthropic", "messages")
+    );
+}

@@ -40,9 +40,54 @@ pub struct RawConfig {
     /// Request limits.
     #[serde(default)]
     pub limits: RawLimits,
+    /// Where per-request log events go; logging is off when the section is absent.
+    #[serde(default)]
+    pub logging: Option<RawLogging>,
     /// Model prices: overrides of (and additions to) the built-in catalog.
     #[serde(default)]
     pub pricing: RawPricing,
+}
+
+/// The `logging` section: how `serve` ships one `LogEvent` per request to `tollgate logger`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    /// The logger's gRPC address, `host:port` (what `tollgate logger --listen` binds).
+    pub address: String,
+    /// Directory holding batches while the logger is unreachable (created when missing);
+    /// they are replayed in order once it is back.
+    pub spool_dir: PathBuf,
+    /// The most events in one batch sent to the logger (1 to 10000).
+    #[serde(default = "default_log_batch_size")]
+    pub batch_size: usize,
+    /// The longest an event waits for its batch to fill before the batch is sent, in
+    /// milliseconds (1 to 60000).
+    #[serde(default = "default_log_max_delay_ms")]
+    pub max_delay_ms: u64,
+    /// Events held in memory for the sender (1 to 1000000); when the queue is full, an event
+    /// goes straight to the spool instead of waiting, so a request never blocks on logging.
+    #[serde(default = "default_log_queue_capacity")]
+    pub queue_capacity: usize,
+    /// The spool's size cap in bytes (at least 1 MiB); an event that does not fit is dropped
+    /// and counted in `tollgate_log_events_total{outcome="dropped"}`.
+    #[serde(default = "default_log_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+fn default_log_batch_size() -> usize {
+    500
+}
+
+fn default_log_max_delay_ms() -> u64 {
+    1000
+}
+
+fn default_log_queue_capacity() -> usize {
+    10_000
+}
+
+fn default_log_spool_max_bytes() -> u64 {
+    1024 * 1024 * 1024
 }
 
 /// Model prices.
@@ -547,6 +592,60 @@ pub struct KeyBundle {
     pub disabled: bool,
 }
 
+/// The validated `logging` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logging {
+    /// The logger's `host:port`.
+    pub address: String,
+    /// The spool directory.
+    pub spool_dir: PathBuf,
+    /// The most events in one batch.
+    pub batch_size: usize,
+    /// The longest an event waits for its batch to fill.
+    pub max_delay: std::time::Duration,
+    /// The in-memory queue's capacity, in events.
+    pub queue_capacity: usize,
+    /// The spool's size cap in bytes.
+    pub spool_max_bytes: u64,
+}
+
+fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
+    let before = errs.0.len();
+    let authority = raw.address.parse::<http::uri::Authority>().ok();
+    if raw.address.contains('/') || authority.as_ref().and_then(|a| a.port_u16()).is_none() {
+        errs.add(
+            "logging.address",
+            format!("`{}` is not `host:port`", raw.address),
+        );
+    }
+    if raw.spool_dir.as_os_str().is_empty() {
+        errs.add("logging.spool_dir", "must not be empty");
+    }
+    if !(1..=10_000).contains(&raw.batch_size) {
+        errs.add("logging.batch_size", "must be between 1 and 10000");
+    }
+    if !(1..=60_000).contains(&raw.max_delay_ms) {
+        errs.add("logging.max_delay_ms", "must be between 1 and 60000");
+    }
+    if !(1..=1_000_000).contains(&raw.queue_capacity) {
+        errs.add("logging.queue_capacity", "must be between 1 and 1000000");
+    }
+    if raw.spool_max_bytes < 1024 * 1024 {
+        errs.add(
+            "logging.spool_max_bytes",
+            "must be at least 1048576 (1 MiB)",
+        );
+    }
+    (errs.0.len() == before).then(|| Logging {
+        address: raw.address.clone(),
+        spool_dir: raw.spool_dir.clone(),
+        batch_size: raw.batch_size,
+        max_delay: std::time::Duration::from_millis(raw.max_delay_ms),
+        queue_capacity: raw.queue_capacity,
+        spool_max_bytes: raw.spool_max_bytes,
+    })
+}
+
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -560,6 +659,9 @@ pub struct Config {
     pub keys: HashMap<KeyHash, Arc<KeyBundle>>,
     /// The largest request body accepted, in bytes.
     pub max_request_body_bytes: u64,
+    /// Per-request log shipping; `None` when logging is off. Read once at start-up: a change
+    /// takes effect on restart.
+    pub logging: Option<Logging>,
     /// Model prices: the built-in catalog with the config's overrides.
     pub prices: PriceTable,
 }
@@ -689,6 +791,10 @@ impl Config {
             );
         }
 
+        let logging = raw
+            .logging
+            .as_ref()
+            .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
 
         match listen {
@@ -698,6 +804,7 @@ impl Config {
                 models,
                 keys,
                 max_request_body_bytes: max_body,
+                logging,
                 prices,
             }),
             _ => Err(errs.0),

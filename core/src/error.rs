@@ -17,6 +17,15 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// A short label for logs and log events: `openai`, `anthropic`, `gemini`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "openai",
+            Dialect::Anthropic => "anthropic",
+            Dialect::Gemini => "gemini",
+        }
+    }
+
     /// The dialect a request path belongs to.
     pub fn from_path(path: &str) -> Self {
         if path.starts_with("/v1/messages") {

@@ -9,6 +9,7 @@
 //! | `tollgate_authz_decisions_total` | counter | `decision` (`allow`, `missing_key`, `invalid_key`, `expired_key`, `disabled_key`) | checks |
 //! | `tollgate_errors_total` | counter | `code` (the client-facing error code or type) | requests answered with an error by Tollgate itself |
 //! | `tollgate_config_reloads_total` | counter | `result` (`ok`, `rejected`) | reloads |
+//! | `tollgate_log_events_total` | counter | `outcome` (`queued`, `sent`, `spooled`, `dropped`) | log events: `queued` entered the in-memory queue, `sent` were acknowledged by the logger, `spooled` went to the disk spool (a full queue or an unreachable logger; once replayed they count as `sent` too), `dropped` were lost (spool full or unwritable, or refused by the logger as malformed) |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -75,6 +76,13 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+/// The outcome label of `tollgate_log_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `queued`, `sent`, `spooled` or `dropped`.
+    pub outcome: &'static str,
+}
+
 fn phase_histogram() -> Histogram {
     // 10 µs .. ~80 ms
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -106,6 +114,8 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter>,
     /// `tollgate_config_reloads_total`.
     pub reloads: Family<ResultLabel, Counter>,
+    /// `tollgate_log_events_total`.
+    pub log_events: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -118,6 +128,7 @@ impl Default for Metrics {
             authz: Family::default(),
             errors: Family::default(),
             reloads: Family::default(),
+            log_events: Family::default(),
         }
     }
 }
@@ -159,6 +170,20 @@ impl Metrics {
             "Config reloads by result",
             self.reloads.clone(),
         );
+        r.register(
+            "log_events",
+            "Per-request log events by outcome",
+            self.log_events.clone(),
+        );
+    }
+
+    /// Counts `n` log events with this outcome.
+    pub fn log_events(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.log_events
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(n);
+        }
     }
 
     /// Records the time one phase took.

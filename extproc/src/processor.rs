@@ -7,7 +7,7 @@
 //! JSON, STREAMED for SSE).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
@@ -21,7 +21,9 @@ use tollgate_core::config::{ApiFamily, Provider, ANTHROPIC_VERSION};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
 use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
+use tollgate_logger::LogHandle;
 
+use crate::log;
 use crate::mutation::{self, set};
 use crate::translator::stream::StreamTranslator;
 use crate::translator::{openai, sse::UsageFilter, Pair};
@@ -79,8 +81,10 @@ struct Forwarded {
     endpoint: Endpoint,
     model: String,
     provider: Arc<Provider>,
+    upstream_model: String,
     stream: bool,
     sent_at: Instant,
+    upstream_latency: Option<Duration>,
     status: Option<u16>,
     pair: Pair,
     sse: Option<ResponseStream>,
@@ -111,6 +115,19 @@ pub struct Processor {
     /// Whether the client sent its own `anthropic-version`.
     client_anthropic_version: bool,
     finished: bool,
+    log: Option<LogHandle>,
+    started_at: SystemTime,
+    first_byte_at: Option<SystemTime>,
+    overhead: Duration,
+    rejected: Option<Rejected>,
+}
+
+/// A request Tollgate answered with an error itself.
+#[derive(Debug)]
+struct Rejected {
+    status: u16,
+    class: &'static str,
+    model: Option<String>,
 }
 
 fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a [u8]> {
@@ -137,7 +154,18 @@ impl Processor {
             forwarded: None,
             client_anthropic_version: false,
             finished: false,
+            log: None,
+            started_at: SystemTime::now(),
+            first_byte_at: None,
+            overhead: Duration::ZERO,
+            rejected: None,
         }
+    }
+
+    /// Emits this request's `LogEvent` to `log` when it ends (logging is off with `None`).
+    pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
+        self.log = log;
+        self
     }
 
     /// Handles one message; `None` when Envoy expects no answer (observability mode).
@@ -179,6 +207,7 @@ impl Processor {
             None => ("unknown", ProcessingResponse::default()),
         };
         self.metrics.observe_phase(phase, started);
+        self.overhead += started.elapsed();
         tracing::trace!(phase, "Processed ext_proc message");
         (!msg.observability_mode).then_some(response)
     }
@@ -188,8 +217,13 @@ impl Processor {
     }
 
     /// Answers with an error in the client's dialect.
-    fn reject(&self, err: &ApiError, model: Option<&str>) -> ProcessingResponse {
+    fn reject(&mut self, err: &ApiError, model: Option<&str>) -> ProcessingResponse {
         let class = err.class();
+        self.rejected = Some(Rejected {
+            status: class.status,
+            class: class.openai_code.unwrap_or(class.openai_type),
+            model: model.map(str::to_owned),
+        });
         self.metrics
             .errors
             .get_or_create(&CodeLabel {
@@ -246,7 +280,7 @@ impl Processor {
         }
     }
 
-    fn list_models(&self) -> ProcessingResponse {
+    fn list_models(&mut self) -> ProcessingResponse {
         let Some(ctx) = &self.ctx else {
             return self.reject(&ApiError::Internal, None);
         };
@@ -386,8 +420,10 @@ impl Processor {
             endpoint,
             model,
             provider: Arc::clone(provider),
+            upstream_model: target.upstream_model.clone(),
             stream: parsed.stream,
             sent_at: Instant::now(),
+            upstream_latency: None,
             status: None,
             pair,
             sse,
@@ -414,6 +450,7 @@ impl Processor {
             .unwrap_or(0u16);
         fwd.status = Some(status);
         if header(&h.headers, "x-envoy-upstream-service-time").is_some() {
+            fwd.upstream_latency = Some(fwd.sent_at.elapsed());
             self.metrics
                 .upstream_latency
                 .get_or_create(&ProviderLabel {
@@ -439,6 +476,9 @@ impl Processor {
         };
         let status = fwd.status.unwrap_or(0);
         let ok = (200..300).contains(&status);
+        if self.first_byte_at.is_none() && !b.body.is_empty() {
+            self.first_byte_at = Some(SystemTime::now());
+        }
         let mut common = Default::default();
         match &mut fwd.sse {
             Some(ResponseStream::Usage(filter)) if ok => {
@@ -487,6 +527,7 @@ impl Processor {
             return;
         }
         self.finished = true;
+        self.emit_log();
         let Some(fwd) = &self.forwarded else { return };
         let status = fwd.status.unwrap_or(499);
         let provider = fwd.provider.name.clone();
@@ -535,6 +576,62 @@ impl Processor {
             duration_ms = fwd.sent_at.elapsed().as_secs_f64() * 1000.0,
             "Request finished"
         );
+    }
+}
+
+impl Processor {
+    /// Hands the request's `LogEvent` to the log queue (never blocks), when logging is on.
+    fn emit_log(&self) {
+        let (Some(handle), Some(ctx)) = (&self.log, &self.ctx) else {
+            return;
+        };
+        let endpoint = self
+            .forwarded
+            .as_ref()
+            .map(|f| f.endpoint)
+            .or_else(|| Endpoint::from_request(&ctx.method, strip_query(&ctx.path)))
+            .map_or("unknown", Endpoint::label);
+        let mut facts = log::Facts {
+            request_id: &ctx.request_id,
+            key_id: &ctx.key_id,
+            tenant: &ctx.tenant,
+            team: &ctx.team,
+            dialect: self.dialect(),
+            endpoint,
+            requested_model: "",
+            provider: "",
+            upstream_model: "",
+            stream: false,
+            status: 0,
+            error_class: "",
+            usage: None,
+            started: self.started_at,
+            first_byte: self.first_byte_at,
+            ended: SystemTime::now(),
+            overhead: self.overhead,
+            upstream_latency: None,
+        };
+        match (&self.forwarded, &self.rejected) {
+            (Some(fwd), _) => {
+                let status = fwd.status.unwrap_or(499);
+                facts.requested_model = &fwd.model;
+                facts.provider = &fwd.provider.name;
+                facts.upstream_model = &fwd.upstream_model;
+                facts.stream = fwd.stream;
+                facts.status = status;
+                facts.error_class = log::upstream_error_class(status);
+                facts.usage = fwd.usage;
+                facts.upstream_latency = fwd.upstream_latency;
+            }
+            (None, Some(r)) => {
+                facts.requested_model = r.model.as_deref().unwrap_or("");
+                facts.status = r.status;
+                facts.error_class = r.class;
+            }
+            // Answered by Tollgate without an error (`GET /v1/models`): not an LLM call.
+            (None, None) => return,
+        }
+        handle.emit(log::event(&facts));
     }
 }
 

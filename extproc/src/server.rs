@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, Processin
 use futures::Stream;
 use tollgate_core::metrics::Metrics;
 use tollgate_core::SharedConfig;
+use tollgate_logger::LogHandle;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::processor::Processor;
@@ -16,12 +17,23 @@ use crate::processor::Processor;
 pub struct ExtProcService {
     config: SharedConfig,
     metrics: Metrics,
+    log: Option<LogHandle>,
 }
 
 impl ExtProcService {
     /// A service reading the live config (each stream keeps the snapshot it started with).
     pub fn new(config: SharedConfig, metrics: Metrics) -> Self {
-        Self { config, metrics }
+        Self {
+            config,
+            metrics,
+            log: None,
+        }
+    }
+
+    /// Emits one `LogEvent` per request to `log` (logging is off with `None`).
+    pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
+        self.log = log;
+        self
     }
 }
 
@@ -48,7 +60,8 @@ impl ExternalProcessor for ExtProcService {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let inbound = request.into_inner();
-        let processor = Processor::new(self.config.load_full(), self.metrics.clone());
+        let processor = Processor::new(self.config.load_full(), self.metrics.clone())
+            .with_log(self.log.clone());
         let stream = futures::stream::unfold(
             (inbound, processor),
             |(mut inbound, mut processor)| async move {

@@ -1,1 +1,110 @@
-//! placeholder
+//! The logger service (`tollgate.logger.v1.LogIngest`, gRPC) and its sinks, plus the sidecar
+//! side that ships events to it.
+//!
+//! - Server side ([`run`], [`serve`]): [`service`] validates each [`LogBatch`] and hands it to a
+//!   [`sink::Sink`]; the batch is acknowledged only once the sink says it is durable. The
+//!   default sink is [`ndjson::NdjsonSink`]: rotating NDJSON files, fsynced before the ack,
+//!   idempotent on `request_id` across restarts; [`clickhouse::ClickHouseSink`] writes a
+//!   ClickHouse table, idempotent on `request_id` too.
+//! - Sidecar side ([`shipper`]): `tollgate serve` pushes one event per request into a bounded
+//!   queue; a background sender batches, retries, spools to disk ([`spool`]) while the logger
+//!   is unreachable, and replays the spool in order.
+//!
+//! [`LogBatch`]: tollgate_proto::logger::v1::LogBatch
+
+pub mod clickhouse;
+pub mod config;
+pub mod durable;
+pub mod error;
+pub mod ndjson;
+pub mod record;
+pub mod service;
+pub mod shipper;
+pub mod sink;
+pub mod spool;
+pub mod spooled;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tollgate_proto::logger::v1::log_ingest_server::LogIngestServer;
+
+pub use config::LoggerConfig;
+pub use error::LoggerError;
+pub use shipper::{LogHandle, Shipper};
+
+/// Binds `config.listen` and runs the logger until `shutdown` resolves.
+pub async fn run(
+    config: LoggerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LoggerError> {
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| LoggerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    serve(listener, config, shutdown).await
+}
+
+/// Runs the logger on a bound listener until `shutdown` resolves: opens the configured sink
+/// (NDJSON files or ClickHouse), serves `LogIngest` and gRPC health, then lets in-flight batches finish
+/// and closes the sink (a final fsync).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: LoggerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LoggerError> {
+    config.validate()?;
+    let sink: Arc<dyn sink::Sink> = match &config.sink {
+        config::SinkConfig::Ndjson {
+            data_dir,
+            max_file_bytes,
+        } => {
+            let (dir, max) = (data_dir.clone(), *max_file_bytes);
+            let sink = tokio::task::spawn_blocking(move || ndjson::NdjsonSink::open(&dir, max))
+                .await
+                .map_err(|e| LoggerError::Task(e.to_string()))??;
+            Arc::new(sink)
+        }
+        config::SinkConfig::ClickHouse(c) => Arc::new(clickhouse::ClickHouseSink::open(c).await?),
+    };
+    let sink: Arc<dyn sink::Sink> = match &config.spool_dir {
+        Some(dir) => {
+            let (dir, max) = (dir.clone(), config.spool_max_bytes);
+            let spool = tokio::task::spawn_blocking(move || spool::Spool::open(&dir, max))
+                .await
+                .map_err(|e| LoggerError::Task(e.to_string()))??;
+            Arc::new(spooled::SpooledSink::new(
+                sink,
+                Arc::new(spool),
+                std::time::Duration::from_secs(1),
+            ))
+        }
+        None => sink,
+    };
+    let local = listener.local_addr().ok();
+    let ingest = LogIngestServer::new(service::IngestService::new(
+        Arc::clone(&sink),
+        config.limits(),
+    ))
+    .max_decoding_message_size(config.max_batch_bytes());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<LogIngestServer<service::IngestService>>()
+        .await;
+    tracing::info!(listen = ?local, sink = ?config.sink, "Tollgate logger listening");
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(ingest)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    tracing::info!("Tollgate logger stopping: closing the sink");
+    let closed = sink.close().await;
+    served.map_err(LoggerError::Transport)?;
+    closed
+}

@@ -72,6 +72,12 @@ impl Proc {
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+
+    /// `kill -9`: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Proc {
@@ -182,6 +188,9 @@ pub struct StackOptions {
     pub max_body: u64,
     /// Mock chunk delay in ms.
     pub chunk_delay_ms: u64,
+    /// Ship log events to a logger at this `host:port` (batches of 4, 50 ms max delay,
+    /// spool under the stack's directory).
+    pub logger: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -190,6 +199,7 @@ impl Default for StackOptions {
             tcp: false,
             max_body: 64 * 1024,
             chunk_delay_ms: 0,
+            logger: None,
         }
     }
 }
@@ -274,6 +284,119 @@ keys:
     )
 }
 
+/// The `logging:` section for a stack whose spool lives in `dir`.
+pub fn logging_yaml(logger: &str, dir: &Path) -> String {
+    format!(
+        "logging:\n  address: \"{logger}\"\n  spool_dir: \"{}\"\n  batch_size: 4\n  max_delay_ms: 50\n",
+        dir.join("spool").display()
+    )
+}
+
+/// A real `tollgate logger` with the NDJSON sink; killed on drop, its log printed when a
+/// test fails.
+pub struct Logger {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log_dir: PathBuf,
+    pub proc: Proc,
+}
+
+impl Logger {
+    pub fn start(addr: &str, data_dir: &Path, log_dir: &Path) -> Logger {
+        let proc = Self::spawn(addr, data_dir, log_dir, 0);
+        let mut logger = Logger {
+            addr: addr.to_owned(),
+            data_dir: data_dir.to_owned(),
+            log_dir: log_dir.to_owned(),
+            proc,
+        };
+        logger.wait_ready();
+        logger
+    }
+
+    fn spawn(addr: &str, data_dir: &Path, log_dir: &Path, run: u32) -> Proc {
+        Proc::spawn(
+            &format!("logger-{run}"),
+            Command::new(TOLLGATE)
+                .args(["logger", "--listen", addr, "--data-dir"])
+                .arg(data_dir)
+                .env("TOLLGATE_LOG", "info,tollgate_logger=debug"),
+            log_dir,
+        )
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            assert!(
+                self.proc.alive(),
+                "logger exited during start-up:\n{}",
+                self.proc.log()
+            );
+            if std::net::TcpStream::connect(&self.addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "logger did not listen on {}:\n{}",
+            self.addr,
+            self.proc.log()
+        );
+    }
+
+    /// `kill -9` the logger, then start a new one on the same address and data directory.
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
+    }
+
+    pub fn restart(&mut self, run: u32) {
+        self.proc = Self::spawn(&self.addr, &self.data_dir, &self.log_dir, run);
+        self.wait_ready();
+    }
+
+    /// Every stored line, oldest file first.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.data_dir)
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "ndjson"));
+        files.sort();
+        files
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line ({e}): {l}"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(&self.log_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with("logger-") {
+                    eprintln!(
+                        "===== {name} =====\n{}",
+                        std::fs::read_to_string(entry.path()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl Stack {
     pub fn start(opts: StackOptions) -> Stack {
         let dir = tempfile::tempdir().unwrap();
@@ -290,12 +413,12 @@ impl Stack {
         let compat_file = d.join("compat.key");
         std::fs::write(&compat_file, format!("{COMPAT_SECRET}\n")).unwrap();
         let config_path = d.join("tollgate.yaml");
-        std::fs::write(
-            &config_path,
-            config_yaml(&opts, &grpc, &admin, &mock)
-                .replace("COMPAT_FILE", &compat_file.display().to_string()),
-        )
-        .unwrap();
+        let mut yaml = config_yaml(&opts, &grpc, &admin, &mock)
+            .replace("COMPAT_FILE", &compat_file.display().to_string());
+        if let Some(logger) = &opts.logger {
+            yaml.push_str(&logging_yaml(logger, d));
+        }
+        std::fs::write(&config_path, yaml).unwrap();
 
         let mut procs = Vec::new();
         let mut mock_p = Proc::spawn(

@@ -184,6 +184,56 @@ models:
 }
 
 #[test]
+fn logging_is_off_without_its_section() {
+    let c = Config::from_yaml(&good(), &env()).unwrap();
+    assert_eq!(c.logging, None);
+}
+
+#[test]
+fn a_logging_section_validates_with_defaults() {
+    let yaml = format!(
+        "{}logging:\n  address: \"logger.internal:4317\"\n  spool_dir: /var/spool/tollgate\n",
+        good()
+    );
+    let c = Config::from_yaml(&yaml, &env()).unwrap();
+    let l = c.logging.unwrap();
+    assert_eq!(l.address, "logger.internal:4317");
+    assert_eq!(l.spool_dir, PathBuf::from("/var/spool/tollgate"));
+    assert_eq!(
+        (l.batch_size, l.max_delay, l.queue_capacity),
+        (500, std::time::Duration::from_secs(1), 10_000)
+    );
+}
+
+#[test]
+fn logging_errors_name_their_fields() {
+    let yaml = format!(
+        "{}logging:\n  address: \"no-port\"\n  spool_dir: \"\"\n  batch_size: 0\n  max_delay_ms: 0\n  queue_capacity: 0\n  spool_max_bytes: 10\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "logging.address",
+            "logging.spool_dir",
+            "logging.batch_size",
+            "logging.max_delay_ms",
+            "logging.queue_capacity",
+            "logging.spool_max_bytes"
+        ]
+    );
+    let yaml = format!(
+        "{}logging:\n  address: \"127.0.0.1:4317\"\n  spool_dir: /tmp/s\n  batch: 5\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    assert_eq!(errs[0].path, "logging.batch");
+    assert!(errs[0].message.contains("unknown field"), "{errs:?}");
+}
+
+#[test]
 fn pricing_overrides_replace_and_extend_the_catalog_and_bad_prices_name_their_field() {
     let base = r#"
 providers: { p: { kind: openai, base_url: "http://127.0.0.1:1/v1" } }

@@ -1,0 +1,202 @@
+//! Builds the `tollgate.logger.v1.LogEvent` of one request from what its processor saw. Pure:
+//! the processor gathers the [`Facts`], this module shapes them, and the event goes to the
+//! shipper's bounded queue ([`tollgate_logger::LogHandle::emit`]).
+
+use std::time::{Duration, SystemTime};
+
+use tollgate_core::{Dialect, Usage, UsageSource};
+use tollgate_proto::logger::v1::{self as pb, LogEvent};
+
+/// What one request's processor knows when the request ends.
+#[derive(Debug, Clone)]
+pub struct Facts<'a> {
+    /// Tollgate's request id.
+    pub request_id: &'a str,
+    /// The virtual key's id.
+    pub key_id: &'a str,
+    /// The key's tenant.
+    pub tenant: &'a str,
+    /// The key's team.
+    pub team: &'a str,
+    /// The client's dialect.
+    pub dialect: Dialect,
+    /// The endpoint label (`chat_completions`, ...), or `unknown`.
+    pub endpoint: &'a str,
+    /// The public model asked for (empty when the body named none).
+    pub requested_model: &'a str,
+    /// The provider's name (empty when the request went nowhere).
+    pub provider: &'a str,
+    /// The provider's model id.
+    pub upstream_model: &'a str,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// The status the client got.
+    pub status: u16,
+    /// The client-facing error code or type; empty on success.
+    pub error_class: &'a str,
+    /// Usage, when known.
+    pub usage: Option<Usage>,
+    /// When the request reached Tollgate.
+    pub started: SystemTime,
+    /// When the first response body bytes came back.
+    pub first_byte: Option<SystemTime>,
+    /// When the response ended.
+    pub ended: SystemTime,
+    /// Time Tollgate spent in its ext_proc phases.
+    pub overhead: Duration,
+    /// Time to the provider's response headers.
+    pub upstream_latency: Option<Duration>,
+}
+
+fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The `error_class` of a request that reached a provider, by the status the client got.
+pub fn upstream_error_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "",
+        499 => "client_closed_request",
+        429 => "upstream_rate_limited",
+        400..=498 => "upstream_client_error",
+        _ => "upstream_error",
+    }
+}
+
+/// The event for these facts.
+pub fn event(f: &Facts<'_>) -> LogEvent {
+    LogEvent {
+        request_id: f.request_id.to_owned(),
+        start_time_unix_nanos: unix_nanos(f.started),
+        first_token_time_unix_nanos: f.first_byte.map_or(0, unix_nanos),
+        end_time_unix_nanos: unix_nanos(f.ended),
+        key_id: f.key_id.to_owned(),
+        tenant: f.tenant.to_owned(),
+        team: f.team.to_owned(),
+        // The OpenAI `user` field is not parsed yet: the translator owns the body.
+        end_user: String::new(),
+        client_api: f.dialect.label().to_owned(),
+        endpoint: f.endpoint.to_owned(),
+        requested_model: f.requested_model.to_owned(),
+        provider: f.provider.to_owned(),
+        upstream_model: f.upstream_model.to_owned(),
+        stream: f.stream,
+        http_status: u32::from(f.status),
+        error_class: f.error_class.to_owned(),
+        usage: f.usage.map(|u| pb::Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_read_tokens: u.cache_read_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            source: match u.source {
+                UsageSource::Provider => pb::UsageSource::Provider,
+                UsageSource::Estimated => pb::UsageSource::Estimated,
+            }
+            .into(),
+        }),
+        // Pricing is a later issue: until then no cost is computed.
+        cost_usd: 0.0,
+        gateway_overhead_ms: ms(f.overhead),
+        upstream_latency_ms: f.upstream_latency.map_or(0.0, ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_carries_every_fact_in_its_proto_units() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let facts = Facts {
+            request_id: "rid",
+            key_id: "k",
+            tenant: "acme",
+            team: "ml",
+            dialect: Dialect::OpenAi,
+            endpoint: "chat_completions",
+            requested_model: "gpt",
+            provider: "openai",
+            upstream_model: "gpt-4o",
+            stream: true,
+            status: 200,
+            error_class: "",
+            usage: Some(Usage {
+                input_tokens: 10,
+                output_tokens: 20,
+                cache_read_tokens: 3,
+                cache_write_tokens: 4,
+                reasoning_tokens: 5,
+                source: UsageSource::Estimated,
+            }),
+            started: t0,
+            first_byte: Some(t0 + Duration::from_millis(30)),
+            ended: t0 + Duration::from_millis(90),
+            overhead: Duration::from_micros(1500),
+            upstream_latency: Some(Duration::from_millis(25)),
+        };
+        let e = event(&facts);
+        assert_eq!(e.start_time_unix_nanos, 1_700_000_000_000_000_000);
+        assert_eq!(e.first_token_time_unix_nanos, 1_700_000_000_030_000_000);
+        assert_eq!(e.end_time_unix_nanos, 1_700_000_000_090_000_000);
+        assert_eq!((e.gateway_overhead_ms, e.upstream_latency_ms), (1.5, 25.0));
+        assert_eq!(
+            (e.key_id.as_str(), e.tenant.as_str(), e.team.as_str()),
+            ("k", "acme", "ml")
+        );
+        assert_eq!(e.client_api, "openai");
+        assert_eq!(e.upstream_model, "gpt-4o");
+        let u = e.usage.unwrap();
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_tokens,
+                u.cache_write_tokens,
+                u.reasoning_tokens
+            ),
+            (10, 20, 3, 4, 5)
+        );
+        assert_eq!(u.source(), pb::UsageSource::Estimated);
+        // No first byte, no upstream: zeros, not garbage.
+        let e = event(&Facts {
+            first_byte: None,
+            upstream_latency: None,
+            usage: None,
+            ..facts
+        });
+        assert_eq!(
+            (e.first_token_time_unix_nanos, e.upstream_latency_ms),
+            (0, 0.0)
+        );
+        assert!(e.usage.is_none());
+    }
+
+    #[test]
+    fn upstream_statuses_map_to_error_classes() {
+        let classes: Vec<&str> = [200, 204, 400, 429, 499, 500, 503]
+            .into_iter()
+            .map(upstream_error_class)
+            .collect();
+        assert_eq!(
+            classes,
+            [
+                "",
+                "",
+                "upstream_client_error",
+                "upstream_rate_limited",
+                "client_closed_request",
+                "upstream_error",
+                "upstream_error"
+            ]
+        );
+    }
+}

@@ -1,0 +1,266 @@
+//! The local-file sink: events as NDJSON lines in `events-NNNNNNNNNN.ndjson` files under a
+//! data directory, rotated by size, fsynced before a write returns, and idempotent on
+//! `request_id` across restarts (the ids already stored are read back from the files at
+//! start, so a replayed batch never writes a line twice).
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tollgate_proto::logger::v1::LogEvent;
+
+use crate::durable::sync_dir;
+use crate::error::LoggerError;
+use crate::record::{Record, RecordId};
+use crate::sink::{Sink, WriteSummary};
+
+const PREFIX: &str = "events-";
+const SUFFIX: &str = ".ndjson";
+
+/// The NDJSON sink.
+pub struct NdjsonSink {
+    state: Arc<Mutex<State>>,
+}
+
+struct State {
+    dir: PathBuf,
+    max_file_bytes: u64,
+    seq: u64,
+    file: Option<File>,
+    len: u64,
+    seen: HashSet<String>,
+}
+
+/// The path of file number `seq` under `dir`.
+pub fn file_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{PREFIX}{seq:010}{SUFFIX}"))
+}
+
+/// The sink's files under `dir`, oldest first, with their sequence numbers.
+pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| LoggerError::io("cannot list", dir, e))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| LoggerError::io("cannot list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let seq = name
+            .strip_prefix(PREFIX)
+            .and_then(|s| s.strip_suffix(SUFFIX))
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            out.push((seq, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Every stored record under `dir`, oldest file first (for tools and tests; it reads every
+/// file whole). Blocking.
+pub fn read_records(dir: &Path) -> Result<Vec<Record>, LoggerError> {
+    let mut out = Vec::new();
+    for (_, path) in files(dir)? {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| LoggerError::io("cannot read", &path, e))?;
+        for line in text.lines() {
+            let record = serde_json::from_str(line).map_err(|e| {
+                LoggerError::io(
+                    "cannot parse a line of",
+                    &path,
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            })?;
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+impl NdjsonSink {
+    /// Opens (or creates) the sink in `dir`: reads back every stored request id, and cuts off a
+    /// partial last line left by a crash mid-write (its batch was never acknowledged, so the
+    /// sender still has it). Blocking: call it from a blocking context.
+    pub fn open(dir: &Path, max_file_bytes: u64) -> Result<NdjsonSink, LoggerError> {
+        std::fs::create_dir_all(dir).map_err(|e| LoggerError::io("cannot create", dir, e))?;
+        let files = files(dir)?;
+        let mut seen = HashSet::new();
+        let mut unreadable = 0usize;
+        for (i, (_, path)) in files.iter().enumerate() {
+            let mut text = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut text))
+                .map_err(|e| LoggerError::io("cannot read", path, e))?;
+            let last = i + 1 == files.len();
+            let complete = match text.iter().rposition(|&b| b == b'\n') {
+                Some(end) => end + 1,
+                None => 0,
+            };
+            if complete < text.len() {
+                if last {
+                    tracing::warn!(path = %path.display(), bytes = text.len() - complete, "Cutting off a partial last line left by an interrupted write");
+                    OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .and_then(|f| {
+                            f.set_len(complete as u64)?;
+                            f.sync_all()
+                        })
+                        .map_err(|e| LoggerError::io("cannot truncate", path, e))?;
+                } else {
+                    unreadable += 1;
+                }
+            }
+            for line in text
+                .get(..complete)
+                .unwrap_or_default()
+                .split(|&b| b == b'\n')
+            {
+                if line.is_empty() {
+                    continue;
+                }
+                match serde_json::from_slice::<RecordId>(line) {
+                    Ok(r) => {
+                        seen.insert(r.request_id);
+                    }
+                    Err(_) => unreadable += 1,
+                }
+            }
+        }
+        if unreadable > 0 {
+            tracing::warn!(dir = %dir.display(), lines = unreadable, "Skipped unreadable lines while reading back stored request ids");
+        }
+        let (seq, len, file) = match files.last() {
+            Some((seq, path)) => {
+                let mut f = OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| LoggerError::io("cannot open", path, e))?;
+                let len = f
+                    .seek(SeekFrom::End(0))
+                    .map_err(|e| LoggerError::io("cannot open", path, e))?;
+                (*seq, len, Some(f))
+            }
+            None => (0, 0, None),
+        };
+        tracing::info!(dir = %dir.display(), files = files.len(), stored = seen.len(), "Opened NDJSON sink");
+        Ok(NdjsonSink {
+            state: Arc::new(Mutex::new(State {
+                dir: dir.to_owned(),
+                max_file_bytes,
+                seq,
+                file,
+                len,
+                seen,
+            })),
+        })
+    }
+
+    fn with_state<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut State) -> Result<T, LoggerError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, LoggerError>> {
+        let state = Arc::clone(&self.state);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut guard = state
+                    .lock()
+                    .map_err(|_| LoggerError::Task("the NDJSON sink's lock is poisoned".into()))?;
+                f(&mut guard)
+            })
+            .await
+            .map_err(|e| LoggerError::Task(e.to_string()))?
+        }
+    }
+}
+
+impl State {
+    fn current_path(&self) -> PathBuf {
+        file_path(&self.dir, self.seq)
+    }
+
+    /// Opens the next file when the current one is missing or `incoming` would push it past
+    /// the size cap (a non-empty file only: a batch is never split).
+    fn rotate_if_needed(&mut self, incoming: u64) -> Result<(), LoggerError> {
+        let full = self.len > 0 && self.len.saturating_add(incoming) > self.max_file_bytes;
+        if self.file.is_some() && !full {
+            return Ok(());
+        }
+        if let Some(old) = self.file.take() {
+            let path = self.current_path();
+            old.sync_all()
+                .map_err(|e| LoggerError::io("cannot fsync", &path, e))?;
+        }
+        self.seq += 1;
+        let path = self.current_path();
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| LoggerError::io("cannot create", &path, e))?;
+        sync_dir(&self.dir)?;
+        tracing::info!(path = %path.display(), "Opened a new NDJSON file");
+        self.file = Some(f);
+        self.len = 0;
+        Ok(())
+    }
+
+    fn write(&mut self, events: &[LogEvent]) -> Result<WriteSummary, LoggerError> {
+        let mut buf = Vec::new();
+        let mut ids = HashSet::new();
+        let mut summary = WriteSummary::default();
+        for e in events {
+            if self.seen.contains(&e.request_id) || !ids.insert(e.request_id.as_str()) {
+                summary.duplicates += 1;
+                continue;
+            }
+            serde_json::to_writer(&mut buf, &Record::from(e))
+                .map_err(|e| LoggerError::Task(format!("cannot serialise an event: {e}")))?;
+            buf.push(b'\n');
+            summary.written += 1;
+        }
+        if buf.is_empty() {
+            return Ok(summary);
+        }
+        self.rotate_if_needed(buf.len() as u64)?;
+        let path = self.current_path();
+        let Some(file) = self.file.as_mut() else {
+            return Err(LoggerError::Task("no NDJSON file open".into()));
+        };
+        let written = file.write_all(&buf).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // Leave no half batch behind: the sender will resend all of it.
+            let _ = file.set_len(self.len);
+            return Err(LoggerError::io("cannot write", &path, e));
+        }
+        self.len += buf.len() as u64;
+        for id in ids {
+            self.seen.insert(id.to_owned());
+        }
+        Ok(summary)
+    }
+}
+
+#[tonic::async_trait]
+impl Sink for NdjsonSink {
+    async fn write(&self, events: Vec<LogEvent>) -> Result<WriteSummary, LoggerError> {
+        self.with_state(move |s| s.write(&events)).await
+    }
+
+    async fn close(&self) -> Result<(), LoggerError> {
+        self.with_state(|s| {
+            if let Some(f) = s.file.take() {
+                let path = s.current_path();
+                f.sync_all()
+                    .map_err(|e| LoggerError::io("cannot fsync", &path, e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

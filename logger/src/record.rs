@@ -1,0 +1,106 @@
+//! The stored form of one event: one flat JSON object per line (NDJSON), field names matching
+//! the proto, `usage_source` spelled out. Flat so a warehouse table maps onto it one to one:
+//! the ClickHouse sink inserts the same struct, field order = column order of its table.
+
+use serde::{Deserialize, Serialize};
+use tollgate_proto::logger::v1::{LogEvent, UsageSource};
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct Record {
+    /// Tollgate's request id.
+    pub request_id: String,
+    /// When the request reached Tollgate, unix nanoseconds.
+    pub start_time_unix_nanos: i64,
+    /// When the first response bytes came back, unix nanoseconds (0: none).
+    pub first_token_time_unix_nanos: i64,
+    /// When the response ended, unix nanoseconds.
+    pub end_time_unix_nanos: i64,
+    /// The virtual key's id.
+    pub key_id: String,
+    /// Tenant.
+    pub tenant: String,
+    /// Team.
+    pub team: String,
+    /// End user.
+    pub end_user: String,
+    /// The client's API dialect.
+    pub client_api: String,
+    /// The endpoint.
+    pub endpoint: String,
+    /// The public model asked for.
+    pub requested_model: String,
+    /// The provider.
+    pub provider: String,
+    /// The provider's model id.
+    pub upstream_model: String,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// HTTP status the client got.
+    pub http_status: u32,
+    /// Error code or type, empty on success.
+    pub error_class: String,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Generated tokens.
+    pub output_tokens: u64,
+    /// Prompt tokens read from a cache.
+    pub cache_read_tokens: u64,
+    /// Prompt tokens written to a cache.
+    pub cache_write_tokens: u64,
+    /// Generated tokens spent on reasoning.
+    pub reasoning_tokens: u64,
+    /// `provider`, `estimated`, or `none` when no usage is known.
+    pub usage_source: String,
+    /// Cost in US dollars (0 until pricing lands).
+    pub cost_usd: f64,
+    /// Time Tollgate spent on the request, ms.
+    pub gateway_overhead_ms: f64,
+    /// Time to the provider's response headers, ms.
+    pub upstream_latency_ms: f64,
+}
+
+impl From<&LogEvent> for Record {
+    fn from(e: &LogEvent) -> Self {
+        let u = e.usage.unwrap_or_default();
+        let usage_source = match (e.usage.is_some(), u.source()) {
+            (false, _) | (true, UsageSource::Unspecified) => "none",
+            (true, UsageSource::Provider) => "provider",
+            (true, UsageSource::Estimated) => "estimated",
+        };
+        Record {
+            request_id: e.request_id.clone(),
+            start_time_unix_nanos: e.start_time_unix_nanos,
+            first_token_time_unix_nanos: e.first_token_time_unix_nanos,
+            end_time_unix_nanos: e.end_time_unix_nanos,
+            key_id: e.key_id.clone(),
+            tenant: e.tenant.clone(),
+            team: e.team.clone(),
+            end_user: e.end_user.clone(),
+            client_api: e.client_api.clone(),
+            endpoint: e.endpoint.clone(),
+            requested_model: e.requested_model.clone(),
+            provider: e.provider.clone(),
+            upstream_model: e.upstream_model.clone(),
+            stream: e.stream,
+            http_status: e.http_status,
+            error_class: e.error_class.clone(),
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            cache_read_tokens: u.cache_read_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            usage_source: usage_source.to_owned(),
+            cost_usd: e.cost_usd,
+            gateway_overhead_ms: e.gateway_overhead_ms,
+            upstream_latency_ms: e.upstream_latency_ms,
+        }
+    }
+}
+
+/// Just the idempotency key of a stored line (what a restart reads back).
+#[derive(Debug, Deserialize)]
+pub struct RecordId {
+    /// Tollgate's request id.
+    pub request_id: String,
+}

@@ -1,0 +1,397 @@
+//! The sidecar side of logging (in `tollgate serve`): a bounded queue of `LogEvent`s that a
+//! request never waits on, and one owned background sender that batches them (at
+//! `batch_size` events or `max_delay`, whichever comes first), sends each batch to the logger
+//! with retries and backoff, spools batches to disk while the logger is unreachable, replays
+//! the spool in order once it is back, and is drained on shutdown.
+//!
+//! Ordering: once anything waits in the spool, new batches go behind it, so the logger
+//! receives batches in the order they were made. Counting: `tollgate_log_events_total`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tollgate_core::config::Logging;
+use tollgate_core::metrics::Metrics;
+use tollgate_proto::logger::v1::log_ingest_client::LogIngestClient;
+use tollgate_proto::logger::v1::{IngestAck, LogBatch, LogEvent};
+
+use crate::error::LoggerError;
+use crate::spool::Spool;
+
+/// How the sender talks to the logger: the gRPC client in production, a fake in tests.
+#[tonic::async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Sends one batch; `Ok` means the logger acknowledged it as durable.
+    async fn send(&mut self, batch: LogBatch) -> Result<IngestAck, tonic::Status>;
+}
+
+#[tonic::async_trait]
+impl Transport for LogIngestClient<tonic::transport::Channel> {
+    async fn send(&mut self, batch: LogBatch) -> Result<IngestAck, tonic::Status> {
+        self.ingest(batch).await.map(tonic::Response::into_inner)
+    }
+}
+
+/// A lazily connecting client for the logger at `address` (`host:port`): it (re)connects on
+/// use, so a logger that restarts is picked up again.
+pub fn connect(address: &str) -> Result<LogIngestClient<tonic::transport::Channel>, LoggerError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| LoggerError::Config(format!("logging.address `{address}`: {e}")))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    Ok(LogIngestClient::new(endpoint.connect_lazy()))
+}
+
+/// The sender's settings.
+#[derive(Debug, Clone)]
+pub struct ShipperOptions {
+    /// The most events in one batch.
+    pub batch_size: usize,
+    /// The longest an event waits for its batch to fill.
+    pub max_delay: Duration,
+    /// The in-memory queue's capacity.
+    pub queue_capacity: usize,
+    /// Attempts per batch before it goes to the spool (at least 1).
+    pub attempts: u32,
+    /// The first pause between attempts, doubled after each failure.
+    pub initial_backoff: Duration,
+    /// The longest pause between replay attempts while the logger is away.
+    pub max_backoff: Duration,
+}
+
+impl ShipperOptions {
+    /// The options a `logging` config section asks for.
+    pub fn from_config(l: &Logging) -> Self {
+        Self {
+            batch_size: l.batch_size,
+            max_delay: l.max_delay,
+            queue_capacity: l.queue_capacity,
+            attempts: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where a request hands its event: never blocks, never loses an event silently.
+#[derive(Clone)]
+pub struct LogHandle {
+    tx: mpsc::Sender<LogEvent>,
+    spool: Arc<Spool>,
+    metrics: Metrics,
+    /// Events that found the queue full, for a log line that does not flood under overload.
+    overflows: Arc<AtomicU64>,
+}
+
+impl LogHandle {
+    /// Queues one event. When the queue is full (or the sender has stopped), the event is
+    /// written to the spool instead, a local fsync rather than a wait on the network; if even
+    /// that fails, it is dropped. Each outcome is counted.
+    pub fn emit(&self, event: LogEvent) {
+        let event = match self.tx.try_send(event) {
+            Ok(()) => {
+                self.metrics.log_events("queued", 1);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(e)) => {
+                let n = self.overflows.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(
+                        overflows = n,
+                        "Log queue full: spooling events to disk (logged at 1, 2, 4, ... overflows)"
+                    );
+                }
+                e
+            }
+            Err(mpsc::error::TrySendError::Closed(e)) => e,
+        };
+        let request_id = event.request_id.clone();
+        match self.spool.push(&LogBatch {
+            events: vec![event],
+        }) {
+            Ok(()) => self.metrics.log_events("spooled", 1),
+            Err(e) => {
+                self.metrics.log_events("dropped", 1);
+                tracing::error!(request_id, error = %e, "Dropped a log event: the spool cannot take it");
+            }
+        }
+    }
+}
+
+/// The owned background sender and the handle requests use.
+pub struct Shipper {
+    handle: LogHandle,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Shipper {
+    /// Opens the spool under `config.spool_dir` and starts the sender towards
+    /// `config.address`. Spooled batches from an earlier run are replayed first.
+    pub async fn start(config: &Logging, metrics: Metrics) -> Result<Shipper, LoggerError> {
+        let client = connect(&config.address)?;
+        let dir = config.spool_dir.clone();
+        let max = config.spool_max_bytes;
+        let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, max))
+            .await
+            .map_err(|e| LoggerError::Task(e.to_string()))??;
+        tracing::info!(logger = %config.address, spool = %config.spool_dir.display(), "Shipping log events");
+        Ok(Self::start_with(
+            client,
+            Arc::new(spool),
+            ShipperOptions::from_config(config),
+            metrics,
+        ))
+    }
+
+    /// Starts the sender over any transport and spool.
+    pub fn start_with(
+        transport: impl Transport,
+        spool: Arc<Spool>,
+        options: ShipperOptions,
+        metrics: Metrics,
+    ) -> Shipper {
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let (stop, stop_rx) = watch::channel(false);
+        let sender = Sender {
+            transport,
+            spool: Arc::clone(&spool),
+            metrics: metrics.clone(),
+            backoff: options.initial_backoff,
+            next_attempt: Instant::now(),
+            options,
+        };
+        let task = tokio::spawn(sender.run(rx, stop_rx));
+        Shipper {
+            handle: LogHandle {
+                tx,
+                spool,
+                metrics,
+                overflows: Arc::default(),
+            },
+            stop,
+            task,
+        }
+    }
+
+    /// The handle requests emit events through.
+    pub fn handle(&self) -> LogHandle {
+        self.handle.clone()
+    }
+
+    /// Stops taking events into the queue (later ones go to the spool), sends what is
+    /// queued (one attempt per batch; whatever fails is spooled) and waits for the sender.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "The log sender failed");
+        }
+    }
+}
+
+enum Failure {
+    /// The logger may take it later.
+    Retryable(tonic::Status),
+    /// The logger will never take it.
+    Rejected(tonic::Status),
+}
+
+fn classify(status: tonic::Status) -> Failure {
+    match status.code() {
+        tonic::Code::InvalidArgument => Failure::Rejected(status),
+        _ => Failure::Retryable(status),
+    }
+}
+
+struct Sender<T> {
+    transport: T,
+    spool: Arc<Spool>,
+    metrics: Metrics,
+    options: ShipperOptions,
+    backoff: Duration,
+    next_attempt: Instant,
+}
+
+impl<T: Transport> Sender<T> {
+    async fn run(mut self, mut rx: mpsc::Receiver<LogEvent>, mut stop: watch::Receiver<bool>) {
+        let size = self.options.batch_size.max(1);
+        let mut stopping = false;
+        while !stopping {
+            let mut batch = Vec::with_capacity(size);
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                n = rx.recv_many(&mut batch, size) => if n == 0 { break },
+                _ = tokio::time::sleep_until(self.next_attempt), if !self.spool.is_empty() => {
+                    self.replay().await;
+                    continue;
+                }
+            }
+            let deadline = Instant::now() + self.options.max_delay;
+            while batch.len() < size {
+                let want = size - batch.len();
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => { stopping = true; break }
+                    n = rx.recv_many(&mut batch, want) => if n == 0 { stopping = true; break },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.deliver(batch, false).await;
+        }
+        // Drain: nothing new enters the queue (emit spools instead); what is in it is sent
+        // once or spooled for the next start.
+        rx.close();
+        loop {
+            let mut batch = Vec::with_capacity(size);
+            if rx.recv_many(&mut batch, size).await == 0 {
+                break;
+            }
+            self.deliver(batch, true).await;
+        }
+        let left = self.spool.len();
+        if left > 0 {
+            tracing::warn!(
+                batches = left,
+                "Log sender stopped with batches in the spool; the next start replays them"
+            );
+        }
+    }
+
+    fn logger_down(&mut self) {
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(self.options.max_backoff);
+    }
+
+    fn logger_up(&mut self) {
+        self.backoff = self.options.initial_backoff;
+        self.next_attempt = Instant::now();
+    }
+
+    async fn deliver(&mut self, events: Vec<LogEvent>, last: bool) {
+        if events.is_empty() {
+            return;
+        }
+        let n = events.len() as u64;
+        let batch = LogBatch { events };
+        let due = Instant::now() >= self.next_attempt;
+        if !self.spool.is_empty() && due {
+            self.replay().await;
+        }
+        if !self.spool.is_empty() || Instant::now() < self.next_attempt {
+            // Older batches wait, or the logger is known to be away: keep the order.
+            return self.spool_batch(batch, n).await;
+        }
+        let attempts = if last {
+            1
+        } else {
+            self.options.attempts.max(1)
+        };
+        let mut pause = self.options.initial_backoff;
+        for attempt in 1..=attempts {
+            match self.transport.send(batch.clone()).await.map_err(classify) {
+                Ok(_) => {
+                    self.metrics.log_events("sent", n);
+                    self.logger_up();
+                    return;
+                }
+                Err(Failure::Rejected(status)) => return self.reject(batch, n, status).await,
+                Err(Failure::Retryable(status)) => {
+                    tracing::debug!(attempt, code = ?status.code(), message = status.message(), "Log batch not delivered");
+                    if attempt < attempts {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(self.options.max_backoff);
+                    } else {
+                        tracing::warn!(code = ?status.code(), message = status.message(), events = n, "Logger unreachable: spooling the batch");
+                    }
+                }
+            }
+        }
+        self.logger_down();
+        self.spool_batch(batch, n).await;
+    }
+
+    async fn spool_batch(&mut self, batch: LogBatch, n: u64) {
+        match self.spool.blocking(move |s| s.push(&batch)).await {
+            Ok(()) => self.metrics.log_events("spooled", n),
+            Err(e) => {
+                self.metrics.log_events("dropped", n);
+                tracing::error!(events = n, error = %e, "Dropped a log batch: the spool cannot take it");
+            }
+        }
+    }
+
+    async fn reject(&mut self, batch: LogBatch, n: u64, status: tonic::Status) {
+        self.metrics.log_events("dropped", n);
+        match self
+            .spool
+            .blocking(move |s| s.keep_aside(&batch, ".rejected"))
+            .await
+        {
+            Ok(path) => {
+                tracing::error!(events = n, message = status.message(), path = %path.display(), "The logger refused a log batch; kept it aside")
+            }
+            Err(e) => {
+                tracing::error!(events = n, message = status.message(), error = %e, "The logger refused a log batch")
+            }
+        }
+    }
+
+    /// Sends spooled batches oldest first until the spool is empty or the logger fails.
+    async fn replay(&mut self) {
+        loop {
+            let (seq, batch) = match self.spool.blocking(|s| s.oldest()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot read the spool");
+                    self.logger_down();
+                    return;
+                }
+            };
+            let n = batch.events.len() as u64;
+            match self.transport.send(batch).await.map_err(classify) {
+                Ok(_) => {
+                    self.metrics.log_events("sent", n);
+                    self.logger_up();
+                    if let Err(e) = self.spool.blocking(move |s| s.remove(seq)).await {
+                        tracing::error!(error = %e, "Cannot remove a replayed batch from the spool");
+                        self.logger_down();
+                        return;
+                    }
+                    tracing::debug!(events = n, "Replayed a spooled log batch");
+                }
+                Err(Failure::Rejected(status)) => {
+                    self.metrics.log_events("dropped", n);
+                    tracing::error!(
+                        events = n,
+                        message = status.message(),
+                        "The logger refused a spooled log batch; kept it aside as .rejected"
+                    );
+                    if let Err(e) = self
+                        .spool
+                        .blocking(move |s| s.set_aside(seq, ".rejected"))
+                        .await
+                    {
+                        tracing::error!(error = %e, "Cannot set a refused batch aside");
+                        self.logger_down();
+                        return;
+                    }
+                }
+                Err(Failure::Retryable(status)) => {
+                    tracing::debug!(code = ?status.code(), "Logger still unreachable; replay later");
+                    self.logger_down();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

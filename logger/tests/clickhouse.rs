@@ -1,0 +1,381 @@
+//! The ClickHouse sink against a real ClickHouse (the Debian `clickhouse-server` package, which
+//! `scripts/test.sh` installs): a server of our own per test (own config file, data in a
+//! temporary directory, free ports), killed on drop.
+
+// Test support outside #[test] functions: failing loudly is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tollgate_core::config::Logging;
+use tollgate_core::metrics::Metrics;
+use tollgate_logger::clickhouse::{ClickHouseConfig, ClickHouseSink};
+use tollgate_logger::config::SinkConfig;
+use tollgate_logger::sink::{Sink, WriteSummary};
+use tollgate_logger::{LoggerConfig, Shipper};
+use tollgate_proto::logger::v1::{LogEvent, Usage};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn server_bin() -> PathBuf {
+    ["/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server", "/usr/bin/clickhouse"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .expect("ClickHouse is needed for these tests: run scripts/test.sh, which installs it (apt-get install clickhouse-server)")
+}
+
+struct ClickHouse {
+    child: Child,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl ClickHouse {
+    fn start() -> ClickHouse {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let (http, tcp) = (free_port(), free_port());
+        let config = dir.path().join("config.xml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/server.err.log</errorlog></logger>
+    <http_port>{http}</http_port>
+    <tcp_port>{tcp}</tcp_port>
+    <listen_host>127.0.0.1</listen_host>
+    <path>{d}/data/</path>
+    <tmp_path>{d}/tmp/</tmp_path>
+    <user_files_path>{d}/user_files/</user_files_path>
+    <format_schema_path>{d}/format_schemas/</format_schema_path>
+    <users_config>{d}/users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("users.xml"),
+            r#"<?xml version="1.0"?>
+<yandex>
+    <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
+    <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+"#,
+        )
+        .unwrap();
+        let child = Self::spawn(dir.path());
+        let mut ch = ClickHouse {
+            child,
+            dir,
+            url: format!("http://127.0.0.1:{http}"),
+        };
+        ch.wait_ready();
+        ch
+    }
+
+    fn spawn(dir: &std::path::Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("stdout.log"))
+            .unwrap();
+        let bin = server_bin();
+        let mut cmd = Command::new(&bin);
+        if bin.ends_with("clickhouse") {
+            cmd.arg("server");
+        }
+        cmd.arg(format!(
+            "--config-file={}",
+            dir.join("config.xml").display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+    }
+
+    /// Kills the server (`kill -9`), keeping its data.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same ports and data.
+    fn restart(&mut self) {
+        self.child = Self::spawn(self.dir.path());
+        self.wait_ready();
+    }
+
+    fn logs(&self) -> String {
+        ["stdout.log", "server.err.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Polls `/?query=SELECT 1` until it answers.
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "ClickHouse exited during start-up ({status}):\n{}",
+                    self.logs()
+                );
+            }
+            if self.query("SELECT 1").is_some_and(|r| r.trim() == "1") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("ClickHouse did not answer:\n{}", self.logs());
+    }
+
+    /// A query over plain HTTP/1.0 (no client library: the test checks what is really
+    /// stored); `None` unless ClickHouse answers 200.
+    fn query(&self, sql: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let host = self.url.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(host).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "POST / HTTP/1.0\r\nContent-Length: {}\r\n\r\n{sql}",
+            sql.len()
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.0 200").then(|| body.to_owned())
+    }
+
+    fn sink_config(&self, database: &str) -> ClickHouseConfig {
+        ClickHouseConfig {
+            url: self.url.clone(),
+            database: database.to_owned(),
+            table: "requests".to_owned(),
+            user: "default".to_owned(),
+            password: None,
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("===== ClickHouse log =====\n{}", self.logs());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn event(id: &str, input: u64) -> LogEvent {
+    LogEvent {
+        request_id: id.to_owned(),
+        start_time_unix_nanos: 1_795_477_929_474_111_059,
+        end_time_unix_nanos: 1_795_477_929_574_111_059,
+        key_id: "k1".to_owned(),
+        tenant: "acme".to_owned(),
+        requested_model: "mock-model".to_owned(),
+        provider: "mock".to_owned(),
+        stream: true,
+        http_status: 200,
+        usage: Some(Usage {
+            input_tokens: input,
+            output_tokens: input * 2,
+            cache_read_tokens: 1,
+            reasoning_tokens: 3,
+            source: 1,
+            ..Default::default()
+        }),
+        gateway_overhead_ms: 0.25,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn rows_land_with_their_usage_and_a_replay_adds_none_even_from_a_new_sink() {
+    let ch = ClickHouse::start();
+    let config = ch.sink_config("tg_sink");
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let batch: Vec<LogEvent> = (0..50).map(|i| event(&format!("r{i:03}"), i + 1)).collect();
+    let s = sink.write(batch.clone()).await.unwrap();
+    assert_eq!(
+        s,
+        WriteSummary {
+            written: 50,
+            duplicates: 0
+        }
+    );
+    assert_eq!(
+        ch.query("SELECT count() FROM tg_sink.requests")
+            .unwrap()
+            .trim(),
+        "50"
+    );
+    let row = ch
+        .query("SELECT request_id, tenant, stream, http_status, input_tokens, output_tokens, cache_read_tokens, reasoning_tokens, usage_source, event_date FROM tg_sink.requests WHERE request_id = 'r007' FORMAT TSV")
+        .unwrap();
+    assert_eq!(
+        row.trim(),
+        "r007\tacme\t1\t200\t8\t16\t1\t3\tprovider\t2026-11-23"
+    );
+
+    // The same batch again, plus one new event and one repeated inside the batch.
+    let mut again = batch.clone();
+    again.push(event("new", 1));
+    again.push(event("new", 1));
+    let s = sink.write(again).await.unwrap();
+    assert_eq!(
+        s,
+        WriteSummary {
+            written: 1,
+            duplicates: 51
+        }
+    );
+    sink.close().await.unwrap();
+    drop(sink);
+
+    // A new sink (a restarted logger) on the existing table still writes nothing twice.
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let s = sink.write(batch).await.unwrap();
+    assert_eq!(s.written, 0);
+    // Counted without FINAL: no duplicate row exists at all, not just after a merge.
+    assert_eq!(
+        ch.query("SELECT count() FROM tg_sink.requests")
+            .unwrap()
+            .trim(),
+        "51"
+    );
+    assert_eq!(
+        ch.query("SELECT uniqExact(request_id) FROM tg_sink.requests")
+            .unwrap()
+            .trim(),
+        "51"
+    );
+}
+
+#[tokio::test]
+async fn the_logger_serves_into_clickhouse_and_refuses_while_it_is_away() {
+    let ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = LoggerConfig::new(addr, dir.path().join("unused"));
+    config.sink = SinkConfig::ClickHouse(ch.sink_config("tg_serve"));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tollgate_logger::serve(listener, config, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let logging = Logging {
+        address: addr.to_string(),
+        spool_dir: dir.path().join("spool"),
+        batch_size: 8,
+        max_delay: Duration::from_millis(20),
+        queue_capacity: 1000,
+        spool_max_bytes: 1 << 20,
+    };
+    let shipper = Shipper::start(&logging, Metrics::default()).await.unwrap();
+    for i in 0..30 {
+        shipper.handle().emit(event(&format!("s{i}"), 5));
+    }
+    shipper.shutdown().await;
+    assert_eq!(
+        ch.query("SELECT count() FROM tg_serve.requests")
+            .unwrap()
+            .trim(),
+        "30"
+    );
+
+    // ClickHouse away: the logger answers UNAVAILABLE (the sender keeps the batch), not a crash.
+    let mut client = tollgate_logger::shipper::connect(&addr.to_string()).unwrap();
+    drop(ch);
+    let err = client
+        .ingest(tollgate_proto::logger::v1::LogBatch {
+            events: vec![event("while-away", 1)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().starts_with("ClickHouse: "),
+        "{}",
+        err.message()
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn with_a_logger_spool_batches_are_acknowledged_while_clickhouse_is_away_and_land_later() {
+    let mut ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = LoggerConfig::new(addr, dir.path().join("unused"));
+    config.sink = SinkConfig::ClickHouse(ch.sink_config("tg_spool"));
+    config.spool_dir = Some(dir.path().join("logger-spool"));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tollgate_logger::serve(listener, config, async move {
+        let _ = stop_rx.await;
+    }));
+    let mut client = tollgate_logger::shipper::connect(&addr.to_string()).unwrap();
+    let batch = |ids: std::ops::Range<u32>| tollgate_proto::logger::v1::LogBatch {
+        events: ids.map(|i| event(&format!("p{i}"), 2)).collect(),
+    };
+    client.ingest(batch(0..5)).await.unwrap();
+
+    ch.kill();
+    // Acknowledged all the same: the batch is durable in the logger's spool.
+    let ack = client.ingest(batch(5..12)).await.unwrap().into_inner();
+    assert_eq!(ack.written, 7);
+    ch.restart();
+    let start = Instant::now();
+    let mut count = String::new();
+    while start.elapsed() < Duration::from_secs(30) {
+        count = ch
+            .query("SELECT count() FROM tg_spool.requests")
+            .unwrap_or_default();
+        if count.trim() == "12" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count.trim(),
+        "12",
+        "the spooled batch never reached ClickHouse"
+    );
+    // A sidecar resending the spooled batch (its ack lost) adds nothing.
+    let ack = client.ingest(batch(0..12)).await.unwrap().into_inner();
+    assert_eq!((ack.written, ack.duplicates), (0, 12));
+    assert_eq!(
+        ch.query("SELECT count() FROM tg_spool.requests")
+            .unwrap()
+            .trim(),
+        "12"
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
