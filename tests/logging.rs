@@ -181,6 +181,12 @@ async fn every_request_is_logged_exactly_once_even_across_a_logger_kill_9() {
         assert_eq!(l["output_tokens"], seen.output, "{l}");
         assert_eq!(l["stream"], seen.stream, "{l}");
         assert_eq!(l["usage_source"], "provider", "{l}");
+        // Exact cost at the configured price: 1.5 and 2 USD per million tokens.
+        assert_eq!(
+            l["cost_picodollars"],
+            seen.input * 1_500_000 + seen.output * 2_000_000,
+            "{l}"
+        );
         assert_eq!(
             (&l["key_id"], &l["tenant"], &l["team"]),
             (&json!("all"), &json!("acme"), &json!("ml")),

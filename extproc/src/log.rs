@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use tollgate_core::pricing::{self, Picodollars};
 use tollgate_core::{Dialect, Usage, UsageSource};
 use tollgate_proto::logger::v1::{self as pb, LogEvent};
 
@@ -46,6 +47,8 @@ pub struct Facts<'a> {
     pub overhead: Duration,
     /// Time to the provider's response headers.
     pub upstream_latency: Option<Duration>,
+    /// The exact cost, when the usage and the upstream model's price are known.
+    pub cost: Option<Picodollars>,
 }
 
 fn unix_nanos(t: SystemTime) -> i64 {
@@ -102,8 +105,8 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
             }
             .into(),
         }),
-        // Pricing is a later issue: until then no cost is computed.
-        cost_usd: 0.0,
+        cost_usd: f.cost.map_or(0.0, pricing::to_usd_f64),
+        cost_picodollars: f.cost.map_or(0, |c| u64::try_from(c).unwrap_or(u64::MAX)),
         gateway_overhead_ms: ms(f.overhead),
         upstream_latency_ms: f.upstream_latency.map_or(0.0, ms),
     }
@@ -142,6 +145,7 @@ mod tests {
             ended: t0 + Duration::from_millis(90),
             overhead: Duration::from_micros(1500),
             upstream_latency: Some(Duration::from_millis(25)),
+            cost: Some(4_125_000_000),
         };
         let e = event(&facts);
         assert_eq!(e.start_time_unix_nanos, 1_700_000_000_000_000_000);
@@ -166,10 +170,12 @@ mod tests {
             (10, 20, 3, 4, 5)
         );
         assert_eq!(u.source(), pb::UsageSource::Estimated);
+        assert_eq!((e.cost_picodollars, e.cost_usd), (4_125_000_000, 0.004125));
         // No first byte, no upstream: zeros, not garbage.
         let e = event(&Facts {
             first_byte: None,
             upstream_latency: None,
+            cost: None,
             usage: None,
             ..facts
         });

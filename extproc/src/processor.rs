@@ -610,6 +610,7 @@ impl Processor {
             ended: SystemTime::now(),
             overhead: self.overhead,
             upstream_latency: None,
+            cost: None,
         };
         match (&self.forwarded, &self.rejected) {
             (Some(fwd), _) => {
@@ -622,6 +623,10 @@ impl Processor {
                 facts.error_class = log::upstream_error_class(status);
                 facts.usage = fwd.usage;
                 facts.upstream_latency = fwd.upstream_latency;
+                facts.cost = fwd
+                    .usage
+                    .zip(self.config.prices.get(&fwd.upstream_model))
+                    .map(|(u, p)| p.cost(&u));
             }
             (None, Some(r)) => {
                 facts.requested_model = r.model.as_deref().unwrap_or("");

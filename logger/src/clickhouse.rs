@@ -87,6 +87,7 @@ pub fn create_table_sql(database: &str, table: &str) -> String {
     reasoning_tokens UInt64,
     usage_source String,
     cost_usd Float64,
+    cost_picodollars UInt64,
     gateway_overhead_ms Float64,
     upstream_latency_ms Float64,
     event_date Date DEFAULT toDate(intDiv(start_time_unix_nanos, 1000000000))

@@ -52,8 +52,10 @@ pub struct Record {
     pub reasoning_tokens: u64,
     /// `provider`, `estimated`, or `none` when no usage is known.
     pub usage_source: String,
-    /// Cost in US dollars (0 until pricing lands).
+    /// Cost in US dollars (`cost_picodollars` as a float).
     pub cost_usd: f64,
+    /// Exact cost in picodollars (10⁻¹² USD): sum this for spend.
+    pub cost_picodollars: u64,
     /// Time Tollgate spent on the request, ms.
     pub gateway_overhead_ms: f64,
     /// Time to the provider's response headers, ms.
@@ -92,6 +94,7 @@ impl From<&LogEvent> for Record {
             reasoning_tokens: u.reasoning_tokens,
             usage_source: usage_source.to_owned(),
             cost_usd: e.cost_usd,
+            cost_picodollars: e.cost_picodollars,
             gateway_overhead_ms: e.gateway_overhead_ms,
             upstream_latency_ms: e.upstream_latency_ms,
         }

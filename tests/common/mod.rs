@@ -268,6 +268,10 @@ models:
     targets: [{{ provider: claude, model: mock-error-429 }}]
   claude-stream-error:
     targets: [{{ provider: claude, model: mock-stream-error }}]
+pricing:
+  models:
+    # The mock's model has no list price: one for the cost checks (USD per million tokens).
+    mock-model: {{ input: "1.5", output: "2" }}
 keys:
   - {{ id: all, hash: "{all}", tenant: acme, team: ml, models: ["*"] }}
   - {{ id: limited, hash: "{limited}", tenant: acme, models: [mock-model, mock-embedding] }}
