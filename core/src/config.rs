@@ -17,6 +17,11 @@ use crate::env::EnvSource;
 use crate::keys::{self, KeyHash};
 use crate::pricing::{PerToken, Price, PriceTable};
 
+mod guardrails;
+pub use guardrails::{
+    Guardrails, Policy, RawAction, RawDetector, RawGuardrails, RawPolicy, RawRule, RawSide, Side,
+};
+
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
 // ---------------------------------------------------------------------------------------------
@@ -46,6 +51,9 @@ pub struct RawConfig {
     /// Model prices: overrides of (and additions to) the built-in catalog.
     #[serde(default)]
     pub pricing: RawPricing,
+    /// Guardrail policies, and the tenants they apply to.
+    #[serde(default)]
+    pub guardrails: RawGuardrails,
 }
 
 /// The `logging` section: how `serve` ships one `LogEvent` per request to `tollgate logger`.
@@ -295,6 +303,10 @@ pub struct RawKey {
     /// A disabled key is refused.
     #[serde(default)]
     pub disabled: bool,
+    /// The guardrails policy of this key (a key of `guardrails.policies`); overrides its
+    /// tenant's.
+    #[serde(default)]
+    pub guardrails: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,6 +602,8 @@ pub struct KeyBundle {
     pub expires_at: Option<OffsetDateTime>,
     /// Disabled by an operator.
     pub disabled: bool,
+    /// The guardrails policy that applies: the key's own, else its tenant's.
+    pub guardrails: Option<String>,
 }
 
 /// The validated `logging` section.
@@ -664,6 +678,8 @@ pub struct Config {
     pub logging: Option<Logging>,
     /// Model prices: the built-in catalog with the config's overrides.
     pub prices: PriceTable,
+    /// Compiled guardrail policies.
+    pub guardrails: Guardrails,
 }
 
 impl Config {
@@ -742,6 +758,8 @@ impl Config {
             );
         }
 
+        let guardrails = guardrails::validate(&raw.guardrails, &raw.models, &mut errs);
+
         let mut keys = HashMap::new();
         let mut ids = HashSet::new();
         for (i, k) in raw.keys.iter().enumerate() {
@@ -764,6 +782,14 @@ impl Config {
                 }
                 ModelAccess::Only(k.models.iter().cloned().collect())
             };
+            if let Some(g) = &k.guardrails {
+                if !raw.guardrails.policies.contains_key(g) {
+                    errs.add(
+                        format!("{path}.guardrails"),
+                        format!("unknown guardrails policy `{g}`"),
+                    );
+                }
+            }
             match keys::parse_hash(&k.hash) {
                 Ok(hash) => {
                     let bundle = KeyBundle {
@@ -774,6 +800,8 @@ impl Config {
                         models: models_access,
                         expires_at: k.expires_at,
                         disabled: k.disabled,
+                        guardrails: guardrails
+                            .resolve(k.guardrails.as_deref(), k.tenant.as_deref()),
                     };
                     if keys.insert(hash, Arc::new(bundle)).is_some() {
                         errs.add(format!("{path}.hash"), "the same key hash appears twice");
@@ -806,6 +834,7 @@ impl Config {
                 max_request_body_bytes: max_body,
                 logging,
                 prices,
+                guardrails,
             }),
             _ => Err(errs.0),
         }

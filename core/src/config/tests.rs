@@ -279,3 +279,128 @@ models: { m: { targets: [{ provider: p, model: llama-3.1-8b }] } }
         "{text:?}"
     );
 }
+
+fn with_guardrails(section: &str, key_policy: &str) -> String {
+    let mut text = good().replace(
+        "    tenant: acme\n",
+        &format!("    tenant: acme\n{key_policy}"),
+    );
+    text.push_str(section);
+    text
+}
+
+const POLICIES: &str = r#"
+guardrails:
+  tenants: { acme: pii, other: strict }
+  policies:
+    pii:
+      rules:
+        - { id: email, detector: email, action: redact }
+        - { id: card, detector: credit_card, action: block, side: request }
+        - { id: words, detector: { deny_list: [project x] }, action: flag, side: response, models: [llama] }
+        - { id: ticket, detector: { regex: "TCK-[0-9]{6}" }, action: redact, endpoints: [messages] }
+    strict:
+      rules:
+        - { id: secrets, detector: secrets, action: block }
+"#;
+
+#[test]
+fn guardrail_policies_compile_per_side_endpoint_and_model() {
+    let c = Config::from_yaml(&with_guardrails(POLICIES, ""), &env()).unwrap();
+    let pii = &c.guardrails.policies["pii"];
+    let ids = |side, endpoint, model| -> Vec<String> {
+        pii.engine(side, endpoint, model)
+            .map(|e| e.rule_ids().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        ids(Side::Request, Endpoint::ChatCompletions, "gpt-4o-mini"),
+        ["email", "card"]
+    );
+    assert_eq!(
+        ids(Side::Response, Endpoint::ChatCompletions, "gpt-4o-mini"),
+        ["email"]
+    );
+    assert_eq!(
+        ids(Side::Response, Endpoint::ChatCompletions, "llama"),
+        ["email", "words"]
+    );
+    assert_eq!(
+        ids(Side::Response, Endpoint::Messages, "llama"),
+        ["email", "words", "ticket"]
+    );
+    assert!(pii.engine(Side::Request, Endpoint::Models, "llama").is_none());
+    // The same rule set is compiled once and shared.
+    assert!(Arc::ptr_eq(
+        pii.engine(Side::Request, Endpoint::Completions, "llama")
+            .unwrap(),
+        pii.engine(Side::Request, Endpoint::Embeddings, "gpt-4o-mini")
+            .unwrap()
+    ));
+    let e = pii
+        .engine(Side::Request, Endpoint::ChatCompletions, "llama")
+        .unwrap();
+    let out = e.check("mail bob@example.com");
+    assert_eq!(out.verdict.redacted, ["email"]);
+    assert_eq!(
+        e.check("card 4111 1111 1111 1111").verdict.blocked_by,
+        Some("card".to_owned())
+    );
+
+    // A key without its own policy takes its tenant's; its own wins.
+    let key = |c: &Config, id: &str| {
+        c.keys
+            .values()
+            .find(|k| k.id == id)
+            .unwrap()
+            .guardrails
+            .clone()
+    };
+    assert_eq!(key(&c, "dev").as_deref(), Some("pii"));
+    assert_eq!(key(&c, "limited"), None);
+    let c = Config::from_yaml(
+        &with_guardrails(POLICIES, "    guardrails: strict\n"),
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(key(&c, "dev").as_deref(), Some("strict"));
+}
+
+#[test]
+fn guardrail_errors_name_their_field() {
+    let section = r#"
+guardrails:
+  tenants: { acme: ghost }
+  policies:
+    pii:
+      rules:
+        - { id: a, detector: email, action: redact, models: [nope], endpoints: [chat] }
+        - { id: a, detector: { regex: "x+" }, action: redact }
+        - { id: c, detector: private_key, action: redact }
+        - { id: d, detector: { deny_list: [] }, action: block }
+        - { id: e, detector: { regex: "(" }, action: block }
+    empty: { rules: [] }
+"#;
+    let errs = Config::from_yaml(&with_guardrails(section, "    guardrails: nope\n"), &env())
+        .unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "guardrails.policies.pii.rules[0].models[0]",
+        "guardrails.policies.pii.rules[0].endpoints[0]",
+        "guardrails.policies.pii.rules[1].id",
+        "guardrails.policies.pii.rules[1].detector",
+        "guardrails.policies.pii.rules[2].action",
+        "guardrails.policies.pii.rules[3].detector",
+        "guardrails.policies.pii.rules[4].detector",
+        "guardrails.policies.empty.rules",
+        "guardrails.tenants.acme",
+        "keys[0].guardrails",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {errs:?}");
+    }
+    assert_eq!(errs.len(), 10, "{errs:?}");
+
+    let bad = "\nguardrails:\n  policies:\n    p:\n      rules:\n        - { id: a, detector: emial, action: block }\n";
+    let errs = Config::from_yaml(&with_guardrails(bad, ""), &env()).unwrap_err();
+    assert_eq!(errs[0].path, "guardrails.policies.p.rules[0].detector", "{errs:?}");
+}

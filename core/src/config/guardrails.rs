@@ -1,0 +1,365 @@
+//! The `guardrails` section: named policies of detector rules, attached to keys and tenants,
+//! compiled into [`tollgate_guardrails::Engine`]s once per config version.
+//!
+//! A rule may be scoped to some public models, some endpoints and one side of the exchange, so
+//! the rules that apply differ by (side, endpoint, model). Every such combination is resolved
+//! here: each distinct set of rules is compiled once and shared, and a request finds its engine
+//! with one map lookup ([`Policy::engine`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tollgate_guardrails::{Action, Detector, Engine, GuardError, RuleSpec};
+
+use super::{Endpoint, Errors, RawModel};
+
+/// The `guardrails` section as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuardrails {
+    /// Policies by name; keys name one in `keys[].guardrails`.
+    #[serde(default)]
+    pub policies: BTreeMap<String, RawPolicy>,
+    /// The policy of every key of a tenant that names none itself (tenant → policy name).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, String>,
+}
+
+/// One policy: rules applied in order (earlier rules win where matches overlap).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// The rules.
+    pub rules: Vec<RawRule>,
+}
+
+/// One rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// Unique id within the policy; named in client errors, log events and metrics.
+    pub id: String,
+    /// What to look for: `email`, `phone`, `credit_card`, `iban`, `us_ssn`, `ip_address`,
+    /// `secrets`, `private_key`, `prompt_injection`, `{deny_list: [words]}` or
+    /// `{regex: "pattern"}` (every repetition bounded).
+    pub detector: RawDetector,
+    /// `block`, `redact` or `flag`.
+    pub action: RawAction,
+    /// Which text is checked: `request` (what the client sends), `response` (what the model
+    /// answers) or `both` (the default).
+    #[serde(default)]
+    pub side: RawSide,
+    /// Public model names the rule applies to (default: every model).
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// Endpoints the rule applies to: `chat_completions`, `completions`, `embeddings`,
+    /// `messages` (default: every endpoint).
+    #[serde(default)]
+    pub endpoints: Option<Vec<String>>,
+}
+
+/// A detector as written: a built-in's name (`email`, `phone`, `credit_card`, `iban`,
+/// `us_ssn`, `ip_address`, `secrets`, `private_key`, `prompt_injection`), `{deny_list: [...]}`
+/// or `{regex: "..."}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawDetector {
+    /// A built-in detector by name.
+    Named(String),
+    /// Whole words or phrases, case-insensitive.
+    DenyList {
+        /// The words.
+        deny_list: Vec<String>,
+    },
+    /// A custom regex with bounded repetitions.
+    Regex {
+        /// The pattern.
+        regex: String,
+    },
+}
+
+/// The built-in detectors by name.
+const BUILTIN: [(&str, Detector); 9] = [
+    ("email", Detector::Email),
+    ("phone", Detector::Phone),
+    ("credit_card", Detector::CreditCard),
+    ("iban", Detector::Iban),
+    ("us_ssn", Detector::UsSsn),
+    ("ip_address", Detector::IpAddress),
+    ("secrets", Detector::Secrets),
+    ("private_key", Detector::PrivateKey),
+    ("prompt_injection", Detector::PromptInjection),
+];
+
+impl RawDetector {
+    fn detector(&self) -> Result<Detector, String> {
+        match self {
+            RawDetector::Named(name) => BUILTIN
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, d)| d.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "unknown detector `{name}` (one of {}, or {{deny_list: [...]}}, {{regex: \"...\"}})",
+                        BUILTIN.map(|(n, _)| n).join(", ")
+                    )
+                }),
+            RawDetector::DenyList { deny_list } => Ok(Detector::DenyList(deny_list.clone())),
+            RawDetector::Regex { regex } => Ok(Detector::Regex(regex.clone())),
+        }
+    }
+}
+
+/// A rule's action as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawAction {
+    /// Refuse the request, or end the response, naming the rule.
+    Block,
+    /// Replace the match with `[REDACTED:<rule id>]`.
+    Redact,
+    /// Pass; record the verdict.
+    Flag,
+}
+
+/// Which side of the exchange a rule checks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSide {
+    /// The client's request.
+    Request,
+    /// The model's response.
+    Response,
+    /// Both.
+    #[default]
+    Both,
+}
+
+/// A side of the exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The text the client sends.
+    Request,
+    /// The text the model answers.
+    Response,
+}
+
+impl Side {
+    /// The label in log events and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Request => "request",
+            Side::Response => "response",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Side::Request => 0,
+            Side::Response => 1,
+        }
+    }
+}
+
+/// The endpoints a rule can be scoped to, by label.
+const SCOPED_ENDPOINTS: [Endpoint; 4] = Endpoint::FORWARDED;
+
+/// A compiled policy: an engine per (side, endpoint, model), `None` where no rule applies.
+#[derive(Debug)]
+pub struct Policy {
+    /// The policy's name.
+    pub name: String,
+    by_model: HashMap<String, [Option<Arc<Engine>>; 8]>,
+}
+
+impl Policy {
+    /// The engine for `side` of a request to `model` at `endpoint`; `None` when no rule applies.
+    pub fn engine(&self, side: Side, endpoint: Endpoint, model: &str) -> Option<&Arc<Engine>> {
+        let slot = SCOPED_ENDPOINTS.iter().position(|e| *e == endpoint)?;
+        self.by_model.get(model)?.get(side.index() * 4 + slot)?.as_ref()
+    }
+}
+
+/// The validated `guardrails` section.
+#[derive(Debug, Default)]
+pub struct Guardrails {
+    /// Policies by name.
+    pub policies: HashMap<String, Arc<Policy>>,
+    /// The policy name of each tenant.
+    pub tenants: HashMap<String, String>,
+}
+
+impl Guardrails {
+    /// The policy a key uses: its own, else its tenant's.
+    pub fn resolve(&self, own: Option<&str>, tenant: Option<&str>) -> Option<String> {
+        own.map(str::to_owned)
+            .or_else(|| tenant.and_then(|t| self.tenants.get(t).cloned()))
+    }
+}
+
+fn action(a: RawAction) -> Action {
+    match a {
+        RawAction::Block => Action::Block,
+        RawAction::Redact => Action::Redact,
+        RawAction::Flag => Action::Flag,
+    }
+}
+
+/// The field of a rule that a compile error concerns.
+fn guard_error_field(e: &GuardError) -> &'static str {
+    match e {
+        GuardError::InvalidRegex { .. }
+        | GuardError::Unbounded { .. }
+        | GuardError::MatchesEmpty { .. }
+        | GuardError::EmptyDenyList { .. } => "detector",
+        GuardError::UnsupportedAction { .. } => "action",
+        GuardError::DuplicateRule { .. } => "id",
+    }
+}
+
+pub(super) fn validate(
+    raw: &RawGuardrails,
+    models: &BTreeMap<String, RawModel>,
+    errs: &mut Errors,
+) -> Guardrails {
+    let mut policies = HashMap::new();
+    for (name, p) in &raw.policies {
+        if let Some(policy) = validate_policy(name, p, models, errs) {
+            policies.insert(name.clone(), Arc::new(policy));
+        }
+    }
+    for (tenant, policy) in &raw.tenants {
+        if !raw.policies.contains_key(policy) {
+            errs.add(
+                format!("guardrails.tenants.{tenant}"),
+                format!("unknown guardrails policy `{policy}`"),
+            );
+        }
+    }
+    Guardrails {
+        policies,
+        tenants: raw
+            .tenants
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+fn validate_policy(
+    name: &str,
+    p: &RawPolicy,
+    models: &BTreeMap<String, RawModel>,
+    errs: &mut Errors,
+) -> Option<Policy> {
+    let path = format!("guardrails.policies.{name}");
+    let before = errs.0.len();
+    if p.rules.is_empty() {
+        errs.add(format!("{path}.rules"), "needs at least one rule");
+    }
+    let mut specs = Vec::with_capacity(p.rules.len());
+    for (i, r) in p.rules.iter().enumerate() {
+        let rpath = format!("{path}.rules[{i}]");
+        if r.id.trim().is_empty() {
+            errs.add(format!("{rpath}.id"), "must not be empty");
+        } else if p.rules[..i].iter().any(|o| o.id == r.id) {
+            errs.add(format!("{rpath}.id"), format!("duplicate rule id `{}`", r.id));
+        }
+        for (j, m) in r.models.iter().flatten().enumerate() {
+            if !models.contains_key(m) {
+                errs.add(format!("{rpath}.models[{j}]"), format!("unknown model `{m}`"));
+            }
+        }
+        for (j, e) in r.endpoints.iter().flatten().enumerate() {
+            if !SCOPED_ENDPOINTS.iter().any(|s| s.label() == e) {
+                errs.add(
+                    format!("{rpath}.endpoints[{j}]"),
+                    format!(
+                        "unknown endpoint `{e}` (one of chat_completions, completions, embeddings, messages)"
+                    ),
+                );
+            }
+        }
+        let detector = match r.detector.detector() {
+            Ok(d) => d,
+            Err(m) => {
+                errs.add(format!("{rpath}.detector"), m);
+                continue;
+            }
+        };
+        let spec = RuleSpec {
+            id: r.id.clone(),
+            detector,
+            action: action(r.action),
+        };
+        // Compiled alone first, so an error names its rule's index.
+        match Engine::new(std::slice::from_ref(&spec)) {
+            Ok(_) => specs.push(spec),
+            Err(e) => errs.add(format!("{rpath}.{}", guard_error_field(&e)), e.to_string()),
+        }
+    }
+    if errs.0.len() != before {
+        return None;
+    }
+    let applies = |r: &RawRule, side: Side, endpoint: Endpoint, model: &str| {
+        let side_ok = match r.side {
+            RawSide::Both => true,
+            RawSide::Request => side == Side::Request,
+            RawSide::Response => side == Side::Response,
+        };
+        side_ok
+            && r.endpoints
+                .as_ref()
+                .is_none_or(|es| es.iter().any(|e| e == endpoint.label()))
+            && r.models
+                .as_ref()
+                .is_none_or(|ms| ms.iter().any(|m| m == model))
+    };
+    // Each distinct set of rules is compiled once.
+    let mut compiled: HashMap<Vec<usize>, Arc<Engine>> = HashMap::new();
+    let mut by_model = HashMap::with_capacity(models.len());
+    for model in models.keys() {
+        let mut slots: [Option<Arc<Engine>>; 8] = Default::default();
+        for side in [Side::Request, Side::Response] {
+            for (e, endpoint) in SCOPED_ENDPOINTS.iter().enumerate() {
+                let set: Vec<usize> = p
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| applies(r, side, *endpoint, model))
+                    .map(|(i, _)| i)
+                    .collect();
+                if set.is_empty() {
+                    continue;
+                }
+                let engine = match compiled.get(&set) {
+                    Some(engine) => Arc::clone(engine),
+                    None => {
+                        let rules: Vec<RuleSpec> =
+                            set.iter().filter_map(|i| specs.get(*i).cloned()).collect();
+                        match Engine::new(&rules) {
+                            Ok(engine) => {
+                                let engine = Arc::new(engine);
+                                compiled.insert(set, Arc::clone(&engine));
+                                engine
+                            }
+                            Err(e) => {
+                                errs.add(format!("{path}.rules"), e.to_string());
+                                return None;
+                            }
+                        }
+                    }
+                };
+                if let Some(slot) = slots.get_mut(side.index() * 4 + e) {
+                    *slot = Some(engine);
+                }
+            }
+        }
+        by_model.insert(model.clone(), slots);
+    }
+    Some(Policy {
+        name: name.to_owned(),
+        by_model,
+    })
+}
