@@ -187,13 +187,16 @@ fn allow(bundle: &KeyBundle, path: &str, method: &str, request_id: &str) -> Chec
         tollgate_core::config::ModelAccess::All => vec![string("*")],
         tollgate_core::config::ModelAccess::Only(set) => set.iter().map(|m| string(m)).collect(),
     };
-    let mut fields = HashMap::with_capacity(7);
+    let mut fields = HashMap::with_capacity(8);
     fields.insert(md::KEY_ID.to_owned(), string(&bundle.id));
     if let Some(t) = &bundle.tenant {
         fields.insert(md::TENANT.to_owned(), string(t));
     }
     if let Some(t) = &bundle.team {
         fields.insert(md::TEAM.to_owned(), string(t));
+    }
+    if let Some(g) = &bundle.guardrails {
+        fields.insert(md::GUARDRAILS.to_owned(), string(g));
     }
     fields.insert(
         md::MODELS.to_owned(),

@@ -86,6 +86,14 @@ pub enum ApiError {
     /// The provider answered with an error body that is not in the client's format.
     #[error("The upstream provider returned an error (HTTP {0}).")]
     Upstream(u16),
+    /// A guardrail rule with action `block` matched (named; the matched text never is).
+    #[error("The {} was blocked by the guardrail rule `{rule}`.", side.label())]
+    GuardrailBlocked {
+        /// The rule's id.
+        rule: String,
+        /// Which text matched.
+        side: crate::config::Side,
+    },
     /// The gateway is misconfigured or failed internally.
     #[error("The gateway could not process the request.")]
     Internal,
@@ -117,6 +125,9 @@ impl ApiError {
             ApiError::UnknownEndpoint { .. } => (404, "invalid_request_error", Some("unknown_url")),
             ApiError::PayloadTooLarge => (413, "invalid_request_error", Some("request_too_large")),
             ApiError::Upstream(status) => (*status, "upstream_error", None),
+            ApiError::GuardrailBlocked { .. } => {
+                (400, "invalid_request_error", Some("guardrail_blocked"))
+            }
             ApiError::Internal => (500, "server_error", None),
         };
         ErrorClass {

@@ -11,6 +11,8 @@ pub const TENANT: &str = "tenant";
 pub const TEAM: &str = "team";
 /// Metadata field: the models the key may use (a list of strings; `*` means all).
 pub const MODELS: &str = "models";
+/// Metadata field: the name of the guardrails policy that applies to the key (absent: none).
+pub const GUARDRAILS: &str = "guardrails";
 /// Metadata field: the request's `:path`.
 pub const PATH: &str = "path";
 /// Metadata field: the request's `:method`.

@@ -9,6 +9,7 @@
 //! | `tollgate_authz_decisions_total` | counter | `decision` (`allow`, `missing_key`, `invalid_key`, `expired_key`, `disabled_key`) | checks |
 //! | `tollgate_errors_total` | counter | `code` (the client-facing error code or type) | requests answered with an error by Tollgate itself |
 //! | `tollgate_config_reloads_total` | counter | `result` (`ok`, `rejected`) | reloads |
+//! | `tollgate_guardrail_verdicts_total` | counter | `rule` (a rule id of a `guardrails` policy), `action` (`block`, `redact`, `flag`), `side` (`request`, `response`) | requests in which the rule matched that side (once per request, however many matches) |
 //! | `tollgate_log_events_total` | counter | `outcome` (`queued`, `sent`, `spooled`, `dropped`) | log events: `queued` entered the in-memory queue, `sent` were acknowledged by the logger, `spooled` went to the disk spool (a full queue or an unreachable logger; once replayed they count as `sent` too), `dropped` were lost (spool full or unwritable, or refused by the logger as malformed) |
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -83,6 +84,17 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Labels of `tollgate_guardrail_verdicts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuardrailLabels {
+    /// The rule's id.
+    pub rule: String,
+    /// `block`, `redact` or `flag`.
+    pub action: &'static str,
+    /// `request` or `response`.
+    pub side: &'static str,
+}
+
 fn phase_histogram() -> Histogram {
     // 10 µs .. ~80 ms
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -116,6 +128,8 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     /// `tollgate_log_events_total`.
     pub log_events: Family<OutcomeLabel, Counter>,
+    /// `tollgate_guardrail_verdicts_total`.
+    pub guardrail_verdicts: Family<GuardrailLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -129,6 +143,7 @@ impl Default for Metrics {
             errors: Family::default(),
             reloads: Family::default(),
             log_events: Family::default(),
+            guardrail_verdicts: Family::default(),
         }
     }
 }
@@ -174,6 +189,11 @@ impl Metrics {
             "log_events",
             "Per-request log events by outcome",
             self.log_events.clone(),
+        );
+        r.register(
+            "guardrail_verdicts",
+            "Guardrail rules that matched, by rule, action and side",
+            self.guardrail_verdicts.clone(),
         );
     }
 

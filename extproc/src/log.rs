@@ -8,6 +8,8 @@ use tollgate_core::pricing::{self, Picodollars};
 use tollgate_core::{Dialect, Usage, UsageSource};
 use tollgate_proto::logger::v1::{self as pb, LogEvent};
 
+use crate::guard::Verdicts;
+
 /// What one request's processor knows when the request ends.
 #[derive(Debug, Clone)]
 pub struct Facts<'a> {
@@ -49,6 +51,8 @@ pub struct Facts<'a> {
     pub upstream_latency: Option<Duration>,
     /// The exact cost, when the usage and the upstream model's price are known.
     pub cost: Option<Picodollars>,
+    /// Every guardrail verdict, request side first.
+    pub guardrails: &'a Verdicts,
 }
 
 fn unix_nanos(t: SystemTime) -> i64 {
@@ -109,6 +113,7 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         cost_picodollars: f.cost.map_or(0, |c| u64::try_from(c).unwrap_or(u64::MAX)),
         gateway_overhead_ms: ms(f.overhead),
         upstream_latency_ms: f.upstream_latency.map_or(0.0, ms),
+        guardrail_verdicts: f.guardrails.to_proto(),
     }
 }
 
@@ -146,6 +151,7 @@ mod tests {
             overhead: Duration::from_micros(1500),
             upstream_latency: Some(Duration::from_millis(25)),
             cost: Some(4_125_000_000),
+            guardrails: &Verdicts::default(),
         };
         let e = event(&facts);
         assert_eq!(e.start_time_unix_nanos, 1_700_000_000_000_000_000);
@@ -176,6 +182,7 @@ mod tests {
             first_byte: None,
             upstream_latency: None,
             cost: None,
+            guardrails: &Verdicts::default(),
             usage: None,
             ..facts
         });

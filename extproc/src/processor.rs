@@ -17,12 +17,14 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use rand::Rng;
-use tollgate_core::config::{ApiFamily, Provider, ANTHROPIC_VERSION};
+use tollgate_core::config::{ApiFamily, Policy, Provider, Side, ANTHROPIC_VERSION};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
 use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
+use tollgate_guardrails::Engine;
 use tollgate_logger::LogHandle;
 
+use crate::guard::{self, StreamGuard, Verdicts};
 use crate::log;
 use crate::mutation::{self, set};
 use crate::translator::stream::StreamTranslator;
@@ -38,6 +40,8 @@ struct AuthContext {
     path: String,
     method: String,
     request_id: String,
+    /// The guardrails policy name (empty: none).
+    guardrails: String,
 }
 
 impl AuthContext {
@@ -66,6 +70,7 @@ impl AuthContext {
             path: text(md::PATH),
             method: text(md::METHOD),
             request_id: text(md::REQUEST_ID),
+            guardrails: text(md::GUARDRAILS),
         };
         (!ctx.key_id.is_empty()).then_some(ctx)
     }
@@ -89,6 +94,8 @@ struct Forwarded {
     pair: Pair,
     sse: Option<ResponseStream>,
     usage: Option<Usage>,
+    /// The policy judging the response text, when a rule applies to it.
+    response_guard: Option<Arc<Engine>>,
 }
 
 /// How a successful stream is handled.
@@ -120,6 +127,7 @@ pub struct Processor {
     first_byte_at: Option<SystemTime>,
     overhead: Duration,
     rejected: Option<Rejected>,
+    verdicts: Verdicts,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -159,6 +167,7 @@ impl Processor {
             first_byte_at: None,
             overhead: Duration::ZERO,
             rejected: None,
+            verdicts: Verdicts::default(),
         }
     }
 
@@ -353,6 +362,44 @@ impl Processor {
         if !ctx.allows(&model) {
             return Err((ApiError::ModelNotAllowed(model.clone()), Some(model)));
         }
+        let policy = self.policy().map_err(|e| (e, Some(model.clone())))?;
+        let redacted: Vec<u8>;
+        let mut parsed = parsed;
+        if let Some(engine) = policy
+            .as_ref()
+            .and_then(|p| p.engine(Side::Request, endpoint, &model))
+        {
+            let check = guard::check_request(engine, endpoint, parsed.object());
+            self.verdicts
+                .add(Side::Request, &check.verdict, &self.metrics);
+            if let Some(rule) = check.verdict.blocked_by {
+                return Err((
+                    ApiError::GuardrailBlocked {
+                        rule,
+                        side: Side::Request,
+                    },
+                    Some(model),
+                ));
+            }
+            if !check.replace.is_empty() {
+                let replace: Vec<(&str, &str)> = check
+                    .replace
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_str()))
+                    .collect();
+                redacted = parsed.object().write_with(&replace, b.body.len());
+                parsed = openai::parse_request(endpoint, &redacted)
+                    .map_err(|e| (e, Some(model.clone())))?;
+            }
+        }
+        let response_guard = policy
+            .as_ref()
+            .and_then(|p| p.engine(Side::Response, endpoint, &model))
+            .filter(|_| endpoint != Endpoint::Embeddings)
+            .cloned();
+        let Some(ctx) = &self.ctx else {
+            return Err((ApiError::Internal, None));
+        };
         let target = if m.targets.len() == 1 {
             m.targets.first()
         } else {
@@ -409,9 +456,20 @@ impl Processor {
             _ => {}
         }
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
+        // Legacy completions streams are not chat streams: their text is not judged.
+        let stream_guard = response_guard
+            .as_ref()
+            .filter(|_| endpoint != Endpoint::Completions)
+            .map(|e| StreamGuard::new(Arc::clone(e)));
         let sse = parsed.stream.then(|| {
-            if !pair.is_openai_passthrough() {
-                ResponseStream::Translate(Box::new(pair.stream(include_usage, unix_now())))
+            if !pair.is_openai_passthrough() || stream_guard.is_some() {
+                let include_usage = include_usage
+                    || (pair.is_openai_passthrough() && !strip_usage_chunk);
+                ResponseStream::Translate(Box::new(pair.stream_guarded(
+                    include_usage,
+                    unix_now(),
+                    stream_guard,
+                )))
             } else {
                 ResponseStream::Usage(UsageFilter::new(strip_usage_chunk))
             }
@@ -428,6 +486,7 @@ impl Processor {
             pair,
             sse,
             usage: None,
+            response_guard,
         });
         Ok(mutation::request_body(mutation::common(
             headers,
@@ -435,6 +494,25 @@ impl Processor {
             Some(body),
             true,
         )))
+    }
+
+    /// The policy of the request's key, from this config snapshot.
+    fn policy(&self) -> Result<Option<Arc<Policy>>, ApiError> {
+        let Some(ctx) = &self.ctx else {
+            return Ok(None);
+        };
+        if ctx.guardrails.is_empty() {
+            return Ok(None);
+        }
+        match self.config.guardrails.policies.get(&ctx.guardrails) {
+            Some(p) => Ok(Some(Arc::clone(p))),
+            None => {
+                // Fail closed: the key has a policy this snapshot does not know (a reload
+                // between ext_authz and ext_proc).
+                tracing::error!(request_id = %ctx.request_id, policy = %ctx.guardrails, "Unknown guardrails policy");
+                Err(ApiError::Internal)
+            }
+        }
     }
 
     fn on_response_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
@@ -493,9 +571,25 @@ impl Processor {
                 fwd.usage = t.usage();
             }
             _ => {
-                let done = fwd.pair.complete(status, &b.body, unix_now());
+                let mut done = fwd.pair.complete(status, &b.body, unix_now());
                 if ok {
                     fwd.usage = done.usage;
+                }
+                if let (true, Some(engine)) = (ok, fwd.response_guard.clone()) {
+                    let client = fwd.pair.client;
+                    let body = done.body.as_deref().unwrap_or(&b.body);
+                    match guard_complete(&engine, client, body) {
+                        Ok((verdict, redacted)) => {
+                            self.verdicts.add(Side::Response, &verdict, &self.metrics);
+                            if let Some(rule) = verdict.blocked_by {
+                                return self.block_response(rule, client, b.end_of_stream);
+                            }
+                            if redacted.is_some() {
+                                done.body = redacted;
+                            }
+                        }
+                        Err(()) => tracing::debug!("A response body the guard cannot read went through unjudged"),
+                    }
                 }
                 if let Some(body) = done.body {
                     common = mutation::common(
@@ -516,6 +610,32 @@ impl Processor {
         mutation::response_body(common)
     }
 
+    /// Replaces a complete response that a guardrail blocked with an error in the client's
+    /// dialect.
+    fn block_response(&mut self, rule: String, client: ApiFamily, end: bool) -> ProcessingResponse {
+        let err = ApiError::GuardrailBlocked {
+            rule,
+            side: Side::Response,
+        };
+        let dialect = match client {
+            ApiFamily::OpenAi => Dialect::OpenAi,
+            ApiFamily::Anthropic => Dialect::Anthropic,
+        };
+        if let Some(fwd) = &mut self.forwarded {
+            fwd.status = Some(err.status());
+        }
+        let request_id = self.ctx.as_ref().map(|c| c.request_id.clone());
+        if end {
+            self.finish();
+        }
+        mutation::immediate(
+            err.status(),
+            err.body(dialect),
+            "application/json",
+            request_id.as_deref(),
+        )
+    }
+
     /// Marks the stream failed: after an error response Envoy sends nothing more on it.
     pub fn abandon(&mut self) {
         self.finish();
@@ -527,6 +647,16 @@ impl Processor {
             return;
         }
         self.finished = true;
+        if let Some(Forwarded {
+            sse: Some(ResponseStream::Translate(t)),
+            ..
+        }) = &self.forwarded
+        {
+            if let Some(g) = t.guard() {
+                self.verdicts
+                    .add(Side::Response, &g.verdict(), &self.metrics);
+            }
+        }
         self.emit_log();
         let Some(fwd) = &self.forwarded else { return };
         let status = fwd.status.unwrap_or(499);
@@ -611,6 +741,7 @@ impl Processor {
             overhead: self.overhead,
             upstream_latency: None,
             cost: None,
+            guardrails: &self.verdicts,
         };
         match (&self.forwarded, &self.rejected) {
             (Some(fwd), _) => {
@@ -638,6 +769,27 @@ impl Processor {
         }
         handle.emit(log::event(&facts));
     }
+}
+
+/// Judges a complete response body in the client's dialect; the redacted body when a rule
+/// redacted. `Err` when the body is not a chat response (legacy completions).
+fn guard_complete(
+    engine: &Engine,
+    client: ApiFamily,
+    body: &[u8],
+) -> Result<(tollgate_guardrails::Verdict, Option<Vec<u8>>), ()> {
+    use crate::translator::codec::{anthropic, openai as openai_codec};
+    let mut r = match client {
+        ApiFamily::OpenAi => openai_codec::response_from_wire(body),
+        ApiFamily::Anthropic => anthropic::response_from_wire(body),
+    }
+    .map_err(|_| ())?;
+    let (verdict, changed) = guard::check_response(engine, &mut r);
+    let body = changed.then(|| match client {
+        ApiFamily::OpenAi => openai_codec::response_to_wire(&r, unix_now()),
+        ApiFamily::Anthropic => anthropic::response_to_wire(&r),
+    });
+    Ok((verdict, body))
 }
 
 impl Drop for Processor {

@@ -191,17 +191,28 @@ impl Pair {
     /// The stream translator of this pair (`include_usage`: an OpenAI client asked for the
     /// usage chunk; `created`: the `created` of OpenAI chunks).
     pub fn stream(self, include_usage: bool, created: u64) -> StreamTranslator {
+        self.stream_guarded(include_usage, created, None)
+    }
+
+    /// The stream translator of this pair, judging the assistant's text with `guard`: then a
+    /// same-dialect stream is re-encoded too, so held-back and redacted text stays well framed.
+    pub fn stream_guarded(
+        self,
+        include_usage: bool,
+        created: u64,
+        guard: Option<crate::guard::StreamGuard>,
+    ) -> StreamTranslator {
         let decoder = match self.upstream {
             ApiFamily::OpenAi => Decoder::OpenAi(Default::default()),
             ApiFamily::Anthropic => Decoder::Anthropic(Default::default()),
         };
-        let encoder = match (self.translates(), self.client) {
+        let encoder = match (self.translates() || guard.is_some(), self.client) {
             (false, _) => Encoder::Passthrough,
             (true, ApiFamily::OpenAi) => {
                 Encoder::OpenAi(openai_codec::StreamEncoder::new(include_usage, created))
             }
             (true, ApiFamily::Anthropic) => Encoder::Anthropic(Default::default()),
         };
-        StreamTranslator::new(decoder, encoder)
+        StreamTranslator::new(decoder, encoder).with_guard(guard)
     }
 }

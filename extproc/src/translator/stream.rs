@@ -1,9 +1,14 @@
 //! Stream translation, chunk by chunk: upstream bytes are cut into complete SSE events (a
 //! partial event, even one split inside a UTF-8 character, waits for its end), each event is
 //! decoded into hub events and encoded at once into the client's dialect. Nothing is
-//! buffered beyond the one incomplete event.
+//! buffered beyond the one incomplete event, except the text a guardrail scanner holds back
+//! ([`StreamGuard`]): a rule that blocks ends the client's stream with an error event in its
+//! dialect.
 
-use tollgate_core::Usage;
+use tollgate_core::config::Side;
+use tollgate_core::{ApiError, Dialect, Usage};
+
+use crate::guard::StreamGuard;
 
 use super::codec::{anthropic, openai};
 use super::hub::StreamEvent;
@@ -36,6 +41,9 @@ pub struct StreamTranslator {
     decoder: Decoder,
     encoder: Encoder,
     events: Vec<StreamEvent>,
+    guard: Option<StreamGuard>,
+    /// A guardrail ended the stream: everything after is dropped.
+    ended: bool,
 }
 
 impl StreamTranslator {
@@ -46,7 +54,20 @@ impl StreamTranslator {
             decoder,
             encoder,
             events: Vec::new(),
+            guard: None,
+            ended: false,
         }
+    }
+
+    /// Judges the text of the stream with `guard` (the encoder must not be `Passthrough`).
+    pub fn with_guard(mut self, guard: Option<StreamGuard>) -> Self {
+        self.guard = guard;
+        self
+    }
+
+    /// The stream's guard, when it has one.
+    pub fn guard(&self) -> Option<&StreamGuard> {
+        self.guard.as_ref()
     }
 
     /// Usage the provider reported so far.
@@ -60,6 +81,9 @@ impl StreamTranslator {
     /// Translates one upstream chunk; at `end`, whatever is held back is translated too.
     pub fn push(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(chunk.len() + chunk.len() / 2);
+        if self.ended {
+            return out;
+        }
         self.carry.extend_from_slice(chunk);
         let buf = std::mem::take(&mut self.carry);
         let mut pos = 0;
@@ -75,6 +99,10 @@ impl StreamTranslator {
             }
             if let Decoder::OpenAi(d) = &mut self.decoder {
                 d.finish(&mut self.events);
+            }
+            self.flush(&mut out);
+            if let Some(g) = &mut self.guard {
+                g.finish(&mut self.events);
             }
             self.flush(&mut out);
         } else {
@@ -106,6 +134,13 @@ impl StreamTranslator {
     }
 
     fn flush(&mut self, out: &mut Vec<u8>) {
+        if self.ended {
+            self.events.clear();
+            return;
+        }
+        if let Some(g) = &mut self.guard {
+            g.apply(&mut self.events);
+        }
         for e in self.events.drain(..) {
             match &mut self.encoder {
                 Encoder::OpenAi(enc) => enc.encode(e, out),
@@ -113,5 +148,24 @@ impl StreamTranslator {
                 Encoder::Passthrough => {}
             }
         }
+        let Some(rule) = self.guard.as_ref().and_then(|g| g.blocked_by()) else {
+            return;
+        };
+        self.ended = true;
+        let err = ApiError::GuardrailBlocked {
+            rule: rule.to_owned(),
+            side: Side::Response,
+        };
+        match self.encoder {
+            Encoder::Anthropic(_) => {
+                out.extend_from_slice(b"event: error\ndata: ");
+                out.extend_from_slice(&err.body(Dialect::Anthropic));
+            }
+            Encoder::OpenAi(_) | Encoder::Passthrough => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&err.body(Dialect::OpenAi));
+            }
+        }
+        out.extend_from_slice(b"\n\n");
     }
 }

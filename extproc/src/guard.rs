@@ -1,0 +1,326 @@
+//! Guardrails on the wire: which text of a request or response a policy judges, and how its
+//! verdicts change what goes through.
+//!
+//! - Requests: the text the user sends (message contents and their text parts, Anthropic's
+//!   `system`, the completions `prompt`, the embeddings `input`) is read from the members the
+//!   processor already split out ([`RawObject`]); only those members are parsed further, and
+//!   only a redaction writes them back.
+//! - Complete responses: the text parts of the hub [`ChatResponse`].
+//! - Streams: the text deltas of each content block go through a [`StreamScanner`] of their
+//!   own, between the decoder and the encoder, so redaction is exact wherever the provider's
+//!   chunks split the text and the client's event framing is the encoder's as always.
+//!
+//! Verdicts name rules, never the matched text.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tollgate_core::config::Side;
+use tollgate_core::metrics::{GuardrailLabels, Metrics};
+use tollgate_core::Endpoint;
+use tollgate_guardrails::{Engine, StreamScanner, Verdict};
+use tollgate_proto::logger::v1::GuardrailVerdict;
+
+use crate::translator::hub::{ChatResponse, Delta, Part, StreamEvent};
+use crate::translator::json::RawObject;
+
+/// One rule that matched one side of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The rule's id.
+    pub rule: String,
+    /// `block`, `redact` or `flag`.
+    pub action: &'static str,
+    /// Which side matched.
+    pub side: Side,
+}
+
+/// Every verdict of one request, once per (rule, action, side).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Verdicts(Vec<Recorded>);
+
+impl Verdicts {
+    /// Adds a verdict about `side`; counts each new (rule, action, side) in `metrics`.
+    pub fn add(&mut self, side: Side, v: &Verdict, metrics: &Metrics) {
+        let all = v
+            .blocked_by
+            .iter()
+            .map(|r| (r, "block"))
+            .chain(v.redacted.iter().map(|r| (r, "redact")))
+            .chain(v.flagged.iter().map(|r| (r, "flag")));
+        for (rule, action) in all {
+            if self
+                .0
+                .iter()
+                .any(|r| r.rule == *rule && r.action == action && r.side == side)
+            {
+                continue;
+            }
+            metrics
+                .guardrail_verdicts
+                .get_or_create(&GuardrailLabels {
+                    rule: rule.clone(),
+                    action,
+                    side: side.label(),
+                })
+                .inc();
+            self.0.push(Recorded {
+                rule: rule.clone(),
+                action,
+                side,
+            });
+        }
+    }
+
+    /// The verdicts, in the order they were recorded.
+    pub fn list(&self) -> &[Recorded] {
+        &self.0
+    }
+
+    /// The verdicts as log-event fields.
+    pub fn to_proto(&self) -> Vec<GuardrailVerdict> {
+        self.0
+            .iter()
+            .map(|r| GuardrailVerdict {
+                rule: r.rule.clone(),
+                action: r.action.to_owned(),
+                side: r.side.label().to_owned(),
+            })
+            .collect()
+    }
+}
+
+fn merge(into: &mut Verdict, v: Verdict) {
+    if into.blocked_by.is_none() {
+        into.blocked_by = v.blocked_by;
+    }
+    for (list, new) in [
+        (&mut into.redacted, v.redacted),
+        (&mut into.flagged, v.flagged),
+    ] {
+        for r in new {
+            if !list.contains(&r) {
+                list.push(r);
+            }
+        }
+    }
+}
+
+/// Calls `f` on every user-written string of a message content (a string, or a list of parts
+/// with `text`, including the content of Anthropic tool results), a `system` member, a
+/// completions `prompt` or an embeddings `input` (strings or lists of strings; token arrays
+/// carry no text).
+fn visit_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::String(s) => f(s),
+                    Value::Object(part) => {
+                        if let Some(Value::String(s)) = part.get_mut("text") {
+                            f(s);
+                        }
+                        if let Some(c) = part.get_mut("content") {
+                            visit_text(c, f);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The members of a request body that carry user text, by endpoint.
+fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
+    match endpoint {
+        Endpoint::ChatCompletions => &["messages"],
+        Endpoint::Messages => &["system", "messages"],
+        Endpoint::Completions => &["prompt"],
+        Endpoint::Embeddings => &["input"],
+        Endpoint::Models => &[],
+    }
+}
+
+/// What a policy decided about a request body.
+#[derive(Debug, Default)]
+pub struct RequestCheck {
+    /// The verdict over every text of the request.
+    pub verdict: Verdict,
+    /// Members to write back (name, JSON text) because a rule redacted text in them.
+    pub replace: Vec<(&'static str, String)>,
+}
+
+/// Judges the user text of a request body under `engine`.
+pub fn check_request(engine: &Engine, endpoint: Endpoint, obj: &RawObject<'_>) -> RequestCheck {
+    let mut check = RequestCheck::default();
+    for member in text_members(endpoint) {
+        let Some(raw) = obj.get(member) else { continue };
+        // A member of the wrong shape is the translator's to refuse; only text is judged here.
+        let Ok(mut value) = serde_json::from_str::<Value>(raw.get()) else {
+            continue;
+        };
+        let mut changed = false;
+        let mut judge = |s: &mut String| {
+            let out = engine.check(s);
+            if let Some(text) = out.redacted_text {
+                *s = text;
+                changed = true;
+            }
+            merge(&mut check.verdict, out.verdict);
+        };
+        if *member == "messages" {
+            if let Value::Array(messages) = &mut value {
+                for m in messages {
+                    if let Some(c) = m.get_mut("content") {
+                        visit_text(c, &mut judge);
+                    }
+                }
+            }
+        } else {
+            visit_text(&mut value, &mut judge);
+        }
+        if changed {
+            check.replace.push((member, value.to_string()));
+        }
+    }
+    check
+}
+
+/// Judges (and redacts in place) the text of a complete response.
+pub fn check_response(engine: &Engine, r: &mut ChatResponse) -> (Verdict, bool) {
+    let mut verdict = Verdict::default();
+    let mut changed = false;
+    for part in &mut r.content {
+        if let Part::Text(t) = part {
+            let out = engine.check(t);
+            if let Some(text) = out.redacted_text {
+                *t = text;
+                changed = true;
+            }
+            merge(&mut verdict, out.verdict);
+        }
+    }
+    (verdict, changed)
+}
+
+/// The guard of one response stream: a scanner per open text block.
+#[derive(Debug)]
+pub struct StreamGuard {
+    engine: Arc<Engine>,
+    open: Vec<(usize, StreamScanner)>,
+    verdict: Verdict,
+    blocked_by: Option<String>,
+}
+
+impl StreamGuard {
+    /// A guard for one stream under `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            engine,
+            open: Vec::new(),
+            verdict: Verdict::default(),
+            blocked_by: None,
+        }
+    }
+
+    /// The rule that blocked the stream, once one has.
+    pub fn blocked_by(&self) -> Option<&str> {
+        self.blocked_by.as_deref()
+    }
+
+    /// Everything decided so far, including blocks still open.
+    pub fn verdict(&self) -> Verdict {
+        let mut v = self.verdict.clone();
+        for (_, s) in &self.open {
+            merge(&mut v, s.verdict().clone());
+        }
+        v
+    }
+
+    fn released(&mut self, index: usize, text: String, blocked: Option<String>, out: &mut Vec<StreamEvent>) {
+        if !text.is_empty() {
+            out.push(StreamEvent::Delta {
+                index,
+                delta: Delta::Text(text),
+            });
+        }
+        if blocked.is_some() && self.blocked_by.is_none() {
+            self.blocked_by = blocked;
+        }
+    }
+
+    fn close(&mut self, index: usize, out: &mut Vec<StreamEvent>) {
+        if let Some(pos) = self.open.iter().position(|(i, _)| *i == index) {
+            let (_, mut scanner) = self.open.remove(pos);
+            let o = scanner.finish();
+            merge(&mut self.verdict, scanner.verdict().clone());
+            self.released(index, o.text, o.blocked_by, out);
+        }
+    }
+
+    /// Releases every text still held (the stream ends).
+    pub fn finish(&mut self, out: &mut Vec<StreamEvent>) {
+        if self.blocked_by.is_some() {
+            return;
+        }
+        let open: Vec<usize> = self.open.iter().map(|(i, _)| *i).collect();
+        for index in open {
+            self.close(index, out);
+        }
+    }
+
+    /// Filters decoded events: text deltas are redacted (holding back what may still be the
+    /// start of a match), held text is released before its block stops and before the message
+    /// ends. After a block, nothing more is released: the caller ends the stream.
+    pub fn apply(&mut self, events: &mut Vec<StreamEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for e in events.drain(..) {
+            if self.blocked_by.is_some() {
+                break;
+            }
+            match e {
+                StreamEvent::Delta {
+                    index,
+                    delta: Delta::Text(t),
+                } => {
+                    let pos = match self.open.iter().position(|(i, _)| *i == index) {
+                        Some(p) => p,
+                        None => {
+                            self.open
+                                .push((index, StreamScanner::new(Arc::clone(&self.engine))));
+                            self.open.len() - 1
+                        }
+                    };
+                    let Some((_, scanner)) = self.open.get_mut(pos) else {
+                        continue;
+                    };
+                    let o = scanner.push(t.as_bytes());
+                    self.released(index, o.text, o.blocked_by, &mut out);
+                }
+                StreamEvent::BlockStop { index } => {
+                    self.close(index, &mut out);
+                    if self.blocked_by.is_none() {
+                        out.push(e);
+                    }
+                }
+                StreamEvent::Finish { .. } | StreamEvent::Stop | StreamEvent::Error(_) => {
+                    self.finish(&mut out);
+                    if self.blocked_by.is_none() {
+                        out.push(e);
+                    }
+                }
+                other => out.push(other),
+            }
+        }
+        *events = out;
+    }
+}
+
+#[cfg(test)]
+mod tests;
