@@ -240,8 +240,16 @@ impl StreamGuard {
         v
     }
 
-    fn released(&mut self, index: usize, text: String, blocked: Option<String>, out: &mut Vec<StreamEvent>) {
-        if !text.is_empty() {
+    fn released(
+        &mut self,
+        index: usize,
+        text: String,
+        blocked: Option<String>,
+        out: &mut Vec<StreamEvent>,
+    ) {
+        // The step that blocks releases the match itself (a block does not redact): withhold
+        // all of it, so the blocked text never reaches the client.
+        if !text.is_empty() && blocked.is_none() {
             out.push(StreamEvent::Delta {
                 index,
                 delta: Delta::Text(text),

@@ -1,1 +1,329 @@
-//! Guard tests.
+//! Guard tests: which text of each request shape is judged, and exact redaction of streams
+//! wherever the provider's chunks (and the deltas inside them) split the text.
+
+use serde_json::{json, Value};
+use tollgate_core::config::ApiFamily;
+use tollgate_guardrails::{Action, Detector, RuleSpec};
+
+use super::*;
+use crate::translator::Pair;
+
+fn engine(rules: &[(&str, Detector, Action)]) -> Arc<Engine> {
+    let specs: Vec<RuleSpec> = rules
+        .iter()
+        .map(|(id, detector, action)| RuleSpec {
+            id: (*id).to_owned(),
+            detector: detector.clone(),
+            action: *action,
+        })
+        .collect();
+    Arc::new(Engine::new(&specs).unwrap())
+}
+
+fn pii() -> Arc<Engine> {
+    engine(&[
+        ("email", Detector::Email, Action::Redact),
+        ("card", Detector::CreditCard, Action::Block),
+        ("words", Detector::DenyList(vec!["project x".into()]), Action::Flag),
+    ])
+}
+
+fn check(endpoint: Endpoint, body: &Value) -> (RequestCheck, Value) {
+    let bytes = body.to_string().into_bytes();
+    let obj = RawObject::parse(&bytes).unwrap();
+    let c = check_request(&pii(), endpoint, &obj);
+    let replace: Vec<(&str, &str)> = c.replace.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out: Value = serde_json::from_slice(&obj.write_with(&replace, 0)).unwrap();
+    (c, out)
+}
+
+#[test]
+fn openai_chat_text_and_text_parts_are_judged_and_redacted_in_place() {
+    let body = json!({"model": "m", "temperature": 0.5, "messages": [
+        {"role": "system", "content": "about project X"},
+        {"role": "user", "content": [
+            {"type": "text", "text": "mail bob@example.com"},
+            {"type": "image_url", "image_url": {"url": "https://x.test/bob@example.com.png"}}
+        ]},
+        {"role": "assistant", "content": null},
+    ]});
+    let (c, out) = check(Endpoint::ChatCompletions, &body);
+    assert_eq!(c.verdict.redacted, ["email"]);
+    assert_eq!(c.verdict.flagged, ["words"]);
+    assert_eq!(c.verdict.blocked_by, None);
+    assert_eq!(
+        out["messages"][1]["content"][0]["text"],
+        "mail [REDACTED:email]"
+    );
+    // Only text is judged: URLs and other members are untouched.
+    assert_eq!(
+        out["messages"][1]["content"][1]["image_url"]["url"],
+        "https://x.test/bob@example.com.png"
+    );
+    assert_eq!(out["temperature"], 0.5);
+    assert_eq!(out["messages"][0]["content"], "about project X");
+}
+
+#[test]
+fn anthropic_system_messages_and_tool_results_are_judged() {
+    let body = json!({"model": "m", "max_tokens": 5,
+        "system": [{"type": "text", "text": "ops: ann@example.org"}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                "content": [{"type": "text", "text": "card 4111 1111 1111 1111"}]}]},
+        ]});
+    let (c, out) = check(Endpoint::Messages, &body);
+    assert_eq!(c.verdict.blocked_by.as_deref(), Some("card"));
+    assert_eq!(out["system"][0]["text"], "ops: [REDACTED:email]");
+}
+
+#[test]
+fn completions_prompts_and_embedding_inputs_are_judged() {
+    let (c, out) = check(
+        Endpoint::Completions,
+        &json!({"model": "m", "prompt": ["a", "to bob@example.com"]}),
+    );
+    assert_eq!(c.verdict.redacted, ["email"]);
+    assert_eq!(out["prompt"][1], "to [REDACTED:email]");
+    let (c, out) = check(
+        Endpoint::Embeddings,
+        &json!({"model": "m", "input": "bob@example.com"}),
+    );
+    assert_eq!(c.verdict.redacted, ["email"]);
+    assert_eq!(out["input"], "[REDACTED:email]");
+    // Token arrays carry no text; a clean body is not rewritten.
+    let (c, _) = check(Endpoint::Embeddings, &json!({"model": "m", "input": [[1, 2]]}));
+    assert!(!c.verdict.matched() && c.replace.is_empty());
+}
+
+#[test]
+fn verdicts_are_recorded_once_and_counted() {
+    let metrics = Metrics::default();
+    let mut v = Verdicts::default();
+    let verdict = Verdict {
+        blocked_by: None,
+        redacted: vec!["email".into()],
+        flagged: vec!["words".into()],
+    };
+    v.add(Side::Request, &verdict, &metrics);
+    v.add(Side::Request, &verdict, &metrics);
+    v.add(Side::Response, &verdict, &metrics);
+    let p = v.to_proto();
+    assert_eq!(p.len(), 4);
+    assert_eq!(
+        (p[0].rule.as_str(), p[0].action.as_str(), p[0].side.as_str()),
+        ("email", "redact", "request")
+    );
+    let n = metrics
+        .guardrail_verdicts
+        .get_or_create(&GuardrailLabels {
+            rule: "email".into(),
+            action: "redact",
+            side: "request",
+        })
+        .get();
+    assert_eq!(n, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streams
+// ---------------------------------------------------------------------------------------------
+
+const TEXT: &str = "Sure: write to bob.smith@example.com today, or call. Thanks ✓";
+const PII: &str = "bob.smith@example.com";
+
+fn openai_upstream(deltas: &[&str]) -> Vec<u8> {
+    let mut s = String::new();
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "u",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    s.push_str(&chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+    for d in deltas {
+        s.push_str(&chunk(json!({"content": d}), Value::Null));
+    }
+    s.push_str(&chunk(json!({}), json!("stop")));
+    s.push_str("data: [DONE]\n\n");
+    s.into_bytes()
+}
+
+fn anthropic_upstream(deltas: &[&str]) -> Vec<u8> {
+    let mut s = String::from(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"u\",\"content\":[],\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\n\
+         event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    );
+    for d in deltas {
+        s.push_str(&format!(
+            "event: content_block_delta\ndata: {}\n\n",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}})
+        ));
+    }
+    s.push_str(
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+         event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n\
+         event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    s.into_bytes()
+}
+
+/// The assistant text a client reads from its stream, and whether the stream ended with an
+/// error event.
+fn client_text(client: ApiFamily, sse: &[u8]) -> (String, Option<Value>) {
+    let mut text = String::new();
+    let mut error = None;
+    for event in String::from_utf8(sse.to_vec()).unwrap().split("\n\n") {
+        let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+            continue;
+        };
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        match client {
+            ApiFamily::OpenAi => {
+                if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                    text.push_str(t);
+                }
+            }
+            ApiFamily::Anthropic => {
+                if let Some(t) = v["delta"]["text"].as_str() {
+                    text.push_str(t);
+                }
+            }
+        }
+        if v.get("error").is_some() {
+            error = Some(v);
+        }
+    }
+    (text, error)
+}
+
+fn run(pair: Pair, engine: &Arc<Engine>, chunks: &[&[u8]]) -> Vec<u8> {
+    let mut t = pair.stream_guarded(false, 7, Some(StreamGuard::new(Arc::clone(engine))));
+    let mut out = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        out.extend(t.push(c, i + 1 == chunks.len()));
+    }
+    out
+}
+
+const PAIRS: [Pair; 4] = [
+    Pair {
+        client: ApiFamily::OpenAi,
+        upstream: ApiFamily::OpenAi,
+    },
+    Pair {
+        client: ApiFamily::Anthropic,
+        upstream: ApiFamily::Anthropic,
+    },
+    Pair {
+        client: ApiFamily::OpenAi,
+        upstream: ApiFamily::Anthropic,
+    },
+    Pair {
+        client: ApiFamily::Anthropic,
+        upstream: ApiFamily::OpenAi,
+    },
+];
+
+fn upstream(pair: Pair, deltas: &[&str]) -> Vec<u8> {
+    match pair.upstream {
+        ApiFamily::OpenAi => openai_upstream(deltas),
+        ApiFamily::Anthropic => anthropic_upstream(deltas),
+    }
+}
+
+#[test]
+fn pii_split_at_every_boundary_never_reaches_the_client_and_reads_as_unsplit() {
+    let engine = pii();
+    let want = TEXT.replace(PII, "[REDACTED:email]");
+    for pair in PAIRS {
+        let whole = upstream(pair, &[TEXT]);
+        let reference = run(pair, &engine, &[&whole]);
+        let (text, error) = client_text(pair.client, &reference);
+        assert_eq!(text, want, "{pair:?}");
+        assert!(error.is_none());
+
+        // The text split into two deltas at every character boundary ...
+        for (k, _) in TEXT.char_indices().skip(1) {
+            let split = upstream(pair, &[&TEXT[..k], &TEXT[k..]]);
+            let out = run(pair, &engine, &[&split]);
+            let (text, _) = client_text(pair.client, &out);
+            assert_eq!(text, want, "{pair:?} delta split at {k}");
+            assert!(!String::from_utf8_lossy(&out).contains(PII));
+        }
+        // ... and the upstream bytes cut at every offset: the same bytes as unsplit.
+        for cut in 1..whole.len() {
+            let out = run(pair, &engine, &[&whole[..cut], &whole[cut..]]);
+            assert_eq!(out, reference, "{pair:?} byte cut at {cut}");
+        }
+        // One byte per chunk, the text one character per delta.
+        let chars: Vec<String> = TEXT.chars().map(String::from).collect();
+        let refs: Vec<&str> = chars.iter().map(String::as_str).collect();
+        let tiny = upstream(pair, &refs);
+        let bytes: Vec<&[u8]> = tiny.chunks(1).collect();
+        let out = run(pair, &engine, &bytes);
+        assert!(!String::from_utf8_lossy(&out).contains(PII), "{pair:?}");
+        assert!(!String::from_utf8_lossy(&out).contains("bob.smith"), "{pair:?}");
+        assert_eq!(client_text(pair.client, &out).0, want, "{pair:?}");
+    }
+}
+
+#[test]
+fn a_block_mid_stream_ends_it_with_an_error_in_the_client_dialect() {
+    let engine = pii();
+    let deltas = ["Your card: 4111 1111 ", "1111 1111 is on file.", " More text."];
+    for pair in PAIRS {
+        let out = run(pair, &engine, &[&upstream(pair, &deltas)]);
+        let (text, error) = client_text(pair.client, &out);
+        assert!(!text.contains("1111 1111"), "{pair:?}: {text}");
+        let error = error.unwrap_or_else(|| panic!("{pair:?}: no error event"));
+        let s = String::from_utf8_lossy(&out);
+        match pair.client {
+            ApiFamily::OpenAi => {
+                assert_eq!(error["error"]["code"], "guardrail_blocked");
+                assert!(!s.contains("[DONE]"));
+            }
+            ApiFamily::Anthropic => {
+                assert_eq!(error["type"], "error");
+                assert!(s.contains("event: error\n"));
+                assert!(!s.contains("message_stop"));
+            }
+        }
+        assert!(error.to_string().contains("`card`"));
+        // The error event is the last one.
+        assert!(s.trim_end().ends_with('}'));
+        assert!(s.rfind("error").unwrap() > s.rfind("text").unwrap_or(0));
+    }
+}
+
+#[test]
+fn stream_verdicts_cover_redactions_and_flags() {
+    let engine = pii();
+    let pair = PAIRS[0];
+    let mut t = pair.stream_guarded(false, 7, Some(StreamGuard::new(Arc::clone(&engine))));
+    t.push(&upstream(pair, &["about project ", "x: bob@example.com"]), true);
+    let v = t.guard().unwrap().verdict();
+    assert_eq!(v.redacted, ["email"]);
+    assert_eq!(v.flagged, ["words"]);
+}
+
+#[test]
+fn complete_responses_are_redacted() {
+    let mut r = crate::translator::hub::ChatResponse {
+        id: "x".into(),
+        model: "m".into(),
+        content: vec![Part::Text(format!("hi {PII}"))],
+        stop_reason: None,
+        stop_sequence: None,
+        usage: Default::default(),
+    };
+    let (v, changed) = check_response(&pii(), &mut r);
+    assert!(changed);
+    assert_eq!(v.redacted, ["email"]);
+    assert_eq!(r.content, vec![Part::Text("hi [REDACTED:email]".into())]);
+}
