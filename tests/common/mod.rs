@@ -19,6 +19,8 @@ pub const KEY_ALL: &str = "tg-e2e-all-models";
 pub const KEY_LIMITED: &str = "tg-e2e-limited";
 pub const KEY_EXPIRED: &str = "tg-e2e-expired";
 pub const KEY_DISABLED: &str = "tg-e2e-disabled";
+/// A key of tenant `guarded`, whose guardrails policy is `e2e` (see [`config_yaml`]).
+pub const KEY_GUARDED: &str = "tg-e2e-guarded";
 /// The Azure mock's credential, given to `serve` through the environment.
 pub const AZURE_SECRET: &str = "azure-upstream-secret";
 /// The Anthropic mock's credential, given to `serve` through the environment.
@@ -277,6 +279,17 @@ keys:
   - {{ id: limited, hash: "{limited}", tenant: acme, models: [mock-model, mock-embedding] }}
   - {{ id: expired, hash: "{expired}", models: ["*"], expires_at: 2020-01-01T00:00:00Z }}
   - {{ id: disabled, hash: "{disabled}", models: ["*"], disabled: true }}
+  - {{ id: guarded, hash: "{guarded}", tenant: guarded, models: ["*"] }}
+guardrails:
+  tenants: {{ guarded: e2e }}
+  policies:
+    e2e:
+      rules:
+        - {{ id: no-cards, detector: credit_card, action: block, side: request }}
+        - {{ id: email, detector: email, action: redact, side: request }}
+        - {{ id: watch, detector: {{ deny_list: ["project x"] }}, action: flag, side: request }}
+        - {{ id: reply-phone, detector: phone, action: redact, side: response }}
+        - {{ id: reply-secret, detector: {{ regex: "TOPSECRET-[0-9]{{4}}" }}, action: block, side: response }}
 "#,
         max_body = opts.max_body,
         compat_file = "COMPAT_FILE",
@@ -285,6 +298,7 @@ keys:
         limited = hash(KEY_LIMITED),
         expired = hash(KEY_EXPIRED),
         disabled = hash(KEY_DISABLED),
+        guarded = hash(KEY_GUARDED),
     )
 }
 

@@ -1,0 +1,203 @@
+//! Guardrails end to end through real Envoy: a key whose tenant has the `e2e` policy (see
+//! `tests/common`) gets request text blocked, redacted or flagged before it reaches the
+//! provider, and response text redacted in flight or blocked, in the OpenAI and the Anthropic
+//! dialect. The mock echoes the prompt, so what it echoes is what the provider saw.
+
+// Test support: helpers outside `#[test]` functions fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const CARD: &str = "4111 1111 1111 1111";
+const EMAIL: &str = "jane.doe@example.com";
+const PHONE: &str = "+44 20 7946 0958";
+
+async fn posted(stack: &Stack) -> Vec<Value> {
+    let mut seen = stack.upstream_requests().await;
+    seen.retain(|r| r["method"] == "POST");
+    seen
+}
+
+/// Sends a request in `dialect` ("openai": chat completions on `mock-model`; "anthropic":
+/// messages on `claude-model`) with the guarded key.
+async fn send(stack: &Stack, dialect: &str, text: &str, stream: bool) -> Reply {
+    let (path, body) = match dialect {
+        "openai" => (
+            "/v1/chat/completions",
+            json!({"model": "mock-model", "stream": stream,
+                "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]}),
+        ),
+        _ => (
+            "/v1/messages",
+            json!({"model": "claude-model", "max_tokens": 64, "stream": stream,
+                "system": "be brief",
+                "messages": [{"role": "user", "content": text}]}),
+        ),
+    };
+    stack.post(path, Some(KEY_GUARDED), body.to_string()).await
+}
+
+/// The assistant text of a response (whole or streamed) in `dialect`, and its error event.
+fn reply_text(dialect: &str, r: &Reply, stream: bool) -> (String, Option<Value>) {
+    if !stream {
+        let v = r.json();
+        let text = match dialect {
+            "openai" => v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            _ => v["content"][0]["text"].as_str().unwrap_or_default().to_owned(),
+        };
+        return (text, v.get("error").cloned());
+    }
+    let mut text = String::new();
+    let mut error = None;
+    for event in r.text.split("\n\n") {
+        let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+            continue;
+        };
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        let piece = match dialect {
+            "openai" => v["choices"][0]["delta"]["content"].as_str(),
+            _ => v["delta"]["text"].as_str(),
+        };
+        text.push_str(piece.unwrap_or_default());
+        if v.get("error").is_some() {
+            error = Some(v);
+        }
+    }
+    (text, error)
+}
+
+fn assert_blocked(dialect: &str, r: &Reply, rule: &str, secret: &str) {
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(!r.text.contains(secret), "the error must not echo the text");
+    let v = r.json();
+    match dialect {
+        "openai" => {
+            assert_eq!(v["error"]["code"], "guardrail_blocked", "{v}");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        }
+        _ => {
+            assert_eq!(v["type"], "error", "{v}");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        }
+    }
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("`{rule}`")), "{message}");
+}
+
+async fn counter(stack: &Stack, rule: &str, action: &str, side: &str) -> u64 {
+    let want = format!(
+        "tollgate_guardrail_verdicts_total{{rule=\"{rule}\",action=\"{action}\",side=\"{side}\"}} "
+    );
+    stack
+        .metrics()
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&want).map(|n| n.trim().parse().unwrap()))
+        .unwrap_or(0)
+}
+
+async fn guardrails_in(dialect: &str) {
+    let stack = Stack::start(StackOptions::default());
+
+    // Block: refused in the client's dialect, naming the rule; nothing reaches the provider.
+    stack.clear_upstream_requests().await;
+    let r = send(&stack, dialect, &format!("my card is {CARD} thanks"), false).await;
+    assert_blocked(dialect, &r, "no-cards", CARD);
+    assert!(posted(&stack).await.is_empty(), "a blocked request went upstream");
+    assert_eq!(counter(&stack, "no-cards", "block", "request").await, 1);
+
+    // Redact: the provider sees the redacted text (the mock parsed the body, so its length
+    // was right), and echoes it.
+    stack.clear_upstream_requests().await;
+    let r = send(&stack, dialect, &format!("write to {EMAIL} today"), false).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let seen = posted(&stack).await;
+    assert_eq!(seen.len(), 1);
+    let upstream = seen[0]["body"].to_string();
+    assert!(!upstream.contains(EMAIL), "{upstream}");
+    assert!(upstream.contains("[REDACTED:email]"), "{upstream}");
+    let (text, _) = reply_text(dialect, &r, false);
+    assert!(text.contains("[REDACTED:email]") && !text.contains(EMAIL), "{text}");
+    assert_eq!(counter(&stack, "email", "redact", "request").await, 1);
+
+    // Flag: passes unchanged, counted.
+    stack.clear_upstream_requests().await;
+    let r = send(&stack, dialect, "status of Project X please", false).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(posted(&stack).await[0]["body"]
+        .to_string()
+        .contains("status of Project X please"));
+    assert_eq!(counter(&stack, "watch", "flag", "request").await, 1);
+
+    // Response, streamed: the mock sends the phone number one word per chunk; the client never
+    // sees it, and the stream is well formed to its end.
+    let prompt = format!("call me at {PHONE} tomorrow");
+    let r = send(&stack, dialect, &prompt, true).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (text, error) = reply_text(dialect, &r, true);
+    assert!(error.is_none(), "{}", r.text);
+    assert!(!r.text.contains("7946"), "{}", r.text);
+    assert_eq!(
+        text,
+        "Mock reply to: call me at [REDACTED:reply-phone] tomorrow"
+    );
+    match dialect {
+        "openai" => assert!(r.text.trim_end().ends_with("data: [DONE]"), "{}", r.text),
+        _ => assert!(r.text.contains("event: message_stop"), "{}", r.text),
+    }
+    // The key without a policy gets the same reply unredacted.
+    let plain = match dialect {
+        "openai" => json!({"model": "mock-model", "stream": true,
+            "messages": [{"role": "user", "content": prompt}]}),
+        _ => json!({"model": "claude-model", "max_tokens": 64, "stream": true,
+            "messages": [{"role": "user", "content": prompt}]}),
+    };
+    let path = if dialect == "openai" {
+        "/v1/chat/completions"
+    } else {
+        "/v1/messages"
+    };
+    let r = stack.post(path, Some(KEY_ALL), plain.to_string()).await;
+    assert!(reply_text(dialect, &r, true).0.contains(PHONE));
+
+    // Response, complete: redacted too.
+    let r = send(&stack, dialect, &prompt, false).await;
+    let (text, _) = reply_text(dialect, &r, false);
+    assert_eq!(
+        text,
+        "Mock reply to: call me at [REDACTED:reply-phone] tomorrow"
+    );
+    assert_eq!(counter(&stack, "reply-phone", "redact", "response").await, 2);
+
+    // Response, streamed, blocked: the stream ends with an error event in the client's dialect.
+    let r = send(&stack, dialect, "say TOPSECRET-4242 now", true).await;
+    assert_eq!(r.status, 200);
+    let (text, error) = reply_text(dialect, &r, true);
+    assert!(!r.text.contains("TOPSECRET-4242"), "{}", r.text);
+    assert!(!text.contains("TOPSECRET"));
+    let error = error.unwrap_or_else(|| panic!("no error event: {}", r.text));
+    assert!(error.to_string().contains("`reply-secret`"), "{error}");
+
+    // Response, complete, blocked: an error instead of the answer.
+    let r = send(&stack, dialect, "say TOPSECRET-4242 now", false).await;
+    assert_blocked(dialect, &r, "reply-secret", "TOPSECRET-4242");
+}
+
+#[tokio::test]
+async fn guardrails_openai_dialect() {
+    guardrails_in("openai").await;
+}
+
+#[tokio::test]
+async fn guardrails_anthropic_dialect() {
+    guardrails_in("anthropic").await;
+}
