@@ -49,7 +49,10 @@ fn reply_text(dialect: &str, r: &Reply, stream: bool) -> (String, Option<Value>)
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
-            _ => v["content"][0]["text"].as_str().unwrap_or_default().to_owned(),
+            _ => v["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
         };
         return (text, v.get("error").cloned());
     }
@@ -112,7 +115,10 @@ async fn guardrails_in(dialect: &str) {
     stack.clear_upstream_requests().await;
     let r = send(&stack, dialect, &format!("my card is {CARD} thanks"), false).await;
     assert_blocked(dialect, &r, "no-cards", CARD);
-    assert!(posted(&stack).await.is_empty(), "a blocked request went upstream");
+    assert!(
+        posted(&stack).await.is_empty(),
+        "a blocked request went upstream"
+    );
     assert_eq!(counter(&stack, "no-cards", "block", "request").await, 1);
 
     // Redact: the provider sees the redacted text (the mock parsed the body, so its length
@@ -126,7 +132,10 @@ async fn guardrails_in(dialect: &str) {
     assert!(!upstream.contains(EMAIL), "{upstream}");
     assert!(upstream.contains("[REDACTED:email]"), "{upstream}");
     let (text, _) = reply_text(dialect, &r, false);
-    assert!(text.contains("[REDACTED:email]") && !text.contains(EMAIL), "{text}");
+    assert!(
+        text.contains("[REDACTED:email]") && !text.contains(EMAIL),
+        "{text}"
+    );
     assert_eq!(counter(&stack, "email", "redact", "request").await, 1);
 
     // Flag: passes unchanged, counted.
@@ -176,7 +185,10 @@ async fn guardrails_in(dialect: &str) {
         text,
         "Mock reply to: call me at [REDACTED:reply-phone] tomorrow"
     );
-    assert_eq!(counter(&stack, "reply-phone", "redact", "response").await, 2);
+    assert_eq!(
+        counter(&stack, "reply-phone", "redact", "response").await,
+        2
+    );
 
     // Response, streamed, blocked: the stream ends with an error event in the client's dialect.
     let r = send(&stack, dialect, "say TOPSECRET-4242 now", true).await;

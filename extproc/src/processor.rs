@@ -463,8 +463,8 @@ impl Processor {
             .map(|e| StreamGuard::new(Arc::clone(e)));
         let sse = parsed.stream.then(|| {
             if !pair.is_openai_passthrough() || stream_guard.is_some() {
-                let include_usage = include_usage
-                    || (pair.is_openai_passthrough() && !strip_usage_chunk);
+                let include_usage =
+                    include_usage || (pair.is_openai_passthrough() && !strip_usage_chunk);
                 ResponseStream::Translate(Box::new(pair.stream_guarded(
                     include_usage,
                     unix_now(),
@@ -588,7 +588,9 @@ impl Processor {
                                 done.body = redacted;
                             }
                         }
-                        Err(()) => tracing::debug!("A response body the guard cannot read went through unjudged"),
+                        Err(()) => tracing::debug!(
+                            "A response body the guard cannot read went through unjudged"
+                        ),
                     }
                 }
                 if let Some(body) = done.body {

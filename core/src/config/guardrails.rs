@@ -177,7 +177,10 @@ impl Policy {
     /// The engine for `side` of a request to `model` at `endpoint`; `None` when no rule applies.
     pub fn engine(&self, side: Side, endpoint: Endpoint, model: &str) -> Option<&Arc<Engine>> {
         let slot = SCOPED_ENDPOINTS.iter().position(|e| *e == endpoint)?;
-        self.by_model.get(model)?.get(side.index() * 4 + slot)?.as_ref()
+        self.by_model
+            .get(model)?
+            .get(side.index() * 4 + slot)?
+            .as_ref()
     }
 }
 
@@ -264,11 +267,17 @@ fn validate_policy(
         if r.id.trim().is_empty() {
             errs.add(format!("{rpath}.id"), "must not be empty");
         } else if p.rules[..i].iter().any(|o| o.id == r.id) {
-            errs.add(format!("{rpath}.id"), format!("duplicate rule id `{}`", r.id));
+            errs.add(
+                format!("{rpath}.id"),
+                format!("duplicate rule id `{}`", r.id),
+            );
         }
         for (j, m) in r.models.iter().flatten().enumerate() {
             if !models.contains_key(m) {
-                errs.add(format!("{rpath}.models[{j}]"), format!("unknown model `{m}`"));
+                errs.add(
+                    format!("{rpath}.models[{j}]"),
+                    format!("unknown model `{m}`"),
+                );
             }
         }
         for (j, e) in r.endpoints.iter().flatten().enumerate() {

@@ -329,7 +329,9 @@ fn guardrail_policies_compile_per_side_endpoint_and_model() {
         ids(Side::Response, Endpoint::Messages, "llama"),
         ["email", "words", "ticket"]
     );
-    assert!(pii.engine(Side::Request, Endpoint::Models, "llama").is_none());
+    assert!(pii
+        .engine(Side::Request, Endpoint::Models, "llama")
+        .is_none());
     // The same rule set is compiled once and shared.
     assert!(Arc::ptr_eq(
         pii.engine(Side::Request, Endpoint::Completions, "llama")
@@ -381,8 +383,8 @@ guardrails:
         - { id: e, detector: { regex: "(" }, action: block }
     empty: { rules: [] }
 "#;
-    let errs = Config::from_yaml(&with_guardrails(section, "    guardrails: nope\n"), &env())
-        .unwrap_err();
+    let errs =
+        Config::from_yaml(&with_guardrails(section, "    guardrails: nope\n"), &env()).unwrap_err();
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     for want in [
         "guardrails.policies.pii.rules[0].models[0]",
@@ -402,5 +404,8 @@ guardrails:
 
     let bad = "\nguardrails:\n  policies:\n    p:\n      rules:\n        - { id: a, detector: emial, action: block }\n";
     let errs = Config::from_yaml(&with_guardrails(bad, ""), &env()).unwrap_err();
-    assert_eq!(errs[0].path, "guardrails.policies.p.rules[0].detector", "{errs:?}");
+    assert_eq!(
+        errs[0].path, "guardrails.policies.p.rules[0].detector",
+        "{errs:?}"
+    );
 }

@@ -24,7 +24,11 @@ fn pii() -> Arc<Engine> {
     engine(&[
         ("email", Detector::Email, Action::Redact),
         ("card", Detector::CreditCard, Action::Block),
-        ("words", Detector::DenyList(vec!["project x".into()]), Action::Flag),
+        (
+            "words",
+            Detector::DenyList(vec!["project x".into()]),
+            Action::Flag,
+        ),
     ])
 }
 
@@ -67,12 +71,12 @@ fn openai_chat_text_and_text_parts_are_judged_and_redacted_in_place() {
 #[test]
 fn anthropic_system_messages_and_tool_results_are_judged() {
     let body = json!({"model": "m", "max_tokens": 5,
-        "system": [{"type": "text", "text": "ops: ann@example.org"}],
-        "messages": [
-            {"role": "user", "content": "hi"},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
-                "content": [{"type": "text", "text": "card 4111 1111 1111 1111"}]}]},
-        ]});
+    "system": [{"type": "text", "text": "ops: ann@example.org"}],
+    "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+            "content": [{"type": "text", "text": "card 4111 1111 1111 1111"}]}]},
+    ]});
     let (c, out) = check(Endpoint::Messages, &body);
     assert_eq!(c.verdict.blocked_by.as_deref(), Some("card"));
     assert_eq!(out["system"][0]["text"], "ops: [REDACTED:email]");
@@ -93,7 +97,10 @@ fn completions_prompts_and_embedding_inputs_are_judged() {
     assert_eq!(c.verdict.redacted, ["email"]);
     assert_eq!(out["input"], "[REDACTED:email]");
     // Token arrays carry no text; a clean body is not rewritten.
-    let (c, _) = check(Endpoint::Embeddings, &json!({"model": "m", "input": [[1, 2]]}));
+    let (c, _) = check(
+        Endpoint::Embeddings,
+        &json!({"model": "m", "input": [[1, 2]]}),
+    );
     assert!(!c.verdict.matched() && c.replace.is_empty());
 }
 
@@ -142,7 +149,10 @@ fn openai_upstream(deltas: &[&str]) -> Vec<u8> {
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
         )
     };
-    s.push_str(&chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+    s.push_str(&chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    ));
     for d in deltas {
         s.push_str(&chunk(json!({"content": d}), Value::Null));
     }
@@ -268,7 +278,10 @@ fn pii_split_at_every_boundary_never_reaches_the_client_and_reads_as_unsplit() {
         let bytes: Vec<&[u8]> = tiny.chunks(1).collect();
         let out = run(pair, &engine, &bytes);
         assert!(!String::from_utf8_lossy(&out).contains(PII), "{pair:?}");
-        assert!(!String::from_utf8_lossy(&out).contains("bob.smith"), "{pair:?}");
+        assert!(
+            !String::from_utf8_lossy(&out).contains("bob.smith"),
+            "{pair:?}"
+        );
         assert_eq!(client_text(pair.client, &out).0, want, "{pair:?}");
     }
 }
@@ -276,7 +289,11 @@ fn pii_split_at_every_boundary_never_reaches_the_client_and_reads_as_unsplit() {
 #[test]
 fn a_block_mid_stream_ends_it_with_an_error_in_the_client_dialect() {
     let engine = pii();
-    let deltas = ["Your card: 4111 1111 ", "1111 1111 is on file.", " More text."];
+    let deltas = [
+        "Your card: 4111 1111 ",
+        "1111 1111 is on file.",
+        " More text.",
+    ];
     for pair in PAIRS {
         let out = run(pair, &engine, &[&upstream(pair, &deltas)]);
         let (text, error) = client_text(pair.client, &out);
@@ -306,7 +323,10 @@ fn stream_verdicts_cover_redactions_and_flags() {
     let engine = pii();
     let pair = PAIRS[0];
     let mut t = pair.stream_guarded(false, 7, Some(StreamGuard::new(Arc::clone(&engine))));
-    t.push(&upstream(pair, &["about project ", "x: bob@example.com"]), true);
+    t.push(
+        &upstream(pair, &["about project ", "x: bob@example.com"]),
+        true,
+    );
     let v = t.guard().unwrap().verdict();
     assert_eq!(v.redacted, ["email"]);
     assert_eq!(v.flagged, ["words"]);
