@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tollgate_core::config::Side;
 use tollgate_core::metrics::{GuardrailLabels, Metrics};
-use tollgate_core::Endpoint;
+use tollgate_core::{ApiError, Endpoint};
 use tollgate_guardrails::{Engine, StreamScanner, Verdict};
 use tollgate_proto::logger::v1::GuardrailVerdict;
 
@@ -187,6 +187,34 @@ pub fn check_request(engine: &Engine, endpoint: Endpoint, obj: &RawObject<'_>) -
         }
     }
     check
+}
+
+/// Judges a request body and records the verdict: the body to send instead when a rule
+/// redacted, an error naming the rule when one blocked.
+pub fn judge_request(
+    engine: &Engine,
+    endpoint: Endpoint,
+    obj: &RawObject<'_>,
+    verdicts: &mut Verdicts,
+    metrics: &Metrics,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let check = check_request(engine, endpoint, obj);
+    verdicts.add(Side::Request, &check.verdict, metrics);
+    if let Some(rule) = check.verdict.blocked_by {
+        return Err(ApiError::GuardrailBlocked {
+            rule,
+            side: Side::Request,
+        });
+    }
+    if check.replace.is_empty() {
+        return Ok(None);
+    }
+    let replace: Vec<(&str, &str)> = check
+        .replace
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    Ok(Some(obj.write_with(&replace, 0)))
 }
 
 /// Judges (and redacts in place) the text of a complete response.

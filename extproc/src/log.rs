@@ -123,6 +123,16 @@ mod tests {
 
     #[test]
     fn an_event_carries_every_fact_in_its_proto_units() {
+        let mut verdicts = Verdicts::default();
+        verdicts.add(
+            tollgate_core::config::Side::Response,
+            &tollgate_guardrails::Verdict {
+                blocked_by: Some("card".into()),
+                redacted: vec!["email".into()],
+                flagged: vec![],
+            },
+            &tollgate_core::metrics::Metrics::default(),
+        );
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let facts = Facts {
             request_id: "rid",
@@ -151,9 +161,24 @@ mod tests {
             overhead: Duration::from_micros(1500),
             upstream_latency: Some(Duration::from_millis(25)),
             cost: Some(4_125_000_000),
-            guardrails: &Verdicts::default(),
+            guardrails: &verdicts,
         };
         let e = event(&facts);
+        assert_eq!(
+            e.guardrail_verdicts,
+            [
+                pb::GuardrailVerdict {
+                    rule: "card".into(),
+                    action: "block".into(),
+                    side: "response".into(),
+                },
+                pb::GuardrailVerdict {
+                    rule: "email".into(),
+                    action: "redact".into(),
+                    side: "response".into(),
+                }
+            ]
+        );
         assert_eq!(e.start_time_unix_nanos, 1_700_000_000_000_000_000);
         assert_eq!(e.first_token_time_unix_nanos, 1_700_000_000_030_000_000);
         assert_eq!(e.end_time_unix_nanos, 1_700_000_000_090_000_000);

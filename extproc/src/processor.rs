@@ -363,43 +363,31 @@ impl Processor {
             return Err((ApiError::ModelNotAllowed(model.clone()), Some(model)));
         }
         let policy = self.policy().map_err(|e| (e, Some(model.clone())))?;
-        let redacted: Vec<u8>;
-        let mut parsed = parsed;
-        if let Some(engine) = policy
+        let redacted = match policy
             .as_ref()
             .and_then(|p| p.engine(Side::Request, endpoint, &model))
         {
-            let check = guard::check_request(engine, endpoint, parsed.object());
-            self.verdicts
-                .add(Side::Request, &check.verdict, &self.metrics);
-            if let Some(rule) = check.verdict.blocked_by {
-                return Err((
-                    ApiError::GuardrailBlocked {
-                        rule,
-                        side: Side::Request,
-                    },
-                    Some(model),
-                ));
+            Some(engine) => guard::judge_request(
+                engine,
+                endpoint,
+                parsed.object(),
+                &mut self.verdicts,
+                &self.metrics,
+            )
+            .map_err(|e| (e, Some(model.clone())))?,
+            None => None,
+        };
+        let parsed = match &redacted {
+            Some(body) => {
+                openai::parse_request(endpoint, body).map_err(|e| (e, Some(model.clone())))?
             }
-            if !check.replace.is_empty() {
-                let replace: Vec<(&str, &str)> = check
-                    .replace
-                    .iter()
-                    .map(|(k, v)| (*k, v.as_str()))
-                    .collect();
-                redacted = parsed.object().write_with(&replace, b.body.len());
-                parsed = openai::parse_request(endpoint, &redacted)
-                    .map_err(|e| (e, Some(model.clone())))?;
-            }
-        }
+            None => parsed,
+        };
         let response_guard = policy
             .as_ref()
             .and_then(|p| p.engine(Side::Response, endpoint, &model))
             .filter(|_| endpoint != Endpoint::Embeddings)
             .cloned();
-        let Some(ctx) = &self.ctx else {
-            return Err((ApiError::Internal, None));
-        };
         let target = if m.targets.len() == 1 {
             m.targets.first()
         } else {
@@ -753,7 +741,17 @@ impl Processor {
                 facts.upstream_model = &fwd.upstream_model;
                 facts.stream = fwd.stream;
                 facts.status = status;
-                facts.error_class = log::upstream_error_class(status);
+                // A response a guardrail blocked (whole or mid-stream) is classed as such.
+                facts.error_class = if self
+                    .verdicts
+                    .list()
+                    .iter()
+                    .any(|v| v.action == "block" && v.side == Side::Response)
+                {
+                    "guardrail_blocked"
+                } else {
+                    log::upstream_error_class(status)
+                };
                 facts.usage = fwd.usage;
                 facts.upstream_latency = fwd.upstream_latency;
                 facts.cost = fwd

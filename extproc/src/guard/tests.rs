@@ -105,6 +105,53 @@ fn completions_prompts_and_embedding_inputs_are_judged() {
 }
 
 #[test]
+fn judging_a_request_blocks_naming_the_rule_or_returns_the_redacted_body() {
+    let metrics = Metrics::default();
+    let mut verdicts = Verdicts::default();
+    let body =
+        json!({"model": "m", "messages": [{"role": "user", "content": "x 4111 1111 1111 1111"}]})
+            .to_string();
+    let obj = RawObject::parse(body.as_bytes()).unwrap();
+    let err = judge_request(
+        &pii(),
+        Endpoint::ChatCompletions,
+        &obj,
+        &mut verdicts,
+        &metrics,
+    )
+    .unwrap_err();
+    assert_eq!(err.class().openai_code, Some("guardrail_blocked"));
+    assert!(err.to_string().contains("`card`") && !err.to_string().contains("4111"));
+    assert_eq!(verdicts.list()[0].action, "block");
+
+    let body =
+        json!({"model": "m", "messages": [{"role": "user", "content": "x a@b.co"}]}).to_string();
+    let obj = RawObject::parse(body.as_bytes()).unwrap();
+    let out = judge_request(
+        &pii(),
+        Endpoint::ChatCompletions,
+        &obj,
+        &mut verdicts,
+        &metrics,
+    )
+    .unwrap()
+    .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["messages"][0]["content"], "x [REDACTED:email]");
+    let clean = br#"{"model":"m","messages":[{"role":"user","content":"hello"}]}"#;
+    let obj = RawObject::parse(clean).unwrap();
+    assert!(judge_request(
+        &pii(),
+        Endpoint::ChatCompletions,
+        &obj,
+        &mut verdicts,
+        &metrics
+    )
+    .unwrap()
+    .is_none());
+}
+
+#[test]
 fn verdicts_are_recorded_once_and_counted() {
     let metrics = Metrics::default();
     let mut v = Verdicts::default();
