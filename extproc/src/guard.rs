@@ -5,7 +5,8 @@
 //!   `system`, the completions `prompt`, the embeddings `input`) is read from the members the
 //!   processor already split out ([`RawObject`]); only those members are parsed further, and
 //!   only a redaction writes them back.
-//! - Complete responses: the text parts of the hub [`ChatResponse`].
+//! - Complete responses: the assistant text of the body in the client's dialect, judged in
+//!   place so every other member stays as it was.
 //! - Streams: the text deltas of each content block go through a [`StreamScanner`] of their
 //!   own, between the decoder and the encoder, so redaction is exact wherever the provider's
 //!   chunks split the text and the client's event framing is the encoder's as always.
@@ -15,13 +16,13 @@
 use std::sync::Arc;
 
 use serde_json::Value;
-use tollgate_core::config::Side;
+use tollgate_core::config::{ApiFamily, Side};
 use tollgate_core::metrics::{GuardrailLabels, Metrics};
 use tollgate_core::{ApiError, Endpoint};
 use tollgate_guardrails::{Engine, StreamScanner, Verdict};
 use tollgate_proto::logger::v1::GuardrailVerdict;
 
-use crate::translator::hub::{ChatResponse, Delta, Part, StreamEvent};
+use crate::translator::hub::{Delta, StreamEvent};
 use crate::translator::json::RawObject;
 
 /// One rule that matched one side of a request.
@@ -217,21 +218,50 @@ pub fn judge_request(
     Ok(Some(obj.write_with(&replace, 0)))
 }
 
-/// Judges (and redacts in place) the text of a complete response.
-pub fn check_response(engine: &Engine, r: &mut ChatResponse) -> (Verdict, bool) {
+/// Judges (and redacts in place) the assistant text of a complete response body in the
+/// client's dialect: OpenAI `choices[].message.content` (every choice) and `choices[].text`
+/// (legacy completions), Anthropic `content[]` text blocks. Every other member stays as the
+/// provider (or the translator) wrote it. `None` when the body is not a JSON object.
+pub fn judge_response(
+    engine: &Engine,
+    client: ApiFamily,
+    body: &[u8],
+) -> Option<(Verdict, Option<Vec<u8>>)> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    if !v.is_object() {
+        return None;
+    }
     let mut verdict = Verdict::default();
     let mut changed = false;
-    for part in &mut r.content {
-        if let Part::Text(t) = part {
-            let out = engine.check(t);
-            if let Some(text) = out.redacted_text {
-                *t = text;
-                changed = true;
+    let mut judge = |s: &mut String| {
+        let out = engine.check(s);
+        if let Some(text) = out.redacted_text {
+            *s = text;
+            changed = true;
+        }
+        merge(&mut verdict, out.verdict);
+    };
+    match client {
+        ApiFamily::OpenAi => {
+            if let Some(Value::Array(choices)) = v.get_mut("choices") {
+                for c in choices {
+                    if let Some(Value::String(s)) = c.get_mut("text") {
+                        judge(s);
+                    }
+                    if let Some(content) = c.get_mut("message").and_then(|m| m.get_mut("content")) {
+                        visit_text(content, &mut judge);
+                    }
+                }
             }
-            merge(&mut verdict, out.verdict);
+        }
+        ApiFamily::Anthropic => {
+            if let Some(content) = v.get_mut("content") {
+                visit_text(content, &mut judge);
+            }
         }
     }
-    (verdict, changed)
+    let body = changed.then(|| v.to_string().into_bytes());
+    Some((verdict, body))
 }
 
 /// The guard of one response stream: a scanner per open text block.

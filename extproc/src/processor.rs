@@ -566,8 +566,8 @@ impl Processor {
                 if let (true, Some(engine)) = (ok, fwd.response_guard.clone()) {
                     let client = fwd.pair.client;
                     let body = done.body.as_deref().unwrap_or(&b.body);
-                    match guard_complete(&engine, client, body) {
-                        Ok((verdict, redacted)) => {
+                    match guard::judge_response(&engine, client, body) {
+                        Some((verdict, redacted)) => {
                             self.verdicts.add(Side::Response, &verdict, &self.metrics);
                             if let Some(rule) = verdict.blocked_by {
                                 return self.block_response(rule, client, b.end_of_stream);
@@ -576,8 +576,8 @@ impl Processor {
                                 done.body = redacted;
                             }
                         }
-                        Err(()) => tracing::debug!(
-                            "A response body the guard cannot read went through unjudged"
+                        None => tracing::debug!(
+                            "A response body that is not a JSON object went through unjudged"
                         ),
                     }
                 }
@@ -769,27 +769,6 @@ impl Processor {
         }
         handle.emit(log::event(&facts));
     }
-}
-
-/// Judges a complete response body in the client's dialect; the redacted body when a rule
-/// redacted. `Err` when the body is not a chat response (legacy completions).
-fn guard_complete(
-    engine: &Engine,
-    client: ApiFamily,
-    body: &[u8],
-) -> Result<(tollgate_guardrails::Verdict, Option<Vec<u8>>), ()> {
-    use crate::translator::codec::{anthropic, openai as openai_codec};
-    let mut r = match client {
-        ApiFamily::OpenAi => openai_codec::response_from_wire(body),
-        ApiFamily::Anthropic => anthropic::response_from_wire(body),
-    }
-    .map_err(|_| ())?;
-    let (verdict, changed) = guard::check_response(engine, &mut r);
-    let body = changed.then(|| match client {
-        ApiFamily::OpenAi => openai_codec::response_to_wire(&r, unix_now()),
-        ApiFamily::Anthropic => anthropic::response_to_wire(&r),
-    });
-    Ok((verdict, body))
 }
 
 impl Drop for Processor {

@@ -380,17 +380,32 @@ fn stream_verdicts_cover_redactions_and_flags() {
 }
 
 #[test]
-fn complete_responses_are_redacted() {
-    let mut r = crate::translator::hub::ChatResponse {
-        id: "x".into(),
-        model: "m".into(),
-        content: vec![Part::Text(format!("hi {PII}"))],
-        stop_reason: None,
-        stop_sequence: None,
-        usage: Default::default(),
-    };
-    let (v, changed) = check_response(&pii(), &mut r);
-    assert!(changed);
+fn complete_responses_are_judged_in_place_in_each_dialect() {
+    let body = json!({"id": "c", "system_fingerprint": "fp", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": format!("hi {PII}")}, "logprobs": null},
+        {"index": 1, "message": {"role": "assistant", "content": "clean"}},
+        {"index": 2, "text": format!("legacy {PII}")},
+    ]});
+    let (v, out) = judge_response(&pii(), ApiFamily::OpenAi, body.to_string().as_bytes()).unwrap();
     assert_eq!(v.redacted, ["email"]);
-    assert_eq!(r.content, vec![Part::Text("hi [REDACTED:email]".into())]);
+    let out: Value = serde_json::from_slice(&out.unwrap()).unwrap();
+    assert_eq!(
+        out["choices"][0]["message"]["content"],
+        "hi [REDACTED:email]"
+    );
+    assert_eq!(out["choices"][1]["message"]["content"], "clean");
+    assert_eq!(out["choices"][2]["text"], "legacy [REDACTED:email]");
+    assert_eq!(out["system_fingerprint"], "fp");
+
+    let body = json!({"type": "message", "content": [
+        {"type": "text", "text": "card 4111 1111 1111 1111"},
+        {"type": "tool_use", "id": "t", "name": "f", "input": {"text": PII}},
+    ]});
+    let (v, _) = judge_response(&pii(), ApiFamily::Anthropic, body.to_string().as_bytes()).unwrap();
+    assert_eq!(v.blocked_by.as_deref(), Some("card"));
+    assert!(v.redacted.is_empty(), "tool inputs are not judged");
+    // Clean bodies are not rewritten; non-objects are not judged.
+    let (_, out) = judge_response(&pii(), ApiFamily::Anthropic, br#"{"content":[]}"#).unwrap();
+    assert!(out.is_none());
+    assert!(judge_response(&pii(), ApiFamily::OpenAi, b"<html>").is_none());
 }
