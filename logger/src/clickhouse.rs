@@ -90,12 +90,16 @@ pub fn create_table_sql(database: &str, table: &str) -> String {
     cost_picodollars UInt64,
     gateway_overhead_ms Float64,
     upstream_latency_ms Float64,
+    guardrail_verdicts Array(String),
     event_date Date DEFAULT toDate(intDiv(start_time_unix_nanos, 1000000000))
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(event_date)
 ORDER BY request_id"
     )
 }
+
+/// Columns added after the first release of the table, with their types.
+const ADDED_COLUMNS: [(&str, &str); 1] = [("guardrail_verdicts", "Array(String)")];
 
 /// Ids looked up per query.
 const LOOKUP_CHUNK: usize = 1000;
@@ -140,6 +144,29 @@ impl ClickHouseSink {
             .execute()
             .await
             .map_err(ch)?;
+        // Tables created before a column existed get it (columns are only ever added).
+        // (ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: look in `system.columns`.)
+        for (column, kind) in ADDED_COLUMNS {
+            let present = client
+                .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+                .bind(config.database.as_str())
+                .bind(config.table.as_str())
+                .bind(column)
+                .fetch_one::<u64>()
+                .await
+                .map_err(ch)?;
+            if present == 0 {
+                client
+                    .query(&format!(
+                        "ALTER TABLE {}.{} ADD COLUMN {column} {kind}",
+                        config.database, config.table
+                    ))
+                    .execute()
+                    .await
+                    .map_err(ch)?;
+                tracing::info!(column, "Added a column to the ClickHouse table");
+            }
+        }
         tracing::info!(url = %config.url, database = %config.database, table = %config.table, "Opened ClickHouse sink");
         Ok(ClickHouseSink {
             client: client.with_database(&config.database),

@@ -60,6 +60,9 @@ pub struct Record {
     pub gateway_overhead_ms: f64,
     /// Time to the provider's response headers, ms.
     pub upstream_latency_ms: f64,
+    /// Guardrail verdicts, each `side:action:rule` (e.g. `request:redact:email`).
+    #[serde(default)]
+    pub guardrail_verdicts: Vec<String>,
 }
 
 impl From<&LogEvent> for Record {
@@ -97,6 +100,11 @@ impl From<&LogEvent> for Record {
             cost_picodollars: e.cost_picodollars,
             gateway_overhead_ms: e.gateway_overhead_ms,
             upstream_latency_ms: e.upstream_latency_ms,
+            guardrail_verdicts: e
+                .guardrail_verdicts
+                .iter()
+                .map(|v| format!("{}:{}:{}", v.side, v.action, v.rule))
+                .collect(),
         }
     }
 }

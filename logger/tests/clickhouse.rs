@@ -379,3 +379,30 @@ async fn with_a_logger_spool_batches_are_acknowledged_while_clickhouse_is_away_a
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_table_from_before_guardrails_gets_the_verdicts_column_and_rows_carry_them() {
+    let ch = ClickHouse::start();
+    let config = ch.sink_config("tg_old");
+    // The table as the previous release created it: no `guardrail_verdicts`.
+    let old = tollgate_logger::clickhouse::create_table_sql("tg_old", "requests")
+        .replace("    guardrail_verdicts Array(String),\n", "");
+    assert!(!old.contains("guardrail_verdicts"));
+    ch.query("CREATE DATABASE tg_old").unwrap();
+    ch.query(&old).unwrap();
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    // Opening twice adds nothing twice.
+    let sink2 = ClickHouseSink::open(&config).await.unwrap();
+    drop(sink2);
+    let mut e = event("g1", 1);
+    e.guardrail_verdicts = vec![tollgate_proto::logger::v1::GuardrailVerdict {
+        rule: "email".into(),
+        action: "redact".into(),
+        side: "request".into(),
+    }];
+    sink.write(vec![e]).await.unwrap();
+    let row = ch
+        .query("SELECT guardrail_verdicts FROM tg_old.requests WHERE request_id = 'g1' FORMAT TSV")
+        .unwrap();
+    assert_eq!(row.trim(), "['request:redact:email']");
+}
