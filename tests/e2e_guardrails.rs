@@ -108,13 +108,34 @@ async fn counter(stack: &Stack, rule: &str, action: &str, side: &str) -> u64 {
         .unwrap_or(0)
 }
 
+fn rid(r: &Reply) -> String {
+    r.header("x-tollgate-request-id").unwrap().to_owned()
+}
+
+/// The stored log line of each request id, once the logger holds `n` lines.
+async fn log_lines(logger: &Logger, n: usize) -> Vec<Value> {
+    let start = std::time::Instant::now();
+    while logger.lines().len() < n && start.elapsed() < std::time::Duration::from_secs(30) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    logger.lines()
+}
+
 async fn guardrails_in(dialect: &str) {
-    let stack = Stack::start(StackOptions::default());
+    let logger_dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let logger = Logger::start(&addr, &logger_dir.path().join("data"), logger_dir.path());
+    let stack = Stack::start(StackOptions {
+        logger: Some(addr),
+        ..Default::default()
+    });
+    let mut expect: Vec<(String, Vec<&str>, &str)> = Vec::new();
 
     // Block: refused in the client's dialect, naming the rule; nothing reaches the provider.
     stack.clear_upstream_requests().await;
     let r = send(&stack, dialect, &format!("my card is {CARD} thanks"), false).await;
     assert_blocked(dialect, &r, "no-cards", CARD);
+    expect.push((rid(&r), vec!["request:block:no-cards"], "guardrail_blocked"));
     assert!(
         posted(&stack).await.is_empty(),
         "a blocked request went upstream"
@@ -137,6 +158,7 @@ async fn guardrails_in(dialect: &str) {
         "{text}"
     );
     assert_eq!(counter(&stack, "email", "redact", "request").await, 1);
+    expect.push((rid(&r), vec!["request:redact:email"], ""));
 
     // Flag: passes unchanged, counted.
     stack.clear_upstream_requests().await;
@@ -146,12 +168,14 @@ async fn guardrails_in(dialect: &str) {
         .to_string()
         .contains("status of Project X please"));
     assert_eq!(counter(&stack, "watch", "flag", "request").await, 1);
+    expect.push((rid(&r), vec!["request:flag:watch"], ""));
 
     // Response, streamed: the mock sends the phone number one word per chunk; the client never
     // sees it, and the stream is well formed to its end.
     let prompt = format!("call me at {PHONE} tomorrow");
     let r = send(&stack, dialect, &prompt, true).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    expect.push((rid(&r), vec!["response:redact:reply-phone"], ""));
     let (text, error) = reply_text(dialect, &r, true);
     assert!(error.is_none(), "{}", r.text);
     assert!(!r.text.contains("7946"), "{}", r.text);
@@ -198,10 +222,36 @@ async fn guardrails_in(dialect: &str) {
     assert!(!text.contains("TOPSECRET"));
     let error = error.unwrap_or_else(|| panic!("no error event: {}", r.text));
     assert!(error.to_string().contains("`reply-secret`"), "{error}");
+    expect.push((
+        rid(&r),
+        vec!["response:block:reply-secret"],
+        "guardrail_blocked",
+    ));
 
     // Response, complete, blocked: an error instead of the answer.
     let r = send(&stack, dialect, "say TOPSECRET-4242 now", false).await;
     assert_blocked(dialect, &r, "reply-secret", "TOPSECRET-4242");
+    expect.push((
+        rid(&r),
+        vec!["response:block:reply-secret"],
+        "guardrail_blocked",
+    ));
+
+    // Every verdict is in the request's log event, and no matched text is anywhere in the log.
+    let lines = log_lines(&logger, 8).await;
+    for (id, verdicts, class) in expect {
+        let line = lines
+            .iter()
+            .find(|l| l["request_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no log line for {id}: {lines:?}"));
+        assert_eq!(line["guardrail_verdicts"], json!(verdicts), "{line}");
+        assert_eq!(line["error_class"], class, "{line}");
+    }
+    let all = serde_json::to_string(&lines).unwrap();
+    for secret in [CARD, EMAIL, PHONE, "TOPSECRET-4242"] {
+        assert!(!all.contains(secret));
+        assert!(!stack.serve_log().contains(secret), "serve logged {secret}");
+    }
 }
 
 #[tokio::test]
