@@ -263,3 +263,17 @@ async fn guardrails_openai_dialect() {
 async fn guardrails_anthropic_dialect() {
     guardrails_in("anthropic").await;
 }
+
+#[tokio::test]
+async fn guardrails_as_the_official_sdks_see_them() {
+    let stack = Stack::start(StackOptions::default());
+    run_sdk(
+        "guardrails_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &stack.base),
+            ("TOLLGATE_KEY", KEY_GUARDED),
+            ("TOLLGATE_OPENAI_MODEL", "mock-model"),
+            ("TOLLGATE_ANTHROPIC_MODEL", "claude-model"),
+        ],
+    );
+}
