@@ -15,12 +15,6 @@ const CARD: &str = "4111 1111 1111 1111";
 const EMAIL: &str = "jane.doe@example.com";
 const PHONE: &str = "+44 20 7946 0958";
 
-async fn posted(stack: &Stack) -> Vec<Value> {
-    let mut seen = stack.upstream_requests().await;
-    seen.retain(|r| r["method"] == "POST");
-    seen
-}
-
 /// Sends a request in `dialect` ("openai": chat completions on `mock-model`; "anthropic":
 /// messages on `claude-model`) with the guarded key.
 async fn send(stack: &Stack, dialect: &str, text: &str, stream: bool) -> Reply {
@@ -137,7 +131,7 @@ async fn guardrails_in(dialect: &str) {
     assert_blocked(dialect, &r, "no-cards", CARD);
     expect.push((rid(&r), vec!["request:block:no-cards"], "guardrail_blocked"));
     assert!(
-        posted(&stack).await.is_empty(),
+        stack.posted().await.is_empty(),
         "a blocked request went upstream"
     );
     assert_eq!(counter(&stack, "no-cards", "block", "request").await, 1);
@@ -147,7 +141,7 @@ async fn guardrails_in(dialect: &str) {
     stack.clear_upstream_requests().await;
     let r = send(&stack, dialect, &format!("write to {EMAIL} today"), false).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let seen = posted(&stack).await;
+    let seen = stack.posted().await;
     assert_eq!(seen.len(), 1);
     let upstream = seen[0]["body"].to_string();
     assert!(!upstream.contains(EMAIL), "{upstream}");
@@ -164,7 +158,7 @@ async fn guardrails_in(dialect: &str) {
     stack.clear_upstream_requests().await;
     let r = send(&stack, dialect, "status of Project X please", false).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(posted(&stack).await[0]["body"]
+    assert!(stack.posted().await[0]["body"]
         .to_string()
         .contains("status of Project X please"));
     assert_eq!(counter(&stack, "watch", "flag", "request").await, 1);

@@ -12,13 +12,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-/// The API requests the mock received (not the harness's readiness probes).
-async fn posted(stack: &Stack) -> Vec<Value> {
-    let mut seen = stack.upstream_requests().await;
-    seen.retain(|r| r["method"] == "POST");
-    seen
-}
-
 #[tokio::test]
 async fn anthropic_sdk_against_an_openai_backend() {
     let stack = Stack::start(StackOptions::default());
@@ -33,7 +26,7 @@ async fn anthropic_sdk_against_an_openai_backend() {
         ],
     );
     // Every request went to the OpenAI mock's chat endpoint.
-    let seen = posted(&stack).await;
+    let seen = stack.posted().await;
     assert!(!seen.is_empty());
     for req in &seen {
         assert!(
@@ -57,7 +50,7 @@ async fn anthropic_sdk_against_an_anthropic_backend() {
             ("TOLLGATE_STREAM_ERROR_MODEL", "claude-stream-error"),
         ],
     );
-    let seen = posted(&stack).await;
+    let seen = stack.posted().await;
     assert!(!seen.is_empty());
     for req in &seen {
         assert_eq!(req["path"], "/v1/messages", "{req}");
@@ -78,7 +71,7 @@ async fn openai_sdk_against_an_anthropic_backend() {
             ("TOLLGATE_STREAM_ERROR_MODEL", "claude-stream-error"),
         ],
     );
-    let seen = posted(&stack).await;
+    let seen = stack.posted().await;
     assert!(!seen.is_empty());
     for req in &seen {
         assert_eq!(req["path"], "/v1/messages", "{req}");

@@ -583,6 +583,13 @@ impl Stack {
             .unwrap()
     }
 
+    /// The API requests the mock received (not the harness's readiness probes).
+    pub async fn posted(&self) -> Vec<serde_json::Value> {
+        let mut seen = self.upstream_requests().await;
+        seen.retain(|r| r["method"] == "POST");
+        seen
+    }
+
     pub async fn clear_upstream_requests(&self) {
         self.http
             .delete(format!("{}/__mock/requests", self.mock))
