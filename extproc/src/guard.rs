@@ -24,6 +24,7 @@ use tollgate_proto::logger::v1::GuardrailVerdict;
 
 use crate::translator::hub::{Delta, StreamEvent};
 use crate::translator::json::RawObject;
+use crate::translator::sse::{event_data, event_end};
 
 /// One rule that matched one side of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -390,3 +391,201 @@ impl StreamGuard {
 
 #[cfg(test)]
 mod tests;
+
+/// The guard of a same-dialect OpenAI stream (chat or legacy completions), event by event
+/// without a round trip through the hub: every choice's `delta.content` (or completions
+/// `text`) goes through a scanner of its own, and every other member of a chunk stays as the
+/// provider wrote it. Text still held when a choice finishes is released in its finishing
+/// chunk.
+#[derive(Debug)]
+pub struct OpenAiStreamGuard {
+    engine: Arc<Engine>,
+    carry: Vec<u8>,
+    /// Open choices: (choice index, scanner).
+    choices: Vec<(u64, StreamScanner)>,
+    verdict: Verdict,
+    blocked_by: Option<String>,
+    /// `id`, `object`, `created`, `model` of the last chunk, for a chunk releasing held text
+    /// of choices that never finished.
+    template: Option<Value>,
+}
+
+impl OpenAiStreamGuard {
+    /// A guard for one stream under `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            engine,
+            carry: Vec::new(),
+            choices: Vec::new(),
+            verdict: Verdict::default(),
+            blocked_by: None,
+            template: None,
+        }
+    }
+
+    /// Everything decided so far, including choices still open.
+    pub fn verdict(&self) -> Verdict {
+        let mut v = self.verdict.clone();
+        for (_, s) in &self.choices {
+            merge(&mut v, s.verdict().clone());
+        }
+        v
+    }
+
+    /// Filters the next bytes of the stream (whole events are handled; a partial one waits).
+    pub fn push(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(chunk.len() + 64);
+        if self.blocked_by.is_some() {
+            return out;
+        }
+        self.carry.extend_from_slice(chunk);
+        let buf = std::mem::take(&mut self.carry);
+        let mut pos = 0;
+        while let Some(len) = event_end(&buf[pos..]) {
+            self.event(&buf[pos..pos + len], &mut out);
+            pos += len;
+        }
+        let rest = &buf[pos..];
+        if end {
+            if !rest.is_empty() {
+                self.event(rest, &mut out);
+            }
+            self.release_open(&mut out);
+        } else {
+            self.carry.extend_from_slice(rest);
+        }
+        out
+    }
+
+    fn scanner(&mut self, index: u64) -> &mut StreamScanner {
+        let pos = match self.choices.iter().position(|(i, _)| *i == index) {
+            Some(p) => p,
+            None => {
+                self.choices
+                    .push((index, StreamScanner::new(Arc::clone(&self.engine))));
+                self.choices.len() - 1
+            }
+        };
+        &mut self.choices[pos].1
+    }
+
+    fn finish_choice(&mut self, index: u64) -> tollgate_guardrails::StreamOutput {
+        let Some(pos) = self.choices.iter().position(|(i, _)| *i == index) else {
+            return Default::default();
+        };
+        let (_, mut scanner) = self.choices.remove(pos);
+        let o = scanner.finish();
+        merge(&mut self.verdict, scanner.verdict().clone());
+        o
+    }
+
+    fn block(&mut self, rule: String, out: &mut Vec<u8>) {
+        let err = ApiError::GuardrailBlocked {
+            rule: rule.clone(),
+            side: Side::Response,
+        };
+        self.blocked_by = Some(rule);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&err.body(tollgate_core::Dialect::OpenAi));
+        out.extend_from_slice(b"\n\n");
+    }
+
+    fn event(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        if self.blocked_by.is_some() {
+            return;
+        }
+        let data = event_data(raw);
+        if data == b"[DONE]" {
+            self.release_open(out);
+            if self.blocked_by.is_none() {
+                out.extend_from_slice(raw);
+            }
+            return;
+        }
+        let Ok(mut v) = serde_json::from_slice::<Value>(&data) else {
+            out.extend_from_slice(raw);
+            return;
+        };
+        let mut changed = false;
+        if let Some(Value::Array(choices)) = v.get_mut("choices") {
+            for c in choices {
+                let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
+                let chat = c.get("delta").is_some();
+                let field = if chat {
+                    c.get_mut("delta").and_then(|d| d.get_mut("content"))
+                } else {
+                    c.get_mut("text")
+                };
+                let mut released = None;
+                if let Some(Value::String(t)) = field {
+                    let o = self.scanner(index).push(t.as_bytes());
+                    if let Some(rule) = o.blocked_by {
+                        return self.block(rule, out);
+                    }
+                    released = Some(o.text);
+                }
+                if finished {
+                    let o = self.finish_choice(index);
+                    if let Some(rule) = o.blocked_by {
+                        return self.block(rule, out);
+                    }
+                    if !o.text.is_empty() {
+                        released.get_or_insert_with(String::new).push_str(&o.text);
+                    }
+                }
+                let Some(text) = released else { continue };
+                changed = true;
+                if chat {
+                    if let Some(d) = c.get_mut("delta").and_then(Value::as_object_mut) {
+                        d.insert("content".into(), Value::String(text));
+                    }
+                } else if let Some(c) = c.as_object_mut() {
+                    c.insert("text".into(), Value::String(text));
+                }
+            }
+        }
+        if let Some(obj) = v.as_object() {
+            let keep = ["id", "object", "created", "model"];
+            let t: serde_json::Map<String, Value> = obj
+                .iter()
+                .filter(|(k, _)| keep.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if t.contains_key("object") {
+                self.template = Some(Value::Object(t));
+            }
+        }
+        if changed {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(v.to_string().as_bytes());
+            out.extend_from_slice(b"\n\n");
+        } else {
+            out.extend_from_slice(raw);
+        }
+    }
+
+    /// Releases the text of choices that never finished (the stream ends).
+    fn release_open(&mut self, out: &mut Vec<u8>) {
+        let open: Vec<u64> = self.choices.iter().map(|(i, _)| *i).collect();
+        for index in open {
+            let o = self.finish_choice(index);
+            if let Some(rule) = o.blocked_by {
+                return self.block(rule, out);
+            }
+            let Some(mut chunk) = self.template.clone().filter(|_| !o.text.is_empty()) else {
+                continue;
+            };
+            let chat = chunk["object"] == "chat.completion.chunk";
+            let choice = if chat {
+                serde_json::json!({"index": index, "delta": {"content": o.text}, "finish_reason": null})
+            } else {
+                serde_json::json!({"index": index, "text": o.text, "finish_reason": null})
+            };
+            chunk["choices"] = Value::Array(vec![choice]);
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(chunk.to_string().as_bytes());
+            out.extend_from_slice(b"\n\n");
+        }
+    }
+}

@@ -24,7 +24,7 @@ use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
 use tollgate_guardrails::Engine;
 use tollgate_logger::LogHandle;
 
-use crate::guard::{self, StreamGuard, Verdicts};
+use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
 use crate::log;
 use crate::mutation::{self, set};
 use crate::translator::stream::StreamTranslator;
@@ -102,7 +102,7 @@ struct Forwarded {
 #[derive(Debug)]
 enum ResponseStream {
     /// Same dialect (OpenAI family): read usage, hide the usage chunk nobody asked for.
-    Usage(UsageFilter),
+    Usage(UsageFilter, Option<Box<OpenAiStreamGuard>>),
     /// Anything else: decode and re-encode event by event.
     Translate(Box<StreamTranslator>),
 }
@@ -444,22 +444,19 @@ impl Processor {
             _ => {}
         }
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
-        // Legacy completions streams are not chat streams: their text is not judged.
-        let stream_guard = response_guard
-            .as_ref()
-            .filter(|_| endpoint != Endpoint::Completions)
-            .map(|e| StreamGuard::new(Arc::clone(e)));
         let sse = parsed.stream.then(|| {
-            if !pair.is_openai_passthrough() || stream_guard.is_some() {
-                let include_usage =
-                    include_usage || (pair.is_openai_passthrough() && !strip_usage_chunk);
+            let engine = response_guard.as_ref().map(Arc::clone);
+            if !pair.is_openai_passthrough() {
                 ResponseStream::Translate(Box::new(pair.stream_guarded(
                     include_usage,
                     unix_now(),
-                    stream_guard,
+                    engine.map(StreamGuard::new),
                 )))
             } else {
-                ResponseStream::Usage(UsageFilter::new(strip_usage_chunk))
+                ResponseStream::Usage(
+                    UsageFilter::new(strip_usage_chunk),
+                    engine.map(|e| Box::new(OpenAiStreamGuard::new(e))),
+                )
             }
         });
         self.forwarded = Some(Forwarded {
@@ -547,8 +544,13 @@ impl Processor {
         }
         let mut common = Default::default();
         match &mut fwd.sse {
-            Some(ResponseStream::Usage(filter)) if ok => {
-                if let Some(out) = filter.push(&b.body, b.end_of_stream) {
+            Some(ResponseStream::Usage(filter, guard)) if ok => {
+                let out = filter.push(&b.body, b.end_of_stream);
+                let out = match guard {
+                    Some(g) => Some(g.push(out.as_deref().unwrap_or(&b.body), b.end_of_stream)),
+                    None => out,
+                };
+                if let Some(out) = out {
                     common = mutation::common(vec![], vec![], Some(out), false);
                 }
                 fwd.usage = filter.usage();
@@ -637,15 +639,13 @@ impl Processor {
             return;
         }
         self.finished = true;
-        if let Some(Forwarded {
-            sse: Some(ResponseStream::Translate(t)),
-            ..
-        }) = &self.forwarded
-        {
-            if let Some(g) = t.guard() {
-                self.verdicts
-                    .add(Side::Response, &g.verdict(), &self.metrics);
-            }
+        let stream_verdict = match self.forwarded.as_ref().and_then(|f| f.sse.as_ref()) {
+            Some(ResponseStream::Translate(t)) => t.guard().map(StreamGuard::verdict),
+            Some(ResponseStream::Usage(_, g)) => g.as_deref().map(OpenAiStreamGuard::verdict),
+            None => None,
+        };
+        if let Some(v) = stream_verdict {
+            self.verdicts.add(Side::Response, &v, &self.metrics);
         }
         self.emit_log();
         let Some(fwd) = &self.forwarded else { return };

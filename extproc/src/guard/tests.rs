@@ -259,9 +259,21 @@ fn client_text(client: ApiFamily, sse: &[u8]) -> (String, Option<Value>) {
     (text, error)
 }
 
+/// The client stream, as the processor builds it: the OpenAI → OpenAI pair through its usage
+/// filter and [`OpenAiStreamGuard`], every other pair through the hub with a [`StreamGuard`].
 fn run(pair: Pair, engine: &Arc<Engine>, chunks: &[&[u8]]) -> Vec<u8> {
-    let mut t = pair.stream_guarded(false, 7, Some(StreamGuard::new(Arc::clone(engine))));
     let mut out = Vec::new();
+    if pair.is_openai_passthrough() {
+        let mut filter = crate::translator::sse::UsageFilter::new(false);
+        let mut guard = OpenAiStreamGuard::new(Arc::clone(engine));
+        for (i, c) in chunks.iter().enumerate() {
+            let end = i + 1 == chunks.len();
+            let filtered = filter.push(c, end);
+            out.extend(guard.push(filtered.as_deref().unwrap_or(c), end));
+        }
+        return out;
+    }
+    let mut t = pair.stream_guarded(false, 7, Some(StreamGuard::new(Arc::clone(engine))));
     for (i, c) in chunks.iter().enumerate() {
         out.extend(t.push(c, i + 1 == chunks.len()));
     }
@@ -408,4 +420,89 @@ fn complete_responses_are_judged_in_place_in_each_dialect() {
     let (_, out) = judge_response(&pii(), ApiFamily::Anthropic, br#"{"content":[]}"#).unwrap();
     assert!(out.is_none());
     assert!(judge_response(&pii(), ApiFamily::OpenAi, b"<html>").is_none());
+}
+
+#[test]
+fn same_dialect_openai_streams_keep_every_choice_and_member() {
+    let engine = pii();
+    let chunk = |choices: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "u",
+                "system_fingerprint": "fp_1", "choices": choices})
+        )
+    };
+    let mut up = String::new();
+    up.push_str(&chunk(json!([
+        {"index": 0, "delta": {"role": "assistant", "content": "a: bob@exa"}, "logprobs": {"content": []}, "finish_reason": null},
+        {"index": 1, "delta": {"role": "assistant", "content": "b: ann@exa"}, "finish_reason": null}
+    ])));
+    up.push_str(&chunk(json!([
+        {"index": 1, "delta": {"content": "mple.org"}, "finish_reason": "stop"},
+        {"index": 0, "delta": {"content": "mple.com ok"}, "finish_reason": null}
+    ])));
+    up.push_str(&chunk(
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+    ));
+    up.push_str("data: [DONE]\n\n");
+    let out = run(PAIRS[0], &engine, &[up.as_bytes()]);
+    let s = String::from_utf8(out).unwrap();
+    assert!(!s.contains("example"), "{s}");
+    let mut texts = [String::new(), String::new()];
+    for data in s.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["system_fingerprint"], "fp_1");
+        for c in v["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            texts[i].push_str(c["delta"]["content"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(texts, ["a: [REDACTED:email] ok", "b: [REDACTED:email]"]);
+    assert!(s.contains("\"logprobs\":{\"content\":[]}"));
+    assert!(s.ends_with("data: [DONE]\n\n"));
+}
+
+#[test]
+fn legacy_completions_streams_are_redacted_and_blocked() {
+    let engine = pii();
+    let chunk = |text: &str, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "text_completion", "created": 1, "model": "u",
+                "choices": [{"index": 0, "text": text, "finish_reason": finish}]})
+        )
+    };
+    let up = [
+        chunk("mail bob@", Value::Null),
+        chunk("example.com", Value::Null),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let out = String::from_utf8(run(PAIRS[0], &engine, &[up.as_bytes()])).unwrap();
+    let text: String = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(text, "mail [REDACTED:email]");
+    assert!(out.ends_with("data: [DONE]\n\n"));
+
+    let up = [
+        chunk("card 4111 1111 1111 1111 ok", Value::Null),
+        chunk("more", json!("stop")),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let out = String::from_utf8(run(PAIRS[0], &engine, &[up.as_bytes()])).unwrap();
+    assert!(!out.contains("4111") && !out.contains("[DONE]"), "{out}");
+    assert!(out.contains("guardrail_blocked"), "{out}");
 }
