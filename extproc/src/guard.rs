@@ -19,12 +19,12 @@ use serde_json::Value;
 use tollgate_core::config::{ApiFamily, Side};
 use tollgate_core::metrics::{GuardrailLabels, Metrics};
 use tollgate_core::{ApiError, Endpoint};
-use tollgate_guardrails::{Engine, StreamScanner, Verdict};
+use tollgate_guardrails::{Engine, StreamOutput, StreamScanner, Verdict};
 use tollgate_proto::logger::v1::GuardrailVerdict;
 
 use crate::translator::hub::{Delta, StreamEvent};
 use crate::translator::json::RawObject;
-use crate::translator::sse::{event_data, event_end};
+use crate::translator::sse::{each_event, event_data};
 
 /// One rule that matched one side of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,12 +265,63 @@ pub fn judge_response(
     Some((verdict, body))
 }
 
+/// The scanners of one stream's open texts (content blocks or choices), by key, and the
+/// verdicts of those already finished.
+#[derive(Debug)]
+struct Scanners {
+    engine: Arc<Engine>,
+    open: Vec<(u64, StreamScanner)>,
+    finished: Verdict,
+}
+
+impl Scanners {
+    fn new(engine: Arc<Engine>) -> Self {
+        Self {
+            engine,
+            open: Vec::new(),
+            finished: Verdict::default(),
+        }
+    }
+
+    /// Feeds text of `key` (its scanner starts with its first text).
+    fn push(&mut self, key: u64, text: &str) -> StreamOutput {
+        if let Some((_, s)) = self.open.iter_mut().find(|(k, _)| *k == key) {
+            return s.push(text.as_bytes());
+        }
+        let mut s = StreamScanner::new(Arc::clone(&self.engine));
+        let o = s.push(text.as_bytes());
+        self.open.push((key, s));
+        o
+    }
+
+    /// Ends the text of `key`, releasing what its scanner held.
+    fn finish(&mut self, key: u64) -> StreamOutput {
+        let Some(pos) = self.open.iter().position(|(k, _)| *k == key) else {
+            return StreamOutput::default();
+        };
+        let (_, mut s) = self.open.remove(pos);
+        let o = s.finish();
+        merge(&mut self.finished, s.verdict().clone());
+        o
+    }
+
+    fn keys(&self) -> Vec<u64> {
+        self.open.iter().map(|(k, _)| *k).collect()
+    }
+
+    fn verdict(&self) -> Verdict {
+        let mut v = self.finished.clone();
+        for (_, s) in &self.open {
+            merge(&mut v, s.verdict().clone());
+        }
+        v
+    }
+}
+
 /// The guard of one response stream: a scanner per open text block.
 #[derive(Debug)]
 pub struct StreamGuard {
-    engine: Arc<Engine>,
-    open: Vec<(usize, StreamScanner)>,
-    verdict: Verdict,
+    scanners: Scanners,
     blocked_by: Option<String>,
 }
 
@@ -278,9 +329,7 @@ impl StreamGuard {
     /// A guard for one stream under `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
         Self {
-            engine,
-            open: Vec::new(),
-            verdict: Verdict::default(),
+            scanners: Scanners::new(engine),
             blocked_by: None,
         }
     }
@@ -292,11 +341,7 @@ impl StreamGuard {
 
     /// Everything decided so far, including blocks still open.
     pub fn verdict(&self) -> Verdict {
-        let mut v = self.verdict.clone();
-        for (_, s) in &self.open {
-            merge(&mut v, s.verdict().clone());
-        }
-        v
+        self.scanners.verdict()
     }
 
     fn released(
@@ -320,12 +365,8 @@ impl StreamGuard {
     }
 
     fn close(&mut self, index: usize, out: &mut Vec<StreamEvent>) {
-        if let Some(pos) = self.open.iter().position(|(i, _)| *i == index) {
-            let (_, mut scanner) = self.open.remove(pos);
-            let o = scanner.finish();
-            merge(&mut self.verdict, scanner.verdict().clone());
-            self.released(index, o.text, o.blocked_by, out);
-        }
+        let o = self.scanners.finish(index as u64);
+        self.released(index, o.text, o.blocked_by, out);
     }
 
     /// Releases every text still held (the stream ends).
@@ -333,9 +374,8 @@ impl StreamGuard {
         if self.blocked_by.is_some() {
             return;
         }
-        let open: Vec<usize> = self.open.iter().map(|(i, _)| *i).collect();
-        for index in open {
-            self.close(index, out);
+        for key in self.scanners.keys() {
+            self.close(key as usize, out);
         }
     }
 
@@ -356,18 +396,7 @@ impl StreamGuard {
                     index,
                     delta: Delta::Text(t),
                 } => {
-                    let pos = match self.open.iter().position(|(i, _)| *i == index) {
-                        Some(p) => p,
-                        None => {
-                            self.open
-                                .push((index, StreamScanner::new(Arc::clone(&self.engine))));
-                            self.open.len() - 1
-                        }
-                    };
-                    let Some((_, scanner)) = self.open.get_mut(pos) else {
-                        continue;
-                    };
-                    let o = scanner.push(t.as_bytes());
+                    let o = self.scanners.push(index as u64, &t);
                     self.released(index, o.text, o.blocked_by, &mut out);
                 }
                 StreamEvent::BlockStop { index } => {
@@ -399,11 +428,9 @@ mod tests;
 /// chunk.
 #[derive(Debug)]
 pub struct OpenAiStreamGuard {
-    engine: Arc<Engine>,
     carry: Vec<u8>,
-    /// Open choices: (choice index, scanner).
-    choices: Vec<(u64, StreamScanner)>,
-    verdict: Verdict,
+    /// By choice index.
+    scanners: Scanners,
     blocked_by: Option<String>,
     /// `id`, `object`, `created`, `model` of the last chunk, for a chunk releasing held text
     /// of choices that never finished.
@@ -414,10 +441,8 @@ impl OpenAiStreamGuard {
     /// A guard for one stream under `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
         Self {
-            engine,
             carry: Vec::new(),
-            choices: Vec::new(),
-            verdict: Verdict::default(),
+            scanners: Scanners::new(engine),
             blocked_by: None,
             template: None,
         }
@@ -425,11 +450,7 @@ impl OpenAiStreamGuard {
 
     /// Everything decided so far, including choices still open.
     pub fn verdict(&self) -> Verdict {
-        let mut v = self.verdict.clone();
-        for (_, s) in &self.choices {
-            merge(&mut v, s.verdict().clone());
-        }
-        v
+        self.scanners.verdict()
     }
 
     /// Filters the next bytes of the stream (whole events are handled; a partial one waits).
@@ -438,45 +459,13 @@ impl OpenAiStreamGuard {
         if self.blocked_by.is_some() {
             return out;
         }
-        self.carry.extend_from_slice(chunk);
-        let buf = std::mem::take(&mut self.carry);
-        let mut pos = 0;
-        while let Some(len) = event_end(&buf[pos..]) {
-            self.event(&buf[pos..pos + len], &mut out);
-            pos += len;
-        }
-        let rest = &buf[pos..];
+        let mut carry = std::mem::take(&mut self.carry);
+        each_event(&mut carry, chunk, end, |e| self.event(e, &mut out));
+        self.carry = carry;
         if end {
-            if !rest.is_empty() {
-                self.event(rest, &mut out);
-            }
             self.release_open(&mut out);
-        } else {
-            self.carry.extend_from_slice(rest);
         }
         out
-    }
-
-    fn scanner(&mut self, index: u64) -> &mut StreamScanner {
-        let pos = match self.choices.iter().position(|(i, _)| *i == index) {
-            Some(p) => p,
-            None => {
-                self.choices
-                    .push((index, StreamScanner::new(Arc::clone(&self.engine))));
-                self.choices.len() - 1
-            }
-        };
-        &mut self.choices[pos].1
-    }
-
-    fn finish_choice(&mut self, index: u64) -> tollgate_guardrails::StreamOutput {
-        let Some(pos) = self.choices.iter().position(|(i, _)| *i == index) else {
-            return Default::default();
-        };
-        let (_, mut scanner) = self.choices.remove(pos);
-        let o = scanner.finish();
-        merge(&mut self.verdict, scanner.verdict().clone());
-        o
     }
 
     fn block(&mut self, rule: String, out: &mut Vec<u8>) {
@@ -519,14 +508,14 @@ impl OpenAiStreamGuard {
                 };
                 let mut released = None;
                 if let Some(Value::String(t)) = field {
-                    let o = self.scanner(index).push(t.as_bytes());
+                    let o = self.scanners.push(index, t);
                     if let Some(rule) = o.blocked_by {
                         return self.block(rule, out);
                     }
                     released = Some(o.text);
                 }
                 if finished {
-                    let o = self.finish_choice(index);
+                    let o = self.scanners.finish(index);
                     if let Some(rule) = o.blocked_by {
                         return self.block(rule, out);
                     }
@@ -567,9 +556,8 @@ impl OpenAiStreamGuard {
 
     /// Releases the text of choices that never finished (the stream ends).
     fn release_open(&mut self, out: &mut Vec<u8>) {
-        let open: Vec<u64> = self.choices.iter().map(|(i, _)| *i).collect();
-        for index in open {
-            let o = self.finish_choice(index);
+        for index in self.scanners.keys() {
+            let o = self.scanners.finish(index);
             if let Some(rule) = o.blocked_by {
                 return self.block(rule, out);
             }

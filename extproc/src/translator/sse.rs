@@ -34,6 +34,27 @@ pub fn event_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// Feeds `chunk` after the bytes held back in `carry`, calls `f` on each complete event in
+/// order, and holds the incomplete rest in `carry`; at `end` the rest is an event too (an
+/// upstream that ended without the blank line).
+pub fn each_event(carry: &mut Vec<u8>, chunk: &[u8], end: bool, mut f: impl FnMut(&[u8])) {
+    carry.extend_from_slice(chunk);
+    let buf = std::mem::take(carry);
+    let mut pos = 0;
+    while let Some(len) = event_end(&buf[pos..]) {
+        f(&buf[pos..pos + len]);
+        pos += len;
+    }
+    let rest = &buf[pos..];
+    if end {
+        if !rest.is_empty() {
+            f(rest);
+        }
+    } else {
+        carry.extend_from_slice(rest);
+    }
+}
+
 /// The joined `data:` lines of one event.
 pub fn event_data(event: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();

@@ -12,7 +12,7 @@ use crate::guard::StreamGuard;
 
 use super::codec::{anthropic, openai};
 use super::hub::StreamEvent;
-use super::sse::{event_data, event_end};
+use super::sse::{each_event, event_data};
 
 /// Reads the provider's stream.
 #[derive(Debug)]
@@ -84,19 +84,10 @@ impl StreamTranslator {
         if self.ended {
             return out;
         }
-        self.carry.extend_from_slice(chunk);
-        let buf = std::mem::take(&mut self.carry);
-        let mut pos = 0;
-        while let Some(len) = event_end(&buf[pos..]) {
-            self.event(&buf[pos..pos + len], &mut out);
-            pos += len;
-        }
-        let rest = &buf[pos..];
+        let mut carry = std::mem::take(&mut self.carry);
+        each_event(&mut carry, chunk, end, |e| self.event(e, &mut out));
+        self.carry = carry;
         if end {
-            if !rest.is_empty() {
-                // The upstream ended without the blank line: its last event is still whole.
-                self.event(rest, &mut out);
-            }
             if let Decoder::OpenAi(d) = &mut self.decoder {
                 d.finish(&mut self.events);
             }
@@ -105,8 +96,6 @@ impl StreamTranslator {
                 g.finish(&mut self.events);
             }
             self.flush(&mut out);
-        } else {
-            self.carry.extend_from_slice(rest);
         }
         out
     }
