@@ -46,6 +46,9 @@ pub struct RawConfig {
     /// Model prices: overrides of (and additions to) the built-in catalog.
     #[serde(default)]
     pub pricing: RawPricing,
+    /// Per-tenant settings, by tenant name (the `tenant` of keys).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, RawTenant>,
 }
 
 /// The `logging` section: how `serve` ships one `LogEvent` per request to `tollgate logger`.
@@ -295,6 +298,19 @@ pub struct RawKey {
     /// A disabled key is refused.
     #[serde(default)]
     pub disabled: bool,
+    /// Requests per minute this key may make (a burst of that many, then an even rate);
+    /// refused with 429 and `Retry-After` beyond it. No limit when absent.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+}
+
+/// Limits shared by every key of a tenant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Requests per minute for all the tenant's keys together.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -590,6 +606,8 @@ pub struct KeyBundle {
     pub expires_at: Option<OffsetDateTime>,
     /// Disabled by an operator.
     pub disabled: bool,
+    /// The key's own request-rate limit, per minute.
+    pub requests_per_minute: Option<u32>,
 }
 
 /// The validated `logging` section.
@@ -664,6 +682,8 @@ pub struct Config {
     pub logging: Option<Logging>,
     /// Model prices: the built-in catalog with the config's overrides.
     pub prices: PriceTable,
+    /// Request-rate limits per tenant, per minute.
+    pub tenant_requests_per_minute: HashMap<String, u32>,
 }
 
 impl Config {
@@ -746,6 +766,12 @@ impl Config {
         let mut ids = HashSet::new();
         for (i, k) in raw.keys.iter().enumerate() {
             let path = format!("keys[{i}]");
+            if k.requests_per_minute == Some(0) {
+                errs.add(
+                    format!("{path}.requests_per_minute"),
+                    "must be at least 1 (set `disabled: true` to refuse everything)",
+                );
+            }
             if k.id.trim().is_empty() {
                 errs.add(format!("{path}.id"), "must not be empty");
             } else if !ids.insert(k.id.as_str()) {
@@ -774,6 +800,7 @@ impl Config {
                         models: models_access,
                         expires_at: k.expires_at,
                         disabled: k.disabled,
+                        requests_per_minute: k.requests_per_minute,
                     };
                     if keys.insert(hash, Arc::new(bundle)).is_some() {
                         errs.add(format!("{path}.hash"), "the same key hash appears twice");
@@ -796,6 +823,18 @@ impl Config {
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
+        let mut tenant_requests_per_minute = HashMap::new();
+        for (name, t) in &raw.tenants {
+            if let Some(n) = t.requests_per_minute {
+                if n == 0 {
+                    errs.add(
+                        format!("tenants.{name}.requests_per_minute"),
+                        "must be at least 1 (disable the keys to refuse everything)",
+                    );
+                }
+                tenant_requests_per_minute.insert(name.clone(), n);
+            }
+        }
 
         match listen {
             Some(listen) if errs.0.is_empty() => Ok(Config {
@@ -806,6 +845,7 @@ impl Config {
                 max_request_body_bytes: max_body,
                 logging,
                 prices,
+                tenant_requests_per_minute,
             }),
             _ => Err(errs.0),
         }
