@@ -41,8 +41,8 @@ tenants:
     AuthzService::new(Arc::new(ArcSwap::from_pointee(config)), Metrics::default())
 }
 
-fn check(path: &str, headers: &[(&str, &str)]) -> CheckResponse {
-    let req = CheckRequest {
+fn check_request(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
                 http: Some(HttpRequest {
@@ -58,8 +58,14 @@ fn check(path: &str, headers: &[(&str, &str)]) -> CheckResponse {
             }),
             ..Default::default()
         }),
-    };
-    service().decide(&req, datetime!(2026-06-01 0:00 UTC))
+    }
+}
+
+fn check(path: &str, headers: &[(&str, &str)]) -> CheckResponse {
+    service().decide(
+        &check_request(path, headers),
+        datetime!(2026-06-01 0:00 UTC),
+    )
 }
 
 fn denied(resp: &CheckResponse) -> (i32, serde_json::Value, Vec<(String, String)>) {
@@ -210,20 +216,7 @@ fn a_refusal_becomes_a_log_event_with_the_key_owner_when_known() {
 }
 
 fn request(path: &str, key: &str) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: path.into(),
-                    headers: [("authorization".to_owned(), format!("Bearer {key}"))].into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
+    check_request(path, &[("authorization", &format!("Bearer {key}"))])
 }
 
 fn ok_headers(resp: &CheckResponse) -> HashMap<String, String> {
