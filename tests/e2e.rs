@@ -452,3 +452,34 @@ async fn config_reload_applies_good_files_and_keeps_the_old_config_on_bad_ones()
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_retry_after_and_openai_headers() {
+    let stack = Stack::start(StackOptions::default());
+    for remaining in ["1", "0"] {
+        let r = stack
+            .post("/v1/chat/completions", Some(KEY_RATE), CHAT)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("2"));
+        assert_eq!(r.header("x-ratelimit-remaining-requests"), Some(remaining));
+        assert!(r.header("x-ratelimit-reset-requests").is_some());
+    }
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_RATE), CHAT)
+        .await;
+    r.assert_openai_error(429, Some("rate_limit_exceeded"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    // Refused before ext_proc: the provider never saw a third request.
+    let upstream = stack.upstream_requests().await;
+    let posts = upstream.iter().filter(|r| r["method"] == "POST").count();
+    assert_eq!(posts, 2, "{upstream:?}");
+    // Other keys are not affected.
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), CHAT)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-limit-requests"), None);
+}

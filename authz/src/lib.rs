@@ -4,6 +4,7 @@
 //! request never reaches ext_proc, so its `LogEvent` is emitted here.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::ext_authz::v3::pb::{
@@ -17,6 +18,7 @@ use time::OffsetDateTime;
 use tollgate_core::config::KeyBundle;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
+use tollgate_core::ratelimit::{self, Decision, RateLimiter};
 use tollgate_core::{keys, ApiError, Dialect, Endpoint, SharedConfig};
 use tollgate_logger::LogHandle;
 use tollgate_proto::logger::v1::LogEvent;
@@ -34,6 +36,8 @@ pub struct AuthzService {
     config: SharedConfig,
     metrics: Metrics,
     log: Option<LogHandle>,
+    /// Request-rate state per key and tenant; survives config reloads.
+    limiter: Arc<RateLimiter>,
 }
 
 impl AuthzService {
@@ -43,6 +47,7 @@ impl AuthzService {
             config,
             metrics,
             log: None,
+            limiter: Arc::new(RateLimiter::new()),
         }
     }
 
@@ -79,20 +84,51 @@ impl AuthzService {
             }
             (Some(_), Some(b)) => Ok(b),
         };
+        // Rate limits of the key and its tenant, counted only for requests all of them admit.
+        let decision = decision.and_then(|b| {
+            let key_scope = format!("key:{}", b.id);
+            let tenant_scope = b.tenant.as_ref().map(|t| format!("tenant:{t}"));
+            let mut limits: Vec<(&str, u32, &'static str)> = Vec::with_capacity(2);
+            if let Some(n) = b.requests_per_minute {
+                limits.push((&key_scope, n, "key"));
+            }
+            if let (Some(scope), Some(n)) = (
+                &tenant_scope,
+                b.tenant
+                    .as_ref()
+                    .and_then(|t| config.tenant_requests_per_minute.get(t)),
+            ) {
+                limits.push((scope, *n, "tenant"));
+            }
+            if limits.is_empty() {
+                return Ok((b, None));
+            }
+            let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (*s, *n)).collect();
+            let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+            match self.limiter.check_all(&pairs, now_nanos) {
+                Ok(d) => Ok((b, Some(d))),
+                Err((i, d)) => Err(ApiError::RateLimited {
+                    scope: limits.get(i).map_or("key", |l| l.2),
+                    limit: d.limit,
+                    retry_after_secs: d.retry_after.as_nanos().div_ceil(1_000_000_000) as u64,
+                }),
+            }
+        });
 
         match decision {
-            Ok(bundle) => {
+            Ok((bundle, rate)) => {
                 self.metrics
                     .authz
                     .get_or_create(&DecisionLabel { decision: "allow" })
                     .inc();
-                allow(bundle, path, method, &request_id)
+                allow(bundle, path, method, &request_id, rate.as_ref())
             }
             Err(err) => {
                 let label = match err {
                     ApiError::MissingKey => "missing_key",
                     ApiError::ExpiredKey => "expired_key",
                     ApiError::DisabledKey => "disabled_key",
+                    ApiError::RateLimited { .. } => "rate_limited",
                     _ => "invalid_key",
                 };
                 self.metrics
@@ -182,7 +218,31 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
     }
 }
 
-fn allow(bundle: &KeyBundle, path: &str, method: &str, request_id: &str) -> CheckResponse {
+/// OpenAI's `x-ratelimit-*` request headers for an admitted request.
+fn rate_headers(d: &Decision) -> Vec<HeaderValueOption> {
+    let set = HeaderAppendAction::OverwriteIfExistsOrAdd;
+    vec![
+        header("x-ratelimit-limit-requests", &d.limit.to_string(), set),
+        header(
+            "x-ratelimit-remaining-requests",
+            &d.remaining.to_string(),
+            set,
+        ),
+        header(
+            "x-ratelimit-reset-requests",
+            &ratelimit::format_reset(d.reset_after),
+            set,
+        ),
+    ]
+}
+
+fn allow(
+    bundle: &KeyBundle,
+    path: &str,
+    method: &str,
+    request_id: &str,
+    rate: Option<&Decision>,
+) -> CheckResponse {
     let models = match &bundle.models {
         tollgate_core::config::ModelAccess::All => vec![string("*")],
         tollgate_core::config::ModelAccess::Only(set) => set.iter().map(|m| string(m)).collect(),
@@ -219,11 +279,13 @@ fn allow(bundle: &KeyBundle, path: &str, method: &str, request_id: &str) -> Chec
         dynamic_metadata: Some(Struct { fields }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers_to_remove,
-            response_headers_to_add: vec![header(
+            response_headers_to_add: std::iter::once(header(
                 md::REQUEST_ID_HEADER,
                 request_id,
                 HeaderAppendAction::OverwriteIfExistsOrAdd,
-            )],
+            ))
+            .chain(rate.map(rate_headers).unwrap_or_default())
+            .collect(),
             ..Default::default()
         })),
     }
@@ -237,6 +299,25 @@ fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
     } else {
         GRPC_PERMISSION_DENIED
     };
+    let set = HeaderAppendAction::OverwriteIfExistsOrAdd;
+    let mut headers = vec![
+        header("content-type", "application/json", set),
+        header(md::REQUEST_ID_HEADER, request_id, set),
+    ];
+    if let ApiError::RateLimited {
+        limit,
+        retry_after_secs,
+        ..
+    } = err
+    {
+        headers.push(header("retry-after", &retry_after_secs.to_string(), set));
+        headers.push(header(
+            "x-ratelimit-limit-requests",
+            &limit.to_string(),
+            set,
+        ));
+        headers.push(header("x-ratelimit-remaining-requests", "0", set));
+    }
     CheckResponse {
         status: Some(rpc::Status {
             code: grpc_code,
@@ -247,18 +328,7 @@ fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
             status: Some(HttpStatus {
                 code: i32::from(status),
             }),
-            headers: vec![
-                header(
-                    "content-type",
-                    "application/json",
-                    HeaderAppendAction::OverwriteIfExistsOrAdd,
-                ),
-                header(
-                    md::REQUEST_ID_HEADER,
-                    request_id,
-                    HeaderAppendAction::OverwriteIfExistsOrAdd,
-                ),
-            ],
+            headers,
             body,
         })),
     }

@@ -26,17 +26,23 @@ keys:
   - {{ id: good, hash: "{}", tenant: acme, team: ml, models: [m1] }}
   - {{ id: old, hash: "{}", models: ["*"], expires_at: 2020-01-01T00:00:00Z }}
   - {{ id: off, hash: "{}", models: ["*"], disabled: true }}
+  - {{ id: slow, hash: "{}", tenant: small, models: ["*"], requests_per_minute: 3 }}
+  - {{ id: slow2, hash: "{}", tenant: small, models: ["*"] }}
+tenants:
+  small: {{ requests_per_minute: 4 }}
 "#,
         format_hash(&hash_key("tg-good")),
         format_hash(&hash_key("tg-old")),
         format_hash(&hash_key("tg-off")),
+        format_hash(&hash_key("tg-slow")),
+        format_hash(&hash_key("tg-slow2")),
     );
     let config = Config::from_yaml(&yaml, &MapEnv::default()).unwrap();
     AuthzService::new(Arc::new(ArcSwap::from_pointee(config)), Metrics::default())
 }
 
-fn check(path: &str, headers: &[(&str, &str)]) -> CheckResponse {
-    let req = CheckRequest {
+fn check_request(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
                 http: Some(HttpRequest {
@@ -52,8 +58,14 @@ fn check(path: &str, headers: &[(&str, &str)]) -> CheckResponse {
             }),
             ..Default::default()
         }),
-    };
-    service().decide(&req, datetime!(2026-06-01 0:00 UTC))
+    }
+}
+
+fn check(path: &str, headers: &[(&str, &str)]) -> CheckResponse {
+    service().decide(
+        &check_request(path, headers),
+        datetime!(2026-06-01 0:00 UTC),
+    )
 }
 
 fn denied(resp: &CheckResponse) -> (i32, serde_json::Value, Vec<(String, String)>) {
@@ -201,4 +213,70 @@ fn a_refusal_becomes_a_log_event_with_the_key_owner_when_known() {
         (e.client_api.as_str(), e.endpoint.as_str()),
         ("anthropic", "messages")
     );
+}
+
+fn request(path: &str, key: &str) -> CheckRequest {
+    check_request(path, &[("authorization", &format!("Bearer {key}"))])
+}
+
+fn ok_headers(resp: &CheckResponse) -> HashMap<String, String> {
+    match resp.http_response.as_ref().unwrap() {
+        HttpResponse::OkResponse(ok) => ok
+            .response_headers_to_add
+            .iter()
+            .map(|h| {
+                let h = h.header.as_ref().unwrap();
+                (h.key.clone(), h.value.clone())
+            })
+            .collect(),
+        other => panic!("expected an allow, got {other:?}"),
+    }
+}
+
+#[test]
+fn request_rate_limits_of_key_and_tenant_answer_429_with_retry_after() {
+    let svc = service();
+    let t0 = datetime!(2026-06-01 0:00 UTC);
+    let chat = "/v1/chat/completions";
+    // The key allows 3 per minute: three pass, counting down in OpenAI's headers.
+    for remaining in ["2", "1", "0"] {
+        let h = ok_headers(&svc.decide(&request(chat, "tg-slow"), t0));
+        assert_eq!(h["x-ratelimit-limit-requests"], "3");
+        assert_eq!(h["x-ratelimit-remaining-requests"], remaining);
+        assert!(h.contains_key("x-ratelimit-reset-requests"));
+    }
+    let (status, body, headers) = denied(&svc.decide(&request(chat, "tg-slow"), t0));
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("this key: 3 per minute"));
+    assert!(
+        headers.contains(&("retry-after".into(), "20".into())),
+        "{headers:?}"
+    );
+    // In Anthropic's dialect for Anthropic clients.
+    let (status, body, _) = denied(&svc.decide(&request("/v1/messages", "tg-slow"), t0));
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (429, Some("rate_limit_error"))
+    );
+    // The tenant allows 4 for all its keys: one more for the other key, then the tenant says no.
+    assert!(ok_headers(&svc.decide(&request(chat, "tg-slow2"), t0))
+        .contains_key("x-ratelimit-limit-requests"));
+    let (status, body, _) = denied(&svc.decide(&request(chat, "tg-slow2"), t0));
+    assert_eq!(status, 429);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("this tenant: 4 per minute"));
+    // A key without limits gets no rate headers; 20 s later the first key may go again.
+    assert!(!ok_headers(&svc.decide(&request(chat, "tg-good"), t0))
+        .contains_key("x-ratelimit-limit-requests"));
+    let later = t0 + time::Duration::seconds(20);
+    assert!(matches!(
+        svc.decide(&request(chat, "tg-slow"), later).http_response,
+        Some(HttpResponse::OkResponse(_))
+    ));
 }

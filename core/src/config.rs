@@ -54,6 +54,9 @@ pub struct RawConfig {
     /// Guardrail policies, and the tenants they apply to.
     #[serde(default)]
     pub guardrails: RawGuardrails,
+    /// Per-tenant settings, by tenant name (the `tenant` of keys).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, RawTenant>,
 }
 
 /// The `logging` section: how `serve` ships one `LogEvent` per request to `tollgate logger`.
@@ -307,6 +310,19 @@ pub struct RawKey {
     /// tenant's.
     #[serde(default)]
     pub guardrails: Option<String>,
+    /// Requests per minute this key may make (a burst of that many, then an even rate);
+    /// refused with 429 and `Retry-After` beyond it. No limit when absent.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+}
+
+/// Limits shared by every key of a tenant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Requests per minute for all the tenant's keys together.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -604,6 +620,8 @@ pub struct KeyBundle {
     pub disabled: bool,
     /// The guardrails policy that applies: the key's own, else its tenant's.
     pub guardrails: Option<String>,
+    /// The key's own request-rate limit, per minute.
+    pub requests_per_minute: Option<u32>,
 }
 
 /// The validated `logging` section.
@@ -680,6 +698,8 @@ pub struct Config {
     pub prices: PriceTable,
     /// Compiled guardrail policies.
     pub guardrails: Guardrails,
+    /// Request-rate limits per tenant, per minute.
+    pub tenant_requests_per_minute: HashMap<String, u32>,
 }
 
 impl Config {
@@ -764,6 +784,12 @@ impl Config {
         let mut ids = HashSet::new();
         for (i, k) in raw.keys.iter().enumerate() {
             let path = format!("keys[{i}]");
+            if k.requests_per_minute == Some(0) {
+                errs.add(
+                    format!("{path}.requests_per_minute"),
+                    "must be at least 1 (set `disabled: true` to refuse everything)",
+                );
+            }
             if k.id.trim().is_empty() {
                 errs.add(format!("{path}.id"), "must not be empty");
             } else if !ids.insert(k.id.as_str()) {
@@ -802,6 +828,7 @@ impl Config {
                         disabled: k.disabled,
                         guardrails: guardrails
                             .resolve(k.guardrails.as_deref(), k.tenant.as_deref()),
+                        requests_per_minute: k.requests_per_minute,
                     };
                     if keys.insert(hash, Arc::new(bundle)).is_some() {
                         errs.add(format!("{path}.hash"), "the same key hash appears twice");
@@ -824,6 +851,18 @@ impl Config {
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
+        let mut tenant_requests_per_minute = HashMap::new();
+        for (name, t) in &raw.tenants {
+            if let Some(n) = t.requests_per_minute {
+                if n == 0 {
+                    errs.add(
+                        format!("tenants.{name}.requests_per_minute"),
+                        "must be at least 1 (disable the keys to refuse everything)",
+                    );
+                }
+                tenant_requests_per_minute.insert(name.clone(), n);
+            }
+        }
 
         match listen {
             Some(listen) if errs.0.is_empty() => Ok(Config {
@@ -835,6 +874,7 @@ impl Config {
                 logging,
                 prices,
                 guardrails,
+                tenant_requests_per_minute,
             }),
             _ => Err(errs.0),
         }

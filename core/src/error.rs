@@ -83,6 +83,16 @@ pub enum ApiError {
     /// The request body exceeds the configured limit.
     #[error("The request body is too large.")]
     PayloadTooLarge,
+    /// A request-rate limit of the key or its tenant is used up.
+    #[error("Rate limit reached for requests on this {scope}: {limit} per minute. Try again in {retry_after_secs}s.")]
+    RateLimited {
+        /// `key` or `tenant`.
+        scope: &'static str,
+        /// The limit, requests per minute.
+        limit: u32,
+        /// Whole seconds until a request would be admitted.
+        retry_after_secs: u64,
+    },
     /// The provider answered with an error body that is not in the client's format.
     #[error("The upstream provider returned an error (HTTP {0}).")]
     Upstream(u16),
@@ -124,6 +134,7 @@ impl ApiError {
             ApiError::ModelNotAllowed(_) => (403, "permission_error", Some("model_not_allowed")),
             ApiError::UnknownEndpoint { .. } => (404, "invalid_request_error", Some("unknown_url")),
             ApiError::PayloadTooLarge => (413, "invalid_request_error", Some("request_too_large")),
+            ApiError::RateLimited { .. } => (429, "requests", Some("rate_limit_exceeded")),
             ApiError::Upstream(status) => (*status, "upstream_error", None),
             ApiError::GuardrailBlocked { .. } => {
                 (400, "invalid_request_error", Some("guardrail_blocked"))

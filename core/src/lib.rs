@@ -8,6 +8,7 @@ pub mod keys;
 pub mod metadata;
 pub mod metrics;
 pub mod pricing;
+pub mod ratelimit;
 pub mod usage;
 
 /// The live config, swapped whole on reload.

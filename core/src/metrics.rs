@@ -6,7 +6,7 @@
 //! | `tollgate_tokens_total` | counter | `provider`, `model`, `kind` (`input`, `output`, `cache_read`, `cache_write`, `reasoning`) | tokens |
 //! | `tollgate_upstream_latency_seconds` | histogram | `provider` | seconds from the forwarded request to the provider's response headers |
 //! | `tollgate_phase_duration_seconds` | histogram | `phase` (`authz`, `request_headers`, `request_body`, `response_headers`, `response_body`) | seconds Tollgate spent on one message |
-//! | `tollgate_authz_decisions_total` | counter | `decision` (`allow`, `missing_key`, `invalid_key`, `expired_key`, `disabled_key`) | checks |
+//! | `tollgate_authz_decisions_total` | counter | `decision` (`allow`, `missing_key`, `invalid_key`, `expired_key`, `disabled_key`, `rate_limited`) | checks |
 //! | `tollgate_errors_total` | counter | `code` (the client-facing error code or type) | requests answered with an error by Tollgate itself |
 //! | `tollgate_config_reloads_total` | counter | `result` (`ok`, `rejected`) | reloads |
 //! | `tollgate_guardrail_verdicts_total` | counter | `rule` (a rule id of a `guardrails` policy), `action` (`block`, `redact`, `flag`), `side` (`request`, `response`) | requests in which the rule matched that side (once per request, however many matches) |

@@ -19,6 +19,8 @@ pub const KEY_ALL: &str = "tg-e2e-all-models";
 pub const KEY_LIMITED: &str = "tg-e2e-limited";
 pub const KEY_EXPIRED: &str = "tg-e2e-expired";
 pub const KEY_DISABLED: &str = "tg-e2e-disabled";
+/// A key limited to 2 requests per minute.
+pub const KEY_RATE: &str = "tg-e2e-rate-limited";
 /// A key of tenant `guarded`, whose guardrails policy is `e2e` (see [`config_yaml`]).
 pub const KEY_GUARDED: &str = "tg-e2e-guarded";
 /// The Azure mock's credential, given to `serve` through the environment.
@@ -279,6 +281,7 @@ keys:
   - {{ id: limited, hash: "{limited}", tenant: acme, models: [mock-model, mock-embedding] }}
   - {{ id: expired, hash: "{expired}", models: ["*"], expires_at: 2020-01-01T00:00:00Z }}
   - {{ id: disabled, hash: "{disabled}", models: ["*"], disabled: true }}
+  - {{ id: rate, hash: "{rate}", tenant: slow, models: ["*"], requests_per_minute: 2 }}
   - {{ id: guarded, hash: "{guarded}", tenant: guarded, models: ["*"] }}
 guardrails:
   tenants: {{ guarded: e2e }}
@@ -298,6 +301,7 @@ guardrails:
         limited = hash(KEY_LIMITED),
         expired = hash(KEY_EXPIRED),
         disabled = hash(KEY_DISABLED),
+        rate = hash(KEY_RATE),
         guarded = hash(KEY_GUARDED),
     )
 }

@@ -1,0 +1,241 @@
+//! Request-rate limits per key and per tenant: GCRA (the generic cell rate algorithm), exact
+//! and O(1) per check, one timestamp per limited scope. A limit of N per minute admits a burst
+//! of N and then one request every 60/N seconds; a refusal says how long until the next
+//! request would be admitted, and every answer says how many remain (OpenAI's
+//! `x-ratelimit-*` headers).
+//!
+//! This is the local (one replica) store. Limits shared by many replicas need a shared store
+//! (Redis, a later step); the arithmetic stays the same.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The window every limit is expressed over.
+const WINDOW_NANOS: u64 = 60_000_000_000;
+
+/// A limit's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether the request is admitted.
+    pub allowed: bool,
+    /// The limit, requests per minute.
+    pub limit: u32,
+    /// Requests still admitted right now after this one.
+    pub remaining: u32,
+    /// Time until the limit is fully replenished.
+    pub reset_after: Duration,
+    /// For a refusal: time until a request would be admitted.
+    pub retry_after: Duration,
+}
+
+/// Per-scope GCRA state: the theoretical arrival time of the next request, in nanoseconds of
+/// the caller's monotonic clock.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    tat: Mutex<HashMap<String, u64>>,
+}
+
+/// Past this many scopes, idle ones (fully replenished) are dropped on the next insert.
+const PRUNE_ABOVE: usize = 10_000;
+
+impl RateLimiter {
+    /// A limiter with no history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks (and, when admitted, counts) one request of `scope` against `per_minute`, at
+    /// `now_nanos` on a monotonic clock.
+    pub fn check(&self, scope: &str, per_minute: u32, now_nanos: u64) -> Decision {
+        self.check_all(&[(scope, per_minute)], now_nanos)
+            .unwrap_or_else(|(_, d)| d)
+    }
+
+    /// Checks one request against several limits at once (a key's and its tenant's): it is
+    /// counted against all of them only if all admit it. `Ok` carries the tightest decision
+    /// (fewest remaining) for the headers; `Err` the index and decision of the refusing limit
+    /// that frees up last. An empty list admits.
+    pub fn check_all(
+        &self,
+        limits: &[(&str, u32)],
+        now_nanos: u64,
+    ) -> Result<Decision, (usize, Decision)> {
+        let mut map = match self.tat.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut tightest: Option<Decision> = None;
+        let mut refused: Option<(usize, Decision)> = None;
+        let mut updates: Vec<(usize, u64)> = Vec::with_capacity(limits.len());
+        for (i, &(scope, per_minute)) in limits.iter().enumerate() {
+            let per_minute = per_minute.max(1);
+            let interval = WINDOW_NANOS / u64::from(per_minute);
+            let tat = map.get(scope).copied().unwrap_or(0).max(now_nanos);
+            let new_tat = tat + interval;
+            let ahead = new_tat - now_nanos;
+            if ahead > WINDOW_NANOS {
+                let d = Decision {
+                    allowed: false,
+                    limit: per_minute,
+                    remaining: 0,
+                    reset_after: Duration::from_nanos(tat - now_nanos),
+                    retry_after: Duration::from_nanos(ahead - WINDOW_NANOS),
+                };
+                if refused.is_none_or(|(_, r)| d.retry_after > r.retry_after) {
+                    refused = Some((i, d));
+                }
+                continue;
+            }
+            let d = Decision {
+                allowed: true,
+                limit: per_minute,
+                remaining: u32::try_from((WINDOW_NANOS - ahead) / interval).unwrap_or(u32::MAX),
+                reset_after: Duration::from_nanos(ahead),
+                retry_after: Duration::ZERO,
+            };
+            if tightest.is_none_or(|t| d.remaining < t.remaining) {
+                tightest = Some(d);
+            }
+            updates.push((i, new_tat));
+        }
+        if let Some(r) = refused {
+            return Err(r);
+        }
+        let new_scope = updates
+            .iter()
+            .any(|(i, _)| limits.get(*i).is_some_and(|(s, _)| !map.contains_key(*s)));
+        if new_scope && map.len() > PRUNE_ABOVE {
+            map.retain(|_, t| *t > now_nanos);
+        }
+        for (i, new_tat) in updates {
+            if let Some(&(scope, _)) = limits.get(i) {
+                map.insert(scope.to_owned(), new_tat);
+            }
+        }
+        Ok(tightest.unwrap_or(Decision {
+            allowed: true,
+            limit: 0,
+            remaining: u32::MAX,
+            reset_after: Duration::ZERO,
+            retry_after: Duration::ZERO,
+        }))
+    }
+}
+
+/// A duration the way OpenAI's `x-ratelimit-reset-*` headers write it: `6m0s`, `1.5s`, `20ms`.
+pub fn format_reset(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs_f64();
+    let minutes = (secs / 60.0).floor() as u64;
+    let rest = secs - (minutes * 60) as f64;
+    let rest = format!("{:.3}", rest);
+    let rest = rest.trim_end_matches('0').trim_end_matches('.');
+    if minutes > 0 {
+        format!("{minutes}m{rest}s")
+    } else {
+        format!("{rest}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_burst_of_the_limit_then_one_per_interval() {
+        let l = RateLimiter::new();
+        let t0 = 1000 * S;
+        for i in 0..6 {
+            let d = l.check("k", 6, t0);
+            assert!(d.allowed, "request {i} of the burst");
+            assert_eq!(d.remaining, 5 - i);
+        }
+        let refused = l.check("k", 6, t0);
+        assert!(!refused.allowed);
+        assert_eq!(refused.remaining, 0);
+        assert_eq!(refused.retry_after, Duration::from_secs(10));
+        assert_eq!(refused.reset_after, Duration::from_secs(60));
+        // A refusal does not count: 10 s later exactly one more is admitted.
+        assert!(!l.check("k", 6, t0 + 10 * S - 1).allowed);
+        let d = l.check("k", 6, t0 + 10 * S);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+        assert!(!l.check("k", 6, t0 + 10 * S).allowed);
+        // A minute of quiet replenishes everything.
+        assert_eq!(l.check("k", 6, t0 + 80 * S).remaining, 5);
+    }
+
+    #[test]
+    fn scopes_are_independent() {
+        let l = RateLimiter::new();
+        assert!(l.check("a", 1, S).allowed);
+        assert!(!l.check("a", 1, S).allowed);
+        assert!(l.check("b", 1, S).allowed);
+    }
+
+    #[test]
+    fn a_sustained_rate_is_held_exactly() {
+        let l = RateLimiter::new();
+        // 600/min offered for 10 minutes against 60/min: 60 burst + 1 per second after that.
+        let admitted = (0..6000u64)
+            .filter(|i| l.check("k", 60, 10 * S + i * S / 10).allowed)
+            .count();
+        assert_eq!(admitted, 60 + 599);
+    }
+
+    #[test]
+    fn concurrent_checks_never_admit_more_than_the_limit() {
+        let l = std::sync::Arc::new(RateLimiter::new());
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let l = std::sync::Arc::clone(&l);
+                    s.spawn(move || (0..100).filter(|_| l.check("k", 50, S).allowed).count())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        assert_eq!(admitted, 50);
+    }
+
+    #[test]
+    fn a_request_counts_against_all_its_limits_or_none() {
+        let l = RateLimiter::new();
+        // The tenant allows 2, the key 5: the third request is refused by the tenant and
+        // must not use up the key's allowance.
+        for _ in 0..2 {
+            assert!(l.check_all(&[("key", 5), ("tenant", 2)], S).is_ok());
+        }
+        let (i, d) = l.check_all(&[("key", 5), ("tenant", 2)], S).unwrap_err();
+        assert_eq!((i, d.limit), (1, 2));
+        assert_eq!(d.retry_after, Duration::from_secs(30));
+        assert_eq!(
+            l.check("key", 5, S).remaining,
+            2,
+            "the refusal took nothing from the key"
+        );
+        let ok = l
+            .check_all(&[("key", 5), ("other-tenant", 100)], S)
+            .unwrap();
+        assert_eq!(
+            (ok.limit, ok.remaining),
+            (5, 1),
+            "the tightest limit is reported"
+        );
+        assert!(l.check_all(&[], S).is_ok());
+    }
+
+    #[test]
+    fn resets_print_like_openai() {
+        assert_eq!(format_reset(Duration::from_millis(20)), "20ms");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(60)), "1m0s");
+        assert_eq!(format_reset(Duration::from_secs(6)), "6s");
+    }
+}
