@@ -68,6 +68,45 @@ enum Command {
         #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_SPOOL_MAX_BYTES)]
         spool_max_bytes: u64,
     },
+    /// Spend and tokens per key, tenant, model and/or day, read back from the logger's NDJSON
+    /// files (`--data-dir`) or its ClickHouse table (`--clickhouse-url`).
+    Usage {
+        /// The NDJSON sink's data directory.
+        #[arg(
+            long,
+            conflicts_with = "clickhouse_url",
+            required_unless_present = "clickhouse_url"
+        )]
+        data_dir: Option<PathBuf>,
+        /// ClickHouse's HTTP URL (read the ClickHouse sink's table instead).
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+        /// The ClickHouse database.
+        #[arg(long, default_value = "tollgate")]
+        clickhouse_database: String,
+        /// The ClickHouse table.
+        #[arg(long, default_value = "requests")]
+        clickhouse_table: String,
+        /// The ClickHouse user (password from `TOLLGATE_CLICKHOUSE_PASSWORD`).
+        #[arg(long, default_value = "default")]
+        clickhouse_user: String,
+        /// Read ClickHouse's daily rollup (`<table>_daily`) instead of the deduplicated
+        /// requests table: faster on large tables.
+        #[arg(long, requires = "clickhouse_url")]
+        rollup: bool,
+        /// Group by these, in this column order (comma-separated: day, tenant, key, model).
+        #[arg(long, default_value = "day,tenant,key,model", value_delimiter = ',', value_parser = tollgate_logger::usage::Dimension::parse)]
+        by: Vec<tollgate_logger::usage::Dimension>,
+        /// First day included, YYYY-MM-DD (UTC).
+        #[arg(long, value_parser = parse_day)]
+        from: Option<time::Date>,
+        /// Last day included, YYYY-MM-DD (UTC).
+        #[arg(long, value_parser = parse_day)]
+        to: Option<time::Date>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Local all-in-one: Envoy + serve + the mock provider, with a curl to try.
     Up {
         /// Envoy's client-facing port.
@@ -182,6 +221,18 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .with_writer(writer)
         .init();
     guard
+}
+
+fn parse_day(s: &str) -> Result<time::Date, String> {
+    time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|e| format!("`{s}` is not a day like 2026-11-23: {e}"))
+}
+
+fn clickhouse_password() -> Option<tollgate_core::config::Secret> {
+    std::env::var("TOLLGATE_CLICKHOUSE_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(tollgate_core::config::Secret::new)
 }
 
 fn yaml_str(s: &str) -> String {
@@ -307,10 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         database: clickhouse_database,
                         table: clickhouse_table,
                         user: clickhouse_user,
-                        password: std::env::var("TOLLGATE_CLICKHOUSE_PASSWORD")
-                            .ok()
-                            .filter(|p| !p.is_empty())
-                            .map(tollgate_core::config::Secret::new),
+                        password: clickhouse_password(),
                     },
                 ),
             };
@@ -326,6 +374,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config,
                 tollgate::serve::shutdown_signal(),
             ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Usage {
+            data_dir,
+            clickhouse_url,
+            clickhouse_database,
+            clickhouse_table,
+            clickhouse_user,
+            rollup,
+            by,
+            from,
+            to,
+            json,
+        } => {
+            use tollgate_logger::usage;
+            let query = usage::UsageQuery { by, from, to };
+            let report = match (data_dir, clickhouse_url) {
+                (Some(dir), _) => usage::from_ndjson(&dir, &query)?,
+                (None, Some(url)) => {
+                    let config = tollgate_logger::clickhouse::ClickHouseConfig {
+                        url,
+                        database: clickhouse_database,
+                        table: clickhouse_table,
+                        user: clickhouse_user,
+                        password: clickhouse_password(),
+                    };
+                    let source = if rollup {
+                        usage::ClickHouseSource::Rollup
+                    } else {
+                        usage::ClickHouseSource::Requests
+                    };
+                    runtime()?.block_on(usage::from_clickhouse(&config, source, &query))?
+                }
+                (None, None) => anyhow::bail!("give --data-dir or --clickhouse-url"),
+            };
+            let text = if json {
+                usage::render_json(&report)
+            } else {
+                usage::render_table(&report)
+            };
+            out.write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up {

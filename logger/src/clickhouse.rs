@@ -97,6 +97,18 @@ ORDER BY request_id"
     )
 }
 
+/// A client for `config`'s server (no database selected).
+pub(crate) fn client(config: &ClickHouseConfig) -> clickhouse::Client {
+    let client = clickhouse::Client::default()
+        .with_url(&config.url)
+        .with_user(&config.user)
+        .with_validation(false);
+    match &config.password {
+        Some(p) => client.with_password(p.expose()),
+        None => client,
+    }
+}
+
 /// Ids looked up per query.
 const LOOKUP_CHUNK: usize = 1000;
 
@@ -120,13 +132,7 @@ impl ClickHouseSink {
     /// Connects, creating the database and the table when missing.
     pub async fn open(config: &ClickHouseConfig) -> Result<ClickHouseSink, LoggerError> {
         config.validate()?;
-        let mut client = clickhouse::Client::default()
-            .with_url(&config.url)
-            .with_user(&config.user)
-            .with_validation(false);
-        if let Some(p) = &config.password {
-            client = client.with_password(p.expose());
-        }
+        let client = client(config);
         client
             .query(&format!(
                 "CREATE DATABASE IF NOT EXISTS {}",

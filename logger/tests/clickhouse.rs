@@ -10,11 +10,14 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use time::macros::date;
 use tollgate_core::config::Logging;
 use tollgate_core::metrics::Metrics;
 use tollgate_logger::clickhouse::{ClickHouseConfig, ClickHouseSink};
 use tollgate_logger::config::SinkConfig;
+use tollgate_logger::record::Record;
 use tollgate_logger::sink::{Sink, WriteSummary};
+use tollgate_logger::usage::{self, ClickHouseSource, Dimension, UsageQuery};
 use tollgate_logger::{LoggerConfig, Shipper};
 use tollgate_proto::logger::v1::{LogEvent, Usage};
 
@@ -378,4 +381,89 @@ async fn with_a_logger_spool_batches_are_acknowledged_while_clickhouse_is_away_a
     );
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// Events over three days, two tenants, three keys and two models, with costs that overflow a
+/// `UInt64` sum.
+fn usage_events(prefix: &str, n: u64) -> Vec<LogEvent> {
+    const DAY: i64 = 86_400 * 1_000_000_000;
+    (0..n)
+        .map(|i| {
+            let mut e = event(&format!("{prefix}{i:04}"), i + 1);
+            e.start_time_unix_nanos = 20_780 * DAY + (i as i64 % 3) * DAY + (i as i64) * 1_000;
+            e.tenant = ["acme", "beta"][(i % 2) as usize].to_owned();
+            e.key_id = ["k1", "k2", "k3"][(i % 3) as usize].to_owned();
+            e.requested_model = ["gpt-4o", "gpt-4o-mini"][(i % 4 / 2) as usize].to_owned();
+            e.cost_picodollars = if i % 5 == 0 {
+                u64::MAX - i
+            } else {
+                i * 1_234_567
+            };
+            e
+        })
+        .collect()
+}
+
+fn all_dims() -> Vec<Dimension> {
+    vec![
+        Dimension::Day,
+        Dimension::Tenant,
+        Dimension::Key,
+        Dimension::Model,
+    ]
+}
+
+#[tokio::test]
+async fn usage_from_clickhouse_counts_rows_inserted_twice_once() {
+    let ch = ClickHouse::start();
+    let config = ch.sink_config("tg_usage");
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let events = usage_events("u", 60);
+    sink.write(events.clone()).await.unwrap();
+    // Duplicates that bypassed the sink's lookup (two loggers racing): every row twice, in a
+    // second part that no merge has folded yet.
+    ch.query("INSERT INTO tg_usage.requests SELECT * FROM tg_usage.requests")
+        .unwrap();
+    assert_eq!(
+        ch.query("SELECT count() FROM tg_usage.requests")
+            .unwrap()
+            .trim(),
+        "120"
+    );
+    let records: Vec<Record> = events.iter().map(Record::from).collect();
+    for by in [
+        all_dims(),
+        vec![Dimension::Key],
+        vec![Dimension::Model, Dimension::Day],
+        vec![],
+    ] {
+        for (from, to) in [
+            (None, None),
+            (Some(date!(2026 - 11 - 24)), Some(date!(2026 - 11 - 25))),
+        ] {
+            let q = UsageQuery {
+                by: by.clone(),
+                from,
+                to,
+            };
+            let got = usage::from_clickhouse(&config, ClickHouseSource::Requests, &q)
+                .await
+                .unwrap();
+            assert_eq!(got, usage::summarise(&records, &q), "{q:?}");
+        }
+    }
+    // And the figures themselves, not only agreement with the NDJSON path.
+    let q = UsageQuery {
+        by: vec![],
+        from: None,
+        to: None,
+    };
+    let got = usage::from_clickhouse(&config, ClickHouseSource::Requests, &q)
+        .await
+        .unwrap();
+    let want: u128 = events.iter().map(|e| u128::from(e.cost_picodollars)).sum();
+    assert!(want > u128::from(u64::MAX));
+    assert_eq!(got.total.cost_picodollars, want);
+    assert_eq!(got.total.requests, 60);
+    assert_eq!(got.total.input_tokens, (1..=60).sum::<u64>());
 }
