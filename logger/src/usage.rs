@@ -270,16 +270,12 @@ struct ChRow {
     cost_picodollars: String,
 }
 
-/// The SQL of a usage query (placeholders: the range's bounds, twice for the rollup as
-/// days, once as nanoseconds for the requests table).
+/// The SQL of a usage query (placeholders: the range's bounds, as days since 1970-01-01 for
+/// the rollup, as unix nanoseconds for the requests table).
 pub fn clickhouse_sql(table: &str, source: ClickHouseSource, by: &[Dimension]) -> String {
+    let day_of_start = format!("toString({})", crate::clickhouse::DAY_OF_START);
     let (day, tenant, key, model) = match source {
-        ClickHouseSource::Requests => (
-            "toString(toDate(toUInt16(intDiv(start_ns, 86400000000000))))",
-            "tenant_",
-            "key_",
-            "model_",
-        ),
+        ClickHouseSource::Requests => (day_of_start.as_str(), "tenant_", "key_", "model_"),
         ClickHouseSource::Rollup => ("toString(day)", "tenant", "key_id", "model"),
     };
     let pick = |d: Dimension, expr: &str| {
@@ -302,20 +298,18 @@ pub fn clickhouse_sql(table: &str, source: ClickHouseSource, by: &[Dimension]) -
             "SELECT {dims}, count() AS requests, sum(input_) AS input_tokens, sum(output_) AS output_tokens, \
              sum(cache_read_) AS cache_read_tokens, sum(cache_write_) AS cache_write_tokens, \
              sum(reasoning_) AS reasoning_tokens, toString(sum(toDecimal128(cost_, 0))) AS cost_picodollars \
-             FROM (SELECT request_id, any(start_time_unix_nanos) AS start_ns, any(tenant) AS tenant_, \
-             any(key_id) AS key_, any(requested_model) AS model_, any(input_tokens) AS input_, \
-             any(output_tokens) AS output_, any(cache_read_tokens) AS cache_read_, \
-             any(cache_write_tokens) AS cache_write_, any(reasoning_tokens) AS reasoning_, \
-             any(cost_picodollars) AS cost_ \
-             FROM {table} WHERE start_time_unix_nanos >= ? AND start_time_unix_nanos < ? GROUP BY request_id) \
-             {group}"
+             FROM {} {group}",
+            crate::clickhouse::deduplicated(
+                table,
+                "WHERE start_time_unix_nanos >= ? AND start_time_unix_nanos < ?"
+            )
         ),
         ClickHouseSource::Rollup => format!(
             "SELECT {dims}, sum(requests) AS requests, sum(input_tokens) AS input_tokens, \
              sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens, \
              sum(cache_write_tokens) AS cache_write_tokens, sum(reasoning_tokens) AS reasoning_tokens, \
              toString(sum(cost_picodollars)) AS cost_picodollars \
-             FROM {table}_daily WHERE day >= toDate(?) AND day <= toDate(?) {group}"
+             FROM {table}_daily WHERE toUInt16(day) >= ? AND toUInt16(day) <= ? {group}"
         ),
     }
 }
@@ -336,12 +330,12 @@ pub async fn from_clickhouse(
             client.query(&sql).bind(lo).bind(hi)
         }
         ClickHouseSource::Rollup => {
-            let from = q.from.unwrap_or(time::macros::date!(1970 - 01 - 01));
-            let to = q.to.unwrap_or(time::macros::date!(2149 - 06 - 06));
+            // A `Date` is a UInt16 of days since 1970-01-01.
+            let day = |d: Option<Date>, none: i64| d.map_or(none, day_number).clamp(0, 65_535);
             client
                 .query(&sql)
-                .bind(from.to_string())
-                .bind(to.to_string())
+                .bind(day(q.from, 0))
+                .bind(day(q.to, 65_535))
         }
     };
     let rows = query

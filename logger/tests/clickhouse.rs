@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use time::macros::date;
 use tollgate_core::config::Logging;
 use tollgate_core::metrics::Metrics;
-use tollgate_logger::clickhouse::{ClickHouseConfig, ClickHouseSink};
+use tollgate_logger::clickhouse::{migrations, ClickHouseConfig, ClickHouseSink};
 use tollgate_logger::config::SinkConfig;
 use tollgate_logger::record::Record;
 use tollgate_logger::sink::{Sink, WriteSummary};
-use tollgate_logger::usage::{self, ClickHouseSource, Dimension, UsageQuery};
+use tollgate_logger::usage::{self, ClickHouseSource, Dimension, UsageQuery, UsageReport};
 use tollgate_logger::{LoggerConfig, Shipper};
 use tollgate_proto::logger::v1::{LogEvent, Usage};
 
@@ -466,4 +466,126 @@ async fn usage_from_clickhouse_counts_rows_inserted_twice_once() {
     assert_eq!(got.total.cost_picodollars, want);
     assert_eq!(got.total.requests, 60);
     assert_eq!(got.total.input_tokens, (1..=60).sum::<u64>());
+}
+
+async fn assert_rollup_matches_requests(config: &ClickHouseConfig) -> UsageReport {
+    let mut all = None;
+    for by in [
+        all_dims(),
+        vec![Dimension::Tenant],
+        vec![Dimension::Key, Dimension::Day],
+        vec![],
+    ] {
+        let q = UsageQuery {
+            by: by.clone(),
+            from: None,
+            to: None,
+        };
+        let exact = usage::from_clickhouse(config, ClickHouseSource::Requests, &q)
+            .await
+            .unwrap();
+        let rollup = usage::from_clickhouse(config, ClickHouseSource::Rollup, &q)
+            .await
+            .unwrap();
+        assert_eq!(rollup, exact, "{by:?}");
+        all.get_or_insert(exact);
+    }
+    all.unwrap()
+}
+
+#[tokio::test]
+async fn migrations_run_once_and_backfill_the_rollup_of_an_existing_table() {
+    let ch = ClickHouse::start();
+    let config = ch.sink_config("tg_mig");
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    assert_eq!(
+        ch.query(
+            "SELECT table_name, version FROM tg_mig.schema_migrations ORDER BY version FORMAT TSV"
+        )
+        .unwrap(),
+        "requests\t1\nrequests\t2\n"
+    );
+    let events = usage_events("m", 40);
+    sink.write(events.clone()).await.unwrap();
+    drop(sink);
+
+    // Opening again applies nothing and records nothing twice.
+    let client = clickhouse::Client::default()
+        .with_url(&config.url)
+        .with_validation(false);
+    assert_eq!(
+        migrations::run(&client, "tg_mig", "requests")
+            .await
+            .unwrap(),
+        Vec::<u32>::new()
+    );
+    assert_eq!(
+        ch.query("SELECT count() FROM tg_mig.schema_migrations")
+            .unwrap()
+            .trim(),
+        "2"
+    );
+    assert_rollup_matches_requests(&config).await;
+
+    // A table from before the rollup existed, holding duplicate rows: the migration builds the
+    // rollup from each request once, then feeds it from new inserts.
+    for sql in [
+        "DROP TABLE tg_mig.requests_daily_mv",
+        "DROP TABLE tg_mig.requests_daily",
+        "TRUNCATE TABLE tg_mig.schema_migrations",
+        "INSERT INTO tg_mig.requests SELECT * FROM tg_mig.requests",
+    ] {
+        ch.query(sql).unwrap_or_else(|| panic!("{sql}"));
+    }
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    sink.write(usage_events("after", 10)).await.unwrap();
+    let report = assert_rollup_matches_requests(&config).await;
+    assert_eq!(report.total.requests, 50);
+    // And only once: a further start does not backfill again.
+    drop(sink);
+    ClickHouseSink::open(&config).await.unwrap();
+    let again = assert_rollup_matches_requests(&config).await;
+    assert_eq!(again.total.requests, 50);
+}
+
+#[tokio::test]
+async fn the_rollup_matches_the_deduplicated_requests_when_batches_are_sent_again() {
+    let ch = ClickHouse::start();
+    let config = ch.sink_config("tg_rollup");
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let batch = usage_events("b", 60);
+    sink.write(batch.clone()).await.unwrap();
+    // The same batch again, through the same sink and through a second one (a restarted or
+    // second logger).
+    assert_eq!(sink.write(batch.clone()).await.unwrap().written, 0);
+    let other = ClickHouseSink::open(&config).await.unwrap();
+    assert_eq!(other.write(batch.clone()).await.unwrap().written, 0);
+    // Overlapping batches from the two sinks at once: both look the ids up before either has
+    // inserted, so only the shared-session insert keeps the second copy out.
+    let (left, right) = (usage_events("c", 30), usage_events("c", 45));
+    tokio::join!(
+        async {
+            sink.write(left.clone()).await.unwrap();
+            sink.write(right.clone()).await.unwrap();
+        },
+        async {
+            other.write(right.clone()).await.unwrap();
+            other.write(left.clone()).await.unwrap();
+        }
+    );
+    let report = assert_rollup_matches_requests(&config).await;
+    assert_eq!(report.total.requests, 105);
+    // Not one duplicate row, even before any merge.
+    assert_eq!(
+        ch.query("SELECT count() FROM tg_rollup.requests")
+            .unwrap()
+            .trim(),
+        "105"
+    );
+    assert_eq!(
+        ch.query("SELECT sum(requests) FROM tg_rollup.requests_daily")
+            .unwrap()
+            .trim(),
+        "105"
+    );
 }
