@@ -125,6 +125,7 @@ pub struct ClickHouseSink {
     client: clickhouse::Client,
     /// The same, in the session every writer of the table shares (see the module docs).
     locked: clickhouse::Client,
+    database: String,
     table: String,
     staging: String,
     writes: tokio::sync::Mutex<()>,
@@ -198,24 +199,30 @@ impl ClickHouseSink {
         Ok(ClickHouseSink {
             client,
             locked,
+            database: config.database.clone(),
             table: config.table.clone(),
             staging,
             writes: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Moves the staged rows whose ids the table does not hold yet into it, in the shared
-    /// session (waiting while another writer holds it).
+    /// Moves the staged rows whose ids the table does not hold yet into it.
     async fn insert_staged(&self) -> Result<(), LoggerError> {
         let (table, staging) = (&self.table, &self.staging);
-        let sql = format!(
+        self.execute_locked(&format!(
             "INSERT INTO {table} SELECT * FROM {staging} WHERE request_id NOT IN \
              (SELECT request_id FROM {table} WHERE request_id IN (SELECT request_id FROM {staging}))"
-        );
+        ))
+        .await
+    }
+
+    /// Runs `sql` in the session every writer of the table shares, waiting while another
+    /// writer holds it.
+    async fn execute_locked(&self, sql: &str) -> Result<(), LoggerError> {
         let start = std::time::Instant::now();
         let mut pause = std::time::Duration::from_millis(2);
         loop {
-            match self.locked.query(&sql).execute().await {
+            match self.locked.query(sql).execute().await {
                 Ok(()) => return Ok(()),
                 Err(e)
                     if e.to_string().contains(SESSION_IS_LOCKED)
@@ -270,6 +277,24 @@ impl Sink for ClickHouseSink {
             .map(Record::from)
             .collect();
         summary.duplicates += u32::try_from(stored.len()).unwrap_or(u32::MAX);
+        if !stored.is_empty() {
+            // Part of this batch was stored before: perhaps by an insert that ClickHouse died in
+            // the middle of, after the table took it and before the rollup's view did.
+            let mut days: Vec<i64> = events
+                .iter()
+                .filter(|e| stored.contains(&e.request_id))
+                .map(|e| e.start_time_unix_nanos.div_euclid(86_400_000_000_000))
+                .collect();
+            days.sort_unstable();
+            days.dedup();
+            let database = self.database.as_str();
+            self.execute_locked(&migrations::reconcile_rollup_sql(
+                database,
+                &self.table,
+                &days,
+            ))
+            .await?;
+        }
         if rows.is_empty() {
             return Ok(summary);
         }

@@ -267,7 +267,9 @@ struct ChRow {
     cache_read_tokens: u64,
     cache_write_tokens: u64,
     reasoning_tokens: u64,
-    cost_picodollars: String,
+    /// A `Decimal128(0)`, read as its binary `Int128`: ClickHouse 18.16's `toString` of a
+    /// `Decimal128` of 22 digits or more garbles it (a `0` digit comes out as a NUL byte).
+    cost_picodollars: i128,
 }
 
 /// The SQL of a usage query (placeholders: the range's bounds, as days since 1970-01-01 for
@@ -297,7 +299,7 @@ pub fn clickhouse_sql(table: &str, source: ClickHouseSource, by: &[Dimension]) -
         ClickHouseSource::Requests => format!(
             "SELECT {dims}, count() AS requests, sum(input_) AS input_tokens, sum(output_) AS output_tokens, \
              sum(cache_read_) AS cache_read_tokens, sum(cache_write_) AS cache_write_tokens, \
-             sum(reasoning_) AS reasoning_tokens, toString(sum(toDecimal128(cost_, 0))) AS cost_picodollars \
+             sum(reasoning_) AS reasoning_tokens, sum(toDecimal128(cost_, 0)) AS cost_picodollars \
              FROM {} {group}",
             crate::clickhouse::deduplicated(
                 table,
@@ -308,7 +310,7 @@ pub fn clickhouse_sql(table: &str, source: ClickHouseSource, by: &[Dimension]) -
             "SELECT {dims}, sum(requests) AS requests, sum(input_tokens) AS input_tokens, \
              sum(output_tokens) AS output_tokens, sum(cache_read_tokens) AS cache_read_tokens, \
              sum(cache_write_tokens) AS cache_write_tokens, sum(reasoning_tokens) AS reasoning_tokens, \
-             toString(sum(cost_picodollars)) AS cost_picodollars \
+             sum(cost_picodollars) AS cost_picodollars \
              FROM {table}_daily WHERE toUInt16(day) >= ? AND toUInt16(day) <= ? {group}"
         ),
     }
@@ -344,11 +346,8 @@ pub async fn from_clickhouse(
         .map_err(|e| LoggerError::ClickHouse(e.to_string()))?;
     let mut groups = BTreeMap::new();
     for r in rows {
-        let cost = r.cost_picodollars.parse::<u128>().map_err(|_| {
-            LoggerError::ClickHouse(format!(
-                "a spend sum is not a whole number: `{}`",
-                r.cost_picodollars
-            ))
+        let cost = u128::try_from(r.cost_picodollars).map_err(|_| {
+            LoggerError::ClickHouse(format!("a spend sum is negative: {}", r.cost_picodollars))
         })?;
         let group =
             q.by.iter()

@@ -589,3 +589,129 @@ async fn the_rollup_matches_the_deduplicated_requests_when_batches_are_sent_agai
         "105"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_sent_while_clickhouse_is_killed_and_restarted_land_exactly_once() {
+    const N: usize = 400;
+    let mut ch = ClickHouse::start();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = LoggerConfig::new(addr, dir.path().join("unused"));
+    config.sink = SinkConfig::ClickHouse(ch.sink_config("tg_fault"));
+    let logger_spool = dir.path().join("logger-spool");
+    config.spool_dir = Some(logger_spool.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tollgate_logger::serve(listener, config, async move {
+        let _ = stop_rx.await;
+    }));
+    let logging = Logging {
+        address: addr.to_string(),
+        spool_dir: dir.path().join("sidecar-spool"),
+        batch_size: 10,
+        max_delay: Duration::from_millis(10),
+        queue_capacity: 10_000,
+        spool_max_bytes: 1 << 24,
+    };
+    let shipper = Shipper::start(&logging, Metrics::default()).await.unwrap();
+    let handle = shipper.handle();
+    let emitter = tokio::spawn(async move {
+        for e in usage_events("f", N as u64) {
+            handle.emit(e);
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+
+    // Mid-run: some rows are in, many are still to come.
+    let start = Instant::now();
+    while ch
+        .query("SELECT count() FROM tg_fault.requests")
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        < 50
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "no rows arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::task::block_in_place(|| ch.kill());
+    assert!(!emitter.is_finished(), "the run ended before the kill");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let spooled = std::fs::read_dir(&logger_spool).unwrap().count();
+    assert!(
+        spooled > 0,
+        "nothing went to the logger's spool while ClickHouse was down"
+    );
+    tokio::task::block_in_place(|| ch.restart());
+    emitter.await.unwrap();
+    shipper.shutdown().await;
+
+    let start = Instant::now();
+    let mut count = String::new();
+    while start.elapsed() < Duration::from_secs(30) {
+        count = ch
+            .query("SELECT count() FROM tg_fault.requests")
+            .unwrap_or_default();
+        if count.trim() == N.to_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Exactly N rows, counted without FINAL: none lost, none twice.
+    assert_eq!(count.trim(), N.to_string(), "rows in ClickHouse");
+    assert_eq!(
+        ch.query("SELECT uniqExact(request_id) FROM tg_fault.requests")
+            .unwrap()
+            .trim(),
+        N.to_string()
+    );
+    // `tollgate usage` (the deduplicated requests table) has every request and its exact spend.
+    // Not asserted: that the rollup agrees. A kill in the middle of an insert can leave it
+    // short, and the repair on replay does not always catch all of it yet (README, "Known
+    // gaps").
+    let q = UsageQuery {
+        by: all_dims(),
+        from: None,
+        to: None,
+    };
+    let got = usage::from_clickhouse(&ch.sink_config("tg_fault"), ClickHouseSource::Requests, &q)
+        .await
+        .unwrap();
+    let records: Vec<Record> = usage_events("f", N as u64)
+        .iter()
+        .map(Record::from)
+        .collect();
+    assert_eq!(got, usage::summarise(&records, &q));
+    assert_eq!(got.total.requests, N as u64);
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert_eq!(std::fs::read_dir(&logger_spool).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn rows_the_rollup_missed_are_added_when_their_batch_comes_again() {
+    let ch = ClickHouse::start();
+    let config = ch.sink_config("tg_heal");
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    sink.write(usage_events("h", 20)).await.unwrap();
+    // An insert that reached the table but not the view (ClickHouse died between the two).
+    let lost = usage_events("lost", 30);
+    ch.query("DETACH TABLE tg_heal.requests_daily_mv").unwrap();
+    let other = ClickHouseSink::open(&config).await.unwrap();
+    other.write(lost[..25].to_vec()).await.unwrap();
+    ch.query("ATTACH TABLE tg_heal.requests_daily_mv").unwrap();
+    assert_eq!(
+        ch.query("SELECT sum(requests) FROM tg_heal.requests_daily")
+            .unwrap()
+            .trim(),
+        "20"
+    );
+    // The sender, without an answer, sends the batch again (with more events this time).
+    let s = sink.write(lost.clone()).await.unwrap();
+    assert_eq!((s.written, s.duplicates), (5, 25));
+    let report = assert_rollup_matches_requests(&config).await;
+    assert_eq!(report.total.requests, 50);
+    // Healing twice adds nothing.
+    sink.write(lost).await.unwrap();
+    let again = assert_rollup_matches_requests(&config).await;
+    assert_eq!(again, report);
+}

@@ -148,6 +148,51 @@ fn backfill_rollup_sql(database: &str, table: &str) -> String {
     format!("INSERT INTO {database}.{table}_daily {select}")
 }
 
+/// Adds to the rollup whatever it lacks for `days` (days since 1970-01-01, UTC) compared with
+/// the deduplicated requests table: the rows of an insert that reached the table but not the
+/// view, when ClickHouse died between the two (it writes the table first). Run it in the
+/// writers' shared session, so that no insert is half done while it compares.
+pub fn reconcile_rollup_sql(database: &str, table: &str, days: &[i64]) -> String {
+    let days = days
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let exact = rollup_select(
+        "start_ns",
+        "model_",
+        &format!(
+            "(SELECT start_ns, tenant_ AS tenant, key_ AS key_id, model_, \
+             input_ AS input_tokens, output_ AS output_tokens, cache_read_ AS cache_read_tokens, \
+             cache_write_ AS cache_write_tokens, reasoning_ AS reasoning_tokens, cost_ AS cost_picodollars \
+             FROM {})",
+            deduplicated(
+                &format!("{database}.{table}"),
+                &format!("WHERE intDiv(start_time_unix_nanos, 86400000000000) IN ({days})")
+            )
+        ),
+    );
+    let signed = |sign: &str| {
+        format!(
+            "{sign}toInt64(requests) AS r_, {sign}toInt64(input_tokens) AS i_, \
+             {sign}toInt64(output_tokens) AS o_, {sign}toInt64(cache_read_tokens) AS cr_, \
+             {sign}toInt64(cache_write_tokens) AS cw_, {sign}toInt64(reasoning_tokens) AS re_, \
+             {sign}cost_picodollars AS c_"
+        )
+    };
+    format!(
+        "INSERT INTO {database}.{table}_daily SELECT day, tenant, key_id, model, \
+         toUInt64(sum(r_)), toUInt64(sum(i_)), toUInt64(sum(o_)), toUInt64(sum(cr_)), \
+         toUInt64(sum(cw_)), toUInt64(sum(re_)), sum(c_) FROM ( \
+         SELECT day, tenant, key_id, model, {} FROM ({exact}) \
+         UNION ALL \
+         SELECT day, tenant, key_id, model, {} FROM {database}.{table}_daily WHERE toUInt16(day) IN ({days}) \
+         ) GROUP BY day, tenant, key_id, model HAVING sum(r_) > 0",
+        signed(""),
+        signed("-")
+    )
+}
+
 #[derive(Debug, Deserialize, clickhouse::Row)]
 struct Text {
     value: String,
