@@ -42,15 +42,8 @@ enum Command {
         /// ClickHouse's HTTP URL (`--sink clickhouse`).
         #[arg(long, default_value = "http://127.0.0.1:8123")]
         clickhouse_url: String,
-        /// The ClickHouse database (created when missing).
-        #[arg(long, default_value = "tollgate")]
-        clickhouse_database: String,
-        /// The ClickHouse table (created when missing).
-        #[arg(long, default_value = "requests")]
-        clickhouse_table: String,
-        /// The ClickHouse user.
-        #[arg(long, default_value = "default")]
-        clickhouse_user: String,
+        #[command(flatten)]
+        clickhouse: ClickHouseTable,
         /// Rotate an NDJSON file once it would pass this size, in bytes (`--sink ndjson`).
         #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_MAX_FILE_BYTES)]
         max_file_bytes: u64,
@@ -81,15 +74,8 @@ enum Command {
         /// ClickHouse's HTTP URL (read the ClickHouse sink's table instead).
         #[arg(long)]
         clickhouse_url: Option<String>,
-        /// The ClickHouse database.
-        #[arg(long, default_value = "tollgate")]
-        clickhouse_database: String,
-        /// The ClickHouse table.
-        #[arg(long, default_value = "requests")]
-        clickhouse_table: String,
-        /// The ClickHouse user (password from `TOLLGATE_CLICKHOUSE_PASSWORD`).
-        #[arg(long, default_value = "default")]
-        clickhouse_user: String,
+        #[command(flatten)]
+        clickhouse: ClickHouseTable,
         /// Read ClickHouse's daily rollup (`<table>_daily`) instead of the deduplicated
         /// requests table: faster on large tables.
         #[arg(long, requires = "clickhouse_url")]
@@ -178,6 +164,35 @@ enum Command {
     },
 }
 
+/// Which ClickHouse table (`tollgate logger --sink clickhouse`, `tollgate usage`).
+#[derive(clap::Args)]
+struct ClickHouseTable {
+    /// The ClickHouse database (the logger creates it when missing).
+    #[arg(long, default_value = "tollgate")]
+    clickhouse_database: String,
+    /// The ClickHouse table (the logger creates it when missing).
+    #[arg(long, default_value = "requests")]
+    clickhouse_table: String,
+    /// The ClickHouse user (its password, if any, from `TOLLGATE_CLICKHOUSE_PASSWORD`).
+    #[arg(long, default_value = "default")]
+    clickhouse_user: String,
+}
+
+impl ClickHouseTable {
+    fn config(self, url: String) -> tollgate_logger::clickhouse::ClickHouseConfig {
+        tollgate_logger::clickhouse::ClickHouseConfig {
+            url,
+            database: self.clickhouse_database,
+            table: self.clickhouse_table,
+            user: self.clickhouse_user,
+            password: std::env::var("TOLLGATE_CLICKHOUSE_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(tollgate_core::config::Secret::new),
+        }
+    }
+}
+
 /// `tollgate logger --sink`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SinkKind {
@@ -226,13 +241,6 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
 fn parse_day(s: &str) -> Result<time::Date, String> {
     time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
         .map_err(|e| format!("`{s}` is not a day like 2026-11-23: {e}"))
-}
-
-fn clickhouse_password() -> Option<tollgate_core::config::Secret> {
-    std::env::var("TOLLGATE_CLICKHOUSE_PASSWORD")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .map(tollgate_core::config::Secret::new)
 }
 
 fn yaml_str(s: &str) -> String {
@@ -336,9 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sink,
             data_dir,
             clickhouse_url,
-            clickhouse_database,
-            clickhouse_table,
-            clickhouse_user,
+            clickhouse,
             max_file_bytes,
             max_event_bytes,
             max_batch_events,
@@ -353,13 +359,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     max_file_bytes,
                 },
                 SinkKind::Clickhouse => tollgate_logger::config::SinkConfig::ClickHouse(
-                    tollgate_logger::clickhouse::ClickHouseConfig {
-                        url: clickhouse_url,
-                        database: clickhouse_database,
-                        table: clickhouse_table,
-                        user: clickhouse_user,
-                        password: clickhouse_password(),
-                    },
+                    clickhouse.config(clickhouse_url),
                 ),
             };
             let config = tollgate_logger::LoggerConfig {
@@ -379,9 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Usage {
             data_dir,
             clickhouse_url,
-            clickhouse_database,
-            clickhouse_table,
-            clickhouse_user,
+            clickhouse,
             rollup,
             by,
             from,
@@ -393,13 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = match (data_dir, clickhouse_url) {
                 (Some(dir), _) => usage::from_ndjson(&dir, &query)?,
                 (None, Some(url)) => {
-                    let config = tollgate_logger::clickhouse::ClickHouseConfig {
-                        url,
-                        database: clickhouse_database,
-                        table: clickhouse_table,
-                        user: clickhouse_user,
-                        password: clickhouse_password(),
-                    };
+                    let config = clickhouse.config(url);
                     let source = if rollup {
                         usage::ClickHouseSource::Rollup
                     } else {

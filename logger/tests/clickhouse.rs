@@ -192,6 +192,32 @@ impl Drop for ClickHouse {
     }
 }
 
+/// A logger serving `ch`'s database `database`, with a logger-side spool when `spool` is given:
+/// its address, the sender that stops it, and its task.
+fn start_logger(
+    ch: &ClickHouse,
+    database: &str,
+    dir: &std::path::Path,
+    spool: Option<PathBuf>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tollgate_logger::LoggerError>>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut config = LoggerConfig::new(addr, dir.join("unused"));
+    config.sink = SinkConfig::ClickHouse(ch.sink_config(database));
+    config.spool_dir = spool;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tollgate_logger::serve(listener, config, async move {
+        let _ = stop_rx.await;
+    }));
+    (addr, stop_tx, server)
+}
+
 fn event(id: &str, input: u64) -> LogEvent {
     LogEvent {
         request_id: id.to_owned(),
@@ -282,14 +308,7 @@ async fn rows_land_with_their_usage_and_a_replay_adds_none_even_from_a_new_sink(
 async fn the_logger_serves_into_clickhouse_and_refuses_while_it_is_away() {
     let ch = ClickHouse::start();
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = LoggerConfig::new(addr, dir.path().join("unused"));
-    config.sink = SinkConfig::ClickHouse(ch.sink_config("tg_serve"));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tollgate_logger::serve(listener, config, async move {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, server) = start_logger(&ch, "tg_serve", dir.path(), None);
 
     let logging = Logging {
         address: addr.to_string(),
@@ -334,15 +353,8 @@ async fn the_logger_serves_into_clickhouse_and_refuses_while_it_is_away() {
 async fn with_a_logger_spool_batches_are_acknowledged_while_clickhouse_is_away_and_land_later() {
     let mut ch = ClickHouse::start();
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = LoggerConfig::new(addr, dir.path().join("unused"));
-    config.sink = SinkConfig::ClickHouse(ch.sink_config("tg_spool"));
-    config.spool_dir = Some(dir.path().join("logger-spool"));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tollgate_logger::serve(listener, config, async move {
-        let _ = stop_rx.await;
-    }));
+    let spool = Some(dir.path().join("logger-spool"));
+    let (addr, stop_tx, server) = start_logger(&ch, "tg_spool", dir.path(), spool);
     let mut client = tollgate_logger::shipper::connect(&addr.to_string()).unwrap();
     let batch = |ids: std::ops::Range<u32>| tollgate_proto::logger::v1::LogBatch {
         events: ids.map(|i| event(&format!("p{i}"), 2)).collect(),
@@ -595,16 +607,9 @@ async fn events_sent_while_clickhouse_is_killed_and_restarted_land_exactly_once(
     const N: usize = 400;
     let mut ch = ClickHouse::start();
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut config = LoggerConfig::new(addr, dir.path().join("unused"));
-    config.sink = SinkConfig::ClickHouse(ch.sink_config("tg_fault"));
     let logger_spool = dir.path().join("logger-spool");
-    config.spool_dir = Some(logger_spool.clone());
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tollgate_logger::serve(listener, config, async move {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, server) =
+        start_logger(&ch, "tg_fault", dir.path(), Some(logger_spool.clone()));
     let logging = Logging {
         address: addr.to_string(),
         spool_dir: dir.path().join("sidecar-spool"),

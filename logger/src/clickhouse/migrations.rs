@@ -132,19 +132,24 @@ pub fn create_rollup_view_sql(database: &str, table: &str) -> String {
     format!("CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{table}_daily_mv TO {database}.{table}_daily AS {select}")
 }
 
-/// Fills the rollup from the rows already stored (each `request_id` once).
-fn backfill_rollup_sql(database: &str, table: &str) -> String {
-    let select = rollup_select(
+/// Rollup rows summed from the deduplicated requests table (`filter`: its `WHERE` clause).
+fn exact_rollup_select(database: &str, table: &str, filter: &str) -> String {
+    rollup_select(
         "start_ns",
         "model_",
         &format!(
-        "(SELECT start_ns, tenant_ AS tenant, key_ AS key_id, model_, \
-         input_ AS input_tokens, output_ AS output_tokens, cache_read_ AS cache_read_tokens, \
-         cache_write_ AS cache_write_tokens, reasoning_ AS reasoning_tokens, cost_ AS cost_picodollars \
-         FROM {})",
-            deduplicated(&format!("{database}.{table}"), "")
+            "(SELECT start_ns, tenant_ AS tenant, key_ AS key_id, model_, \
+             input_ AS input_tokens, output_ AS output_tokens, cache_read_ AS cache_read_tokens, \
+             cache_write_ AS cache_write_tokens, reasoning_ AS reasoning_tokens, cost_ AS cost_picodollars \
+             FROM {})",
+            deduplicated(&format!("{database}.{table}"), filter)
         ),
-    );
+    )
+}
+
+/// Fills the rollup from the rows already stored (each `request_id` once).
+fn backfill_rollup_sql(database: &str, table: &str) -> String {
+    let select = exact_rollup_select(database, table, "");
     format!("INSERT INTO {database}.{table}_daily {select}")
 }
 
@@ -158,19 +163,10 @@ pub fn reconcile_rollup_sql(database: &str, table: &str, days: &[i64]) -> String
         .map(i64::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let exact = rollup_select(
-        "start_ns",
-        "model_",
-        &format!(
-            "(SELECT start_ns, tenant_ AS tenant, key_ AS key_id, model_, \
-             input_ AS input_tokens, output_ AS output_tokens, cache_read_ AS cache_read_tokens, \
-             cache_write_ AS cache_write_tokens, reasoning_ AS reasoning_tokens, cost_ AS cost_picodollars \
-             FROM {})",
-            deduplicated(
-                &format!("{database}.{table}"),
-                &format!("WHERE intDiv(start_time_unix_nanos, 86400000000000) IN ({days})")
-            )
-        ),
+    let exact = exact_rollup_select(
+        database,
+        table,
+        &format!("WHERE intDiv(start_time_unix_nanos, 86400000000000) IN ({days})"),
     );
     let signed = |sign: &str| {
         format!(
