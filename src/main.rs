@@ -42,15 +42,8 @@ enum Command {
         /// ClickHouse's HTTP URL (`--sink clickhouse`).
         #[arg(long, default_value = "http://127.0.0.1:8123")]
         clickhouse_url: String,
-        /// The ClickHouse database (created when missing).
-        #[arg(long, default_value = "tollgate")]
-        clickhouse_database: String,
-        /// The ClickHouse table (created when missing).
-        #[arg(long, default_value = "requests")]
-        clickhouse_table: String,
-        /// The ClickHouse user.
-        #[arg(long, default_value = "default")]
-        clickhouse_user: String,
+        #[command(flatten)]
+        clickhouse: ClickHouseTable,
         /// Rotate an NDJSON file once it would pass this size, in bytes (`--sink ndjson`).
         #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_MAX_FILE_BYTES)]
         max_file_bytes: u64,
@@ -67,6 +60,38 @@ enum Command {
         /// The logger-side spool's size cap in bytes.
         #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_SPOOL_MAX_BYTES)]
         spool_max_bytes: u64,
+    },
+    /// Spend and tokens per key, tenant, model and/or day, read back from the logger's NDJSON
+    /// files (`--data-dir`) or its ClickHouse table (`--clickhouse-url`).
+    Usage {
+        /// The NDJSON sink's data directory.
+        #[arg(
+            long,
+            conflicts_with = "clickhouse_url",
+            required_unless_present = "clickhouse_url"
+        )]
+        data_dir: Option<PathBuf>,
+        /// ClickHouse's HTTP URL (read the ClickHouse sink's table instead).
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+        #[command(flatten)]
+        clickhouse: ClickHouseTable,
+        /// Read ClickHouse's daily rollup (`<table>_daily`) instead of the deduplicated
+        /// requests table: faster on large tables.
+        #[arg(long, requires = "clickhouse_url")]
+        rollup: bool,
+        /// Group by these, in this column order (comma-separated: day, tenant, key, model).
+        #[arg(long, default_value = "day,tenant,key,model", value_delimiter = ',', value_parser = tollgate_logger::usage::Dimension::parse)]
+        by: Vec<tollgate_logger::usage::Dimension>,
+        /// First day included, YYYY-MM-DD (UTC).
+        #[arg(long, value_parser = parse_day)]
+        from: Option<time::Date>,
+        /// Last day included, YYYY-MM-DD (UTC).
+        #[arg(long, value_parser = parse_day)]
+        to: Option<time::Date>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Local all-in-one: Envoy + serve + the mock provider, with a curl to try.
     Up {
@@ -139,6 +164,35 @@ enum Command {
     },
 }
 
+/// Which ClickHouse table (`tollgate logger --sink clickhouse`, `tollgate usage`).
+#[derive(clap::Args)]
+struct ClickHouseTable {
+    /// The ClickHouse database (the logger creates it when missing).
+    #[arg(long, default_value = "tollgate")]
+    clickhouse_database: String,
+    /// The ClickHouse table (the logger creates it when missing).
+    #[arg(long, default_value = "requests")]
+    clickhouse_table: String,
+    /// The ClickHouse user (its password, if any, from `TOLLGATE_CLICKHOUSE_PASSWORD`).
+    #[arg(long, default_value = "default")]
+    clickhouse_user: String,
+}
+
+impl ClickHouseTable {
+    fn config(self, url: String) -> tollgate_logger::clickhouse::ClickHouseConfig {
+        tollgate_logger::clickhouse::ClickHouseConfig {
+            url,
+            database: self.clickhouse_database,
+            table: self.clickhouse_table,
+            user: self.clickhouse_user,
+            password: std::env::var("TOLLGATE_CLICKHOUSE_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(tollgate_core::config::Secret::new),
+        }
+    }
+}
+
 /// `tollgate logger --sink`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum SinkKind {
@@ -182,6 +236,11 @@ fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
         .with_writer(writer)
         .init();
     guard
+}
+
+fn parse_day(s: &str) -> Result<time::Date, String> {
+    time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|e| format!("`{s}` is not a day like 2026-11-23: {e}"))
 }
 
 fn yaml_str(s: &str) -> String {
@@ -285,9 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sink,
             data_dir,
             clickhouse_url,
-            clickhouse_database,
-            clickhouse_table,
-            clickhouse_user,
+            clickhouse,
             max_file_bytes,
             max_event_bytes,
             max_batch_events,
@@ -302,16 +359,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     max_file_bytes,
                 },
                 SinkKind::Clickhouse => tollgate_logger::config::SinkConfig::ClickHouse(
-                    tollgate_logger::clickhouse::ClickHouseConfig {
-                        url: clickhouse_url,
-                        database: clickhouse_database,
-                        table: clickhouse_table,
-                        user: clickhouse_user,
-                        password: std::env::var("TOLLGATE_CLICKHOUSE_PASSWORD")
-                            .ok()
-                            .filter(|p| !p.is_empty())
-                            .map(tollgate_core::config::Secret::new),
-                    },
+                    clickhouse.config(clickhouse_url),
                 ),
             };
             let config = tollgate_logger::LoggerConfig {
@@ -326,6 +374,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config,
                 tollgate::serve::shutdown_signal(),
             ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Usage {
+            data_dir,
+            clickhouse_url,
+            clickhouse,
+            rollup,
+            by,
+            from,
+            to,
+            json,
+        } => {
+            use tollgate_logger::usage;
+            let query = usage::UsageQuery { by, from, to };
+            let report = match (data_dir, clickhouse_url) {
+                (Some(dir), _) => usage::from_ndjson(&dir, &query)?,
+                (None, Some(url)) => {
+                    let config = clickhouse.config(url);
+                    let source = if rollup {
+                        usage::ClickHouseSource::Rollup
+                    } else {
+                        usage::ClickHouseSource::Requests
+                    };
+                    runtime()?.block_on(usage::from_clickhouse(&config, source, &query))?
+                }
+                (None, None) => anyhow::bail!("give --data-dir or --clickhouse-url"),
+            };
+            let text = if json {
+                usage::render_json(&report)
+            } else {
+                usage::render_table(&report)
+            };
+            out.write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Up {

@@ -3,10 +3,18 @@
 //! creates when missing; a batch is acknowledged once ClickHouse has answered the `INSERT`
 //! (the rows are in a part on disk by then).
 //!
-//! Idempotent on `request_id`: the sink serialises its writes and looks up which ids of a batch
-//! the table already holds before inserting the rest, so a replayed batch adds no row. As a
-//! second line of defence (two loggers racing), the table is a `ReplacingMergeTree` ordered by
-//! `request_id`: merges keep one row per id, and `FINAL` reads see one at once.
+//! Idempotent on `request_id`, also between several loggers writing one table: the sink
+//! serialises its own writes and looks up which ids of a batch the table already holds (so a
+//! replay costs one lookup); the rest goes into this sink's own staging table (`Memory`
+//! engine, `<table>_incoming_<instance>`), and from there into the table with
+//! `INSERT … SELECT … WHERE request_id NOT IN (…)`, run in one ClickHouse HTTP session shared by
+//! every writer of the table. ClickHouse runs one query at a time per session (another gets
+//! `SESSION_IS_LOCKED`, and the sink retries), so that check-and-insert is atomic across loggers
+//! and no id is ever inserted twice; this is what keeps the daily rollup, fed by a materialized
+//! view on every insert, exact. The table is also a `ReplacingMergeTree` ordered by
+//! `request_id`, and readers still deduplicate.
+
+pub mod migrations;
 
 use std::collections::HashSet;
 
@@ -101,14 +109,46 @@ ORDER BY request_id"
 /// Columns added after the first release of the table, with their types.
 const ADDED_COLUMNS: [(&str, &str); 1] = [("guardrail_verdicts", "Array(String)")];
 
+/// A client for `config`'s server (no database selected).
+pub(crate) fn client(config: &ClickHouseConfig) -> clickhouse::Client {
+    let client = clickhouse::Client::default()
+        .with_url(&config.url)
+        .with_user(&config.user)
+        .with_validation(false);
+    match &config.password {
+        Some(p) => client.with_password(p.expose()),
+        None => client,
+    }
+}
+
 /// Ids looked up per query.
 const LOOKUP_CHUNK: usize = 1000;
 
 /// The ClickHouse sink.
 pub struct ClickHouseSink {
     client: clickhouse::Client,
+    /// The same, in the session every writer of the table shares (see the module docs).
+    locked: clickhouse::Client,
+    database: String,
     table: String,
+    staging: String,
     writes: tokio::sync::Mutex<()>,
+}
+
+/// ClickHouse's `SESSION_IS_LOCKED`: another query runs in the session.
+const SESSION_IS_LOCKED: &str = "Code: 373,";
+
+/// How long a write waits for the shared session before giving up (the sender retries).
+const SESSION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A name unique to this sink instance.
+fn instance_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}_{nanos:x}_{n}", std::process::id())
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
@@ -116,34 +156,34 @@ struct StoredId {
     request_id: String,
 }
 
-fn ch(e: clickhouse::error::Error) -> LoggerError {
+/// The UTC day of `start_ns` (unix nanoseconds) as a `Date`, in any time zone the server has.
+pub(crate) const DAY_OF_START: &str = "toDate(toUInt16(intDiv(start_ns, 86400000000000)))";
+
+/// `table` with one row per `request_id` (`filter` is its `WHERE` clause, or empty): whatever
+/// merges have or have not happened, a duplicate insert counts once. Columns: `request_id`,
+/// `start_ns`, `tenant_`, `key_`, `model_` (the requested model), `input_`, `output_`,
+/// `cache_read_`, `cache_write_`, `reasoning_`, `cost_` (picodollars).
+pub(crate) fn deduplicated(table: &str, filter: &str) -> String {
+    format!(
+        "(SELECT request_id, any(start_time_unix_nanos) AS start_ns, any(tenant) AS tenant_, \
+         any(key_id) AS key_, any(requested_model) AS model_, any(input_tokens) AS input_, \
+         any(output_tokens) AS output_, any(cache_read_tokens) AS cache_read_, \
+         any(cache_write_tokens) AS cache_write_, any(reasoning_tokens) AS reasoning_, \
+         any(cost_picodollars) AS cost_ FROM {table} {filter} GROUP BY request_id)"
+    )
+}
+
+pub(crate) fn ch(e: clickhouse::error::Error) -> LoggerError {
     LoggerError::ClickHouse(e.to_string())
 }
 
 impl ClickHouseSink {
-    /// Connects, creating the database and the table when missing.
+    /// Connects, and brings the schema up to date ([`migrations`]: the database, the table and its
+    /// daily rollup, created when missing).
     pub async fn open(config: &ClickHouseConfig) -> Result<ClickHouseSink, LoggerError> {
         config.validate()?;
-        let mut client = clickhouse::Client::default()
-            .with_url(&config.url)
-            .with_user(&config.user)
-            .with_validation(false);
-        if let Some(p) = &config.password {
-            client = client.with_password(p.expose());
-        }
-        client
-            .query(&format!(
-                "CREATE DATABASE IF NOT EXISTS {}",
-                config.database
-            ))
-            .execute()
-            .await
-            .map_err(ch)?;
-        client
-            .query(&create_table_sql(&config.database, &config.table))
-            .execute()
-            .await
-            .map_err(ch)?;
+        let client = client(config);
+        migrations::run(&client, &config.database, &config.table).await?;
         // Tables created before a column existed get it (columns are only ever added).
         // (ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: look in `system.columns`.)
         for (column, kind) in ADDED_COLUMNS {
@@ -167,12 +207,60 @@ impl ClickHouseSink {
                 tracing::info!(column, "Added a column to the ClickHouse table");
             }
         }
+        let client = client.with_database(&config.database);
+        let staging = format!("{}_incoming_{}", config.table, instance_suffix());
+        client
+            .query(&format!(
+                "CREATE TABLE IF NOT EXISTS {staging} AS {} ENGINE = Memory",
+                config.table
+            ))
+            .execute()
+            .await
+            .map_err(ch)?;
+        // `session_id` is an HTTP parameter, which the client sends its settings as.
+        let locked = client.clone().with_setting(
+            "session_id",
+            format!("tollgate-writer-{}-{}", config.database, config.table),
+        );
         tracing::info!(url = %config.url, database = %config.database, table = %config.table, "Opened ClickHouse sink");
         Ok(ClickHouseSink {
-            client: client.with_database(&config.database),
+            client,
+            locked,
+            database: config.database.clone(),
             table: config.table.clone(),
+            staging,
             writes: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Moves the staged rows whose ids the table does not hold yet into it.
+    async fn insert_staged(&self) -> Result<(), LoggerError> {
+        let (table, staging) = (&self.table, &self.staging);
+        self.execute_locked(&format!(
+            "INSERT INTO {table} SELECT * FROM {staging} WHERE request_id NOT IN \
+             (SELECT request_id FROM {table} WHERE request_id IN (SELECT request_id FROM {staging}))"
+        ))
+        .await
+    }
+
+    /// Runs `sql` in the session every writer of the table shares, waiting while another
+    /// writer holds it.
+    async fn execute_locked(&self, sql: &str) -> Result<(), LoggerError> {
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(2);
+        loop {
+            match self.locked.query(sql).execute().await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if e.to_string().contains(SESSION_IS_LOCKED)
+                        && start.elapsed() < SESSION_WAIT =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(ch(e)),
+            }
+        }
     }
 
     async fn stored(&self, ids: &[&str]) -> Result<HashSet<String>, LoggerError> {
@@ -216,18 +304,39 @@ impl Sink for ClickHouseSink {
             .map(Record::from)
             .collect();
         summary.duplicates += u32::try_from(stored.len()).unwrap_or(u32::MAX);
+        if !stored.is_empty() {
+            // Part of this batch was stored before: perhaps by an insert that ClickHouse died in
+            // the middle of, after the table took it and before the rollup's view did.
+            let mut days: Vec<i64> = events
+                .iter()
+                .filter(|e| stored.contains(&e.request_id))
+                .map(|e| e.start_time_unix_nanos.div_euclid(86_400_000_000_000))
+                .collect();
+            days.sort_unstable();
+            days.dedup();
+            let database = self.database.as_str();
+            self.execute_locked(&migrations::reconcile_rollup_sql(
+                database,
+                &self.table,
+                &days,
+            ))
+            .await?;
+        }
         if rows.is_empty() {
             return Ok(summary);
         }
+        let truncate = format!("TRUNCATE TABLE {}", self.staging);
+        self.client.query(&truncate).execute().await.map_err(ch)?;
         let mut insert = self
             .client
-            .insert::<Record>(&self.table)
+            .insert::<Record>(&self.staging)
             .await
             .map_err(ch)?;
         for r in &rows {
             insert.write(r).await.map_err(ch)?;
         }
         insert.end().await.map_err(ch)?;
+        self.insert_staged().await?;
         summary.written = u32::try_from(rows.len()).unwrap_or(u32::MAX);
         Ok(summary)
     }
@@ -235,6 +344,12 @@ impl Sink for ClickHouseSink {
     async fn close(&self) -> Result<(), LoggerError> {
         // Every write ended with ClickHouse's answer: nothing is buffered here.
         let _wait_for_the_last_write = self.writes.lock().await;
+        // The staging table goes; if ClickHouse is away it stays behind, empty (a `Memory`
+        // table holds nothing across a server restart), for an operator to drop.
+        let drop = format!("DROP TABLE IF EXISTS {}", self.staging);
+        if let Err(e) = self.client.query(&drop).execute().await {
+            tracing::warn!(table = %self.staging, error = %e, "Could not drop this logger's staging table");
+        }
         Ok(())
     }
 }

@@ -57,6 +57,9 @@ pub enum LoggerError {
     /// An invalid setting.
     #[error("invalid logger config: {0}")]
     Config(String),
+    /// An invalid `tollgate usage` query.
+    #[error("invalid usage query: {0}")]
+    Query(String),
     /// The listen address is unavailable.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -80,7 +83,8 @@ impl LoggerError {
         match self {
             LoggerError::MissingRequestId { .. }
             | LoggerError::EventTooLarge { .. }
-            | LoggerError::BatchTooLarge { .. } => tonic::Code::InvalidArgument,
+            | LoggerError::BatchTooLarge { .. }
+            | LoggerError::Query(_) => tonic::Code::InvalidArgument,
             LoggerError::Io { .. } | LoggerError::SpoolFull { .. } | LoggerError::ClickHouse(_) => {
                 tonic::Code::Unavailable
             }

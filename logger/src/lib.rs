@@ -23,6 +23,7 @@ pub mod shipper;
 pub mod sink;
 pub mod spool;
 pub mod spooled;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
