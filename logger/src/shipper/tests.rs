@@ -226,10 +226,11 @@ async fn a_refused_batch_is_counted_kept_aside_and_not_retried_forever() {
     let fake = Fake::up();
     fake.0.lock().unwrap().reject = true;
     let metrics = Metrics::default();
+    // The batch closes at 2 events, never on the delay: one batch, however slow the machine.
     let shipper = Shipper::start_with(
         fake.clone(),
         spool(&dir),
-        options(2, 5, 100),
+        options(2, 60_000, 100),
         metrics.clone(),
     );
     shipper.handle().emit(event("a"));
