@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tollgate_core::config::ApiFamily;
 use tollgate_core::Endpoint;
 
+use super::hub::{Effort, Reasoning};
 use super::json::RawObject;
 use super::*;
 
@@ -267,6 +268,89 @@ fn openai_to_anthropic_request_defaults_max_tokens() {
     assert_eq!(v["max_tokens"], codec::anthropic::DEFAULT_MAX_TOKENS);
     assert_eq!(v["model"], "claude-x");
     assert!(v.get("stream").is_none());
+}
+
+/// The provider body for `body` sent through `pair` to `model`.
+fn translated(pair: Pair, body: &str, model: &str) -> Value {
+    let obj = RawObject::parse(body.as_bytes()).unwrap();
+    let (out, _) = pair.request(&obj, model, false, 0).unwrap();
+    serde_json::from_slice(&out).unwrap()
+}
+
+#[test]
+fn reasoning_effort_becomes_a_thinking_budget_that_fits_under_max_tokens() {
+    let ask = |extra: &str| {
+        translated(
+            OPENAI_TO_ANTHROPIC,
+            &format!(r#"{{"model":"c","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#),
+            "claude-x",
+        )
+    };
+    // No client limit: the budget from the table, the default answer room above it.
+    let v = ask(r#","reasoning_effort":"medium""#);
+    assert_eq!(
+        v["thinking"],
+        json!({"type": "enabled", "budget_tokens": 8192})
+    );
+    assert_eq!(v["max_tokens"], 8192 + codec::anthropic::DEFAULT_MAX_TOKENS);
+    // A client limit stays, and the budget shrinks below it.
+    let v = ask(r#","reasoning_effort":"high","max_completion_tokens":5000"#);
+    assert_eq!(
+        v["thinking"],
+        json!({"type": "enabled", "budget_tokens": 4999})
+    );
+    assert_eq!(v["max_tokens"], 5000);
+    // Too small a limit for the minimum budget: no thinking rather than a provider 400.
+    let v = ask(r#","reasoning_effort":"low","max_tokens":800"#);
+    assert!(v.get("thinking").is_none(), "{v}");
+    assert_eq!(v["max_tokens"], 800);
+    // `none` turns it off explicitly; no effort leaves the provider's default.
+    assert_eq!(
+        ask(r#","reasoning_effort":"none""#)["thinking"],
+        json!({"type": "disabled"})
+    );
+    assert!(ask("").get("thinking").is_none());
+    let obj = RawObject::parse(
+        br#"{"model":"c","reasoning_effort":"extreme","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    let err = OPENAI_TO_ANTHROPIC
+        .request(&obj, "claude-x", false, 0)
+        .unwrap_err();
+    assert!(err.to_string().contains("reasoning_effort"), "{err}");
+}
+
+#[test]
+fn a_thinking_budget_becomes_a_reasoning_effort() {
+    let ask = |thinking: &str| {
+        translated(
+            ANTHROPIC_TO_OPENAI,
+            &format!(
+                r#"{{"model":"o","max_tokens":30000,"thinking":{thinking},"messages":[{{"role":"user","content":"hi"}}]}}"#
+            ),
+            "o4-mini",
+        )
+    };
+    assert_eq!(
+        ask(r#"{"type":"enabled","budget_tokens":1024}"#)["reasoning_effort"],
+        "low"
+    );
+    assert_eq!(
+        ask(r#"{"type":"enabled","budget_tokens":10000}"#)["reasoning_effort"],
+        "medium"
+    );
+    assert_eq!(
+        ask(r#"{"type":"enabled","budget_tokens":20000}"#)["reasoning_effort"],
+        "high"
+    );
+    assert!(ask(r#"{"type":"disabled"}"#)
+        .get("reasoning_effort")
+        .is_none());
+    // Round trip: an effort survives OpenAI → hub → Anthropic → hub → OpenAI.
+    for effort in [Effort::Low, Effort::Medium, Effort::High] {
+        let budget = Reasoning::Effort(effort).budget_tokens().unwrap();
+        assert_eq!(Reasoning::Budget(budget).effort(), Some(effort));
+    }
 }
 
 #[test]

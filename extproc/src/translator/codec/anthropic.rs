@@ -15,8 +15,8 @@ use tollgate_core::Usage;
 use super::{insert_sampling, member, start_request, to_bytes, tool_object};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning, Role,
+    StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, MIN_THINKING_BUDGET,
 };
 use crate::translator::json::RawObject;
 
@@ -120,6 +120,14 @@ struct WireToolChoice {
     name: Option<String>,
     #[serde(default)]
     disable_parallel_tool_use: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct WireThinking {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    budget_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -344,6 +352,25 @@ pub fn request_from_wire(
     req.top_p = member(obj, "top_p")?;
     req.stop = member(obj, "stop_sequences")?.unwrap_or_default();
     req.user = member::<WireMetadata>(obj, "metadata")?.and_then(|m| m.user_id);
+    req.reasoning = match member::<WireThinking>(obj, "thinking")? {
+        None => None,
+        Some(t) => match (t.kind.as_str(), t.budget_tokens) {
+            ("enabled", Some(b)) => Some(Reasoning::Budget(b)),
+            ("enabled", None) => {
+                return Err(invalid(
+                    "thinking",
+                    "`budget_tokens` is required when enabled",
+                ))
+            }
+            ("disabled", _) => Some(Reasoning::Off),
+            (other, _) => {
+                return Err(invalid(
+                    "thinking",
+                    format!("unknown type `{other}` (enabled or disabled)"),
+                ))
+            }
+        },
+    };
     Ok(req)
 }
 
@@ -408,10 +435,28 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
     }
     let mut body = Map::new();
     body.insert("model".into(), req.model.clone().into());
-    body.insert(
-        "max_tokens".into(),
-        req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).into(),
-    );
+    let budget = req.reasoning.and_then(Reasoning::budget_tokens);
+    // Anthropic counts thinking inside `max_tokens` and wants the budget below it: without a
+    // client limit the answer keeps the default room above the budget; under a client limit
+    // the budget shrinks, and thinking stays off when less than the minimum budget fits.
+    let max_tokens = match (req.max_tokens, budget) {
+        (Some(m), _) => m,
+        (None, Some(b)) => b.saturating_add(DEFAULT_MAX_TOKENS),
+        (None, None) => DEFAULT_MAX_TOKENS,
+    };
+    body.insert("max_tokens".into(), max_tokens.into());
+    match budget.map(|b| b.min(max_tokens.saturating_sub(1))) {
+        Some(b) if b >= MIN_THINKING_BUDGET => {
+            body.insert(
+                "thinking".into(),
+                json!({"type": "enabled", "budget_tokens": b}),
+            );
+        }
+        _ if req.reasoning == Some(Reasoning::Off) => {
+            body.insert("thinking".into(), json!({"type": "disabled"}));
+        }
+        _ => {}
+    }
     match req.system.as_slice() {
         [] => {}
         [one] => {
