@@ -37,6 +37,24 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// An end-user id for the provider's abuse monitoring.
     pub user: Option<String>,
+    /// The shape the answer must take (`None`: free text).
+    pub response_format: Option<ResponseFormat>,
+    /// Tokens the model may spend on reasoning (`None`: the provider's default).
+    pub thinking_budget: Option<u64>,
+}
+
+/// A constraint on the answer's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// Any JSON object (OpenAI `json_object`, Gemini `responseMimeType: application/json`).
+    JsonObject,
+    /// JSON valid under a schema (OpenAI `json_schema`, Gemini `responseSchema`).
+    JsonSchema {
+        /// The schema's name (OpenAI requires one).
+        name: String,
+        /// The JSON Schema.
+        schema: serde_json::Value,
+    },
 }
 
 /// Who wrote a message (system text lives in [`ChatRequest::system`]).
@@ -68,7 +86,10 @@ pub enum Part {
     ToolCall(ToolCall),
     /// The result of a tool call, sent back by the client.
     ToolResult(ToolResult),
-    /// Visible reasoning, with the provider's signature that must come back unchanged.
+    /// Visible reasoning, with the provider's signature that must come back unchanged. Gemini
+    /// signs the part after its thoughts (`thoughtSignature` on a `functionCall` or text part):
+    /// its signature lands on the thinking block before that part, one with empty text when
+    /// the model showed no thoughts, and goes back onto the part after it.
     Thinking {
         /// The reasoning text.
         text: String,

@@ -16,6 +16,8 @@ use tollgate_core::Endpoint;
 use super::json::RawObject;
 use super::*;
 
+mod gemini;
+
 const CREATED: u64 = 1_700_000_000;
 
 const OPENAI_TO_ANTHROPIC: Pair = Pair {

@@ -123,6 +123,14 @@ struct WireToolChoice {
 }
 
 #[derive(Deserialize)]
+struct WireThinking {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    budget_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
 struct WireMetadata {
     #[serde(default)]
     user_id: Option<String>,
@@ -344,6 +352,9 @@ pub fn request_from_wire(
     req.top_p = member(obj, "top_p")?;
     req.stop = member(obj, "stop_sequences")?.unwrap_or_default();
     req.user = member::<WireMetadata>(obj, "metadata")?.and_then(|m| m.user_id);
+    req.thinking_budget = member::<WireThinking>(obj, "thinking")?
+        .filter(|t| t.kind == "enabled")
+        .and_then(|t| t.budget_tokens);
     Ok(req)
 }
 
@@ -461,6 +472,13 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
     insert_sampling(&mut body, req, "stop_sequences");
     if let Some(u) = &req.user {
         body.insert("metadata".into(), json!({"user_id": u}));
+    }
+    // Anthropic's smallest thinking budget is 1024 tokens; below it, no thinking.
+    if let Some(b) = req.thinking_budget.filter(|b| *b >= 1024) {
+        body.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": b}),
+        );
     }
     if req.stream {
         body.insert("stream".into(), true.into());
