@@ -199,6 +199,10 @@ pub enum ProviderKind {
     /// `anthropic-version` header (the client's when it sends one, else
     /// [`ANTHROPIC_VERSION`]).
     Anthropic,
+    /// Google Gemini API: `POST {base_url}/models/{model}:generateContent` (or
+    /// `:streamGenerateContent?alt=sse`), credential in `x-goog-api-key`; `base_url` defaults
+    /// to [`GEMINI_BASE_URL`].
+    Gemini,
 }
 
 impl ProviderKind {
@@ -209,9 +213,24 @@ impl ProviderKind {
                 ApiFamily::OpenAi
             }
             ProviderKind::Anthropic => ApiFamily::Anthropic,
+            ProviderKind::Gemini => ApiFamily::Gemini,
+        }
+    }
+
+    /// The base URL used when the config gives none (`None`: `base_url` is required).
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Gemini => Some(GEMINI_BASE_URL),
+            ProviderKind::Openai
+            | ProviderKind::OpenaiCompatible
+            | ProviderKind::AzureOpenai
+            | ProviderKind::Anthropic => None,
         }
     }
 }
+
+/// The base URL of `kind: gemini` providers that name none.
+pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
 
 /// The wire format of a provider's API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,6 +239,8 @@ pub enum ApiFamily {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// Google Gemini `generateContent`.
+    Gemini,
 }
 
 /// The `anthropic-version` sent to Anthropic providers when the client sent none.
@@ -231,8 +252,10 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 pub struct RawProvider {
     /// Which API the provider speaks.
     pub kind: ProviderKind,
-    /// The API's base URL, e.g. `https://api.openai.com/v1` or `https://RESOURCE.openai.azure.com`.
-    pub base_url: String,
+    /// The API's base URL, e.g. `https://api.openai.com/v1` or `https://RESOURCE.openai.azure.com`
+    /// (required, except for `gemini`, which defaults to [`GEMINI_BASE_URL`]).
+    #[serde(default)]
+    pub base_url: Option<String>,
     /// The Envoy cluster that reaches this provider (defaults to the provider's name).
     #[serde(default)]
     pub cluster: Option<String>,
@@ -376,15 +399,36 @@ pub enum Endpoint {
     Models,
     /// `POST /v1/messages` (Anthropic Messages).
     Messages,
+    /// `POST /v1beta/models/{model}:generateContent` or `:streamGenerateContent` (Gemini; the
+    /// model and whether it streams come from the path, see [`gemini_call`]).
+    GenerateContent,
+}
+
+/// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
+/// or `:streamGenerateContent`, `/v1/…` too), without its query.
+pub fn gemini_call(path: &str) -> Option<(&str, bool)> {
+    let rest = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (model, method) = rest.rsplit_once(':')?;
+    if model.is_empty() || model.contains('/') {
+        return None;
+    }
+    match method {
+        "generateContent" => Some((model, false)),
+        "streamGenerateContent" => Some((model, true)),
+        _ => None,
+    }
 }
 
 impl Endpoint {
     /// Every endpoint that is forwarded to a provider.
-    pub const FORWARDED: [Endpoint; 4] = [
+    pub const FORWARDED: [Endpoint; 5] = [
         Endpoint::ChatCompletions,
         Endpoint::Completions,
         Endpoint::Embeddings,
         Endpoint::Messages,
+        Endpoint::GenerateContent,
     ];
 
     /// The endpoint of a client request (`path` without its query).
@@ -395,6 +439,7 @@ impl Endpoint {
             ("POST", "/v1/embeddings") => Some(Endpoint::Embeddings),
             ("GET", "/v1/models") => Some(Endpoint::Models),
             ("POST", "/v1/messages") => Some(Endpoint::Messages),
+            ("POST", p) if gemini_call(p).is_some() => Some(Endpoint::GenerateContent),
             _ => None,
         }
     }
@@ -407,6 +452,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
             Endpoint::Messages => "messages",
+            Endpoint::GenerateContent => "generateContent",
         }
     }
 
@@ -418,6 +464,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
             Endpoint::Messages => "messages",
+            Endpoint::GenerateContent => "generate_content",
         }
     }
 
@@ -427,7 +474,8 @@ impl Endpoint {
             Endpoint::Completions => 1,
             Endpoint::Embeddings => 2,
             Endpoint::Messages => 3,
-            Endpoint::Models => 4,
+            Endpoint::GenerateContent => 4,
+            Endpoint::Models => 5,
         }
     }
 }
@@ -540,7 +588,9 @@ pub struct Target {
     pub upstream_model: String,
     /// Relative share of traffic.
     pub weight: u32,
-    paths: [String; 4],
+    paths: [String; 5],
+    /// The streaming path of Gemini providers (`…:streamGenerateContent?alt=sse`).
+    stream_path: String,
 }
 
 impl Target {
@@ -550,6 +600,16 @@ impl Target {
             .get(endpoint.index())
             .map(String::as_str)
             .unwrap_or("/")
+    }
+
+    /// The upstream `:path` for a forwarded endpoint, streaming or not (only Gemini's paths
+    /// differ).
+    pub fn path_for(&self, endpoint: Endpoint, stream: bool) -> &str {
+        if stream && endpoint == Endpoint::GenerateContent {
+            &self.stream_path
+        } else {
+            self.path(endpoint)
+        }
     }
 }
 
@@ -968,7 +1028,11 @@ fn validate_provider(
             "cluster names may use only letters, digits, `-`, `_` and `.`",
         );
     }
-    let url = parse_base_url(&p.base_url).map_err(|m| errs.add(format!("{path}.base_url"), m));
+    let url = match p.base_url.as_deref().or(p.kind.default_base_url()) {
+        Some(base) => parse_base_url(base),
+        None => Err("is required".to_owned()),
+    }
+    .map_err(|m| errs.add(format!("{path}.base_url"), m));
 
     let credential = p.credential.as_ref().and_then(|c| {
         let cpath = format!("{path}.credential");
@@ -1002,6 +1066,7 @@ fn validate_provider(
                 ("authorization", Secret::new(format!("Bearer {secret}")))
             }
             ProviderKind::Anthropic => ("x-api-key", Secret::new(secret)),
+            ProviderKind::Gemini => ("x-goog-api-key", Secret::new(secret)),
         };
         if http::HeaderValue::from_str(header.1.expose()).is_err() {
             errs.add(
@@ -1095,15 +1160,21 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
             e.suffix(),
             provider.api_version.as_deref().unwrap_or_default()
         ),
+        ProviderKind::Gemini => format!("{}/models/{model}:generateContent", provider.base_path),
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Anthropic => {
             format!("{}/{}", provider.base_path, e.suffix())
         }
     });
+    let stream_path = format!(
+        "{}/models/{model}:streamGenerateContent?alt=sse",
+        provider.base_path
+    );
     Target {
         provider,
         upstream_model: model.to_owned(),
         weight,
         paths,
+        stream_path,
     }
 }
 

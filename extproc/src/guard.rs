@@ -142,6 +142,7 @@ fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::Messages => &["system", "messages"],
         Endpoint::Completions => &["prompt"],
         Endpoint::Embeddings => &["input"],
+        Endpoint::GenerateContent => &["systemInstruction", "contents"],
         Endpoint::Models => &[],
     }
 }
@@ -173,13 +174,23 @@ pub fn check_request(engine: &Engine, endpoint: Endpoint, obj: &RawObject<'_>) -
             }
             merge(&mut check.verdict, out.verdict);
         };
-        if *member == "messages" {
+        if *member == "messages" || *member == "contents" {
+            // Gemini's turns keep their text under `parts`.
+            let key = if *member == "messages" {
+                "content"
+            } else {
+                "parts"
+            };
             if let Value::Array(messages) = &mut value {
                 for m in messages {
-                    if let Some(c) = m.get_mut("content") {
+                    if let Some(c) = m.get_mut(key) {
                         visit_text(c, &mut judge);
                     }
                 }
+            }
+        } else if *member == "systemInstruction" {
+            if let Some(parts) = value.get_mut("parts") {
+                visit_text(parts, &mut judge);
             }
         } else {
             visit_text(&mut value, &mut judge);
@@ -221,8 +232,9 @@ pub fn judge_request(
 
 /// Judges (and redacts in place) the assistant text of a complete response body in the
 /// client's dialect: OpenAI `choices[].message.content` (every choice) and `choices[].text`
-/// (legacy completions), Anthropic `content[]` text blocks. Every other member stays as the
-/// provider (or the translator) wrote it. `None` when the body is not a JSON object.
+/// (legacy completions), Anthropic `content[]` text blocks, Gemini
+/// `candidates[].content.parts[]` text. Every other member stays as the provider (or the
+/// translator) wrote it. `None` when the body is not a JSON object.
 pub fn judge_response(
     engine: &Engine,
     client: ApiFamily,
@@ -258,6 +270,15 @@ pub fn judge_response(
         ApiFamily::Anthropic => {
             if let Some(content) = v.get_mut("content") {
                 visit_text(content, &mut judge);
+            }
+        }
+        ApiFamily::Gemini => {
+            if let Some(Value::Array(candidates)) = v.get_mut("candidates") {
+                for c in candidates {
+                    if let Some(parts) = c.get_mut("content").and_then(|m| m.get_mut("parts")) {
+                        visit_text(parts, &mut judge);
+                    }
+                }
             }
         }
     }

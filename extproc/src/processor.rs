@@ -354,7 +354,8 @@ impl Processor {
         if endpoint == Endpoint::Models {
             return Ok(self.list_models());
         }
-        let parsed = openai::parse_request(endpoint, &b.body).map_err(|e| (e, None))?;
+        let path = strip_query(&ctx.path);
+        let parsed = openai::parse_request_at(endpoint, path, &b.body).map_err(|e| (e, None))?;
         let model = parsed.model.clone();
         let Some(m) = self.config.models.get(&model) else {
             return Err((ApiError::UnknownModel(model.clone()), Some(model)));
@@ -378,9 +379,8 @@ impl Processor {
             None => None,
         };
         let parsed = match &redacted {
-            Some(body) => {
-                openai::parse_request(endpoint, body).map_err(|e| (e, Some(model.clone())))?
-            }
+            Some(body) => openai::parse_request_at(endpoint, path, body)
+                .map_err(|e| (e, Some(model.clone())))?,
             None => parsed,
         };
         let response_guard = policy
@@ -415,7 +415,10 @@ impl Processor {
         };
 
         let mut headers = Vec::with_capacity(7 + provider.headers.len());
-        headers.push(set(":path", target.path(upstream_endpoint)));
+        headers.push(set(
+            ":path",
+            target.path_for(upstream_endpoint, parsed.stream),
+        ));
         headers.push(set(":authority", provider.authority.as_str()));
         headers.push(set(md::ROUTE_HEADER, provider.cluster.as_str()));
         headers.push(set("content-length", body.len().to_string()));
@@ -438,7 +441,7 @@ impl Processor {
             {
                 headers.push(set("anthropic-version", ANTHROPIC_VERSION));
             }
-            ApiFamily::OpenAi if pair.client == ApiFamily::Anthropic => {
+            ApiFamily::OpenAi | ApiFamily::Gemini if pair.client == ApiFamily::Anthropic => {
                 remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
             }
             _ => {}
@@ -609,10 +612,7 @@ impl Processor {
             rule,
             side: Side::Response,
         };
-        let dialect = match client {
-            ApiFamily::OpenAi => Dialect::OpenAi,
-            ApiFamily::Anthropic => Dialect::Anthropic,
-        };
+        let dialect = crate::translator::dialect_of(client);
         if let Some(fwd) = &mut self.forwarded {
             fwd.status = Some(err.status());
         }

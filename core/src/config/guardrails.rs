@@ -163,14 +163,17 @@ impl Side {
 }
 
 /// The endpoints a rule can be scoped to, by label.
-const SCOPED_ENDPOINTS: [Endpoint; 4] = Endpoint::FORWARDED;
+const SCOPED_ENDPOINTS: [Endpoint; SCOPES] = Endpoint::FORWARDED;
+
+/// How many endpoints a rule can be scoped to.
+const SCOPES: usize = Endpoint::FORWARDED.len();
 
 /// A compiled policy: an engine per (side, endpoint, model), `None` where no rule applies.
 #[derive(Debug)]
 pub struct Policy {
     /// The policy's name.
     pub name: String,
-    by_model: HashMap<String, [Option<Arc<Engine>>; 8]>,
+    by_model: HashMap<String, [Option<Arc<Engine>>; 2 * SCOPES]>,
 }
 
 impl Policy {
@@ -179,7 +182,7 @@ impl Policy {
         let slot = SCOPED_ENDPOINTS.iter().position(|e| *e == endpoint)?;
         self.by_model
             .get(model)?
-            .get(side.index() * 4 + slot)?
+            .get(side.index() * SCOPES + slot)?
             .as_ref()
     }
 }
@@ -329,7 +332,7 @@ fn validate_policy(
     let mut compiled: HashMap<Vec<usize>, Arc<Engine>> = HashMap::new();
     let mut by_model = HashMap::with_capacity(models.len());
     for model in models.keys() {
-        let mut slots: [Option<Arc<Engine>>; 8] = Default::default();
+        let mut slots: [Option<Arc<Engine>>; 2 * SCOPES] = Default::default();
         for side in [Side::Request, Side::Response] {
             for (e, endpoint) in SCOPED_ENDPOINTS.iter().enumerate() {
                 let set: Vec<usize> = p
@@ -360,7 +363,7 @@ fn validate_policy(
                         }
                     }
                 };
-                if let Some(slot) = slots.get_mut(side.index() * 4 + e) {
+                if let Some(slot) = slots.get_mut(side.index() * SCOPES + e) {
                     *slot = Some(engine);
                 }
             }

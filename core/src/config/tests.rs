@@ -184,6 +184,57 @@ models:
 }
 
 #[test]
+fn gemini_providers_get_x_goog_api_key_a_default_base_url_and_model_paths() {
+    let yaml = r#"
+providers:
+  google:
+    kind: gemini
+    credential: { env: GEMINI_KEY }
+  nobase:
+    kind: openai
+models:
+  flash:
+    targets: [{ provider: google, model: gemini-2.5-flash }]
+"#;
+    let env = MapEnv::from_pairs([("GEMINI_KEY", "AIza-test")]);
+    let errs = Config::from_yaml(yaml, &env).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "providers.nobase.base_url");
+    let c = Config::from_yaml(&yaml.replace("kind: openai", "kind: gemini"), &env).unwrap();
+    let p = &c.providers["google"];
+    assert_eq!(p.kind.family(), ApiFamily::Gemini);
+    assert_eq!(p.authority, "generativelanguage.googleapis.com");
+    let (name, secret) = p.credential_header.as_ref().unwrap();
+    assert_eq!((*name, secret.expose()), ("x-goog-api-key", "AIza-test"));
+    let t = &c.models["flash"].targets[0];
+    assert_eq!(
+        t.path_for(Endpoint::GenerateContent, false),
+        "/v1beta/models/gemini-2.5-flash:generateContent"
+    );
+    assert_eq!(
+        t.path_for(Endpoint::GenerateContent, true),
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    );
+    for (path, want) in [
+        (
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            Some(("gemini-2.5-flash", false)),
+        ),
+        ("/v1/models/g:streamGenerateContent", Some(("g", true))),
+        ("/v1beta/models/g:countTokens", None),
+        ("/v1beta/models/:generateContent", None),
+        ("/v1beta/tunedModels/x:generateContent", None),
+    ] {
+        assert_eq!(gemini_call(path), want, "{path}");
+        assert_eq!(
+            Endpoint::from_request("POST", path).is_some(),
+            want.is_some(),
+            "{path}"
+        );
+    }
+}
+
+#[test]
 fn logging_is_off_without_its_section() {
     let c = Config::from_yaml(&good(), &env()).unwrap();
     assert_eq!(c.logging, None);

@@ -227,6 +227,21 @@ fn anthropic_upstream(deltas: &[&str]) -> Vec<u8> {
     s.into_bytes()
 }
 
+fn gemini_upstream(deltas: &[&str]) -> Vec<u8> {
+    let mut s = String::new();
+    let last = deltas.len().saturating_sub(1);
+    for (i, d) in deltas.iter().enumerate() {
+        let mut chunk = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": d}]}, "index": 0}],
+            "usageMetadata": {"promptTokenCount": 3}, "modelVersion": "u", "responseId": "r1"});
+        if i == last {
+            chunk["candidates"][0]["finishReason"] = "STOP".into();
+            chunk["usageMetadata"]["candidatesTokenCount"] = 9.into();
+        }
+        s.push_str(&format!("data: {chunk}\r\n\r\n"));
+    }
+    s.into_bytes()
+}
+
 /// The assistant text a client reads from its stream, and whether the stream ended with an
 /// error event.
 fn client_text(client: ApiFamily, sse: &[u8]) -> (String, Option<Value>) {
@@ -249,6 +264,17 @@ fn client_text(client: ApiFamily, sse: &[u8]) -> (String, Option<Value>) {
             ApiFamily::Anthropic => {
                 if let Some(t) = v["delta"]["text"].as_str() {
                     text.push_str(t);
+                }
+            }
+            ApiFamily::Gemini => {
+                for p in v["candidates"][0]["content"]["parts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(t) = p["text"].as_str() {
+                        text.push_str(t);
+                    }
                 }
             }
         }
@@ -280,7 +306,7 @@ fn run(pair: Pair, engine: &Arc<Engine>, chunks: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-const PAIRS: [Pair; 4] = [
+const PAIRS: [Pair; 7] = [
     Pair {
         client: ApiFamily::OpenAi,
         upstream: ApiFamily::OpenAi,
@@ -296,6 +322,18 @@ const PAIRS: [Pair; 4] = [
     Pair {
         client: ApiFamily::Anthropic,
         upstream: ApiFamily::OpenAi,
+    },
+    Pair {
+        client: ApiFamily::Gemini,
+        upstream: ApiFamily::Gemini,
+    },
+    Pair {
+        client: ApiFamily::Gemini,
+        upstream: ApiFamily::OpenAi,
+    },
+    Pair {
+        client: ApiFamily::OpenAi,
+        upstream: ApiFamily::Gemini,
     },
 ];
 
@@ -303,6 +341,7 @@ fn upstream(pair: Pair, deltas: &[&str]) -> Vec<u8> {
     match pair.upstream {
         ApiFamily::OpenAi => openai_upstream(deltas),
         ApiFamily::Anthropic => anthropic_upstream(deltas),
+        ApiFamily::Gemini => gemini_upstream(deltas),
     }
 }
 
@@ -368,6 +407,10 @@ fn a_block_mid_stream_ends_it_with_an_error_in_the_client_dialect() {
                 assert_eq!(error["type"], "error");
                 assert!(s.contains("event: error\n"));
                 assert!(!s.contains("message_stop"));
+            }
+            ApiFamily::Gemini => {
+                assert_eq!(error["error"]["status"], "INVALID_ARGUMENT");
+                assert!(!s.contains("finishReason"));
             }
         }
         assert!(error.to_string().contains("`card`"));

@@ -39,6 +39,22 @@ pub struct ChatRequest {
     pub user: Option<String>,
     /// How much the model reasons before answering (`None`: the provider's default).
     pub reasoning: Option<Reasoning>,
+    /// The shape the answer must take (`None`: free text).
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// A constraint on the answer's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    /// Any JSON object (OpenAI `json_object`, Gemini `responseMimeType: application/json`).
+    JsonObject,
+    /// JSON valid under a schema (OpenAI `json_schema`, Gemini `responseSchema`).
+    JsonSchema {
+        /// The schema's name (OpenAI requires one).
+        name: String,
+        /// The JSON Schema.
+        schema: serde_json::Value,
+    },
 }
 
 /// How much a model reasons: OpenAI speaks in efforts, Anthropic in token budgets. Each codec
@@ -150,7 +166,10 @@ pub enum Part {
     ToolCall(ToolCall),
     /// The result of a tool call, sent back by the client.
     ToolResult(ToolResult),
-    /// Visible reasoning, with the provider's signature that must come back unchanged.
+    /// Visible reasoning, with the provider's signature that must come back unchanged. Gemini
+    /// signs the part after its thoughts (`thoughtSignature` on a `functionCall` or text part):
+    /// its signature lands on the thinking block before that part, one with empty text when
+    /// the model showed no thoughts, and goes back onto the part after it.
     Thinking {
         /// The reasoning text.
         text: String,

@@ -21,7 +21,7 @@ mod tests;
 use tollgate_core::config::ApiFamily;
 use tollgate_core::{ApiError, Endpoint, Usage};
 
-use self::codec::{anthropic, openai as openai_codec};
+use self::codec::{anthropic, gemini, openai as openai_codec};
 use self::error::TranslateError;
 use self::hub::ErrorInfo;
 use self::json::RawObject;
@@ -49,6 +49,16 @@ fn family_name(f: ApiFamily) -> &'static str {
     match f {
         ApiFamily::OpenAi => "OpenAI",
         ApiFamily::Anthropic => "Anthropic",
+        ApiFamily::Gemini => "Gemini",
+    }
+}
+
+/// The error dialect of a client API.
+pub fn dialect_of(f: ApiFamily) -> tollgate_core::Dialect {
+    match f {
+        ApiFamily::OpenAi => tollgate_core::Dialect::OpenAi,
+        ApiFamily::Anthropic => tollgate_core::Dialect::Anthropic,
+        ApiFamily::Gemini => tollgate_core::Dialect::Gemini,
     }
 }
 
@@ -61,22 +71,29 @@ impl Pair {
     ) -> Result<(Pair, Endpoint), TranslateError> {
         let client = match endpoint {
             Endpoint::Messages => ApiFamily::Anthropic,
+            Endpoint::GenerateContent => ApiFamily::Gemini,
             _ => ApiFamily::OpenAi,
         };
         let pair = Pair { client, upstream };
+        let chat = matches!(
+            endpoint,
+            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::GenerateContent
+        );
         let target = match (endpoint, upstream) {
-            (Endpoint::ChatCompletions | Endpoint::Messages, ApiFamily::Anthropic) => {
-                Endpoint::Messages
+            (_, ApiFamily::Anthropic) if chat => Endpoint::Messages,
+            (_, ApiFamily::Gemini) if chat => Endpoint::GenerateContent,
+            (Endpoint::Messages | Endpoint::GenerateContent, ApiFamily::OpenAi) => {
+                Endpoint::ChatCompletions
             }
-            (Endpoint::Messages, ApiFamily::OpenAi) => Endpoint::ChatCompletions,
             (e, ApiFamily::OpenAi) => e,
-            (e, ApiFamily::Anthropic) => {
+            (e, ApiFamily::Anthropic | ApiFamily::Gemini) => {
                 return Err(TranslateError::Unsupported {
                     param: "model",
                     message: format!(
-                    "This model is served by an Anthropic provider, which has no `{}` endpoint.",
-                    e.suffix()
-                ),
+                        "This model is served by an {} provider, which has no `{}` endpoint.",
+                        family_name(upstream),
+                        e.suffix()
+                    ),
                 })
             }
         };
@@ -105,13 +122,25 @@ impl Pair {
         size_hint: usize,
     ) -> Result<(Vec<u8>, bool), TranslateError> {
         if !self.translates() {
+            // Gemini names the model in the path, not the body.
+            if self.client == ApiFamily::Gemini {
+                return Ok((obj.write_with(&[], size_hint), false));
+            }
             let model = serde_json::to_string(upstream_model).unwrap_or_default();
             return Ok((obj.write_with(&[("model", &model)], size_hint), false));
         }
         let req = match self.client {
             ApiFamily::OpenAi => openai_codec::request_from_wire(obj, upstream_model, stream)?,
             ApiFamily::Anthropic => anthropic::request_from_wire(obj, upstream_model, stream)?,
+            ApiFamily::Gemini => gemini::request_from_wire(obj, upstream_model, stream)?,
         };
+        // Members that change what the client gets back cannot be dropped silently.
+        if self.upstream == ApiFamily::Anthropic && req.response_format.is_some() {
+            return Err(TranslateError::Unsupported {
+                param: "response_format",
+                message: "This model's provider does not support JSON mode through Tollgate yet; ask for JSON in the prompt or use tools.".to_owned(),
+            });
+        }
         tracing::trace!(
             from = family_name(self.client),
             to = family_name(self.upstream),
@@ -120,6 +149,7 @@ impl Pair {
         let body = match self.upstream {
             ApiFamily::OpenAi => openai_codec::request_to_wire(&req),
             ApiFamily::Anthropic => anthropic::request_to_wire(&req),
+            ApiFamily::Gemini => gemini::request_to_wire(&req),
         };
         Ok((body, req.include_usage))
     }
@@ -140,18 +170,21 @@ impl Pair {
                     ApiFamily::Anthropic => {
                         anthropic::response_from_wire(body).ok().map(|r| r.usage)
                     }
+                    ApiFamily::Gemini => gemini::usage_from_body(body),
                 },
             };
         }
         let parsed = match self.upstream {
             ApiFamily::OpenAi => openai_codec::response_from_wire(body),
             ApiFamily::Anthropic => anthropic::response_from_wire(body),
+            ApiFamily::Gemini => gemini::response_from_wire(body),
         };
         match parsed {
             Ok(r) => Completed {
                 body: Some(match self.client {
                     ApiFamily::OpenAi => openai_codec::response_to_wire(&r, created),
                     ApiFamily::Anthropic => anthropic::response_to_wire(&r),
+                    ApiFamily::Gemini => gemini::response_to_wire(&r),
                 }),
                 usage: Some(r.usage),
             },
@@ -170,22 +203,21 @@ impl Pair {
         let info: Option<ErrorInfo> = match self.upstream {
             ApiFamily::OpenAi => openai_codec::error_from_wire(status, body),
             ApiFamily::Anthropic => anthropic::error_from_wire(status, body),
+            ApiFamily::Gemini => gemini::error_from_wire(status, body),
         };
         match info {
             Some(_) if !self.translates() => None,
             Some(info) => Some(match self.client {
                 ApiFamily::OpenAi => openai_codec::error_to_wire(&info),
                 ApiFamily::Anthropic => anthropic::error_to_wire(&info),
+                ApiFamily::Gemini => gemini::error_to_wire(&info),
             }),
             None => Some(self.own_error(&ApiError::Upstream(status))),
         }
     }
 
     fn own_error(self, e: &ApiError) -> Vec<u8> {
-        e.body(match self.client {
-            ApiFamily::OpenAi => tollgate_core::Dialect::OpenAi,
-            ApiFamily::Anthropic => tollgate_core::Dialect::Anthropic,
-        })
+        e.body(dialect_of(self.client))
     }
 
     /// The stream translator of this pair (`include_usage`: an OpenAI client asked for the
@@ -205,6 +237,7 @@ impl Pair {
         let decoder = match self.upstream {
             ApiFamily::OpenAi => Decoder::OpenAi(Default::default()),
             ApiFamily::Anthropic => Decoder::Anthropic(Default::default()),
+            ApiFamily::Gemini => Decoder::Gemini(Default::default()),
         };
         let encoder = match (self.translates() || guard.is_some(), self.client) {
             (false, _) => Encoder::Passthrough,
@@ -212,6 +245,7 @@ impl Pair {
                 Encoder::OpenAi(openai_codec::StreamEncoder::new(include_usage, created))
             }
             (true, ApiFamily::Anthropic) => Encoder::Anthropic(Default::default()),
+            (true, ApiFamily::Gemini) => Encoder::Gemini(Default::default()),
         };
         StreamTranslator::new(decoder, encoder).with_guard(guard)
     }

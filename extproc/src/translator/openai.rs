@@ -37,12 +37,35 @@ fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
     }
 }
 
-/// Parses and validates a request body for `endpoint`.
-pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest<'_>, ApiError> {
-    let obj = RawObject::parse(body).map_err(|e| match e {
+fn parse_object(body: &[u8]) -> Result<RawObject<'_>, ApiError> {
+    RawObject::parse(body).map_err(|e| match e {
         RawObjectError::Syntax(m) => ApiError::InvalidJson(m),
         RawObjectError::Duplicate(k) => ApiError::InvalidJson(format!("duplicate member `{k}`")),
-    })?;
+    })
+}
+
+/// Parses and validates a request body for `endpoint` at `path` (without its query), which
+/// names the model and the streaming of Gemini requests.
+pub fn parse_request_at<'a>(
+    endpoint: Endpoint,
+    path: &str,
+    body: &'a [u8],
+) -> Result<ParsedRequest<'a>, ApiError> {
+    if endpoint != Endpoint::GenerateContent {
+        return parse_request(endpoint, body);
+    }
+    let (model, stream) = tollgate_core::config::gemini_call(path)
+        .ok_or_else(|| invalid("model", "The path names no model."))?;
+    Ok(ParsedRequest {
+        obj: parse_object(body)?,
+        model: model.to_owned(),
+        stream,
+    })
+}
+
+/// Parses and validates a request body for `endpoint`.
+pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<ParsedRequest<'_>, ApiError> {
+    let obj = parse_object(body)?;
     let model = match obj.get("model") {
         None => return Err(invalid("model", "You must provide a model parameter.")),
         Some(raw) => serde_json::from_str::<String>(raw.get())

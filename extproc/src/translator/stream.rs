@@ -10,7 +10,7 @@ use tollgate_core::{ApiError, Dialect, Usage};
 
 use crate::guard::StreamGuard;
 
-use super::codec::{anthropic, openai};
+use super::codec::{anthropic, gemini, openai};
 use super::hub::StreamEvent;
 use super::sse::{each_event, event_data};
 
@@ -21,6 +21,8 @@ pub enum Decoder {
     OpenAi(openai::StreamDecoder),
     /// Messages events.
     Anthropic(anthropic::StreamDecoder),
+    /// `GenerateContentResponse` chunks.
+    Gemini(gemini::StreamDecoder),
 }
 
 /// Writes the client's stream.
@@ -30,6 +32,8 @@ pub enum Encoder {
     OpenAi(openai::StreamEncoder),
     /// Messages events.
     Anthropic(anthropic::StreamEncoder),
+    /// `GenerateContentResponse` chunks.
+    Gemini(gemini::StreamEncoder),
     /// The upstream events unchanged (same dialect on both sides; decoded for usage only).
     Passthrough,
 }
@@ -75,6 +79,7 @@ impl StreamTranslator {
         match &self.decoder {
             Decoder::OpenAi(d) => d.usage(),
             Decoder::Anthropic(d) => d.usage(),
+            Decoder::Gemini(d) => d.usage(),
         }
     }
 
@@ -102,8 +107,9 @@ impl StreamTranslator {
 
     fn event(&mut self, raw: &[u8], out: &mut Vec<u8>) {
         let passthrough = matches!(self.encoder, Encoder::Passthrough);
-        // Passed-through streams are read for usage only: skip events that carry none.
-        if passthrough && memchr::memmem::find(raw, b"\"usage\"").is_none() {
+        // Passed-through streams are read for usage only: skip events that carry none
+        // (`"usage"`, or Gemini's `"usageMetadata"`).
+        if passthrough && memchr::memmem::find(raw, b"\"usage").is_none() {
             out.extend_from_slice(raw);
             return;
         }
@@ -112,6 +118,7 @@ impl StreamTranslator {
             match &mut self.decoder {
                 Decoder::OpenAi(d) => d.decode(&data, &mut self.events),
                 Decoder::Anthropic(d) => d.decode(&data, &mut self.events),
+                Decoder::Gemini(d) => d.decode(&data, &mut self.events),
             }
         }
         if passthrough {
@@ -134,6 +141,7 @@ impl StreamTranslator {
             match &mut self.encoder {
                 Encoder::OpenAi(enc) => enc.encode(e, out),
                 Encoder::Anthropic(enc) => enc.encode(e, out),
+                Encoder::Gemini(enc) => enc.encode(e, out),
                 Encoder::Passthrough => {}
             }
         }
@@ -149,6 +157,10 @@ impl StreamTranslator {
             Encoder::Anthropic(_) => {
                 out.extend_from_slice(b"event: error\ndata: ");
                 out.extend_from_slice(&err.body(Dialect::Anthropic));
+            }
+            Encoder::Gemini(_) => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&err.body(Dialect::Gemini));
             }
             Encoder::OpenAi(_) | Encoder::Passthrough => {
                 out.extend_from_slice(b"data: ");

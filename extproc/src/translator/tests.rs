@@ -17,6 +17,8 @@ use super::hub::{Effort, Reasoning};
 use super::json::RawObject;
 use super::*;
 
+mod gemini;
+
 const CREATED: u64 = 1_700_000_000;
 
 const OPENAI_TO_ANTHROPIC: Pair = Pair {

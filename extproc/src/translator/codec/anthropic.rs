@@ -124,7 +124,7 @@ struct WireToolChoice {
 
 #[derive(Deserialize)]
 struct WireThinking {
-    #[serde(rename = "type")]
+    #[serde(default, rename = "type")]
     kind: String,
     #[serde(default)]
     budget_tokens: Option<u64>,

@@ -2,6 +2,7 @@
 //! responses, errors, and stream decoders/encoders that work one SSE event at a time.
 
 pub mod anthropic;
+pub mod gemini;
 pub mod openai;
 
 use serde::de::DeserializeOwned;
@@ -42,6 +43,13 @@ pub(crate) fn member<T: DeserializeOwned>(
 /// Serializes a JSON value we built ourselves (cannot fail for `serde_json::Value`).
 pub(crate) fn to_bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Writes `v` as one SSE `data:` event.
+pub(crate) fn data(v: &serde_json::Value, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&to_bytes(v));
+    out.extend_from_slice(b"\n\n");
 }
 
 /// A tool definition as both APIs spell it: `name`, optional `description`, and the JSON

@@ -12,11 +12,11 @@ use serde_json::{json, Map, Value};
 use tollgate_core::usage::OpenAiUsage;
 use tollgate_core::Usage;
 
-use super::{insert_sampling, member, start_request, to_bytes, tool_object};
+use super::{data, insert_sampling, member, start_request, to_bytes, tool_object};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning, Role,
-    StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning,
+    ResponseFormat, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
 };
 use crate::translator::json::RawObject;
 
@@ -340,12 +340,21 @@ pub fn request_from_wire(
         })?),
     };
     // Members that change what the client gets back cannot be dropped silently.
-    if member::<Value>(obj, "response_format")?.is_some_and(|f| f["type"] != "text") {
-        return Err(TranslateError::Unsupported {
-            param: "response_format",
-            message: "This model's provider does not support `response_format` through Tollgate yet; ask for JSON in the prompt or use tools.".to_owned(),
-        });
-    }
+    req.response_format = match member::<Value>(obj, "response_format")? {
+        None => None,
+        Some(f) => match f["type"].as_str() {
+            Some("text") => None,
+            Some("json_object") => Some(ResponseFormat::JsonObject),
+            Some("json_schema") => Some(ResponseFormat::JsonSchema {
+                name: f["json_schema"]["name"]
+                    .as_str()
+                    .unwrap_or("response")
+                    .to_owned(),
+                schema: f["json_schema"]["schema"].clone(),
+            }),
+            _ => return Err(invalid("response_format", "unknown `type`")),
+        },
+    };
     if member::<bool>(obj, "logprobs")? == Some(true) {
         return Err(TranslateError::Unsupported {
             param: "logprobs",
@@ -457,6 +466,18 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
         body.insert("reasoning_effort".into(), e.as_str().into());
     }
     insert_sampling(&mut body, req, "stop");
+    match &req.response_format {
+        None => {}
+        Some(ResponseFormat::JsonObject) => {
+            body.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        Some(ResponseFormat::JsonSchema { name, schema }) => {
+            body.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}}),
+            );
+        }
+    }
     if let Some(u) = &req.user {
         body.insert("user".into(), u.clone().into());
     }
@@ -918,10 +939,4 @@ impl StreamEncoder {
             }
         }
     }
-}
-
-fn data(v: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&to_bytes(v));
-    out.extend_from_slice(b"\n\n");
 }
