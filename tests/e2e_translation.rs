@@ -69,6 +69,7 @@ async fn openai_sdk_against_an_anthropic_backend() {
             ("TOLLGATE_KEY", KEY_ALL),
             ("TOLLGATE_CHAT_MODEL", "claude-model"),
             ("TOLLGATE_STREAM_ERROR_MODEL", "claude-stream-error"),
+            ("TOLLGATE_JSON_MODE", "1"),
         ],
     );
     let seen = stack.posted().await;

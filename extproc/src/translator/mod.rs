@@ -11,6 +11,7 @@ pub mod codec;
 pub mod error;
 pub mod hub;
 pub mod json;
+pub mod json_tool;
 pub mod openai;
 pub mod sse;
 pub mod stream;
@@ -134,12 +135,11 @@ impl Pair {
             ApiFamily::Anthropic => anthropic::request_from_wire(obj, upstream_model, stream)?,
             ApiFamily::Gemini => gemini::request_from_wire(obj, upstream_model, stream)?,
         };
-        // Members that change what the client gets back cannot be dropped silently.
-        if self.upstream == ApiFamily::Anthropic && req.response_format.is_some() {
-            return Err(TranslateError::Unsupported {
-                param: "response_format",
-                message: "This model's provider does not support JSON mode through Tollgate yet; ask for JSON in the prompt or use tools.".to_owned(),
-            });
+        let mut req = req;
+        json_tool::check_tool_names(&req)?;
+        // Providers without a JSON mode get it as one forced tool (undone on the way back).
+        if self.upstream == ApiFamily::Anthropic {
+            json_tool::into_tool(&mut req)?;
         }
         tracing::trace!(
             from = family_name(self.client),
@@ -180,14 +180,17 @@ impl Pair {
             ApiFamily::Gemini => gemini::response_from_wire(body),
         };
         match parsed {
-            Ok(r) => Completed {
-                body: Some(match self.client {
-                    ApiFamily::OpenAi => openai_codec::response_to_wire(&r, created),
-                    ApiFamily::Anthropic => anthropic::response_to_wire(&r),
-                    ApiFamily::Gemini => gemini::response_to_wire(&r),
-                }),
-                usage: Some(r.usage),
-            },
+            Ok(mut r) => {
+                json_tool::unwrap_response(&mut r);
+                Completed {
+                    body: Some(match self.client {
+                        ApiFamily::OpenAi => openai_codec::response_to_wire(&r, created),
+                        ApiFamily::Anthropic => anthropic::response_to_wire(&r),
+                        ApiFamily::Gemini => gemini::response_to_wire(&r),
+                    }),
+                    usage: Some(r.usage),
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Could not translate the provider's response");
                 Completed {

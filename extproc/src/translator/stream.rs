@@ -46,6 +46,8 @@ pub struct StreamTranslator {
     encoder: Encoder,
     events: Vec<StreamEvent>,
     guard: Option<StreamGuard>,
+    /// Turns the emulated JSON mode's tool call back into text.
+    json: super::json_tool::StreamUnwrap,
     /// A guardrail ended the stream: everything after is dropped.
     ended: bool,
 }
@@ -59,6 +61,7 @@ impl StreamTranslator {
             encoder,
             events: Vec::new(),
             guard: None,
+            json: Default::default(),
             ended: false,
         }
     }
@@ -134,6 +137,7 @@ impl StreamTranslator {
             self.events.clear();
             return;
         }
+        self.json.apply(&mut self.events);
         if let Some(g) = &mut self.guard {
             g.apply(&mut self.events);
         }

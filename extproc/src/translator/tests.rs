@@ -323,6 +323,57 @@ fn reasoning_effort_becomes_a_thinking_budget_that_fits_under_max_tokens() {
 }
 
 #[test]
+fn json_mode_reaches_anthropic_as_a_forced_tool_and_returns_as_text() {
+    let v = translated(
+        OPENAI_TO_ANTHROPIC,
+        r#"{"model":"c","reasoning_effort":"low","response_format":{"type":"json_schema","json_schema":{"name":"city","schema":{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}}},"messages":[{"role":"user","content":"hi"}]}"#,
+        "claude-x",
+    );
+    let tool = json_tool::JSON_TOOL;
+    assert_eq!(v["tools"][0]["name"], tool, "{v}");
+    assert_eq!(v["tools"][0]["input_schema"]["required"], json!(["name"]));
+    assert_eq!(v["tool_choice"], json!({"type": "tool", "name": tool}));
+    // Forced tool use and extended thinking exclude each other at Anthropic.
+    assert!(v.get("thinking").is_none(), "{v}");
+
+    let reply = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": tool, "input": {"name": "Paris"}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "output_tokens": 5}});
+    let done = OPENAI_TO_ANTHROPIC.complete(200, reply.to_string().as_bytes(), CREATED);
+    let out: Value = serde_json::from_slice(done.body.as_deref().unwrap()).unwrap();
+    let choice = &out["choices"][0];
+    assert_eq!(choice["finish_reason"], "stop", "{out}");
+    assert!(choice["message"].get("tool_calls").is_none(), "{out}");
+    let text: Value = serde_json::from_str(choice["message"]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(text, json!({"name": "Paris"}));
+
+    // Streamed: the tool's argument deltas arrive as content deltas.
+    let stream = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"usage\":{{\"input_tokens\":10,\"output_tokens\":1}}}}}}\n\n\
+         event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"{tool}\",\"input\":{{}}}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":\"{{\\\"name\\\": \"}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}}\"}}}}\n\n\
+         event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":0}}\n\n\
+         event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"tool_use\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":5}}}}\n\n\
+         event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+    );
+    let (sse, _) = translate_stream(OPENAI_TO_ANTHROPIC, false, &[stream.as_bytes()]);
+    let chunks = validate_openai(&sse, false);
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, r#"{"name": "Paris"}"#);
+    assert!(chunks
+        .iter()
+        .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
+}
+
+#[test]
 fn a_thinking_budget_becomes_a_reasoning_effort() {
     let ask = |thinking: &str| {
         translated(
@@ -434,8 +485,9 @@ fn requests_the_provider_cannot_express_are_refused() {
     let obj = RawObject::parse(obj_body).unwrap();
     assert!(OPENAI_TO_ANTHROPIC.request(&obj, "x", false, 0).is_err());
     for body in [
-        &br#"{"model":"c","response_format":{"type":"json_object"},"messages":[]}"#[..],
-        br#"{"model":"c","logprobs":true,"messages":[]}"#,
+        &br#"{"model":"c","logprobs":true,"messages":[]}"#[..],
+        // JSON mode is emulated with a tool, which cannot sit beside the client's own tools.
+        br#"{"model":"c","response_format":{"type":"json_object"},"tools":[{"type":"function","function":{"name":"f"}}],"messages":[]}"#,
     ] {
         let obj = RawObject::parse(body).unwrap();
         let e = OPENAI_TO_ANTHROPIC
