@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use crate::env::EnvSource;
 use crate::keys::{self, KeyHash};
 use crate::pricing::{PerToken, Price, PriceTable};
+use crate::sigv4::{self, Signer};
 
 mod guardrails;
 pub use guardrails::{
@@ -199,6 +200,9 @@ pub enum ProviderKind {
     /// `anthropic-version` header (the client's when it sends one, else
     /// [`ANTHROPIC_VERSION`]).
     Anthropic,
+    /// AWS Bedrock Runtime Converse API: `POST {base_url}/model/{modelId}/converse` (or
+    /// `converse-stream`), signed with SigV4 from the `aws` section.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -209,6 +213,7 @@ impl ProviderKind {
                 ApiFamily::OpenAi
             }
             ProviderKind::Anthropic => ApiFamily::Anthropic,
+            ProviderKind::Bedrock => ApiFamily::Bedrock,
         }
     }
 }
@@ -220,6 +225,8 @@ pub enum ApiFamily {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// AWS Bedrock Converse (JSON requests, `application/vnd.amazon.eventstream` streams).
+    Bedrock,
 }
 
 /// The `anthropic-version` sent to Anthropic providers when the client sent none.
@@ -231,8 +238,10 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 pub struct RawProvider {
     /// Which API the provider speaks.
     pub kind: ProviderKind,
-    /// The API's base URL, e.g. `https://api.openai.com/v1` or `https://RESOURCE.openai.azure.com`.
-    pub base_url: String,
+    /// The API's base URL, e.g. `https://api.openai.com/v1` or `https://RESOURCE.openai.azure.com`
+    /// (required, except for `bedrock`: `https://bedrock-runtime.{aws.region}.amazonaws.com`).
+    #[serde(default)]
+    pub base_url: Option<String>,
     /// The Envoy cluster that reaches this provider (defaults to the provider's name).
     #[serde(default)]
     pub cluster: Option<String>,
@@ -245,6 +254,25 @@ pub struct RawProvider {
     /// Azure OpenAI `api-version` (required for `azure_openai`).
     #[serde(default)]
     pub api_version: Option<String>,
+    /// AWS region and credentials (required for `bedrock`, refused for the others).
+    #[serde(default)]
+    pub aws: Option<RawAws>,
+}
+
+/// The `aws` section of a `bedrock` provider: what requests are signed with (SigV4).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAws {
+    /// The AWS region, e.g. `us-east-1` (the signing region, and the default host).
+    pub region: String,
+    /// Where the access key id comes from.
+    pub access_key_id: RawCredential,
+    /// Where the secret access key comes from.
+    pub secret_access_key: RawCredential,
+    /// Where the session token of temporary credentials comes from (sent as
+    /// `x-amz-security-token`).
+    #[serde(default)]
+    pub session_token: Option<RawCredential>,
 }
 
 /// A secret's source: exactly one of `env` or `file`.
@@ -529,6 +557,8 @@ pub struct Provider {
     pub headers: Vec<(String, String)>,
     /// Azure `api-version`.
     pub api_version: Option<String>,
+    /// The SigV4 signer of a `bedrock` provider.
+    pub aws: Option<Signer>,
 }
 
 /// One provider target of a model, with its upstream paths precomputed.
@@ -541,6 +571,8 @@ pub struct Target {
     /// Relative share of traffic.
     pub weight: u32,
     paths: [String; 4],
+    /// Bedrock's `converse-stream` path (other providers stream on the same path).
+    stream_path: Option<String>,
 }
 
 impl Target {
@@ -550,6 +582,14 @@ impl Target {
             .get(endpoint.index())
             .map(String::as_str)
             .unwrap_or("/")
+    }
+
+    /// The upstream `:path` of a request to `endpoint`, streaming or not.
+    pub fn path_for(&self, endpoint: Endpoint, stream: bool) -> &str {
+        match &self.stream_path {
+            Some(p) if stream => p,
+            _ => self.path(endpoint),
+        }
     }
 }
 
@@ -968,40 +1008,37 @@ fn validate_provider(
             "cluster names may use only letters, digits, `-`, `_` and `.`",
         );
     }
-    let url = parse_base_url(&p.base_url).map_err(|m| errs.add(format!("{path}.base_url"), m));
+    let default_url = match (p.kind, &p.aws) {
+        (ProviderKind::Bedrock, Some(aws)) => Some(format!(
+            "https://bedrock-runtime.{}.amazonaws.com",
+            aws.region
+        )),
+        _ => None,
+    };
+    let url = match p.base_url.as_ref().or(default_url.as_ref()) {
+        Some(u) => parse_base_url(u).map_err(|m| errs.add(format!("{path}.base_url"), m)),
+        None => {
+            errs.add(format!("{path}.base_url"), "is required");
+            Err(())
+        }
+    };
 
     let credential = p.credential.as_ref().and_then(|c| {
         let cpath = format!("{path}.credential");
-        let secret = match (&c.env, &c.file) {
-            (Some(var), None) => env
-                .var(var)
-                .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| {
-                    errs.add(
-                        format!("{cpath}.env"),
-                        format!("environment variable `{var}` is not set"),
-                    )
-                }),
-            (None, Some(file)) => std::fs::read_to_string(file)
-                .map(|s| s.trim().to_owned())
-                .map_err(|e| {
-                    errs.add(
-                        format!("{cpath}.file"),
-                        format!("cannot read {}: {e}", file.display()),
-                    )
-                }),
-            _ => {
-                errs.add(&cpath, "give exactly one of `env` or `file`");
-                Err(())
-            }
-        }
-        .ok()?;
+        let secret = read_secret(c, &cpath, env, errs)?;
         let header = match p.kind {
             ProviderKind::AzureOpenai => ("api-key", Secret::new(secret)),
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
                 ("authorization", Secret::new(format!("Bearer {secret}")))
             }
             ProviderKind::Anthropic => ("x-api-key", Secret::new(secret)),
+            ProviderKind::Bedrock => {
+                errs.add(
+                    &cpath,
+                    "does not apply to `bedrock`: give `aws` credentials instead",
+                );
+                return None;
+            }
         };
         if http::HeaderValue::from_str(header.1.expose()).is_err() {
             errs.add(
@@ -1036,6 +1073,7 @@ fn validate_provider(
             "applies only to `azure_openai`",
         );
     }
+    let aws = validate_aws(name, p, env, errs);
     let url = url.ok()?;
     (errs.0.len() == before).then(|| Provider {
         name: name.to_owned(),
@@ -1049,7 +1087,114 @@ fn validate_provider(
         credential_header: credential,
         headers,
         api_version: p.api_version.clone(),
+        aws,
     })
+}
+
+/// A secret read from its source, or an error at `path`.
+fn read_secret(
+    c: &RawCredential,
+    path: &str,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<String> {
+    match (&c.env, &c.file) {
+        (Some(var), None) => env
+            .var(var)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                errs.add(
+                    format!("{path}.env"),
+                    format!("environment variable `{var}` is not set"),
+                )
+            }),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| {
+                errs.add(
+                    format!("{path}.file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            }),
+        _ => {
+            errs.add(path, "give exactly one of `env` or `file`");
+            Err(())
+        }
+    }
+    .ok()
+}
+
+/// The SigV4 signer of a `bedrock` provider (`aws` is required there and refused elsewhere).
+fn validate_aws(
+    name: &str,
+    p: &RawProvider,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<Signer> {
+    let path = format!("providers.{name}.aws");
+    let aws = match (p.kind, &p.aws) {
+        (ProviderKind::Bedrock, Some(aws)) => aws,
+        (ProviderKind::Bedrock, None) => {
+            errs.add(&path, "is required for `bedrock`");
+            return None;
+        }
+        (_, Some(_)) => {
+            errs.add(&path, "applies only to `bedrock`");
+            return None;
+        }
+        (_, None) => return None,
+    };
+    let region_ok = !aws.region.is_empty()
+        && aws
+            .region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        errs.add(
+            format!("{path}.region"),
+            format!("`{}` is not an AWS region (e.g. `us-east-1`)", aws.region),
+        );
+    }
+    let header_safe = |field: &str, v: String, errs: &mut Errors| {
+        let bad_char = field == "access_key_id" && v.contains(['/', ',', ' ']);
+        if http::HeaderValue::from_str(&v).is_ok() && !bad_char {
+            Some(v)
+        } else {
+            errs.add(
+                format!("{path}.{field}"),
+                "the secret contains characters not allowed here",
+            );
+            None
+        }
+    };
+    let key_id = read_secret(
+        &aws.access_key_id,
+        &format!("{path}.access_key_id"),
+        env,
+        errs,
+    )
+    .and_then(|v| header_safe("access_key_id", v, errs));
+    let secret = read_secret(
+        &aws.secret_access_key,
+        &format!("{path}.secret_access_key"),
+        env,
+        errs,
+    );
+    let token = match &aws.session_token {
+        Some(c) => Some(
+            read_secret(c, &format!("{path}.session_token"), env, errs)
+                .and_then(|v| header_safe("session_token", v, errs))?,
+        ),
+        None => None,
+    };
+    Some(Signer::new(
+        key_id?,
+        Secret::new(secret?),
+        token.map(Secret::new),
+        aws.region.clone(),
+        sigv4::BEDROCK_SERVICE,
+    ))
+    .filter(|_| region_ok)
 }
 
 struct BaseUrl {
@@ -1098,12 +1243,26 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Anthropic => {
             format!("{}/{}", provider.base_path, e.suffix())
         }
+        // One Converse path for every chat endpoint, the model id one encoded path segment.
+        ProviderKind::Bedrock => format!(
+            "{}/model/{}/converse",
+            provider.base_path,
+            sigv4::uri_encode(model)
+        ),
+    });
+    let stream_path = (provider.kind == ProviderKind::Bedrock).then(|| {
+        format!(
+            "{}/model/{}/converse-stream",
+            provider.base_path,
+            sigv4::uri_encode(model)
+        )
     });
     Target {
         provider,
         upstream_model: model.to_owned(),
         weight,
         paths,
+        stream_path,
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod eventstream;
 pub mod hub;
 pub mod json;
 pub mod openai;
@@ -21,7 +22,7 @@ mod tests;
 use tollgate_core::config::ApiFamily;
 use tollgate_core::{ApiError, Endpoint, Usage};
 
-use self::codec::{anthropic, openai as openai_codec};
+use self::codec::{anthropic, bedrock, openai as openai_codec};
 use self::error::TranslateError;
 use self::hub::ErrorInfo;
 use self::json::RawObject;
@@ -49,7 +50,21 @@ fn family_name(f: ApiFamily) -> &'static str {
     match f {
         ApiFamily::OpenAi => "OpenAI",
         ApiFamily::Anthropic => "Anthropic",
+        ApiFamily::Bedrock => "AWS Bedrock",
     }
+}
+
+/// What the processor knows of a response besides its status and body.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ResponseMeta<'a> {
+    /// The `created` of OpenAI bodies.
+    pub created: u64,
+    /// The response id, for providers whose bodies carry none (Bedrock).
+    pub id: &'a str,
+    /// The model, for providers whose bodies name none (Bedrock).
+    pub model: &'a str,
+    /// The provider's error type from a header (Bedrock's `x-amzn-errortype`).
+    pub error_type: Option<&'a str>,
 }
 
 impl Pair {
@@ -69,14 +84,18 @@ impl Pair {
                 Endpoint::Messages
             }
             (Endpoint::Messages, ApiFamily::OpenAi) => Endpoint::ChatCompletions,
+            (Endpoint::ChatCompletions | Endpoint::Messages, ApiFamily::Bedrock) => {
+                Endpoint::ChatCompletions
+            }
             (e, ApiFamily::OpenAi) => e,
-            (e, ApiFamily::Anthropic) => {
+            (e, ApiFamily::Anthropic | ApiFamily::Bedrock) => {
                 return Err(TranslateError::Unsupported {
                     param: "model",
                     message: format!(
-                    "This model is served by an Anthropic provider, which has no `{}` endpoint.",
-                    e.suffix()
-                ),
+                        "This model is served by an {} provider, which has no `{}` endpoint.",
+                        family_name(upstream),
+                        e.suffix()
+                    ),
                 })
             }
         };
@@ -111,6 +130,7 @@ impl Pair {
         let req = match self.client {
             ApiFamily::OpenAi => openai_codec::request_from_wire(obj, upstream_model, stream)?,
             ApiFamily::Anthropic => anthropic::request_from_wire(obj, upstream_model, stream)?,
+            ApiFamily::Bedrock => return Err(no_bedrock_client()),
         };
         tracing::trace!(
             from = family_name(self.client),
@@ -120,15 +140,30 @@ impl Pair {
         let body = match self.upstream {
             ApiFamily::OpenAi => openai_codec::request_to_wire(&req),
             ApiFamily::Anthropic => anthropic::request_to_wire(&req),
+            ApiFamily::Bedrock => bedrock::request_to_wire(&req)?,
         };
         Ok((body, req.include_usage))
     }
 
     /// A complete response body (status `status`) for the client.
     pub fn complete(self, status: u16, body: &[u8], created: u64) -> Completed {
+        self.complete_with(
+            status,
+            body,
+            &ResponseMeta {
+                created,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A complete response body (status `status`) for the client, with what else is known of
+    /// the response.
+    pub fn complete_with(self, status: u16, body: &[u8], meta: &ResponseMeta<'_>) -> Completed {
+        let created = meta.created;
         if !(200..300).contains(&status) {
             return Completed {
-                body: self.error(status, body),
+                body: self.error(status, body, meta.error_type),
                 usage: None,
             };
         }
@@ -140,17 +175,23 @@ impl Pair {
                     ApiFamily::Anthropic => {
                         anthropic::response_from_wire(body).ok().map(|r| r.usage)
                     }
+                    ApiFamily::Bedrock => bedrock::response_from_wire(body, meta.id, meta.model)
+                        .ok()
+                        .map(|r| r.usage),
                 },
             };
         }
         let parsed = match self.upstream {
             ApiFamily::OpenAi => openai_codec::response_from_wire(body),
             ApiFamily::Anthropic => anthropic::response_from_wire(body),
+            ApiFamily::Bedrock => bedrock::response_from_wire(body, meta.id, meta.model),
         };
         match parsed {
             Ok(r) => Completed {
                 body: Some(match self.client {
-                    ApiFamily::OpenAi => openai_codec::response_to_wire(&r, created),
+                    ApiFamily::OpenAi | ApiFamily::Bedrock => {
+                        openai_codec::response_to_wire(&r, created)
+                    }
                     ApiFamily::Anthropic => anthropic::response_to_wire(&r),
                 }),
                 usage: Some(r.usage),
@@ -166,15 +207,16 @@ impl Pair {
     }
 
     /// An error body in the client's dialect (`None`: the provider's is already one).
-    fn error(self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
+    fn error(self, status: u16, body: &[u8], error_type: Option<&str>) -> Option<Vec<u8>> {
         let info: Option<ErrorInfo> = match self.upstream {
             ApiFamily::OpenAi => openai_codec::error_from_wire(status, body),
             ApiFamily::Anthropic => anthropic::error_from_wire(status, body),
+            ApiFamily::Bedrock => bedrock::error_from_wire(status, body, error_type),
         };
         match info {
             Some(_) if !self.translates() => None,
             Some(info) => Some(match self.client {
-                ApiFamily::OpenAi => openai_codec::error_to_wire(&info),
+                ApiFamily::OpenAi | ApiFamily::Bedrock => openai_codec::error_to_wire(&info),
                 ApiFamily::Anthropic => anthropic::error_to_wire(&info),
             }),
             None => Some(self.own_error(&ApiError::Upstream(status))),
@@ -183,7 +225,7 @@ impl Pair {
 
     fn own_error(self, e: &ApiError) -> Vec<u8> {
         e.body(match self.client {
-            ApiFamily::OpenAi => tollgate_core::Dialect::OpenAi,
+            ApiFamily::OpenAi | ApiFamily::Bedrock => tollgate_core::Dialect::OpenAi,
             ApiFamily::Anthropic => tollgate_core::Dialect::Anthropic,
         })
     }
@@ -205,14 +247,23 @@ impl Pair {
         let decoder = match self.upstream {
             ApiFamily::OpenAi => Decoder::OpenAi(Default::default()),
             ApiFamily::Anthropic => Decoder::Anthropic(Default::default()),
+            ApiFamily::Bedrock => Decoder::Bedrock(Default::default()),
         };
         let encoder = match (self.translates() || guard.is_some(), self.client) {
             (false, _) => Encoder::Passthrough,
-            (true, ApiFamily::OpenAi) => {
+            (true, ApiFamily::OpenAi | ApiFamily::Bedrock) => {
                 Encoder::OpenAi(openai_codec::StreamEncoder::new(include_usage, created))
             }
             (true, ApiFamily::Anthropic) => Encoder::Anthropic(Default::default()),
         };
         StreamTranslator::new(decoder, encoder).with_guard(guard)
+    }
+}
+
+/// No client speaks Bedrock: [`Pair::route`] never pairs one, so this answers a bug, not a user.
+fn no_bedrock_client() -> TranslateError {
+    TranslateError::Unsupported {
+        param: "model",
+        message: "Requests in Bedrock's format are not accepted.".to_owned(),
     }
 }
