@@ -1,8 +1,10 @@
-//! Built-in mock OpenAI and Anthropic provider: an HTTP server speaking the OpenAI wire format
-//! (chat completions, legacy completions, embeddings, models, Azure OpenAI deployment paths;
-//! JSON and SSE streaming) and the Anthropic Messages format (`…/messages`, JSON and SSE,
-//! errors in Anthropic's shape), with deterministic replies, tool calls when the request
-//! offers tools, faults on demand and a request log. It stands in
+//! Built-in mock OpenAI, Anthropic and Bedrock provider: an HTTP server speaking the OpenAI wire
+//! format (chat completions, legacy completions, embeddings, models, Azure OpenAI deployment
+//! paths; JSON and SSE streaming), the Anthropic Messages format (`…/messages`, JSON and SSE,
+//! errors in Anthropic's shape) and AWS Bedrock Converse (`…/model/{id}/converse[-stream]`,
+//! SigV4 verified, streams in the AWS event-stream framing; see [`bedrock`]), with
+//! deterministic replies, tool calls when the request offers tools, faults on demand and a
+//! request log. It stands in
 //! for real LLM providers in `tollgate up`, the end-to-end tests and the benchmark.
 //!
 //! Magic inputs:
@@ -15,6 +17,7 @@
 //! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;
 //! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.
 
+pub mod bedrock;
 mod chat;
 mod completions;
 mod embeddings;

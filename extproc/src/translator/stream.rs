@@ -10,7 +10,7 @@ use tollgate_core::{ApiError, Dialect, Usage};
 
 use crate::guard::StreamGuard;
 
-use super::codec::{anthropic, gemini, openai};
+use super::codec::{anthropic, bedrock, gemini, openai};
 use super::hub::StreamEvent;
 use super::sse::{each_event, event_data};
 
@@ -23,6 +23,8 @@ pub enum Decoder {
     Anthropic(anthropic::StreamDecoder),
     /// `GenerateContentResponse` chunks.
     Gemini(gemini::StreamDecoder),
+    /// Bedrock `converse-stream` events in the AWS event-stream framing (not SSE).
+    Bedrock(Box<bedrock::StreamDecoder>),
 }
 
 /// Writes the client's stream.
@@ -72,6 +74,14 @@ impl StreamTranslator {
         self
     }
 
+    /// Names the response (id, model) for upstreams whose streams name neither (Bedrock).
+    pub fn with_identity(mut self, id: &str, model: &str) -> Self {
+        if let Decoder::Bedrock(d) = &mut self.decoder {
+            **d = bedrock::StreamDecoder::new(id, model);
+        }
+        self
+    }
+
     /// The stream's guard, when it has one.
     pub fn guard(&self) -> Option<&StreamGuard> {
         self.guard.as_ref()
@@ -83,6 +93,7 @@ impl StreamTranslator {
             Decoder::OpenAi(d) => d.usage(),
             Decoder::Anthropic(d) => d.usage(),
             Decoder::Gemini(d) => d.usage(),
+            Decoder::Bedrock(d) => d.usage(),
         }
     }
 
@@ -92,9 +103,15 @@ impl StreamTranslator {
         if self.ended {
             return out;
         }
-        let mut carry = std::mem::take(&mut self.carry);
-        each_event(&mut carry, chunk, end, |e| self.event(e, &mut out));
-        self.carry = carry;
+        if let Decoder::Bedrock(d) = &mut self.decoder {
+            // Binary framing: the decoder splits messages itself; flushed once per chunk.
+            d.push(chunk, end, &mut self.events);
+            self.flush(&mut out);
+        } else {
+            let mut carry = std::mem::take(&mut self.carry);
+            each_event(&mut carry, chunk, end, |e| self.event(e, &mut out));
+            self.carry = carry;
+        }
         if end {
             if let Decoder::OpenAi(d) = &mut self.decoder {
                 d.finish(&mut self.events);
@@ -122,6 +139,8 @@ impl StreamTranslator {
                 Decoder::OpenAi(d) => d.decode(&data, &mut self.events),
                 Decoder::Anthropic(d) => d.decode(&data, &mut self.events),
                 Decoder::Gemini(d) => d.decode(&data, &mut self.events),
+                // Never here: Bedrock chunks go to the decoder whole (see `push`).
+                Decoder::Bedrock(_) => {}
             }
         }
         if passthrough {

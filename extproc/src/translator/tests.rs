@@ -661,8 +661,12 @@ proptest! {
             (OPENAI_TO_ANTHROPIC, "openai_to_anthropic/stream.sse"),
             (ANTHROPIC_TO_OPENAI, "anthropic_to_openai/stream.sse"),
             (ANTHROPIC_TO_ANTHROPIC, "openai_to_anthropic/stream.sse"),
+            // Bedrock: the AWS event-stream binary framing, split anywhere (inside a prelude,
+            // a header, a CRC, a UTF-8 character).
+            (bedrock::OPENAI_TO_BEDROCK, "openai_to_bedrock/stream.jsonl"),
+            (bedrock::ANTHROPIC_TO_BEDROCK, "anthropic_to_bedrock/stream.jsonl"),
         ] {
-            let input = fixture(rel);
+            let input = if rel.ends_with(".jsonl") { bedrock::framed(rel) } else { fixture(rel) };
             let (whole, whole_usage) = translate_stream(pair, include_usage, &[&input]);
             let (split, split_usage) = translate_stream(pair, include_usage, &split_at(&input, &cuts));
             prop_assert_eq!(&whole, &split, "{}", rel);
@@ -935,3 +939,5 @@ fn interleaved_parallel_tool_calls_lose_no_arguments() {
         (r#"{"x":1}"#.to_owned(), r#"{"y":2}"#.to_owned())
     );
 }
+
+mod bedrock;

@@ -12,7 +12,7 @@ use tollgate_core::error::anthropic_type;
 use tollgate_core::usage::AnthropicUsage;
 use tollgate_core::Usage;
 
-use super::{insert_sampling, member, start_request, to_bytes, tool_object};
+use super::{insert_sampling, member, merged_turns, start_request, to_bytes, tool_object};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning, Role,
@@ -412,27 +412,11 @@ fn block_value(p: &Part) -> Option<Value> {
     })
 }
 
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::User => "user",
-        Role::Assistant => "assistant",
-    }
-}
-
 /// The body for Anthropic: consecutive turns of one role merged (OpenAI sends one message
 /// per tool result), empty turns dropped, `max_tokens` always present.
 pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
-    let mut messages: Vec<(Role, Vec<Value>)> = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
-        let blocks: Vec<Value> = m.content.iter().filter_map(block_value).collect();
-        if blocks.is_empty() {
-            continue;
-        }
-        match messages.last_mut() {
-            Some((role, existing)) if *role == m.role => existing.extend(blocks),
-            _ => messages.push((m.role, blocks)),
-        }
-    }
+    // `block_value` cannot fail: the error type is only `merged_turns`'s.
+    let messages = merged_turns(&req.messages, |p| Ok(block_value(p))).unwrap_or_default();
     let mut body = Map::new();
     body.insert("model".into(), req.model.clone().into());
     let budget = req.reasoning.and_then(Reasoning::budget_tokens);
@@ -471,13 +455,7 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
             );
         }
     }
-    body.insert(
-        "messages".into(),
-        messages
-            .into_iter()
-            .map(|(role, content)| json!({"role": role_name(role), "content": content}))
-            .collect(),
-    );
+    body.insert("messages".into(), messages.into());
     if !req.tools.is_empty() {
         body.insert(
             "tools".into(),
