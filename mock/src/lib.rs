@@ -1,7 +1,9 @@
-//! Built-in mock OpenAI and Anthropic provider: an HTTP server speaking the OpenAI wire format
-//! (chat completions, legacy completions, embeddings, models, Azure OpenAI deployment paths;
-//! JSON and SSE streaming) and the Anthropic Messages format (`…/messages`, JSON and SSE,
-//! errors in Anthropic's shape), with deterministic replies, tool calls when the request
+//! Built-in mock OpenAI, Anthropic and Gemini provider: an HTTP server speaking the OpenAI wire
+//! format (chat completions, legacy completions, embeddings, models, Azure OpenAI deployment
+//! paths; JSON and SSE streaming), the Anthropic Messages format (`…/messages`, JSON and SSE,
+//! errors in Anthropic's shape) and the Gemini format (`…/models/{model}:generateContent`,
+//! `:streamGenerateContent` with or without `alt=sse`, errors in Google's shape; the model and
+//! its faults come from the path), with deterministic replies, tool calls when the request
 //! offers tools, faults on demand and a request log. It stands in
 //! for real LLM providers in `tollgate up`, the end-to-end tests and the benchmark.
 //!
@@ -19,6 +21,7 @@ mod chat;
 mod completions;
 mod embeddings;
 mod error;
+mod gemini;
 mod log;
 mod messages;
 mod models;
@@ -43,8 +46,8 @@ pub struct MockConfig {
     pub latency: Duration,
     /// Delay between streamed chunks.
     pub chunk_delay: Duration,
-    /// When set, requests must carry this key as `Authorization: Bearer <k>`, `api-key: <k>`
-    /// or `x-api-key: <k>`; otherwise 401.
+    /// When set, requests must carry this key as `Authorization: Bearer <k>`, `api-key: <k>`,
+    /// `x-api-key: <k>` or (Gemini) `x-goog-api-key: <k>`; otherwise 401.
     pub api_key: Option<String>,
 }
 
