@@ -176,6 +176,20 @@ async fn answer(
         Some(fault) => Some(fault),
         None => body_model.map(Fault::of).transpose()?.flatten(),
     };
+    let exchange = match exchange(number, model, chunk_delay, fault)? {
+        Ok(exchange) => exchange,
+        Err(response) => return Ok(response),
+    };
+    respond(&request, &exchange)
+}
+
+/// The exchange of a request to `model`, or the answer its fault asks for instead.
+fn exchange(
+    number: u64,
+    model: &str,
+    chunk_delay: Duration,
+    fault: Option<Fault>,
+) -> Result<Result<Exchange<'_>, Response>, MockError> {
     match fault {
         Some(Fault::Status(status)) => {
             return Err(MockError::Injected {
@@ -183,18 +197,16 @@ async fn answer(
                 model: model.to_owned(),
             })
         }
-        Some(Fault::Html) => return Ok(html_bad_gateway()),
+        Some(Fault::Html) => return Ok(Err(html_bad_gateway())),
         Some(Fault::StreamError) | None => {}
     }
-
-    let exchange = Exchange {
+    Ok(Ok(Exchange {
         number,
         created: text::unix_now(),
         model,
         chunk_delay,
         stream_error: matches!(fault, Some(Fault::StreamError)),
-    };
-    respond(&request, &exchange)
+    }))
 }
 
 /// Answers a Gemini `generateContent` path: the model (and its fault) from the path, the key
@@ -229,23 +241,9 @@ fn answer_gemini(
     let Value::Object(request) = request else {
         return Err(MockError::BodyNotObject);
     };
-    let fault = Fault::of(model)?;
-    match fault {
-        Some(Fault::Status(status)) => {
-            return Err(MockError::Injected {
-                status,
-                model: model.to_owned(),
-            })
-        }
-        Some(Fault::Html) => return Ok(html_bad_gateway()),
-        Some(Fault::StreamError) | None => {}
-    }
-    let exchange = Exchange {
-        number,
-        created: text::unix_now(),
-        model,
-        chunk_delay,
-        stream_error: matches!(fault, Some(Fault::StreamError)),
+    let exchange = match exchange(number, model, chunk_delay, Fault::of(model)?)? {
+        Ok(exchange) => exchange,
+        Err(response) => return Ok(response),
     };
     let sse = query.split('&').any(|pair| pair == "alt=sse");
     gemini::respond(&request, &exchange, stream, sse)
