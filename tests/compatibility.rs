@@ -1,5 +1,6 @@
 //! docs/COMPATIBILITY.md cannot drift: every test a row names exists, ✓ rows name end-to-end
-//! tests (under `tests/`), and every end-to-end translation test is named by some row.
+//! tests (under `tests/`), and every end-to-end translation test (`e2e_translation.rs`,
+//! `e2e_gemini.rs`) is named by some row.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -67,11 +68,13 @@ fn compatibility_matrix_names_real_tests() {
         }
         named.insert(test.clone());
     }
-    for name in tests_in("tests/e2e_translation.rs") {
-        let full = format!("tests/e2e_translation.rs::{name}");
-        assert!(
-            named.contains(&full),
-            "docs/COMPATIBILITY.md does not name {full}"
-        );
+    for file in ["tests/e2e_translation.rs", "tests/e2e_gemini.rs"] {
+        for name in tests_in(file) {
+            let full = format!("{file}::{name}");
+            assert!(
+                named.contains(&full),
+                "docs/COMPATIBILITY.md does not name {full}"
+            );
+        }
     }
 }

@@ -109,7 +109,10 @@ pub(crate) fn respond(
     };
     let config = request.get("generationConfig").cloned().unwrap_or_default();
     let max_tokens = config["maxOutputTokens"].as_u64();
-    let thinking = config["thinkingConfig"]["includeThoughts"] == true;
+    // Google's proto-JSON parser takes snake_case too (`google-genai` 3.x sends it here).
+    let thinking = ["includeThoughts", "include_thoughts"]
+        .iter()
+        .any(|k| config["thinkingConfig"][*k] == true);
     if thinking {
         for turn in contents.iter().filter(|c| c["role"] == "model") {
             let first_call = turn["parts"]

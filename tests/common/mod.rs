@@ -27,6 +27,7 @@ pub const KEY_GUARDED: &str = "tg-e2e-guarded";
 pub const AZURE_SECRET: &str = "azure-upstream-secret";
 /// The Anthropic mock's credential, given to `serve` through the environment.
 pub const ANTHROPIC_SECRET: &str = "anthropic-upstream-secret";
+pub const GEMINI_SECRET: &str = "gemini-upstream-secret";
 /// The OpenAI-compatible mock's credential, read from a file.
 pub const COMPAT_SECRET: &str = "compat-upstream-secret";
 
@@ -249,6 +250,10 @@ providers:
     kind: anthropic
     base_url: "http://{mock}/v1"
     credential: {{ env: E2E_ANTHROPIC_KEY }}
+  gemini:
+    kind: gemini
+    base_url: "http://{mock}/v1beta"
+    credential: {{ env: E2E_GEMINI_KEY }}
 models:
   mock-model:
     targets: [{{ provider: mock, model: mock-model }}]
@@ -272,6 +277,12 @@ models:
     targets: [{{ provider: claude, model: mock-error-429 }}]
   claude-stream-error:
     targets: [{{ provider: claude, model: mock-stream-error }}]
+  gemini-model:
+    targets: [{{ provider: gemini, model: gemini-upstream-model }}]
+  gemini-rate-limited:
+    targets: [{{ provider: gemini, model: mock-error-429 }}]
+  gemini-stream-error:
+    targets: [{{ provider: gemini, model: mock-stream-error }}]
 pricing:
   models:
     # The mock's model has no list price: one for the cost checks (USD per million tokens).
@@ -461,6 +472,7 @@ impl Stack {
                 .arg(&config_path)
                 .env("E2E_AZURE_KEY", AZURE_SECRET)
                 .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
+                .env("E2E_GEMINI_KEY", GEMINI_SECRET)
                 .env(
                     "TOLLGATE_LOG",
                     "info,tollgate_extproc=debug,tollgate_authz=debug",
@@ -473,6 +485,7 @@ impl Stack {
             .args(["--listen", &listen.to_string(), "--admin", &envoy_admin])
             .env("E2E_AZURE_KEY", AZURE_SECRET)
             .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
+            .env("E2E_GEMINI_KEY", GEMINI_SECRET)
             .output()
             .unwrap();
         assert!(
@@ -543,15 +556,20 @@ impl Stack {
         path: &str,
         body: serde_json::Value,
     ) -> (Duration, Duration, String) {
+        self.send_timed(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(KEY_ALL)
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// Sends a streaming request and reads the body chunk by chunk: time to the first body
+    /// byte, total time, and the whole body.
+    pub async fn send_timed(&self, req: ::reqwest::RequestBuilder) -> (Duration, Duration, String) {
         let started = Instant::now();
-        let mut resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(KEY_ALL)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let mut resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let mut first = None;
         let mut all = Vec::new();
@@ -636,7 +654,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(r: ::reqwest::Response) -> Reply {
+    pub async fn from(r: ::reqwest::Response) -> Reply {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap();

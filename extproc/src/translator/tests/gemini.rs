@@ -551,3 +551,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn thinking_config_is_read_in_either_spelling() {
+    // `google-genai` 3.x sends `thinking_budget`; the REST reference spells `thinkingBudget`.
+    for config in [
+        json!({"thinkingBudget": 2048, "includeThoughts": true}),
+        json!({"thinking_budget": 2048, "include_thoughts": true}),
+    ] {
+        let body = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+            "generationConfig": {"thinkingConfig": config}})
+        .to_string();
+        let obj = RawObject::parse(body.as_bytes()).unwrap();
+        let (out, _) = GEMINI_TO_ANTHROPIC.request(&obj, "c", false, 0).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["thinking"]["budget_tokens"], 2048, "{config}");
+    }
+}
