@@ -76,7 +76,7 @@ fn validate_gemini(sse: &[u8]) -> Vec<Value> {
         }
         chunks.push(v);
     }
-    if !chunks.last().is_some_and(|c| c.get("error").is_some()) {
+    if chunks.last().is_none_or(|c| c.get("error").is_none()) {
         assert_eq!(finishes, 1, "one finishReason");
     }
     chunks
