@@ -1,6 +1,6 @@
 //! docs/COMPATIBILITY.md cannot drift: every test a row names exists, ✓ rows name end-to-end
-//! tests (under `tests/`), and every end-to-end translation test (Bedrock's too) is named by
-//! some row.
+//! tests (under `tests/`), and every end-to-end translation test (`e2e_translation.rs`,
+//! `e2e_gemini.rs`, `e2e_bedrock.rs`) is named by some row.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -78,7 +78,11 @@ fn compatibility_matrix_names_real_tests() {
         }
         named.insert(test.clone());
     }
-    for file in ["tests/e2e_translation.rs", "tests/e2e_bedrock.rs"] {
+    for file in [
+        "tests/e2e_translation.rs",
+        "tests/e2e_gemini.rs",
+        "tests/e2e_bedrock.rs",
+    ] {
         for name in tests_in(file) {
             let full = format!("{file}::{name}");
             assert!(

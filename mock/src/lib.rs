@@ -1,7 +1,9 @@
-//! Built-in mock OpenAI, Anthropic and Bedrock provider: an HTTP server speaking the OpenAI wire
-//! format (chat completions, legacy completions, embeddings, models, Azure OpenAI deployment
-//! paths; JSON and SSE streaming), the Anthropic Messages format (`…/messages`, JSON and SSE,
-//! errors in Anthropic's shape) and AWS Bedrock Converse (`…/model/{id}/converse[-stream]`,
+//! Built-in mock OpenAI, Anthropic, Gemini and Bedrock provider: an HTTP server speaking the
+//! OpenAI wire format (chat completions, legacy completions, embeddings, models, Azure OpenAI
+//! deployment paths; JSON and SSE streaming), the Anthropic Messages format (`…/messages`, JSON
+//! and SSE, errors in Anthropic's shape), the Gemini format (`…/models/{model}:generateContent`,
+//! `:streamGenerateContent` with or without `alt=sse`, errors in Google's shape; the model and
+//! its faults come from the path) and AWS Bedrock Converse (`…/model/{id}/converse[-stream]`,
 //! SigV4 verified, streams in the AWS event-stream framing; see [`bedrock`]), with
 //! deterministic replies, tool calls when the request offers tools, faults on demand and a
 //! request log. It stands in
@@ -22,6 +24,7 @@ mod chat;
 mod completions;
 mod embeddings;
 mod error;
+mod gemini;
 mod log;
 mod messages;
 mod models;
@@ -46,8 +49,8 @@ pub struct MockConfig {
     pub latency: Duration,
     /// Delay between streamed chunks.
     pub chunk_delay: Duration,
-    /// When set, requests must carry this key as `Authorization: Bearer <k>`, `api-key: <k>`
-    /// or `x-api-key: <k>`; otherwise 401.
+    /// When set, requests must carry this key as `Authorization: Bearer <k>`, `api-key: <k>`,
+    /// `x-api-key: <k>` or (Gemini) `x-goog-api-key: <k>`; otherwise 401.
     pub api_key: Option<String>,
 }
 

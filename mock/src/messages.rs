@@ -145,14 +145,26 @@ impl ToolUse {
     /// A call of `tool` (an Anthropic or OpenAI tool definition) with arguments made from its
     /// schema: `"mock"` for strings, 1 for numbers, `true` for booleans.
     pub(crate) fn for_tool(tool: &Value, number: u64) -> Self {
+        // OpenAI `function.parameters`, Anthropic `input_schema`, Gemini `parameters` (OpenAPI
+        // types, uppercase) or `parametersJsonSchema`.
         let (name, schema) = match tool.get("function") {
             Some(f) => (&f["name"], &f["parameters"]),
-            None => (&tool["name"], &tool["input_schema"]),
+            None => (
+                &tool["name"],
+                ["input_schema", "parametersJsonSchema", "parameters"]
+                    .iter()
+                    .find_map(|k| tool.get(*k))
+                    .unwrap_or(&Value::Null),
+            ),
         };
         let mut input = Map::new();
         if let Some(props) = schema.get("properties").and_then(Value::as_object) {
             for (k, p) in props {
-                let v = match p.get("type").and_then(Value::as_str) {
+                let kind = p
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .map(str::to_ascii_lowercase);
+                let v = match kind.as_deref() {
                     Some("integer" | "number") => json!(1),
                     Some("boolean") => json!(true),
                     Some("array") => json!([]),

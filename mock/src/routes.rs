@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
-use crate::{bedrock, chat, completions, embeddings, messages, models, text, MockConfig};
+use crate::{bedrock, chat, completions, embeddings, gemini, messages, models, text, MockConfig};
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
 pub(crate) const LATENCY_HEADER: &str = "x-mock-latency-ms";
@@ -99,9 +99,12 @@ async fn api(
     tracing::debug!(%method, path = uri.path(), number, "Mock request");
     let mut response = match answer(&state, number, &method, &uri, &headers, &body).await {
         Ok(response) => response,
-        // Anthropic's and Bedrock's APIs answer errors in their own formats.
+        // Anthropic's, Gemini's and Bedrock's APIs answer errors in their own formats.
         Err(error) if uri.path().trim_end_matches('/').ends_with("/messages") => {
             messages::error_response(error.status(), &error.to_string())
+        }
+        Err(error) if gemini::call(uri.path()).is_some() => {
+            gemini::error_response(error.status(), &error.to_string())
         }
         Err(error) if bedrock::parse_path(uri.path()).is_some() => {
             bedrock::BedrockError::from_mock(&error).into_response()
@@ -131,6 +134,18 @@ async fn answer(
         tokio::time::sleep(latency).await;
     }
 
+    if let Some((model, stream)) = gemini::call(uri.path()) {
+        return answer_gemini(
+            state,
+            number,
+            method,
+            uri,
+            headers,
+            body,
+            (model, stream),
+            chunk_delay,
+        );
+    }
     let route = Route::parse(method, uri.path())?;
     // Bedrock: the model is in the path, and every request must carry a valid SigV4 signature.
     let bedrock_model = match route.operation {
@@ -187,6 +202,20 @@ async fn answer(
         Some(fault) => Some(fault),
         None => body_model.map(Fault::of).transpose()?.flatten(),
     };
+    let exchange = match exchange(number, model, chunk_delay, fault)? {
+        Ok(exchange) => exchange,
+        Err(response) => return Ok(response),
+    };
+    respond(&request, &exchange)
+}
+
+/// The exchange of a request to `model`, or the answer its fault asks for instead.
+fn exchange(
+    number: u64,
+    model: &str,
+    chunk_delay: Duration,
+    fault: Option<Fault>,
+) -> Result<Result<Exchange<'_>, Response>, MockError> {
     match fault {
         Some(Fault::Status(status)) => {
             return Err(MockError::Injected {
@@ -194,18 +223,56 @@ async fn answer(
                 model: model.to_owned(),
             })
         }
-        Some(Fault::Html) => return Ok(html_bad_gateway()),
+        Some(Fault::Html) => return Ok(Err(html_bad_gateway())),
         Some(Fault::StreamError) | None => {}
     }
-
-    let exchange = Exchange {
+    Ok(Ok(Exchange {
         number,
         created: text::unix_now(),
         model,
         chunk_delay,
         stream_error: matches!(fault, Some(Fault::StreamError)),
+    }))
+}
+
+/// Answers a Gemini `generateContent` path: the model (and its fault) from the path, the key
+/// in `x-goog-api-key` or the `key` query parameter.
+#[allow(clippy::too_many_arguments)]
+fn answer_gemini(
+    state: &AppState,
+    number: u64,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    (model, stream): (&str, bool),
+    chunk_delay: Duration,
+) -> Result<Response, MockError> {
+    if *method != Method::POST {
+        return Err(MockError::MethodNotAllowed {
+            method: method.clone(),
+            path: uri.path().to_owned(),
+        });
+    }
+    let query = uri.query().unwrap_or_default();
+    if let Some(key) = &state.config.api_key {
+        let in_query = query
+            .split('&')
+            .any(|pair| pair.strip_prefix("key=") == Some(key.as_str()));
+        if !in_query && !authorized(headers, key, true) {
+            return Err(MockError::InvalidApiKey);
+        }
+    }
+    let request: Value = serde_json::from_slice(body).map_err(|_| MockError::InvalidJson)?;
+    let Value::Object(request) = request else {
+        return Err(MockError::BodyNotObject);
     };
-    respond(&request, &exchange)
+    let exchange = match exchange(number, model, chunk_delay, Fault::of(model)?)? {
+        Ok(exchange) => exchange,
+        Err(response) => return Ok(response),
+    };
+    let sse = query.split('&').any(|pair| pair == "alt=sse");
+    gemini::respond(&request, &exchange, stream, sse)
 }
 
 /// The endpoint a path names.
@@ -353,14 +420,17 @@ fn body_model(request: &Request) -> Result<Option<&str>, MockError> {
     }
 }
 
-/// Whether the request carries the configured key: `api-key` always; `Authorization: Bearer`
-/// too, except on Azure paths, where Azure OpenAI takes keys in `api-key` only.
+/// Whether the request carries the configured key: `api-key` (`x-api-key`, `x-goog-api-key`)
+/// always; `Authorization: Bearer` too, except on Azure and Gemini paths, which take keys in
+/// their own header only.
 fn authorized(headers: &HeaderMap, key: &str, azure: bool) -> bool {
-    let api_key = ["api-key", "x-api-key"].iter().any(|name| {
-        headers
-            .get(*name)
-            .is_some_and(|value| value.as_bytes() == key.as_bytes())
-    });
+    let api_key = ["api-key", "x-api-key", "x-goog-api-key"]
+        .iter()
+        .any(|name| {
+            headers
+                .get(*name)
+                .is_some_and(|value| value.as_bytes() == key.as_bytes())
+        });
     if api_key || azure {
         return api_key;
     }

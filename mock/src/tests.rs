@@ -1029,3 +1029,5 @@ async fn chat_calls_the_first_tool_when_offered_tools() {
         "tool_calls"
     );
 }
+
+mod gemini;

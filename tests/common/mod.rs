@@ -27,6 +27,7 @@ pub const KEY_GUARDED: &str = "tg-e2e-guarded";
 pub const AZURE_SECRET: &str = "azure-upstream-secret";
 /// The Anthropic mock's credential, given to `serve` through the environment.
 pub const ANTHROPIC_SECRET: &str = "anthropic-upstream-secret";
+pub const GEMINI_SECRET: &str = "gemini-upstream-secret";
 /// The OpenAI-compatible mock's credential, read from a file.
 pub const COMPAT_SECRET: &str = "compat-upstream-secret";
 /// The session token `serve` signs Bedrock requests with (the key id and secret are the
@@ -36,10 +37,11 @@ pub const AWS_SESSION_TOKEN: &str = "e2e-aws-session-token";
 pub const BEDROCK_MODEL_ID: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
 /// The environment `serve` and `envoy-bootstrap` read provider secrets from.
-pub fn provider_env() -> [(&'static str, &'static str); 6] {
+pub fn provider_env() -> [(&'static str, &'static str); 7] {
     [
         ("E2E_AZURE_KEY", AZURE_SECRET),
         ("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET),
+        ("E2E_GEMINI_KEY", GEMINI_SECRET),
         (
             "E2E_AWS_ACCESS_KEY_ID",
             tollgate_mock::bedrock::AWS_ACCESS_KEY_ID,
@@ -287,6 +289,10 @@ providers:
       region: eu-west-1
       access_key_id: {{ env: E2E_AWS_ACCESS_KEY_ID }}
       secret_access_key: {{ env: E2E_AWS_WRONG_SECRET }}
+  gemini:
+    kind: gemini
+    base_url: "http://{mock}/v1beta"
+    credential: {{ env: E2E_GEMINI_KEY }}
 models:
   mock-model:
     targets: [{{ provider: mock, model: mock-model }}]
@@ -318,6 +324,12 @@ models:
     targets: [{{ provider: bedrock, model: mock-stream-error }}]
   bedrock-wrong-secret:
     targets: [{{ provider: bedrock-wrong-secret, model: "{bedrock_model}" }}]
+  gemini-model:
+    targets: [{{ provider: gemini, model: gemini-upstream-model }}]
+  gemini-rate-limited:
+    targets: [{{ provider: gemini, model: mock-error-429 }}]
+  gemini-stream-error:
+    targets: [{{ provider: gemini, model: mock-stream-error }}]
 pricing:
   models:
     # The mock's model has no list price: one for the cost checks (USD per million tokens).
@@ -588,15 +600,20 @@ impl Stack {
         path: &str,
         body: serde_json::Value,
     ) -> (Duration, Duration, String) {
+        self.send_timed(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .bearer_auth(KEY_ALL)
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// Sends a streaming request and reads the body chunk by chunk: time to the first body
+    /// byte, total time, and the whole body.
+    pub async fn send_timed(&self, req: ::reqwest::RequestBuilder) -> (Duration, Duration, String) {
         let started = Instant::now();
-        let mut resp = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(KEY_ALL)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
+        let mut resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let mut first = None;
         let mut all = Vec::new();
@@ -681,7 +698,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    async fn from(r: ::reqwest::Response) -> Reply {
+    pub async fn from(r: ::reqwest::Response) -> Reply {
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let text = r.text().await.unwrap();

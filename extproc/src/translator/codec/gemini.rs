@@ -154,7 +154,9 @@ struct WireGenerationConfig {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireThinkingConfig {
-    #[serde(default)]
+    /// `google-genai` 3.x writes this object's members in snake_case, which Google's proto-JSON
+    /// parser accepts too.
+    #[serde(default, alias = "thinking_budget")]
     thinking_budget: Option<i64>,
 }
 

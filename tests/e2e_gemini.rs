@@ -1,0 +1,313 @@
+//! End to end through real Envoy with Gemini on either side: the official `google-genai` SDK
+//! against OpenAI, Anthropic and Gemini backends, the `openai` and `anthropic` SDKs against a
+//! Gemini backend, and what providers and clients see on the wire (paths, `x-goog-api-key`,
+//! error formats, Envoy's own replies). docs/COMPATIBILITY.md names these tests;
+//! `compatibility_matrix` keeps the two in step.
+
+// Test support: helpers outside `#[test]` functions fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn gemini_sdk(stack: &Stack, model: &str, rate_limited: &str, stream_error: &str, thinking: bool) {
+    run_sdk(
+        "gemini_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &stack.base),
+            ("TOLLGATE_KEY", KEY_ALL),
+            ("TOLLGATE_CHAT_MODEL", model),
+            ("TOLLGATE_RATE_LIMITED_MODEL", rate_limited),
+            ("TOLLGATE_STREAM_ERROR_MODEL", stream_error),
+            ("TOLLGATE_THINKING", if thinking { "1" } else { "0" }),
+        ],
+    );
+}
+
+/// The path (without query) of every request the mock got.
+fn paths(seen: &[Value]) -> Vec<&str> {
+    seen.iter().map(|r| r["path"].as_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn gemini_sdk_against_an_openai_backend() {
+    let stack = Stack::start(StackOptions::default());
+    gemini_sdk(&stack, "mock-model", "rate-limited", "stream-error", false);
+    let seen = stack.posted().await;
+    assert!(!seen.is_empty());
+    for req in &seen {
+        assert_eq!(req["path"], "/v1/chat/completions", "{req}");
+        assert!(req["headers"].get("x-goog-api-key").is_none(), "{req}");
+        // Gemini's uppercase OpenAPI types arrive as JSON Schema's.
+        if let Some(tools) = req["body"]["tools"].as_array() {
+            let params = &tools[0]["function"]["parameters"];
+            assert_eq!(params["properties"]["city"]["type"], "string", "{req}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn gemini_sdk_against_an_anthropic_backend() {
+    let stack = Stack::start(StackOptions::default());
+    gemini_sdk(
+        &stack,
+        "claude-model",
+        "claude-rate-limited",
+        "claude-stream-error",
+        false,
+    );
+    let seen = stack.posted().await;
+    assert!(!seen.is_empty());
+    for req in &seen {
+        assert_eq!(req["path"], "/v1/messages", "{req}");
+        assert_eq!(req["headers"]["x-api-key"], ANTHROPIC_SECRET, "{req}");
+        assert!(req["headers"].get("anthropic-version").is_some(), "{req}");
+    }
+}
+
+#[tokio::test]
+async fn gemini_sdk_against_a_gemini_backend() {
+    let stack = Stack::start(StackOptions::default());
+    gemini_sdk(
+        &stack,
+        "gemini-model",
+        "gemini-rate-limited",
+        "gemini-stream-error",
+        true,
+    );
+    let seen = stack.posted().await;
+    assert!(!seen.is_empty());
+    let mut streamed = 0;
+    for req in &seen {
+        let path = req["path"].as_str().unwrap();
+        let model = path
+            .strip_prefix("/v1beta/models/")
+            .and_then(|p| p.split_once(':'))
+            .map(|(m, _)| m)
+            .unwrap_or_else(|| panic!("{req}"));
+        // The provider's model id, never the public name.
+        assert!(
+            matches!(
+                model,
+                "gemini-upstream-model" | "mock-error-429" | "mock-stream-error"
+            ),
+            "{req}"
+        );
+        if path.ends_with(":streamGenerateContent") {
+            streamed += 1;
+            assert_eq!(req["query"], "alt=sse", "{req}");
+        }
+        assert_eq!(req["headers"]["x-goog-api-key"], GEMINI_SECRET, "{req}");
+        assert!(req["headers"].get("authorization").is_none(), "{req}");
+        assert!(req["body"].get("model").is_none(), "{req}");
+    }
+    assert!(streamed >= 3, "{streamed} streamed requests");
+}
+
+#[tokio::test]
+async fn openai_sdk_against_a_gemini_backend() {
+    let stack = Stack::start(StackOptions::default());
+    let base = format!("{}/v1", stack.base);
+    run_sdk(
+        "openai_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &base),
+            ("TOLLGATE_KEY", KEY_ALL),
+            ("TOLLGATE_CHAT_MODEL", "gemini-model"),
+            ("TOLLGATE_STREAM_ERROR_MODEL", "gemini-stream-error"),
+        ],
+    );
+    let seen = stack.posted().await;
+    assert!(!seen.is_empty());
+    for p in paths(&seen) {
+        assert!(p.starts_with("/v1beta/models/") && p.contains(":"), "{p}");
+    }
+}
+
+#[tokio::test]
+async fn anthropic_sdk_against_a_gemini_backend() {
+    let stack = Stack::start(StackOptions::default());
+    run_sdk(
+        "anthropic_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &stack.base),
+            ("TOLLGATE_KEY", KEY_ALL),
+            ("TOLLGATE_CHAT_MODEL", "gemini-model"),
+            ("TOLLGATE_RATE_LIMITED_MODEL", "gemini-rate-limited"),
+            ("TOLLGATE_STREAM_ERROR_MODEL", "gemini-stream-error"),
+        ],
+    );
+    let seen = stack.posted().await;
+    assert!(!seen.is_empty());
+    for req in &seen {
+        assert!(
+            req["path"].as_str().unwrap().starts_with("/v1beta/models/"),
+            "{req}"
+        );
+        assert!(req["headers"].get("anthropic-version").is_none(), "{req}");
+        assert!(req["headers"].get("x-api-key").is_none(), "{req}");
+    }
+}
+
+fn assert_gemini_error(r: &Reply, status: u16, rpc: &str) {
+    assert_eq!(r.status, status, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], status, "{v}");
+    assert_eq!(v["error"]["status"], rpc, "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+}
+
+/// Tollgate's own errors, providers' errors and Envoy's local replies all reach Gemini clients
+/// in Google's format, with the status Google would use.
+#[tokio::test]
+async fn errors_reach_gemini_clients_in_gemini_format() {
+    let stack = Stack::start(StackOptions {
+        max_body: 4096,
+        ..StackOptions::default()
+    });
+    let s = &stack;
+    let post = |path: &str, key: Option<&'static str>, body: String| {
+        let mut req = s
+            .http
+            .post(format!("{}{path}", s.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(k) = key {
+            req = req.header("x-goog-api-key", k);
+        }
+        async move { Reply::from(req.send().await.unwrap()).await }
+    };
+    let hi = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).to_string();
+    let path = |model: &str| format!("/v1beta/models/{model}:generateContent");
+    // ext_authz: no key, a wrong key.
+    assert_gemini_error(
+        &post(&path("gemini-model"), None, hi.clone()).await,
+        401,
+        "UNAUTHENTICATED",
+    );
+    assert_gemini_error(
+        &post(&path("gemini-model"), Some("tg-nope"), hi.clone()).await,
+        401,
+        "UNAUTHENTICATED",
+    );
+    // ext_proc: unknown model, a model the key may not use, bad JSON, unknown method.
+    assert_gemini_error(
+        &post(&path("nope"), Some(KEY_ALL), hi.clone()).await,
+        404,
+        "NOT_FOUND",
+    );
+    assert_gemini_error(
+        &post(&path("gemini-model"), Some(KEY_LIMITED), hi.clone()).await,
+        403,
+        "PERMISSION_DENIED",
+    );
+    assert_gemini_error(
+        &post(&path("gemini-model"), Some(KEY_ALL), "{nope".into()).await,
+        400,
+        "INVALID_ARGUMENT",
+    );
+    assert_gemini_error(
+        &post(
+            "/v1beta/models/gemini-model:countTokens",
+            Some(KEY_ALL),
+            hi.clone(),
+        )
+        .await,
+        404,
+        "NOT_FOUND",
+    );
+    // Something only Gemini can express, towards an OpenAI provider.
+    let search = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+        "tools": [{"googleSearch": {}}]});
+    assert_gemini_error(
+        &post(&path("mock-model"), Some(KEY_ALL), search.to_string()).await,
+        400,
+        "INVALID_ARGUMENT",
+    );
+    // Providers' errors: Gemini's own, and OpenAI's and Anthropic's translated.
+    for model in ["gemini-rate-limited", "rate-limited", "claude-rate-limited"] {
+        assert_gemini_error(
+            &post(&path(model), Some(KEY_ALL), hi.clone()).await,
+            429,
+            "RESOURCE_EXHAUSTED",
+        );
+    }
+    let r = post(&path("html-error"), Some(KEY_ALL), hi.clone()).await;
+    assert_gemini_error(&r, 502, "INTERNAL");
+    // Envoy's own replies: the body limit (before ext_proc), a provider that is down.
+    let big = json!({"contents": [{"role": "user", "parts": [{"text": "x".repeat(8000)}]}]});
+    assert_gemini_error(
+        &post(&path("gemini-model"), Some(KEY_ALL), big.to_string()).await,
+        413,
+        "INVALID_ARGUMENT",
+    );
+    let r = post(&path("dead-model"), Some(KEY_ALL), hi.clone()).await;
+    assert_gemini_error(&r, 503, "UNAVAILABLE");
+    // Every reply carries the request id.
+    assert_eq!(r.header("x-tollgate-request-id").map(str::len), Some(32));
+
+    // The other dialects' clients get a Gemini provider's errors in their own format.
+    let r = s
+        .post(
+            "/v1/chat/completions",
+            Some(KEY_ALL),
+            json!({"model": "gemini-rate-limited", "messages": [{"role": "user", "content": "x"}]})
+                .to_string(),
+        )
+        .await;
+    r.assert_openai_error(429, None);
+}
+
+/// A translated Gemini stream reaches an OpenAI client as the provider sends it, not at its end.
+#[tokio::test]
+async fn gemini_streams_flow_chunk_by_chunk() {
+    let stack = Stack::start(StackOptions {
+        chunk_delay_ms: 150,
+        ..StackOptions::default()
+    });
+    let (first, total, body) = stack
+        .stream_timed(
+            "/v1/chat/completions",
+            json!({"model": "gemini-model", "stream": true,
+                "messages": [{"role": "user", "content": "one two three four"}]}),
+        )
+        .await;
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert!(
+        total.saturating_sub(first).as_millis() >= 600,
+        "first byte {first:?}, total {total:?}: the stream was buffered"
+    );
+    // And a Gemini client of an OpenAI provider, with the key in x-goog-api-key.
+    let (first, total, text) = stack
+        .send_timed(
+            stack
+                .http
+                .post(format!(
+                    "{}/v1beta/models/mock-model:streamGenerateContent?alt=sse",
+                    stack.base
+                ))
+                .header("x-goog-api-key", KEY_ALL)
+                .body(
+                    json!({"contents": [{"role": "user", "parts": [{"text": "one two three four"}]}]})
+                        .to_string(),
+                ),
+        )
+        .await;
+    assert!(
+        total.saturating_sub(first).as_millis() >= 600,
+        "first byte {first:?}, total {total:?}: the stream was buffered"
+    );
+    let last: Value = serde_json::from_str(
+        text.trim_end()
+            .rsplit("\n\n")
+            .next()
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP", "{text}");
+    assert!(last["usageMetadata"]["promptTokenCount"].as_u64().unwrap() > 0);
+}
