@@ -37,6 +37,11 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// An end-user id for the provider's abuse monitoring.
     pub user: Option<String>,
+    /// Top-k sampling (Anthropic models).
+    pub top_k: Option<u64>,
+    /// Anthropic's extended-thinking setting, as the client wrote it
+    /// (`{"type":"enabled","budget_tokens":N}`).
+    pub thinking: Option<serde_json::Value>,
 }
 
 /// Who wrote a message (system text lives in [`ChatRequest::system`]).

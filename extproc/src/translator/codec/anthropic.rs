@@ -344,6 +344,8 @@ pub fn request_from_wire(
     req.top_p = member(obj, "top_p")?;
     req.stop = member(obj, "stop_sequences")?.unwrap_or_default();
     req.user = member::<WireMetadata>(obj, "metadata")?.and_then(|m| m.user_id);
+    req.top_k = member(obj, "top_k")?;
+    req.thinking = member(obj, "thinking")?;
     Ok(req)
 }
 
@@ -439,6 +441,12 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
     insert_sampling(&mut body, req, "stop_sequences");
     if let Some(u) = &req.user {
         body.insert("metadata".into(), json!({"user_id": u}));
+    }
+    if let Some(k) = req.top_k {
+        body.insert("top_k".into(), k.into());
+    }
+    if let Some(t) = &req.thinking {
+        body.insert("thinking".into(), t.clone());
     }
     if req.stream {
         body.insert("stream".into(), true.into());

@@ -184,6 +184,10 @@ fn anthropic_to_bedrock_request() {
     );
     assert_eq!(v["toolConfig"]["toolChoice"], json!({"any": {}}));
     assert_eq!(v["system"], json!([{"text": "You are a weather bot."}]));
+    assert_eq!(
+        v["additionalModelRequestFields"],
+        json!({"thinking": {"type": "enabled", "budget_tokens": 2000}, "top_k": 40})
+    );
 }
 
 #[test]
