@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 /// Every request the mock saw went to a Converse path of the encoded model id, signed.
 fn assert_signed_converse_requests(seen: &[Value]) {
-    assert!(!seen.is_empty());
     for req in seen {
         let path = req["path"].as_str().unwrap();
         assert!(path.starts_with("/model/"), "{req}");
@@ -39,17 +38,9 @@ fn assert_signed_converse_requests(seen: &[Value]) {
 #[tokio::test]
 async fn openai_sdk_against_a_bedrock_backend() {
     let stack = Stack::start(StackOptions::default());
-    let base = format!("{}/v1", stack.base);
-    run_sdk(
-        "openai_sdk.py",
-        &[
-            ("TOLLGATE_BASE_URL", &base),
-            ("TOLLGATE_KEY", KEY_ALL),
-            ("TOLLGATE_CHAT_MODEL", "bedrock-model"),
-            ("TOLLGATE_STREAM_ERROR_MODEL", "bedrock-stream-error"),
-        ],
-    );
-    let seen = stack.posted().await;
+    let seen = stack
+        .openai_sdk_chat("bedrock-model", "bedrock-stream-error")
+        .await;
     assert_signed_converse_requests(&seen);
     // The model id is one encoded path segment (`:` → `%3A`), for both operations.
     let encoded = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse";
@@ -70,17 +61,13 @@ async fn openai_sdk_against_a_bedrock_backend() {
 #[tokio::test]
 async fn anthropic_sdk_against_a_bedrock_backend() {
     let stack = Stack::start(StackOptions::default());
-    run_sdk(
-        "anthropic_sdk.py",
-        &[
-            ("TOLLGATE_BASE_URL", &stack.base),
-            ("TOLLGATE_KEY", KEY_ALL),
-            ("TOLLGATE_CHAT_MODEL", "bedrock-model"),
-            ("TOLLGATE_RATE_LIMITED_MODEL", "bedrock-rate-limited"),
-            ("TOLLGATE_STREAM_ERROR_MODEL", "bedrock-stream-error"),
-        ],
-    );
-    let seen = stack.posted().await;
+    let seen = stack
+        .anthropic_sdk(
+            "bedrock-model",
+            "bedrock-rate-limited",
+            "bedrock-stream-error",
+        )
+        .await;
     assert_signed_converse_requests(&seen);
     for req in &seen {
         for h in ["anthropic-version", "anthropic-beta", "x-api-key"] {

@@ -15,19 +15,10 @@ use serde_json::{json, Value};
 #[tokio::test]
 async fn anthropic_sdk_against_an_openai_backend() {
     let stack = Stack::start(StackOptions::default());
-    run_sdk(
-        "anthropic_sdk.py",
-        &[
-            ("TOLLGATE_BASE_URL", &stack.base),
-            ("TOLLGATE_KEY", KEY_ALL),
-            ("TOLLGATE_CHAT_MODEL", "mock-model"),
-            ("TOLLGATE_RATE_LIMITED_MODEL", "rate-limited"),
-            ("TOLLGATE_STREAM_ERROR_MODEL", "stream-error"),
-        ],
-    );
+    let seen = stack
+        .anthropic_sdk("mock-model", "rate-limited", "stream-error")
+        .await;
     // Every request went to the OpenAI mock's chat endpoint.
-    let seen = stack.posted().await;
-    assert!(!seen.is_empty());
     for req in &seen {
         assert!(
             req["path"].as_str().unwrap().ends_with("/chat/completions"),
@@ -40,18 +31,9 @@ async fn anthropic_sdk_against_an_openai_backend() {
 #[tokio::test]
 async fn anthropic_sdk_against_an_anthropic_backend() {
     let stack = Stack::start(StackOptions::default());
-    run_sdk(
-        "anthropic_sdk.py",
-        &[
-            ("TOLLGATE_BASE_URL", &stack.base),
-            ("TOLLGATE_KEY", KEY_ALL),
-            ("TOLLGATE_CHAT_MODEL", "claude-model"),
-            ("TOLLGATE_RATE_LIMITED_MODEL", "claude-rate-limited"),
-            ("TOLLGATE_STREAM_ERROR_MODEL", "claude-stream-error"),
-        ],
-    );
-    let seen = stack.posted().await;
-    assert!(!seen.is_empty());
+    let seen = stack
+        .anthropic_sdk("claude-model", "claude-rate-limited", "claude-stream-error")
+        .await;
     for req in &seen {
         assert_eq!(req["path"], "/v1/messages", "{req}");
         assert_eq!(req["headers"]["x-api-key"], ANTHROPIC_SECRET, "{req}");
@@ -61,19 +43,9 @@ async fn anthropic_sdk_against_an_anthropic_backend() {
 #[tokio::test]
 async fn openai_sdk_against_an_anthropic_backend() {
     let stack = Stack::start(StackOptions::default());
-    let base = format!("{}/v1", stack.base);
-    run_sdk(
-        "openai_sdk.py",
-        &[
-            ("TOLLGATE_BASE_URL", &base),
-            ("TOLLGATE_KEY", KEY_ALL),
-            ("TOLLGATE_CHAT_MODEL", "claude-model"),
-            ("TOLLGATE_STREAM_ERROR_MODEL", "claude-stream-error"),
-            ("TOLLGATE_JSON_MODE", "1"),
-        ],
-    );
-    let seen = stack.posted().await;
-    assert!(!seen.is_empty());
+    let seen = stack
+        .openai_sdk_chat("claude-model", "claude-stream-error")
+        .await;
     for req in &seen {
         assert_eq!(req["path"], "/v1/messages", "{req}");
         // Provider model ids, never the public names.

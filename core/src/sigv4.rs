@@ -266,8 +266,8 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials stay out of logs, the key id too.
         f.debug_struct("Signer")
-            .field("access_key_id", &self.access_key_id)
             .field("region", &self.region)
             .field("service", &self.service)
             .field("session_token", &self.session_token.is_some())
@@ -547,7 +547,8 @@ mod tests {
         assert!(s
             .authorization
             .contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date, "));
-        assert!(!format!("{plain:?}").contains(SECRET));
+        let debug = format!("{plain:?}");
+        assert!(!debug.contains(SECRET) && !debug.contains(AKID), "{debug}");
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //! - model `mock-stream-error`: a stream that sends two content chunks, then an in-stream error
 //!   event, and ends without `[DONE]` (a non-streaming request gets a 500);
 //! - model `mock-html-error`: 502 with an HTML body, as a misbehaving proxy would answer;
+//! - the same fault models work as Bedrock model ids in Converse paths, answered in Bedrock's
+//!   error format (`mock-stream-error` ends the event stream with a
+//!   `modelStreamErrorException`);
 //! - header `x-mock-latency-ms`: time to first byte for this request;
 //! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;
 //! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.

@@ -656,6 +656,50 @@ impl Stack {
         seen
     }
 
+    /// Runs the official `anthropic` SDK's checks (`tests/sdk/anthropic_sdk.py`) through the
+    /// gateway with these public models; the API requests the mock received (at least one).
+    pub async fn anthropic_sdk(
+        &self,
+        chat: &str,
+        rate_limited: &str,
+        stream_error: &str,
+    ) -> Vec<serde_json::Value> {
+        run_sdk(
+            "anthropic_sdk.py",
+            &[
+                ("TOLLGATE_BASE_URL", &self.base),
+                ("TOLLGATE_KEY", KEY_ALL),
+                ("TOLLGATE_CHAT_MODEL", chat),
+                ("TOLLGATE_RATE_LIMITED_MODEL", rate_limited),
+                ("TOLLGATE_STREAM_ERROR_MODEL", stream_error),
+                // Anthropic and Bedrock backends: JSON mode through the forced tool.
+                ("TOLLGATE_JSON_MODE", "1"),
+            ],
+        );
+        let seen = self.posted().await;
+        assert!(!seen.is_empty());
+        seen
+    }
+
+    /// Runs the official `openai` SDK's chat checks (`tests/sdk/openai_sdk.py`: text, streams,
+    /// tool calls, a mid-stream error) through the gateway; the API requests the mock received
+    /// (at least one).
+    pub async fn openai_sdk_chat(&self, chat: &str, stream_error: &str) -> Vec<serde_json::Value> {
+        let base = format!("{}/v1", self.base);
+        run_sdk(
+            "openai_sdk.py",
+            &[
+                ("TOLLGATE_BASE_URL", &base),
+                ("TOLLGATE_KEY", KEY_ALL),
+                ("TOLLGATE_CHAT_MODEL", chat),
+                ("TOLLGATE_STREAM_ERROR_MODEL", stream_error),
+            ],
+        );
+        let seen = self.posted().await;
+        assert!(!seen.is_empty());
+        seen
+    }
+
     pub async fn clear_upstream_requests(&self) {
         self.http
             .delete(format!("{}/__mock/requests", self.mock))

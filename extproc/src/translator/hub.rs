@@ -41,6 +41,8 @@ pub struct ChatRequest {
     pub reasoning: Option<Reasoning>,
     /// The shape the answer must take (`None`: free text).
     pub response_format: Option<ResponseFormat>,
+    /// Top-k sampling (Anthropic models).
+    pub top_k: Option<u64>,
 }
 
 /// A constraint on the answer's shape.

@@ -726,7 +726,7 @@ fn openai_reasoning_streams_become_thinking_blocks_before_the_text() {
 // (up to what the dialect merges), so a translation loses nothing either codec can express.
 // ---------------------------------------------------------------------------------------------
 
-mod round_trip {
+pub(super) mod round_trip {
     use super::*;
     use crate::translator::codec::{anthropic, openai as openai_codec};
     use crate::translator::hub::{
@@ -798,7 +798,7 @@ mod round_trip {
         prop_oneof![user, assistant, results]
     }
 
-    fn request() -> impl Strategy<Value = ChatRequest> {
+    pub(super) fn request() -> impl Strategy<Value = ChatRequest> {
         (
             proptest::collection::vec(word(), 0..3),
             proptest::collection::vec(message(), 1..6),
@@ -829,7 +829,7 @@ mod round_trip {
     }
 
     /// Consecutive turns of one role as one turn: both dialects may split or merge them.
-    fn merged(mut r: ChatRequest) -> ChatRequest {
+    pub(super) fn merged(mut r: ChatRequest) -> ChatRequest {
         let mut out: Vec<Message> = Vec::new();
         for m in r.messages {
             match out.last_mut() {

@@ -352,6 +352,7 @@ pub fn request_from_wire(
     req.top_p = member(obj, "top_p")?;
     req.stop = member(obj, "stop_sequences")?.unwrap_or_default();
     req.user = member::<WireMetadata>(obj, "metadata")?.and_then(|m| m.user_id);
+    req.top_k = member(obj, "top_k")?;
     req.reasoning = match member::<WireThinking>(obj, "thinking")? {
         None => None,
         Some(t) => match (t.kind.as_str(), t.budget_tokens) {
@@ -484,6 +485,9 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
     insert_sampling(&mut body, req, "stop_sequences");
     if let Some(u) = &req.user {
         body.insert("metadata".into(), json!({"user_id": u}));
+    }
+    if let Some(k) = req.top_k {
+        body.insert("top_k".into(), k.into());
     }
     if req.stream {
         body.insert("stream".into(), true.into());

@@ -16,8 +16,8 @@ use super::{merged_turns, to_bytes};
 use crate::translator::error::TranslateError;
 use crate::translator::eventstream::{self, Message as Frame};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Part, StopReason, StreamEvent,
-    ToolCall, ToolChoice,
+    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Part, Reasoning, StopReason,
+    StreamEvent, ToolCall, ToolChoice, MIN_THINKING_BUDGET,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -283,7 +283,8 @@ fn has_tool_blocks(req: &ChatRequest) -> bool {
 /// The `converse` / `converse-stream` body: consecutive turns of one role merged, empty turns
 /// dropped. Bedrock has no `none` tool choice: with it, tools are left out unless the
 /// conversation already holds tool blocks (Bedrock then needs `toolConfig`), where the model
-/// decides. `user` and `parallel_tool_calls` have no counterpart and are dropped.
+/// decides. Anthropic's `thinking` and `top_k` go in `additionalModelRequestFields`; `user`
+/// and `parallel_tool_calls` have no counterpart and are dropped.
 pub fn request_to_wire(req: &ChatRequest) -> Result<Vec<u8>, TranslateError> {
     let mut body = Map::new();
     body.insert(
@@ -314,6 +315,33 @@ pub fn request_to_wire(req: &ChatRequest) -> Result<Vec<u8>, TranslateError> {
     }
     if !inference.is_empty() {
         body.insert("inferenceConfig".into(), Value::Object(inference));
+    }
+    // Model-specific members Converse has no field of, in the model's own request format
+    // (Anthropic's names: only Anthropic clients set them).
+    let mut additional = Map::new();
+    // Claude on Bedrock takes Anthropic's `thinking` (other models have no such member), with
+    // the budget below `maxTokens` and at least Anthropic's minimum.
+    if req.model.contains("anthropic.") {
+        let budget = req
+            .reasoning
+            .and_then(Reasoning::budget_tokens)
+            .map(|b| req.max_tokens.map_or(b, |m| b.min(m.saturating_sub(1))))
+            .filter(|b| *b >= MIN_THINKING_BUDGET);
+        if let Some(b) = budget {
+            additional.insert(
+                "thinking".into(),
+                json!({"type": "enabled", "budget_tokens": b}),
+            );
+        }
+    }
+    if let Some(k) = req.top_k {
+        additional.insert("top_k".into(), k.into());
+    }
+    if !additional.is_empty() {
+        body.insert(
+            "additionalModelRequestFields".into(),
+            Value::Object(additional),
+        );
     }
     let none = req.tool_choice == Some(ToolChoice::None);
     if !req.tools.is_empty() && (!none || has_tool_blocks(req)) {

@@ -184,6 +184,10 @@ fn anthropic_to_bedrock_request() {
     );
     assert_eq!(v["toolConfig"]["toolChoice"], json!({"any": {}}));
     assert_eq!(v["system"], json!([{"text": "You are a weather bot."}]));
+    assert_eq!(
+        v["additionalModelRequestFields"],
+        json!({"thinking": {"type": "enabled", "budget_tokens": 2000}, "top_k": 40})
+    );
 }
 
 #[test]
@@ -326,4 +330,113 @@ fn a_corrupt_event_stream_ends_cleanly_with_an_error() {
     // A stream cut inside a message is an error too, not a silent end.
     let (out, _) = bedrock_stream(OPENAI_TO_BEDROCK, false, &[&input[..input.len() - 3]]);
     assert!(String::from_utf8(out).unwrap().contains("{\"error\""));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Round trip: a hub request written as Converse and read back is the same request (up to the
+// turns Converse merges and the `user` it has no field for).
+// ---------------------------------------------------------------------------------------------
+
+mod round_trip {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::super::round_trip::{merged, request};
+    use crate::translator::codec::bedrock;
+    use crate::translator::hub::{
+        ChatRequest, Image, Message, Part, Role, Tool, ToolCall, ToolResult,
+    };
+
+    fn text(v: &Value) -> String {
+        v.as_str().unwrap().to_owned()
+    }
+
+    /// A Converse content block read back into a hub part.
+    fn part(b: &Value) -> Part {
+        if let Some(t) = b.get("text") {
+            return Part::Text(text(t));
+        }
+        if let Some(i) = b.get("image") {
+            return Part::Image(Image::Base64 {
+                media_type: format!("image/{}", text(&i["format"])),
+                data: text(&i["source"]["bytes"]),
+            });
+        }
+        if let Some(u) = b.get("toolUse") {
+            return Part::ToolCall(ToolCall {
+                id: text(&u["toolUseId"]),
+                name: text(&u["name"]),
+                arguments: u["input"].to_string(),
+            });
+        }
+        let r = &b["toolResult"];
+        Part::ToolResult(ToolResult {
+            call_id: text(&r["toolUseId"]),
+            content: r["content"].as_array().unwrap().iter().map(part).collect(),
+            is_error: r["status"] == "error",
+        })
+    }
+
+    /// A `converse` body read back into the hub.
+    fn read_back(body: &[u8]) -> ChatRequest {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        let inference = &v["inferenceConfig"];
+        ChatRequest {
+            model: "m".into(),
+            system: v["system"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| text(&s["text"]))
+                .collect(),
+            messages: v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| Message {
+                    role: if m["role"] == "user" {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    },
+                    content: m["content"].as_array().unwrap().iter().map(part).collect(),
+                })
+                .collect(),
+            tools: v["toolConfig"]["tools"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| Tool {
+                    name: text(&t["toolSpec"]["name"]),
+                    description: t["toolSpec"].get("description").map(text),
+                    parameters: t["toolSpec"]["inputSchema"]["json"].clone(),
+                })
+                .collect(),
+            max_tokens: inference["maxTokens"].as_u64(),
+            temperature: inference["temperature"].as_f64(),
+            stop: inference["stopSequences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn bedrock_codec_round_trips(mut req in request()) {
+            // Converse takes inline image bytes only.
+            for p in req.messages.iter_mut().flat_map(|m| m.content.iter_mut()) {
+                if let Part::Image(i @ Image::Url(_)) = p {
+                    *i = Image::Base64 { media_type: "image/webp".into(), data: "UklGRg==".into() };
+                }
+            }
+            let body = bedrock::request_to_wire(&req).unwrap();
+            let mut want = merged(req);
+            want.user = None;
+            prop_assert_eq!(read_back(&body), want);
+        }
+    }
 }
