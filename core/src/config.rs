@@ -203,6 +203,12 @@ pub enum ProviderKind {
     /// `:streamGenerateContent?alt=sse`), credential in `x-goog-api-key`; `base_url` defaults
     /// to [`GEMINI_BASE_URL`].
     Gemini,
+    /// Google Vertex AI: `project`, `location` and a service account (the `credential` holds
+    /// its JSON key) whose OAuth access token goes in `Authorization: Bearer`. Models whose
+    /// id starts with `claude` are Anthropic's (`…/publishers/anthropic/models/{m}:rawPredict`,
+    /// `:streamRawPredict`), the others Google's (`…/publishers/google/models/{m}:generateContent`,
+    /// `:streamGenerateContent?alt=sse`).
+    Vertex,
 }
 
 impl ProviderKind {
@@ -213,7 +219,15 @@ impl ProviderKind {
                 ApiFamily::OpenAi
             }
             ProviderKind::Anthropic => ApiFamily::Anthropic,
-            ProviderKind::Gemini => ApiFamily::Gemini,
+            ProviderKind::Gemini | ProviderKind::Vertex => ApiFamily::Gemini,
+        }
+    }
+
+    /// The API of `model` at this provider: Vertex AI serves Anthropic's models too.
+    pub fn family_of(self, model: &str) -> ApiFamily {
+        match self {
+            ProviderKind::Vertex if model.starts_with("claude") => ApiFamily::Anthropic,
+            other => other.family(),
         }
     }
 
@@ -221,6 +235,8 @@ impl ProviderKind {
     pub fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::Gemini => Some(GEMINI_BASE_URL),
+            // Per location: see `vertex_base_url`.
+            ProviderKind::Vertex => None,
             ProviderKind::Openai
             | ProviderKind::OpenaiCompatible
             | ProviderKind::AzureOpenai
@@ -231,6 +247,15 @@ impl ProviderKind {
 
 /// The base URL of `kind: gemini` providers that name none.
 pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
+
+/// The base URL of a Vertex AI location (`global` has no regional host).
+pub fn vertex_base_url(location: &str) -> String {
+    if location == "global" {
+        "https://aiplatform.googleapis.com/v1".to_owned()
+    } else {
+        format!("https://{location}-aiplatform.googleapis.com/v1")
+    }
+}
 
 /// The wire format of a provider's API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,6 +293,12 @@ pub struct RawProvider {
     /// Azure OpenAI `api-version` (required for `azure_openai`).
     #[serde(default)]
     pub api_version: Option<String>,
+    /// Vertex AI project id (required for `vertex`).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Vertex AI location, e.g. `us-central1` or `global` (required for `vertex`).
+    #[serde(default)]
+    pub location: Option<String>,
 }
 
 /// A secret's source: exactly one of `env` or `file`.
@@ -577,6 +608,10 @@ pub struct Provider {
     pub headers: Vec<(String, String)>,
     /// Azure `api-version`.
     pub api_version: Option<String>,
+    /// Vertex AI project and location.
+    pub vertex: Option<(String, String)>,
+    /// The service account and its current access token (Vertex AI).
+    pub google: Option<Arc<GoogleAuth>>,
 }
 
 /// One provider target of a model, with its upstream paths precomputed.
@@ -588,9 +623,13 @@ pub struct Target {
     pub upstream_model: String,
     /// Relative share of traffic.
     pub weight: u32,
+    /// The API the provider speaks for this model.
+    pub family: ApiFamily,
     paths: [String; 5],
-    /// The streaming path of Gemini providers (`…:streamGenerateContent?alt=sse`).
+    /// The streaming path of `stream_endpoint` (Gemini's `…:streamGenerateContent?alt=sse`,
+    /// Vertex AI Anthropic's `…:streamRawPredict`).
     stream_path: String,
+    stream_endpoint: Endpoint,
 }
 
 impl Target {
@@ -602,10 +641,10 @@ impl Target {
             .unwrap_or("/")
     }
 
-    /// The upstream `:path` for a forwarded endpoint, streaming or not (only Gemini's paths
-    /// differ).
+    /// The upstream `:path` for a forwarded endpoint, streaming or not (only Gemini's and
+    /// Vertex AI's paths differ).
     pub fn path_for(&self, endpoint: Endpoint, stream: bool) -> &str {
-        if stream && endpoint == Endpoint::GenerateContent {
+        if stream && endpoint == self.stream_endpoint {
             &self.stream_path
         } else {
             self.path(endpoint)
@@ -1028,11 +1067,28 @@ fn validate_provider(
             "cluster names may use only letters, digits, `-`, `_` and `.`",
         );
     }
-    let url = match p.base_url.as_deref().or(p.kind.default_base_url()) {
+    let default_base = match (p.kind, &p.location) {
+        (ProviderKind::Vertex, Some(l)) => Some(vertex_base_url(l)),
+        (kind, _) => kind.default_base_url().map(str::to_owned),
+    };
+    let url = match p.base_url.as_deref().or(default_base.as_deref()) {
         Some(base) => parse_base_url(base),
         None => Err("is required".to_owned()),
     }
     .map_err(|m| errs.add(format!("{path}.base_url"), m));
+    let vertex = p.kind == ProviderKind::Vertex;
+    for (field, value) in [("project", &p.project), ("location", &p.location)] {
+        match value {
+            None if vertex => errs.add(format!("{path}.{field}"), "is required for `vertex`"),
+            Some(v) if vertex && !valid_cluster_name(v) => errs.add(
+                format!("{path}.{field}"),
+                "may use only letters, digits, `-`, `_` and `.`",
+            ),
+            Some(_) if !vertex => errs.add(format!("{path}.{field}"), "applies only to `vertex`"),
+            _ => {}
+        }
+    }
+    let mut google = None;
 
     let credential = p.credential.as_ref().and_then(|c| {
         let cpath = format!("{path}.credential");
@@ -1061,6 +1117,13 @@ fn validate_provider(
         }
         .ok()?;
         let header = match p.kind {
+            ProviderKind::Vertex => {
+                google = ServiceAccount::parse(&secret)
+                    .map_err(|m| errs.add(&cpath, m))
+                    .ok()
+                    .map(|sa| Arc::new(GoogleAuth::new(sa)));
+                return None;
+            }
             ProviderKind::AzureOpenai => ("api-key", Secret::new(secret)),
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
                 ("authorization", Secret::new(format!("Bearer {secret}")))
@@ -1101,6 +1164,12 @@ fn validate_provider(
             "applies only to `azure_openai`",
         );
     }
+    if vertex && p.credential.is_none() {
+        errs.add(
+            format!("{path}.credential"),
+            "is required for `vertex`: the service account's JSON key",
+        );
+    }
     let url = url.ok()?;
     (errs.0.len() == before).then(|| Provider {
         name: name.to_owned(),
@@ -1114,6 +1183,8 @@ fn validate_provider(
         credential_header: credential,
         headers,
         api_version: p.api_version.clone(),
+        vertex: p.project.clone().zip(p.location.clone()),
+        google,
     })
 }
 
@@ -1152,6 +1223,40 @@ fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
 }
 
 fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
+    let family = provider.kind.family_of(model);
+    if let Some((project, location)) = &provider.vertex {
+        let base = format!(
+            "{}/projects/{project}/locations/{location}/publishers",
+            provider.base_path
+        );
+        let (endpoint, path, stream_path) = match family {
+            ApiFamily::Anthropic => (
+                Endpoint::Messages,
+                format!("{base}/anthropic/models/{model}:rawPredict"),
+                format!("{base}/anthropic/models/{model}:streamRawPredict"),
+            ),
+            _ => (
+                Endpoint::GenerateContent,
+                format!("{base}/google/models/{model}:generateContent"),
+                format!("{base}/google/models/{model}:streamGenerateContent?alt=sse"),
+            ),
+        };
+        return Target {
+            provider,
+            upstream_model: model.to_owned(),
+            weight,
+            family,
+            paths: Endpoint::FORWARDED.map(|e| {
+                if e == endpoint {
+                    path.clone()
+                } else {
+                    "/".to_owned()
+                }
+            }),
+            stream_path,
+            stream_endpoint: endpoint,
+        };
+    }
     let paths = Endpoint::FORWARDED.map(|e| match provider.kind {
         ProviderKind::AzureOpenai => format!(
             "{}/openai/deployments/{}/{}?api-version={}",
@@ -1160,7 +1265,9 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
             e.suffix(),
             provider.api_version.as_deref().unwrap_or_default()
         ),
-        ProviderKind::Gemini => format!("{}/models/{model}:generateContent", provider.base_path),
+        ProviderKind::Gemini | ProviderKind::Vertex => {
+            format!("{}/models/{model}:generateContent", provider.base_path)
+        }
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Anthropic => {
             format!("{}/{}", provider.base_path, e.suffix())
         }
@@ -1173,10 +1280,15 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         provider,
         upstream_model: model.to_owned(),
         weight,
+        family,
         paths,
         stream_path,
+        stream_endpoint: Endpoint::GenerateContent,
     }
 }
+
+mod google;
+pub use google::{AccessToken, GoogleAuth, ServiceAccount};
 
 #[cfg(test)]
 mod tests;

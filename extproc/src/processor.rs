@@ -395,8 +395,19 @@ impl Processor {
         }
         .ok_or_else(|| (ApiError::Internal, Some(model.clone())))?;
         let provider = &target.provider;
-        let (pair, upstream_endpoint) = Pair::route(endpoint, provider.kind.family())
+        let (pair, upstream_endpoint) = Pair::route(endpoint, target.family)
             .map_err(|e| (e.api_error(), Some(model.clone())))?;
+        // Vertex AI: the service account's current access token (refreshed in the background).
+        let google_token = match &provider.google {
+            Some(auth) => match auth.current(SystemTime::now()) {
+                Some(t) => Some(t),
+                None => {
+                    tracing::warn!(provider = %provider.name, "No access token for the provider yet");
+                    return Err((ApiError::Upstream(503), Some(model.clone())));
+                }
+            },
+            None => None,
+        };
         let (body, strip_usage_chunk, include_usage) = if !pair.is_openai_passthrough() {
             let (body, include_usage) = pair
                 .request(
@@ -414,6 +425,11 @@ impl Processor {
             (r.body, r.strip_usage_chunk, false)
         };
 
+        let body = if provider.vertex.is_some() && pair.upstream == ApiFamily::Anthropic {
+            crate::translator::codec::anthropic::for_vertex(&body)
+        } else {
+            body
+        };
         let mut headers = Vec::with_capacity(7 + provider.headers.len());
         headers.push(set(
             ":path",
@@ -424,6 +440,9 @@ impl Processor {
         headers.push(set("content-length", body.len().to_string()));
         if let Some((name, secret)) = &provider.credential_header {
             headers.push(set(name, secret.expose()));
+        }
+        if let Some(t) = &google_token {
+            headers.push(set("authorization", t.header.expose()));
         }
         for (k, v) in &provider.headers {
             headers.push(set(k, v.as_str()));

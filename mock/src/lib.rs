@@ -29,6 +29,7 @@ mod params;
 mod routes;
 mod sse;
 mod text;
+mod vertex;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +50,9 @@ pub struct MockConfig {
     /// When set, requests must carry this key as `Authorization: Bearer <k>`, `api-key: <k>`,
     /// `x-api-key: <k>` or (Gemini) `x-goog-api-key: <k>`; otherwise 401.
     pub api_key: Option<String>,
+    /// The public key (PEM) of the service account whose JWT assertions the Vertex AI token
+    /// endpoint (`POST …/token`) accepts; without it the endpoint refuses every assertion.
+    pub google_public_key: Option<String>,
 }
 
 impl fmt::Debug for MockConfig {
@@ -57,6 +61,7 @@ impl fmt::Debug for MockConfig {
             .field("latency", &self.latency)
             .field("chunk_delay", &self.chunk_delay)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("google_public_key", &self.google_public_key.is_some())
             .finish()
     }
 }
