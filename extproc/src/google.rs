@@ -147,3 +147,88 @@ pub async fn keep_tokens_fresh(config: SharedConfig, mut stop: watch::Receiver<b
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// An RSA key pair made by `openssl` (private PEM, public PEM).
+    fn key_pair() -> (String, String) {
+        let out = Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let private = String::from_utf8(out.stdout).unwrap();
+        let mut child = Command::new("openssl")
+            .args(["pkey", "-pubout"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(private.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (private, String::from_utf8(out.stdout).unwrap())
+    }
+
+    #[derive(Deserialize)]
+    struct Decoded {
+        iss: String,
+        scope: String,
+        aud: String,
+        iat: u64,
+        exp: u64,
+    }
+
+    #[test]
+    fn assertions_are_rs256_signed_for_the_token_endpoint() {
+        let (private, public) = key_pair();
+        let sa = ServiceAccount::parse(
+            &serde_json::json!({"type": "service_account", "client_email": "gw@p.iam.gserviceaccount.com",
+                "private_key": private, "private_key_id": "kid-1",
+                "token_uri": "https://oauth2.googleapis.com/token"})
+            .to_string(),
+        )
+        .unwrap();
+        let now = SystemTime::now();
+        let jwt = assertion(&sa, now).unwrap();
+        let header = jsonwebtoken::decode_header(&jwt).unwrap();
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+        assert_eq!(header.kid.as_deref(), Some("kid-1"));
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.set_audience(&["https://oauth2.googleapis.com/token"]);
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).unwrap();
+        let claims = jsonwebtoken::decode::<Decoded>(&jwt, &key, &v)
+            .unwrap()
+            .claims;
+        assert_eq!(claims.iss, "gw@p.iam.gserviceaccount.com");
+        assert_eq!(claims.scope, SCOPE);
+        assert_eq!(claims.aud, "https://oauth2.googleapis.com/token");
+        assert_eq!(claims.exp - claims.iat, 3600);
+        // Another key's signature does not verify.
+        let (_, other) = key_pair();
+        let other = jsonwebtoken::DecodingKey::from_rsa_pem(other.as_bytes()).unwrap();
+        assert!(jsonwebtoken::decode::<Decoded>(&jwt, &other, &v).is_err());
+        // A key that is not RSA PEM cannot sign.
+        let bad = ServiceAccount {
+            private_key: Secret::new(
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into(),
+            ),
+            ..sa
+        };
+        assert!(matches!(assertion(&bad, now), Err(TokenError::Sign(_))));
+    }
+}
