@@ -13,6 +13,9 @@
 //! - model `mock-stream-error`: a stream that sends two content chunks, then an in-stream error
 //!   event, and ends without `[DONE]` (a non-streaming request gets a 500);
 //! - model `mock-html-error`: 502 with an HTML body, as a misbehaving proxy would answer;
+//! - the same models in a Gemini path (`…/models/mock-error-429:generateContent`), answered in
+//!   Google's format, and behind Vertex AI's Anthropic publisher with a `claude-` prefix
+//!   (`…/publishers/anthropic/models/claude-mock-stream-error:streamRawPredict`);
 //! - header `x-mock-latency-ms`: time to first byte for this request;
 //! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;
 //! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.
