@@ -426,7 +426,7 @@ pub enum Endpoint {
     Completions,
     /// `POST /v1/embeddings`.
     Embeddings,
-    /// `GET /v1/models`, answered by Tollgate itself.
+    /// `GET /v1/models` (`/v1beta/models` for Gemini clients), answered by Tollgate itself.
     Models,
     /// `POST /v1/messages` (Anthropic Messages).
     Messages,
@@ -468,7 +468,7 @@ impl Endpoint {
             ("POST", "/v1/chat/completions") => Some(Endpoint::ChatCompletions),
             ("POST", "/v1/completions") => Some(Endpoint::Completions),
             ("POST", "/v1/embeddings") => Some(Endpoint::Embeddings),
-            ("GET", "/v1/models") => Some(Endpoint::Models),
+            ("GET", "/v1/models" | "/v1beta/models") => Some(Endpoint::Models),
             ("POST", "/v1/messages") => Some(Endpoint::Messages),
             ("POST", p) if gemini_call(p).is_some() => Some(Endpoint::GenerateContent),
             _ => None,

@@ -299,8 +299,16 @@ impl Processor {
             .keys()
             .filter(|m| ctx.allows(m))
             .collect();
-        // Anthropic's SDK (which always sends `anthropic-version`) gets Anthropic's list shape.
-        let body = if self.client_anthropic_version {
+        // Gemini clients get Gemini's list shape, Anthropic's SDK (which always sends
+        // `anthropic-version`) Anthropic's.
+        let body = if self.dialect() == Dialect::Gemini {
+            let models: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|m| serde_json::json!({"name": format!("models/{m}"), "displayName": m,
+                    "supportedGenerationMethods": ["generateContent", "streamGenerateContent"]}))
+                .collect();
+            serde_json::json!({"models": models})
+        } else if self.client_anthropic_version {
             let data: Vec<serde_json::Value> = ids
                 .iter()
                 .map(|m| serde_json::json!({"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}))
