@@ -69,6 +69,7 @@ async fn openai_sdk_against_an_anthropic_backend() {
             ("TOLLGATE_KEY", KEY_ALL),
             ("TOLLGATE_CHAT_MODEL", "claude-model"),
             ("TOLLGATE_STREAM_ERROR_MODEL", "claude-stream-error"),
+            ("TOLLGATE_JSON_MODE", "1"),
         ],
     );
     let seen = stack.posted().await;
@@ -190,6 +191,42 @@ async fn providers_get_anthropic_credentials_versions_and_bodies() {
 }
 
 /// Asserts an Anthropic-format error with this status and type, and a request id.
+/// With Tollgate itself down, ext_authz fails before ext_proc can translate anything: Envoy's
+/// own 503 must still reach each client in its own format.
+#[tokio::test]
+async fn envoy_answers_in_each_clients_format_when_tollgate_is_down() {
+    let mut stack = Stack::start(StackOptions::default());
+    stack
+        .procs
+        .iter_mut()
+        .find(|p| p.name == "serve")
+        .expect("serve runs")
+        .kill9();
+    // No request id here: Tollgate, which mints it, is the part that is down.
+    let anthropic = json!({"model": "claude-model", "max_tokens": 10,
+        "messages": [{"role": "user", "content": "x"}]});
+    let r = stack
+        .post("/v1/messages", Some(KEY_ALL), anthropic.to_string())
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.json()["type"], "error", "{}", r.text);
+    assert_eq!(r.json()["error"]["type"], "api_error", "{}", r.text);
+    let r = stack
+        .post(
+            "/v1/chat/completions",
+            Some(KEY_ALL),
+            r#"{"model":"mock-model","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "upstream_unavailable",
+        "{}",
+        r.text
+    );
+}
+
 fn assert_anthropic_error(r: &Reply, status: u16, kind: &str) {
     assert_eq!(r.status, status, "{}", r.text);
     let v = r.json();

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use crate::env::EnvSource;
 use crate::keys::{self, KeyHash};
 use crate::pricing::{PerToken, Price, PriceTable};
+use crate::sigv4::{self, Signer};
 
 mod guardrails;
 pub use guardrails::{
@@ -209,6 +210,9 @@ pub enum ProviderKind {
     /// `:streamRawPredict`), the others Google's (`…/publishers/google/models/{m}:generateContent`,
     /// `:streamGenerateContent?alt=sse`).
     Vertex,
+    /// AWS Bedrock Runtime Converse API: `POST {base_url}/model/{modelId}/converse` (or
+    /// `converse-stream`), signed with SigV4 from the `aws` section.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -220,6 +224,7 @@ impl ProviderKind {
             }
             ProviderKind::Anthropic => ApiFamily::Anthropic,
             ProviderKind::Gemini | ProviderKind::Vertex => ApiFamily::Gemini,
+            ProviderKind::Bedrock => ApiFamily::Bedrock,
         }
     }
 
@@ -231,7 +236,8 @@ impl ProviderKind {
         }
     }
 
-    /// The base URL used when the config gives none (`None`: `base_url` is required).
+    /// The base URL used when the config gives none (`None`: `base_url` is required, or, for
+    /// `bedrock`, follows from `aws.region`).
     pub fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::Gemini => Some(GEMINI_BASE_URL),
@@ -240,7 +246,8 @@ impl ProviderKind {
             ProviderKind::Openai
             | ProviderKind::OpenaiCompatible
             | ProviderKind::AzureOpenai
-            | ProviderKind::Anthropic => None,
+            | ProviderKind::Anthropic
+            | ProviderKind::Bedrock => None,
         }
     }
 }
@@ -266,6 +273,8 @@ pub enum ApiFamily {
     Anthropic,
     /// Google Gemini `generateContent`.
     Gemini,
+    /// AWS Bedrock Converse (JSON requests, `application/vnd.amazon.eventstream` streams).
+    Bedrock,
 }
 
 /// The `anthropic-version` sent to Anthropic providers when the client sent none.
@@ -278,7 +287,8 @@ pub struct RawProvider {
     /// Which API the provider speaks.
     pub kind: ProviderKind,
     /// The API's base URL, e.g. `https://api.openai.com/v1` or `https://RESOURCE.openai.azure.com`
-    /// (required, except for `gemini`, which defaults to [`GEMINI_BASE_URL`]).
+    /// (required, except for `gemini`, which defaults to [`GEMINI_BASE_URL`], and `bedrock`:
+    /// `https://bedrock-runtime.{aws.region}.amazonaws.com`).
     #[serde(default)]
     pub base_url: Option<String>,
     /// The Envoy cluster that reaches this provider (defaults to the provider's name).
@@ -299,6 +309,25 @@ pub struct RawProvider {
     /// Vertex AI location, e.g. `us-central1` or `global` (required for `vertex`).
     #[serde(default)]
     pub location: Option<String>,
+    /// AWS region and credentials (required for `bedrock`, refused for the others).
+    #[serde(default)]
+    pub aws: Option<RawAws>,
+}
+
+/// The `aws` section of a `bedrock` provider: what requests are signed with (SigV4).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAws {
+    /// The AWS region, e.g. `us-east-1` (the signing region, and the default host).
+    pub region: String,
+    /// Where the access key id comes from.
+    pub access_key_id: RawCredential,
+    /// Where the secret access key comes from.
+    pub secret_access_key: RawCredential,
+    /// Where the session token of temporary credentials comes from (sent as
+    /// `x-amz-security-token`).
+    #[serde(default)]
+    pub session_token: Option<RawCredential>,
 }
 
 /// A secret's source: exactly one of `env` or `file`.
@@ -612,6 +641,8 @@ pub struct Provider {
     pub vertex: Option<(String, String)>,
     /// The service account and its current access token (Vertex AI).
     pub google: Option<Arc<GoogleAuth>>,
+    /// The SigV4 signer of a `bedrock` provider.
+    pub aws: Option<Signer>,
 }
 
 /// One provider target of a model, with its upstream paths precomputed.
@@ -626,10 +657,9 @@ pub struct Target {
     /// The API the provider speaks for this model.
     pub family: ApiFamily,
     paths: [String; 5],
-    /// The streaming path of `stream_endpoint` (Gemini's `…:streamGenerateContent?alt=sse`,
-    /// Vertex AI Anthropic's `…:streamRawPredict`).
-    stream_path: String,
-    stream_endpoint: Endpoint,
+    /// The streaming path where it differs: Gemini's `…:streamGenerateContent?alt=sse`,
+    /// Bedrock's `converse-stream` (other providers stream on the same path).
+    stream_path: Option<String>,
 }
 
 impl Target {
@@ -641,13 +671,11 @@ impl Target {
             .unwrap_or("/")
     }
 
-    /// The upstream `:path` for a forwarded endpoint, streaming or not (only Gemini's and
-    /// Vertex AI's paths differ).
+    /// The upstream `:path` of a request to `endpoint`, streaming or not.
     pub fn path_for(&self, endpoint: Endpoint, stream: bool) -> &str {
-        if stream && endpoint == self.stream_endpoint {
-            &self.stream_path
-        } else {
-            self.path(endpoint)
+        match &self.stream_path {
+            Some(p) if stream => p,
+            _ => self.path(endpoint),
         }
     }
 }
@@ -1067,15 +1095,21 @@ fn validate_provider(
             "cluster names may use only letters, digits, `-`, `_` and `.`",
         );
     }
-    let default_base = match (p.kind, &p.location) {
-        (ProviderKind::Vertex, Some(l)) => Some(vertex_base_url(l)),
-        (kind, _) => kind.default_base_url().map(str::to_owned),
+    let default_url = match (p.kind, &p.aws, &p.location) {
+        (ProviderKind::Bedrock, Some(aws), _) => Some(format!(
+            "https://bedrock-runtime.{}.amazonaws.com",
+            aws.region
+        )),
+        (ProviderKind::Vertex, _, Some(l)) => Some(vertex_base_url(l)),
+        _ => p.kind.default_base_url().map(str::to_owned),
     };
-    let url = match p.base_url.as_deref().or(default_base.as_deref()) {
-        Some(base) => parse_base_url(base),
-        None => Err("is required".to_owned()),
-    }
-    .map_err(|m| errs.add(format!("{path}.base_url"), m));
+    let url = match p.base_url.as_ref().or(default_url.as_ref()) {
+        Some(u) => parse_base_url(u).map_err(|m| errs.add(format!("{path}.base_url"), m)),
+        None => {
+            errs.add(format!("{path}.base_url"), "is required");
+            Err(())
+        }
+    };
     let vertex = p.kind == ProviderKind::Vertex;
     for (field, value) in [("project", &p.project), ("location", &p.location)] {
         match value {
@@ -1092,30 +1126,7 @@ fn validate_provider(
 
     let credential = p.credential.as_ref().and_then(|c| {
         let cpath = format!("{path}.credential");
-        let secret = match (&c.env, &c.file) {
-            (Some(var), None) => env
-                .var(var)
-                .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| {
-                    errs.add(
-                        format!("{cpath}.env"),
-                        format!("environment variable `{var}` is not set"),
-                    )
-                }),
-            (None, Some(file)) => std::fs::read_to_string(file)
-                .map(|s| s.trim().to_owned())
-                .map_err(|e| {
-                    errs.add(
-                        format!("{cpath}.file"),
-                        format!("cannot read {}: {e}", file.display()),
-                    )
-                }),
-            _ => {
-                errs.add(&cpath, "give exactly one of `env` or `file`");
-                Err(())
-            }
-        }
-        .ok()?;
+        let secret = read_secret(c, &cpath, env, errs)?;
         let header = match p.kind {
             ProviderKind::Vertex => {
                 google = ServiceAccount::parse(&secret)
@@ -1130,6 +1141,13 @@ fn validate_provider(
             }
             ProviderKind::Anthropic => ("x-api-key", Secret::new(secret)),
             ProviderKind::Gemini => ("x-goog-api-key", Secret::new(secret)),
+            ProviderKind::Bedrock => {
+                errs.add(
+                    &cpath,
+                    "does not apply to `bedrock`: give `aws` credentials instead",
+                );
+                return None;
+            }
         };
         if http::HeaderValue::from_str(header.1.expose()).is_err() {
             errs.add(
@@ -1170,6 +1188,7 @@ fn validate_provider(
             "is required for `vertex`: the service account's JSON key",
         );
     }
+    let aws = validate_aws(name, p, env, errs);
     let url = url.ok()?;
     (errs.0.len() == before).then(|| Provider {
         name: name.to_owned(),
@@ -1185,7 +1204,114 @@ fn validate_provider(
         api_version: p.api_version.clone(),
         vertex: p.project.clone().zip(p.location.clone()),
         google,
+        aws,
     })
+}
+
+/// A secret read from its source, or an error at `path`.
+fn read_secret(
+    c: &RawCredential,
+    path: &str,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<String> {
+    match (&c.env, &c.file) {
+        (Some(var), None) => env
+            .var(var)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                errs.add(
+                    format!("{path}.env"),
+                    format!("environment variable `{var}` is not set"),
+                )
+            }),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| {
+                errs.add(
+                    format!("{path}.file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            }),
+        _ => {
+            errs.add(path, "give exactly one of `env` or `file`");
+            Err(())
+        }
+    }
+    .ok()
+}
+
+/// The SigV4 signer of a `bedrock` provider (`aws` is required there and refused elsewhere).
+fn validate_aws(
+    name: &str,
+    p: &RawProvider,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<Signer> {
+    let path = format!("providers.{name}.aws");
+    let aws = match (p.kind, &p.aws) {
+        (ProviderKind::Bedrock, Some(aws)) => aws,
+        (ProviderKind::Bedrock, None) => {
+            errs.add(&path, "is required for `bedrock`");
+            return None;
+        }
+        (_, Some(_)) => {
+            errs.add(&path, "applies only to `bedrock`");
+            return None;
+        }
+        (_, None) => return None,
+    };
+    let region_ok = !aws.region.is_empty()
+        && aws
+            .region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        errs.add(
+            format!("{path}.region"),
+            format!("`{}` is not an AWS region (e.g. `us-east-1`)", aws.region),
+        );
+    }
+    let header_safe = |field: &str, v: String, errs: &mut Errors| {
+        let bad_char = field == "access_key_id" && v.contains(['/', ',', ' ']);
+        if http::HeaderValue::from_str(&v).is_ok() && !bad_char {
+            Some(v)
+        } else {
+            errs.add(
+                format!("{path}.{field}"),
+                "the secret contains characters not allowed here",
+            );
+            None
+        }
+    };
+    let key_id = read_secret(
+        &aws.access_key_id,
+        &format!("{path}.access_key_id"),
+        env,
+        errs,
+    )
+    .and_then(|v| header_safe("access_key_id", v, errs));
+    let secret = read_secret(
+        &aws.secret_access_key,
+        &format!("{path}.secret_access_key"),
+        env,
+        errs,
+    );
+    let token = match &aws.session_token {
+        Some(c) => Some(
+            read_secret(c, &format!("{path}.session_token"), env, errs)
+                .and_then(|v| header_safe("session_token", v, errs))?,
+        ),
+        None => None,
+    };
+    Some(Signer::new(
+        key_id?,
+        Secret::new(secret?),
+        token.map(Secret::new),
+        aws.region.clone(),
+        sigv4::BEDROCK_SERVICE,
+    ))
+    .filter(|_| region_ok)
 }
 
 struct BaseUrl {
@@ -1253,8 +1379,7 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
                     "/".to_owned()
                 }
             }),
-            stream_path,
-            stream_endpoint: endpoint,
+            stream_path: Some(stream_path),
         };
     }
     let paths = Endpoint::FORWARDED.map(|e| match provider.kind {
@@ -1271,11 +1396,28 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Anthropic => {
             format!("{}/{}", provider.base_path, e.suffix())
         }
+        // One Converse path for every chat endpoint, the model id one encoded path segment.
+        ProviderKind::Bedrock => format!(
+            "{}/model/{}/converse",
+            provider.base_path,
+            sigv4::uri_encode(model)
+        ),
     });
-    let stream_path = format!(
-        "{}/models/{model}:streamGenerateContent?alt=sse",
-        provider.base_path
-    );
+    let stream_path = match provider.kind {
+        ProviderKind::Bedrock => Some(format!(
+            "{}/model/{}/converse-stream",
+            provider.base_path,
+            sigv4::uri_encode(model)
+        )),
+        ProviderKind::Gemini | ProviderKind::Vertex => Some(format!(
+            "{}/models/{model}:streamGenerateContent?alt=sse",
+            provider.base_path
+        )),
+        ProviderKind::Openai
+        | ProviderKind::OpenaiCompatible
+        | ProviderKind::AzureOpenai
+        | ProviderKind::Anthropic => None,
+    };
     Target {
         provider,
         upstream_model: model.to_owned(),
@@ -1283,7 +1425,6 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         family,
         paths,
         stream_path,
-        stream_endpoint: Endpoint::GenerateContent,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod pricing;
 pub mod ratelimit;
+pub mod sigv4;
 pub mod usage;
 
 /// The live config, swapped whole on reload.

@@ -255,7 +255,8 @@ pub fn judge_response(
         merge(&mut verdict, out.verdict);
     };
     match client {
-        ApiFamily::OpenAi => {
+        // No client speaks Bedrock (its responses reach clients translated).
+        ApiFamily::OpenAi | ApiFamily::Bedrock => {
             if let Some(Value::Array(choices)) = v.get_mut("choices") {
                 for c in choices {
                     if let Some(Value::String(s)) = c.get_mut("text") {

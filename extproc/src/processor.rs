@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValueOption, Metadata};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
@@ -28,7 +28,7 @@ use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
 use crate::log;
 use crate::mutation::{self, set};
 use crate::translator::stream::StreamTranslator;
-use crate::translator::{openai, sse::UsageFilter, Pair};
+use crate::translator::{openai, sse::UsageFilter, Pair, ResponseMeta};
 
 /// What ext_authz established about the request.
 #[derive(Debug, Default)]
@@ -96,6 +96,10 @@ struct Forwarded {
     usage: Option<Usage>,
     /// The policy judging the response text, when a rule applies to it.
     response_guard: Option<Arc<Engine>>,
+    /// The id of a response whose provider gives none (Bedrock), else empty.
+    response_id: String,
+    /// The provider's error type header (Bedrock's `x-amzn-errortype`).
+    error_type: Option<String>,
 }
 
 /// How a successful stream is handled.
@@ -146,6 +150,34 @@ fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a [u8]> {
             h.raw_value.as_slice()
         })
     })
+}
+
+/// The SigV4 headers of a Bedrock request, signing exactly the `host` (`:authority`), `path`
+/// and `body` Envoy sends upstream.
+fn bedrock_headers(
+    signer: &tollgate_core::sigv4::Signer,
+    authority: &str,
+    path: &str,
+    body: &[u8],
+    stream: bool,
+    headers: &mut Vec<HeaderValueOption>,
+) {
+    let signed = signer.sign("POST", authority, path, body, SystemTime::now());
+    headers.push(set("authorization", signed.authorization));
+    headers.push(set("x-amz-date", signed.amz_date));
+    headers.push(set("x-amz-content-sha256", signed.content_sha256));
+    if let Some(token) = signer.session_token() {
+        headers.push(set("x-amz-security-token", token));
+    }
+    headers.push(set("content-type", "application/json"));
+    headers.push(set(
+        "accept",
+        if stream {
+            "application/vnd.amazon.eventstream"
+        } else {
+            "application/json"
+        },
+    ));
 }
 
 fn strip_query(path: &str) -> &str {
@@ -438,11 +470,9 @@ impl Processor {
         } else {
             body
         };
+        let upstream_path = target.path_for(upstream_endpoint, parsed.stream);
         let mut headers = Vec::with_capacity(7 + provider.headers.len());
-        headers.push(set(
-            ":path",
-            target.path_for(upstream_endpoint, parsed.stream),
-        ));
+        headers.push(set(":path", upstream_path));
         headers.push(set(":authority", provider.authority.as_str()));
         headers.push(set(md::ROUTE_HEADER, provider.cluster.as_str()));
         headers.push(set("content-length", body.len().to_string()));
@@ -451,6 +481,16 @@ impl Processor {
         }
         if let Some(t) = &google_token {
             headers.push(set("authorization", t.header.expose()));
+        }
+        if let Some(signer) = &provider.aws {
+            bedrock_headers(
+                signer,
+                &provider.authority,
+                upstream_path,
+                &body,
+                parsed.stream,
+                &mut headers,
+            );
         }
         for (k, v) in &provider.headers {
             headers.push(set(k, v.as_str()));
@@ -468,20 +508,27 @@ impl Processor {
             {
                 headers.push(set("anthropic-version", ANTHROPIC_VERSION));
             }
-            ApiFamily::OpenAi | ApiFamily::Gemini if pair.client == ApiFamily::Anthropic => {
+            ApiFamily::OpenAi | ApiFamily::Gemini | ApiFamily::Bedrock
+                if pair.client == ApiFamily::Anthropic =>
+            {
                 remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
             }
             _ => {}
         }
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
+        // Bedrock names neither its responses nor the model: Tollgate's request id does.
+        let response_id = match (pair.upstream, pair.client) {
+            (ApiFamily::Bedrock, ApiFamily::Anthropic) => format!("msg_{}", ctx.request_id),
+            (ApiFamily::Bedrock, _) => format!("chatcmpl-{}", ctx.request_id),
+            _ => String::new(),
+        };
         let sse = parsed.stream.then(|| {
             let engine = response_guard.as_ref().map(Arc::clone);
             if !pair.is_openai_passthrough() {
-                ResponseStream::Translate(Box::new(pair.stream_guarded(
-                    include_usage,
-                    unix_now(),
-                    engine.map(StreamGuard::new),
-                )))
+                ResponseStream::Translate(Box::new(
+                    pair.stream_guarded(include_usage, unix_now(), engine.map(StreamGuard::new))
+                        .with_identity(&response_id, &target.upstream_model),
+                ))
             } else {
                 ResponseStream::Usage(
                     UsageFilter::new(strip_usage_chunk),
@@ -502,6 +549,8 @@ impl Processor {
             sse,
             usage: None,
             response_guard,
+            response_id,
+            error_type: None,
         });
         Ok(mutation::request_body(mutation::common(
             headers,
@@ -552,15 +601,26 @@ impl Processor {
                 .observe(fwd.sent_at.elapsed().as_secs_f64());
         }
         let ok = (200..300).contains(&status);
+        let bedrock = fwd.pair.upstream == ApiFamily::Bedrock;
+        if bedrock && !ok {
+            fwd.error_type = header(&h.headers, "x-amzn-errortype")
+                .map(|t| String::from_utf8_lossy(t).into_owned());
+        }
         let (mode, remove) = if ok && fwd.stream {
             (BodySendMode::Streamed, vec!["content-length".to_owned()])
         } else {
             (BodySendMode::Buffered, Vec::new())
         };
+        // Bedrock streams in AWS event-stream framing; the client gets SSE.
+        let set_headers = if bedrock && ok && fwd.stream {
+            vec![set("content-type", "text/event-stream")]
+        } else {
+            vec![]
+        };
         if h.end_of_stream {
             self.finish();
         }
-        mutation::response_headers(mutation::common(vec![], remove, None, false), mode)
+        mutation::response_headers(mutation::common(set_headers, remove, None, false), mode)
     }
 
     fn on_response_body(&mut self, b: HttpBody) -> ProcessingResponse {
@@ -591,7 +651,13 @@ impl Processor {
                 fwd.usage = t.usage();
             }
             _ => {
-                let mut done = fwd.pair.complete(status, &b.body, unix_now());
+                let meta = ResponseMeta {
+                    created: unix_now(),
+                    id: &fwd.response_id,
+                    model: &fwd.upstream_model,
+                    error_type: fwd.error_type.as_deref(),
+                };
+                let mut done = fwd.pair.complete_with(status, &b.body, &meta);
                 if ok {
                     fwd.usage = done.usage;
                 }

@@ -1,10 +1,12 @@
-//! Built-in mock OpenAI, Anthropic and Gemini provider: an HTTP server speaking the OpenAI wire
-//! format (chat completions, legacy completions, embeddings, models, Azure OpenAI deployment
-//! paths; JSON and SSE streaming), the Anthropic Messages format (`…/messages`, JSON and SSE,
-//! errors in Anthropic's shape) and the Gemini format (`…/models/{model}:generateContent`,
+//! Built-in mock OpenAI, Anthropic, Gemini and Bedrock provider: an HTTP server speaking the
+//! OpenAI wire format (chat completions, legacy completions, embeddings, models, Azure OpenAI
+//! deployment paths; JSON and SSE streaming), the Anthropic Messages format (`…/messages`, JSON
+//! and SSE, errors in Anthropic's shape), the Gemini format (`…/models/{model}:generateContent`,
 //! `:streamGenerateContent` with or without `alt=sse`, errors in Google's shape; the model and
-//! its faults come from the path), with deterministic replies, tool calls when the request
-//! offers tools, faults on demand and a request log. It stands in
+//! its faults come from the path) and AWS Bedrock Converse (`…/model/{id}/converse[-stream]`,
+//! SigV4 verified, streams in the AWS event-stream framing; see [`bedrock`]), with
+//! deterministic replies, tool calls when the request offers tools, faults on demand and a
+//! request log. It stands in
 //! for real LLM providers in `tollgate up`, the end-to-end tests and the benchmark.
 //!
 //! Magic inputs:
@@ -20,6 +22,7 @@
 //! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;
 //! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.
 
+pub mod bedrock;
 mod chat;
 mod completions;
 mod embeddings;

@@ -4,7 +4,8 @@
 //!
 //! With `tools` in the request and no `tool_result` in the last turn, the reply is a short text
 //! block followed by a `tool_use` block calling the first tool (`stop_reason: tool_use`), its
-//! input built from the tool's schema; otherwise it is the usual echo.
+//! input built from the tool's schema; a forcing `tool_choice` (`tool` names the tool, `any`)
+//! gives the `tool_use` block alone, as Anthropic does; otherwise it is the usual echo.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -52,10 +53,19 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
             .and_then(Value::as_array)
             .is_some_and(|b| b.iter().any(|b| b["type"] == "tool_result"))
     });
+    // `tool_choice` `tool` (that tool) or `any` forces the call, with no text before it.
+    let choice = request.get("tool_choice");
+    let forced = choice.is_some_and(|c| c["type"] == "tool" || c["type"] == "any");
+    let named = choice
+        .filter(|c| c["type"] == "tool")
+        .and_then(|c| c["name"].as_str());
     let tool = request
         .get("tools")
         .and_then(Value::as_array)
-        .and_then(|t| t.first())
+        .and_then(|t| match named {
+            Some(n) => t.iter().find(|tool| tool["name"] == n),
+            None => t.first(),
+        })
         .filter(|_| !answering_tool);
     let last_user = messages.iter().rev().find(|m| m["role"] == "user");
     let user_texts = last_user.map(message_texts).unwrap_or_default();
@@ -66,6 +76,7 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     let id = format!("msg_mock{:08}", exchange.number);
     let call = tool.map(|t| ToolUse::for_tool(t, exchange.number));
     let text = match &call {
+        Some(_) if forced => String::new(),
         Some(c) => format!("Calling {}.", c.name),
         None => reply.text(),
     };
@@ -84,6 +95,7 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
 
     if stream {
         let pieces: Vec<String> = match &call {
+            Some(_) if forced => Vec::new(),
             Some(_) => vec![text.clone()],
             None => reply.pieces().collect(),
         };
@@ -102,7 +114,10 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     if exchange.stream_error {
         return Err(MockError::GenerationFailed);
     }
-    let mut content = vec![json!({"type": "text", "text": text})];
+    let mut content = Vec::with_capacity(2);
+    if !text.is_empty() {
+        content.push(json!({"type": "text", "text": text}));
+    }
     if let Some(c) = &call {
         content.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.input}));
     }
@@ -208,11 +223,16 @@ fn stream_events(plan: &StreamPlan<'_>) -> Vec<Bytes> {
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
         }}),
     )];
-    events.push(event(
-        "content_block_start",
-        &json!({"type": "content_block_start", "index": 0,
-                "content_block": {"type": "text", "text": ""}}),
-    ));
+    // A forced tool call comes alone, at index 0.
+    let text_block = !plan.pieces.is_empty() || plan.call.is_none();
+    let call_index = usize::from(text_block);
+    if text_block {
+        events.push(event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}}),
+        ));
+    }
     events.push(event("ping", &json!({"type": "ping"})));
     let delta = |piece: &str| {
         event(
@@ -230,26 +250,28 @@ fn stream_events(plan: &StreamPlan<'_>) -> Vec<Bytes> {
         return events;
     }
     events.extend(plan.pieces.iter().map(|p| delta(p)));
-    events.push(event(
-        "content_block_stop",
-        &json!({"type": "content_block_stop", "index": 0}),
-    ));
+    if text_block {
+        events.push(event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ));
+    }
     if let Some(c) = plan.call {
         events.push(event(
             "content_block_start",
-            &json!({"type": "content_block_start", "index": 1,
+            &json!({"type": "content_block_start", "index": call_index,
                     "content_block": {"type": "tool_use", "id": c.id, "name": c.name, "input": {}}}),
         ));
         for piece in c.argument_pieces() {
             events.push(event(
                 "content_block_delta",
-                &json!({"type": "content_block_delta", "index": 1,
+                &json!({"type": "content_block_delta", "index": call_index,
                         "delta": {"type": "input_json_delta", "partial_json": piece}}),
             ));
         }
         events.push(event(
             "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 1}),
+            &json!({"type": "content_block_stop", "index": call_index}),
         ));
     }
     events.push(event(

@@ -17,7 +17,9 @@ use serde_json::Value;
 use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
-use crate::{chat, completions, embeddings, gemini, messages, models, text, vertex, MockConfig};
+use crate::{
+    bedrock, chat, completions, embeddings, gemini, messages, models, text, vertex, MockConfig,
+};
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
 pub(crate) const LATENCY_HEADER: &str = "x-mock-latency-ms";
@@ -102,7 +104,7 @@ async fn api(
     tracing::debug!(%method, path = uri.path(), number, "Mock request");
     let mut response = match answer(&state, number, &method, &uri, &headers, &body).await {
         Ok(response) => response,
-        // Anthropic's and Gemini's APIs answer errors in their own formats.
+        // Anthropic's, Gemini's and Bedrock's APIs answer errors in their own formats.
         Err(error)
             if uri.path().trim_end_matches('/').ends_with("/messages")
                 || vertex::publisher_call(uri.path()).is_some_and(|(p, _, _)| p == "anthropic") =>
@@ -111,6 +113,9 @@ async fn api(
         }
         Err(error) if gemini::call(uri.path()).is_some() => {
             gemini::error_response(error.status(), &error.to_string())
+        }
+        Err(error) if bedrock::parse_path(uri.path()).is_some() => {
+            bedrock::BedrockError::from_mock(&error).into_response()
         }
         Err(error) => error.into_response(),
     };
@@ -162,7 +167,31 @@ async fn answer(
         );
     }
     let route = Route::parse(method, uri.path())?;
-    if let Some(key) = &state.config.api_key {
+    // Bedrock: the model is in the path, and every request must carry a valid SigV4 signature.
+    let bedrock_model = match route.operation {
+        Operation::Converse { .. } => {
+            let verified = bedrock::verify(
+                method.as_str(),
+                uri.path(),
+                uri.query().unwrap_or_default(),
+                headers,
+                body,
+                std::time::SystemTime::now(),
+            );
+            if let Err(e) = verified {
+                return Ok(e.into_response());
+            }
+            bedrock::parse_path(uri.path()).map(|(model, _)| model)
+        }
+        _ => None,
+    };
+    let path_model = route.deployment.or(bedrock_model.as_deref());
+    if let Some(key) = state
+        .config
+        .api_key
+        .as_ref()
+        .filter(|_| bedrock_model.is_none())
+    {
         if !authorized(headers, key, route.deployment.is_some()) {
             return Err(MockError::InvalidApiKey);
         }
@@ -179,18 +208,17 @@ async fn answer(
         Operation::Completions => completions::respond,
         Operation::Embeddings => embeddings::respond,
         Operation::Messages => messages::respond,
+        Operation::Converse { stream: false } => |r, e| bedrock::respond(r, e, false),
+        Operation::Converse { stream: true } => |r, e| bedrock::respond(r, e, true),
     };
     let request: Value = serde_json::from_slice(body).map_err(|_| MockError::InvalidJson)?;
     let Value::Object(request) = request else {
         return Err(MockError::BodyNotObject);
     };
     let body_model = body_model(&request)?;
-    let model = route
-        .deployment
-        .or(body_model)
-        .ok_or(MockError::MissingModel)?;
+    let model = path_model.or(body_model).ok_or(MockError::MissingModel)?;
 
-    let fault = match route.deployment.map(Fault::of).transpose()?.flatten() {
+    let fault = match path_model.map(Fault::of).transpose()?.flatten() {
         Some(fault) => Some(fault),
         None => body_model.map(Fault::of).transpose()?.flatten(),
     };
@@ -315,6 +343,10 @@ enum Operation<'a> {
     Completions,
     Embeddings,
     Messages,
+    /// Bedrock `converse` or `converse-stream`.
+    Converse {
+        stream: bool,
+    },
     ListModels,
     RetrieveModel(&'a str),
 }
@@ -333,7 +365,12 @@ impl<'a> Route<'a> {
             path: path.to_owned(),
         };
         let trimmed = path.trim_end_matches('/');
-        let route = if let Some((_, rest)) = trimmed.split_once("/openai/deployments/") {
+        let route = if let Some((_, stream)) = bedrock::parse_path(trimmed) {
+            Route {
+                operation: Operation::Converse { stream },
+                deployment: None,
+            }
+        } else if let Some((_, rest)) = trimmed.split_once("/openai/deployments/") {
             let (deployment, operation) = rest.split_once('/').ok_or_else(not_found)?;
             let operation = match operation {
                 "chat/completions" => Operation::Chat,
@@ -358,7 +395,8 @@ impl<'a> Route<'a> {
             Operation::Chat
             | Operation::Completions
             | Operation::Embeddings
-            | Operation::Messages => Method::POST,
+            | Operation::Messages
+            | Operation::Converse { .. } => Method::POST,
             Operation::ListModels | Operation::RetrieveModel(_) => Method::GET,
         };
         if *method != expected {

@@ -926,6 +926,40 @@ async fn messages_call_the_first_tool_until_it_has_answered() {
 }
 
 #[tokio::test]
+async fn messages_with_a_forced_tool_give_that_call_alone() {
+    let mock = Mock::default().await;
+    let mut tools = weather_tool();
+    tools.as_array_mut().unwrap().push(json!({"name": "answer",
+        "input_schema": {"type": "object", "properties": {"name": {"type": "string"}}}}));
+    let forced = json!({"tools": tools, "tool_choice": {"type": "tool", "name": "answer"}});
+    let (_, _, v) = mock
+        .post_json("/v1/messages", &messages_request(forced.clone()))
+        .await;
+    assert_eq!(v["stop_reason"], "tool_use");
+    assert_eq!(v["content"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["content"][0]["name"], "answer");
+    assert_eq!(v["content"][0]["input"], json!({"name": "mock"}));
+
+    let response = mock
+        .post(
+            "/v1/messages",
+            &messages_request(with(forced, json!({"stream": true}))),
+        )
+        .send()
+        .await
+        .unwrap();
+    let events = anthropic_events(&response.text().await.unwrap());
+    let starts: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0]["index"], 0);
+    assert_eq!(starts[0]["content_block"]["name"], "answer");
+}
+
+#[tokio::test]
 async fn messages_errors_use_anthropic_bodies() {
     let mock = Mock::default().await;
     let (status, _, v) = mock

@@ -30,6 +30,30 @@ pub const ANTHROPIC_SECRET: &str = "anthropic-upstream-secret";
 pub const GEMINI_SECRET: &str = "gemini-upstream-secret";
 /// The OpenAI-compatible mock's credential, read from a file.
 pub const COMPAT_SECRET: &str = "compat-upstream-secret";
+/// The session token `serve` signs Bedrock requests with (the key id and secret are the
+/// mock's, [`tollgate_mock::bedrock`]).
+pub const AWS_SESSION_TOKEN: &str = "e2e-aws-session-token";
+/// The Bedrock model id the `bedrock-model` target names (a `:` to encode in the path).
+pub const BEDROCK_MODEL_ID: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+
+/// The environment `serve` and `envoy-bootstrap` read provider secrets from.
+pub fn provider_env() -> [(&'static str, &'static str); 7] {
+    [
+        ("E2E_AZURE_KEY", AZURE_SECRET),
+        ("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET),
+        ("E2E_GEMINI_KEY", GEMINI_SECRET),
+        (
+            "E2E_AWS_ACCESS_KEY_ID",
+            tollgate_mock::bedrock::AWS_ACCESS_KEY_ID,
+        ),
+        (
+            "E2E_AWS_SECRET_ACCESS_KEY",
+            tollgate_mock::bedrock::AWS_SECRET_ACCESS_KEY,
+        ),
+        ("E2E_AWS_SESSION_TOKEN", AWS_SESSION_TOKEN),
+        ("E2E_AWS_WRONG_SECRET", "not-the-mock-secret"),
+    ]
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -350,6 +374,21 @@ providers:
     kind: anthropic
     base_url: "http://{mock}/v1"
     credential: {{ env: E2E_ANTHROPIC_KEY }}
+  bedrock:
+    kind: bedrock
+    base_url: "http://{mock}"
+    aws:
+      region: us-east-1
+      access_key_id: {{ env: E2E_AWS_ACCESS_KEY_ID }}
+      secret_access_key: {{ env: E2E_AWS_SECRET_ACCESS_KEY }}
+      session_token: {{ env: E2E_AWS_SESSION_TOKEN }}
+  bedrock-wrong-secret:
+    kind: bedrock
+    base_url: "http://{mock}"
+    aws:
+      region: eu-west-1
+      access_key_id: {{ env: E2E_AWS_ACCESS_KEY_ID }}
+      secret_access_key: {{ env: E2E_AWS_WRONG_SECRET }}
   gemini:
     kind: gemini
     base_url: "http://{mock}/v1beta"
@@ -377,6 +416,14 @@ models:
     targets: [{{ provider: claude, model: mock-error-429 }}]
   claude-stream-error:
     targets: [{{ provider: claude, model: mock-stream-error }}]
+  bedrock-model:
+    targets: [{{ provider: bedrock, model: "{bedrock_model}" }}]
+  bedrock-rate-limited:
+    targets: [{{ provider: bedrock, model: mock-error-429 }}]
+  bedrock-stream-error:
+    targets: [{{ provider: bedrock, model: mock-stream-error }}]
+  bedrock-wrong-secret:
+    targets: [{{ provider: bedrock-wrong-secret, model: "{bedrock_model}" }}]
   gemini-model:
     targets: [{{ provider: gemini, model: gemini-upstream-model }}]
   gemini-rate-limited:
@@ -414,6 +461,7 @@ guardrails:
         disabled = hash(KEY_DISABLED),
         rate = hash(KEY_RATE),
         guarded = hash(KEY_GUARDED),
+        bedrock_model = BEDROCK_MODEL_ID,
     )
 }
 
@@ -579,9 +627,7 @@ impl Stack {
             Command::new(TOLLGATE)
                 .args(["serve", "--config"])
                 .arg(&config_path)
-                .env("E2E_AZURE_KEY", AZURE_SECRET)
-                .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
-                .env("E2E_GEMINI_KEY", GEMINI_SECRET)
+                .envs(provider_env())
                 .env(
                     "TOLLGATE_LOG",
                     "info,tollgate_extproc=debug,tollgate_authz=debug",
@@ -592,9 +638,7 @@ impl Stack {
             .args(["envoy-bootstrap", "--config"])
             .arg(&config_path)
             .args(["--listen", &listen.to_string(), "--admin", &envoy_admin])
-            .env("E2E_AZURE_KEY", AZURE_SECRET)
-            .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
-            .env("E2E_GEMINI_KEY", GEMINI_SECRET)
+            .envs(provider_env())
             .output()
             .unwrap();
         assert!(

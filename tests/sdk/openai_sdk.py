@@ -12,6 +12,9 @@ Environment:
                          (the models check is skipped when empty or unset)
   TOLLGATE_STREAM_ERROR_MODEL  a model whose provider fails in the middle of a stream
                          (the check is skipped when empty or unset)
+  TOLLGATE_JSON_MODE     "1": check structured output (`chat.completions.parse` and
+                         `.stream` with a pydantic model) against a provider that follows the
+                         schema (skipped otherwise: the OpenAI mock only echoes)
 
 Prints one line per check; at the first failure prints what went wrong and exits 1.
 Standalone on purpose (no pytest): `python3 tests/sdk/openai_sdk.py`.
@@ -27,6 +30,12 @@ from typing import Callable
 import openai
 from checks import env, expect, fail, run_plan
 from openai import OpenAI
+from pydantic import BaseModel
+
+
+class City(BaseModel):
+    name: str
+    population: int
 
 PROMPT = "Say hello to the Tollgate gateway and tell me what you are"
 EMBED_INPUTS = ["The quick brown fox", "jumps over the lazy dog"]
@@ -62,6 +71,7 @@ class Checks:
         self.chat_model = env("TOLLGATE_CHAT_MODEL")
         self.embed_model = env("TOLLGATE_EMBED_MODEL", required=False)
         self.stream_error_model = env("TOLLGATE_STREAM_ERROR_MODEL", required=False)
+        self.json_mode = env("TOLLGATE_JSON_MODE", required=False) == "1"
         expected = env("TOLLGATE_EXPECT_MODELS", required=False)
         self.expected_models = {m.strip() for m in expected.split(",") if m.strip()}
         # Filled by the non-streaming chat check, compared against by the streaming ones.
@@ -279,6 +289,27 @@ class Checks:
         )
         return f"{sorted(ids)}"
 
+    def structured_output(self) -> str:
+        if not self.json_mode:
+            return "skipped (TOLLGATE_JSON_MODE unset)"
+        messages = [{"role": "user", "content": "Name a big city"}]
+        done = self.client.chat.completions.parse(
+            model=self.chat_model, messages=messages, response_format=City  # type: ignore[arg-type]
+        )
+        choice = done.choices[0]
+        expect(choice.finish_reason == "stop", f"finish_reason {choice.finish_reason!r}")
+        expect(not choice.message.tool_calls, f"tool calls leaked: {choice.message.tool_calls}")
+        city = choice.message.parsed
+        expect(isinstance(city, City), f"parsed {city!r} from {choice.message.content!r}")
+        with self.client.chat.completions.stream(
+            model=self.chat_model, messages=messages, response_format=City  # type: ignore[arg-type]
+        ) as stream:
+            final = stream.get_final_completion()
+        streamed = final.choices[0].message.parsed
+        expect(streamed == city, f"streamed {streamed!r} != {city!r}")
+        expect(final.choices[0].finish_reason == "stop", "streamed finish_reason")
+        return f"{city!r}, streamed too"
+
     def require_chat(self) -> None:
         expect(self.chat_content is not None, "needs the non-streaming chat check to pass first")
 
@@ -291,6 +322,7 @@ def main() -> int:
         ("chat streaming with include_usage", checks.chat_stream_usage),
         ("tool calls, streamed tool calls, tool result", checks.tool_calls),
         ("error in the middle of a stream", checks.stream_error),
+        ("structured output (response_format json_schema)", checks.structured_output),
         ("legacy completions", checks.completions),
         ("embeddings base64 (SDK default) vs float", checks.embeddings),
         ("models.list", checks.models),

@@ -235,6 +235,108 @@ models:
 }
 
 #[test]
+fn bedrock_providers_sign_with_aws_credentials_and_encode_the_model_in_the_path() {
+    let yaml = r#"
+providers:
+  bedrock:
+    kind: bedrock
+    aws:
+      region: eu-west-3
+      access_key_id: { env: AWS_KEY_ID }
+      secret_access_key: { env: AWS_SECRET }
+      session_token: { env: AWS_TOKEN }
+  bedrock-mock:
+    kind: bedrock
+    base_url: http://127.0.0.1:8089/prefix/
+    aws:
+      region: us-east-1
+      access_key_id: { env: AWS_KEY_ID }
+      secret_access_key: { env: AWS_SECRET }
+models:
+  claude:
+    targets: [{ provider: bedrock, model: "anthropic.claude-3-5-sonnet-20240620-v1:0" }]
+  mock:
+    targets: [{ provider: bedrock-mock, model: "arn:aws:bedrock:us-east-1:1:inference-profile/x" }]
+"#;
+    let aws_env = MapEnv::from_pairs([
+        ("AWS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_SECRET", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+        ("AWS_TOKEN", "token"),
+    ]);
+    let c = Config::from_yaml(yaml, &aws_env).unwrap();
+    let p = &c.providers["bedrock"];
+    assert_eq!(p.kind.family(), ApiFamily::Bedrock);
+    assert_eq!(p.authority, "bedrock-runtime.eu-west-3.amazonaws.com");
+    assert_eq!((p.scheme, p.port), (Scheme::Https, 443));
+    assert!(p.credential_header.is_none());
+    let signer = p.aws.as_ref().unwrap();
+    assert_eq!(signer.region(), "eu-west-3");
+    assert_eq!(signer.session_token(), Some("token"));
+    assert!(!format!("{p:?}").contains("EXAMPLEKEY"));
+    let t = &c.models["claude"].targets[0];
+    let path = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse";
+    assert_eq!(t.path_for(Endpoint::ChatCompletions, false), path);
+    assert_eq!(t.path_for(Endpoint::Messages, false), path);
+    assert_eq!(
+        t.path_for(Endpoint::ChatCompletions, true),
+        format!("{path}-stream")
+    );
+    let t = &c.models["mock"].targets[0];
+    assert_eq!(
+        t.path_for(Endpoint::Messages, true),
+        "/prefix/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fx/converse-stream"
+    );
+    assert_eq!(c.providers["bedrock-mock"].authority, "127.0.0.1:8089");
+    // Other providers stream on their own path.
+    let c = Config::from_yaml(&good(), &env()).unwrap();
+    let t = &c.models["llama"].targets[0];
+    assert_eq!(
+        t.path_for(Endpoint::ChatCompletions, true),
+        t.path(Endpoint::ChatCompletions)
+    );
+}
+
+#[test]
+fn bedrock_errors_name_their_fields() {
+    let yaml = r#"
+providers:
+  no-aws:
+    kind: bedrock
+  bad:
+    kind: bedrock
+    credential: { env: AWS_KEY_ID }
+    aws:
+      region: "US East"
+      access_key_id: { env: MISSING }
+      secret_access_key: { file: /nonexistent/secret }
+  openai:
+    kind: openai
+    base_url: https://api.openai.com/v1
+    aws:
+      region: us-east-1
+      access_key_id: { env: AWS_KEY_ID }
+      secret_access_key: { env: AWS_KEY_ID }
+  no-url:
+    kind: openai
+"#;
+    let env = MapEnv::from_pairs([("AWS_KEY_ID", "AKIDEXAMPLE")]);
+    let errs = Config::from_yaml(yaml, &env).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "providers.no-aws.aws",
+        "providers.no-aws.base_url",
+        "providers.bad.credential",
+        "providers.bad.aws.region",
+        "providers.bad.aws.access_key_id.env",
+        "providers.bad.aws.secret_access_key.file",
+        "providers.openai.aws",
+        "providers.no-url.base_url",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+    }
+}
+
+#[test]
 fn vertex_providers_need_a_project_a_location_and_a_service_account() {
     let sa = r#"{"type": "service_account", "client_email": "gw@p.iam.gserviceaccount.com",
         "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",

@@ -242,6 +242,22 @@ fn gemini_upstream(deltas: &[&str]) -> Vec<u8> {
     s.into_bytes()
 }
 
+fn bedrock_upstream(deltas: &[&str]) -> Vec<u8> {
+    use crate::translator::eventstream::event;
+    let mut s = event("messageStart", br#"{"role":"assistant"}"#);
+    for d in deltas {
+        let delta = json!({"contentBlockIndex": 0, "delta": {"text": d}});
+        s.extend(event("contentBlockDelta", delta.to_string().as_bytes()));
+    }
+    s.extend(event("contentBlockStop", br#"{"contentBlockIndex":0}"#));
+    s.extend(event("messageStop", br#"{"stopReason":"end_turn"}"#));
+    s.extend(event(
+        "metadata",
+        br#"{"usage":{"inputTokens":3,"outputTokens":9,"totalTokens":12},"metrics":{"latencyMs":5}}"#,
+    ));
+    s
+}
+
 /// The assistant text a client reads from its stream, and whether the stream ended with an
 /// error event.
 fn client_text(client: ApiFamily, sse: &[u8]) -> (String, Option<Value>) {
@@ -256,7 +272,7 @@ fn client_text(client: ApiFamily, sse: &[u8]) -> (String, Option<Value>) {
         }
         let v: Value = serde_json::from_str(data).unwrap();
         match client {
-            ApiFamily::OpenAi => {
+            ApiFamily::OpenAi | ApiFamily::Bedrock => {
                 if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
                     text.push_str(t);
                 }
@@ -306,7 +322,7 @@ fn run(pair: Pair, engine: &Arc<Engine>, chunks: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-const PAIRS: [Pair; 7] = [
+const PAIRS: [Pair; 9] = [
     Pair {
         client: ApiFamily::OpenAi,
         upstream: ApiFamily::OpenAi,
@@ -334,6 +350,14 @@ const PAIRS: [Pair; 7] = [
     Pair {
         client: ApiFamily::OpenAi,
         upstream: ApiFamily::Gemini,
+    },
+    Pair {
+        client: ApiFamily::OpenAi,
+        upstream: ApiFamily::Bedrock,
+    },
+    Pair {
+        client: ApiFamily::Anthropic,
+        upstream: ApiFamily::Bedrock,
     },
 ];
 
@@ -342,6 +366,7 @@ fn upstream(pair: Pair, deltas: &[&str]) -> Vec<u8> {
         ApiFamily::OpenAi => openai_upstream(deltas),
         ApiFamily::Anthropic => anthropic_upstream(deltas),
         ApiFamily::Gemini => gemini_upstream(deltas),
+        ApiFamily::Bedrock => bedrock_upstream(deltas),
     }
 }
 
@@ -399,7 +424,7 @@ fn a_block_mid_stream_ends_it_with_an_error_in_the_client_dialect() {
         let error = error.unwrap_or_else(|| panic!("{pair:?}: no error event"));
         let s = String::from_utf8_lossy(&out);
         match pair.client {
-            ApiFamily::OpenAi => {
+            ApiFamily::OpenAi | ApiFamily::Bedrock => {
                 assert_eq!(error["error"]["code"], "guardrail_blocked");
                 assert!(!s.contains("[DONE]"));
             }

@@ -37,10 +37,10 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// An end-user id for the provider's abuse monitoring.
     pub user: Option<String>,
+    /// How much the model reasons before answering (`None`: the provider's default).
+    pub reasoning: Option<Reasoning>,
     /// The shape the answer must take (`None`: free text).
     pub response_format: Option<ResponseFormat>,
-    /// Tokens the model may spend on reasoning (`None`: the provider's default).
-    pub thinking_budget: Option<u64>,
 }
 
 /// A constraint on the answer's shape.
@@ -55,6 +55,86 @@ pub enum ResponseFormat {
         /// The JSON Schema.
         schema: serde_json::Value,
     },
+}
+
+/// How much a model reasons: OpenAI speaks in efforts, Anthropic in token budgets. Each codec
+/// reads its own form; the other converts with [`Reasoning::effort`] and
+/// [`Reasoning::budget_tokens`], a documented table (docs/COMPATIBILITY.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reasoning {
+    /// An OpenAI-style effort.
+    Effort(Effort),
+    /// An Anthropic-style budget of thinking tokens.
+    Budget(u64),
+    /// No reasoning.
+    Off,
+}
+
+/// OpenAI's `reasoning_effort` levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    /// `minimal`.
+    Minimal,
+    /// `low`.
+    Low,
+    /// `medium`.
+    Medium,
+    /// `high`.
+    High,
+}
+
+/// The smallest thinking budget Anthropic accepts.
+pub const MIN_THINKING_BUDGET: u64 = 1024;
+
+impl Effort {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effort::Minimal => "minimal",
+            Effort::Low => "low",
+            Effort::Medium => "medium",
+            Effort::High => "high",
+        }
+    }
+}
+
+impl Reasoning {
+    /// From OpenAI's `reasoning_effort` (`none` turns reasoning off).
+    pub fn from_effort_name(name: &str) -> Option<Reasoning> {
+        Some(match name {
+            "none" => Reasoning::Off,
+            "minimal" => Reasoning::Effort(Effort::Minimal),
+            "low" => Reasoning::Effort(Effort::Low),
+            "medium" => Reasoning::Effort(Effort::Medium),
+            "high" => Reasoning::Effort(Effort::High),
+            _ => return None,
+        })
+    }
+
+    /// As an effort (`None`: off, which OpenAI expresses by leaving the member out).
+    /// Budgets below 4,096 tokens are `low`, below 16,384 `medium`, the rest `high`.
+    pub fn effort(self) -> Option<Effort> {
+        match self {
+            Reasoning::Effort(e) => Some(e),
+            Reasoning::Budget(b) if b < 4096 => Some(Effort::Low),
+            Reasoning::Budget(b) if b < 16_384 => Some(Effort::Medium),
+            Reasoning::Budget(_) => Some(Effort::High),
+            Reasoning::Off => None,
+        }
+    }
+
+    /// As a thinking budget (`None`: off): `minimal` 1,024 tokens, `low` 2,048, `medium`
+    /// 8,192, `high` 24,576.
+    pub fn budget_tokens(self) -> Option<u64> {
+        match self {
+            Reasoning::Effort(Effort::Minimal) => Some(MIN_THINKING_BUDGET),
+            Reasoning::Effort(Effort::Low) => Some(2048),
+            Reasoning::Effort(Effort::Medium) => Some(8192),
+            Reasoning::Effort(Effort::High) => Some(24_576),
+            Reasoning::Budget(b) => Some(b),
+            Reasoning::Off => None,
+        }
+    }
 }
 
 /// Who wrote a message (system text lives in [`ChatRequest::system`]).

@@ -9,8 +9,10 @@
 
 pub mod codec;
 pub mod error;
+pub mod eventstream;
 pub mod hub;
 pub mod json;
+pub mod json_tool;
 pub mod openai;
 pub mod sse;
 pub mod stream;
@@ -21,7 +23,7 @@ mod tests;
 use tollgate_core::config::ApiFamily;
 use tollgate_core::{ApiError, Endpoint, Usage};
 
-use self::codec::{anthropic, gemini, openai as openai_codec};
+use self::codec::{anthropic, bedrock, gemini, openai as openai_codec};
 use self::error::TranslateError;
 use self::hub::ErrorInfo;
 use self::json::RawObject;
@@ -50,16 +52,31 @@ fn family_name(f: ApiFamily) -> &'static str {
         ApiFamily::OpenAi => "OpenAI",
         ApiFamily::Anthropic => "Anthropic",
         ApiFamily::Gemini => "Gemini",
+        ApiFamily::Bedrock => "AWS Bedrock",
     }
 }
 
 /// The error dialect of a client API.
 pub fn dialect_of(f: ApiFamily) -> tollgate_core::Dialect {
     match f {
-        ApiFamily::OpenAi => tollgate_core::Dialect::OpenAi,
+        // Bedrock is no client API; its arm is never taken.
+        ApiFamily::OpenAi | ApiFamily::Bedrock => tollgate_core::Dialect::OpenAi,
         ApiFamily::Anthropic => tollgate_core::Dialect::Anthropic,
         ApiFamily::Gemini => tollgate_core::Dialect::Gemini,
     }
+}
+
+/// What the processor knows of a response besides its status and body.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ResponseMeta<'a> {
+    /// The `created` of OpenAI bodies.
+    pub created: u64,
+    /// The response id, for providers whose bodies carry none (Bedrock).
+    pub id: &'a str,
+    /// The model, for providers whose bodies name none (Bedrock).
+    pub model: &'a str,
+    /// The provider's error type from a header (Bedrock's `x-amzn-errortype`).
+    pub error_type: Option<&'a str>,
 }
 
 impl Pair {
@@ -85,8 +102,9 @@ impl Pair {
             (Endpoint::Messages | Endpoint::GenerateContent, ApiFamily::OpenAi) => {
                 Endpoint::ChatCompletions
             }
+            (_, ApiFamily::Bedrock) if chat => Endpoint::ChatCompletions,
             (e, ApiFamily::OpenAi) => e,
-            (e, ApiFamily::Anthropic | ApiFamily::Gemini) => {
+            (e, ApiFamily::Anthropic | ApiFamily::Gemini | ApiFamily::Bedrock) => {
                 return Err(TranslateError::Unsupported {
                     param: "model",
                     message: format!(
@@ -133,13 +151,13 @@ impl Pair {
             ApiFamily::OpenAi => openai_codec::request_from_wire(obj, upstream_model, stream)?,
             ApiFamily::Anthropic => anthropic::request_from_wire(obj, upstream_model, stream)?,
             ApiFamily::Gemini => gemini::request_from_wire(obj, upstream_model, stream)?,
+            ApiFamily::Bedrock => return Err(no_bedrock_client()),
         };
-        // Members that change what the client gets back cannot be dropped silently.
-        if self.upstream == ApiFamily::Anthropic && req.response_format.is_some() {
-            return Err(TranslateError::Unsupported {
-                param: "response_format",
-                message: "This model's provider does not support JSON mode through Tollgate yet; ask for JSON in the prompt or use tools.".to_owned(),
-            });
+        let mut req = req;
+        json_tool::check_tool_names(&req)?;
+        // Providers without a JSON mode get it as one forced tool (undone on the way back).
+        if matches!(self.upstream, ApiFamily::Anthropic | ApiFamily::Bedrock) {
+            json_tool::into_tool(&mut req)?;
         }
         tracing::trace!(
             from = family_name(self.client),
@@ -150,15 +168,30 @@ impl Pair {
             ApiFamily::OpenAi => openai_codec::request_to_wire(&req),
             ApiFamily::Anthropic => anthropic::request_to_wire(&req),
             ApiFamily::Gemini => gemini::request_to_wire(&req),
+            ApiFamily::Bedrock => bedrock::request_to_wire(&req)?,
         };
         Ok((body, req.include_usage))
     }
 
     /// A complete response body (status `status`) for the client.
     pub fn complete(self, status: u16, body: &[u8], created: u64) -> Completed {
+        self.complete_with(
+            status,
+            body,
+            &ResponseMeta {
+                created,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// A complete response body (status `status`) for the client, with what else is known of
+    /// the response.
+    pub fn complete_with(self, status: u16, body: &[u8], meta: &ResponseMeta<'_>) -> Completed {
+        let created = meta.created;
         if !(200..300).contains(&status) {
             return Completed {
-                body: self.error(status, body),
+                body: self.error(status, body, meta.error_type),
                 usage: None,
             };
         }
@@ -171,6 +204,9 @@ impl Pair {
                         anthropic::response_from_wire(body).ok().map(|r| r.usage)
                     }
                     ApiFamily::Gemini => gemini::usage_from_body(body),
+                    ApiFamily::Bedrock => bedrock::response_from_wire(body, meta.id, meta.model)
+                        .ok()
+                        .map(|r| r.usage),
                 },
             };
         }
@@ -178,16 +214,22 @@ impl Pair {
             ApiFamily::OpenAi => openai_codec::response_from_wire(body),
             ApiFamily::Anthropic => anthropic::response_from_wire(body),
             ApiFamily::Gemini => gemini::response_from_wire(body),
+            ApiFamily::Bedrock => bedrock::response_from_wire(body, meta.id, meta.model),
         };
         match parsed {
-            Ok(r) => Completed {
-                body: Some(match self.client {
-                    ApiFamily::OpenAi => openai_codec::response_to_wire(&r, created),
-                    ApiFamily::Anthropic => anthropic::response_to_wire(&r),
-                    ApiFamily::Gemini => gemini::response_to_wire(&r),
-                }),
-                usage: Some(r.usage),
-            },
+            Ok(mut r) => {
+                json_tool::unwrap_response(&mut r);
+                Completed {
+                    body: Some(match self.client {
+                        ApiFamily::OpenAi | ApiFamily::Bedrock => {
+                            openai_codec::response_to_wire(&r, created)
+                        }
+                        ApiFamily::Anthropic => anthropic::response_to_wire(&r),
+                        ApiFamily::Gemini => gemini::response_to_wire(&r),
+                    }),
+                    usage: Some(r.usage),
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "Could not translate the provider's response");
                 Completed {
@@ -199,16 +241,17 @@ impl Pair {
     }
 
     /// An error body in the client's dialect (`None`: the provider's is already one).
-    fn error(self, status: u16, body: &[u8]) -> Option<Vec<u8>> {
+    fn error(self, status: u16, body: &[u8], error_type: Option<&str>) -> Option<Vec<u8>> {
         let info: Option<ErrorInfo> = match self.upstream {
             ApiFamily::OpenAi => openai_codec::error_from_wire(status, body),
             ApiFamily::Anthropic => anthropic::error_from_wire(status, body),
             ApiFamily::Gemini => gemini::error_from_wire(status, body),
+            ApiFamily::Bedrock => bedrock::error_from_wire(status, body, error_type),
         };
         match info {
             Some(_) if !self.translates() => None,
             Some(info) => Some(match self.client {
-                ApiFamily::OpenAi => openai_codec::error_to_wire(&info),
+                ApiFamily::OpenAi | ApiFamily::Bedrock => openai_codec::error_to_wire(&info),
                 ApiFamily::Anthropic => anthropic::error_to_wire(&info),
                 ApiFamily::Gemini => gemini::error_to_wire(&info),
             }),
@@ -238,15 +281,24 @@ impl Pair {
             ApiFamily::OpenAi => Decoder::OpenAi(Default::default()),
             ApiFamily::Anthropic => Decoder::Anthropic(Default::default()),
             ApiFamily::Gemini => Decoder::Gemini(Default::default()),
+            ApiFamily::Bedrock => Decoder::Bedrock(Default::default()),
         };
         let encoder = match (self.translates() || guard.is_some(), self.client) {
             (false, _) => Encoder::Passthrough,
-            (true, ApiFamily::OpenAi) => {
+            (true, ApiFamily::OpenAi | ApiFamily::Bedrock) => {
                 Encoder::OpenAi(openai_codec::StreamEncoder::new(include_usage, created))
             }
             (true, ApiFamily::Anthropic) => Encoder::Anthropic(Default::default()),
             (true, ApiFamily::Gemini) => Encoder::Gemini(Default::default()),
         };
         StreamTranslator::new(decoder, encoder).with_guard(guard)
+    }
+}
+
+/// No client speaks Bedrock: [`Pair::route`] never pairs one, so this answers a bug, not a user.
+fn no_bedrock_client() -> TranslateError {
+    TranslateError::Unsupported {
+        param: "model",
+        message: "Requests in Bedrock's format are not accepted.".to_owned(),
     }
 }

@@ -10,7 +10,7 @@ use tollgate_core::{ApiError, Dialect, Usage};
 
 use crate::guard::StreamGuard;
 
-use super::codec::{anthropic, gemini, openai};
+use super::codec::{anthropic, bedrock, gemini, openai};
 use super::hub::StreamEvent;
 use super::sse::{each_event, event_data};
 
@@ -23,6 +23,8 @@ pub enum Decoder {
     Anthropic(anthropic::StreamDecoder),
     /// `GenerateContentResponse` chunks.
     Gemini(gemini::StreamDecoder),
+    /// Bedrock `converse-stream` events in the AWS event-stream framing (not SSE).
+    Bedrock(Box<bedrock::StreamDecoder>),
 }
 
 /// Writes the client's stream.
@@ -46,6 +48,8 @@ pub struct StreamTranslator {
     encoder: Encoder,
     events: Vec<StreamEvent>,
     guard: Option<StreamGuard>,
+    /// Turns the emulated JSON mode's tool call back into text.
+    json: super::json_tool::StreamUnwrap,
     /// A guardrail ended the stream: everything after is dropped.
     ended: bool,
 }
@@ -59,6 +63,7 @@ impl StreamTranslator {
             encoder,
             events: Vec::new(),
             guard: None,
+            json: Default::default(),
             ended: false,
         }
     }
@@ -66,6 +71,14 @@ impl StreamTranslator {
     /// Judges the text of the stream with `guard` (the encoder must not be `Passthrough`).
     pub fn with_guard(mut self, guard: Option<StreamGuard>) -> Self {
         self.guard = guard;
+        self
+    }
+
+    /// Names the response (id, model) for upstreams whose streams name neither (Bedrock).
+    pub fn with_identity(mut self, id: &str, model: &str) -> Self {
+        if let Decoder::Bedrock(d) = &mut self.decoder {
+            **d = bedrock::StreamDecoder::new(id, model);
+        }
         self
     }
 
@@ -80,6 +93,7 @@ impl StreamTranslator {
             Decoder::OpenAi(d) => d.usage(),
             Decoder::Anthropic(d) => d.usage(),
             Decoder::Gemini(d) => d.usage(),
+            Decoder::Bedrock(d) => d.usage(),
         }
     }
 
@@ -89,9 +103,15 @@ impl StreamTranslator {
         if self.ended {
             return out;
         }
-        let mut carry = std::mem::take(&mut self.carry);
-        each_event(&mut carry, chunk, end, |e| self.event(e, &mut out));
-        self.carry = carry;
+        if let Decoder::Bedrock(d) = &mut self.decoder {
+            // Binary framing: the decoder splits messages itself; flushed once per chunk.
+            d.push(chunk, end, &mut self.events);
+            self.flush(&mut out);
+        } else {
+            let mut carry = std::mem::take(&mut self.carry);
+            each_event(&mut carry, chunk, end, |e| self.event(e, &mut out));
+            self.carry = carry;
+        }
         if end {
             if let Decoder::OpenAi(d) = &mut self.decoder {
                 d.finish(&mut self.events);
@@ -119,6 +139,8 @@ impl StreamTranslator {
                 Decoder::OpenAi(d) => d.decode(&data, &mut self.events),
                 Decoder::Anthropic(d) => d.decode(&data, &mut self.events),
                 Decoder::Gemini(d) => d.decode(&data, &mut self.events),
+                // Never here: Bedrock chunks go to the decoder whole (see `push`).
+                Decoder::Bedrock(_) => {}
             }
         }
         if passthrough {
@@ -134,6 +156,7 @@ impl StreamTranslator {
             self.events.clear();
             return;
         }
+        self.json.apply(&mut self.events);
         if let Some(g) = &mut self.guard {
             g.apply(&mut self.events);
         }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tollgate_core::config::ApiFamily;
 use tollgate_core::Endpoint;
 
+use super::hub::{Effort, Reasoning};
 use super::json::RawObject;
 use super::*;
 
@@ -271,6 +272,140 @@ fn openai_to_anthropic_request_defaults_max_tokens() {
     assert!(v.get("stream").is_none());
 }
 
+/// The provider body for `body` sent through `pair` to `model`.
+fn translated(pair: Pair, body: &str, model: &str) -> Value {
+    let obj = RawObject::parse(body.as_bytes()).unwrap();
+    let (out, _) = pair.request(&obj, model, false, 0).unwrap();
+    serde_json::from_slice(&out).unwrap()
+}
+
+#[test]
+fn reasoning_effort_becomes_a_thinking_budget_that_fits_under_max_tokens() {
+    let ask = |extra: &str| {
+        translated(
+            OPENAI_TO_ANTHROPIC,
+            &format!(r#"{{"model":"c","messages":[{{"role":"user","content":"hi"}}]{extra}}}"#),
+            "claude-x",
+        )
+    };
+    // No client limit: the budget from the table, the default answer room above it.
+    let v = ask(r#","reasoning_effort":"medium""#);
+    assert_eq!(
+        v["thinking"],
+        json!({"type": "enabled", "budget_tokens": 8192})
+    );
+    assert_eq!(v["max_tokens"], 8192 + codec::anthropic::DEFAULT_MAX_TOKENS);
+    // A client limit stays, and the budget shrinks below it.
+    let v = ask(r#","reasoning_effort":"high","max_completion_tokens":5000"#);
+    assert_eq!(
+        v["thinking"],
+        json!({"type": "enabled", "budget_tokens": 4999})
+    );
+    assert_eq!(v["max_tokens"], 5000);
+    // Too small a limit for the minimum budget: no thinking rather than a provider 400.
+    let v = ask(r#","reasoning_effort":"low","max_tokens":800"#);
+    assert!(v.get("thinking").is_none(), "{v}");
+    assert_eq!(v["max_tokens"], 800);
+    // `none` turns it off explicitly; no effort leaves the provider's default.
+    assert_eq!(
+        ask(r#","reasoning_effort":"none""#)["thinking"],
+        json!({"type": "disabled"})
+    );
+    assert!(ask("").get("thinking").is_none());
+    let obj = RawObject::parse(
+        br#"{"model":"c","reasoning_effort":"extreme","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    let err = OPENAI_TO_ANTHROPIC
+        .request(&obj, "claude-x", false, 0)
+        .unwrap_err();
+    assert!(err.to_string().contains("reasoning_effort"), "{err}");
+}
+
+#[test]
+fn json_mode_reaches_anthropic_as_a_forced_tool_and_returns_as_text() {
+    let v = translated(
+        OPENAI_TO_ANTHROPIC,
+        r#"{"model":"c","reasoning_effort":"low","response_format":{"type":"json_schema","json_schema":{"name":"city","schema":{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}}},"messages":[{"role":"user","content":"hi"}]}"#,
+        "claude-x",
+    );
+    let tool = json_tool::JSON_TOOL;
+    assert_eq!(v["tools"][0]["name"], tool, "{v}");
+    assert_eq!(v["tools"][0]["input_schema"]["required"], json!(["name"]));
+    assert_eq!(v["tool_choice"], json!({"type": "tool", "name": tool}));
+    // Forced tool use and extended thinking exclude each other at Anthropic.
+    assert!(v.get("thinking").is_none(), "{v}");
+
+    let reply = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": tool, "input": {"name": "Paris"}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "output_tokens": 5}});
+    let done = OPENAI_TO_ANTHROPIC.complete(200, reply.to_string().as_bytes(), CREATED);
+    let out: Value = serde_json::from_slice(done.body.as_deref().unwrap()).unwrap();
+    let choice = &out["choices"][0];
+    assert_eq!(choice["finish_reason"], "stop", "{out}");
+    assert!(choice["message"].get("tool_calls").is_none(), "{out}");
+    let text: Value = serde_json::from_str(choice["message"]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(text, json!({"name": "Paris"}));
+
+    // Streamed: the tool's argument deltas arrive as content deltas.
+    let stream = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-x\",\"content\":[],\"stop_reason\":null,\"usage\":{{\"input_tokens\":10,\"output_tokens\":1}}}}}}\n\n\
+         event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"{tool}\",\"input\":{{}}}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":\"{{\\\"name\\\": \"}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}}\"}}}}\n\n\
+         event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":0}}\n\n\
+         event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"tool_use\",\"stop_sequence\":null}},\"usage\":{{\"output_tokens\":5}}}}\n\n\
+         event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+    );
+    let (sse, _) = translate_stream(OPENAI_TO_ANTHROPIC, false, &[stream.as_bytes()]);
+    let chunks = validate_openai(&sse, false);
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, r#"{"name": "Paris"}"#);
+    assert!(chunks
+        .iter()
+        .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
+}
+
+#[test]
+fn a_thinking_budget_becomes_a_reasoning_effort() {
+    let ask = |thinking: &str| {
+        translated(
+            ANTHROPIC_TO_OPENAI,
+            &format!(
+                r#"{{"model":"o","max_tokens":30000,"thinking":{thinking},"messages":[{{"role":"user","content":"hi"}}]}}"#
+            ),
+            "o4-mini",
+        )
+    };
+    assert_eq!(
+        ask(r#"{"type":"enabled","budget_tokens":1024}"#)["reasoning_effort"],
+        "low"
+    );
+    assert_eq!(
+        ask(r#"{"type":"enabled","budget_tokens":10000}"#)["reasoning_effort"],
+        "medium"
+    );
+    assert_eq!(
+        ask(r#"{"type":"enabled","budget_tokens":20000}"#)["reasoning_effort"],
+        "high"
+    );
+    assert!(ask(r#"{"type":"disabled"}"#)
+        .get("reasoning_effort")
+        .is_none());
+    // Round trip: an effort survives OpenAI → hub → Anthropic → hub → OpenAI.
+    for effort in [Effort::Low, Effort::Medium, Effort::High] {
+        let budget = Reasoning::Effort(effort).budget_tokens().unwrap();
+        assert_eq!(Reasoning::Budget(budget).effort(), Some(effort));
+    }
+}
+
 #[test]
 fn openai_to_anthropic_response() {
     let body = fixture("openai_to_anthropic/response.json");
@@ -350,8 +485,9 @@ fn requests_the_provider_cannot_express_are_refused() {
     let obj = RawObject::parse(obj_body).unwrap();
     assert!(OPENAI_TO_ANTHROPIC.request(&obj, "x", false, 0).is_err());
     for body in [
-        &br#"{"model":"c","response_format":{"type":"json_object"},"messages":[]}"#[..],
-        br#"{"model":"c","logprobs":true,"messages":[]}"#,
+        &br#"{"model":"c","logprobs":true,"messages":[]}"#[..],
+        // JSON mode is emulated with a tool, which cannot sit beside the client's own tools.
+        br#"{"model":"c","response_format":{"type":"json_object"},"tools":[{"type":"function","function":{"name":"f"}}],"messages":[]}"#,
     ] {
         let obj = RawObject::parse(body).unwrap();
         let e = OPENAI_TO_ANTHROPIC
@@ -525,8 +661,12 @@ proptest! {
             (OPENAI_TO_ANTHROPIC, "openai_to_anthropic/stream.sse"),
             (ANTHROPIC_TO_OPENAI, "anthropic_to_openai/stream.sse"),
             (ANTHROPIC_TO_ANTHROPIC, "openai_to_anthropic/stream.sse"),
+            // Bedrock: the AWS event-stream binary framing, split anywhere (inside a prelude,
+            // a header, a CRC, a UTF-8 character).
+            (bedrock::OPENAI_TO_BEDROCK, "openai_to_bedrock/stream.jsonl"),
+            (bedrock::ANTHROPIC_TO_BEDROCK, "anthropic_to_bedrock/stream.jsonl"),
         ] {
-            let input = fixture(rel);
+            let input = if rel.ends_with(".jsonl") { bedrock::framed(rel) } else { fixture(rel) };
             let (whole, whole_usage) = translate_stream(pair, include_usage, &[&input]);
             let (split, split_usage) = translate_stream(pair, include_usage, &split_at(&input, &cuts));
             prop_assert_eq!(&whole, &split, "{}", rel);
@@ -799,3 +939,5 @@ fn interleaved_parallel_tool_calls_lose_no_arguments() {
         (r#"{"x":1}"#.to_owned(), r#"{"y":2}"#.to_owned())
     );
 }
+
+mod bedrock;

@@ -12,11 +12,11 @@ use tollgate_core::error::anthropic_type;
 use tollgate_core::usage::AnthropicUsage;
 use tollgate_core::Usage;
 
-use super::{insert_sampling, member, start_request, to_bytes, tool_object};
+use super::{insert_sampling, member, merged_turns, start_request, to_bytes, tool_object};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Role, StopReason,
-    StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning, Role,
+    StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, MIN_THINKING_BUDGET,
 };
 use crate::translator::json::RawObject;
 
@@ -369,9 +369,25 @@ pub fn request_from_wire(
     req.top_p = member(obj, "top_p")?;
     req.stop = member(obj, "stop_sequences")?.unwrap_or_default();
     req.user = member::<WireMetadata>(obj, "metadata")?.and_then(|m| m.user_id);
-    req.thinking_budget = member::<WireThinking>(obj, "thinking")?
-        .filter(|t| t.kind == "enabled")
-        .and_then(|t| t.budget_tokens);
+    req.reasoning = match member::<WireThinking>(obj, "thinking")? {
+        None => None,
+        Some(t) => match (t.kind.as_str(), t.budget_tokens) {
+            ("enabled", Some(b)) => Some(Reasoning::Budget(b)),
+            ("enabled", None) => {
+                return Err(invalid(
+                    "thinking",
+                    "`budget_tokens` is required when enabled",
+                ))
+            }
+            ("disabled", _) => Some(Reasoning::Off),
+            (other, _) => {
+                return Err(invalid(
+                    "thinking",
+                    format!("unknown type `{other}` (enabled or disabled)"),
+                ))
+            }
+        },
+    };
     Ok(req)
 }
 
@@ -413,33 +429,35 @@ fn block_value(p: &Part) -> Option<Value> {
     })
 }
 
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::User => "user",
-        Role::Assistant => "assistant",
-    }
-}
-
 /// The body for Anthropic: consecutive turns of one role merged (OpenAI sends one message
 /// per tool result), empty turns dropped, `max_tokens` always present.
 pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
-    let mut messages: Vec<(Role, Vec<Value>)> = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
-        let blocks: Vec<Value> = m.content.iter().filter_map(block_value).collect();
-        if blocks.is_empty() {
-            continue;
-        }
-        match messages.last_mut() {
-            Some((role, existing)) if *role == m.role => existing.extend(blocks),
-            _ => messages.push((m.role, blocks)),
-        }
-    }
+    // `block_value` cannot fail: the error type is only `merged_turns`'s.
+    let messages = merged_turns(&req.messages, |p| Ok(block_value(p))).unwrap_or_default();
     let mut body = Map::new();
     body.insert("model".into(), req.model.clone().into());
-    body.insert(
-        "max_tokens".into(),
-        req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).into(),
-    );
+    let budget = req.reasoning.and_then(Reasoning::budget_tokens);
+    // Anthropic counts thinking inside `max_tokens` and wants the budget below it: without a
+    // client limit the answer keeps the default room above the budget; under a client limit
+    // the budget shrinks, and thinking stays off when less than the minimum budget fits.
+    let max_tokens = match (req.max_tokens, budget) {
+        (Some(m), _) => m,
+        (None, Some(b)) => b.saturating_add(DEFAULT_MAX_TOKENS),
+        (None, None) => DEFAULT_MAX_TOKENS,
+    };
+    body.insert("max_tokens".into(), max_tokens.into());
+    match budget.map(|b| b.min(max_tokens.saturating_sub(1))) {
+        Some(b) if b >= MIN_THINKING_BUDGET => {
+            body.insert(
+                "thinking".into(),
+                json!({"type": "enabled", "budget_tokens": b}),
+            );
+        }
+        _ if req.reasoning == Some(Reasoning::Off) => {
+            body.insert("thinking".into(), json!({"type": "disabled"}));
+        }
+        _ => {}
+    }
     match req.system.as_slice() {
         [] => {}
         [one] => {
@@ -454,13 +472,7 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
             );
         }
     }
-    body.insert(
-        "messages".into(),
-        messages
-            .into_iter()
-            .map(|(role, content)| json!({"role": role_name(role), "content": content}))
-            .collect(),
-    );
+    body.insert("messages".into(), messages.into());
     if !req.tools.is_empty() {
         body.insert(
             "tools".into(),
@@ -489,13 +501,6 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
     insert_sampling(&mut body, req, "stop_sequences");
     if let Some(u) = &req.user {
         body.insert("metadata".into(), json!({"user_id": u}));
-    }
-    // Anthropic's smallest thinking budget is 1024 tokens; below it, no thinking.
-    if let Some(b) = req.thinking_budget.filter(|b| *b >= 1024) {
-        body.insert(
-            "thinking".into(),
-            json!({"type": "enabled", "budget_tokens": b}),
-        );
     }
     if req.stream {
         body.insert("stream".into(), true.into());

@@ -20,8 +20,8 @@ use tollgate_core::Usage;
 use super::{data, member, to_bytes};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, ResponseFormat,
-    Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning,
+    ResponseFormat, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
 };
 use crate::translator::json::RawObject;
 
@@ -512,11 +512,12 @@ pub fn request_from_wire(
             })
         }
     };
-    // A budget of -1 asks for dynamic thinking, the providers' default.
-    req.thinking_budget = g
-        .thinking_config
-        .and_then(|t| t.thinking_budget)
-        .and_then(|b| u64::try_from(b).ok());
+    // A budget of -1 asks for dynamic thinking, the providers' default; 0 turns it off.
+    req.reasoning = match g.thinking_config.and_then(|t| t.thinking_budget) {
+        Some(0) => Some(Reasoning::Off),
+        Some(b) => u64::try_from(b).ok().map(Reasoning::Budget),
+        None => None,
+    };
     Ok(req)
 }
 
@@ -700,11 +701,17 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
             g.insert("responseJsonSchema".into(), schema.clone());
         }
     }
-    if let Some(b) = req.thinking_budget {
-        g.insert(
-            "thinkingConfig".into(),
-            json!({"thinkingBudget": b, "includeThoughts": true}),
-        );
+    match req.reasoning {
+        None => {}
+        Some(Reasoning::Off) => {
+            g.insert("thinkingConfig".into(), json!({"thinkingBudget": 0}));
+        }
+        Some(r) => {
+            g.insert(
+                "thinkingConfig".into(),
+                json!({"thinkingBudget": r.budget_tokens(), "includeThoughts": true}),
+            );
+        }
     }
     if !g.is_empty() {
         body.insert("generationConfig".into(), Value::Object(g));

@@ -2,13 +2,14 @@
 //! responses, errors, and stream decoders/encoders that work one SSE event at a time.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod gemini;
 pub mod openai;
 
 use serde::de::DeserializeOwned;
 
 use super::error::{invalid, TranslateError};
-use super::hub::{ChatRequest, Tool};
+use super::hub::{ChatRequest, Message, Part, Role, Tool};
 use super::json::RawObject;
 
 /// A request's `messages` in the dialect's wire type `M`, and the hub request to fill.
@@ -83,4 +84,37 @@ pub(crate) fn insert_sampling(
     if !req.stop.is_empty() {
         body.insert(stop_key.into(), req.stop.clone().into());
     }
+}
+
+/// The conversation as `{"role","content":[blocks]}` turns, each part written by `block`
+/// (`None`: left out): consecutive turns of one role merged (OpenAI sends one message per tool
+/// result), turns left without blocks dropped.
+pub(crate) fn merged_turns(
+    messages: &[Message],
+    mut block: impl FnMut(&Part) -> Result<Option<serde_json::Value>, TranslateError>,
+) -> Result<Vec<serde_json::Value>, TranslateError> {
+    let mut turns: Vec<(Role, Vec<serde_json::Value>)> = Vec::with_capacity(messages.len());
+    for m in messages {
+        let mut blocks = Vec::with_capacity(m.content.len());
+        for p in &m.content {
+            blocks.extend(block(p)?);
+        }
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((role, existing)) if *role == m.role => existing.extend(blocks),
+            _ => turns.push((m.role, blocks)),
+        }
+    }
+    Ok(turns
+        .into_iter()
+        .map(|(role, content)| {
+            let role = match role {
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            serde_json::json!({"role": role, "content": content})
+        })
+        .collect())
 }

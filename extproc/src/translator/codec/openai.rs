@@ -15,8 +15,8 @@ use tollgate_core::Usage;
 use super::{data, insert_sampling, member, start_request, to_bytes, tool_object};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, ResponseFormat,
-    Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning,
+    ResponseFormat, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
 };
 use crate::translator::json::RawObject;
 
@@ -330,6 +330,15 @@ pub fn request_from_wire(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     req.user = member(obj, "user")?;
+    req.reasoning = match member::<String>(obj, "reasoning_effort")? {
+        None => None,
+        Some(e) => Some(Reasoning::from_effort_name(&e).ok_or_else(|| {
+            invalid(
+                "reasoning_effort",
+                format!("unknown effort `{e}` (none, minimal, low, medium or high)"),
+            )
+        })?),
+    };
     // Members that change what the client gets back cannot be dropped silently.
     req.response_format = match member::<Value>(obj, "response_format")? {
         None => None,
@@ -452,6 +461,9 @@ pub fn request_to_wire(req: &ChatRequest) -> Vec<u8> {
     }
     if let Some(n) = req.max_tokens {
         body.insert("max_completion_tokens".into(), n.into());
+    }
+    if let Some(e) = req.reasoning.and_then(Reasoning::effort) {
+        body.insert("reasoning_effort".into(), e.as_str().into());
     }
     insert_sampling(&mut body, req, "stop");
     match &req.response_format {

@@ -199,7 +199,8 @@ fn gemini_to_anthropic_request() {
 }
 
 #[test]
-fn gemini_json_mode_is_refused_towards_anthropic() {
+fn gemini_json_mode_reaches_anthropic_as_the_json_tool() {
+    // Beside the request's own function declarations the emulation cannot work: 400.
     let body = fixture("gemini_to_openai/request.json");
     let obj = RawObject::parse(&body).unwrap();
     let e = GEMINI_TO_ANTHROPIC
@@ -207,6 +208,21 @@ fn gemini_json_mode_is_refused_towards_anthropic() {
         .unwrap_err();
     assert_eq!(e.api_error().status(), 400);
     assert!(e.to_string().contains("JSON mode"), "{e}");
+    // Alone, the schema becomes the forced tool.
+    let body = br#"{"contents":[{"role":"user","parts":[{"text":"a city"}]}],
+        "generationConfig":{"responseMimeType":"application/json",
+        "responseSchema":{"type":"OBJECT","properties":{"name":{"type":"STRING"}}}}}"#;
+    let (out, _) = GEMINI_TO_ANTHROPIC
+        .request(&RawObject::parse(body).unwrap(), "c", false, 0)
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let tool = crate::translator::json_tool::JSON_TOOL;
+    assert_eq!(v["tools"][0]["name"], tool, "{v}");
+    assert_eq!(v["tool_choice"]["name"], tool, "{v}");
+    assert_eq!(
+        v["tools"][0]["input_schema"]["properties"]["name"]["type"], "string",
+        "{v}"
+    );
 }
 
 #[test]
