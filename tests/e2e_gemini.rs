@@ -311,3 +311,119 @@ async fn gemini_streams_flow_chunk_by_chunk() {
     assert_eq!(last["candidates"][0]["finishReason"], "STOP", "{text}");
     assert!(last["usageMetadata"]["promptTokenCount"].as_u64().unwrap() > 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Vertex AI
+// ---------------------------------------------------------------------------------------------
+
+/// Polls until the background task got a token: the first request may come before it.
+async fn wait_for_token(stack: &Stack) {
+    for _ in 0..100 {
+        let r = stack
+            .post(
+                "/v1/chat/completions",
+                Some(KEY_ALL),
+                json!({"model": "vertex-gemini", "messages": [{"role": "user", "content": "ping"}]})
+                    .to_string(),
+            )
+            .await;
+        if r.status == 200 {
+            return;
+        }
+        assert_eq!(r.status, 503, "{}", r.text);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no access token after 10 s:\n{}", stack.serve_log());
+}
+
+/// The service account's assertion was exchanged at the mock's token endpoint (which checks
+/// its RS256 signature), and every Vertex request carried the token it issued.
+fn assert_vertex_requests(seen: &[Value], publisher: &str) {
+    let tokens: Vec<&Value> = seen.iter().filter(|r| r["path"] == "/token").collect();
+    assert!(!tokens.is_empty(), "no token exchange: {seen:?}");
+    let form = tokens[0]["body"].as_str().unwrap_or_default();
+    assert!(
+        form.starts_with(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion=ey"
+        ),
+        "{form}"
+    );
+    let prefix =
+        format!("/v1/projects/tollgate-test/locations/us-central1/publishers/{publisher}/models/");
+    let calls: Vec<&Value> = seen
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with(&prefix)))
+        .collect();
+    assert!(calls.len() > 3, "{seen:?}");
+    for r in calls {
+        let auth = r["headers"]["authorization"].as_str().unwrap_or_default();
+        assert!(auth.starts_with("Bearer ya29.mock-"), "{r}");
+        assert!(r["headers"].get("x-goog-api-key").is_none(), "{r}");
+    }
+}
+
+#[tokio::test]
+async fn gemini_sdk_against_vertex_ai_gemini() {
+    let stack = Stack::start(StackOptions {
+        vertex: true,
+        ..StackOptions::default()
+    });
+    wait_for_token(&stack).await;
+    gemini_sdk(
+        &stack,
+        "vertex-gemini",
+        "vertex-rate-limited",
+        "vertex-stream-error",
+        true,
+    );
+    assert_vertex_requests(&stack.upstream_requests().await, "google");
+    // A service account the token endpoint does not trust never gets a token: its model
+    // answers 503 in the client's format, and the gateway keeps retrying in the background.
+    let r = stack
+        .http
+        .post(format!(
+            "{}/v1beta/models/vertex-untrusted:generateContent",
+            stack.base
+        ))
+        .header("x-goog-api-key", KEY_ALL)
+        .body(json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let r = Reply::from(r).await;
+    assert_gemini_error(&r, 503, "UNAVAILABLE");
+    assert!(stack.serve_log().contains("Could not get an access token"));
+}
+
+#[tokio::test]
+async fn anthropic_sdk_against_vertex_ai_claude() {
+    let stack = Stack::start(StackOptions {
+        vertex: true,
+        ..StackOptions::default()
+    });
+    wait_for_token(&stack).await;
+    run_sdk(
+        "anthropic_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &stack.base),
+            ("TOLLGATE_KEY", KEY_ALL),
+            ("TOLLGATE_CHAT_MODEL", "vertex-claude"),
+            ("TOLLGATE_RATE_LIMITED_MODEL", "vertex-claude-rate-limited"),
+            ("TOLLGATE_STREAM_ERROR_MODEL", "vertex-claude-stream-error"),
+        ],
+    );
+    let seen = stack.upstream_requests().await;
+    assert_vertex_requests(&seen, "anthropic");
+    let mut streamed = 0;
+    for r in seen.iter().filter(|r| {
+        r["path"]
+            .as_str()
+            .is_some_and(|p| p.contains("/publishers/anthropic/"))
+    }) {
+        // The mock refuses anything else; checked here too for the reader.
+        assert!(r["body"].get("model").is_none(), "{r}");
+        assert_eq!(r["body"]["anthropic_version"], "vertex-2023-10-16", "{r}");
+        streamed += usize::from(r["path"].as_str().unwrap().ends_with(":streamRawPredict"));
+    }
+    assert!(streamed >= 2, "{streamed} streamed requests");
+}

@@ -204,6 +204,12 @@ pub enum ProviderKind {
     /// `:streamGenerateContent?alt=sse`), credential in `x-goog-api-key`; `base_url` defaults
     /// to [`GEMINI_BASE_URL`].
     Gemini,
+    /// Google Vertex AI: `project`, `location` and a service account (the `credential` holds
+    /// its JSON key) whose OAuth access token goes in `Authorization: Bearer`. Models whose
+    /// id starts with `claude` are Anthropic's (`…/publishers/anthropic/models/{m}:rawPredict`,
+    /// `:streamRawPredict`), the others Google's (`…/publishers/google/models/{m}:generateContent`,
+    /// `:streamGenerateContent?alt=sse`).
+    Vertex,
     /// AWS Bedrock Runtime Converse API: `POST {base_url}/model/{modelId}/converse` (or
     /// `converse-stream`), signed with SigV4 from the `aws` section.
     Bedrock,
@@ -217,8 +223,16 @@ impl ProviderKind {
                 ApiFamily::OpenAi
             }
             ProviderKind::Anthropic => ApiFamily::Anthropic,
-            ProviderKind::Gemini => ApiFamily::Gemini,
+            ProviderKind::Gemini | ProviderKind::Vertex => ApiFamily::Gemini,
             ProviderKind::Bedrock => ApiFamily::Bedrock,
+        }
+    }
+
+    /// The API of `model` at this provider: Vertex AI serves Anthropic's models too.
+    pub fn family_of(self, model: &str) -> ApiFamily {
+        match self {
+            ProviderKind::Vertex if model.starts_with("claude") => ApiFamily::Anthropic,
+            other => other.family(),
         }
     }
 
@@ -227,6 +241,8 @@ impl ProviderKind {
     pub fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::Gemini => Some(GEMINI_BASE_URL),
+            // Per location: see `vertex_base_url`.
+            ProviderKind::Vertex => None,
             ProviderKind::Openai
             | ProviderKind::OpenaiCompatible
             | ProviderKind::AzureOpenai
@@ -238,6 +254,15 @@ impl ProviderKind {
 
 /// The base URL of `kind: gemini` providers that name none.
 pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
+
+/// The base URL of a Vertex AI location (`global` has no regional host).
+pub fn vertex_base_url(location: &str) -> String {
+    if location == "global" {
+        "https://aiplatform.googleapis.com/v1".to_owned()
+    } else {
+        format!("https://{location}-aiplatform.googleapis.com/v1")
+    }
+}
 
 /// The wire format of a provider's API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +303,12 @@ pub struct RawProvider {
     /// Azure OpenAI `api-version` (required for `azure_openai`).
     #[serde(default)]
     pub api_version: Option<String>,
+    /// Vertex AI project id (required for `vertex`).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Vertex AI location, e.g. `us-central1` or `global` (required for `vertex`).
+    #[serde(default)]
+    pub location: Option<String>,
     /// AWS region and credentials (required for `bedrock`, refused for the others).
     #[serde(default)]
     pub aws: Option<RawAws>,
@@ -424,7 +455,7 @@ pub enum Endpoint {
     Completions,
     /// `POST /v1/embeddings`.
     Embeddings,
-    /// `GET /v1/models`, answered by Tollgate itself.
+    /// `GET /v1/models` (`/v1beta/models` for Gemini clients), answered by Tollgate itself.
     Models,
     /// `POST /v1/messages` (Anthropic Messages).
     Messages,
@@ -466,7 +497,7 @@ impl Endpoint {
             ("POST", "/v1/chat/completions") => Some(Endpoint::ChatCompletions),
             ("POST", "/v1/completions") => Some(Endpoint::Completions),
             ("POST", "/v1/embeddings") => Some(Endpoint::Embeddings),
-            ("GET", "/v1/models") => Some(Endpoint::Models),
+            ("GET", "/v1/models" | "/v1beta/models") => Some(Endpoint::Models),
             ("POST", "/v1/messages") => Some(Endpoint::Messages),
             ("POST", p) if gemini_call(p).is_some() => Some(Endpoint::GenerateContent),
             _ => None,
@@ -606,6 +637,10 @@ pub struct Provider {
     pub headers: Vec<(String, String)>,
     /// Azure `api-version`.
     pub api_version: Option<String>,
+    /// Vertex AI project and location.
+    pub vertex: Option<(String, String)>,
+    /// The service account and its current access token (Vertex AI).
+    pub google: Option<Arc<GoogleAuth>>,
     /// The SigV4 signer of a `bedrock` provider.
     pub aws: Option<Signer>,
 }
@@ -619,6 +654,8 @@ pub struct Target {
     pub upstream_model: String,
     /// Relative share of traffic.
     pub weight: u32,
+    /// The API the provider speaks for this model.
+    pub family: ApiFamily,
     paths: [String; 5],
     /// The streaming path where it differs: Gemini's `…:streamGenerateContent?alt=sse`,
     /// Bedrock's `converse-stream` (other providers stream on the same path).
@@ -1058,11 +1095,12 @@ fn validate_provider(
             "cluster names may use only letters, digits, `-`, `_` and `.`",
         );
     }
-    let default_url = match (p.kind, &p.aws) {
-        (ProviderKind::Bedrock, Some(aws)) => Some(format!(
+    let default_url = match (p.kind, &p.aws, &p.location) {
+        (ProviderKind::Bedrock, Some(aws), _) => Some(format!(
             "https://bedrock-runtime.{}.amazonaws.com",
             aws.region
         )),
+        (ProviderKind::Vertex, _, Some(l)) => Some(vertex_base_url(l)),
         _ => p.kind.default_base_url().map(str::to_owned),
     };
     let url = match p.base_url.as_ref().or(default_url.as_ref()) {
@@ -1072,11 +1110,31 @@ fn validate_provider(
             Err(())
         }
     };
+    let vertex = p.kind == ProviderKind::Vertex;
+    for (field, value) in [("project", &p.project), ("location", &p.location)] {
+        match value {
+            None if vertex => errs.add(format!("{path}.{field}"), "is required for `vertex`"),
+            Some(v) if vertex && !valid_cluster_name(v) => errs.add(
+                format!("{path}.{field}"),
+                "may use only letters, digits, `-`, `_` and `.`",
+            ),
+            Some(_) if !vertex => errs.add(format!("{path}.{field}"), "applies only to `vertex`"),
+            _ => {}
+        }
+    }
+    let mut google = None;
 
     let credential = p.credential.as_ref().and_then(|c| {
         let cpath = format!("{path}.credential");
         let secret = read_secret(c, &cpath, env, errs)?;
         let header = match p.kind {
+            ProviderKind::Vertex => {
+                google = ServiceAccount::parse(&secret)
+                    .map_err(|m| errs.add(&cpath, m))
+                    .ok()
+                    .map(|sa| Arc::new(GoogleAuth::new(sa)));
+                return None;
+            }
             ProviderKind::AzureOpenai => ("api-key", Secret::new(secret)),
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {
                 ("authorization", Secret::new(format!("Bearer {secret}")))
@@ -1124,6 +1182,12 @@ fn validate_provider(
             "applies only to `azure_openai`",
         );
     }
+    if vertex && p.credential.is_none() {
+        errs.add(
+            format!("{path}.credential"),
+            "is required for `vertex`: the service account's JSON key",
+        );
+    }
     let aws = validate_aws(name, p, env, errs);
     let url = url.ok()?;
     (errs.0.len() == before).then(|| Provider {
@@ -1138,6 +1202,8 @@ fn validate_provider(
         credential_header: credential,
         headers,
         api_version: p.api_version.clone(),
+        vertex: p.project.clone().zip(p.location.clone()),
+        google,
         aws,
     })
 }
@@ -1283,6 +1349,39 @@ fn parse_base_url(s: &str) -> Result<BaseUrl, String> {
 }
 
 fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
+    let family = provider.kind.family_of(model);
+    if let Some((project, location)) = &provider.vertex {
+        let base = format!(
+            "{}/projects/{project}/locations/{location}/publishers",
+            provider.base_path
+        );
+        let (endpoint, path, stream_path) = match family {
+            ApiFamily::Anthropic => (
+                Endpoint::Messages,
+                format!("{base}/anthropic/models/{model}:rawPredict"),
+                format!("{base}/anthropic/models/{model}:streamRawPredict"),
+            ),
+            _ => (
+                Endpoint::GenerateContent,
+                format!("{base}/google/models/{model}:generateContent"),
+                format!("{base}/google/models/{model}:streamGenerateContent?alt=sse"),
+            ),
+        };
+        return Target {
+            provider,
+            upstream_model: model.to_owned(),
+            weight,
+            family,
+            paths: Endpoint::FORWARDED.map(|e| {
+                if e == endpoint {
+                    path.clone()
+                } else {
+                    "/".to_owned()
+                }
+            }),
+            stream_path: Some(stream_path),
+        };
+    }
     let paths = Endpoint::FORWARDED.map(|e| match provider.kind {
         ProviderKind::AzureOpenai => format!(
             "{}/openai/deployments/{}/{}?api-version={}",
@@ -1291,7 +1390,9 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
             e.suffix(),
             provider.api_version.as_deref().unwrap_or_default()
         ),
-        ProviderKind::Gemini => format!("{}/models/{model}:generateContent", provider.base_path),
+        ProviderKind::Gemini | ProviderKind::Vertex => {
+            format!("{}/models/{model}:generateContent", provider.base_path)
+        }
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Anthropic => {
             format!("{}/{}", provider.base_path, e.suffix())
         }
@@ -1308,7 +1409,7 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
             provider.base_path,
             sigv4::uri_encode(model)
         )),
-        ProviderKind::Gemini => Some(format!(
+        ProviderKind::Gemini | ProviderKind::Vertex => Some(format!(
             "{}/models/{model}:streamGenerateContent?alt=sse",
             provider.base_path
         )),
@@ -1321,10 +1422,14 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         provider,
         upstream_model: model.to_owned(),
         weight,
+        family,
         paths,
         stream_path,
     }
 }
+
+mod google;
+pub use google::{AccessToken, GoogleAuth, ServiceAccount};
 
 #[cfg(test)]
 mod tests;

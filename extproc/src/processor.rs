@@ -331,8 +331,16 @@ impl Processor {
             .keys()
             .filter(|m| ctx.allows(m))
             .collect();
-        // Anthropic's SDK (which always sends `anthropic-version`) gets Anthropic's list shape.
-        let body = if self.client_anthropic_version {
+        // Gemini clients get Gemini's list shape, Anthropic's SDK (which always sends
+        // `anthropic-version`) Anthropic's.
+        let body = if self.dialect() == Dialect::Gemini {
+            let models: Vec<serde_json::Value> = ids
+                .iter()
+                .map(|m| serde_json::json!({"name": format!("models/{m}"), "displayName": m,
+                    "supportedGenerationMethods": ["generateContent", "streamGenerateContent"]}))
+                .collect();
+            serde_json::json!({"models": models})
+        } else if self.client_anthropic_version {
             let data: Vec<serde_json::Value> = ids
                 .iter()
                 .map(|m| serde_json::json!({"type": "model", "id": m, "display_name": m, "created_at": "1970-01-01T00:00:00Z"}))
@@ -427,8 +435,19 @@ impl Processor {
         }
         .ok_or_else(|| (ApiError::Internal, Some(model.clone())))?;
         let provider = &target.provider;
-        let (pair, upstream_endpoint) = Pair::route(endpoint, provider.kind.family())
+        let (pair, upstream_endpoint) = Pair::route(endpoint, target.family)
             .map_err(|e| (e.api_error(), Some(model.clone())))?;
+        // Vertex AI: the service account's current access token (refreshed in the background).
+        let google_token = match &provider.google {
+            Some(auth) => match auth.current(SystemTime::now()) {
+                Some(t) => Some(t),
+                None => {
+                    tracing::warn!(provider = %provider.name, "No access token for the provider yet");
+                    return Err((ApiError::Upstream(503), Some(model.clone())));
+                }
+            },
+            None => None,
+        };
         let (body, strip_usage_chunk, include_usage) = if !pair.is_openai_passthrough() {
             let (body, include_usage) = pair
                 .request(
@@ -446,6 +465,11 @@ impl Processor {
             (r.body, r.strip_usage_chunk, false)
         };
 
+        let body = if provider.vertex.is_some() && pair.upstream == ApiFamily::Anthropic {
+            crate::translator::codec::anthropic::for_vertex(&body)
+        } else {
+            body
+        };
         let upstream_path = target.path_for(upstream_endpoint, parsed.stream);
         let mut headers = Vec::with_capacity(7 + provider.headers.len());
         headers.push(set(":path", upstream_path));
@@ -454,6 +478,9 @@ impl Processor {
         headers.push(set("content-length", body.len().to_string()));
         if let Some((name, secret)) = &provider.credential_header {
             headers.push(set(name, secret.expose()));
+        }
+        if let Some(t) = &google_token {
+            headers.push(set("authorization", t.header.expose()));
         }
         if let Some(signer) = &provider.aws {
             bedrock_headers(

@@ -18,6 +18,9 @@
 //! - the same fault models work as Bedrock model ids in Converse paths, answered in Bedrock's
 //!   error format (`mock-stream-error` ends the event stream with a
 //!   `modelStreamErrorException`);
+//! - the same models in a Gemini path (`…/models/mock-error-429:generateContent`), answered in
+//!   Google's format, and behind Vertex AI's Anthropic publisher with a `claude-` prefix
+//!   (`…/publishers/anthropic/models/claude-mock-stream-error:streamRawPredict`);
 //! - header `x-mock-latency-ms`: time to first byte for this request;
 //! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;
 //! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.
@@ -35,6 +38,7 @@ mod params;
 mod routes;
 mod sse;
 mod text;
+mod vertex;
 
 #[cfg(test)]
 mod tests;
@@ -55,6 +59,9 @@ pub struct MockConfig {
     /// When set, requests must carry this key as `Authorization: Bearer <k>`, `api-key: <k>`,
     /// `x-api-key: <k>` or (Gemini) `x-goog-api-key: <k>`; otherwise 401.
     pub api_key: Option<String>,
+    /// The public key (PEM) of the service account whose JWT assertions the Vertex AI token
+    /// endpoint (`POST …/token`) accepts; without it the endpoint refuses every assertion.
+    pub google_public_key: Option<String>,
 }
 
 impl fmt::Debug for MockConfig {
@@ -63,6 +70,7 @@ impl fmt::Debug for MockConfig {
             .field("latency", &self.latency)
             .field("chunk_delay", &self.chunk_delay)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("google_public_key", &self.google_public_key.is_some())
             .finish()
     }
 }

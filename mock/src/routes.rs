@@ -17,7 +17,9 @@ use serde_json::Value;
 use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
-use crate::{bedrock, chat, completions, embeddings, gemini, messages, models, text, MockConfig};
+use crate::{
+    bedrock, chat, completions, embeddings, gemini, messages, models, text, vertex, MockConfig,
+};
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
 pub(crate) const LATENCY_HEADER: &str = "x-mock-latency-ms";
@@ -37,6 +39,8 @@ struct AppState {
     log: RequestLog,
     /// Numbers requests, for response ids and `x-request-id`.
     requests: AtomicU64,
+    /// Vertex AI access tokens issued by the token endpoint.
+    tokens: vertex::Tokens,
 }
 
 /// What one request is about, for the endpoint that answers it.
@@ -58,6 +62,7 @@ pub(crate) fn router(config: MockConfig) -> Router {
         config,
         log: RequestLog::default(),
         requests: AtomicU64::new(0),
+        tokens: vertex::Tokens::default(),
     });
     Router::new()
         .route(
@@ -100,7 +105,10 @@ async fn api(
     let mut response = match answer(&state, number, &method, &uri, &headers, &body).await {
         Ok(response) => response,
         // Anthropic's, Gemini's and Bedrock's APIs answer errors in their own formats.
-        Err(error) if uri.path().trim_end_matches('/').ends_with("/messages") => {
+        Err(error)
+            if uri.path().trim_end_matches('/').ends_with("/messages")
+                || vertex::publisher_call(uri.path()).is_some_and(|(p, _, _)| p == "anthropic") =>
+        {
             messages::error_response(error.status(), &error.to_string())
         }
         Err(error) if gemini::call(uri.path()).is_some() => {
@@ -134,6 +142,18 @@ async fn answer(
         tokio::time::sleep(latency).await;
     }
 
+    if *method == Method::POST && uri.path().ends_with("/token") {
+        let key = state.config.google_public_key.as_deref();
+        return Ok(vertex::token(key, &state.tokens, number, body));
+    }
+    if let Some((publisher, model, call)) = vertex::publisher_call(uri.path()) {
+        if !state.tokens.authorized(headers) {
+            return Err(MockError::InvalidApiKey);
+        }
+        if publisher == "anthropic" {
+            return answer_vertex_anthropic(number, body, (model, call), chunk_delay);
+        }
+    }
     if let Some((model, stream)) = gemini::call(uri.path()) {
         return answer_gemini(
             state,
@@ -255,7 +275,9 @@ fn answer_gemini(
         });
     }
     let query = uri.query().unwrap_or_default();
-    if let Some(key) = &state.config.api_key {
+    // Vertex AI paths were checked for their bearer token.
+    let vertex = vertex::publisher_call(uri.path()).is_some();
+    if let (Some(key), false) = (&state.config.api_key, vertex) {
         let in_query = query
             .split('&')
             .any(|pair| pair.strip_prefix("key=") == Some(key.as_str()));
@@ -273,6 +295,45 @@ fn answer_gemini(
     };
     let sse = query.split('&').any(|pair| pair == "alt=sse");
     gemini::respond(&request, &exchange, stream, sse)
+}
+
+/// Answers Vertex AI's `rawPredict` / `streamRawPredict` for an Anthropic model: a Messages
+/// body without `model` and with Vertex's `anthropic_version`.
+fn answer_vertex_anthropic(
+    number: u64,
+    body: &Bytes,
+    (model, call): (&str, &str),
+    chunk_delay: Duration,
+) -> Result<Response, MockError> {
+    let stream = match call {
+        "rawPredict" => false,
+        "streamRawPredict" => true,
+        _ => {
+            return Err(MockError::NotFound {
+                method: Method::POST,
+                path: format!("…/models/{model}:{call}"),
+            })
+        }
+    };
+    let request: Value = serde_json::from_slice(body).map_err(|_| MockError::InvalidJson)?;
+    let Value::Object(mut request) = request else {
+        return Err(MockError::BodyNotObject);
+    };
+    vertex::check_anthropic_body(&request).map_err(|message| MockError::InvalidParameter {
+        param: "anthropic_version",
+        message,
+    })?;
+    if stream {
+        request.insert("stream".into(), Value::Bool(true));
+    }
+    // Vertex AI serves a model as Anthropic's when its id starts with `claude`: fault models
+    // come as `claude-mock-error-429`, `claude-mock-stream-error`…
+    let fault = Fault::of(model.strip_prefix("claude-").unwrap_or(model))?;
+    let exchange = match exchange(number, model, chunk_delay, fault)? {
+        Ok(exchange) => exchange,
+        Err(response) => return Ok(response),
+    };
+    messages::respond(&request, &exchange)
 }
 
 /// The endpoint a path names.

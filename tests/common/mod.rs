@@ -220,6 +220,10 @@ pub struct StackOptions {
     /// Ship log events to a logger at this `host:port` (batches of 4, 50 ms max delay,
     /// spool under the stack's directory).
     pub logger: Option<String>,
+    /// Add Vertex AI providers: `vertex` (a service account whose key the mock's token
+    /// endpoint trusts) serving `vertex-gemini`, `vertex-claude` and their fault models, and
+    /// `vertex-untrusted` (a key the mock does not know) serving `vertex-untrusted`.
+    pub vertex: bool,
 }
 
 impl Default for StackOptions {
@@ -229,8 +233,104 @@ impl Default for StackOptions {
             max_body: 64 * 1024,
             chunk_delay_ms: 0,
             logger: None,
+            vertex: false,
         }
     }
+}
+
+/// An RSA key pair made by `openssl`: (private key PEM, public key PEM).
+fn rsa_key_pair(dir: &Path, name: &str) -> (String, String) {
+    let private = dir.join(format!("{name}.key.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl is needed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &private.display().to_string(),
+    ]);
+    run(&[
+        "pkey",
+        "-in",
+        &private.display().to_string(),
+        "-pubout",
+        "-out",
+        &public.display().to_string(),
+    ]);
+    (
+        std::fs::read_to_string(private).unwrap(),
+        std::fs::read_to_string(public).unwrap(),
+    )
+}
+
+/// Writes two service-account keys whose `token_uri` is the mock's (`sa.json`, trusted, and
+/// `untrusted-sa.json`) and returns the file of the public key the mock trusts.
+fn vertex_accounts(dir: &Path, mock: &str) -> PathBuf {
+    for (name, file) in [("trusted", "sa.json"), ("untrusted", "untrusted-sa.json")] {
+        let (private, _) = rsa_key_pair(dir, name);
+        let key = serde_json::json!({
+            "type": "service_account",
+            "project_id": "tollgate-test",
+            "private_key_id": format!("{name}-key"),
+            "private_key": private,
+            "client_email": format!("{name}@tollgate-test.iam.gserviceaccount.com"),
+            "token_uri": format!("http://{mock}/token"),
+        });
+        std::fs::write(dir.join(file), key.to_string()).unwrap();
+    }
+    let public = dir.join("trusted.pub.pem");
+    assert!(public.exists());
+    public
+}
+
+/// The Vertex AI providers and models, spliced in before `models:`.
+fn vertex_yaml(dir: &Path, mock: &str) -> String {
+    format!(
+        r#"
+  vertex:
+    kind: vertex
+    base_url: "http://{mock}/v1"
+    project: tollgate-test
+    location: us-central1
+    credential: {{ file: "{sa}" }}
+  vertex-untrusted:
+    kind: vertex
+    base_url: "http://{mock}/v1"
+    project: tollgate-test
+    location: us-central1
+    credential: {{ file: "{untrusted}" }}
+models:
+  vertex-gemini:
+    targets: [{{ provider: vertex, model: gemini-vertex-model }}]
+  vertex-rate-limited:
+    targets: [{{ provider: vertex, model: mock-error-429 }}]
+  vertex-stream-error:
+    targets: [{{ provider: vertex, model: mock-stream-error }}]
+  vertex-claude:
+    targets: [{{ provider: vertex, model: claude-vertex-model }}]
+  vertex-claude-rate-limited:
+    targets: [{{ provider: vertex, model: claude-mock-error-429 }}]
+  vertex-claude-stream-error:
+    targets: [{{ provider: vertex, model: claude-mock-stream-error }}]
+  vertex-untrusted:
+    targets: [{{ provider: vertex-untrusted, model: gemini-vertex-model }}]
+"#,
+        sa = dir.join("sa.json").display(),
+        untrusted = dir.join("untrusted-sa.json").display(),
+    )
 }
 
 /// Mock, serve and Envoy, all real processes.
@@ -499,18 +599,27 @@ impl Stack {
         if let Some(logger) = &opts.logger {
             yaml.push_str(&logging_yaml(logger, d));
         }
+        let mut mock_args = Vec::new();
+        if opts.vertex {
+            let public = vertex_accounts(d, &mock);
+            mock_args.push("--google-public-key-file".to_owned());
+            mock_args.push(public.display().to_string());
+            yaml = yaml.replacen("\nmodels:\n", &vertex_yaml(d, &mock), 1);
+        }
         std::fs::write(&config_path, yaml).unwrap();
 
         let mut procs = Vec::new();
         let mut mock_p = Proc::spawn(
             "mock",
-            Command::new(TOLLGATE).args([
-                "mock",
-                "--listen",
-                &mock,
-                "--chunk-delay-ms",
-                &opts.chunk_delay_ms.to_string(),
-            ]),
+            Command::new(TOLLGATE)
+                .args([
+                    "mock",
+                    "--listen",
+                    &mock,
+                    "--chunk-delay-ms",
+                    &opts.chunk_delay_ms.to_string(),
+                ])
+                .args(&mock_args),
             d,
         );
         let mut serve_p = Proc::spawn(

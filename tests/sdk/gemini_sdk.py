@@ -145,6 +145,11 @@ class Checks:
         expect(bool(r2.text), f"after the function response: {r2}")
         return f"signature of {len(signed[0].thought_signature)} bytes came back"  # type: ignore[arg-type]
 
+    def models(self) -> str:
+        names = [m.name for m in self.client.models.list()]
+        expect(f"models/{self.model}" in names, f"models.list returned {names}, without {self.model}")
+        return f"{len(names)} models, {self.model} among them"
+
     def errors(self) -> str:
         seen = []
         try:
@@ -184,6 +189,7 @@ def main() -> int:
         ("generate_content_stream", checks.streamed),
         ("function call, function response, streamed call", checks.tool_call),
         ("thought signatures come back", checks.thought_signatures),
+        ("models.list in Gemini's shape", checks.models),
         ("errors in Google's format", checks.errors),
     ]
     print(f"google-genai {genai.__version__} against {checks.base}, model {checks.model}")

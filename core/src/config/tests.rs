@@ -337,6 +337,80 @@ providers:
 }
 
 #[test]
+fn vertex_providers_need_a_project_a_location_and_a_service_account() {
+    let sa = r#"{"type": "service_account", "client_email": "gw@p.iam.gserviceaccount.com",
+        "private_key": "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+        "private_key_id": "k1", "token_uri": "https://oauth2.googleapis.com/token"}"#;
+    let yaml = r#"
+providers:
+  vertex:
+    kind: vertex
+    project: my-project
+    location: europe-west4
+    credential: { env: VERTEX_SA }
+  broken:
+    kind: vertex
+    credential: { env: NOT_SA }
+  wrong:
+    kind: openai
+    base_url: https://api.openai.com/v1
+    location: us-central1
+models:
+  flash:
+    targets: [{ provider: vertex, model: gemini-2.5-flash }]
+  sonnet:
+    targets: [{ provider: vertex, model: claude-sonnet-4-5 }]
+"#;
+    let env = MapEnv::from_pairs([("VERTEX_SA", sa), ("NOT_SA", "{\"client_email\": 1}")]);
+    let errs = Config::from_yaml(yaml, &env).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "providers.broken.project",
+        "providers.broken.location",
+        "providers.broken.base_url",
+        "providers.broken.credential",
+        "providers.wrong.location",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {errs:#?}");
+    }
+    assert!(!errs.iter().any(|e| e.message.contains("MIIB")), "{errs:?}");
+    let good: String = yaml
+        .lines()
+        .take_while(|l| !l.starts_with("  broken:"))
+        .chain(yaml.lines().skip_while(|l| *l != "models:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::from_yaml(&good, &env).unwrap();
+    let p = &c.providers["vertex"];
+    assert_eq!(p.authority, "europe-west4-aiplatform.googleapis.com");
+    assert!(p.credential_header.is_none());
+    let auth = p.google.as_ref().unwrap();
+    assert_eq!(auth.account.client_email, "gw@p.iam.gserviceaccount.com");
+    assert!(auth.current(std::time::SystemTime::now()).is_none());
+    let base = "/v1/projects/my-project/locations/europe-west4/publishers";
+    let flash = &c.models["flash"].targets[0];
+    assert_eq!(flash.family, ApiFamily::Gemini);
+    assert_eq!(
+        flash.path_for(Endpoint::GenerateContent, true),
+        format!("{base}/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+    );
+    let sonnet = &c.models["sonnet"].targets[0];
+    assert_eq!(sonnet.family, ApiFamily::Anthropic);
+    assert_eq!(
+        sonnet.path_for(Endpoint::Messages, false),
+        format!("{base}/anthropic/models/claude-sonnet-4-5:rawPredict")
+    );
+    assert_eq!(
+        sonnet.path_for(Endpoint::Messages, true),
+        format!("{base}/anthropic/models/claude-sonnet-4-5:streamRawPredict")
+    );
+    assert_eq!(
+        vertex_base_url("global"),
+        "https://aiplatform.googleapis.com/v1"
+    );
+}
+
+#[test]
 fn logging_is_off_without_its_section() {
     let c = Config::from_yaml(&good(), &env()).unwrap();
     assert_eq!(c.logging, None);

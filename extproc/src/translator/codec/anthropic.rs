@@ -20,6 +20,23 @@ use crate::translator::hub::{
 };
 use crate::translator::json::RawObject;
 
+/// The `anthropic_version` of Messages bodies sent to Vertex AI.
+pub const VERTEX_VERSION: &str = "vertex-2023-10-16";
+
+/// A Messages body as Vertex AI takes it (`rawPredict`): no `model` (it is in the path), and
+/// `anthropic_version` in the body.
+pub fn for_vertex(body: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Map<String, Value>>(body) {
+        Ok(mut m) => {
+            m.remove("model");
+            m.insert("anthropic_version".into(), VERTEX_VERSION.into());
+            to_bytes(&Value::Object(m))
+        }
+        // We wrote or validated this body: it is an object.
+        Err(_) => body.to_vec(),
+    }
+}
+
 /// `max_tokens` is required by Anthropic; this is sent when an OpenAI client gave none.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
