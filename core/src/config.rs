@@ -57,6 +57,34 @@ pub struct RawConfig {
     /// Per-tenant settings, by tenant name (the `tenant` of keys).
     #[serde(default)]
     pub tenants: BTreeMap<String, RawTenant>,
+    /// Feedback tokens on responses and `POST /v1/feedback`; off when the section is absent.
+    #[serde(default)]
+    pub feedback: Option<RawFeedback>,
+}
+
+/// The `feedback` section: every admitted request's response carries a signed, short-lived
+/// token naming it (`x-tollgate-feedback-token`), which `POST /v1/feedback` takes back with a
+/// score, label and comment; the feedback is recorded through the logger.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeedback {
+    /// Where the HS256 signing secret comes from (exactly one of `env`, `file`; at least 32
+    /// bytes). Changing it invalidates every token handed out before.
+    pub secret: RawCredential,
+    /// How long a token stays valid, in seconds (60 to 2592000, i.e. 30 days).
+    #[serde(default = "default_feedback_ttl")]
+    pub token_ttl_secs: u64,
+    /// The longest `comment` accepted, in bytes (1 to 65536); a longer one is refused with 400.
+    #[serde(default = "default_feedback_comment")]
+    pub max_comment_bytes: usize,
+}
+
+fn default_feedback_ttl() -> u64 {
+    24 * 60 * 60
+}
+
+fn default_feedback_comment() -> usize {
+    2048
 }
 
 /// The `logging` section: how `serve` ships one `LogEvent` per request to `tollgate logger`.
@@ -376,6 +404,8 @@ pub enum Endpoint {
     Models,
     /// `POST /v1/messages` (Anthropic Messages).
     Messages,
+    /// `POST /v1/feedback`, answered by Tollgate itself.
+    Feedback,
 }
 
 impl Endpoint {
@@ -395,6 +425,7 @@ impl Endpoint {
             ("POST", "/v1/embeddings") => Some(Endpoint::Embeddings),
             ("GET", "/v1/models") => Some(Endpoint::Models),
             ("POST", "/v1/messages") => Some(Endpoint::Messages),
+            ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             _ => None,
         }
     }
@@ -407,6 +438,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
             Endpoint::Messages => "messages",
+            Endpoint::Feedback => "feedback",
         }
     }
 
@@ -418,6 +450,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Models => "models",
             Endpoint::Messages => "messages",
+            Endpoint::Feedback => "feedback",
         }
     }
 
@@ -428,6 +461,7 @@ impl Endpoint {
             Endpoint::Embeddings => 2,
             Endpoint::Messages => 3,
             Endpoint::Models => 4,
+            Endpoint::Feedback => 5,
         }
     }
 }
@@ -624,6 +658,84 @@ pub struct KeyBundle {
     pub requests_per_minute: Option<u32>,
 }
 
+/// The validated `feedback` section.
+#[derive(Debug, Clone)]
+pub struct Feedback {
+    /// The HS256 signing secret.
+    pub secret: Secret,
+    /// How long a token stays valid.
+    pub token_ttl: std::time::Duration,
+    /// The longest comment accepted, in bytes.
+    pub max_comment_bytes: usize,
+}
+
+/// The longest feedback `label` accepted, in bytes.
+pub const MAX_FEEDBACK_LABEL_BYTES: usize = 128;
+
+fn validate_feedback(
+    raw: &RawFeedback,
+    logging: bool,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<Feedback> {
+    let before = errs.0.len();
+    if !logging {
+        errs.add(
+            "feedback",
+            "needs the `logging` section: feedback is recorded through the logger",
+        );
+    }
+    let secret = read_secret(&raw.secret, "feedback.secret", env, errs);
+    if secret.as_ref().is_some_and(|s| s.len() < 32) {
+        errs.add("feedback.secret", "must be at least 32 bytes long");
+    }
+    if !(60..=30 * 24 * 60 * 60).contains(&raw.token_ttl_secs) {
+        errs.add("feedback.token_ttl_secs", "must be between 60 and 2592000");
+    }
+    if !(1..=65_536).contains(&raw.max_comment_bytes) {
+        errs.add("feedback.max_comment_bytes", "must be between 1 and 65536");
+    }
+    let secret = secret?;
+    (errs.0.len() == before).then(|| Feedback {
+        secret: Secret::new(secret),
+        token_ttl: std::time::Duration::from_secs(raw.token_ttl_secs),
+        max_comment_bytes: raw.max_comment_bytes,
+    })
+}
+
+/// Reads a secret from its source; an error names `path`.
+fn read_secret(
+    c: &RawCredential,
+    path: &str,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<String> {
+    match (&c.env, &c.file) {
+        (Some(var), None) => env
+            .var(var)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                errs.add(
+                    format!("{path}.env"),
+                    format!("environment variable `{var}` is not set"),
+                )
+            }),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| {
+                errs.add(
+                    format!("{path}.file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            }),
+        _ => {
+            errs.add(path, "give exactly one of `env` or `file`");
+            Err(())
+        }
+    }
+    .ok()
+}
+
 /// The validated `logging` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Logging {
@@ -700,6 +812,8 @@ pub struct Config {
     pub guardrails: Guardrails,
     /// Request-rate limits per tenant, per minute.
     pub tenant_requests_per_minute: HashMap<String, u32>,
+    /// Feedback tokens and `POST /v1/feedback`; `None` when off.
+    pub feedback: Option<Feedback>,
 }
 
 impl Config {
@@ -851,6 +965,10 @@ impl Config {
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
+        let feedback = raw
+            .feedback
+            .as_ref()
+            .and_then(|f| validate_feedback(f, raw.logging.is_some(), env, &mut errs));
         let mut tenant_requests_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
             if let Some(n) = t.requests_per_minute {
@@ -875,6 +993,7 @@ impl Config {
                 prices,
                 guardrails,
                 tenant_requests_per_minute,
+                feedback,
             }),
             _ => Err(errs.0),
         }
@@ -972,30 +1091,7 @@ fn validate_provider(
 
     let credential = p.credential.as_ref().and_then(|c| {
         let cpath = format!("{path}.credential");
-        let secret = match (&c.env, &c.file) {
-            (Some(var), None) => env
-                .var(var)
-                .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| {
-                    errs.add(
-                        format!("{cpath}.env"),
-                        format!("environment variable `{var}` is not set"),
-                    )
-                }),
-            (None, Some(file)) => std::fs::read_to_string(file)
-                .map(|s| s.trim().to_owned())
-                .map_err(|e| {
-                    errs.add(
-                        format!("{cpath}.file"),
-                        format!("cannot read {}: {e}", file.display()),
-                    )
-                }),
-            _ => {
-                errs.add(&cpath, "give exactly one of `env` or `file`");
-                Err(())
-            }
-        }
-        .ok()?;
+        let secret = read_secret(c, &cpath, env, errs)?;
         let header = match p.kind {
             ProviderKind::AzureOpenai => ("api-key", Secret::new(secret)),
             ProviderKind::Openai | ProviderKind::OpenaiCompatible => {

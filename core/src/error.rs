@@ -104,6 +104,9 @@ pub enum ApiError {
         /// Which text matched.
         side: crate::config::Side,
     },
+    /// A feedback token that is malformed, tampered with, expired, or issued to another key.
+    #[error("Invalid feedback token: {0}.")]
+    InvalidFeedbackToken(String),
     /// The gateway is misconfigured or failed internally.
     #[error("The gateway could not process the request.")]
     Internal,
@@ -138,6 +141,9 @@ impl ApiError {
             ApiError::Upstream(status) => (*status, "upstream_error", None),
             ApiError::GuardrailBlocked { .. } => {
                 (400, "invalid_request_error", Some("guardrail_blocked"))
+            }
+            ApiError::InvalidFeedbackToken(_) => {
+                (401, "invalid_request_error", Some("invalid_feedback_token"))
             }
             ApiError::Internal => (500, "server_error", None),
         };

@@ -142,7 +142,7 @@ fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::Messages => &["system", "messages"],
         Endpoint::Completions => &["prompt"],
         Endpoint::Embeddings => &["input"],
-        Endpoint::Models => &[],
+        Endpoint::Models | Endpoint::Feedback => &[],
     }
 }
 

@@ -25,10 +25,10 @@ use tollgate_guardrails::Engine;
 use tollgate_logger::LogHandle;
 
 use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
-use crate::log;
 use crate::mutation::{self, set};
 use crate::translator::stream::StreamTranslator;
 use crate::translator::{openai, sse::UsageFilter, Pair};
+use crate::{feedback, log};
 
 /// What ext_authz established about the request.
 #[derive(Debug, Default)]
@@ -222,7 +222,18 @@ impl Processor {
     }
 
     fn dialect(&self) -> Dialect {
-        Dialect::from_path(self.ctx.as_ref().map_or("", |c| c.path.as_str()))
+        let path = self.ctx.as_ref().map_or("", |c| c.path.as_str());
+        match Dialect::from_path(path) {
+            // `/v1/feedback` serves both APIs: Anthropic's SDK always sends its version header.
+            Dialect::OpenAi
+                if self.client_anthropic_version
+                    && Endpoint::from_request("POST", strip_query(path))
+                        == Some(Endpoint::Feedback) =>
+            {
+                Dialect::Anthropic
+            }
+            d => d,
+        }
     }
 
     /// Answers with an error in the client's dialect.
@@ -280,6 +291,10 @@ impl Processor {
         self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
         match self.endpoint(&method, &path) {
             Ok(Endpoint::Models) => self.list_models(),
+            Ok(Endpoint::Feedback) if self.config.feedback.is_none() => {
+                let path = strip_query(&path).to_owned();
+                self.reject(&ApiError::UnknownEndpoint { method, path }, None)
+            }
             Ok(_) if h.end_of_stream => self.reject(
                 &ApiError::InvalidJson("the request has no body".to_owned()),
                 None,
@@ -353,6 +368,9 @@ impl Processor {
             .map_err(|e| (e, None))?;
         if endpoint == Endpoint::Models {
             return Ok(self.list_models());
+        }
+        if endpoint == Endpoint::Feedback {
+            return self.record_feedback(&b.body).map_err(|e| (e, None));
         }
         let parsed = openai::parse_request(endpoint, &b.body).map_err(|e| (e, None))?;
         let model = parsed.model.clone();
@@ -479,6 +497,60 @@ impl Processor {
             Some(body),
             true,
         )))
+    }
+
+    /// `POST /v1/feedback`: checks the token (signature, expiry, same key) and the body,
+    /// hands the feedback to the log queue and answers 200 itself.
+    fn record_feedback(&mut self, body: &[u8]) -> Result<ProcessingResponse, ApiError> {
+        let (Some(ctx), Some(settings), Some(log)) = (&self.ctx, &self.config.feedback, &self.log)
+        else {
+            return Err(ApiError::Internal);
+        };
+        let given = feedback::parse(body, settings.max_comment_bytes)?;
+        let now = SystemTime::now();
+        let unix = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let claims = tollgate_core::feedback::verify(
+            settings.secret.expose().as_bytes(),
+            &given.token,
+            unix,
+        )
+        .map_err(|e| ApiError::InvalidFeedbackToken(e.to_string()))?;
+        if claims.key_id != ctx.key_id {
+            return Err(ApiError::InvalidFeedbackToken(
+                "it was issued to another API key".to_owned(),
+            ));
+        }
+        let rated = claims.request_id.clone();
+        log.emit(log::feedback_event(
+            &ctx.request_id,
+            &claims,
+            given.into_proto(rated.clone()),
+            now,
+        ));
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: Endpoint::Feedback.label(),
+                provider: "tollgate".to_owned(),
+                model: "none".to_owned(),
+                status: 200,
+            })
+            .inc();
+        tracing::debug!(request_id = %ctx.request_id, rated = %rated, key_id = %ctx.key_id, "Recorded feedback");
+        let answer = serde_json::json!({
+            "object": "feedback",
+            "id": ctx.request_id,
+            "request_id": rated,
+            "status": "recorded",
+        });
+        Ok(mutation::immediate(
+            200,
+            answer.to_string().into_bytes(),
+            "application/json",
+            Some(&ctx.request_id),
+        ))
     }
 
     /// The policy of the request's key, from this config snapshot.

@@ -109,9 +109,55 @@ impl From<&LogEvent> for Record {
     }
 }
 
+/// One stored piece of feedback (an event whose `feedback` is set): NDJSON lines under
+/// `feedback/`, rows of the ClickHouse table `<table>_feedback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct FeedbackRecord {
+    /// The feedback's own id (the request id of the `POST /v1/feedback` that gave it).
+    pub feedback_id: String,
+    /// The request the feedback is about.
+    pub request_id: String,
+    /// When it was given, unix nanoseconds.
+    pub time_unix_nanos: i64,
+    /// The key that made the rated request (and gave the feedback).
+    pub key_id: String,
+    /// That key's tenant.
+    pub tenant: String,
+    /// The score, when one was given.
+    pub score: Option<f64>,
+    /// The label, empty when none.
+    pub label: String,
+    /// The comment, empty when none.
+    pub comment: String,
+}
+
+impl FeedbackRecord {
+    /// The stored form of `e`, when it is feedback.
+    pub fn from_event(e: &LogEvent) -> Option<FeedbackRecord> {
+        let f = e.feedback.as_ref()?;
+        Some(FeedbackRecord {
+            feedback_id: e.request_id.clone(),
+            request_id: f.request_id.clone(),
+            time_unix_nanos: e.start_time_unix_nanos,
+            key_id: e.key_id.clone(),
+            tenant: e.tenant.clone(),
+            score: f.score,
+            label: f.label.clone(),
+            comment: f.comment.clone(),
+        })
+    }
+}
+
 /// Just the idempotency key of a stored line (what a restart reads back).
 #[derive(Debug, Deserialize)]
 pub struct RecordId {
     /// Tollgate's request id.
     pub request_id: String,
+}
+
+/// Just the idempotency key of a stored feedback line.
+#[derive(Debug, Deserialize)]
+pub struct FeedbackId {
+    /// The feedback's own id.
+    pub feedback_id: String,
 }

@@ -29,6 +29,10 @@ pub const AZURE_SECRET: &str = "azure-upstream-secret";
 pub const ANTHROPIC_SECRET: &str = "anthropic-upstream-secret";
 /// The OpenAI-compatible mock's credential, read from a file.
 pub const COMPAT_SECRET: &str = "compat-upstream-secret";
+/// The feedback-token signing secret of stacks with a logger, given through the environment.
+pub const FEEDBACK_SECRET: &str = "e2e-feedback-secret-0123456789abcdef";
+
+pub mod clickhouse;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -306,10 +310,12 @@ guardrails:
     )
 }
 
-/// The `logging:` section for a stack whose spool lives in `dir`.
+/// The `logging:` section for a stack whose spool lives in `dir`, and a `feedback:` section
+/// (which needs logging) signing with [`FEEDBACK_SECRET`].
 pub fn logging_yaml(logger: &str, dir: &Path) -> String {
     format!(
-        "logging:\n  address: \"{logger}\"\n  spool_dir: \"{}\"\n  batch_size: 4\n  max_delay_ms: 50\n",
+        "logging:\n  address: \"{logger}\"\n  spool_dir: \"{}\"\n  batch_size: 4\n  max_delay_ms: 50\n\
+         feedback:\n  secret: {{ env: E2E_FEEDBACK_SECRET }}\n  max_comment_bytes: 64\n",
         dir.join("spool").display()
     )
 }
@@ -320,28 +326,46 @@ pub struct Logger {
     pub addr: String,
     pub data_dir: PathBuf,
     log_dir: PathBuf,
+    /// The sink's flags.
+    sink: Vec<String>,
     pub proc: Proc,
 }
 
 impl Logger {
     pub fn start(addr: &str, data_dir: &Path, log_dir: &Path) -> Logger {
-        let proc = Self::spawn(addr, data_dir, log_dir, 0);
+        let sink = vec!["--data-dir".to_owned(), data_dir.display().to_string()];
+        Self::start_with(addr, data_dir, log_dir, sink)
+    }
+
+    /// A logger writing ClickHouse at `url`, database `database`.
+    pub fn start_clickhouse(addr: &str, url: &str, database: &str, log_dir: &Path) -> Logger {
+        let sink = ["--sink", "clickhouse", "--clickhouse-url", url]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(["--clickhouse-database".to_owned(), database.to_owned()])
+            .collect();
+        Self::start_with(addr, &log_dir.join("unused"), log_dir, sink)
+    }
+
+    fn start_with(addr: &str, data_dir: &Path, log_dir: &Path, sink: Vec<String>) -> Logger {
+        let proc = Self::spawn(addr, &sink, log_dir, 0);
         let mut logger = Logger {
             addr: addr.to_owned(),
             data_dir: data_dir.to_owned(),
             log_dir: log_dir.to_owned(),
+            sink,
             proc,
         };
         logger.wait_ready();
         logger
     }
 
-    fn spawn(addr: &str, data_dir: &Path, log_dir: &Path, run: u32) -> Proc {
+    fn spawn(addr: &str, sink: &[String], log_dir: &Path, run: u32) -> Proc {
         Proc::spawn(
             &format!("logger-{run}"),
             Command::new(TOLLGATE)
-                .args(["logger", "--listen", addr, "--data-dir"])
-                .arg(data_dir)
+                .args(["logger", "--listen", addr])
+                .args(sink)
                 .env("TOLLGATE_LOG", "info,tollgate_logger=debug"),
             log_dir,
         )
@@ -373,7 +397,7 @@ impl Logger {
     }
 
     pub fn restart(&mut self, run: u32) {
-        self.proc = Self::spawn(&self.addr, &self.data_dir, &self.log_dir, run);
+        self.proc = Self::spawn(&self.addr, &self.sink, &self.log_dir, run);
         self.wait_ready();
     }
 
@@ -461,6 +485,7 @@ impl Stack {
                 .arg(&config_path)
                 .env("E2E_AZURE_KEY", AZURE_SECRET)
                 .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
+                .env("E2E_FEEDBACK_SECRET", FEEDBACK_SECRET)
                 .env(
                     "TOLLGATE_LOG",
                     "info,tollgate_extproc=debug,tollgate_authz=debug",
@@ -473,6 +498,7 @@ impl Stack {
             .args(["--listen", &listen.to_string(), "--admin", &envoy_admin])
             .env("E2E_AZURE_KEY", AZURE_SECRET)
             .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
+            .env("E2E_FEEDBACK_SECRET", FEEDBACK_SECRET)
             .output()
             .unwrap();
         assert!(

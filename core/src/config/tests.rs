@@ -409,3 +409,50 @@ guardrails:
         "{errs:?}"
     );
 }
+
+#[test]
+fn feedback_needs_logging_and_a_long_secret_and_names_its_fields() {
+    let logging = "logging:\n  address: \"127.0.0.1:4317\"\n  spool_dir: /tmp/s\n";
+    let env = MapEnv::from_pairs([
+        ("OPENAI_API_KEY", "sk-test"),
+        ("AZ_KEY", "az-secret"),
+        ("FB_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("FB_SHORT", "short"),
+    ]);
+    let ok = Config::from_yaml(
+        &format!(
+            "{}{logging}feedback:\n  secret: {{ env: FB_SECRET }}\n",
+            good()
+        ),
+        &env,
+    )
+    .unwrap();
+    let f = ok.feedback.unwrap();
+    assert_eq!(f.token_ttl, std::time::Duration::from_secs(86_400));
+    assert_eq!(f.max_comment_bytes, 2048);
+    assert_eq!(f.secret.expose().len(), 32);
+    let errs = Config::from_yaml(
+        &format!(
+            "{}feedback:\n  secret: {{ env: FB_SHORT }}\n  token_ttl_secs: 5\n  max_comment_bytes: 0\n",
+            good()
+        ),
+        &env,
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "feedback",
+            "feedback.secret",
+            "feedback.token_ttl_secs",
+            "feedback.max_comment_bytes"
+        ]
+    );
+    let errs = Config::from_yaml(
+        &format!("{}{logging}feedback:\n  secret: {{ env: NOPE }}\n", good()),
+        &env,
+    )
+    .unwrap_err();
+    assert_eq!(errs[0].path, "feedback.secret.env");
+}

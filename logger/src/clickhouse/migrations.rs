@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::{ch, create_table_sql, deduplicated, DAY_OF_START};
+use super::{ch, create_feedback_table_sql, create_table_sql, deduplicated, DAY_OF_START};
 use crate::error::LoggerError;
 
 /// A ClickHouse server version, `major.minor`.
@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 2,
         name: "daily spend rollup (SummingMergeTree fed by a materialized view)",
+        min_server: OLDEST_SERVER,
+    },
+    Migration {
+        version: 3,
+        name: "feedback table (ReplacingMergeTree on feedback_id)",
         min_server: OLDEST_SERVER,
     },
 ];
@@ -250,6 +255,7 @@ async fn apply(
             }
             Ok(())
         }
+        3 => execute(client, &create_feedback_table_sql(database, table)).await,
         other => Err(LoggerError::Task(format!("no migration numbered {other}"))),
     }
 }
