@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use common::clickhouse::ClickHouse;
 use common::*;
 use serde_json::{json, Value};
 use tollgate_core::feedback;
@@ -173,14 +172,9 @@ async fn give_feedback(stack: &Stack) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_with_the_response_token_lands_in_the_ndjson_sink_naming_its_request() {
-    let logger_dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let logger = Logger::start(&addr, &logger_dir.path().join("data"), logger_dir.path());
-    let stack = Stack::start(StackOptions {
-        logger: Some(addr.clone()),
-        ..Default::default()
-    });
-    let (id, feedback_id) = give_feedback(&stack).await;
+    let logged = LoggedStack::ndjson();
+    let (stack, logger) = (&logged.stack, &logged.logger);
+    let (id, feedback_id) = give_feedback(stack).await;
 
     let data = logger.data_dir.clone();
     let start = Instant::now();
@@ -218,15 +212,9 @@ async fn feedback_with_the_response_token_lands_in_the_ndjson_sink_naming_its_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_with_the_response_token_lands_in_clickhouse_naming_its_request() {
-    let ch = ClickHouse::start();
-    let logger_dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let _logger = Logger::start_clickhouse(&addr, &ch.url, "tg_e2e", logger_dir.path());
-    let stack = Stack::start(StackOptions {
-        logger: Some(addr.clone()),
-        ..Default::default()
-    });
-    let (id, feedback_id) = give_feedback(&stack).await;
+    let logged = LoggedStack::clickhouse("tg_e2e");
+    let (stack, ch) = (&logged.stack, logged.ch());
+    let (id, feedback_id) = give_feedback(stack).await;
     let sql = "SELECT feedback_id, request_id, key_id, tenant, score, label, comment \
                FROM tg_e2e.requests_feedback FORMAT TSV";
     let start = Instant::now();

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendA
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use time::OffsetDateTime;
-use tollgate_core::config::{Feedback, KeyBundle};
+use tollgate_core::config::{Capture, Feedback, KeyBundle};
 use tollgate_core::feedback;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
@@ -291,6 +291,9 @@ fn allow(
     }
     if let Some(g) = &bundle.guardrails {
         fields.insert(md::GUARDRAILS.to_owned(), string(g));
+    }
+    if bundle.capture != Capture::Off {
+        fields.insert(md::CAPTURE.to_owned(), string(bundle.capture.label()));
     }
     fields.insert(
         md::MODELS.to_owned(),

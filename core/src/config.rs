@@ -111,6 +111,15 @@ pub struct RawLogging {
     /// and counted in `tollgate_log_events_total{outcome="dropped"}`.
     #[serde(default = "default_log_spool_max_bytes")]
     pub spool_max_bytes: u64,
+    /// With `capture: full`, the most bytes kept of each of the request and the response body
+    /// (after redaction; 256 to 65536); the rest is cut at a character boundary and a
+    /// `…[truncated by Tollgate: …]` marker says how much was dropped.
+    #[serde(default = "default_capture_max_bytes")]
+    pub capture_max_bytes: usize,
+}
+
+fn default_capture_max_bytes() -> usize {
+    16 * 1024
 }
 
 fn default_log_batch_size() -> usize {
@@ -342,15 +351,56 @@ pub struct RawKey {
     /// refused with 429 and `Retry-After` beyond it. No limit when absent.
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// What of this key's request and response bodies goes into its log events (`off`,
+    /// `metadata`, `full`); overrides its tenant's. Needs `logging`.
+    #[serde(default)]
+    pub capture: Option<Capture>,
 }
 
-/// Limits shared by every key of a tenant.
+/// Limits and settings shared by every key of a tenant.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
     /// Requests per minute for all the tenant's keys together.
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// Payload capture of every key of the tenant that sets none itself (default `off`).
+    #[serde(default)]
+    pub capture: Option<Capture>,
+}
+
+/// How much of a request's payloads its log event carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capture {
+    /// Nothing.
+    #[default]
+    Off,
+    /// Sizes, content types, message, tool and tool-call counts; no content.
+    Metadata,
+    /// The metadata plus the request and response bodies (streams: the assembled text), with
+    /// PII and secrets redacted and each capped at `logging.capture_max_bytes`.
+    Full,
+}
+
+impl Capture {
+    /// The name in config, metadata and log events.
+    pub fn label(self) -> &'static str {
+        match self {
+            Capture::Off => "off",
+            Capture::Metadata => "metadata",
+            Capture::Full => "full",
+        }
+    }
+
+    /// Parses [`Capture::label`]; anything else is `off`.
+    pub fn from_label(s: &str) -> Capture {
+        match s {
+            "metadata" => Capture::Metadata,
+            "full" => Capture::Full,
+            _ => Capture::Off,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -656,6 +706,8 @@ pub struct KeyBundle {
     pub guardrails: Option<String>,
     /// The key's own request-rate limit, per minute.
     pub requests_per_minute: Option<u32>,
+    /// Payload capture: the key's own, else its tenant's, else off.
+    pub capture: Capture,
 }
 
 /// The validated `feedback` section.
@@ -751,6 +803,8 @@ pub struct Logging {
     pub queue_capacity: usize,
     /// The spool's size cap in bytes.
     pub spool_max_bytes: u64,
+    /// The most bytes captured of each body (`capture: full`).
+    pub capture_max_bytes: usize,
 }
 
 fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
@@ -780,6 +834,9 @@ fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
             "must be at least 1048576 (1 MiB)",
         );
     }
+    if !(256..=65_536).contains(&raw.capture_max_bytes) {
+        errs.add("logging.capture_max_bytes", "must be between 256 and 65536");
+    }
     (errs.0.len() == before).then(|| Logging {
         address: raw.address.clone(),
         spool_dir: raw.spool_dir.clone(),
@@ -787,6 +844,7 @@ fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
         max_delay: std::time::Duration::from_millis(raw.max_delay_ms),
         queue_capacity: raw.queue_capacity,
         spool_max_bytes: raw.spool_max_bytes,
+        capture_max_bytes: raw.capture_max_bytes,
     })
 }
 
@@ -922,6 +980,12 @@ impl Config {
                 }
                 ModelAccess::Only(k.models.iter().cloned().collect())
             };
+            if k.capture.is_some_and(|c| c != Capture::Off) && raw.logging.is_none() {
+                errs.add(
+                    format!("{path}.capture"),
+                    "needs the `logging` section: captured payloads travel in log events",
+                );
+            }
             if let Some(g) = &k.guardrails {
                 if !raw.guardrails.policies.contains_key(g) {
                     errs.add(
@@ -943,6 +1007,15 @@ impl Config {
                         guardrails: guardrails
                             .resolve(k.guardrails.as_deref(), k.tenant.as_deref()),
                         requests_per_minute: k.requests_per_minute,
+                        capture: k
+                            .capture
+                            .or_else(|| {
+                                k.tenant
+                                    .as_ref()
+                                    .and_then(|t| raw.tenants.get(t))
+                                    .and_then(|t| t.capture)
+                            })
+                            .unwrap_or_default(),
                     };
                     if keys.insert(hash, Arc::new(bundle)).is_some() {
                         errs.add(format!("{path}.hash"), "the same key hash appears twice");
@@ -971,6 +1044,12 @@ impl Config {
             .and_then(|f| validate_feedback(f, raw.logging.is_some(), env, &mut errs));
         let mut tenant_requests_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
+            if t.capture.is_some_and(|c| c != Capture::Off) && raw.logging.is_none() {
+                errs.add(
+                    format!("tenants.{name}.capture"),
+                    "needs the `logging` section: captured payloads travel in log events",
+                );
+            }
             if let Some(n) = t.requests_per_minute {
                 if n == 0 {
                     errs.add(

@@ -53,6 +53,8 @@ pub struct Facts<'a> {
     pub cost: Option<Picodollars>,
     /// Every guardrail verdict, request side first.
     pub guardrails: &'a Verdicts,
+    /// The captured payloads, when the key's capture is on.
+    pub payload: Option<pb::Payload>,
 }
 
 fn unix_nanos(t: SystemTime) -> i64 {
@@ -114,6 +116,7 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         gateway_overhead_ms: ms(f.overhead),
         upstream_latency_ms: f.upstream_latency.map_or(0.0, ms),
         guardrail_verdicts: f.guardrails.to_proto(),
+        payload: f.payload.clone(),
         feedback: None,
     }
 }
@@ -186,6 +189,7 @@ mod tests {
             upstream_latency: Some(Duration::from_millis(25)),
             cost: Some(4_125_000_000),
             guardrails: &verdicts,
+            payload: None,
         };
         let e = event(&facts);
         assert_eq!(

@@ -17,13 +17,16 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use rand::Rng;
-use tollgate_core::config::{ApiFamily, Policy, Provider, Side, ANTHROPIC_VERSION};
+use tollgate_core::config::{
+    ApiFamily, Capture as CaptureMode, Policy, Provider, Side, ANTHROPIC_VERSION,
+};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
 use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
 use tollgate_guardrails::Engine;
 use tollgate_logger::LogHandle;
 
+use crate::capture::Capture;
 use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
 use crate::mutation::{self, set};
 use crate::translator::stream::StreamTranslator;
@@ -42,6 +45,8 @@ struct AuthContext {
     request_id: String,
     /// The guardrails policy name (empty: none).
     guardrails: String,
+    /// What of the payloads goes into the log event.
+    capture: CaptureMode,
 }
 
 impl AuthContext {
@@ -71,6 +76,7 @@ impl AuthContext {
             method: text(md::METHOD),
             request_id: text(md::REQUEST_ID),
             guardrails: text(md::GUARDRAILS),
+            capture: CaptureMode::from_label(&text(md::CAPTURE)),
         };
         (!ctx.key_id.is_empty()).then_some(ctx)
     }
@@ -128,6 +134,10 @@ pub struct Processor {
     overhead: Duration,
     rejected: Option<Rejected>,
     verdicts: Verdicts,
+    /// The request's `content-type`, kept for payload capture.
+    request_content_type: String,
+    /// Payload capture, when the key's is on (and logging is).
+    capture: Option<Capture>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -168,6 +178,8 @@ impl Processor {
             overhead: Duration::ZERO,
             rejected: None,
             verdicts: Verdicts::default(),
+            request_content_type: String::new(),
+            capture: None,
         }
     }
 
@@ -289,6 +301,11 @@ impl Processor {
             String::from_utf8_lossy(m).into_owned()
         });
         self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
+        if ctx.capture != CaptureMode::Off {
+            self.request_content_type = header(&h.headers, "content-type")
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+        }
         match self.endpoint(&method, &path) {
             Ok(Endpoint::Models) => self.list_models(),
             Ok(Endpoint::Feedback) if self.config.feedback.is_none() => {
@@ -395,6 +412,15 @@ impl Processor {
             .map_err(|e| (e, Some(model.clone())))?,
             None => None,
         };
+        if let Some(max) = self.config.logging.as_ref().map(|l| l.capture_max_bytes) {
+            self.capture = Capture::new(ctx.capture, max).map(|mut c| {
+                c.request(
+                    &self.request_content_type,
+                    redacted.as_deref().unwrap_or(&b.body),
+                );
+                c
+            });
+        }
         let parsed = match &redacted {
             Some(body) => {
                 openai::parse_request(endpoint, body).map_err(|e| (e, Some(model.clone())))?
@@ -584,6 +610,10 @@ impl Processor {
             .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
             .unwrap_or(0u16);
         fwd.status = Some(status);
+        if let Some(c) = &mut self.capture {
+            let ct = header(&h.headers, "content-type").unwrap_or_default();
+            c.response_headers(&String::from_utf8_lossy(ct));
+        }
         if header(&h.headers, "x-envoy-upstream-service-time").is_some() {
             fwd.upstream_latency = Some(fwd.sent_at.elapsed());
             self.metrics
@@ -622,6 +652,9 @@ impl Processor {
                     Some(g) => Some(g.push(out.as_deref().unwrap_or(&b.body), b.end_of_stream)),
                     None => out,
                 };
+                if let Some(c) = &mut self.capture {
+                    c.response_chunk(out.as_deref().unwrap_or(&b.body), b.end_of_stream);
+                }
                 if let Some(out) = out {
                     common = mutation::common(vec![], vec![], Some(out), false);
                 }
@@ -629,6 +662,9 @@ impl Processor {
             }
             Some(ResponseStream::Translate(t)) if ok => {
                 let out = t.push(&b.body, b.end_of_stream);
+                if let Some(c) = &mut self.capture {
+                    c.response_chunk(&out, b.end_of_stream);
+                }
                 common = mutation::common(vec![], vec![], Some(out), false);
                 fwd.usage = t.usage();
             }
@@ -654,6 +690,9 @@ impl Processor {
                             "A response body that is not a JSON object went through unjudged"
                         ),
                     }
+                }
+                if let Some(c) = &mut self.capture {
+                    c.response_body(done.body.as_deref().unwrap_or(&b.body));
                 }
                 if let Some(body) = done.body {
                     common = mutation::common(
@@ -773,7 +812,7 @@ impl Processor {
 
 impl Processor {
     /// Hands the request's `LogEvent` to the log queue (never blocks), when logging is on.
-    fn emit_log(&self) {
+    fn emit_log(&mut self) {
         let (Some(handle), Some(ctx)) = (&self.log, &self.ctx) else {
             return;
         };
@@ -804,6 +843,7 @@ impl Processor {
             upstream_latency: None,
             cost: None,
             guardrails: &self.verdicts,
+            payload: self.capture.take().map(Capture::finish),
         };
         match (&self.forwarded, &self.rejected) {
             (Some(fwd), _) => {

@@ -129,6 +129,53 @@ ORDER BY feedback_id"
 /// Columns added after the first release of the table, with their types.
 const ADDED_COLUMNS: [(&str, &str); 1] = [("guardrail_verdicts", "Array(String)")];
 
+/// The payload-capture columns (migration 4), with their types and defaults.
+pub const PAYLOAD_COLUMNS: [(&str, &str); 10] = [
+    ("payload_mode", "String DEFAULT 'off'"),
+    ("request_bytes", "UInt64"),
+    ("request_content_type", "String"),
+    ("message_count", "UInt32"),
+    ("tool_count", "UInt32"),
+    ("response_bytes", "UInt64"),
+    ("response_content_type", "String"),
+    ("tool_call_count", "UInt32"),
+    ("request_body", "String"),
+    ("response_body", "String"),
+];
+
+/// Adds each of `columns` that `database.table` lacks, in order. ClickHouse 18.16 has no
+/// `ADD COLUMN IF NOT EXISTS`: `system.columns` says which exist.
+pub(crate) async fn add_missing_columns(
+    client: &clickhouse::Client,
+    database: &str,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> Result<(), LoggerError> {
+    for (column, kind) in columns {
+        let present = client
+            .query(
+                "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+            )
+            .bind(database)
+            .bind(table)
+            .bind(*column)
+            .fetch_one::<u64>()
+            .await
+            .map_err(ch)?;
+        if present == 0 {
+            client
+                .query(&format!(
+                    "ALTER TABLE {database}.{table} ADD COLUMN {column} {kind}"
+                ))
+                .execute()
+                .await
+                .map_err(ch)?;
+            tracing::info!(column, "Added a column to the ClickHouse table");
+        }
+    }
+    Ok(())
+}
+
 /// A client for `config`'s server (no database selected).
 pub(crate) fn client(config: &ClickHouseConfig) -> clickhouse::Client {
     let client = clickhouse::Client::default()
@@ -205,28 +252,7 @@ impl ClickHouseSink {
         let client = client(config);
         migrations::run(&client, &config.database, &config.table).await?;
         // Tables created before a column existed get it (columns are only ever added).
-        // (ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: look in `system.columns`.)
-        for (column, kind) in ADDED_COLUMNS {
-            let present = client
-                .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
-                .bind(config.database.as_str())
-                .bind(config.table.as_str())
-                .bind(column)
-                .fetch_one::<u64>()
-                .await
-                .map_err(ch)?;
-            if present == 0 {
-                client
-                    .query(&format!(
-                        "ALTER TABLE {}.{} ADD COLUMN {column} {kind}",
-                        config.database, config.table
-                    ))
-                    .execute()
-                    .await
-                    .map_err(ch)?;
-                tracing::info!(column, "Added a column to the ClickHouse table");
-            }
-        }
+        add_missing_columns(&client, &config.database, &config.table, &ADDED_COLUMNS).await?;
         let client = client.with_database(&config.database);
         let staging = format!("{}_incoming_{}", config.table, instance_suffix());
         client

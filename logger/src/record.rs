@@ -63,11 +63,46 @@ pub struct Record {
     /// Guardrail verdicts, each `side:action:rule` (e.g. `request:redact:email`).
     #[serde(default)]
     pub guardrail_verdicts: Vec<String>,
+    /// Payload capture: `off`, `metadata` or `full`.
+    #[serde(default = "off")]
+    pub payload_mode: String,
+    /// Request body size, bytes (capture on).
+    #[serde(default)]
+    pub request_bytes: u64,
+    /// Request `content-type` (capture on).
+    #[serde(default)]
+    pub request_content_type: String,
+    /// Messages in the request (capture on).
+    #[serde(default)]
+    pub message_count: u32,
+    /// Tools offered (capture on).
+    #[serde(default)]
+    pub tool_count: u32,
+    /// Response body size, bytes (capture on).
+    #[serde(default)]
+    pub response_bytes: u64,
+    /// Response `content-type` (capture on).
+    #[serde(default)]
+    pub response_content_type: String,
+    /// Tool calls in the response (capture on).
+    #[serde(default)]
+    pub tool_call_count: u32,
+    /// The redacted, capped request body (`full`).
+    #[serde(default)]
+    pub request_body: String,
+    /// The redacted, capped response body or stream text (`full`).
+    #[serde(default)]
+    pub response_body: String,
+}
+
+fn off() -> String {
+    "off".to_owned()
 }
 
 impl From<&LogEvent> for Record {
     fn from(e: &LogEvent) -> Self {
         let u = e.usage.unwrap_or_default();
+        let p = e.payload.as_ref();
         let usage_source = match (e.usage.is_some(), u.source()) {
             (false, _) | (true, UsageSource::Unspecified) => "none",
             (true, UsageSource::Provider) => "provider",
@@ -105,6 +140,20 @@ impl From<&LogEvent> for Record {
                 .iter()
                 .map(|v| format!("{}:{}:{}", v.side, v.action, v.rule))
                 .collect(),
+            payload_mode: p.map_or_else(off, |p| p.mode.clone()),
+            request_bytes: p.map_or(0, |p| p.request_bytes),
+            request_content_type: p
+                .map(|p| p.request_content_type.clone())
+                .unwrap_or_default(),
+            message_count: p.map_or(0, |p| p.message_count),
+            tool_count: p.map_or(0, |p| p.tool_count),
+            response_bytes: p.map_or(0, |p| p.response_bytes),
+            response_content_type: p
+                .map(|p| p.response_content_type.clone())
+                .unwrap_or_default(),
+            tool_call_count: p.map_or(0, |p| p.tool_call_count),
+            request_body: p.map(|p| p.request_body.clone()).unwrap_or_default(),
+            response_body: p.map(|p| p.response_body.clone()).unwrap_or_default(),
         }
     }
 }

@@ -219,6 +219,7 @@ async fn the_logger_serves_into_clickhouse_and_refuses_while_it_is_away() {
         max_delay: Duration::from_millis(20),
         queue_capacity: 1000,
         spool_max_bytes: 1 << 20,
+        capture_max_bytes: 16 * 1024,
     };
     let shipper = Shipper::start(&logging, Metrics::default()).await.unwrap();
     for i in 0..30 {
@@ -549,6 +550,7 @@ async fn events_sent_while_clickhouse_is_killed_and_restarted_land_exactly_once(
         max_delay: Duration::from_millis(10),
         queue_capacity: 10_000,
         spool_max_bytes: 1 << 24,
+        capture_max_bytes: 16 * 1024,
     };
     let shipper = Shipper::start(&logging, Metrics::default()).await.unwrap();
     let handle = shipper.handle();

@@ -23,6 +23,12 @@ pub const KEY_DISABLED: &str = "tg-e2e-disabled";
 pub const KEY_RATE: &str = "tg-e2e-rate-limited";
 /// A key of tenant `guarded`, whose guardrails policy is `e2e` (see [`config_yaml`]).
 pub const KEY_GUARDED: &str = "tg-e2e-guarded";
+/// Stacks with a logger only: a key with `capture: metadata`.
+pub const KEY_CAPTURE_METADATA: &str = "tg-e2e-capture-metadata";
+/// Stacks with a logger only: a key of tenant `recorded`, whose `capture` is `full`.
+pub const KEY_CAPTURE_FULL: &str = "tg-e2e-capture-full";
+/// Stacks with a logger only: a key of tenant `recorded` with its own `capture: off`.
+pub const KEY_CAPTURE_OFF: &str = "tg-e2e-capture-off";
 /// The Azure mock's credential, given to `serve` through the environment.
 pub const AZURE_SECRET: &str = "azure-upstream-secret";
 /// The Anthropic mock's credential, given to `serve` through the environment.
@@ -287,7 +293,7 @@ keys:
   - {{ id: disabled, hash: "{disabled}", models: ["*"], disabled: true }}
   - {{ id: rate, hash: "{rate}", tenant: slow, models: ["*"], requests_per_minute: 2 }}
   - {{ id: guarded, hash: "{guarded}", tenant: guarded, models: ["*"] }}
-guardrails:
+{capture_keys}guardrails:
   tenants: {{ guarded: e2e }}
   policies:
     e2e:
@@ -307,6 +313,19 @@ guardrails:
         disabled = hash(KEY_DISABLED),
         rate = hash(KEY_RATE),
         guarded = hash(KEY_GUARDED),
+        // Capture needs logging.
+        capture_keys = if opts.logger.is_some() {
+            format!(
+                "  - {{ id: cap-meta, hash: \"{}\", tenant: acme, models: [\"*\"], capture: metadata }}\n\
+                 \x20 - {{ id: cap-full, hash: \"{}\", tenant: recorded, models: [\"*\"] }}\n\
+                 \x20 - {{ id: cap-off, hash: \"{}\", tenant: recorded, models: [\"*\"], capture: off }}\n",
+                hash(KEY_CAPTURE_METADATA),
+                hash(KEY_CAPTURE_FULL),
+                hash(KEY_CAPTURE_OFF)
+            )
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -314,8 +333,9 @@ guardrails:
 /// (which needs logging) signing with [`FEEDBACK_SECRET`].
 pub fn logging_yaml(logger: &str, dir: &Path) -> String {
     format!(
-        "logging:\n  address: \"{logger}\"\n  spool_dir: \"{}\"\n  batch_size: 4\n  max_delay_ms: 50\n\
-         feedback:\n  secret: {{ env: E2E_FEEDBACK_SECRET }}\n  max_comment_bytes: 64\n",
+        "logging:\n  address: \"{logger}\"\n  spool_dir: \"{}\"\n  batch_size: 4\n  max_delay_ms: 50\n  capture_max_bytes: 2048\n\
+         feedback:\n  secret: {{ env: E2E_FEEDBACK_SECRET }}\n  max_comment_bytes: 64\n\
+         tenants:\n  recorded: {{ capture: full }}\n",
         dir.join("spool").display()
     )
 }
@@ -420,6 +440,58 @@ impl Logger {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+}
+
+/// A stack shipping its events to a logger of its own (NDJSON, or a fresh ClickHouse).
+/// Fields drop in order: the stack first, so `serve` flushes to a logger still running.
+pub struct LoggedStack {
+    pub stack: Stack,
+    pub logger: Logger,
+    pub clickhouse: Option<clickhouse::ClickHouse>,
+    _dir: tempfile::TempDir,
+}
+
+impl LoggedStack {
+    /// With the NDJSON sink (data under the logger's `data_dir`).
+    pub fn ndjson() -> LoggedStack {
+        Self::start(None)
+    }
+
+    /// With the ClickHouse sink, database `database` of a fresh server.
+    pub fn clickhouse(database: &str) -> LoggedStack {
+        Self::start(Some(database))
+    }
+
+    fn start(database: Option<&str>) -> LoggedStack {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let (logger, clickhouse) = match database {
+            Some(db) => {
+                let ch = clickhouse::ClickHouse::start();
+                let logger = Logger::start_clickhouse(&addr, &ch.url, db, dir.path());
+                (logger, Some(ch))
+            }
+            None => (
+                Logger::start(&addr, &dir.path().join("data"), dir.path()),
+                None,
+            ),
+        };
+        let stack = Stack::start(StackOptions {
+            logger: Some(addr),
+            ..Default::default()
+        });
+        LoggedStack {
+            stack,
+            logger,
+            clickhouse,
+            _dir: dir,
+        }
+    }
+
+    /// The ClickHouse server (stacks made with [`LoggedStack::clickhouse`]).
+    pub fn ch(&self) -> &clickhouse::ClickHouse {
+        self.clickhouse.as_ref().unwrap()
     }
 }
 

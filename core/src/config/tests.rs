@@ -456,3 +456,31 @@ fn feedback_needs_logging_and_a_long_secret_and_names_its_fields() {
     .unwrap_err();
     assert_eq!(errs[0].path, "feedback.secret.env");
 }
+
+#[test]
+fn capture_resolves_key_over_tenant_and_needs_logging() {
+    let keys = format!(
+        "keys:\n  - {{ id: a, hash: \"{}\", tenant: t, models: [\"*\"] }}\n  - {{ id: b, hash: \"{}\", tenant: t, models: [\"*\"], capture: metadata }}\n  - {{ id: c, hash: \"{}\", models: [\"*\"] }}\ntenants:\n  t: {{ capture: full }}\n",
+        format_hash(&hash_key("tg-a")),
+        format_hash(&hash_key("tg-b")),
+        format_hash(&hash_key("tg-c"))
+    );
+    let base = good();
+    let base = &base[..base.find("keys:").unwrap()];
+    let logging = "logging:\n  address: \"127.0.0.1:4317\"\n  spool_dir: /tmp/s\n";
+    let c = Config::from_yaml(&format!("{base}{keys}{logging}"), &env()).unwrap();
+    let capture = |k: &str| c.key(&hash_key(k)).unwrap().capture;
+    assert_eq!(capture("tg-a"), Capture::Full);
+    assert_eq!(capture("tg-b"), Capture::Metadata);
+    assert_eq!(capture("tg-c"), Capture::Off);
+    assert_eq!(c.logging.unwrap().capture_max_bytes, 16 * 1024);
+    let errs = Config::from_yaml(&format!("{base}{keys}"), &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["keys[1].capture", "tenants.t.capture"]);
+    let errs = Config::from_yaml(
+        &format!("{base}{keys}{logging}  capture_max_bytes: 10\n"),
+        &env(),
+    )
+    .unwrap_err();
+    assert_eq!(errs[0].path, "logging.capture_max_bytes");
+}
