@@ -271,3 +271,34 @@ async fn guardrails_as_the_official_sdks_see_them() {
         ],
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_drops_a_keys_policy_is_refused_and_the_key_stays_guarded() {
+    let stack = Stack::start(StackOptions::default());
+    let original = std::fs::read_to_string(&stack.config_path).unwrap();
+    // The `e2e` policy renamed away: the tenant mapping (and so the guarded key) would name a
+    // policy that no longer exists.
+    let dropped = original.replace("    e2e:\n      rules:", "    other:\n      rules:");
+    assert_ne!(dropped, original);
+    std::fs::write(&stack.config_path, dropped).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stack.serve_log().contains("Rejected new config") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rejection logged:\n{}",
+            stack.serve_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = stack.serve_log();
+    assert!(
+        log.contains("guardrails.tenants.guarded")
+            && log.contains("unknown guardrails policy `e2e`"),
+        "{log}"
+    );
+    // Still guarded by the policy in force: the card is refused, nothing reaches the provider.
+    let r = send(&stack, "openai", &format!("my card is {CARD}"), false).await;
+    let v = r.assert_openai_error(400, Some("guardrail_blocked"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("no-cards"));
+    assert!(stack.posted().await.is_empty());
+}

@@ -104,6 +104,10 @@ pub enum ApiError {
         /// Which text matched.
         side: crate::config::Side,
     },
+    /// The key's guardrails policy is not in the config this request is served with (a reload
+    /// between ext_authz and ext_proc): refused rather than served unguarded.
+    #[error("The guardrails policy `{0}` of this API key is not available, so the request was refused rather than served unguarded. Try again.")]
+    GuardrailPolicyUnavailable(String),
     /// A feedback token that is malformed, tampered with, expired, or issued to another key.
     #[error("Invalid feedback token: {0}.")]
     InvalidFeedbackToken(String),
@@ -141,6 +145,9 @@ impl ApiError {
             ApiError::Upstream(status) => (*status, "upstream_error", None),
             ApiError::GuardrailBlocked { .. } => {
                 (400, "invalid_request_error", Some("guardrail_blocked"))
+            }
+            ApiError::GuardrailPolicyUnavailable(_) => {
+                (500, "server_error", Some("guardrail_policy_unavailable"))
             }
             ApiError::InvalidFeedbackToken(_) => {
                 (401, "invalid_request_error", Some("invalid_feedback_token"))

@@ -592,8 +592,8 @@ impl Processor {
             None => {
                 // Fail closed: the key has a policy this snapshot does not know (a reload
                 // between ext_authz and ext_proc).
-                tracing::error!(request_id = %ctx.request_id, policy = %ctx.guardrails, "Unknown guardrails policy");
-                Err(ApiError::Internal)
+                tracing::error!(request_id = %ctx.request_id, key_id = %ctx.key_id, policy = %ctx.guardrails, "The key's guardrails policy is not in this config: refusing the request");
+                Err(ApiError::GuardrailPolicyUnavailable(ctx.guardrails.clone()))
             }
         }
     }
@@ -882,6 +882,9 @@ impl Processor {
         handle.emit(log::event(&facts));
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 impl Drop for Processor {
     fn drop(&mut self) {
