@@ -19,7 +19,8 @@ use crate::pricing::{PerToken, Price, PriceTable};
 
 mod guardrails;
 pub use guardrails::{
-    Guardrails, Policy, RawAction, RawDetector, RawGuardrails, RawPolicy, RawRule, RawSide, Side,
+    Guardrails, Policy, RawAction, RawDetector, RawFail, RawGuardrails, RawPolicy, RawRule,
+    RawSide, RawWebhook, Side, WebhookRule,
 };
 
 // ---------------------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ fn merge(into: &mut Verdict, v: Verdict) {
 /// with `text`, including the content of Anthropic tool results), a `system` member, a
 /// completions `prompt` or an embeddings `input` (strings or lists of strings; token arrays
 /// carry no text).
-fn visit_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
+pub(crate) fn visit_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
     match v {
         Value::String(s) => f(s),
         Value::Array(items) => {
@@ -136,7 +136,7 @@ fn visit_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
 }
 
 /// The members of a request body that carry user text, by endpoint.
-fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
+pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
     match endpoint {
         Endpoint::ChatCompletions => &["messages"],
         Endpoint::Messages => &["system", "messages"],
@@ -242,27 +242,37 @@ pub fn judge_response(
         }
         merge(&mut verdict, out.verdict);
     };
-    match client {
+    visit_response_text(&mut v, client, &mut judge);
+    let body = changed.then(|| v.to_string().into_bytes());
+    Some((verdict, body))
+}
+
+/// Calls `f` on every assistant text of a complete response in `family`'s format: every
+/// OpenAI choice's `message.content` and legacy completions `text`, Anthropic text blocks.
+pub(crate) fn visit_response_text(
+    v: &mut Value,
+    family: ApiFamily,
+    f: &mut dyn FnMut(&mut String),
+) {
+    match family {
         ApiFamily::OpenAi => {
             if let Some(Value::Array(choices)) = v.get_mut("choices") {
                 for c in choices {
                     if let Some(Value::String(s)) = c.get_mut("text") {
-                        judge(s);
+                        f(s);
                     }
                     if let Some(content) = c.get_mut("message").and_then(|m| m.get_mut("content")) {
-                        visit_text(content, &mut judge);
+                        visit_text(content, f);
                     }
                 }
             }
         }
         ApiFamily::Anthropic => {
             if let Some(content) = v.get_mut("content") {
-                visit_text(content, &mut judge);
+                visit_text(content, f);
             }
         }
     }
-    let body = changed.then(|| v.to_string().into_bytes());
-    Some((verdict, body))
 }
 
 /// The scanners of one stream's open texts (content blocks or choices), by key, and the

@@ -13,5 +13,6 @@ pub mod mutation;
 pub mod processor;
 pub mod server;
 pub mod translator;
+pub mod webhook;
 
 pub use server::ExtProcService;

@@ -31,7 +31,7 @@ use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
 use crate::mutation::{self, set};
 use crate::translator::stream::StreamTranslator;
 use crate::translator::{openai, sse::UsageFilter, Pair};
-use crate::{feedback, log};
+use crate::{feedback, log, webhook};
 
 /// What ext_authz established about the request.
 #[derive(Debug, Default)]
@@ -138,6 +138,8 @@ pub struct Processor {
     request_content_type: String,
     /// Payload capture, when the key's is on (and logging is).
     capture: Option<Capture>,
+    /// What the webhook guardrails said about the message being handled ([`Processor::prepare`]).
+    webhook: Option<webhook::Decision>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -180,7 +182,67 @@ impl Processor {
             verdicts: Verdicts::default(),
             request_content_type: String::new(),
             capture: None,
+            webhook: None,
         }
+    }
+
+    /// Runs the webhook guardrails the next message needs, before [`Processor::handle`]: the
+    /// server's stream loop awaits this, so a slow webhook holds only this request. Only a
+    /// request body, and a complete 2xx response body that is not a stream, can need any.
+    pub async fn prepare(&mut self, msg: &ProcessingRequest) {
+        self.webhook = None;
+        if self.ctx.is_none() {
+            self.ctx = msg
+                .metadata_context
+                .as_ref()
+                .and_then(AuthContext::from_metadata);
+        }
+        let Ok(Some(policy)) = self.policy() else {
+            return;
+        };
+        if !policy.has_webhooks() {
+            return;
+        }
+        let Some(ctx) = &self.ctx else { return };
+        let (side, endpoint, model, text) = match &msg.request {
+            Some(Request::RequestBody(b)) => {
+                let Ok(endpoint) = self.endpoint(&ctx.method, &ctx.path) else {
+                    return;
+                };
+                let Ok(parsed) = openai::parse_request(endpoint, &b.body) else {
+                    return;
+                };
+                let text = webhook::request_text(endpoint, &b.body);
+                (Side::Request, endpoint, parsed.model, text)
+            }
+            Some(Request::ResponseBody(b)) => {
+                let Some(fwd) = &self.forwarded else { return };
+                let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
+                if !ok || fwd.stream || !b.end_of_stream {
+                    return;
+                }
+                let text = webhook::response_text(fwd.pair.upstream, &b.body);
+                (Side::Response, fwd.endpoint, fwd.model.clone(), text)
+            }
+            _ => return,
+        };
+        let rules = policy.webhooks(side, endpoint, &model);
+        if rules.is_empty() || text.is_empty() {
+            return;
+        }
+        let call = webhook::Call {
+            side: side.label(),
+            text: &text,
+            request_id: &ctx.request_id,
+            key_id: &ctx.key_id,
+            tenant: &ctx.tenant,
+            model: &model,
+            endpoint: endpoint.label(),
+        };
+        let started = Instant::now();
+        let outcomes = webhook::Webhooks::shared().judge(&rules, &call).await;
+        self.overhead += started.elapsed();
+        self.webhook = Some(webhook::decide(outcomes, side));
     }
 
     /// Emits this request's `LogEvent` to `log` when it ends (logging is off with `None`).
@@ -420,6 +482,12 @@ impl Processor {
                 );
                 c
             });
+        }
+        if let Some(d) = self.webhook.take() {
+            self.verdicts.add(Side::Request, &d.verdict, &self.metrics);
+            if let Some(e) = d.error {
+                return Err((e, Some(model)));
+            }
         }
         let parsed = match &redacted {
             Some(body) => {
@@ -673,6 +741,13 @@ impl Processor {
                 if ok {
                     fwd.usage = done.usage;
                 }
+                if let Some(d) = self.webhook.take() {
+                    self.verdicts.add(Side::Response, &d.verdict, &self.metrics);
+                    if let Some(err) = d.error {
+                        let client = fwd.pair.client;
+                        return self.refuse_response(err, client, b.end_of_stream);
+                    }
+                }
                 if let (true, Some(engine)) = (ok, fwd.response_guard.clone()) {
                     let client = fwd.pair.client;
                     let body = done.body.as_deref().unwrap_or(&b.body);
@@ -720,6 +795,16 @@ impl Processor {
             rule,
             side: Side::Response,
         };
+        self.refuse_response(err, client, end)
+    }
+
+    /// Replaces a complete response with `err` in the client's dialect.
+    fn refuse_response(
+        &mut self,
+        err: ApiError,
+        client: ApiFamily,
+        end: bool,
+    ) -> ProcessingResponse {
         let dialect = match client {
             ApiFamily::OpenAi => Dialect::OpenAi,
             ApiFamily::Anthropic => Dialect::Anthropic,

@@ -23,6 +23,11 @@ pub const KEY_DISABLED: &str = "tg-e2e-disabled";
 pub const KEY_RATE: &str = "tg-e2e-rate-limited";
 /// A key of tenant `guarded`, whose guardrails policy is `e2e` (see [`config_yaml`]).
 pub const KEY_GUARDED: &str = "tg-e2e-guarded";
+/// Stacks with a webhook only: keys whose policy is a webhook rule `mod` that may block, failing
+/// closed; failing open; pointing at a port where nothing listens (failing closed).
+pub const KEY_HOOK_CLOSED: &str = "tg-e2e-hook-closed";
+pub const KEY_HOOK_OPEN: &str = "tg-e2e-hook-open";
+pub const KEY_HOOK_DOWN: &str = "tg-e2e-hook-down";
 /// Stacks with a logger only: a key with `capture: metadata`.
 pub const KEY_CAPTURE_METADATA: &str = "tg-e2e-capture-metadata";
 /// Stacks with a logger only: a key of tenant `recorded`, whose `capture` is `full`.
@@ -205,6 +210,9 @@ pub struct StackOptions {
     /// Ship log events to a logger at this `host:port` (batches of 4, 50 ms max delay,
     /// spool under the stack's directory).
     pub logger: Option<String>,
+    /// A webhook guardrail at this base URL (`http://host:port`): adds the `hook-*` policies
+    /// and keys, calling `POST {base}/decide` with a 300 ms timeout.
+    pub webhook: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -214,6 +222,7 @@ impl Default for StackOptions {
             max_body: 64 * 1024,
             chunk_delay_ms: 0,
             logger: None,
+            webhook: None,
         }
     }
 }
@@ -293,10 +302,10 @@ keys:
   - {{ id: disabled, hash: "{disabled}", models: ["*"], disabled: true }}
   - {{ id: rate, hash: "{rate}", tenant: slow, models: ["*"], requests_per_minute: 2 }}
   - {{ id: guarded, hash: "{guarded}", tenant: guarded, models: ["*"] }}
-{capture_keys}guardrails:
+{capture_keys}{hook_keys}guardrails:
   tenants: {{ guarded: e2e }}
   policies:
-    e2e:
+{hook_policies}    e2e:
       rules:
         - {{ id: no-cards, detector: credit_card, action: block, side: request }}
         - {{ id: email, detector: email, action: redact, side: request }}
@@ -313,6 +322,31 @@ keys:
         disabled = hash(KEY_DISABLED),
         rate = hash(KEY_RATE),
         guarded = hash(KEY_GUARDED),
+        hook_keys = match &opts.webhook {
+            Some(_) => format!(
+                "  - {{ id: hook-closed, hash: \"{}\", models: [\"*\"], guardrails: hook-closed }}\n\
+                 \x20 - {{ id: hook-open, hash: \"{}\", models: [\"*\"], guardrails: hook-open }}\n\
+                 \x20 - {{ id: hook-down, hash: \"{}\", models: [\"*\"], guardrails: hook-down }}\n",
+                hash(KEY_HOOK_CLOSED),
+                hash(KEY_HOOK_OPEN),
+                hash(KEY_HOOK_DOWN)
+            ),
+            None => String::new(),
+        },
+        hook_policies = match &opts.webhook {
+            Some(base) => {
+                let rule = |url: &str, fail: &str| {
+                    format!("      rules: [{{ id: mod, detector: {{ webhook: {{ url: \"{url}\", timeout_ms: 300, fail: {fail} }} }}, action: block }}]\n")
+                };
+                format!(
+                    "    hook-closed:\n{}    hook-open:\n{}    hook-down:\n{}",
+                    rule(&format!("{base}/decide"), "closed"),
+                    rule(&format!("{base}/decide"), "open"),
+                    rule(&format!("http://127.0.0.1:{}/decide", free_port()), "closed"),
+                )
+            }
+            None => String::new(),
+        },
         // Capture needs logging.
         capture_keys = if opts.logger.is_some() {
             format!(

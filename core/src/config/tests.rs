@@ -484,3 +484,48 @@ fn capture_resolves_key_over_tenant_and_needs_logging() {
     .unwrap_err();
     assert_eq!(errs[0].path, "logging.capture_max_bytes");
 }
+
+#[test]
+fn webhook_rules_validate_their_url_timeout_and_action() {
+    let policy = |rule: &str| {
+        format!(
+            "{}guardrails:\n  policies:\n    p:\n      rules:\n        - {rule}\n",
+            good()
+        )
+    };
+    let c = Config::from_yaml(
+        &policy("{ id: mod, detector: { webhook: { url: \"http://127.0.0.1:9/check\" } }, action: flag, side: request }"),
+        &env(),
+    )
+    .unwrap();
+    let p = &c.guardrails.policies["p"];
+    assert!(p.has_webhooks());
+    let hooks = p.webhooks(Side::Request, Endpoint::ChatCompletions, "llama");
+    assert_eq!(hooks.len(), 1);
+    let w = hooks[0];
+    assert_eq!(
+        (w.timeout, w.fail_open, w.may_block),
+        (std::time::Duration::from_millis(1000), false, false)
+    );
+    assert!(p
+        .webhooks(Side::Response, Endpoint::ChatCompletions, "llama")
+        .is_empty());
+    // No in-process engine for a policy of webhooks only.
+    assert!(p
+        .engine(Side::Request, Endpoint::ChatCompletions, "llama")
+        .is_none());
+    let errs = Config::from_yaml(
+        &policy("{ id: mod, detector: { webhook: { url: \"https://x/check\", timeout_ms: 5 } }, action: redact }"),
+        &env(),
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "guardrails.policies.p.rules[0].detector.webhook.url",
+            "guardrails.policies.p.rules[0].detector.webhook.timeout_ms",
+            "guardrails.policies.p.rules[0].action"
+        ]
+    );
+}
