@@ -27,7 +27,7 @@ use tollgate_core::config::{ApiFamily, Side, WebhookRule};
 use tollgate_core::{ApiError, Endpoint};
 use tollgate_guardrails::Verdict;
 
-use crate::guard::{text_members, visit_response_text, visit_text};
+use crate::guard::{text_members, visit_response_text, visit_text, visit_tool_calls};
 
 /// Webhook calls in flight per process; more wait (within their rule's timeout).
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -233,6 +233,7 @@ pub fn request_text(endpoint: Endpoint, body: &[u8]) -> String {
                 if let Some(c) = m.get_mut("content") {
                     visit_text(c, &mut take);
                 }
+                visit_tool_calls(m, &mut take);
             }
         } else {
             visit_text(value, &mut take);
