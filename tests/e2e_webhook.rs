@@ -186,3 +186,63 @@ async fn webhook_verdicts_allow_block_flag_and_fail_open_or_closed_through_envoy
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_verdicts_reach_the_log_event() {
+    let (base, _calls) = webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let logger = Logger::start(&addr, &dir.path().join("data"), dir.path());
+    let stack = Stack::start(StackOptions {
+        webhook: Some(base),
+        logger: Some(addr),
+        ..Default::default()
+    });
+    let r = stack
+        .post(
+            "/v1/chat/completions",
+            Some(KEY_HOOK_CLOSED),
+            chat("please block", false),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let blocked = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let r = stack
+        .post(
+            "/v1/chat/completions",
+            Some(KEY_HOOK_OPEN),
+            chat("please wait", false),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let passed = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let start = std::time::Instant::now();
+    while logger.lines().len() < 2 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = logger.lines();
+    let line = |id: &str| {
+        lines
+            .iter()
+            .find(|l| l["request_id"] == json!(id))
+            .unwrap_or_else(|| panic!("{id} not logged: {lines:#?}"))
+            .clone()
+    };
+    let b = line(&blocked);
+    assert_eq!(
+        b["guardrail_verdicts"],
+        json!(["request:block:mod:toxic"]),
+        "{b}"
+    );
+    assert_eq!(b["error_class"], "guardrail_blocked", "{b}");
+    let p = line(&passed);
+    // The mock echoes the prompt, so the answer is slow to judge too.
+    assert_eq!(
+        p["guardrail_verdicts"],
+        json!([
+            "request:flag:mod:unavailable",
+            "response:flag:mod:unavailable"
+        ]),
+        "{p}"
+    );
+}
