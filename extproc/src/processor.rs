@@ -197,6 +197,12 @@ impl Processor {
                 .as_ref()
                 .and_then(AuthContext::from_metadata);
         }
+        if !matches!(
+            msg.request,
+            Some(Request::RequestBody(_) | Request::ResponseBody(_))
+        ) {
+            return;
+        }
         let Ok(Some(policy)) = self.policy() else {
             return;
         };
