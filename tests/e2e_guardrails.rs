@@ -271,3 +271,147 @@ async fn guardrails_as_the_official_sdks_see_them() {
         ],
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_drops_a_keys_policy_is_refused_and_the_key_stays_guarded() {
+    let stack = Stack::start(StackOptions::default());
+    let original = std::fs::read_to_string(&stack.config_path).unwrap();
+    // The `e2e` policy renamed away: the tenant mapping (and so the guarded key) would name a
+    // policy that no longer exists.
+    let dropped = original.replace("    e2e:\n      rules:", "    other:\n      rules:");
+    assert_ne!(dropped, original);
+    std::fs::write(&stack.config_path, dropped).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stack.serve_log().contains("Rejected new config") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rejection logged:\n{}",
+            stack.serve_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = stack.serve_log();
+    assert!(
+        log.contains("guardrails.tenants.guarded")
+            && log.contains("unknown guardrails policy `e2e`"),
+        "{log}"
+    );
+    // Still guarded by the policy in force: the card is refused, nothing reaches the provider.
+    let r = send(&stack, "openai", &format!("my card is {CARD}"), false).await;
+    let v = r.assert_openai_error(400, Some("guardrail_blocked"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("no-cards"));
+    assert!(stack.posted().await.is_empty());
+}
+
+/// A tool whose `to` argument the mock fills with `value` (the property's default).
+fn tool(dialect: &str, value: &str) -> Value {
+    let schema =
+        json!({"type": "object", "properties": {"to": {"type": "string", "default": value}}});
+    match dialect {
+        "openai" => json!({"type": "function", "function": {"name": "send", "parameters": schema}}),
+        _ => json!({"name": "send", "input_schema": schema}),
+    }
+}
+
+/// The tool-call arguments the client got (OpenAI `arguments` or Anthropic `input`, whole or
+/// streamed), parsed: they must be valid JSON.
+fn tool_arguments(dialect: &str, r: &Reply, stream: bool) -> Value {
+    if !stream {
+        let v = r.json();
+        return match dialect {
+            "openai" => serde_json::from_str(
+                v["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap(),
+            _ => v["content"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["type"] == "tool_use")
+                .unwrap()["input"]
+                .clone(),
+        };
+    }
+    let mut text = String::new();
+    for data in r.text.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
+        if let Some(a) = v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str()
+        {
+            text.push_str(a);
+        }
+        if let Some(p) = v["delta"]["partial_json"].as_str() {
+            text.push_str(p);
+        }
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("arguments not JSON ({e}): {text}"))
+}
+
+#[tokio::test]
+async fn tool_call_arguments_are_judged_both_ways_and_stay_valid_json() {
+    let stack = Stack::start(StackOptions::default());
+    // Request side, OpenAI: an assistant tool call in the history carries an email: redacted
+    // inside the arguments, which the provider still gets as valid JSON.
+    let body = json!({"model": "mock-model", "messages": [
+        {"role": "user", "content": "send it"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+            "function": {"name": "send", "arguments": json!({"to": EMAIL}).to_string()}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sent"}]});
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_GUARDED), body.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let posted = stack.posted().await;
+    let sent = &posted.last().unwrap()["body"];
+    let args = sent["messages"][1]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{sent}"));
+    assert_eq!(
+        serde_json::from_str::<Value>(args).unwrap(),
+        json!({"to": "[REDACTED:email]"})
+    );
+    // Request side, Anthropic: a card in a tool_use input of the history is blocked.
+    let body = json!({"model": "claude-model", "max_tokens": 32, "messages": [
+        {"role": "user", "content": "pay"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "pay", "input": {"card": CARD}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]});
+    let r = stack
+        .post("/v1/messages", Some(KEY_GUARDED), body.to_string())
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(r.text.contains("no-cards"), "{}", r.text);
+
+    // Response side: the model's tool call carries a phone number (the `reply-phone` rule
+    // redacts it), whole and streamed, in both dialects.
+    for (dialect, stream) in [
+        ("openai", false),
+        ("anthropic", false),
+        ("anthropic", true),
+        ("openai", true),
+    ] {
+        let (path, body) = match dialect {
+            "openai" => (
+                "/v1/chat/completions",
+                json!({"model": "mock-model", "stream": stream, "tools": [tool(dialect, PHONE)],
+                    "messages": [{"role": "user", "content": "call them"}]}),
+            ),
+            _ => (
+                "/v1/messages",
+                json!({"model": "claude-model", "max_tokens": 32, "stream": stream,
+                    "tools": [tool(dialect, PHONE)],
+                    "messages": [{"role": "user", "content": "call them"}]}),
+            ),
+        };
+        let r = stack.post(path, Some(KEY_GUARDED), body.to_string()).await;
+        assert_eq!(r.status, 200, "{dialect} {stream}: {}", r.text);
+        assert!(!r.text.contains(PHONE), "{dialect} {stream}: {}", r.text);
+        assert_eq!(
+            tool_arguments(dialect, &r, stream),
+            json!({"to": "[REDACTED:reply-phone]"}),
+            "{dialect} {stream}"
+        );
+    }
+}

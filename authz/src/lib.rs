@@ -15,7 +15,8 @@ use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendA
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use time::OffsetDateTime;
-use tollgate_core::config::KeyBundle;
+use tollgate_core::config::{Capture, Feedback, KeyBundle};
+use tollgate_core::feedback;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
 use tollgate_core::ratelimit::{self, Decision, RateLimiter};
@@ -121,7 +122,18 @@ impl AuthzService {
                     .authz
                     .get_or_create(&DecisionLabel { decision: "allow" })
                     .inc();
-                allow(bundle, path, method, &request_id, rate.as_ref())
+                let token = config
+                    .feedback
+                    .as_ref()
+                    .map(|f| feedback_token(f, bundle, &request_id, now));
+                allow(
+                    bundle,
+                    path,
+                    method,
+                    &request_id,
+                    rate.as_ref(),
+                    token.as_deref(),
+                )
             }
             Err(err) => {
                 let label = match err {
@@ -236,12 +248,34 @@ fn rate_headers(d: &Decision) -> Vec<HeaderValueOption> {
     ]
 }
 
+/// The signed token naming this request, for `POST /v1/feedback`.
+pub fn feedback_token(
+    settings: &Feedback,
+    bundle: &KeyBundle,
+    request_id: &str,
+    now: OffsetDateTime,
+) -> String {
+    let iat = now.unix_timestamp();
+    let ttl = i64::try_from(settings.token_ttl.as_secs()).unwrap_or(i64::MAX);
+    feedback::sign(
+        settings.secret.expose().as_bytes(),
+        &feedback::Claims {
+            request_id: request_id.to_owned(),
+            key_id: bundle.id.clone(),
+            tenant: bundle.tenant.clone().unwrap_or_default(),
+            iat,
+            exp: iat.saturating_add(ttl),
+        },
+    )
+}
+
 fn allow(
     bundle: &KeyBundle,
     path: &str,
     method: &str,
     request_id: &str,
     rate: Option<&Decision>,
+    feedback_token: Option<&str>,
 ) -> CheckResponse {
     let models = match &bundle.models {
         tollgate_core::config::ModelAccess::All => vec![string("*")],
@@ -257,6 +291,9 @@ fn allow(
     }
     if let Some(g) = &bundle.guardrails {
         fields.insert(md::GUARDRAILS.to_owned(), string(g));
+    }
+    if bundle.capture != Capture::Off {
+        fields.insert(md::CAPTURE.to_owned(), string(bundle.capture.label()));
     }
     fields.insert(
         md::MODELS.to_owned(),
@@ -285,6 +322,13 @@ fn allow(
                 HeaderAppendAction::OverwriteIfExistsOrAdd,
             ))
             .chain(rate.map(rate_headers).unwrap_or_default())
+            .chain(feedback_token.map(|t| {
+                header(
+                    feedback::TOKEN_HEADER,
+                    t,
+                    HeaderAppendAction::OverwriteIfExistsOrAdd,
+                )
+            }))
             .collect(),
             ..Default::default()
         })),

@@ -20,7 +20,8 @@ use crate::sigv4::{self, Signer};
 
 mod guardrails;
 pub use guardrails::{
-    Guardrails, Policy, RawAction, RawDetector, RawGuardrails, RawPolicy, RawRule, RawSide, Side,
+    Guardrails, Policy, RawAction, RawDetector, RawFail, RawGuardrails, RawPolicy, RawRule,
+    RawSide, RawWebhook, Side, WebhookRule,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -58,6 +59,34 @@ pub struct RawConfig {
     /// Per-tenant settings, by tenant name (the `tenant` of keys).
     #[serde(default)]
     pub tenants: BTreeMap<String, RawTenant>,
+    /// Feedback tokens on responses and `POST /v1/feedback`; off when the section is absent.
+    #[serde(default)]
+    pub feedback: Option<RawFeedback>,
+}
+
+/// The `feedback` section: every admitted request's response carries a signed, short-lived
+/// token naming it (`x-tollgate-feedback-token`), which `POST /v1/feedback` takes back with a
+/// score, label and comment; the feedback is recorded through the logger.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeedback {
+    /// Where the HS256 signing secret comes from (exactly one of `env`, `file`; at least 32
+    /// bytes). Changing it invalidates every token handed out before.
+    pub secret: RawCredential,
+    /// How long a token stays valid, in seconds (60 to 2592000, i.e. 30 days).
+    #[serde(default = "default_feedback_ttl")]
+    pub token_ttl_secs: u64,
+    /// The longest `comment` accepted, in bytes (1 to 65536); a longer one is refused with 400.
+    #[serde(default = "default_feedback_comment")]
+    pub max_comment_bytes: usize,
+}
+
+fn default_feedback_ttl() -> u64 {
+    24 * 60 * 60
+}
+
+fn default_feedback_comment() -> usize {
+    2048
 }
 
 /// The `logging` section: how `serve` ships one `LogEvent` per request to `tollgate logger`.
@@ -84,6 +113,15 @@ pub struct RawLogging {
     /// and counted in `tollgate_log_events_total{outcome="dropped"}`.
     #[serde(default = "default_log_spool_max_bytes")]
     pub spool_max_bytes: u64,
+    /// With `capture: full`, the most bytes kept of each of the request and the response body
+    /// (after redaction; 256 to 65536); the rest is cut at a character boundary and a
+    /// `…[truncated by Tollgate: …]` marker says how much was dropped.
+    #[serde(default = "default_capture_max_bytes")]
+    pub capture_max_bytes: usize,
+}
+
+fn default_capture_max_bytes() -> usize {
+    16 * 1024
 }
 
 fn default_log_batch_size() -> usize {
@@ -397,15 +435,56 @@ pub struct RawKey {
     /// refused with 429 and `Retry-After` beyond it. No limit when absent.
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// What of this key's request and response bodies goes into its log events (`off`,
+    /// `metadata`, `full`); overrides its tenant's. Needs `logging`.
+    #[serde(default)]
+    pub capture: Option<Capture>,
 }
 
-/// Limits shared by every key of a tenant.
+/// Limits and settings shared by every key of a tenant.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTenant {
     /// Requests per minute for all the tenant's keys together.
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// Payload capture of every key of the tenant that sets none itself (default `off`).
+    #[serde(default)]
+    pub capture: Option<Capture>,
+}
+
+/// How much of a request's payloads its log event carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capture {
+    /// Nothing.
+    #[default]
+    Off,
+    /// Sizes, content types, message, tool and tool-call counts; no content.
+    Metadata,
+    /// The metadata plus the request and response bodies (streams: the assembled text), with
+    /// PII and secrets redacted and each capped at `logging.capture_max_bytes`.
+    Full,
+}
+
+impl Capture {
+    /// The name in config, metadata and log events.
+    pub fn label(self) -> &'static str {
+        match self {
+            Capture::Off => "off",
+            Capture::Metadata => "metadata",
+            Capture::Full => "full",
+        }
+    }
+
+    /// Parses [`Capture::label`]; anything else is `off`.
+    pub fn from_label(s: &str) -> Capture {
+        match s {
+            "metadata" => Capture::Metadata,
+            "full" => Capture::Full,
+            _ => Capture::Off,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -462,6 +541,8 @@ pub enum Endpoint {
     /// `POST /v1beta/models/{model}:generateContent` or `:streamGenerateContent` (Gemini; the
     /// model and whether it streams come from the path, see [`gemini_call`]).
     GenerateContent,
+    /// `POST /v1/feedback`, answered by Tollgate itself.
+    Feedback,
 }
 
 /// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
@@ -500,6 +581,7 @@ impl Endpoint {
             ("GET", "/v1/models" | "/v1beta/models") => Some(Endpoint::Models),
             ("POST", "/v1/messages") => Some(Endpoint::Messages),
             ("POST", p) if gemini_call(p).is_some() => Some(Endpoint::GenerateContent),
+            ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             _ => None,
         }
     }
@@ -513,6 +595,7 @@ impl Endpoint {
             Endpoint::Models => "models",
             Endpoint::Messages => "messages",
             Endpoint::GenerateContent => "generateContent",
+            Endpoint::Feedback => "feedback",
         }
     }
 
@@ -525,6 +608,7 @@ impl Endpoint {
             Endpoint::Models => "models",
             Endpoint::Messages => "messages",
             Endpoint::GenerateContent => "generate_content",
+            Endpoint::Feedback => "feedback",
         }
     }
 
@@ -536,6 +620,7 @@ impl Endpoint {
             Endpoint::Messages => 3,
             Endpoint::GenerateContent => 4,
             Endpoint::Models => 5,
+            Endpoint::Feedback => 6,
         }
     }
 }
@@ -749,6 +834,86 @@ pub struct KeyBundle {
     pub guardrails: Option<String>,
     /// The key's own request-rate limit, per minute.
     pub requests_per_minute: Option<u32>,
+    /// Payload capture: the key's own, else its tenant's, else off.
+    pub capture: Capture,
+}
+
+/// The validated `feedback` section.
+#[derive(Debug, Clone)]
+pub struct Feedback {
+    /// The HS256 signing secret.
+    pub secret: Secret,
+    /// How long a token stays valid.
+    pub token_ttl: std::time::Duration,
+    /// The longest comment accepted, in bytes.
+    pub max_comment_bytes: usize,
+}
+
+/// The longest feedback `label` accepted, in bytes.
+pub const MAX_FEEDBACK_LABEL_BYTES: usize = 128;
+
+fn validate_feedback(
+    raw: &RawFeedback,
+    logging: bool,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<Feedback> {
+    let before = errs.0.len();
+    if !logging {
+        errs.add(
+            "feedback",
+            "needs the `logging` section: feedback is recorded through the logger",
+        );
+    }
+    let secret = read_secret(&raw.secret, "feedback.secret", env, errs);
+    if secret.as_ref().is_some_and(|s| s.len() < 32) {
+        errs.add("feedback.secret", "must be at least 32 bytes long");
+    }
+    if !(60..=30 * 24 * 60 * 60).contains(&raw.token_ttl_secs) {
+        errs.add("feedback.token_ttl_secs", "must be between 60 and 2592000");
+    }
+    if !(1..=65_536).contains(&raw.max_comment_bytes) {
+        errs.add("feedback.max_comment_bytes", "must be between 1 and 65536");
+    }
+    let secret = secret?;
+    (errs.0.len() == before).then(|| Feedback {
+        secret: Secret::new(secret),
+        token_ttl: std::time::Duration::from_secs(raw.token_ttl_secs),
+        max_comment_bytes: raw.max_comment_bytes,
+    })
+}
+
+/// Reads a secret from its source; an error names `path`.
+fn read_secret(
+    c: &RawCredential,
+    path: &str,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<String> {
+    match (&c.env, &c.file) {
+        (Some(var), None) => env
+            .var(var)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                errs.add(
+                    format!("{path}.env"),
+                    format!("environment variable `{var}` is not set"),
+                )
+            }),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| {
+                errs.add(
+                    format!("{path}.file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            }),
+        _ => {
+            errs.add(path, "give exactly one of `env` or `file`");
+            Err(())
+        }
+    }
+    .ok()
 }
 
 /// The validated `logging` section.
@@ -766,6 +931,8 @@ pub struct Logging {
     pub queue_capacity: usize,
     /// The spool's size cap in bytes.
     pub spool_max_bytes: u64,
+    /// The most bytes captured of each body (`capture: full`).
+    pub capture_max_bytes: usize,
 }
 
 fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
@@ -795,6 +962,9 @@ fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
             "must be at least 1048576 (1 MiB)",
         );
     }
+    if !(256..=65_536).contains(&raw.capture_max_bytes) {
+        errs.add("logging.capture_max_bytes", "must be between 256 and 65536");
+    }
     (errs.0.len() == before).then(|| Logging {
         address: raw.address.clone(),
         spool_dir: raw.spool_dir.clone(),
@@ -802,6 +972,7 @@ fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
         max_delay: std::time::Duration::from_millis(raw.max_delay_ms),
         queue_capacity: raw.queue_capacity,
         spool_max_bytes: raw.spool_max_bytes,
+        capture_max_bytes: raw.capture_max_bytes,
     })
 }
 
@@ -827,6 +998,8 @@ pub struct Config {
     pub guardrails: Guardrails,
     /// Request-rate limits per tenant, per minute.
     pub tenant_requests_per_minute: HashMap<String, u32>,
+    /// Feedback tokens and `POST /v1/feedback`; `None` when off.
+    pub feedback: Option<Feedback>,
 }
 
 impl Config {
@@ -935,6 +1108,12 @@ impl Config {
                 }
                 ModelAccess::Only(k.models.iter().cloned().collect())
             };
+            if k.capture.is_some_and(|c| c != Capture::Off) && raw.logging.is_none() {
+                errs.add(
+                    format!("{path}.capture"),
+                    "needs the `logging` section: captured payloads travel in log events",
+                );
+            }
             if let Some(g) = &k.guardrails {
                 if !raw.guardrails.policies.contains_key(g) {
                     errs.add(
@@ -956,6 +1135,15 @@ impl Config {
                         guardrails: guardrails
                             .resolve(k.guardrails.as_deref(), k.tenant.as_deref()),
                         requests_per_minute: k.requests_per_minute,
+                        capture: k
+                            .capture
+                            .or_else(|| {
+                                k.tenant
+                                    .as_ref()
+                                    .and_then(|t| raw.tenants.get(t))
+                                    .and_then(|t| t.capture)
+                            })
+                            .unwrap_or_default(),
                     };
                     if keys.insert(hash, Arc::new(bundle)).is_some() {
                         errs.add(format!("{path}.hash"), "the same key hash appears twice");
@@ -978,8 +1166,18 @@ impl Config {
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
+        let feedback = raw
+            .feedback
+            .as_ref()
+            .and_then(|f| validate_feedback(f, raw.logging.is_some(), env, &mut errs));
         let mut tenant_requests_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
+            if t.capture.is_some_and(|c| c != Capture::Off) && raw.logging.is_none() {
+                errs.add(
+                    format!("tenants.{name}.capture"),
+                    "needs the `logging` section: captured payloads travel in log events",
+                );
+            }
             if let Some(n) = t.requests_per_minute {
                 if n == 0 {
                     errs.add(
@@ -1002,6 +1200,7 @@ impl Config {
                 prices,
                 guardrails,
                 tenant_requests_per_minute,
+                feedback,
             }),
             _ => Err(errs.0),
         }
@@ -1206,39 +1405,6 @@ fn validate_provider(
         google,
         aws,
     })
-}
-
-/// A secret read from its source, or an error at `path`.
-fn read_secret(
-    c: &RawCredential,
-    path: &str,
-    env: &dyn EnvSource,
-    errs: &mut Errors,
-) -> Option<String> {
-    match (&c.env, &c.file) {
-        (Some(var), None) => env
-            .var(var)
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| {
-                errs.add(
-                    format!("{path}.env"),
-                    format!("environment variable `{var}` is not set"),
-                )
-            }),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| {
-                errs.add(
-                    format!("{path}.file"),
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            }),
-        _ => {
-            errs.add(path, "give exactly one of `env` or `file`");
-            Err(())
-        }
-    }
-    .ok()
 }
 
 /// The SigV4 signer of a `bedrock` provider (`aws` is required there and refused elsewhere).

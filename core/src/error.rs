@@ -104,6 +104,16 @@ pub enum ApiError {
         /// Which text matched.
         side: crate::config::Side,
     },
+    /// A webhook guardrail with `fail: closed` did not answer (timeout, refused, bad answer).
+    #[error("The guardrail `{0}` could not check the request; it was refused rather than served unchecked.")]
+    GuardrailUnavailable(String),
+    /// The key's guardrails policy is not in the config this request is served with (a reload
+    /// between ext_authz and ext_proc): refused rather than served unguarded.
+    #[error("The guardrails policy `{0}` of this API key is not available, so the request was refused rather than served unguarded. Try again.")]
+    GuardrailPolicyUnavailable(String),
+    /// A feedback token that is malformed, tampered with, expired, or issued to another key.
+    #[error("Invalid feedback token: {0}.")]
+    InvalidFeedbackToken(String),
     /// The gateway is misconfigured or failed internally.
     #[error("The gateway could not process the request.")]
     Internal,
@@ -138,6 +148,15 @@ impl ApiError {
             ApiError::Upstream(status) => (*status, "upstream_error", None),
             ApiError::GuardrailBlocked { .. } => {
                 (400, "invalid_request_error", Some("guardrail_blocked"))
+            }
+            ApiError::GuardrailUnavailable(_) => {
+                (503, "server_error", Some("guardrail_unavailable"))
+            }
+            ApiError::GuardrailPolicyUnavailable(_) => {
+                (500, "server_error", Some("guardrail_policy_unavailable"))
+            }
+            ApiError::InvalidFeedbackToken(_) => {
+                (401, "invalid_request_error", Some("invalid_feedback_token"))
             }
             ApiError::Internal => (500, "server_error", None),
         };

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod feedback;
 pub mod keys;
 pub mod metadata;
 pub mod metrics;

@@ -112,7 +112,7 @@ fn merge(into: &mut Verdict, v: Verdict) {
 /// with `text`, including the content of Anthropic tool results), a `system` member, a
 /// completions `prompt` or an embeddings `input` (strings or lists of strings; token arrays
 /// carry no text).
-fn visit_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
+pub(crate) fn visit_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
     match v {
         Value::String(s) => f(s),
         Value::Array(items) => {
@@ -126,6 +126,12 @@ fn visit_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
                         if let Some(c) = part.get_mut("content") {
                             visit_text(c, f);
                         }
+                        // Anthropic tool calls: every string of their JSON input.
+                        if part.get("type").and_then(Value::as_str) == Some("tool_use") {
+                            if let Some(input) = part.get_mut("input") {
+                                visit_strings(input, f);
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -135,15 +141,60 @@ fn visit_text(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
     }
 }
 
+/// Calls `f` on every string inside a JSON value (object keys stay).
+fn visit_strings(v: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    match v {
+        Value::String(s) => f(s),
+        Value::Array(items) => items.iter_mut().for_each(|i| visit_strings(i, f)),
+        Value::Object(map) => map.values_mut().for_each(|i| visit_strings(i, f)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// Calls `f` on the strings of an OpenAI tool call's `arguments` (JSON text held in a string):
+/// parsed, each string judged, written back as JSON, so a redaction keeps the arguments valid
+/// JSON; arguments that are not JSON are judged as text.
+fn visit_arguments(args: &mut String, f: &mut dyn FnMut(&mut String)) {
+    match serde_json::from_str::<Value>(args) {
+        Ok(mut v) => {
+            let mut changed = false;
+            visit_strings(&mut v, &mut |s: &mut String| {
+                let before = s.clone();
+                f(s);
+                changed |= *s != before;
+            });
+            if changed {
+                *args = v.to_string();
+            }
+        }
+        Err(_) => f(args),
+    }
+}
+
+/// Calls `f` on the arguments of every tool call of an OpenAI message (request history or
+/// response).
+pub(crate) fn visit_tool_calls(message: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
+        for c in calls {
+            if let Some(Value::String(args)) = c
+                .get_mut("function")
+                .and_then(|fun| fun.get_mut("arguments"))
+            {
+                visit_arguments(args, f);
+            }
+        }
+    }
+}
+
 /// The members of a request body that carry user text, by endpoint.
-fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
+pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
     match endpoint {
         Endpoint::ChatCompletions => &["messages"],
         Endpoint::Messages => &["system", "messages"],
         Endpoint::Completions => &["prompt"],
         Endpoint::Embeddings => &["input"],
         Endpoint::GenerateContent => &["systemInstruction", "contents"],
-        Endpoint::Models => &[],
+        Endpoint::Models | Endpoint::Feedback => &[],
     }
 }
 
@@ -186,6 +237,7 @@ pub fn check_request(engine: &Engine, endpoint: Endpoint, obj: &RawObject<'_>) -
                     if let Some(c) = m.get_mut(key) {
                         visit_text(c, &mut judge);
                     }
+                    visit_tool_calls(m, &mut judge);
                 }
             }
         } else if *member == "systemInstruction" {
@@ -254,37 +306,63 @@ pub fn judge_response(
         }
         merge(&mut verdict, out.verdict);
     };
-    match client {
+    visit_response_text(&mut v, client, &mut judge);
+    let body = changed.then(|| v.to_string().into_bytes());
+    Some((verdict, body))
+}
+
+/// Calls `f` on every assistant text of a complete response in `family`'s format: every
+/// OpenAI choice's `message.content` and legacy completions `text`, Anthropic text blocks,
+/// Gemini candidate parts.
+pub(crate) fn visit_response_text(
+    v: &mut Value,
+    family: ApiFamily,
+    f: &mut dyn FnMut(&mut String),
+) {
+    match family {
         // No client speaks Bedrock (its responses reach clients translated).
         ApiFamily::OpenAi | ApiFamily::Bedrock => {
             if let Some(Value::Array(choices)) = v.get_mut("choices") {
                 for c in choices {
                     if let Some(Value::String(s)) = c.get_mut("text") {
-                        judge(s);
+                        f(s);
                     }
-                    if let Some(content) = c.get_mut("message").and_then(|m| m.get_mut("content")) {
-                        visit_text(content, &mut judge);
+                    if let Some(m) = c.get_mut("message") {
+                        for key in ["reasoning_content", "reasoning"] {
+                            if let Some(Value::String(s)) = m.get_mut(key) {
+                                f(s);
+                            }
+                        }
+                        if let Some(content) = m.get_mut("content") {
+                            visit_text(content, f);
+                        }
+                        visit_tool_calls(m, f);
                     }
                 }
             }
         }
         ApiFamily::Anthropic => {
             if let Some(content) = v.get_mut("content") {
-                visit_text(content, &mut judge);
+                visit_text(content, f);
+                for block in content.as_array_mut().into_iter().flatten() {
+                    if block.get("type").and_then(Value::as_str) == Some("thinking") {
+                        if let Some(Value::String(s)) = block.get_mut("thinking") {
+                            f(s);
+                        }
+                    }
+                }
             }
         }
         ApiFamily::Gemini => {
             if let Some(Value::Array(candidates)) = v.get_mut("candidates") {
                 for c in candidates {
                     if let Some(parts) = c.get_mut("content").and_then(|m| m.get_mut("parts")) {
-                        visit_text(parts, &mut judge);
+                        visit_text(parts, f);
                     }
                 }
             }
         }
     }
-    let body = changed.then(|| v.to_string().into_bytes());
-    Some((verdict, body))
 }
 
 /// The scanners of one stream's open texts (content blocks or choices), by key, and the
@@ -340,11 +418,17 @@ impl Scanners {
     }
 }
 
+/// Makes a delta of one kind (text, tool-call arguments, thinking) from released text.
+type DeltaKind = fn(String) -> Delta;
+
 /// The guard of one response stream: a scanner per open text block.
 #[derive(Debug)]
 pub struct StreamGuard {
     scanners: Scanners,
     blocked_by: Option<String>,
+    /// What each judged block carries (text, tool-call arguments or thinking), by index, so
+    /// its held text is released as the same kind of delta.
+    kinds: Vec<(usize, DeltaKind)>,
 }
 
 impl StreamGuard {
@@ -353,7 +437,15 @@ impl StreamGuard {
         Self {
             scanners: Scanners::new(engine),
             blocked_by: None,
+            kinds: Vec::new(),
         }
+    }
+
+    fn kind(&self, index: usize) -> DeltaKind {
+        self.kinds
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map_or(Delta::Text as DeltaKind, |(_, k)| *k)
     }
 
     /// The rule that blocked the stream, once one has.
@@ -378,7 +470,7 @@ impl StreamGuard {
         if !text.is_empty() && blocked.is_none() {
             out.push(StreamEvent::Delta {
                 index,
-                delta: Delta::Text(text),
+                delta: self.kind(index)(text),
             });
         }
         if blocked.is_some() && self.blocked_by.is_none() {
@@ -414,10 +506,25 @@ impl StreamGuard {
                 break;
             }
             match e {
-                StreamEvent::Delta {
-                    index,
-                    delta: Delta::Text(t),
-                } => {
+                StreamEvent::Delta { index, delta } => {
+                    // Text, tool-call arguments and thinking are judged alike (a redaction
+                    // inside arguments replaces text within a JSON string, so they stay JSON);
+                    // a signature passes untouched.
+                    let (t, kind): (String, DeltaKind) = match delta {
+                        Delta::Text(t) => (t, Delta::Text),
+                        Delta::ToolArguments(t) => (t, Delta::ToolArguments),
+                        Delta::Thinking(t) => (t, Delta::Thinking),
+                        signature @ Delta::Signature(_) => {
+                            out.push(StreamEvent::Delta {
+                                index,
+                                delta: signature,
+                            });
+                            continue;
+                        }
+                    };
+                    if !self.kinds.iter().any(|(i, _)| *i == index) {
+                        self.kinds.push((index, kind));
+                    }
                     let o = self.scanners.push(index as u64, &t);
                     self.released(index, o.text, o.blocked_by, &mut out);
                 }
@@ -457,6 +564,97 @@ pub struct OpenAiStreamGuard {
     /// `id`, `object`, `created`, `model` of the last chunk, for a chunk releasing held text
     /// of choices that never finished.
     template: Option<Value>,
+    /// The member reasoning deltas arrive in (`reasoning_content` or `reasoning`).
+    reasoning_field: &'static str,
+}
+
+/// Scanner keys of an OpenAI stream: the choice index in the low bits; reasoning and each
+/// tool call's arguments of a choice have scanners of their own.
+const CHOICE_MASK: u64 = (1 << 20) - 1;
+const REASONING: u64 = 1 << 40;
+const TOOL: u64 = 2 << 40;
+
+fn tool_key(choice: u64, tool: u64) -> u64 {
+    TOOL | ((tool & CHOICE_MASK) << 20) | choice
+}
+
+/// The reasoning text members of a chat delta.
+fn reasoning_fields(delta: &mut Value) -> Vec<(&'static str, &mut String)> {
+    let Some(d) = delta.as_object_mut() else {
+        return Vec::new();
+    };
+    d.iter_mut()
+        .filter_map(|(k, v)| {
+            let name = match k.as_str() {
+                "reasoning_content" => "reasoning_content",
+                "reasoning" => "reasoning",
+                _ => return None,
+            };
+            match v {
+                Value::String(s) => Some((name, s)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The `arguments` text of each tool call in a chat delta, with the call's index.
+fn tool_argument_fields(delta: &mut Value) -> Vec<(u64, &mut String)> {
+    let Some(Value::Array(calls)) = delta.get_mut("tool_calls") else {
+        return Vec::new();
+    };
+    calls
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
+            match c.get_mut("function").and_then(|f| f.get_mut("arguments")) {
+                Some(Value::String(a)) => Some((index, a)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Adds released `text` of scanner `key` to a chat `delta`: content, reasoning, or the
+/// arguments of the tool call the key names.
+fn put(delta: &mut Value, key: u64, text: String, reasoning_field: &str) {
+    let Some(d) = delta.as_object_mut() else {
+        return;
+    };
+    let append = |slot: Option<&mut Value>, text: String| match slot {
+        Some(Value::String(s)) => {
+            s.push_str(&text);
+            None
+        }
+        _ => Some(Value::String(text)),
+    };
+    if key & TOOL != 0 {
+        let tool = (key >> 20) & CHOICE_MASK;
+        let calls = d
+            .entry("tool_calls")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        let Some(list) = calls.as_array_mut() else {
+            return;
+        };
+        let pos = list
+            .iter()
+            .position(|c| c.get("index").and_then(Value::as_u64) == Some(tool));
+        match pos.and_then(|p| list.get_mut(p)) {
+            Some(c) => {
+                if let Some(v) = append(c.pointer_mut("/function/arguments"), text) {
+                    c["function"]["arguments"] = v;
+                }
+            }
+            None => list.push(serde_json::json!({"index": tool, "function": {"arguments": text}})),
+        }
+    } else if key & REASONING != 0 {
+        if let Some(v) = append(d.get_mut(reasoning_field), text) {
+            d.insert(reasoning_field.to_owned(), v);
+        }
+    } else if let Some(v) = append(d.get_mut("content"), text) {
+        d.insert("content".to_owned(), v);
+    }
 }
 
 impl OpenAiStreamGuard {
@@ -467,6 +665,7 @@ impl OpenAiStreamGuard {
             scanners: Scanners::new(engine),
             blocked_by: None,
             template: None,
+            reasoning_field: "reasoning_content",
         }
     }
 
@@ -520,7 +719,7 @@ impl OpenAiStreamGuard {
         let mut changed = false;
         if let Some(Value::Array(choices)) = v.get_mut("choices") {
             for c in choices {
-                let index = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let index = c.get("index").and_then(Value::as_u64).unwrap_or(0) & CHOICE_MASK;
                 let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
                 let chat = c.get("delta").is_some();
                 let field = if chat {
@@ -536,6 +735,27 @@ impl OpenAiStreamGuard {
                     }
                     released = Some(o.text);
                 }
+                // Reasoning and tool-call argument deltas: a scanner each, their text
+                // replaced in place by what the scanner releases.
+                if let Some(d) = c.get_mut("delta") {
+                    for (name, value) in reasoning_fields(d) {
+                        let o = self.scanners.push(REASONING | index, value);
+                        if let Some(rule) = o.blocked_by {
+                            return self.block(rule, out);
+                        }
+                        self.reasoning_field = name;
+                        *value = o.text;
+                        changed = true;
+                    }
+                    for (tool, args) in tool_argument_fields(d) {
+                        let o = self.scanners.push(tool_key(index, tool), args);
+                        if let Some(rule) = o.blocked_by {
+                            return self.block(rule, out);
+                        }
+                        *args = o.text;
+                        changed = true;
+                    }
+                }
                 if finished {
                     let o = self.scanners.finish(index);
                     if let Some(rule) = o.blocked_by {
@@ -543,6 +763,19 @@ impl OpenAiStreamGuard {
                     }
                     if !o.text.is_empty() {
                         released.get_or_insert_with(String::new).push_str(&o.text);
+                    }
+                    for key in self.scanners.keys() {
+                        if key & CHOICE_MASK != index || key == index {
+                            continue;
+                        }
+                        let o = self.scanners.finish(key);
+                        if let Some(rule) = o.blocked_by {
+                            return self.block(rule, out);
+                        }
+                        if let (false, Some(d)) = (o.text.is_empty(), c.get_mut("delta")) {
+                            put(d, key, o.text, self.reasoning_field);
+                            changed = true;
+                        }
                     }
                 }
                 let Some(text) = released else { continue };
@@ -588,7 +821,9 @@ impl OpenAiStreamGuard {
             };
             let chat = chunk["object"] == "chat.completion.chunk";
             let choice = if chat {
-                serde_json::json!({"index": index, "delta": {"content": o.text}, "finish_reason": null})
+                let mut delta = serde_json::json!({});
+                put(&mut delta, index, o.text, self.reasoning_field);
+                serde_json::json!({"index": index & CHOICE_MASK, "delta": delta, "finish_reason": null})
             } else {
                 serde_json::json!({"index": index, "text": o.text, "finish_reason": null})
             };

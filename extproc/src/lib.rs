@@ -5,6 +5,8 @@
 //! stream has one method per ext_proc phase; [`translator`]s are pure functions over bodies
 //! and chunks. Header and body mutations are built by the pure functions in [`mutation`].
 
+pub mod capture;
+pub mod feedback;
 pub mod google;
 pub mod guard;
 pub mod log;
@@ -12,5 +14,6 @@ pub mod mutation;
 pub mod processor;
 pub mod server;
 pub mod translator;
+pub mod webhook;
 
 pub use server::ExtProcService;

@@ -53,6 +53,8 @@ pub struct Facts<'a> {
     pub cost: Option<Picodollars>,
     /// Every guardrail verdict, request side first.
     pub guardrails: &'a Verdicts,
+    /// The captured payloads, when the key's capture is on.
+    pub payload: Option<pb::Payload>,
 }
 
 fn unix_nanos(t: SystemTime) -> i64 {
@@ -114,6 +116,31 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         gateway_overhead_ms: ms(f.overhead),
         upstream_latency_ms: f.upstream_latency.map_or(0.0, ms),
         guardrail_verdicts: f.guardrails.to_proto(),
+        payload: f.payload.clone(),
+        feedback: None,
+    }
+}
+
+/// The event recording one piece of feedback: `id` is the feedback's own id (the request id
+/// of the `POST /v1/feedback` that gave it), `claims` the verified token naming the rated
+/// request, `at` when it was given.
+pub fn feedback_event(
+    id: &str,
+    claims: &tollgate_core::feedback::Claims,
+    feedback: pb::Feedback,
+    at: SystemTime,
+) -> LogEvent {
+    let at = unix_nanos(at);
+    LogEvent {
+        request_id: id.to_owned(),
+        start_time_unix_nanos: at,
+        end_time_unix_nanos: at,
+        key_id: claims.key_id.clone(),
+        tenant: claims.tenant.clone(),
+        endpoint: tollgate_core::Endpoint::Feedback.label().to_owned(),
+        http_status: 200,
+        feedback: Some(feedback),
+        ..Default::default()
     }
 }
 
@@ -162,6 +189,7 @@ mod tests {
             upstream_latency: Some(Duration::from_millis(25)),
             cost: Some(4_125_000_000),
             guardrails: &verdicts,
+            payload: None,
         };
         let e = event(&facts);
         assert_eq!(

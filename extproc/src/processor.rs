@@ -17,18 +17,21 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use rand::Rng;
-use tollgate_core::config::{ApiFamily, Policy, Provider, Side, ANTHROPIC_VERSION};
+use tollgate_core::config::{
+    ApiFamily, Capture as CaptureMode, Policy, Provider, Side, ANTHROPIC_VERSION,
+};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
 use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
 use tollgate_guardrails::Engine;
 use tollgate_logger::LogHandle;
 
+use crate::capture::Capture;
 use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
-use crate::log;
 use crate::mutation::{self, set};
 use crate::translator::stream::StreamTranslator;
 use crate::translator::{openai, sse::UsageFilter, Pair, ResponseMeta};
+use crate::{feedback, log, webhook};
 
 /// What ext_authz established about the request.
 #[derive(Debug, Default)]
@@ -42,6 +45,8 @@ struct AuthContext {
     request_id: String,
     /// The guardrails policy name (empty: none).
     guardrails: String,
+    /// What of the payloads goes into the log event.
+    capture: CaptureMode,
 }
 
 impl AuthContext {
@@ -71,6 +76,7 @@ impl AuthContext {
             method: text(md::METHOD),
             request_id: text(md::REQUEST_ID),
             guardrails: text(md::GUARDRAILS),
+            capture: CaptureMode::from_label(&text(md::CAPTURE)),
         };
         (!ctx.key_id.is_empty()).then_some(ctx)
     }
@@ -132,6 +138,12 @@ pub struct Processor {
     overhead: Duration,
     rejected: Option<Rejected>,
     verdicts: Verdicts,
+    /// The request's `content-type`, kept for payload capture.
+    request_content_type: String,
+    /// Payload capture, when the key's is on (and logging is).
+    capture: Option<Capture>,
+    /// What the webhook guardrails said about the message being handled ([`Processor::prepare`]).
+    webhook: Option<webhook::Decision>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -200,7 +212,75 @@ impl Processor {
             overhead: Duration::ZERO,
             rejected: None,
             verdicts: Verdicts::default(),
+            request_content_type: String::new(),
+            capture: None,
+            webhook: None,
         }
+    }
+
+    /// Runs the webhook guardrails the next message needs, before [`Processor::handle`]: the
+    /// server's stream loop awaits this, so a slow webhook holds only this request. Only a
+    /// request body, and a complete 2xx response body that is not a stream, can need any.
+    pub async fn prepare(&mut self, msg: &ProcessingRequest) {
+        self.webhook = None;
+        if self.ctx.is_none() {
+            self.ctx = msg
+                .metadata_context
+                .as_ref()
+                .and_then(AuthContext::from_metadata);
+        }
+        if !matches!(
+            msg.request,
+            Some(Request::RequestBody(_) | Request::ResponseBody(_))
+        ) {
+            return;
+        }
+        let Ok(Some(policy)) = self.policy() else {
+            return;
+        };
+        if !policy.has_webhooks() {
+            return;
+        }
+        let Some(ctx) = &self.ctx else { return };
+        let (side, endpoint, model, text) = match &msg.request {
+            Some(Request::RequestBody(b)) => {
+                let Ok(endpoint) = self.endpoint(&ctx.method, &ctx.path) else {
+                    return;
+                };
+                let Ok(parsed) = openai::parse_request(endpoint, &b.body) else {
+                    return;
+                };
+                let text = webhook::request_text(endpoint, &b.body);
+                (Side::Request, endpoint, parsed.model, text)
+            }
+            Some(Request::ResponseBody(b)) => {
+                let Some(fwd) = &self.forwarded else { return };
+                let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
+                if !ok || fwd.stream || !b.end_of_stream {
+                    return;
+                }
+                let text = webhook::response_text(fwd.pair.upstream, &b.body);
+                (Side::Response, fwd.endpoint, fwd.model.clone(), text)
+            }
+            _ => return,
+        };
+        let rules = policy.webhooks(side, endpoint, &model);
+        if rules.is_empty() || text.is_empty() {
+            return;
+        }
+        let call = webhook::Call {
+            side: side.label(),
+            text: &text,
+            request_id: &ctx.request_id,
+            key_id: &ctx.key_id,
+            tenant: &ctx.tenant,
+            model: &model,
+            endpoint: endpoint.label(),
+        };
+        let started = Instant::now();
+        let outcomes = webhook::Webhooks::shared().judge(&rules, &call).await;
+        self.overhead += started.elapsed();
+        self.webhook = Some(webhook::decide(outcomes, side));
     }
 
     /// Emits this request's `LogEvent` to `log` when it ends (logging is off with `None`).
@@ -254,7 +334,18 @@ impl Processor {
     }
 
     fn dialect(&self) -> Dialect {
-        Dialect::from_path(self.ctx.as_ref().map_or("", |c| c.path.as_str()))
+        let path = self.ctx.as_ref().map_or("", |c| c.path.as_str());
+        match Dialect::from_path(path) {
+            // `/v1/feedback` serves both APIs: Anthropic's SDK always sends its version header.
+            Dialect::OpenAi
+                if self.client_anthropic_version
+                    && Endpoint::from_request("POST", strip_query(path))
+                        == Some(Endpoint::Feedback) =>
+            {
+                Dialect::Anthropic
+            }
+            d => d,
+        }
     }
 
     /// Answers with an error in the client's dialect.
@@ -310,8 +401,17 @@ impl Processor {
             String::from_utf8_lossy(m).into_owned()
         });
         self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
+        if ctx.capture != CaptureMode::Off {
+            self.request_content_type = header(&h.headers, "content-type")
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+        }
         match self.endpoint(&method, &path) {
             Ok(Endpoint::Models) => self.list_models(),
+            Ok(Endpoint::Feedback) if self.config.feedback.is_none() => {
+                let path = strip_query(&path).to_owned();
+                self.reject(&ApiError::UnknownEndpoint { method, path }, None)
+            }
             Ok(_) if h.end_of_stream => self.reject(
                 &ApiError::InvalidJson("the request has no body".to_owned()),
                 None,
@@ -394,6 +494,9 @@ impl Processor {
         if endpoint == Endpoint::Models {
             return Ok(self.list_models());
         }
+        if endpoint == Endpoint::Feedback {
+            return self.record_feedback(&b.body).map_err(|e| (e, None));
+        }
         let path = strip_query(&ctx.path);
         let parsed = openai::parse_request_at(endpoint, path, &b.body).map_err(|e| (e, None))?;
         let model = parsed.model.clone();
@@ -418,6 +521,21 @@ impl Processor {
             .map_err(|e| (e, Some(model.clone())))?,
             None => None,
         };
+        if let Some(max) = self.config.logging.as_ref().map(|l| l.capture_max_bytes) {
+            self.capture = Capture::new(ctx.capture, max).map(|mut c| {
+                c.request(
+                    &self.request_content_type,
+                    redacted.as_deref().unwrap_or(&b.body),
+                );
+                c
+            });
+        }
+        if let Some(d) = self.webhook.take() {
+            self.verdicts.add(Side::Request, &d.verdict, &self.metrics);
+            if let Some(e) = d.error {
+                return Err((e, Some(model)));
+            }
+        }
         let parsed = match &redacted {
             Some(body) => openai::parse_request_at(endpoint, path, body)
                 .map_err(|e| (e, Some(model.clone())))?,
@@ -560,6 +678,60 @@ impl Processor {
         )))
     }
 
+    /// `POST /v1/feedback`: checks the token (signature, expiry, same key) and the body,
+    /// hands the feedback to the log queue and answers 200 itself.
+    fn record_feedback(&mut self, body: &[u8]) -> Result<ProcessingResponse, ApiError> {
+        let (Some(ctx), Some(settings), Some(log)) = (&self.ctx, &self.config.feedback, &self.log)
+        else {
+            return Err(ApiError::Internal);
+        };
+        let given = feedback::parse(body, settings.max_comment_bytes)?;
+        let now = SystemTime::now();
+        let unix = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let claims = tollgate_core::feedback::verify(
+            settings.secret.expose().as_bytes(),
+            &given.token,
+            unix,
+        )
+        .map_err(|e| ApiError::InvalidFeedbackToken(e.to_string()))?;
+        if claims.key_id != ctx.key_id {
+            return Err(ApiError::InvalidFeedbackToken(
+                "it was issued to another API key".to_owned(),
+            ));
+        }
+        let rated = claims.request_id.clone();
+        log.emit(log::feedback_event(
+            &ctx.request_id,
+            &claims,
+            given.into_proto(rated.clone()),
+            now,
+        ));
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                endpoint: Endpoint::Feedback.label(),
+                provider: "tollgate".to_owned(),
+                model: "none".to_owned(),
+                status: 200,
+            })
+            .inc();
+        tracing::debug!(request_id = %ctx.request_id, rated = %rated, key_id = %ctx.key_id, "Recorded feedback");
+        let answer = serde_json::json!({
+            "object": "feedback",
+            "id": ctx.request_id,
+            "request_id": rated,
+            "status": "recorded",
+        });
+        Ok(mutation::immediate(
+            200,
+            answer.to_string().into_bytes(),
+            "application/json",
+            Some(&ctx.request_id),
+        ))
+    }
+
     /// The policy of the request's key, from this config snapshot.
     fn policy(&self) -> Result<Option<Arc<Policy>>, ApiError> {
         let Some(ctx) = &self.ctx else {
@@ -573,8 +745,8 @@ impl Processor {
             None => {
                 // Fail closed: the key has a policy this snapshot does not know (a reload
                 // between ext_authz and ext_proc).
-                tracing::error!(request_id = %ctx.request_id, policy = %ctx.guardrails, "Unknown guardrails policy");
-                Err(ApiError::Internal)
+                tracing::error!(request_id = %ctx.request_id, key_id = %ctx.key_id, policy = %ctx.guardrails, "The key's guardrails policy is not in this config: refusing the request");
+                Err(ApiError::GuardrailPolicyUnavailable(ctx.guardrails.clone()))
             }
         }
     }
@@ -591,6 +763,10 @@ impl Processor {
             .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
             .unwrap_or(0u16);
         fwd.status = Some(status);
+        if let Some(c) = &mut self.capture {
+            let ct = header(&h.headers, "content-type").unwrap_or_default();
+            c.response_headers(&String::from_utf8_lossy(ct));
+        }
         if header(&h.headers, "x-envoy-upstream-service-time").is_some() {
             fwd.upstream_latency = Some(fwd.sent_at.elapsed());
             self.metrics
@@ -640,6 +816,9 @@ impl Processor {
                     Some(g) => Some(g.push(out.as_deref().unwrap_or(&b.body), b.end_of_stream)),
                     None => out,
                 };
+                if let Some(c) = &mut self.capture {
+                    c.response_chunk(out.as_deref().unwrap_or(&b.body), b.end_of_stream);
+                }
                 if let Some(out) = out {
                     common = mutation::common(vec![], vec![], Some(out), false);
                 }
@@ -647,6 +826,9 @@ impl Processor {
             }
             Some(ResponseStream::Translate(t)) if ok => {
                 let out = t.push(&b.body, b.end_of_stream);
+                if let Some(c) = &mut self.capture {
+                    c.response_chunk(&out, b.end_of_stream);
+                }
                 common = mutation::common(vec![], vec![], Some(out), false);
                 fwd.usage = t.usage();
             }
@@ -660,6 +842,13 @@ impl Processor {
                 let mut done = fwd.pair.complete_with(status, &b.body, &meta);
                 if ok {
                     fwd.usage = done.usage;
+                }
+                if let Some(d) = self.webhook.take() {
+                    self.verdicts.add(Side::Response, &d.verdict, &self.metrics);
+                    if let Some(err) = d.error {
+                        let client = fwd.pair.client;
+                        return self.refuse_response(err, client, b.end_of_stream);
+                    }
                 }
                 if let (true, Some(engine)) = (ok, fwd.response_guard.clone()) {
                     let client = fwd.pair.client;
@@ -678,6 +867,9 @@ impl Processor {
                             "A response body that is not a JSON object went through unjudged"
                         ),
                     }
+                }
+                if let Some(c) = &mut self.capture {
+                    c.response_body(done.body.as_deref().unwrap_or(&b.body));
                 }
                 if let Some(body) = done.body {
                     common = mutation::common(
@@ -705,6 +897,16 @@ impl Processor {
             rule,
             side: Side::Response,
         };
+        self.refuse_response(err, client, end)
+    }
+
+    /// Replaces a complete response with `err` in the client's dialect.
+    fn refuse_response(
+        &mut self,
+        err: ApiError,
+        client: ApiFamily,
+        end: bool,
+    ) -> ProcessingResponse {
         let dialect = crate::translator::dialect_of(client);
         if let Some(fwd) = &mut self.forwarded {
             fwd.status = Some(err.status());
@@ -794,7 +996,7 @@ impl Processor {
 
 impl Processor {
     /// Hands the request's `LogEvent` to the log queue (never blocks), when logging is on.
-    fn emit_log(&self) {
+    fn emit_log(&mut self) {
         let (Some(handle), Some(ctx)) = (&self.log, &self.ctx) else {
             return;
         };
@@ -825,6 +1027,7 @@ impl Processor {
             upstream_latency: None,
             cost: None,
             guardrails: &self.verdicts,
+            payload: self.capture.take().map(Capture::finish),
         };
         match (&self.forwarded, &self.rejected) {
             (Some(fwd), _) => {
@@ -863,6 +1066,9 @@ impl Processor {
         handle.emit(log::event(&facts));
     }
 }
+
+#[cfg(test)]
+mod tests;
 
 impl Drop for Processor {
     fn drop(&mut self) {

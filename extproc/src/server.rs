@@ -68,6 +68,8 @@ impl ExternalProcessor for ExtProcService {
                 loop {
                     match inbound.message().await {
                         Ok(Some(msg)) => {
+                            // Webhook guardrails are awaited here, not in `handle`.
+                            processor.prepare(&msg).await;
                             if let Some(resp) = processor.handle(msg) {
                                 return Some((Ok(resp), (inbound, processor)));
                             }

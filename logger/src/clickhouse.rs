@@ -23,7 +23,7 @@ use tollgate_core::config::Secret;
 use tollgate_proto::logger::v1::LogEvent;
 
 use crate::error::LoggerError;
-use crate::record::Record;
+use crate::record::{FeedbackRecord, Record};
 use crate::sink::{Sink, WriteSummary};
 
 /// Where the sink writes.
@@ -106,8 +106,75 @@ ORDER BY request_id"
     )
 }
 
+/// The feedback table's DDL (`<table>_feedback`, migration 3): one row per piece of feedback,
+/// deduplicated on `feedback_id`; join it to the requests table on `request_id`.
+pub fn create_feedback_table_sql(database: &str, table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {database}.{table}_feedback (
+    feedback_id String,
+    request_id String,
+    time_unix_nanos Int64,
+    key_id String,
+    tenant String,
+    score Nullable(Float64),
+    label String,
+    comment String,
+    event_date Date DEFAULT toDate(intDiv(time_unix_nanos, 1000000000))
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(event_date)
+ORDER BY feedback_id"
+    )
+}
+
 /// Columns added after the first release of the table, with their types.
 const ADDED_COLUMNS: [(&str, &str); 1] = [("guardrail_verdicts", "Array(String)")];
+
+/// The payload-capture columns (migration 4), with their types and defaults.
+pub const PAYLOAD_COLUMNS: [(&str, &str); 10] = [
+    ("payload_mode", "String DEFAULT 'off'"),
+    ("request_bytes", "UInt64"),
+    ("request_content_type", "String"),
+    ("message_count", "UInt32"),
+    ("tool_count", "UInt32"),
+    ("response_bytes", "UInt64"),
+    ("response_content_type", "String"),
+    ("tool_call_count", "UInt32"),
+    ("request_body", "String"),
+    ("response_body", "String"),
+];
+
+/// Adds each of `columns` that `database.table` lacks, in order. ClickHouse 18.16 has no
+/// `ADD COLUMN IF NOT EXISTS`: `system.columns` says which exist.
+pub(crate) async fn add_missing_columns(
+    client: &clickhouse::Client,
+    database: &str,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> Result<(), LoggerError> {
+    for (column, kind) in columns {
+        let present = client
+            .query(
+                "SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?",
+            )
+            .bind(database)
+            .bind(table)
+            .bind(*column)
+            .fetch_one::<u64>()
+            .await
+            .map_err(ch)?;
+        if present == 0 {
+            client
+                .query(&format!(
+                    "ALTER TABLE {database}.{table} ADD COLUMN {column} {kind}"
+                ))
+                .execute()
+                .await
+                .map_err(ch)?;
+            tracing::info!(column, "Added a column to the ClickHouse table");
+        }
+    }
+    Ok(())
+}
 
 /// A client for `config`'s server (no database selected).
 pub(crate) fn client(config: &ClickHouseConfig) -> clickhouse::Client {
@@ -153,7 +220,7 @@ fn instance_suffix() -> String {
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
 struct StoredId {
-    request_id: String,
+    id: String,
 }
 
 /// The UTC day of `start_ns` (unix nanoseconds) as a `Date`, in any time zone the server has.
@@ -185,28 +252,7 @@ impl ClickHouseSink {
         let client = client(config);
         migrations::run(&client, &config.database, &config.table).await?;
         // Tables created before a column existed get it (columns are only ever added).
-        // (ClickHouse 18.16 has no `ADD COLUMN IF NOT EXISTS`: look in `system.columns`.)
-        for (column, kind) in ADDED_COLUMNS {
-            let present = client
-                .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
-                .bind(config.database.as_str())
-                .bind(config.table.as_str())
-                .bind(column)
-                .fetch_one::<u64>()
-                .await
-                .map_err(ch)?;
-            if present == 0 {
-                client
-                    .query(&format!(
-                        "ALTER TABLE {}.{} ADD COLUMN {column} {kind}",
-                        config.database, config.table
-                    ))
-                    .execute()
-                    .await
-                    .map_err(ch)?;
-                tracing::info!(column, "Added a column to the ClickHouse table");
-            }
-        }
+        add_missing_columns(&client, &config.database, &config.table, &ADDED_COLUMNS).await?;
         let client = client.with_database(&config.database);
         let staging = format!("{}_incoming_{}", config.table, instance_suffix());
         client
@@ -263,22 +309,60 @@ impl ClickHouseSink {
         }
     }
 
-    async fn stored(&self, ids: &[&str]) -> Result<HashSet<String>, LoggerError> {
+    /// The ids among `ids` that `table`'s column `column` holds already.
+    async fn stored(
+        &self,
+        table: &str,
+        column: &str,
+        ids: &[&str],
+    ) -> Result<HashSet<String>, LoggerError> {
         let mut found = HashSet::new();
         for chunk in ids.chunks(LOOKUP_CHUNK) {
             let marks = vec!["?"; chunk.len()].join(", ");
             let mut q = self.client.query(&format!(
-                "SELECT request_id FROM {} WHERE request_id IN ({marks})",
-                self.table
+                "SELECT {column} AS id FROM {table} WHERE {column} IN ({marks})"
             ));
             for id in chunk {
                 q = q.bind(*id);
             }
             for row in q.fetch_all::<StoredId>().await.map_err(ch)? {
-                found.insert(row.request_id);
+                found.insert(row.id);
             }
         }
         Ok(found)
+    }
+
+    /// Stores the feedback events among `events` that `<table>_feedback` lacks. Feedback is
+    /// rare and has no rollup fed from it, so a lookup then a plain insert is enough (the
+    /// `ReplacingMergeTree` folds the duplicate of a race between two loggers).
+    async fn write_feedback(&self, events: &[&LogEvent]) -> Result<WriteSummary, LoggerError> {
+        let table = format!("{}_feedback", self.table);
+        let ids: Vec<&str> = events.iter().map(|e| e.request_id.as_str()).collect();
+        let stored = self.stored(&table, "feedback_id", &ids).await?;
+        let mut unique = HashSet::new();
+        let rows: Vec<FeedbackRecord> = events
+            .iter()
+            .filter(|e| !stored.contains(&e.request_id) && unique.insert(e.request_id.as_str()))
+            .filter_map(|e| FeedbackRecord::from_event(e))
+            .collect();
+        let written = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        let summary = WriteSummary {
+            written,
+            duplicates: u32::try_from(events.len()).unwrap_or(u32::MAX) - written,
+        };
+        if rows.is_empty() {
+            return Ok(summary);
+        }
+        let mut insert = self
+            .client
+            .insert::<FeedbackRecord>(&table)
+            .await
+            .map_err(ch)?;
+        for r in &rows {
+            insert.write(r).await.map_err(ch)?;
+        }
+        insert.end().await.map_err(ch)?;
+        Ok(summary)
     }
 }
 
@@ -286,7 +370,17 @@ impl ClickHouseSink {
 impl Sink for ClickHouseSink {
     async fn write(&self, events: Vec<LogEvent>) -> Result<WriteSummary, LoggerError> {
         let _one_at_a_time = self.writes.lock().await;
-        let mut summary = WriteSummary::default();
+        let (feedback, events): (Vec<LogEvent>, Vec<LogEvent>) =
+            events.into_iter().partition(|e| e.feedback.is_some());
+        let mut summary = if feedback.is_empty() {
+            WriteSummary::default()
+        } else {
+            self.write_feedback(&feedback.iter().collect::<Vec<_>>())
+                .await?
+        };
+        if events.is_empty() {
+            return Ok(summary);
+        }
         let mut unique = HashSet::new();
         let mut fresh = Vec::with_capacity(events.len());
         for e in &events {
@@ -297,7 +391,7 @@ impl Sink for ClickHouseSink {
             }
         }
         let ids: Vec<&str> = fresh.iter().map(|e| e.request_id.as_str()).collect();
-        let stored = self.stored(&ids).await?;
+        let stored = self.stored(&self.table, "request_id", &ids).await?;
         let rows: Vec<Record> = fresh
             .into_iter()
             .filter(|e| !stored.contains(&e.request_id))
@@ -337,7 +431,7 @@ impl Sink for ClickHouseSink {
         }
         insert.end().await.map_err(ch)?;
         self.insert_staged().await?;
-        summary.written = u32::try_from(rows.len()).unwrap_or(u32::MAX);
+        summary.written += u32::try_from(rows.len()).unwrap_or(u32::MAX);
         Ok(summary)
     }
 

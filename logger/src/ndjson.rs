@@ -1,7 +1,9 @@
 //! The local-file sink: events as NDJSON lines in `events-NNNNNNNNNN.ndjson` files under a
 //! data directory, rotated by size, fsynced before a write returns, and idempotent on
 //! `request_id` across restarts (the ids already stored are read back from the files at
-//! start, so a replayed batch never writes a line twice).
+//! start, so a replayed batch never writes a line twice). Feedback events go the same way
+//! into `feedback/feedback-NNNNNNNNNN.ndjson` ([`FeedbackRecord`] lines, idempotent on
+//! `feedback_id`), so readers of the request files never meet them.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -13,19 +15,30 @@ use tollgate_proto::logger::v1::LogEvent;
 
 use crate::durable::sync_dir;
 use crate::error::LoggerError;
-use crate::record::{Record, RecordId};
+use crate::record::{FeedbackId, FeedbackRecord, Record, RecordId};
 use crate::sink::{Sink, WriteSummary};
 
 const PREFIX: &str = "events-";
+const FEEDBACK_PREFIX: &str = "feedback-";
 const SUFFIX: &str = ".ndjson";
+/// The subdirectory of the data directory holding feedback files.
+pub const FEEDBACK_DIR: &str = "feedback";
 
 /// The NDJSON sink.
 pub struct NdjsonSink {
-    state: Arc<Mutex<State>>,
+    state: Arc<Mutex<Files>>,
 }
 
+/// Request files and feedback files.
+struct Files {
+    requests: State,
+    feedback: State,
+}
+
+/// One set of rotating files.
 struct State {
     dir: PathBuf,
+    prefix: &'static str,
     max_file_bytes: u64,
     seq: u64,
     file: Option<File>,
@@ -38,8 +51,20 @@ pub fn file_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{PREFIX}{seq:010}{SUFFIX}"))
 }
 
-/// The sink's files under `dir`, oldest first, with their sequence numbers.
+/// The sink's request files under `dir`, oldest first, with their sequence numbers.
 pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
+    prefixed_files(dir, PREFIX)
+}
+
+/// Every stored feedback record under the data directory `dir`, oldest first. Blocking.
+pub fn read_feedback(dir: &Path) -> Result<Vec<FeedbackRecord>, LoggerError> {
+    read_lines(&dir.join(FEEDBACK_DIR), FEEDBACK_PREFIX)
+}
+
+fn prefixed_files(dir: &Path, prefix: &str) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
+    if prefix == FEEDBACK_PREFIX && !dir.exists() {
+        return Ok(Vec::new());
+    }
     let rd = std::fs::read_dir(dir).map_err(|e| LoggerError::io("cannot list", dir, e))?;
     let mut out = Vec::new();
     for entry in rd {
@@ -47,7 +72,7 @@ pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let seq = name
-            .strip_prefix(PREFIX)
+            .strip_prefix(prefix)
             .and_then(|s| s.strip_suffix(SUFFIX))
             .and_then(|s| s.parse::<u64>().ok());
         if let Some(seq) = seq {
@@ -61,8 +86,15 @@ pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
 /// Every stored record under `dir`, oldest file first (for tools and tests; it reads every
 /// file whole). Blocking.
 pub fn read_records(dir: &Path) -> Result<Vec<Record>, LoggerError> {
+    read_lines(dir, PREFIX)
+}
+
+fn read_lines<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    prefix: &str,
+) -> Result<Vec<T>, LoggerError> {
     let mut out = Vec::new();
-    for (_, path) in files(dir)? {
+    for (_, path) in prefixed_files(dir, prefix)? {
         let text =
             std::fs::read_to_string(&path).map_err(|e| LoggerError::io("cannot read", &path, e))?;
         for line in text.lines() {
@@ -80,12 +112,58 @@ pub fn read_records(dir: &Path) -> Result<Vec<Record>, LoggerError> {
 }
 
 impl NdjsonSink {
-    /// Opens (or creates) the sink in `dir`: reads back every stored request id, and cuts off a
-    /// partial last line left by a crash mid-write (its batch was never acknowledged, so the
-    /// sender still has it). Blocking: call it from a blocking context.
+    /// Opens (or creates) the sink in `dir`: reads back every stored request (and feedback)
+    /// id, and cuts off a partial last line left by a crash mid-write (its batch was never
+    /// acknowledged, so the sender still has it). Blocking: call it from a blocking context.
     pub fn open(dir: &Path, max_file_bytes: u64) -> Result<NdjsonSink, LoggerError> {
+        let requests = State::open(dir, PREFIX, max_file_bytes, |line| {
+            serde_json::from_slice::<RecordId>(line)
+                .ok()
+                .map(|r| r.request_id)
+        })?;
+        let feedback = State::open(
+            &dir.join(FEEDBACK_DIR),
+            FEEDBACK_PREFIX,
+            max_file_bytes,
+            |line| {
+                serde_json::from_slice::<FeedbackId>(line)
+                    .ok()
+                    .map(|r| r.feedback_id)
+            },
+        )?;
+        Ok(NdjsonSink {
+            state: Arc::new(Mutex::new(Files { requests, feedback })),
+        })
+    }
+
+    fn with_state<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Files) -> Result<T, LoggerError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, LoggerError>> {
+        let state = Arc::clone(&self.state);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut guard = state
+                    .lock()
+                    .map_err(|_| LoggerError::Task("the NDJSON sink's lock is poisoned".into()))?;
+                f(&mut guard)
+            })
+            .await
+            .map_err(|e| LoggerError::Task(e.to_string()))?
+        }
+    }
+}
+
+impl State {
+    /// Opens one set of files (`prefix`) in `dir`; `read_id` finds a stored line's id.
+    fn open(
+        dir: &Path,
+        prefix: &'static str,
+        max_file_bytes: u64,
+        read_id: fn(&[u8]) -> Option<String>,
+    ) -> Result<State, LoggerError> {
         std::fs::create_dir_all(dir).map_err(|e| LoggerError::io("cannot create", dir, e))?;
-        let files = files(dir)?;
+        let files = prefixed_files(dir, prefix)?;
         let mut seen = HashSet::new();
         let mut unreadable = 0usize;
         for (i, (_, path)) in files.iter().enumerate() {
@@ -121,11 +199,11 @@ impl NdjsonSink {
                 if line.is_empty() {
                     continue;
                 }
-                match serde_json::from_slice::<RecordId>(line) {
-                    Ok(r) => {
-                        seen.insert(r.request_id);
+                match read_id(line) {
+                    Some(id) => {
+                        seen.insert(id);
                     }
-                    Err(_) => unreadable += 1,
+                    None => unreadable += 1,
                 }
             }
         }
@@ -145,40 +223,21 @@ impl NdjsonSink {
             }
             None => (0, 0, None),
         };
-        tracing::info!(dir = %dir.display(), files = files.len(), stored = seen.len(), "Opened NDJSON sink");
-        Ok(NdjsonSink {
-            state: Arc::new(Mutex::new(State {
-                dir: dir.to_owned(),
-                max_file_bytes,
-                seq,
-                file,
-                len,
-                seen,
-            })),
+        tracing::info!(dir = %dir.display(), files = files.len(), stored = seen.len(), "Opened NDJSON files");
+        Ok(State {
+            dir: dir.to_owned(),
+            prefix,
+            max_file_bytes,
+            seq,
+            file,
+            len,
+            seen,
         })
     }
 
-    fn with_state<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut State) -> Result<T, LoggerError> + Send + 'static,
-    ) -> impl std::future::Future<Output = Result<T, LoggerError>> {
-        let state = Arc::clone(&self.state);
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let mut guard = state
-                    .lock()
-                    .map_err(|_| LoggerError::Task("the NDJSON sink's lock is poisoned".into()))?;
-                f(&mut guard)
-            })
-            .await
-            .map_err(|e| LoggerError::Task(e.to_string()))?
-        }
-    }
-}
-
-impl State {
     fn current_path(&self) -> PathBuf {
-        file_path(&self.dir, self.seq)
+        self.dir
+            .join(format!("{}{:010}{SUFFIX}", self.prefix, self.seq))
     }
 
     /// Opens the next file when the current one is missing or `incoming` would push it past
@@ -207,7 +266,12 @@ impl State {
         Ok(())
     }
 
-    fn write(&mut self, events: &[LogEvent]) -> Result<WriteSummary, LoggerError> {
+    /// Appends one line per event (`row` gives its stored form), skipping ids already stored.
+    fn write<R: serde::Serialize>(
+        &mut self,
+        events: &[&LogEvent],
+        row: impl Fn(&LogEvent) -> Option<R>,
+    ) -> Result<WriteSummary, LoggerError> {
         let mut buf = Vec::new();
         let mut ids = HashSet::new();
         let mut summary = WriteSummary::default();
@@ -216,7 +280,8 @@ impl State {
                 summary.duplicates += 1;
                 continue;
             }
-            serde_json::to_writer(&mut buf, &Record::from(e))
+            let Some(row) = row(e) else { continue };
+            serde_json::to_writer(&mut buf, &row)
                 .map_err(|e| LoggerError::Task(format!("cannot serialise an event: {e}")))?;
             buf.push(b'\n');
             summary.written += 1;
@@ -246,15 +311,28 @@ impl State {
 #[tonic::async_trait]
 impl Sink for NdjsonSink {
     async fn write(&self, events: Vec<LogEvent>) -> Result<WriteSummary, LoggerError> {
-        self.with_state(move |s| s.write(&events)).await
+        self.with_state(move |s| {
+            let (feedback, requests): (Vec<&LogEvent>, Vec<&LogEvent>) =
+                events.iter().partition(|e| e.feedback.is_some());
+            let mut summary = s.requests.write(&requests, |e| Some(Record::from(e)))?;
+            if !feedback.is_empty() {
+                let f = s.feedback.write(&feedback, FeedbackRecord::from_event)?;
+                summary.written += f.written;
+                summary.duplicates += f.duplicates;
+            }
+            Ok(summary)
+        })
+        .await
     }
 
     async fn close(&self) -> Result<(), LoggerError> {
         self.with_state(|s| {
-            if let Some(f) = s.file.take() {
-                let path = s.current_path();
-                f.sync_all()
-                    .map_err(|e| LoggerError::io("cannot fsync", &path, e))?;
+            for files in [&mut s.requests, &mut s.feedback] {
+                if let Some(f) = files.file.take() {
+                    let path = files.current_path();
+                    f.sync_all()
+                        .map_err(|e| LoggerError::io("cannot fsync", &path, e))?;
+                }
             }
             Ok(())
         })

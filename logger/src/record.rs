@@ -63,11 +63,46 @@ pub struct Record {
     /// Guardrail verdicts, each `side:action:rule` (e.g. `request:redact:email`).
     #[serde(default)]
     pub guardrail_verdicts: Vec<String>,
+    /// Payload capture: `off`, `metadata` or `full`.
+    #[serde(default = "off")]
+    pub payload_mode: String,
+    /// Request body size, bytes (capture on).
+    #[serde(default)]
+    pub request_bytes: u64,
+    /// Request `content-type` (capture on).
+    #[serde(default)]
+    pub request_content_type: String,
+    /// Messages in the request (capture on).
+    #[serde(default)]
+    pub message_count: u32,
+    /// Tools offered (capture on).
+    #[serde(default)]
+    pub tool_count: u32,
+    /// Response body size, bytes (capture on).
+    #[serde(default)]
+    pub response_bytes: u64,
+    /// Response `content-type` (capture on).
+    #[serde(default)]
+    pub response_content_type: String,
+    /// Tool calls in the response (capture on).
+    #[serde(default)]
+    pub tool_call_count: u32,
+    /// The redacted, capped request body (`full`).
+    #[serde(default)]
+    pub request_body: String,
+    /// The redacted, capped response body or stream text (`full`).
+    #[serde(default)]
+    pub response_body: String,
+}
+
+fn off() -> String {
+    "off".to_owned()
 }
 
 impl From<&LogEvent> for Record {
     fn from(e: &LogEvent) -> Self {
         let u = e.usage.unwrap_or_default();
+        let p = e.payload.as_ref();
         let usage_source = match (e.usage.is_some(), u.source()) {
             (false, _) | (true, UsageSource::Unspecified) => "none",
             (true, UsageSource::Provider) => "provider",
@@ -105,7 +140,60 @@ impl From<&LogEvent> for Record {
                 .iter()
                 .map(|v| format!("{}:{}:{}", v.side, v.action, v.rule))
                 .collect(),
+            payload_mode: p.map_or_else(off, |p| p.mode.clone()),
+            request_bytes: p.map_or(0, |p| p.request_bytes),
+            request_content_type: p
+                .map(|p| p.request_content_type.clone())
+                .unwrap_or_default(),
+            message_count: p.map_or(0, |p| p.message_count),
+            tool_count: p.map_or(0, |p| p.tool_count),
+            response_bytes: p.map_or(0, |p| p.response_bytes),
+            response_content_type: p
+                .map(|p| p.response_content_type.clone())
+                .unwrap_or_default(),
+            tool_call_count: p.map_or(0, |p| p.tool_call_count),
+            request_body: p.map(|p| p.request_body.clone()).unwrap_or_default(),
+            response_body: p.map(|p| p.response_body.clone()).unwrap_or_default(),
         }
+    }
+}
+
+/// One stored piece of feedback (an event whose `feedback` is set): NDJSON lines under
+/// `feedback/`, rows of the ClickHouse table `<table>_feedback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct FeedbackRecord {
+    /// The feedback's own id (the request id of the `POST /v1/feedback` that gave it).
+    pub feedback_id: String,
+    /// The request the feedback is about.
+    pub request_id: String,
+    /// When it was given, unix nanoseconds.
+    pub time_unix_nanos: i64,
+    /// The key that made the rated request (and gave the feedback).
+    pub key_id: String,
+    /// That key's tenant.
+    pub tenant: String,
+    /// The score, when one was given.
+    pub score: Option<f64>,
+    /// The label, empty when none.
+    pub label: String,
+    /// The comment, empty when none.
+    pub comment: String,
+}
+
+impl FeedbackRecord {
+    /// The stored form of `e`, when it is feedback.
+    pub fn from_event(e: &LogEvent) -> Option<FeedbackRecord> {
+        let f = e.feedback.as_ref()?;
+        Some(FeedbackRecord {
+            feedback_id: e.request_id.clone(),
+            request_id: f.request_id.clone(),
+            time_unix_nanos: e.start_time_unix_nanos,
+            key_id: e.key_id.clone(),
+            tenant: e.tenant.clone(),
+            score: f.score,
+            label: f.label.clone(),
+            comment: f.comment.clone(),
+        })
     }
 }
 
@@ -114,4 +202,11 @@ impl From<&LogEvent> for Record {
 pub struct RecordId {
     /// Tollgate's request id.
     pub request_id: String,
+}
+
+/// Just the idempotency key of a stored feedback line.
+#[derive(Debug, Deserialize)]
+pub struct FeedbackId {
+    /// The feedback's own id.
+    pub feedback_id: String,
 }

@@ -491,35 +491,24 @@ mod tests {
     use super::*;
 
     fn rec(id: &str, day: i64, tenant: &str, key: &str, model: &str, cost: u64) -> Record {
-        Record {
+        Record::from(&tollgate_proto::logger::v1::LogEvent {
             request_id: id.into(),
             start_time_unix_nanos: day * NANOS_PER_DAY + 5,
-            first_token_time_unix_nanos: 0,
-            end_time_unix_nanos: 0,
             key_id: key.into(),
             tenant: tenant.into(),
-            team: String::new(),
-            end_user: String::new(),
             client_api: "openai".into(),
             endpoint: "chat_completions".into(),
             requested_model: model.into(),
-            provider: String::new(),
-            upstream_model: String::new(),
-            stream: false,
             http_status: 200,
-            error_class: String::new(),
-            input_tokens: 10,
-            output_tokens: 20,
-            cache_read_tokens: 0,
-            cache_write_tokens: 0,
-            reasoning_tokens: 0,
-            usage_source: "provider".into(),
-            cost_usd: 0.0,
+            usage: Some(tollgate_proto::logger::v1::Usage {
+                input_tokens: 10,
+                output_tokens: 20,
+                source: tollgate_proto::logger::v1::UsageSource::Provider.into(),
+                ..Default::default()
+            }),
             cost_picodollars: cost,
-            gateway_overhead_ms: 0.0,
-            upstream_latency_ms: 0.0,
-            guardrail_verdicts: Vec::new(),
-        }
+            ..Default::default()
+        })
     }
 
     #[test]

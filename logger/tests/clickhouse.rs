@@ -5,9 +5,7 @@
 // Test support outside #[test] functions: failing loudly is the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use time::macros::date;
@@ -19,176 +17,20 @@ use tollgate_logger::record::Record;
 use tollgate_logger::sink::{Sink, WriteSummary};
 use tollgate_logger::usage::{self, ClickHouseSource, Dimension, UsageQuery, UsageReport};
 use tollgate_logger::{LoggerConfig, Shipper};
-use tollgate_proto::logger::v1::{LogEvent, Usage};
+use tollgate_proto::logger::v1::{Feedback, LogEvent, Usage};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../tests/common/clickhouse.rs"]
+mod clickhouse_server;
+use clickhouse_server::ClickHouse;
 
-fn server_bin() -> PathBuf {
-    ["/usr/bin/clickhouse-server", "/usr/sbin/clickhouse-server", "/usr/bin/clickhouse"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("ClickHouse is needed for these tests: run scripts/test.sh, which installs it (apt-get install clickhouse-server)")
-}
-
-struct ClickHouse {
-    child: Child,
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-impl ClickHouse {
-    fn start() -> ClickHouse {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        let (http, tcp) = (free_port(), free_port());
-        let config = dir.path().join("config.xml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<?xml version="1.0"?>
-<yandex>
-    <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/server.err.log</errorlog></logger>
-    <http_port>{http}</http_port>
-    <tcp_port>{tcp}</tcp_port>
-    <listen_host>127.0.0.1</listen_host>
-    <path>{d}/data/</path>
-    <tmp_path>{d}/tmp/</tmp_path>
-    <user_files_path>{d}/user_files/</user_files_path>
-    <format_schema_path>{d}/format_schemas/</format_schema_path>
-    <users_config>{d}/users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <mark_cache_size>268435456</mark_cache_size>
-</yandex>
-"#
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("users.xml"),
-            r#"<?xml version="1.0"?>
-<yandex>
-    <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
-    <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
-    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
-</yandex>
-"#,
-        )
-        .unwrap();
-        let child = Self::spawn(dir.path());
-        let mut ch = ClickHouse {
-            child,
-            dir,
-            url: format!("http://127.0.0.1:{http}"),
-        };
-        ch.wait_ready();
-        ch
-    }
-
-    fn spawn(dir: &std::path::Path) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("stdout.log"))
-            .unwrap();
-        let bin = server_bin();
-        let mut cmd = Command::new(&bin);
-        if bin.ends_with("clickhouse") {
-            cmd.arg("server");
-        }
-        cmd.arg(format!(
-            "--config-file={}",
-            dir.join("config.xml").display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
-    }
-
-    /// Kills the server (`kill -9`), keeping its data.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts the server again on the same ports and data.
-    fn restart(&mut self) {
-        self.child = Self::spawn(self.dir.path());
-        self.wait_ready();
-    }
-
-    fn logs(&self) -> String {
-        ["stdout.log", "server.err.log"]
-            .iter()
-            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Polls `/?query=SELECT 1` until it answers.
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(60) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "ClickHouse exited during start-up ({status}):\n{}",
-                    self.logs()
-                );
-            }
-            if self.query("SELECT 1").is_some_and(|r| r.trim() == "1") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("ClickHouse did not answer:\n{}", self.logs());
-    }
-
-    /// A query over plain HTTP/1.0 (no client library: the test checks what is really
-    /// stored); `None` unless ClickHouse answers 200.
-    fn query(&self, sql: &str) -> Option<String> {
-        use std::io::{Read, Write};
-        let host = self.url.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(host).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        write!(
-            s,
-            "POST / HTTP/1.0\r\nContent-Length: {}\r\n\r\n{sql}",
-            sql.len()
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.0 200").then(|| body.to_owned())
-    }
-
-    fn sink_config(&self, database: &str) -> ClickHouseConfig {
-        ClickHouseConfig {
-            url: self.url.clone(),
-            database: database.to_owned(),
-            table: "requests".to_owned(),
-            user: "default".to_owned(),
-            password: None,
-        }
-    }
-}
-
-impl Drop for ClickHouse {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("===== ClickHouse log =====\n{}", self.logs());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// The sink's settings for database `database` of `ch`, table `requests`.
+fn sink_config(ch: &ClickHouse, database: &str) -> ClickHouseConfig {
+    ClickHouseConfig {
+        url: ch.url.clone(),
+        database: database.to_owned(),
+        table: "requests".to_owned(),
+        user: "default".to_owned(),
+        password: None,
     }
 }
 
@@ -209,7 +51,7 @@ fn start_logger(
     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = LoggerConfig::new(addr, dir.join("unused"));
-    config.sink = SinkConfig::ClickHouse(ch.sink_config(database));
+    config.sink = SinkConfig::ClickHouse(sink_config(ch, database));
     config.spool_dir = spool;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tollgate_logger::serve(listener, config, async move {
@@ -242,10 +84,70 @@ fn event(id: &str, input: u64) -> LogEvent {
     }
 }
 
+fn feedback(id: &str, rated: &str, score: Option<f64>) -> LogEvent {
+    LogEvent {
+        request_id: id.to_owned(),
+        start_time_unix_nanos: 1_795_477_929_474_111_059,
+        key_id: "k1".to_owned(),
+        tenant: "acme".to_owned(),
+        endpoint: "feedback".to_owned(),
+        feedback: Some(Feedback {
+            request_id: rated.to_owned(),
+            score,
+            label: "thumbs_up".to_owned(),
+            comment: "tab\there, 'quoted'".to_owned(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn feedback_lands_in_its_own_table_once_and_never_among_the_requests() {
+    let ch = ClickHouse::start();
+    let config = sink_config(&ch, "tg_fb");
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let batch = vec![
+        event("r1", 3),
+        feedback("f1", "r1", Some(0.5)),
+        feedback("f2", "r1", None),
+    ];
+    let s = sink.write(batch.clone()).await.unwrap();
+    assert_eq!(
+        s,
+        WriteSummary {
+            written: 3,
+            duplicates: 0
+        }
+    );
+    // Sent again (a lost ack), from a restarted logger: nothing twice.
+    drop(sink);
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let s = sink.write(batch).await.unwrap();
+    assert_eq!(
+        s,
+        WriteSummary {
+            written: 0,
+            duplicates: 3
+        }
+    );
+    assert_eq!(
+        ch.query("SELECT groupArray(request_id) FROM tg_fb.requests")
+            .unwrap()
+            .trim(),
+        "['r1']"
+    );
+    assert_eq!(
+        ch.query("SELECT feedback_id, request_id, key_id, tenant, score, label, comment, event_date FROM tg_fb.requests_feedback ORDER BY feedback_id FORMAT TSV")
+            .unwrap(),
+        "f1\tr1\tk1\tacme\t0.5\tthumbs_up\ttab\\there, \\'quoted\\'\t2026-11-23\n\
+         f2\tr1\tk1\tacme\t\\N\tthumbs_up\ttab\\there, \\'quoted\\'\t2026-11-23\n"
+    );
+}
+
 #[tokio::test]
 async fn rows_land_with_their_usage_and_a_replay_adds_none_even_from_a_new_sink() {
     let ch = ClickHouse::start();
-    let config = ch.sink_config("tg_sink");
+    let config = sink_config(&ch, "tg_sink");
     let sink = ClickHouseSink::open(&config).await.unwrap();
     let batch: Vec<LogEvent> = (0..50).map(|i| event(&format!("r{i:03}"), i + 1)).collect();
     let s = sink.write(batch.clone()).await.unwrap();
@@ -317,6 +219,7 @@ async fn the_logger_serves_into_clickhouse_and_refuses_while_it_is_away() {
         max_delay: Duration::from_millis(20),
         queue_capacity: 1000,
         spool_max_bytes: 1 << 20,
+        capture_max_bytes: 16 * 1024,
     };
     let shipper = Shipper::start(&logging, Metrics::default()).await.unwrap();
     for i in 0..30 {
@@ -398,7 +301,7 @@ async fn with_a_logger_spool_batches_are_acknowledged_while_clickhouse_is_away_a
 #[tokio::test]
 async fn a_table_from_before_guardrails_gets_the_verdicts_column_and_rows_carry_them() {
     let ch = ClickHouse::start();
-    let config = ch.sink_config("tg_old");
+    let config = sink_config(&ch, "tg_old");
     // The table as the previous release created it: no `guardrail_verdicts`.
     let old = tollgate_logger::clickhouse::create_table_sql("tg_old", "requests")
         .replace("    guardrail_verdicts Array(String),\n", "");
@@ -455,7 +358,7 @@ fn all_dims() -> Vec<Dimension> {
 #[tokio::test]
 async fn usage_from_clickhouse_counts_rows_inserted_twice_once() {
     let ch = ClickHouse::start();
-    let config = ch.sink_config("tg_usage");
+    let config = sink_config(&ch, "tg_usage");
     let sink = ClickHouseSink::open(&config).await.unwrap();
     let events = usage_events("u", 60);
     sink.write(events.clone()).await.unwrap();
@@ -535,14 +438,17 @@ async fn assert_rollup_matches_requests(config: &ClickHouseConfig) -> UsageRepor
 #[tokio::test]
 async fn migrations_run_once_and_backfill_the_rollup_of_an_existing_table() {
     let ch = ClickHouse::start();
-    let config = ch.sink_config("tg_mig");
+    let config = sink_config(&ch, "tg_mig");
     let sink = ClickHouseSink::open(&config).await.unwrap();
     assert_eq!(
         ch.query(
             "SELECT table_name, version FROM tg_mig.schema_migrations ORDER BY version FORMAT TSV"
         )
         .unwrap(),
-        "requests\t1\nrequests\t2\n"
+        migrations::MIGRATIONS
+            .iter()
+            .map(|m| format!("requests\t{}\n", m.version))
+            .collect::<String>()
     );
     let events = usage_events("m", 40);
     sink.write(events.clone()).await.unwrap();
@@ -562,7 +468,7 @@ async fn migrations_run_once_and_backfill_the_rollup_of_an_existing_table() {
         ch.query("SELECT count() FROM tg_mig.schema_migrations")
             .unwrap()
             .trim(),
-        "2"
+        migrations::MIGRATIONS.len().to_string()
     );
     assert_rollup_matches_requests(&config).await;
 
@@ -590,7 +496,7 @@ async fn migrations_run_once_and_backfill_the_rollup_of_an_existing_table() {
 #[tokio::test]
 async fn the_rollup_matches_the_deduplicated_requests_when_batches_are_sent_again() {
     let ch = ClickHouse::start();
-    let config = ch.sink_config("tg_rollup");
+    let config = sink_config(&ch, "tg_rollup");
     let sink = ClickHouseSink::open(&config).await.unwrap();
     let batch = usage_events("b", 60);
     sink.write(batch.clone()).await.unwrap();
@@ -644,6 +550,7 @@ async fn events_sent_while_clickhouse_is_killed_and_restarted_land_exactly_once(
         max_delay: Duration::from_millis(10),
         queue_capacity: 10_000,
         spool_max_bytes: 1 << 24,
+        capture_max_bytes: 16 * 1024,
     };
     let shipper = Shipper::start(&logging, Metrics::default()).await.unwrap();
     let handle = shipper.handle();
@@ -705,9 +612,13 @@ async fn events_sent_while_clickhouse_is_killed_and_restarted_land_exactly_once(
         from: None,
         to: None,
     };
-    let got = usage::from_clickhouse(&ch.sink_config("tg_fault"), ClickHouseSource::Requests, &q)
-        .await
-        .unwrap();
+    let got = usage::from_clickhouse(
+        &sink_config(&ch, "tg_fault"),
+        ClickHouseSource::Requests,
+        &q,
+    )
+    .await
+    .unwrap();
     let records: Vec<Record> = usage_events("f", N as u64)
         .iter()
         .map(Record::from)
@@ -722,7 +633,7 @@ async fn events_sent_while_clickhouse_is_killed_and_restarted_land_exactly_once(
 #[tokio::test]
 async fn rows_the_rollup_missed_are_added_when_their_batch_comes_again() {
     let ch = ClickHouse::start();
-    let config = ch.sink_config("tg_heal");
+    let config = sink_config(&ch, "tg_heal");
     let sink = ClickHouseSink::open(&config).await.unwrap();
     sink.write(usage_events("h", 20)).await.unwrap();
     // An insert that reached the table but not the view (ClickHouse died between the two).

@@ -39,6 +39,7 @@ async fn shipped_events_are_stored_once_and_a_graceful_shutdown_loses_none() {
         max_delay: Duration::from_secs(60),
         queue_capacity: 100,
         spool_max_bytes: 1 << 20,
+        capture_max_bytes: 16 * 1024,
     };
     let shipper = Shipper::start(&logging, metrics.clone()).await.unwrap();
     let h = shipper.handle();

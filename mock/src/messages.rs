@@ -143,7 +143,8 @@ pub(crate) struct ToolUse {
 
 impl ToolUse {
     /// A call of `tool` (an Anthropic or OpenAI tool definition) with arguments made from its
-    /// schema: `"mock"` for strings, 1 for numbers, `true` for booleans.
+    /// schema: `"mock"` (or the property's string `default`) for strings, 1 for numbers, `true`
+    /// for booleans.
     pub(crate) fn for_tool(tool: &Value, number: u64) -> Self {
         // OpenAI `function.parameters`, Anthropic `input_schema`, Gemini `parameters` (OpenAPI
         // types, uppercase) or `parametersJsonSchema`.
@@ -169,7 +170,11 @@ impl ToolUse {
                     Some("boolean") => json!(true),
                     Some("array") => json!([]),
                     Some("object") => json!({}),
-                    _ => json!("mock"),
+                    // A string property's `default`, when it has one, so tests can choose.
+                    _ => match p.get("default") {
+                        Some(Value::String(d)) => json!(d),
+                        _ => json!("mock"),
+                    },
                 };
                 input.insert(k.clone(), v);
             }

@@ -23,6 +23,17 @@ pub const KEY_DISABLED: &str = "tg-e2e-disabled";
 pub const KEY_RATE: &str = "tg-e2e-rate-limited";
 /// A key of tenant `guarded`, whose guardrails policy is `e2e` (see [`config_yaml`]).
 pub const KEY_GUARDED: &str = "tg-e2e-guarded";
+/// Stacks with a webhook only: keys whose policy is a webhook rule `mod` that may block, failing
+/// closed; failing open; pointing at a port where nothing listens (failing closed).
+pub const KEY_HOOK_CLOSED: &str = "tg-e2e-hook-closed";
+pub const KEY_HOOK_OPEN: &str = "tg-e2e-hook-open";
+pub const KEY_HOOK_DOWN: &str = "tg-e2e-hook-down";
+/// Stacks with a logger only: a key with `capture: metadata`.
+pub const KEY_CAPTURE_METADATA: &str = "tg-e2e-capture-metadata";
+/// Stacks with a logger only: a key of tenant `recorded`, whose `capture` is `full`.
+pub const KEY_CAPTURE_FULL: &str = "tg-e2e-capture-full";
+/// Stacks with a logger only: a key of tenant `recorded` with its own `capture: off`.
+pub const KEY_CAPTURE_OFF: &str = "tg-e2e-capture-off";
 /// The Azure mock's credential, given to `serve` through the environment.
 pub const AZURE_SECRET: &str = "azure-upstream-secret";
 /// The Anthropic mock's credential, given to `serve` through the environment.
@@ -37,8 +48,9 @@ pub const AWS_SESSION_TOKEN: &str = "e2e-aws-session-token";
 pub const BEDROCK_MODEL_ID: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
 /// The environment `serve` and `envoy-bootstrap` read provider secrets from.
-pub fn provider_env() -> [(&'static str, &'static str); 7] {
+pub fn provider_env() -> [(&'static str, &'static str); 8] {
     [
+        ("E2E_FEEDBACK_SECRET", FEEDBACK_SECRET),
         ("E2E_AZURE_KEY", AZURE_SECRET),
         ("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET),
         ("E2E_GEMINI_KEY", GEMINI_SECRET),
@@ -54,6 +66,11 @@ pub fn provider_env() -> [(&'static str, &'static str); 7] {
         ("E2E_AWS_WRONG_SECRET", "not-the-mock-secret"),
     ]
 }
+
+/// The feedback-token signing secret of stacks with a logger, given through the environment.
+pub const FEEDBACK_SECRET: &str = "e2e-feedback-secret-0123456789abcdef";
+
+pub mod clickhouse;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -224,6 +241,9 @@ pub struct StackOptions {
     /// endpoint trusts) serving `vertex-gemini`, `vertex-claude` and their fault models, and
     /// `vertex-untrusted` (a key the mock does not know) serving `vertex-untrusted`.
     pub vertex: bool,
+    /// A webhook guardrail at this base URL (`http://host:port`): adds the `hook-*` policies
+    /// and keys, calling `POST {base}/decide` with a 300 ms timeout.
+    pub webhook: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -234,6 +254,7 @@ impl Default for StackOptions {
             chunk_delay_ms: 0,
             logger: None,
             vertex: false,
+            webhook: None,
         }
     }
 }
@@ -441,10 +462,10 @@ keys:
   - {{ id: disabled, hash: "{disabled}", models: ["*"], disabled: true }}
   - {{ id: rate, hash: "{rate}", tenant: slow, models: ["*"], requests_per_minute: 2 }}
   - {{ id: guarded, hash: "{guarded}", tenant: guarded, models: ["*"] }}
-guardrails:
+{capture_keys}{hook_keys}guardrails:
   tenants: {{ guarded: e2e }}
   policies:
-    e2e:
+{hook_policies}    e2e:
       rules:
         - {{ id: no-cards, detector: credit_card, action: block, side: request }}
         - {{ id: email, detector: email, action: redact, side: request }}
@@ -462,13 +483,54 @@ guardrails:
         rate = hash(KEY_RATE),
         guarded = hash(KEY_GUARDED),
         bedrock_model = BEDROCK_MODEL_ID,
+        hook_keys = match &opts.webhook {
+            Some(_) => format!(
+                "  - {{ id: hook-closed, hash: \"{}\", models: [\"*\"], guardrails: hook-closed }}\n\
+                 \x20 - {{ id: hook-open, hash: \"{}\", models: [\"*\"], guardrails: hook-open }}\n\
+                 \x20 - {{ id: hook-down, hash: \"{}\", models: [\"*\"], guardrails: hook-down }}\n",
+                hash(KEY_HOOK_CLOSED),
+                hash(KEY_HOOK_OPEN),
+                hash(KEY_HOOK_DOWN)
+            ),
+            None => String::new(),
+        },
+        hook_policies = match &opts.webhook {
+            Some(base) => {
+                let rule = |url: &str, fail: &str| {
+                    format!("      rules: [{{ id: mod, detector: {{ webhook: {{ url: \"{url}\", timeout_ms: 300, fail: {fail} }} }}, action: block }}]\n")
+                };
+                format!(
+                    "    hook-closed:\n{}    hook-open:\n{}    hook-down:\n{}",
+                    rule(&format!("{base}/decide"), "closed"),
+                    rule(&format!("{base}/decide"), "open"),
+                    rule(&format!("http://127.0.0.1:{}/decide", free_port()), "closed"),
+                )
+            }
+            None => String::new(),
+        },
+        // Capture needs logging.
+        capture_keys = if opts.logger.is_some() {
+            format!(
+                "  - {{ id: cap-meta, hash: \"{}\", tenant: acme, models: [\"*\"], capture: metadata }}\n\
+                 \x20 - {{ id: cap-full, hash: \"{}\", tenant: recorded, models: [\"*\"] }}\n\
+                 \x20 - {{ id: cap-off, hash: \"{}\", tenant: recorded, models: [\"*\"], capture: off }}\n",
+                hash(KEY_CAPTURE_METADATA),
+                hash(KEY_CAPTURE_FULL),
+                hash(KEY_CAPTURE_OFF)
+            )
+        } else {
+            String::new()
+        },
     )
 }
 
-/// The `logging:` section for a stack whose spool lives in `dir`.
+/// The `logging:` section for a stack whose spool lives in `dir`, and a `feedback:` section
+/// (which needs logging) signing with [`FEEDBACK_SECRET`].
 pub fn logging_yaml(logger: &str, dir: &Path) -> String {
     format!(
-        "logging:\n  address: \"{logger}\"\n  spool_dir: \"{}\"\n  batch_size: 4\n  max_delay_ms: 50\n",
+        "logging:\n  address: \"{logger}\"\n  spool_dir: \"{}\"\n  batch_size: 4\n  max_delay_ms: 50\n  capture_max_bytes: 2048\n\
+         feedback:\n  secret: {{ env: E2E_FEEDBACK_SECRET }}\n  max_comment_bytes: 64\n\
+         tenants:\n  recorded: {{ capture: full }}\n",
         dir.join("spool").display()
     )
 }
@@ -479,28 +541,46 @@ pub struct Logger {
     pub addr: String,
     pub data_dir: PathBuf,
     log_dir: PathBuf,
+    /// The sink's flags.
+    sink: Vec<String>,
     pub proc: Proc,
 }
 
 impl Logger {
     pub fn start(addr: &str, data_dir: &Path, log_dir: &Path) -> Logger {
-        let proc = Self::spawn(addr, data_dir, log_dir, 0);
+        let sink = vec!["--data-dir".to_owned(), data_dir.display().to_string()];
+        Self::start_with(addr, data_dir, log_dir, sink)
+    }
+
+    /// A logger writing ClickHouse at `url`, database `database`.
+    pub fn start_clickhouse(addr: &str, url: &str, database: &str, log_dir: &Path) -> Logger {
+        let sink = ["--sink", "clickhouse", "--clickhouse-url", url]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(["--clickhouse-database".to_owned(), database.to_owned()])
+            .collect();
+        Self::start_with(addr, &log_dir.join("unused"), log_dir, sink)
+    }
+
+    fn start_with(addr: &str, data_dir: &Path, log_dir: &Path, sink: Vec<String>) -> Logger {
+        let proc = Self::spawn(addr, &sink, log_dir, 0);
         let mut logger = Logger {
             addr: addr.to_owned(),
             data_dir: data_dir.to_owned(),
             log_dir: log_dir.to_owned(),
+            sink,
             proc,
         };
         logger.wait_ready();
         logger
     }
 
-    fn spawn(addr: &str, data_dir: &Path, log_dir: &Path, run: u32) -> Proc {
+    fn spawn(addr: &str, sink: &[String], log_dir: &Path, run: u32) -> Proc {
         Proc::spawn(
             &format!("logger-{run}"),
             Command::new(TOLLGATE)
-                .args(["logger", "--listen", addr, "--data-dir"])
-                .arg(data_dir)
+                .args(["logger", "--listen", addr])
+                .args(sink)
                 .env("TOLLGATE_LOG", "info,tollgate_logger=debug"),
             log_dir,
         )
@@ -532,7 +612,7 @@ impl Logger {
     }
 
     pub fn restart(&mut self, run: u32) {
-        self.proc = Self::spawn(&self.addr, &self.data_dir, &self.log_dir, run);
+        self.proc = Self::spawn(&self.addr, &self.sink, &self.log_dir, run);
         self.wait_ready();
     }
 
@@ -555,6 +635,58 @@ impl Logger {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+}
+
+/// A stack shipping its events to a logger of its own (NDJSON, or a fresh ClickHouse).
+/// Fields drop in order: the stack first, so `serve` flushes to a logger still running.
+pub struct LoggedStack {
+    pub stack: Stack,
+    pub logger: Logger,
+    pub clickhouse: Option<clickhouse::ClickHouse>,
+    _dir: tempfile::TempDir,
+}
+
+impl LoggedStack {
+    /// With the NDJSON sink (data under the logger's `data_dir`).
+    pub fn ndjson() -> LoggedStack {
+        Self::start(None)
+    }
+
+    /// With the ClickHouse sink, database `database` of a fresh server.
+    pub fn clickhouse(database: &str) -> LoggedStack {
+        Self::start(Some(database))
+    }
+
+    fn start(database: Option<&str>) -> LoggedStack {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let (logger, clickhouse) = match database {
+            Some(db) => {
+                let ch = clickhouse::ClickHouse::start();
+                let logger = Logger::start_clickhouse(&addr, &ch.url, db, dir.path());
+                (logger, Some(ch))
+            }
+            None => (
+                Logger::start(&addr, &dir.path().join("data"), dir.path()),
+                None,
+            ),
+        };
+        let stack = Stack::start(StackOptions {
+            logger: Some(addr),
+            ..Default::default()
+        });
+        LoggedStack {
+            stack,
+            logger,
+            clickhouse,
+            _dir: dir,
+        }
+    }
+
+    /// The ClickHouse server (stacks made with [`LoggedStack::clickhouse`]).
+    pub fn ch(&self) -> &clickhouse::ClickHouse {
+        self.clickhouse.as_ref().unwrap()
     }
 }
 

@@ -77,6 +77,81 @@ pub enum RawDetector {
         /// The pattern.
         regex: String,
     },
+    /// An external checker, called over HTTP (see [`RawWebhook`]).
+    Webhook {
+        /// Where and how to call it.
+        webhook: RawWebhook,
+    },
+}
+
+/// An external guardrail: Tollgate POSTs the text to `url` and the answer decides (see the
+/// README's webhook contract). `action` of its rule is the most it may do: `block` lets the
+/// webhook block, `flag` turns its blocks into flags (a dry run); `redact` is refused.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// `http://host:port/path` of the checker.
+    pub url: String,
+    /// How long to wait for its answer, in milliseconds (10 to 30000).
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+    /// What an unanswered call (timeout, refused connection, non-200, bad JSON) means:
+    /// `closed` (the default) refuses the request with 503, `open` lets it through (recorded
+    /// as a flag).
+    #[serde(default)]
+    pub fail: RawFail,
+}
+
+fn default_webhook_timeout() -> u64 {
+    1000
+}
+
+/// Whether an unanswered webhook refuses or lets through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawFail {
+    /// Refuse (503 `guardrail_unavailable`).
+    #[default]
+    Closed,
+    /// Let through, recording a flag.
+    Open,
+}
+
+/// A validated webhook rule.
+#[derive(Debug, Clone)]
+pub struct WebhookRule {
+    /// The rule's id.
+    pub id: String,
+    /// The checker's URL.
+    pub url: String,
+    /// How long to wait for it.
+    pub timeout: std::time::Duration,
+    /// Whether an unanswered call lets the request through.
+    pub fail_open: bool,
+    /// Whether its blocks block (`true`) or are recorded as flags.
+    pub may_block: bool,
+    side: RawSide,
+    models: Option<Vec<String>>,
+    endpoints: Option<Vec<String>>,
+}
+
+impl WebhookRule {
+    fn applies(&self, side: Side, endpoint: Endpoint, model: &str) -> bool {
+        let side_ok = match self.side {
+            RawSide::Both => true,
+            RawSide::Request => side == Side::Request,
+            RawSide::Response => side == Side::Response,
+        };
+        side_ok
+            && self
+                .endpoints
+                .as_ref()
+                .is_none_or(|es| es.iter().any(|e| e == endpoint.label()))
+            && self
+                .models
+                .as_ref()
+                .is_none_or(|ms| ms.iter().any(|m| m == model))
+    }
 }
 
 /// The built-in detectors by name.
@@ -107,6 +182,7 @@ impl RawDetector {
                 }),
             RawDetector::DenyList { deny_list } => Ok(Detector::DenyList(deny_list.clone())),
             RawDetector::Regex { regex } => Ok(Detector::Regex(regex.clone())),
+            RawDetector::Webhook { .. } => Err("a webhook is not an in-process detector".into()),
         }
     }
 }
@@ -174,9 +250,23 @@ pub struct Policy {
     /// The policy's name.
     pub name: String,
     by_model: HashMap<String, [Option<Arc<Engine>>; 2 * SCOPES]>,
+    webhooks: Vec<WebhookRule>,
 }
 
 impl Policy {
+    /// Whether any rule of the policy is a webhook.
+    pub fn has_webhooks(&self) -> bool {
+        !self.webhooks.is_empty()
+    }
+
+    /// The webhook rules for `side` of a request to `model` at `endpoint`, in policy order.
+    pub fn webhooks(&self, side: Side, endpoint: Endpoint, model: &str) -> Vec<&WebhookRule> {
+        self.webhooks
+            .iter()
+            .filter(|w| w.applies(side, endpoint, model))
+            .collect()
+    }
+
     /// The engine for `side` of a request to `model` at `endpoint`; `None` when no rule applies.
     pub fn engine(&self, side: Side, endpoint: Endpoint, model: &str) -> Option<&Arc<Engine>> {
         let slot = SCOPED_ENDPOINTS.iter().position(|e| *e == endpoint)?;
@@ -264,7 +354,8 @@ fn validate_policy(
     if p.rules.is_empty() {
         errs.add(format!("{path}.rules"), "needs at least one rule");
     }
-    let mut specs = Vec::with_capacity(p.rules.len());
+    let mut specs: Vec<Option<RuleSpec>> = Vec::with_capacity(p.rules.len());
+    let mut webhooks = Vec::new();
     for (i, r) in p.rules.iter().enumerate() {
         let rpath = format!("{path}.rules[{i}]");
         if r.id.trim().is_empty() {
@@ -293,6 +384,13 @@ fn validate_policy(
                 );
             }
         }
+        if let RawDetector::Webhook { webhook } = &r.detector {
+            if let Some(w) = validate_webhook(r, webhook, &rpath, errs) {
+                webhooks.push(w);
+            }
+            specs.push(None);
+            continue;
+        }
         let detector = match r.detector.detector() {
             Ok(d) => d,
             Err(m) => {
@@ -307,7 +405,7 @@ fn validate_policy(
         };
         // Compiled alone first, so an error names its rule's index.
         match Engine::new(std::slice::from_ref(&spec)) {
-            Ok(_) => specs.push(spec),
+            Ok(_) => specs.push(Some(spec)),
             Err(e) => errs.add(format!("{rpath}.{}", guard_error_field(&e)), e.to_string()),
         }
     }
@@ -339,7 +437,10 @@ fn validate_policy(
                     .rules
                     .iter()
                     .enumerate()
-                    .filter(|(_, r)| applies(r, side, *endpoint, model))
+                    .filter(|(i, r)| {
+                        specs.get(*i).is_some_and(Option::is_some)
+                            && applies(r, side, *endpoint, model)
+                    })
                     .map(|(i, _)| i)
                     .collect();
                 if set.is_empty() {
@@ -348,8 +449,10 @@ fn validate_policy(
                 let engine = match compiled.get(&set) {
                     Some(engine) => Arc::clone(engine),
                     None => {
-                        let rules: Vec<RuleSpec> =
-                            set.iter().filter_map(|i| specs.get(*i).cloned()).collect();
+                        let rules: Vec<RuleSpec> = set
+                            .iter()
+                            .filter_map(|i| specs.get(*i).cloned().flatten())
+                            .collect();
                         match Engine::new(&rules) {
                             Ok(engine) => {
                                 let engine = Arc::new(engine);
@@ -373,5 +476,52 @@ fn validate_policy(
     Some(Policy {
         name: name.to_owned(),
         by_model,
+        webhooks,
+    })
+}
+
+fn validate_webhook(
+    r: &RawRule,
+    w: &RawWebhook,
+    rpath: &str,
+    errs: &mut Errors,
+) -> Option<WebhookRule> {
+    let before = errs.0.len();
+    let uri = w.url.parse::<http::Uri>().ok();
+    if uri
+        .as_ref()
+        .is_none_or(|u| u.scheme_str() != Some("http") || u.host().is_none())
+    {
+        errs.add(
+            format!("{rpath}.detector.webhook.url"),
+            format!("`{}` is not an http:// URL", w.url),
+        );
+    }
+    if !(10..=30_000).contains(&w.timeout_ms) {
+        errs.add(
+            format!("{rpath}.detector.webhook.timeout_ms"),
+            "must be between 10 and 30000",
+        );
+    }
+    let may_block = match r.action {
+        RawAction::Block => true,
+        RawAction::Flag => false,
+        RawAction::Redact => {
+            errs.add(
+                format!("{rpath}.action"),
+                "a webhook rule supports `block` and `flag` only",
+            );
+            false
+        }
+    };
+    (errs.0.len() == before).then(|| WebhookRule {
+        id: r.id.clone(),
+        url: w.url.clone(),
+        timeout: std::time::Duration::from_millis(w.timeout_ms),
+        fail_open: w.fail == RawFail::Open,
+        may_block,
+        side: r.side,
+        models: r.models.clone(),
+        endpoints: r.endpoints.clone(),
     })
 }

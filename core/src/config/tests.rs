@@ -636,3 +636,123 @@ guardrails:
         "{errs:?}"
     );
 }
+
+#[test]
+fn feedback_needs_logging_and_a_long_secret_and_names_its_fields() {
+    let logging = "logging:\n  address: \"127.0.0.1:4317\"\n  spool_dir: /tmp/s\n";
+    let env = MapEnv::from_pairs([
+        ("OPENAI_API_KEY", "sk-test"),
+        ("AZ_KEY", "az-secret"),
+        ("FB_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("FB_SHORT", "short"),
+    ]);
+    let ok = Config::from_yaml(
+        &format!(
+            "{}{logging}feedback:\n  secret: {{ env: FB_SECRET }}\n",
+            good()
+        ),
+        &env,
+    )
+    .unwrap();
+    let f = ok.feedback.unwrap();
+    assert_eq!(f.token_ttl, std::time::Duration::from_secs(86_400));
+    assert_eq!(f.max_comment_bytes, 2048);
+    assert_eq!(f.secret.expose().len(), 32);
+    let errs = Config::from_yaml(
+        &format!(
+            "{}feedback:\n  secret: {{ env: FB_SHORT }}\n  token_ttl_secs: 5\n  max_comment_bytes: 0\n",
+            good()
+        ),
+        &env,
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "feedback",
+            "feedback.secret",
+            "feedback.token_ttl_secs",
+            "feedback.max_comment_bytes"
+        ]
+    );
+    let errs = Config::from_yaml(
+        &format!("{}{logging}feedback:\n  secret: {{ env: NOPE }}\n", good()),
+        &env,
+    )
+    .unwrap_err();
+    assert_eq!(errs[0].path, "feedback.secret.env");
+}
+
+#[test]
+fn capture_resolves_key_over_tenant_and_needs_logging() {
+    let keys = format!(
+        "keys:\n  - {{ id: a, hash: \"{}\", tenant: t, models: [\"*\"] }}\n  - {{ id: b, hash: \"{}\", tenant: t, models: [\"*\"], capture: metadata }}\n  - {{ id: c, hash: \"{}\", models: [\"*\"] }}\ntenants:\n  t: {{ capture: full }}\n",
+        format_hash(&hash_key("tg-a")),
+        format_hash(&hash_key("tg-b")),
+        format_hash(&hash_key("tg-c"))
+    );
+    let base = good();
+    let base = &base[..base.find("keys:").unwrap()];
+    let logging = "logging:\n  address: \"127.0.0.1:4317\"\n  spool_dir: /tmp/s\n";
+    let c = Config::from_yaml(&format!("{base}{keys}{logging}"), &env()).unwrap();
+    let capture = |k: &str| c.key(&hash_key(k)).unwrap().capture;
+    assert_eq!(capture("tg-a"), Capture::Full);
+    assert_eq!(capture("tg-b"), Capture::Metadata);
+    assert_eq!(capture("tg-c"), Capture::Off);
+    assert_eq!(c.logging.unwrap().capture_max_bytes, 16 * 1024);
+    let errs = Config::from_yaml(&format!("{base}{keys}"), &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["keys[1].capture", "tenants.t.capture"]);
+    let errs = Config::from_yaml(
+        &format!("{base}{keys}{logging}  capture_max_bytes: 10\n"),
+        &env(),
+    )
+    .unwrap_err();
+    assert_eq!(errs[0].path, "logging.capture_max_bytes");
+}
+
+#[test]
+fn webhook_rules_validate_their_url_timeout_and_action() {
+    let policy = |rule: &str| {
+        format!(
+            "{}guardrails:\n  policies:\n    p:\n      rules:\n        - {rule}\n",
+            good()
+        )
+    };
+    let c = Config::from_yaml(
+        &policy("{ id: mod, detector: { webhook: { url: \"http://127.0.0.1:9/check\" } }, action: flag, side: request }"),
+        &env(),
+    )
+    .unwrap();
+    let p = &c.guardrails.policies["p"];
+    assert!(p.has_webhooks());
+    let hooks = p.webhooks(Side::Request, Endpoint::ChatCompletions, "llama");
+    assert_eq!(hooks.len(), 1);
+    let w = hooks[0];
+    assert_eq!(
+        (w.timeout, w.fail_open, w.may_block),
+        (std::time::Duration::from_millis(1000), false, false)
+    );
+    assert!(p
+        .webhooks(Side::Response, Endpoint::ChatCompletions, "llama")
+        .is_empty());
+    // No in-process engine for a policy of webhooks only.
+    assert!(p
+        .engine(Side::Request, Endpoint::ChatCompletions, "llama")
+        .is_none());
+    let errs = Config::from_yaml(
+        &policy("{ id: mod, detector: { webhook: { url: \"https://x/check\", timeout_ms: 5 } }, action: redact }"),
+        &env(),
+    )
+    .unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "guardrails.policies.p.rules[0].detector.webhook.url",
+            "guardrails.policies.p.rules[0].detector.webhook.timeout_ms",
+            "guardrails.policies.p.rules[0].action"
+        ]
+    );
+}

@@ -483,7 +483,7 @@ fn complete_responses_are_judged_in_place_in_each_dialect() {
     ]});
     let (v, _) = judge_response(&pii(), ApiFamily::Anthropic, body.to_string().as_bytes()).unwrap();
     assert_eq!(v.blocked_by.as_deref(), Some("card"));
-    assert!(v.redacted.is_empty(), "tool inputs are not judged");
+    assert_eq!(v.redacted, ["email"], "tool inputs are judged too");
     // Clean bodies are not rewritten; non-objects are not judged.
     let (_, out) = judge_response(&pii(), ApiFamily::Anthropic, br#"{"content":[]}"#).unwrap();
     assert!(out.is_none());
@@ -573,4 +573,167 @@ fn legacy_completions_streams_are_redacted_and_blocked() {
     let out = String::from_utf8(run(PAIRS[0], &engine, &[up.as_bytes()])).unwrap();
     assert!(!out.contains("4111") && !out.contains("[DONE]"), "{out}");
     assert!(out.contains("guardrail_blocked"), "{out}");
+}
+
+#[test]
+fn tool_call_arguments_and_reasoning_are_judged_and_stay_valid_json() {
+    // Response: OpenAI arguments (JSON in a string) and reasoning; Anthropic tool input and
+    // thinking.
+    let args = json!({"to": PII, "n": 1, "tags": ["x", PII]}).to_string();
+    let body = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+        "reasoning_content": format!("mail {PII}"),
+        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "send", "arguments": args}}]}}]});
+    let (v, out) = judge_response(&pii(), ApiFamily::OpenAi, body.to_string().as_bytes()).unwrap();
+    assert_eq!(v.redacted, ["email"]);
+    let out: Value = serde_json::from_slice(&out.unwrap()).unwrap();
+    let m = &out["choices"][0]["message"];
+    assert_eq!(m["reasoning_content"], "mail [REDACTED:email]");
+    let args: Value = serde_json::from_str(
+        m["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        args,
+        json!({"to": "[REDACTED:email]", "n": 1, "tags": ["x", "[REDACTED:email]"]})
+    );
+    let body = json!({"content": [{"type": "thinking", "thinking": format!("hmm {PII}"), "signature": "sig"},
+        {"type": "tool_use", "id": "t", "name": "f", "input": {"to": PII}}]});
+    let (_, out) =
+        judge_response(&pii(), ApiFamily::Anthropic, body.to_string().as_bytes()).unwrap();
+    let out: Value = serde_json::from_slice(&out.unwrap()).unwrap();
+    assert_eq!(out["content"][0]["thinking"], "hmm [REDACTED:email]");
+    assert_eq!(out["content"][0]["signature"], "sig");
+    assert_eq!(out["content"][1]["input"]["to"], "[REDACTED:email]");
+
+    // Request: assistant tool calls in the history, both dialects.
+    let body = json!({"model": "m", "messages": [
+        {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+            "function": {"name": "send", "arguments": json!({"to": PII}).to_string()}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "sent"}]})
+    .to_string();
+    let obj = crate::translator::json::RawObject::parse(body.as_bytes()).unwrap();
+    let check = check_request(&pii(), Endpoint::ChatCompletions, &obj);
+    assert_eq!(check.verdict.redacted, ["email"]);
+    let messages: Value = serde_json::from_str(&check.replace[0].1).unwrap();
+    let args: Value = serde_json::from_str(
+        messages[0]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(args, json!({"to": "[REDACTED:email]"}));
+    let body = json!({"model": "m", "max_tokens": 9, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"to": PII}}]}]})
+    .to_string();
+    let obj = crate::translator::json::RawObject::parse(body.as_bytes()).unwrap();
+    let check = check_request(&pii(), Endpoint::Messages, &obj);
+    let messages: Value = serde_json::from_str(&check.replace[0].1).unwrap();
+    assert_eq!(messages[0]["content"][0]["input"]["to"], "[REDACTED:email]");
+}
+
+#[test]
+fn stream_tool_arguments_and_thinking_deltas_are_redacted_as_their_own_kind() {
+    let mut g = StreamGuard::new(pii());
+    let mut events = vec![
+        StreamEvent::Delta {
+            index: 0,
+            delta: Delta::Thinking(format!("think {PII} ")),
+        },
+        StreamEvent::Delta {
+            index: 0,
+            delta: Delta::Signature("sig".into()),
+        },
+        StreamEvent::BlockStop { index: 0 },
+        StreamEvent::Delta {
+            index: 1,
+            delta: Delta::ToolArguments("{\"to\":\"bob@exa".into()),
+        },
+        StreamEvent::Delta {
+            index: 1,
+            delta: Delta::ToolArguments("mple.com\"}".into()),
+        },
+        StreamEvent::BlockStop { index: 1 },
+    ];
+    g.apply(&mut events);
+    let mut thinking = String::new();
+    let mut args = String::new();
+    for e in &events {
+        match e {
+            StreamEvent::Delta {
+                delta: Delta::Thinking(t),
+                ..
+            } => thinking.push_str(t),
+            StreamEvent::Delta {
+                delta: Delta::ToolArguments(t),
+                ..
+            } => args.push_str(t),
+            StreamEvent::Delta {
+                delta: Delta::Text(t),
+                ..
+            } => panic!("released as text: {t}"),
+            _ => {}
+        }
+    }
+    assert_eq!(thinking, "think [REDACTED:email] ");
+    let parsed: Value = serde_json::from_str(&args).unwrap();
+    assert_eq!(parsed, json!({"to": "[REDACTED:email]"}));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        StreamEvent::Delta {
+            delta: Delta::Signature(_),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn openai_stream_reasoning_and_tool_arguments_are_redacted_where_they_are_split() {
+    let chunk = |delta: Value, finish: Option<&str>| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        )
+    };
+    let stream = [
+        chunk(json!({"reasoning_content": "mail bob.smith@exa"}), None),
+        chunk(json!({"reasoning_content": "mple.com ok"}), None),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "id": "t", "type": "function",
+                "function": {"name": "send", "arguments": "{\"to\":\"bob.smith@"}}]}),
+            None,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "example.com\"}"}}]}),
+            None,
+        ),
+        chunk(json!({}), Some("tool_calls")),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    let mut g = OpenAiStreamGuard::new(pii());
+    let out = g.push(stream.as_bytes(), true);
+    let (mut reasoning, mut args) = (String::new(), String::new());
+    for data in String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+    {
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
+        let d = &v["choices"][0]["delta"];
+        reasoning.push_str(d["reasoning_content"].as_str().unwrap_or_default());
+        for c in d["tool_calls"].as_array().into_iter().flatten() {
+            args.push_str(c["function"]["arguments"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(reasoning, "mail [REDACTED:email] ok");
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"to": "[REDACTED:email]"})
+    );
+    assert_eq!(g.verdict().redacted, ["email"]);
 }

@@ -13,7 +13,10 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use super::{ch, create_table_sql, deduplicated, DAY_OF_START};
+use super::{
+    add_missing_columns, ch, create_feedback_table_sql, create_table_sql, deduplicated,
+    DAY_OF_START, PAYLOAD_COLUMNS,
+};
 use crate::error::LoggerError;
 
 /// A ClickHouse server version, `major.minor`.
@@ -68,6 +71,16 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 2,
         name: "daily spend rollup (SummingMergeTree fed by a materialized view)",
+        min_server: OLDEST_SERVER,
+    },
+    Migration {
+        version: 3,
+        name: "feedback table (ReplacingMergeTree on feedback_id)",
+        min_server: OLDEST_SERVER,
+    },
+    Migration {
+        version: 4,
+        name: "payload capture columns on the requests table",
         min_server: OLDEST_SERVER,
     },
 ];
@@ -250,6 +263,8 @@ async fn apply(
             }
             Ok(())
         }
+        3 => execute(client, &create_feedback_table_sql(database, table)).await,
+        4 => add_missing_columns(client, database, table, &PAYLOAD_COLUMNS).await,
         other => Err(LoggerError::Task(format!("no migration numbered {other}"))),
     }
 }

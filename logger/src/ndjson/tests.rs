@@ -146,3 +146,52 @@ async fn a_partial_last_line_from_a_crash_is_cut_off_at_start() {
         .collect();
     assert_eq!(ids, ["a", "b"]);
 }
+
+#[tokio::test]
+async fn feedback_goes_to_its_own_files_once_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fb = |id: &str| LogEvent {
+        request_id: id.to_owned(),
+        key_id: "k1".to_owned(),
+        feedback: Some(tollgate_proto::logger::v1::Feedback {
+            request_id: "a".to_owned(),
+            score: Some(1.0),
+            label: String::new(),
+            comment: "good".to_owned(),
+        }),
+        ..Default::default()
+    };
+    let sink = NdjsonSink::open(dir.path(), 1 << 20).unwrap();
+    let s = sink
+        .write(vec![event("a", 1), fb("f1"), fb("f1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        s,
+        WriteSummary {
+            written: 2,
+            duplicates: 1
+        }
+    );
+    sink.close().await.unwrap();
+    drop(sink);
+    let sink = NdjsonSink::open(dir.path(), 1 << 20).unwrap();
+    let s = sink.write(vec![fb("f1"), fb("f2")]).await.unwrap();
+    assert_eq!(s.written, 1);
+    let requests = lines(dir.path());
+    assert_eq!(
+        requests.len(),
+        1,
+        "feedback among the requests: {requests:?}"
+    );
+    let feedback = read_feedback(dir.path()).unwrap();
+    let ids: Vec<(&str, &str)> = feedback
+        .iter()
+        .map(|f| (f.feedback_id.as_str(), f.request_id.as_str()))
+        .collect();
+    assert_eq!(ids, [("f1", "a"), ("f2", "a")]);
+    assert_eq!(
+        (feedback[0].score, feedback[0].comment.as_str()),
+        (Some(1.0), "good")
+    );
+}
