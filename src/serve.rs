@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tollgate_authz::AuthzService;
+use tollgate_core::budget::{Ledger, MemoryLedger};
 use tollgate_core::config::GrpcAddr;
 use tollgate_core::env::ProcessEnv;
 use tollgate_core::metrics::{Metrics, ResultLabel};
@@ -125,6 +126,11 @@ pub async fn serve(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
+    // One ledger for ext_authz's precheck and ext_proc's reservations; it outlives reloads.
+    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers)
+        .await
+        .context("cannot load the tokenizers")?;
     // Read once: a change to `logging` takes effect on restart.
     let shipper = match &logging {
         Some(l) => Some(
@@ -180,12 +186,14 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(AuthorizationServer::new(
             AuthzService::new(Arc::clone(&shared), metrics.clone())
-                .with_log(shipper.as_ref().map(Shipper::handle)),
+                .with_log(shipper.as_ref().map(Shipper::handle))
+                .with_ledger(Arc::clone(&ledger)),
         ))
         .add_service(
             ExternalProcessorServer::new(
                 ExtProcService::new(Arc::clone(&shared), metrics.clone())
-                    .with_log(shipper.as_ref().map(Shipper::handle)),
+                    .with_log(shipper.as_ref().map(Shipper::handle))
+                    .with_ledger(Arc::clone(&ledger)),
             )
             .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),

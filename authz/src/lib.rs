@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendA
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use time::OffsetDateTime;
+use tollgate_core::budget::{self, Ledger, Owner};
 use tollgate_core::config::KeyBundle;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
@@ -38,6 +39,8 @@ pub struct AuthzService {
     log: Option<LogHandle>,
     /// Request-rate state per key and tenant; survives config reloads.
     limiter: Arc<RateLimiter>,
+    /// The spend ledger for the budget precheck (`None`: no precheck).
+    ledger: Option<Arc<dyn Ledger>>,
 }
 
 impl AuthzService {
@@ -48,7 +51,15 @@ impl AuthzService {
             metrics,
             log: None,
             limiter: Arc::new(RateLimiter::new()),
+            ledger: None,
         }
+    }
+
+    /// Refuses requests of scopes whose hard budget is already used up, before they reach
+    /// ext_proc (which reserves on the same ledger).
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Emits a `LogEvent` for every refused request to `log` (logging is off with `None`).
@@ -84,6 +95,42 @@ impl AuthzService {
             }
             (Some(_), Some(b)) => Ok(b),
         };
+        // Budgets already used up: refused here, before the rate limits count the request
+        // and without reading the body.
+        let decision = decision.and_then(|b| {
+            let Some(ledger) = &self.ledger else {
+                return Ok(b);
+            };
+            let end_user = headers
+                .get(&config.budgets.end_user_header)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty());
+            let owner = Owner {
+                key: &b.id,
+                team: b.team.as_deref(),
+                tenant: b.tenant.as_deref(),
+                end_user,
+            };
+            let lines = budget::lines(&config.budgets.limits, &owner, now);
+            match budget::precheck(ledger.as_ref(), &lines) {
+                Ok(None) => Ok(b),
+                Ok(Some(i)) => {
+                    self.metrics.budget("prechecked_refused");
+                    let line = lines.get(i);
+                    Err(ApiError::BudgetExceeded {
+                        scope: line.map_or("key", |l| l.scope.label()),
+                        period: line.map_or("total", |l| l.period.label()),
+                        retry_after_secs: line
+                            .and_then(|l| l.ends)
+                            .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
+                    })
+                }
+                // ext_proc's reservation fails closed on the same ledger; the precheck is
+                // only an early exit.
+                Err(_) => Ok(b),
+            }
+        });
+
         // Rate limits of the key and its tenant, counted only for requests all of them admit.
         let decision = decision.and_then(|b| {
             let key_scope = format!("key:{}", b.id);
@@ -129,6 +176,7 @@ impl AuthzService {
                     ApiError::ExpiredKey => "expired_key",
                     ApiError::DisabledKey => "disabled_key",
                     ApiError::RateLimited { .. } => "rate_limited",
+                    ApiError::BudgetExceeded { .. } => "budget_exceeded",
                     _ => "invalid_key",
                 };
                 self.metrics
@@ -304,6 +352,13 @@ fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
         header("content-type", "application/json", set),
         header(md::REQUEST_ID_HEADER, request_id, set),
     ];
+    if let ApiError::BudgetExceeded {
+        retry_after_secs: Some(secs),
+        ..
+    } = err
+    {
+        headers.push(header("retry-after", &secs.to_string(), set));
+    }
     if let ApiError::RateLimited {
         limit,
         retry_after_secs,

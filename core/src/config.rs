@@ -57,6 +57,76 @@ pub struct RawConfig {
     /// Per-tenant settings, by tenant name (the `tenant` of keys).
     #[serde(default)]
     pub tenants: BTreeMap<String, RawTenant>,
+    /// Spending budgets, per-request caps and the ledger that keeps spend.
+    #[serde(default)]
+    pub budgets: RawBudgets,
+}
+
+/// The `budgets` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgets {
+    /// The budgets; every one that applies to a request must admit it.
+    #[serde(default)]
+    pub limits: Vec<RawBudget>,
+    /// Output tokens reserved for a request that sets no `max_tokens` (or
+    /// `max_completion_tokens`); 1 to 1000000.
+    #[serde(default = "default_reserve_output_tokens")]
+    pub default_max_tokens: u64,
+    /// The request header naming the end user (else the body's `user`, or Anthropic's
+    /// `metadata.user_id`); removed before the request goes upstream.
+    #[serde(default = "default_end_user_header")]
+    pub end_user_header: String,
+}
+
+impl Default for RawBudgets {
+    fn default() -> Self {
+        Self {
+            limits: Vec::new(),
+            default_max_tokens: default_reserve_output_tokens(),
+            end_user_header: default_end_user_header(),
+        }
+    }
+}
+
+fn default_reserve_output_tokens() -> u64 {
+    4096
+}
+
+fn default_end_user_header() -> String {
+    "x-tollgate-end-user".to_owned()
+}
+
+/// One budget.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// A unique id, shown to the key's owner in `GET /v1/budget`.
+    pub id: String,
+    /// Who it limits: `key`, `team`, `tenant` or `end_user`.
+    pub scope: crate::budget::Scope,
+    /// The one key id, team, tenant or end user it limits; absent: every member of the scope,
+    /// each with a budget of its own.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `daily`, `weekly`, `monthly` (UTC calendar) or `total`.
+    pub period: crate::budget::Period,
+    /// The limit in USD, as a decimal string (`"100"`, `"0.50"`).
+    pub amount_usd: String,
+    /// `hard` (refuse with 429; the default) or `soft` (admit, flagged).
+    #[serde(default)]
+    pub mode: RawBudgetMode,
+}
+
+/// What a budget does when it is used up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBudgetMode {
+    /// Refuse requests that do not fit, with 429.
+    #[default]
+    Hard,
+    /// Admit them, with an `x-tollgate-budget-warning` header, a log line and a metric.
+    Soft,
 }
 
 /// The `logging` section: how `serve` ships one `LogEvent` per request to `tollgate logger`.
@@ -700,6 +770,67 @@ pub struct Config {
     pub guardrails: Guardrails,
     /// Request-rate limits per tenant, per minute.
     pub tenant_requests_per_minute: HashMap<String, u32>,
+    /// Spending budgets.
+    pub budgets: Budgets,
+}
+
+/// The validated `budgets` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budgets {
+    /// Every budget.
+    pub limits: Vec<crate::budget::Budget>,
+    /// Output tokens reserved for a request that sets no limit.
+    pub default_max_tokens: u64,
+    /// The end-user header, lowercase.
+    pub end_user_header: String,
+}
+
+fn validate_budgets(raw: &RawBudgets, errs: &mut Errors) -> Budgets {
+    let mut limits = Vec::new();
+    let mut ids = HashSet::new();
+    for (i, b) in raw.limits.iter().enumerate() {
+        let path = format!("budgets.limits[{i}]");
+        if b.id.trim().is_empty() {
+            errs.add(format!("{path}.id"), "must not be empty");
+        } else if !ids.insert(b.id.as_str()) {
+            errs.add(
+                format!("{path}.id"),
+                format!("duplicate budget id `{}`", b.id),
+            );
+        }
+        if b.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            errs.add(
+                format!("{path}.name"),
+                "must not be empty (leave it out for every member)",
+            );
+        }
+        match crate::pricing::parse_usd(&b.amount_usd) {
+            Ok(limit) => limits.push(crate::budget::Budget {
+                id: b.id.clone(),
+                scope: b.scope,
+                member: b.name.clone(),
+                period: b.period,
+                limit,
+                hard: b.mode == RawBudgetMode::Hard,
+            }),
+            Err(m) => errs.add(format!("{path}.amount_usd"), m),
+        }
+    }
+    if !(1..=1_000_000).contains(&raw.default_max_tokens) {
+        errs.add(
+            "budgets.default_max_tokens",
+            "must be between 1 and 1000000",
+        );
+    }
+    let header = raw.end_user_header.to_ascii_lowercase();
+    if !valid_header_name(&header) {
+        errs.add("budgets.end_user_header", "is not a valid header name");
+    }
+    Budgets {
+        limits,
+        default_max_tokens: raw.default_max_tokens,
+        end_user_header: header,
+    }
 }
 
 impl Config {
@@ -851,6 +982,7 @@ impl Config {
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
+        let budgets = validate_budgets(&raw.budgets, &mut errs);
         let mut tenant_requests_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
             if let Some(n) = t.requests_per_minute {
@@ -875,6 +1007,7 @@ impl Config {
                 prices,
                 guardrails,
                 tenant_requests_per_minute,
+                budgets,
             }),
             _ => Err(errs.0),
         }

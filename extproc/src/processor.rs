@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use rand::Rng;
+use tollgate_core::budget::{self as budgets, Admission, Ledger, Line, Owner, Reservation};
 use tollgate_core::config::{ApiFamily, Policy, Provider, Side, ANTHROPIC_VERSION};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
@@ -24,6 +25,7 @@ use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
 use tollgate_guardrails::Engine;
 use tollgate_logger::LogHandle;
 
+use crate::budget;
 use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
 use crate::log;
 use crate::mutation::{self, set};
@@ -128,6 +130,14 @@ pub struct Processor {
     overhead: Duration,
     rejected: Option<Rejected>,
     verdicts: Verdicts,
+    /// The spend ledger (`None`: budgets are not enforced by this processor).
+    ledger: Option<Arc<dyn Ledger>>,
+    /// The end user: from the configured header, else the body.
+    end_user: Option<String>,
+    /// This request's budget reservation, until it is settled or refunded.
+    reservation: Option<Reservation>,
+    /// Soft budgets this request went past.
+    soft_exceeded: Vec<Line>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -168,7 +178,17 @@ impl Processor {
             overhead: Duration::ZERO,
             rejected: None,
             verdicts: Verdicts::default(),
+            ledger: None,
+            end_user: None,
+            reservation: None,
+            soft_exceeded: Vec::new(),
         }
+    }
+
+    /// Enforces budgets on `ledger` (shared by every stream of the process).
+    pub fn with_ledger(mut self, ledger: Option<Arc<dyn Ledger>>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     /// Emits this request's `LogEvent` to `log` when it ends (logging is off with `None`).
@@ -250,11 +270,19 @@ impl Processor {
             .inc();
         let request_id = self.ctx.as_ref().map(|c| c.request_id.as_str());
         tracing::debug!(request_id, status = class.status, error = %err, "Rejected request");
-        mutation::immediate(
+        let extra = match err {
+            ApiError::BudgetExceeded {
+                retry_after_secs: Some(secs),
+                ..
+            } => vec![set("retry-after", secs.to_string())],
+            _ => Vec::new(),
+        };
+        mutation::immediate_with(
             class.status,
             err.body(self.dialect()),
             "application/json",
             request_id,
+            extra,
         )
     }
 
@@ -278,6 +306,9 @@ impl Processor {
             String::from_utf8_lossy(m).into_owned()
         });
         self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
+        self.end_user = header(&h.headers, &self.config.budgets.end_user_header)
+            .map(|v| String::from_utf8_lossy(v).trim().to_owned())
+            .filter(|v| !v.is_empty());
         match self.endpoint(&method, &path) {
             Ok(Endpoint::Models) => self.list_models(),
             Ok(_) if h.end_of_stream => self.reject(
@@ -356,7 +387,9 @@ impl Processor {
         }
         let parsed = openai::parse_request(endpoint, &b.body).map_err(|e| (e, None))?;
         let model = parsed.model.clone();
-        let Some(m) = self.config.models.get(&model) else {
+        // A handle of its own: the target borrowed from it outlives `&mut self` calls below.
+        let config = Arc::clone(&self.config);
+        let Some(m) = config.models.get(&model) else {
             return Err((ApiError::UnknownModel(model.clone()), Some(model)));
         };
         if !ctx.allows(&model) {
@@ -427,7 +460,10 @@ impl Processor {
         }
         // The response is read (usage) and may be rewritten (translation): it must come back
         // uncompressed. Envoy can still compress towards the client.
-        let mut remove = vec!["accept-encoding".to_owned()];
+        let mut remove = vec![
+            "accept-encoding".to_owned(),
+            self.config.budgets.end_user_header.clone(),
+        ];
         match pair.upstream {
             ApiFamily::Anthropic
                 if !self.client_anthropic_version
@@ -443,6 +479,17 @@ impl Processor {
             }
             _ => {}
         }
+        if self.end_user.is_none() {
+            self.end_user = budget::end_user_in_body(parsed.object());
+        }
+        // Last: nothing after the reservation can fail, so a refusal here is the only way out.
+        let reservation = self
+            .reserve(endpoint, provider, &target.upstream_model, &parsed)
+            .map_err(|e| (e, Some(model.clone())))?;
+        let Some(ctx) = &self.ctx else {
+            return Err((ApiError::Internal, None));
+        };
+        self.reservation = reservation;
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
         let sse = parsed.stream.then(|| {
             let engine = response_guard.as_ref().map(Arc::clone);
@@ -527,10 +574,19 @@ impl Processor {
         } else {
             (BodySendMode::Buffered, Vec::new())
         };
+        let mut headers = Vec::new();
+        if !self.soft_exceeded.is_empty() {
+            let warning: Vec<String> = self
+                .soft_exceeded
+                .iter()
+                .map(|l| format!("{} {} budget exceeded", l.scope.label(), l.period.label()))
+                .collect();
+            headers.push(set(BUDGET_WARNING_HEADER, warning.join(", ")));
+        }
         if h.end_of_stream {
             self.finish();
         }
-        mutation::response_headers(mutation::common(vec![], remove, None, false), mode)
+        mutation::response_headers(mutation::common(headers, remove, None, false), mode)
     }
 
     fn on_response_body(&mut self, b: HttpBody) -> ProcessingResponse {
@@ -647,6 +703,7 @@ impl Processor {
         if let Some(v) = stream_verdict {
             self.verdicts.add(Side::Response, &v, &self.metrics);
         }
+        self.settle();
         self.emit_log();
         let Some(fwd) = &self.forwarded else { return };
         let status = fwd.status.unwrap_or(499);
@@ -716,6 +773,7 @@ impl Processor {
             key_id: &ctx.key_id,
             tenant: &ctx.tenant,
             team: &ctx.team,
+            end_user: self.end_user.as_deref().unwrap_or(""),
             dialect: self.dialect(),
             endpoint,
             requested_model: "",
@@ -768,6 +826,106 @@ impl Processor {
             (None, None) => return,
         }
         handle.emit(log::event(&facts));
+    }
+}
+
+/// Response header naming the soft budgets a request went past.
+pub const BUDGET_WARNING_HEADER: &str = "x-tollgate-budget-warning";
+
+impl Processor {
+    /// Reserves the request's estimated cost on every budget that applies to it: `Ok(None)`
+    /// when none does (or the model has no price), a 429 when a hard one cannot take it.
+    fn reserve(
+        &mut self,
+        endpoint: Endpoint,
+        provider: &Provider,
+        upstream_model: &str,
+        parsed: &openai::ParsedRequest<'_>,
+    ) -> Result<Option<Reservation>, ApiError> {
+        let (Some(ledger), Some(ctx)) = (&self.ledger, &self.ctx) else {
+            return Ok(None);
+        };
+        let owner = Owner {
+            key: &ctx.key_id,
+            team: Some(ctx.team.as_str()),
+            tenant: Some(ctx.tenant.as_str()),
+            end_user: self.end_user.as_deref(),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let lines = budgets::lines(&self.config.budgets.limits, &owner, now);
+        if lines.is_empty() {
+            return Ok(None);
+        }
+        let Some(price) = self.config.prices.get(upstream_model) else {
+            tracing::warn!(request_id = %ctx.request_id, model = %upstream_model, "No price for the model: the request is not charged to its budgets (add it under pricing.models)");
+            self.metrics.budget("unpriced");
+            return Ok(None);
+        };
+        let counter = budget::Counter::for_target(provider.kind, upstream_model);
+        let amount = budget::estimate(
+            price,
+            budget::prompt_tokens(parsed.object(), counter),
+            budget::max_output_tokens(
+                parsed.object(),
+                endpoint,
+                self.config.budgets.default_max_tokens,
+            ),
+        );
+        match Reservation::reserve(ledger, lines, amount) {
+            Ok(Admission::Admitted(r, soft)) => {
+                self.metrics.budget("reserved");
+                for l in &soft {
+                    self.metrics.budget("soft_exceeded");
+                    tracing::warn!(request_id = %ctx.request_id, budget = %l.budget, scope = l.scope.label(), period = l.period.label(), "Soft budget exceeded");
+                }
+                self.soft_exceeded = soft;
+                Ok(Some(r))
+            }
+            Ok(Admission::Refused(line)) => {
+                self.metrics.budget("refused");
+                tracing::debug!(request_id = %ctx.request_id, budget = %line.budget, "Budget refused the request");
+                Err(ApiError::BudgetExceeded {
+                    scope: line.scope.label(),
+                    period: line.period.label(),
+                    retry_after_secs: line
+                        .ends
+                        .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
+                })
+            }
+            Err(e) => {
+                // Fail closed: without the ledger no budget can be held.
+                self.metrics.budget("ledger_error");
+                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable");
+                Err(ApiError::Internal)
+            }
+        }
+    }
+
+    /// Ends the reservation: the real cost when the usage is known; the whole reservation
+    /// when a response was being delivered but its usage never came (a stream cut short: the
+    /// provider charges for what it generated); nothing when no response came (upstream
+    /// failure, client gone before the answer).
+    fn settle(&mut self) {
+        let Some(r) = self.reservation.take() else {
+            return;
+        };
+        let Some(fwd) = &self.forwarded else {
+            r.refund();
+            return;
+        };
+        let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
+        let cost = fwd
+            .usage
+            .zip(self.config.prices.get(&fwd.upstream_model))
+            .map(|(u, p)| p.cost(&u));
+        match (ok, cost) {
+            (true, Some(c)) => r.settle(c),
+            (true, None) if self.first_byte_at.is_some() => {
+                let amount = r.amount();
+                r.settle(amount);
+            }
+            _ => r.refund(),
+        }
     }
 }
 

@@ -6,6 +6,9 @@ use std::pin::Pin;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use futures::Stream;
+use std::sync::Arc;
+
+use tollgate_core::budget::Ledger;
 use tollgate_core::metrics::Metrics;
 use tollgate_core::SharedConfig;
 use tollgate_logger::LogHandle;
@@ -18,6 +21,7 @@ pub struct ExtProcService {
     config: SharedConfig,
     metrics: Metrics,
     log: Option<LogHandle>,
+    ledger: Option<Arc<dyn Ledger>>,
 }
 
 impl ExtProcService {
@@ -27,7 +31,14 @@ impl ExtProcService {
             config,
             metrics,
             log: None,
+            ledger: None,
         }
+    }
+
+    /// Enforces budgets on `ledger` (shared with ext_authz's precheck).
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Emits one `LogEvent` per request to `log` (logging is off with `None`).
@@ -61,7 +72,8 @@ impl ExternalProcessor for ExtProcService {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let inbound = request.into_inner();
         let processor = Processor::new(self.config.load_full(), self.metrics.clone())
-            .with_log(self.log.clone());
+            .with_log(self.log.clone())
+            .with_ledger(self.ledger.clone());
         let stream = futures::stream::unfold(
             (inbound, processor),
             |(mut inbound, mut processor)| async move {

@@ -195,6 +195,8 @@ pub struct StackOptions {
     /// Ship log events to a logger at this `host:port` (batches of 4, 50 ms max delay,
     /// spool under the stack's directory).
     pub logger: Option<String>,
+    /// YAML appended to the config (top-level sections the base config lacks, e.g. `budgets`).
+    pub extra_yaml: String,
 }
 
 impl Default for StackOptions {
@@ -204,6 +206,7 @@ impl Default for StackOptions {
             max_body: 64 * 1024,
             chunk_delay_ms: 0,
             logger: None,
+            extra_yaml: String::new(),
         }
     }
 }
@@ -272,10 +275,13 @@ models:
     targets: [{{ provider: claude, model: mock-error-429 }}]
   claude-stream-error:
     targets: [{{ provider: claude, model: mock-stream-error }}]
+  server-error:
+    targets: [{{ provider: mock, model: mock-error-500 }}]
 pricing:
   models:
     # The mock's model has no list price: one for the cost checks (USD per million tokens).
     mock-model: {{ input: "1.5", output: "2" }}
+    mock-error-500: {{ input: "1.5", output: "2" }}
 keys:
   - {{ id: all, hash: "{all}", tenant: acme, team: ml, models: ["*"] }}
   - {{ id: limited, hash: "{limited}", tenant: acme, models: [mock-model, mock-embedding] }}
@@ -440,6 +446,7 @@ impl Stack {
         if let Some(logger) = &opts.logger {
             yaml.push_str(&logging_yaml(logger, d));
         }
+        yaml.push_str(&opts.extra_yaml);
         std::fs::write(&config_path, yaml).unwrap();
 
         let mut procs = Vec::new();

@@ -1,0 +1,202 @@
+//! Budgets end to end through real Envoy: reservations hold a hard budget under 200 concurrent
+//! requests, a failed upstream call gives its reservation back, soft budgets flag, end-user
+//! budgets follow the header or the body's `user`, and refusals come in the client's dialect.
+//!
+//! Prices: `mock-model` and `mock-error-500` cost 1.5 USD per million input tokens and 2 per
+//! million output tokens (see `tests/common`), i.e. 1 500 000 and 2 000 000 picodollars per
+//! token. The mock counts one token per word.
+
+// Test support: helpers outside `#[test]` functions fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use serde_json::{json, Value};
+
+const INPUT_PICO: u128 = 1_500_000;
+const OUTPUT_PICO: u128 = 2_000_000;
+/// Ten words, ten output tokens at most: 35 000 000 picodollars a request as the mock counts.
+const TEN_WORDS: &str = "one two three four five six seven eight nine ten";
+
+fn chat(model: &str) -> String {
+    json!({"model": model, "max_tokens": 10,
+        "messages": [{"role": "user", "content": TEN_WORDS}]})
+    .to_string()
+}
+
+/// The exact cost of a response's usage.
+fn cost(v: &Value) -> u128 {
+    let u = &v["usage"];
+    u128::from(u["prompt_tokens"].as_u64().unwrap()) * INPUT_PICO
+        + u128::from(u["completion_tokens"].as_u64().unwrap()) * OUTPUT_PICO
+}
+
+/// The reservation of a [`chat`] request: `o200k_base` counts "user" and the ten words as 11
+/// tokens, plus 4 for the message and 3 for the request; 10 output tokens.
+const RESERVATION: u128 = 18 * INPUT_PICO + 10 * OUTPUT_PICO;
+
+fn budget_stack(limits: &str) -> Stack {
+    Stack::start(StackOptions {
+        extra_yaml: format!("budgets:\n  limits:\n{limits}"),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_requests_never_overshoot_a_hard_budget_by_more_than_one_reservation(
+) {
+    // About 50 requests' worth: 50 × 35 000 000 picodollars.
+    let budget: u128 = 1_750_000_000;
+    let stack = Arc::new(budget_stack(
+        "    - { id: all-daily, scope: key, name: all, period: daily, amount_usd: \"0.00175\" }\n",
+    ));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let stack = Arc::clone(&stack);
+            tokio::spawn(async move {
+                stack
+                    .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+                    .await
+            })
+        })
+        .collect();
+    let mut admitted = 0u32;
+    let mut spent = 0u128;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            200 => {
+                admitted += 1;
+                spent += cost(&r.json());
+            }
+            429 => {
+                let v = r.assert_openai_error(429, Some("budget_exceeded"));
+                let m = v["error"]["message"].as_str().unwrap();
+                assert!(m.contains("daily budget of this key"), "{m}");
+                assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+            }
+            other => panic!("unexpected {other}: {}", r.text),
+        }
+    }
+    eprintln!("admitted {admitted} of 200, spent {spent} of {budget} picodollars");
+    // The documented bound: spend ≤ budget + one maximum reservation.
+    assert!(
+        spent <= budget + RESERVATION,
+        "spent {spent} > {budget} + {RESERVATION}"
+    );
+    // And the budget is used, not refused wholesale: at least what fits at peak concurrency.
+    assert!(
+        u128::from(admitted) >= budget / RESERVATION,
+        "only {admitted} admitted"
+    );
+    assert!(admitted < 200);
+}
+
+#[tokio::test]
+async fn an_upstream_failure_gives_its_reservation_back() {
+    // Room for one reservation, not for two, nor for one after a settled request.
+    let stack = budget_stack(
+        "    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.00006\" }\n",
+    );
+    for _ in 0..3 {
+        let r = stack
+            .post("/v1/chat/completions", Some(KEY_ALL), chat("server-error"))
+            .await;
+        // Without the refund, the second attempt would be refused with 429.
+        assert_eq!(r.status, 500, "{}", r.text);
+    }
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // 35 000 000 spent of 60 000 000: the next reservation (47 000 000) does not fit.
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+        .await;
+    r.assert_openai_error(429, Some("budget_exceeded"));
+    assert!(
+        r.text.contains("monthly budget of this tenant"),
+        "{}",
+        r.text
+    );
+    assert!(stack
+        .metrics()
+        .await
+        .contains("tollgate_budget_decisions_total{result=\"refused\"} 1"));
+}
+
+#[tokio::test]
+async fn soft_budgets_flag_and_end_user_budgets_refuse_in_the_clients_dialect() {
+    let stack = budget_stack(concat!(
+        "    - { id: ml-soft, scope: team, name: ml, period: weekly, amount_usd: \"0.00001\", mode: soft }\n",
+        "    - { id: bob, scope: end_user, name: bob, period: total, amount_usd: \"0\" }\n",
+    ));
+    // Past the soft budget: admitted, flagged.
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.header("x-tollgate-budget-warning"),
+        Some("team weekly budget exceeded")
+    );
+    assert!(stack
+        .metrics()
+        .await
+        .contains("tollgate_budget_decisions_total{result=\"soft_exceeded\"} 1"));
+    // Bob, named in the body: refused by ext_proc's reservation.
+    let body = json!({"model": "mock-model", "max_tokens": 10, "user": "bob",
+        "messages": [{"role": "user", "content": TEN_WORDS}]});
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), body.to_string())
+        .await;
+    let v = r.assert_openai_error(429, Some("budget_exceeded"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("total budget of this end_user"));
+    assert!(
+        r.header("retry-after").is_none(),
+        "a total budget never resets"
+    );
+    // Bob, named in the header, in Anthropic's dialect: refused by ext_authz's precheck.
+    let r = stack
+        .http
+        .post(format!("{}/v1/messages", stack.base))
+        .bearer_auth(KEY_ALL)
+        .header("x-tollgate-end-user", "bob")
+        .body(
+            json!({"model": "mock-model", "max_tokens": 10,
+                "messages": [{"role": "user", "content": TEN_WORDS}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert!(stack
+        .metrics()
+        .await
+        .contains("tollgate_budget_decisions_total{result=\"prechecked_refused\"} 1"));
+    // Alice is not limited, and her header never reaches the provider.
+    stack.clear_upstream_requests().await;
+    let r = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .bearer_auth(KEY_ALL)
+        .header("x-tollgate-end-user", "alice")
+        .body(chat("mock-model"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = stack.posted().await;
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0]["headers"].get("x-tollgate-end-user").is_none());
+}
