@@ -267,6 +267,10 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     fn balances(&self, keys: &[String]) -> Result<Vec<Balance>, LedgerError>;
     /// Adds spend recorded elsewhere (restored at start-up) to a line.
     fn add_spent(&self, key: &str, amount: Picodollars) -> Result<(), LedgerError>;
+    /// Adds `amount` of spend to every line of `keys` (spend kept without a budget).
+    fn add_spent_all(&self, keys: &[String], amount: Picodollars) -> Result<(), LedgerError> {
+        keys.iter().try_for_each(|k| self.add_spent(k, amount))
+    }
 }
 
 /// The index of the first hard line already at or past its limit (an admission precheck that

@@ -10,6 +10,7 @@ pub mod guard;
 pub mod log;
 pub mod mutation;
 pub mod processor;
+pub mod selfservice;
 pub mod server;
 pub mod translator;
 

@@ -29,6 +29,7 @@ use crate::budget;
 use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
 use crate::log;
 use crate::mutation::{self, set};
+use crate::selfservice;
 use crate::translator::stream::StreamTranslator;
 use crate::translator::{openai, sse::UsageFilter, Pair};
 
@@ -309,6 +310,13 @@ impl Processor {
         self.end_user = header(&h.headers, &self.config.budgets.end_user_header)
             .map(|v| String::from_utf8_lossy(v).trim().to_owned())
             .filter(|v| !v.is_empty());
+        if method == "GET" {
+            match strip_query(&path) {
+                "/v1/budget" => return self.self_service(SelfService::Budget),
+                "/v1/usage" => return self.self_service(SelfService::Usage),
+                _ => {}
+            }
+        }
         match self.endpoint(&method, &path) {
             Ok(Endpoint::Models) => self.list_models(),
             Ok(_) if h.end_of_stream => self.reject(
@@ -346,10 +354,15 @@ impl Processor {
             serde_json::json!({"object": "list", "data": data})
         }
         .to_string();
+        self.answer(Endpoint::Models.label(), body)
+    }
+
+    /// A 200 JSON answer Tollgate gives itself.
+    fn answer(&self, label: &'static str, body: String) -> ProcessingResponse {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                endpoint: Endpoint::Models.label(),
+                endpoint: label,
                 provider: "tollgate".to_owned(),
                 model: "none".to_owned(),
                 status: 200,
@@ -359,8 +372,32 @@ impl Processor {
             200,
             body.into_bytes(),
             "application/json",
-            Some(&ctx.request_id),
+            self.ctx.as_ref().map(|c| c.request_id.as_str()),
         )
+    }
+
+    /// `GET /v1/budget` or `GET /v1/usage` for the calling key.
+    fn self_service(&mut self, what: SelfService) -> ProcessingResponse {
+        let (Some(ctx), Some(ledger)) = (&self.ctx, &self.ledger) else {
+            return self.reject(&ApiError::Internal, None);
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let report = match what {
+            SelfService::Budget => selfservice::budget_report(
+                &self.config.budgets,
+                ledger.as_ref(),
+                &owner(ctx, self.end_user.as_deref()),
+                now,
+            ),
+            SelfService::Usage => selfservice::usage_report(ledger.as_ref(), &ctx.key_id, now),
+        };
+        match report {
+            Ok(v) => self.answer(what.label(), v.to_string()),
+            Err(e) => {
+                tracing::error!(error = %e, "Budget ledger unavailable");
+                self.reject(&ApiError::Internal, None)
+            }
+        }
     }
 
     fn on_request_body(&mut self, b: HttpBody) -> ProcessingResponse {
@@ -845,14 +882,12 @@ impl Processor {
         let (Some(ledger), Some(ctx)) = (&self.ledger, &self.ctx) else {
             return Ok(None);
         };
-        let owner = Owner {
-            key: &ctx.key_id,
-            team: Some(ctx.team.as_str()),
-            tenant: Some(ctx.tenant.as_str()),
-            end_user: self.end_user.as_deref(),
-        };
         let now = time::OffsetDateTime::now_utc();
-        let lines = budgets::lines(&self.config.budgets.limits, &owner, now);
+        let lines = budgets::lines(
+            &self.config.budgets.limits,
+            &owner(ctx, self.end_user.as_deref()),
+            now,
+        );
         if lines.is_empty() {
             return Ok(None);
         }
@@ -906,26 +941,64 @@ impl Processor {
     /// provider charges for what it generated); nothing when no response came (upstream
     /// failure, client gone before the answer).
     fn settle(&mut self) {
-        let Some(r) = self.reservation.take() else {
-            return;
-        };
-        let Some(fwd) = &self.forwarded else {
-            r.refund();
-            return;
+        let reservation = self.reservation.take();
+        let (Some(fwd), Some(ledger), Some(ctx)) = (&self.forwarded, &self.ledger, &self.ctx)
+        else {
+            return; // dropping the reservation refunds it
         };
         let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
         let cost = fwd
             .usage
             .zip(self.config.prices.get(&fwd.upstream_model))
             .map(|(u, p)| p.cost(&u));
-        match (ok, cost) {
-            (true, Some(c)) => r.settle(c),
-            (true, None) if self.first_byte_at.is_some() => {
-                let amount = r.amount();
-                r.settle(amount);
+        let charged = match (ok, cost, &reservation) {
+            (true, Some(c), _) => Some(c),
+            (true, None, Some(r)) if self.first_byte_at.is_some() => Some(r.amount()),
+            _ => None,
+        };
+        // The key's own spend per period (`GET /v1/usage`), on the lines the reservation
+        // does not already hold.
+        let mut usage = selfservice::usage_lines(&ctx.key_id, self.started_at.into());
+        if let Some(r) = reservation {
+            usage.retain(|k| !r.keys().contains(k));
+            match charged {
+                Some(c) => r.settle(c),
+                None => r.refund(),
             }
-            _ => r.refund(),
         }
+        if let Some(c) = charged.filter(|c| *c > 0) {
+            if let Err(e) = ledger.add_spent_all(&usage, c) {
+                tracing::error!(error = %e, "Could not record a key's spend");
+            }
+        }
+    }
+}
+
+/// Self-service answers.
+#[derive(Debug, Clone, Copy)]
+enum SelfService {
+    /// `GET /v1/budget`.
+    Budget,
+    /// `GET /v1/usage`.
+    Usage,
+}
+
+impl SelfService {
+    fn label(self) -> &'static str {
+        match self {
+            SelfService::Budget => "budget",
+            SelfService::Usage => "usage",
+        }
+    }
+}
+
+/// The owner of a request, for its budgets.
+fn owner<'a>(ctx: &'a AuthContext, end_user: Option<&'a str>) -> Owner<'a> {
+    Owner {
+        key: &ctx.key_id,
+        team: Some(ctx.team.as_str()),
+        tenant: Some(ctx.tenant.as_str()),
+        end_user,
     }
 }
 
