@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tollgate_authz::AuthzService;
-use tollgate_core::budget::{Ledger, MemoryLedger};
+use tollgate_core::budget::{self, Ledger, MemoryLedger};
 use tollgate_core::config::GrpcAddr;
 use tollgate_core::env::ProcessEnv;
 use tollgate_core::metrics::{Metrics, ResultLabel};
@@ -113,6 +113,44 @@ async fn watch_config(
     }
 }
 
+/// Adds the spend the logger stored under `dir` in the current periods to `ledger`. Read once
+/// at start-up; a read error stops the start (budgets would otherwise start from zero).
+async fn restore_spend(ledger: &dyn Ledger, dir: PathBuf) -> anyhow::Result<()> {
+    if !dir.exists() {
+        tracing::warn!(dir = %dir.display(), "No logger data to restore spend from yet (budgets.restore.ndjson_dir)");
+        return Ok(());
+    }
+    let shown = dir.display().to_string();
+    let records =
+        tokio::task::spawn_blocking(move || tollgate_logger::ndjson::read_records_live(&dir))
+            .await
+            .context("spend restore task failed")?
+            .with_context(|| {
+                format!("cannot restore spend from {shown} (budgets.restore.ndjson_dir)")
+            })?;
+    let lines = budget::restored_lines(
+        records.iter().map(|r| budget::Spend {
+            request_id: &r.request_id,
+            start_unix_nanos: r.start_time_unix_nanos,
+            owner: budget::Owner {
+                key: &r.key_id,
+                team: Some(r.team.as_str()),
+                tenant: Some(r.tenant.as_str()),
+                end_user: Some(r.end_user.as_str()),
+            },
+            cost: u128::from(r.cost_picodollars),
+        }),
+        time::OffsetDateTime::now_utc(),
+    );
+    for (line, spent) in &lines {
+        ledger
+            .add_spent(line, *spent)
+            .context("cannot restore spend into the ledger")?;
+    }
+    tracing::info!(dir = %shown, requests = records.len(), lines = lines.len(), "Restored spend of the current periods");
+    Ok(())
+}
+
 /// Runs the services for `config_path` until `shutdown` resolves.
 pub async fn serve(
     config_path: &Path,
@@ -128,6 +166,9 @@ pub async fn serve(
     let ready = Arc::new(AtomicBool::new(false));
     // One ledger for ext_authz's precheck and ext_proc's reservations; it outlives reloads.
     let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    if let Some(dir) = shared.load().budgets.restore_ndjson_dir.clone() {
+        restore_spend(ledger.as_ref(), dir).await?;
+    }
     tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers)
         .await
         .context("cannot load the tokenizers")?;

@@ -200,3 +200,50 @@ async fn soft_budgets_flag_and_end_user_budgets_refuse_in_the_clients_dialect() 
     assert_eq!(seen.len(), 1);
     assert!(seen[0]["headers"].get("x-tollgate-end-user").is_none());
 }
+
+#[tokio::test]
+async fn spend_survives_a_restart_of_serve() {
+    let data = tempfile::tempdir().unwrap();
+    let logger_addr = format!("127.0.0.1:{}", free_port());
+    let logger = Logger::start(&logger_addr, &data.path().join("data"), data.path());
+    let mut stack = Stack::start(StackOptions {
+        logger: Some(logger_addr.clone()),
+        extra_yaml: format!(
+            "budgets:\n  restore: {{ ndjson_dir: \"{}\" }}\n  limits:\n    - {{ id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.00006\" }}\n",
+            data.path().join("data").display()
+        ),
+        ..Default::default()
+    });
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The logger has stored the request before `serve` dies without a goodbye.
+    let start = std::time::Instant::now();
+    while logger.lines().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no record stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stack.restart_serve(2);
+    // Envoy reconnects to the new `serve` on the next request.
+    let mut usage = stack.get("/v1/usage", Some(KEY_ALL)).await;
+    while usage.status != 200 && start.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        usage = stack.get("/v1/usage", Some(KEY_ALL)).await;
+    }
+    assert_eq!(usage.status, 200, "{}", usage.text);
+    assert_eq!(usage.json()["data"][3]["spent_usd"], "0.000035000000");
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(v["data"][0]["spent_usd"], "0.000035000000");
+    // With 35 of 60 spent before the restart, the next reservation (47) does not fit.
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+        .await;
+    r.assert_openai_error(429, Some("budget_exceeded"));
+    assert!(stack
+        .serve_log()
+        .contains("Restored spend of the current periods"));
+}

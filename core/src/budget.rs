@@ -273,6 +273,65 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     }
 }
 
+/// One stored request's spend, as the logger recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spend<'a> {
+    /// Tollgate's request id (each counts once).
+    pub request_id: &'a str,
+    /// When the request started, unix nanoseconds.
+    pub start_unix_nanos: i64,
+    /// Who it belonged to.
+    pub owner: Owner<'a>,
+    /// What it cost.
+    pub cost: Picodollars,
+}
+
+/// The spend per ledger line in the periods holding `now` (every scope member, every
+/// period: the lines any budget and the key usage report read), from stored requests, each
+/// request id counted once. What a ledger restores at start-up.
+pub fn restored_lines<'a>(
+    spends: impl IntoIterator<Item = Spend<'a>>,
+    now: OffsetDateTime,
+) -> HashMap<String, Picodollars> {
+    const PERIODS: [Period; 4] = [
+        Period::Daily,
+        Period::Weekly,
+        Period::Monthly,
+        Period::Total,
+    ];
+    const SCOPES: [Scope; 4] = [Scope::Key, Scope::Team, Scope::Tenant, Scope::EndUser];
+    let starts: Vec<(Period, i128)> = PERIODS
+        .iter()
+        .map(|p| {
+            (
+                *p,
+                p.start(now).map_or(i128::MIN, |s| s.unix_timestamp_nanos()),
+            )
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut lines: HashMap<String, Picodollars> = HashMap::new();
+    for s in spends {
+        if s.cost == 0 || !seen.insert(s.request_id) {
+            continue;
+        }
+        for &(period, start) in &starts {
+            if i128::from(s.start_unix_nanos) < start {
+                continue;
+            }
+            for scope in SCOPES {
+                if let Some(member) = s.owner.member(scope) {
+                    let e = lines
+                        .entry(line_key(scope, period, member, now))
+                        .or_default();
+                    *e = e.saturating_add(s.cost);
+                }
+            }
+        }
+    }
+    lines
+}
+
 /// The index of the first hard line already at or past its limit (an admission precheck that
 /// reserves nothing).
 pub fn precheck(ledger: &dyn Ledger, lines: &[Line]) -> Result<Option<usize>, LedgerError> {

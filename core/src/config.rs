@@ -77,6 +77,19 @@ pub struct RawBudgets {
     /// `metadata.user_id`); removed before the request goes upstream.
     #[serde(default = "default_end_user_header")]
     pub end_user_header: String,
+    /// Where `serve` reads the spend already recorded in the current periods when it starts,
+    /// so that a restart does not reset budgets. Absent: the ledger starts empty.
+    #[serde(default)]
+    pub restore: Option<RawRestore>,
+}
+
+/// Where spend is restored from at start-up: the logger's stored requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestore {
+    /// The logger's NDJSON data directory (`tollgate logger --data-dir`), read at start-up.
+    /// A directory that does not exist yet holds no spend.
+    pub ndjson_dir: PathBuf,
 }
 
 impl Default for RawBudgets {
@@ -85,6 +98,7 @@ impl Default for RawBudgets {
             limits: Vec::new(),
             default_max_tokens: default_reserve_output_tokens(),
             end_user_header: default_end_user_header(),
+            restore: None,
         }
     }
 }
@@ -783,6 +797,8 @@ pub struct Budgets {
     pub default_max_tokens: u64,
     /// The end-user header, lowercase.
     pub end_user_header: String,
+    /// The logger's NDJSON directory to restore spend from at start-up.
+    pub restore_ndjson_dir: Option<PathBuf>,
 }
 
 fn validate_budgets(raw: &RawBudgets, errs: &mut Errors) -> Budgets {
@@ -826,10 +842,18 @@ fn validate_budgets(raw: &RawBudgets, errs: &mut Errors) -> Budgets {
     if !valid_header_name(&header) {
         errs.add("budgets.end_user_header", "is not a valid header name");
     }
+    if raw
+        .restore
+        .as_ref()
+        .is_some_and(|r| r.ndjson_dir.as_os_str().is_empty())
+    {
+        errs.add("budgets.restore.ndjson_dir", "must not be empty");
+    }
     Budgets {
         limits,
         default_max_tokens: raw.default_max_tokens,
         end_user_header: header,
+        restore_ndjson_dir: raw.restore.as_ref().map(|r| r.ndjson_dir.clone()),
     }
 }
 

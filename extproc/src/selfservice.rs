@@ -113,6 +113,7 @@ mod tests {
             ],
             default_max_tokens: 16,
             end_user_header: "x-tollgate-end-user".into(),
+            restore_ndjson_dir: None,
         };
         let ledger = MemoryLedger::new();
         ledger

@@ -61,19 +61,38 @@ pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
 /// Every stored record under `dir`, oldest file first (for tools and tests; it reads every
 /// file whole). Blocking.
 pub fn read_records(dir: &Path) -> Result<Vec<Record>, LoggerError> {
+    read(dir, false)
+}
+
+/// [`read_records`] for a reader running beside a live logger: a partial last line (being
+/// written, or left by a crash) is skipped instead of failing the read. Blocking.
+pub fn read_records_live(dir: &Path) -> Result<Vec<Record>, LoggerError> {
+    read(dir, true)
+}
+
+fn read(dir: &Path, skip_partial_tail: bool) -> Result<Vec<Record>, LoggerError> {
     let mut out = Vec::new();
-    for (_, path) in files(dir)? {
+    let files = files(dir)?;
+    let last_file = files.len().saturating_sub(1);
+    for (i, (_, path)) in files.iter().enumerate() {
         let text =
-            std::fs::read_to_string(&path).map_err(|e| LoggerError::io("cannot read", &path, e))?;
-        for line in text.lines() {
-            let record = serde_json::from_str(line).map_err(|e| {
-                LoggerError::io(
-                    "cannot parse a line of",
-                    &path,
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                )
-            })?;
-            out.push(record);
+            std::fs::read_to_string(path).map_err(|e| LoggerError::io("cannot read", path, e))?;
+        let complete = text.ends_with('\n');
+        let lines: Vec<&str> = text.lines().collect();
+        for (j, line) in lines.iter().enumerate() {
+            match serde_json::from_str(line) {
+                Ok(record) => out.push(record),
+                Err(_)
+                    if skip_partial_tail && i == last_file && j + 1 == lines.len() && !complete => {
+                }
+                Err(e) => {
+                    return Err(LoggerError::io(
+                        "cannot parse a line of",
+                        path,
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    ))
+                }
+            }
         }
     }
     Ok(out)

@@ -425,7 +425,35 @@ impl Drop for Logger {
     }
 }
 
+/// `tollgate serve` on a stack's config, with the stack's provider secrets.
+fn spawn_serve(name: &str, config_path: &Path, dir: &Path) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new(TOLLGATE)
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .env("E2E_AZURE_KEY", AZURE_SECRET)
+            .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
+            .env(
+                "TOLLGATE_LOG",
+                "info,tollgate_extproc=debug,tollgate_authz=debug",
+            ),
+        dir,
+    )
+}
+
 impl Stack {
+    /// `kill -9` the stack's `serve` and start a new one on the same config and socket;
+    /// returns once it is ready.
+    pub fn restart_serve(&mut self, run: u32) {
+        self.procs[1].kill9();
+        let mut serve = spawn_serve(&format!("serve-{run}"), &self.config_path, self.dir.path());
+        wait_http_ok(&format!("{}/readyz", self.admin), &mut [&mut serve]);
+        let old = std::mem::replace(&mut self.procs[1], serve);
+        // Keep the first run's log for a failure report.
+        self.procs.push(old);
+    }
+
     pub fn start(opts: StackOptions) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -461,19 +489,7 @@ impl Stack {
             ]),
             d,
         );
-        let mut serve_p = Proc::spawn(
-            "serve",
-            Command::new(TOLLGATE)
-                .args(["serve", "--config"])
-                .arg(&config_path)
-                .env("E2E_AZURE_KEY", AZURE_SECRET)
-                .env("E2E_ANTHROPIC_KEY", ANTHROPIC_SECRET)
-                .env(
-                    "TOLLGATE_LOG",
-                    "info,tollgate_extproc=debug,tollgate_authz=debug",
-                ),
-            d,
-        );
+        let mut serve_p = spawn_serve("serve", &config_path, d);
         let bootstrap = Command::new(TOLLGATE)
             .args(["envoy-bootstrap", "--config"])
             .arg(&config_path)

@@ -198,3 +198,38 @@ fn concurrent_reservations_never_exceed_a_hard_limit() {
     let spent = ledger.balances(&["a".to_owned()]).unwrap()[0].spent;
     assert_eq!(spent, 1000);
 }
+
+#[test]
+fn restored_spend_counts_each_request_once_in_the_current_periods_only() {
+    let now = at("2026-11-26T12:00:00Z");
+    let nanos = |s: &str| i64::try_from(at(s).unix_timestamp_nanos()).unwrap();
+    let spend = |id, when: &str, end_user, cost| Spend {
+        request_id: id,
+        start_unix_nanos: nanos(when),
+        owner: Owner {
+            key: "k",
+            team: Some(""),
+            tenant: Some("acme"),
+            end_user,
+        },
+        cost,
+    };
+    let lines = restored_lines(
+        [
+            spend("a", "2026-11-26T01:00:00Z", Some("alice"), 10),
+            spend("a", "2026-11-26T01:00:00Z", Some("alice"), 10), // a duplicate
+            spend("b", "2026-11-24T01:00:00Z", None, 100),         // this week, not today
+            spend("c", "2026-10-31T23:59:59Z", None, 1000),        // last month
+            spend("d", "2026-11-26T02:00:00Z", None, 0),           // nothing to count
+        ],
+        now,
+    );
+    let get = |k: &str| lines.get(k).copied().unwrap_or(0);
+    assert_eq!(get("key:d2026-11-26:k"), 10);
+    assert_eq!(get("key:w2026-11-23:k"), 110);
+    assert_eq!(get("tenant:m2026-11:acme"), 110);
+    assert_eq!(get("tenant:total:acme"), 1110);
+    assert_eq!(get("end_user:total:alice"), 10);
+    assert!(!lines.keys().any(|k| k.starts_with("team:")), "{lines:?}");
+    assert_eq!(lines.len(), 4 + 4 + 4);
+}
