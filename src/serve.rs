@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tollgate_authz::AuthzService;
-use tollgate_core::budget::{self, Ledger, MemoryLedger};
+use tollgate_core::budget::{self, Ledger, MemoryLedger, RedisLedger};
 use tollgate_core::config::GrpcAddr;
 use tollgate_core::env::ProcessEnv;
 use tollgate_core::metrics::{Metrics, ResultLabel};
@@ -144,7 +144,8 @@ async fn restore_spend(ledger: &dyn Ledger, dir: PathBuf) -> anyhow::Result<()> 
     );
     for (line, spent) in &lines {
         ledger
-            .add_spent(line, *spent)
+            .add_spent(std::slice::from_ref(line), *spent)
+            .await
             .context("cannot restore spend into the ledger")?;
     }
     tracing::info!(dir = %shown, requests = records.len(), lines = lines.len(), "Restored spend of the current periods");
@@ -165,7 +166,16 @@ pub async fn serve(
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     // One ledger for ext_authz's precheck and ext_proc's reservations; it outlives reloads.
-    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
+    // Read once: a change to `budgets.redis` takes effect on restart.
+    let redis = shared.load().budgets.redis.clone();
+    let ledger: Arc<dyn Ledger> = match redis {
+        Some(r) => Arc::new(
+            RedisLedger::connect(r.url.expose(), &r.key_prefix, r.timeout)
+                .await
+                .context("cannot reach the Redis ledger (budgets.redis)")?,
+        ),
+        None => Arc::new(MemoryLedger::new()),
+    };
     if let Some(dir) = shared.load().budgets.restore_ndjson_dir.clone() {
         restore_spend(ledger.as_ref(), dir).await?;
     }
@@ -270,6 +280,10 @@ pub async fn serve(
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
     let grpc_result = grpc.await;
+    // Every stream has ended, so every settlement is handed over: apply them.
+    if let Err(e) = ledger.flush().await {
+        tracing::error!(error = %e, "Could not apply every budget settlement");
+    }
     if let Some(shipper) = shipper {
         // Every stream has ended, so every event is queued: drain them to the logger (or spool).
         shipper.shutdown().await;

@@ -145,7 +145,7 @@ async fn models_lists_only_what_the_key_may_use() {
     assert_eq!(ids, ["mock-embedding", "mock-model"]);
     let r = stack.get("/v1/models", Some(KEY_ALL)).await;
     // Every model of the e2e config (common::config_yaml).
-    assert_eq!(r.json()["data"].as_array().unwrap().len(), 11);
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 12);
     stack
         .get("/v1/models", None)
         .await

@@ -38,24 +38,12 @@ fn cost(v: &Value) -> u128 {
 /// tokens, plus 4 for the message and 3 for the request; 10 output tokens.
 const RESERVATION: u128 = 18 * INPUT_PICO + 10 * OUTPUT_PICO;
 
-fn budget_stack(limits: &str) -> Stack {
-    Stack::start(StackOptions {
-        extra_yaml: format!("budgets:\n  limits:\n{limits}"),
-        ..Default::default()
-    })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hundred_concurrent_requests_never_overshoot_a_hard_budget_by_more_than_one_reservation(
-) {
-    // About 50 requests' worth: 50 × 35 000 000 picodollars.
-    let budget: u128 = 1_750_000_000;
-    let stack = Arc::new(budget_stack(
-        "    - { id: all-daily, scope: key, name: all, period: daily, amount_usd: \"0.00175\" }\n",
-    ));
-    let tasks: Vec<_> = (0..200)
-        .map(|_| {
-            let stack = Arc::clone(&stack);
+/// Sends `n` [`chat`] requests at once, spread over `stacks`; every answer must be a 200 or a
+/// 429 `budget_exceeded` with `retry-after`. Returns how many were admitted and their cost.
+async fn fire(stacks: &[Arc<Stack>], n: usize) -> (u32, u128) {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let stack = Arc::clone(&stacks[i % stacks.len()]);
             tokio::spawn(async move {
                 stack
                     .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
@@ -63,8 +51,7 @@ async fn two_hundred_concurrent_requests_never_overshoot_a_hard_budget_by_more_t
             })
         })
         .collect();
-    let mut admitted = 0u32;
-    let mut spent = 0u128;
+    let (mut admitted, mut spent) = (0u32, 0u128);
     for t in tasks {
         let r = t.await.unwrap();
         match r.status {
@@ -81,18 +68,41 @@ async fn two_hundred_concurrent_requests_never_overshoot_a_hard_budget_by_more_t
             other => panic!("unexpected {other}: {}", r.text),
         }
     }
-    eprintln!("admitted {admitted} of 200, spent {spent} of {budget} picodollars");
-    // The documented bound: spend ≤ budget + one maximum reservation.
+    (admitted, spent)
+}
+
+/// The documented bound, spend ≤ budget + one maximum reservation; and the budget is used,
+/// not refused wholesale: at least what fits at peak concurrency is admitted.
+fn assert_bound(admitted: u32, spent: u128, budget: u128) {
+    eprintln!("admitted {admitted}, spent {spent} of {budget} picodollars");
     assert!(
         spent <= budget + RESERVATION,
         "spent {spent} > {budget} + {RESERVATION}"
     );
-    // And the budget is used, not refused wholesale: at least what fits at peak concurrency.
     assert!(
         u128::from(admitted) >= budget / RESERVATION,
         "only {admitted} admitted"
     );
     assert!(admitted < 200);
+}
+
+fn budget_stack(limits: &str) -> Stack {
+    Stack::start(StackOptions {
+        extra_yaml: format!("budgets:\n  limits:\n{limits}"),
+        ..Default::default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_requests_never_overshoot_a_hard_budget_by_more_than_one_reservation(
+) {
+    // About 50 requests' worth: 50 × 35 000 000 picodollars.
+    let budget: u128 = 1_750_000_000;
+    let stack = Arc::new(budget_stack(
+        "    - { id: all-daily, scope: key, name: all, period: daily, amount_usd: \"0.00175\" }\n",
+    ));
+    let (admitted, spent) = fire(&[stack], 200).await;
+    assert_bound(admitted, spent, budget);
 }
 
 #[tokio::test]
@@ -246,4 +256,81 @@ async fn spend_survives_a_restart_of_serve() {
     assert!(stack
         .serve_log()
         .contains("Restored spend of the current periods"));
+}
+
+/// A real `redis-server` on a free port, data in a temporary directory, killed on drop.
+struct Redis {
+    url: String,
+    proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+fn start_redis() -> Redis {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut proc = Proc::spawn(
+        "redis",
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path()),
+        dir.path(),
+    );
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(proc.alive(), "redis-server exited:\n{}", proc.log());
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "redis-server did not listen:\n{}",
+            proc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Redis {
+        url: format!("redis://127.0.0.1:{port}/0"),
+        proc,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_sharing_redis_hold_the_same_bound_and_fail_closed_without_it() {
+    let mut redis = start_redis();
+    let budget: u128 = 1_750_000_000;
+    let yaml = format!(
+        "budgets:\n  redis: {{ url: \"{}\", timeout_ms: 1000 }}\n  limits:\n    - {{ id: all-daily, scope: key, name: all, period: daily, amount_usd: \"0.00175\" }}\n",
+        redis.url
+    );
+    // Three `serve` replicas, each with its own Envoy and mock, one ledger.
+    let stacks: Vec<Arc<Stack>> = (0..3)
+        .map(|_| {
+            Arc::new(Stack::start(StackOptions {
+                extra_yaml: yaml.clone(),
+                ..Default::default()
+            }))
+        })
+        .collect();
+    let (admitted, spent) = fire(&stacks, 200).await;
+    // Per-replica ledgers would admit about three budgets' worth; a shared one holds one.
+    assert_bound(admitted, spent, budget);
+    // Every replica reads the same spend, once the last settlements (written behind the
+    // responses) are in.
+    for s in &stacks {
+        let start = std::time::Instant::now();
+        let mut v = s.get("/v1/budget", Some(KEY_ALL)).await.json();
+        while v["data"][0]["reserved_usd"] != "0.000000000000"
+            && start.elapsed() < std::time::Duration::from_secs(10)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            v = s.get("/v1/budget", Some(KEY_ALL)).await.json();
+        }
+        assert_eq!(v["data"][0]["spent_usd"], format!("0.{:012}", spent), "{v}");
+        assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000");
+    }
+    // Redis gone: budgets fail closed (the default), in the client's dialect.
+    redis.proc.kill9();
+    let r = stacks[0]
+        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+        .await;
+    r.assert_openai_error(503, Some("budget_unavailable"));
 }

@@ -70,7 +70,7 @@ impl AuthzService {
 
     /// Decides one check request. Pure apart from the clock, the config snapshot and the log
     /// queue (a refusal is recorded there).
-    pub fn decide(&self, req: &CheckRequest, now: OffsetDateTime) -> CheckResponse {
+    pub async fn decide(&self, req: &CheckRequest, now: OffsetDateTime) -> CheckResponse {
         let empty = HashMap::new();
         let http = req
             .attributes
@@ -97,40 +97,10 @@ impl AuthzService {
         };
         // Budgets already used up: refused here, before the rate limits count the request
         // and without reading the body.
-        let decision = decision.and_then(|b| {
-            let Some(ledger) = &self.ledger else {
-                return Ok(b);
-            };
-            let end_user = headers
-                .get(&config.budgets.end_user_header)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty());
-            let owner = Owner {
-                key: &b.id,
-                team: b.team.as_deref(),
-                tenant: b.tenant.as_deref(),
-                end_user,
-            };
-            let lines = budget::lines(&config.budgets.limits, &owner, now);
-            match budget::precheck(ledger.as_ref(), &lines) {
-                Ok(None) => Ok(b),
-                Ok(Some(i)) => {
-                    self.metrics.budget("prechecked_refused");
-                    let line = lines.get(i);
-                    Err(ApiError::BudgetExceeded {
-                        scope: line.map_or("key", |l| l.scope.label()),
-                        period: line.map_or("total", |l| l.period.label()),
-                        retry_after_secs: line
-                            .and_then(|l| l.ends)
-                            .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
-                    })
-                }
-                // ext_proc's reservation fails closed on the same ledger; the precheck is
-                // only an early exit.
-                Err(_) => Ok(b),
-            }
-        });
-
+        let decision = match decision {
+            Ok(b) => self.precheck(&config, b, headers, now).await.map(|()| b),
+            Err(e) => Err(e),
+        };
         // Rate limits of the key and its tenant, counted only for requests all of them admit.
         let decision = decision.and_then(|b| {
             let key_scope = format!("key:{}", b.id);
@@ -200,6 +170,48 @@ impl AuthzService {
                 }
                 deny(&err, dialect, &request_id)
             }
+        }
+    }
+}
+
+impl AuthzService {
+    /// Refuses a key whose hard budget (or its team's, tenant's, or the end user's named in
+    /// the header) is already used up. A ledger that cannot answer lets the request on to
+    /// ext_proc, whose reservation decides (and fails as configured).
+    async fn precheck(
+        &self,
+        config: &tollgate_core::Config,
+        b: &KeyBundle,
+        headers: &HashMap<String, String>,
+        now: OffsetDateTime,
+    ) -> Result<(), ApiError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let end_user = headers
+            .get(&config.budgets.end_user_header)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty());
+        let owner = Owner {
+            key: &b.id,
+            team: b.team.as_deref(),
+            tenant: b.tenant.as_deref(),
+            end_user,
+        };
+        let lines = budget::lines(&config.budgets.limits, &owner, now);
+        match budget::precheck(ledger.as_ref(), &lines).await {
+            Ok(Some(i)) => {
+                self.metrics.budget("prechecked_refused");
+                let line = lines.get(i);
+                Err(ApiError::BudgetExceeded {
+                    scope: line.map_or("key", |l| l.scope.label()),
+                    period: line.map_or("total", |l| l.period.label()),
+                    retry_after_secs: line
+                        .and_then(|l| l.ends)
+                        .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
+                })
+            }
+            Ok(None) | Err(_) => Ok(()),
         }
     }
 }
@@ -396,7 +408,9 @@ impl Authorization for AuthzService {
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let started = Instant::now();
-        let response = self.decide(request.get_ref(), OffsetDateTime::now_utc());
+        let response = self
+            .decide(request.get_ref(), OffsetDateTime::now_utc())
+            .await;
         self.metrics.observe_phase("authz", started);
         Ok(tonic::Response::new(response))
     }

@@ -14,6 +14,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
@@ -250,26 +252,27 @@ pub enum LedgerError {
     Unavailable(String),
 }
 
-/// Where spend is kept. One replica: [`MemoryLedger`]; many: a shared store.
+/// What a ledger call returns: a boxed future, so that `dyn Ledger` works with a shared
+/// store that answers over the network.
+pub type LedgerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LedgerError>> + Send + 'a>>;
+
+/// Where spend is kept. One replica: [`MemoryLedger`]; many: [`RedisLedger`].
 pub trait Ledger: Send + Sync + fmt::Debug {
     /// Reserves `amount` on every line, or on none when it does not fit a hard line
     /// (`spent + reserved + amount > limit`). Atomic with respect to every other call.
-    fn reserve(&self, lines: &[Line], amount: Picodollars) -> Result<Reserved, LedgerError>;
-    /// Ends a reservation of `reserved` on `keys`: the reservation is released and `actual`
-    /// added to the spend (0 for a refund).
-    fn settle(
-        &self,
-        keys: &[String],
-        reserved: Picodollars,
-        actual: Picodollars,
-    ) -> Result<(), LedgerError>;
+    fn reserve<'a>(&'a self, lines: &'a [Line], amount: Picodollars) -> LedgerFuture<'a, Reserved>;
     /// The balance of each line.
-    fn balances(&self, keys: &[String]) -> Result<Vec<Balance>, LedgerError>;
-    /// Adds spend recorded elsewhere (restored at start-up) to a line.
-    fn add_spent(&self, key: &str, amount: Picodollars) -> Result<(), LedgerError>;
-    /// Adds `amount` of spend to every line of `keys` (spend kept without a budget).
-    fn add_spent_all(&self, keys: &[String], amount: Picodollars) -> Result<(), LedgerError> {
-        keys.iter().try_for_each(|k| self.add_spent(k, amount))
+    fn balances<'a>(&'a self, keys: &'a [String]) -> LedgerFuture<'a, Vec<Balance>>;
+    /// Adds `amount` of spend to every line of `keys` (spend kept without a reservation: a
+    /// key's usage, spend restored at start-up).
+    fn add_spent<'a>(&'a self, keys: &'a [String], amount: Picodollars) -> LedgerFuture<'a, ()>;
+    /// Ends a reservation of `reserved` on `keys`: the reservation is released and `actual`
+    /// added to the spend (0 for a refund). Never waits (it runs where a request's state is
+    /// dropped): applied at once, or queued for a background writer.
+    fn settle(&self, keys: Vec<String>, reserved: Picodollars, actual: Picodollars);
+    /// Waits until every settlement handed to [`Ledger::settle`] is applied (at shutdown).
+    fn flush(&self) -> LedgerFuture<'_, ()> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 
@@ -334,23 +337,18 @@ pub fn restored_lines<'a>(
 
 /// The index of the first hard line already at or past its limit (an admission precheck that
 /// reserves nothing).
-pub fn precheck(ledger: &dyn Ledger, lines: &[Line]) -> Result<Option<usize>, LedgerError> {
-    let hard: Vec<usize> = (0..lines.len())
-        .filter(|&i| lines.get(i).is_some_and(|l| l.hard))
-        .collect();
+pub async fn precheck(ledger: &dyn Ledger, lines: &[Line]) -> Result<Option<usize>, LedgerError> {
+    let hard: Vec<(usize, &Line)> = lines.iter().enumerate().filter(|(_, l)| l.hard).collect();
     if hard.is_empty() {
         return Ok(None);
     }
-    let keys: Vec<String> = hard
-        .iter()
-        .filter_map(|&i| lines.get(i).map(|l| l.key.clone()))
-        .collect();
-    let balances = ledger.balances(&keys)?;
+    let keys: Vec<String> = hard.iter().map(|(_, l)| l.key.clone()).collect();
+    let balances = ledger.balances(&keys).await?;
     Ok(hard
         .iter()
         .zip(balances)
-        .find(|(&i, b)| lines.get(i).is_some_and(|l| b.committed() >= l.limit))
-        .map(|(&i, _)| i))
+        .find(|((_, l), b)| b.committed() >= l.limit)
+        .map(|((i, _), _)| *i))
 }
 
 /// The in-process ledger of one replica: a map of lines under one lock. Lines of past
@@ -377,8 +375,8 @@ impl MemoryLedger {
     }
 }
 
-impl Ledger for MemoryLedger {
-    fn reserve(&self, lines: &[Line], amount: Picodollars) -> Result<Reserved, LedgerError> {
+impl MemoryLedger {
+    fn reserve_now(&self, lines: &[Line], amount: Picodollars) -> Reserved {
         let mut map = self.map();
         let mut soft_exceeded = Vec::new();
         for (i, line) in lines.iter().enumerate() {
@@ -390,7 +388,7 @@ impl Ledger for MemoryLedger {
                 .saturating_add(amount);
             if after > line.limit {
                 if line.hard {
-                    return Ok(Reserved::Refused(i));
+                    return Reserved::Refused(i);
                 }
                 soft_exceeded.push(i);
             }
@@ -409,37 +407,45 @@ impl Ledger for MemoryLedger {
             let b = map.entry(line.key.clone()).or_default();
             b.reserved = b.reserved.saturating_add(amount);
         }
-        Ok(Reserved::Ok { soft_exceeded })
+        Reserved::Ok { soft_exceeded }
     }
 
-    fn settle(
-        &self,
-        keys: &[String],
-        reserved: Picodollars,
-        actual: Picodollars,
-    ) -> Result<(), LedgerError> {
+    /// Balances, read at once (for tests and tools).
+    pub fn balances_now(&self, keys: &[String]) -> Vec<Balance> {
+        let map = self.map();
+        keys.iter()
+            .map(|k| map.get(k).copied().unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Ledger for MemoryLedger {
+    fn reserve<'a>(&'a self, lines: &'a [Line], amount: Picodollars) -> LedgerFuture<'a, Reserved> {
+        let r = self.reserve_now(lines, amount);
+        Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn balances<'a>(&'a self, keys: &'a [String]) -> LedgerFuture<'a, Vec<Balance>> {
+        let b = self.balances_now(keys);
+        Box::pin(std::future::ready(Ok(b)))
+    }
+
+    fn add_spent<'a>(&'a self, keys: &'a [String], amount: Picodollars) -> LedgerFuture<'a, ()> {
         let mut map = self.map();
         for k in keys {
             let b = map.entry(k.clone()).or_default();
+            b.spent = b.spent.saturating_add(amount);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn settle(&self, keys: Vec<String>, reserved: Picodollars, actual: Picodollars) {
+        let mut map = self.map();
+        for k in keys {
+            let b = map.entry(k).or_default();
             b.reserved = b.reserved.saturating_sub(reserved);
             b.spent = b.spent.saturating_add(actual);
         }
-        Ok(())
-    }
-
-    fn balances(&self, keys: &[String]) -> Result<Vec<Balance>, LedgerError> {
-        let map = self.map();
-        Ok(keys
-            .iter()
-            .map(|k| map.get(k).copied().unwrap_or_default())
-            .collect())
-    }
-
-    fn add_spent(&self, key: &str, amount: Picodollars) -> Result<(), LedgerError> {
-        let mut map = self.map();
-        let b = map.entry(key.to_owned()).or_default();
-        b.spent = b.spent.saturating_add(amount);
-        Ok(())
     }
 }
 
@@ -473,12 +479,12 @@ pub enum Admission {
 
 impl Reservation {
     /// Reserves `amount` on every line of `lines`, all or none.
-    pub fn reserve(
+    pub async fn reserve(
         ledger: &Arc<dyn Ledger>,
         lines: Vec<Line>,
         amount: Picodollars,
     ) -> Result<Admission, LedgerError> {
-        match ledger.reserve(&lines, amount)? {
+        match ledger.reserve(&lines, amount).await? {
             Reserved::Refused(i) => {
                 let line = lines
                     .into_iter()
@@ -536,9 +542,8 @@ impl Reservation {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        if let Err(e) = self.ledger.settle(&self.keys, self.amount, actual) {
-            tracing::error!(error = %e, amount = %self.amount, actual = %actual, "Could not settle a budget reservation");
-        }
+        self.ledger
+            .settle(std::mem::take(&mut self.keys), self.amount, actual);
     }
 }
 
@@ -547,6 +552,9 @@ impl Drop for Reservation {
         self.finish(0);
     }
 }
+
+mod redis;
+pub use self::redis::RedisLedger;
 
 #[cfg(test)]
 mod tests;

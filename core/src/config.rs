@@ -81,6 +81,53 @@ pub struct RawBudgets {
     /// so that a restart does not reset budgets. Absent: the ledger starts empty.
     #[serde(default)]
     pub restore: Option<RawRestore>,
+    /// A Redis server holding the ledger, shared by every replica; absent: each `serve`
+    /// keeps its own ledger in memory. Read once at start-up.
+    #[serde(default)]
+    pub redis: Option<RawRedisLedger>,
+    /// What a request meets when the ledger cannot answer: `fail_closed` (503, the default)
+    /// or `fail_open` (admitted without a reservation, logged and counted).
+    #[serde(default)]
+    pub on_ledger_error: RawLedgerErrorPolicy,
+}
+
+/// The Redis ledger.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisLedger {
+    /// `redis://[:password@]host:port[/db]` written here (no password), or
+    #[serde(default)]
+    pub url: Option<String>,
+    /// the name of an environment variable holding it (where a password belongs).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Prefix of every key (a Redis Cluster hash tag, so all lines share a slot).
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+    /// The longest a ledger call may take, in milliseconds (1 to 1000). Keep it well below
+    /// Envoy's ext_proc `message_timeout` (2 s in Tollgate's bootstraps), so that a slow Redis
+    /// meets `on_ledger_error` rather than Envoy's own timeout.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_redis_prefix() -> String {
+    "tollgate".to_owned()
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    250
+}
+
+/// What happens to a request when the ledger cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLedgerErrorPolicy {
+    /// Refuse with 503 `budget_unavailable`: no spend escapes its budget.
+    #[default]
+    FailClosed,
+    /// Admit without a reservation: availability over the budget.
+    FailOpen,
 }
 
 /// Where spend is restored from at start-up: the logger's stored requests.
@@ -99,6 +146,8 @@ impl Default for RawBudgets {
             default_max_tokens: default_reserve_output_tokens(),
             end_user_header: default_end_user_header(),
             restore: None,
+            redis: None,
+            on_ledger_error: RawLedgerErrorPolicy::FailClosed,
         }
     }
 }
@@ -799,9 +848,24 @@ pub struct Budgets {
     pub end_user_header: String,
     /// The logger's NDJSON directory to restore spend from at start-up.
     pub restore_ndjson_dir: Option<PathBuf>,
+    /// The shared Redis ledger, when configured.
+    pub redis: Option<RedisLedgerConfig>,
+    /// Admit requests unreserved when the ledger cannot answer.
+    pub fail_open: bool,
 }
 
-fn validate_budgets(raw: &RawBudgets, errs: &mut Errors) -> Budgets {
+/// The validated Redis ledger settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisLedgerConfig {
+    /// The URL (may hold a password: never printed).
+    pub url: Secret,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// Per-call timeout.
+    pub timeout: std::time::Duration,
+}
+
+fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) -> Budgets {
     let mut limits = Vec::new();
     let mut ids = HashSet::new();
     for (i, b) in raw.limits.iter().enumerate() {
@@ -849,11 +913,69 @@ fn validate_budgets(raw: &RawBudgets, errs: &mut Errors) -> Budgets {
     {
         errs.add("budgets.restore.ndjson_dir", "must not be empty");
     }
+    let redis = raw.redis.as_ref().and_then(|r| {
+        let url = match (&r.url, &r.url_env) {
+            (Some(u), None) => Some(u.clone()),
+            (None, Some(var)) => env.var(var).filter(|v| !v.trim().is_empty()).or_else(|| {
+                errs.add(
+                    "budgets.redis.url_env",
+                    format!("environment variable `{var}` is not set"),
+                );
+                None
+            }),
+            _ => {
+                errs.add("budgets.redis", "give exactly one of `url` or `url_env`");
+                None
+            }
+        }?;
+        if !url.starts_with("redis://") {
+            errs.add(
+                if r.url.is_some() {
+                    "budgets.redis.url"
+                } else {
+                    "budgets.redis.url_env"
+                },
+                "must start with redis://",
+            );
+        }
+        if r.url.as_deref().is_some_and(|u| u.contains('@')) {
+            errs.add(
+                "budgets.redis.url",
+                "holds credentials: give them through `url_env` instead",
+            );
+        }
+        if !(1..=1000).contains(&r.timeout_ms) {
+            errs.add("budgets.redis.timeout_ms", "must be between 1 and 1000");
+        }
+        let prefix_ok = !r.key_prefix.is_empty()
+            && r.key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !prefix_ok {
+            errs.add(
+                "budgets.redis.key_prefix",
+                "may use only letters, digits, `-`, `_`, `.` and `:`",
+            );
+        }
+        Some(RedisLedgerConfig {
+            url: Secret::new(url),
+            key_prefix: r.key_prefix.clone(),
+            timeout: std::time::Duration::from_millis(r.timeout_ms),
+        })
+    });
+    if redis.is_some() && raw.restore.is_some() {
+        errs.add(
+            "budgets.restore",
+            "applies only to the in-memory ledger: Redis keeps spend across restarts itself",
+        );
+    }
     Budgets {
         limits,
         default_max_tokens: raw.default_max_tokens,
         end_user_header: header,
         restore_ndjson_dir: raw.restore.as_ref().map(|r| r.ndjson_dir.clone()),
+        redis,
+        fail_open: raw.on_ledger_error == RawLedgerErrorPolicy::FailOpen,
     }
 }
 
@@ -1006,7 +1128,7 @@ impl Config {
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
-        let budgets = validate_budgets(&raw.budgets, &mut errs);
+        let budgets = validate_budgets(&raw.budgets, env, &mut errs);
         let mut tenant_requests_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
             if let Some(n) = t.requests_per_minute {

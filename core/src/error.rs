@@ -103,6 +103,9 @@ pub enum ApiError {
         /// Whole seconds until the period ends (`None` for a total budget).
         retry_after_secs: Option<u64>,
     },
+    /// The budget ledger (Redis) cannot answer and budgets fail closed.
+    #[error("Budgets cannot be checked right now. Try again shortly.")]
+    BudgetUnavailable,
     /// The provider answered with an error body that is not in the client's format.
     #[error("The upstream provider returned an error (HTTP {0}).")]
     Upstream(u16),
@@ -146,6 +149,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => (413, "invalid_request_error", Some("request_too_large")),
             ApiError::RateLimited { .. } => (429, "requests", Some("rate_limit_exceeded")),
             ApiError::BudgetExceeded { .. } => (429, "insufficient_quota", Some("budget_exceeded")),
+            ApiError::BudgetUnavailable => (503, "server_error", Some("budget_unavailable")),
             ApiError::Upstream(status) => (*status, "upstream_error", None),
             ApiError::GuardrailBlocked { .. } => {
                 (400, "invalid_request_error", Some("guardrail_blocked"))

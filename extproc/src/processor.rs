@@ -199,7 +199,7 @@ impl Processor {
     }
 
     /// Handles one message; `None` when Envoy expects no answer (observability mode).
-    pub fn handle(&mut self, msg: ProcessingRequest) -> Option<ProcessingResponse> {
+    pub async fn handle(&mut self, msg: ProcessingRequest) -> Option<ProcessingResponse> {
         if self.ctx.is_none() {
             self.ctx = msg
                 .metadata_context
@@ -208,8 +208,10 @@ impl Processor {
         }
         let started = Instant::now();
         let (phase, response) = match msg.request {
-            Some(Request::RequestHeaders(h)) => ("request_headers", self.on_request_headers(&h)),
-            Some(Request::RequestBody(b)) => ("request_body", self.on_request_body(b)),
+            Some(Request::RequestHeaders(h)) => {
+                ("request_headers", self.on_request_headers(&h).await)
+            }
+            Some(Request::RequestBody(b)) => ("request_body", self.on_request_body(b).await),
             Some(Request::ResponseHeaders(h)) => ("response_headers", self.on_response_headers(&h)),
             Some(Request::ResponseBody(b)) => ("response_body", self.on_response_body(b)),
             Some(Request::RequestTrailers(_)) => (
@@ -295,7 +297,7 @@ impl Processor {
         })
     }
 
-    fn on_request_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
+    async fn on_request_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
         let Some(ctx) = &self.ctx else {
             tracing::error!("No ext_authz metadata on the request: is ext_authz before ext_proc, and its namespace forwarded?");
             return self.reject(&ApiError::Internal, None);
@@ -312,8 +314,8 @@ impl Processor {
             .filter(|v| !v.is_empty());
         if method == "GET" {
             match strip_query(&path) {
-                "/v1/budget" => return self.self_service(SelfService::Budget),
-                "/v1/usage" => return self.self_service(SelfService::Usage),
+                "/v1/budget" => return self.self_service(SelfService::Budget).await,
+                "/v1/usage" => return self.self_service(SelfService::Usage).await,
                 _ => {}
             }
         }
@@ -377,37 +379,45 @@ impl Processor {
     }
 
     /// `GET /v1/budget` or `GET /v1/usage` for the calling key.
-    fn self_service(&mut self, what: SelfService) -> ProcessingResponse {
+    async fn self_service(&mut self, what: SelfService) -> ProcessingResponse {
         let (Some(ctx), Some(ledger)) = (&self.ctx, &self.ledger) else {
             return self.reject(&ApiError::Internal, None);
         };
         let now = time::OffsetDateTime::now_utc();
         let report = match what {
-            SelfService::Budget => selfservice::budget_report(
-                &self.config.budgets,
-                ledger.as_ref(),
-                &owner(ctx, self.end_user.as_deref()),
-                now,
-            ),
-            SelfService::Usage => selfservice::usage_report(ledger.as_ref(), &ctx.key_id, now),
+            SelfService::Budget => {
+                selfservice::budget_report(
+                    &self.config.budgets,
+                    ledger.as_ref(),
+                    &owner(ctx, self.end_user.as_deref()),
+                    now,
+                )
+                .await
+            }
+            SelfService::Usage => {
+                selfservice::usage_report(ledger.as_ref(), &ctx.key_id, now).await
+            }
         };
         match report {
             Ok(v) => self.answer(what.label(), v.to_string()),
             Err(e) => {
                 tracing::error!(error = %e, "Budget ledger unavailable");
-                self.reject(&ApiError::Internal, None)
+                self.reject(&ApiError::BudgetUnavailable, None)
             }
         }
     }
 
-    fn on_request_body(&mut self, b: HttpBody) -> ProcessingResponse {
-        match self.route(&b) {
+    async fn on_request_body(&mut self, b: HttpBody) -> ProcessingResponse {
+        match self.route(&b).await {
             Ok(resp) => resp,
             Err((err, model)) => self.reject(&err, model.as_deref()),
         }
     }
 
-    fn route(&mut self, b: &HttpBody) -> Result<ProcessingResponse, (ApiError, Option<String>)> {
+    async fn route(
+        &mut self,
+        b: &HttpBody,
+    ) -> Result<ProcessingResponse, (ApiError, Option<String>)> {
         let Some(ctx) = &self.ctx else {
             tracing::error!("No ext_authz metadata on the request: is ext_authz before ext_proc, and its namespace forwarded?");
             return Err((ApiError::Internal, None));
@@ -522,6 +532,7 @@ impl Processor {
         // Last: nothing after the reservation can fail, so a refusal here is the only way out.
         let reservation = self
             .reserve(endpoint, provider, &target.upstream_model, &parsed)
+            .await
             .map_err(|e| (e, Some(model.clone())))?;
         let Some(ctx) = &self.ctx else {
             return Err((ApiError::Internal, None));
@@ -872,7 +883,7 @@ pub const BUDGET_WARNING_HEADER: &str = "x-tollgate-budget-warning";
 impl Processor {
     /// Reserves the request's estimated cost on every budget that applies to it: `Ok(None)`
     /// when none does (or the model has no price), a 429 when a hard one cannot take it.
-    fn reserve(
+    async fn reserve(
         &mut self,
         endpoint: Endpoint,
         provider: &Provider,
@@ -906,7 +917,7 @@ impl Processor {
                 self.config.budgets.default_max_tokens,
             ),
         );
-        match Reservation::reserve(ledger, lines, amount) {
+        match Reservation::reserve(ledger, lines, amount).await {
             Ok(Admission::Admitted(r, soft)) => {
                 self.metrics.budget("reserved");
                 for l in &soft {
@@ -927,11 +938,15 @@ impl Processor {
                         .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
                 })
             }
-            Err(e) => {
-                // Fail closed: without the ledger no budget can be held.
+            Err(e) if self.config.budgets.fail_open => {
                 self.metrics.budget("ledger_error");
-                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable");
-                Err(ApiError::Internal)
+                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the request goes on unreserved (budgets.on_ledger_error: fail_open)");
+                Ok(None)
+            }
+            Err(e) => {
+                self.metrics.budget("ledger_error");
+                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the request is refused (budgets.on_ledger_error: fail_closed)");
+                Err(ApiError::BudgetUnavailable)
             }
         }
     }
@@ -967,9 +982,7 @@ impl Processor {
             }
         }
         if let Some(c) = charged.filter(|c| *c > 0) {
-            if let Err(e) = ledger.add_spent_all(&usage, c) {
-                tracing::error!(error = %e, "Could not record a key's spend");
-            }
+            ledger.settle(usage, 0, c);
         }
     }
 }

@@ -32,7 +32,7 @@ fn time(t: Option<OffsetDateTime>) -> Value {
 
 /// `GET /v1/budget`: every budget that applies to `owner`, with what is spent, reserved and
 /// left in its current period.
-pub fn budget_report(
+pub async fn budget_report(
     budgets: &Budgets,
     ledger: &dyn Ledger,
     owner: &Owner<'_>,
@@ -40,7 +40,7 @@ pub fn budget_report(
 ) -> Result<Value, LedgerError> {
     let lines = budget::lines(&budgets.limits, owner, now);
     let keys: Vec<String> = lines.iter().map(|l| l.key.clone()).collect();
-    let balances = ledger.balances(&keys)?;
+    let balances = ledger.balances(&keys).await?;
     let data: Vec<Value> = lines
         .iter()
         .zip(balances)
@@ -63,12 +63,13 @@ pub fn budget_report(
 }
 
 /// `GET /v1/usage`: the key's spend in the current day, ISO week, month and in total.
-pub fn usage_report(
+pub async fn usage_report(
     ledger: &dyn Ledger,
     key_id: &str,
     now: OffsetDateTime,
 ) -> Result<Value, LedgerError> {
-    let balances = ledger.balances(&usage_lines(key_id, now))?;
+    let keys = usage_lines(key_id, now);
+    let balances = ledger.balances(&keys).await?;
     let data: Vec<Value> = USAGE_PERIODS
         .iter()
         .zip(balances)
@@ -89,8 +90,8 @@ mod tests {
     use super::*;
     use tollgate_core::budget::{Budget, MemoryLedger};
 
-    #[test]
-    fn reports_read_the_ledger_for_the_calling_key_only() {
+    #[tokio::test]
+    async fn reports_read_the_ledger_for_the_calling_key_only() {
         let now = OffsetDateTime::parse("2026-11-26T12:00:00Z", &Rfc3339).unwrap();
         let budgets = Budgets {
             limits: vec![
@@ -114,24 +115,24 @@ mod tests {
             default_max_tokens: 16,
             end_user_header: "x-tollgate-end-user".into(),
             restore_ndjson_dir: None,
+            redis: None,
+            fail_open: false,
         };
         let ledger = MemoryLedger::new();
-        ledger
-            .add_spent("key:d2026-11-26:k1", 250_000_000_000)
-            .unwrap();
-        ledger.add_spent("key:total:k1", 7).unwrap();
+        ledger.settle(vec!["key:d2026-11-26:k1".into()], 0, 250_000_000_000);
+        ledger.settle(vec!["key:total:k1".into()], 0, 7);
         let owner = Owner {
             key: "k1",
             ..Default::default()
         };
-        let v = budget_report(&budgets, &ledger, &owner, now).unwrap();
+        let v = budget_report(&budgets, &ledger, &owner, now).await.unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 1);
         let b = &v["data"][0];
         assert_eq!(b["id"], "k-daily");
         assert_eq!(b["spent_usd"], "0.250000000000");
         assert_eq!(b["remaining_usd"], "0.750000000000");
         assert_eq!(b["resets_at"], "2026-11-27T00:00:00Z");
-        let v = usage_report(&ledger, "k1", now).unwrap();
+        let v = usage_report(&ledger, "k1", now).await.unwrap();
         let spent: Vec<&str> = v["data"]
             .as_array()
             .unwrap()

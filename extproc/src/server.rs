@@ -80,7 +80,7 @@ impl ExternalProcessor for ExtProcService {
                 loop {
                     match inbound.message().await {
                         Ok(Some(msg)) => {
-                            if let Some(resp) = processor.handle(msg) {
+                            if let Some(resp) = processor.handle(msg).await {
                                 return Some((Ok(resp), (inbound, processor)));
                             }
                         }

@@ -71,132 +71,127 @@ fn budgets_apply_by_scope_and_member() {
     );
 }
 
+fn keys(k: &[&str]) -> Vec<String> {
+    k.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn ok() -> Reserved {
+    Reserved::Ok {
+        soft_exceeded: vec![],
+    }
+}
+
 #[test]
 fn a_reservation_is_all_or_nothing() {
     let l = MemoryLedger::new();
     let lines = [line("a", 100, true), line("b", 50, true)];
-    assert_eq!(
-        l.reserve(&lines, 40).unwrap(),
-        Reserved::Ok {
-            soft_exceeded: vec![]
-        }
-    );
+    assert_eq!(l.reserve_now(&lines, 40), ok());
     // 40 + 20 > 50 on `b`: refused, and `a` keeps only the first reservation.
-    assert_eq!(l.reserve(&lines, 20).unwrap(), Reserved::Refused(1));
-    let keys = ["a".to_owned(), "b".to_owned()];
-    assert_eq!(
-        l.balances(&keys).unwrap(),
-        [Balance {
-            spent: 0,
-            reserved: 40
-        }; 2]
-    );
+    assert_eq!(l.reserve_now(&lines, 20), Reserved::Refused(1));
+    let both = keys(&["a", "b"]);
+    let held = Balance {
+        spent: 0,
+        reserved: 40,
+    };
+    assert_eq!(l.balances_now(&both), [held; 2]);
     // Settling releases the reservation and records the real cost.
-    l.settle(&keys, 40, 30).unwrap();
-    assert_eq!(
-        l.balances(&keys).unwrap(),
-        [Balance {
-            spent: 30,
-            reserved: 0
-        }; 2]
-    );
+    l.settle(both.clone(), 40, 30);
+    let settled = Balance {
+        spent: 30,
+        reserved: 0,
+    };
+    assert_eq!(l.balances_now(&both), [settled; 2]);
     // Exactly the rest fits.
-    assert!(matches!(
-        l.reserve(&lines, 20).unwrap(),
-        Reserved::Ok { .. }
-    ));
-    assert_eq!(l.reserve(&lines, 1).unwrap(), Reserved::Refused(1));
+    assert_eq!(l.reserve_now(&lines, 20), ok());
+    assert_eq!(l.reserve_now(&lines, 1), Reserved::Refused(1));
 }
 
 #[test]
 fn soft_lines_never_refuse_but_say_when_they_are_exceeded() {
     let l = MemoryLedger::new();
     let lines = [line("soft", 10, false), line("hard", 1000, true)];
+    assert_eq!(l.reserve_now(&lines, 8), ok());
     assert_eq!(
-        l.reserve(&lines, 8).unwrap(),
-        Reserved::Ok {
-            soft_exceeded: vec![]
-        }
-    );
-    assert_eq!(
-        l.reserve(&lines, 8).unwrap(),
+        l.reserve_now(&lines, 8),
         Reserved::Ok {
             soft_exceeded: vec![0]
         }
     );
 }
 
-#[test]
-fn a_reservation_settles_or_refunds_exactly_once() {
-    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
-    let keys = ["a".to_owned()];
-    let Admission::Admitted(r, _) =
-        Reservation::reserve(&ledger, vec![line("a", 100, true)], 60).unwrap()
-    else {
+#[tokio::test]
+async fn a_reservation_settles_or_refunds_exactly_once() {
+    let memory = Arc::new(MemoryLedger::new());
+    let ledger: Arc<dyn Ledger> = memory.clone();
+    let a = keys(&["a"]);
+    let reserve = |amount| Reservation::reserve(&ledger, vec![line("a", 100, true)], amount);
+    let Admission::Admitted(r, _) = reserve(60).await.unwrap() else {
         panic!("refused")
     };
     // Dropped without a settlement (a cut stream): refunded.
     drop(r);
-    assert_eq!(ledger.balances(&keys).unwrap()[0], Balance::default());
-    let Admission::Admitted(r, _) =
-        Reservation::reserve(&ledger, vec![line("a", 100, true)], 60).unwrap()
-    else {
+    assert_eq!(memory.balances_now(&a)[0], Balance::default());
+    let Admission::Admitted(r, _) = reserve(60).await.unwrap() else {
         panic!("refused")
     };
     r.settle(25); // consumes: the drop after it must not refund again
     assert_eq!(
-        ledger.balances(&keys).unwrap()[0],
+        memory.balances_now(&a)[0],
         Balance {
             spent: 25,
             reserved: 0
         }
     );
-    match Reservation::reserve(&ledger, vec![line("a", 100, true)], 80).unwrap() {
+    match reserve(80).await.unwrap() {
         Admission::Refused(l) => assert_eq!(l.key, "a"),
         Admission::Admitted(..) => panic!("80 does not fit in 75"),
     }
 }
 
-#[test]
-fn precheck_refuses_only_a_hard_line_already_used_up() {
+#[tokio::test]
+async fn precheck_refuses_only_a_hard_line_already_used_up() {
     let l = MemoryLedger::new();
-    l.add_spent("a", 100).unwrap();
+    l.add_spent(&keys(&["a"]), 100).await.unwrap();
     let lines = [line("a", 100, false), line("b", 100, true)];
-    assert_eq!(precheck(&l, &lines).unwrap(), None);
-    l.add_spent("b", 100).unwrap();
-    assert_eq!(precheck(&l, &lines).unwrap(), Some(1));
+    assert_eq!(precheck(&l, &lines).await.unwrap(), None);
+    l.add_spent(&keys(&["b"]), 100).await.unwrap();
+    assert_eq!(precheck(&l, &lines).await.unwrap(), Some(1));
 }
 
-#[test]
-fn concurrent_reservations_never_exceed_a_hard_limit() {
-    let ledger: Arc<dyn Ledger> = Arc::new(MemoryLedger::new());
-    let admitted: usize = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                let ledger = Arc::clone(&ledger);
-                s.spawn(move || {
-                    let mut held = Vec::new();
-                    for _ in 0..100 {
-                        if let Admission::Admitted(r, _) =
-                            Reservation::reserve(&ledger, vec![line("a", 1000, true)], 10).unwrap()
-                        {
-                            held.push(r);
-                        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_never_exceed_a_hard_limit() {
+    let memory = Arc::new(MemoryLedger::new());
+    let ledger: Arc<dyn Ledger> = memory.clone();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let ledger = Arc::clone(&ledger);
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                for _ in 0..100 {
+                    if let Admission::Admitted(r, _) =
+                        Reservation::reserve(&ledger, vec![line("a", 1000, true)], 10)
+                            .await
+                            .unwrap()
+                    {
+                        held.push(r);
                     }
-                    let n = held.len();
-                    for r in held {
-                        r.settle(10);
-                    }
-                    n
-                })
+                    tokio::task::yield_now().await;
+                }
+                let n = held.len();
+                for r in held {
+                    r.settle(10);
+                }
+                n
             })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
-    });
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.unwrap();
+    }
     // Reservations equal to their settlements: exactly the limit's worth, never more.
     assert_eq!(admitted, 100);
-    let spent = ledger.balances(&["a".to_owned()]).unwrap()[0].spent;
-    assert_eq!(spent, 1000);
+    assert_eq!(memory.balances_now(&keys(&["a"]))[0].spent, 1000);
 }
 
 #[test]

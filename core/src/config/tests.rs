@@ -463,3 +463,38 @@ fn budgets_validate_into_exact_limits_and_errors_name_their_fields() {
     let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
     assert_eq!(errs[0].path, "budgets.limits[0].scope");
 }
+
+#[test]
+fn the_redis_ledger_validates_and_keeps_passwords_out_of_the_yaml() {
+    let ok = format!(
+        "{}budgets:\n  redis: {{ url: \"redis://127.0.0.1:6379/0\" }}\n  on_ledger_error: fail_open\n",
+        good()
+    );
+    let c = Config::from_yaml(&ok, &env()).unwrap();
+    let r = c.budgets.redis.unwrap();
+    assert_eq!(r.url.expose(), "redis://127.0.0.1:6379/0");
+    assert_eq!(r.timeout, std::time::Duration::from_millis(250));
+    assert!(c.budgets.fail_open);
+    let from_env = format!(
+        "{}budgets:\n  redis: {{ url_env: OPENAI_API_KEY }}\n",
+        good()
+    );
+    let errs = Config::from_yaml(&from_env, &env()).unwrap_err();
+    assert_eq!(errs[0].path, "budgets.redis.url_env", "{errs:?}");
+    let bad = format!(
+        "{}budgets:\n  restore: {{ ndjson_dir: /tmp/x }}\n  redis: {{ url: \"redis://:pw@h:1\", timeout_ms: 0, key_prefix: \"a b\" }}\n",
+        good()
+    );
+    let errs = Config::from_yaml(&bad, &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "budgets.redis.url",
+            "budgets.redis.timeout_ms",
+            "budgets.redis.key_prefix",
+            "budgets.restore"
+        ]
+    );
+    assert!(!format!("{errs:?}").contains("pw"), "{errs:?}");
+}
