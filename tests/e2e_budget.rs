@@ -334,3 +334,102 @@ async fn three_replicas_sharing_redis_hold_the_same_bound_and_fail_closed_withou
         .await;
     r.assert_openai_error(503, Some("budget_unavailable"));
 }
+
+/// The `data:` payloads of an SSE body, in order.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_stream_past_its_output_cap_ends_cleanly_in_each_dialect() {
+    let data = tempfile::tempdir().unwrap();
+    let logger_addr = format!("127.0.0.1:{}", free_port());
+    let logger = Logger::start(&logger_addr, &data.path().join("data"), data.path());
+    let stack = Stack::start(StackOptions {
+        logger: Some(logger_addr.clone()),
+        extra_yaml: "budgets:\n  max_output_tokens_per_request: 5\n".to_owned(),
+        ..Default::default()
+    });
+    // OpenAI, usage asked for. The mock would answer 13 words, one chunk each.
+    let body = json!({"model": "mock-model", "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": TEN_WORDS}]});
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), body.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let events = sse_data(&r.text);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        r.text
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    let finish = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
+    assert_eq!(finish, "length", "{}", r.text);
+    let usage = &chunks[chunks.len() - 1]["usage"];
+    let completion = usage["completion_tokens"].as_u64().unwrap();
+    assert!((1..=5).contains(&completion), "{usage}");
+    assert!(text.starts_with("Mock reply"), "{text}");
+    assert!(!text.contains("ten"), "the stream went on: {text}");
+    // Exactly one finish and one usage chunk reached the client.
+    assert_eq!(r.text.matches("finish_reason\":\"length").count(), 1);
+    assert_eq!(r.text.matches("\"usage\":{").count(), 1, "{}", r.text);
+
+    // Anthropic Messages (translated from the OpenAI-family mock).
+    let body = json!({"model": "mock-model", "stream": true, "max_tokens": 64,
+        "messages": [{"role": "user", "content": TEN_WORDS}]});
+    let r = stack
+        .post("/v1/messages", Some(KEY_ALL), body.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let names: Vec<&str> = r
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    let n = names.len();
+    assert_eq!(
+        names[n - 3..],
+        ["content_block_stop", "message_delta", "message_stop"],
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text.contains("\"stop_reason\":\"max_tokens\""),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        r.text.matches("event: message_delta").count(),
+        1,
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains(" ten\""), "the stream went on: {}", r.text);
+
+    // Both requests are logged with the reason.
+    let start = std::time::Instant::now();
+    while logger.lines().len() < 2 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "not logged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for line in logger.lines() {
+        assert_eq!(line["error_class"], "output_cap_reached", "{line}");
+        assert_eq!(line["http_status"], 200, "{line}");
+    }
+}

@@ -89,6 +89,14 @@ pub struct RawBudgets {
     /// or `fail_open` (admitted without a reservation, logged and counted).
     #[serde(default)]
     pub on_ledger_error: RawLedgerErrorPolicy,
+    /// The most output tokens one streamed request may receive; the stream then ends
+    /// cleanly (`finish_reason: "length"` / `stop_reason: "max_tokens"`). No cap when absent.
+    #[serde(default)]
+    pub max_output_tokens_per_request: Option<u64>,
+    /// The most one streamed request may cost, in USD as a decimal string; its stream ends
+    /// cleanly when the output would go past it. No cap when absent.
+    #[serde(default)]
+    pub max_cost_per_request_usd: Option<String>,
 }
 
 /// The Redis ledger.
@@ -148,6 +156,8 @@ impl Default for RawBudgets {
             restore: None,
             redis: None,
             on_ledger_error: RawLedgerErrorPolicy::FailClosed,
+            max_output_tokens_per_request: None,
+            max_cost_per_request_usd: None,
         }
     }
 }
@@ -852,6 +862,10 @@ pub struct Budgets {
     pub redis: Option<RedisLedgerConfig>,
     /// Admit requests unreserved when the ledger cannot answer.
     pub fail_open: bool,
+    /// Output tokens one streamed request may receive.
+    pub max_output_tokens_per_request: Option<u64>,
+    /// What one streamed request may cost.
+    pub max_cost_per_request: Option<crate::pricing::Picodollars>,
 }
 
 /// The validated Redis ledger settings.
@@ -969,7 +983,20 @@ fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) ->
             "applies only to the in-memory ledger: Redis keeps spend across restarts itself",
         );
     }
+    if raw.max_output_tokens_per_request == Some(0) {
+        errs.add(
+            "budgets.max_output_tokens_per_request",
+            "must be at least 1",
+        );
+    }
+    let max_cost_per_request = raw.max_cost_per_request_usd.as_deref().and_then(|v| {
+        crate::pricing::parse_usd(v)
+            .map_err(|m| errs.add("budgets.max_cost_per_request_usd", m))
+            .ok()
+    });
     Budgets {
+        max_output_tokens_per_request: raw.max_output_tokens_per_request,
+        max_cost_per_request,
         limits,
         default_max_tokens: raw.default_max_tokens,
         end_user_header: header,

@@ -152,6 +152,24 @@ pub fn max_output_tokens(obj: &RawObject<'_>, endpoint: Endpoint, default: u64) 
     limit.saturating_mul(integer(obj, "n").unwrap_or(1).max(1))
 }
 
+/// A request's token estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// How its tokens are counted.
+    pub counter: Counter,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// The most output tokens it may produce.
+    pub max_output_tokens: u64,
+    /// Whether the request set its own output limit.
+    pub own_limit: bool,
+}
+
+/// Whether the request sets `max_tokens` or `max_completion_tokens` itself.
+pub fn has_own_limit(obj: &RawObject<'_>) -> bool {
+    integer(obj, "max_tokens").is_some() || integer(obj, "max_completion_tokens").is_some()
+}
+
 /// The reservation for a request: the estimated usage at `price`.
 pub fn estimate(price: &Price, prompt: u64, max_output: u64) -> Picodollars {
     price.cost(&Usage {

@@ -12,6 +12,7 @@ pub mod mutation;
 pub mod processor;
 pub mod selfservice;
 pub mod server;
+pub mod streamcap;
 pub mod translator;
 
 pub use server::ExtProcService;

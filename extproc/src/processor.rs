@@ -30,6 +30,7 @@ use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
 use crate::log;
 use crate::mutation::{self, set};
 use crate::selfservice;
+use crate::streamcap::{self, StreamCap};
 use crate::translator::stream::StreamTranslator;
 use crate::translator::{openai, sse::UsageFilter, Pair};
 
@@ -99,6 +100,8 @@ struct Forwarded {
     usage: Option<Usage>,
     /// The policy judging the response text, when a rule applies to it.
     response_guard: Option<Arc<Engine>>,
+    /// The stream's output allowance, when it has one.
+    cap: Option<StreamCap>,
 }
 
 /// How a successful stream is handled.
@@ -139,6 +142,8 @@ pub struct Processor {
     reservation: Option<Reservation>,
     /// Soft budgets this request went past.
     soft_exceeded: Vec<Line>,
+    /// The request's token estimate, once made.
+    estimate: Option<budget::Estimate>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -183,6 +188,7 @@ impl Processor {
             end_user: None,
             reservation: None,
             soft_exceeded: Vec::new(),
+            estimate: None,
         }
     }
 
@@ -539,6 +545,23 @@ impl Processor {
         };
         self.reservation = reservation;
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
+        let client_usage = if pair.is_openai_passthrough() {
+            !strip_usage_chunk
+        } else {
+            include_usage
+        };
+        let cap = if parsed.stream {
+            self.stream_cap(
+                pair.client,
+                endpoint,
+                provider,
+                &target.upstream_model,
+                &parsed,
+                client_usage,
+            )
+        } else {
+            None
+        };
         let sse = parsed.stream.then(|| {
             let engine = response_guard.as_ref().map(Arc::clone);
             if !pair.is_openai_passthrough() {
@@ -567,6 +590,7 @@ impl Processor {
             sse,
             usage: None,
             response_guard,
+            cap,
         });
         Ok(mutation::request_body(mutation::common(
             headers,
@@ -654,13 +678,20 @@ impl Processor {
                     Some(g) => Some(g.push(out.as_deref().unwrap_or(&b.body), b.end_of_stream)),
                     None => out,
                 };
+                let out = match &mut fwd.cap {
+                    Some(cap) => Some(cap.push(out.as_deref().unwrap_or(&b.body), b.end_of_stream)),
+                    None => out,
+                };
                 if let Some(out) = out {
                     common = mutation::common(vec![], vec![], Some(out), false);
                 }
                 fwd.usage = filter.usage();
             }
             Some(ResponseStream::Translate(t)) if ok => {
-                let out = t.push(&b.body, b.end_of_stream);
+                let mut out = t.push(&b.body, b.end_of_stream);
+                if let Some(cap) = &mut fwd.cap {
+                    out = cap.push(&out, b.end_of_stream);
+                }
                 common = mutation::common(vec![], vec![], Some(out), false);
                 fwd.usage = t.usage();
             }
@@ -855,6 +886,8 @@ impl Processor {
                     .any(|v| v.action == "block" && v.side == Side::Response)
                 {
                     "guardrail_blocked"
+                } else if fwd.cap.as_ref().is_some_and(StreamCap::was_cut) {
+                    streamcap::OUTPUT_CAP
                 } else {
                     log::upstream_error_class(status)
                 };
@@ -907,16 +940,9 @@ impl Processor {
             self.metrics.budget("unpriced");
             return Ok(None);
         };
-        let counter = budget::Counter::for_target(provider.kind, upstream_model);
-        let amount = budget::estimate(
-            price,
-            budget::prompt_tokens(parsed.object(), counter),
-            budget::max_output_tokens(
-                parsed.object(),
-                endpoint,
-                self.config.budgets.default_max_tokens,
-            ),
-        );
+        let est = self.estimate(endpoint, provider, upstream_model, parsed);
+        let amount = budget::estimate(price, est.prompt_tokens, est.max_output_tokens);
+        self.estimate = Some(est);
         match Reservation::reserve(ledger, lines, amount).await {
             Ok(Admission::Admitted(r, soft)) => {
                 self.metrics.budget("reserved");
@@ -949,6 +975,77 @@ impl Processor {
                 Err(ApiError::BudgetUnavailable)
             }
         }
+    }
+
+    fn estimate(
+        &self,
+        endpoint: Endpoint,
+        provider: &Provider,
+        upstream_model: &str,
+        parsed: &openai::ParsedRequest<'_>,
+    ) -> budget::Estimate {
+        let counter = budget::Counter::for_target(provider.kind, upstream_model);
+        let obj = parsed.object();
+        budget::Estimate {
+            counter,
+            prompt_tokens: budget::prompt_tokens(obj, counter),
+            max_output_tokens: budget::max_output_tokens(
+                obj,
+                endpoint,
+                self.config.budgets.default_max_tokens,
+            ),
+            own_limit: budget::has_own_limit(obj),
+        }
+    }
+
+    /// The output allowance of a stream: the smallest of the per-request token cap, what the
+    /// per-request cost cap leaves after the prompt, and, for a reserved request that set no
+    /// limit of its own, the output its reservation covers (so no stream runs past what its
+    /// budgets granted). `None`: nothing limits it.
+    fn stream_cap(
+        &mut self,
+        client: ApiFamily,
+        endpoint: Endpoint,
+        provider: &Provider,
+        upstream_model: &str,
+        parsed: &openai::ParsedRequest<'_>,
+        client_usage: bool,
+    ) -> Option<StreamCap> {
+        let b = &self.config.budgets;
+        if b.max_output_tokens_per_request.is_none()
+            && b.max_cost_per_request.is_none()
+            && self.reservation.is_none()
+        {
+            return None;
+        }
+        let est = match self.estimate {
+            Some(e) => e,
+            None => self.estimate(endpoint, provider, upstream_model, parsed),
+        };
+        let b = &self.config.budgets;
+        let price = self.config.prices.get(upstream_model);
+        let by_cost = b.max_cost_per_request.zip(price).map(|(cap, p)| {
+            let prompt = budget::estimate(p, est.prompt_tokens, 0);
+            match u128::from(p.output.0) {
+                0 => u64::MAX,
+                per_token => {
+                    u64::try_from(cap.saturating_sub(prompt) / per_token).unwrap_or(u64::MAX)
+                }
+            }
+        });
+        let by_reservation =
+            (self.reservation.is_some() && !est.own_limit).then_some(est.max_output_tokens);
+        let allowance = [b.max_output_tokens_per_request, by_cost, by_reservation]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some(StreamCap::new(
+            client,
+            est.counter,
+            allowance,
+            est.prompt_tokens,
+            client_usage,
+        ))
     }
 
     /// Ends the reservation: the real cost when the usage is known; the whole reservation

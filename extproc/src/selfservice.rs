@@ -117,6 +117,8 @@ mod tests {
             restore_ndjson_dir: None,
             redis: None,
             fail_open: false,
+            max_output_tokens_per_request: None,
+            max_cost_per_request: None,
         };
         let ledger = MemoryLedger::new();
         ledger.settle(vec!["key:d2026-11-26:k1".into()], 0, 250_000_000_000);
