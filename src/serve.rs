@@ -165,6 +165,8 @@ pub async fn serve(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
+    // Rate-limit state: ext_authz checks, ext_proc charges tokens; it outlives reloads.
+    let limiter = Arc::new(tollgate_core::ratelimit::RateLimiter::new());
     // One ledger for ext_authz's precheck and ext_proc's reservations; it outlives reloads.
     // Read once: a change to `budgets.redis` takes effect on restart.
     let redis = shared.load().budgets.redis.clone();
@@ -238,13 +240,15 @@ pub async fn serve(
         .add_service(AuthorizationServer::new(
             AuthzService::new(Arc::clone(&shared), metrics.clone())
                 .with_log(shipper.as_ref().map(Shipper::handle))
-                .with_ledger(Arc::clone(&ledger)),
+                .with_ledger(Arc::clone(&ledger))
+                .with_limiter(Arc::clone(&limiter)),
         ))
         .add_service(
             ExternalProcessorServer::new(
                 ExtProcService::new(Arc::clone(&shared), metrics.clone())
                     .with_log(shipper.as_ref().map(Shipper::handle))
-                    .with_ledger(Arc::clone(&ledger)),
+                    .with_ledger(Arc::clone(&ledger))
+                    .with_limiter(Arc::clone(&limiter)),
             )
             .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),

@@ -433,3 +433,32 @@ async fn a_stream_past_its_output_cap_ends_cleanly_in_each_dialect() {
         assert_eq!(line["http_status"], 200, "{line}");
     }
 }
+
+#[tokio::test]
+async fn token_rate_limits_admit_while_there_is_room_and_charge_real_tokens() {
+    // 30 tokens a minute for tenant acme; each request uses 20 (10 in, 10 out, as the mock
+    // counts).
+    let stack = Stack::start(StackOptions {
+        extra_yaml: "tenants:\n  acme: { tokens_per_minute: 30 }\n".to_owned(),
+        ..Default::default()
+    });
+    let send = || stack.post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"));
+    let r = send().await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("30"));
+    assert_eq!(r.header("x-ratelimit-remaining-tokens"), Some("30"));
+    // 20 charged: room for 10 more, so the next is admitted (and takes the tenant into debt).
+    let r = send().await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-ratelimit-remaining-tokens"), Some("10"));
+    let r = send().await;
+    let v = r.assert_openai_error(429, Some("rate_limit_exceeded"));
+    assert_eq!(v["error"]["type"], "tokens");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("tokens on this tenant"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((20..=23).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.header("x-ratelimit-remaining-tokens"), Some("0"));
+}

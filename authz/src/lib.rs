@@ -37,7 +37,8 @@ pub struct AuthzService {
     config: SharedConfig,
     metrics: Metrics,
     log: Option<LogHandle>,
-    /// Request-rate state per key and tenant; survives config reloads.
+    /// Request- and token-rate state per key and tenant; survives config reloads; shared with
+    /// ext_proc, which charges tokens.
     limiter: Arc<RateLimiter>,
     /// The spend ledger for the budget precheck (`None`: no precheck).
     ledger: Option<Arc<dyn Ledger>>,
@@ -53,6 +54,12 @@ impl AuthzService {
             limiter: Arc::new(RateLimiter::new()),
             ledger: None,
         }
+    }
+
+    /// Keeps rate-limit state in `limiter` (shared with ext_proc, which charges tokens).
+    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Refuses requests of scopes whose hard budget is already used up, before they reach
@@ -125,6 +132,31 @@ impl AuthzService {
             match self.limiter.check_all(&pairs, now_nanos) {
                 Ok(d) => Ok((b, Some(d))),
                 Err((i, d)) => Err(ApiError::RateLimited {
+                    unit: "requests",
+                    scope: limits.get(i).map_or("key", |l| l.2),
+                    limit: d.limit,
+                    retry_after_secs: d.retry_after.as_nanos().div_ceil(1_000_000_000) as u64,
+                }),
+            }
+        });
+        // Token limits: admitted while there is room; ext_proc charges the real tokens when
+        // the request ends.
+        let decision = decision.and_then(|(b, rate)| {
+            let limits = ratelimit::token_limits(
+                &b.id,
+                b.tokens_per_minute,
+                b.tenant.as_deref(),
+                &config.tenant_tokens_per_minute,
+            );
+            if limits.is_empty() {
+                return Ok((b, rate, None));
+            }
+            let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
+            let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+            match self.limiter.check_tokens(&pairs, now_nanos) {
+                Ok(d) => Ok((b, rate, Some(d))),
+                Err((i, d)) => Err(ApiError::RateLimited {
+                    unit: "tokens",
                     scope: limits.get(i).map_or("key", |l| l.2),
                     limit: d.limit,
                     retry_after_secs: d.retry_after.as_nanos().div_ceil(1_000_000_000) as u64,
@@ -133,12 +165,19 @@ impl AuthzService {
         });
 
         match decision {
-            Ok((bundle, rate)) => {
+            Ok((bundle, rate, tokens)) => {
                 self.metrics
                     .authz
                     .get_or_create(&DecisionLabel { decision: "allow" })
                     .inc();
-                allow(bundle, path, method, &request_id, rate.as_ref())
+                allow(
+                    bundle,
+                    path,
+                    method,
+                    &request_id,
+                    rate.as_ref(),
+                    tokens.as_ref(),
+                )
             }
             Err(err) => {
                 let label = match err {
@@ -278,18 +317,22 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
     }
 }
 
-/// OpenAI's `x-ratelimit-*` request headers for an admitted request.
-fn rate_headers(d: &Decision) -> Vec<HeaderValueOption> {
+/// OpenAI's `x-ratelimit-*-{unit}` headers (`requests` or `tokens`) for an admitted request.
+fn rate_headers(d: &Decision, unit: &str) -> Vec<HeaderValueOption> {
     let set = HeaderAppendAction::OverwriteIfExistsOrAdd;
     vec![
-        header("x-ratelimit-limit-requests", &d.limit.to_string(), set),
         header(
-            "x-ratelimit-remaining-requests",
+            &format!("x-ratelimit-limit-{unit}"),
+            &d.limit.to_string(),
+            set,
+        ),
+        header(
+            &format!("x-ratelimit-remaining-{unit}"),
             &d.remaining.to_string(),
             set,
         ),
         header(
-            "x-ratelimit-reset-requests",
+            &format!("x-ratelimit-reset-{unit}"),
             &ratelimit::format_reset(d.reset_after),
             set,
         ),
@@ -302,6 +345,7 @@ fn allow(
     method: &str,
     request_id: &str,
     rate: Option<&Decision>,
+    tokens: Option<&Decision>,
 ) -> CheckResponse {
     let models = match &bundle.models {
         tollgate_core::config::ModelAccess::All => vec![string("*")],
@@ -317,6 +361,9 @@ fn allow(
     }
     if let Some(g) = &bundle.guardrails {
         fields.insert(md::GUARDRAILS.to_owned(), string(g));
+    }
+    if let Some(n) = bundle.tokens_per_minute {
+        fields.insert(md::TOKENS_PER_MINUTE.to_owned(), string(&n.to_string()));
     }
     fields.insert(
         md::MODELS.to_owned(),
@@ -344,7 +391,15 @@ fn allow(
                 request_id,
                 HeaderAppendAction::OverwriteIfExistsOrAdd,
             ))
-            .chain(rate.map(rate_headers).unwrap_or_default())
+            .chain(
+                rate.map(|d| rate_headers(d, "requests"))
+                    .unwrap_or_default(),
+            )
+            .chain(
+                tokens
+                    .map(|d| rate_headers(d, "tokens"))
+                    .unwrap_or_default(),
+            )
             .collect(),
             ..Default::default()
         })),
@@ -372,6 +427,7 @@ fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
         headers.push(header("retry-after", &secs.to_string(), set));
     }
     if let ApiError::RateLimited {
+        unit,
         limit,
         retry_after_secs,
         ..
@@ -379,11 +435,11 @@ fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
     {
         headers.push(header("retry-after", &retry_after_secs.to_string(), set));
         headers.push(header(
-            "x-ratelimit-limit-requests",
+            &format!("x-ratelimit-limit-{unit}"),
             &limit.to_string(),
             set,
         ));
-        headers.push(header("x-ratelimit-remaining-requests", "0", set));
+        headers.push(header(&format!("x-ratelimit-remaining-{unit}"), "0", set));
     }
     CheckResponse {
         status: Some(rpc::Status {

@@ -457,6 +457,10 @@ pub struct RawKey {
     /// refused with 429 and `Retry-After` beyond it. No limit when absent.
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// Tokens (input + output) per minute this key may use: requests are admitted while
+    /// there is room, and charged their real tokens when they end. No limit when absent.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
 }
 
 /// Limits shared by every key of a tenant.
@@ -466,6 +470,9 @@ pub struct RawTenant {
     /// Requests per minute for all the tenant's keys together.
     #[serde(default)]
     pub requests_per_minute: Option<u32>,
+    /// Tokens per minute for all the tenant's keys together.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -765,6 +772,8 @@ pub struct KeyBundle {
     pub guardrails: Option<String>,
     /// The key's own request-rate limit, per minute.
     pub requests_per_minute: Option<u32>,
+    /// The key's own token-rate limit, per minute.
+    pub tokens_per_minute: Option<u32>,
 }
 
 /// The validated `logging` section.
@@ -843,6 +852,8 @@ pub struct Config {
     pub guardrails: Guardrails,
     /// Request-rate limits per tenant, per minute.
     pub tenant_requests_per_minute: HashMap<String, u32>,
+    /// Token-rate limits per tenant, per minute.
+    pub tenant_tokens_per_minute: HashMap<String, u32>,
     /// Spending budgets.
     pub budgets: Budgets,
 }
@@ -1088,6 +1099,9 @@ impl Config {
         let mut ids = HashSet::new();
         for (i, k) in raw.keys.iter().enumerate() {
             let path = format!("keys[{i}]");
+            if k.tokens_per_minute == Some(0) {
+                errs.add(format!("{path}.tokens_per_minute"), "must be at least 1");
+            }
             if k.requests_per_minute == Some(0) {
                 errs.add(
                     format!("{path}.requests_per_minute"),
@@ -1133,6 +1147,7 @@ impl Config {
                         guardrails: guardrails
                             .resolve(k.guardrails.as_deref(), k.tenant.as_deref()),
                         requests_per_minute: k.requests_per_minute,
+                        tokens_per_minute: k.tokens_per_minute,
                     };
                     if keys.insert(hash, Arc::new(bundle)).is_some() {
                         errs.add(format!("{path}.hash"), "the same key hash appears twice");
@@ -1157,15 +1172,29 @@ impl Config {
         let prices = validate_pricing(&raw.pricing, &mut errs);
         let budgets = validate_budgets(&raw.budgets, env, &mut errs);
         let mut tenant_requests_per_minute = HashMap::new();
+        let mut tenant_tokens_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
-            if let Some(n) = t.requests_per_minute {
-                if n == 0 {
-                    errs.add(
-                        format!("tenants.{name}.requests_per_minute"),
-                        "must be at least 1 (disable the keys to refuse everything)",
-                    );
+            for (field, value, map) in [
+                (
+                    "requests_per_minute",
+                    t.requests_per_minute,
+                    &mut tenant_requests_per_minute,
+                ),
+                (
+                    "tokens_per_minute",
+                    t.tokens_per_minute,
+                    &mut tenant_tokens_per_minute,
+                ),
+            ] {
+                if let Some(n) = value {
+                    if n == 0 {
+                        errs.add(
+                            format!("tenants.{name}.{field}"),
+                            "must be at least 1 (disable the keys to refuse everything)",
+                        );
+                    }
+                    map.insert(name.clone(), n);
                 }
-                tenant_requests_per_minute.insert(name.clone(), n);
             }
         }
 
@@ -1180,6 +1209,7 @@ impl Config {
                 prices,
                 guardrails,
                 tenant_requests_per_minute,
+                tenant_tokens_per_minute,
                 budgets,
             }),
             _ => Err(errs.0),

@@ -84,8 +84,10 @@ pub enum ApiError {
     #[error("The request body is too large.")]
     PayloadTooLarge,
     /// A request-rate limit of the key or its tenant is used up.
-    #[error("Rate limit reached for requests on this {scope}: {limit} per minute. Try again in {retry_after_secs}s.")]
+    #[error("Rate limit reached for {unit} on this {scope}: {limit} per minute. Try again in {retry_after_secs}s.")]
     RateLimited {
+        /// `requests` or `tokens`.
+        unit: &'static str,
         /// `key` or `tenant`.
         scope: &'static str,
         /// The limit, requests per minute.
@@ -147,7 +149,7 @@ impl ApiError {
             ApiError::ModelNotAllowed(_) => (403, "permission_error", Some("model_not_allowed")),
             ApiError::UnknownEndpoint { .. } => (404, "invalid_request_error", Some("unknown_url")),
             ApiError::PayloadTooLarge => (413, "invalid_request_error", Some("request_too_large")),
-            ApiError::RateLimited { .. } => (429, "requests", Some("rate_limit_exceeded")),
+            ApiError::RateLimited { unit, .. } => (429, *unit, Some("rate_limit_exceeded")),
             ApiError::BudgetExceeded { .. } => (429, "insufficient_quota", Some("budget_exceeded")),
             ApiError::BudgetUnavailable => (503, "server_error", Some("budget_unavailable")),
             ApiError::Upstream(status) => (*status, "upstream_error", None),

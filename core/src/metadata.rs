@@ -13,6 +13,8 @@ pub const TEAM: &str = "team";
 pub const MODELS: &str = "models";
 /// Metadata field: the name of the guardrails policy that applies to the key (absent: none).
 pub const GUARDRAILS: &str = "guardrails";
+/// Metadata field: the key's token-rate limit per minute, as a decimal string (absent: none).
+pub const TOKENS_PER_MINUTE: &str = "tokens_per_minute";
 /// Metadata field: the request's `:path`.
 pub const PATH: &str = "path";
 /// Metadata field: the request's `:method`.

@@ -21,6 +21,7 @@ use tollgate_core::budget::{self as budgets, Admission, Ledger, Line, Owner, Res
 use tollgate_core::config::{ApiFamily, Policy, Provider, Side, ANTHROPIC_VERSION};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
+use tollgate_core::ratelimit::RateLimiter;
 use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
 use tollgate_guardrails::Engine;
 use tollgate_logger::LogHandle;
@@ -46,6 +47,8 @@ struct AuthContext {
     request_id: String,
     /// The guardrails policy name (empty: none).
     guardrails: String,
+    /// The key's token-rate limit per minute.
+    tokens_per_minute: Option<u32>,
 }
 
 impl AuthContext {
@@ -75,6 +78,7 @@ impl AuthContext {
             method: text(md::METHOD),
             request_id: text(md::REQUEST_ID),
             guardrails: text(md::GUARDRAILS),
+            tokens_per_minute: text(md::TOKENS_PER_MINUTE).parse().ok(),
         };
         (!ctx.key_id.is_empty()).then_some(ctx)
     }
@@ -144,6 +148,8 @@ pub struct Processor {
     soft_exceeded: Vec<Line>,
     /// The request's token estimate, once made.
     estimate: Option<budget::Estimate>,
+    /// Token-rate state shared with ext_authz (`None`: token limits are not charged).
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -189,7 +195,14 @@ impl Processor {
             reservation: None,
             soft_exceeded: Vec::new(),
             estimate: None,
+            limiter: None,
         }
+    }
+
+    /// Charges the request's tokens to the token-rate limits kept in `limiter`.
+    pub fn with_limiter(mut self, limiter: Option<Arc<RateLimiter>>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Enforces budgets on `ledger` (shared by every stream of the process).
@@ -783,6 +796,7 @@ impl Processor {
             self.verdicts.add(Side::Response, &v, &self.metrics);
         }
         self.settle();
+        self.charge_tokens();
         self.emit_log();
         let Some(fwd) = &self.forwarded else { return };
         let status = fwd.status.unwrap_or(499);
@@ -1046,6 +1060,29 @@ impl Processor {
             est.prompt_tokens,
             client_usage,
         ))
+    }
+
+    /// Charges the tokens the request used to its key's and tenant's token-rate limits.
+    fn charge_tokens(&self) {
+        let (Some(limiter), Some(ctx), Some(fwd)) = (&self.limiter, &self.ctx, &self.forwarded)
+        else {
+            return;
+        };
+        let Some(u) = fwd.usage else { return };
+        let limits = tollgate_core::ratelimit::token_limits(
+            &ctx.key_id,
+            ctx.tokens_per_minute,
+            Some(ctx.tenant.as_str()).filter(|t| !t.is_empty()),
+            &self.config.tenant_tokens_per_minute,
+        );
+        if limits.is_empty() {
+            return;
+        }
+        let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        limiter.charge_tokens(&pairs, u.input_tokens.saturating_add(u.output_tokens), now);
     }
 
     /// Ends the reservation: the real cost when the usage is known; the whole reservation

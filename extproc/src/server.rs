@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tollgate_core::budget::Ledger;
 use tollgate_core::metrics::Metrics;
+use tollgate_core::ratelimit::RateLimiter;
 use tollgate_core::SharedConfig;
 use tollgate_logger::LogHandle;
 use tonic::{Request, Response, Status, Streaming};
@@ -22,6 +23,7 @@ pub struct ExtProcService {
     metrics: Metrics,
     log: Option<LogHandle>,
     ledger: Option<Arc<dyn Ledger>>,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl ExtProcService {
@@ -32,7 +34,15 @@ impl ExtProcService {
             metrics,
             log: None,
             ledger: None,
+            limiter: None,
         }
+    }
+
+    /// Charges each request's tokens to the token-rate limits in `limiter` (ext_authz checks
+    /// them).
+    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// Enforces budgets on `ledger` (shared with ext_authz's precheck).
@@ -73,7 +83,8 @@ impl ExternalProcessor for ExtProcService {
         let inbound = request.into_inner();
         let processor = Processor::new(self.config.load_full(), self.metrics.clone())
             .with_log(self.log.clone())
-            .with_ledger(self.ledger.clone());
+            .with_ledger(self.ledger.clone())
+            .with_limiter(self.limiter.clone());
         let stream = futures::stream::unfold(
             (inbound, processor),
             |(mut inbound, mut processor)| async move {
