@@ -23,6 +23,7 @@ use tollgate_core::budget::{self, Ledger, MemoryLedger, RedisLedger};
 use tollgate_core::config::GrpcAddr;
 use tollgate_core::env::ProcessEnv;
 use tollgate_core::metrics::{Metrics, ResultLabel};
+use tollgate_core::ratelimit::{RateLimiter, RateStore, RedisRates};
 use tollgate_core::{Config, SharedConfig};
 use tollgate_extproc::ExtProcService;
 use tollgate_logger::Shipper;
@@ -165,18 +166,20 @@ pub async fn serve(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
-    // Rate-limit state: ext_authz checks, ext_proc charges tokens; it outlives reloads.
-    let limiter = Arc::new(tollgate_core::ratelimit::RateLimiter::new());
     // One ledger for ext_authz's precheck and ext_proc's reservations; it outlives reloads.
     // Read once: a change to `budgets.redis` takes effect on restart.
     let redis = shared.load().budgets.redis.clone();
-    let ledger: Arc<dyn Ledger> = match redis {
-        Some(r) => Arc::new(
-            RedisLedger::connect(r.url.expose(), &r.key_prefix, r.timeout)
+    // Rate-limit state (ext_authz checks, ext_proc charges tokens) lives beside the ledger:
+    // in memory for one replica, in the same Redis for many. Both outlive reloads.
+    let (ledger, limiter): (Arc<dyn Ledger>, Arc<dyn RateStore>) = match redis {
+        Some(r) => {
+            let ledger = RedisLedger::connect(r.url.expose(), &r.key_prefix, r.timeout)
                 .await
-                .context("cannot reach the Redis ledger (budgets.redis)")?,
-        ),
-        None => Arc::new(MemoryLedger::new()),
+                .context("cannot reach the Redis ledger (budgets.redis)")?;
+            let rates = RedisRates::new(ledger.connection(), &r.key_prefix, r.timeout);
+            (Arc::new(ledger), Arc::new(rates))
+        }
+        None => (Arc::new(MemoryLedger::new()), Arc::new(RateLimiter::new())),
     };
     if let Some(dir) = shared.load().budgets.restore_ndjson_dir.clone() {
         restore_spend(ledger.as_ref(), dir).await?;

@@ -294,7 +294,7 @@ fn start_redis() -> Redis {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_replicas_sharing_redis_hold_the_same_bound_and_fail_closed_without_it() {
+async fn three_replicas_sharing_redis_hold_the_same_bounds_and_fail_closed_without_it() {
     let mut redis = start_redis();
     let budget: u128 = 1_750_000_000;
     let yaml = format!(
@@ -327,6 +327,21 @@ async fn three_replicas_sharing_redis_hold_the_same_bound_and_fail_closed_withou
         assert_eq!(v["data"][0]["spent_usd"], format!("0.{:012}", spent), "{v}");
         assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000");
     }
+    // Request rates are shared too: the rate key's 2 per minute hold across the replicas
+    // (each replica alone would admit 2).
+    let mut admitted = 0;
+    for i in 0..9 {
+        let r = stacks[i % 3]
+            .post("/v1/chat/completions", Some(KEY_RATE), chat("mock-model"))
+            .await;
+        match r.status {
+            200 => admitted += 1,
+            _ => {
+                r.assert_openai_error(429, Some("rate_limit_exceeded"));
+            }
+        }
+    }
+    assert_eq!(admitted, 2);
     // Redis gone: budgets fail closed (the default), in the client's dialect.
     redis.proc.kill9();
     let r = stacks[0]

@@ -19,7 +19,7 @@ use tollgate_core::budget::{self, Ledger, Owner};
 use tollgate_core::config::KeyBundle;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
-use tollgate_core::ratelimit::{self, Decision, RateLimiter};
+use tollgate_core::ratelimit::{self, Decision, RateLimiter, RateStore};
 use tollgate_core::{keys, ApiError, Dialect, Endpoint, SharedConfig};
 use tollgate_logger::LogHandle;
 use tollgate_proto::logger::v1::LogEvent;
@@ -39,7 +39,7 @@ pub struct AuthzService {
     log: Option<LogHandle>,
     /// Request- and token-rate state per key and tenant; survives config reloads; shared with
     /// ext_proc, which charges tokens.
-    limiter: Arc<RateLimiter>,
+    limiter: Arc<dyn RateStore>,
     /// The spend ledger for the budget precheck (`None`: no precheck).
     ledger: Option<Arc<dyn Ledger>>,
 }
@@ -57,7 +57,7 @@ impl AuthzService {
     }
 
     /// Keeps rate-limit state in `limiter` (shared with ext_proc, which charges tokens).
-    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+    pub fn with_limiter(mut self, limiter: Arc<dyn RateStore>) -> Self {
         self.limiter = limiter;
         self
     }
@@ -108,62 +108,11 @@ impl AuthzService {
             Ok(b) => self.precheck(&config, b, headers, now).await.map(|()| b),
             Err(e) => Err(e),
         };
-        // Rate limits of the key and its tenant, counted only for requests all of them admit.
-        let decision = decision.and_then(|b| {
-            let key_scope = format!("key:{}", b.id);
-            let tenant_scope = b.tenant.as_ref().map(|t| format!("tenant:{t}"));
-            let mut limits: Vec<(&str, u32, &'static str)> = Vec::with_capacity(2);
-            if let Some(n) = b.requests_per_minute {
-                limits.push((&key_scope, n, "key"));
-            }
-            if let (Some(scope), Some(n)) = (
-                &tenant_scope,
-                b.tenant
-                    .as_ref()
-                    .and_then(|t| config.tenant_requests_per_minute.get(t)),
-            ) {
-                limits.push((scope, *n, "tenant"));
-            }
-            if limits.is_empty() {
-                return Ok((b, None));
-            }
-            let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (*s, *n)).collect();
-            let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
-            match self.limiter.check_all(&pairs, now_nanos) {
-                Ok(d) => Ok((b, Some(d))),
-                Err((i, d)) => Err(ApiError::RateLimited {
-                    unit: "requests",
-                    scope: limits.get(i).map_or("key", |l| l.2),
-                    limit: d.limit,
-                    retry_after_secs: d.retry_after.as_nanos().div_ceil(1_000_000_000) as u64,
-                }),
-            }
-        });
-        // Token limits: admitted while there is room; ext_proc charges the real tokens when
-        // the request ends.
-        let decision = decision.and_then(|(b, rate)| {
-            let limits = ratelimit::token_limits(
-                &b.id,
-                b.tokens_per_minute,
-                b.tenant.as_deref(),
-                &config.tenant_tokens_per_minute,
-            );
-            if limits.is_empty() {
-                return Ok((b, rate, None));
-            }
-            let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
-            let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
-            match self.limiter.check_tokens(&pairs, now_nanos) {
-                Ok(d) => Ok((b, rate, Some(d))),
-                Err((i, d)) => Err(ApiError::RateLimited {
-                    unit: "tokens",
-                    scope: limits.get(i).map_or("key", |l| l.2),
-                    limit: d.limit,
-                    retry_after_secs: d.retry_after.as_nanos().div_ceil(1_000_000_000) as u64,
-                }),
-            }
-        });
-
+        let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+        let decision = match decision {
+            Ok(b) => self.rate_limits(&config, b, now_nanos).await,
+            Err(e) => Err(e),
+        };
         match decision {
             Ok((bundle, rate, tokens)) => {
                 self.metrics
@@ -252,6 +201,64 @@ impl AuthzService {
             }
             Ok(None) | Err(_) => Ok(()),
         }
+    }
+}
+
+impl AuthzService {
+    /// The key's and its tenant's request-rate limits (counted only when all admit), then
+    /// their token-rate limits (room is asked; ext_proc charges the real tokens at the end).
+    async fn rate_limits<'b>(
+        &self,
+        config: &tollgate_core::Config,
+        b: &'b Arc<KeyBundle>,
+        now_nanos: u64,
+    ) -> Result<(&'b Arc<KeyBundle>, Option<Decision>, Option<Decision>), ApiError> {
+        let refusal = |unit, scope, d: Decision| ApiError::RateLimited {
+            unit,
+            scope,
+            limit: d.limit,
+            retry_after_secs: d.retry_after.as_nanos().div_ceil(1_000_000_000) as u64,
+        };
+        let mut requests: Vec<(String, u32, &'static str)> = Vec::with_capacity(2);
+        if let Some(n) = b.requests_per_minute {
+            requests.push((format!("key:{}", b.id), n, "key"));
+        }
+        if let Some((t, n)) = b
+            .tenant
+            .as_ref()
+            .and_then(|t| config.tenant_requests_per_minute.get(t).map(|n| (t, *n)))
+        {
+            requests.push((format!("tenant:{t}"), n, "tenant"));
+        }
+        let tokens = ratelimit::token_limits(
+            &b.id,
+            b.tokens_per_minute,
+            b.tenant.as_deref(),
+            &config.tenant_tokens_per_minute,
+        );
+        let mut answers = [None, None];
+        for (slot, (limits, unit)) in answers
+            .iter_mut()
+            .zip([(&requests, "requests"), (&tokens, "tokens")])
+        {
+            if limits.is_empty() {
+                continue;
+            }
+            let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
+            let checked = if unit == "requests" {
+                self.limiter.check_all(&pairs, now_nanos).await
+            } else {
+                self.limiter.check_tokens(&pairs, now_nanos).await
+            };
+            match checked {
+                Ok(d) => *slot = Some(d),
+                Err((i, d)) => {
+                    return Err(refusal(unit, limits.get(i).map_or("key", |l| l.2), d));
+                }
+            }
+        }
+        let [rate, tokens] = answers;
+        Ok((b, rate, tokens))
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The window every limit is expressed over.
-const WINDOW_NANOS: u64 = 60_000_000_000;
+pub(crate) const WINDOW_NANOS: u64 = 60_000_000_000;
 
 /// A limit's answer for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl RateLimiter {
 /// request is; otherwise only room for it is asked, as for tokens), and each admitting
 /// limit's new theoretical arrival time.
 #[allow(clippy::type_complexity)]
-fn evaluate(
+pub(crate) fn evaluate(
     map: &HashMap<String, u64>,
     limits: &[(&str, u32)],
     now_nanos: u64,
@@ -172,6 +172,47 @@ fn evaluate(
     };
     (answer, updates)
 }
+
+/// A limit check's answer: the tightest admitting decision, or the index and decision of the
+/// refusing limit that frees up last.
+pub type Checked = Result<Decision, (usize, Decision)>;
+
+/// What a rate store returns: a boxed future, so that `dyn RateStore` works with a shared
+/// store that answers over the network.
+pub type RateFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Checked> + Send + 'a>>;
+
+/// Where rate-limit state is kept: [`RateLimiter`] in one replica, [`RedisRates`] shared.
+pub trait RateStore: Send + Sync + std::fmt::Debug {
+    /// [`RateLimiter::check_all`].
+    fn check_all<'a>(&'a self, limits: &'a [(&'a str, u32)], now_nanos: u64) -> RateFuture<'a>;
+    /// [`RateLimiter::check_tokens`].
+    fn check_tokens<'a>(&'a self, limits: &'a [(&'a str, u32)], now_nanos: u64) -> RateFuture<'a>;
+    /// [`RateLimiter::charge_tokens`]; never waits (it runs where a request's state is
+    /// dropped).
+    fn charge_tokens(&self, limits: Vec<(String, u32)>, tokens: u64, now_nanos: u64);
+}
+
+impl RateStore for RateLimiter {
+    fn check_all<'a>(&'a self, limits: &'a [(&'a str, u32)], now_nanos: u64) -> RateFuture<'a> {
+        Box::pin(std::future::ready(RateLimiter::check_all(
+            self, limits, now_nanos,
+        )))
+    }
+
+    fn check_tokens<'a>(&'a self, limits: &'a [(&'a str, u32)], now_nanos: u64) -> RateFuture<'a> {
+        Box::pin(std::future::ready(RateLimiter::check_tokens(
+            self, limits, now_nanos,
+        )))
+    }
+
+    fn charge_tokens(&self, limits: Vec<(String, u32)>, tokens: u64, now_nanos: u64) {
+        let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        RateLimiter::charge_tokens(self, &pairs, tokens, now_nanos);
+    }
+}
+
+mod redis;
+pub use self::redis::RedisRates;
 
 /// The token-rate limits of a key and its tenant: `(scope, per minute, "key" | "tenant")`.
 pub fn token_limits(

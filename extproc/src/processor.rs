@@ -21,7 +21,7 @@ use tollgate_core::budget::{self as budgets, Admission, Ledger, Line, Owner, Res
 use tollgate_core::config::{ApiFamily, Policy, Provider, Side, ANTHROPIC_VERSION};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
-use tollgate_core::ratelimit::RateLimiter;
+use tollgate_core::ratelimit::RateStore;
 use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
 use tollgate_guardrails::Engine;
 use tollgate_logger::LogHandle;
@@ -149,7 +149,7 @@ pub struct Processor {
     /// The request's token estimate, once made.
     estimate: Option<budget::Estimate>,
     /// Token-rate state shared with ext_authz (`None`: token limits are not charged).
-    limiter: Option<Arc<RateLimiter>>,
+    limiter: Option<Arc<dyn RateStore>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -200,7 +200,7 @@ impl Processor {
     }
 
     /// Charges the request's tokens to the token-rate limits kept in `limiter`.
-    pub fn with_limiter(mut self, limiter: Option<Arc<RateLimiter>>) -> Self {
+    pub fn with_limiter(mut self, limiter: Option<Arc<dyn RateStore>>) -> Self {
         self.limiter = limiter;
         self
     }
@@ -1078,11 +1078,14 @@ impl Processor {
         if limits.is_empty() {
             return;
         }
-        let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        limiter.charge_tokens(&pairs, u.input_tokens.saturating_add(u.output_tokens), now);
+        limiter.charge_tokens(
+            limits.into_iter().map(|(s, n, _)| (s, n)).collect(),
+            u.input_tokens.saturating_add(u.output_tokens),
+            now,
+        );
     }
 
     /// Ends the reservation: the real cost when the usage is known; the whole reservation

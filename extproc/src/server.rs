@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use tollgate_core::budget::Ledger;
 use tollgate_core::metrics::Metrics;
-use tollgate_core::ratelimit::RateLimiter;
+use tollgate_core::ratelimit::RateStore;
 use tollgate_core::SharedConfig;
 use tollgate_logger::LogHandle;
 use tonic::{Request, Response, Status, Streaming};
@@ -23,7 +23,7 @@ pub struct ExtProcService {
     metrics: Metrics,
     log: Option<LogHandle>,
     ledger: Option<Arc<dyn Ledger>>,
-    limiter: Option<Arc<RateLimiter>>,
+    limiter: Option<Arc<dyn RateStore>>,
 }
 
 impl ExtProcService {
@@ -40,7 +40,7 @@ impl ExtProcService {
 
     /// Charges each request's tokens to the token-rate limits in `limiter` (ext_authz checks
     /// them).
-    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+    pub fn with_limiter(mut self, limiter: Arc<dyn RateStore>) -> Self {
         self.limiter = Some(limiter);
         self
     }

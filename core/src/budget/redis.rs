@@ -158,6 +158,11 @@ impl RedisLedger {
         }
     }
 
+    /// The connection, for other state kept in the same Redis (shared rate limits).
+    pub fn connection(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
     /// Settlements dropped because the writer's queue was full.
     pub fn dropped_settlements(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
