@@ -184,9 +184,8 @@ pub async fn serve(
     if let Some(dir) = shared.load().budgets.restore_ndjson_dir.clone() {
         restore_spend(ledger.as_ref(), dir).await?;
     }
-    tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers)
-        .await
-        .context("cannot load the tokenizers")?;
+    // The tokenizers load while the listeners start; readiness waits for them.
+    let tokenizers = tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers);
     // Read once: a change to `logging` takes effect on restart.
     let shipper = match &logging {
         Some(l) => Some(
@@ -279,6 +278,7 @@ pub async fn serve(
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
         }
     };
+    tokenizers.await.context("cannot load the tokenizers")?;
     ready.store(true, Ordering::Release);
     tracing::info!(grpc = %listen.grpc, admin = %listen.admin, "Tollgate serving");
 

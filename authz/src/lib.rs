@@ -90,7 +90,8 @@ impl AuthzService {
         let dialect = Dialect::from_path(path);
         let request_id = keys::new_request_id();
 
-        let config = self.config.load();
+        // An owned snapshot: it is held across the ledger and rate-store calls.
+        let config = self.config.load_full();
         let key = presented_key(headers);
         let bundle = key.and_then(|key| config.key(&keys::hash_key(key)));
         let decision = match (key, bundle) {
