@@ -209,6 +209,20 @@ async fn soft_budgets_flag_and_end_user_budgets_refuse_in_the_clients_dialect() 
     let seen = stack.posted().await;
     assert_eq!(seen.len(), 1);
     assert!(seen[0]["headers"].get("x-tollgate-end-user").is_none());
+    // It set its own `max_tokens`: left alone. A budgeted request without a limit gets the
+    // one it was reserved for, so the provider cannot generate past its reservation.
+    assert!(seen[0]["body"].get("max_completion_tokens").is_none());
+    let body = json!({"model": "mock-model", "messages": [{"role": "user", "content": TEN_WORDS}]});
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), body.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let seen = stack.posted().await;
+    assert_eq!(
+        seen[1]["body"]["max_completion_tokens"], 4096,
+        "{}",
+        seen[1]
+    );
 }
 
 #[tokio::test]

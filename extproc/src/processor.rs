@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::google::protobuf::value::Kind;
 use rand::Rng;
 use tollgate_core::budget::{self as budgets, Admission, Ledger, Line, Owner, Reservation};
-use tollgate_core::config::{ApiFamily, Policy, Provider, Side, ANTHROPIC_VERSION};
+use tollgate_core::config::{ApiFamily, Policy, Provider, ProviderKind, Side, ANTHROPIC_VERSION};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
 use tollgate_core::ratelimit::RateStore;
@@ -496,6 +496,9 @@ impl Processor {
         let provider = &target.provider;
         let (pair, upstream_endpoint) = Pair::route(endpoint, provider.kind.family())
             .map_err(|e| (e.api_error(), Some(model.clone())))?;
+        if self.end_user.is_none() {
+            self.end_user = budget::end_user_in_body(parsed.object());
+        }
         let (body, strip_usage_chunk, include_usage) = if !pair.is_openai_passthrough() {
             let (body, include_usage) = pair
                 .request(
@@ -507,8 +510,25 @@ impl Processor {
                 .map_err(|e| (e.api_error(), Some(model.clone())))?;
             (body, false, include_usage)
         } else {
+            // A budgeted request that sets no output limit gets the one it is reserved for, so
+            // the provider never generates (and bills) past its reservation.
+            let limit = self.config.budgets.default_max_tokens.to_string();
+            let field = match (endpoint, provider.kind) {
+                (Endpoint::ChatCompletions, ProviderKind::Openai | ProviderKind::AzureOpenai) => {
+                    "max_completion_tokens"
+                }
+                _ => "max_tokens",
+            };
+            let extra: &[(&str, &str)] = if self.budgeted(&target.upstream_model)
+                && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+                && !budget::has_own_limit(parsed.object())
+            {
+                &[(field, limit.as_str())]
+            } else {
+                &[]
+            };
             let r = parsed
-                .rewrite(&target.upstream_model, b.body.len())
+                .rewrite_with(&target.upstream_model, b.body.len(), extra)
                 .map_err(|e| (e, Some(model.clone())))?;
             (r.body, r.strip_usage_chunk, false)
         };
@@ -544,9 +564,6 @@ impl Processor {
                 remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
             }
             _ => {}
-        }
-        if self.end_user.is_none() {
-            self.end_user = budget::end_user_in_body(parsed.object());
         }
         // Last: nothing after the reservation can fail, so a refusal here is the only way out.
         let reservation = self
@@ -989,6 +1006,21 @@ impl Processor {
                 Err(ApiError::BudgetUnavailable)
             }
         }
+    }
+
+    /// Whether a reservation will be made for a request to `upstream_model`: a ledger, a
+    /// budget that applies, and a price.
+    fn budgeted(&self, upstream_model: &str) -> bool {
+        let (Some(_), Some(ctx)) = (&self.ledger, &self.ctx) else {
+            return false;
+        };
+        self.config.prices.get(upstream_model).is_some()
+            && !budgets::lines(
+                &self.config.budgets.limits,
+                &owner(ctx, self.end_user.as_deref()),
+                time::OffsetDateTime::now_utc(),
+            )
+            .is_empty()
     }
 
     fn estimate(
