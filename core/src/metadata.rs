@@ -15,6 +15,8 @@ pub const MODELS: &str = "models";
 pub const GUARDRAILS: &str = "guardrails";
 /// Metadata field: the key's payload capture (`metadata` or `full`; absent: off).
 pub const CAPTURE: &str = "capture";
+/// Metadata field: the key's token-rate limit per minute, as a decimal string (absent: none).
+pub const TOKENS_PER_MINUTE: &str = "tokens_per_minute";
 /// Metadata field: the request's `:path`.
 pub const PATH: &str = "path";
 /// Metadata field: the request's `:method`.

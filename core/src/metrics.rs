@@ -11,6 +11,7 @@
 //! | `tollgate_config_reloads_total` | counter | `result` (`ok`, `rejected`) | reloads |
 //! | `tollgate_guardrail_verdicts_total` | counter | `rule` (a rule id of a `guardrails` policy), `action` (`block`, `redact`, `flag`), `side` (`request`, `response`) | requests in which the rule matched that side (once per request, however many matches) |
 //! | `tollgate_log_events_total` | counter | `outcome` (`queued`, `sent`, `spooled`, `dropped`) | log events: `queued` entered the in-memory queue, `sent` were acknowledged by the logger, `spooled` went to the disk spool (a full queue or an unreachable logger; once replayed they count as `sent` too), `dropped` were lost (spool full or unwritable, or refused by the logger as malformed) |
+//! | `tollgate_budget_decisions_total` | counter | `result` (`reserved`, `refused`, `soft_exceeded`, `prechecked_refused`, `unpriced`, `ledger_error`) | budget decisions: a reservation made or refused, a soft budget gone past, a request refused by ext_authz's precheck, a budgeted request to a model without a price (not charged), a ledger that could not answer |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -130,6 +131,8 @@ pub struct Metrics {
     pub log_events: Family<OutcomeLabel, Counter>,
     /// `tollgate_guardrail_verdicts_total`.
     pub guardrail_verdicts: Family<GuardrailLabels, Counter>,
+    /// `tollgate_budget_decisions_total`.
+    pub budget_decisions: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -144,6 +147,7 @@ impl Default for Metrics {
             reloads: Family::default(),
             log_events: Family::default(),
             guardrail_verdicts: Family::default(),
+            budget_decisions: Family::default(),
         }
     }
 }
@@ -195,6 +199,18 @@ impl Metrics {
             "Guardrail rules that matched, by rule, action and side",
             self.guardrail_verdicts.clone(),
         );
+        r.register(
+            "budget_decisions",
+            "Budget decisions by result",
+            self.budget_decisions.clone(),
+        );
+    }
+
+    /// Counts one budget decision.
+    pub fn budget(&self, result: &'static str) {
+        self.budget_decisions
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts `n` log events with this outcome.

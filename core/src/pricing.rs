@@ -23,30 +23,15 @@ pub struct PerToken(pub u64);
 impl PerToken {
     /// Parses USD per million tokens written as a decimal (`"2.50"`, `"0.075"`, `"3"`).
     pub fn parse_usd_per_million(s: &str) -> Result<PerToken, String> {
-        let s = s.trim();
-        let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
-        if !digits(whole) || !(frac.is_empty() || digits(frac)) {
-            return Err(format!(
-                "`{s}` is not a price in USD per million tokens, e.g. \"2.50\""
-            ));
-        }
-        if frac.len() > 6 {
-            return Err(format!(
-                "`{s}` has more than 6 decimals (the smallest step is 0.000001 USD per million tokens)"
-            ));
-        }
-        let whole: u64 = whole.parse().map_err(|_| format!("`{s}` is too large"))?;
-        let frac_value: u64 = if frac.is_empty() {
-            0
-        } else {
-            frac.parse::<u64>().unwrap_or(0) * 10u64.pow(6 - frac.len() as u32)
-        };
-        whole
-            .checked_mul(PICO_PER_USD_PER_MTOK)
-            .and_then(|w| w.checked_add(frac_value))
+        let value = parse_fixed(
+            s,
+            6,
+            "a price in USD per million tokens, e.g. \"2.50\"",
+            "0.000001 USD per million tokens",
+        )?;
+        u64::try_from(value)
             .map(PerToken)
-            .ok_or_else(|| format!("`{s}` is too large"))
+            .map_err(|_| format!("`{}` is too large", s.trim()))
     }
 }
 
@@ -124,6 +109,44 @@ impl Price {
             + u128::from(plain_output) * u128::from(output.0)
             + reasoning
     }
+}
+
+/// Parses an amount of USD written as a decimal (`"100"`, `"0.50"`, at most 12 decimals) into
+/// exact picodollars.
+pub fn parse_usd(s: &str) -> Result<Picodollars, String> {
+    parse_fixed(
+        s,
+        12,
+        "an amount in USD, e.g. \"100\" or \"2.50\"",
+        "0.000000000001 USD",
+    )
+}
+
+/// A non-negative decimal with at most `places` decimals, as an integer of that many places.
+/// `what` and `step` word the errors.
+fn parse_fixed(s: &str, places: u32, what: &str, step: &str) -> Result<u128, String> {
+    let s = s.trim();
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole) || !(frac.is_empty() || digits(frac)) {
+        return Err(format!("`{s}` is not {what}"));
+    }
+    if frac.len() > places as usize {
+        return Err(format!(
+            "`{s}` has more than {places} decimals (the smallest step is {step})"
+        ));
+    }
+    let too_large = || format!("`{s}` is too large");
+    let whole: u128 = whole.parse().map_err(|_| too_large())?;
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse::<u128>().unwrap_or(0) * 10u128.pow(places - frac.len() as u32)
+    };
+    whole
+        .checked_mul(10u128.pow(places))
+        .and_then(|w| w.checked_add(frac_value))
+        .ok_or_else(too_large)
 }
 
 /// A cost in USD as a decimal string with twelve places (exact), e.g. `"0.000012500000"`.

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The window every limit is expressed over.
-const WINDOW_NANOS: u64 = 60_000_000_000;
+pub(crate) const WINDOW_NANOS: u64 = 60_000_000_000;
 
 /// A limit's answer for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,43 +65,8 @@ impl RateLimiter {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let mut tightest: Option<Decision> = None;
-        let mut refused: Option<(usize, Decision)> = None;
-        let mut updates: Vec<(usize, u64)> = Vec::with_capacity(limits.len());
-        for (i, &(scope, per_minute)) in limits.iter().enumerate() {
-            let per_minute = per_minute.max(1);
-            let interval = WINDOW_NANOS / u64::from(per_minute);
-            let tat = map.get(scope).copied().unwrap_or(0).max(now_nanos);
-            let new_tat = tat + interval;
-            let ahead = new_tat - now_nanos;
-            if ahead > WINDOW_NANOS {
-                let d = Decision {
-                    allowed: false,
-                    limit: per_minute,
-                    remaining: 0,
-                    reset_after: Duration::from_nanos(tat - now_nanos),
-                    retry_after: Duration::from_nanos(ahead - WINDOW_NANOS),
-                };
-                if refused.is_none_or(|(_, r)| d.retry_after > r.retry_after) {
-                    refused = Some((i, d));
-                }
-                continue;
-            }
-            let d = Decision {
-                allowed: true,
-                limit: per_minute,
-                remaining: u32::try_from((WINDOW_NANOS - ahead) / interval).unwrap_or(u32::MAX),
-                reset_after: Duration::from_nanos(ahead),
-                retry_after: Duration::ZERO,
-            };
-            if tightest.is_none_or(|t| d.remaining < t.remaining) {
-                tightest = Some(d);
-            }
-            updates.push((i, new_tat));
-        }
-        if let Some(r) = refused {
-            return Err(r);
-        }
+        let (answer, updates) = evaluate(&map, limits, now_nanos, true);
+        let decision = answer?;
         let new_scope = updates
             .iter()
             .any(|(i, _)| limits.get(*i).is_some_and(|(s, _)| !map.contains_key(*s)));
@@ -113,14 +78,157 @@ impl RateLimiter {
                 map.insert(scope.to_owned(), new_tat);
             }
         }
-        Ok(tightest.unwrap_or(Decision {
+        Ok(decision)
+    }
+
+    /// Checks token-rate limits (`per_minute` tokens each) without charging: a request is
+    /// admitted while every limit has room for a token, since its size is known only once it
+    /// has run ([`RateLimiter::charge_tokens`]). `Ok` carries the tightest decision (tokens
+    /// remaining); `Err` the index and decision of the limit that frees up last.
+    pub fn check_tokens(
+        &self,
+        limits: &[(&str, u32)],
+        now_nanos: u64,
+    ) -> Result<Decision, (usize, Decision)> {
+        let map = match self.tat.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        evaluate(&map, limits, now_nanos, false).0
+    }
+
+    /// Charges `tokens` to each token-rate limit, after the request ran. A large request may
+    /// take a limit into debt: the next ones wait until it is paid off.
+    pub fn charge_tokens(&self, limits: &[(&str, u32)], tokens: u64, now_nanos: u64) {
+        let mut map = match self.tat.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for &(scope, per_minute) in limits {
+            let interval = WINDOW_NANOS / u64::from(per_minute.max(1));
+            let tat = map.get(scope).copied().unwrap_or(0).max(now_nanos);
+            map.insert(
+                scope.to_owned(),
+                tat.saturating_add(tokens.saturating_mul(interval)),
+            );
+        }
+    }
+}
+
+/// The answer of every limit for one unit at `now_nanos` (`charge`: the unit is counted, as a
+/// request is; otherwise only room for it is asked, as for tokens), and each admitting
+/// limit's new theoretical arrival time.
+#[allow(clippy::type_complexity)]
+pub(crate) fn evaluate(
+    map: &HashMap<String, u64>,
+    limits: &[(&str, u32)],
+    now_nanos: u64,
+    charge: bool,
+) -> (Result<Decision, (usize, Decision)>, Vec<(usize, u64)>) {
+    let mut tightest: Option<Decision> = None;
+    let mut refused: Option<(usize, Decision)> = None;
+    let mut updates: Vec<(usize, u64)> = Vec::with_capacity(limits.len());
+    for (i, &(scope, per_minute)) in limits.iter().enumerate() {
+        let per_minute = per_minute.max(1);
+        let interval = WINDOW_NANOS / u64::from(per_minute);
+        let tat = map.get(scope).copied().unwrap_or(0).max(now_nanos);
+        let new_tat = tat + interval;
+        let ahead = new_tat - now_nanos;
+        if ahead > WINDOW_NANOS {
+            let d = Decision {
+                allowed: false,
+                limit: per_minute,
+                remaining: 0,
+                reset_after: Duration::from_nanos(tat - now_nanos),
+                retry_after: Duration::from_nanos(ahead - WINDOW_NANOS),
+            };
+            if refused.is_none_or(|(_, r)| d.retry_after > r.retry_after) {
+                refused = Some((i, d));
+            }
+            continue;
+        }
+        let held = if charge { ahead } else { tat - now_nanos };
+        let d = Decision {
+            allowed: true,
+            limit: per_minute,
+            remaining: u32::try_from((WINDOW_NANOS - held) / interval).unwrap_or(u32::MAX),
+            reset_after: Duration::from_nanos(held),
+            retry_after: Duration::ZERO,
+        };
+        if tightest.is_none_or(|t| d.remaining < t.remaining) {
+            tightest = Some(d);
+        }
+        updates.push((i, new_tat));
+    }
+    let answer = match refused {
+        Some(r) => Err(r),
+        None => Ok(tightest.unwrap_or(Decision {
             allowed: true,
             limit: 0,
             remaining: u32::MAX,
             reset_after: Duration::ZERO,
             retry_after: Duration::ZERO,
-        }))
+        })),
+    };
+    (answer, updates)
+}
+
+/// A limit check's answer: the tightest admitting decision, or the index and decision of the
+/// refusing limit that frees up last.
+pub type Checked = Result<Decision, (usize, Decision)>;
+
+/// What a rate store returns: a boxed future, so that `dyn RateStore` works with a shared
+/// store that answers over the network.
+pub type RateFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Checked> + Send + 'a>>;
+
+/// Where rate-limit state is kept: [`RateLimiter`] in one replica, [`RedisRates`] shared.
+pub trait RateStore: Send + Sync + std::fmt::Debug {
+    /// [`RateLimiter::check_all`].
+    fn check_all<'a>(&'a self, limits: &'a [(&'a str, u32)], now_nanos: u64) -> RateFuture<'a>;
+    /// [`RateLimiter::check_tokens`].
+    fn check_tokens<'a>(&'a self, limits: &'a [(&'a str, u32)], now_nanos: u64) -> RateFuture<'a>;
+    /// [`RateLimiter::charge_tokens`]; never waits (it runs where a request's state is
+    /// dropped).
+    fn charge_tokens(&self, limits: Vec<(String, u32)>, tokens: u64, now_nanos: u64);
+}
+
+impl RateStore for RateLimiter {
+    fn check_all<'a>(&'a self, limits: &'a [(&'a str, u32)], now_nanos: u64) -> RateFuture<'a> {
+        Box::pin(std::future::ready(RateLimiter::check_all(
+            self, limits, now_nanos,
+        )))
     }
+
+    fn check_tokens<'a>(&'a self, limits: &'a [(&'a str, u32)], now_nanos: u64) -> RateFuture<'a> {
+        Box::pin(std::future::ready(RateLimiter::check_tokens(
+            self, limits, now_nanos,
+        )))
+    }
+
+    fn charge_tokens(&self, limits: Vec<(String, u32)>, tokens: u64, now_nanos: u64) {
+        let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+        RateLimiter::charge_tokens(self, &pairs, tokens, now_nanos);
+    }
+}
+
+mod redis;
+pub use self::redis::RedisRates;
+
+/// The token-rate limits of a key and its tenant: `(scope, per minute, "key" | "tenant")`.
+pub fn token_limits(
+    key_id: &str,
+    key_per_minute: Option<u32>,
+    tenant: Option<&str>,
+    tenants: &HashMap<String, u32>,
+) -> Vec<(String, u32, &'static str)> {
+    let mut limits = Vec::with_capacity(2);
+    if let Some(n) = key_per_minute {
+        limits.push((format!("tpm:key:{key_id}"), n, "key"));
+    }
+    if let Some((t, n)) = tenant.and_then(|t| tenants.get(t).map(|n| (t, *n))) {
+        limits.push((format!("tpm:tenant:{t}"), n, "tenant"));
+    }
+    limits
 }
 
 /// A duration the way OpenAI's `x-ratelimit-reset-*` headers write it: `6m0s`, `1.5s`, `20ms`.
@@ -229,6 +337,24 @@ mod tests {
             "the tightest limit is reported"
         );
         assert!(l.check_all(&[], S).is_ok());
+    }
+
+    #[test]
+    fn token_limits_admit_while_there_is_room_and_charge_afterwards() {
+        let l = RateLimiter::new();
+        let lim = [("tpm:key", 600u32)]; // 10 tokens a second
+        let d = l.check_tokens(&lim, S).unwrap();
+        assert_eq!(d.remaining, 600);
+        // A request of 900 tokens runs (admitted: there was room) and puts the key in debt.
+        l.charge_tokens(&lim, 900, S);
+        let (i, d) = l.check_tokens(&lim, S).unwrap_err();
+        assert_eq!(i, 0);
+        // 90 s of tokens charged: room for one token again after 30.1 s.
+        assert_eq!(d.retry_after, Duration::from_millis(30_100));
+        assert!(l.check_tokens(&lim, S + 30 * S).is_err());
+        assert_eq!(l.check_tokens(&lim, S + 31 * S).unwrap().remaining, 10);
+        // Checking never charges.
+        assert_eq!(l.check_tokens(&lim, S + 31 * S).unwrap().remaining, 10);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! stream has one method per ext_proc phase; [`translator`]s are pure functions over bodies
 //! and chunks. Header and body mutations are built by the pure functions in [`mutation`].
 
+pub mod budget;
 pub mod capture;
 pub mod feedback;
 pub mod google;
@@ -12,7 +13,9 @@ pub mod guard;
 pub mod log;
 pub mod mutation;
 pub mod processor;
+pub mod selfservice;
 pub mod server;
+pub mod streamcap;
 pub mod translator;
 pub mod webhook;
 

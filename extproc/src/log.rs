@@ -21,6 +21,8 @@ pub struct Facts<'a> {
     pub tenant: &'a str,
     /// The key's team.
     pub team: &'a str,
+    /// The end user (header or body), empty when the request named none.
+    pub end_user: &'a str,
     /// The client's dialect.
     pub dialect: Dialect,
     /// The endpoint label (`chat_completions`, ...), or `unknown`.
@@ -89,8 +91,7 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         key_id: f.key_id.to_owned(),
         tenant: f.tenant.to_owned(),
         team: f.team.to_owned(),
-        // The OpenAI `user` field is not parsed yet: the translator owns the body.
-        end_user: String::new(),
+        end_user: f.end_user.to_owned(),
         client_api: f.dialect.label().to_owned(),
         endpoint: f.endpoint.to_owned(),
         requested_model: f.requested_model.to_owned(),
@@ -166,6 +167,7 @@ mod tests {
             key_id: "k",
             tenant: "acme",
             team: "ml",
+            end_user: "alice",
             dialect: Dialect::OpenAi,
             endpoint: "chat_completions",
             requested_model: "gpt",
@@ -216,6 +218,7 @@ mod tests {
             ("k", "acme", "ml")
         );
         assert_eq!(e.client_api, "openai");
+        assert_eq!(e.end_user, "alice");
         assert_eq!(e.upstream_model, "gpt-4o");
         let u = e.usage.unwrap();
         assert_eq!(

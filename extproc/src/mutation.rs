@@ -102,7 +102,19 @@ pub fn immediate(
     content_type: &str,
     request_id: Option<&str>,
 ) -> ProcessingResponse {
+    immediate_with(status, body, content_type, request_id, Vec::new())
+}
+
+/// [`immediate`] with `extra` headers (`retry-after`, ...).
+pub fn immediate_with(
+    status: u16,
+    body: Vec<u8>,
+    content_type: &str,
+    request_id: Option<&str>,
+    extra: Vec<HeaderValueOption>,
+) -> ProcessingResponse {
     let mut headers = vec![set("content-type", content_type)];
+    headers.extend(extra);
     if let Some(id) = request_id {
         headers.push(set(REQUEST_ID_HEADER, id));
     }

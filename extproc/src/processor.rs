@@ -17,18 +17,23 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use envoy_types::pb::google::protobuf::value::Kind;
 use rand::Rng;
+use tollgate_core::budget::{self as budgets, Admission, Ledger, Line, Owner, Reservation};
 use tollgate_core::config::{
-    ApiFamily, Capture as CaptureMode, Policy, Provider, Side, ANTHROPIC_VERSION,
+    ApiFamily, Capture as CaptureMode, Policy, Provider, ProviderKind, Side, ANTHROPIC_VERSION,
 };
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, Metrics, ProviderLabel, RequestLabels, TokenLabels};
+use tollgate_core::ratelimit::RateStore;
 use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
 use tollgate_guardrails::Engine;
 use tollgate_logger::LogHandle;
 
+use crate::budget;
 use crate::capture::Capture;
 use crate::guard::{self, OpenAiStreamGuard, StreamGuard, Verdicts};
 use crate::mutation::{self, set};
+use crate::selfservice;
+use crate::streamcap::{self, StreamCap};
 use crate::translator::stream::StreamTranslator;
 use crate::translator::{openai, sse::UsageFilter, Pair, ResponseMeta};
 use crate::{feedback, log, webhook};
@@ -47,6 +52,8 @@ struct AuthContext {
     guardrails: String,
     /// What of the payloads goes into the log event.
     capture: CaptureMode,
+    /// The key's token-rate limit per minute.
+    tokens_per_minute: Option<u32>,
 }
 
 impl AuthContext {
@@ -77,6 +84,7 @@ impl AuthContext {
             request_id: text(md::REQUEST_ID),
             guardrails: text(md::GUARDRAILS),
             capture: CaptureMode::from_label(&text(md::CAPTURE)),
+            tokens_per_minute: text(md::TOKENS_PER_MINUTE).parse().ok(),
         };
         (!ctx.key_id.is_empty()).then_some(ctx)
     }
@@ -106,6 +114,8 @@ struct Forwarded {
     response_id: String,
     /// The provider's error type header (Bedrock's `x-amzn-errortype`).
     error_type: Option<String>,
+    /// The stream's output allowance, when it has one.
+    cap: Option<StreamCap>,
 }
 
 /// How a successful stream is handled.
@@ -144,6 +154,18 @@ pub struct Processor {
     capture: Option<Capture>,
     /// What the webhook guardrails said about the message being handled ([`Processor::prepare`]).
     webhook: Option<webhook::Decision>,
+    /// The spend ledger (`None`: budgets are not enforced by this processor).
+    ledger: Option<Arc<dyn Ledger>>,
+    /// The end user: from the configured header, else the body.
+    end_user: Option<String>,
+    /// This request's budget reservation, until it is settled or refunded.
+    reservation: Option<Reservation>,
+    /// Soft budgets this request went past.
+    soft_exceeded: Vec<Line>,
+    /// The request's token estimate, once made.
+    estimate: Option<budget::Estimate>,
+    /// Token-rate state shared with ext_authz (`None`: token limits are not charged).
+    limiter: Option<Arc<dyn RateStore>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -215,6 +237,12 @@ impl Processor {
             request_content_type: String::new(),
             capture: None,
             webhook: None,
+            ledger: None,
+            end_user: None,
+            reservation: None,
+            soft_exceeded: Vec::new(),
+            estimate: None,
+            limiter: None,
         }
     }
 
@@ -283,6 +311,18 @@ impl Processor {
         self.webhook = Some(webhook::decide(outcomes, side));
     }
 
+    /// Charges the request's tokens to the token-rate limits kept in `limiter`.
+    pub fn with_limiter(mut self, limiter: Option<Arc<dyn RateStore>>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Enforces budgets on `ledger` (shared by every stream of the process).
+    pub fn with_ledger(mut self, ledger: Option<Arc<dyn Ledger>>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
     /// Emits this request's `LogEvent` to `log` when it ends (logging is off with `None`).
     pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
         self.log = log;
@@ -290,7 +330,7 @@ impl Processor {
     }
 
     /// Handles one message; `None` when Envoy expects no answer (observability mode).
-    pub fn handle(&mut self, msg: ProcessingRequest) -> Option<ProcessingResponse> {
+    pub async fn handle(&mut self, msg: ProcessingRequest) -> Option<ProcessingResponse> {
         if self.ctx.is_none() {
             self.ctx = msg
                 .metadata_context
@@ -299,8 +339,10 @@ impl Processor {
         }
         let started = Instant::now();
         let (phase, response) = match msg.request {
-            Some(Request::RequestHeaders(h)) => ("request_headers", self.on_request_headers(&h)),
-            Some(Request::RequestBody(b)) => ("request_body", self.on_request_body(b)),
+            Some(Request::RequestHeaders(h)) => {
+                ("request_headers", self.on_request_headers(&h).await)
+            }
+            Some(Request::RequestBody(b)) => ("request_body", self.on_request_body(b).await),
             Some(Request::ResponseHeaders(h)) => ("response_headers", self.on_response_headers(&h)),
             Some(Request::ResponseBody(b)) => ("response_body", self.on_response_body(b)),
             Some(Request::RequestTrailers(_)) => (
@@ -373,11 +415,19 @@ impl Processor {
             .inc();
         let request_id = self.ctx.as_ref().map(|c| c.request_id.as_str());
         tracing::debug!(request_id, status = class.status, error = %err, "Rejected request");
-        mutation::immediate(
+        let extra = match err {
+            ApiError::BudgetExceeded {
+                retry_after_secs: Some(secs),
+                ..
+            } => vec![set("retry-after", secs.to_string())],
+            _ => Vec::new(),
+        };
+        mutation::immediate_with(
             class.status,
             err.body(self.dialect()),
             "application/json",
             request_id,
+            extra,
         )
     }
 
@@ -389,7 +439,7 @@ impl Processor {
         })
     }
 
-    fn on_request_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
+    async fn on_request_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
         let Some(ctx) = &self.ctx else {
             tracing::error!("No ext_authz metadata on the request: is ext_authz before ext_proc, and its namespace forwarded?");
             return self.reject(&ApiError::Internal, None);
@@ -405,6 +455,16 @@ impl Processor {
             self.request_content_type = header(&h.headers, "content-type")
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .unwrap_or_default();
+        }
+        self.end_user = header(&h.headers, &self.config.budgets.end_user_header)
+            .map(|v| String::from_utf8_lossy(v).trim().to_owned())
+            .filter(|v| !v.is_empty());
+        if method == "GET" {
+            match strip_query(&path) {
+                "/v1/budget" => return self.self_service(SelfService::Budget).await,
+                "/v1/usage" => return self.self_service(SelfService::Usage).await,
+                _ => {}
+            }
         }
         match self.endpoint(&method, &path) {
             Ok(Endpoint::Models) => self.list_models(),
@@ -455,10 +515,15 @@ impl Processor {
             serde_json::json!({"object": "list", "data": data})
         }
         .to_string();
+        self.answer(Endpoint::Models.label(), body)
+    }
+
+    /// A 200 JSON answer Tollgate gives itself.
+    fn answer(&self, label: &'static str, body: String) -> ProcessingResponse {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                endpoint: Endpoint::Models.label(),
+                endpoint: label,
                 provider: "tollgate".to_owned(),
                 model: "none".to_owned(),
                 status: 200,
@@ -468,18 +533,50 @@ impl Processor {
             200,
             body.into_bytes(),
             "application/json",
-            Some(&ctx.request_id),
+            self.ctx.as_ref().map(|c| c.request_id.as_str()),
         )
     }
 
-    fn on_request_body(&mut self, b: HttpBody) -> ProcessingResponse {
-        match self.route(&b) {
+    /// `GET /v1/budget` or `GET /v1/usage` for the calling key.
+    async fn self_service(&mut self, what: SelfService) -> ProcessingResponse {
+        let (Some(ctx), Some(ledger)) = (&self.ctx, &self.ledger) else {
+            return self.reject(&ApiError::Internal, None);
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let report = match what {
+            SelfService::Budget => {
+                selfservice::budget_report(
+                    &self.config.budgets,
+                    ledger.as_ref(),
+                    &owner(ctx, self.end_user.as_deref()),
+                    now,
+                )
+                .await
+            }
+            SelfService::Usage => {
+                selfservice::usage_report(ledger.as_ref(), &ctx.key_id, now).await
+            }
+        };
+        match report {
+            Ok(v) => self.answer(what.label(), v.to_string()),
+            Err(e) => {
+                tracing::error!(error = %e, "Budget ledger unavailable");
+                self.reject(&ApiError::BudgetUnavailable, None)
+            }
+        }
+    }
+
+    async fn on_request_body(&mut self, b: HttpBody) -> ProcessingResponse {
+        match self.route(&b).await {
             Ok(resp) => resp,
             Err((err, model)) => self.reject(&err, model.as_deref()),
         }
     }
 
-    fn route(&mut self, b: &HttpBody) -> Result<ProcessingResponse, (ApiError, Option<String>)> {
+    async fn route(
+        &mut self,
+        b: &HttpBody,
+    ) -> Result<ProcessingResponse, (ApiError, Option<String>)> {
         let Some(ctx) = &self.ctx else {
             tracing::error!("No ext_authz metadata on the request: is ext_authz before ext_proc, and its namespace forwarded?");
             return Err((ApiError::Internal, None));
@@ -500,7 +597,9 @@ impl Processor {
         let path = strip_query(&ctx.path);
         let parsed = openai::parse_request_at(endpoint, path, &b.body).map_err(|e| (e, None))?;
         let model = parsed.model.clone();
-        let Some(m) = self.config.models.get(&model) else {
+        // A handle of its own: the target borrowed from it outlives `&mut self` calls below.
+        let config = Arc::clone(&self.config);
+        let Some(m) = config.models.get(&model) else {
             return Err((ApiError::UnknownModel(model.clone()), Some(model)));
         };
         if !ctx.allows(&model) {
@@ -566,6 +665,9 @@ impl Processor {
             },
             None => None,
         };
+        if self.end_user.is_none() {
+            self.end_user = budget::end_user_in_body(parsed.object());
+        }
         let (body, strip_usage_chunk, include_usage) = if !pair.is_openai_passthrough() {
             let (body, include_usage) = pair
                 .request(
@@ -577,8 +679,25 @@ impl Processor {
                 .map_err(|e| (e.api_error(), Some(model.clone())))?;
             (body, false, include_usage)
         } else {
+            // A budgeted request that sets no output limit gets the one it is reserved for, so
+            // the provider never generates (and bills) past its reservation.
+            let limit = self.config.budgets.default_max_tokens.to_string();
+            let field = match (endpoint, provider.kind) {
+                (Endpoint::ChatCompletions, ProviderKind::Openai | ProviderKind::AzureOpenai) => {
+                    "max_completion_tokens"
+                }
+                _ => "max_tokens",
+            };
+            let extra: &[(&str, &str)] = if self.budgeted(&target.upstream_model)
+                && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+                && !budget::has_own_limit(parsed.object())
+            {
+                &[(field, limit.as_str())]
+            } else {
+                &[]
+            };
             let r = parsed
-                .rewrite(&target.upstream_model, b.body.len())
+                .rewrite_with(&target.upstream_model, b.body.len(), extra)
                 .map_err(|e| (e, Some(model.clone())))?;
             (r.body, r.strip_usage_chunk, false)
         };
@@ -615,7 +734,10 @@ impl Processor {
         }
         // The response is read (usage) and may be rewritten (translation): it must come back
         // uncompressed. Envoy can still compress towards the client.
-        let mut remove = vec!["accept-encoding".to_owned()];
+        let mut remove = vec![
+            "accept-encoding".to_owned(),
+            self.config.budgets.end_user_header.clone(),
+        ];
         match pair.upstream {
             ApiFamily::Anthropic
                 if !self.client_anthropic_version
@@ -633,12 +755,38 @@ impl Processor {
             }
             _ => {}
         }
+        // Last: nothing after the reservation can fail, so a refusal here is the only way out.
+        let reservation = self
+            .reserve(endpoint, provider, &target.upstream_model, &parsed)
+            .await
+            .map_err(|e| (e, Some(model.clone())))?;
+        let Some(ctx) = &self.ctx else {
+            return Err((ApiError::Internal, None));
+        };
+        self.reservation = reservation;
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
         // Bedrock names neither its responses nor the model: Tollgate's request id does.
         let response_id = match (pair.upstream, pair.client) {
             (ApiFamily::Bedrock, ApiFamily::Anthropic) => format!("msg_{}", ctx.request_id),
             (ApiFamily::Bedrock, _) => format!("chatcmpl-{}", ctx.request_id),
             _ => String::new(),
+        };
+        let client_usage = if pair.is_openai_passthrough() {
+            !strip_usage_chunk
+        } else {
+            include_usage
+        };
+        let cap = if parsed.stream {
+            self.stream_cap(
+                pair.client,
+                endpoint,
+                provider,
+                &target.upstream_model,
+                &parsed,
+                client_usage,
+            )
+        } else {
+            None
         };
         let sse = parsed.stream.then(|| {
             let engine = response_guard.as_ref().map(Arc::clone);
@@ -669,6 +817,7 @@ impl Processor {
             response_guard,
             response_id,
             error_type: None,
+            cap,
         });
         Ok(mutation::request_body(mutation::common(
             headers,
@@ -787,16 +936,23 @@ impl Processor {
         } else {
             (BodySendMode::Buffered, Vec::new())
         };
+        let mut headers = Vec::new();
         // Bedrock streams in AWS event-stream framing; the client gets SSE.
-        let set_headers = if bedrock && ok && fwd.stream {
-            vec![set("content-type", "text/event-stream")]
-        } else {
-            vec![]
-        };
+        if bedrock && ok && fwd.stream {
+            headers.push(set("content-type", "text/event-stream"));
+        }
+        if !self.soft_exceeded.is_empty() {
+            let warning: Vec<String> = self
+                .soft_exceeded
+                .iter()
+                .map(|l| format!("{} {} budget exceeded", l.scope.label(), l.period.label()))
+                .collect();
+            headers.push(set(BUDGET_WARNING_HEADER, warning.join(", ")));
+        }
         if h.end_of_stream {
             self.finish();
         }
-        mutation::response_headers(mutation::common(set_headers, remove, None, false), mode)
+        mutation::response_headers(mutation::common(headers, remove, None, false), mode)
     }
 
     fn on_response_body(&mut self, b: HttpBody) -> ProcessingResponse {
@@ -816,6 +972,10 @@ impl Processor {
                     Some(g) => Some(g.push(out.as_deref().unwrap_or(&b.body), b.end_of_stream)),
                     None => out,
                 };
+                let out = match &mut fwd.cap {
+                    Some(cap) => Some(cap.push(out.as_deref().unwrap_or(&b.body), b.end_of_stream)),
+                    None => out,
+                };
                 if let Some(c) = &mut self.capture {
                     c.response_chunk(out.as_deref().unwrap_or(&b.body), b.end_of_stream);
                 }
@@ -825,7 +985,10 @@ impl Processor {
                 fwd.usage = filter.usage();
             }
             Some(ResponseStream::Translate(t)) if ok => {
-                let out = t.push(&b.body, b.end_of_stream);
+                let mut out = t.push(&b.body, b.end_of_stream);
+                if let Some(cap) = &mut fwd.cap {
+                    out = cap.push(&out, b.end_of_stream);
+                }
                 if let Some(c) = &mut self.capture {
                     c.response_chunk(&out, b.end_of_stream);
                 }
@@ -942,6 +1105,8 @@ impl Processor {
         if let Some(v) = stream_verdict {
             self.verdicts.add(Side::Response, &v, &self.metrics);
         }
+        self.settle();
+        self.charge_tokens();
         self.emit_log();
         let Some(fwd) = &self.forwarded else { return };
         let status = fwd.status.unwrap_or(499);
@@ -1011,6 +1176,7 @@ impl Processor {
             key_id: &ctx.key_id,
             tenant: &ctx.tenant,
             team: &ctx.team,
+            end_user: self.end_user.as_deref().unwrap_or(""),
             dialect: self.dialect(),
             endpoint,
             requested_model: "",
@@ -1045,6 +1211,8 @@ impl Processor {
                     .any(|v| v.action == "block" && v.side == Side::Response)
                 {
                     "guardrail_blocked"
+                } else if fwd.cap.as_ref().is_some_and(StreamCap::was_cut) {
+                    streamcap::OUTPUT_CAP
                 } else {
                     log::upstream_error_class(status)
                 };
@@ -1064,6 +1232,249 @@ impl Processor {
             (None, None) => return,
         }
         handle.emit(log::event(&facts));
+    }
+}
+
+/// Response header naming the soft budgets a request went past.
+pub const BUDGET_WARNING_HEADER: &str = "x-tollgate-budget-warning";
+
+impl Processor {
+    /// Reserves the request's estimated cost on every budget that applies to it: `Ok(None)`
+    /// when none does (or the model has no price), a 429 when a hard one cannot take it.
+    async fn reserve(
+        &mut self,
+        endpoint: Endpoint,
+        provider: &Provider,
+        upstream_model: &str,
+        parsed: &openai::ParsedRequest<'_>,
+    ) -> Result<Option<Reservation>, ApiError> {
+        let (Some(ledger), Some(ctx)) = (&self.ledger, &self.ctx) else {
+            return Ok(None);
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let lines = budgets::lines(
+            &self.config.budgets.limits,
+            &owner(ctx, self.end_user.as_deref()),
+            now,
+        );
+        if lines.is_empty() {
+            return Ok(None);
+        }
+        let Some(price) = self.config.prices.get(upstream_model) else {
+            tracing::warn!(request_id = %ctx.request_id, model = %upstream_model, "No price for the model: the request is not charged to its budgets (add it under pricing.models)");
+            self.metrics.budget("unpriced");
+            return Ok(None);
+        };
+        let est = self.estimate(endpoint, provider, upstream_model, parsed);
+        let amount = budget::estimate(price, est.prompt_tokens, est.max_output_tokens);
+        self.estimate = Some(est);
+        match Reservation::reserve(ledger, lines, amount).await {
+            Ok(Admission::Admitted(r, soft)) => {
+                self.metrics.budget("reserved");
+                for l in &soft {
+                    self.metrics.budget("soft_exceeded");
+                    tracing::warn!(request_id = %ctx.request_id, budget = %l.budget, scope = l.scope.label(), period = l.period.label(), "Soft budget exceeded");
+                }
+                self.soft_exceeded = soft;
+                Ok(Some(r))
+            }
+            Ok(Admission::Refused(line)) => {
+                self.metrics.budget("refused");
+                tracing::debug!(request_id = %ctx.request_id, budget = %line.budget, "Budget refused the request");
+                Err(ApiError::BudgetExceeded {
+                    scope: line.scope.label(),
+                    period: line.period.label(),
+                    retry_after_secs: line
+                        .ends
+                        .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
+                })
+            }
+            Err(e) if self.config.budgets.fail_open => {
+                self.metrics.budget("ledger_error");
+                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the request goes on unreserved (budgets.on_ledger_error: fail_open)");
+                Ok(None)
+            }
+            Err(e) => {
+                self.metrics.budget("ledger_error");
+                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the request is refused (budgets.on_ledger_error: fail_closed)");
+                Err(ApiError::BudgetUnavailable)
+            }
+        }
+    }
+
+    /// Whether a reservation will be made for a request to `upstream_model`: a ledger, a
+    /// budget that applies, and a price.
+    fn budgeted(&self, upstream_model: &str) -> bool {
+        let (Some(_), Some(ctx)) = (&self.ledger, &self.ctx) else {
+            return false;
+        };
+        self.config.prices.get(upstream_model).is_some()
+            && !budgets::lines(
+                &self.config.budgets.limits,
+                &owner(ctx, self.end_user.as_deref()),
+                time::OffsetDateTime::now_utc(),
+            )
+            .is_empty()
+    }
+
+    fn estimate(
+        &self,
+        endpoint: Endpoint,
+        provider: &Provider,
+        upstream_model: &str,
+        parsed: &openai::ParsedRequest<'_>,
+    ) -> budget::Estimate {
+        let counter = budget::Counter::for_target(provider.kind, upstream_model);
+        let obj = parsed.object();
+        budget::Estimate {
+            counter,
+            prompt_tokens: budget::prompt_tokens(obj, counter),
+            max_output_tokens: budget::max_output_tokens(
+                obj,
+                endpoint,
+                self.config.budgets.default_max_tokens,
+            ),
+            own_limit: budget::has_own_limit(obj),
+        }
+    }
+
+    /// The output allowance of a stream: the smallest of the per-request token cap, what the
+    /// per-request cost cap leaves after the prompt, and, for a reserved request that set no
+    /// limit of its own, the output its reservation covers (so no stream runs past what its
+    /// budgets granted). `None`: nothing limits it.
+    fn stream_cap(
+        &mut self,
+        client: ApiFamily,
+        endpoint: Endpoint,
+        provider: &Provider,
+        upstream_model: &str,
+        parsed: &openai::ParsedRequest<'_>,
+        client_usage: bool,
+    ) -> Option<StreamCap> {
+        let b = &self.config.budgets;
+        if b.max_output_tokens_per_request.is_none()
+            && b.max_cost_per_request.is_none()
+            && self.reservation.is_none()
+        {
+            return None;
+        }
+        let est = match self.estimate {
+            Some(e) => e,
+            None => self.estimate(endpoint, provider, upstream_model, parsed),
+        };
+        let b = &self.config.budgets;
+        let price = self.config.prices.get(upstream_model);
+        let by_cost = b.max_cost_per_request.zip(price).map(|(cap, p)| {
+            let prompt = budget::estimate(p, est.prompt_tokens, 0);
+            match u128::from(p.output.0) {
+                0 => u64::MAX,
+                per_token => {
+                    u64::try_from(cap.saturating_sub(prompt) / per_token).unwrap_or(u64::MAX)
+                }
+            }
+        });
+        let by_reservation =
+            (self.reservation.is_some() && !est.own_limit).then_some(est.max_output_tokens);
+        let allowance = [b.max_output_tokens_per_request, by_cost, by_reservation]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some(StreamCap::new(
+            client,
+            est.counter,
+            allowance,
+            est.prompt_tokens,
+            client_usage,
+        ))
+    }
+
+    /// Charges the tokens the request used to its key's and tenant's token-rate limits.
+    fn charge_tokens(&self) {
+        let (Some(limiter), Some(ctx), Some(fwd)) = (&self.limiter, &self.ctx, &self.forwarded)
+        else {
+            return;
+        };
+        let Some(u) = fwd.usage else { return };
+        let limits = tollgate_core::ratelimit::token_limits(
+            &ctx.key_id,
+            ctx.tokens_per_minute,
+            Some(ctx.tenant.as_str()).filter(|t| !t.is_empty()),
+            &self.config.tenant_tokens_per_minute,
+        );
+        if limits.is_empty() {
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        limiter.charge_tokens(
+            limits.into_iter().map(|(s, n, _)| (s, n)).collect(),
+            u.input_tokens.saturating_add(u.output_tokens),
+            now,
+        );
+    }
+
+    /// Ends the reservation: the real cost when the usage is known; the whole reservation
+    /// when a response was being delivered but its usage never came (a stream cut short: the
+    /// provider charges for what it generated); nothing when no response came (upstream
+    /// failure, client gone before the answer).
+    fn settle(&mut self) {
+        let reservation = self.reservation.take();
+        let (Some(fwd), Some(ledger), Some(ctx)) = (&self.forwarded, &self.ledger, &self.ctx)
+        else {
+            return; // dropping the reservation refunds it
+        };
+        let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
+        let cost = fwd
+            .usage
+            .zip(self.config.prices.get(&fwd.upstream_model))
+            .map(|(u, p)| p.cost(&u));
+        let charged = match (ok, cost, &reservation) {
+            (true, Some(c), _) => Some(c),
+            (true, None, Some(r)) if self.first_byte_at.is_some() => Some(r.amount()),
+            _ => None,
+        };
+        // The key's own spend per period (`GET /v1/usage`), on the lines the reservation
+        // does not already hold.
+        let mut usage = selfservice::usage_lines(&ctx.key_id, self.started_at.into());
+        if let Some(r) = reservation {
+            usage.retain(|k| !r.keys().contains(k));
+            match charged {
+                Some(c) => r.settle(c),
+                None => r.refund(),
+            }
+        }
+        if let Some(c) = charged.filter(|c| *c > 0) {
+            ledger.settle(usage, 0, c);
+        }
+    }
+}
+
+/// Self-service answers.
+#[derive(Debug, Clone, Copy)]
+enum SelfService {
+    /// `GET /v1/budget`.
+    Budget,
+    /// `GET /v1/usage`.
+    Usage,
+}
+
+impl SelfService {
+    fn label(self) -> &'static str {
+        match self {
+            SelfService::Budget => "budget",
+            SelfService::Usage => "usage",
+        }
+    }
+}
+
+/// The owner of a request, for its budgets.
+fn owner<'a>(ctx: &'a AuthContext, end_user: Option<&'a str>) -> Owner<'a> {
+    Owner {
+        key: &ctx.key_id,
+        team: Some(ctx.team.as_str()),
+        tenant: Some(ctx.tenant.as_str()),
+        end_user,
     }
 }
 

@@ -6,7 +6,11 @@ use std::pin::Pin;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use futures::Stream;
+use std::sync::Arc;
+
+use tollgate_core::budget::Ledger;
 use tollgate_core::metrics::Metrics;
+use tollgate_core::ratelimit::RateStore;
 use tollgate_core::SharedConfig;
 use tollgate_logger::LogHandle;
 use tonic::{Request, Response, Status, Streaming};
@@ -18,6 +22,8 @@ pub struct ExtProcService {
     config: SharedConfig,
     metrics: Metrics,
     log: Option<LogHandle>,
+    ledger: Option<Arc<dyn Ledger>>,
+    limiter: Option<Arc<dyn RateStore>>,
 }
 
 impl ExtProcService {
@@ -27,7 +33,22 @@ impl ExtProcService {
             config,
             metrics,
             log: None,
+            ledger: None,
+            limiter: None,
         }
+    }
+
+    /// Charges each request's tokens to the token-rate limits in `limiter` (ext_authz checks
+    /// them).
+    pub fn with_limiter(mut self, limiter: Arc<dyn RateStore>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Enforces budgets on `ledger` (shared with ext_authz's precheck).
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Emits one `LogEvent` per request to `log` (logging is off with `None`).
@@ -61,16 +82,18 @@ impl ExternalProcessor for ExtProcService {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let inbound = request.into_inner();
         let processor = Processor::new(self.config.load_full(), self.metrics.clone())
-            .with_log(self.log.clone());
+            .with_log(self.log.clone())
+            .with_ledger(self.ledger.clone())
+            .with_limiter(self.limiter.clone());
         let stream = futures::stream::unfold(
             (inbound, processor),
             |(mut inbound, mut processor)| async move {
                 loop {
                     match inbound.message().await {
                         Ok(Some(msg)) => {
-                            // Webhook guardrails are awaited here, not in `handle`.
+                            // Webhook guardrails are awaited here, before `handle`.
                             processor.prepare(&msg).await;
-                            if let Some(resp) = processor.handle(msg) {
+                            if let Some(resp) = processor.handle(msg).await {
                                 return Some((Ok(resp), (inbound, processor)));
                             }
                         }

@@ -58,7 +58,7 @@ pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
 
 /// Every stored feedback record under the data directory `dir`, oldest first. Blocking.
 pub fn read_feedback(dir: &Path) -> Result<Vec<FeedbackRecord>, LoggerError> {
-    read_lines(&dir.join(FEEDBACK_DIR), FEEDBACK_PREFIX)
+    read_lines(&dir.join(FEEDBACK_DIR), FEEDBACK_PREFIX, false)
 }
 
 fn prefixed_files(dir: &Path, prefix: &str) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
@@ -86,26 +86,42 @@ fn prefixed_files(dir: &Path, prefix: &str) -> Result<Vec<(u64, PathBuf)>, Logge
 /// Every stored record under `dir`, oldest file first (for tools and tests; it reads every
 /// file whole). Blocking.
 pub fn read_records(dir: &Path) -> Result<Vec<Record>, LoggerError> {
-    read_lines(dir, PREFIX)
+    read_lines(dir, PREFIX, false)
+}
+
+/// [`read_records`] for a reader running beside a live logger: a partial last line (being
+/// written, or left by a crash) is skipped instead of failing the read. Blocking.
+pub fn read_records_live(dir: &Path) -> Result<Vec<Record>, LoggerError> {
+    read_lines(dir, PREFIX, true)
 }
 
 fn read_lines<T: serde::de::DeserializeOwned>(
     dir: &Path,
     prefix: &str,
+    skip_partial_tail: bool,
 ) -> Result<Vec<T>, LoggerError> {
     let mut out = Vec::new();
-    for (_, path) in prefixed_files(dir, prefix)? {
+    let files = prefixed_files(dir, prefix)?;
+    let last_file = files.len().saturating_sub(1);
+    for (i, (_, path)) in files.iter().enumerate() {
         let text =
-            std::fs::read_to_string(&path).map_err(|e| LoggerError::io("cannot read", &path, e))?;
-        for line in text.lines() {
-            let record = serde_json::from_str(line).map_err(|e| {
-                LoggerError::io(
-                    "cannot parse a line of",
-                    &path,
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                )
-            })?;
-            out.push(record);
+            std::fs::read_to_string(path).map_err(|e| LoggerError::io("cannot read", path, e))?;
+        let complete = text.ends_with('\n');
+        let lines: Vec<&str> = text.lines().collect();
+        for (j, line) in lines.iter().enumerate() {
+            match serde_json::from_str(line) {
+                Ok(record) => out.push(record),
+                Err(_)
+                    if skip_partial_tail && i == last_file && j + 1 == lines.len() && !complete => {
+                }
+                Err(e) => {
+                    return Err(LoggerError::io(
+                        "cannot parse a line of",
+                        path,
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                    ))
+                }
+            }
         }
     }
     Ok(out)

@@ -244,6 +244,8 @@ pub struct StackOptions {
     /// A webhook guardrail at this base URL (`http://host:port`): adds the `hook-*` policies
     /// and keys, calling `POST {base}/decide` with a 300 ms timeout.
     pub webhook: Option<String>,
+    /// YAML appended to the config (top-level sections the base config lacks, e.g. `budgets`).
+    pub extra_yaml: String,
 }
 
 impl Default for StackOptions {
@@ -255,6 +257,7 @@ impl Default for StackOptions {
             logger: None,
             vertex: false,
             webhook: None,
+            extra_yaml: String::new(),
         }
     }
 }
@@ -451,10 +454,13 @@ models:
     targets: [{{ provider: gemini, model: mock-error-429 }}]
   gemini-stream-error:
     targets: [{{ provider: gemini, model: mock-stream-error }}]
+  server-error:
+    targets: [{{ provider: mock, model: mock-error-500 }}]
 pricing:
   models:
     # The mock's model has no list price: one for the cost checks (USD per million tokens).
     mock-model: {{ input: "1.5", output: "2" }}
+    mock-error-500: {{ input: "1.5", output: "2" }}
 keys:
   - {{ id: all, hash: "{all}", tenant: acme, team: ml, models: ["*"] }}
   - {{ id: limited, hash: "{limited}", tenant: acme, models: [mock-model, mock-embedding] }}
@@ -710,7 +716,34 @@ impl Drop for Logger {
     }
 }
 
+/// `tollgate serve` on a stack's config, with the stack's provider secrets.
+fn spawn_serve(name: &str, config_path: &Path, dir: &Path) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new(TOLLGATE)
+            .args(["serve", "--config"])
+            .arg(config_path)
+            .envs(provider_env())
+            .env(
+                "TOLLGATE_LOG",
+                "info,tollgate_extproc=debug,tollgate_authz=debug",
+            ),
+        dir,
+    )
+}
+
 impl Stack {
+    /// `kill -9` the stack's `serve` and start a new one on the same config and socket;
+    /// returns once it is ready.
+    pub fn restart_serve(&mut self, run: u32) {
+        self.procs[1].kill9();
+        let mut serve = spawn_serve(&format!("serve-{run}"), &self.config_path, self.dir.path());
+        wait_http_ok(&format!("{}/readyz", self.admin), &mut [&mut serve]);
+        let old = std::mem::replace(&mut self.procs[1], serve);
+        // Keep the first run's log for a failure report.
+        self.procs.push(old);
+    }
+
     pub fn start(opts: StackOptions) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -738,6 +771,7 @@ impl Stack {
             mock_args.push(public.display().to_string());
             yaml = yaml.replacen("\nmodels:\n", &vertex_yaml(d, &mock), 1);
         }
+        yaml.push_str(&opts.extra_yaml);
         std::fs::write(&config_path, yaml).unwrap();
 
         let mut procs = Vec::new();
@@ -754,18 +788,7 @@ impl Stack {
                 .args(&mock_args),
             d,
         );
-        let mut serve_p = Proc::spawn(
-            "serve",
-            Command::new(TOLLGATE)
-                .args(["serve", "--config"])
-                .arg(&config_path)
-                .envs(provider_env())
-                .env(
-                    "TOLLGATE_LOG",
-                    "info,tollgate_extproc=debug,tollgate_authz=debug",
-                ),
-            d,
-        );
+        let mut serve_p = spawn_serve("serve", &config_path, d);
         let bootstrap = Command::new(TOLLGATE)
             .args(["envoy-bootstrap", "--config"])
             .arg(&config_path)

@@ -756,3 +756,92 @@ fn webhook_rules_validate_their_url_timeout_and_action() {
         ]
     );
 }
+
+#[test]
+fn budgets_validate_into_exact_limits_and_errors_name_their_fields() {
+    let yaml = format!(
+        "{}budgets:\n  default_max_tokens: 256\n  limits:\n    - {{ id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"12.5\" }}\n    - {{ id: users, scope: end_user, period: daily, amount_usd: \"0.01\", mode: soft }}\n",
+        good()
+    );
+    let c = Config::from_yaml(&yaml, &env()).unwrap();
+    assert_eq!(c.budgets.default_max_tokens, 256);
+    assert_eq!(c.budgets.end_user_header, "x-tollgate-end-user");
+    assert_eq!(
+        c.budgets.limits,
+        [
+            crate::budget::Budget {
+                id: "acme".into(),
+                scope: crate::budget::Scope::Tenant,
+                member: Some("acme".into()),
+                period: crate::budget::Period::Monthly,
+                limit: 12_500_000_000_000,
+                hard: true,
+            },
+            crate::budget::Budget {
+                id: "users".into(),
+                scope: crate::budget::Scope::EndUser,
+                member: None,
+                period: crate::budget::Period::Daily,
+                limit: 10_000_000_000,
+                hard: false,
+            }
+        ]
+    );
+    let yaml = format!(
+        "{}budgets:\n  default_max_tokens: 0\n  end_user_header: \"bad header\"\n  limits:\n    - {{ id: a, scope: key, period: daily, amount_usd: \"1e3\" }}\n    - {{ id: a, scope: key, name: \"\", period: daily, amount_usd: \"1\" }}\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "budgets.limits[0].amount_usd",
+            "budgets.limits[1].id",
+            "budgets.limits[1].name",
+            "budgets.default_max_tokens",
+            "budgets.end_user_header"
+        ]
+    );
+    let yaml = format!(
+        "{}budgets:\n  limits:\n    - {{ id: a, scope: galaxy, period: daily, amount_usd: \"1\" }}\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    assert_eq!(errs[0].path, "budgets.limits[0].scope");
+}
+
+#[test]
+fn the_redis_ledger_validates_and_keeps_passwords_out_of_the_yaml() {
+    let ok = format!(
+        "{}budgets:\n  redis: {{ url: \"redis://127.0.0.1:6379/0\" }}\n  on_ledger_error: fail_open\n",
+        good()
+    );
+    let c = Config::from_yaml(&ok, &env()).unwrap();
+    let r = c.budgets.redis.unwrap();
+    assert_eq!(r.url.expose(), "redis://127.0.0.1:6379/0");
+    assert_eq!(r.timeout, std::time::Duration::from_millis(250));
+    assert!(c.budgets.fail_open);
+    let from_env = format!(
+        "{}budgets:\n  redis: {{ url_env: OPENAI_API_KEY }}\n",
+        good()
+    );
+    let errs = Config::from_yaml(&from_env, &env()).unwrap_err();
+    assert_eq!(errs[0].path, "budgets.redis.url_env", "{errs:?}");
+    let bad = format!(
+        "{}budgets:\n  restore: {{ ndjson_dir: /tmp/x }}\n  redis: {{ url: \"redis://:pw@h:1\", timeout_ms: 0, key_prefix: \"a b\" }}\n",
+        good()
+    );
+    let errs = Config::from_yaml(&bad, &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "budgets.redis.url",
+            "budgets.redis.timeout_ms",
+            "budgets.redis.key_prefix",
+            "budgets.restore"
+        ]
+    );
+    assert!(!format!("{errs:?}").contains("pw"), "{errs:?}");
+}

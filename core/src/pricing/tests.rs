@@ -160,3 +160,14 @@ fn every_catalog_price_parses() {
         }
     }
 }
+
+#[test]
+fn usd_amounts_parse_to_exact_picodollars() {
+    assert_eq!(parse_usd("100"), Ok(100_000_000_000_000));
+    assert_eq!(parse_usd("0.50"), Ok(500_000_000_000));
+    assert_eq!(parse_usd("0.000000000001"), Ok(1));
+    assert!(parse_usd("0.0000000000001").is_err());
+    assert!(parse_usd("-1").is_err());
+    assert!(parse_usd("1e3").is_err());
+    assert!(parse_usd("").is_err());
+}

@@ -83,7 +83,11 @@ fn body(text: &str) -> Request {
 
 /// Sends the headers and body of a request from a key whose policy is `policy` (as ext_authz
 /// saw it) and returns the immediate response, if any.
-fn immediate(path: &str, extra: &[(&str, &str)], policy: &str) -> Option<(i32, serde_json::Value)> {
+async fn immediate(
+    path: &str,
+    extra: &[(&str, &str)],
+    policy: &str,
+) -> Option<(i32, serde_json::Value)> {
     let config = Config::from_yaml(CONFIG, &MapEnv::from_pairs([])).unwrap();
     let mut p = Processor::new(Arc::new(config), Metrics::default());
     let metadata = [
@@ -93,12 +97,15 @@ fn immediate(path: &str, extra: &[(&str, &str)], policy: &str) -> Option<(i32, s
         (md::REQUEST_ID, "rid"),
         (md::GUARDRAILS, policy),
     ];
-    p.handle(message(headers(path, extra), &metadata)).unwrap();
+    p.handle(message(headers(path, extra), &metadata))
+        .await
+        .unwrap();
     let r = p
         .handle(message(
             body(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#),
             &metadata,
         ))
+        .await
         .unwrap();
     match r.response {
         Some(Response::ImmediateResponse(i)) => Some((
@@ -109,9 +116,11 @@ fn immediate(path: &str, extra: &[(&str, &str)], policy: &str) -> Option<(i32, s
     }
 }
 
-#[test]
-fn a_key_whose_policy_vanished_is_refused_naming_the_policy_not_served_unguarded() {
-    let (status, body) = immediate("/v1/chat/completions", &[], "gone").unwrap();
+#[tokio::test]
+async fn a_key_whose_policy_vanished_is_refused_naming_the_policy_not_served_unguarded() {
+    let (status, body) = immediate("/v1/chat/completions", &[], "gone")
+        .await
+        .unwrap();
     assert_eq!(status, 500);
     assert_eq!(body["error"]["code"], "guardrail_policy_unavailable");
     assert!(
@@ -126,6 +135,7 @@ fn a_key_whose_policy_vanished_is_refused_naming_the_policy_not_served_unguarded
         &[("anthropic-version", "2023-06-01")],
         "gone",
     )
+    .await
     .unwrap();
     assert_eq!(status, 500);
     assert_eq!(
@@ -137,5 +147,7 @@ fn a_key_whose_policy_vanished_is_refused_naming_the_policy_not_served_unguarded
         .unwrap()
         .contains("`gone`"));
     // The policy that exists lets a clean request through to routing.
-    assert!(immediate("/v1/chat/completions", &[], "strict").is_none());
+    assert!(immediate("/v1/chat/completions", &[], "strict")
+        .await
+        .is_none());
 }

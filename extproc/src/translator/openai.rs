@@ -95,15 +95,26 @@ impl<'a> ParsedRequest<'a> {
     /// The body for the provider: `upstream_model` in place of the public name, and for a
     /// stream, `stream_options.include_usage` switched on.
     pub fn rewrite(&self, upstream_model: &str, size_hint: usize) -> Result<Rewritten, ApiError> {
+        self.rewrite_with(upstream_model, size_hint, &[])
+    }
+
+    /// [`ParsedRequest::rewrite`], with `extra` members set too (JSON text values).
+    pub fn rewrite_with(
+        &self,
+        upstream_model: &str,
+        size_hint: usize,
+        extra: &[(&str, &str)],
+    ) -> Result<Rewritten, ApiError> {
         let model_json = serde_json::to_string(upstream_model).unwrap_or_default();
+        let mut replace: Vec<(&str, &str)> = vec![("model", &model_json)];
+        replace.extend_from_slice(extra);
         if !self.stream {
             return Ok(Rewritten {
-                body: self.obj.write_with(&[("model", &model_json)], size_hint),
+                body: self.obj.write_with(&replace, size_hint),
                 strip_usage_chunk: false,
             });
         }
         let (options, strip) = stream_options(self.obj.get("stream_options"))?;
-        let mut replace: Vec<(&str, &str)> = vec![("model", &model_json)];
         if let Some(o) = &options {
             replace.push(("stream_options", o));
         }
