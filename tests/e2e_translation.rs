@@ -163,6 +163,75 @@ async fn providers_get_anthropic_credentials_versions_and_bodies() {
 }
 
 /// Asserts an Anthropic-format error with this status and type, and a request id.
+/// `POST /v1/messages/count_tokens` is answered by Tollgate for every backend, errors in
+/// Anthropic's format, and never reaches a provider.
+#[tokio::test]
+async fn count_tokens_is_answered_by_tollgate_in_anthropic_format() {
+    let stack = Stack::start(StackOptions::default());
+    let count = |model: &str, text: &str| {
+        json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string()
+    };
+    for model in ["mock-model", "claude-model"] {
+        let short = stack
+            .post(
+                "/v1/messages/count_tokens",
+                Some(KEY_ALL),
+                count(model, "hello"),
+            )
+            .await;
+        assert_eq!(short.status, 200, "{}", short.text);
+        let long = stack
+            .post(
+                "/v1/messages/count_tokens",
+                Some(KEY_ALL),
+                count(model, &"hello world ".repeat(50)),
+            )
+            .await;
+        let (s, l) = (
+            short.json()["input_tokens"].as_u64().unwrap(),
+            long.json()["input_tokens"].as_u64().unwrap(),
+        );
+        assert!(s > 0 && l > s, "{model}: {s} then {l}");
+    }
+    assert_anthropic_error(
+        &stack
+            .post(
+                "/v1/messages/count_tokens",
+                Some(KEY_ALL),
+                count("nope", "x"),
+            )
+            .await,
+        404,
+        "not_found_error",
+    );
+    assert_anthropic_error(
+        &stack
+            .post(
+                "/v1/messages/count_tokens",
+                Some(KEY_LIMITED),
+                count("claude-model", "x"),
+            )
+            .await,
+        403,
+        "permission_error",
+    );
+    assert_anthropic_error(
+        &stack
+            .post(
+                "/v1/messages/count_tokens",
+                Some(KEY_ALL),
+                r#"{"messages":[]}"#,
+            )
+            .await,
+        400,
+        "invalid_request_error",
+    );
+    assert!(
+        stack.posted().await.is_empty(),
+        "count_tokens went upstream"
+    );
+}
+
 /// With Tollgate itself down, ext_authz fails before ext_proc can translate anything: Envoy's
 /// own 503 must still reach each client in its own format.
 #[tokio::test]

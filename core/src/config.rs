@@ -693,6 +693,9 @@ pub enum Endpoint {
     GenerateContent,
     /// `POST /v1/feedback`, answered by Tollgate itself.
     Feedback,
+    /// `POST /v1/messages/count_tokens` (Anthropic), answered by Tollgate itself with the
+    /// count of the model's tokenizer (OpenAI-family models) or the documented estimate.
+    CountTokens,
 }
 
 /// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
@@ -732,6 +735,7 @@ impl Endpoint {
             ("POST", "/v1/messages") => Some(Endpoint::Messages),
             ("POST", p) if gemini_call(p).is_some() => Some(Endpoint::GenerateContent),
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
+            ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
             _ => None,
         }
     }
@@ -746,6 +750,7 @@ impl Endpoint {
             Endpoint::Messages => "messages",
             Endpoint::GenerateContent => "generateContent",
             Endpoint::Feedback => "feedback",
+            Endpoint::CountTokens => "messages/count_tokens",
         }
     }
 
@@ -759,6 +764,7 @@ impl Endpoint {
             Endpoint::Messages => "messages",
             Endpoint::GenerateContent => "generate_content",
             Endpoint::Feedback => "feedback",
+            Endpoint::CountTokens => "count_tokens",
         }
     }
 
@@ -771,6 +777,7 @@ impl Endpoint {
             Endpoint::GenerateContent => 4,
             Endpoint::Models => 5,
             Endpoint::Feedback => 6,
+            Endpoint::CountTokens => 7,
         }
     }
 }

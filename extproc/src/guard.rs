@@ -194,7 +194,7 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::Completions => &["prompt"],
         Endpoint::Embeddings => &["input"],
         Endpoint::GenerateContent => &["systemInstruction", "contents"],
-        Endpoint::Models | Endpoint::Feedback => &[],
+        Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
 }
 

@@ -594,6 +594,9 @@ impl Processor {
         if endpoint == Endpoint::Feedback {
             return self.record_feedback(&b.body).map_err(|e| (e, None));
         }
+        if endpoint == Endpoint::CountTokens {
+            return self.count_tokens(&b.body);
+        }
         let path = strip_query(&ctx.path);
         let parsed = openai::parse_request_at(endpoint, path, &b.body).map_err(|e| (e, None))?;
         let model = parsed.model.clone();
@@ -829,6 +832,49 @@ impl Processor {
 
     /// `POST /v1/feedback`: checks the token (signature, expiry, same key) and the body,
     /// hands the feedback to the log queue and answers 200 itself.
+    /// `POST /v1/messages/count_tokens`: the prompt's tokens as the model's provider would
+    /// bill them, counted here (no upstream call): the model's own tokenizer for OpenAI and
+    /// Azure models, one token per 3 bytes of text otherwise, plus 4 per message and 3 per
+    /// request (the estimate budgets reserve with).
+    fn count_tokens(
+        &mut self,
+        body: &[u8],
+    ) -> Result<ProcessingResponse, (ApiError, Option<String>)> {
+        let obj = openai::parse_object(body).map_err(|e| (e, None))?;
+        let model: String = obj
+            .get("model")
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .ok_or_else(|| {
+                (
+                    ApiError::InvalidField {
+                        param: "model",
+                        message: "`model` is required".to_owned(),
+                    },
+                    None,
+                )
+            })?;
+        let Some(ctx) = &self.ctx else {
+            return Err((ApiError::Internal, None));
+        };
+        let Some(target) = self
+            .config
+            .models
+            .get(&model)
+            .and_then(|m| m.targets.first())
+        else {
+            return Err((ApiError::UnknownModel(model.clone()), Some(model)));
+        };
+        if !ctx.allows(&model) {
+            return Err((ApiError::ModelNotAllowed(model.clone()), Some(model)));
+        }
+        let counter = budget::Counter::for_target(target.provider.kind, &target.upstream_model);
+        let tokens = budget::prompt_tokens(&obj, counter);
+        Ok(self.answer(
+            Endpoint::CountTokens.label(),
+            serde_json::json!({ "input_tokens": tokens }).to_string(),
+        ))
+    }
+
     fn record_feedback(&mut self, body: &[u8]) -> Result<ProcessingResponse, ApiError> {
         let (Some(ctx), Some(settings), Some(log)) = (&self.ctx, &self.config.feedback, &self.log)
         else {

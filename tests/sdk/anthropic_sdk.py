@@ -66,6 +66,17 @@ class Checks:
         self.usage = (r.usage.input_tokens, r.usage.output_tokens)
         return f"{self.text!r}, usage {self.usage}"
 
+    def count_tokens(self) -> str:
+        short = self.client.messages.count_tokens(model=self.model, messages=self.messages())
+        long = self.client.messages.count_tokens(
+            model=self.model,
+            system=SYSTEM,
+            messages=[{"role": "user", "content": PROMPT + " and more words" * 20}],
+        )
+        expect(short.input_tokens > 0, f"input_tokens {short.input_tokens}")
+        expect(long.input_tokens > short.input_tokens, f"{long.input_tokens} <= {short.input_tokens}")
+        return f"{short.input_tokens} then {long.input_tokens} input tokens"
+
     def streamed(self) -> str:
         expect(self.text is not None, "needs the plain check first")
         kinds: list[str] = []
@@ -181,6 +192,7 @@ def main() -> int:
         ("tool call and tool result", checks.tool_call),
         ("tool call streaming", checks.tool_call_streamed),
         ("models.list in Anthropic's shape", checks.models),
+        ("messages.count_tokens", checks.count_tokens),
         ("errors in Anthropic format", checks.errors),
     ]
     print(f"anthropic SDK {anthropic.__version__} against {checks.client.base_url}, model {checks.model}")

@@ -37,7 +37,8 @@ fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
     }
 }
 
-fn parse_object(body: &[u8]) -> Result<RawObject<'_>, ApiError> {
+/// `body` as one JSON object, or the client error saying why not.
+pub fn parse_object(body: &[u8]) -> Result<RawObject<'_>, ApiError> {
     RawObject::parse(body).map_err(|e| match e {
         RawObjectError::Syntax(m) => ApiError::InvalidJson(m),
         RawObjectError::Duplicate(k) => ApiError::InvalidJson(format!("duplicate member `{k}`")),
