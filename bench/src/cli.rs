@@ -123,6 +123,10 @@ pub struct RunArgs {
     /// directory, deleted at the end].
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// Give the gateway a priced model and a (never exhausted) key budget, so every request
+    /// is prechecked, reserved and settled: the end-to-end cost of budgets.
+    #[arg(long)]
+    pub budgets: bool,
 }
 
 /// The comparison's settings with every default applied.
@@ -138,6 +142,8 @@ pub struct RunConfig {
     pub mock_latency_ms: Option<u64>,
     /// Mock chunk delay.
     pub mock_chunk_delay_ms: u64,
+    /// Whether the gateway enforces a budget.
+    pub budgets: bool,
     /// gRPC transport.
     pub grpc: GrpcTransport,
     /// Client runtime threads.
@@ -223,6 +229,7 @@ impl RunArgs {
             plan,
             mock_latency_ms: self.mock_latency_ms,
             mock_chunk_delay_ms: self.mock_chunk_delay_ms.unwrap_or(1),
+            budgets: self.budgets,
             grpc: self.grpc.unwrap_or(GrpcTransport::Tcp),
             client_threads: self.client_threads.unwrap_or(DEFAULT_CLIENT_THREADS).max(1),
             ready_timeout_secs: check_secs(
@@ -400,6 +407,7 @@ pub async fn run_comparison(cfg: RunConfig) -> Result<()> {
         workdir: cfg.workdir.clone(),
         mock_latency_ms: cfg.mock_latency_ms,
         mock_chunk_delay_ms: Some(cfg.mock_chunk_delay_ms),
+        budgets: cfg.budgets,
         grpc: cfg.grpc,
         ready_timeout: Duration::from_secs_f64(cfg.ready_timeout_secs),
     };

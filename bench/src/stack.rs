@@ -53,6 +53,8 @@ pub struct StackOptions {
     pub mock_latency_ms: Option<u64>,
     /// `tollgate mock --chunk-delay-ms`, when set.
     pub mock_chunk_delay_ms: Option<u64>,
+    /// Price the model and give the key a budget (see [`gateway_config`]).
+    pub budgets: bool,
     /// How Envoy reaches `tollgate serve`.
     pub grpc: GrpcTransport,
     /// How long each process may take to become ready.
@@ -201,8 +203,9 @@ pub fn gateway_config(
     admin: &str,
     mock_port: u16,
     key_hash: &str,
+    budgets: bool,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut config = serde_json::json!({
         "listen": { "grpc": grpc, "admin": admin },
         "providers": {
             "mock": { "kind": "openai", "base_url": format!("http://127.0.0.1:{mock_port}/v1") }
@@ -211,7 +214,17 @@ pub fn gateway_config(
             MODEL: { "targets": [ { "provider": "mock", "model": MODEL } ] }
         },
         "keys": [ { "id": "bench", "hash": key_hash, "models": ["*"] } ]
-    })
+    });
+    if budgets {
+        // A price, and a monthly key budget no benchmark exhausts: every request is
+        // prechecked by ext_authz, reserved (tokenizer estimate) and settled by ext_proc.
+        config["pricing"] =
+            serde_json::json!({ "models": { MODEL: { "input": "1", "output": "2" } } });
+        config["budgets"] = serde_json::json!({ "limits": [
+            { "id": "bench", "scope": "key", "period": "monthly", "amount_usd": "1000000" }
+        ] });
+    }
+    config
 }
 
 /// The request body for the benchmark: a small chat completion, optionally streaming.
@@ -341,7 +354,7 @@ impl Stack {
             GrpcTransport::Uds => format!("unix:{}", dir.join("tollgate.sock").display()),
         };
         let admin_addr = format!("127.0.0.1:{admin}");
-        let config = gateway_config(&grpc, &admin_addr, mock, &key_hash(&key));
+        let config = gateway_config(&grpc, &admin_addr, mock, &key_hash(&key), opts.budgets);
         let config_path = dir.join("tollgate.yaml");
         std::fs::write(&config_path, serde_yaml::to_string(&config)?)
             .with_context(|| format!("writing {}", config_path.display()))?;
@@ -530,7 +543,7 @@ mod tests {
 
     #[test]
     fn config_has_the_documented_shape() {
-        let c = gateway_config("127.0.0.1:1", "127.0.0.1:2", 3, "sha256:ab");
+        let c = gateway_config("127.0.0.1:1", "127.0.0.1:2", 3, "sha256:ab", false);
         let yaml = serde_yaml::to_string(&c).unwrap();
         let back: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(
