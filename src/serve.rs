@@ -115,6 +115,9 @@ async fn watch_config(
     }
 }
 
+/// The longest the spend restore from ClickHouse may take at start-up.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Adds the spend the logger stored in the current periods to `ledger`. Read once at
 /// start-up; a read error stops the start (budgets would otherwise start from zero).
 async fn restore_spend(ledger: &dyn Ledger, source: RestoreSource) -> anyhow::Result<()> {
@@ -154,11 +157,18 @@ async fn restore_spend(ledger: &dyn Ledger, source: RestoreSource) -> anyhow::Re
                 user: ch.user,
                 password: ch.password,
             };
-            let sums = tollgate_logger::usage::spend_since(
-                &config,
-                &budget::restored_period_starts(now),
+            let starts = budget::restored_period_starts(now);
+            let sums = tokio::time::timeout(
+                RESTORE_TIMEOUT,
+                tollgate_logger::usage::spend_since(&config, &starts),
             )
             .await
+            .unwrap_or_else(|_| {
+                Err(tollgate_logger::LoggerError::ClickHouse(format!(
+                    "no answer within {} s",
+                    RESTORE_TIMEOUT.as_secs()
+                )))
+            })
             .map_err(|e| {
                 tracing::error!(clickhouse = %shown, error = %e, "Cannot restore spend from ClickHouse (budgets.restore.clickhouse); not starting");
                 e
