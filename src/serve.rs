@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tollgate_authz::AuthzService;
 use tollgate_core::budget::{self, Ledger, MemoryLedger, RedisLedger};
-use tollgate_core::config::GrpcAddr;
+use tollgate_core::config::{GrpcAddr, RestoreSource};
 use tollgate_core::env::ProcessEnv;
 use tollgate_core::metrics::{Metrics, ResultLabel};
 use tollgate_core::ratelimit::{RateLimiter, RateStore, RedisRates};
@@ -115,43 +115,100 @@ async fn watch_config(
     }
 }
 
-/// Adds the spend the logger stored under `dir` in the current periods to `ledger`. Read once
-/// at start-up; a read error stops the start (budgets would otherwise start from zero).
-async fn restore_spend(ledger: &dyn Ledger, dir: PathBuf) -> anyhow::Result<()> {
-    if !dir.exists() {
-        tracing::warn!(dir = %dir.display(), "No logger data to restore spend from yet (budgets.restore.ndjson_dir)");
-        return Ok(());
-    }
-    let shown = dir.display().to_string();
-    let records =
-        tokio::task::spawn_blocking(move || tollgate_logger::ndjson::read_records_live(&dir))
+/// The longest the spend restore from ClickHouse may take at start-up.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Adds the spend the logger stored in the current periods to `ledger`. Read once at
+/// start-up; a read error stops the start (budgets would otherwise start from zero).
+async fn restore_spend(ledger: &dyn Ledger, source: RestoreSource) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    let (lines, requests, from) = match source {
+        RestoreSource::Ndjson(dir) => {
+            if !dir.exists() {
+                tracing::warn!(dir = %dir.display(), "No logger data to restore spend from yet (budgets.restore.ndjson_dir)");
+                return Ok(());
+            }
+            let shown = dir.display().to_string();
+            let records = tokio::task::spawn_blocking(move || {
+                tollgate_logger::ndjson::read_records_live(&dir)
+            })
             .await
             .context("spend restore task failed")?
             .with_context(|| {
                 format!("cannot restore spend from {shown} (budgets.restore.ndjson_dir)")
             })?;
-    let lines = budget::restored_lines(
-        records.iter().map(|r| budget::Spend {
-            request_id: &r.request_id,
-            start_unix_nanos: r.start_time_unix_nanos,
-            owner: budget::Owner {
-                key: &r.key_id,
-                team: Some(r.team.as_str()),
-                tenant: Some(r.tenant.as_str()),
-                end_user: Some(r.end_user.as_str()),
-            },
-            cost: u128::from(r.cost_picodollars),
-        }),
-        time::OffsetDateTime::now_utc(),
-    );
+            let lines = budget::restored_lines(
+                records.iter().map(|r| budget::Spend {
+                    request_id: &r.request_id,
+                    start_unix_nanos: r.start_time_unix_nanos,
+                    owner: owner(&r.key_id, &r.team, &r.tenant, &r.end_user),
+                    cost: u128::from(r.cost_picodollars),
+                }),
+                now,
+            );
+            (lines, records.len(), shown)
+        }
+        RestoreSource::ClickHouse(ch) => {
+            let shown = format!("{} {}.{}", ch.url, ch.database, ch.table);
+            let config = tollgate_logger::clickhouse::ClickHouseConfig {
+                url: ch.url,
+                database: ch.database,
+                table: ch.table,
+                user: ch.user,
+                password: ch.password,
+            };
+            let starts = budget::restored_period_starts(now);
+            let sums = tokio::time::timeout(
+                RESTORE_TIMEOUT,
+                tollgate_logger::usage::spend_since(&config, &starts),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(tollgate_logger::LoggerError::ClickHouse(format!(
+                    "no answer within {} s",
+                    RESTORE_TIMEOUT.as_secs()
+                )))
+            })
+            .map_err(|e| {
+                tracing::error!(clickhouse = %shown, error = %e, "Cannot restore spend from ClickHouse (budgets.restore.clickhouse); not starting");
+                e
+            })
+            .with_context(|| {
+                format!("cannot restore spend from ClickHouse at {shown} (budgets.restore.clickhouse)")
+            })?;
+            // One summed row per owner and span stands for its requests: the sums are already
+            // deduplicated on request_id, so each gets an id of its own.
+            let ids: Vec<String> = (0..sums.len()).map(|i| i.to_string()).collect();
+            let lines = budget::restored_lines(
+                sums.iter().zip(&ids).map(|(r, id)| budget::Spend {
+                    request_id: id,
+                    start_unix_nanos: r.since,
+                    owner: owner(&r.key_id, &r.team, &r.tenant, &r.end_user),
+                    cost: u128::try_from(r.cost_picodollars).unwrap_or(0),
+                }),
+                now,
+            );
+            (lines, sums.len(), shown)
+        }
+    };
     for (line, spent) in &lines {
         ledger
             .add_spent(std::slice::from_ref(line), *spent)
             .await
             .context("cannot restore spend into the ledger")?;
     }
-    tracing::info!(dir = %shown, requests = records.len(), lines = lines.len(), "Restored spend of the current periods");
+    tracing::info!(from = %from, rows = requests, lines = lines.len(), "Restored spend of the current periods");
     Ok(())
+}
+
+/// A stored request's owner.
+fn owner<'a>(key: &'a str, team: &'a str, tenant: &'a str, end_user: &'a str) -> budget::Owner<'a> {
+    budget::Owner {
+        key,
+        team: Some(team),
+        tenant: Some(tenant),
+        end_user: Some(end_user),
+    }
 }
 
 /// Runs the services for `config_path` until `shutdown` resolves.
@@ -182,8 +239,8 @@ pub async fn serve(
         }
         None => (Arc::new(MemoryLedger::new()), Arc::new(RateLimiter::new())),
     };
-    if let Some(dir) = shared.load().budgets.restore_ndjson_dir.clone() {
-        restore_spend(ledger.as_ref(), dir).await?;
+    if let Some(source) = shared.load().budgets.restore.clone() {
+        restore_spend(ledger.as_ref(), source).await?;
     }
     // The tokenizers load while the listeners start; readiness waits for them.
     let tokenizers = tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers);

@@ -225,6 +225,31 @@ async fn soft_budgets_flag_and_end_user_budgets_refuse_in_the_clients_dialect() 
     );
 }
 
+/// The tenant budget of 60 µUSD shows the 35 spent before the restart, and the next
+/// reservation (47) does not fit.
+async fn assert_the_budget_carries_on(stack: &Stack) {
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(v["data"][0]["spent_usd"], "0.000035000000");
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+        .await;
+    r.assert_openai_error(429, Some("budget_exceeded"));
+}
+
+/// `kill -9` the stack's `serve`, start it again, and read `GET /v1/usage` (Envoy reconnects to
+/// the new `serve` on the next request).
+async fn restart_and_read_usage(stack: &mut Stack) -> Value {
+    stack.restart_serve(2);
+    let start = std::time::Instant::now();
+    let mut usage = stack.get("/v1/usage", Some(KEY_ALL)).await;
+    while usage.status != 200 && start.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        usage = stack.get("/v1/usage", Some(KEY_ALL)).await;
+    }
+    assert_eq!(usage.status, 200, "{}", usage.text);
+    usage.json()
+}
+
 #[tokio::test]
 async fn spend_survives_a_restart_of_serve() {
     let data = tempfile::tempdir().unwrap();
@@ -251,25 +276,81 @@ async fn spend_survives_a_restart_of_serve() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    stack.restart_serve(2);
-    // Envoy reconnects to the new `serve` on the next request.
-    let mut usage = stack.get("/v1/usage", Some(KEY_ALL)).await;
-    while usage.status != 200 && start.elapsed() < std::time::Duration::from_secs(20) {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        usage = stack.get("/v1/usage", Some(KEY_ALL)).await;
-    }
-    assert_eq!(usage.status, 200, "{}", usage.text);
-    assert_eq!(usage.json()["data"][3]["spent_usd"], "0.000035000000");
-    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
-    assert_eq!(v["data"][0]["spent_usd"], "0.000035000000");
-    // With 35 of 60 spent before the restart, the next reservation (47) does not fit.
-    let r = stack
-        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
-        .await;
-    r.assert_openai_error(429, Some("budget_exceeded"));
+    let usage = restart_and_read_usage(&mut stack).await;
+    assert_eq!(usage["data"][3]["spent_usd"], "0.000035000000");
+    assert_the_budget_carries_on(&stack).await;
     assert!(stack
         .serve_log()
         .contains("Restored spend of the current periods"));
+}
+
+/// The same with the logger writing a real ClickHouse and `serve` restoring from it: each
+/// request id counts once (a duplicate row changes nothing), a request from an earlier month
+/// counts in `total` only, and a `serve` that cannot reach ClickHouse does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_survives_a_restart_of_serve_restored_from_clickhouse() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ch = common::clickhouse::ClickHouse::start();
+    let logger_addr = format!("127.0.0.1:{}", free_port());
+    let _logger = Logger::start_clickhouse(&logger_addr, &ch.url, "tg_restore", dir.path());
+    let mut stack = Stack::start(StackOptions {
+        logger: Some(logger_addr.clone()),
+        extra_yaml: format!(
+            "budgets:\n  restore:\n    clickhouse: {{ url: \"{}\", database: tg_restore, table: requests }}\n  limits:\n    - {{ id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.00006\" }}\n",
+            ch.url
+        ),
+        ..Default::default()
+    });
+    // Nothing stored yet: the first `serve` started from an empty ledger.
+    assert!(stack
+        .serve_log()
+        .contains("Restored spend of the current periods"));
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let start = std::time::Instant::now();
+    let count = |ch: &common::clickhouse::ClickHouse| {
+        ch.query("SELECT count() FROM tg_restore.requests")
+            .map_or(0, |c| c.trim().parse::<u64>().unwrap_or(0))
+    };
+    while count(&ch) == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no row stored"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A duplicate row (same request id), and 1 µUSD spent by the same key in January 2020.
+    ch.query("INSERT INTO tg_restore.requests SELECT * FROM tg_restore.requests")
+        .unwrap();
+    ch.query(
+        "INSERT INTO tg_restore.requests (request_id, start_time_unix_nanos, key_id, tenant, team, end_user, cost_picodollars) \
+         SELECT 'old-1', 1577836800000000000, key_id, tenant, team, end_user, 1000000 FROM tg_restore.requests LIMIT 1",
+    )
+    .unwrap();
+    assert_eq!(count(&ch), 3);
+    let u = restart_and_read_usage(&mut stack).await;
+    assert_eq!(u["data"][0]["spent_usd"], "0.000035000000", "{u}");
+    assert_eq!(u["data"][2]["spent_usd"], "0.000035000000", "{u}");
+    assert_eq!(u["data"][3]["spent_usd"], "0.000036000000", "{u}");
+    assert_the_budget_carries_on(&stack).await;
+    // Without ClickHouse, `serve` refuses to start rather than reset the budgets.
+    ch.kill();
+    let out = std::process::Command::new(TOLLGATE)
+        .args(["serve", "--config"])
+        .arg(&stack.config_path)
+        .envs(provider_env())
+        .output()
+        .unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot restore spend from ClickHouse")
+            && err.contains("budgets.restore.clickhouse"),
+        "{err}"
+    );
 }
 
 /// A real `redis-server` on a free port, data in a temporary directory, killed on drop.

@@ -289,6 +289,29 @@ pub struct Spend<'a> {
     pub cost: Picodollars,
 }
 
+/// Every period a ledger restores.
+const RESTORED_PERIODS: [Period; 4] = [
+    Period::Daily,
+    Period::Weekly,
+    Period::Monthly,
+    Period::Total,
+];
+
+/// The starts (unix nanoseconds, newest first, no repeats) of the periods holding `now` that
+/// have one (`total` has none). A store that sums spend before handing it to
+/// [`restored_lines`] may group requests by the newest of these at or before their start: a
+/// sum stamped with that start lands in exactly the periods each of its requests would.
+pub fn restored_period_starts(now: OffsetDateTime) -> Vec<i64> {
+    let mut starts: Vec<i64> = RESTORED_PERIODS
+        .iter()
+        .filter_map(|p| p.start(now))
+        .filter_map(|s| i64::try_from(s.unix_timestamp_nanos()).ok())
+        .collect();
+    starts.sort_unstable_by(|a, b| b.cmp(a));
+    starts.dedup();
+    starts
+}
+
 /// The spend per ledger line in the periods holding `now` (every scope member, every
 /// period: the lines any budget and the key usage report read), from stored requests, each
 /// request id counted once. What a ledger restores at start-up.
@@ -296,12 +319,7 @@ pub fn restored_lines<'a>(
     spends: impl IntoIterator<Item = Spend<'a>>,
     now: OffsetDateTime,
 ) -> HashMap<String, Picodollars> {
-    const PERIODS: [Period; 4] = [
-        Period::Daily,
-        Period::Weekly,
-        Period::Monthly,
-        Period::Total,
-    ];
+    const PERIODS: [Period; 4] = RESTORED_PERIODS;
     const SCOPES: [Scope; 4] = [Scope::Key, Scope::Team, Scope::Tenant, Scope::EndUser];
     let starts: Vec<(Period, i128)> = PERIODS
         .iter()

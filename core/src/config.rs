@@ -168,13 +168,76 @@ pub enum RawLedgerErrorPolicy {
     FailOpen,
 }
 
-/// Where spend is restored from at start-up: the logger's stored requests.
+/// Where spend is restored from at start-up: the logger's stored requests. Exactly one of
+/// `ndjson_dir` or `clickhouse`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRestore {
     /// The logger's NDJSON data directory (`tollgate logger --data-dir`), read at start-up.
     /// A directory that does not exist yet holds no spend.
-    pub ndjson_dir: PathBuf,
+    #[serde(default)]
+    pub ndjson_dir: Option<PathBuf>,
+    /// The logger's ClickHouse table (`tollgate logger --sink clickhouse`), queried at
+    /// start-up. An unreachable server stops the start.
+    #[serde(default)]
+    pub clickhouse: Option<RawRestoreClickHouse>,
+}
+
+/// The ClickHouse table the logger writes, named as `tollgate logger` names it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestoreClickHouse {
+    /// ClickHouse's HTTP URL (`--clickhouse-url`), e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// The database (`--clickhouse-database`).
+    #[serde(default = "default_clickhouse_database")]
+    pub database: String,
+    /// The table (`--clickhouse-table`).
+    #[serde(default = "default_clickhouse_table")]
+    pub table: String,
+    /// The user (`--clickhouse-user`).
+    #[serde(default = "default_clickhouse_user")]
+    pub user: String,
+    /// The name of an environment variable holding the user's password (the logger reads
+    /// `TOLLGATE_CLICKHOUSE_PASSWORD`). Absent: no password.
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+fn default_clickhouse_database() -> String {
+    "tollgate".to_owned()
+}
+
+fn default_clickhouse_table() -> String {
+    "requests".to_owned()
+}
+
+fn default_clickhouse_user() -> String {
+    "default".to_owned()
+}
+
+/// Where `serve` restores spend from at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreSource {
+    /// The logger's NDJSON data directory.
+    Ndjson(PathBuf),
+    /// The logger's ClickHouse table.
+    ClickHouse(RestoreClickHouse),
+}
+
+/// The validated `budgets.restore.clickhouse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreClickHouse {
+    /// ClickHouse's HTTP URL.
+    pub url: String,
+    /// The database.
+    pub database: String,
+    /// The table.
+    pub table: String,
+    /// The user.
+    pub user: String,
+    /// The user's password, when it has one.
+    pub password: Option<Secret>,
 }
 
 impl Default for RawBudgets {
@@ -1174,8 +1237,8 @@ pub struct Budgets {
     pub default_max_tokens: u64,
     /// The end-user header, lowercase.
     pub end_user_header: String,
-    /// The logger's NDJSON directory to restore spend from at start-up.
-    pub restore_ndjson_dir: Option<PathBuf>,
+    /// Where to restore spend from at start-up.
+    pub restore: Option<RestoreSource>,
     /// The shared Redis ledger, when configured.
     pub redis: Option<RedisLedgerConfig>,
     /// Admit requests unreserved when the ledger cannot answer.
@@ -1195,6 +1258,84 @@ pub struct RedisLedgerConfig {
     pub key_prefix: String,
     /// Per-call timeout.
     pub timeout: std::time::Duration,
+}
+
+/// Whether `name` is a plain SQL identifier: letters, digits and `_`, not starting with a digit
+/// (what a ClickHouse database or table name may be here, so it can go into SQL unquoted).
+pub fn plain_identifier(name: &str) -> bool {
+    name.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn validate_restore(
+    raw: &RawRestore,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Option<RestoreSource> {
+    match (&raw.ndjson_dir, &raw.clickhouse) {
+        (Some(dir), None) => {
+            if dir.as_os_str().is_empty() {
+                errs.add("budgets.restore.ndjson_dir", "must not be empty");
+                return None;
+            }
+            Some(RestoreSource::Ndjson(dir.clone()))
+        }
+        (None, Some(ch)) => {
+            let before = errs.0.len();
+            if !(ch.url.starts_with("http://") || ch.url.starts_with("https://")) {
+                errs.add(
+                    "budgets.restore.clickhouse.url",
+                    "must start with http:// or https://",
+                );
+            }
+            if ch.url.contains('@') {
+                errs.add(
+                    "budgets.restore.clickhouse.url",
+                    "holds credentials: give the user in `user` and the password through `password_env`",
+                );
+            }
+            for (field, name) in [("database", &ch.database), ("table", &ch.table)] {
+                if !plain_identifier(name) {
+                    errs.add(
+                        format!("budgets.restore.clickhouse.{field}"),
+                        "may use only letters, digits and `_`, and not start with a digit",
+                    );
+                }
+            }
+            if ch.user.trim().is_empty() {
+                errs.add("budgets.restore.clickhouse.user", "must not be empty");
+            }
+            let password = match &ch.password_env {
+                None => None,
+                Some(var) => match env.var(var).filter(|v| !v.is_empty()) {
+                    Some(p) => Some(Secret::new(p)),
+                    None => {
+                        errs.add(
+                            "budgets.restore.clickhouse.password_env",
+                            format!("environment variable `{var}` is not set"),
+                        );
+                        None
+                    }
+                },
+            };
+            (errs.0.len() == before).then(|| {
+                RestoreSource::ClickHouse(RestoreClickHouse {
+                    url: ch.url.clone(),
+                    database: ch.database.clone(),
+                    table: ch.table.clone(),
+                    user: ch.user.clone(),
+                    password,
+                })
+            })
+        }
+        _ => {
+            errs.add(
+                "budgets.restore",
+                "give exactly one of `ndjson_dir` or `clickhouse`",
+            );
+            None
+        }
+    }
 }
 
 fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) -> Budgets {
@@ -1238,13 +1379,10 @@ fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) ->
     if !valid_header_name(&header) {
         errs.add("budgets.end_user_header", "is not a valid header name");
     }
-    if raw
+    let restore = raw
         .restore
         .as_ref()
-        .is_some_and(|r| r.ndjson_dir.as_os_str().is_empty())
-    {
-        errs.add("budgets.restore.ndjson_dir", "must not be empty");
-    }
+        .and_then(|r| validate_restore(r, env, errs));
     let redis = raw.redis.as_ref().and_then(|r| {
         let url = match (&r.url, &r.url_env) {
             (Some(u), None) => Some(u.clone()),
@@ -1318,7 +1456,7 @@ fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) ->
         limits,
         default_max_tokens: raw.default_max_tokens,
         end_user_header: header,
-        restore_ndjson_dir: raw.restore.as_ref().map(|r| r.ndjson_dir.clone()),
+        restore,
         redis,
         fail_open: raw.on_ledger_error == RawLedgerErrorPolicy::FailOpen,
     }

@@ -114,7 +114,7 @@ mod tests {
             ],
             default_max_tokens: 16,
             end_user_header: "x-tollgate-end-user".into(),
-            restore_ndjson_dir: None,
+            restore: None,
             redis: None,
             fail_open: false,
             max_output_tokens_per_request: None,

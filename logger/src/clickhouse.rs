@@ -55,9 +55,7 @@ impl ClickHouseConfig {
             ("--clickhouse-database", &self.database),
             ("--clickhouse-table", &self.table),
         ] {
-            let plain = name.bytes().next().is_some_and(|b| !b.is_ascii_digit())
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !plain {
+            if !tollgate_core::config::plain_identifier(name) {
                 return Err(LoggerError::Config(format!(
                     "{flag} `{name}` may use only letters, digits and `_`, and not start with a digit"
                 )));
@@ -233,7 +231,8 @@ pub(crate) const DAY_OF_START: &str = "toDate(toUInt16(intDiv(start_ns, 86400000
 pub(crate) fn deduplicated(table: &str, filter: &str) -> String {
     format!(
         "(SELECT request_id, any(start_time_unix_nanos) AS start_ns, any(tenant) AS tenant_, \
-         any(key_id) AS key_, any(requested_model) AS model_, any(input_tokens) AS input_, \
+         any(key_id) AS key_, any(team) AS team_, any(end_user) AS end_user_, \
+         any(requested_model) AS model_, any(input_tokens) AS input_, \
          any(output_tokens) AS output_, any(cache_read_tokens) AS cache_read_, \
          any(cache_write_tokens) AS cache_write_, any(reasoning_tokens) AS reasoning_, \
          any(cost_picodollars) AS cost_ FROM {table} {filter} GROUP BY request_id)"

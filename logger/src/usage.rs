@@ -372,6 +372,79 @@ pub async fn from_clickhouse(
     Ok(UsageReport::from_groups(&q.by, groups))
 }
 
+/// The summed spend of one owner (key, team, tenant, end user) over the requests that started
+/// in one span between period starts (what `serve` restores its ledger from).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, clickhouse::Row)]
+pub struct OwnerSpend {
+    /// The virtual key's id.
+    pub key_id: String,
+    /// The key's team ("" when none).
+    pub team: String,
+    /// The key's tenant ("" when none).
+    pub tenant: String,
+    /// The end user ("" when none).
+    pub end_user: String,
+    /// The newest of the given period starts at or before these requests' starts; `i64::MIN`
+    /// for requests older than all of them.
+    pub since: i64,
+    /// Exact spend, picodollars: a `Decimal128(0)` read as its binary `Int128` (see [`ChRow`]).
+    pub cost_picodollars: i128,
+}
+
+/// The SQL of [`spend_since`]: the requests table deduplicated on `request_id`, summed per
+/// owner and per span between `starts` (unix nanoseconds, newest first).
+pub fn spend_since_sql(table: &str, starts: &[i64]) -> String {
+    let mut since = String::from("multiIf(");
+    for s in starts {
+        let _ = write!(since, "start_ns >= toInt64({s}), toInt64({s}), ");
+    }
+    let _ = write!(since, "toInt64('{}'))", i64::MIN);
+    if starts.is_empty() {
+        since = format!("toInt64('{}')", i64::MIN);
+    }
+    format!(
+        "SELECT key_, team_, tenant_, end_user_, {since} AS since, \
+         sum(toDecimal128(cost_, 0)) AS cost FROM {} \
+         WHERE cost_ > 0 GROUP BY key_, team_, tenant_, end_user_, since",
+        crate::clickhouse::deduplicated(table, "")
+    )
+}
+
+/// Reads the spend of every owner from ClickHouse (the database and table of `config`), each
+/// `request_id` once, summed per span between `starts` (newest first; see [`OwnerSpend`]). A
+/// table that does not exist yet holds no spend.
+pub async fn spend_since(
+    config: &ClickHouseConfig,
+    starts: &[i64],
+) -> Result<Vec<OwnerSpend>, LoggerError> {
+    config.validate()?;
+    let client = crate::clickhouse::client(config);
+    let exists: u8 = client
+        .query(&format!(
+            "EXISTS TABLE {}.{}",
+            config.database, config.table
+        ))
+        .fetch_one()
+        .await
+        .map_err(crate::clickhouse::ch)?;
+    if exists == 0 {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .with_database(&config.database)
+        .query(&spend_since_sql(&config.table, starts))
+        .fetch_all::<OwnerSpend>()
+        .await
+        .map_err(crate::clickhouse::ch)?;
+    if let Some(r) = rows.iter().find(|r| r.cost_picodollars < 0) {
+        return Err(LoggerError::ClickHouse(format!(
+            "a spend sum is negative: {}",
+            r.cost_picodollars
+        )));
+    }
+    Ok(rows)
+}
+
 /// Picodollars as USD with all twelve decimals (`1234500000` → `0.001234500000`).
 pub fn format_usd(pico: u128) -> String {
     format!("{}.{:012}", pico / PICO_PER_USD, pico % PICO_PER_USD)

@@ -658,3 +658,79 @@ async fn rows_the_rollup_missed_are_added_when_their_batch_comes_again() {
     let again = assert_rollup_matches_requests(&config).await;
     assert_eq!(again, report);
 }
+
+#[tokio::test]
+async fn spend_since_sums_per_owner_and_span_and_restores_what_the_requests_would() {
+    use tollgate_core::budget::{restored_lines, restored_period_starts, Owner, Spend};
+    fn spend<'a>(id: &'a str, start: i64, who: [&'a String; 4], cost: u128) -> Spend<'a> {
+        let [key, team, tenant, end_user] = who;
+        Spend {
+            request_id: id,
+            start_unix_nanos: start,
+            owner: Owner {
+                key,
+                team: Some(team),
+                tenant: Some(tenant),
+                end_user: Some(end_user),
+            },
+            cost,
+        }
+    }
+    const DAY: i64 = 86_400 * 1_000_000_000;
+    let ch = ClickHouse::start();
+    let config = sink_config(&ch, "tg_restore");
+    // No table yet: no spend, not an error.
+    let now = time::macros::datetime!(2026-11-26 12:00 UTC);
+    let starts = restored_period_starts(now);
+    assert!(usage::spend_since(&config, &starts)
+        .await
+        .unwrap()
+        .is_empty());
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let mut events = usage_events("r", 60);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.team = ["", "red"][i % 2].to_owned();
+        e.end_user = ["", "alice", "bob"][i % 3].to_owned();
+        if i % 7 == 0 {
+            // Last month: in `total` only.
+            e.start_time_unix_nanos -= 30 * DAY;
+        }
+    }
+    sink.write(events.clone()).await.unwrap();
+    // Rows that bypassed the sink's lookup: every one twice.
+    ch.query("INSERT INTO tg_restore.requests SELECT * FROM tg_restore.requests")
+        .unwrap();
+    let sums = usage::spend_since(&config, &starts).await.unwrap();
+    assert!(sums.len() < events.len(), "{sums:?}");
+    let records: Vec<Record> = events.iter().map(Record::from).collect();
+    let expected = restored_lines(
+        records.iter().map(|r| {
+            let who = [&r.key_id, &r.team, &r.tenant, &r.end_user];
+            spend(
+                &r.request_id,
+                r.start_time_unix_nanos,
+                who,
+                r.cost_picodollars.into(),
+            )
+        }),
+        now,
+    );
+    let ids: Vec<String> = (0..sums.len()).map(|i| i.to_string()).collect();
+    let got = restored_lines(
+        sums.iter().zip(&ids).map(|(s, id)| {
+            let who = [&s.key_id, &s.team, &s.tenant, &s.end_user];
+            spend(
+                id,
+                s.since,
+                who,
+                u128::try_from(s.cost_picodollars).unwrap(),
+            )
+        }),
+        now,
+    );
+    assert_eq!(got, expected);
+    let total: u128 = events.iter().map(|e| u128::from(e.cost_picodollars)).sum();
+    let acme_beta = expected["tenant:total:acme"] + expected["tenant:total:beta"];
+    assert_eq!(acme_beta, total);
+    assert!(expected["tenant:m2026-11:acme"] < expected["tenant:total:acme"]);
+}

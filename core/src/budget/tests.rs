@@ -228,3 +228,69 @@ fn restored_spend_counts_each_request_once_in_the_current_periods_only() {
     assert!(!lines.keys().any(|k| k.starts_with("team:")), "{lines:?}");
     assert_eq!(lines.len(), 4 + 4 + 4);
 }
+
+#[test]
+fn sums_stamped_with_their_spans_start_restore_the_same_lines_as_the_requests() {
+    // A Wednesday: the week (from Monday, 30 November) started before the month.
+    let now = at("2026-12-02T12:00:00Z");
+    let starts = restored_period_starts(now);
+    let nanos = |s: &str| i64::try_from(at(s).unix_timestamp_nanos()).unwrap();
+    assert_eq!(
+        starts,
+        [
+            nanos("2026-12-02T00:00:00Z"),
+            nanos("2026-12-01T00:00:00Z"),
+            nanos("2026-11-30T00:00:00Z")
+        ]
+    );
+    let owner = Owner {
+        key: "k",
+        team: Some("t"),
+        tenant: Some("acme"),
+        end_user: None,
+    };
+    let times = [
+        "2026-12-02T09:00:00Z",
+        "2026-12-02T00:00:00Z",
+        "2026-12-01T23:00:00Z",
+        "2026-11-30T05:00:00Z",
+        "2026-11-29T23:59:59Z",
+        "2020-01-01T00:00:00Z",
+    ];
+    let ids: Vec<String> = (0..times.len()).map(|i| format!("r{i}")).collect();
+    let requests: Vec<Spend> = times
+        .iter()
+        .zip(&ids)
+        .enumerate()
+        .map(|(i, (t, id))| Spend {
+            request_id: id,
+            start_unix_nanos: nanos(t),
+            owner: owner.clone(),
+            cost: 10u128.pow(u32::try_from(i).unwrap()),
+        })
+        .collect();
+    // What ClickHouse hands back: one sum per span, stamped with the span's start.
+    let mut sums: HashMap<i64, Picodollars> = HashMap::new();
+    for r in &requests {
+        let since = starts
+            .iter()
+            .copied()
+            .find(|s| r.start_unix_nanos >= *s)
+            .unwrap_or(i64::MIN);
+        *sums.entry(since).or_default() += r.cost;
+    }
+    assert_eq!(sums.len(), 4);
+    let sum_ids: Vec<String> = (0..sums.len()).map(|i| i.to_string()).collect();
+    let stamped = sums.iter().zip(&sum_ids).map(|((since, cost), id)| Spend {
+        request_id: id,
+        start_unix_nanos: *since,
+        owner: owner.clone(),
+        cost: *cost,
+    });
+    let expected = restored_lines(requests.clone(), now);
+    assert_eq!(restored_lines(stamped, now), expected);
+    assert_eq!(expected["key:d2026-12-02:k"], 11);
+    assert_eq!(expected["key:m2026-12:k"], 111);
+    assert_eq!(expected["key:w2026-11-30:k"], 1111);
+    assert_eq!(expected["key:total:k"], 111_111);
+}

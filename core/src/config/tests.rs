@@ -845,3 +845,63 @@ fn the_redis_ledger_validates_and_keeps_passwords_out_of_the_yaml() {
     );
     assert!(!format!("{errs:?}").contains("pw"), "{errs:?}");
 }
+
+#[test]
+fn restore_reads_ndjson_or_clickhouse_and_names_the_bad_field() {
+    use super::{RestoreClickHouse, RestoreSource};
+    let ndjson = format!("{}budgets:\n  restore: {{ ndjson_dir: /tmp/x }}\n", good());
+    let c = Config::from_yaml(&ndjson, &env()).unwrap();
+    assert_eq!(
+        c.budgets.restore,
+        Some(RestoreSource::Ndjson("/tmp/x".into()))
+    );
+    // Defaults as `tollgate logger` has them; the password from the environment.
+    let ch = format!(
+        "{}budgets:\n  restore:\n    clickhouse: {{ url: \"http://127.0.0.1:8123\", password_env: AZ_KEY }}\n",
+        good()
+    );
+    let c = Config::from_yaml(&ch, &env()).unwrap();
+    assert_eq!(
+        c.budgets.restore,
+        Some(RestoreSource::ClickHouse(RestoreClickHouse {
+            url: "http://127.0.0.1:8123".into(),
+            database: "tollgate".into(),
+            table: "requests".into(),
+            user: "default".into(),
+            password: Some(Secret::new("az-secret".into())),
+        }))
+    );
+    assert!(!format!("{:?}", c.budgets).contains("az-secret"));
+    let errs_of = |restore: &str| {
+        let yaml = format!("{}budgets:\n  restore: {restore}\n", good());
+        let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+        errs.iter().map(|e| e.path.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        errs_of("{ ndjson_dir: /tmp/x, clickhouse: { url: \"http://h:1\" } }"),
+        ["budgets.restore"]
+    );
+    assert_eq!(errs_of("{}"), ["budgets.restore"]);
+    assert_eq!(
+        errs_of("{ ndjson_dir: \"\" }"),
+        ["budgets.restore.ndjson_dir"]
+    );
+    assert_eq!(
+        errs_of(
+            "{ clickhouse: { url: \"ftp://u:p@h\", database: \"1db\", table: \"a-b\", user: \" \", password_env: NOPE } }"
+        ),
+        [
+            "budgets.restore.clickhouse.url",
+            "budgets.restore.clickhouse.url",
+            "budgets.restore.clickhouse.database",
+            "budgets.restore.clickhouse.table",
+            "budgets.restore.clickhouse.user",
+            "budgets.restore.clickhouse.password_env",
+        ]
+    );
+    let yaml = format!(
+        "{}budgets:\n  restore: {{ clickhouse: {{ url: \"http://h:1\", tabel: x }} }}\n",
+        good()
+    );
+    assert!(Config::from_yaml(&yaml, &env()).is_err());
+}
