@@ -68,6 +68,31 @@ async fn gemini_sdk_against_an_anthropic_backend() {
 }
 
 #[tokio::test]
+async fn gemini_sdk_against_a_bedrock_backend() {
+    let stack = Stack::start(StackOptions::default());
+    gemini_sdk(
+        &stack,
+        "bedrock-model",
+        "bedrock-rate-limited",
+        "bedrock-stream-error",
+        false,
+    );
+    let seen = stack.posted().await;
+    assert!(!seen.is_empty());
+    for req in &seen {
+        let path = req["path"].as_str().unwrap();
+        assert!(
+            path.starts_with("/model/") && path.contains("/converse"),
+            "{req}"
+        );
+        assert!(req["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .starts_with("AWS4-HMAC-SHA256"));
+    }
+}
+
+#[tokio::test]
 async fn gemini_sdk_against_a_gemini_backend() {
     let stack = Stack::start(StackOptions::default());
     gemini_sdk(
