@@ -421,7 +421,7 @@ async fn gemini_sdk_against_vertex_ai_gemini() {
 }
 
 #[tokio::test]
-async fn anthropic_sdk_against_vertex_ai_claude() {
+async fn anthropic_and_openai_sdks_against_vertex_ai_claude() {
     let stack = Stack::start(StackOptions {
         vertex: true,
         ..StackOptions::default()
@@ -437,6 +437,10 @@ async fn anthropic_sdk_against_vertex_ai_claude() {
             ("TOLLGATE_STREAM_ERROR_MODEL", "vertex-claude-stream-error"),
         ],
     );
+    // The OpenAI SDK reaches Claude on Vertex too (translated, JSON mode through the tool).
+    stack
+        .openai_sdk_chat("vertex-claude", "vertex-claude-stream-error")
+        .await;
     let seen = stack.upstream_requests().await;
     assert_vertex_requests(&seen, "anthropic");
     let mut streamed = 0;
