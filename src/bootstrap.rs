@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use tollgate_core::config::{GrpcAddr, Scheme};
+use tollgate_core::config::{AuthAttach, GrpcAddr, Scheme};
 use tollgate_core::metadata::ROUTE_HEADER;
 use tollgate_core::Config;
 
@@ -64,6 +64,40 @@ fn common_vars(o: &EnvoyOptions) -> Vec<(&'static str, String)> {
         ),
         ("UPSTREAM_TIMEOUT", format!("{}s", o.upstream_timeout_secs)),
     ]
+}
+
+/// The ext_authz filter of the `envoy.auth: ext_authz` shape (placed first in the chain).
+const AUTHZ_FILTER: &str = r#"          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service: { envoy_grpc: { cluster_name: tollgate }, timeout: 2s }
+              failure_mode_allow: false
+              status_on_error: { code: ServiceUnavailable }
+"#;
+
+/// ext_proc's view of the bundle ext_authz found (the `envoy.auth: ext_authz` shape).
+const EXT_PROC_METADATA: &str = r#"              metadata_options:
+                forwarding_namespaces: { untyped: [envoy.filters.http.ext_authz] }
+"#;
+
+/// The request and response headers Tollgate reads, the only ones Envoy sends to ext_proc.
+pub fn forwarded_headers(config: &Config) -> Vec<String> {
+    let mut headers: Vec<String> = [
+        ":path",
+        ":method",
+        ":status",
+        "content-type",
+        "anthropic-version",
+        "x-envoy-upstream-service-time",
+        "x-amzn-errortype",
+    ]
+    .iter()
+    .chain(tollgate_authz::KEY_HEADERS.iter())
+    .map(|h| (*h).to_owned())
+    .collect();
+    headers.push(config.budgets.end_user_header.clone());
+    headers
 }
 
 /// The gateway bootstrap for `config`.
@@ -138,6 +172,20 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
         }
     }
     let mut vars = common_vars(o);
+    let (authz, metadata) = match config.envoy_auth {
+        AuthAttach::ExtProc => (String::new(), String::new()),
+        AuthAttach::ExtAuthz => (AUTHZ_FILTER.to_owned(), EXT_PROC_METADATA.to_owned()),
+    };
+    vars.push(("AUTHZ_FILTER", authz));
+    vars.push(("EXT_PROC_METADATA", metadata));
+    vars.push((
+        "FORWARDED_HEADERS",
+        forwarded_headers(config)
+            .iter()
+            .map(|h| format!("                  - {{ exact: \"{h}\" }}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    ));
     vars.push(("ROUTE_HEADER", ROUTE_HEADER.to_owned()));
     vars.push(("TOLLGATE_ADDRESS", tollgate));
     vars.push(("PROVIDER_CLUSTERS", clusters));

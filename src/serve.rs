@@ -300,20 +300,23 @@ pub async fn serve(
     health
         .set_serving::<ExternalProcessorServer<ExtProcService>>()
         .await;
+    // One key gate, asked by ext_authz or, with no ext_authz filter in front, by ext_proc at
+    // the request headers: same rate state, same ledger, same refusal log.
+    let authz = AuthzService::new(Arc::clone(&shared), metrics.clone())
+        .with_log(shipper.as_ref().map(Shipper::handle))
+        .with_ledger(Arc::clone(&ledger))
+        .with_limiter(Arc::clone(&limiter));
+    let gate = authz.gate().clone();
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(
-            AuthzService::new(Arc::clone(&shared), metrics.clone())
-                .with_log(shipper.as_ref().map(Shipper::handle))
-                .with_ledger(Arc::clone(&ledger))
-                .with_limiter(Arc::clone(&limiter)),
-        ))
+        .add_service(AuthorizationServer::new(authz))
         .add_service(
             ExternalProcessorServer::new(
                 ExtProcService::new(Arc::clone(&shared), metrics.clone())
                     .with_log(shipper.as_ref().map(Shipper::handle))
                     .with_ledger(Arc::clone(&ledger))
-                    .with_limiter(Arc::clone(&limiter)),
+                    .with_limiter(Arc::clone(&limiter))
+                    .with_gate(gate),
             )
             .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),

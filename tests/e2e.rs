@@ -342,7 +342,7 @@ async fn metrics_count_requests_tokens_and_phases() {
     assert!(
         has(
             "tollgate_authz_decisions_total{",
-            &["decision=\"invalid_key\"", "} 1"]
+            &["decision=\"invalid_api_key\"", "} 1"]
         ),
         "{m}"
     );

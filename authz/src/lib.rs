@@ -33,8 +33,12 @@ const GRPC_OK: i32 = 0;
 const GRPC_PERMISSION_DENIED: i32 = 7;
 const GRPC_UNAUTHENTICATED: i32 = 16;
 
-/// The ext_authz gRPC service.
-pub struct AuthzService {
+/// The key gate: resolves a request's key to its bundle and applies the coarse gates (budget
+/// precheck, request- and token-rate limits). The ext_authz service asks it for every
+/// `CheckRequest`; ext_proc asks the same gate at the request-headers phase when Envoy runs no
+/// ext_authz filter (one gRPC exchange fewer per request). Cheap to clone: every field is shared.
+#[derive(Clone)]
+pub struct Gate {
     config: SharedConfig,
     metrics: Metrics,
     log: Option<LogHandle>,
@@ -45,8 +49,66 @@ pub struct AuthzService {
     ledger: Option<Arc<dyn Ledger>>,
 }
 
-impl AuthzService {
-    /// A service reading the live config.
+/// A request the gate let through.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// The key's bundle.
+    pub bundle: Arc<KeyBundle>,
+    /// The request-rate decision, when the key or its tenant has a request-rate limit.
+    pub rate: Option<Decision>,
+    /// The token-rate decision, when the key or its tenant has a token-rate limit.
+    pub tokens: Option<Decision>,
+    /// The signed token naming this request for `POST /v1/feedback` (feedback on).
+    pub feedback_token: Option<String>,
+}
+
+impl Admitted {
+    /// The headers an admitted request's response carries: its request id, OpenAI's
+    /// `x-ratelimit-*` headers for the limits that apply, and the feedback token.
+    pub fn response_headers(&self, request_id: &str) -> Vec<(String, String)> {
+        let mut out = vec![(md::REQUEST_ID_HEADER.to_owned(), request_id.to_owned())];
+        for (d, unit) in [(&self.rate, "requests"), (&self.tokens, "tokens")] {
+            if let Some(d) = d {
+                out.extend(rate_headers(d, unit));
+            }
+        }
+        if let Some(t) = &self.feedback_token {
+            out.push((feedback::TOKEN_HEADER.to_owned(), t.clone()));
+        }
+        out
+    }
+}
+
+/// The headers of a refusal: content type, request id, and `retry-after` plus the
+/// `x-ratelimit-*` headers a rate or budget refusal tells the client.
+pub fn refusal_headers(err: &ApiError, request_id: &str) -> Vec<(String, String)> {
+    let mut headers = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        (md::REQUEST_ID_HEADER.to_owned(), request_id.to_owned()),
+    ];
+    if let ApiError::BudgetExceeded {
+        retry_after_secs: Some(secs),
+        ..
+    } = err
+    {
+        headers.push(("retry-after".to_owned(), secs.to_string()));
+    }
+    if let ApiError::RateLimited {
+        unit,
+        limit,
+        retry_after_secs,
+        ..
+    } = err
+    {
+        headers.push(("retry-after".to_owned(), retry_after_secs.to_string()));
+        headers.push((format!("x-ratelimit-limit-{unit}"), limit.to_string()));
+        headers.push((format!("x-ratelimit-remaining-{unit}"), "0".to_owned()));
+    }
+    headers
+}
+
+impl Gate {
+    /// A gate reading the live config, with in-memory rate state and no budget precheck.
     pub fn new(config: SharedConfig, metrics: Metrics) -> Self {
         Self {
             config,
@@ -63,8 +125,8 @@ impl AuthzService {
         self
     }
 
-    /// Refuses requests of scopes whose hard budget is already used up, before they reach
-    /// ext_proc (which reserves on the same ledger).
+    /// Refuses requests of scopes whose hard budget is already used up, before ext_proc
+    /// reserves on the same ledger.
     pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
         self.ledger = Some(ledger);
         self
@@ -74,6 +136,128 @@ impl AuthzService {
     pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
         self.log = log;
         self
+    }
+
+    /// Decides one request from its headers (`header` looks one up by its lower-case name),
+    /// path and method: `Ok` with the key's bundle and limits, or the refusal, which is
+    /// counted and logged here. Pure apart from the clock, the config snapshot, the rate
+    /// store, the ledger and the log queue.
+    pub async fn admit<'h>(
+        &self,
+        header: impl Fn(&str) -> Option<&'h str>,
+        path: &str,
+        method: &str,
+        request_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Admitted, ApiError> {
+        // An owned snapshot: it is held across the ledger and rate-store calls.
+        let config = self.config.load_full();
+        let key = presented_key_in(&header);
+        let bundle = key.and_then(|key| config.key(&keys::hash_key(key)));
+        let decision = match (key, bundle) {
+            (None, _) => Err(ApiError::MissingKey),
+            (Some(_), None) => Err(ApiError::InvalidKey),
+            (Some(_), Some(b)) if b.disabled => Err(ApiError::DisabledKey),
+            (Some(_), Some(b)) if b.expires_at.is_some_and(|t| t <= now) => {
+                Err(ApiError::ExpiredKey)
+            }
+            (Some(_), Some(b)) => Ok(b),
+        };
+        // Budgets already used up: refused here, before the rate limits count the request
+        // and without reading the body.
+        let decision = match decision {
+            Ok(b) => {
+                let end_user = header(&config.budgets.end_user_header)
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty());
+                self.precheck(&config, b, end_user, now).await.map(|()| b)
+            }
+            Err(e) => Err(e),
+        };
+        let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+        let decision = match decision {
+            Ok(b) => self.rate_limits(&config, b, now_nanos).await,
+            Err(e) => Err(e),
+        };
+        match decision {
+            Ok((bundle, rate, tokens)) => {
+                self.metrics
+                    .authz
+                    .get_or_create(&DecisionLabel { decision: "allow" })
+                    .inc();
+                let feedback_token = config
+                    .feedback
+                    .as_ref()
+                    .map(|f| feedback_token(f, bundle, request_id, now));
+                Ok(Admitted {
+                    bundle: Arc::clone(bundle),
+                    rate,
+                    tokens,
+                    feedback_token,
+                })
+            }
+            Err(err) => {
+                let label = err.class().code;
+                self.metrics
+                    .authz
+                    .get_or_create(&DecisionLabel { decision: label })
+                    .inc();
+                self.metrics
+                    .errors
+                    .get_or_create(&CodeLabel { code: label })
+                    .inc();
+                tracing::debug!(request_id, decision = label, "Denied request");
+                if let Some(log) = &self.log {
+                    log.emit(denied_event(
+                        request_id,
+                        bundle.map(|b| b.as_ref()),
+                        path,
+                        method,
+                        &err,
+                        now,
+                    ));
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+/// The ext_authz gRPC service: asks the [`Gate`] and answers in ext_authz's terms.
+pub struct AuthzService {
+    gate: Gate,
+}
+
+impl AuthzService {
+    /// A service reading the live config.
+    pub fn new(config: SharedConfig, metrics: Metrics) -> Self {
+        Self {
+            gate: Gate::new(config, metrics),
+        }
+    }
+
+    /// Keeps rate-limit state in `limiter` (shared with ext_proc, which charges tokens).
+    pub fn with_limiter(mut self, limiter: Arc<dyn RateStore>) -> Self {
+        self.gate = self.gate.with_limiter(limiter);
+        self
+    }
+
+    /// Refuses requests of scopes whose hard budget is already used up, before they reach
+    /// ext_proc (which reserves on the same ledger).
+    pub fn with_ledger(mut self, ledger: Arc<dyn Ledger>) -> Self {
+        self.gate = self.gate.with_ledger(ledger);
+        self
+    }
+
+    /// Emits a `LogEvent` for every refused request to `log` (logging is off with `None`).
+    pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
+        self.gate = self.gate.with_log(log);
+        self
+    }
+
+    /// The gate this service asks, to share with ext_proc.
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
     /// Decides one check request. Pure apart from the clock, the config snapshot and the log
@@ -88,88 +272,20 @@ impl AuthzService {
         let headers = http.map(|h| &h.headers).unwrap_or(&empty);
         let path = http.map(|h| h.path.as_str()).unwrap_or("/");
         let method = http.map(|h| h.method.as_str()).unwrap_or("");
-        let dialect = Dialect::from_path(path);
         let request_id = keys::new_request_id();
-
-        // An owned snapshot: it is held across the ledger and rate-store calls.
-        let config = self.config.load_full();
-        let key = presented_key(headers);
-        let bundle = key.and_then(|key| config.key(&keys::hash_key(key)));
-        let decision = match (key, bundle) {
-            (None, _) => Err(ApiError::MissingKey),
-            (Some(_), None) => Err(ApiError::InvalidKey),
-            (Some(_), Some(b)) if b.disabled => Err(ApiError::DisabledKey),
-            (Some(_), Some(b)) if b.expires_at.is_some_and(|t| t <= now) => {
-                Err(ApiError::ExpiredKey)
-            }
-            (Some(_), Some(b)) => Ok(b),
-        };
-        // Budgets already used up: refused here, before the rate limits count the request
-        // and without reading the body.
-        let decision = match decision {
-            Ok(b) => self.precheck(&config, b, headers, now).await.map(|()| b),
-            Err(e) => Err(e),
-        };
-        let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
-        let decision = match decision {
-            Ok(b) => self.rate_limits(&config, b, now_nanos).await,
-            Err(e) => Err(e),
-        };
-        match decision {
-            Ok((bundle, rate, tokens)) => {
-                self.metrics
-                    .authz
-                    .get_or_create(&DecisionLabel { decision: "allow" })
-                    .inc();
-                let token = config
-                    .feedback
-                    .as_ref()
-                    .map(|f| feedback_token(f, bundle, &request_id, now));
-                allow(
-                    bundle,
-                    path,
-                    method,
-                    &request_id,
-                    rate.as_ref(),
-                    tokens.as_ref(),
-                    token.as_deref(),
-                )
-            }
-            Err(err) => {
-                let label = match err {
-                    ApiError::MissingKey => "missing_key",
-                    ApiError::ExpiredKey => "expired_key",
-                    ApiError::DisabledKey => "disabled_key",
-                    ApiError::RateLimited { .. } => "rate_limited",
-                    ApiError::BudgetExceeded { .. } => "budget_exceeded",
-                    _ => "invalid_key",
-                };
-                self.metrics
-                    .authz
-                    .get_or_create(&DecisionLabel { decision: label })
-                    .inc();
-                self.metrics
-                    .errors
-                    .get_or_create(&CodeLabel { code: label })
-                    .inc();
-                tracing::debug!(request_id, decision = label, "Denied request");
-                if let Some(log) = &self.log {
-                    log.emit(denied_event(
-                        &request_id,
-                        bundle.map(|b| b.as_ref()),
-                        path,
-                        method,
-                        &err,
-                        now,
-                    ));
-                }
-                deny(&err, dialect, &request_id)
-            }
+        let lookup = |name: &str| headers.get(name).map(String::as_str);
+        match self
+            .gate
+            .admit(lookup, path, method, &request_id, now)
+            .await
+        {
+            Ok(admitted) => allow(&admitted, path, method, &request_id),
+            Err(err) => deny(&err, Dialect::from_path(path), &request_id),
         }
     }
 }
 
-impl AuthzService {
+impl Gate {
     /// Refuses a key whose hard budget (or its team's, tenant's, or the end user's named in
     /// the header) is already used up. A ledger that cannot answer lets the request on to
     /// ext_proc, whose reservation decides (and fails as configured).
@@ -177,16 +293,12 @@ impl AuthzService {
         &self,
         config: &tollgate_core::Config,
         b: &KeyBundle,
-        headers: &HashMap<String, String>,
+        end_user: Option<&str>,
         now: OffsetDateTime,
     ) -> Result<(), ApiError> {
         let Some(ledger) = &self.ledger else {
             return Ok(());
         };
-        let end_user = headers
-            .get(&config.budgets.end_user_header)
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty());
         let owner = Owner {
             key: &b.id,
             team: b.team.as_deref(),
@@ -211,7 +323,7 @@ impl AuthzService {
     }
 }
 
-impl AuthzService {
+impl Gate {
     /// The key's and its tenant's request-rate limits (counted only when all admit), then
     /// their token-rate limits (room is asked; ext_proc charges the real tokens at the end).
     async fn rate_limits<'b>(
@@ -293,23 +405,28 @@ pub fn denied_event(
             .map_or("unknown", Endpoint::label)
             .to_owned(),
         http_status: u32::from(class.status),
-        error_class: class.openai_code.unwrap_or(class.openai_type).to_owned(),
+        error_class: class.code.to_owned(),
         ..Default::default()
     }
 }
 
 /// The key a client presented, from the first header that carries one.
 pub fn presented_key(headers: &HashMap<String, String>) -> Option<&str> {
-    if let Some(v) = headers.get("authorization") {
+    presented_key_in(|name| headers.get(name).map(String::as_str))
+}
+
+/// The key a client presented, with `header` looking a header up by its lower-case name.
+pub fn presented_key_in<'h>(header: impl Fn(&str) -> Option<&'h str>) -> Option<&'h str> {
+    if let Some(v) = header("authorization") {
         let v = v.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim()).filter(|k| !k.is_empty());
+        if v.len() > 7 && v.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer ")) {
+            return v.get(7..).map(str::trim).filter(|k| !k.is_empty());
         }
     }
     ["x-api-key", "api-key", "x-goog-api-key"]
         .iter()
-        .find_map(|h| headers.get(*h))
-        .map(|v| v.trim())
+        .find_map(|h| header(h))
+        .map(str::trim)
         .filter(|k| !k.is_empty())
 }
 
@@ -332,23 +449,16 @@ fn header(key: &str, value: &str, action: HeaderAppendAction) -> HeaderValueOpti
 }
 
 /// OpenAI's `x-ratelimit-*-{unit}` headers (`requests` or `tokens`) for an admitted request.
-fn rate_headers(d: &Decision, unit: &str) -> Vec<HeaderValueOption> {
-    let set = HeaderAppendAction::OverwriteIfExistsOrAdd;
-    vec![
-        header(
-            &format!("x-ratelimit-limit-{unit}"),
-            &d.limit.to_string(),
-            set,
+fn rate_headers(d: &Decision, unit: &str) -> [(String, String); 3] {
+    [
+        (format!("x-ratelimit-limit-{unit}"), d.limit.to_string()),
+        (
+            format!("x-ratelimit-remaining-{unit}"),
+            d.remaining.to_string(),
         ),
-        header(
-            &format!("x-ratelimit-remaining-{unit}"),
-            &d.remaining.to_string(),
-            set,
-        ),
-        header(
-            &format!("x-ratelimit-reset-{unit}"),
-            &ratelimit::format_reset(d.reset_after),
-            set,
+        (
+            format!("x-ratelimit-reset-{unit}"),
+            ratelimit::format_reset(d.reset_after),
         ),
     ]
 }
@@ -374,15 +484,8 @@ pub fn feedback_token(
     )
 }
 
-fn allow(
-    bundle: &KeyBundle,
-    path: &str,
-    method: &str,
-    request_id: &str,
-    rate: Option<&Decision>,
-    tokens: Option<&Decision>,
-    feedback_token: Option<&str>,
-) -> CheckResponse {
+fn allow(admitted: &Admitted, path: &str, method: &str, request_id: &str) -> CheckResponse {
+    let bundle = admitted.bundle.as_ref();
     let models = match &bundle.models {
         tollgate_core::config::ModelAccess::All => vec![string("*")],
         tollgate_core::config::ModelAccess::Only(set) => set.iter().map(|m| string(m)).collect(),
@@ -425,27 +528,10 @@ fn allow(
         dynamic_metadata: Some(Struct { fields }),
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
             headers_to_remove,
-            response_headers_to_add: std::iter::once(header(
-                md::REQUEST_ID_HEADER,
-                request_id,
-                HeaderAppendAction::OverwriteIfExistsOrAdd,
-            ))
-            .chain(
-                rate.map(|d| rate_headers(d, "requests"))
-                    .unwrap_or_default(),
-            )
-            .chain(
-                tokens
-                    .map(|d| rate_headers(d, "tokens"))
-                    .unwrap_or_default(),
-            )
-            .chain(feedback_token.map(|t| {
-                header(
-                    feedback::TOKEN_HEADER,
-                    t,
-                    HeaderAppendAction::OverwriteIfExistsOrAdd,
-                )
-            }))
+            response_headers_to_add: admitted
+                .response_headers(request_id)
+                .iter()
+                .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
             .collect(),
             ..Default::default()
         })),
@@ -460,33 +546,10 @@ fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
     } else {
         GRPC_PERMISSION_DENIED
     };
-    let set = HeaderAppendAction::OverwriteIfExistsOrAdd;
-    let mut headers = vec![
-        header("content-type", "application/json", set),
-        header(md::REQUEST_ID_HEADER, request_id, set),
-    ];
-    if let ApiError::BudgetExceeded {
-        retry_after_secs: Some(secs),
-        ..
-    } = err
-    {
-        headers.push(header("retry-after", &secs.to_string(), set));
-    }
-    if let ApiError::RateLimited {
-        unit,
-        limit,
-        retry_after_secs,
-        ..
-    } = err
-    {
-        headers.push(header("retry-after", &retry_after_secs.to_string(), set));
-        headers.push(header(
-            &format!("x-ratelimit-limit-{unit}"),
-            &limit.to_string(),
-            set,
-        ));
-        headers.push(header(&format!("x-ratelimit-remaining-{unit}"), "0", set));
-    }
+    let headers = refusal_headers(err, request_id)
+        .iter()
+        .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
+        .collect();
     CheckResponse {
         status: Some(rpc::Status {
             code: grpc_code,
@@ -513,7 +576,7 @@ impl Authorization for AuthzService {
         let response = self
             .decide(request.get_ref(), OffsetDateTime::now_utc())
             .await;
-        self.metrics.observe_phase("authz", started);
+        self.gate.metrics.observe_phase("authz", started);
         Ok(tonic::Response::new(response))
     }
 }

@@ -184,7 +184,7 @@ fn a_refusal_never_echoes_the_presented_key() {
 #[test]
 fn a_refusal_becomes_a_log_event_with_the_key_owner_when_known() {
     let s = service();
-    let config = s.config.load();
+    let config = s.gate.config.load();
     let bundle = config.key(&hash_key("tg-old")).unwrap();
     let now = datetime!(2026-01-02 03:04:05 UTC);
     let e = denied_event(
@@ -215,7 +215,7 @@ fn a_refusal_becomes_a_log_event_with_the_key_owner_when_known() {
     );
     assert_eq!(
         (e.key_id.as_str(), e.error_class.as_str()),
-        ("", "invalid_request_error")
+        ("", "missing_api_key")
     );
     assert_eq!(
         (e.client_api.as_str(), e.endpoint.as_str()),

@@ -65,6 +65,33 @@ pub struct RawConfig {
     /// Spending budgets, per-request caps and the ledger that keeps spend.
     #[serde(default)]
     pub budgets: RawBudgets,
+    /// How the Envoy bootstrap that `tollgate envoy-bootstrap` renders attaches Tollgate.
+    #[serde(default)]
+    pub envoy: RawEnvoy,
+}
+
+/// The `envoy` section: the shape of the rendered bootstrap.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnvoy {
+    /// Where keys are resolved and the coarse gates (budget precheck, rate limits) applied:
+    /// `ext_proc` (the default: in ext_proc's request-headers phase, one gRPC exchange per
+    /// request fewer) or `ext_authz` (a separate ext_authz filter, as meshes attach it, e.g.
+    /// Istio's CUSTOM authorization provider). `tollgate serve` answers both ways whatever
+    /// this says; it only decides the bootstrap.
+    #[serde(default)]
+    pub auth: AuthAttach,
+}
+
+/// Which Envoy filter asks Tollgate's key gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthAttach {
+    /// ext_proc's request-headers phase.
+    #[default]
+    ExtProc,
+    /// A separate `envoy.filters.http.ext_authz` filter before ext_proc.
+    ExtAuthz,
 }
 
 /// The `feedback` section: every admitted request's response carries a signed, short-lived
@@ -1226,6 +1253,8 @@ pub struct Config {
     pub tenant_tokens_per_minute: HashMap<String, u32>,
     /// Spending budgets.
     pub budgets: Budgets,
+    /// Which filter of the rendered bootstrap asks the key gate.
+    pub envoy_auth: AuthAttach,
 }
 
 /// The validated `budgets` section.
@@ -1682,6 +1711,7 @@ impl Config {
                 feedback,
                 tenant_tokens_per_minute,
                 budgets,
+                envoy_auth: raw.envoy.auth,
             }),
             _ => Err(errs.0),
         }

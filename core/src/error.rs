@@ -143,44 +143,121 @@ pub struct ErrorClass {
     pub openai_type: &'static str,
     /// OpenAI `error.code`, when it has one.
     pub openai_code: Option<&'static str>,
+    /// The error's one label in metrics (`code`, `decision`) and log events (`error_class`):
+    /// fixed per variant, so its values are a closed set.
+    pub code: &'static str,
 }
 
 impl ApiError {
     /// Status and type of each variant.
     pub fn class(&self) -> ErrorClass {
-        let (status, openai_type, openai_code) = match self {
-            ApiError::MissingKey => (401, "invalid_request_error", None),
-            ApiError::InvalidKey => (401, "invalid_request_error", Some("invalid_api_key")),
-            ApiError::ExpiredKey => (401, "invalid_request_error", Some("expired_api_key")),
-            ApiError::DisabledKey => (401, "invalid_request_error", Some("disabled_api_key")),
-            ApiError::InvalidJson(_) => (400, "invalid_request_error", Some("invalid_json")),
-            ApiError::InvalidField { .. } => (400, "invalid_request_error", Some("invalid_value")),
-            ApiError::UnknownModel(_) => (404, "invalid_request_error", Some("model_not_found")),
-            ApiError::ModelNotAllowed(_) => (403, "permission_error", Some("model_not_allowed")),
-            ApiError::UnknownEndpoint { .. } => (404, "invalid_request_error", Some("unknown_url")),
-            ApiError::PayloadTooLarge => (413, "invalid_request_error", Some("request_too_large")),
-            ApiError::RateLimited { unit, .. } => (429, *unit, Some("rate_limit_exceeded")),
-            ApiError::BudgetExceeded { .. } => (429, "insufficient_quota", Some("budget_exceeded")),
-            ApiError::BudgetUnavailable => (503, "server_error", Some("budget_unavailable")),
-            ApiError::Upstream(status) => (*status, "upstream_error", None),
-            ApiError::GuardrailBlocked { .. } => {
-                (400, "invalid_request_error", Some("guardrail_blocked"))
-            }
-            ApiError::GuardrailUnavailable(_) => {
-                (503, "server_error", Some("guardrail_unavailable"))
-            }
-            ApiError::GuardrailPolicyUnavailable(_) => {
-                (500, "server_error", Some("guardrail_policy_unavailable"))
-            }
-            ApiError::InvalidFeedbackToken(_) => {
-                (401, "invalid_request_error", Some("invalid_feedback_token"))
-            }
-            ApiError::Internal => (500, "server_error", None),
+        // (status, OpenAI `error.type`, OpenAI `error.code`, the label of metrics and logs)
+        let (status, openai_type, openai_code, code) = match self {
+            ApiError::MissingKey => (401, "invalid_request_error", None, "missing_api_key"),
+            ApiError::InvalidKey => (
+                401,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                "invalid_api_key",
+            ),
+            ApiError::ExpiredKey => (
+                401,
+                "invalid_request_error",
+                Some("expired_api_key"),
+                "expired_api_key",
+            ),
+            ApiError::DisabledKey => (
+                401,
+                "invalid_request_error",
+                Some("disabled_api_key"),
+                "disabled_api_key",
+            ),
+            ApiError::InvalidJson(_) => (
+                400,
+                "invalid_request_error",
+                Some("invalid_json"),
+                "invalid_json",
+            ),
+            ApiError::InvalidField { .. } => (
+                400,
+                "invalid_request_error",
+                Some("invalid_value"),
+                "invalid_value",
+            ),
+            ApiError::UnknownModel(_) => (
+                404,
+                "invalid_request_error",
+                Some("model_not_found"),
+                "model_not_found",
+            ),
+            ApiError::ModelNotAllowed(_) => (
+                403,
+                "permission_error",
+                Some("model_not_allowed"),
+                "model_not_allowed",
+            ),
+            ApiError::UnknownEndpoint { .. } => (
+                404,
+                "invalid_request_error",
+                Some("unknown_url"),
+                "unknown_url",
+            ),
+            ApiError::PayloadTooLarge => (
+                413,
+                "invalid_request_error",
+                Some("request_too_large"),
+                "request_too_large",
+            ),
+            ApiError::RateLimited { unit, .. } => (
+                429,
+                *unit,
+                Some("rate_limit_exceeded"),
+                "rate_limit_exceeded",
+            ),
+            ApiError::BudgetExceeded { .. } => (
+                429,
+                "insufficient_quota",
+                Some("budget_exceeded"),
+                "budget_exceeded",
+            ),
+            ApiError::BudgetUnavailable => (
+                503,
+                "server_error",
+                Some("budget_unavailable"),
+                "budget_unavailable",
+            ),
+            ApiError::Upstream(status) => (*status, "upstream_error", None, "upstream_error"),
+            ApiError::GuardrailBlocked { .. } => (
+                400,
+                "invalid_request_error",
+                Some("guardrail_blocked"),
+                "guardrail_blocked",
+            ),
+            ApiError::GuardrailUnavailable(_) => (
+                503,
+                "server_error",
+                Some("guardrail_unavailable"),
+                "guardrail_unavailable",
+            ),
+            ApiError::GuardrailPolicyUnavailable(_) => (
+                500,
+                "server_error",
+                Some("guardrail_policy_unavailable"),
+                "guardrail_policy_unavailable",
+            ),
+            ApiError::InvalidFeedbackToken(_) => (
+                401,
+                "invalid_request_error",
+                Some("invalid_feedback_token"),
+                "invalid_feedback_token",
+            ),
+            ApiError::Internal => (500, "server_error", None, "internal_error"),
         };
         ErrorClass {
             status,
             openai_type,
             openai_code,
+            code,
         }
     }
 
@@ -193,7 +270,22 @@ impl ApiError {
         match self {
             ApiError::InvalidField { param, .. } => Some(param),
             ApiError::UnknownModel(_) | ApiError::ModelNotAllowed(_) => Some("model"),
-            _ => None,
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::ExpiredKey
+            | ApiError::DisabledKey
+            | ApiError::InvalidJson(_)
+            | ApiError::UnknownEndpoint { .. }
+            | ApiError::PayloadTooLarge
+            | ApiError::RateLimited { .. }
+            | ApiError::BudgetExceeded { .. }
+            | ApiError::BudgetUnavailable
+            | ApiError::Upstream(_)
+            | ApiError::GuardrailBlocked { .. }
+            | ApiError::GuardrailUnavailable(_)
+            | ApiError::GuardrailPolicyUnavailable(_)
+            | ApiError::InvalidFeedbackToken(_)
+            | ApiError::Internal => None,
         }
     }
 

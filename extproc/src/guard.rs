@@ -198,6 +198,38 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
     }
 }
 
+/// Calls `f` on every user-written string of one text member of a request body (see
+/// [`text_members`]): the one walker every policy reads a request through (local rules,
+/// webhooks), whatever the client's dialect: OpenAI and Anthropic `messages[].content` and
+/// tool-call arguments, Gemini `contents[].parts` and `systemInstruction.parts`, `system`,
+/// `prompt`, `input`.
+pub(crate) fn visit_member_text(member: &str, value: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    match member {
+        "messages" | "contents" => {
+            // Gemini's turns keep their text under `parts`.
+            let key = if member == "messages" {
+                "content"
+            } else {
+                "parts"
+            };
+            if let Value::Array(messages) = value {
+                for m in messages {
+                    if let Some(c) = m.get_mut(key) {
+                        visit_text(c, f);
+                    }
+                    visit_tool_calls(m, f);
+                }
+            }
+        }
+        "systemInstruction" => {
+            if let Some(parts) = value.get_mut("parts") {
+                visit_text(parts, f);
+            }
+        }
+        _ => visit_text(value, f),
+    }
+}
+
 /// What a policy decided about a request body.
 #[derive(Debug, Default)]
 pub struct RequestCheck {
@@ -225,28 +257,7 @@ pub fn check_request(engine: &Engine, endpoint: Endpoint, obj: &RawObject<'_>) -
             }
             merge(&mut check.verdict, out.verdict);
         };
-        if *member == "messages" || *member == "contents" {
-            // Gemini's turns keep their text under `parts`.
-            let key = if *member == "messages" {
-                "content"
-            } else {
-                "parts"
-            };
-            if let Value::Array(messages) = &mut value {
-                for m in messages {
-                    if let Some(c) = m.get_mut(key) {
-                        visit_text(c, &mut judge);
-                    }
-                    visit_tool_calls(m, &mut judge);
-                }
-            }
-        } else if *member == "systemInstruction" {
-            if let Some(parts) = value.get_mut("parts") {
-                visit_text(parts, &mut judge);
-            }
-        } else {
-            visit_text(&mut value, &mut judge);
-        }
+        visit_member_text(member, &mut value, &mut judge);
         if changed {
             check.replace.push((member, value.to_string()));
         }
@@ -293,6 +304,15 @@ pub fn judge_response(
     body: &[u8],
 ) -> Option<(Verdict, Option<Vec<u8>>)> {
     let mut v: Value = serde_json::from_slice(body).ok()?;
+    judge_response_value(engine, client, &mut v)
+}
+
+/// [`judge_response`] over a body already parsed (shared with the response webhooks).
+pub fn judge_response_value(
+    engine: &Engine,
+    client: ApiFamily,
+    v: &mut Value,
+) -> Option<(Verdict, Option<Vec<u8>>)> {
     if !v.is_object() {
         return None;
     }
@@ -306,7 +326,7 @@ pub fn judge_response(
         }
         merge(&mut verdict, out.verdict);
     };
-    visit_response_text(&mut v, client, &mut judge);
+    visit_response_text(v, client, &mut judge);
     let body = changed.then(|| v.to_string().into_bytes());
     Some((verdict, body))
 }

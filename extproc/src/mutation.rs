@@ -69,10 +69,12 @@ pub fn response_body(common: CommonResponse) -> ProcessingResponse {
     }
 }
 
-/// Continue the request-headers phase unchanged.
-pub fn request_headers_continue() -> ProcessingResponse {
+/// Continue the request-headers phase, removing `remove` (nothing when empty).
+pub fn request_headers(remove: Vec<String>) -> ProcessingResponse {
     ProcessingResponse {
-        response: Some(Response::RequestHeaders(HeadersResponse::default())),
+        response: Some(Response::RequestHeaders(HeadersResponse {
+            response: (!remove.is_empty()).then(|| common(Vec::new(), remove, None, false)),
+        })),
         ..Default::default()
     }
 }
@@ -118,6 +120,15 @@ pub fn immediate_with(
     if let Some(id) = request_id {
         headers.push(set(REQUEST_ID_HEADER, id));
     }
+    immediate_headers(status, body, headers)
+}
+
+/// A reply Tollgate sends itself with exactly `headers`.
+pub fn immediate_headers(
+    status: u16,
+    body: Vec<u8>,
+    headers: Vec<HeaderValueOption>,
+) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(Response::ImmediateResponse(ImmediateResponse {
             status: Some(HttpStatus {

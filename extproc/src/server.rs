@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, Processin
 use futures::Stream;
 use std::sync::Arc;
 
+use tollgate_authz::Gate;
 use tollgate_core::budget::Ledger;
 use tollgate_core::metrics::Metrics;
 use tollgate_core::ratelimit::RateStore;
@@ -24,6 +25,7 @@ pub struct ExtProcService {
     log: Option<LogHandle>,
     ledger: Option<Arc<dyn Ledger>>,
     limiter: Option<Arc<dyn RateStore>>,
+    gate: Option<Gate>,
 }
 
 impl ExtProcService {
@@ -35,7 +37,15 @@ impl ExtProcService {
             log: None,
             ledger: None,
             limiter: None,
+            gate: None,
         }
+    }
+
+    /// Resolves keys with `gate` at the request headers of requests no ext_authz filter
+    /// admitted (the bootstrap's `envoy.auth: ext_proc`), one exchange per request fewer.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Charges each request's tokens to the token-rate limits in `limiter` (ext_authz checks
@@ -84,15 +94,14 @@ impl ExternalProcessor for ExtProcService {
         let processor = Processor::new(self.config.load_full(), self.metrics.clone())
             .with_log(self.log.clone())
             .with_ledger(self.ledger.clone())
-            .with_limiter(self.limiter.clone());
+            .with_limiter(self.limiter.clone())
+            .with_gate(self.gate.clone());
         let stream = futures::stream::unfold(
             (inbound, processor),
             |(mut inbound, mut processor)| async move {
                 loop {
                     match inbound.message().await {
                         Ok(Some(msg)) => {
-                            // Webhook guardrails are awaited here, before `handle`.
-                            processor.prepare(&msg).await;
                             if let Some(resp) = processor.handle(msg).await {
                                 return Some((Ok(resp), (inbound, processor)));
                             }

@@ -27,7 +27,8 @@ use tollgate_core::config::{ApiFamily, Side, WebhookRule};
 use tollgate_core::{ApiError, Endpoint};
 use tollgate_guardrails::Verdict;
 
-use crate::guard::{text_members, visit_response_text, visit_text, visit_tool_calls};
+use crate::guard::{text_members, visit_member_text, visit_response_text};
+use crate::translator::json::RawObject;
 
 /// Webhook calls in flight per process; more wait (within their rule's timeout).
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -217,36 +218,24 @@ pub fn decide(outcomes: Vec<Outcome>, side: Side) -> Decision {
     d
 }
 
-/// The user text of a request body, one string per line.
-pub fn request_text(endpoint: Endpoint, body: &[u8]) -> String {
-    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
-        return String::new();
-    };
+/// The user text of a request body, one string per line, read through the same walker as
+/// the local rules (so every dialect's text is judged: Gemini's `contents[].parts` too).
+pub fn request_text(endpoint: Endpoint, obj: &RawObject<'_>) -> String {
     let mut out = Vec::new();
     let mut take = |s: &mut String| out.push(std::mem::take(s));
     for member in text_members(endpoint) {
-        let Some(value) = v.get_mut(*member) else {
+        let Some(raw) = obj.get(member) else { continue };
+        let Ok(mut value) = serde_json::from_str::<Value>(raw.get()) else {
             continue;
         };
-        if *member == "messages" {
-            for m in value.as_array_mut().into_iter().flatten() {
-                if let Some(c) = m.get_mut("content") {
-                    visit_text(c, &mut take);
-                }
-                visit_tool_calls(m, &mut take);
-            }
-        } else {
-            visit_text(value, &mut take);
-        }
+        visit_member_text(member, &mut value, &mut take);
     }
     out.join("\n")
 }
 
-/// The assistant text of a complete response body in `family`'s format.
-pub fn response_text(family: ApiFamily, body: &[u8]) -> String {
-    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
-        return String::new();
-    };
+/// The assistant text of a complete response in `family`'s format, one string per line.
+pub fn response_text(body: &Value, family: ApiFamily) -> String {
+    let mut v = body.clone();
     let mut out = Vec::new();
     let mut take = |s: &mut String| out.push(std::mem::take(s));
     visit_response_text(&mut v, family, &mut take);
@@ -280,12 +269,31 @@ mod tests {
     #[test]
     fn texts_are_read_in_both_dialects() {
         let body = br#"{"model":"m","system":"sys","messages":[{"role":"user","content":[{"type":"text","text":"a"}]},{"role":"user","content":"b"}]}"#;
-        assert_eq!(request_text(Endpoint::Messages, body), "sys\na\nb");
-        assert_eq!(request_text(Endpoint::ChatCompletions, body), "a\nb");
-        let openai = br#"{"choices":[{"message":{"content":"hi"}},{"text":"legacy"}]}"#;
-        assert_eq!(response_text(ApiFamily::OpenAi, openai), "hi\nlegacy");
-        let anthropic = br#"{"content":[{"type":"text","text":"hello"}]}"#;
-        assert_eq!(response_text(ApiFamily::Anthropic, anthropic), "hello");
+        let obj = RawObject::parse(body).unwrap();
+        assert_eq!(request_text(Endpoint::Messages, &obj), "sys\na\nb");
+        assert_eq!(request_text(Endpoint::ChatCompletions, &obj), "a\nb");
+        let json = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap();
+        let openai = json(br#"{"choices":[{"message":{"content":"hi"}},{"text":"legacy"}]}"#);
+        assert_eq!(response_text(&openai, ApiFamily::OpenAi), "hi\nlegacy");
+        let anthropic = json(br#"{"content":[{"type":"text","text":"hello"}]}"#);
+        assert_eq!(response_text(&anthropic, ApiFamily::Anthropic), "hello");
         assert!(valid_name("toxic.v2") && !valid_name("") && !valid_name("a b"));
+    }
+
+    #[test]
+    fn gemini_requests_and_responses_are_read_too() {
+        // Issue 12: the webhook walker once skipped `contents[].parts` (and so judged nothing of
+        // a Gemini request).
+        let body = br#"{"systemInstruction":{"parts":[{"text":"sys"}]},"contents":[{"role":"user","parts":[{"text":"hello"},{"text":"there"}]}]}"#;
+        let obj = RawObject::parse(body).unwrap();
+        assert_eq!(
+            request_text(Endpoint::GenerateContent, &obj),
+            "sys\nhello\nthere"
+        );
+        let gemini: Value = serde_json::from_slice(
+            br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"answer"}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(response_text(&gemini, ApiFamily::Gemini), "answer");
     }
 }

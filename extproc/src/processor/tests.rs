@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders};
 use envoy_types::pb::google::protobuf::{Struct, Value};
 use tollgate_core::env::MapEnv;
 

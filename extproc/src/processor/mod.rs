@@ -1,0 +1,369 @@
+//! One processor per ext_proc stream (one HTTP request): the state machine that carries a
+//! request from phase to phase, split by concern into the modules below.
+//!
+//! Phases Envoy sends (see `envoy/`): the request headers (where the caller is admitted, in
+//! [`auth`], and `GET /v1/models` and the self-service reads are answered, in [`local`]), the
+//! buffered request body (parsed once, judged, reserved and routed, in [`route`], with the
+//! provider's credential from [`upstream_auth`]), the response headers and body (translated,
+//! judged and measured, in [`response`]), and the end (settled and logged, in [`finish`]).
+//! A request ends in one of three states: answered by Tollgate itself (`rejected`, or a local
+//! answer), or forwarded to a provider (`forwarded`).
+
+mod auth;
+mod finish;
+mod local;
+mod reserve;
+mod response;
+mod route;
+mod upstream_auth;
+
+pub use reserve::BUDGET_WARNING_HEADER;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValueOption, Metadata};
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
+use tollgate_authz::Gate;
+use tollgate_core::budget::{Ledger, Line, Owner, Reservation};
+use tollgate_core::config::{Capture as CaptureMode, KeyBundle, ModelAccess, Provider};
+use tollgate_core::metadata as md;
+use tollgate_core::metrics::Metrics;
+use tollgate_core::ratelimit::RateStore;
+use tollgate_core::{ApiError, Config, Dialect, Endpoint, Usage};
+use tollgate_guardrails::Engine;
+use tollgate_logger::LogHandle;
+
+use crate::budget;
+use crate::capture::Capture;
+use crate::guard::{OpenAiStreamGuard, Verdicts};
+use crate::streamcap::StreamCap;
+use crate::translator::stream::StreamTranslator;
+use crate::translator::{sse::UsageFilter, Pair};
+
+/// Who is calling: what the key gate established about the request (through ext_authz's
+/// metadata, or asked at the request headers in [`auth`]).
+#[derive(Debug, Default)]
+struct AuthContext {
+    key_id: String,
+    tenant: String,
+    team: String,
+    models: Vec<String>,
+    path: String,
+    method: String,
+    request_id: String,
+    /// The guardrails policy name (empty: none).
+    guardrails: String,
+    /// What of the payloads goes into the log event.
+    capture: CaptureMode,
+    /// The key's token-rate limit per minute.
+    tokens_per_minute: Option<u32>,
+}
+
+impl AuthContext {
+    fn from_metadata(md_ctx: &Metadata) -> Option<Self> {
+        let s = md_ctx.filter_metadata.get(md::NAMESPACE)?;
+        let text = |k: &str| match s.fields.get(k).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::StringValue(v)) => v.clone(),
+            _ => String::new(),
+        };
+        let models = match s.fields.get(md::MODELS).and_then(|v| v.kind.as_ref()) {
+            Some(Kind::ListValue(l)) => l
+                .values
+                .iter()
+                .filter_map(|v| match &v.kind {
+                    Some(Kind::StringValue(m)) => Some(m.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let ctx = AuthContext {
+            key_id: text(md::KEY_ID),
+            tenant: text(md::TENANT),
+            team: text(md::TEAM),
+            models,
+            path: text(md::PATH),
+            method: text(md::METHOD),
+            request_id: text(md::REQUEST_ID),
+            guardrails: text(md::GUARDRAILS),
+            capture: CaptureMode::from_label(&text(md::CAPTURE)),
+            tokens_per_minute: text(md::TOKENS_PER_MINUTE).parse().ok(),
+        };
+        (!ctx.key_id.is_empty()).then_some(ctx)
+    }
+
+    /// The context of a request the gate admitted in ext_proc's own headers phase.
+    fn from_bundle(b: &KeyBundle, path: String, method: String, request_id: String) -> Self {
+        AuthContext {
+            key_id: b.id.clone(),
+            tenant: b.tenant.clone().unwrap_or_default(),
+            team: b.team.clone().unwrap_or_default(),
+            models: match &b.models {
+                ModelAccess::All => vec!["*".to_owned()],
+                ModelAccess::Only(set) => set.iter().cloned().collect(),
+            },
+            path,
+            method,
+            request_id,
+            guardrails: b.guardrails.clone().unwrap_or_default(),
+            capture: b.capture,
+            tokens_per_minute: b.tokens_per_minute,
+        }
+    }
+
+    fn allows(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == "*" || m == model)
+    }
+}
+
+/// A request that went to a provider.
+#[derive(Debug)]
+struct Forwarded {
+    endpoint: Endpoint,
+    model: String,
+    provider: Arc<Provider>,
+    upstream_model: String,
+    stream: bool,
+    sent_at: Instant,
+    upstream_latency: Option<Duration>,
+    status: Option<u16>,
+    pair: Pair,
+    sse: Option<ResponseStream>,
+    usage: Option<Usage>,
+    /// The policy judging the response text, when a rule applies to it.
+    response_guard: Option<Arc<Engine>>,
+    /// The id of a response whose provider gives none (Bedrock), else empty.
+    response_id: String,
+    /// The provider's error type header (Bedrock's `x-amzn-errortype`).
+    error_type: Option<String>,
+    /// The stream's output allowance, when it has one.
+    cap: Option<StreamCap>,
+}
+
+/// How a successful stream is handled.
+#[derive(Debug)]
+enum ResponseStream {
+    /// Same dialect (OpenAI family): read usage, hide the usage chunk nobody asked for.
+    Usage(UsageFilter, Option<Box<OpenAiStreamGuard>>),
+    /// Anything else: decode and re-encode event by event.
+    Translate(Box<StreamTranslator>),
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The state of one ext_proc stream.
+pub struct Processor {
+    config: Arc<Config>,
+    metrics: Metrics,
+    ctx: Option<AuthContext>,
+    forwarded: Option<Forwarded>,
+    /// Whether the client sent its own `anthropic-version`.
+    client_anthropic_version: bool,
+    finished: bool,
+    log: Option<LogHandle>,
+    started_at: SystemTime,
+    first_byte_at: Option<SystemTime>,
+    overhead: Duration,
+    rejected: Option<Rejected>,
+    verdicts: Verdicts,
+    /// The request's `content-type`, kept for payload capture.
+    request_content_type: String,
+    /// Payload capture, when the key's is on (and logging is).
+    capture: Option<Capture>,
+    /// The key gate asked at the request headers when no ext_authz filter ran (`None`: the
+    /// bundle must come from ext_authz's metadata).
+    gate: Option<Gate>,
+    /// Headers every answer to an admitted request carries (request id, rate limits, feedback
+    /// token) when the gate was asked here rather than by ext_authz.
+    answer_headers: Vec<HeaderValueOption>,
+    /// The spend ledger (`None`: budgets are not enforced by this processor).
+    ledger: Option<Arc<dyn Ledger>>,
+    /// The end user: from the configured header, else the body.
+    end_user: Option<String>,
+    /// This request's budget reservation, until it is settled or refunded.
+    reservation: Option<Reservation>,
+    /// Soft budgets this request went past.
+    soft_exceeded: Vec<Line>,
+    /// The request's token estimate, once made.
+    estimate: Option<budget::Estimate>,
+    /// Token-rate state shared with ext_authz (`None`: token limits are not charged).
+    limiter: Option<Arc<dyn RateStore>>,
+}
+
+/// A request Tollgate answered with an error itself.
+#[derive(Debug)]
+struct Rejected {
+    status: u16,
+    class: &'static str,
+    model: Option<String>,
+}
+
+fn header<'a>(headers: &'a Option<HeaderMap>, name: &str) -> Option<&'a [u8]> {
+    headers.as_ref()?.headers.iter().find_map(|h| {
+        (h.key == name).then_some(if h.raw_value.is_empty() {
+            h.value.as_bytes()
+        } else {
+            h.raw_value.as_slice()
+        })
+    })
+}
+
+fn strip_query(path: &str) -> &str {
+    path.split_once('?').map_or(path, |(p, _)| p)
+}
+
+impl Processor {
+    /// A processor for one stream, reading one config snapshot throughout.
+    pub fn new(config: Arc<Config>, metrics: Metrics) -> Self {
+        Self {
+            config,
+            metrics,
+            ctx: None,
+            forwarded: None,
+            client_anthropic_version: false,
+            finished: false,
+            log: None,
+            started_at: SystemTime::now(),
+            first_byte_at: None,
+            overhead: Duration::ZERO,
+            rejected: None,
+            verdicts: Verdicts::default(),
+            request_content_type: String::new(),
+            capture: None,
+            gate: None,
+            answer_headers: Vec::new(),
+            ledger: None,
+            end_user: None,
+            reservation: None,
+            soft_exceeded: Vec::new(),
+            estimate: None,
+            limiter: None,
+        }
+    }
+
+    /// Charges the request's tokens to the token-rate limits kept in `limiter`.
+    pub fn with_limiter(mut self, limiter: Option<Arc<dyn RateStore>>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// Enforces budgets on `ledger` (shared by every stream of the process).
+    pub fn with_ledger(mut self, ledger: Option<Arc<dyn Ledger>>) -> Self {
+        self.ledger = ledger;
+        self
+    }
+
+    /// Asks `gate` at the request headers of a request that ext_authz did not admit.
+    pub fn with_gate(mut self, gate: Option<Gate>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// Emits this request's `LogEvent` to `log` when it ends (logging is off with `None`).
+    pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Handles one message; `None` when Envoy expects no answer (observability mode).
+    pub async fn handle(&mut self, msg: ProcessingRequest) -> Option<ProcessingResponse> {
+        if self.ctx.is_none() {
+            self.ctx = msg
+                .metadata_context
+                .as_ref()
+                .and_then(AuthContext::from_metadata);
+        }
+        let started = Instant::now();
+        let (phase, response) = match msg.request {
+            Some(Request::RequestHeaders(h)) => {
+                ("request_headers", self.on_request_headers(&h).await)
+            }
+            Some(Request::RequestBody(b)) => ("request_body", self.on_request_body(b).await),
+            Some(Request::ResponseHeaders(h)) => ("response_headers", self.on_response_headers(&h)),
+            Some(Request::ResponseBody(b)) => ("response_body", self.on_response_body(b).await),
+            Some(Request::RequestTrailers(_)) => (
+                "request_trailers",
+                ProcessingResponse {
+                    response: Some(
+                        envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response::RequestTrailers(
+                            Default::default(),
+                        ),
+                    ),
+                    ..Default::default()
+                },
+            ),
+            Some(Request::ResponseTrailers(_)) => (
+                "response_trailers",
+                ProcessingResponse {
+                    response: Some(
+                        envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response::ResponseTrailers(
+                            Default::default(),
+                        ),
+                    ),
+                    ..Default::default()
+                },
+            ),
+            None => ("unknown", ProcessingResponse::default()),
+        };
+        self.metrics.observe_phase(phase, started);
+        self.overhead += started.elapsed();
+        tracing::trace!(phase, "Processed ext_proc message");
+        (!msg.observability_mode).then_some(response)
+    }
+
+    fn dialect(&self) -> Dialect {
+        let path = self.ctx.as_ref().map_or("", |c| c.path.as_str());
+        match Dialect::from_path(path) {
+            // `/v1/feedback` serves both APIs: Anthropic's SDK always sends its version header.
+            Dialect::OpenAi
+                if self.client_anthropic_version
+                    && Endpoint::from_request("POST", strip_query(path))
+                        == Some(Endpoint::Feedback) =>
+            {
+                Dialect::Anthropic
+            }
+            d => d,
+        }
+    }
+
+    fn endpoint(&self, method: &str, path: &str) -> Result<Endpoint, ApiError> {
+        let path = strip_query(path);
+        Endpoint::from_request(method, path).ok_or_else(|| ApiError::UnknownEndpoint {
+            method: method.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Marks the stream failed: after an error response Envoy sends nothing more on it.
+    pub fn abandon(&mut self) {
+        self.finish();
+    }
+
+}
+
+/// The owner of a request, for its budgets.
+fn owner<'a>(ctx: &'a AuthContext, end_user: Option<&'a str>) -> Owner<'a> {
+    Owner {
+        key: &ctx.key_id,
+        team: Some(ctx.team.as_str()),
+        tenant: Some(ctx.tenant.as_str()),
+        end_user,
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        // A stream that ends before the response did (client gone, upstream reset) still counts.
+        self.finish();
+    }
+}

@@ -1,0 +1,254 @@
+//! The response: its headers decide how the body is read (streamed for a successful stream,
+//! buffered otherwise, not at all for a reply that never came from a provider); stream chunks
+//! go through usage reading, guardrails, the output cap and capture; a complete body is
+//! translated into the client's dialect, judged (local rules and webhooks over one parse of
+//! it) and captured.
+
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingResponse};
+use tollgate_core::config::{ApiFamily, Side};
+use tollgate_core::metadata as md;
+use tollgate_core::metrics::ProviderLabel;
+use tollgate_core::{keys, ApiError};
+
+use super::{header, unix_now, Processor, ResponseStream, BUDGET_WARNING_HEADER};
+use crate::guard;
+use crate::mutation::{self, set};
+use crate::translator::ResponseMeta;
+use crate::webhook;
+
+impl Processor {
+    pub(super) fn on_response_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
+        let Some(fwd) = &mut self.forwarded else {
+            // A reply that never came from a provider through us (a local reply): leave its
+            // body, and name it like every other response.
+            let mut headers = self.answer_headers.clone();
+            if self.ctx.is_none() && self.gate.is_some() {
+                headers.push(set(md::REQUEST_ID_HEADER, keys::new_request_id()));
+            }
+            return mutation::response_headers(
+                mutation::common(headers, vec![], None, false),
+                BodySendMode::None,
+            );
+        };
+        let status = header(&h.headers, ":status")
+            .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+            .unwrap_or(0u16);
+        fwd.status = Some(status);
+        if let Some(c) = &mut self.capture {
+            let ct = header(&h.headers, "content-type").unwrap_or_default();
+            c.response_headers(&String::from_utf8_lossy(ct));
+        }
+        if header(&h.headers, "x-envoy-upstream-service-time").is_some() {
+            fwd.upstream_latency = Some(fwd.sent_at.elapsed());
+            self.metrics
+                .upstream_latency
+                .get_or_create(&ProviderLabel {
+                    provider: fwd.provider.name.clone(),
+                })
+                .observe(fwd.sent_at.elapsed().as_secs_f64());
+        }
+        let ok = (200..300).contains(&status);
+        let bedrock = fwd.pair.upstream == ApiFamily::Bedrock;
+        if bedrock && !ok {
+            fwd.error_type = header(&h.headers, "x-amzn-errortype")
+                .map(|t| String::from_utf8_lossy(t).into_owned());
+        }
+        let (mode, remove) = if ok && fwd.stream {
+            (BodySendMode::Streamed, vec!["content-length".to_owned()])
+        } else {
+            (BodySendMode::Buffered, Vec::new())
+        };
+        let mut headers = self.answer_headers.clone();
+        // Bedrock streams in AWS event-stream framing; the client gets SSE.
+        if bedrock && ok && fwd.stream {
+            headers.push(set("content-type", "text/event-stream"));
+        }
+        if !self.soft_exceeded.is_empty() {
+            let warning: Vec<String> = self
+                .soft_exceeded
+                .iter()
+                .map(|l| format!("{} {} budget exceeded", l.scope.label(), l.period.label()))
+                .collect();
+            headers.push(set(BUDGET_WARNING_HEADER, warning.join(", ")));
+        }
+        if h.end_of_stream {
+            self.finish();
+        }
+        mutation::response_headers(mutation::common(headers, remove, None, false), mode)
+    }
+
+    pub(super) async fn on_response_body(&mut self, b: HttpBody) -> ProcessingResponse {
+        let Some(fwd) = &mut self.forwarded else {
+            return mutation::response_body(Default::default());
+        };
+        let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
+        if self.first_byte_at.is_none() && !b.body.is_empty() {
+            self.first_byte_at = Some(SystemTime::now());
+        }
+        let response = if ok && fwd.sse.is_some() {
+            self.stream_chunk(&b)
+        } else {
+            self.complete_body(&b).await
+        };
+        if b.end_of_stream {
+            self.finish();
+        }
+        response
+    }
+
+    /// One chunk of a successful stream, through its stages: usage (and the usage chunk the
+    /// client did not ask for hidden) or translation, guardrails, the output cap, capture.
+    fn stream_chunk(&mut self, b: &HttpBody) -> ProcessingResponse {
+        let Some(fwd) = &mut self.forwarded else {
+            return mutation::response_body(Default::default());
+        };
+        let end = b.end_of_stream;
+        let out = match &mut fwd.sse {
+            Some(ResponseStream::Usage(filter, guard)) => {
+                let out = filter.push(&b.body, end);
+                let out = match guard {
+                    Some(g) => Some(g.push(out.as_deref().unwrap_or(&b.body), end)),
+                    None => out,
+                };
+                fwd.usage = filter.usage();
+                out
+            }
+            Some(ResponseStream::Translate(t)) => {
+                let out = t.push(&b.body, end);
+                fwd.usage = t.usage();
+                Some(out)
+            }
+            None => None,
+        };
+        let out = match &mut fwd.cap {
+            Some(cap) => Some(cap.push(out.as_deref().unwrap_or(&b.body), end)),
+            None => out,
+        };
+        if let Some(c) = &mut self.capture {
+            c.response_chunk(out.as_deref().unwrap_or(&b.body), end);
+        }
+        mutation::response_body(match out {
+            Some(out) => mutation::common(vec![], vec![], Some(out), false),
+            None => Default::default(),
+        })
+    }
+
+    /// A complete (buffered) response: translated into the client's dialect, then, when it
+    /// succeeded, judged by the response webhooks and local rules over one parse of it.
+    async fn complete_body(&mut self, b: &HttpBody) -> ProcessingResponse {
+        let Some(fwd) = &mut self.forwarded else {
+            return mutation::response_body(Default::default());
+        };
+        let status = fwd.status.unwrap_or(0);
+        let ok = (200..300).contains(&status);
+        let meta = ResponseMeta {
+            created: unix_now(),
+            id: &fwd.response_id,
+            model: &fwd.upstream_model,
+            error_type: fwd.error_type.as_deref(),
+        };
+        let done = fwd.pair.complete_with(status, &b.body, &meta);
+        if ok {
+            fwd.usage = done.usage;
+        }
+        let client = fwd.pair.client;
+        let mut body = done.body;
+        if ok && !fwd.stream {
+            match self.judge_response(client, body.as_deref().unwrap_or(&b.body)).await {
+                Ok(Some(redacted)) => body = Some(redacted),
+                Ok(None) => {}
+                Err(err) => return self.refuse_response(err, client, b.end_of_stream),
+            }
+        }
+        if let Some(c) = &mut self.capture {
+            c.response_body(body.as_deref().unwrap_or(&b.body));
+        }
+        mutation::response_body(match body {
+            Some(body) => mutation::common(
+                vec![
+                    set("content-type", "application/json"),
+                    set("content-length", body.len().to_string()),
+                ],
+                vec![],
+                Some(body),
+                false,
+            ),
+            None => Default::default(),
+        })
+    }
+
+    /// Judges a complete response in the client's dialect: the key's response webhooks, then
+    /// its local rules, both reading the assistant text of one parse of the body. `Ok(Some)`:
+    /// the redacted body to send instead; `Err`: the refusal that replaces the response.
+    async fn judge_response(
+        &mut self,
+        client: ApiFamily,
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let Some(fwd) = &self.forwarded else {
+            return Ok(None);
+        };
+        let (endpoint, model, engine) = (fwd.endpoint, fwd.model.clone(), fwd.response_guard.clone());
+        let policy = self.policy().ok().flatten();
+        let rules = policy
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.webhooks(Side::Response, endpoint, &model));
+        if rules.is_empty() && engine.is_none() {
+            return Ok(None);
+        }
+        let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(body) else {
+            tracing::debug!("A response body that is not JSON went through unjudged");
+            return Ok(None);
+        };
+        if !rules.is_empty() {
+            let text = webhook::response_text(&doc, client);
+            if let Some(d) = self
+                .call_webhooks(&rules, Side::Response, endpoint, &model, &text)
+                .await
+            {
+                self.verdicts.add(Side::Response, &d.verdict, &self.metrics);
+                if let Some(err) = d.error {
+                    return Err(err);
+                }
+            }
+        }
+        let Some(engine) = engine else {
+            return Ok(None);
+        };
+        let Some((verdict, redacted)) = guard::judge_response_value(&engine, client, &mut doc)
+        else {
+            tracing::debug!("A response body that is not a JSON object went through unjudged");
+            return Ok(None);
+        };
+        self.verdicts.add(Side::Response, &verdict, &self.metrics);
+        if let Some(rule) = verdict.blocked_by {
+            return Err(ApiError::GuardrailBlocked {
+                rule,
+                side: Side::Response,
+            });
+        }
+        Ok(redacted)
+    }
+
+    /// Replaces a complete response with `err` in the client's dialect.
+    fn refuse_response(&mut self, err: ApiError, client: ApiFamily, end: bool) -> ProcessingResponse {
+        let dialect = crate::translator::dialect_of(client);
+        if let Some(fwd) = &mut self.forwarded {
+            fwd.status = Some(err.status());
+        }
+        let request_id = self.ctx.as_ref().map(|c| c.request_id.clone());
+        if end {
+            self.finish();
+        }
+        mutation::immediate_with(
+            err.status(),
+            err.body(dialect),
+            "application/json",
+            request_id.as_deref(),
+            self.answer_headers.clone(),
+        )
+    }
+}

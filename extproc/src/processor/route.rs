@@ -1,0 +1,388 @@
+//! The request body: parsed once, checked against the key (model allow-list), judged by the
+//! key's guardrails (local rules and webhooks, over one text walker), captured, priced and
+//! reserved, then rewritten for the target the model's routing picks, with the provider's
+//! path, authority, credential and routing header.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
+use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
+use rand::Rng;
+use tollgate_core::config::{
+    ApiFamily, Model, Policy, Provider, ProviderKind, Side, Target, ANTHROPIC_VERSION,
+};
+use tollgate_core::metadata as md;
+use tollgate_core::{ApiError, Endpoint};
+
+use super::upstream_auth::{self, Signed};
+use super::{strip_query, unix_now, Forwarded, Processor, ResponseStream};
+use crate::capture::Capture;
+use crate::guard::{self, OpenAiStreamGuard, StreamGuard};
+use crate::mutation::{self, set};
+use crate::translator::{openai, sse::UsageFilter, Pair};
+use crate::{budget, webhook};
+
+/// A refusal, with the model it was about when one was named.
+type Refusal = (ApiError, Option<String>);
+
+/// The body for the provider, and how its response must be read back.
+struct Upstream {
+    body: Vec<u8>,
+    /// Whether the provider will send a usage chunk the client did not ask for.
+    strip_usage_chunk: bool,
+    /// Whether the translated stream must carry usage to the client.
+    include_usage: bool,
+}
+
+impl Processor {
+    pub(super) async fn on_request_body(&mut self, b: HttpBody) -> ProcessingResponse {
+        match self.route(&b).await {
+            Ok(resp) => resp,
+            Err((err, model)) => self.reject(&err, model.as_deref()),
+        }
+    }
+
+    async fn route(&mut self, b: &HttpBody) -> Result<ProcessingResponse, Refusal> {
+        let Some(ctx) = &self.ctx else {
+            tracing::error!("No ext_authz metadata on the request: is ext_authz before ext_proc, and its namespace forwarded?");
+            return Err((ApiError::Internal, None));
+        };
+        if !b.end_of_stream {
+            tracing::error!("Request body arrived in parts: request_body_mode must be BUFFERED");
+            return Err((ApiError::Internal, None));
+        }
+        let endpoint = self
+            .endpoint(&ctx.method, &ctx.path)
+            .map_err(|e| (e, None))?;
+        match endpoint {
+            Endpoint::Models => return Ok(self.list_models()),
+            Endpoint::Feedback => return self.record_feedback(&b.body).map_err(|e| (e, None)),
+            Endpoint::CountTokens => return self.count_tokens(&b.body),
+            Endpoint::ChatCompletions
+            | Endpoint::Completions
+            | Endpoint::Embeddings
+            | Endpoint::Messages
+            | Endpoint::GenerateContent => {}
+        }
+        let path = strip_query(&ctx.path).to_owned();
+        // The one parse of the body: every step below reads its members.
+        let parsed = openai::parse_request_at(endpoint, &path, &b.body).map_err(|e| (e, None))?;
+        let model = parsed.model.clone();
+        // A handle of its own: the target borrowed from it outlives `&mut self` calls below.
+        let config = Arc::clone(&self.config);
+        let Some(m) = config.models.get(&model) else {
+            return Err((ApiError::UnknownModel(model.clone()), Some(model)));
+        };
+        if !ctx.allows(&model) {
+            return Err((ApiError::ModelNotAllowed(model.clone()), Some(model)));
+        }
+        let refusal = |e: ApiError| (e, Some(model.clone()));
+        let policy = self.policy().map_err(refusal)?;
+        let redacted = self
+            .judge_request(policy.as_deref(), endpoint, &model, &parsed, &b.body)
+            .await
+            .map_err(refusal)?;
+        // Redaction rewrote members: the redacted body is what goes on (parsed anew, only then).
+        let parsed = match &redacted {
+            Some(body) => openai::parse_request_at(endpoint, &path, body).map_err(refusal)?,
+            None => parsed,
+        };
+        let target = pick(m).ok_or_else(|| refusal(ApiError::Internal))?;
+        let provider = &target.provider;
+        let (pair, upstream_endpoint) =
+            Pair::route(endpoint, target.family).map_err(|e| refusal(e.api_error()))?;
+        if self.end_user.is_none() {
+            self.end_user = budget::end_user_in_body(parsed.object());
+        }
+        let up = self
+            .upstream_body(endpoint, target, pair, &parsed, b.body.len())
+            .map_err(refusal)?;
+        let upstream_path = target.path_for(upstream_endpoint, parsed.stream);
+        let mut headers = Vec::with_capacity(8 + provider.headers.len());
+        headers.push(set(":path", upstream_path));
+        headers.push(set(":authority", provider.authority.as_str()));
+        headers.push(set(md::ROUTE_HEADER, provider.cluster.as_str()));
+        headers.push(set("content-length", up.body.len().to_string()));
+        let signed = Signed {
+            authority: &provider.authority,
+            path: upstream_path,
+            body: &up.body,
+            stream: parsed.stream,
+        };
+        upstream_auth::credentials(provider, &signed, &mut headers).map_err(refusal)?;
+        for (k, v) in &provider.headers {
+            headers.push(set(k, v.as_str()));
+        }
+        let remove = self.version_headers(pair, provider, &mut headers);
+        // Last: nothing after the reservation can fail, so a refusal here is the only way out.
+        self.reservation = self
+            .reserve(endpoint, provider, &target.upstream_model, &parsed)
+            .await
+            .map_err(refusal)?;
+        let response_guard = policy
+            .as_ref()
+            .and_then(|p| p.engine(Side::Response, endpoint, &model))
+            .filter(|_| endpoint != Endpoint::Embeddings)
+            .cloned();
+        let Some(ctx) = &self.ctx else {
+            return Err((ApiError::Internal, None));
+        };
+        tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
+        // Bedrock names neither its responses nor the model: Tollgate's request id does.
+        let response_id = match (pair.upstream, pair.client) {
+            (ApiFamily::Bedrock, ApiFamily::Anthropic) => format!("msg_{}", ctx.request_id),
+            (ApiFamily::Bedrock, _) => format!("chatcmpl-{}", ctx.request_id),
+            _ => String::new(),
+        };
+        let client_usage = if pair.is_openai_passthrough() {
+            !up.strip_usage_chunk
+        } else {
+            up.include_usage
+        };
+        let cap = parsed
+            .stream
+            .then(|| {
+                self.stream_cap(
+                    pair.client,
+                    endpoint,
+                    provider,
+                    &target.upstream_model,
+                    &parsed,
+                    client_usage,
+                )
+            })
+            .flatten();
+        let sse = parsed.stream.then(|| {
+            let engine = response_guard.as_ref().map(Arc::clone);
+            if pair.is_openai_passthrough() {
+                ResponseStream::Usage(
+                    UsageFilter::new(up.strip_usage_chunk),
+                    engine.map(|e| Box::new(OpenAiStreamGuard::new(e))),
+                )
+            } else {
+                ResponseStream::Translate(Box::new(
+                    pair.stream_guarded(
+                        up.include_usage,
+                        unix_now(),
+                        engine.map(StreamGuard::new),
+                    )
+                    .with_identity(&response_id, &target.upstream_model),
+                ))
+            }
+        });
+        self.forwarded = Some(Forwarded {
+            endpoint,
+            model,
+            provider: Arc::clone(provider),
+            upstream_model: target.upstream_model.clone(),
+            stream: parsed.stream,
+            sent_at: Instant::now(),
+            upstream_latency: None,
+            status: None,
+            pair,
+            sse,
+            usage: None,
+            response_guard,
+            response_id,
+            error_type: None,
+            cap,
+        });
+        Ok(mutation::request_body(mutation::common(
+            headers,
+            remove,
+            Some(up.body),
+            true,
+        )))
+    }
+
+    /// Judges the request under the key's policy: its local rules (which may redact: the body
+    /// to send instead is returned), then, unless they blocked, its webhooks, all reading the
+    /// user text through the one walker. Captures the body the provider will see.
+    async fn judge_request(
+        &mut self,
+        policy: Option<&Policy>,
+        endpoint: Endpoint,
+        model: &str,
+        parsed: &openai::ParsedRequest<'_>,
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        let redacted = match policy.and_then(|p| p.engine(Side::Request, endpoint, model)) {
+            Some(engine) => guard::judge_request(
+                engine,
+                endpoint,
+                parsed.object(),
+                &mut self.verdicts,
+                &self.metrics,
+            )?,
+            None => None,
+        };
+        if let (Some(max), Some(ctx)) = (
+            self.config.logging.as_ref().map(|l| l.capture_max_bytes),
+            &self.ctx,
+        ) {
+            self.capture = Capture::new(ctx.capture, max).map(|mut c| {
+                c.request(&self.request_content_type, redacted.as_deref().unwrap_or(body));
+                c
+            });
+        }
+        let rules = policy.map_or_else(Vec::new, |p| p.webhooks(Side::Request, endpoint, model));
+        if !rules.is_empty() {
+            let text = webhook::request_text(endpoint, parsed.object());
+            if let Some(d) = self
+                .call_webhooks(&rules, Side::Request, endpoint, model, &text)
+                .await
+            {
+                self.verdicts.add(Side::Request, &d.verdict, &self.metrics);
+                if let Some(e) = d.error {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(redacted)
+    }
+
+    /// Calls the webhook `rules` of one side about `text`: `None` when there is nothing to
+    /// judge. The calls run concurrently on this stream's task: a slow webhook holds only
+    /// this request.
+    pub(super) async fn call_webhooks(
+        &mut self,
+        rules: &[&tollgate_core::config::WebhookRule],
+        side: Side,
+        endpoint: Endpoint,
+        model: &str,
+        text: &str,
+    ) -> Option<webhook::Decision> {
+        let ctx = self.ctx.as_ref()?;
+        if rules.is_empty() || text.is_empty() {
+            return None;
+        }
+        let call = webhook::Call {
+            side: side.label(),
+            text,
+            request_id: &ctx.request_id,
+            key_id: &ctx.key_id,
+            tenant: &ctx.tenant,
+            model,
+            endpoint: endpoint.label(),
+        };
+        let started = Instant::now();
+        let outcomes = webhook::Webhooks::shared().judge(rules, &call).await;
+        // Time spent waiting on webhooks is gateway overhead too.
+        self.overhead += started.elapsed();
+        Some(webhook::decide(outcomes, side))
+    }
+
+    /// The body for `target`: translated for another dialect, or, for OpenAI-family
+    /// passthrough, the model rewritten (and a budgeted request that sets no output limit
+    /// given the one it is reserved for, so the provider never generates, and bills, past it).
+    fn upstream_body(
+        &self,
+        endpoint: Endpoint,
+        target: &Target,
+        pair: Pair,
+        parsed: &openai::ParsedRequest<'_>,
+        size: usize,
+    ) -> Result<Upstream, ApiError> {
+        let provider = &target.provider;
+        let mut up = if pair.is_openai_passthrough() {
+            let limit = self.config.budgets.default_max_tokens.to_string();
+            let field = match (endpoint, provider.kind) {
+                (Endpoint::ChatCompletions, ProviderKind::Openai | ProviderKind::AzureOpenai) => {
+                    "max_completion_tokens"
+                }
+                _ => "max_tokens",
+            };
+            let extra: &[(&str, &str)] = if self.budgeted(&target.upstream_model)
+                && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
+                && !budget::has_own_limit(parsed.object())
+            {
+                &[(field, limit.as_str())]
+            } else {
+                &[]
+            };
+            let r = parsed.rewrite_with(&target.upstream_model, size, extra)?;
+            Upstream {
+                body: r.body,
+                strip_usage_chunk: r.strip_usage_chunk,
+                include_usage: false,
+            }
+        } else {
+            let (body, include_usage) = pair
+                .request(parsed.object(), &target.upstream_model, parsed.stream, size)
+                .map_err(|e| e.api_error())?;
+            Upstream {
+                body,
+                strip_usage_chunk: false,
+                include_usage,
+            }
+        };
+        if provider.vertex.is_some() && pair.upstream == ApiFamily::Anthropic {
+            up.body = crate::translator::codec::anthropic::for_vertex(&up.body);
+        }
+        Ok(up)
+    }
+
+    /// The API-version headers: Anthropic's `anthropic-version` when the client sent none,
+    /// Anthropic's headers removed on the way to another dialect. Returns the headers to
+    /// remove: with these, the client's `accept-encoding` (the response is read, so it must
+    /// come back uncompressed; Envoy can still compress towards the client) and the
+    /// end-user header.
+    fn version_headers(
+        &self,
+        pair: Pair,
+        provider: &Provider,
+        headers: &mut Vec<HeaderValueOption>,
+    ) -> Vec<String> {
+        let mut remove = vec![
+            "accept-encoding".to_owned(),
+            self.config.budgets.end_user_header.clone(),
+        ];
+        match pair.upstream {
+            ApiFamily::Anthropic
+                if !self.client_anthropic_version
+                    && !provider
+                        .headers
+                        .iter()
+                        .any(|(k, _)| k == "anthropic-version") =>
+            {
+                headers.push(set("anthropic-version", ANTHROPIC_VERSION));
+            }
+            ApiFamily::OpenAi | ApiFamily::Gemini | ApiFamily::Bedrock
+                if pair.client == ApiFamily::Anthropic =>
+            {
+                remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
+            }
+            ApiFamily::OpenAi | ApiFamily::Anthropic | ApiFamily::Gemini | ApiFamily::Bedrock => {}
+        }
+        remove
+    }
+
+    /// The policy of the request's key, from this config snapshot.
+    pub(super) fn policy(&self) -> Result<Option<Arc<Policy>>, ApiError> {
+        let Some(ctx) = &self.ctx else {
+            return Ok(None);
+        };
+        if ctx.guardrails.is_empty() {
+            return Ok(None);
+        }
+        match self.config.guardrails.policies.get(&ctx.guardrails) {
+            Some(p) => Ok(Some(Arc::clone(p))),
+            None => {
+                // Fail closed: the key has a policy this snapshot does not know (a reload
+                // between ext_authz and ext_proc).
+                tracing::error!(request_id = %ctx.request_id, key_id = %ctx.key_id, policy = %ctx.guardrails, "The key's guardrails policy is not in this config: refusing the request");
+                Err(ApiError::GuardrailPolicyUnavailable(ctx.guardrails.clone()))
+            }
+        }
+    }
+}
+
+/// The target of this request: the only one, or one picked by weight.
+fn pick(m: &Model) -> Option<&Target> {
+    if m.targets.len() == 1 {
+        m.targets.first()
+    } else {
+        m.pick(rand::rng().random_range(0..m.total_weight()))
+    }
+}

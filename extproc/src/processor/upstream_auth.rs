@@ -1,0 +1,77 @@
+//! The provider's credential on an upstream request, one handler per kind of credential: a
+//! static header (OpenAI, Azure, Anthropic, Gemini API keys), a Vertex AI service account's
+//! current OAuth token, or an AWS SigV4 signature over exactly the bytes Envoy sends.
+
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
+use tollgate_core::config::Provider;
+use tollgate_core::ApiError;
+
+use crate::mutation::set;
+
+/// What is signed: the request exactly as Envoy sends it upstream.
+pub(super) struct Signed<'a> {
+    /// The upstream `:authority`.
+    pub authority: &'a str,
+    /// The upstream `:path`.
+    pub path: &'a str,
+    /// The upstream body.
+    pub body: &'a [u8],
+    /// Whether the response streams (Bedrock's `accept`).
+    pub stream: bool,
+}
+
+/// Adds `provider`'s credential headers for `request` to `headers`; a 503 while a Vertex AI
+/// provider has no access token yet (the first is still being fetched).
+pub(super) fn credentials(
+    provider: &Provider,
+    request: &Signed<'_>,
+    headers: &mut Vec<HeaderValueOption>,
+) -> Result<(), ApiError> {
+    if let Some((name, secret)) = &provider.credential_header {
+        headers.push(set(name, secret.expose()));
+    }
+    if let Some(auth) = &provider.google {
+        let Some(token) = auth.current(SystemTime::now()) else {
+            tracing::warn!(provider = %provider.name, "No access token for the provider yet");
+            return Err(ApiError::Upstream(503));
+        };
+        headers.push(set("authorization", token.header.expose()));
+    }
+    if let Some(signer) = &provider.aws {
+        bedrock(signer, request, headers);
+    }
+    Ok(())
+}
+
+/// The SigV4 headers of a Bedrock request, signing exactly the `host` (`:authority`), `path`
+/// and `body` Envoy sends upstream.
+fn bedrock(
+    signer: &tollgate_core::sigv4::Signer,
+    request: &Signed<'_>,
+    headers: &mut Vec<HeaderValueOption>,
+) {
+    let signed = signer.sign(
+        "POST",
+        request.authority,
+        request.path,
+        request.body,
+        SystemTime::now(),
+    );
+    headers.push(set("authorization", signed.authorization));
+    headers.push(set("x-amz-date", signed.amz_date));
+    headers.push(set("x-amz-content-sha256", signed.content_sha256));
+    if let Some(token) = signer.session_token() {
+        headers.push(set("x-amz-security-token", token));
+    }
+    headers.push(set("content-type", "application/json"));
+    headers.push(set(
+        "accept",
+        if request.stream {
+            "application/vnd.amazon.eventstream"
+        } else {
+            "application/json"
+        },
+    ));
+}
