@@ -76,6 +76,10 @@ const AUTHZ_FILTER: &str = r#"          - name: envoy.filters.http.ext_authz
               status_on_error: { code: ServiceUnavailable }
 "#;
 
+/// An access-log filter matching the local reply Envoy sends when ext_proc cannot be reached
+/// (it carries no response flag; its details name the failure).
+const EXT_PROC_ERROR: &str = "{ extension_filter: { name: cel, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter, expression: \"response.code_details.startsWith('ext_proc_error')\" } } }";
+
 /// ext_proc's view of the bundle ext_authz found (the `envoy.auth: ext_authz` shape).
 const EXT_PROC_METADATA: &str = r#"              metadata_options:
                 forwarding_namespaces: { untyped: [envoy.filters.http.ext_authz] }
@@ -177,6 +181,7 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
         AuthAttach::ExtAuthz => (AUTHZ_FILTER.to_owned(), EXT_PROC_METADATA.to_owned()),
     };
     vars.push(("AUTHZ_FILTER", authz));
+    vars.push(("EXT_PROC_ERROR", EXT_PROC_ERROR.to_owned()));
     vars.push(("EXT_PROC_METADATA", metadata));
     vars.push((
         "FORWARDED_HEADERS",

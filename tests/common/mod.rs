@@ -357,6 +357,17 @@ models:
     )
 }
 
+/// The `envoy` section that picks where the key gate runs: `TOLLGATE_E2E_AUTH=ext_authz` runs
+/// the whole suite with the ext_authz filter (`scripts/test.sh` does, after the default
+/// `ext_proc` run), so both shapes pass the same end-to-end tests.
+pub fn auth_attach_yaml() -> String {
+    match std::env::var("TOLLGATE_E2E_AUTH").as_deref() {
+        Ok("ext_authz") => "\nenvoy:\n  auth: ext_authz\n".to_owned(),
+        Ok("ext_proc") | Err(_) => String::new(),
+        Ok(other) => panic!("TOLLGATE_E2E_AUTH must be ext_proc or ext_authz, not {other}"),
+    }
+}
+
 /// Mock, serve and Envoy, all real processes.
 pub struct Stack {
     pub dir: tempfile::TempDir,
@@ -772,6 +783,7 @@ impl Stack {
             yaml = yaml.replacen("\nmodels:\n", &vertex_yaml(d, &mock), 1);
         }
         yaml.push_str(&opts.extra_yaml);
+        yaml.push_str(&auth_attach_yaml());
         std::fs::write(&config_path, yaml).unwrap();
 
         let mut procs = Vec::new();
