@@ -50,5 +50,10 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo nextest (unit, integration, end-to-end through real Envoy)"
+step "cargo nextest (unit, integration, end-to-end through real Envoy; keys checked in ext_proc)"
 cargo nextest run --workspace --all-targets --locked --no-fail-fast
+
+# The bootstrap's other shape (`envoy.auth: ext_authz`, as meshes attach Tollgate) passes the
+# same end-to-end suite: the root package's tests again, with an ext_authz filter in front.
+step "cargo nextest (end-to-end again, keys checked by the ext_authz filter)"
+TOLLGATE_E2E_AUTH=ext_authz cargo nextest run -p tollgate --all-targets --locked --no-fail-fast

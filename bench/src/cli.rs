@@ -127,6 +127,10 @@ pub struct RunArgs {
     /// is prechecked, reserved and settled: the end-to-end cost of budgets.
     #[arg(long)]
     pub budgets: bool,
+    /// Check keys in a separate ext_authz filter (the bootstrap's `envoy.auth: ext_authz`, as
+    /// meshes attach Tollgate) instead of in ext_proc's request-headers phase (the default).
+    #[arg(long)]
+    pub ext_authz: bool,
 }
 
 /// The comparison's settings with every default applied.
@@ -144,6 +148,8 @@ pub struct RunConfig {
     pub mock_chunk_delay_ms: u64,
     /// Whether the gateway enforces a budget.
     pub budgets: bool,
+    /// Whether keys are checked by a separate ext_authz filter.
+    pub ext_authz: bool,
     /// gRPC transport.
     pub grpc: GrpcTransport,
     /// Client runtime threads.
@@ -230,6 +236,7 @@ impl RunArgs {
             mock_latency_ms: self.mock_latency_ms,
             mock_chunk_delay_ms: self.mock_chunk_delay_ms.unwrap_or(1),
             budgets: self.budgets,
+            ext_authz: self.ext_authz,
             grpc: self.grpc.unwrap_or(GrpcTransport::Tcp),
             client_threads: self.client_threads.unwrap_or(DEFAULT_CLIENT_THREADS).max(1),
             ready_timeout_secs: check_secs(
@@ -408,6 +415,7 @@ pub async fn run_comparison(cfg: RunConfig) -> Result<()> {
         mock_latency_ms: cfg.mock_latency_ms,
         mock_chunk_delay_ms: Some(cfg.mock_chunk_delay_ms),
         budgets: cfg.budgets,
+        ext_authz: cfg.ext_authz,
         grpc: cfg.grpc,
         ready_timeout: Duration::from_secs_f64(cfg.ready_timeout_secs),
     };

@@ -55,6 +55,8 @@ pub struct StackOptions {
     pub mock_chunk_delay_ms: Option<u64>,
     /// Price the model and give the key a budget (see [`gateway_config`]).
     pub budgets: bool,
+    /// Check keys in a separate ext_authz filter (see [`gateway_config`]).
+    pub ext_authz: bool,
     /// How Envoy reaches `tollgate serve`.
     pub grpc: GrpcTransport,
     /// How long each process may take to become ready.
@@ -204,6 +206,7 @@ pub fn gateway_config(
     mock_port: u16,
     key_hash: &str,
     budgets: bool,
+    ext_authz: bool,
 ) -> serde_json::Value {
     let mut config = serde_json::json!({
         "listen": { "grpc": grpc, "admin": admin },
@@ -215,6 +218,10 @@ pub fn gateway_config(
         },
         "keys": [ { "id": "bench", "hash": key_hash, "models": ["*"] } ]
     });
+    if ext_authz {
+        // Left out otherwise, so a tollgate built before the `envoy` section still runs.
+        config["envoy"] = serde_json::json!({ "auth": "ext_authz" });
+    }
     if budgets {
         // A price, and a monthly key budget no benchmark exhausts: every request is
         // prechecked by ext_authz, reserved (tokenizer estimate) and settled by ext_proc.
@@ -354,7 +361,14 @@ impl Stack {
             GrpcTransport::Uds => format!("unix:{}", dir.join("tollgate.sock").display()),
         };
         let admin_addr = format!("127.0.0.1:{admin}");
-        let config = gateway_config(&grpc, &admin_addr, mock, &key_hash(&key), opts.budgets);
+        let config = gateway_config(
+            &grpc,
+            &admin_addr,
+            mock,
+            &key_hash(&key),
+            opts.budgets,
+            opts.ext_authz,
+        );
         let config_path = dir.join("tollgate.yaml");
         std::fs::write(&config_path, serde_yaml::to_string(&config)?)
             .with_context(|| format!("writing {}", config_path.display()))?;
@@ -543,7 +557,7 @@ mod tests {
 
     #[test]
     fn config_has_the_documented_shape() {
-        let c = gateway_config("127.0.0.1:1", "127.0.0.1:2", 3, "sha256:ab", false);
+        let c = gateway_config("127.0.0.1:1", "127.0.0.1:2", 3, "sha256:ab", false, false);
         let yaml = serde_yaml::to_string(&c).unwrap();
         let back: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(
@@ -553,6 +567,9 @@ mod tests {
         assert_eq!(back["models"][MODEL]["targets"][0]["provider"], "mock");
         assert_eq!(back["keys"][0]["hash"], "sha256:ab");
         assert_eq!(back["listen"]["grpc"], "127.0.0.1:1");
+        assert!(back.get("envoy").is_none(), "{back}");
+        let c = gateway_config("127.0.0.1:1", "127.0.0.1:2", 3, "sha256:ab", false, true);
+        assert_eq!(c["envoy"]["auth"], "ext_authz");
     }
 
     #[test]

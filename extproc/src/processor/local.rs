@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse;
 use tollgate_core::metrics::{CodeLabel, RequestLabels};
-use tollgate_core::{ApiError, Dialect, Endpoint};
+use tollgate_core::{ApiError, Config, Dialect, Endpoint};
 
 use super::{owner, Processor, Rejected};
 use crate::mutation::{self, set};
@@ -31,6 +31,17 @@ impl SelfService {
     }
 }
 
+/// The `model` label of a request's metrics: a configured model's public name, `unknown` for
+/// any other name a client sent (one series per made-up name would grow without bound), `none`
+/// when the request named none.
+pub(super) fn model_label(config: &Config, model: Option<&str>) -> String {
+    match model {
+        Some(m) if config.models.contains_key(m) => m.to_owned(),
+        Some(_) => "unknown".to_owned(),
+        None => "none".to_owned(),
+    }
+}
+
 impl Processor {
     /// Answers with an error in the client's dialect.
     pub(super) fn reject(&mut self, err: &ApiError, model: Option<&str>) -> ProcessingResponse {
@@ -51,7 +62,7 @@ impl Processor {
             .get_or_create(&RequestLabels {
                 endpoint: "error",
                 provider: "none".to_owned(),
-                model: model.unwrap_or("none").to_owned(),
+                model: model_label(&self.config, model),
                 status: class.status,
             })
             .inc();

@@ -152,3 +152,147 @@ async fn a_key_whose_policy_vanished_is_refused_naming_the_policy_not_served_ung
         .await
         .is_none());
 }
+
+/// A processor whose config has one key (`tg-k`, every model) and which asks the key gate at
+/// the request headers, as in the `envoy.auth: ext_proc` bootstrap.
+fn gated() -> (Processor, Metrics) {
+    let yaml = format!(
+        "{CONFIG}keys: [{{ id: k, hash: \"{}\", tenant: acme, models: [\"*\"] }}]\n",
+        tollgate_core::keys::format_hash(&tollgate_core::keys::hash_key("tg-k"))
+    );
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(
+        Config::from_yaml(&yaml, &MapEnv::from_pairs([])).unwrap(),
+    ));
+    let metrics = Metrics::default();
+    let gate = Gate::new(Arc::clone(&shared), metrics.clone());
+    let p = Processor::new(shared.load_full(), metrics.clone()).with_gate(Some(gate));
+    (p, metrics)
+}
+
+fn bare(request: Request) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(request),
+        ..Default::default()
+    }
+}
+
+fn set_headers(r: &ProcessingResponse) -> Vec<(String, String)> {
+    let common = match &r.response {
+        Some(Response::RequestHeaders(h) | Response::ResponseHeaders(h)) => h.response.as_ref(),
+        Some(Response::RequestBody(b)) => b.response.as_ref(),
+        _ => None,
+    };
+    common
+        .and_then(|c| c.header_mutation.as_ref())
+        .map(|m| {
+            m.set_headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .map(|h| (h.key.clone(), String::from_utf8_lossy(&h.raw_value).into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn without_ext_authz_the_gate_admits_at_the_request_headers_and_strips_the_key() {
+    let (mut p, metrics) = gated();
+    let path = "/v1/chat/completions";
+    let r = p
+        .handle(bare(headers(
+            path,
+            &[("authorization", "Bearer tg-k"), (md::ROUTE_HEADER, "evil")],
+        )))
+        .await
+        .unwrap();
+    let Some(Response::RequestHeaders(h)) = &r.response else {
+        panic!("not a headers response: {r:?}");
+    };
+    let removed = &h.response.as_ref().unwrap().header_mutation.as_ref().unwrap().remove_headers;
+    for name in ["authorization", "x-api-key", "api-key", "x-goog-api-key", md::ROUTE_HEADER] {
+        assert!(removed.iter().any(|h| h == name), "{name} kept: {removed:?}");
+    }
+    let r = p
+        .handle(bare(body(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .await
+        .unwrap();
+    let routed = set_headers(&r);
+    assert!(
+        routed.iter().any(|(k, v)| k == md::ROUTE_HEADER && !v.is_empty() && v != "evil"),
+        "{routed:?}"
+    );
+    let r = p
+        .handle(bare(Request::ResponseHeaders(HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: vec![HeaderValue {
+                    key: ":status".into(),
+                    raw_value: b"200".to_vec(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        })))
+        .await
+        .unwrap();
+    let answered = set_headers(&r);
+    let id = answered
+        .iter()
+        .find(|(k, _)| k == md::REQUEST_ID_HEADER)
+        .map(|(_, v)| v.clone());
+    assert_eq!(id.map(|v| v.len()), Some(32), "{answered:?}");
+    let mut text = String::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("decision=\"allow\""), "{text}");
+}
+
+#[tokio::test]
+async fn without_ext_authz_a_bad_key_is_refused_in_the_clients_dialect() {
+    for (path, key, status, check) in [
+        ("/v1/chat/completions", None, 401, "/error/code"),
+        ("/v1/messages", Some("tg-nope"), 401, "/error/type"),
+        ("/v1beta/models/m:generateContent", Some("tg-nope"), 401, "/error/status"),
+    ] {
+        let (mut p, _) = gated();
+        let extra: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
+        let r = p.handle(bare(headers(path, &extra))).await.unwrap();
+        let Some(Response::ImmediateResponse(i)) = r.response else {
+            panic!("{path}: not refused");
+        };
+        assert_eq!(i.status.unwrap().code, status, "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&i.body).unwrap();
+        let expected = match check {
+            "/error/code" => serde_json::Value::Null,
+            "/error/type" => serde_json::json!("authentication_error"),
+            _ => serde_json::json!("UNAUTHENTICATED"),
+        };
+        assert_eq!(v.pointer(check), Some(&expected), "{path}: {v}");
+        let named = i.headers.unwrap().set_headers.iter().any(|h| {
+            h.header.as_ref().is_some_and(|h| h.key == md::REQUEST_ID_HEADER)
+        });
+        assert!(named, "{path}: no request id");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_model_name_is_one_metric_label_not_one_series_per_name() {
+    let (mut p, metrics) = gated();
+    let path = "/v1/chat/completions";
+    p.handle(bare(headers(path, &[("authorization", "Bearer tg-k")])))
+        .await
+        .unwrap();
+    p.handle(bare(body(
+        r#"{"model":"made-up-1234","messages":[{"role":"user","content":"hi"}]}"#,
+    )))
+    .await
+    .unwrap();
+    let mut text = String::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(!text.contains("made-up-1234"), "{text}");
+    assert!(text.contains("model=\"unknown\""), "{text}");
+}
