@@ -95,6 +95,7 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
         "anthropic-version",
         "x-envoy-upstream-service-time",
         "x-amzn-errortype",
+        tollgate_core::metadata::REQUEST_ID_HEADER,
     ]
     .iter()
     .chain(tollgate_authz::KEY_HEADERS.iter())

@@ -25,7 +25,9 @@ impl Processor {
             // A reply that never came from a provider through us (a local reply): leave its
             // body, and name it like every other response.
             let mut headers = self.answer_headers.clone();
-            if self.ctx.is_none() && self.gate.is_some() {
+            // A local reply before the gate ran (Envoy's 413 from the body limit) gets an id
+            // too; one that has its id (an ext_authz refusal) keeps it.
+            if headers.is_empty() && header(&h.headers, md::REQUEST_ID_HEADER).is_none() {
                 headers.push(set(md::REQUEST_ID_HEADER, keys::new_request_id()));
             }
             return mutation::response_headers(
@@ -157,7 +159,10 @@ impl Processor {
         let client = fwd.pair.client;
         let mut body = done.body;
         if ok && !fwd.stream {
-            match self.judge_response(client, body.as_deref().unwrap_or(&b.body)).await {
+            match self
+                .judge_response(client, body.as_deref().unwrap_or(&b.body))
+                .await
+            {
                 Ok(Some(redacted)) => body = Some(redacted),
                 Ok(None) => {}
                 Err(err) => return self.refuse_response(err, client, b.end_of_stream),
@@ -191,7 +196,8 @@ impl Processor {
         let Some(fwd) = &self.forwarded else {
             return Ok(None);
         };
-        let (endpoint, model, engine) = (fwd.endpoint, fwd.model.clone(), fwd.response_guard.clone());
+        let (endpoint, model, engine) =
+            (fwd.endpoint, fwd.model.clone(), fwd.response_guard.clone());
         let policy = self.policy().ok().flatten();
         let rules = policy
             .as_ref()
@@ -234,7 +240,12 @@ impl Processor {
     }
 
     /// Replaces a complete response with `err` in the client's dialect.
-    fn refuse_response(&mut self, err: ApiError, client: ApiFamily, end: bool) -> ProcessingResponse {
+    fn refuse_response(
+        &mut self,
+        err: ApiError,
+        client: ApiFamily,
+        end: bool,
+    ) -> ProcessingResponse {
         let dialect = crate::translator::dialect_of(client);
         if let Some(fwd) = &mut self.forwarded {
             fwd.status = Some(err.status());
