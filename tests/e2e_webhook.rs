@@ -246,3 +246,67 @@ async fn webhook_verdicts_reach_the_log_event() {
         "{p}"
     );
 }
+
+/// Gemini-format requests and responses are judged by webhooks too (they once were not: the
+/// webhook's text walker did not read `contents[].parts`), whatever the provider behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_judge_gemini_requests_and_responses() {
+    let (base, calls) = webhook().await;
+    let stack = Stack::start(StackOptions {
+        webhook: Some(base),
+        ..Default::default()
+    });
+    let gemini =
+        |text: &str| json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}).to_string();
+    // A Gemini backend and an OpenAI one, behind a Gemini client.
+    for model in ["gemini-model", "mock-model"] {
+        let path = format!("/v1beta/models/{model}:generateContent");
+        calls.lock().unwrap().clear();
+        let r = stack
+            .post(&path, Some(KEY_HOOK_CLOSED), gemini("hello gemini"))
+            .await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text);
+        {
+            let seen = calls.lock().unwrap();
+            assert_eq!(seen.len(), 2, "{model}: {seen:#?}");
+            assert_eq!(seen[0]["side"], "request", "{model}");
+            assert_eq!(seen[0]["text"], "hello gemini", "{model}");
+            assert_eq!(seen[0]["endpoint"], "generate_content", "{model}");
+            assert_eq!(seen[1]["side"], "response", "{model}");
+            assert!(
+                seen[1]["text"].as_str().unwrap().contains("hello gemini"),
+                "{model}: {seen:#?}"
+            );
+        }
+        stack.clear_upstream_requests().await;
+        let r = stack
+            .post(&path, Some(KEY_HOOK_CLOSED), gemini("please block this"))
+            .await;
+        assert_eq!(r.status, 400, "{model}: {}", r.text);
+        let v = r.json();
+        assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{model}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("mod:toxic"),
+            "{model}: {v}"
+        );
+        assert!(
+            stack.posted().await.is_empty(),
+            "{model}: reached the provider"
+        );
+        let r = stack
+            .post(&path, Some(KEY_HOOK_CLOSED), gemini("echo-block now"))
+            .await;
+        assert_eq!(r.status, 400, "{model}: {}", r.text);
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`mod:leak`"),
+            "{model}: {}",
+            r.text
+        );
+    }
+}
