@@ -8,7 +8,7 @@ side, change the other.
 */}}
 
 {{/* ext_proc, as Envoy's ExternalProcessor config (snake_case). Call with
-     (dict "cluster" "<Envoy cluster of serve>"). */}}
+     (dict "root" $ "cluster" "<Envoy cluster of serve>"). */}}
 {{- define "tollgate.filter.extProc" -}}
 name: envoy.filters.http.ext_proc
 typed_config:
@@ -35,11 +35,32 @@ typed_config:
   # Without it Envoy silently refuses Tollgate's `:authority` and `:path` rewrites.
   mutation_rules:
     allow_all_routing: true
+  # Only the headers Tollgate reads travel to it (src/bootstrap.rs, forwarded_headers).
+  forward_rules:
+    allowed_headers:
+      patterns:
+      {{- range list ":path" ":method" ":status" "content-type" "anthropic-version" "x-envoy-upstream-service-time" "x-amzn-errortype" "authorization" "x-api-key" "api-key" "x-goog-api-key" (include "tollgate.endUserHeader" .root) }}
+      - exact: {{ . | quote }}
+      {{- end }}
+  {{- if eq (include "tollgate.auth" .root) "ext_authz" }}
   # The key bundle ext_authz returned.
   metadata_options:
     forwarding_namespaces:
       untyped:
       - envoy.filters.http.ext_authz
+  {{- end }}
+{{- end -}}
+
+{{/* Where the key gate runs (the config's envoy.auth): `ext_proc`, in ext_proc's request-headers
+     phase (the default), or `ext_authz`, a separate filter ahead of it (Istio's CUSTOM
+     authorization, Envoy Gateway's SecurityPolicy). */}}
+{{- define "tollgate.auth" -}}
+{{- ((.Values.config | default dict).envoy | default dict).auth | default "ext_proc" -}}
+{{- end -}}
+
+{{/* The request header naming the end user (the config's budgets.end_user_header). */}}
+{{- define "tollgate.endUserHeader" -}}
+{{- ((.Values.config | default dict).budgets | default dict).end_user_header | default "x-tollgate-end-user" -}}
 {{- end -}}
 
 {{/* The buffer filter holding the request body limit (the config's limits.max_request_body_bytes),
@@ -81,7 +102,7 @@ typed_config:
 {{- (include "tollgate.filter.extAuthz" (dict "cluster" "serve") | fromYaml).typed_config | toJson -}}
 {{- end -}}
 {{- define "tollgate.extProcSettings" -}}
-{{- (include "tollgate.filter.extProc" (dict "cluster" "serve") | fromYaml).typed_config | toJson -}}
+{{- (include "tollgate.filter.extProc" (dict "root" . "cluster" "serve") | fromYaml).typed_config | toJson -}}
 {{- end -}}
 
 {{/* The ready listener appended to the bootstrap with Envoy's --config-yaml (proto merge:

@@ -100,7 +100,7 @@ CONFIG = {
               "models": ["gpt-4o-mini", "claude"]}],
     "limits": {"max_request_body_bytes": 4194304},
     "feedback": {"secret": {"env": "TOLLGATE_FEEDBACK_SECRET"}},
-    "budgets": {"redis": {"url_env": "TOLLGATE_REDIS_URL"},
+    "budgets": {"redis": {"url_env": "TOLLGATE_REDIS_URL"}, "end_user_header": "x-llm-end-user",
                 "limits": [{"id": "acme", "scope": "tenant", "name": "acme", "period": "monthly", "amount_usd": "500"}]},
 }
 
@@ -117,6 +117,9 @@ FULL = {"config": CONFIG, "secretEnv": SECRET_ENV,
         "secretFiles": [{"secretName": "vertex-sa", "mountPath": "/var/run/secrets/tollgate/vertex"}]}
 ISTIO = {**FULL, "gateway": {"envoy": {"enabled": False}},
          "istio": {"enabled": True, "workloadSelector": {"app": "llm-client"}}}
+# The key gate in a separate ext_authz filter (Istio's CUSTOM authorization, Envoy Gateway's
+# SecurityPolicy) instead of ext_proc's request-headers phase.
+EXT_AUTHZ = {"config": {"envoy": {"auth": "ext_authz"}}}
 ISTIO_GATEWAY = {**FULL, "gateway": {"envoy": {"enabled": False}},
                  "istio": {"enabled": True, "context": "GATEWAY", "namespace": "istio-system",
                            "portNumber": 8080, "workloadSelector": {"istio": "ingressgateway"},
@@ -158,9 +161,12 @@ def deep_merge(a, b):
 MODES = {
     "default": {},
     "full-config": FULL,
+    "full-config-ext-authz": merge(FULL, EXT_AUTHZ),
     "istio-sidecar": ISTIO,
-    "istio-ingress-gateway": ISTIO_GATEWAY,
+    "istio-sidecar-ext-authz": merge(ISTIO, EXT_AUTHZ),
+    "istio-ingress-gateway-ext-authz": merge(ISTIO_GATEWAY, EXT_AUTHZ),
     "envoy-gateway": ENVOY_GATEWAY,
+    "envoy-gateway-ext-authz": merge(ENVOY_GATEWAY, EXT_AUTHZ),
     "control-plane": merge(FULL, CONTROL_PLANE),
     "control-plane-postgres": merge(CONTROL_PLANE, {"controlPlane": {
         "database": "postgres", "replicas": 2, "postgres": {"urlSecret": {"name": "tollgate-cp", "key": "database-url"}}}}),
@@ -169,8 +175,8 @@ MODES = {
     "service-monitor": merge(FULL, SERVICE_MONITOR),
     "logger-clickhouse": merge(FULL, CLICKHOUSE_LOGGER),
     "everything": merge(FULL, CONTROL_PLANE, NETWORK_POLICY, HPA, SERVICE_MONITOR, CLICKHOUSE_LOGGER),
-    "istio-everything": merge(ISTIO, CONTROL_PLANE, NETWORK_POLICY, HPA, SERVICE_MONITOR),
-    "envoy-gateway-everything": merge(ENVOY_GATEWAY, NETWORK_POLICY, HPA, SERVICE_MONITOR),
+    "istio-everything": merge(ISTIO, EXT_AUTHZ, CONTROL_PLANE, NETWORK_POLICY, HPA, SERVICE_MONITOR),
+    "envoy-gateway-everything": merge(ENVOY_GATEWAY, EXT_AUTHZ, NETWORK_POLICY, HPA, SERVICE_MONITOR),
     "no-logger": merge(FULL, {"logger": {"enabled": False}, "gateway": {"podDisruptionBudget": {"enabled": False}}}),
 }
 
@@ -638,7 +644,7 @@ class ChartTest(unittest.TestCase):
                     self.assertEqual(config["logging"]["spool_dir"], spool["mountPath"])
 
     def test_the_config_the_chart_writes_passes_tollgate_check(self):
-        for mode in ("default", "full-config", "istio-sidecar", "envoy-gateway"):
+        for mode in ("default", "full-config", "full-config-ext-authz", "istio-sidecar", "envoy-gateway"):
             with self.subTest(mode=mode):
                 path = self.tmp / f"check-{mode}.yaml"
                 path.write_text(self.configmap(mode)["data"]["config.yaml"])
@@ -755,7 +761,7 @@ class ChartTest(unittest.TestCase):
     # -- Envoy: the bootstrap and the ready listener ----------------------------------------
 
     def test_envoy_accepts_the_bootstrap_and_the_ready_listener(self):
-        for mode in ("default", "full-config"):
+        for mode in ("default", "full-config", "full-config-ext-authz"):
             with self.subTest(mode=mode):
                 gw = self.gateway(mode)
                 text = bootstrap_for(gw, self.configmap(mode), self.tmp)
@@ -840,9 +846,10 @@ class ChartTest(unittest.TestCase):
         return http_filters(yaml.safe_load(bootstrap_for(gw, cm, self.tmp)))
 
     def test_envoyfilter_carries_the_bootstrap_filters_and_envoy_accepts_them(self):
-        for mode in ("istio-sidecar", "istio-ingress-gateway"):
+        for mode in ("istio-sidecar", "istio-sidecar-ext-authz", "istio-ingress-gateway-ext-authz"):
             with self.subTest(mode=mode):
                 text, objects = self.rendered[mode]
+                ext_authz = MODES[mode]["config"].get("envoy", {}).get("auth") == "ext_authz"
                 ef = one(objects, "EnvoyFilter")
                 patches = ef["spec"]["configPatches"]
                 values = MODES[mode]["istio"]
@@ -865,15 +872,24 @@ class ChartTest(unittest.TestCase):
                 # Field by field: the same settings, the cluster that reaches serve aside.
                 self.assertEqual(ours["envoy.filters.http.buffer"], boot["envoy.filters.http.buffer"])
                 self.assertEqual(ours["envoy.filters.http.buffer"]["typed_config"]["max_request_bytes"], CONFIG["limits"]["max_request_body_bytes"])
-                self.assertEqual(without_cluster(ours["envoy.filters.http.ext_proc"]["typed_config"]),
-                                 without_cluster(boot["envoy.filters.http.ext_proc"]["typed_config"]))
+                ext_proc = ours["envoy.filters.http.ext_proc"]["typed_config"]
+                self.assertEqual(without_cluster(ext_proc), without_cluster(boot["envoy.filters.http.ext_proc"]["typed_config"]))
+                self.assertIn({"exact": "x-llm-end-user"}, ext_proc["forward_rules"]["allowed_headers"]["patterns"])
+                self.assertEqual("metadata_options" in ext_proc, ext_authz)
                 # The cluster is the one Istio creates for the rendered serve Service.
                 svc = one(objects, "Service", f"{RELEASE}-tollgate-serve")
                 cluster = f"outbound|{svc['spec']['ports'][0]['port']}||{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local"
-                self.assertEqual(ours["envoy.filters.http.ext_proc"]["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"], cluster)
+                self.assertEqual(ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"], cluster)
+                notes = text["tollgate/templates/NOTES.txt"]
+                if not ext_authz:
+                    # ext_proc checks keys itself: no ext_authz anywhere.
+                    self.assertEqual(find(objects, "AuthorizationPolicy"), [])
+                    self.assertNotIn("extensionProviders", notes)
+                    self.assertNotIn("envoy.filters.http.ext_authz", boot)
+                    envoy_validate(minimal_bootstrap(inserted, [cluster]), self.tmp, f"envoyfilter-{mode}.yaml")
+                    continue
                 # The ext_authz path: the mesh config's extension provider (from NOTES) is valid for
                 # Istio's MeshConfig, and has the bootstrap's settings.
-                notes = text[f"tollgate/templates/NOTES.txt"]
                 snippet = yaml.safe_load(notes[notes.index("  extensionProviders:"):])
                 errors = list(schemas().mesh.iter_errors(snippet))
                 self.assertEqual(errors, [], [e.message for e in errors])
@@ -882,6 +898,8 @@ class ChartTest(unittest.TestCase):
                 self.assertEqual(ap["spec"]["action"], "CUSTOM")
                 self.assertEqual(ap["spec"]["provider"]["name"], provider["name"])
                 self.assertEqual(ap["spec"]["selector"]["matchLabels"], values["workloadSelector"])
+                if values.get("extAuthz", {}).get("paths"):
+                    self.assertEqual(ap["spec"]["rules"], [{"to": [{"operation": {"paths": values["extAuthz"]["paths"]}}]}])
                 grpc = provider["envoyExtAuthzGrpc"]
                 self.assertEqual((grpc["service"], grpc["port"]), (f"{svc['metadata']['name']}.{NAMESPACE}.svc.cluster.local", svc["spec"]["ports"][0]["port"]))
                 # What Istio builds from the provider (pilot's ext_authz builder: failOpen →
@@ -902,38 +920,41 @@ class ChartTest(unittest.TestCase):
                 envoy_validate(minimal_bootstrap([istio_authz] + inserted, [cluster]), self.tmp, f"envoyfilter-{mode}.yaml")
 
     def test_envoy_gateway_policies_carry_the_bootstrap_settings(self):
-        text, objects = self.rendered["envoy-gateway"]
-        values = MODES["envoy-gateway"]["envoyGateway"]
+        for mode in ("envoy-gateway", "envoy-gateway-ext-authz"):
+            with self.subTest(mode=mode):
+                self.check_envoy_gateway(mode)
+
+    def check_envoy_gateway(self, mode):
+        text, objects = self.rendered[mode]
+        ext_authz = MODES[mode]["config"].get("envoy", {}).get("auth") == "ext_authz"
+        values = MODES[mode]["envoyGateway"]
         eep = one(objects, "EnvoyExtensionPolicy")
-        sp = one(objects, "SecurityPolicy")
         epp = one(objects, "EnvoyPatchPolicy")
         grant = one(objects, "ReferenceGrant")
         svc = one(objects, "Service", f"{RELEASE}-tollgate-serve")
-        for policy in (eep, sp, epp):
+        for policy in (eep, epp):
             self.assertEqual(policy["metadata"]["namespace"], values["namespace"])
         self.assertEqual(eep["spec"]["targetRefs"], TARGETS)
-        self.assertEqual(sp["spec"]["targetRefs"], TARGETS)
         backend = {"group": "", "kind": "Service", "name": svc["metadata"]["name"], "namespace": NAMESPACE,
                    "port": svc["spec"]["ports"][0]["port"]}
         ext_proc = eep["spec"]["extProc"][0]
         self.assertEqual(ext_proc["backendRefs"], [backend])
-        self.assertEqual(sp["spec"]["extAuth"]["grpc"]["backendRefs"], [backend])
         self.assertEqual(grant["metadata"]["namespace"], NAMESPACE)
         self.assertEqual({f["kind"] for f in grant["spec"]["from"]}, {"EnvoyExtensionPolicy", "SecurityPolicy"})
 
         # The ExternalProcessor Envoy Gateway v1.9.0 builds from the policy
         # (internal/xds/translator/extproc.go: buildProcessingMode, extProcConfig) ...
-        mode = ext_proc["processingMode"]
+        mode_ = ext_proc["processingMode"]
         body = {"Buffered": "BUFFERED", "Streamed": "STREAMED", "BufferedPartial": "BUFFERED_PARTIAL",
                 "FullDuplexStreamed": "FULL_DUPLEX_STREAMED"}
         pm = {"request_header_mode": "SKIP", "response_header_mode": "SKIP", "request_body_mode": "NONE",
               "response_body_mode": "NONE", "request_trailer_mode": "SKIP", "response_trailer_mode": "SKIP"}
         for direction in ("request", "response"):
-            if direction in mode:
+            if direction in mode_:
                 pm[f"{direction}_header_mode"] = "SEND"
-                if "body" in mode[direction]:
-                    pm[f"{direction}_body_mode"] = body[mode[direction]["body"]]
-                    if mode[direction]["body"] == "FullDuplexStreamed":
+                if "body" in mode_[direction]:
+                    pm[f"{direction}_body_mode"] = body[mode_[direction]["body"]]
+                    if mode_[direction]["body"] == "FullDuplexStreamed":
                         pm[f"{direction}_trailer_mode"] = "SEND"
         eg = {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
@@ -941,10 +962,11 @@ class ChartTest(unittest.TestCase):
             "processing_mode": pm,
             "failure_mode_allow": ext_proc["failOpen"],
             "message_timeout": ext_proc["messageTimeout"],
-            "metadata_options": {"forwarding_namespaces": {"untyped": ext_proc["metadata"]["accessibleNamespaces"]}},
-            "allow_mode_override": mode["allowModeOverride"],
+            "allow_mode_override": mode_["allowModeOverride"],
             "status_on_error": {"code": {v: k for k, v in STATUS.items()}[ext_proc["statusOnError"]]},
         }
+        if "metadata" in ext_proc:
+            eg["metadata_options"] = {"forwarding_namespaces": {"untyped": ext_proc["metadata"]["accessibleNamespaces"]}}
         # ... then the EnvoyPatchPolicy's additions, on the filter Envoy Gateway names after the policy.
         filter_name = f"envoy.filters.http.ext_proc/envoyextensionpolicy/{values['namespace']}/{eep['metadata']['name']}/extproc/0"
         self.assertEqual(epp["spec"]["targetRef"], {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "eg"})
@@ -957,23 +979,32 @@ class ChartTest(unittest.TestCase):
             for k in key[:-1]:
                 target = target[k]
             target[key[-1]] = op["value"]
-        boot = self.bootstrap_filters("envoy-gateway")
+        boot = self.bootstrap_filters(mode)
         self.assertEqual(without_cluster(eg), without_cluster(boot["envoy.filters.http.ext_proc"]["typed_config"]))
+        filters = [{"name": "envoy.filters.http.ext_proc", "typed_config": eg}]
+        clusters = ["eg-extproc"]
 
-        # The ext_authz filter Envoy Gateway builds from the SecurityPolicy (extauth.go).
-        ea = sp["spec"]["extAuth"]
-        eg_authz = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            "transport_api_version": "V3",
-            "grpc_service": {"envoy_grpc": {"cluster_name": "eg-extauth"}, "timeout": ea["timeout"]},
-            "failure_mode_allow": ea["failOpen"],
-            "status_on_error": {"code": {v: k for k, v in STATUS.items()}[ea["statusOnError"]]},
-        }
-        self.assertEqual(without_cluster(eg_authz), without_cluster(boot["envoy.filters.http.ext_authz"]["typed_config"]))
-        envoy_validate(minimal_bootstrap(
-            [{"name": "envoy.filters.http.ext_authz", "typed_config": eg_authz},
-             {"name": "envoy.filters.http.ext_proc", "typed_config": eg}],
-            ["eg-extproc", "eg-extauth"]), self.tmp, "envoy-gateway.yaml")
+        if not ext_authz:
+            self.assertEqual(find(objects, "SecurityPolicy"), [])
+            self.assertNotIn("envoy.filters.http.ext_authz", boot)
+        else:
+            # The ext_authz filter Envoy Gateway builds from the SecurityPolicy (extauth.go).
+            sp = one(objects, "SecurityPolicy")
+            self.assertEqual(sp["metadata"]["namespace"], values["namespace"])
+            self.assertEqual(sp["spec"]["targetRefs"], TARGETS)
+            self.assertEqual(sp["spec"]["extAuth"]["grpc"]["backendRefs"], [backend])
+            ea = sp["spec"]["extAuth"]
+            eg_authz = {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "eg-extauth"}, "timeout": ea["timeout"]},
+                "failure_mode_allow": ea["failOpen"],
+                "status_on_error": {"code": {v: k for k, v in STATUS.items()}[ea["statusOnError"]]},
+            }
+            self.assertEqual(without_cluster(eg_authz), without_cluster(boot["envoy.filters.http.ext_authz"]["typed_config"]))
+            filters.insert(0, {"name": "envoy.filters.http.ext_authz", "typed_config": eg_authz})
+            clusters.append("eg-extauth")
+        envoy_validate(minimal_bootstrap(filters, clusters), self.tmp, f"{mode}.yaml")
 
     # -- the image -------------------------------------------------------------------------
 
