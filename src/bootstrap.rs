@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use tollgate_core::config::{AuthAttach, GrpcAddr, Scheme};
 use tollgate_core::metadata::ROUTE_HEADER;
 use tollgate_core::Config;
@@ -204,6 +205,22 @@ pub fn plain(upstream: SocketAddr, o: &EnvoyOptions) -> String {
     vars.push(("UPSTREAM_HOST", upstream.ip().to_string()));
     vars.push(("UPSTREAM_PORT", upstream.port().to_string()));
     fill(PLAIN, &vars)
+}
+
+/// Writes `contents` to `path` through a temporary file in the same directory, renamed into
+/// place, so that Envoy never reads a half-written bootstrap.
+pub fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("--output {} names no file", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// Finds an Envoy binary: `explicit`, `$ENVOY_BIN`, `envoy` on `PATH`, or the one the

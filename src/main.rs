@@ -146,6 +146,10 @@ enum Command {
         /// CA bundle for TLS to providers.
         #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
         ca_file: PathBuf,
+        /// Write the bootstrap to this file (written whole, then renamed into place) instead
+        /// of stdout: for images without a shell, such as the Helm chart's init container.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// The built-in mock OpenAI provider.
     Mock {
@@ -322,6 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin,
             max_body_bytes,
             ca_file,
+            output,
         } => {
             let mut o = EnvoyOptions::new(listen, admin);
             o.max_body_bytes = max_body_bytes;
@@ -331,7 +336,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(upstream)) => bootstrap::plain(upstream, &o),
                 (None, None) => anyhow::bail!("give --config or --plain-upstream"),
             };
-            out.write_all(yaml.as_bytes())?;
+            match output {
+                Some(path) => bootstrap::write_atomically(&path, &yaml)?,
+                None => out.write_all(yaml.as_bytes())?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { config } => {
