@@ -45,6 +45,10 @@ pub enum Command {
     /// Drive one already-running URL (no process is started): open loop at each rate, then
     /// optionally closed loop and streaming.
     Load(LoadArgs),
+    /// Resident memory of `serve` with many slow streams in flight through Envoy.
+    Streams(crate::footprint::StreamsArgs),
+    /// Time for `serve` to become ready with a large key set (and with none).
+    Startup(crate::footprint::StartupArgs),
 }
 
 impl Cli {
@@ -52,6 +56,7 @@ impl Cli {
     pub fn client_threads(&self) -> usize {
         match &self.command {
             Some(Command::Load(l)) => l.client_threads,
+            Some(Command::Streams(_) | Command::Startup(_)) => 2,
             None => self.run.client_threads.unwrap_or(DEFAULT_CLIENT_THREADS),
         }
         .max(1)
@@ -353,6 +358,32 @@ pub async fn run(cli: Cli) -> Result<()> {
     let work = async {
         match cli.command {
             Some(Command::Load(args)) => run_load(args).await,
+            Some(Command::Streams(args)) => {
+                let envoy = match &args.envoy {
+                    Some(e) => e.clone(),
+                    None => default_envoy()?,
+                };
+                let r = crate::footprint::streams(&args, envoy).await?;
+                write_stdout(&format!(
+                    "streams: {} started, {} ok in {:.1} s; serve RSS idle {:.1} MB, peak {:.1} MB\n{}\n",
+                    r.streams,
+                    r.ok,
+                    r.wall_secs,
+                    r.idle_rss_bytes as f64 / 1e6,
+                    r.peak_rss_bytes as f64 / 1e6,
+                    serde_json::to_string(&r)?
+                ))
+            }
+            Some(Command::Startup(args)) => {
+                let r = crate::footprint::startup(&args).await?;
+                write_stdout(&format!(
+                    "startup: ready in {:.0} ms with no keys, {:.0} ms with {} keys (medians)\n{}\n",
+                    r.empty_ready_ms,
+                    r.keys_ready_ms,
+                    r.keys,
+                    serde_json::to_string(&r)?
+                ))
+            }
             None => run_comparison(cli.run.resolve(default_envoy)?).await,
         }
     };

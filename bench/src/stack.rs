@@ -308,6 +308,14 @@ impl Stack {
         Ok(stack)
     }
 
+    /// The PID of the process started as `name` (`tollgate serve`, `envoy gateway`, ...).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
+    }
+
     /// Errors if any process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         self.procs.iter_mut().try_for_each(Proc::check_alive)
