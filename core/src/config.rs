@@ -65,7 +65,41 @@ pub struct RawConfig {
     /// Spending budgets, per-request caps and the ledger that keeps spend.
     #[serde(default)]
     pub budgets: RawBudgets,
+    /// The xDS (ADS) server that hands Envoy the provider clusters; off by default.
+    #[serde(default)]
+    pub xds: RawXds,
 }
+
+/// The `xds` section: `serve` answers Envoy's Aggregated Discovery Service on `listen.grpc`
+/// with one cluster per provider, pushed again whenever a reloaded config changes them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawXds {
+    /// Serve ADS (`envoy.service.discovery.v3.AggregatedDiscoveryService`) on `listen.grpc`.
+    /// Read at start-up: a change takes effect on restart.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The CA bundle Envoy verifies `https` providers' certificates with: an absolute path on
+    /// Envoy's filesystem (Envoy reads it, not `serve`).
+    #[serde(default = "default_xds_ca_file")]
+    pub ca_file: PathBuf,
+}
+
+impl Default for RawXds {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ca_file: default_xds_ca_file(),
+        }
+    }
+}
+
+fn default_xds_ca_file() -> PathBuf {
+    PathBuf::from(DEFAULT_CA_FILE)
+}
+
+/// The CA bundle of Debian-family systems, where Envoy looks for provider CAs by default.
+pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The `feedback` section: every admitted request's response carries a signed, short-lived
 /// token naming it (`x-tollgate-feedback-token`), which `POST /v1/feedback` takes back with a
@@ -1157,6 +1191,31 @@ pub struct Logging {
     pub capture_max_bytes: usize,
 }
 
+/// The validated `xds` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Xds {
+    /// Whether `serve` answers ADS.
+    pub enabled: bool,
+    /// The CA bundle path on Envoy's filesystem, for `https` providers.
+    pub ca_file: PathBuf,
+}
+
+fn validate_xds(raw: &RawXds, errs: &mut Errors) -> Xds {
+    if !raw.ca_file.is_absolute() {
+        errs.add(
+            "xds.ca_file",
+            format!(
+                "`{}` must be an absolute path (Envoy resolves it on its own filesystem)",
+                raw.ca_file.display()
+            ),
+        );
+    }
+    Xds {
+        enabled: raw.enabled,
+        ca_file: raw.ca_file.clone(),
+    }
+}
+
 fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
     let before = errs.0.len();
     let authority = raw.address.parse::<http::uri::Authority>().ok();
@@ -1226,6 +1285,8 @@ pub struct Config {
     pub tenant_tokens_per_minute: HashMap<String, u32>,
     /// Spending budgets.
     pub budgets: Budgets,
+    /// The xDS server.
+    pub xds: Xds,
 }
 
 /// The validated `budgets` section.
@@ -1635,6 +1696,7 @@ impl Config {
             .as_ref()
             .and_then(|f| validate_feedback(f, raw.logging.is_some(), env, &mut errs));
         let budgets = validate_budgets(&raw.budgets, env, &mut errs);
+        let xds = validate_xds(&raw.xds, &mut errs);
         let mut tenant_requests_per_minute = HashMap::new();
         let mut tenant_tokens_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
@@ -1682,6 +1744,7 @@ impl Config {
                 feedback,
                 tenant_tokens_per_minute,
                 budgets,
+                xds,
             }),
             _ => Err(errs.0),
         }
