@@ -414,6 +414,34 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
     );
     assert_eq!(procs.0[3].pid(), envoy_pid);
     assert!(procs.0[3].alive());
+
+    // SIGTERM: `serve` ends the open ADS stream and exits (an ADS stream never ends by
+    // itself, so a shutdown that waited for it would hang); Envoy keeps its clusters.
+    let term = Command::new("kill")
+        .args(["-TERM", &procs.0[2].pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let start = Instant::now();
+    while procs.0[2].alive() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "serve did not exit on SIGTERM with an ADS stream open:\n{}",
+            procs.0[2].log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        strip_ansi(&procs.0[2].log()).contains("Closing the ADS stream: shutting down"),
+        "{}",
+        procs.0[2].log()
+    );
+    let dynamic = dumped_clusters(&http, &envoy_admin, "dynamic_active_clusters").await;
+    assert_eq!(
+        dynamic.keys().collect::<Vec<_>>(),
+        ["first", "second-pool"],
+        "Envoy keeps the clusters while its control plane is away"
+    );
 }
 
 /// A self-signed CA certificate in PEM, made by `openssl`.
