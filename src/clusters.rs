@@ -89,7 +89,8 @@ impl ProviderCluster {
     /// The cluster as an entry of a bootstrap's `static_resources.clusters` list.
     pub fn yaml(&self) -> String {
         let mut y = String::new();
-        let _ = writeln!(y, "  - name: {}", self.name);
+        // Quoted: Istio-style names (`outbound|443||host`) are not plain YAML scalars.
+        let _ = writeln!(y, "  - name: \"{}\"", self.name);
         let _ = writeln!(
             y,
             "    type: {}",
@@ -99,7 +100,11 @@ impl ProviderCluster {
             let _ = writeln!(y, "    dns_lookup_family: V4_PREFERRED");
         }
         let _ = writeln!(y, "    connect_timeout: {CONNECT_TIMEOUT_SECS}s");
-        let _ = writeln!(y, "    load_assignment:\n      cluster_name: {}", self.name);
+        let _ = writeln!(
+            y,
+            "    load_assignment:\n      cluster_name: \"{}\"",
+            self.name
+        );
         let _ = writeln!(
             y,
             "      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }} }}] }}]",

@@ -268,9 +268,10 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
     assert!(rendered.contains("dynamic_resources:"), "{rendered}");
     assert!(rendered.contains("cds_config: { ads: {}"), "{rendered}");
     assert!(
-        !rendered.contains("- name: first"),
+        !rendered.contains("- name: \"first\""),
         "provider clusters must not be static in an xDS bootstrap:\n{rendered}"
     );
+    assert!(bootstrap(&config_path, &[]).contains("- name: \"first\""));
     wait_http_ok(
         &format!("http://{admin}/readyz"),
         &mut [&mut mock_a, &mut mock_b, &mut serve],

@@ -1809,6 +1809,14 @@ fn validate_listen(raw: &RawListen, errs: &mut Errors) -> Option<Listen> {
     })
 }
 
+/// A provider's cluster name: what [`valid_cluster_name`] allows, and `|` for Istio's cluster
+/// names (`outbound|443||api.openai.com`).
+fn valid_route_cluster(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_alphanumeric())
+        && s.split('|')
+            .all(|part| part.is_empty() || valid_cluster_name(part))
+}
+
 fn valid_cluster_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -1828,14 +1836,14 @@ fn validate_provider(
     let path = format!("providers.{name}");
     let before = errs.0.len();
     let cluster = p.cluster.clone().unwrap_or_else(|| name.to_owned());
-    if !valid_cluster_name(&cluster) {
+    if !valid_route_cluster(&cluster) {
         errs.add(
             if p.cluster.is_some() {
                 format!("{path}.cluster")
             } else {
                 path.clone()
             },
-            "cluster names may use only letters, digits, `-`, `_` and `.`",
+            "cluster names may use only letters, digits, `-`, `_`, `.` and `|` (as in Istio's `outbound|443||api.openai.com`)",
         );
     }
     let default_url = match (p.kind, &p.aws, &p.location) {

@@ -487,6 +487,24 @@ fn xds_is_off_by_default_and_its_ca_file_must_be_absolute() {
 }
 
 #[test]
+fn cluster_names_may_be_istio_cluster_names() {
+    let yaml = good().replace(
+        "cluster: azure-eastus",
+        "cluster: \"outbound|443||res.openai.azure.com\"",
+    );
+    let c = Config::from_yaml(&yaml, &env()).unwrap();
+    assert_eq!(
+        c.providers["azure"].cluster,
+        "outbound|443||res.openai.azure.com"
+    );
+    for bad in ["\"a b\"", "\"|\"", "\"x/y\""] {
+        let yaml = good().replace("cluster: azure-eastus", &format!("cluster: {bad}"));
+        let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+        assert_eq!(errs[0].path, "providers.azure.cluster", "{bad}: {errs:?}");
+    }
+}
+
+#[test]
 fn pricing_overrides_replace_and_extend_the_catalog_and_bad_prices_name_their_field() {
     let base = r#"
 providers: { p: { kind: openai, base_url: "http://127.0.0.1:1/v1" } }
