@@ -245,6 +245,9 @@ impl Drop for Procs {
     }
 }
 
+/// The second provider's cluster.
+const SECOND: &str = "outbound|80||second.mock";
+
 #[tokio::test]
 async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,7 +259,8 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
     let admin = format!("127.0.0.1:{}", free_port());
     let first = format!("  first: {{ kind: openai, base_url: \"http://{a}/v1\" }}\n");
     let second = format!(
-        "  second: {{ kind: openai_compatible, base_url: \"http://{b}/v1\", cluster: second-pool }}\n"
+        // An Istio-style cluster name: the routing header carries it as it is.
+        "  second: {{ kind: openai_compatible, base_url: \"http://{b}/v1\", cluster: \"{SECOND}\" }}\n"
     );
     let first_model = "  first-model: { targets: [{ provider: first, model: mock-model }] }\n";
     let second_model = "  second-model: { targets: [{ provider: second, model: mock-model }] }\n";
@@ -318,7 +322,7 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
     wait_for("the second cluster's arrival in Envoy", &procs, || async {
         dumped_clusters(&http, &envoy_admin, "dynamic_active_clusters")
             .await
-            .contains_key("second-pool")
+            .contains_key(SECOND)
     })
     .await;
     let clusters = http
@@ -329,12 +333,9 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
         .text()
         .await
         .unwrap();
-    assert!(
-        clusters.contains(&format!("second-pool::{b}::")),
-        "{clusters}"
-    );
+    assert!(clusters.contains(&format!("{SECOND}::{b}::")), "{clusters}");
     let dynamic = dumped_clusters(&http, &envoy_admin, "dynamic_active_clusters").await;
-    let v2 = dynamic["second-pool"].1.clone();
+    let v2 = dynamic[SECOND].1.clone();
     assert_ne!(v2, v1);
     // Envoy keeps an unchanged cluster (and its connections) as it was: its version stays.
     assert_eq!(dynamic["first"].1, v1, "the unchanged cluster was rebuilt");
@@ -410,7 +411,7 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
     let dynamic = dumped_clusters(&http, &envoy_admin, "dynamic_active_clusters").await;
     assert_eq!(
         dynamic.keys().collect::<Vec<_>>(),
-        ["first", "second-pool"],
+        ["first", SECOND],
         "{dynamic:?}"
     );
     assert_eq!(procs.0[3].pid(), envoy_pid);
@@ -440,7 +441,7 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
     let dynamic = dumped_clusters(&http, &envoy_admin, "dynamic_active_clusters").await;
     assert_eq!(
         dynamic.keys().collect::<Vec<_>>(),
-        ["first", "second-pool"],
+        ["first", SECOND],
         "Envoy keeps the clusters while its control plane is away"
     );
 }
@@ -478,7 +479,7 @@ async fn envoy_sees_the_same_clusters_from_xds_as_from_the_static_bootstrap() {
     // Every shape a provider cluster takes: an IP (STATIC), a host name (LOGICAL_DNS), TLS.
     let providers = concat!(
         "  ip: { kind: openai, base_url: \"http://127.0.0.1:9/v1\" }\n",
-        "  named: { kind: anthropic, base_url: \"http://localhost:9/v1\", cluster: named-pool }\n",
+        "  named: { kind: anthropic, base_url: \"http://localhost:9/v1\", cluster: \"outbound|9||localhost\" }\n",
         "  tls: { kind: openai_compatible, base_url: \"https://localhost:9443/openai/v1\" }\n",
     );
     let config_path = d.join("tollgate.yaml");
@@ -518,7 +519,7 @@ async fn envoy_sees_the_same_clusters_from_xds_as_from_the_static_bootstrap() {
     let from_xds = dumped_clusters(&http, &dynamic_admin, "dynamic_active_clusters").await;
     assert_eq!(
         from_bootstrap.keys().collect::<Vec<_>>(),
-        ["ip", "named-pool", "tls"]
+        ["ip", "outbound|9||localhost", "tls"]
     );
     assert_eq!(
         from_bootstrap.keys().collect::<Vec<_>>(),
