@@ -104,6 +104,10 @@ fn spawn_envoy(name: &str, bootstrap: &str, dir: &Path) -> (Proc, String) {
     }
 }
 
+async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
@@ -167,15 +171,9 @@ async fn posted(http: &reqwest::Client, mock: &str) -> usize {
 
 /// One sample of a Prometheus text exposition (`name{labels}` exactly), 0 when absent.
 async fn metric(http: &reqwest::Client, admin: &str, sample: &str) -> f64 {
-    let text = http
-        .get(format!("http://{admin}/metrics"))
-        .send()
+    get_text(http, &format!("http://{admin}/metrics"))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
@@ -309,30 +307,21 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
     assert_eq!(posted(&http, &b).await, 0);
 
     // Add a provider and a model: the reload pushes the new cluster to the same Envoy.
-    rewrite(
-        &config_path,
-        &config(
-            &grpc,
-            &admin,
-            &format!("{first}{second}"),
-            &format!("{first_model}{second_model}"),
-            "",
-        ),
-    );
+    let both_models = format!("{first_model}{second_model}");
+    let set_config = |providers: &str, xds_extra: &str| {
+        rewrite(
+            &config_path,
+            &config(&grpc, &admin, providers, &both_models, xds_extra),
+        );
+    };
+    set_config(&format!("{first}{second}"), "");
     wait_for("the second cluster's arrival in Envoy", &procs, || async {
         dumped_clusters(&http, &envoy_admin, "dynamic_active_clusters")
             .await
             .contains_key(SECOND)
     })
     .await;
-    let clusters = http
-        .get(format!("{envoy_admin}/clusters"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let clusters = get_text(&http, &format!("{envoy_admin}/clusters")).await;
     assert!(clusters.contains(&format!("{SECOND}::{b}::")), "{clusters}");
     let dynamic = dumped_clusters(&http, &envoy_admin, "dynamic_active_clusters").await;
     let v2 = dynamic[SECOND].1.clone();
@@ -363,15 +352,9 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
     // A cluster Envoy cannot build (its CA file does not exist on Envoy's side): Envoy NACKs,
     // serve logs Envoy's reason, and the clusters Envoy had keep serving.
     let bad = "  tls-bad: { kind: openai, base_url: \"https://localhost:1/v1\" }\n";
-    rewrite(
-        &config_path,
-        &config(
-            &grpc,
-            &admin,
-            &format!("{first}{second}{bad}"),
-            &format!("{first_model}{second_model}"),
-            "  ca_file: /nonexistent/tollgate-e2e/ca.pem\n",
-        ),
+    set_config(
+        &format!("{first}{second}{bad}"),
+        "  ca_file: /nonexistent/tollgate-e2e/ca.pem\n",
     );
     wait_for("the NACK", &procs, || async {
         metric(&http, &admin, "tollgate_xds_acks_total{result=\"nack\"}").await >= 1.0
@@ -394,16 +377,7 @@ async fn a_provider_added_to_the_config_reaches_the_running_envoy_through_xds() 
     }
 
     // Fixing the config pushes again, and Envoy applies it.
-    rewrite(
-        &config_path,
-        &config(
-            &grpc,
-            &admin,
-            &format!("{first}{second}"),
-            &format!("{first_model}{second_model}"),
-            "",
-        ),
-    );
+    set_config(&format!("{first}{second}"), "");
     wait_for("the ACK of the fixed config", &procs, || async {
         metric(&http, &admin, "tollgate_xds_acks_total{result=\"ack\"}").await >= 3.0
     })
@@ -504,14 +478,12 @@ async fn envoy_sees_the_same_clusters_from_xds_as_from_the_static_bootstrap() {
     );
     let (mut dynamic, dynamic_admin) =
         spawn_envoy("envoy-xds", &bootstrap(&config_path, &["--xds"]), d);
-    wait_http_ok(
-        &format!("{fixed_admin}/ready"),
-        &mut [&mut serve, &mut fixed, &mut dynamic],
-    );
-    wait_http_ok(
-        &format!("{dynamic_admin}/ready"),
-        &mut [&mut serve, &mut fixed, &mut dynamic],
-    );
+    for admin in [&fixed_admin, &dynamic_admin] {
+        wait_http_ok(
+            &format!("{admin}/ready"),
+            &mut [&mut serve, &mut fixed, &mut dynamic],
+        );
+    }
     let _procs = Procs(vec![serve, fixed, dynamic]);
 
     let mut from_bootstrap = dumped_clusters(&http, &fixed_admin, "static_clusters").await;

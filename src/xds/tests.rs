@@ -63,6 +63,23 @@ fn names(r: &DiscoveryResponse) -> Vec<String> {
         .collect()
 }
 
+/// The snapshots of [`one`] and [`two`].
+fn snapshots() -> (Snapshot, Snapshot) {
+    (Snapshot::from_config(&one()), Snapshot::from_config(&two()))
+}
+
+/// Envoy ACKs `pushed`: an ACK of its version, with nothing to answer.
+fn ack(s: &mut AdsStream, pushed: &DiscoveryResponse, current: &Snapshot) {
+    let step = s.on_request(&request(&pushed.version_info, &pushed.nonce), current);
+    assert_eq!(
+        step.event,
+        Event::Ack {
+            version: pushed.version_info.clone()
+        }
+    );
+    assert!(step.response.is_none());
+}
+
 #[test]
 fn versions_follow_the_clusters_not_the_rest_of_the_config() {
     let a = Snapshot::from_config(&one());
@@ -84,7 +101,7 @@ fn versions_follow_the_clusters_not_the_rest_of_the_config() {
 
 #[test]
 fn subscribe_ack_push_ack() {
-    let (v1, v2) = (Snapshot::from_config(&one()), Snapshot::from_config(&two()));
+    let (v1, v2) = snapshots();
     let mut s = AdsStream::default();
     let first = DiscoveryRequest {
         node: Some(Node {
@@ -110,14 +127,7 @@ fn subscribe_ack_push_ack() {
     assert_eq!(names(&r1), ["a"]);
     assert!(!r1.nonce.is_empty());
 
-    let step = s.on_request(&request(&v1.version, &r1.nonce), &v1);
-    assert_eq!(
-        step.event,
-        Event::Ack {
-            version: v1.version.clone()
-        }
-    );
-    assert!(step.response.is_none());
+    ack(&mut s, &r1, &v1);
     // The same snapshot again: nothing to push.
     assert!(s.on_snapshot(&v1).is_none());
     // A new one: pushed with a fresh nonce.
@@ -125,21 +135,15 @@ fn subscribe_ack_push_ack() {
     assert_eq!(r2.version_info, v2.version);
     assert_ne!(r2.nonce, r1.nonce);
     assert_eq!(names(&r2), ["a", "b"]);
-    let step = s.on_request(&request(&v2.version, &r2.nonce), &v2);
-    assert_eq!(
-        step.event,
-        Event::Ack {
-            version: v2.version.clone()
-        }
-    );
+    ack(&mut s, &r2, &v2);
 }
 
 #[test]
 fn a_nack_is_reported_and_the_rejected_version_is_not_sent_again() {
-    let (v1, v2) = (Snapshot::from_config(&one()), Snapshot::from_config(&two()));
+    let (v1, v2) = snapshots();
     let mut s = AdsStream::default();
     let r1 = s.on_request(&request("", ""), &v1).response.unwrap();
-    s.on_request(&request(&v1.version, &r1.nonce), &v1);
+    ack(&mut s, &r1, &v1);
     let r2 = s.on_snapshot(&v2).unwrap();
     let step = s.on_request(&nack(&v1.version, &r2.nonce, "bad CA file"), &v2);
     assert_eq!(
@@ -158,18 +162,12 @@ fn a_nack_is_reported_and_the_rejected_version_is_not_sent_again() {
     // ... but the next config change is, even back to the version Envoy runs.
     let r3 = s.on_snapshot(&v1).unwrap();
     assert_eq!(r3.version_info, v1.version);
-    let step = s.on_request(&request(&v1.version, &r3.nonce), &v1);
-    assert_eq!(
-        step.event,
-        Event::Ack {
-            version: v1.version.clone()
-        }
-    );
+    ack(&mut s, &r3, &v1);
 }
 
 #[test]
 fn answers_to_older_pushes_are_stale_and_ignored() {
-    let (v1, v2) = (Snapshot::from_config(&one()), Snapshot::from_config(&two()));
+    let (v1, v2) = snapshots();
     let mut s = AdsStream::default();
     let r1 = s.on_request(&request("", ""), &v1).response.unwrap();
     // v2 is pushed before Envoy answered v1.
@@ -188,13 +186,7 @@ fn answers_to_older_pushes_are_stale_and_ignored() {
     // An unknown nonce too (e.g. from before a restart).
     let step = s.on_request(&request(&v1.version, "no-such-nonce"), &v2);
     assert!(matches!(step.event, Event::Stale { .. }));
-    let step = s.on_request(&request(&v2.version, &r2.nonce), &v2);
-    assert_eq!(
-        step.event,
-        Event::Ack {
-            version: v2.version.clone()
-        }
-    );
+    ack(&mut s, &r2, &v2);
 }
 
 #[test]
