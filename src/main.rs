@@ -148,7 +148,7 @@ enum Command {
         ca_file: PathBuf,
         /// Take the provider clusters from `tollgate serve`'s ADS server (`xds.enabled`)
         /// instead of writing them in: a config change then reaches the running Envoy.
-        #[arg(long, requires = "config", conflicts_with = "ca_file")]
+        #[arg(long, conflicts_with_all = ["ca_file", "plain_upstream"])]
         xds: bool,
         /// With --xds: this Envoy's `node.id` (Envoy's --service-node overrides it).
         #[arg(long, default_value = "tollgate-gateway", requires = "xds")]
