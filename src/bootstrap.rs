@@ -1,12 +1,12 @@
 //! Renders Envoy bootstraps from the templates in `envoy/`: the gateway (ext_authz + ext_proc
-//! pointing at `tollgate serve`, one cluster per configured provider) and the plain baseline.
+//! pointing at `tollgate serve`, one cluster per configured provider, written in or delivered
+//! by xDS) and the plain baseline.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use tollgate_core::config::{AuthAttach, GrpcAddr, Scheme};
+use tollgate_core::config::{AuthAttach, GrpcAddr};
 use tollgate_core::metadata::ROUTE_HEADER;
 use tollgate_core::Config;
 
@@ -30,6 +30,19 @@ pub struct EnvoyOptions {
     pub upstream_timeout_secs: u64,
     /// CA bundle for TLS to providers.
     pub ca_file: PathBuf,
+    /// Take the provider clusters from Tollgate's ADS server, as this node, instead of
+    /// writing them into the bootstrap.
+    pub xds: Option<XdsNode>,
+}
+
+/// How Envoy names itself to the xDS server (`node.id`, `node.cluster`; Envoy's
+/// `--service-node` and `--service-cluster` override them).
+#[derive(Debug, Clone)]
+pub struct XdsNode {
+    /// `node.id`: this Envoy (a pod name, a host name).
+    pub id: String,
+    /// `node.cluster`: the group of Envoys it belongs to.
+    pub cluster: String,
 }
 
 impl EnvoyOptions {
@@ -40,7 +53,8 @@ impl EnvoyOptions {
             admin,
             max_body_bytes: 8 * 1024 * 1024,
             upstream_timeout_secs: 600,
-            ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+            ca_file: PathBuf::from(tollgate_core::config::DEFAULT_CA_FILE),
+            xds: None,
         }
     }
 }
@@ -107,6 +121,11 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
 }
 
 /// The gateway bootstrap for `config`.
+///
+/// Statically, the provider clusters are written into the bootstrap; with [`EnvoyOptions::xds`]
+/// Envoy takes them from `tollgate serve`'s ADS server instead (`xds.enabled`), over the
+/// `tollgate` cluster, which stays static. Either way they come from
+/// [`crate::clusters::provider_clusters`].
 pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     let mut o = o.clone();
     o.max_body_bytes = config.max_request_body_bytes;
@@ -119,64 +138,39 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
             a.port()
         ),
     };
-    let mut clusters = String::new();
-    let mut seen = std::collections::HashSet::new();
-    for p in config.providers.values() {
-        if !seen.insert(p.cluster.as_str()) {
-            continue;
+    let (clusters, node, dynamic) = match &o.xds {
+        None => {
+            let mut clusters = String::new();
+            for c in crate::clusters::provider_clusters(config, &o.ca_file) {
+                if c.tls.is_some() && !Path::new(&o.ca_file).exists() {
+                    anyhow::bail!(
+                        "provider `{}` uses https but the CA bundle {} does not exist (pass --ca-file)",
+                        c.provider,
+                        o.ca_file.display()
+                    );
+                }
+                clusters.push_str(&c.yaml());
+            }
+            (clusters, String::new(), String::new())
         }
-        let is_ip = p
-            .host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok();
-        let _ = writeln!(clusters, "  - name: {}", p.cluster);
-        let _ = writeln!(
-            clusters,
-            "    type: {}",
-            if is_ip { "STATIC" } else { "LOGICAL_DNS" }
-        );
-        if !is_ip {
-            let _ = writeln!(clusters, "    dns_lookup_family: V4_PREFERRED");
-        }
-        let _ = writeln!(clusters, "    connect_timeout: 5s");
-        let _ = writeln!(
-            clusters,
-            "    load_assignment:\n      cluster_name: {}",
-            p.cluster
-        );
-        let _ = writeln!(
-            clusters,
-            "      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }} }}] }}]",
-            p.host.trim_matches(['[', ']']),
-            p.port
-        );
-        if p.scheme == Scheme::Https {
-            if !Path::new(&o.ca_file).exists() {
+        Some(node) => {
+            if !config.xds.enabled {
                 anyhow::bail!(
-                    "provider `{}` uses https but the CA bundle {} does not exist (pass --ca-file)",
-                    p.name,
-                    o.ca_file.display()
+                    "an xDS bootstrap needs `xds: {{ enabled: true }}` in the Tollgate config: \
+                     without it `tollgate serve` answers no ADS stream"
                 );
             }
-            let _ = write!(
-                clusters,
-                concat!(
-                    "    transport_socket:\n",
-                    "      name: envoy.transport_sockets.tls\n",
-                    "      typed_config:\n",
-                    "        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n",
-                    "        sni: \"{host}\"\n",
-                    "        common_tls_context:\n",
-                    "          validation_context:\n",
-                    "            trusted_ca: {{ filename: \"{ca}\" }}\n",
-                    "            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: \"{host}\" }} }}]\n",
+            (
+                "  # The provider clusters come from Tollgate's ADS server (dynamic_resources).\n"
+                    .to_owned(),
+                format!(
+                    "node: {{ id: \"{}\", cluster: \"{}\" }}\n",
+                    node.id, node.cluster
                 ),
-                host = p.host,
-                ca = o.ca_file.display()
-            );
+                XDS_DYNAMIC_RESOURCES.to_owned(),
+            )
         }
-    }
+    };
     let mut vars = common_vars(o);
     let (authz, metadata) = match config.envoy_auth {
         AuthAttach::ExtProc => (String::new(), String::new()),
@@ -196,8 +190,24 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     vars.push(("ROUTE_HEADER", ROUTE_HEADER.to_owned()));
     vars.push(("TOLLGATE_ADDRESS", tollgate));
     vars.push(("PROVIDER_CLUSTERS", clusters));
+    vars.push(("NODE", node));
+    vars.push(("DYNAMIC_RESOURCES", dynamic));
     Ok(fill(GATEWAY, &vars))
 }
+
+/// Clusters by ADS over the static `tollgate` cluster (state of the world, API v3).
+const XDS_DYNAMIC_RESOURCES: &str = "\
+# Provider clusters by xDS: CDS over ADS from `tollgate serve` (xds.enabled), reached through the
+# static `tollgate` cluster. Routes and listeners stay static: the route picks the cluster named
+# in the routing header, so no route changes when a provider is added.
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services: [{ envoy_grpc: { cluster_name: tollgate } }]
+  cds_config: { ads: {}, resource_api_version: V3 }
+";
 
 /// The plain baseline: Envoy with no filters in front of `upstream`.
 pub fn plain(upstream: SocketAddr, o: &EnvoyOptions) -> String {

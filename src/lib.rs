@@ -2,5 +2,7 @@
 //! same code the binary runs.
 
 pub mod bootstrap;
+pub mod clusters;
 pub mod serve;
 pub mod up;
+pub mod xds;

@@ -143,13 +143,23 @@ enum Command {
         /// `limits.max_request_body_bytes` from its config).
         #[arg(long, default_value_t = 8 * 1024 * 1024)]
         max_body_bytes: u64,
-        /// CA bundle for TLS to providers.
-        #[arg(long, default_value = "/etc/ssl/certs/ca-certificates.crt")]
+        /// CA bundle for TLS to providers (with --xds: the config's `xds.ca_file`).
+        #[arg(long, default_value = tollgate_core::config::DEFAULT_CA_FILE)]
         ca_file: PathBuf,
         /// Write the bootstrap to this file (written whole, then renamed into place) instead
         /// of stdout: for images without a shell, such as the Helm chart's init container.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Take the provider clusters from `tollgate serve`'s ADS server (`xds.enabled`)
+        /// instead of writing them in: a config change then reaches the running Envoy.
+        #[arg(long, conflicts_with_all = ["ca_file", "plain_upstream"])]
+        xds: bool,
+        /// With --xds: this Envoy's `node.id` (Envoy's --service-node overrides it).
+        #[arg(long, default_value = "tollgate-gateway", requires = "xds")]
+        node_id: String,
+        /// With --xds: this Envoy's `node.cluster` (Envoy's --service-cluster overrides it).
+        #[arg(long, default_value = "tollgate-gateway", requires = "xds")]
+        node_cluster: String,
     },
     /// The built-in mock OpenAI provider.
     Mock {
@@ -327,10 +337,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_body_bytes,
             ca_file,
             output,
+            xds,
+            node_id,
+            node_cluster,
         } => {
             let mut o = EnvoyOptions::new(listen, admin);
             o.max_body_bytes = max_body_bytes;
             o.ca_file = ca_file;
+            o.xds = xds.then_some(bootstrap::XdsNode {
+                id: node_id,
+                cluster: node_cluster,
+            });
             let yaml = match (config, plain_upstream) {
                 (Some(path), _) => bootstrap::gateway(&tollgate::serve::load_config(&path)?, &o)?,
                 (None, Some(upstream)) => bootstrap::plain(upstream, &o),

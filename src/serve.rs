@@ -1,5 +1,6 @@
 //! `tollgate serve`: ext_authz and ext_proc on one gRPC server (TCP or Unix socket), gRPC
-//! health, and the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/startupz`), with
+//! health, ADS for Envoy's provider clusters when `xds.enabled` (`xds/`), and the admin HTTP
+//! endpoint (`/metrics`, `/healthz`, `/readyz`, `/startupz`), with
 //! the config file hot-reloaded: a bad new file keeps the old config in force and says why.
 
 use std::future::Future;
@@ -78,6 +79,7 @@ async fn watch_config(
     path: PathBuf,
     shared: SharedConfig,
     metrics: Metrics,
+    xds: Option<crate::xds::Xds>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last = modified(&path);
@@ -97,6 +99,9 @@ async fn watch_config(
             Ok(Ok(config)) => {
                 config.adopt_tokens(&shared.load());
                 shared.store(Arc::new(config));
+                if let Some(xds) = &xds {
+                    xds.publish(&shared.load());
+                }
                 metrics
                     .reloads
                     .get_or_create(&ResultLabel { result: "ok" })
@@ -224,6 +229,13 @@ pub async fn serve(
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
+    // The ADS server for Envoy's provider clusters. Read once: `xds.enabled` takes effect on
+    // restart; the clusters themselves follow every reload.
+    let xds = shared
+        .load()
+        .xds
+        .enabled
+        .then(|| crate::xds::Xds::new(&shared.load(), metrics.clone()));
     // One ledger for ext_authz's precheck and ext_proc's reservations; it outlives reloads.
     // Read once: a change to `budgets.redis` takes effect on restart.
     let redis = shared.load().budgets.redis.clone();
@@ -290,6 +302,7 @@ pub async fn serve(
         config_path.to_owned(),
         Arc::clone(&shared),
         metrics.clone(),
+        xds.clone(),
         stop_rx.clone(),
     ));
 
@@ -320,7 +333,8 @@ pub async fn serve(
             )
             .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),
-        );
+        )
+        .add_optional_service(xds.as_ref().map(|x| x.service(stop_rx.clone())));
 
     let mut grpc_stop = stop_rx.clone();
     let grpc_shutdown = async move {

@@ -68,6 +68,9 @@ pub struct RawConfig {
     /// How the Envoy bootstrap that `tollgate envoy-bootstrap` renders attaches Tollgate.
     #[serde(default)]
     pub envoy: RawEnvoy,
+    /// The xDS (ADS) server that hands Envoy the provider clusters; off by default.
+    #[serde(default)]
+    pub xds: RawXds,
 }
 
 /// The `envoy` section: the shape of the rendered bootstrap.
@@ -93,6 +96,37 @@ pub enum AuthAttach {
     /// A separate `envoy.filters.http.ext_authz` filter before ext_proc.
     ExtAuthz,
 }
+
+/// The `xds` section: `serve` answers Envoy's Aggregated Discovery Service on `listen.grpc`
+/// with one cluster per provider, pushed again whenever a reloaded config changes them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawXds {
+    /// Serve ADS (`envoy.service.discovery.v3.AggregatedDiscoveryService`) on `listen.grpc`.
+    /// Read at start-up: a change takes effect on restart.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The CA bundle Envoy verifies `https` providers' certificates with: an absolute path on
+    /// Envoy's filesystem (Envoy reads it, not `serve`).
+    #[serde(default = "default_xds_ca_file")]
+    pub ca_file: PathBuf,
+}
+
+impl Default for RawXds {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ca_file: default_xds_ca_file(),
+        }
+    }
+}
+
+fn default_xds_ca_file() -> PathBuf {
+    PathBuf::from(DEFAULT_CA_FILE)
+}
+
+/// The CA bundle of Debian-family systems, where Envoy looks for provider CAs by default.
+pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The `feedback` section: every admitted request's response carries a signed, short-lived
 /// token naming it (`x-tollgate-feedback-token`), which `POST /v1/feedback` takes back with a
@@ -1184,6 +1218,31 @@ pub struct Logging {
     pub capture_max_bytes: usize,
 }
 
+/// The validated `xds` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Xds {
+    /// Whether `serve` answers ADS.
+    pub enabled: bool,
+    /// The CA bundle path on Envoy's filesystem, for `https` providers.
+    pub ca_file: PathBuf,
+}
+
+fn validate_xds(raw: &RawXds, errs: &mut Errors) -> Xds {
+    if !raw.ca_file.is_absolute() {
+        errs.add(
+            "xds.ca_file",
+            format!(
+                "`{}` must be an absolute path (Envoy resolves it on its own filesystem)",
+                raw.ca_file.display()
+            ),
+        );
+    }
+    Xds {
+        enabled: raw.enabled,
+        ca_file: raw.ca_file.clone(),
+    }
+}
+
 fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
     let before = errs.0.len();
     let authority = raw.address.parse::<http::uri::Authority>().ok();
@@ -1255,6 +1314,8 @@ pub struct Config {
     pub budgets: Budgets,
     /// Which filter of the rendered bootstrap asks the key gate.
     pub envoy_auth: AuthAttach,
+    /// The xDS server.
+    pub xds: Xds,
 }
 
 /// The validated `budgets` section.
@@ -1664,6 +1725,7 @@ impl Config {
             .as_ref()
             .and_then(|f| validate_feedback(f, raw.logging.is_some(), env, &mut errs));
         let budgets = validate_budgets(&raw.budgets, env, &mut errs);
+        let xds = validate_xds(&raw.xds, &mut errs);
         let mut tenant_requests_per_minute = HashMap::new();
         let mut tenant_tokens_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
@@ -1712,6 +1774,7 @@ impl Config {
                 tenant_tokens_per_minute,
                 budgets,
                 envoy_auth: raw.envoy.auth,
+                xds,
             }),
             _ => Err(errs.0),
         }
@@ -1776,6 +1839,14 @@ fn validate_listen(raw: &RawListen, errs: &mut Errors) -> Option<Listen> {
     })
 }
 
+/// A provider's cluster name: what [`valid_cluster_name`] allows, and `|` for Istio's cluster
+/// names (`outbound|443||api.openai.com`).
+fn valid_route_cluster(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_alphanumeric())
+        && s.split('|')
+            .all(|part| part.is_empty() || valid_cluster_name(part))
+}
+
 fn valid_cluster_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -1795,14 +1866,14 @@ fn validate_provider(
     let path = format!("providers.{name}");
     let before = errs.0.len();
     let cluster = p.cluster.clone().unwrap_or_else(|| name.to_owned());
-    if !valid_cluster_name(&cluster) {
+    if !valid_route_cluster(&cluster) {
         errs.add(
             if p.cluster.is_some() {
                 format!("{path}.cluster")
             } else {
                 path.clone()
             },
-            "cluster names may use only letters, digits, `-`, `_` and `.`",
+            "cluster names may use only letters, digits, `-`, `_`, `.` and `|` (as in Istio's `outbound|443||api.openai.com`)",
         );
     }
     let default_url = match (p.kind, &p.aws, &p.location) {

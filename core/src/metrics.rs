@@ -12,10 +12,14 @@
 //! | `tollgate_guardrail_verdicts_total` | counter | `rule` (a rule id of a `guardrails` policy), `action` (`block`, `redact`, `flag`), `side` (`request`, `response`) | requests in which the rule matched that side (once per request, however many matches) |
 //! | `tollgate_log_events_total` | counter | `outcome` (`queued`, `sent`, `spooled`, `dropped`) | log events: `queued` entered the in-memory queue, `sent` were acknowledged by the logger, `spooled` went to the disk spool (a full queue or an unreachable logger; once replayed they count as `sent` too), `dropped` were lost (spool full or unwritable, or refused by the logger as malformed) |
 //! | `tollgate_budget_decisions_total` | counter | `result` (`reserved`, `refused`, `soft_exceeded`, `prechecked_refused`, `unpriced`, `ledger_error`) | budget decisions: a reservation made or refused, a soft budget gone past, a request refused by ext_authz's precheck, a budgeted request to a model without a price (not charged), a ledger that could not answer |
+//! | `tollgate_xds_streams` | gauge | — | ADS streams open now (one per connected Envoy; `xds.enabled`) |
+//! | `tollgate_xds_pushes_total` | counter | — | cluster sets (CDS `DiscoveryResponse`s) sent to Envoys: on connect and after each config change that alters a cluster |
+//! | `tollgate_xds_acks_total` | counter | `result` (`ack`, `nack`) | Envoy's answers to those pushes: applied, or rejected (logged with Envoy's error; that Envoy keeps the clusters it had) |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -133,6 +137,12 @@ pub struct Metrics {
     pub guardrail_verdicts: Family<GuardrailLabels, Counter>,
     /// `tollgate_budget_decisions_total`.
     pub budget_decisions: Family<ResultLabel, Counter>,
+    /// `tollgate_xds_streams`.
+    pub xds_streams: Gauge,
+    /// `tollgate_xds_pushes_total`.
+    pub xds_pushes: Counter,
+    /// `tollgate_xds_acks_total`.
+    pub xds_acks: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -148,6 +158,9 @@ impl Default for Metrics {
             log_events: Family::default(),
             guardrail_verdicts: Family::default(),
             budget_decisions: Family::default(),
+            xds_streams: Gauge::default(),
+            xds_pushes: Counter::default(),
+            xds_acks: Family::default(),
         }
     }
 }
@@ -203,6 +216,17 @@ impl Metrics {
             "budget_decisions",
             "Budget decisions by result",
             self.budget_decisions.clone(),
+        );
+        r.register("xds_streams", "Open ADS streams", self.xds_streams.clone());
+        r.register(
+            "xds_pushes",
+            "Cluster sets sent to Envoys over ADS",
+            self.xds_pushes.clone(),
+        );
+        r.register(
+            "xds_acks",
+            "Envoy's answers to ADS pushes by result",
+            self.xds_acks.clone(),
         );
     }
 

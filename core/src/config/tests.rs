@@ -461,6 +461,50 @@ fn logging_errors_name_their_fields() {
 }
 
 #[test]
+fn xds_is_off_by_default_and_its_ca_file_must_be_absolute() {
+    let c = Config::from_yaml(&good(), &env()).unwrap();
+    assert_eq!(
+        c.xds,
+        Xds {
+            enabled: false,
+            ca_file: PathBuf::from(DEFAULT_CA_FILE)
+        }
+    );
+    let yaml = format!(
+        "{}xds:\n  enabled: true\n  ca_file: /etc/envoy/ca.pem\n",
+        good()
+    );
+    let c = Config::from_yaml(&yaml, &env()).unwrap();
+    assert!(c.xds.enabled);
+    assert_eq!(c.xds.ca_file, PathBuf::from("/etc/envoy/ca.pem"));
+    let yaml = format!("{}xds:\n  enabled: true\n  ca_file: ca.pem\n", good());
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].path, "xds.ca_file");
+    let yaml = format!("{}xds:\n  enable: true\n", good());
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    assert_eq!(errs[0].path, "xds.enable");
+}
+
+#[test]
+fn cluster_names_may_be_istio_cluster_names() {
+    let yaml = good().replace(
+        "cluster: azure-eastus",
+        "cluster: \"outbound|443||res.openai.azure.com\"",
+    );
+    let c = Config::from_yaml(&yaml, &env()).unwrap();
+    assert_eq!(
+        c.providers["azure"].cluster,
+        "outbound|443||res.openai.azure.com"
+    );
+    for bad in ["\"a b\"", "\"|\"", "\"x/y\""] {
+        let yaml = good().replace("cluster: azure-eastus", &format!("cluster: {bad}"));
+        let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+        assert_eq!(errs[0].path, "providers.azure.cluster", "{bad}: {errs:?}");
+    }
+}
+
+#[test]
 fn pricing_overrides_replace_and_extend_the_catalog_and_bad_prices_name_their_field() {
     let base = r#"
 providers: { p: { kind: openai, base_url: "http://127.0.0.1:1/v1" } }

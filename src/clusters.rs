@@ -1,0 +1,290 @@
+//! The Envoy clusters that reach the configured providers, derived once from the config and
+//! rendered two ways: as bootstrap YAML (`tollgate envoy-bootstrap`, static) and as
+//! `envoy.config.cluster.v3.Cluster` protos (the xDS server in `xds/`). Both renderers sit side
+//! by side here, and `tests/e2e_xds.rs` compares what Envoy makes of each, so the static and the
+//! dynamic cluster of a provider cannot drift apart.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, data_source, socket_address, transport_socket, Address, DataSource, SocketAddress,
+    TransportSocket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    common_tls_context, subject_alt_name_matcher, CertificateValidationContext, CommonTlsContext,
+    SubjectAltNameMatcher, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher};
+use envoy_types::pb::google::protobuf::Duration;
+use envoy_types::util::pack_any;
+use tollgate_core::config::Scheme;
+use tollgate_core::Config;
+
+/// How long Envoy waits for a TCP connection to a provider.
+const CONNECT_TIMEOUT_SECS: i64 = 5;
+
+/// The name of Envoy's TLS transport socket.
+const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+
+/// One provider cluster: what both renderings are made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderCluster {
+    /// The cluster name (`providers.NAME.cluster`, else the provider's name): the value
+    /// Tollgate puts in the routing header.
+    pub name: String,
+    /// The provider that defined it first (for messages).
+    pub provider: String,
+    /// Host name or IP address (IPv6 without brackets).
+    pub address: String,
+    /// TCP port.
+    pub port: u16,
+    /// `LOGICAL_DNS` for a host name, `STATIC` for an IP address.
+    pub dns: bool,
+    /// TLS towards the provider (`https` base URLs).
+    pub tls: Option<ClusterTls>,
+}
+
+/// TLS settings of a provider cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    /// SNI, and the DNS name the certificate must carry.
+    pub sni: String,
+    /// The CA bundle on Envoy's filesystem.
+    pub ca_file: PathBuf,
+}
+
+/// The provider clusters of `config`, one per distinct cluster name, in provider-name order
+/// (providers sharing a cluster name share the first one's cluster). `ca_file` is the CA bundle
+/// `https` clusters verify with, as a path on Envoy's filesystem.
+pub fn provider_clusters(config: &Config, ca_file: &std::path::Path) -> Vec<ProviderCluster> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for p in config.providers.values() {
+        if !seen.insert(p.cluster.as_str()) {
+            continue;
+        }
+        let address = p.host.trim_matches(['[', ']']).to_owned();
+        let dns = address.parse::<std::net::IpAddr>().is_err();
+        out.push(ProviderCluster {
+            name: p.cluster.clone(),
+            provider: p.name.clone(),
+            address,
+            port: p.port,
+            dns,
+            tls: (p.scheme == Scheme::Https).then(|| ClusterTls {
+                sni: p.host.clone(),
+                ca_file: ca_file.to_owned(),
+            }),
+        });
+    }
+    out
+}
+
+impl ProviderCluster {
+    /// The cluster as an entry of a bootstrap's `static_resources.clusters` list.
+    pub fn yaml(&self) -> String {
+        let mut y = String::new();
+        // Quoted: Istio-style names (`outbound|443||host`) are not plain YAML scalars.
+        let _ = writeln!(y, "  - name: \"{}\"", self.name);
+        let _ = writeln!(
+            y,
+            "    type: {}",
+            if self.dns { "LOGICAL_DNS" } else { "STATIC" }
+        );
+        if self.dns {
+            let _ = writeln!(y, "    dns_lookup_family: V4_PREFERRED");
+        }
+        let _ = writeln!(y, "    connect_timeout: {CONNECT_TIMEOUT_SECS}s");
+        let _ = writeln!(
+            y,
+            "    load_assignment:\n      cluster_name: \"{}\"",
+            self.name
+        );
+        let _ = writeln!(
+            y,
+            "      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: \"{}\", port_value: {} }} }} }} }}] }}]",
+            self.address, self.port
+        );
+        if let Some(tls) = &self.tls {
+            let _ = write!(
+                y,
+                concat!(
+                    "    transport_socket:\n",
+                    "      name: {socket}\n",
+                    "      typed_config:\n",
+                    "        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n",
+                    "        sni: \"{sni}\"\n",
+                    "        common_tls_context:\n",
+                    "          validation_context:\n",
+                    "            trusted_ca: {{ filename: \"{ca}\" }}\n",
+                    "            match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: \"{sni}\" }} }}]\n",
+                ),
+                socket = TLS_SOCKET,
+                sni = tls.sni,
+                ca = tls.ca_file.display()
+            );
+        }
+        y
+    }
+
+    /// The same cluster as the protobuf message xDS delivers.
+    pub fn proto(&self) -> Cluster {
+        let discovery = if self.dns {
+            cluster::DiscoveryType::LogicalDns
+        } else {
+            cluster::DiscoveryType::Static
+        };
+        let endpoint = LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(Address {
+                    address: Some(address::Address::SocketAddress(SocketAddress {
+                        address: self.address.clone(),
+                        port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                            self.port,
+                        ))),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        Cluster {
+            name: self.name.clone(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
+            dns_lookup_family: if self.dns {
+                cluster::DnsLookupFamily::V4Preferred as i32
+            } else {
+                cluster::DnsLookupFamily::Auto as i32
+            },
+            connect_timeout: Some(Duration {
+                seconds: CONNECT_TIMEOUT_SECS,
+                nanos: 0,
+            }),
+            load_assignment: Some(ClusterLoadAssignment {
+                cluster_name: self.name.clone(),
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints: vec![endpoint],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            transport_socket: self.tls.as_ref().map(|tls| TransportSocket {
+                name: TLS_SOCKET.to_owned(),
+                config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(
+                    upstream_tls(tls),
+                ))),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+fn upstream_tls(tls: &ClusterTls) -> UpstreamTlsContext {
+    let validation = CertificateValidationContext {
+        trusted_ca: Some(DataSource {
+            specifier: Some(data_source::Specifier::Filename(
+                tls.ca_file.display().to_string(),
+            )),
+            ..Default::default()
+        }),
+        match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+            san_type: subject_alt_name_matcher::SanType::Dns as i32,
+            matcher: Some(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(tls.sni.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    UpstreamTlsContext {
+        sni: tls.sni.clone(),
+        common_tls_context: Some(CommonTlsContext {
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContext(validation),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::env::MapEnv;
+
+    fn config() -> Config {
+        let yaml = r#"
+providers:
+  openai: { kind: openai, base_url: "https://api.openai.com/v1" }
+  local: { kind: openai_compatible, base_url: "http://127.0.0.1:8000/v1", cluster: vllm }
+  v6: { kind: openai_compatible, base_url: "http://[::1]:9000/v1" }
+  again: { kind: openai_compatible, base_url: "http://10.0.0.9:1/v1", cluster: vllm }
+"#;
+        Config::from_yaml(yaml, &MapEnv::from_pairs([])).unwrap()
+    }
+
+    #[test]
+    fn one_cluster_per_name_dns_for_host_names_tls_for_https() {
+        let c = provider_clusters(&config(), std::path::Path::new("/ca.pem"));
+        // Providers in name order; `local` shares `again`'s cluster name, which `again` defines.
+        let names: Vec<&str> = c.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["vllm", "openai", "v6"]);
+        assert_eq!(
+            (c[0].address.as_str(), c[0].port, c[0].dns),
+            ("10.0.0.9", 1, false)
+        );
+        assert_eq!(
+            (c[1].address.as_str(), c[1].port, c[1].dns),
+            ("api.openai.com", 443, true)
+        );
+        assert_eq!(
+            c[1].tls,
+            Some(ClusterTls {
+                sni: "api.openai.com".into(),
+                ca_file: "/ca.pem".into()
+            })
+        );
+        assert_eq!(
+            (c[2].address.as_str(), c[2].dns, c[2].tls.is_none()),
+            ("::1", false, true)
+        );
+    }
+
+    #[test]
+    fn the_proto_says_what_the_yaml_says() {
+        let c = provider_clusters(&config(), std::path::Path::new("/ca.pem"));
+        let openai = c[1].proto();
+        assert_eq!(openai.name, "openai");
+        assert_eq!(
+            openai.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::LogicalDns as i32
+            ))
+        );
+        let socket = openai.transport_socket.unwrap();
+        assert_eq!(socket.name, TLS_SOCKET);
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = socket.config_type else {
+            panic!("no typed config");
+        };
+        assert_eq!(
+            any.type_url,
+            "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+        );
+        let yaml = c[1].yaml();
+        assert!(yaml.contains("type: LOGICAL_DNS"), "{yaml}");
+        assert!(yaml.contains("sni: \"api.openai.com\""), "{yaml}");
+        assert!(yaml.contains("connect_timeout: 5s"), "{yaml}");
+        let vllm = c[0].proto();
+        assert!(vllm.transport_socket.is_none());
+        assert_eq!(vllm.connect_timeout.unwrap().seconds, CONNECT_TIMEOUT_SECS);
+        assert!(c[0].yaml().contains("type: STATIC"));
+    }
+}
