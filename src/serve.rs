@@ -221,7 +221,13 @@ pub async fn serve(
     config_path: &Path,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let config = load_config(config_path)?;
+    // The tokenizers load while the config is read and the listeners start (two cores' worth
+    // of start-up work side by side); readiness waits for them.
+    let tokenizers = tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers);
+    let path = config_path.to_owned();
+    let config = tokio::task::spawn_blocking(move || load_config(&path))
+        .await
+        .context("config loading task failed")??;
     let listen = config.listen.clone();
     let logging = config.logging.clone();
     let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
@@ -254,8 +260,6 @@ pub async fn serve(
     if let Some(source) = shared.load().budgets.restore.clone() {
         restore_spend(ledger.as_ref(), source).await?;
     }
-    // The tokenizers load while the listeners start; readiness waits for them.
-    let tokenizers = tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers);
     // Read once: a change to `logging` takes effect on restart.
     let shipper = match &logging {
         Some(l) => Some(

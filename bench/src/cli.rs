@@ -49,6 +49,8 @@ pub enum Command {
     Streams(crate::footprint::StreamsArgs),
     /// Time for `serve` to become ready with a large key set (and with none).
     Startup(crate::footprint::StartupArgs),
+    /// CPU per non-streaming request of Envoy, `serve` and the mock, baseline and gateway.
+    Cpu(crate::footprint::CpuArgs),
 }
 
 impl Cli {
@@ -56,7 +58,7 @@ impl Cli {
     pub fn client_threads(&self) -> usize {
         match &self.command {
             Some(Command::Load(l)) => l.client_threads,
-            Some(Command::Streams(_) | Command::Startup(_)) => 2,
+            Some(Command::Streams(_) | Command::Startup(_) | Command::Cpu(_)) => 2,
             None => self.run.client_threads.unwrap_or(DEFAULT_CLIENT_THREADS),
         }
         .max(1)
@@ -371,6 +373,25 @@ pub async fn run(cli: Cli) -> Result<()> {
                     r.wall_secs,
                     r.idle_rss_bytes as f64 / 1e6,
                     r.peak_rss_bytes as f64 / 1e6,
+                    serde_json::to_string(&r)?
+                ))
+            }
+            Some(Command::Cpu(args)) => {
+                let envoy = match &args.envoy {
+                    Some(e) => e.clone(),
+                    None => default_envoy()?,
+                };
+                let r = crate::footprint::cpu(&args, envoy).await?;
+                let row = |name: &str, f: &crate::footprint::CpuFigures| {
+                    format!(
+                        "| {name} | {:.0} | {:.1} | {:.1} | {:.1} |\n",
+                        f.rps, f.envoy_us, f.tollgate_us, f.mock_us
+                    )
+                };
+                write_stdout(&format!(
+                    "| target | req/s | Envoy µs/req | tollgate µs/req | mock µs/req |\n|---|---:|---:|---:|---:|\n{}{}{}\n",
+                    row("envoy (baseline)", &r.baseline),
+                    row("envoy + tollgate", &r.gateway),
                     serde_json::to_string(&r)?
                 ))
             }

