@@ -95,7 +95,15 @@ async fn watch_config(
         }
         last = now;
         let p = path.clone();
-        match tokio::task::spawn_blocking(move || load_config(&p)).await {
+        // A config whose targets need another tokenizer loads it before it serves.
+        let loaded = move || {
+            load_config(&p).inspect(|c| {
+                tollgate_extproc::budget::warm_tokenizers(
+                    &tollgate_extproc::budget::tokenizers_needed(c),
+                );
+            })
+        };
+        match tokio::task::spawn_blocking(loaded).await {
             Ok(Ok(config)) => {
                 config.adopt_tokens(&shared.load());
                 shared.store(Arc::new(config));
@@ -221,13 +229,16 @@ pub async fn serve(
     config_path: &Path,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // The tokenizers load while the config is read and the listeners start (two cores' worth
-    // of start-up work side by side); readiness waits for them.
-    let tokenizers = tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers);
     let path = config_path.to_owned();
     let config = tokio::task::spawn_blocking(move || load_config(&path))
         .await
         .context("config loading task failed")??;
+    // The tokenizers the config's targets count with (tens of MB each; none without
+    // OpenAI-family targets) load while the listeners start; readiness waits for them.
+    let tokenizers = tokio::task::spawn_blocking({
+        let needed = tollgate_extproc::budget::tokenizers_needed(&config);
+        move || tollgate_extproc::budget::warm_tokenizers(&needed)
+    });
     let listen = config.listen.clone();
     let logging = config.logging.clone();
     let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(config));

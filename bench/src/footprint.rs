@@ -268,7 +268,12 @@ fn cpu_us(pid: u32) -> Result<f64> {
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
     let ticks: f64 = [11usize, 12]
         .iter()
-        .map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        .map(|&i| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
         .sum();
     // Linux reports these in clock ticks of 1/100 s (USER_HZ).
     Ok(ticks * 10_000.0)
@@ -329,7 +334,11 @@ pub async fn cpu(args: &CpuArgs, envoy: PathBuf) -> Result<CpuReport> {
     let gw = stack.request(&stack.endpoints.gateway_url, false)?;
     let mock = stack.pid("mock");
     let base_pids = [stack.pid("envoy baseline"), None, mock];
-    let gw_pids = [stack.pid("envoy gateway"), stack.pid("tollgate serve"), mock];
+    let gw_pids = [
+        stack.pid("envoy gateway"),
+        stack.pid("tollgate serve"),
+        mock,
+    ];
     // Warm both paths (connections, tokenizers, caches) before measuring.
     for spec in [&base, &gw] {
         crate::loadgen::closed_loop(
@@ -343,7 +352,11 @@ pub async fn cpu(args: &CpuArgs, envoy: PathBuf) -> Result<CpuReport> {
     }
     let (mut b, mut g) = (Vec::new(), Vec::new());
     for round in 0..args.rounds.max(1) {
-        let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
         for baseline in order {
             if baseline {
                 b.push(cpu_round(&client, &base, args, base_pids).await?);

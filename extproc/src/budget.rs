@@ -84,11 +84,26 @@ impl Counter {
     }
 }
 
-/// Loads the tokenizers (a few hundred milliseconds, once), so no request waits for them.
-pub fn warm_tokenizers() {
-    for c in [Counter::O200k, Counter::Cl100k] {
+/// Loads the tokenizers `counters` need (a few hundred milliseconds and tens of MB each,
+/// once), so no request waits for them. Blocking: call it from a blocking thread.
+pub fn warm_tokenizers(counters: &[Counter]) {
+    for c in counters {
         let _ = c.count("warm");
     }
+}
+
+/// The tokenizers requests under `config` can use: those of its models' targets (budget
+/// estimates, stream caps and `count_tokens` count with the target's), loaded before the
+/// config serves. A config without OpenAI-family targets loads none.
+pub fn tokenizers_needed(config: &tollgate_core::Config) -> Vec<Counter> {
+    let mut out = Vec::new();
+    for t in config.models.values().flat_map(|m| m.targets.iter()) {
+        let c = Counter::for_target(t.provider.kind, &t.upstream_model);
+        if c != Counter::Bytes && !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn strings<'v>(v: &'v Value, out: &mut Vec<&'v str>, messages: &mut u64) {
