@@ -19,6 +19,8 @@ use crate::pricing::{PerToken, Price, PriceTable};
 use crate::sigv4::{self, Signer};
 
 mod guardrails;
+mod lifecycle;
+pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
 pub use guardrails::{
     Guardrails, Policy, RawAction, RawDetector, RawFail, RawGuardrails, RawPolicy, RawRule,
     RawSide, RawWebhook, Side, WebhookRule,
@@ -65,6 +67,12 @@ pub struct RawConfig {
     /// Spending budgets, per-request caps and the ledger that keeps spend.
     #[serde(default)]
     pub budgets: RawBudgets,
+    /// How `serve` drains on SIGTERM or Ctrl-C.
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    /// Checks `serve` runs before it reports ready (all off by default).
+    #[serde(default)]
+    pub startup_check: RawStartupCheck,
 }
 
 /// The `feedback` section: every admitted request's response carries a signed, short-lived
@@ -1226,6 +1234,10 @@ pub struct Config {
     pub tenant_tokens_per_minute: HashMap<String, u32>,
     /// Spending budgets.
     pub budgets: Budgets,
+    /// How `serve` drains on SIGTERM or Ctrl-C (read when the signal arrives).
+    pub shutdown: Shutdown,
+    /// Checks before `serve` reports ready (read at start-up).
+    pub startup_check: StartupCheck,
 }
 
 /// The validated `budgets` section.
@@ -1635,6 +1647,8 @@ impl Config {
             .as_ref()
             .and_then(|f| validate_feedback(f, raw.logging.is_some(), env, &mut errs));
         let budgets = validate_budgets(&raw.budgets, env, &mut errs);
+        let shutdown = lifecycle::validate_shutdown(&raw.shutdown, &mut errs);
+        let startup_check = lifecycle::validate_startup_check(&raw.startup_check, &mut errs);
         let mut tenant_requests_per_minute = HashMap::new();
         let mut tenant_tokens_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
@@ -1682,6 +1696,8 @@ impl Config {
                 feedback,
                 tenant_tokens_per_minute,
                 budgets,
+                shutdown,
+                startup_check,
             }),
             _ => Err(errs.0),
         }
