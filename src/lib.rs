@@ -2,5 +2,8 @@
 //! same code the binary runs.
 
 pub mod bootstrap;
+pub mod budget_metrics;
+pub mod drain;
+pub mod netcheck;
 pub mod serve;
 pub mod up;

@@ -26,7 +26,9 @@ use tollgate_core::metrics::{Metrics, ResultLabel};
 use tollgate_core::ratelimit::{RateLimiter, RateStore, RedisRates};
 use tollgate_core::{Config, SharedConfig};
 use tollgate_extproc::ExtProcService;
-use tollgate_logger::Shipper;
+use tollgate_logger::{LogHandle, Shipper};
+
+use crate::budget_metrics::ObservedLedger;
 
 /// Loads a config file, turning every validation error into one readable message.
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
@@ -40,9 +42,14 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 struct Admin {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
+    budgets: Arc<ObservedLedger>,
 }
 
+/// The longest a scrape waits for the ledger's balances (budget gauges).
+const BUDGET_REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
+
 async fn metrics_endpoint(State(a): State<Admin>) -> impl IntoResponse {
+    let _ = tokio::time::timeout(BUDGET_REFRESH_TIMEOUT, a.budgets.refresh()).await;
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &a.registry) {
         Ok(()) => (
@@ -217,6 +224,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let config = load_config(config_path)?;
+    crate::netcheck::run(&config).await?;
     let listen = config.listen.clone();
     let logging = config.logging.clone();
     let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
@@ -242,6 +250,9 @@ pub async fn serve(
     if let Some(source) = shared.load().budgets.restore.clone() {
         restore_spend(ledger.as_ref(), source).await?;
     }
+    // The budget gauges follow the lines requests reserve on.
+    let budgets = Arc::new(ObservedLedger::new(ledger, metrics.clone()));
+    let ledger: Arc<dyn Ledger> = Arc::clone(&budgets) as Arc<dyn Ledger>;
     // The tokenizers load while the listeners start; readiness waits for them.
     let tokenizers = tokio::task::spawn_blocking(tollgate_extproc::budget::warm_tokenizers);
     // Read once: a change to `logging` takes effect on restart.
@@ -253,6 +264,10 @@ pub async fn serve(
         ),
         None => None,
     };
+    // Every request's log event feeds the request-log metrics, shipped or not.
+    let log = shipper
+        .as_ref()
+        .map_or_else(|| LogHandle::metrics_only(metrics.clone()), Shipper::handle);
 
     let admin_listener = tokio::net::TcpListener::bind(listen.admin)
         .await
@@ -272,6 +287,7 @@ pub async fn serve(
         .with_state(Admin {
             registry: Arc::new(registry),
             ready: Arc::clone(&ready),
+            budgets,
         });
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(async move {
@@ -304,14 +320,14 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(AuthorizationServer::new(
             AuthzService::new(Arc::clone(&shared), metrics.clone())
-                .with_log(shipper.as_ref().map(Shipper::handle))
+                .with_log(Some(log.clone()))
                 .with_ledger(Arc::clone(&ledger))
                 .with_limiter(Arc::clone(&limiter)),
         ))
         .add_service(
             ExternalProcessorServer::new(
                 ExtProcService::new(Arc::clone(&shared), metrics.clone())
-                    .with_log(shipper.as_ref().map(Shipper::handle))
+                    .with_log(Some(log.clone()))
                     .with_ledger(Arc::clone(&ledger))
                     .with_limiter(Arc::clone(&limiter)),
             )
@@ -319,7 +335,8 @@ pub async fn serve(
             .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),
         );
 
-    let mut grpc_stop = stop_rx.clone();
+    // The gRPC server stops on its own signal: the admin endpoint serves on through the drain.
+    let (grpc_stop_tx, mut grpc_stop) = watch::channel(false);
     let grpc_shutdown = async move {
         let _ = grpc_stop.changed().await;
     };
@@ -346,10 +363,9 @@ pub async fn serve(
     tracing::info!(grpc = %listen.grpc, admin = %listen.admin, "Tollgate serving");
 
     shutdown.await;
-    tracing::info!("Shutting down");
-    ready.store(false, Ordering::Release);
-    let _ = stop_tx.send(true);
-    let grpc_result = grpc.await;
+    let settings = shared.load().shutdown;
+    crate::drain::begin(settings, &ready, &metrics, &health).await;
+    let grpc_result = crate::drain::streams(settings, &grpc_stop_tx, grpc).await;
     // Every stream has ended, so every settlement is handed over: apply them.
     if let Err(e) = ledger.flush().await {
         tracing::error!(error = %e, "Could not apply every budget settlement");
@@ -358,6 +374,8 @@ pub async fn serve(
         // Every stream has ended, so every event is queued: drain them to the logger (or spool).
         shipper.shutdown().await;
     }
+    tracing::info!("Drained: stopping");
+    let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = reload_task.await;
     let _ = token_task.await;
@@ -365,9 +383,6 @@ pub async fn serve(
         let _ = std::fs::remove_file(path);
     }
     grpc_result
-        .context("gRPC server task failed")?
-        .context("gRPC server failed")?;
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
