@@ -22,6 +22,8 @@ const PICODOLLARS_PER_USD: f64 = 1e12;
 
 #[derive(Debug, Clone)]
 struct Tracked {
+    /// The ledger line (several budgets may share one: a soft and a hard one).
+    line: String,
     labels: BudgetLabels,
     limit: Picodollars,
     ends: Option<OffsetDateTime>,
@@ -30,7 +32,8 @@ struct Tracked {
 /// A ledger that remembers the lines it is asked to reserve on, for the budget gauges.
 pub struct ObservedLedger {
     inner: Arc<dyn Ledger>,
-    lines: Mutex<HashMap<String, Tracked>>,
+    /// By budget id and ledger line.
+    lines: Mutex<HashMap<(String, String), Tracked>>,
     metrics: Metrics,
 }
 
@@ -52,7 +55,7 @@ impl ObservedLedger {
         }
     }
 
-    fn map(&self) -> MutexGuard<'_, HashMap<String, Tracked>> {
+    fn map(&self) -> MutexGuard<'_, HashMap<(String, String), Tracked>> {
         match self.lines.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
@@ -62,7 +65,8 @@ impl ObservedLedger {
     fn remember(&self, lines: &[Line]) {
         let mut map = self.map();
         for line in lines {
-            if line.scope == Scope::EndUser || map.contains_key(&line.key) {
+            let id = (line.budget.clone(), line.key.clone());
+            if line.scope == Scope::EndUser || map.contains_key(&id) {
                 continue;
             }
             if map.len() >= MAX_LINES {
@@ -75,8 +79,9 @@ impl ObservedLedger {
             // `scope:period:member`, the member last (it may hold `:` itself).
             let member = line.key.splitn(3, ':').nth(2).unwrap_or_default();
             map.insert(
-                line.key.clone(),
+                id,
                 Tracked {
+                    line: line.key.clone(),
                     labels: BudgetLabels {
                         budget: line.budget.clone(),
                         scope: line.scope.label(),
@@ -93,7 +98,7 @@ impl ObservedLedger {
     /// ledger's balances. A ledger that cannot answer leaves the gauges as they were.
     pub async fn refresh(&self) {
         let now = OffsetDateTime::now_utc();
-        let lines: Vec<(String, Tracked)> = {
+        let lines: Vec<Tracked> = {
             let mut map = self.map();
             map.retain(|_, t| {
                 let live = t.ends.is_none_or(|end| end > now);
@@ -103,12 +108,12 @@ impl ObservedLedger {
                 }
                 live
             });
-            map.iter().map(|(k, t)| (k.clone(), t.clone())).collect()
+            map.values().cloned().collect()
         };
         if lines.is_empty() {
             return;
         }
-        let keys: Vec<String> = lines.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = lines.iter().map(|t| t.line.clone()).collect();
         let balances = match self.inner.balances(&keys).await {
             Ok(b) => b,
             Err(e) => {
@@ -116,7 +121,7 @@ impl ObservedLedger {
                 return;
             }
         };
-        for ((_, t), b) in lines.iter().zip(balances) {
+        for (t, b) in lines.iter().zip(balances) {
             self.metrics
                 .budget_used
                 .get_or_create(&t.labels)
@@ -191,9 +196,12 @@ mod tests {
         let metrics = Metrics::default();
         let ledger = ObservedLedger::new(Arc::new(MemoryLedger::new()), metrics.clone());
         let now = OffsetDateTime::now_utc();
+        let mut soft = budget("acme-soft", Scope::Tenant, Period::Weekly, 2);
+        soft.hard = false;
         let budgets = [
             budget("acme-monthly", Scope::Tenant, Period::Monthly, 10),
             budget("per-user", Scope::EndUser, Period::Daily, 5),
+            soft,
         ];
         let owner = Owner {
             key: "k1",
@@ -202,9 +210,9 @@ mod tests {
             end_user: Some("someone@example.com"),
         };
         let mut ls = lines(&budgets, &owner, now);
-        assert_eq!(ls.len(), 2);
+        assert_eq!(ls.len(), 3);
         let r = ledger.reserve(&ls, 4_000_000_000_000).await.unwrap();
-        assert_eq!(r, Reserved::Ok { soft_exceeded: vec![] });
+        assert_eq!(r, Reserved::Ok { soft_exceeded: vec![2] });
         let keys: Vec<String> = ls.iter().map(|l| l.key.clone()).collect();
         ledger.settle(keys, 4_000_000_000_000, 3_000_000_000_000);
         ledger.refresh().await;
@@ -212,6 +220,11 @@ mod tests {
         let labels = "{budget=\"acme-monthly\",scope=\"tenant\",member=\"acme\"}";
         assert!(t.contains(&format!("tollgate_budget_used_ratio{labels} 0.3")), "{t}");
         assert!(t.contains(&format!("tollgate_budget_spent_usd{labels} 3.0")), "{t}");
+        // A soft budget of the same tenant has its own ratio.
+        assert!(
+            t.contains("tollgate_budget_used_ratio{budget=\"acme-soft\",scope=\"tenant\",member=\"acme\"} 1.5"),
+            "{t}"
+        );
         assert!(!t.contains("someone@example.com"), "{t}");
 
         // The same line in a period that has ended leaves the metrics on the next refresh.

@@ -71,6 +71,7 @@ pub fn provider_env() -> [(&'static str, &'static str); 8] {
 pub const FEEDBACK_SECRET: &str = "e2e-feedback-secret-0123456789abcdef";
 
 pub mod clickhouse;
+pub mod prometheus;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
