@@ -212,14 +212,25 @@ mod tests {
         let mut ls = lines(&budgets, &owner, now);
         assert_eq!(ls.len(), 3);
         let r = ledger.reserve(&ls, 4_000_000_000_000).await.unwrap();
-        assert_eq!(r, Reserved::Ok { soft_exceeded: vec![2] });
+        assert_eq!(
+            r,
+            Reserved::Ok {
+                soft_exceeded: vec![2]
+            }
+        );
         let keys: Vec<String> = ls.iter().map(|l| l.key.clone()).collect();
         ledger.settle(keys, 4_000_000_000_000, 3_000_000_000_000);
         ledger.refresh().await;
         let t = scrape(&metrics);
         let labels = "{budget=\"acme-monthly\",scope=\"tenant\",member=\"acme\"}";
-        assert!(t.contains(&format!("tollgate_budget_used_ratio{labels} 0.3")), "{t}");
-        assert!(t.contains(&format!("tollgate_budget_spent_usd{labels} 3.0")), "{t}");
+        assert!(
+            t.contains(&format!("tollgate_budget_used_ratio{labels} 0.3")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("tollgate_budget_spent_usd{labels} 3.0")),
+            "{t}"
+        );
         // A soft budget of the same tenant has its own ratio.
         assert!(
             t.contains("tollgate_budget_used_ratio{budget=\"acme-soft\",scope=\"tenant\",member=\"acme\"} 1.5"),

@@ -43,7 +43,9 @@ pub async fn begin(
     health
         .set_not_serving::<ExternalProcessorServer<ExtProcService>>()
         .await;
-    health.set_service_status("", ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
     tracing::info!(
         pre_drain_wait_ms = settings.pre_drain_wait.as_millis(),
         drain_timeout_ms = settings.drain_timeout.as_millis(),

@@ -101,7 +101,11 @@ async fn check_one(
         }
     }
     let Some((addr, reason)) = last else {
-        return Err(fail(Step::Dns, target, "the name has no address".to_owned()));
+        return Err(fail(
+            Step::Dns,
+            target,
+            "the name has no address".to_owned(),
+        ));
     };
     let address = if addr.to_string() == target {
         target

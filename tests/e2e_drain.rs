@@ -4,6 +4,9 @@
 //! client whole, its log event reaches the logger, and serve exits 0. A stream that never ends
 //! is cut at the drain timeout, and serve exits then.
 
+// Test helpers outside #[test] functions: failing loudly is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -49,7 +52,9 @@ async fn stream(
         let mut chunks = Vec::new();
         loop {
             match resp.chunk().await {
-                Ok(Some(c)) => chunks.push((Instant::now(), String::from_utf8_lossy(&c).into_owned())),
+                Ok(Some(c)) => {
+                    chunks.push((Instant::now(), String::from_utf8_lossy(&c).into_owned()))
+                }
                 Ok(None) => return (chunks, None),
                 Err(e) => return (chunks, Some(e.to_string())),
             }
@@ -63,7 +68,11 @@ fn content(body: &str) -> String {
     body.lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -84,7 +93,10 @@ async fn serve_exit(stack: &mut Stack, limit: Duration) -> (std::process::ExitSt
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("serve did not exit within {limit:?}:\n{}", stack.serve_log());
+    panic!(
+        "serve did not exit within {limit:?}:\n{}",
+        stack.serve_log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,7 +140,11 @@ async fn a_stream_in_flight_finishes_through_a_drain_and_its_log_event_is_writte
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(readyz_503, "/readyz did not turn 503:\n{}", stack.serve_log());
+    assert!(
+        readyz_503,
+        "/readyz did not turn 503:\n{}",
+        stack.serve_log()
+    );
     let m = stack.metrics().await;
     assert!(m.lines().any(|l| l == "tollgate_draining 1"), "{m}");
     // During the pre-drain wait, new requests are still served.
@@ -159,7 +175,11 @@ async fn a_stream_in_flight_finishes_through_a_drain_and_its_log_event_is_writte
     );
 
     let (exit, _) = serve_exit(stack, Duration::from_secs(20)).await;
-    assert!(exit.success(), "serve exited with {exit}:\n{}", stack.serve_log());
+    assert!(
+        exit.success(),
+        "serve exited with {exit}:\n{}",
+        stack.serve_log()
+    );
     let log = stack.serve_log();
     assert!(log.contains("Every gRPC stream has ended"), "{log}");
 
@@ -171,10 +191,7 @@ async fn a_stream_in_flight_finishes_through_a_drain_and_its_log_event_is_writte
         .unwrap_or_else(|| panic!("no log event for {id} in {lines:?}"));
     assert_eq!(event["http_status"], 200, "{event}");
     assert_eq!(event["stream"], true, "{event}");
-    assert!(
-        event["output_tokens"].as_u64().unwrap() > 10,
-        "{event}"
-    );
+    assert!(event["output_tokens"].as_u64().unwrap() > 10, "{event}");
 }
 
 fn whole_body(prompt: &str) -> String {
@@ -190,7 +207,10 @@ async fn a_drain_timeout_bounds_a_stream_that_never_ends() {
     let (_, reader) = stream(
         &stack,
         "never ending story",
-        &[("x-mock-endless-stream", "1"), ("x-mock-chunk-delay-ms", "50")],
+        &[
+            ("x-mock-endless-stream", "1"),
+            ("x-mock-chunk-delay-ms", "50"),
+        ],
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -200,7 +220,11 @@ async fn a_drain_timeout_bounds_a_stream_that_never_ends() {
 
     let (exit, exited) = serve_exit(&mut stack, Duration::from_secs(10)).await;
     let took = exited - signalled;
-    assert!(exit.success(), "serve exited with {exit}:\n{}", stack.serve_log());
+    assert!(
+        exit.success(),
+        "serve exited with {exit}:\n{}",
+        stack.serve_log()
+    );
     // It waited for the stream (pre-drain wait + drain timeout), then cut it: no longer.
     assert!(
         took >= Duration::from_millis(1700) && took < Duration::from_millis(1700 + 3000),

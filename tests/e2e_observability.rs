@@ -7,6 +7,9 @@
 //! config file. Also checks that every metric and label a running `serve` reports is in
 //! `docs/METRICS.md`.
 
+// Test helpers outside #[test] functions: failing loudly is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,7 +69,11 @@ async fn traffic(stack: &Stack) -> BTreeMap<u16, usize> {
     let mut note = |status: u16| *seen.entry(status).or_insert(0) += 1;
     for i in 0..4 {
         let r = stack
-            .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model", &format!("hello {i}")))
+            .post(
+                "/v1/chat/completions",
+                Some(KEY_ALL),
+                chat("mock-model", &format!("hello {i}")),
+            )
             .await;
         note(r.status);
         // Streams: time to first token.
@@ -98,7 +105,11 @@ async fn traffic(stack: &Stack) -> BTreeMap<u16, usize> {
         "my card is 4111 1111 1111 1111",
     ] {
         let r = stack
-            .post("/v1/chat/completions", Some(KEY_GUARDED), chat("mock-model", text))
+            .post(
+                "/v1/chat/completions",
+                Some(KEY_GUARDED),
+                chat("mock-model", text),
+            )
             .await;
         note(r.status);
     }
@@ -109,10 +120,20 @@ async fn traffic(stack: &Stack) -> BTreeMap<u16, usize> {
             tokio::time::sleep(Duration::from_millis(2500)).await;
         }
         let r = stack
-            .post("/v1/chat/completions", Some("tg-wrong"), chat("mock-model", "hi"))
+            .post(
+                "/v1/chat/completions",
+                Some("tg-wrong"),
+                chat("mock-model", "hi"),
+            )
             .await;
         note(r.status);
-        for model in ["dead-model", "server-error", "flaky-model", "flaky-model", "flaky-model"] {
+        for model in [
+            "dead-model",
+            "server-error",
+            "flaky-model",
+            "flaky-model",
+            "flaky-model",
+        ] {
             let r = stack
                 .post("/v1/chat/completions", Some(KEY_ALL), chat(model, "hi"))
                 .await;
@@ -168,7 +189,11 @@ fn dashboard_queries() -> Vec<(String, String)> {
         let (selector, label) = inner.rsplit_once(',').unwrap();
         queries.push((
             format!("variable {}", var["name"]),
-            grafana(&format!("count by ({}) ({})", label.trim(), selector.trim())),
+            grafana(&format!(
+                "count by ({}) ({})",
+                label.trim(),
+                selector.trim()
+            )),
         ));
     }
     assert!(queries.len() >= 30, "{queries:?}");
@@ -238,7 +263,10 @@ fn assert_scrape_is_documented(scrape: &str) {
     }
     // The traffic made every family report at least one sample.
     let missing: Vec<&String> = doc.keys().filter(|k| !families.contains(*k)).collect();
-    assert!(missing.is_empty(), "no samples of {missing:?} in:\n{scrape}");
+    assert!(
+        missing.is_empty(),
+        "no samples of {missing:?} in:\n{scrape}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,11 +285,23 @@ async fn prometheus_evaluates_every_dashboard_query_and_fires_every_alert() {
         ..Default::default()
     });
     let admin = logged.stack.admin.trim_start_matches("http://").to_owned();
-    let envoy_admin = logged.stack.envoy_admin.trim_start_matches("http://").to_owned();
+    let envoy_admin = logged
+        .stack
+        .envoy_admin
+        .trim_start_matches("http://")
+        .to_owned();
     let prom = Prometheus::start(
         &[
-            Target { job: "tollgate", address: &admin, path: "/metrics" },
-            Target { job: "envoy", address: &envoy_admin, path: "/stats/prometheus" },
+            Target {
+                job: "tollgate",
+                address: &admin,
+                path: "/metrics",
+            },
+            Target {
+                job: "envoy",
+                address: &envoy_admin,
+                path: "/stats/prometheus",
+            },
         ],
         &[&repo(RULES)],
     );
@@ -276,8 +316,16 @@ async fn prometheus_evaluates_every_dashboard_query_and_fires_every_alert() {
     // Bad config files are rejected (twice, a few scrapes apart), the good one comes back.
     let good = std::fs::read_to_string(&stack.config_path).unwrap();
     for n in 1..=2 {
-        std::fs::write(&stack.config_path, format!("providers: [not, a, map, {n}]\n")).unwrap();
-        wait_metric(stack, &format!("tollgate_config_reloads_total{{result=\"rejected\"}} {n}")).await;
+        std::fs::write(
+            &stack.config_path,
+            format!("providers: [not, a, map, {n}]\n"),
+        )
+        .unwrap();
+        wait_metric(
+            stack,
+            &format!("tollgate_config_reloads_total{{result=\"rejected\"}} {n}"),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     std::fs::write(&stack.config_path, &good).unwrap();
@@ -286,7 +334,11 @@ async fn prometheus_evaluates_every_dashboard_query_and_fires_every_alert() {
     logged.logger.kill9();
     for i in 0..4 {
         let r = stack
-            .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model", &format!("spooled {i}")))
+            .post(
+                "/v1/chat/completions",
+                Some(KEY_ALL),
+                chat("mock-model", &format!("spooled {i}")),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
         tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -299,10 +351,21 @@ async fn prometheus_evaluates_every_dashboard_query_and_fires_every_alert() {
     std::fs::write(&spool, "not a directory").unwrap();
     for round in 0..2 {
         let r = stack
-            .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model", &format!("dropped {round}")))
+            .post(
+                "/v1/chat/completions",
+                Some(KEY_ALL),
+                chat("mock-model", &format!("dropped {round}")),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.text);
-        wait_metric(stack, &format!("tollgate_log_events_total{{outcome=\"dropped\"}} {}", round + 1)).await;
+        wait_metric(
+            stack,
+            &format!(
+                "tollgate_log_events_total{{outcome=\"dropped\"}} {}",
+                round + 1
+            ),
+        )
+        .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
 
@@ -348,6 +411,9 @@ async fn prometheus_evaluates_every_dashboard_query_and_fires_every_alert() {
             empty.push(format!("{title}: {expr}"));
         }
     }
-    assert!(empty.is_empty(), "empty dashboard queries:\n{}", empty.join("\n"));
+    assert!(
+        empty.is_empty(),
+        "empty dashboard queries:\n{}",
+        empty.join("\n")
+    );
 }
-

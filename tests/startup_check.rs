@@ -3,6 +3,9 @@
 //! a message naming the provider, the step and the address; a live one passes; without the
 //! option nothing is checked. Only 127.0.0.1 and `.invalid` names are contacted.
 
+// Test helpers outside #[test] functions: failing loudly is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::path::Path;
@@ -19,7 +22,9 @@ fn config(dir: &Path, providers: &[(&str, String)], check: bool) -> std::path::P
         free_port()
     );
     for (name, url) in providers {
-        yaml.push_str(&format!("  {name}: {{ kind: openai, base_url: \"{url}\" }}\n"));
+        yaml.push_str(&format!(
+            "  {name}: {{ kind: openai, base_url: \"{url}\" }}\n"
+        ));
     }
     if check {
         yaml.push_str("startup_check:\n  network: true\n  timeout_ms: 2000\n");
@@ -34,7 +39,9 @@ fn serve_until_exit(config: &Path) -> (Option<i32>, String) {
     let dir = config.parent().unwrap();
     let mut p = Proc::spawn(
         "serve",
-        Command::new(TOLLGATE).args(["serve", "--config"]).arg(config),
+        Command::new(TOLLGATE)
+            .args(["serve", "--config"])
+            .arg(config),
         dir,
     );
     let start = Instant::now();
@@ -59,7 +66,9 @@ fn serve_ready(config: &Path) -> Proc {
         .to_owned();
     let mut p = Proc::spawn(
         "serve",
-        Command::new(TOLLGATE).args(["serve", "--config"]).arg(config),
+        Command::new(TOLLGATE)
+            .args(["serve", "--config"])
+            .arg(config),
         dir,
     );
     wait_http_ok(&format!("http://{admin}/readyz"), &mut [&mut p]);

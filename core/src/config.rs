@@ -20,11 +20,11 @@ use crate::sigv4::{self, Signer};
 
 mod guardrails;
 mod lifecycle;
-pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
 pub use guardrails::{
     Guardrails, Policy, RawAction, RawDetector, RawFail, RawGuardrails, RawPolicy, RawRule,
     RawSide, RawWebhook, Side, WebhookRule,
 };
+pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)

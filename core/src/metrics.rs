@@ -379,7 +379,10 @@ mod tests {
             .lines()
             .filter_map(|l| {
                 let cells: Vec<&str> = l.split('|').map(str::trim).collect();
-                let name = cells.get(1)?.strip_prefix("`tollgate_")?.strip_suffix('`')?;
+                let name = cells
+                    .get(1)?
+                    .strip_prefix("`tollgate_")?
+                    .strip_suffix('`')?;
                 Some((format!("tollgate_{name}"), (*cells.get(2)?).to_owned()))
             })
             .collect();

@@ -130,15 +130,23 @@ mod tests {
         );
         assert!(line(&t, &format!("{usage},kind=\"reasoning\"")).is_none());
         assert!(
-            line(&t, "tollgate_usage_cost_usd_total{tenant=\"acme\",key_id=\"k1\",model=\"gpt\"} 1.5").is_some(),
+            line(
+                &t,
+                "tollgate_usage_cost_usd_total{tenant=\"acme\",key_id=\"k1\",model=\"gpt\"} 1.5"
+            )
+            .is_some(),
             "{t}"
         );
         assert!(
-            t.contains("tollgate_time_to_first_token_seconds_sum{provider=\"openai\",model=\"gpt\"} 0.25"),
+            t.contains(
+                "tollgate_time_to_first_token_seconds_sum{provider=\"openai\",model=\"gpt\"} 0.25"
+            ),
             "{t}"
         );
         assert!(
-            t.contains("tollgate_request_duration_seconds_sum{provider=\"openai\",model=\"gpt\"} 2.0"),
+            t.contains(
+                "tollgate_request_duration_seconds_sum{provider=\"openai\",model=\"gpt\"} 2.0"
+            ),
             "{t}"
         );
         assert!(!t.contains("tollgate_request_errors_total{"), "{t}");
@@ -167,10 +175,17 @@ mod tests {
         );
         let t = scrape(&m);
         assert!(
-            line(&t, "tollgate_request_errors_total{class=\"invalid_api_key\"} 1").is_some(),
+            line(
+                &t,
+                "tollgate_request_errors_total{class=\"invalid_api_key\"} 1"
+            )
+            .is_some(),
             "{t}"
         );
         assert!(!t.contains("class=\"ignored\""), "{t}");
-        assert!(!t.contains("tollgate_request_duration_seconds_count{"), "{t}");
+        assert!(
+            !t.contains("tollgate_request_duration_seconds_count{"),
+            "{t}"
+        );
     }
 }

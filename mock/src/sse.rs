@@ -56,10 +56,12 @@ pub(crate) fn endless(
     } else {
         delay.max(Duration::from_millis(1))
     };
-    let rest = stream::iter(repeated).cycle().then(move |event| async move {
-        tokio::time::sleep(delay).await;
-        event
-    });
+    let rest = stream::iter(repeated)
+        .cycle()
+        .then(move |event| async move {
+            tokio::time::sleep(delay).await;
+            event
+        });
     stream::once(async move { first }).chain(rest)
 }
 

@@ -329,7 +329,11 @@ async fn an_endless_stream_repeats_its_content_and_never_finishes() {
         .collect()
         .await;
     assert_eq!(frames.len(), 30);
-    assert!(frames[0].contains("\"role\":\"assistant\""), "{}", frames[0]);
+    assert!(
+        frames[0].contains("\"role\":\"assistant\""),
+        "{}",
+        frames[0]
+    );
     assert_eq!(frames[1], frames[9], "the content comes round again");
     assert!(
         frames

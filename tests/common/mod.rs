@@ -133,7 +133,11 @@ impl Proc {
             .arg(self.child.id().to_string())
             .status()
             .expect("kill(1) is needed");
-        assert!(status.success(), "kill -{signal} {} failed", self.child.id());
+        assert!(
+            status.success(),
+            "kill -{signal} {} failed",
+            self.child.id()
+        );
     }
 
     /// The exit status, if the process has exited (never waits).
