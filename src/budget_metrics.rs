@@ -172,14 +172,6 @@ mod tests {
     use super::*;
     use tollgate_core::budget::{lines, Budget, MemoryLedger, Owner, Period};
 
-    fn scrape(m: &Metrics) -> String {
-        let mut registry = prometheus_client::registry::Registry::default();
-        m.register(&mut registry);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        text
-    }
-
     fn budget(id: &str, scope: Scope, period: Period, usd: u128) -> Budget {
         Budget {
             id: id.to_owned(),
@@ -221,7 +213,7 @@ mod tests {
         let keys: Vec<String> = ls.iter().map(|l| l.key.clone()).collect();
         ledger.settle(keys, 4_000_000_000_000, 3_000_000_000_000);
         ledger.refresh().await;
-        let t = scrape(&metrics);
+        let t = metrics.text();
         let labels = "{budget=\"acme-monthly\",scope=\"tenant\",member=\"acme\"}";
         assert!(
             t.contains(&format!("tollgate_budget_used_ratio{labels} 0.3")),
@@ -244,7 +236,7 @@ mod tests {
         ls[0].key = "tenant:m2000-01:old".to_owned();
         ledger.reserve(&ls, 1).await.unwrap();
         ledger.refresh().await;
-        let t = scrape(&metrics);
+        let t = metrics.text();
         assert!(!t.contains("member=\"old\""), "{t}");
         assert!(t.contains("member=\"acme\""), "{t}");
     }

@@ -143,6 +143,18 @@ async fn traffic(stack: &Stack) -> BTreeMap<u16, usize> {
     seen
 }
 
+/// A chat request with the all-models key that must succeed.
+async fn answered(stack: &Stack, text: &str) {
+    let r = stack
+        .post(
+            "/v1/chat/completions",
+            Some(KEY_ALL),
+            chat("mock-model", text),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
 /// Waits until `serve`'s metrics contain `needle` (at most 15 s).
 async fn wait_metric(stack: &Stack, needle: &str) {
     let start = Instant::now();
@@ -333,14 +345,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_fires_every_alert() {
     // The logger goes away: events spool, across several scrapes.
     logged.logger.kill9();
     for i in 0..4 {
-        let r = stack
-            .post(
-                "/v1/chat/completions",
-                Some(KEY_ALL),
-                chat("mock-model", &format!("spooled {i}")),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text);
+        answered(stack, &format!("spooled {i}")).await;
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
     let m = stack.metrics().await;
@@ -350,14 +355,7 @@ async fn prometheus_evaluates_every_dashboard_query_and_fires_every_alert() {
     std::fs::remove_dir_all(&spool).unwrap();
     std::fs::write(&spool, "not a directory").unwrap();
     for round in 0..2 {
-        let r = stack
-            .post(
-                "/v1/chat/completions",
-                Some(KEY_ALL),
-                chat("mock-model", &format!("dropped {round}")),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{}", r.text);
+        answered(stack, &format!("dropped {round}")).await;
         wait_metric(
             stack,
             &format!(

@@ -34,20 +34,30 @@ fn config(dir: &Path, providers: &[(&str, String)], check: bool) -> std::path::P
     path
 }
 
-/// Runs `serve` until it exits (at most 20 s): its exit code and stderr.
-fn serve_until_exit(config: &Path) -> (Option<i32>, String) {
-    let dir = config.parent().unwrap();
-    let mut p = Proc::spawn(
+/// `tollgate serve` on `config`, logging beside it.
+fn spawn_serve(config: &Path) -> Proc {
+    Proc::spawn(
         "serve",
         Command::new(TOLLGATE)
             .args(["serve", "--config"])
             .arg(config),
-        dir,
-    );
+        config.parent().unwrap(),
+    )
+}
+
+/// Runs `serve`, which must stop with an error (within 20 s); its log.
+fn start_fails(config: &Path) -> String {
+    let mut p = spawn_serve(config);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
         if let Some(status) = p.exit_status() {
-            return (status.code(), p.log());
+            let log = p.log();
+            assert!(!status.success(), "{log}");
+            assert!(
+                log.contains("start-up network check failed (startup_check.network)"),
+                "{log}"
+            );
+            return log;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -56,7 +66,6 @@ fn serve_until_exit(config: &Path) -> (Option<i32>, String) {
 
 /// Starts `serve` and waits until `/readyz` answers 200; the running process.
 fn serve_ready(config: &Path) -> Proc {
-    let dir = config.parent().unwrap();
     let yaml = std::fs::read_to_string(config).unwrap();
     let admin = yaml
         .lines()
@@ -64,13 +73,7 @@ fn serve_ready(config: &Path) -> Proc {
         .unwrap()
         .trim_matches('"')
         .to_owned();
-    let mut p = Proc::spawn(
-        "serve",
-        Command::new(TOLLGATE)
-            .args(["serve", "--config"])
-            .arg(config),
-        dir,
-    );
+    let mut p = spawn_serve(config);
     wait_http_ok(&format!("http://{admin}/readyz"), &mut [&mut p]);
     p
 }
@@ -93,12 +96,7 @@ fn a_provider_at_a_closed_port_stops_the_start_naming_it_the_connect_step_and_th
         ],
         true,
     );
-    let (code, log) = serve_until_exit(&config);
-    assert_ne!(code, Some(0), "{log}");
-    assert!(
-        log.contains("start-up network check failed (startup_check.network)"),
-        "{log}"
-    );
+    let log = start_fails(&config);
     assert!(
         log.contains(&format!(
             "provider `closed`: connect 127.0.0.1:{port} failed: Connection refused"
@@ -146,8 +144,7 @@ fn a_name_that_does_not_resolve_stops_the_start_naming_the_dns_step() {
         &[("nowhere", "https://nonexistent.invalid/v1".to_owned())],
         true,
     );
-    let (code, log) = serve_until_exit(&config);
-    assert_ne!(code, Some(0), "{log}");
+    let log = start_fails(&config);
     assert!(
         log.contains("provider `nowhere`: dns nonexistent.invalid:443 failed: "),
         "{log}"

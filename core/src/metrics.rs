@@ -344,6 +344,17 @@ impl Metrics {
         );
     }
 
+    /// These metrics alone in the text exposition format, as `/metrics` serves them (for
+    /// tests and tools; `serve` encodes its own registry).
+    pub fn text(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+
     /// Counts one budget decision.
     pub fn budget(&self, result: &'static str) {
         self.budget_decisions
@@ -392,10 +403,7 @@ mod tests {
 
     /// `(name, type)` of every registered metric, counters with their `_total` suffix.
     fn registered() -> Vec<(String, String)> {
-        let mut registry = Registry::default();
-        Metrics::default().register(&mut registry);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = Metrics::default().text();
         let mut rows: Vec<(String, String)> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

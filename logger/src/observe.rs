@@ -84,14 +84,6 @@ mod tests {
     use super::*;
     use tollgate_proto::logger::v1::{Feedback, Usage};
 
-    fn scrape(m: &Metrics) -> String {
-        let mut registry = prometheus_client::registry::Registry::default();
-        m.register(&mut registry);
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        text
-    }
-
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
     }
@@ -122,7 +114,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let t = scrape(&m);
+        let t = m.text();
         let usage = "tollgate_usage_tokens_total{tenant=\"acme\",key_id=\"k1\",model=\"gpt\"";
         assert!(
             line(&t, &format!("{usage},kind=\"output\"}} 7")).is_some(),
@@ -173,7 +165,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let t = scrape(&m);
+        let t = m.text();
         assert!(
             line(
                 &t,
