@@ -366,12 +366,14 @@ pub async fn serve(
     let settings = shared.load().shutdown;
     crate::drain::begin(settings, &ready, &metrics, &health).await;
     let grpc_result = crate::drain::streams(settings, &grpc_stop_tx, grpc).await;
-    // Every stream has ended, so every settlement is handed over: apply them.
+    // Every stream has ended (or was cut at the drain timeout), so every settlement is
+    // handed over: apply them.
     if let Err(e) = ledger.flush().await {
         tracing::error!(error = %e, "Could not apply every budget settlement");
     }
     if let Some(shipper) = shipper {
-        // Every stream has ended, so every event is queued: drain them to the logger (or spool).
+        // Every event is queued (a cut stream's may come later: it goes to the spool): send
+        // them to the logger, or spool them.
         shipper.shutdown().await;
     }
     tracing::info!("Drained: stopping");
