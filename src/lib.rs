@@ -2,7 +2,10 @@
 //! same code the binary runs.
 
 pub mod bootstrap;
+pub mod budget_metrics;
 pub mod clusters;
+pub mod drain;
+pub mod netcheck;
 pub mod serve;
 pub mod up;
 pub mod xds;

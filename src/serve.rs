@@ -27,7 +27,9 @@ use tollgate_core::metrics::{Metrics, ResultLabel};
 use tollgate_core::ratelimit::{RateLimiter, RateStore, RedisRates};
 use tollgate_core::{Config, SharedConfig};
 use tollgate_extproc::ExtProcService;
-use tollgate_logger::Shipper;
+use tollgate_logger::{LogHandle, Shipper};
+
+use crate::budget_metrics::ObservedLedger;
 
 /// Loads a config file, turning every validation error into one readable message.
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
@@ -41,9 +43,14 @@ pub fn load_config(path: &Path) -> anyhow::Result<Config> {
 struct Admin {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
+    budgets: Arc<ObservedLedger>,
 }
 
+/// The longest a scrape waits for the ledger's balances (budget gauges).
+const BUDGET_REFRESH_TIMEOUT: Duration = Duration::from_secs(1);
+
 async fn metrics_endpoint(State(a): State<Admin>) -> impl IntoResponse {
+    let _ = tokio::time::timeout(BUDGET_REFRESH_TIMEOUT, a.budgets.refresh()).await;
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &a.registry) {
         Ok(()) => (
@@ -239,6 +246,7 @@ pub async fn serve(
         let needed = tollgate_extproc::budget::tokenizers_needed(&config);
         move || tollgate_extproc::budget::warm_tokenizers(&needed)
     });
+    crate::netcheck::run(&config).await?;
     let listen = config.listen.clone();
     let logging = config.logging.clone();
     let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
@@ -271,6 +279,9 @@ pub async fn serve(
     if let Some(source) = shared.load().budgets.restore.clone() {
         restore_spend(ledger.as_ref(), source).await?;
     }
+    // The budget gauges follow the lines requests reserve on.
+    let budgets = Arc::new(ObservedLedger::new(ledger, metrics.clone()));
+    let ledger: Arc<dyn Ledger> = Arc::clone(&budgets) as Arc<dyn Ledger>;
     // Read once: a change to `logging` takes effect on restart.
     let shipper = match &logging {
         Some(l) => Some(
@@ -280,6 +291,10 @@ pub async fn serve(
         ),
         None => None,
     };
+    // Every request's log event feeds the request-log metrics, shipped or not.
+    let log = shipper
+        .as_ref()
+        .map_or_else(|| LogHandle::metrics_only(metrics.clone()), Shipper::handle);
 
     let admin_listener = tokio::net::TcpListener::bind(listen.admin)
         .await
@@ -299,6 +314,7 @@ pub async fn serve(
         .with_state(Admin {
             registry: Arc::new(registry),
             ready: Arc::clone(&ready),
+            budgets,
         });
     let mut admin_stop = stop_rx.clone();
     let admin_task = tokio::spawn(async move {
@@ -331,17 +347,20 @@ pub async fn serve(
     // One key gate, asked by ext_authz or, with no ext_authz filter in front, by ext_proc at
     // the request headers: same rate state, same ledger, same refusal log.
     let authz = AuthzService::new(Arc::clone(&shared), metrics.clone())
-        .with_log(shipper.as_ref().map(Shipper::handle))
+        .with_log(Some(log.clone()))
         .with_ledger(Arc::clone(&ledger))
         .with_limiter(Arc::clone(&limiter));
     let gate = authz.gate().clone();
+    // The gRPC server stops on its own signal: the admin endpoint serves on through the drain.
+    // ADS streams never end by themselves, so the same signal ends them.
+    let (grpc_stop_tx, mut grpc_stop) = watch::channel(false);
     let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(authz))
         .add_service(
             ExternalProcessorServer::new(
                 ExtProcService::new(Arc::clone(&shared), metrics.clone())
-                    .with_log(shipper.as_ref().map(Shipper::handle))
+                    .with_log(Some(log.clone()))
                     .with_ledger(Arc::clone(&ledger))
                     .with_limiter(Arc::clone(&limiter))
                     .with_gate(gate),
@@ -349,9 +368,8 @@ pub async fn serve(
             .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),
         )
-        .add_optional_service(xds.as_ref().map(|x| x.service(stop_rx.clone())));
+        .add_optional_service(xds.as_ref().map(|x| x.service(grpc_stop.clone())));
 
-    let mut grpc_stop = stop_rx.clone();
     let grpc_shutdown = async move {
         let _ = grpc_stop.changed().await;
     };
@@ -378,18 +396,21 @@ pub async fn serve(
     tracing::info!(grpc = %listen.grpc, admin = %listen.admin, "Tollgate serving");
 
     shutdown.await;
-    tracing::info!("Shutting down");
-    ready.store(false, Ordering::Release);
-    let _ = stop_tx.send(true);
-    let grpc_result = grpc.await;
-    // Every stream has ended, so every settlement is handed over: apply them.
+    let settings = shared.load().shutdown;
+    crate::drain::begin(settings, &ready, &metrics, &health).await;
+    let grpc_result = crate::drain::streams(settings, &grpc_stop_tx, grpc).await;
+    // Every stream has ended (or was cut at the drain timeout), so every settlement is
+    // handed over: apply them.
     if let Err(e) = ledger.flush().await {
         tracing::error!(error = %e, "Could not apply every budget settlement");
     }
     if let Some(shipper) = shipper {
-        // Every stream has ended, so every event is queued: drain them to the logger (or spool).
+        // Every event is queued (a cut stream's may come later: it goes to the spool): send
+        // them to the logger, or spool them.
         shipper.shutdown().await;
     }
+    tracing::info!("Drained: stopping");
+    let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = reload_task.await;
     let _ = token_task.await;
@@ -397,9 +418,6 @@ pub async fn serve(
         let _ = std::fs::remove_file(path);
     }
     grpc_result
-        .context("gRPC server task failed")?
-        .context("gRPC server failed")?;
-    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -99,6 +99,8 @@ providers:
         "logging:\n  address: \"{logger}\"\n  spool_dir: \"{}\"\n  max_delay_ms: 200\n",
         dir.join("spool").display()
     ));
+    // No load balancer to wait for on a laptop: Ctrl-C drains at once.
+    yaml.push_str("shutdown:\n  pre_drain_wait_ms: 0\n  drain_timeout_ms: 5000\n");
     yaml
 }
 

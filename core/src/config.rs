@@ -19,10 +19,12 @@ use crate::pricing::{PerToken, Price, PriceTable};
 use crate::sigv4::{self, Signer};
 
 mod guardrails;
+mod lifecycle;
 pub use guardrails::{
     Guardrails, Policy, RawAction, RawDetector, RawFail, RawGuardrails, RawPolicy, RawRule,
     RawSide, RawWebhook, Side, WebhookRule,
 };
+pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -71,6 +73,12 @@ pub struct RawConfig {
     /// The xDS (ADS) server that hands Envoy the provider clusters; off by default.
     #[serde(default)]
     pub xds: RawXds,
+    /// How `serve` drains on SIGTERM or Ctrl-C.
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+    /// Checks `serve` runs before it reports ready (all off by default).
+    #[serde(default)]
+    pub startup_check: RawStartupCheck,
 }
 
 /// The `envoy` section: the shape of the rendered bootstrap.
@@ -1316,6 +1324,10 @@ pub struct Config {
     pub envoy_auth: AuthAttach,
     /// The xDS server.
     pub xds: Xds,
+    /// How `serve` drains on SIGTERM or Ctrl-C (read when the signal arrives).
+    pub shutdown: Shutdown,
+    /// Checks before `serve` reports ready (read at start-up).
+    pub startup_check: StartupCheck,
 }
 
 /// The validated `budgets` section.
@@ -1726,6 +1738,8 @@ impl Config {
             .and_then(|f| validate_feedback(f, raw.logging.is_some(), env, &mut errs));
         let budgets = validate_budgets(&raw.budgets, env, &mut errs);
         let xds = validate_xds(&raw.xds, &mut errs);
+        let shutdown = lifecycle::validate_shutdown(&raw.shutdown, &mut errs);
+        let startup_check = lifecycle::validate_startup_check(&raw.startup_check, &mut errs);
         let mut tenant_requests_per_minute = HashMap::new();
         let mut tenant_tokens_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
@@ -1775,6 +1789,8 @@ impl Config {
                 budgets,
                 envoy_auth: raw.envoy.auth,
                 xds,
+                shutdown,
+                startup_check,
             }),
             _ => Err(errs.0),
         }

@@ -1,27 +1,21 @@
-//! The Prometheus metrics every service emits, in one place.
-//!
-//! | name | type | labels | unit |
-//! |---|---|---|---|
-//! | `tollgate_requests_total` | counter | `endpoint`, `provider`, `model`, `status` | requests |
-//! | `tollgate_tokens_total` | counter | `provider`, `model`, `kind` (`input`, `output`, `cache_read`, `cache_write`, `reasoning`) | tokens |
-//! | `tollgate_upstream_latency_seconds` | histogram | `provider` | seconds from the forwarded request to the provider's response headers |
-//! | `tollgate_phase_duration_seconds` | histogram | `phase` (`authz`, `request_headers`, `request_body`, `response_headers`, `response_body`) | seconds Tollgate spent on one message |
-//! | `tollgate_authz_decisions_total` | counter | `decision` (`allow`, `missing_key`, `invalid_key`, `expired_key`, `disabled_key`, `rate_limited`) | checks |
-//! | `tollgate_errors_total` | counter | `code` (the client-facing error code or type) | requests answered with an error by Tollgate itself |
-//! | `tollgate_config_reloads_total` | counter | `result` (`ok`, `rejected`) | reloads |
-//! | `tollgate_guardrail_verdicts_total` | counter | `rule` (a rule id of a `guardrails` policy), `action` (`block`, `redact`, `flag`), `side` (`request`, `response`) | requests in which the rule matched that side (once per request, however many matches) |
-//! | `tollgate_log_events_total` | counter | `outcome` (`queued`, `sent`, `spooled`, `dropped`) | log events: `queued` entered the in-memory queue, `sent` were acknowledged by the logger, `spooled` went to the disk spool (a full queue or an unreachable logger; once replayed they count as `sent` too), `dropped` were lost (spool full or unwritable, or refused by the logger as malformed) |
-//! | `tollgate_budget_decisions_total` | counter | `result` (`reserved`, `refused`, `soft_exceeded`, `prechecked_refused`, `unpriced`, `ledger_error`) | budget decisions: a reservation made or refused, a soft budget gone past, a request refused by ext_authz's precheck, a budgeted request to a model without a price (not charged), a ledger that could not answer |
-//! | `tollgate_xds_streams` | gauge | — | ADS streams open now (one per connected Envoy; `xds.enabled`) |
-//! | `tollgate_xds_pushes_total` | counter | — | cluster sets (CDS `DiscoveryResponse`s) sent to Envoys: on connect and after each config change that alters a cluster |
-//! | `tollgate_xds_acks_total` | counter | `result` (`ack`, `nack`) | Envoy's answers to those pushes: applied, or rejected (logged with Envoy's error; that Envoy keeps the clusters it had) |
+//! The Prometheus metrics every service emits, in one place. Their reference (names, types,
+//! labels, units, where each is emitted) is `docs/METRICS.md`, included below; a test checks
+//! it against what [`Metrics::register`] registers, so the two cannot drift.
+#![doc = include_str!("../../docs/METRICS.md")]
+
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// A counter of fractional amounts (US dollars).
+pub type FloatCounter = Counter<f64, AtomicU64>;
+/// A gauge of fractional values (ratios, US dollars).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Labels of `tollgate_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,18 +94,75 @@ pub struct GuardrailLabels {
     pub side: &'static str,
 }
 
+/// Labels of the per-request usage metrics (`tollgate_usage_cost_usd_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UsageLabels {
+    /// The key's tenant (empty when none).
+    pub tenant: String,
+    /// The virtual key's id (never the key).
+    pub key_id: String,
+    /// The public model the client asked for.
+    pub model: String,
+}
+
+/// Labels of `tollgate_usage_tokens_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UsageTokenLabels {
+    /// The key's tenant (empty when none).
+    pub tenant: String,
+    /// The virtual key's id (never the key).
+    pub key_id: String,
+    /// The public model the client asked for.
+    pub model: String,
+    /// Token kind.
+    pub kind: &'static str,
+}
+
+/// A provider and public model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Provider name.
+    pub provider: String,
+    /// The public model the client asked for.
+    pub model: String,
+}
+
+/// The error class of a failed request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// `LogEvent.error_class`: Tollgate's own error code, or the upstream's class.
+    pub class: String,
+}
+
+/// One budget line.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// The budget's id in the config.
+    pub budget: String,
+    /// `key`, `team` or `tenant`.
+    pub scope: &'static str,
+    /// The key id, team or tenant the line belongs to.
+    pub member: String,
+}
+
 fn phase_histogram() -> Histogram {
     // 10 µs .. ~80 ms
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.000_01, 2.0, 14,
-    ))
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 14))
 }
 
 fn upstream_histogram() -> Histogram {
     // 1 ms .. ~130 s
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-        0.001, 2.0, 18,
-    ))
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
+}
+
+fn first_token_histogram() -> Histogram {
+    // 5 ms .. ~80 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms .. ~11 min
+    Histogram::new(exponential_buckets(0.005, 2.0, 18))
 }
 
 /// Every metric, registered once and shared by the services.
@@ -143,6 +194,26 @@ pub struct Metrics {
     pub xds_pushes: Counter,
     /// `tollgate_xds_acks_total`.
     pub xds_acks: Family<ResultLabel, Counter>,
+    /// `tollgate_draining`: 1 from the shutdown signal on.
+    pub draining: Gauge,
+    /// `tollgate_log_spool_batches`.
+    pub log_spool_batches: Gauge,
+    /// `tollgate_log_spool_bytes`.
+    pub log_spool_bytes: Gauge,
+    /// `tollgate_usage_tokens_total`.
+    pub usage_tokens: Family<UsageTokenLabels, Counter>,
+    /// `tollgate_usage_cost_usd_total`.
+    pub usage_cost: Family<UsageLabels, FloatCounter>,
+    /// `tollgate_time_to_first_token_seconds`.
+    pub first_token: Family<ModelLabels, Histogram>,
+    /// `tollgate_request_duration_seconds`.
+    pub request_duration: Family<ModelLabels, Histogram>,
+    /// `tollgate_request_errors_total`.
+    pub request_errors: Family<ClassLabel, Counter>,
+    /// `tollgate_budget_used_ratio`.
+    pub budget_used: Family<BudgetLabels, FloatGauge>,
+    /// `tollgate_budget_spent_usd`.
+    pub budget_spent: Family<BudgetLabels, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -161,6 +232,16 @@ impl Default for Metrics {
             xds_streams: Gauge::default(),
             xds_pushes: Counter::default(),
             xds_acks: Family::default(),
+            draining: Gauge::default(),
+            log_spool_batches: Gauge::default(),
+            log_spool_bytes: Gauge::default(),
+            usage_tokens: Family::default(),
+            usage_cost: Family::default(),
+            first_token: Family::new_with_constructor(first_token_histogram),
+            request_duration: Family::new_with_constructor(duration_histogram),
+            request_errors: Family::default(),
+            budget_used: Family::default(),
+            budget_spent: Family::default(),
         }
     }
 }
@@ -182,13 +263,13 @@ impl Metrics {
         r.register_with_unit(
             "upstream_latency",
             "Time from forwarding a request to the provider's response headers",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             self.upstream_latency.clone(),
         );
         r.register_with_unit(
             "phase_duration",
             "Time Tollgate spent processing one message of a phase",
-            prometheus_client::registry::Unit::Seconds,
+            Unit::Seconds,
             self.phase.clone(),
         );
         r.register("authz_decisions", "ext_authz decisions", self.authz.clone());
@@ -228,6 +309,70 @@ impl Metrics {
             "Envoy's answers to ADS pushes by result",
             self.xds_acks.clone(),
         );
+        r.register(
+            "draining",
+            "1 while serve drains after a shutdown signal, else 0",
+            self.draining.clone(),
+        );
+        r.register(
+            "log_spool_batches",
+            "Log batches waiting in the sidecar's disk spool",
+            self.log_spool_batches.clone(),
+        );
+        r.register_with_unit(
+            "log_spool",
+            "Size of the sidecar's disk spool",
+            Unit::Bytes,
+            self.log_spool_bytes.clone(),
+        );
+        r.register(
+            "usage_tokens",
+            "Tokens by tenant, key and public model, from each request's log event",
+            self.usage_tokens.clone(),
+        );
+        r.register(
+            "usage_cost_usd",
+            "Cost in US dollars by tenant, key and public model, at the model's price",
+            self.usage_cost.clone(),
+        );
+        r.register_with_unit(
+            "time_to_first_token",
+            "Time from the request reaching Tollgate to the first streamed response bytes",
+            Unit::Seconds,
+            self.first_token.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from the request reaching Tollgate to the end of its response",
+            Unit::Seconds,
+            self.request_duration.clone(),
+        );
+        r.register(
+            "request_errors",
+            "Failed requests by error class (Tollgate's own and the providers')",
+            self.request_errors.clone(),
+        );
+        r.register(
+            "budget_used_ratio",
+            "Spend plus reservations over the limit, per budget line of the current period",
+            self.budget_used.clone(),
+        );
+        r.register(
+            "budget_spent_usd",
+            "Settled spend in US dollars, per budget line of the current period",
+            self.budget_spent.clone(),
+        );
+    }
+
+    /// These metrics alone in the text exposition format, as `/metrics` serves them (for
+    /// tests and tools; `serve` encodes its own registry).
+    pub fn text(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
     }
 
     /// Counts one budget decision.
@@ -251,5 +396,59 @@ impl Metrics {
         self.phase
             .get_or_create(&PhaseLabel { phase })
             .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(name, type)` of every metric the doc's first table lists.
+    fn documented() -> Vec<(String, String)> {
+        let doc = include_str!("../../docs/METRICS.md");
+        let mut rows: Vec<(String, String)> = doc
+            .lines()
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let name = cells
+                    .get(1)?
+                    .strip_prefix("`tollgate_")?
+                    .strip_suffix('`')?;
+                Some((format!("tollgate_{name}"), (*cells.get(2)?).to_owned()))
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    /// `(name, type)` of every registered metric, counters with their `_total` suffix.
+    fn registered() -> Vec<(String, String)> {
+        let text = Metrics::default().text();
+        let mut rows: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(name, kind)| {
+                let name = if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                (name, kind.to_owned())
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn metrics_doc_lists_every_registered_metric() {
+        let registered = registered();
+        assert!(registered.len() >= 20, "{registered:?}");
+        assert_eq!(
+            documented(),
+            registered,
+            "docs/METRICS.md and Metrics::register disagree"
+        );
     }
 }

@@ -8,7 +8,8 @@
 //!   ClickHouse table, idempotent on `request_id` too.
 //! - Sidecar side ([`shipper`]): `tollgate serve` pushes one event per request into a bounded
 //!   queue; a background sender batches, retries, spools to disk ([`spool`]) while the logger
-//!   is unreachable, and replays the spool in order.
+//!   is unreachable, and replays the spool in order; [`observe`] counts each event into the
+//!   request-log metrics as it is emitted.
 //!
 //! [`LogBatch`]: tollgate_proto::logger::v1::LogBatch
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod durable;
 pub mod error;
 pub mod ndjson;
+pub mod observe;
 pub mod record;
 pub mod service;
 pub mod shipper;

@@ -78,28 +78,47 @@ impl ShipperOptions {
     }
 }
 
-/// Where a request hands its event: never blocks, never loses an event silently.
+/// Where a request hands its event: never blocks, never loses an event silently. Every event
+/// is counted into the request-log metrics ([`crate::observe`]) first, shipped or not.
 #[derive(Clone)]
 pub struct LogHandle {
+    /// The queue and spool towards the logger; `None` when logging is off.
+    shipping: Option<Shipping>,
+    metrics: Metrics,
+}
+
+#[derive(Clone)]
+struct Shipping {
     tx: mpsc::Sender<LogEvent>,
     spool: Arc<Spool>,
-    metrics: Metrics,
     /// Events that found the queue full, for a log line that does not flood under overload.
     overflows: Arc<AtomicU64>,
 }
 
 impl LogHandle {
+    /// A handle that only counts events into the metrics (logging off).
+    pub fn metrics_only(metrics: Metrics) -> Self {
+        Self {
+            shipping: None,
+            metrics,
+        }
+    }
+
     /// Queues one event. When the queue is full (or the sender has stopped), the event is
     /// written to the spool instead, a local fsync rather than a wait on the network; if even
     /// that fails, it is dropped. Each outcome is counted.
     pub fn emit(&self, event: LogEvent) {
-        let event = match self.tx.try_send(event) {
+        crate::observe::observe(&self.metrics, &event);
+        let Some(ship) = &self.shipping else {
+            return;
+        };
+        let event = match ship.tx.try_send(event) {
             Ok(()) => {
                 self.metrics.log_events("queued", 1);
                 return;
             }
             Err(mpsc::error::TrySendError::Full(e)) => {
-                let n = self.overflows.fetch_add(1, Ordering::Relaxed) + 1;
+                let n = ship.overflows.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
                     tracing::warn!(
                         overflows = n,
@@ -111,7 +130,7 @@ impl LogHandle {
             Err(mpsc::error::TrySendError::Closed(e)) => e,
         };
         let request_id = event.request_id.clone();
-        match self.spool.push(&LogBatch {
+        match ship.spool.push(&LogBatch {
             events: vec![event],
         }) {
             Ok(()) => self.metrics.log_events("spooled", 1),
@@ -139,7 +158,11 @@ impl Shipper {
         let max = config.spool_max_bytes;
         let spool = tokio::task::spawn_blocking(move || Spool::open(&dir, max))
             .await
-            .map_err(|e| LoggerError::Task(e.to_string()))??;
+            .map_err(|e| LoggerError::Task(e.to_string()))??
+            .with_gauges(
+                metrics.log_spool_batches.clone(),
+                metrics.log_spool_bytes.clone(),
+            );
         tracing::info!(logger = %config.address, spool = %config.spool_dir.display(), "Shipping log events");
         Ok(Self::start_with(
             client,
@@ -169,10 +192,12 @@ impl Shipper {
         let task = tokio::spawn(sender.run(rx, stop_rx));
         Shipper {
             handle: LogHandle {
-                tx,
-                spool,
+                shipping: Some(Shipping {
+                    tx,
+                    spool,
+                    overflows: Arc::default(),
+                }),
                 metrics,
-                overflows: Arc::default(),
             },
             stop,
             task,

@@ -9,6 +9,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use prometheus_client::metrics::gauge::Gauge;
 use prost::Message as _;
 use tollgate_proto::logger::v1::LogBatch;
 
@@ -23,6 +24,8 @@ pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     state: Mutex<State>,
+    /// Batches and bytes spooled, kept up to date when set ([`Spool::with_gauges`]).
+    gauges: Option<(Gauge, Gauge)>,
 }
 
 struct State {
@@ -72,7 +75,25 @@ impl Spool {
                 files,
                 bytes,
             }),
+            gauges: None,
         })
+    }
+
+    /// Keeps `batches` and `bytes` set to what the spool holds (`tollgate_log_spool_batches`,
+    /// `tollgate_log_spool_bytes`).
+    pub fn with_gauges(mut self, batches: Gauge, bytes: Gauge) -> Self {
+        self.gauges = Some((batches, bytes));
+        if let Ok(state) = self.lock() {
+            self.publish(&state);
+        }
+        self
+    }
+
+    fn publish(&self, state: &State) {
+        if let Some((batches, bytes)) = &self.gauges {
+            batches.set(i64::try_from(state.files.len()).unwrap_or(i64::MAX));
+            bytes.set(i64::try_from(state.bytes).unwrap_or(i64::MAX));
+        }
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>, LoggerError> {
@@ -124,6 +145,7 @@ impl Spool {
         state.next_seq += 1;
         state.files.insert(seq, len);
         state.bytes += len;
+        self.publish(&state);
         Ok(())
     }
 
@@ -195,6 +217,7 @@ impl Spool {
         if let Some(len) = state.files.remove(&seq) {
             state.bytes = state.bytes.saturating_sub(len);
         }
+        self.publish(&state);
         Ok(())
     }
 }
@@ -261,6 +284,25 @@ mod tests {
         spool.remove(seq).unwrap();
         spool.push(&batch(&["klmnopqrst"])).unwrap();
         assert_eq!(spool.len(), 2);
+    }
+
+    #[test]
+    fn gauges_follow_what_the_spool_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.push(&batch(&["before"])).unwrap();
+        let (batches, bytes) = (Gauge::default(), Gauge::default());
+        let spool = spool.with_gauges(batches.clone(), bytes.clone());
+        assert_eq!(batches.get(), 1);
+        let one = bytes.get();
+        assert!(one > 0);
+        spool.push(&batch(&["after"])).unwrap();
+        assert_eq!((batches.get(), bytes.get() > one), (2, true));
+        let (seq, _) = spool.oldest().unwrap().unwrap();
+        spool.remove(seq).unwrap();
+        let (seq, _) = spool.oldest().unwrap().unwrap();
+        spool.set_aside(seq, ".rejected").unwrap();
+        assert_eq!((batches.get(), bytes.get()), (0, 0));
     }
 
     #[test]

@@ -63,6 +63,14 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
 
     if stream {
         let events = stream_events(&id, exchange, &reply, &usage, include_usage);
+        if exchange.endless {
+            // The role chunk, then the content chunks over and over: no finish, no `[DONE]`.
+            let pieces = reply.pieces().count();
+            let mut events = events.into_iter();
+            let first = events.next().unwrap_or_default();
+            let repeated = events.take(pieces).collect();
+            return Ok(sse::endless_response(first, repeated, exchange.chunk_delay));
+        }
         return Ok(sse::response(events, exchange.chunk_delay));
     }
     if exchange.stream_error {

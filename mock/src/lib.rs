@@ -23,6 +23,8 @@
 //!   (`…/publishers/anthropic/models/claude-mock-stream-error:streamRawPredict`);
 //! - header `x-mock-latency-ms`: time to first byte for this request;
 //! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;
+//! - header `x-mock-endless-stream: 1` on a streamed chat completion: the content chunks repeat
+//!   forever (`x-mock-chunk-delay-ms` apart, 100 ms when unset), never finishing;
 //! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.
 
 pub mod bedrock;

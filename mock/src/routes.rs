@@ -27,6 +27,9 @@ pub(crate) const LATENCY_HEADER: &str = "x-mock-latency-ms";
 /// Header overriding [`MockConfig::chunk_delay`] for one request, in milliseconds.
 pub(crate) const CHUNK_DELAY_HEADER: &str = "x-mock-chunk-delay-ms";
 
+/// Header asking for a chat completions stream that never ends (any value but `0`).
+pub(crate) const ENDLESS_HEADER: &str = "x-mock-endless-stream";
+
 /// Largest request body accepted (benchmarks send big prompts).
 const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
@@ -55,6 +58,8 @@ pub(crate) struct Exchange<'a> {
     pub chunk_delay: Duration,
     /// `mock-stream-error`: fail the stream after two content chunks.
     pub stream_error: bool,
+    /// [`ENDLESS_HEADER`]: a chat completions stream repeats its content chunks forever.
+    pub endless: bool,
 }
 
 pub(crate) fn router(config: MockConfig) -> Router {
@@ -222,10 +227,13 @@ async fn answer(
         Some(fault) => Some(fault),
         None => body_model.map(Fault::of).transpose()?.flatten(),
     };
-    let exchange = match exchange(number, model, chunk_delay, fault)? {
+    let mut exchange = match exchange(number, model, chunk_delay, fault)? {
         Ok(exchange) => exchange,
         Err(response) => return Ok(response),
     };
+    exchange.endless = headers
+        .get(ENDLESS_HEADER)
+        .is_some_and(|v| v.as_bytes() != b"0");
     respond(&request, &exchange)
 }
 
@@ -252,6 +260,7 @@ fn exchange(
         model,
         chunk_delay,
         stream_error: matches!(fault, Some(Fault::StreamError)),
+        endless: false,
     }))
 }
 

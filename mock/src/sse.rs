@@ -41,6 +41,30 @@ pub(crate) fn paced(events: Vec<Bytes>, delay: Duration) -> impl Stream<Item = B
     )
 }
 
+/// The delay between the chunks of an endless stream when none is set.
+const ENDLESS_DEFAULT_DELAY: Duration = Duration::from_millis(100);
+
+/// `first`, then `repeated` over and over, never ending, `delay` (at least 1 ms; 100 ms when
+/// zero) between events.
+pub(crate) fn endless(
+    first: Bytes,
+    repeated: Vec<Bytes>,
+    delay: Duration,
+) -> impl Stream<Item = Bytes> + Send {
+    let delay = if delay.is_zero() {
+        ENDLESS_DEFAULT_DELAY
+    } else {
+        delay.max(Duration::from_millis(1))
+    };
+    let rest = stream::iter(repeated)
+        .cycle()
+        .then(move |event| async move {
+            tokio::time::sleep(delay).await;
+            event
+        });
+    stream::once(async move { first }).chain(rest)
+}
+
 /// A `200 text/event-stream` response streaming `events`.
 pub(crate) fn response(events: Vec<Bytes>, delay: Duration) -> Response {
     let body = if delay.is_zero() {
@@ -48,6 +72,17 @@ pub(crate) fn response(events: Vec<Bytes>, delay: Duration) -> Response {
     } else {
         Body::from_stream(paced(events, delay).map(Ok::<_, Infallible>))
     };
+    stream_response(body)
+}
+
+/// A `200 text/event-stream` response that never ends: `first`, then `repeated` forever.
+pub(crate) fn endless_response(first: Bytes, repeated: Vec<Bytes>, delay: Duration) -> Response {
+    stream_response(Body::from_stream(
+        endless(first, repeated, delay).map(Ok::<_, Infallible>),
+    ))
+}
+
+fn stream_response(body: Body) -> Response {
     (
         StatusCode::OK,
         [

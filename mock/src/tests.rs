@@ -308,6 +308,42 @@ async fn each_stream_event_is_its_own_body_frame() {
 }
 
 #[tokio::test]
+async fn an_endless_stream_repeats_its_content_and_never_finishes() {
+    let mock = Mock::default().await;
+    let response = mock
+        .post(
+            "/v1/chat/completions",
+            &with(chat_request("m"), json!({"stream": true})),
+        )
+        .header("x-mock-endless-stream", "1")
+        .header("x-mock-chunk-delay-ms", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The reply has 8 content chunks; 30 frames means it went round more than three times.
+    let frames: Vec<String> = response
+        .bytes_stream()
+        .take(30)
+        .map(|f| String::from_utf8(f.unwrap().to_vec()).unwrap())
+        .collect()
+        .await;
+    assert_eq!(frames.len(), 30);
+    assert!(
+        frames[0].contains("\"role\":\"assistant\""),
+        "{}",
+        frames[0]
+    );
+    assert_eq!(frames[1], frames[9], "the content comes round again");
+    assert!(
+        frames
+            .iter()
+            .all(|f| !f.contains("[DONE]") && !f.contains("\"finish_reason\":\"stop\"")),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
 async fn max_tokens_truncates_with_finish_reason_length() {
     let mock = Mock::default().await;
     for limit in ["max_tokens", "max_completion_tokens"] {

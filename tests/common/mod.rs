@@ -71,6 +71,7 @@ pub fn provider_env() -> [(&'static str, &'static str); 8] {
 pub const FEEDBACK_SECRET: &str = "e2e-feedback-secret-0123456789abcdef";
 
 pub mod clickhouse;
+pub mod prometheus;
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -123,6 +124,25 @@ impl Proc {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, ...) with `kill(1)`.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill(1) is needed");
+        assert!(
+            status.success(),
+            "kill -{signal} {} failed",
+            self.child.id()
+        );
+    }
+
+    /// The exit status, if the process has exited (never waits).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 
@@ -246,6 +266,10 @@ pub struct StackOptions {
     pub webhook: Option<String>,
     /// YAML appended to the config (top-level sections the base config lacks, e.g. `budgets`).
     pub extra_yaml: String,
+    /// Rewrites the whole config before it is written (e.g. to add providers or models).
+    pub patch_config: Option<fn(String) -> String>,
+    /// Rewrites Envoy's rendered bootstrap before Envoy starts (e.g. outlier detection).
+    pub patch_bootstrap: Option<fn(String) -> String>,
 }
 
 impl Default for StackOptions {
@@ -258,6 +282,8 @@ impl Default for StackOptions {
             vertex: false,
             webhook: None,
             extra_yaml: String::new(),
+            patch_config: None,
+            patch_bootstrap: None,
         }
     }
 }
@@ -667,15 +693,20 @@ pub struct LoggedStack {
 impl LoggedStack {
     /// With the NDJSON sink (data under the logger's `data_dir`).
     pub fn ndjson() -> LoggedStack {
-        Self::start(None)
+        Self::start(None, StackOptions::default())
+    }
+
+    /// With the NDJSON sink and these options (their `logger` is set to the stack's logger).
+    pub fn ndjson_with(opts: StackOptions) -> LoggedStack {
+        Self::start(None, opts)
     }
 
     /// With the ClickHouse sink, database `database` of a fresh server.
     pub fn clickhouse(database: &str) -> LoggedStack {
-        Self::start(Some(database))
+        Self::start(Some(database), StackOptions::default())
     }
 
-    fn start(database: Option<&str>) -> LoggedStack {
+    fn start(database: Option<&str>, opts: StackOptions) -> LoggedStack {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
         let (logger, clickhouse) = match database {
@@ -691,7 +722,7 @@ impl LoggedStack {
         };
         let stack = Stack::start(StackOptions {
             logger: Some(addr),
-            ..Default::default()
+            ..opts
         });
         LoggedStack {
             stack,
@@ -784,6 +815,9 @@ impl Stack {
         }
         yaml.push_str(&opts.extra_yaml);
         yaml.push_str(&auth_attach_yaml());
+        if let Some(patch) = opts.patch_config {
+            yaml = patch(yaml);
+        }
         std::fs::write(&config_path, yaml).unwrap();
 
         let mut procs = Vec::new();
@@ -814,7 +848,11 @@ impl Stack {
             String::from_utf8_lossy(&bootstrap.stderr)
         );
         let bootstrap_path = d.join("envoy.yaml");
-        std::fs::write(&bootstrap_path, &bootstrap.stdout).unwrap();
+        let mut rendered = String::from_utf8(bootstrap.stdout).unwrap();
+        if let Some(patch) = opts.patch_bootstrap {
+            rendered = patch(rendered);
+        }
+        std::fs::write(&bootstrap_path, rendered).unwrap();
         let mut envoy_p = Proc::spawn(
             "envoy",
             Command::new(envoy_bin())

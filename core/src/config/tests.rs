@@ -949,3 +949,50 @@ fn restore_reads_ndjson_or_clickhouse_and_names_the_bad_field() {
     );
     assert!(Config::from_yaml(&yaml, &env()).is_err());
 }
+
+#[test]
+fn shutdown_and_startup_check_have_defaults_and_errors_name_their_fields() {
+    use std::time::Duration;
+    let c = Config::from_yaml(&good(), &env()).unwrap();
+    assert_eq!(
+        c.shutdown,
+        Shutdown {
+            pre_drain_wait: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30)
+        }
+    );
+    assert_eq!(
+        c.startup_check,
+        StartupCheck {
+            network: false,
+            timeout: Duration::from_secs(3)
+        }
+    );
+    let yaml = format!(
+        "{}shutdown: {{ pre_drain_wait_ms: 0, drain_timeout_ms: 1500 }}\nstartup_check: {{ network: true, timeout_ms: 250 }}\n",
+        good()
+    );
+    let c = Config::from_yaml(&yaml, &env()).unwrap();
+    assert_eq!(c.shutdown.pre_drain_wait, Duration::ZERO);
+    assert_eq!(c.shutdown.drain_timeout, Duration::from_millis(1500));
+    assert!(c.startup_check.network);
+    assert_eq!(c.startup_check.timeout, Duration::from_millis(250));
+
+    let yaml = format!(
+        "{}shutdown: {{ pre_drain_wait_ms: 300001, drain_timeout_ms: 3600001 }}\nstartup_check: {{ timeout_ms: 5 }}\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "shutdown.pre_drain_wait_ms",
+            "shutdown.drain_timeout_ms",
+            "startup_check.timeout_ms"
+        ]
+    );
+    let yaml = format!("{}startup_check: {{ dns: true }}\n", good());
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    assert_eq!(errs[0].path, "startup_check.dns");
+}

@@ -255,10 +255,12 @@ async fn a_full_queue_spools_instead_of_blocking() {
     // A queue nobody reads, of capacity 2.
     let (tx, _rx) = mpsc::channel(2);
     let h = LogHandle {
-        tx,
-        spool: Arc::clone(&sp),
+        shipping: Some(Shipping {
+            tx,
+            spool: Arc::clone(&sp),
+            overflows: Arc::default(),
+        }),
         metrics: metrics.clone(),
-        overflows: Arc::default(),
     };
     for i in 0..5 {
         h.emit(event(format!("e{i}")));
