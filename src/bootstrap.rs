@@ -104,6 +104,17 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
     headers
 }
 
+/// The address Envoy's first listener is bound to, read from its admin endpoint's
+/// `/listeners?format=json` answer (the bootstraps rendered here have one listener). `None`
+/// until it is bound (a listener given port 0 shows port 0 before that).
+pub fn listener_address(listeners_json: &str) -> Option<SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(listeners_json).ok()?;
+    let socket = &v["listener_statuses"][0]["local_address"]["socket_address"];
+    let ip: std::net::IpAddr = socket["address"].as_str()?.parse().ok()?;
+    let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
+    (port != 0).then_some(SocketAddr::new(ip, port))
+}
+
 /// The gateway bootstrap for `config`.
 pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     let mut o = o.clone();
@@ -111,6 +122,10 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     let o = &o;
     let tollgate = match &config.listen.grpc {
         GrpcAddr::Unix(p) => format!("{{ pipe: {{ path: \"{}\" }} }}", p.display()),
+        GrpcAddr::Tcp(a) if a.port() == 0 => anyhow::bail!(
+            "listen.grpc `{a}` has port 0, which Envoy cannot connect to: render the bootstrap \
+             from a config naming the port `serve` bound (`tollgate serve --ready-file` reports it)"
+        ),
         GrpcAddr::Tcp(a) => format!(
             "{{ socket_address: {{ address: \"{}\", port_value: {} }} }}",
             a.ip(),
@@ -250,4 +265,39 @@ pub fn find_envoy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
     }
     anyhow::bail!("Envoy not found: {install}, or pass --envoy PATH / set ENVOY_BIN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::env::MapEnv;
+
+    #[test]
+    fn the_listener_address_is_read_from_envoys_admin_answer() {
+        // As Envoy 1.40 answers `/listeners?format=json`.
+        let bound = r#"{"listener_statuses": [{"name": "llm",
+            "local_address": {"socket_address": {"address": "127.0.0.1", "port_value": 40295}}}]}"#;
+        assert_eq!(
+            listener_address(bound),
+            Some("127.0.0.1:40295".parse().unwrap())
+        );
+        let unbound = bound.replace("40295", "0");
+        assert_eq!(listener_address(&unbound), None);
+        assert_eq!(listener_address(r#"{"listener_statuses": []}"#), None);
+        assert_eq!(listener_address("not json"), None);
+    }
+
+    #[test]
+    fn a_grpc_port_0_is_refused_with_what_to_do() {
+        let yaml = "listen: { grpc: \"127.0.0.1:0\", admin: \"127.0.0.1:0\" }\n";
+        let config = Config::from_yaml(yaml, &MapEnv::default()).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let err = gateway(&config, &EnvoyOptions::new(any, any)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("listen.grpc `127.0.0.1:0` has port 0"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--ready-file"), "{err}");
+    }
 }

@@ -2,5 +2,6 @@
 //! same code the binary runs.
 
 pub mod bootstrap;
+pub mod ready;
 pub mod serve;
 pub mod up;
