@@ -419,7 +419,10 @@ pub fn presented_key(headers: &HashMap<String, String>) -> Option<&str> {
 pub fn presented_key_in<'h>(header: impl Fn(&str) -> Option<&'h str>) -> Option<&'h str> {
     if let Some(v) = header("authorization") {
         let v = v.trim();
-        if v.len() > 7 && v.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("bearer ")) {
+        if v.len() > 7
+            && v.get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("bearer "))
+        {
             return v.get(7..).map(str::trim).filter(|k| !k.is_empty());
         }
     }
@@ -532,7 +535,7 @@ fn allow(admitted: &Admitted, path: &str, method: &str, request_id: &str) -> Che
                 .response_headers(request_id)
                 .iter()
                 .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
-            .collect(),
+                .collect(),
             ..Default::default()
         })),
     }

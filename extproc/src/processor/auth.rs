@@ -82,11 +82,16 @@ impl Processor {
         let method = text(":method").map(|m| m.into_owned()).unwrap_or_default();
         let request_id = keys::new_request_id();
         let started = std::time::Instant::now();
-        let lookup = |name: &str| {
-            header(&h.headers, name).and_then(|v| std::str::from_utf8(v).ok())
-        };
+        let lookup =
+            |name: &str| header(&h.headers, name).and_then(|v| std::str::from_utf8(v).ok());
         let decision = gate
-            .admit(lookup, &path, &method, &request_id, OffsetDateTime::now_utc())
+            .admit(
+                lookup,
+                &path,
+                &method,
+                &request_id,
+                OffsetDateTime::now_utc(),
+            )
             .await;
         self.metrics.observe_phase("authz", started);
         match decision {

@@ -53,9 +53,7 @@ impl Processor {
         });
         self.metrics
             .errors
-            .get_or_create(&CodeLabel {
-                code: class.code,
-            })
+            .get_or_create(&CodeLabel { code: class.code })
             .inc();
         self.metrics
             .requests

@@ -345,7 +345,6 @@ impl Processor {
     pub fn abandon(&mut self) {
         self.finish();
     }
-
 }
 
 /// The owner of a request, for its budgets.

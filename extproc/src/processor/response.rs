@@ -157,7 +157,10 @@ impl Processor {
         let client = fwd.pair.client;
         let mut body = done.body;
         if ok && !fwd.stream {
-            match self.judge_response(client, body.as_deref().unwrap_or(&b.body)).await {
+            match self
+                .judge_response(client, body.as_deref().unwrap_or(&b.body))
+                .await
+            {
                 Ok(Some(redacted)) => body = Some(redacted),
                 Ok(None) => {}
                 Err(err) => return self.refuse_response(err, client, b.end_of_stream),
@@ -191,7 +194,8 @@ impl Processor {
         let Some(fwd) = &self.forwarded else {
             return Ok(None);
         };
-        let (endpoint, model, engine) = (fwd.endpoint, fwd.model.clone(), fwd.response_guard.clone());
+        let (endpoint, model, engine) =
+            (fwd.endpoint, fwd.model.clone(), fwd.response_guard.clone());
         let policy = self.policy().ok().flatten();
         let rules = policy
             .as_ref()
@@ -234,7 +238,12 @@ impl Processor {
     }
 
     /// Replaces a complete response with `err` in the client's dialect.
-    fn refuse_response(&mut self, err: ApiError, client: ApiFamily, end: bool) -> ProcessingResponse {
+    fn refuse_response(
+        &mut self,
+        err: ApiError,
+        client: ApiFamily,
+        end: bool,
+    ) -> ProcessingResponse {
         let dialect = crate::translator::dialect_of(client);
         if let Some(fwd) = &mut self.forwarded {
             fwd.status = Some(err.status());

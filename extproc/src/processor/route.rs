@@ -162,12 +162,8 @@ impl Processor {
                 )
             } else {
                 ResponseStream::Translate(Box::new(
-                    pair.stream_guarded(
-                        up.include_usage,
-                        unix_now(),
-                        engine.map(StreamGuard::new),
-                    )
-                    .with_identity(&response_id, &target.upstream_model),
+                    pair.stream_guarded(up.include_usage, unix_now(), engine.map(StreamGuard::new))
+                        .with_identity(&response_id, &target.upstream_model),
                 ))
             }
         });
@@ -222,7 +218,10 @@ impl Processor {
             &self.ctx,
         ) {
             self.capture = Capture::new(ctx.capture, max).map(|mut c| {
-                c.request(&self.request_content_type, redacted.as_deref().unwrap_or(body));
+                c.request(
+                    &self.request_content_type,
+                    redacted.as_deref().unwrap_or(body),
+                );
                 c
             });
         }

@@ -188,7 +188,12 @@ fn set_headers(r: &ProcessingResponse) -> Vec<(String, String)> {
             m.set_headers
                 .iter()
                 .filter_map(|h| h.header.as_ref())
-                .map(|h| (h.key.clone(), String::from_utf8_lossy(&h.raw_value).into_owned()))
+                .map(|h| {
+                    (
+                        h.key.clone(),
+                        String::from_utf8_lossy(&h.raw_value).into_owned(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -208,9 +213,25 @@ async fn without_ext_authz_the_gate_admits_at_the_request_headers_and_strips_the
     let Some(Response::RequestHeaders(h)) = &r.response else {
         panic!("not a headers response: {r:?}");
     };
-    let removed = &h.response.as_ref().unwrap().header_mutation.as_ref().unwrap().remove_headers;
-    for name in ["authorization", "x-api-key", "api-key", "x-goog-api-key", md::ROUTE_HEADER] {
-        assert!(removed.iter().any(|h| h == name), "{name} kept: {removed:?}");
+    let removed = &h
+        .response
+        .as_ref()
+        .unwrap()
+        .header_mutation
+        .as_ref()
+        .unwrap()
+        .remove_headers;
+    for name in [
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        md::ROUTE_HEADER,
+    ] {
+        assert!(
+            removed.iter().any(|h| h == name),
+            "{name} kept: {removed:?}"
+        );
     }
     let r = p
         .handle(bare(body(
@@ -220,7 +241,9 @@ async fn without_ext_authz_the_gate_admits_at_the_request_headers_and_strips_the
         .unwrap();
     let routed = set_headers(&r);
     assert!(
-        routed.iter().any(|(k, v)| k == md::ROUTE_HEADER && !v.is_empty() && v != "evil"),
+        routed
+            .iter()
+            .any(|(k, v)| k == md::ROUTE_HEADER && !v.is_empty() && v != "evil"),
         "{routed:?}"
     );
     let r = p
@@ -254,7 +277,12 @@ async fn without_ext_authz_a_bad_key_is_refused_in_the_clients_dialect() {
     for (path, key, status, check) in [
         ("/v1/chat/completions", None, 401, "/error/code"),
         ("/v1/messages", Some("tg-nope"), 401, "/error/type"),
-        ("/v1beta/models/m:generateContent", Some("tg-nope"), 401, "/error/status"),
+        (
+            "/v1beta/models/m:generateContent",
+            Some("tg-nope"),
+            401,
+            "/error/status",
+        ),
     ] {
         let (mut p, _) = gated();
         let extra: Vec<(&str, &str)> = key.map(|k| ("x-api-key", k)).into_iter().collect();
@@ -271,7 +299,9 @@ async fn without_ext_authz_a_bad_key_is_refused_in_the_clients_dialect() {
         };
         assert_eq!(v.pointer(check), Some(&expected), "{path}: {v}");
         let named = i.headers.unwrap().set_headers.iter().any(|h| {
-            h.header.as_ref().is_some_and(|h| h.key == md::REQUEST_ID_HEADER)
+            h.header
+                .as_ref()
+                .is_some_and(|h| h.key == md::REQUEST_ID_HEADER)
         });
         assert!(named, "{path}: no request id");
     }
