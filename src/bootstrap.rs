@@ -104,17 +104,6 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
     headers
 }
 
-/// The address Envoy's first listener is bound to, read from its admin endpoint's
-/// `/listeners?format=json` answer (the bootstraps rendered here have one listener). `None`
-/// until it is bound (a listener given port 0 shows port 0 before that).
-pub fn listener_address(listeners_json: &str) -> Option<SocketAddr> {
-    let v: serde_json::Value = serde_json::from_str(listeners_json).ok()?;
-    let socket = &v["listener_statuses"][0]["local_address"]["socket_address"];
-    let ip: std::net::IpAddr = socket["address"].as_str()?.parse().ok()?;
-    let port = u16::try_from(socket["port_value"].as_u64()?).ok()?;
-    (port != 0).then_some(SocketAddr::new(ip, port))
-}
-
 /// The gateway bootstrap for `config`.
 pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     let mut o = o.clone();
@@ -271,21 +260,6 @@ pub fn find_envoy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 mod tests {
     use super::*;
     use tollgate_core::env::MapEnv;
-
-    #[test]
-    fn the_listener_address_is_read_from_envoys_admin_answer() {
-        // As Envoy 1.40 answers `/listeners?format=json`.
-        let bound = r#"{"listener_statuses": [{"name": "llm",
-            "local_address": {"socket_address": {"address": "127.0.0.1", "port_value": 40295}}}]}"#;
-        assert_eq!(
-            listener_address(bound),
-            Some("127.0.0.1:40295".parse().unwrap())
-        );
-        let unbound = bound.replace("40295", "0");
-        assert_eq!(listener_address(&unbound), None);
-        assert_eq!(listener_address(r#"{"listener_statuses": []}"#), None);
-        assert_eq!(listener_address("not json"), None);
-    }
 
     #[test]
     fn a_grpc_port_0_is_refused_with_what_to_do() {

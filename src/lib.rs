@@ -2,6 +2,7 @@
 //! same code the binary runs.
 
 pub mod bootstrap;
+pub mod envoy_admin;
 pub mod ready;
 pub mod serve;
 pub mod up;

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use tollgate_core::keys;
 
 use crate::bootstrap::{self, EnvoyOptions};
+use crate::envoy_admin;
 
 /// Options of `tollgate up`. A port of 0 lets the system pick a free one; the greeting shows
 /// the ports in use.
@@ -106,26 +107,6 @@ providers:
 /// The longest `serve` may take to become ready (it loads tokenizers, slow in debug builds).
 const SERVE_READY: Duration = Duration::from_secs(60);
 
-/// A GET on Envoy's admin endpoint: the body of a 200 answer, `None` otherwise.
-async fn admin_get(admin: SocketAddr, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.ok()?;
-    // HTTP/1.1: Envoy refuses HTTP/1.0 (426) unless told otherwise.
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut answer))
-        .await
-        .ok()?
-        .ok()?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-}
-
 /// Waits until Envoy, started with `--admin-address-path admin_file`, is ready; returns its
 /// admin address (from the file) and its listener's (from the admin's `/listeners`), which
 /// port 0 in the bootstrap leaves to the system.
@@ -138,19 +119,11 @@ async fn wait_envoy(
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("Envoy exited during start-up ({status}); see its log above");
         }
-        // Envoy writes the file in place: empty or unparsable means not yet.
-        let admin = std::fs::read_to_string(admin_file)
-            .ok()
-            .and_then(|a| a.trim().parse::<SocketAddr>().ok());
-        if let Some(admin) = admin {
-            if admin_get(admin, "/ready").await.is_some() {
-                let listener = admin_get(admin, "/listeners?format=json")
-                    .await
-                    .and_then(|l| bootstrap::listener_address(&l));
-                if let Some(listener) = listener {
-                    return Ok((admin, listener));
-                }
-            }
+        let file = admin_file.to_owned();
+        if let Ok(Some(addresses)) =
+            tokio::task::spawn_blocking(move || envoy_admin::ready(&file)).await
+        {
+            return Ok(addresses);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

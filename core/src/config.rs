@@ -1441,9 +1441,8 @@ fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) ->
         // A Unix-socket URL carries its password as `?pass=`.
         let holds_credentials = |u: &str| {
             u.contains('@')
-                || u.split_once('?').is_some_and(|(_, query)| {
-                    query.split('&').any(|kv| kv.starts_with("pass="))
-                })
+                || u.split_once('?')
+                    .is_some_and(|(_, query)| query.split('&').any(|kv| kv.starts_with("pass=")))
         };
         if r.url.as_deref().is_some_and(holds_credentials) {
             errs.add(

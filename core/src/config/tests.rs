@@ -858,8 +858,16 @@ fn the_redis_ledger_may_be_on_a_unix_socket() {
         "redis+unix:///run/redis/redis.sock?db=2"
     );
     for (url, path, says) in [
-        ("redis+unix:///r.sock?db=0&pass=pw", "budgets.redis.url", "holds credentials"),
-        ("unix:///r.sock", "budgets.redis.url", "must start with redis://"),
+        (
+            "redis+unix:///r.sock?db=0&pass=pw",
+            "budgets.redis.url",
+            "holds credentials",
+        ),
+        (
+            "unix:///r.sock",
+            "budgets.redis.url",
+            "must start with redis://",
+        ),
         ("http://h:1", "budgets.redis.url", "redis+unix:///"),
     ] {
         let bad = format!("{}budgets:\n  redis: {{ url: \"{url}\" }}\n", good());
