@@ -29,7 +29,7 @@ if ! command -v openssl >/dev/null 2>&1; then
 fi
 
 if ! command -v redis-server >/dev/null 2>&1; then
-  # The shared budget ledger's tests start their own redis-server (free port, temp data dir).
+  # The shared budget ledger's tests start their own redis-server (on a Unix socket, temp data dir).
   step "Installing Redis (Debian redis-server)"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -132,6 +132,10 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     let o = &o;
     let tollgate = match &config.listen.grpc {
         GrpcAddr::Unix(p) => format!("{{ pipe: {{ path: \"{}\" }} }}", p.display()),
+        GrpcAddr::Tcp(a) if a.port() == 0 => anyhow::bail!(
+            "listen.grpc `{a}` has port 0, which Envoy cannot connect to: render the bootstrap \
+             from a config naming the port `serve` bound (`tollgate serve --ready-file` reports it)"
+        ),
         GrpcAddr::Tcp(a) => format!(
             "{{ socket_address: {{ address: \"{}\", port_value: {} }} }}",
             a.ip(),
@@ -278,4 +282,24 @@ pub fn find_envoy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
     }
     anyhow::bail!("Envoy not found: {install}, or pass --envoy PATH / set ENVOY_BIN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_core::env::MapEnv;
+
+    #[test]
+    fn a_grpc_port_0_is_refused_with_what_to_do() {
+        let yaml = "listen: { grpc: \"127.0.0.1:0\", admin: \"127.0.0.1:0\" }\n";
+        let config = Config::from_yaml(yaml, &MapEnv::default()).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let err = gateway(&config, &EnvoyOptions::new(any, any)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("listen.grpc `127.0.0.1:0` has port 0"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--ready-file"), "{err}");
+    }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tokio::sync::oneshot;
 use tollgate::bootstrap::{self, EnvoyOptions};
 use tollgate_core::env::ProcessEnv;
 use tollgate_core::{keys, Config};
@@ -26,6 +27,11 @@ enum Command {
         /// The config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Once ready (when `/readyz` turns 200), write the addresses bound to this file as
+        /// `{"grpc": ..., "admin": ...}`: first to FILE.tmp, then renamed. With port 0 in
+        /// `listen.grpc` or `listen.admin`, it holds the port the system picked.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Run the log ingest service (gRPC `tollgate.logger.v1.LogIngest`) with the NDJSON or the
     /// ClickHouse sink.
@@ -60,6 +66,11 @@ enum Command {
         /// The logger-side spool's size cap in bytes.
         #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_SPOOL_MAX_BYTES)]
         spool_max_bytes: u64,
+        /// Once the sink is open and batches are served, write the address bound to this file
+        /// as `{"listen": ...}`: first to FILE.tmp, then renamed. With port 0 in `--listen`,
+        /// it holds the port the system picked.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Spend and tokens per key, tenant, model and/or day, read back from the logger's NDJSON
     /// files (`--data-dir`) or its ClickHouse table (`--clickhouse-url`).
@@ -95,13 +106,13 @@ enum Command {
     },
     /// Local all-in-one: Envoy + serve + the mock provider, with a curl to try.
     Up {
-        /// Envoy's client-facing port.
+        /// Envoy's client-facing port (0: any free port; the greeting shows which).
         #[arg(long, default_value_t = 8080)]
         port: u16,
-        /// Envoy's admin port.
+        /// Envoy's admin port (0: any free port).
         #[arg(long, default_value_t = 9901)]
         envoy_admin_port: u16,
-        /// Tollgate's admin port (/metrics).
+        /// Tollgate's admin port, /metrics (0: any free port).
         #[arg(long, default_value_t = 9464)]
         admin_port: u16,
         /// Where the generated config and bootstrap go.
@@ -133,10 +144,12 @@ enum Command {
         /// Plain Envoy (no filters) in front of this upstream.
         #[arg(long)]
         plain_upstream: Option<SocketAddr>,
-        /// Envoy's client-facing listener.
+        /// Envoy's client-facing listener. With port 0 Envoy picks one: its admin endpoint's
+        /// `/listeners?format=json` says which.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Envoy's admin listener.
+        /// Envoy's admin listener. With port 0, start Envoy with `--admin-address-path FILE`
+        /// to learn the port it picked.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
         /// Request body limit in bytes for --plain-upstream (the gateway takes
@@ -179,6 +192,11 @@ enum Command {
         /// assertions with.
         #[arg(long)]
         google_public_key_file: Option<PathBuf>,
+        /// Once listening, write the address bound to this file as `{"listen": ...}`: first
+        /// to FILE.tmp, then renamed. With port 0 in `--listen`, it holds the port the system
+        /// picked.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
 }
 
@@ -359,12 +377,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { config } => {
+        Command::Serve { config, ready_file } => {
             drop(out);
             let _log = init_tracing();
-            runtime()?.block_on(tollgate::serve::serve(
-                &config,
-                tollgate::serve::shutdown_signal(),
+            let (ready, bound) = oneshot::channel();
+            runtime()?.block_on(tollgate::ready::report(
+                tollgate::serve::serve_reporting(
+                    &config,
+                    ready,
+                    tollgate::serve::shutdown_signal(),
+                ),
+                bound,
+                ready_file,
+                |b| b.to_json(),
             ))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -379,6 +404,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_batch_events,
             spool_dir,
             spool_max_bytes,
+            ready_file,
         } => {
             drop(out);
             let _log = init_tracing();
@@ -399,9 +425,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 spool_dir,
                 spool_max_bytes,
             };
-            runtime()?.block_on(tollgate_logger::run(
-                config,
-                tollgate::serve::shutdown_signal(),
+            let (ready, bound) = oneshot::channel();
+            runtime()?.block_on(tollgate::ready::report(
+                async {
+                    tollgate_logger::run_reporting(
+                        config,
+                        ready,
+                        tollgate::serve::shutdown_signal(),
+                    )
+                    .await
+                    .map_err(anyhow::Error::from)
+                },
+                bound,
+                ready_file,
+                |listen| serde_json::json!({ "listen": listen.to_string() }),
             ))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -462,6 +499,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             chunk_delay_ms,
             api_key,
             google_public_key_file,
+            ready_file,
         } => {
             drop(out);
             let google_public_key = google_public_key_file
@@ -475,7 +513,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-                tracing::info!(%listen, "Mock provider listening");
+                let bound = listener.local_addr()?;
+                tracing::info!(listen = %bound, "Mock provider listening");
+                if let Some(path) = &ready_file {
+                    tollgate::ready::write(
+                        path,
+                        &serde_json::json!({ "listen": bound.to_string() }),
+                    )?;
+                }
                 tollgate_mock::serve(
                     listener,
                     tollgate_mock::MockConfig {

@@ -4,6 +4,7 @@
 //! the config file hot-reloaded: a bad new file keeps the old config in force and says why.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use axum::routing::get;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tollgate_authz::AuthzService;
 use tollgate_core::budget::{self, Ledger, MemoryLedger, RedisLedger};
 use tollgate_core::config::{GrpcAddr, RestoreSource};
@@ -231,9 +232,38 @@ fn owner<'a>(key: &'a str, team: &'a str, tenant: &'a str, end_user: &'a str) ->
     }
 }
 
+/// The addresses `serve` listens on: a port 0 in `listen` becomes the port the system picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    /// The gRPC services (ext_authz, ext_proc, health).
+    pub grpc: GrpcAddr,
+    /// The admin HTTP endpoint.
+    pub admin: SocketAddr,
+}
+
+impl Bound {
+    /// The ready-file form: `{"grpc": "127.0.0.1:4000" | "unix:/path", "admin": "127.0.0.1:4001"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "grpc": self.grpc.to_string(),
+            "admin": self.admin.to_string(),
+        })
+    }
+}
+
 /// Runs the services for `config_path` until `shutdown` resolves.
 pub async fn serve(
     config_path: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_reporting(config_path, oneshot::channel().0, shutdown).await
+}
+
+/// [`serve`], sending the addresses it bound on `ready_tx` once it is ready (when `/readyz`
+/// turns 200).
+pub async fn serve_reporting(
+    config_path: &Path,
+    ready_tx: oneshot::Sender<Bound>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let path = config_path.to_owned();
@@ -304,6 +334,9 @@ pub async fn serve(
                 listen.admin
             )
         })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .context("cannot read the admin listener's address (listen.admin)")?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let admin = axum::Router::new()
@@ -373,12 +406,18 @@ pub async fn serve(
     let grpc_shutdown = async move {
         let _ = grpc_stop.changed().await;
     };
-    let grpc = match &listen.grpc {
+    let (grpc, grpc_addr) = match &listen.grpc {
         GrpcAddr::Tcp(addr) => {
             let incoming = tonic::transport::server::TcpIncoming::bind(*addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (listen.grpc): {e}"))?
                 .with_nodelay(Some(true));
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
+            let bound = incoming
+                .local_addr()
+                .context("cannot read the gRPC listener's address (listen.grpc)")?;
+            (
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown)),
+                GrpcAddr::Tcp(bound),
+            )
         }
         GrpcAddr::Unix(path) => {
             if path.exists() {
@@ -388,12 +427,20 @@ pub async fn serve(
             let listener = tokio::net::UnixListener::bind(path)
                 .with_context(|| format!("cannot listen on {} (listen.grpc)", path.display()))?;
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown))
+            (
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, grpc_shutdown)),
+                listen.grpc.clone(),
+            )
         }
     };
     tokenizers.await.context("cannot load the tokenizers")?;
     ready.store(true, Ordering::Release);
-    tracing::info!(grpc = %listen.grpc, admin = %listen.admin, "Tollgate serving");
+    tracing::info!(grpc = %grpc_addr, admin = %admin_addr, "Tollgate serving");
+    // Nobody listening for the addresses is fine: `serve` without `--ready-file`.
+    let _ = ready_tx.send(Bound {
+        grpc: grpc_addr,
+        admin: admin_addr,
+    });
 
     shutdown.await;
     let settings = shared.load().shutdown;

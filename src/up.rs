@@ -12,8 +12,10 @@ use anyhow::Context as _;
 use tollgate_core::keys;
 
 use crate::bootstrap::{self, EnvoyOptions};
+use crate::envoy_admin;
 
-/// Options of `tollgate up`.
+/// Options of `tollgate up`. A port of 0 lets the system pick a free one; the greeting shows
+/// the ports in use.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
     /// Envoy's client-facing port.
@@ -104,30 +106,30 @@ providers:
     yaml
 }
 
-async fn wait_ready(
-    url: &str,
-    what: &str,
+/// The longest `serve` may take to become ready (it loads tokenizers, slow in debug builds).
+const SERVE_READY: Duration = Duration::from_secs(60);
+
+/// Waits until Envoy, started with `--admin-address-path admin_file`, is ready; returns its
+/// admin address (from the file) and its listener's (from the admin's `/listeners`), which
+/// port 0 in the bootstrap leaves to the system.
+async fn wait_envoy(
+    admin_file: &std::path::Path,
     child: &mut tokio::process::Child,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     // 30 s: a cold Envoy on a busy machine takes a while.
     for _ in 0..600 {
         if let Some(status) = child.try_wait()? {
-            anyhow::bail!("{what} exited during start-up ({status}); see its log above");
+            anyhow::bail!("Envoy exited during start-up ({status}); see its log above");
         }
-        if let Ok(mut s) = tokio::net::TcpStream::connect(url).await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            // HTTP/1.1: Envoy refuses HTTP/1.0 (426) unless told otherwise.
-            let _ = s
-                .write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .await;
-            let mut buf = [0u8; 12];
-            if s.read_exact(&mut buf).await.is_ok() && buf.ends_with(b"200") {
-                return Ok(());
-            }
+        let file = admin_file.to_owned();
+        if let Ok(Some(addresses)) =
+            tokio::task::spawn_blocking(move || envoy_admin::ready(&file)).await
+        {
+            return Ok(addresses);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::bail!("{what} did not become ready within 30 s; see its log above")
+    anyhow::bail!("Envoy did not become ready within 30 s; see its log above")
 }
 
 /// Runs the all-in-one until Ctrl-C.
@@ -188,16 +190,24 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
 
     let mut serve_stop = stop_rx.clone();
     let serve_path = config_path.clone();
+    let (serve_ready, serve_bound) = tokio::sync::oneshot::channel();
     let serve_task = tokio::spawn(async move {
-        crate::serve::serve(&serve_path, async move {
+        crate::serve::serve_reporting(&serve_path, serve_ready, async move {
             let _ = serve_stop.changed().await;
         })
         .await
     });
 
+    let admin_file = dir.join("envoy-admin.address");
+    if admin_file.exists() {
+        std::fs::remove_file(&admin_file)
+            .with_context(|| format!("cannot remove the stale {}", admin_file.display()))?;
+    }
     let mut envoy = tokio::process::Command::new(&envoy_bin)
         .arg("-c")
         .arg(&bootstrap_path)
+        .arg("--admin-address-path")
+        .arg(&admin_file)
         .args([
             "--log-level",
             "warning",
@@ -209,12 +219,33 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start Envoy at {}", envoy_bin.display()))?;
-    let started = wait_ready(&envoy_admin.to_string(), "Envoy", &mut envoy).await;
-    if let Err(e) = started {
-        let _ = stop_tx.send(true);
-        let _ = logger_stop_tx.send(());
-        return Err(e);
-    }
+    let started = match wait_envoy(&admin_file, &mut envoy).await {
+        // `serve` says where its admin endpoint is once it is ready (or stops trying).
+        Ok((envoy_admin, listen)) => match tokio::time::timeout(SERVE_READY, serve_bound).await {
+            Ok(Ok(bound)) => Ok((envoy_admin, listen, bound.admin)),
+            Ok(Err(_)) => Err(anyhow::anyhow!("serve stopped during start-up")),
+            Err(_) => Err(anyhow::anyhow!(
+                "serve did not become ready within {} s; see its log above",
+                SERVE_READY.as_secs()
+            )),
+        },
+        Err(e) => Err(e),
+    };
+    let (envoy_admin, listen, admin) = match started {
+        Ok(addresses) => addresses,
+        Err(e) => {
+            let _ = envoy.start_kill();
+            let _ = stop_tx.send(true);
+            let _ = logger_stop_tx.send(());
+            // Why `serve` stopped, when it did, says more than that it stopped.
+            if let Ok(Ok(Err(serve_error))) =
+                tokio::time::timeout(Duration::from_secs(5), serve_task).await
+            {
+                return Err(serve_error);
+            }
+            return Err(e);
+        }
+    };
 
     let mut out = std::io::stdout().lock();
     writeln!(

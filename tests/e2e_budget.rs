@@ -253,10 +253,9 @@ async fn restart_and_read_usage(stack: &mut Stack) -> Value {
 #[tokio::test]
 async fn spend_survives_a_restart_of_serve() {
     let data = tempfile::tempdir().unwrap();
-    let logger_addr = format!("127.0.0.1:{}", free_port());
-    let logger = Logger::start(&logger_addr, &data.path().join("data"), data.path());
+    let logger = Logger::start(ANY_PORT, &data.path().join("data"), data.path());
     let mut stack = Stack::start(StackOptions {
-        logger: Some(logger_addr.clone()),
+        logger: Some(logger.addr.clone()),
         extra_yaml: format!(
             "budgets:\n  restore: {{ ndjson_dir: \"{}\" }}\n  limits:\n    - {{ id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.00006\" }}\n",
             data.path().join("data").display()
@@ -291,10 +290,9 @@ async fn spend_survives_a_restart_of_serve() {
 async fn spend_survives_a_restart_of_serve_restored_from_clickhouse() {
     let dir = tempfile::tempdir().unwrap();
     let mut ch = common::clickhouse::ClickHouse::start();
-    let logger_addr = format!("127.0.0.1:{}", free_port());
-    let _logger = Logger::start_clickhouse(&logger_addr, &ch.url, "tg_restore", dir.path());
+    let logger = Logger::start_clickhouse(ANY_PORT, &ch.url, "tg_restore", dir.path());
     let mut stack = Stack::start(StackOptions {
-        logger: Some(logger_addr.clone()),
+        logger: Some(logger.addr.clone()),
         extra_yaml: format!(
             "budgets:\n  restore:\n    clickhouse: {{ url: \"{}\", database: tg_restore, table: requests }}\n  limits:\n    - {{ id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.00006\" }}\n",
             ch.url
@@ -353,7 +351,8 @@ async fn spend_survives_a_restart_of_serve_restored_from_clickhouse() {
     );
 }
 
-/// A real `redis-server` on a free port, data in a temporary directory, killed on drop.
+/// A real `redis-server` listening on a Unix socket only (`--port 0` turns TCP off; no port
+/// to pick), data in a temporary directory, killed on drop.
 struct Redis {
     url: String,
     proc: Proc,
@@ -362,17 +361,19 @@ struct Redis {
 
 fn start_redis() -> Redis {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let socket = dir.path().join("redis.sock");
     let mut proc = Proc::spawn(
         "redis",
         std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--unixsocketperm", "700"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir.path()),
         dir.path(),
     );
     let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(proc.alive(), "redis-server exited:\n{}", proc.log());
         assert!(
             start.elapsed() < std::time::Duration::from_secs(20),
@@ -382,7 +383,7 @@ fn start_redis() -> Redis {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Redis {
-        url: format!("redis://127.0.0.1:{port}/0"),
+        url: format!("redis+unix://{}?db=0", socket.display()),
         proc,
         _dir: dir,
     }
@@ -456,10 +457,9 @@ fn sse_data(body: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_stream_past_its_output_cap_ends_cleanly_in_each_dialect() {
     let data = tempfile::tempdir().unwrap();
-    let logger_addr = format!("127.0.0.1:{}", free_port());
-    let logger = Logger::start(&logger_addr, &data.path().join("data"), data.path());
+    let logger = Logger::start(ANY_PORT, &data.path().join("data"), data.path());
     let stack = Stack::start(StackOptions {
-        logger: Some(logger_addr.clone()),
+        logger: Some(logger.addr.clone()),
         extra_yaml: "budgets:\n  max_output_tokens_per_request: 5\n".to_owned(),
         ..Default::default()
     });

@@ -117,10 +117,9 @@ async fn log_lines(logger: &Logger, n: usize) -> Vec<Value> {
 
 async fn guardrails_in(dialect: &str) {
     let logger_dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let logger = Logger::start(&addr, &logger_dir.path().join("data"), logger_dir.path());
+    let logger = Logger::start(ANY_PORT, &logger_dir.path().join("data"), logger_dir.path());
     let stack = Stack::start(StackOptions {
-        logger: Some(addr),
+        logger: Some(logger.addr.clone()),
         ..Default::default()
     });
     let mut expect: Vec<(String, Vec<&str>, &str)> = Vec::new();

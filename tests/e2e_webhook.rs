@@ -191,11 +191,10 @@ async fn webhook_verdicts_allow_block_flag_and_fail_open_or_closed_through_envoy
 async fn webhook_verdicts_reach_the_log_event() {
     let (base, _calls) = webhook().await;
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let logger = Logger::start(&addr, &dir.path().join("data"), dir.path());
+    let logger = Logger::start(ANY_PORT, &dir.path().join("data"), dir.path());
     let stack = Stack::start(StackOptions {
         webhook: Some(base),
-        logger: Some(addr),
+        logger: Some(logger.addr.clone()),
         ..Default::default()
     });
     let r = stack

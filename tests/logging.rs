@@ -92,10 +92,9 @@ fn counter(metrics: &str, outcome: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_logged_exactly_once_even_across_a_logger_kill_9() {
     let logger_dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut logger = Logger::start(&addr, &logger_dir.path().join("data"), logger_dir.path());
+    let mut logger = Logger::start(ANY_PORT, &logger_dir.path().join("data"), logger_dir.path());
     let stack = Arc::new(Stack::start(StackOptions {
-        logger: Some(addr.clone()),
+        logger: Some(logger.addr.clone()),
         ..Default::default()
     }));
     let mut expected: HashMap<String, Seen> = HashMap::new();

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use common::*;
 
+/// `tollgate up` with Envoy on `port` (0: any) and its other ports left to the system.
 fn up_command(dir: &std::path::Path, port: u16) -> Command {
     let mut cmd = Command::new(TOLLGATE);
     cmd.arg("up")
         .args(["--port", &port.to_string()])
-        .args(["--envoy-admin-port", &free_port().to_string()])
-        .args(["--admin-port", &free_port().to_string()])
+        .args(["--envoy-admin-port", "0"])
+        .args(["--admin-port", "0"])
         .arg("--dir")
         .arg(dir)
         .env_remove("OPENAI_API_KEY");
@@ -30,9 +31,8 @@ fn up_command(dir: &std::path::Path, port: u16) -> Command {
 #[tokio::test]
 async fn up_prints_a_key_and_a_curl_that_work() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let envoy = envoy_bin();
-    let mut child = up_command(dir.path(), port)
+    let mut child = up_command(dir.path(), 0)
         .arg("--envoy")
         .arg(&envoy)
         .stdin(Stdio::null())
@@ -71,8 +71,24 @@ async fn up_prints_a_key_and_a_curl_that_work() {
         .find(|l| l.starts_with("tg-") && !l.contains(' '))
         .unwrap_or_else(|| panic!("no key printed:\n{text}"))
         .to_owned();
+    // Port 0: the greeting names the port Envoy got.
+    let port: u16 = text
+        .split_once("Envoy on http://127.0.0.1:")
+        .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no Envoy address in the greeting:\n{text}"));
+    assert_ne!(port, 0);
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
     assert!(text.contains(&url), "{text}");
+    let metrics = text
+        .split_once("Metrics: http://")
+        .and_then(|(_, rest)| rest.split_once("/metrics"))
+        .map(|(addr, _)| addr.to_owned())
+        .unwrap_or_else(|| panic!("no metrics address in the greeting:\n{text}"));
+    let scrape = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(scrape.status(), 200, "{text}");
     assert!(text.contains("OPENAI_API_KEY"), "{text}");
 
     // The printed curl, as printed.
@@ -128,7 +144,7 @@ async fn up_prints_a_key_and_a_curl_that_work() {
 #[test]
 fn up_says_how_to_get_envoy_when_it_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let out = up_command(dir.path(), free_port())
+    let out = up_command(dir.path(), 0)
         .args(["--envoy", "/nonexistent/envoy"])
         .output()
         .unwrap();

@@ -23,7 +23,8 @@ use crate::stats::LatencyStats;
 const MAX_PHASE_SECS: f64 = 3600.0;
 
 /// Load benchmark: plain Envoy vs Envoy + Tollgate (ext_authz + ext_proc) on the same mock
-/// upstream. Starts every process itself on free 127.0.0.1 ports and stops them at the end.
+/// upstream. Starts every process itself on 127.0.0.1 (each binds port 0 and reports the port
+/// it got) and stops them at the end.
 #[derive(Debug, Parser)]
 #[command(
     name = "tollgate-bench",

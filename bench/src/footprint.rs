@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use crate::loadgen::{http_get, LoadClient};
-use crate::stack::{free_ports, key_hash, GrpcTransport, Proc, Stack, StackOptions};
+use crate::loadgen::LoadClient;
+use crate::stack::{key_hash, GrpcTransport, Proc, Stack, StackOptions};
 
 /// `tollgate-bench streams`.
 #[derive(Debug, Args)]
@@ -157,24 +157,25 @@ fn config_with_keys(dir: &Path, keys: usize, grpc: &str, admin: &str) -> Result<
     Ok(path)
 }
 
-/// Time from spawning `serve` to its `/readyz` answering 200.
-async fn time_to_ready(tollgate: &Path, config: &Path, admin: &str, log: &Path) -> Result<f64> {
+/// Time from spawning `serve` to its ready file (written once `/readyz` answers 200).
+async fn time_to_ready(tollgate: &Path, config: &Path, ready: &Path, log: &Path) -> Result<f64> {
     let started = Instant::now();
     let mut cmd = Command::new(tollgate);
-    cmd.arg("serve").arg("--config").arg(config);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--ready-file")
+        .arg(ready);
     let mut proc = Proc::spawn("tollgate serve", &mut cmd, log)?;
-    let url = format!("http://{admin}/readyz");
     loop {
         proc.check_alive()?;
-        if let Ok((status, _)) = http_get(&url, Duration::from_millis(200)).await {
-            if status.is_success() {
-                return Ok(started.elapsed().as_secs_f64() * 1000.0);
-            }
+        if ready.exists() {
+            return Ok(started.elapsed().as_secs_f64() * 1000.0);
         }
         if started.elapsed() > Duration::from_secs(60) {
             bail!("serve not ready after 60 s:\n{}", proc.log_tail());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
@@ -191,13 +192,12 @@ pub async fn startup(args: &StartupArgs) -> Result<StartupReport> {
     let mut figures = (Vec::new(), Vec::new());
     for run in 0..args.runs.max(1) {
         for (keys, out) in [(0, &mut figures.0), (args.keys, &mut figures.1)] {
-            let ports = free_ports(1)?;
-            let admin = format!("127.0.0.1:{}", ports.first().copied().unwrap_or(0));
             let sock = dir.path().join(format!("s-{run}-{keys}.sock"));
             let grpc = format!("unix:{}", sock.display());
-            let config = config_with_keys(dir.path(), keys, &grpc, &admin)?;
+            let config = config_with_keys(dir.path(), keys, &grpc, "127.0.0.1:0")?;
             let log = dir.path().join(format!("serve-{run}-{keys}.log"));
-            out.push(time_to_ready(&args.tollgate, &config, &admin, &log).await?);
+            let ready = dir.path().join(format!("ready-{run}-{keys}.json"));
+            out.push(time_to_ready(&args.tollgate, &config, &ready, &log).await?);
         }
     }
     let mut empty = figures.0.clone();

@@ -1,10 +1,12 @@
 //! The system under test: starts the mock provider, `tollgate serve`, a plain Envoy and an
-//! Envoy with Tollgate's ext_authz + ext_proc filters, all on free 127.0.0.1 ports, waits
-//! until each answers its readiness probe, and kills each by its own PID on drop.
+//! Envoy with Tollgate's ext_authz + ext_proc filters, waits until each is ready, and kills
+//! each by its own PID on drop. No port is guessed: each process binds 127.0.0.1 port 0 and
+//! says which port it got (`tollgate mock` and `serve` through `--ready-file`, Envoy through
+//! `--admin-address-path` and its admin's `/listeners`).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,6 +25,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of each process's log shown when something fails.
 const LOG_TAIL_LINES: usize = 40;
+
+/// The listen address that lets the system pick the port.
+const ANY_PORT: &str = "127.0.0.1:0";
 
 /// Path of the chat completions endpoint both Envoys serve.
 pub const CHAT_PATH: &str = "/v1/chat/completions";
@@ -107,22 +112,56 @@ impl Proc {
         tail_file(&self.log, LOG_TAIL_LINES)
     }
 
-    /// Polls `url` until it answers 200, the process exits, or `timeout` passes.
-    pub async fn wait_ready(&mut self, url: &str, timeout: Duration) -> Result<()> {
+    /// Waits until the process has written its `--ready-file` (written, then renamed: there
+    /// means complete) and returns the file's JSON.
+    pub async fn wait_ready_file(
+        &mut self,
+        file: &Path,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                tracing::info!(name = %self.name, "Ready");
+                return serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON: {text}", file.display()));
+            }
+            self.check_alive()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not write {} within {timeout:?}; last log lines:\n{}",
+                    self.name,
+                    file.display(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// Waits until this Envoy, started with `--admin-address-path admin_file`, is ready;
+    /// returns its listener's address (read from the admin's `/listeners?format=json`).
+    pub async fn wait_envoy(&mut self, admin_file: &Path, timeout: Duration) -> Result<SocketAddr> {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive()?;
-            let last = match http_get(url, PROBE_TIMEOUT).await {
-                Ok((status, _)) if status.is_success() => {
-                    tracing::info!(name = %self.name, url, "Ready");
-                    return Ok(());
+            // Envoy writes the file in place: empty or unparsable means not yet.
+            let admin = std::fs::read_to_string(admin_file)
+                .ok()
+                .and_then(|a| a.trim().parse::<SocketAddr>().ok());
+            let mut last = format!("no admin address in {} yet", admin_file.display());
+            if let Some(admin) = admin {
+                match envoy_listener(admin).await {
+                    Ok(listener) => {
+                        tracing::info!(name = %self.name, %listener, "Ready");
+                        return Ok(listener);
+                    }
+                    Err(e) => last = format!("{e:#}"),
                 }
-                Ok((status, body)) => format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
-                Err(e) => format!("{e:#}"),
-            };
+            }
             if Instant::now() >= deadline {
                 bail!(
-                    "{} not ready at {url} after {timeout:?} (last probe: {last}); last log lines:\n{}",
+                    "{} not ready after {timeout:?} ({last}); last log lines:\n{}",
                     self.name,
                     self.log_tail()
                 );
@@ -130,6 +169,41 @@ impl Proc {
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     }
+}
+
+/// Once the Envoy with admin endpoint `admin` is ready, the address its (only) listener is
+/// bound to.
+async fn envoy_listener(admin: SocketAddr) -> Result<SocketAddr> {
+    let (status, _) = http_get(&format!("http://{admin}/ready"), PROBE_TIMEOUT).await?;
+    if !status.is_success() {
+        bail!("Envoy's /ready answers {status}");
+    }
+    let (_, body) = http_get(
+        &format!("http://{admin}/listeners?format=json"),
+        PROBE_TIMEOUT,
+    )
+    .await?;
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    let socket = &v["listener_statuses"][0]["local_address"]["socket_address"];
+    let listener = SocketAddr::new(
+        socket["address"]
+            .as_str()
+            .context("no listener address")?
+            .parse()?,
+        u16::try_from(socket["port_value"].as_u64().context("no listener port")?)?,
+    );
+    if listener.port() == 0 {
+        bail!("the listener is not bound yet");
+    }
+    Ok(listener)
+}
+
+/// An address from a ready file's field.
+fn ready_addr(ready: &serde_json::Value, field: &str) -> Result<SocketAddr> {
+    ready[field]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("no address `{field}` in the ready file {ready}"))
 }
 
 impl Drop for Proc {
@@ -161,18 +235,6 @@ fn tail_file(path: &Path, n: usize) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
-}
-
-/// `n` distinct free TCP ports on 127.0.0.1 (all held open until all are chosen).
-pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("finding a free port on 127.0.0.1")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
 }
 
 /// `sha256:<hex>` of a key, the form the config stores.
@@ -339,59 +401,55 @@ impl Stack {
 
     async fn boot(&mut self, opts: &StackOptions) -> Result<()> {
         let tollgate = &opts.tollgate;
-        let ports = free_ports(7)?;
-        let [mock, grpc_port, admin, base_listen, base_admin, gw_listen, gw_admin] =
-            <[u16; 7]>::try_from(ports)
-                .map_err(|_| anyhow!("free_ports returned the wrong count"))?;
         let dir = self.workdir.clone();
 
         // 1. Mock provider.
         let mut cmd = Command::new(tollgate);
-        cmd.args(["mock", "--listen", &format!("127.0.0.1:{mock}")]);
+        cmd.args(["mock", "--listen", ANY_PORT]);
         if let Some(ms) = opts.mock_latency_ms {
             cmd.args(["--latency-ms", &ms.to_string()]);
         }
         if let Some(ms) = opts.mock_chunk_delay_ms {
             cmd.args(["--chunk-delay-ms", &ms.to_string()]);
         }
-        self.start_proc(
-            "mock",
-            &mut cmd,
-            &format!("http://127.0.0.1:{mock}/v1/models"),
-            opts,
-        )
-        .await?;
+        let ready = self.start_reporting("mock", &mut cmd, opts).await?;
+        let mock = ready_addr(&ready, "listen")?;
 
         // 2. Key and config for `tollgate serve`.
         let key = mint_key(tollgate).await?;
         let grpc = match opts.grpc {
-            GrpcTransport::Tcp => format!("127.0.0.1:{grpc_port}"),
+            GrpcTransport::Tcp => ANY_PORT.to_owned(),
             GrpcTransport::Uds => format!("unix:{}", dir.join("tollgate.sock").display()),
         };
-        let admin_addr = format!("127.0.0.1:{admin}");
-        let config = gateway_config(
-            &grpc,
-            &admin_addr,
-            mock,
-            &key_hash(&key),
-            opts.budgets,
-            opts.ext_authz,
-        );
+        let config = |grpc: &str| {
+            gateway_config(
+                grpc,
+                ANY_PORT,
+                mock.port(),
+                &key_hash(&key),
+                opts.budgets,
+                opts.ext_authz,
+            )
+        };
         let config_path = dir.join("tollgate.yaml");
-        std::fs::write(&config_path, serde_yaml::to_string(&config)?)
+        std::fs::write(&config_path, serde_yaml::to_string(&config(&grpc))?)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let config_arg = config_path.to_string_lossy().into_owned();
 
         // 3. `tollgate serve`.
         let mut cmd = Command::new(tollgate);
         cmd.args(["serve", "--config", &config_arg]);
-        self.start_proc(
-            "tollgate serve",
-            &mut cmd,
-            &format!("http://{admin_addr}/readyz"),
-            opts,
-        )
-        .await?;
+        let ready = self
+            .start_reporting("tollgate serve", &mut cmd, opts)
+            .await?;
+        // Envoy is pointed at the gRPC address `serve` bound.
+        let bound_path = dir.join("tollgate-bound.yaml");
+        let bound_grpc = ready["grpc"]
+            .as_str()
+            .with_context(|| format!("no `grpc` in serve's ready file {ready}"))?;
+        std::fs::write(&bound_path, serde_yaml::to_string(&config(bound_grpc))?)
+            .with_context(|| format!("writing {}", bound_path.display()))?;
+        let bound_arg = bound_path.to_string_lossy().into_owned();
 
         // 4. Both Envoys, same flags; only the bootstrap differs.
         let base_boot = run_capture(
@@ -399,11 +457,11 @@ impl Stack {
             &[
                 "envoy-bootstrap",
                 "--plain-upstream",
-                &format!("127.0.0.1:{mock}"),
+                &mock.to_string(),
                 "--listen",
-                &format!("127.0.0.1:{base_listen}"),
+                ANY_PORT,
                 "--admin",
-                &format!("127.0.0.1:{base_admin}"),
+                ANY_PORT,
             ],
         )
         .await?;
@@ -412,27 +470,29 @@ impl Stack {
             &[
                 "envoy-bootstrap",
                 "--config",
-                &config_arg,
+                &bound_arg,
                 "--listen",
-                &format!("127.0.0.1:{gw_listen}"),
+                ANY_PORT,
                 "--admin",
-                &format!("127.0.0.1:{gw_admin}"),
+                ANY_PORT,
             ],
         )
         .await?;
         let base_id = u64::from(std::process::id()) % 100_000 * 10;
-        for (i, (name, boot, admin_port)) in [
-            ("envoy baseline", base_boot, base_admin),
-            ("envoy gateway", gw_boot, gw_admin),
-        ]
-        .into_iter()
-        .enumerate()
+        let mut listeners = Vec::new();
+        for (i, (name, boot)) in [("envoy baseline", base_boot), ("envoy gateway", gw_boot)]
+            .into_iter()
+            .enumerate()
         {
-            let file = dir.join(format!("{}.yaml", name.replace(' ', "-")));
+            let stem = name.replace(' ', "-");
+            let file = dir.join(format!("{stem}.yaml"));
             std::fs::write(&file, boot).with_context(|| format!("writing {}", file.display()))?;
+            let admin_file = dir.join(format!("{stem}.admin-address"));
             let mut cmd = Command::new(&opts.envoy);
             cmd.arg("-c")
                 .arg(&file)
+                .arg("--admin-address-path")
+                .arg(&admin_file)
                 .args([
                     "--concurrency",
                     "1",
@@ -441,36 +501,44 @@ impl Stack {
                     "warning",
                 ])
                 .args(["--base-id", &(base_id + i as u64 + 1).to_string()]);
-            self.start_proc(
-                name,
-                &mut cmd,
-                &format!("http://127.0.0.1:{admin_port}/ready"),
-                opts,
-            )
-            .await?;
+            let log = dir.join(format!("{stem}.log"));
+            self.procs.push(Proc::spawn(name, &mut cmd, &log)?);
+            if let Some(p) = self.procs.last_mut() {
+                listeners.push(p.wait_envoy(&admin_file, opts.ready_timeout).await?);
+            }
         }
+        let [base_listen, gw_listen] = <[SocketAddr; 2]>::try_from(listeners)
+            .map_err(|_| anyhow!("expected the listeners of two Envoys"))?;
 
         self.endpoints = Endpoints {
-            baseline_url: format!("http://127.0.0.1:{base_listen}{CHAT_PATH}"),
-            gateway_url: format!("http://127.0.0.1:{gw_listen}{CHAT_PATH}"),
+            baseline_url: format!("http://{base_listen}{CHAT_PATH}"),
+            gateway_url: format!("http://{gw_listen}{CHAT_PATH}"),
             key,
         };
         self.sanity_check().await
     }
 
-    async fn start_proc(
+    /// Starts `cmd` (a `tollgate` subcommand) with `--ready-file` and waits for the file;
+    /// returns its JSON.
+    async fn start_reporting(
         &mut self,
         name: &str,
         cmd: &mut Command,
-        ready_url: &str,
         opts: &StackOptions,
-    ) -> Result<()> {
-        let log = self.workdir.join(format!("{}.log", name.replace(' ', "-")));
-        self.procs.push(Proc::spawn(name, cmd, &log)?);
-        if let Some(p) = self.procs.last_mut() {
-            p.wait_ready(ready_url, opts.ready_timeout).await?;
+    ) -> Result<serde_json::Value> {
+        let stem = name.replace(' ', "-");
+        let ready = self.workdir.join(format!("{stem}.ready"));
+        if ready.exists() {
+            std::fs::remove_file(&ready)
+                .with_context(|| format!("removing the stale {}", ready.display()))?;
         }
-        Ok(())
+        cmd.arg("--ready-file").arg(&ready);
+        let log = self.workdir.join(format!("{stem}.log"));
+        self.procs.push(Proc::spawn(name, cmd, &log)?);
+        match self.procs.last_mut() {
+            Some(p) => p.wait_ready_file(&ready, opts.ready_timeout).await,
+            None => bail!("{name} was not started"),
+        }
     }
 
     /// One plain and one streaming request through each Envoy must succeed before measuring.
@@ -552,15 +620,6 @@ mod tests {
             key_hash("abc"),
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-    }
-
-    #[test]
-    fn free_ports_are_distinct() {
-        let ports = free_ports(5).unwrap();
-        let mut sorted = ports.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), 5);
     }
 
     #[test]

@@ -202,7 +202,8 @@ pub struct RawBudgets {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedisLedger {
-    /// `redis://[:password@]host:port[/db]` written here (no password), or
+    /// `redis://[:password@]host:port[/db]` or, for a server on this host's Unix socket,
+    /// `redis+unix:///path/to/redis.sock[?db=N]`, written here (no password), or
     #[serde(default)]
     pub url: Option<String>,
     /// the name of an environment variable holding it (where a password belongs).
@@ -1500,17 +1501,23 @@ fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) ->
                 None
             }
         }?;
-        if !url.starts_with("redis://") {
+        if !url.starts_with("redis://") && !url.starts_with("redis+unix:///") {
             errs.add(
                 if r.url.is_some() {
                     "budgets.redis.url"
                 } else {
                     "budgets.redis.url_env"
                 },
-                "must start with redis://",
+                "must start with redis:// (TCP) or redis+unix:/// (a Unix socket path)",
             );
         }
-        if r.url.as_deref().is_some_and(|u| u.contains('@')) {
+        // A Unix-socket URL carries its password as `?pass=`.
+        let holds_credentials = |u: &str| {
+            u.contains('@')
+                || u.split_once('?')
+                    .is_some_and(|(_, query)| query.split('&').any(|kv| kv.starts_with("pass=")))
+        };
+        if r.url.as_deref().is_some_and(holds_credentials) {
             errs.add(
                 "budgets.redis.url",
                 "holds credentials: give them through `url_env` instead",

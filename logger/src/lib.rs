@@ -1,10 +1,10 @@
 //! The logger service (`tollgate.logger.v1.LogIngest`, gRPC) and its sinks, plus the sidecar
 //! side that ships events to it.
 //!
-//! - Server side ([`run`], [`serve`]): [`service`] validates each [`LogBatch`] and hands it to a
-//!   [`sink::Sink`]; the batch is acknowledged only once the sink says it is durable. The
-//!   default sink is [`ndjson::NdjsonSink`]: rotating NDJSON files, fsynced before the ack,
-//!   idempotent on `request_id` across restarts; [`clickhouse::ClickHouseSink`] writes a
+//! - Server side ([`run`], [`serve`], and their `_reporting` forms that say when they serve):
+//!   [`service`] validates each [`LogBatch`] and hands it to a [`sink::Sink`]; the batch is
+//!   acknowledged only once the sink says it is durable. The default sink is
+//!   [`ndjson::NdjsonSink`]: rotating NDJSON files, fsynced before the ack, idempotent on `request_id` across restarts; [`clickhouse::ClickHouseSink`] writes a
 //!   ClickHouse table, idempotent on `request_id` too.
 //! - Sidecar side ([`shipper`]): `tollgate serve` pushes one event per request into a bounded
 //!   queue; a background sender batches, retries, spools to disk ([`spool`]) while the logger
@@ -28,8 +28,10 @@ pub mod spooled;
 pub mod usage;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::oneshot;
 use tollgate_proto::logger::v1::log_ingest_server::LogIngestServer;
 
 pub use config::LoggerConfig;
@@ -41,6 +43,16 @@ pub async fn run(
     config: LoggerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), LoggerError> {
+    run_reporting(config, oneshot::channel().0, shutdown).await
+}
+
+/// [`run`], sending the address it bound (port 0 in `config.listen` becomes the port the
+/// system picked) on `ready` once the sink is open and batches are served.
+pub async fn run_reporting(
+    config: LoggerConfig,
+    ready: oneshot::Sender<SocketAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LoggerError> {
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -48,7 +60,7 @@ pub async fn run(
             addr: config.listen,
             source,
         })?;
-    serve(listener, config, shutdown).await
+    serve_reporting(listener, config, ready, shutdown).await
 }
 
 /// Runs the logger on a bound listener until `shutdown` resolves: opens the configured sink
@@ -57,6 +69,16 @@ pub async fn run(
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: LoggerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LoggerError> {
+    serve_reporting(listener, config, oneshot::channel().0, shutdown).await
+}
+
+/// [`serve`], sending the listener's address on `ready` once the sink is open.
+pub async fn serve_reporting(
+    listener: tokio::net::TcpListener,
+    config: LoggerConfig,
+    ready: oneshot::Sender<SocketAddr>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), LoggerError> {
     config.validate()?;
@@ -87,7 +109,12 @@ pub async fn serve(
         }
         None => sink,
     };
-    let local = listener.local_addr().ok();
+    let local = listener
+        .local_addr()
+        .map_err(|source| LoggerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let ingest = LogIngestServer::new(service::IngestService::new(
         Arc::clone(&sink),
         config.limits(),
@@ -97,7 +124,9 @@ pub async fn serve(
     health
         .set_serving::<LogIngestServer<service::IngestService>>()
         .await;
-    tracing::info!(listen = ?local, sink = ?config.sink, "Tollgate logger listening");
+    tracing::info!(listen = %local, sink = ?config.sink, "Tollgate logger listening");
+    // Nobody listening for the address is fine: a logger without `--ready-file`.
+    let _ = ready.send(local);
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(ingest)

@@ -1,6 +1,6 @@
 //! The ClickHouse sink against a real ClickHouse (the Debian `clickhouse-server` package, which
 //! `scripts/test.sh` installs): a server of our own per test (own config file, data in a
-//! temporary directory, free ports), killed on drop.
+//! temporary directory, a port it picks itself), killed on drop.
 
 // Test support outside #[test] functions: failing loudly is the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -21,6 +21,8 @@ use tollgate_proto::logger::v1::{Feedback, LogEvent, Usage};
 
 #[path = "../../tests/common/clickhouse.rs"]
 mod clickhouse_server;
+#[path = "../../tests/common/relay.rs"]
+mod relay;
 use clickhouse_server::ClickHouse;
 
 /// The sink's settings for database `database` of `ch`, table `requests`.

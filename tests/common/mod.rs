@@ -1,6 +1,27 @@
-//! End-to-end harness: spawns the real `tollgate` binary (mock, serve) and real Envoy on free
-//! ports, waits until each is ready, kills each on drop, and prints every process's log when a
-//! test fails.
+//! End-to-end harness: spawns the real `tollgate` binary (mock, serve, logger) and real Envoy,
+//! waits until each is ready, kills each on drop, and prints every process's log when a test
+//! fails.
+//!
+//! No port is guessed: a guessed free port (bind port 0, release it, hand the number to a child)
+//! is a race with every other process on the machine, and a retried flaky test hides real bugs.
+//! Each server binds port 0 itself and says which port it got:
+//! - `tollgate mock`, `serve` and `logger` write the addresses they bound to `--ready-file`
+//!   (written, then renamed) once they serve; [`wait_ready_file`] reads it.
+//! - Envoy renders with listener and admin port 0, runs with `--admin-address-path`, and
+//!   [`wait_envoy`] reads the admin address from that file, then the listener's from the
+//!   admin's `/listeners?format=json`.
+//! - A server a test kills and starts again (the logger, ClickHouse) sits behind a
+//!   [`relay::Relay`] the test process owns: clients keep the relay's address while the new
+//!   server binds a new port 0. A restarted `serve` gets a new admin port ([`Stack::admin`]
+//!   follows); its gRPC stays on its Unix socket.
+//! - ClickHouse 18.16 binds port 0 but reports it nowhere: [`clickhouse`] reads it from the
+//!   kernel's table of the server's sockets.
+//! - `redis-server` listens on a Unix socket only (`--port 0 --unixsocket`), which the ledger
+//!   reaches as `redis+unix:///path`.
+//! - "A port where nothing listens" is [`closed_port`]: bound by the test process and never
+//!   listened on, so connections to it are refused and nobody else can take it.
+//!
+//! [`free_port`] stays only for servers that cannot report their port.
 
 // Test support: failing loudly is the point here.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -72,12 +93,106 @@ pub const FEEDBACK_SECRET: &str = "e2e-feedback-secret-0123456789abcdef";
 
 pub mod clickhouse;
 pub mod prometheus;
+pub mod relay;
 
+/// Deprecated: only for servers that cannot report their port. A port that was free a moment
+/// ago, released before the caller's server binds it: another process can take it in between.
+/// Give servers `127.0.0.1:0` and read the port they report instead (see the module docs).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("no free port")
+}
+
+/// The listen address that lets the system pick the port.
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
+/// A port on 127.0.0.1 where nothing listens, for as long as the test runs: bound (never
+/// listened on) by this process, so a connection to it is refused and no other process can
+/// take the port.
+pub fn closed_port() -> u16 {
+    static CLOSED: std::sync::OnceLock<(tokio::net::TcpSocket, u16)> = std::sync::OnceLock::new();
+    CLOSED
+        .get_or_init(|| {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(ANY_PORT.parse().unwrap()).unwrap();
+            let port = socket.local_addr().unwrap().port();
+            (socket, port)
+        })
+        .1
+}
+
+/// How long a process may take to say it is ready (a loaded machine, a debug build).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Waits until `path` (a `--ready-file`) exists and returns its JSON; fails the test, with
+/// the logs of `procs`, if one of them exits first or time runs out.
+pub fn wait_ready_file(path: &Path, procs: &mut [&mut Proc]) -> serde_json::Value {
+    let start = Instant::now();
+    while start.elapsed() < READY_TIMEOUT {
+        // Renamed into place whole: existing means complete.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {text}", path.display()));
+        }
+        for p in procs.iter_mut() {
+            assert!(p.alive(), "{} exited during start-up:\n{}", p.name, p.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{} did not appear\n{}",
+        path.display(),
+        logs_of(procs).join("\n")
+    );
+}
+
+/// An address from a ready file's field.
+pub fn ready_addr(ready: &serde_json::Value, field: &str) -> SocketAddr {
+    ready[field]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address `{field}` in the ready file: {ready}"))
+}
+
+/// Starts `cmd` (a `tollgate` subcommand taking `--ready-file`) with a ready file of its own
+/// in `dir`, and waits for it; returns the process and the file's JSON.
+pub fn spawn_ready(
+    name: &str,
+    cmd: &mut Command,
+    dir: &Path,
+    others: &mut [&mut Proc],
+) -> (Proc, serde_json::Value) {
+    let file = dir.join(format!("{name}.ready"));
+    let mut p = Proc::spawn(name, cmd.arg("--ready-file").arg(&file), dir);
+    let mut procs: Vec<&mut Proc> = others.iter_mut().map(|p| &mut **p).collect();
+    procs.push(&mut p);
+    let ready = wait_ready_file(&file, &mut procs);
+    (p, ready)
+}
+
+/// Waits until Envoy, started with `--admin-address-path admin_file`, is ready (`/ready`
+/// answers 200); returns its admin address and its listener's.
+pub fn wait_envoy(admin_file: &Path, procs: &mut [&mut Proc]) -> (SocketAddr, SocketAddr) {
+    let start = Instant::now();
+    while start.elapsed() < READY_TIMEOUT {
+        for p in procs.iter_mut() {
+            assert!(p.alive(), "{} exited during start-up:\n{}", p.name, p.log());
+        }
+        if let Some(addresses) = tollgate::envoy_admin::ready(admin_file) {
+            return addresses;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("Envoy did not become ready\n{}", logs_of(procs).join("\n"));
+}
+
+fn logs_of(procs: &[&mut Proc]) -> Vec<String> {
+    procs
+        .iter()
+        .map(|p| format!("===== {} log =====\n{}", p.name, p.log()))
+        .collect()
 }
 
 pub fn hash(key: &str) -> String {
@@ -174,14 +289,10 @@ pub fn wait_http_ok(url: &str, procs: &mut [&mut Proc]) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let logs: Vec<String> = procs
-        .iter()
-        .map(|p| format!("===== {} log =====\n{}", p.name, p.log()))
-        .collect();
-    panic!("{url} did not become ready\n{}", logs.join("\n"));
+    panic!("{url} did not become ready\n{}", logs_of(procs).join("\n"));
 }
 
-/// Tiny blocking HTTP/1.0 GET without pulling in reqwest's blocking feature.
+/// Tiny blocking HTTP/1.1 GET without pulling in reqwest's blocking feature.
 mod reqwest {
     pub struct Client;
     pub struct Resp(u16);
@@ -326,11 +437,22 @@ fn rsa_key_pair(dir: &Path, name: &str) -> (String, String) {
     )
 }
 
-/// Writes two service-account keys whose `token_uri` is the mock's (`sa.json`, trusted, and
-/// `untrusted-sa.json`) and returns the file of the public key the mock trusts.
-fn vertex_accounts(dir: &Path, mock: &str) -> PathBuf {
+/// Makes the key pairs of two service accounts (`trusted`, `untrusted`) and returns the file
+/// of the public key the mock trusts.
+fn vertex_keys(dir: &Path) -> PathBuf {
+    for name in ["trusted", "untrusted"] {
+        rsa_key_pair(dir, name);
+    }
+    let public = dir.join("trusted.pub.pem");
+    assert!(public.exists());
+    public
+}
+
+/// Writes the two service-account keys of [`vertex_keys`] with the mock's `token_uri`:
+/// `sa.json` (trusted) and `untrusted-sa.json`.
+fn vertex_accounts(dir: &Path, mock: &str) {
     for (name, file) in [("trusted", "sa.json"), ("untrusted", "untrusted-sa.json")] {
-        let (private, _) = rsa_key_pair(dir, name);
+        let private = std::fs::read_to_string(dir.join(format!("{name}.key.pem"))).unwrap();
         let key = serde_json::json!({
             "type": "service_account",
             "project_id": "tollgate-test",
@@ -341,9 +463,6 @@ fn vertex_accounts(dir: &Path, mock: &str) -> PathBuf {
         });
         std::fs::write(dir.join(file), key.to_string()).unwrap();
     }
-    let public = dir.join("trusted.pub.pem");
-    assert!(public.exists());
-    public
 }
 
 /// The Vertex AI providers and models, spliced in before `models:`.
@@ -518,7 +637,7 @@ keys:
 "#,
         max_body = opts.max_body,
         compat_file = "COMPAT_FILE",
-        down = free_port(),
+        down = closed_port(),
         all = hash(KEY_ALL),
         limited = hash(KEY_LIMITED),
         expired = hash(KEY_EXPIRED),
@@ -546,7 +665,7 @@ keys:
                     "    hook-closed:\n{}    hook-open:\n{}    hook-down:\n{}",
                     rule(&format!("{base}/decide"), "closed"),
                     rule(&format!("{base}/decide"), "open"),
-                    rule(&format!("http://127.0.0.1:{}/decide", free_port()), "closed"),
+                    rule(&format!("http://127.0.0.1:{}/decide", closed_port()), "closed"),
                 )
             }
             None => String::new(),
@@ -579,17 +698,23 @@ pub fn logging_yaml(logger: &str, dir: &Path) -> String {
 }
 
 /// A real `tollgate logger` with the NDJSON sink; killed on drop, its log printed when a
-/// test fails.
+/// test fails. The logger binds port 0 itself; clients reach it through a relay this process
+/// owns ([`Logger::addr`]), which stays the same when the logger is killed and restarted.
 pub struct Logger {
+    /// Where clients (`logging.address`) reach the logger: the relay's address.
     pub addr: String,
     pub data_dir: PathBuf,
     log_dir: PathBuf,
     /// The sink's flags.
     sink: Vec<String>,
     pub proc: Proc,
+    relay: relay::Relay,
 }
 
 impl Logger {
+    /// A logger reached at `addr`: [`ANY_PORT`] for a port the test process picks and holds
+    /// (read [`Logger::addr`] afterwards). A fixed port (say, from [`free_port`]) still works,
+    /// but is a guess.
     pub fn start(addr: &str, data_dir: &Path, log_dir: &Path) -> Logger {
         let sink = vec!["--data-dir".to_owned(), data_dir.display().to_string()];
         Self::start_with(addr, data_dir, log_dir, sink)
@@ -606,57 +731,47 @@ impl Logger {
     }
 
     fn start_with(addr: &str, data_dir: &Path, log_dir: &Path, sink: Vec<String>) -> Logger {
-        let proc = Self::spawn(addr, &sink, log_dir, 0);
-        let mut logger = Logger {
-            addr: addr.to_owned(),
+        let relay = relay::Relay::start(addr, None);
+        let (proc, bound) = Self::spawn(&sink, log_dir, 0);
+        relay.set_target(Some(bound));
+        Logger {
+            addr: relay.addr().to_string(),
             data_dir: data_dir.to_owned(),
             log_dir: log_dir.to_owned(),
             sink,
             proc,
-        };
-        logger.wait_ready();
-        logger
+            relay,
+        }
     }
 
-    fn spawn(addr: &str, sink: &[String], log_dir: &Path, run: u32) -> Proc {
-        Proc::spawn(
+    /// Starts logger number `run` on port 0 and waits until it serves; returns it and the
+    /// address it bound.
+    fn spawn(sink: &[String], log_dir: &Path, run: u32) -> (Proc, SocketAddr) {
+        let (proc, ready) = spawn_ready(
             &format!("logger-{run}"),
             Command::new(TOLLGATE)
-                .args(["logger", "--listen", addr])
+                .args(["logger", "--listen", ANY_PORT])
                 .args(sink)
                 .env("TOLLGATE_LOG", "info,tollgate_logger=debug"),
             log_dir,
-        )
-    }
-
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(30) {
-            assert!(
-                self.proc.alive(),
-                "logger exited during start-up:\n{}",
-                self.proc.log()
-            );
-            if std::net::TcpStream::connect(&self.addr).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "logger did not listen on {}:\n{}",
-            self.addr,
-            self.proc.log()
+            &mut [],
         );
+        (proc, ready_addr(&ready, "listen"))
     }
 
-    /// `kill -9` the logger, then start a new one on the same address and data directory.
+    /// `kill -9` the logger: no chance to flush or say goodbye. Its clients' connections end;
+    /// new ones are closed at once until [`Logger::restart`].
     pub fn kill9(&mut self) {
+        self.relay.set_target(None);
         self.proc.kill9();
     }
 
+    /// Starts a new logger (number `run`) on the same data directory, behind the same
+    /// [`Logger::addr`]; returns once it serves.
     pub fn restart(&mut self, run: u32) {
-        self.proc = Self::spawn(&self.addr, &self.sink, &self.log_dir, run);
-        self.wait_ready();
+        let (proc, bound) = Self::spawn(&self.sink, &self.log_dir, run);
+        self.proc = proc;
+        self.relay.set_target(Some(bound));
     }
 
     /// Every stored line, oldest file first.
@@ -708,20 +823,19 @@ impl LoggedStack {
 
     fn start(database: Option<&str>, opts: StackOptions) -> LoggedStack {
         let dir = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
         let (logger, clickhouse) = match database {
             Some(db) => {
                 let ch = clickhouse::ClickHouse::start();
-                let logger = Logger::start_clickhouse(&addr, &ch.url, db, dir.path());
+                let logger = Logger::start_clickhouse(ANY_PORT, &ch.url, db, dir.path());
                 (logger, Some(ch))
             }
             None => (
-                Logger::start(&addr, &dir.path().join("data"), dir.path()),
+                Logger::start(ANY_PORT, &dir.path().join("data"), dir.path()),
                 None,
             ),
         };
         let stack = Stack::start(StackOptions {
-            logger: Some(addr),
+            logger: Some(logger.addr.clone()),
             ..opts
         });
         LoggedStack {
@@ -747,7 +861,7 @@ impl Drop for Logger {
                 .flatten()
             {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("logger-") {
+                if name.starts_with("logger-") && name.ends_with(".log") {
                     eprintln!(
                         "===== {name} =====\n{}",
                         std::fs::read_to_string(entry.path()).unwrap_or_default()
@@ -758,29 +872,45 @@ impl Drop for Logger {
     }
 }
 
-/// `tollgate serve` on a stack's config, with the stack's provider secrets.
-fn spawn_serve(name: &str, config_path: &Path, dir: &Path) -> Proc {
-    Proc::spawn(
+/// `tollgate serve` on a stack's config, with the stack's provider secrets and a ready file
+/// `<name>.ready` in `dir` (not waited for).
+fn spawn_serve(name: &str, config_path: &Path, dir: &Path) -> (Proc, PathBuf) {
+    let ready = dir.join(format!("{name}.ready"));
+    let _ = std::fs::remove_file(&ready);
+    let proc = Proc::spawn(
         name,
         Command::new(TOLLGATE)
             .args(["serve", "--config"])
             .arg(config_path)
+            .arg("--ready-file")
+            .arg(&ready)
             .envs(provider_env())
             .env(
                 "TOLLGATE_LOG",
                 "info,tollgate_extproc=debug,tollgate_authz=debug",
             ),
         dir,
-    )
+    );
+    (proc, ready)
 }
 
 impl Stack {
     /// `kill -9` the stack's `serve` and start a new one on the same config and socket;
-    /// returns once it is ready.
+    /// returns once it is ready. The new `serve` has an admin port of its own: [`Stack::admin`]
+    /// changes.
     pub fn restart_serve(&mut self, run: u32) {
         self.procs[1].kill9();
-        let mut serve = spawn_serve(&format!("serve-{run}"), &self.config_path, self.dir.path());
-        wait_http_ok(&format!("{}/readyz", self.admin), &mut [&mut serve]);
+        let (mut serve, file) =
+            spawn_serve(&format!("serve-{run}"), &self.config_path, self.dir.path());
+        let ready = wait_ready_file(&file, &mut [&mut serve]);
+        assert!(
+            ready["grpc"]
+                .as_str()
+                .is_some_and(|g| g.starts_with("unix:")),
+            "restart_serve needs a stack whose gRPC is a Unix socket: Envoy knows only the old \
+             port of {ready}"
+        );
+        self.admin = format!("http://{}", ready_addr(&ready, "admin"));
         let old = std::mem::replace(&mut self.procs[1], serve);
         // Keep the first run's log for a failure report.
         self.procs.push(old);
@@ -789,28 +919,39 @@ impl Stack {
     pub fn start(opts: StackOptions) -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let mock = format!("127.0.0.1:{}", free_port());
-        let admin = format!("127.0.0.1:{}", free_port());
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let envoy_admin = format!("127.0.0.1:{}", free_port());
         let grpc = if opts.tcp {
-            format!("127.0.0.1:{}", free_port())
+            ANY_PORT.to_owned()
         } else {
             format!("unix:{}", d.join("tollgate.sock").display())
         };
+
+        // 1. The mock provider: the config needs its address.
+        let mut mock_args = vec![
+            "mock".to_owned(),
+            "--listen".to_owned(),
+            ANY_PORT.to_owned(),
+            "--chunk-delay-ms".to_owned(),
+            opts.chunk_delay_ms.to_string(),
+        ];
+        if opts.vertex {
+            mock_args.push("--google-public-key-file".to_owned());
+            mock_args.push(vertex_keys(d).display().to_string());
+        }
+        let (mut mock_p, ready) =
+            spawn_ready("mock", Command::new(TOLLGATE).args(&mock_args), d, &mut []);
+        let mock = ready_addr(&ready, "listen").to_string();
+
+        // 2. `serve` on the config, its admin on port 0.
         let compat_file = d.join("compat.key");
         std::fs::write(&compat_file, format!("{COMPAT_SECRET}\n")).unwrap();
         let config_path = d.join("tollgate.yaml");
-        let mut yaml = config_yaml(&opts, &grpc, &admin, &mock)
+        let mut yaml = config_yaml(&opts, &grpc, ANY_PORT, &mock)
             .replace("COMPAT_FILE", &compat_file.display().to_string());
         if let Some(logger) = &opts.logger {
             yaml.push_str(&logging_yaml(logger, d));
         }
-        let mut mock_args = Vec::new();
         if opts.vertex {
-            let public = vertex_accounts(d, &mock);
-            mock_args.push("--google-public-key-file".to_owned());
-            mock_args.push(public.display().to_string());
+            vertex_accounts(d, &mock);
             yaml = yaml.replacen("\nmodels:\n", &vertex_yaml(d, &mock), 1);
         }
         yaml.push_str(&opts.extra_yaml);
@@ -818,27 +959,32 @@ impl Stack {
         if let Some(patch) = opts.patch_config {
             yaml = patch(yaml);
         }
-        std::fs::write(&config_path, yaml).unwrap();
+        std::fs::write(&config_path, &yaml).unwrap();
+        let (mut serve_p, serve_file) = spawn_serve("serve", &config_path, d);
 
-        let mut procs = Vec::new();
-        let mut mock_p = Proc::spawn(
-            "mock",
-            Command::new(TOLLGATE)
-                .args([
-                    "mock",
-                    "--listen",
-                    &mock,
-                    "--chunk-delay-ms",
-                    &opts.chunk_delay_ms.to_string(),
-                ])
-                .args(&mock_args),
-            d,
-        );
-        let mut serve_p = spawn_serve("serve", &config_path, d);
+        // 3. Envoy, pointed at `serve`: at its Unix socket, or at the gRPC port it bound
+        // (which the bootstrap is rendered from a copy of the config naming).
+        let mut serve_ready = None;
+        let bootstrap_config = if opts.tcp {
+            let ready = wait_ready_file(&serve_file, &mut [&mut mock_p, &mut serve_p]);
+            let bound = ready_addr(&ready, "grpc");
+            let named = yaml.replacen(
+                &format!("  grpc: \"{ANY_PORT}\"\n"),
+                &format!("  grpc: \"{bound}\"\n"),
+                1,
+            );
+            assert_ne!(named, yaml, "no `listen.grpc: {ANY_PORT}` in the config");
+            serve_ready = Some(ready);
+            let path = d.join("tollgate-bound.yaml");
+            std::fs::write(&path, named).unwrap();
+            path
+        } else {
+            config_path.clone()
+        };
         let bootstrap = Command::new(TOLLGATE)
             .args(["envoy-bootstrap", "--config"])
-            .arg(&config_path)
-            .args(["--listen", &listen.to_string(), "--admin", &envoy_admin])
+            .arg(&bootstrap_config)
+            .args(["--listen", ANY_PORT, "--admin", ANY_PORT])
             .envs(provider_env())
             .output()
             .unwrap();
@@ -853,11 +999,14 @@ impl Stack {
             rendered = patch(rendered);
         }
         std::fs::write(&bootstrap_path, rendered).unwrap();
+        let admin_file = d.join("envoy-admin.address");
         let mut envoy_p = Proc::spawn(
             "envoy",
             Command::new(envoy_bin())
                 .arg("-c")
                 .arg(&bootstrap_path)
+                .arg("--admin-address-path")
+                .arg(&admin_file)
                 .args([
                     "--concurrency",
                     "1",
@@ -867,21 +1016,11 @@ impl Stack {
                 ]),
             d,
         );
-        wait_http_ok(
-            &format!("http://{mock}/v1/models"),
-            &mut [&mut mock_p, &mut serve_p, &mut envoy_p],
-        );
-        wait_http_ok(
-            &format!("http://{admin}/readyz"),
-            &mut [&mut mock_p, &mut serve_p, &mut envoy_p],
-        );
-        wait_http_ok(
-            &format!("http://{envoy_admin}/ready"),
-            &mut [&mut mock_p, &mut serve_p, &mut envoy_p],
-        );
-        procs.push(mock_p);
-        procs.push(serve_p);
-        procs.push(envoy_p);
+
+        let all = &mut [&mut mock_p, &mut serve_p, &mut envoy_p];
+        let serve_ready = serve_ready.unwrap_or_else(|| wait_ready_file(&serve_file, all));
+        let admin = ready_addr(&serve_ready, "admin");
+        let (envoy_admin, listen) = wait_envoy(&admin_file, all);
         Stack {
             dir,
             base: format!("http://{listen}"),
@@ -889,7 +1028,7 @@ impl Stack {
             admin: format!("http://{admin}"),
             envoy_admin: format!("http://{envoy_admin}"),
             config_path,
-            procs,
+            procs: vec![mock_p, serve_p, envoy_p],
             http: ::reqwest::Client::new(),
         }
     }

@@ -891,6 +891,38 @@ fn the_redis_ledger_validates_and_keeps_passwords_out_of_the_yaml() {
 }
 
 #[test]
+fn the_redis_ledger_may_be_on_a_unix_socket() {
+    let ok = format!(
+        "{}budgets:\n  redis: {{ url: \"redis+unix:///run/redis/redis.sock?db=2\" }}\n",
+        good()
+    );
+    let c = Config::from_yaml(&ok, &env()).unwrap();
+    assert_eq!(
+        c.budgets.redis.unwrap().url.expose(),
+        "redis+unix:///run/redis/redis.sock?db=2"
+    );
+    for (url, path, says) in [
+        (
+            "redis+unix:///r.sock?db=0&pass=pw",
+            "budgets.redis.url",
+            "holds credentials",
+        ),
+        (
+            "unix:///r.sock",
+            "budgets.redis.url",
+            "must start with redis://",
+        ),
+        ("http://h:1", "budgets.redis.url", "redis+unix:///"),
+    ] {
+        let bad = format!("{}budgets:\n  redis: {{ url: \"{url}\" }}\n", good());
+        let errs = Config::from_yaml(&bad, &env()).unwrap_err();
+        assert_eq!(errs[0].path, path, "{url}: {errs:?}");
+        assert!(format!("{errs:?}").contains(says), "{url}: {errs:?}");
+        assert!(!format!("{errs:?}").contains("pw"), "{errs:?}");
+    }
+}
+
+#[test]
 fn restore_reads_ndjson_or_clickhouse_and_names_the_bad_field() {
     use super::{RestoreClickHouse, RestoreSource};
     let ndjson = format!("{}budgets:\n  restore: {{ ndjson_dir: /tmp/x }}\n", good());
