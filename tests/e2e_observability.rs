@@ -50,7 +50,7 @@ fn add_flaky_provider(yaml: String) -> String {
 
 /// Envoy ejects the `flaky` cluster's host after 3 consecutive 5xx.
 fn eject_flaky_hosts(bootstrap: String) -> String {
-    let line = "  - name: flaky\n";
+    let line = "  - name: \"flaky\"\n";
     assert!(bootstrap.contains(line), "{bootstrap}");
     bootstrap.replacen(
         line,
@@ -273,8 +273,12 @@ fn assert_scrape_is_documented(scrape: &str) {
         }
         families.insert(family.to_owned());
     }
-    // The traffic made every family report at least one sample.
-    let missing: Vec<&String> = doc.keys().filter(|k| !families.contains(*k)).collect();
+    // The traffic made every family report at least one sample (but the ADS ones, which need
+    // an Envoy on xDS: `src/xds/tests.rs` counts those).
+    let missing: Vec<&String> = doc
+        .keys()
+        .filter(|k| !families.contains(*k) && !k.starts_with("tollgate_xds_"))
+        .collect();
     assert!(
         missing.is_empty(),
         "no samples of {missing:?} in:\n{scrape}"

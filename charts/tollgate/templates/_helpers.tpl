@@ -108,6 +108,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $address := printf "%s.%s.svc.%s:%d" (include "tollgate.logger.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.logger.port) -}}
 {{- $_ := set $cfg "logging" (dict "address" $address "spool_dir" (include "tollgate.spoolDir" .)) -}}
 {{- end -}}
+{{- if hasKey $cfg "shutdown" -}}
+{{- fail "config.shutdown is set by the chart from gateway.drain (preDrainWaitSeconds, timeoutSeconds), which the grace period is checked against: set those instead" -}}
+{{- end -}}
+{{- $drain := .Values.gateway.drain -}}
+{{- $_ := set $cfg "shutdown" (dict "pre_drain_wait_ms" (mul (int $drain.preDrainWaitSeconds) 1000) "drain_timeout_ms" (mul (int $drain.timeoutSeconds) 1000)) -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 

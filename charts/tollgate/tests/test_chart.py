@@ -682,7 +682,14 @@ class ChartTest(unittest.TestCase):
                 total = drain["preDrainWaitSeconds"] + drain["timeoutSeconds"] + drain["slackSeconds"]
                 self.assertGreaterEqual(spec["terminationGracePeriodSeconds"], total)
                 cs = containers(self.gateway(mode))
-                self.assertEqual(cs["serve"]["lifecycle"]["preStop"]["sleep"]["seconds"], drain["preDrainWaitSeconds"])
+                # serve drains itself (readyz 503 for the pre-drain wait, then in-flight streams
+                # up to the timeout), from the config the chart writes; no preStop sleep.
+                self.assertNotIn("lifecycle", cs["serve"])
+                config = yaml.safe_load(self.configmap(mode)["data"]["config.yaml"])
+                self.assertEqual(
+                    config["shutdown"],
+                    {"pre_drain_wait_ms": drain["preDrainWaitSeconds"] * 1000, "drain_timeout_ms": drain["timeoutSeconds"] * 1000},
+                )
                 if "envoy" in cs:
                     envoy_sleep = cs["envoy"]["lifecycle"]["preStop"]["sleep"]["seconds"]
                     self.assertEqual(envoy_sleep, drain["preDrainWaitSeconds"] + drain["timeoutSeconds"])
