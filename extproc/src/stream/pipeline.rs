@@ -1,0 +1,447 @@
+//! One pipeline per successful response stream: one framer (SSE, or the AWS event-stream of
+//! Bedrock) splits the provider's bytes into events once; each event is parsed at most once;
+//! the stages — usage, guardrails, the output cap, capture — see those events; and what the
+//! client gets is encoded once.
+//!
+//! A stream between two dialects is decoded into hub events, judged by the guardrails there,
+//! and encoded into client frames. A same-dialect stream keeps the provider's events: one no
+//! stage changed goes out as its original bytes, and a chunk nothing changed goes back as
+//! "unchanged". Only the one incomplete event is held back between chunks (and the text a
+//! guardrail scanner holds), so the output is the same wherever the provider split its bytes.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tollgate_core::config::{ApiFamily, Side};
+use tollgate_core::usage::OpenAiUsage;
+use tollgate_core::{ApiError, Usage};
+use tollgate_guardrails::{Engine, Verdict};
+
+use super::{carries_usage, event_data, event_end, Frame, Writer};
+use crate::capture::Capture;
+use crate::guard::{OpenAiStreamGuard, StreamGuard};
+use crate::streamcap::StreamCap;
+use crate::translator::codec::{anthropic, bedrock, gemini, openai};
+use crate::translator::dialect_of;
+use crate::translator::hub::StreamEvent;
+use crate::translator::json_tool::StreamUnwrap;
+use crate::translator::Pair;
+
+/// Reads the provider's stream.
+#[derive(Debug)]
+enum Decoder {
+    /// `chat.completion.chunk` events.
+    OpenAi(openai::StreamDecoder),
+    /// Messages events.
+    Anthropic(anthropic::StreamDecoder),
+    /// `GenerateContentResponse` chunks.
+    Gemini(gemini::StreamDecoder),
+    /// Bedrock `converse-stream` events in the AWS event-stream framing (not SSE): the
+    /// decoder frames its binary messages itself.
+    Bedrock(Box<bedrock::StreamDecoder>),
+}
+
+impl Decoder {
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Decoder::OpenAi(d) => d.usage(),
+            Decoder::Anthropic(d) => d.usage(),
+            Decoder::Gemini(d) => d.usage(),
+            Decoder::Bedrock(d) => d.usage(),
+        }
+    }
+
+    /// Decodes one SSE event's data.
+    fn decode(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) {
+        match self {
+            Decoder::OpenAi(d) => d.decode(data, out),
+            Decoder::Anthropic(d) => d.decode(data, out),
+            Decoder::Gemini(d) => d.decode(data, out),
+            // Never here: Bedrock chunks go to the decoder whole (see `push_chunk`).
+            Decoder::Bedrock(_) => {}
+        }
+    }
+}
+
+/// Writes the client's stream.
+#[derive(Debug)]
+enum Encoder {
+    /// `chat.completion.chunk` events.
+    OpenAi(openai::StreamEncoder),
+    /// Messages events.
+    Anthropic(anthropic::StreamEncoder),
+    /// `GenerateContentResponse` chunks.
+    Gemini(gemini::StreamEncoder),
+}
+
+impl Encoder {
+    fn encode(&mut self, e: StreamEvent, out: &mut Vec<Frame<'_>>) {
+        match self {
+            Encoder::OpenAi(enc) => enc.encode(e, out),
+            Encoder::Anthropic(enc) => enc.encode(e, out),
+            Encoder::Gemini(enc) => enc.encode(e, out),
+        }
+    }
+}
+
+/// How the provider's events become the client's.
+#[derive(Debug)]
+enum Mode {
+    /// Same dialect: the provider's events go out as they are unless a stage changes them;
+    /// only events carrying usage are read for it.
+    Passthrough {
+        /// Removes the choice-less usage chunk the client did not ask for (OpenAI).
+        strip_usage_chunk: bool,
+        /// Guardrails on an OpenAI stream, chunk members kept as the provider wrote them.
+        guard: Option<Box<OpenAiStreamGuard>>,
+    },
+    /// Decoded into hub events, judged there, encoded into the client's dialect.
+    Translate {
+        encoder: Encoder,
+        guard: Option<StreamGuard>,
+        /// Turns the emulated JSON mode's tool call back into text.
+        json: StreamUnwrap,
+        events: Vec<StreamEvent>,
+    },
+}
+
+/// Per-stream state of the pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    client: ApiFamily,
+    /// The incomplete SSE event held back.
+    carry: Vec<u8>,
+    decoder: Decoder,
+    /// Usage read from an OpenAI stream passed through.
+    usage: Option<Usage>,
+    mode: Mode,
+    cap: Option<StreamCap>,
+    /// A guardrail ended the client's stream: nothing more goes out.
+    ended: bool,
+}
+
+impl Pipeline {
+    /// The pipeline of `pair`'s streams (`include_usage`: an OpenAI client asked for the usage
+    /// chunk; `created`: the `created` of OpenAI chunks made here), judging the assistant's
+    /// text with `guard` when given. A same-dialect stream with guardrails is re-encoded from
+    /// hub events, except OpenAI's, which is judged chunk by chunk in place.
+    pub fn new(pair: Pair, include_usage: bool, created: u64, guard: Option<Arc<Engine>>) -> Self {
+        let decoder = match pair.upstream {
+            ApiFamily::OpenAi => Decoder::OpenAi(Default::default()),
+            ApiFamily::Anthropic => Decoder::Anthropic(Default::default()),
+            ApiFamily::Gemini => Decoder::Gemini(Default::default()),
+            ApiFamily::Bedrock => Decoder::Bedrock(Default::default()),
+        };
+        let passthrough = !pair.translates() && (guard.is_none() || pair.is_openai_passthrough());
+        let mode = if passthrough {
+            Mode::Passthrough {
+                strip_usage_chunk: false,
+                guard: guard.map(|e| Box::new(OpenAiStreamGuard::new(e))),
+            }
+        } else {
+            let encoder = match pair.client {
+                ApiFamily::OpenAi | ApiFamily::Bedrock => {
+                    Encoder::OpenAi(openai::StreamEncoder::new(include_usage, created))
+                }
+                ApiFamily::Anthropic => Encoder::Anthropic(Default::default()),
+                ApiFamily::Gemini => Encoder::Gemini(Default::default()),
+            };
+            Mode::Translate {
+                encoder,
+                guard: guard.map(StreamGuard::new),
+                json: Default::default(),
+                events: Vec::new(),
+            }
+        };
+        Self {
+            client: pair.client,
+            carry: Vec::new(),
+            decoder,
+            usage: None,
+            mode,
+            cap: None,
+            ended: false,
+        }
+    }
+
+    /// Removes the choice-less usage chunk of an OpenAI stream passed through (the client did
+    /// not ask for it; Tollgate did, to read usage).
+    pub fn strip_usage_chunk(mut self, strip: bool) -> Self {
+        if let Mode::Passthrough {
+            strip_usage_chunk, ..
+        } = &mut self.mode
+        {
+            *strip_usage_chunk = strip;
+        }
+        self
+    }
+
+    /// Names the response (id, model) for upstreams whose streams name neither (Bedrock).
+    pub fn with_identity(mut self, id: &str, model: &str) -> Self {
+        if let Decoder::Bedrock(d) = &mut self.decoder {
+            **d = bedrock::StreamDecoder::new(id, model);
+        }
+        self
+    }
+
+    /// Ends the client's stream at `cap`'s output allowance.
+    pub fn with_cap(mut self, cap: Option<StreamCap>) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    /// The stream's output cap, when it has one.
+    pub fn cap(&self) -> Option<&StreamCap> {
+        self.cap.as_ref()
+    }
+
+    /// Usage the provider reported so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage.or_else(|| self.decoder.usage())
+    }
+
+    /// Everything the guardrails decided so far, when the stream has them.
+    pub fn verdict(&self) -> Option<Verdict> {
+        match &self.mode {
+            Mode::Passthrough { guard, .. } => guard.as_deref().map(OpenAiStreamGuard::verdict),
+            Mode::Translate { guard, .. } => guard.as_ref().map(StreamGuard::verdict),
+        }
+    }
+
+    /// The client's bytes for one provider chunk; at `end`, whatever is held back too.
+    pub fn push(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
+        self.push_chunk(chunk, end, None)
+            .unwrap_or_else(|| chunk.to_vec())
+    }
+
+    /// The client's bytes for one provider chunk, `None` when they are the chunk unchanged;
+    /// `capture` reads what the client gets.
+    pub fn push_chunk(
+        &mut self,
+        chunk: &[u8],
+        end: bool,
+        mut capture: Option<&mut Capture>,
+    ) -> Option<Vec<u8>> {
+        if let Decoder::Bedrock(d) = &mut self.decoder {
+            let mut w = Writer::new(&[]);
+            let mut frames = Vec::new();
+            if let Mode::Translate { events, .. } = &mut self.mode {
+                d.push(chunk, end, events);
+            }
+            self.flush(&mut frames);
+            if end {
+                self.finish(&mut frames);
+            }
+            self.stages(&mut frames, capture, &mut w);
+            return w.finish(false);
+        }
+        let held = !self.carry.is_empty();
+        let joined;
+        let buf: &[u8] = if held {
+            self.carry.extend_from_slice(chunk);
+            joined = std::mem::take(&mut self.carry);
+            &joined
+        } else {
+            chunk
+        };
+        let mut w = Writer::new(buf);
+        let mut frames = Vec::new();
+        let mut pos = 0;
+        while let Some(len) = event_end(&buf[pos..]) {
+            self.event(Frame::provider(pos, &buf[pos..pos + len]), &mut frames);
+            self.stages(&mut frames, capture.as_deref_mut(), &mut w);
+            pos += len;
+        }
+        let rest = &buf[pos..];
+        if end {
+            // An upstream that ended without the blank line: the rest is an event too.
+            if !rest.is_empty() {
+                self.event(Frame::provider(pos, rest), &mut frames);
+            }
+            self.finish(&mut frames);
+            self.stages(&mut frames, capture, &mut w);
+        } else {
+            self.carry.extend_from_slice(rest);
+        }
+        w.finish(!held)
+    }
+
+    /// One provider event through usage and the guardrails (or translation) into `frames`.
+    fn event<'a>(&mut self, mut frame: Frame<'a>, frames: &mut Vec<Frame<'a>>) {
+        match &mut self.mode {
+            Mode::Passthrough {
+                strip_usage_chunk,
+                guard,
+            } => {
+                if carries_usage(frame.provider_bytes()) {
+                    if let Some(v) = frame.value() {
+                        let keep = match &mut self.decoder {
+                            Decoder::OpenAi(_) => {
+                                read_openai_usage(v, &mut self.usage, *strip_usage_chunk)
+                            }
+                            Decoder::Anthropic(d) => {
+                                d.decode_value(v, &mut Vec::new());
+                                true
+                            }
+                            Decoder::Gemini(d) => {
+                                d.decode_value(v, &mut Vec::new());
+                                true
+                            }
+                            Decoder::Bedrock(_) => true,
+                        };
+                        if !keep {
+                            return;
+                        }
+                    }
+                }
+                if self.ended {
+                    return;
+                }
+                let Some(g) = guard else {
+                    frames.push(frame);
+                    return;
+                };
+                g.event(frame, frames);
+                if let Some(rule) = g.blocked_by() {
+                    let rule = rule.to_owned();
+                    self.block(rule, frames);
+                }
+            }
+            Mode::Translate { events, .. } => {
+                if self.ended {
+                    return;
+                }
+                let data = event_data(frame.provider_bytes());
+                if !data.is_empty() {
+                    self.decoder.decode(&data, events);
+                }
+                self.flush(frames);
+            }
+        }
+    }
+
+    /// Hub events decoded so far through the guardrails and the encoder into `frames`.
+    fn flush(&mut self, frames: &mut Vec<Frame<'_>>) {
+        let Mode::Translate {
+            encoder,
+            guard,
+            json,
+            events,
+        } = &mut self.mode
+        else {
+            return;
+        };
+        if self.ended {
+            events.clear();
+            return;
+        }
+        json.apply(events);
+        if let Some(g) = guard.as_mut() {
+            g.apply(events);
+        }
+        for e in events.drain(..) {
+            encoder.encode(e, frames);
+        }
+        if let Some(rule) = guard.as_ref().and_then(|g| g.blocked_by()) {
+            let rule = rule.to_owned();
+            self.block(rule, frames);
+        }
+    }
+
+    /// The end of the provider's stream: what the decoder and the guardrails still hold.
+    fn finish(&mut self, frames: &mut Vec<Frame<'_>>) {
+        if self.ended {
+            return;
+        }
+        match &mut self.mode {
+            Mode::Translate { events, .. } => {
+                if let Decoder::OpenAi(d) = &mut self.decoder {
+                    d.finish(events);
+                }
+                self.flush(frames);
+                if let Mode::Translate {
+                    guard: Some(g),
+                    events,
+                    ..
+                } = &mut self.mode
+                {
+                    g.finish(events);
+                }
+                self.flush(frames);
+            }
+            Mode::Passthrough { guard: Some(g), .. } => {
+                g.finish(frames);
+                if let Some(rule) = g.blocked_by() {
+                    let rule = rule.to_owned();
+                    self.block(rule, frames);
+                }
+            }
+            Mode::Passthrough { guard: None, .. } => {}
+        }
+    }
+
+    /// A guardrail blocked the stream: it ends with an error event in the client's dialect.
+    fn block(&mut self, rule: String, frames: &mut Vec<Frame<'_>>) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let dialect = dialect_of(self.client);
+        let body = ApiError::GuardrailBlocked {
+            rule,
+            side: Side::Response,
+        }
+        .body(dialect);
+        let mut out = Vec::with_capacity(body.len() + 24);
+        if self.client == ApiFamily::Anthropic {
+            out.extend_from_slice(b"event: error\n");
+        }
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&body);
+        out.extend_from_slice(b"\n\n");
+        frames.push(Frame::fixed(out));
+    }
+
+    /// The client's frames through the cap and capture, then written.
+    fn stages(
+        &mut self,
+        frames: &mut Vec<Frame<'_>>,
+        capture: Option<&mut Capture>,
+        w: &mut Writer<'_>,
+    ) {
+        if frames.is_empty() {
+            return;
+        }
+        if let Some(cap) = &mut self.cap {
+            cap.apply(frames);
+        }
+        if let Some(c) = capture {
+            for f in frames.iter_mut() {
+                if let Some(v) = f.value() {
+                    c.response_event(v);
+                }
+            }
+        }
+        for f in frames.drain(..) {
+            w.frame(&f);
+        }
+    }
+}
+
+/// Reads the usage of an OpenAI chunk; returns whether the chunk is kept (`strip`: the
+/// choice-less usage chunk is not).
+fn read_openai_usage(v: &Value, usage: &mut Option<Usage>, strip: bool) -> bool {
+    let Some(u) = v
+        .get("usage")
+        .and_then(|u| OpenAiUsage::deserialize(u).ok())
+    else {
+        return true;
+    };
+    *usage = Some(u.into());
+    let choiceless = v
+        .get("choices")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    !(strip && choiceless)
+}
