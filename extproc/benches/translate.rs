@@ -10,7 +10,6 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use tollgate_core::config::ApiFamily;
 use tollgate_extproc::translator::json::RawObject;
-use tollgate_extproc::translator::sse::UsageFilter;
 use tollgate_extproc::translator::Pair;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/translator/tests");
@@ -66,15 +65,19 @@ fn streams(c: &mut Criterion) {
     }
     // The same-dialect OpenAI stream: read usage, pass bytes through.
     let chunks = events(&read("anthropic_to_openai", "stream.sse"));
+    let openai = Pair {
+        client: ApiFamily::OpenAi,
+        upstream: ApiFamily::OpenAi,
+    };
     g.throughput(Throughput::Elements(chunks.len() as u64));
     g.bench_function("openai_passthrough_usage_filter", |b| {
         b.iter(|| {
-            let mut f = UsageFilter::new(true);
+            let mut p = openai.stream(true, 0).strip_usage_chunk(true);
             let last = chunks.len() - 1;
             for (i, chunk) in chunks.iter().enumerate() {
-                black_box(f.push(chunk, i == last));
+                black_box(p.push_chunk(chunk, i == last, None));
             }
-            black_box(f.usage())
+            black_box(p.usage())
         })
     });
     g.finish();

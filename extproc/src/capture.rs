@@ -17,7 +17,6 @@ use tollgate_core::config::Capture as Mode;
 use tollgate_guardrails::{Action, Detector, Engine, RuleSpec};
 use tollgate_proto::logger::v1 as pb;
 
-
 /// The fixed redaction policy of captured bodies, compiled once per process.
 static REDACTOR: LazyLock<Option<Engine>> = LazyLock::new(|| {
     let redact = |id: &str, detector| RuleSpec {

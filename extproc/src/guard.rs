@@ -22,9 +22,9 @@ use tollgate_core::{ApiError, Endpoint};
 use tollgate_guardrails::{Engine, StreamOutput, StreamScanner, Verdict};
 use tollgate_proto::logger::v1::GuardrailVerdict;
 
+use crate::stream::Frame;
 use crate::translator::hub::{Delta, StreamEvent};
 use crate::translator::json::RawObject;
-use crate::stream::Frame;
 
 /// One rule that matched one side of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

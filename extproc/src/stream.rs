@@ -9,6 +9,9 @@ pub mod pipeline;
 
 pub use pipeline::Pipeline;
 
+#[cfg(test)]
+mod tests;
+
 /// The end (exclusive) of the first complete SSE event in `buf`: just past the blank line that
 /// ends it. Accepts `\n`, `\r\n` and `\r` line endings.
 pub fn event_end(buf: &[u8]) -> Option<usize> {

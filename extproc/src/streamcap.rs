@@ -219,6 +219,17 @@ impl StreamCap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::Pipeline;
+    use crate::translator::Pair;
+
+    /// A same-dialect `client` stream's pipeline with `cap` on.
+    fn pipeline(client: ApiFamily, cap: StreamCap) -> Pipeline {
+        let pair = Pair {
+            client,
+            upstream: client,
+        };
+        Pipeline::new(pair, false, 0, None).with_cap(Some(cap))
+    }
 
     fn openai_chunk(text: &str) -> String {
         format!(
@@ -230,12 +241,15 @@ mod tests {
 
     #[test]
     fn an_openai_stream_ends_with_length_usage_and_done_at_its_allowance() {
-        let mut cap = StreamCap::new(ApiFamily::OpenAi, Counter::Bytes, 2, 9, true);
+        let mut cap = pipeline(
+            ApiFamily::OpenAi,
+            StreamCap::new(ApiFamily::OpenAi, Counter::Bytes, 2, 9, true),
+        );
         // Three bytes a token: "abc" is 1, "abcdef" 2.
         let mut out = cap.push(openai_chunk("abc").as_bytes(), false);
-        assert!(!cap.was_cut());
+        assert!(!cap.cap().unwrap().was_cut());
         out.extend(cap.push(openai_chunk("abcdef").as_bytes(), false));
-        assert!(cap.was_cut());
+        assert!(cap.cap().unwrap().was_cut());
         out.extend(cap.push(openai_chunk("more").as_bytes(), false));
         out.extend(cap.push(b"data: [DONE]\n\n", true));
         let text = String::from_utf8(out).unwrap();
@@ -256,7 +270,10 @@ mod tests {
 
     #[test]
     fn an_anthropic_stream_closes_its_block_and_stops_with_max_tokens() {
-        let mut cap = StreamCap::new(ApiFamily::Anthropic, Counter::Bytes, 1, 0, false);
+        let mut cap = pipeline(
+            ApiFamily::Anthropic,
+            StreamCap::new(ApiFamily::Anthropic, Counter::Bytes, 1, 0, false),
+        );
         let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
         let mut out = cap.push(
             ev(
@@ -309,12 +326,15 @@ mod tests {
 
     #[test]
     fn a_split_event_is_counted_once_whole() {
-        let mut cap = StreamCap::new(ApiFamily::OpenAi, Counter::Bytes, 100, 0, false);
+        let mut cap = pipeline(
+            ApiFamily::OpenAi,
+            StreamCap::new(ApiFamily::OpenAi, Counter::Bytes, 100, 0, false),
+        );
         let c = openai_chunk("abcdef");
         let (a, b) = c.split_at(20);
         let mut out = cap.push(a.as_bytes(), false);
         out.extend(cap.push(b.as_bytes(), false));
         assert_eq!(out, c.as_bytes());
-        assert_eq!(cap.used(), 2);
+        assert_eq!(cap.cap().unwrap().used(), 2);
     }
 }

@@ -132,7 +132,12 @@ impl Processor {
                     .any(|v| v.action == "block" && v.side == Side::Response)
                 {
                     "guardrail_blocked"
-                } else if fwd.sse.as_ref().and_then(|p| p.cap()).is_some_and(StreamCap::was_cut) {
+                } else if fwd
+                    .sse
+                    .as_ref()
+                    .and_then(|p| p.cap())
+                    .is_some_and(StreamCap::was_cut)
+                {
                     streamcap::OUTPUT_CAP
                 } else {
                     log::upstream_error_class(status)

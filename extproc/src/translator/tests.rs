@@ -908,7 +908,11 @@ fn anthropic_clients_get_dense_block_indices_whatever_the_hub_says() {
     ] {
         enc.encode(e, &mut out);
     }
-    let evs = validate_anthropic(&out);
+    let mut bytes = Vec::new();
+    for f in &out {
+        f.write(&mut bytes);
+    }
+    let evs = validate_anthropic(&bytes);
     let indices: Vec<u64> = evs.iter().filter_map(|e| e["index"].as_u64()).collect();
     assert_eq!(indices, [0, 0, 0, 1, 1, 1]);
 }

@@ -13,13 +13,13 @@ use tollgate_core::usage::AnthropicUsage;
 use tollgate_core::Usage;
 
 use super::{insert_sampling, member, merged_turns, start_request, to_bytes, tool_object};
+use crate::stream::Frame;
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning, Role,
     StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, MIN_THINKING_BUDGET,
 };
 use crate::translator::json::RawObject;
-use crate::stream::Frame;
 
 /// The `anthropic_version` of Messages bodies sent to Vertex AI.
 pub const VERTEX_VERSION: &str = "vertex-2023-10-16";

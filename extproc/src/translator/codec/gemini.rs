@@ -18,13 +18,13 @@ use tollgate_core::error::gemini_status;
 use tollgate_core::Usage;
 
 use super::{member, to_bytes};
+use crate::stream::Frame;
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning,
     ResponseFormat, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
 };
 use crate::translator::json::RawObject;
-use crate::stream::Frame;
 
 // ---------------------------------------------------------------------------------------------
 // Wire types

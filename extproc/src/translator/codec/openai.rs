@@ -13,13 +13,13 @@ use tollgate_core::usage::OpenAiUsage;
 use tollgate_core::Usage;
 
 use super::{insert_sampling, member, start_request, to_bytes, tool_object};
+use crate::stream::{self, Frame};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning,
     ResponseFormat, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
 };
 use crate::translator::json::RawObject;
-use crate::stream::{self, Frame};
 
 // ---------------------------------------------------------------------------------------------
 // Wire types (what OpenAI clients and providers send)
