@@ -97,13 +97,18 @@ enum Mode {
         guard: Option<Box<OpenAiStreamGuard>>,
     },
     /// Decoded into hub events, judged there, encoded into the client's dialect.
-    Translate {
-        encoder: Encoder,
-        guard: Option<StreamGuard>,
-        /// Turns the emulated JSON mode's tool call back into text.
-        json: StreamUnwrap,
-        events: Vec<StreamEvent>,
-    },
+    Translate(Box<Hub>),
+}
+
+/// The hub side of a translated stream.
+#[derive(Debug)]
+struct Hub {
+    encoder: Encoder,
+    guard: Option<StreamGuard>,
+    /// Turns the emulated JSON mode's tool call back into text.
+    json: StreamUnwrap,
+    /// Decoded, not yet encoded.
+    events: Vec<StreamEvent>,
 }
 
 /// Per-stream state of the pipeline.
@@ -147,12 +152,12 @@ impl Pipeline {
                 ApiFamily::Anthropic => Encoder::Anthropic(Default::default()),
                 ApiFamily::Gemini => Encoder::Gemini(Default::default()),
             };
-            Mode::Translate {
+            Mode::Translate(Box::new(Hub {
                 encoder,
                 guard: guard.map(StreamGuard::new),
                 json: Default::default(),
                 events: Vec::new(),
-            }
+            }))
         };
         Self {
             client: pair.client,
@@ -205,7 +210,7 @@ impl Pipeline {
     pub fn verdict(&self) -> Option<Verdict> {
         match &self.mode {
             Mode::Passthrough { guard, .. } => guard.as_deref().map(OpenAiStreamGuard::verdict),
-            Mode::Translate { guard, .. } => guard.as_ref().map(StreamGuard::verdict),
+            Mode::Translate(hub) => hub.guard.as_ref().map(StreamGuard::verdict),
         }
     }
 
@@ -226,8 +231,8 @@ impl Pipeline {
         if let Decoder::Bedrock(d) = &mut self.decoder {
             let mut w = Writer::new(&[]);
             let mut frames = Vec::new();
-            if let Mode::Translate { events, .. } = &mut self.mode {
-                d.push(chunk, end, events);
+            if let Mode::Translate(hub) = &mut self.mode {
+                d.push(chunk, end, &mut hub.events);
             }
             self.flush(&mut frames);
             if end {
@@ -308,13 +313,13 @@ impl Pipeline {
                     self.block(rule, frames);
                 }
             }
-            Mode::Translate { events, .. } => {
+            Mode::Translate(hub) => {
                 if self.ended {
                     return;
                 }
                 let data = event_data(frame.provider_bytes());
                 if !data.is_empty() {
-                    self.decoder.decode(&data, events);
+                    self.decoder.decode(&data, &mut hub.events);
                 }
                 self.flush(frames);
             }
@@ -323,15 +328,15 @@ impl Pipeline {
 
     /// Hub events decoded so far through the guardrails and the encoder into `frames`.
     fn flush(&mut self, frames: &mut Vec<Frame<'_>>) {
-        let Mode::Translate {
+        let Mode::Translate(hub) = &mut self.mode else {
+            return;
+        };
+        let Hub {
             encoder,
             guard,
             json,
             events,
-        } = &mut self.mode
-        else {
-            return;
-        };
+        } = &mut **hub;
         if self.ended {
             events.clear();
             return;
@@ -355,18 +360,15 @@ impl Pipeline {
             return;
         }
         match &mut self.mode {
-            Mode::Translate { events, .. } => {
+            Mode::Translate(hub) => {
                 if let Decoder::OpenAi(d) = &mut self.decoder {
-                    d.finish(events);
+                    d.finish(&mut hub.events);
                 }
                 self.flush(frames);
-                if let Mode::Translate {
-                    guard: Some(g),
-                    events,
-                    ..
-                } = &mut self.mode
-                {
-                    g.finish(events);
+                if let Mode::Translate(hub) = &mut self.mode {
+                    if let Some(g) = &mut hub.guard {
+                        g.finish(&mut hub.events);
+                    }
                 }
                 self.flush(frames);
             }
