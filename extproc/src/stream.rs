@@ -10,7 +10,7 @@ pub mod pipeline;
 pub use pipeline::Pipeline;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// The end (exclusive) of the first complete SSE event in `buf`: just past the blank line that
 /// ends it. Accepts `\n`, `\r\n` and `\r` line endings.

@@ -44,10 +44,10 @@ fn without_usage_chunk() -> String {
         .collect()
 }
 
-/// Cuts `bytes` at `cuts` (sorted, deduplicated here).
-fn split(bytes: &[u8], mut cuts: Vec<usize>) -> Vec<&[u8]> {
+/// Cuts `bytes` at `cuts` (each taken modulo the length + 1, in any order).
+pub(crate) fn split_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
     cuts.sort_unstable();
-    cuts.dedup();
     let mut chunks = Vec::new();
     let mut prev = 0;
     for c in cuts {
@@ -177,21 +177,19 @@ fn out_event(name: Option<&str>, v: &Value) -> String {
     }
 }
 
-const PAIRS: [Pair; 4] = [
-    OPENAI,
-    Pair {
-        client: ApiFamily::Anthropic,
-        upstream: ApiFamily::Anthropic,
-    },
-    Pair {
-        client: ApiFamily::OpenAi,
-        upstream: ApiFamily::Anthropic,
-    },
-    Pair {
-        client: ApiFamily::Anthropic,
-        upstream: ApiFamily::OpenAi,
-    },
-];
+/// Every pair of OpenAI and Anthropic: passed through (OpenAI's judged in place, Anthropic's
+/// re-encoded when judged) and translated.
+fn pairs() -> Vec<Pair> {
+    let families = [ApiFamily::OpenAi, ApiFamily::Anthropic];
+    families
+        .iter()
+        .flat_map(|&client| {
+            families
+                .iter()
+                .map(move |&upstream| Pair { client, upstream })
+        })
+        .collect()
+}
 
 /// `chunks` through `pair`'s whole pipeline (guardrails, a cap of `allowance`, capture):
 /// the client's bytes, usage, whether the cap cut, and the captured payload.
@@ -231,7 +229,7 @@ fn the_whole_pipeline_redacts_caps_and_captures() {
         "and then some more text ",
         "and more",
     ];
-    for pair in PAIRS {
+    for pair in pairs() {
         let bytes = upstream(pair, &texts);
         let (out, usage, cut, captured, n) = whole(pair, 1000, &[&bytes]);
         let text = String::from_utf8(out).unwrap();
@@ -276,23 +274,22 @@ proptest! {
     ) {
         let bytes = STREAM.as_bytes();
         let (whole_out, whole_usage) = run(&[bytes], strip);
-        let (split_out, split_usage) = run(&split(bytes, cuts), strip);
+        let (split_out, split_usage) = run(&split_at(bytes, &cuts), strip);
         prop_assert_eq!(whole_out, split_out);
         prop_assert_eq!(whole_usage, split_usage);
     }
 
     #[test]
     fn splitting_anywhere_changes_nothing_through_guard_cap_and_capture(
-        pair in proptest::sample::select(PAIRS.to_vec()),
+        pair in proptest::sample::select(pairs()),
         cuts in proptest::collection::vec(0usize..2000, 0..16),
         allowance in 4u64..40,
         blocked in any::<bool>(),
     ) {
         let last = if blocked { "forbidden end" } else { "the end" };
         let bytes = upstream(pair, &["Hé, write to bob@exa", "mple.com ", "now ", "and ", last]);
-        let cuts = cuts.into_iter().map(|c| c % bytes.len()).collect();
         let whole_run = whole(pair, allowance, &[&bytes]);
-        let split_run = whole(pair, allowance, &split(&bytes, cuts));
+        let split_run = whole(pair, allowance, &split_at(&bytes, &cuts));
         prop_assert_eq!(whole_run, split_run);
     }
 }

@@ -16,6 +16,7 @@ use tollgate_core::Endpoint;
 use super::hub::{Effort, Reasoning};
 use super::json::RawObject;
 use super::*;
+use crate::stream::tests::split_at;
 
 mod gemini;
 
@@ -637,19 +638,6 @@ fn anthropic_passthrough_rewrites_only_the_model_and_reads_usage() {
 // ---------------------------------------------------------------------------------------------
 // Split anywhere: the client stream never depends on where the upstream cut its bytes
 // ---------------------------------------------------------------------------------------------
-
-fn split_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-    cuts.sort_unstable();
-    let mut chunks = Vec::new();
-    let mut prev = 0;
-    for c in cuts {
-        chunks.push(&bytes[prev..c]);
-        prev = c;
-    }
-    chunks.push(&bytes[prev..]);
-    chunks
-}
 
 proptest! {
     #[test]
