@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::Value;
 use tollgate_core::config::{ApiFamily, Side};
 use tollgate_core::usage::OpenAiUsage;
 use tollgate_core::{ApiError, Usage};
@@ -254,7 +254,11 @@ impl Pipeline {
         let mut frames = Vec::new();
         let mut pos = 0;
         while let Some(len) = event_end(&buf[pos..]) {
-            self.event(Frame::provider(pos, &buf[pos..pos + len]), &mut frames);
+            self.event(
+                Frame::provider(pos, &buf[pos..pos + len]),
+                &mut frames,
+                capture.is_some(),
+            );
             self.stages(&mut frames, capture.as_deref_mut(), &mut w);
             pos += len;
         }
@@ -262,7 +266,7 @@ impl Pipeline {
         if end {
             // An upstream that ended without the blank line: the rest is an event too.
             if !rest.is_empty() {
-                self.event(Frame::provider(pos, rest), &mut frames);
+                self.event(Frame::provider(pos, rest), &mut frames, capture.is_some());
             }
             self.finish(&mut frames);
             self.stages(&mut frames, capture, &mut w);
@@ -273,31 +277,27 @@ impl Pipeline {
     }
 
     /// One provider event through usage and the guardrails (or translation) into `frames`.
-    fn event<'a>(&mut self, mut frame: Frame<'a>, frames: &mut Vec<Frame<'a>>) {
+    fn event<'a>(&mut self, mut frame: Frame<'a>, frames: &mut Vec<Frame<'a>>, captured: bool) {
         match &mut self.mode {
             Mode::Passthrough {
                 strip_usage_chunk,
                 guard,
             } => {
+                // Usage is read from the event's value when a later stage parses it anyway,
+                // else straight from its data into the usage fields alone.
                 if carries_usage(frame.provider_bytes()) {
-                    if let Some(v) = frame.value() {
-                        let keep = match &mut self.decoder {
-                            Decoder::OpenAi(_) => {
-                                read_openai_usage(v, &mut self.usage, *strip_usage_chunk)
-                            }
-                            Decoder::Anthropic(d) => {
-                                d.decode_value(v, &mut Vec::new());
-                                true
-                            }
-                            Decoder::Gemini(d) => {
-                                d.decode_value(v, &mut Vec::new());
-                                true
-                            }
-                            Decoder::Bedrock(_) => true,
-                        };
-                        if !keep {
-                            return;
-                        }
+                    let strip = *strip_usage_chunk;
+                    let keep = if guard.is_some() || self.cap.is_some() || captured {
+                        frame.value().is_none_or(|v| {
+                            read_usage(&mut self.decoder, &mut self.usage, strip, v)
+                        })
+                    } else {
+                        let data = event_data(frame.provider_bytes());
+                        let mut de = serde_json::Deserializer::from_slice(&data);
+                        read_usage(&mut self.decoder, &mut self.usage, strip, &mut de)
+                    };
+                    if !keep {
+                        return;
                     }
                 }
                 if self.ended {
@@ -431,19 +431,46 @@ impl Pipeline {
     }
 }
 
-/// Reads the usage of an OpenAI chunk; returns whether the chunk is kept (`strip`: the
-/// choice-less usage chunk is not).
-fn read_openai_usage(v: &Value, usage: &mut Option<Usage>, strip: bool) -> bool {
-    let Some(u) = v
-        .get("usage")
-        .and_then(|u| OpenAiUsage::deserialize(u).ok())
-    else {
-        return true;
-    };
-    *usage = Some(u.into());
-    let choiceless = v
-        .get("choices")
-        .and_then(Value::as_array)
-        .is_none_or(Vec::is_empty);
-    !(strip && choiceless)
+/// What a passed-through stream's usage is read from: the usage and choices of an OpenAI
+/// chunk (nothing else of it is parsed).
+#[derive(Deserialize)]
+struct UsageChunk {
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+    #[serde(default)]
+    choices: Option<Vec<IgnoredAny>>,
+}
+
+/// Reads the usage of one passed-through event from `data` (its bytes, or its value); returns
+/// whether the event is kept (`strip`: an OpenAI choice-less usage chunk is not).
+fn read_usage<'de, D>(
+    decoder: &mut Decoder,
+    usage: &mut Option<Usage>,
+    strip: bool,
+    data: D,
+) -> bool
+where
+    D: serde::Deserializer<'de>,
+{
+    match decoder {
+        Decoder::OpenAi(_) => {
+            let Some(u) = UsageChunk::deserialize(data).ok().and_then(|c| {
+                let choiceless = c.choices.is_none_or(|c| c.is_empty());
+                c.usage.map(|u| (u, choiceless))
+            }) else {
+                return true;
+            };
+            *usage = Some(u.0.into());
+            !(strip && u.1)
+        }
+        Decoder::Anthropic(d) => {
+            d.read(data, &mut Vec::new());
+            true
+        }
+        Decoder::Gemini(d) => {
+            d.read(data, &mut Vec::new());
+            true
+        }
+        Decoder::Bedrock(_) => true,
+    }
 }

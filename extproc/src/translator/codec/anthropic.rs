@@ -641,8 +641,8 @@ impl StreamDecoder {
         self.event(serde_json::from_slice::<WireEvent>(data).ok(), out);
     }
 
-    /// Decodes one event's data parsed already.
-    pub fn decode_value(&mut self, data: &Value, out: &mut Vec<StreamEvent>) {
+    /// Decodes one event read from `data` (its bytes, or its value parsed already).
+    pub fn read<'de, D: serde::Deserializer<'de>>(&mut self, data: D, out: &mut Vec<StreamEvent>) {
         self.event(WireEvent::deserialize(data).ok(), out);
     }
 

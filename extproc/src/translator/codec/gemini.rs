@@ -910,8 +910,8 @@ impl StreamDecoder {
         self.chunk(serde_json::from_slice::<WireResponse>(data).ok(), out);
     }
 
-    /// Decodes one chunk parsed already.
-    pub fn decode_value(&mut self, data: &Value, out: &mut Vec<StreamEvent>) {
+    /// Decodes one event read from `data` (its bytes, or its value parsed already).
+    pub fn read<'de, D: serde::Deserializer<'de>>(&mut self, data: D, out: &mut Vec<StreamEvent>) {
         self.chunk(WireResponse::deserialize(data).ok(), out);
     }
 
