@@ -252,14 +252,21 @@ impl Pipeline {
         };
         let mut w = Writer::new(buf);
         let mut frames = Vec::new();
+        // No stage but usage reads this stream: each event is written as it is read.
+        let plain = matches!(self.mode, Mode::Passthrough { guard: None, .. })
+            && self.cap.is_none()
+            && capture.is_none();
         let mut pos = 0;
         while let Some(len) = event_end(&buf[pos..]) {
-            self.event(
-                Frame::provider(pos, &buf[pos..pos + len]),
-                &mut frames,
-                capture.is_some(),
-            );
-            self.stages(&mut frames, capture.as_deref_mut(), &mut w);
+            let mut frame = Frame::provider(pos, &buf[pos..pos + len]);
+            if plain {
+                if self.read_usage(&mut frame, false) {
+                    w.frame(&frame);
+                }
+            } else {
+                self.event(frame, &mut frames, capture.is_some());
+                self.stages(&mut frames, capture.as_deref_mut(), &mut w);
+            }
             pos += len;
         }
         let rest = &buf[pos..];
@@ -278,51 +285,55 @@ impl Pipeline {
 
     /// One provider event through usage and the guardrails (or translation) into `frames`.
     fn event<'a>(&mut self, mut frame: Frame<'a>, frames: &mut Vec<Frame<'a>>, captured: bool) {
-        match &mut self.mode {
-            Mode::Passthrough {
-                strip_usage_chunk,
-                guard,
-            } => {
-                // Usage is read from the event's value when a later stage parses it anyway,
-                // else straight from its data into the usage fields alone.
-                if carries_usage(frame.provider_bytes()) {
-                    let strip = *strip_usage_chunk;
-                    let keep = if guard.is_some() || self.cap.is_some() || captured {
-                        frame.value().is_none_or(|v| {
-                            read_usage(&mut self.decoder, &mut self.usage, strip, v)
-                        })
-                    } else {
-                        let data = event_data(frame.provider_bytes());
-                        let mut de = serde_json::Deserializer::from_slice(&data);
-                        read_usage(&mut self.decoder, &mut self.usage, strip, &mut de)
-                    };
-                    if !keep {
-                        return;
-                    }
-                }
-                if self.ended {
-                    return;
-                }
-                let Some(g) = guard else {
-                    frames.push(frame);
-                    return;
-                };
-                g.event(frame, frames);
-                if let Some(rule) = g.blocked_by() {
-                    let rule = rule.to_owned();
-                    self.block(rule, frames);
-                }
+        if let Mode::Translate(hub) = &mut self.mode {
+            if self.ended {
+                return;
             }
-            Mode::Translate(hub) => {
-                if self.ended {
-                    return;
-                }
-                let data = event_data(frame.provider_bytes());
-                if !data.is_empty() {
-                    self.decoder.decode(&data, &mut hub.events);
-                }
-                self.flush(frames);
+            let data = event_data(frame.provider_bytes());
+            if !data.is_empty() {
+                self.decoder.decode(&data, &mut hub.events);
             }
+            self.flush(frames);
+            return;
+        }
+        let guarded = matches!(self.mode, Mode::Passthrough { guard: Some(_), .. });
+        let parsed_later = guarded || self.cap.is_some() || captured;
+        if !self.read_usage(&mut frame, parsed_later) || self.ended {
+            return;
+        }
+        let Mode::Passthrough { guard: Some(g), .. } = &mut self.mode else {
+            frames.push(frame);
+            return;
+        };
+        g.event(frame, frames);
+        if let Some(rule) = g.blocked_by() {
+            let rule = rule.to_owned();
+            self.block(rule, frames);
+        }
+    }
+
+    /// Reads usage from a passed-through event that carries it: from its value when a later
+    /// stage parses it anyway (`parsed_later`), else straight from its data into the usage
+    /// fields alone. Returns whether the event is kept.
+    fn read_usage(&mut self, frame: &mut Frame<'_>, parsed_later: bool) -> bool {
+        let Mode::Passthrough {
+            strip_usage_chunk: strip,
+            ..
+        } = self.mode
+        else {
+            return true;
+        };
+        if !carries_usage(frame.provider_bytes()) {
+            return true;
+        }
+        if parsed_later {
+            frame
+                .value()
+                .is_none_or(|v| read_usage(&mut self.decoder, &mut self.usage, strip, v))
+        } else {
+            let data = event_data(frame.provider_bytes());
+            let mut de = serde_json::Deserializer::from_slice(&data);
+            read_usage(&mut self.decoder, &mut self.usage, strip, &mut de)
         }
     }
 
