@@ -1,16 +1,22 @@
 //! Translation cost on the hot path: one upstream SSE event translated into the client's
 //! dialect (criterion reports events per second; a chunk's cost is its inverse), the
-//! byte-preserving OpenAI passthrough for comparison, and whole request bodies.
+//! byte-preserving OpenAI passthrough for comparison, the same streams with every stage on
+//! (guardrails, output cap, capture), and whole request bodies.
 //!
 //! Run: `cargo bench -p tollgate-extproc --bench translate`.
 
 // Benchmark support: failing loudly is the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use tollgate_core::config::ApiFamily;
+use tollgate_core::config::{ApiFamily, Capture as CaptureMode};
+use tollgate_extproc::budget::Counter;
+use tollgate_extproc::capture::Capture;
+use tollgate_extproc::stream::Pipeline;
+use tollgate_extproc::streamcap::StreamCap;
 use tollgate_extproc::translator::json::RawObject;
-use tollgate_extproc::translator::sse::UsageFilter;
 use tollgate_extproc::translator::Pair;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/translator/tests");
@@ -66,17 +72,61 @@ fn streams(c: &mut Criterion) {
     }
     // The same-dialect OpenAI stream: read usage, pass bytes through.
     let chunks = events(&read("anthropic_to_openai", "stream.sse"));
+    let openai = Pair {
+        client: ApiFamily::OpenAi,
+        upstream: ApiFamily::OpenAi,
+    };
     g.throughput(Throughput::Elements(chunks.len() as u64));
     g.bench_function("openai_passthrough_usage_filter", |b| {
         b.iter(|| {
-            let mut f = UsageFilter::new(true);
+            let mut p = openai.stream(true, 0).strip_usage_chunk(true);
             let last = chunks.len() - 1;
             for (i, chunk) in chunks.iter().enumerate() {
-                black_box(f.push(chunk, i == last));
+                black_box(p.push_chunk(chunk, i == last, None));
             }
-            black_box(f.usage())
+            black_box(p.usage())
         })
     });
+    g.finish();
+}
+
+/// Every stage on: an e-mail redaction rule, an output cap never reached (bytes counter, so the
+/// count is not the cost), full capture.
+fn stages(c: &mut Criterion) {
+    let mut g = c.benchmark_group("stream_chunk_all_stages");
+    let rule = tollgate_guardrails::RuleSpec {
+        id: "email".into(),
+        detector: tollgate_guardrails::Detector::Email,
+        action: tollgate_guardrails::Action::Redact,
+    };
+    let engine = Arc::new(tollgate_guardrails::Engine::new(&[rule]).unwrap());
+    let openai = Pair {
+        client: ApiFamily::OpenAi,
+        upstream: ApiFamily::OpenAi,
+    };
+    let cases = PAIRS
+        .into_iter()
+        .chain([("openai_passthrough", openai, "anthropic_to_openai")]);
+    for (name, pair, dir) in cases {
+        let chunks = events(&read(dir, "stream.sse"));
+        g.throughput(Throughput::Elements(chunks.len() as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let cap = StreamCap::new(pair.client, Counter::Bytes, u64::MAX / 2, 0, true);
+                let mut capture = Capture::new(CaptureMode::Full, 4096).unwrap();
+                let mut p = Pipeline::new(pair, true, 0, Some(Arc::clone(&engine)))
+                    .strip_usage_chunk(true)
+                    .with_cap(Some(cap));
+                let last = chunks.len() - 1;
+                for (i, chunk) in chunks.iter().enumerate() {
+                    let out = p.push_chunk(chunk, i == last, Some(&mut capture));
+                    capture.response_bytes(out.as_ref().map_or(chunk.len(), Vec::len));
+                    black_box(out);
+                }
+                black_box(p.usage())
+            })
+        });
+    }
     g.finish();
 }
 
@@ -98,5 +148,5 @@ fn requests(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, streams, requests);
+criterion_group!(benches, streams, stages, requests);
 criterion_main!(benches);

@@ -17,8 +17,6 @@ use tollgate_core::config::Capture as Mode;
 use tollgate_guardrails::{Action, Detector, Engine, RuleSpec};
 use tollgate_proto::logger::v1 as pb;
 
-use crate::translator::sse;
-
 /// The fixed redaction policy of captured bodies, compiled once per process.
 static REDACTOR: LazyLock<Option<Engine>> = LazyLock::new(|| {
     let redact = |id: &str, detector| RuleSpec {
@@ -189,8 +187,6 @@ pub struct Capture {
     mode: Mode,
     max: usize,
     payload: pb::Payload,
-    /// A stream's events not complete yet.
-    carry: Vec<u8>,
     /// A stream's text so far (at most `2 * max` bytes, before redaction).
     text: String,
     /// Bytes of stream text left out.
@@ -211,7 +207,6 @@ impl Capture {
                 mode: label.to_owned(),
                 ..Default::default()
             },
-            carry: Vec::new(),
             text: String::new(),
             dropped: 0,
         })
@@ -248,18 +243,15 @@ impl Capture {
         }
     }
 
-    /// Records one chunk of a stream as the client gets it.
-    pub fn response_chunk(&mut self, chunk: &[u8], end: bool) {
-        self.payload.response_bytes += chunk.len() as u64;
+    /// Counts bytes of a stream as the client gets them.
+    pub fn response_bytes(&mut self, n: usize) {
+        self.payload.response_bytes += n as u64;
+    }
+
+    /// Records one event of a stream as the client gets it (its data, parsed).
+    pub fn response_event(&mut self, v: &Value) {
         let mut pieces = Vec::new();
-        let mut calls = 0;
-        sse::each_event(&mut self.carry, chunk, end, |event| {
-            let data = sse::event_data(event);
-            if let Ok(v) = serde_json::from_slice::<Value>(&data) {
-                calls += stream_pieces(&v, &mut pieces);
-            }
-        });
-        self.payload.tool_call_count += calls;
+        self.payload.tool_call_count += stream_pieces(v, &mut pieces);
         if self.mode != Mode::Full {
             return;
         }

@@ -22,9 +22,9 @@ use tollgate_core::{ApiError, Endpoint};
 use tollgate_guardrails::{Engine, StreamOutput, StreamScanner, Verdict};
 use tollgate_proto::logger::v1::GuardrailVerdict;
 
+use crate::stream::Frame;
 use crate::translator::hub::{Delta, StreamEvent};
 use crate::translator::json::RawObject;
-use crate::translator::sse::{each_event, event_data};
 
 /// One rule that matched one side of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -577,7 +577,6 @@ mod tests;
 /// chunk.
 #[derive(Debug)]
 pub struct OpenAiStreamGuard {
-    carry: Vec<u8>,
     /// By choice index.
     scanners: Scanners,
     blocked_by: Option<String>,
@@ -681,7 +680,6 @@ impl OpenAiStreamGuard {
     /// A guard for one stream under `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
         Self {
-            carry: Vec::new(),
             scanners: Scanners::new(engine),
             blocked_by: None,
             template: None,
@@ -694,48 +692,40 @@ impl OpenAiStreamGuard {
         self.scanners.verdict()
     }
 
-    /// Filters the next bytes of the stream (whole events are handled; a partial one waits).
-    pub fn push(&mut self, chunk: &[u8], end: bool) -> Vec<u8> {
-        let mut out = Vec::with_capacity(chunk.len() + 64);
-        if self.blocked_by.is_some() {
-            return out;
-        }
-        let mut carry = std::mem::take(&mut self.carry);
-        each_event(&mut carry, chunk, end, |e| self.event(e, &mut out));
-        self.carry = carry;
-        if end {
-            self.release_open(&mut out);
-        }
-        out
+    /// The rule that blocked the stream, once one has: the caller ends the stream.
+    pub fn blocked_by(&self) -> Option<&str> {
+        self.blocked_by.as_deref()
     }
 
-    fn block(&mut self, rule: String, out: &mut Vec<u8>) {
-        let err = ApiError::GuardrailBlocked {
-            rule: rule.clone(),
-            side: Side::Response,
-        };
-        self.blocked_by = Some(rule);
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(&err.body(tollgate_core::Dialect::OpenAi));
-        out.extend_from_slice(b"\n\n");
-    }
-
-    fn event(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+    /// Judges one event of the stream into `out`: its text replaced by what the scanners
+    /// release, the event unchanged when nothing of it changed.
+    pub fn event<'a>(&mut self, mut frame: Frame<'a>, out: &mut Vec<Frame<'a>>) {
         if self.blocked_by.is_some() {
             return;
         }
-        let data = event_data(raw);
-        if data == b"[DONE]" {
-            self.release_open(out);
+        if frame.is_done() {
+            self.finish(out);
             if self.blocked_by.is_none() {
-                out.extend_from_slice(raw);
+                out.push(frame);
             }
             return;
         }
-        let Ok(mut v) = serde_json::from_slice::<Value>(&data) else {
-            out.extend_from_slice(raw);
-            return;
-        };
+        let mut blocked = None;
+        frame.edit(|v| match self.judge(v) {
+            Ok(changed) => changed,
+            Err(rule) => {
+                blocked = Some(rule);
+                false
+            }
+        });
+        match blocked {
+            Some(rule) => self.blocked_by = Some(rule),
+            None => out.push(frame),
+        }
+    }
+
+    /// Judges one chunk in place; returns whether it changed, or the rule that blocked it.
+    fn judge(&mut self, v: &mut Value) -> Result<bool, String> {
         let mut changed = false;
         if let Some(Value::Array(choices)) = v.get_mut("choices") {
             for c in choices {
@@ -751,7 +741,7 @@ impl OpenAiStreamGuard {
                 if let Some(Value::String(t)) = field {
                     let o = self.scanners.push(index, t);
                     if let Some(rule) = o.blocked_by {
-                        return self.block(rule, out);
+                        return Err(rule);
                     }
                     released = Some(o.text);
                 }
@@ -761,7 +751,7 @@ impl OpenAiStreamGuard {
                     for (name, value) in reasoning_fields(d) {
                         let o = self.scanners.push(REASONING | index, value);
                         if let Some(rule) = o.blocked_by {
-                            return self.block(rule, out);
+                            return Err(rule);
                         }
                         self.reasoning_field = name;
                         *value = o.text;
@@ -770,7 +760,7 @@ impl OpenAiStreamGuard {
                     for (tool, args) in tool_argument_fields(d) {
                         let o = self.scanners.push(tool_key(index, tool), args);
                         if let Some(rule) = o.blocked_by {
-                            return self.block(rule, out);
+                            return Err(rule);
                         }
                         *args = o.text;
                         changed = true;
@@ -779,7 +769,7 @@ impl OpenAiStreamGuard {
                 if finished {
                     let o = self.scanners.finish(index);
                     if let Some(rule) = o.blocked_by {
-                        return self.block(rule, out);
+                        return Err(rule);
                     }
                     if !o.text.is_empty() {
                         released.get_or_insert_with(String::new).push_str(&o.text);
@@ -790,7 +780,7 @@ impl OpenAiStreamGuard {
                         }
                         let o = self.scanners.finish(key);
                         if let Some(rule) = o.blocked_by {
-                            return self.block(rule, out);
+                            return Err(rule);
                         }
                         if let (false, Some(d)) = (o.text.is_empty(), c.get_mut("delta")) {
                             put(d, key, o.text, self.reasoning_field);
@@ -820,21 +810,19 @@ impl OpenAiStreamGuard {
                 self.template = Some(Value::Object(t));
             }
         }
-        if changed {
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(v.to_string().as_bytes());
-            out.extend_from_slice(b"\n\n");
-        } else {
-            out.extend_from_slice(raw);
-        }
+        Ok(changed)
     }
 
     /// Releases the text of choices that never finished (the stream ends).
-    fn release_open(&mut self, out: &mut Vec<u8>) {
+    pub fn finish(&mut self, out: &mut Vec<Frame<'_>>) {
+        if self.blocked_by.is_some() {
+            return;
+        }
         for index in self.scanners.keys() {
             let o = self.scanners.finish(index);
             if let Some(rule) = o.blocked_by {
-                return self.block(rule, out);
+                self.blocked_by = Some(rule);
+                return;
             }
             let Some(mut chunk) = self.template.clone().filter(|_| !o.text.is_empty()) else {
                 continue;
@@ -848,9 +836,7 @@ impl OpenAiStreamGuard {
                 serde_json::json!({"index": index, "text": o.text, "finish_reason": null})
             };
             chunk["choices"] = Value::Array(vec![choice]);
-            out.extend_from_slice(b"data: ");
-            out.extend_from_slice(chunk.to_string().as_bytes());
-            out.extend_from_slice(b"\n\n");
+            out.push(Frame::json(chunk));
         }
     }
 }

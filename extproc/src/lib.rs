@@ -15,6 +15,7 @@ pub mod mutation;
 pub mod processor;
 pub mod selfservice;
 pub mod server;
+pub mod stream;
 pub mod streamcap;
 pub mod translator;
 pub mod webhook;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tollgate_core::config::ApiFamily;
 
 use crate::budget::Counter;
-use crate::translator::sse;
+use crate::stream::{self, Frame};
 
 /// Why a stream was ended early (the log event's `error_class`).
 pub const OUTPUT_CAP: &str = "output_cap_reached";
@@ -25,7 +25,6 @@ pub struct StreamCap {
     used: u64,
     prompt_tokens: u64,
     include_usage: bool,
-    carry: Vec<u8>,
     cut: bool,
     /// OpenAI: `id`, `created` and `model` of the stream's chunks, repeated in the last one.
     meta: Option<(Value, Value, Value)>,
@@ -51,7 +50,6 @@ impl StreamCap {
             used: 0,
             prompt_tokens,
             include_usage,
-            carry: Vec::new(),
             cut: false,
             meta: None,
             open_block: None,
@@ -68,27 +66,27 @@ impl StreamCap {
         self.used
     }
 
-    /// The client-dialect bytes to send for `out` (what the stream would send otherwise).
-    pub fn push(&mut self, out: &[u8], end: bool) -> Vec<u8> {
-        let mut result = Vec::with_capacity(out.len());
-        let mut carry = std::mem::take(&mut self.carry);
-        sse::each_event(&mut carry, out, end, |event| {
-            if self.cut {
-                return;
-            }
-            let data = sse::event_data(event);
-            let value: Option<Value> = serde_json::from_slice(&data).ok();
-            let tokens = value.as_ref().map_or(0, |v| self.observe(v));
+    /// Counts the client's `frames` in order; at the allowance, the frame that would pass it
+    /// and everything after are replaced by the final events.
+    pub fn apply(&mut self, frames: &mut Vec<Frame<'_>>) {
+        if self.cut {
+            frames.clear();
+            return;
+        }
+        let mut keep = frames.len();
+        for (i, f) in frames.iter_mut().enumerate() {
+            let tokens = f.value().map_or(0, |v| self.observe(v));
             if tokens > 0 && self.used + tokens > self.allowance {
                 self.cut = true;
-                result.extend_from_slice(&self.final_events());
-                return;
+                keep = i;
+                break;
             }
             self.used += tokens;
-            result.extend_from_slice(event);
-        });
-        self.carry = carry;
-        result
+        }
+        if self.cut {
+            frames.truncate(keep);
+            self.final_events(frames);
+        }
     }
 
     /// Notes what the event says about the stream; returns its output tokens.
@@ -160,8 +158,7 @@ impl StreamCap {
         }
     }
 
-    fn final_events(&self) -> Vec<u8> {
-        let mut out = String::new();
+    fn final_events(&self, out: &mut Vec<Frame<'_>>) {
         match self.client {
             ApiFamily::OpenAi | ApiFamily::Bedrock => {
                 let (id, created, model) = self.meta.clone().unwrap_or_default();
@@ -171,57 +168,68 @@ impl StreamCap {
                     if let Some(u) = usage {
                         c["usage"] = u;
                     }
-                    format!("data: {c}\n\n")
+                    Frame::json(c)
                 };
-                out.push_str(&chunk(
+                out.push(chunk(
                     json!([{"index": 0, "delta": {}, "finish_reason": "length"}]),
                     None,
                 ));
                 if self.include_usage {
-                    out.push_str(&chunk(
+                    out.push(chunk(
                         json!([]),
                         Some(json!({"prompt_tokens": self.prompt_tokens,
                             "completion_tokens": self.used,
                             "total_tokens": self.prompt_tokens + self.used})),
                     ));
                 }
-                out.push_str("data: [DONE]\n\n");
+                out.push(Frame::fixed(stream::DONE));
             }
             ApiFamily::Anthropic => {
-                let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
                 if let Some(i) = self.open_block {
-                    out.push_str(&event(
+                    out.push(Frame::named(
                         "content_block_stop",
                         json!({"type": "content_block_stop", "index": i}),
                     ));
                 }
-                out.push_str(&event(
+                out.push(Frame::named(
                     "message_delta",
                     json!({"type": "message_delta",
                         "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
                         "usage": {"output_tokens": self.used}}),
                 ));
-                out.push_str(&event("message_stop", json!({"type": "message_stop"})));
+                out.push(Frame::named(
+                    "message_stop",
+                    json!({"type": "message_stop"}),
+                ));
             }
             ApiFamily::Gemini => {
                 let (id, _, model) = self.meta.clone().unwrap_or_default();
-                let chunk = json!({
+                out.push(Frame::json_crlf(json!({
                     "candidates": [{"content": {"role": "model", "parts": [{"text": ""}]},
                         "finishReason": "MAX_TOKENS", "index": 0}],
                     "usageMetadata": {"promptTokenCount": self.prompt_tokens,
                         "candidatesTokenCount": self.used,
                         "totalTokenCount": self.prompt_tokens + self.used},
-                    "modelVersion": model, "responseId": id});
-                out.push_str(&format!("data: {chunk}\r\n\r\n"));
+                    "modelVersion": model, "responseId": id})));
             }
         }
-        out.into_bytes()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream::Pipeline;
+    use crate::translator::Pair;
+
+    /// A same-dialect `client` stream's pipeline with `cap` on.
+    fn pipeline(client: ApiFamily, cap: StreamCap) -> Pipeline {
+        let pair = Pair {
+            client,
+            upstream: client,
+        };
+        Pipeline::new(pair, false, 0, None).with_cap(Some(cap))
+    }
 
     fn openai_chunk(text: &str) -> String {
         format!(
@@ -233,12 +241,15 @@ mod tests {
 
     #[test]
     fn an_openai_stream_ends_with_length_usage_and_done_at_its_allowance() {
-        let mut cap = StreamCap::new(ApiFamily::OpenAi, Counter::Bytes, 2, 9, true);
+        let mut cap = pipeline(
+            ApiFamily::OpenAi,
+            StreamCap::new(ApiFamily::OpenAi, Counter::Bytes, 2, 9, true),
+        );
         // Three bytes a token: "abc" is 1, "abcdef" 2.
         let mut out = cap.push(openai_chunk("abc").as_bytes(), false);
-        assert!(!cap.was_cut());
+        assert!(!cap.cap().unwrap().was_cut());
         out.extend(cap.push(openai_chunk("abcdef").as_bytes(), false));
-        assert!(cap.was_cut());
+        assert!(cap.cap().unwrap().was_cut());
         out.extend(cap.push(openai_chunk("more").as_bytes(), false));
         out.extend(cap.push(b"data: [DONE]\n\n", true));
         let text = String::from_utf8(out).unwrap();
@@ -259,7 +270,10 @@ mod tests {
 
     #[test]
     fn an_anthropic_stream_closes_its_block_and_stops_with_max_tokens() {
-        let mut cap = StreamCap::new(ApiFamily::Anthropic, Counter::Bytes, 1, 0, false);
+        let mut cap = pipeline(
+            ApiFamily::Anthropic,
+            StreamCap::new(ApiFamily::Anthropic, Counter::Bytes, 1, 0, false),
+        );
         let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
         let mut out = cap.push(
             ev(
@@ -312,12 +326,15 @@ mod tests {
 
     #[test]
     fn a_split_event_is_counted_once_whole() {
-        let mut cap = StreamCap::new(ApiFamily::OpenAi, Counter::Bytes, 100, 0, false);
+        let mut cap = pipeline(
+            ApiFamily::OpenAi,
+            StreamCap::new(ApiFamily::OpenAi, Counter::Bytes, 100, 0, false),
+        );
         let c = openai_chunk("abcdef");
         let (a, b) = c.split_at(20);
         let mut out = cap.push(a.as_bytes(), false);
         out.extend(cap.push(b.as_bytes(), false));
         assert_eq!(out, c.as_bytes());
-        assert_eq!(cap.used(), 2);
+        assert_eq!(cap.cap().unwrap().used(), 2);
     }
 }

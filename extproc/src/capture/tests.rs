@@ -2,6 +2,9 @@
 //! marker, stream text assembly in both dialects.
 
 use super::*;
+use crate::stream::Pipeline;
+use crate::translator::Pair;
+use tollgate_core::config::ApiFamily;
 
 const EMAIL: &str = "jane.doe@example.com";
 const CARD: &str = "4111 1111 1111 1111";
@@ -81,6 +84,19 @@ fn a_private_key_withholds_the_whole_body() {
     assert_eq!(redact_body(&chat(key), 4096), WITHHELD);
 }
 
+/// Passes `chunks` of a same-dialect `family` stream through its pipeline into `c`.
+fn stream(c: &mut Capture, family: ApiFamily, chunks: &[&[u8]]) {
+    let pair = Pair {
+        client: family,
+        upstream: family,
+    };
+    let mut p = Pipeline::new(pair, false, 0, None);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let out = p.push_chunk(chunk, i + 1 == chunks.len(), Some(c));
+        c.response_bytes(out.map_or(chunk.len(), |o| o.len()));
+    }
+}
+
 #[test]
 fn streams_are_assembled_in_both_dialects_with_reasoning_and_tool_arguments() {
     let mut c = Capture::new(Mode::Full, 4096).unwrap();
@@ -91,10 +107,8 @@ fn streams_are_assembled_in_both_dialects_with_reasoning_and_tool_arguments() {
         serde_json::json!({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c1","function":{"name":"f","arguments":"{\"to\":\"x@y.io\"}"}}]}}]}),
     );
     // Split at every third byte: the text is the same.
-    for part in openai.as_bytes().chunks(3) {
-        c.response_chunk(part, false);
-    }
-    c.response_chunk(b"", true);
+    let parts: Vec<&[u8]> = openai.as_bytes().chunks(3).collect();
+    stream(&mut c, ApiFamily::OpenAi, &parts);
     let p = c.finish();
     assert_eq!(
         p.response_body,
@@ -113,7 +127,7 @@ fn streams_are_assembled_in_both_dialects_with_reasoning_and_tool_arguments() {
     .iter()
     .map(|d| format!("event: x\ndata: {d}\n\n"))
     .collect::<String>();
-    c.response_chunk(anthropic.as_bytes(), true);
+    stream(&mut c, ApiFamily::Anthropic, &[anthropic.as_bytes()]);
     let p = c.finish();
     assert_eq!(p.response_body, r#"hmm call [REDACTED:phone] {"a":1}"#);
     assert_eq!(p.tool_call_count, 1);
@@ -122,14 +136,11 @@ fn streams_are_assembled_in_both_dialects_with_reasoning_and_tool_arguments() {
 #[test]
 fn a_long_stream_is_bounded_and_never_keeps_a_secret_cut_by_the_bound() {
     let mut c = Capture::new(Mode::Full, 256).unwrap();
-    for _ in 0..200 {
-        let chunk = format!(
-            "data: {}\n\n",
-            serde_json::json!({"choices":[{"delta":{"content": format!("{OPENAI_KEY} ")}}]})
-        );
-        c.response_chunk(chunk.as_bytes(), false);
-    }
-    c.response_chunk(b"", true);
+    let chunk = format!(
+        "data: {}\n\n",
+        serde_json::json!({"choices":[{"delta":{"content": format!("{OPENAI_KEY} ")}}]})
+    );
+    stream(&mut c, ApiFamily::OpenAi, &vec![chunk.as_bytes(); 200]);
     let p = c.finish();
     assert!(p.response_body.len() < 400, "{}", p.response_body);
     assert!(

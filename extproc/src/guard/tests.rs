@@ -6,6 +6,7 @@ use tollgate_core::config::ApiFamily;
 use tollgate_guardrails::{Action, Detector, RuleSpec};
 
 use super::*;
+use crate::stream::Pipeline;
 use crate::translator::Pair;
 
 fn engine(rules: &[(&str, Detector, Action)]) -> Arc<Engine> {
@@ -301,21 +302,12 @@ fn client_text(client: ApiFamily, sse: &[u8]) -> (String, Option<Value>) {
     (text, error)
 }
 
-/// The client stream, as the processor builds it: the OpenAI → OpenAI pair through its usage
-/// filter and [`OpenAiStreamGuard`], every other pair through the hub with a [`StreamGuard`].
+/// The client stream, as the processor builds it: the OpenAI → OpenAI pair judged chunk by
+/// chunk in place ([`OpenAiStreamGuard`]), every other pair through the hub with a
+/// [`StreamGuard`].
 fn run(pair: Pair, engine: &Arc<Engine>, chunks: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::new();
-    if pair.is_openai_passthrough() {
-        let mut filter = crate::translator::sse::UsageFilter::new(false);
-        let mut guard = OpenAiStreamGuard::new(Arc::clone(engine));
-        for (i, c) in chunks.iter().enumerate() {
-            let end = i + 1 == chunks.len();
-            let filtered = filter.push(c, end);
-            out.extend(guard.push(filtered.as_deref().unwrap_or(c), end));
-        }
-        return out;
-    }
-    let mut t = pair.stream_guarded(false, 7, Some(StreamGuard::new(Arc::clone(engine))));
+    let mut t = Pipeline::new(pair, false, 7, Some(Arc::clone(engine)));
     for (i, c) in chunks.iter().enumerate() {
         out.extend(t.push(c, i + 1 == chunks.len()));
     }
@@ -449,12 +441,12 @@ fn a_block_mid_stream_ends_it_with_an_error_in_the_client_dialect() {
 fn stream_verdicts_cover_redactions_and_flags() {
     let engine = pii();
     let pair = PAIRS[0];
-    let mut t = pair.stream_guarded(false, 7, Some(StreamGuard::new(Arc::clone(&engine))));
+    let mut t = Pipeline::new(pair, false, 7, Some(Arc::clone(&engine)));
     t.push(
         &upstream(pair, &["about project ", "x: bob@example.com"]),
         true,
     );
-    let v = t.guard().unwrap().verdict();
+    let v = t.verdict().unwrap();
     assert_eq!(v.redacted, ["email"]);
     assert_eq!(v.flagged, ["words"]);
 }
@@ -713,7 +705,11 @@ fn openai_stream_reasoning_and_tool_arguments_are_redacted_where_they_are_split(
         "data: [DONE]\n\n".to_owned(),
     ]
     .concat();
-    let mut g = OpenAiStreamGuard::new(pii());
+    let pair = Pair {
+        client: ApiFamily::OpenAi,
+        upstream: ApiFamily::OpenAi,
+    };
+    let mut g = Pipeline::new(pair, false, 7, Some(pii()));
     let out = g.push(stream.as_bytes(), true);
     let (mut reasoning, mut args) = (String::new(), String::new());
     for data in String::from_utf8(out)
@@ -735,5 +731,5 @@ fn openai_stream_reasoning_and_tool_arguments_are_redacted_where_they_are_split(
         serde_json::from_str::<Value>(&args).unwrap(),
         json!({"to": "[REDACTED:email]"})
     );
-    assert_eq!(g.verdict().redacted, ["email"]);
+    assert_eq!(g.verdict().unwrap().redacted, ["email"]);
 }

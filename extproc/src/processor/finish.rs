@@ -8,9 +8,8 @@ use tollgate_core::config::Side;
 use tollgate_core::metrics::{RequestLabels, TokenLabels};
 use tollgate_core::Endpoint;
 
-use super::{strip_query, Processor, ResponseStream};
+use super::{strip_query, Processor};
 use crate::capture::Capture;
-use crate::guard::{OpenAiStreamGuard, StreamGuard};
 use crate::streamcap::{self, StreamCap};
 use crate::{log, selfservice};
 
@@ -21,11 +20,11 @@ impl Processor {
             return;
         }
         self.finished = true;
-        let stream_verdict = match self.forwarded.as_ref().and_then(|f| f.sse.as_ref()) {
-            Some(ResponseStream::Translate(t)) => t.guard().map(StreamGuard::verdict),
-            Some(ResponseStream::Usage(_, g)) => g.as_deref().map(OpenAiStreamGuard::verdict),
-            None => None,
-        };
+        let stream_verdict = self
+            .forwarded
+            .as_ref()
+            .and_then(|f| f.sse.as_ref())
+            .and_then(|p| p.verdict());
         if let Some(v) = stream_verdict {
             self.verdicts.add(Side::Response, &v, &self.metrics);
         }
@@ -133,7 +132,12 @@ impl Processor {
                     .any(|v| v.action == "block" && v.side == Side::Response)
                 {
                     "guardrail_blocked"
-                } else if fwd.cap.as_ref().is_some_and(StreamCap::was_cut) {
+                } else if fwd
+                    .sse
+                    .as_ref()
+                    .and_then(|p| p.cap())
+                    .is_some_and(StreamCap::was_cut)
+                {
                     streamcap::OUTPUT_CAP
                 } else {
                     log::upstream_error_class(status)

@@ -38,10 +38,9 @@ use tollgate_logger::LogHandle;
 
 use crate::budget;
 use crate::capture::Capture;
-use crate::guard::{OpenAiStreamGuard, Verdicts};
-use crate::streamcap::StreamCap;
-use crate::translator::stream::StreamTranslator;
-use crate::translator::{sse::UsageFilter, Pair};
+use crate::guard::Verdicts;
+use crate::stream::Pipeline;
+use crate::translator::Pair;
 
 /// Who is calling: what the key gate established about the request (through ext_authz's
 /// metadata, or asked at the request headers in [`auth`]).
@@ -131,7 +130,8 @@ struct Forwarded {
     upstream_latency: Option<Duration>,
     status: Option<u16>,
     pair: Pair,
-    sse: Option<ResponseStream>,
+    /// A successful stream's pipeline (usage, guardrails, output cap, capture).
+    sse: Option<Box<Pipeline>>,
     usage: Option<Usage>,
     /// The policy judging the response text, when a rule applies to it.
     response_guard: Option<Arc<Engine>>,
@@ -139,17 +139,6 @@ struct Forwarded {
     response_id: String,
     /// The provider's error type header (Bedrock's `x-amzn-errortype`).
     error_type: Option<String>,
-    /// The stream's output allowance, when it has one.
-    cap: Option<StreamCap>,
-}
-
-/// How a successful stream is handled.
-#[derive(Debug)]
-enum ResponseStream {
-    /// Same dialect (OpenAI family): read usage, hide the usage chunk nobody asked for.
-    Usage(UsageFilter, Option<Box<OpenAiStreamGuard>>),
-    /// Anything else: decode and re-encode event by event.
-    Translate(Box<StreamTranslator>),
 }
 
 fn unix_now() -> u64 {

@@ -13,7 +13,7 @@ use tollgate_core::metadata as md;
 use tollgate_core::metrics::ProviderLabel;
 use tollgate_core::{keys, ApiError};
 
-use super::{header, unix_now, Processor, ResponseStream, BUDGET_WARNING_HEADER};
+use super::{header, unix_now, Processor, BUDGET_WARNING_HEADER};
 use crate::guard;
 use crate::mutation::{self, set};
 use crate::translator::ResponseMeta;
@@ -101,36 +101,19 @@ impl Processor {
         response
     }
 
-    /// One chunk of a successful stream, through its stages: usage (and the usage chunk the
-    /// client did not ask for hidden) or translation, guardrails, the output cap, capture.
+    /// One chunk of a successful stream through its pipeline: usage, guardrails (or
+    /// translation), the output cap, capture.
     fn stream_chunk(&mut self, b: &HttpBody) -> ProcessingResponse {
-        let Some(fwd) = &mut self.forwarded else {
+        let Some(pipeline) = self.forwarded.as_mut().and_then(|f| f.sse.as_mut()) else {
             return mutation::response_body(Default::default());
         };
-        let end = b.end_of_stream;
-        let out = match &mut fwd.sse {
-            Some(ResponseStream::Usage(filter, guard)) => {
-                let out = filter.push(&b.body, end);
-                let out = match guard {
-                    Some(g) => Some(g.push(out.as_deref().unwrap_or(&b.body), end)),
-                    None => out,
-                };
-                fwd.usage = filter.usage();
-                out
-            }
-            Some(ResponseStream::Translate(t)) => {
-                let out = t.push(&b.body, end);
-                fwd.usage = t.usage();
-                Some(out)
-            }
-            None => None,
-        };
-        let out = match &mut fwd.cap {
-            Some(cap) => Some(cap.push(out.as_deref().unwrap_or(&b.body), end)),
-            None => out,
-        };
+        let out = pipeline.push_chunk(&b.body, b.end_of_stream, self.capture.as_mut());
+        let usage = pipeline.usage();
+        if let Some(fwd) = &mut self.forwarded {
+            fwd.usage = usage;
+        }
         if let Some(c) = &mut self.capture {
-            c.response_chunk(out.as_deref().unwrap_or(&b.body), end);
+            c.response_bytes(out.as_ref().map_or(b.body.len(), Vec::len));
         }
         mutation::response_body(match out {
             Some(out) => mutation::common(vec![], vec![], Some(out), false),

@@ -16,11 +16,12 @@ use tollgate_core::metadata as md;
 use tollgate_core::{ApiError, Endpoint};
 
 use super::upstream_auth::{self, Signed};
-use super::{strip_query, unix_now, Forwarded, Processor, ResponseStream};
+use super::{strip_query, unix_now, Forwarded, Processor};
 use crate::capture::Capture;
-use crate::guard::{self, OpenAiStreamGuard, StreamGuard};
+use crate::guard;
 use crate::mutation::{self, set};
-use crate::translator::{openai, sse::UsageFilter, Pair};
+use crate::stream::Pipeline;
+use crate::translator::{openai, Pair};
 use crate::{budget, webhook};
 
 /// A refusal, with the model it was about when one was named.
@@ -155,17 +156,12 @@ impl Processor {
             .flatten();
         let sse = parsed.stream.then(|| {
             let engine = response_guard.as_ref().map(Arc::clone);
-            if pair.is_openai_passthrough() {
-                ResponseStream::Usage(
-                    UsageFilter::new(up.strip_usage_chunk),
-                    engine.map(|e| Box::new(OpenAiStreamGuard::new(e))),
-                )
-            } else {
-                ResponseStream::Translate(Box::new(
-                    pair.stream_guarded(up.include_usage, unix_now(), engine.map(StreamGuard::new))
-                        .with_identity(&response_id, &target.upstream_model),
-                ))
-            }
+            Box::new(
+                Pipeline::new(pair, up.include_usage, unix_now(), engine)
+                    .strip_usage_chunk(up.strip_usage_chunk)
+                    .with_identity(&response_id, &target.upstream_model)
+                    .with_cap(cap),
+            )
         });
         self.forwarded = Some(Forwarded {
             endpoint,
@@ -182,7 +178,6 @@ impl Processor {
             response_guard,
             response_id,
             error_type: None,
-            cap,
         });
         Ok(mutation::request_body(mutation::common(
             headers,

@@ -5,7 +5,7 @@
 //! pass bodies through with the model rewritten and usage read back ([`openai`] for the
 //! OpenAI family, [`Pair::request`] for Anthropic). Cross-dialect pairs go through the
 //! [`hub`]: the client's codec decodes, the provider's encodes, and back for responses,
-//! errors and streams ([`codec`], [`stream`]).
+//! errors and streams ([`codec`], [`crate::stream`]).
 
 pub mod codec;
 pub mod error;
@@ -14,8 +14,6 @@ pub mod hub;
 pub mod json;
 pub mod json_tool;
 pub mod openai;
-pub mod sse;
-pub mod stream;
 
 #[cfg(test)]
 mod tests;
@@ -27,7 +25,7 @@ use self::codec::{anthropic, bedrock, gemini, openai as openai_codec};
 use self::error::TranslateError;
 use self::hub::ErrorInfo;
 use self::json::RawObject;
-use self::stream::{Decoder, Encoder, StreamTranslator};
+use crate::stream::Pipeline;
 
 /// The dialects of one request: what the client speaks, what the provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +122,7 @@ impl Pair {
     }
 
     /// The OpenAI → OpenAI-family pair, whose requests and streams keep their own
-    /// byte-preserving path ([`openai::ParsedRequest::rewrite`], [`sse::UsageFilter`]).
+    /// byte-preserving path ([`openai::ParsedRequest::rewrite`], [`Pipeline`]).
     pub fn is_openai_passthrough(self) -> bool {
         self.client == ApiFamily::OpenAi && self.upstream == ApiFamily::OpenAi
     }
@@ -263,35 +261,10 @@ impl Pair {
         e.body(dialect_of(self.client))
     }
 
-    /// The stream translator of this pair (`include_usage`: an OpenAI client asked for the
-    /// usage chunk; `created`: the `created` of OpenAI chunks).
-    pub fn stream(self, include_usage: bool, created: u64) -> StreamTranslator {
-        self.stream_guarded(include_usage, created, None)
-    }
-
-    /// The stream translator of this pair, judging the assistant's text with `guard`: then a
-    /// same-dialect stream is re-encoded too, so held-back and redacted text stays well framed.
-    pub fn stream_guarded(
-        self,
-        include_usage: bool,
-        created: u64,
-        guard: Option<crate::guard::StreamGuard>,
-    ) -> StreamTranslator {
-        let decoder = match self.upstream {
-            ApiFamily::OpenAi => Decoder::OpenAi(Default::default()),
-            ApiFamily::Anthropic => Decoder::Anthropic(Default::default()),
-            ApiFamily::Gemini => Decoder::Gemini(Default::default()),
-            ApiFamily::Bedrock => Decoder::Bedrock(Default::default()),
-        };
-        let encoder = match (self.translates() || guard.is_some(), self.client) {
-            (false, _) => Encoder::Passthrough,
-            (true, ApiFamily::OpenAi | ApiFamily::Bedrock) => {
-                Encoder::OpenAi(openai_codec::StreamEncoder::new(include_usage, created))
-            }
-            (true, ApiFamily::Anthropic) => Encoder::Anthropic(Default::default()),
-            (true, ApiFamily::Gemini) => Encoder::Gemini(Default::default()),
-        };
-        StreamTranslator::new(decoder, encoder).with_guard(guard)
+    /// The stream pipeline of this pair, without guardrails (`include_usage`: an OpenAI
+    /// client asked for the usage chunk; `created`: the `created` of OpenAI chunks).
+    pub fn stream(self, include_usage: bool, created: u64) -> Pipeline {
+        Pipeline::new(self, include_usage, created, None)
     }
 }
 

@@ -16,6 +16,7 @@ use tollgate_core::Endpoint;
 use super::hub::{Effort, Reasoning};
 use super::json::RawObject;
 use super::*;
+use crate::stream::tests::split_at;
 
 mod gemini;
 
@@ -638,19 +639,6 @@ fn anthropic_passthrough_rewrites_only_the_model_and_reads_usage() {
 // Split anywhere: the client stream never depends on where the upstream cut its bytes
 // ---------------------------------------------------------------------------------------------
 
-fn split_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
-    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-    cuts.sort_unstable();
-    let mut chunks = Vec::new();
-    let mut prev = 0;
-    for c in cuts {
-        chunks.push(&bytes[prev..c]);
-        prev = c;
-    }
-    chunks.push(&bytes[prev..]);
-    chunks
-}
-
 proptest! {
     #[test]
     fn every_pair_translates_the_same_wherever_the_upstream_splits(
@@ -908,7 +896,11 @@ fn anthropic_clients_get_dense_block_indices_whatever_the_hub_says() {
     ] {
         enc.encode(e, &mut out);
     }
-    let evs = validate_anthropic(&out);
+    let mut bytes = Vec::new();
+    for f in &out {
+        f.write(&mut bytes);
+    }
+    let evs = validate_anthropic(&bytes);
     let indices: Vec<u64> = evs.iter().filter_map(|e| e["index"].as_u64()).collect();
     assert_eq!(indices, [0, 0, 0, 1, 1, 1]);
 }

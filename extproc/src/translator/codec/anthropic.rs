@@ -13,6 +13,7 @@ use tollgate_core::usage::AnthropicUsage;
 use tollgate_core::Usage;
 
 use super::{insert_sampling, member, merged_turns, start_request, to_bytes, tool_object};
+use crate::stream::Frame;
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning, Role,
@@ -637,10 +638,19 @@ impl StreamDecoder {
     /// Decodes one event's `data` (its `type` member names the event, as the `event:` line
     /// does).
     pub fn decode(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) {
+        self.event(serde_json::from_slice::<WireEvent>(data).ok(), out);
+    }
+
+    /// Decodes one event read from `data` (its bytes, or its value parsed already).
+    pub fn read<'de, D: serde::Deserializer<'de>>(&mut self, data: D, out: &mut Vec<StreamEvent>) {
+        self.event(WireEvent::deserialize(data).ok(), out);
+    }
+
+    fn event(&mut self, event: Option<WireEvent>, out: &mut Vec<StreamEvent>) {
         if self.finished {
             return;
         }
-        let Ok(event) = serde_json::from_slice::<WireEvent>(data) else {
+        let Some(event) = event else {
             tracing::debug!("Skipped an unreadable upstream stream event");
             return;
         };
@@ -738,16 +748,12 @@ pub struct StreamEncoder {
     ended: bool,
 }
 
-fn event(name: &str, v: &Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(&to_bytes(v));
-    out.extend_from_slice(b"\n\n");
+fn event(name: &'static str, v: Value, out: &mut Vec<Frame<'_>>) {
+    out.push(Frame::named(name, v));
 }
 
 impl StreamEncoder {
-    fn start(&mut self, id: &str, model: &str, usage: &Usage, out: &mut Vec<u8>) {
+    fn start(&mut self, id: &str, model: &str, usage: &Usage, out: &mut Vec<Frame<'_>>) {
         if self.started {
             return;
         }
@@ -756,7 +762,7 @@ impl StreamEncoder {
         u["output_tokens"] = usage.output_tokens.into();
         event(
             "message_start",
-            &json!({"type": "message_start", "message": {
+            json!({"type": "message_start", "message": {
                 "id": id, "type": "message", "role": "assistant", "model": model,
                 "content": [], "stop_reason": null, "stop_sequence": null, "usage": u,
             }}),
@@ -764,18 +770,18 @@ impl StreamEncoder {
         );
     }
 
-    fn close_all(&mut self, out: &mut Vec<u8>) {
+    fn close_all(&mut self, out: &mut Vec<Frame<'_>>) {
         for (_, index) in std::mem::take(&mut self.open) {
             event(
                 "content_block_stop",
-                &json!({"type": "content_block_stop", "index": index}),
+                json!({"type": "content_block_stop", "index": index}),
                 out,
             );
         }
     }
 
     /// Encodes one hub event.
-    pub fn encode(&mut self, e: StreamEvent, out: &mut Vec<u8>) {
+    pub fn encode(&mut self, e: StreamEvent, out: &mut Vec<Frame<'_>>) {
         if self.ended {
             return;
         }
@@ -807,7 +813,7 @@ impl StreamEncoder {
                 };
                 event(
                     "content_block_start",
-                    &json!({"type": "content_block_start", "index": index, "content_block": block}),
+                    json!({"type": "content_block_start", "index": index, "content_block": block}),
                     out,
                 );
             }
@@ -825,7 +831,7 @@ impl StreamEncoder {
                 };
                 event(
                     "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
                     out,
                 );
             }
@@ -834,7 +840,7 @@ impl StreamEncoder {
                     let (_, index) = self.open.remove(pos);
                     event(
                         "content_block_stop",
-                        &json!({"type": "content_block_stop", "index": index}),
+                        json!({"type": "content_block_stop", "index": index}),
                         out,
                     );
                 }
@@ -847,7 +853,7 @@ impl StreamEncoder {
                 self.close_all(out);
                 event(
                     "message_delta",
-                    &json!({"type": "message_delta",
+                    json!({"type": "message_delta",
                         "delta": {
                             "stop_reason": stop_reason_name(stop_reason.unwrap_or(StopReason::EndTurn)),
                             "stop_sequence": stop_sequence,
@@ -859,11 +865,11 @@ impl StreamEncoder {
             StreamEvent::Stop => {
                 self.close_all(out);
                 self.ended = true;
-                event("message_stop", &json!({"type": "message_stop"}), out);
+                event("message_stop", json!({"type": "message_stop"}), out);
             }
             StreamEvent::Error(e) => {
                 self.ended = true;
-                event("error", &error_value(&e), out);
+                event("error", error_value(&e), out);
             }
         }
     }

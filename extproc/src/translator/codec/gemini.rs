@@ -17,7 +17,8 @@ use serde_json::{json, Map, Value};
 use tollgate_core::error::gemini_status;
 use tollgate_core::Usage;
 
-use super::{data, member, to_bytes};
+use super::{member, to_bytes};
+use crate::stream::Frame;
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning,
@@ -906,10 +907,19 @@ impl StreamDecoder {
 
     /// Decodes one event's `data`: a whole response chunk, or an error.
     pub fn decode(&mut self, data: &[u8], out: &mut Vec<StreamEvent>) {
+        self.chunk(serde_json::from_slice::<WireResponse>(data).ok(), out);
+    }
+
+    /// Decodes one event read from `data` (its bytes, or its value parsed already).
+    pub fn read<'de, D: serde::Deserializer<'de>>(&mut self, data: D, out: &mut Vec<StreamEvent>) {
+        self.chunk(WireResponse::deserialize(data).ok(), out);
+    }
+
+    fn chunk(&mut self, chunk: Option<WireResponse>, out: &mut Vec<StreamEvent>) {
         if self.finished {
             return;
         }
-        let Ok(chunk) = serde_json::from_slice::<WireResponse>(data) else {
+        let Some(chunk) = chunk else {
             tracing::debug!("Skipped an unreadable upstream stream event");
             return;
         };
@@ -1026,7 +1036,7 @@ impl StreamEncoder {
         &mut self,
         mut parts: Vec<Value>,
         finish: Option<(StopReason, Usage)>,
-        out: &mut Vec<u8>,
+        out: &mut Vec<Frame<'_>>,
     ) {
         if let Some(s) = self.signature.take() {
             match parts.first_mut() {
@@ -1041,7 +1051,7 @@ impl StreamEncoder {
             v["usageMetadata"] = usage_value(&usage);
         }
         v["candidates"] = json!([candidate]);
-        data(&v, out);
+        out.push(Frame::json(v));
     }
 
     fn call_part(name: &str, arguments: &str) -> Value {
@@ -1049,7 +1059,7 @@ impl StreamEncoder {
     }
 
     /// Encodes one hub event.
-    pub fn encode(&mut self, e: StreamEvent, out: &mut Vec<u8>) {
+    pub fn encode(&mut self, e: StreamEvent, out: &mut Vec<Frame<'_>>) {
         if self.ended {
             return;
         }
@@ -1101,7 +1111,7 @@ impl StreamEncoder {
             StreamEvent::Stop => self.ended = true,
             StreamEvent::Error(e) => {
                 self.ended = true;
-                data(&error_value(&e), out);
+                out.push(Frame::json(error_value(&e)));
             }
         }
     }

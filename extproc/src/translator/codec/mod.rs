@@ -46,13 +46,6 @@ pub(crate) fn to_bytes(v: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
-/// Writes `v` as one SSE `data:` event.
-pub(crate) fn data(v: &serde_json::Value, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&to_bytes(v));
-    out.extend_from_slice(b"\n\n");
-}
-
 /// A tool definition as both APIs spell it: `name`, optional `description`, and the JSON
 /// Schema under `schema_key` (`parameters` for OpenAI, `input_schema` for Anthropic).
 pub(crate) fn tool_object(

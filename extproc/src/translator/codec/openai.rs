@@ -12,7 +12,8 @@ use serde_json::{json, Map, Value};
 use tollgate_core::usage::OpenAiUsage;
 use tollgate_core::Usage;
 
-use super::{data, insert_sampling, member, start_request, to_bytes, tool_object};
+use super::{insert_sampling, member, start_request, to_bytes, tool_object};
+use crate::stream::{self, Frame};
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning,
@@ -849,7 +850,7 @@ impl StreamEncoder {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut Vec<u8>) {
+    fn chunk(&self, delta: Value, finish: Option<&str>, out: &mut Vec<Frame<'_>>) {
         let v = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -857,10 +858,10 @@ impl StreamEncoder {
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
         });
-        data(&v, out);
+        out.push(Frame::json(v));
     }
 
-    fn start(&mut self, out: &mut Vec<u8>) {
+    fn start(&mut self, out: &mut Vec<Frame<'_>>) {
         if !self.started {
             self.started = true;
             self.chunk(json!({"role": "assistant", "content": ""}), None, out);
@@ -868,7 +869,7 @@ impl StreamEncoder {
     }
 
     /// Encodes one hub event.
-    pub fn encode(&mut self, e: StreamEvent, out: &mut Vec<u8>) {
+    pub fn encode(&mut self, e: StreamEvent, out: &mut Vec<Frame<'_>>) {
         if self.ended {
             return;
         }
@@ -926,16 +927,16 @@ impl StreamEncoder {
                         "choices": [],
                         "usage": usage_value(&usage.unwrap_or_default()),
                     });
-                    data(&v, out);
+                    out.push(Frame::json(v));
                 }
             }
             StreamEvent::Stop => {
                 self.ended = true;
-                out.extend_from_slice(b"data: [DONE]\n\n");
+                out.push(Frame::fixed(stream::DONE));
             }
             StreamEvent::Error(e) => {
                 self.ended = true;
-                data(&error_value(&e), out);
+                out.push(Frame::json(error_value(&e)));
             }
         }
     }
