@@ -16,6 +16,7 @@ pub mod processor;
 pub mod selfservice;
 pub mod server;
 pub mod streamcap;
+pub mod trace;
 pub mod translator;
 pub mod webhook;
 

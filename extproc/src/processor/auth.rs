@@ -25,6 +25,13 @@ fn headers_to_strip() -> Vec<String> {
 
 impl Processor {
     pub(super) async fn on_request_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
+        if let Some(tracer) = &self.tracer {
+            let (parent, state) = (
+                header(&h.headers, "traceparent"),
+                header(&h.headers, "tracestate"),
+            );
+            self.span = tracer.start(parent, state, self.started_at);
+        }
         let text = |name: &str| header(&h.headers, name).map(|v| String::from_utf8_lossy(v));
         let mut strip = Vec::new();
         if self.ctx.is_none() {

@@ -40,6 +40,7 @@ use crate::budget;
 use crate::capture::Capture;
 use crate::guard::{OpenAiStreamGuard, Verdicts};
 use crate::streamcap::StreamCap;
+use crate::trace::{RequestSpan, Tracer};
 use crate::translator::stream::StreamTranslator;
 use crate::translator::{sse::UsageFilter, Pair};
 
@@ -195,6 +196,10 @@ pub struct Processor {
     estimate: Option<budget::Estimate>,
     /// Token-rate state shared with ext_authz (`None`: token limits are not charged).
     limiter: Option<Arc<dyn RateStore>>,
+    /// Starts this request's span (`None`: traces are off).
+    tracer: Option<Tracer>,
+    /// This request's span, when it is sampled.
+    span: Option<Box<RequestSpan>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -245,7 +250,15 @@ impl Processor {
             soft_exceeded: Vec::new(),
             estimate: None,
             limiter: None,
+            tracer: None,
+            span: None,
         }
+    }
+
+    /// Records a span of the request with `tracer` when it is sampled (`None`: traces off).
+    pub fn with_tracer(mut self, tracer: Option<Tracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Charges the request's tokens to the token-rate limits kept in `limiter`.
@@ -313,6 +326,9 @@ impl Processor {
             None => ("unknown", ProcessingResponse::default()),
         };
         self.metrics.observe_phase(phase, started);
+        if let Some(span) = &mut self.span {
+            span.verdicts(&self.verdicts);
+        }
         self.overhead += started.elapsed();
         tracing::trace!(phase, "Processed ext_proc message");
         (!msg.observability_mode).then_some(response)
