@@ -255,15 +255,17 @@ async fn spans_join_the_callers_trace_over_otlp_grpc_with_genai_attributes() {
     assert_eq!(a["gen_ai.usage.input_tokens"], usage["prompt_tokens"]);
     assert_eq!(a["gen_ai.usage.output_tokens"], usage["completion_tokens"]);
     assert_eq!(a["tollgate.stream"], json!(true));
-    assert_eq!(a["gen_ai.response.finish_reasons"], json!([finish]), "{a:?}");
+    assert_eq!(
+        a["gen_ai.response.finish_reasons"],
+        json!([finish]),
+        "{a:?}"
+    );
     let first = span
         .events
         .iter()
         .find(|e| e.name == "tollgate.first_token")
         .expect("a first-token event");
-    assert!(
-        (span.start_time_unix_nano..=span.end_time_unix_nano).contains(&first.time_unix_nano)
-    );
+    assert!((span.start_time_unix_nano..=span.end_time_unix_nano).contains(&first.time_unix_nano));
     assert!(span.events.iter().any(|e| e.name == "tollgate.attempt"));
 
     // Ratio 0: a request with no trace context, or one from an unsampled trace, leaves no
@@ -273,7 +275,10 @@ async fn spans_join_the_callers_trace_over_otlp_grpc_with_genai_attributes() {
             .http
             .post(format!("{}/v1/chat/completions", stack.base))
             .bearer_auth(KEY_ALL)
-            .body(json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}).to_string());
+            .body(
+                json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            );
         if let Some(t) = traceparent {
             req = req.header("traceparent", t);
         }
@@ -286,7 +291,10 @@ async fn spans_join_the_callers_trace_over_otlp_grpc_with_genai_attributes() {
             .post(format!("{}/v1/chat/completions", stack.base))
             .bearer_auth(KEY_ALL)
             .header("traceparent", format!("00-{marker}-{PARENT}-01"))
-            .body(json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}).to_string())
+            .body(
+                json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            )
             .send()
             .await
             .unwrap(),
@@ -294,7 +302,11 @@ async fn spans_join_the_callers_trace_over_otlp_grpc_with_genai_attributes() {
     .await;
     assert_eq!(reply.status, 200);
     let (_, span) = next_span(&mut spans).await;
-    assert_eq!(hex(&span.trace_id), marker, "an unsampled request left a span");
+    assert_eq!(
+        hex(&span.trace_id),
+        marker,
+        "an unsampled request left a span"
+    );
     assert!(spans.try_recv().is_err());
     // Counted once the collector has answered.
     let mut metrics = String::new();
@@ -381,5 +393,134 @@ async fn spans_go_over_otlp_http_and_start_new_traces_when_the_ratio_says_so() {
     assert_eq!(
         span.status.unwrap().code,
         i32::from(tollgate_proto::otlp::trace::status::StatusCode::Error)
+    );
+}
+
+/// The Stack's bootstrap with Envoy's own OpenTelemetry tracing on (every request sampled,
+/// spans to `collector` as `envoy-e2e`), listening on `listen` with its admin on `admin`.
+fn traced_envoy_bootstrap(stack: &Stack, collector: &str, listen: &str, admin: &str) -> String {
+    let rendered = std::fs::read_to_string(stack.dir.path().join("envoy.yaml")).unwrap();
+    let old_listen = stack.base.trim_start_matches("http://");
+    let old_admin = stack.envoy_admin.trim_start_matches("http://");
+    let port = |a: &str| a.rsplit(':').next().unwrap().to_owned();
+    let collector = collector.trim_start_matches("http://");
+    let (host, collector_port) = collector.split_once(':').unwrap();
+    let tracing = r#"          stat_prefix: llm
+          tracing:
+            random_sampling: { value: 100 }
+            provider:
+              name: envoy.tracers.opentelemetry
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+                grpc_service: { envoy_grpc: { cluster_name: otlp }, timeout: 2s }
+                service_name: envoy-e2e
+"#;
+    let mut yaml = rendered
+        .replacen("          stat_prefix: llm\n", tracing, 1)
+        .replace(
+            &format!("port_value: {}", port(old_listen)),
+            &format!("port_value: {}", port(listen)),
+        )
+        .replace(
+            &format!("port_value: {}", port(old_admin)),
+            &format!("port_value: {}", port(admin)),
+        );
+    assert!(yaml.contains("envoy.tracers.opentelemetry"));
+    yaml.push_str(&format!(
+        r#"
+  - name: otlp
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: otlp
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: "{host}", port_value: {collector_port} }} }} }} }}] }}]
+layered_runtime:
+  layers:
+  - name: flush-fast
+    static_layer: {{ tracing.opentelemetry.flush_interval_ms: 100, tracing.opentelemetry.min_flush_spans: 1 }}
+"#
+    ));
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_envoy_traces_the_span_is_a_child_of_envoys_ext_proc_call() {
+    let (endpoint, mut spans) = grpc_collector().await;
+    let mut stack = Stack::start(StackOptions {
+        extra_yaml: traces_yaml(&endpoint, "grpc", "0"),
+        ..Default::default()
+    });
+    let listen = format!("127.0.0.1:{}", free_port());
+    let admin = format!("127.0.0.1:{}", free_port());
+    let bootstrap = stack.dir.path().join("envoy-traced.yaml");
+    std::fs::write(
+        &bootstrap,
+        traced_envoy_bootstrap(&stack, &endpoint, &listen, &admin),
+    )
+    .unwrap();
+    let mut envoy = Proc::spawn(
+        "envoy-traced",
+        std::process::Command::new(envoy_bin())
+            .arg("-c")
+            .arg(&bootstrap)
+            .args([
+                "--concurrency",
+                "1",
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warning",
+            ]),
+        stack.dir.path(),
+    );
+    wait_http_ok(&format!("http://{admin}/ready"), &mut [&mut envoy]);
+    stack.procs.push(envoy);
+
+    // No trace context from the client: Envoy starts the trace (and samples it).
+    let reply = Reply::from(
+        stack
+            .http
+            .post(format!("http://{listen}/v1/chat/completions"))
+            .bearer_auth(KEY_ALL)
+            .body(
+                json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let mut ours = None;
+    let mut envoys = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ours.is_none() || !envoys.iter().any(|s: &Span| s.parent_span_id.is_empty()) {
+        let Ok(Some((service, span))) = tokio::time::timeout_at(deadline, spans.recv()).await
+        else {
+            panic!("spans so far: ours {ours:?}, Envoy's {envoys:#?}");
+        };
+        match service.as_str() {
+            "e2e-gateway" => ours = Some(span),
+            "envoy-e2e" => envoys.push(span),
+            other => panic!("a span from {other}"),
+        }
+    }
+    // Envoy 1.40: `ingress` (the request) and its child `async
+    // envoy.service.ext_proc.v3.ExternalProcessor.Process egress` (the ext_proc call), whose
+    // context rides in the call's gRPC metadata: Tollgate's span is that call's child.
+    let ours = ours.unwrap();
+    let parent = envoys
+        .iter()
+        .find(|s| s.span_id == ours.parent_span_id)
+        .unwrap_or_else(|| panic!("our parent is none of Envoy's spans: {ours:?} {envoys:#?}"));
+    assert_eq!(ours.trace_id, parent.trace_id);
+    assert!(
+        parent.name.contains("ExternalProcessor"),
+        "parent: {}",
+        parent.name
     );
 }

@@ -40,7 +40,7 @@ use crate::budget;
 use crate::capture::Capture;
 use crate::guard::{OpenAiStreamGuard, Verdicts};
 use crate::streamcap::StreamCap;
-use crate::trace::{RequestSpan, Tracer};
+use crate::trace::{Remote, RequestSpan, Tracer};
 use crate::translator::stream::StreamTranslator;
 use crate::translator::{sse::UsageFilter, Pair};
 
@@ -200,6 +200,8 @@ pub struct Processor {
     tracer: Option<Tracer>,
     /// This request's span, when it is sampled.
     span: Option<Box<RequestSpan>>,
+    /// The trace context of Envoy's ext_proc call (its gRPC metadata), when Envoy traces.
+    envoy_trace: Option<Remote>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -252,12 +254,16 @@ impl Processor {
             limiter: None,
             tracer: None,
             span: None,
+            envoy_trace: None,
         }
     }
 
     /// Records a span of the request with `tracer` when it is sampled (`None`: traces off).
-    pub fn with_tracer(mut self, tracer: Option<Tracer>) -> Self {
+    /// Its parent: `envoy`, the context of Envoy's ext_proc call when Envoy traces, else the
+    /// request's own `traceparent`.
+    pub fn with_tracer(mut self, tracer: Option<Tracer>, envoy: Option<Remote>) -> Self {
         self.tracer = tracer;
+        self.envoy_trace = envoy;
         self
     }
 

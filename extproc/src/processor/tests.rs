@@ -347,7 +347,7 @@ fn traced() -> (
     let (tracer, spans) = crate::trace::Tracer::channel(0.0, 8, metrics.clone());
     let p = Processor::new(shared.load_full(), metrics)
         .with_gate(Some(gate))
-        .with_tracer(Some(tracer));
+        .with_tracer(Some(tracer), None);
     (p, spans)
 }
 

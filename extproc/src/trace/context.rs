@@ -13,6 +13,26 @@ pub struct Parent {
     pub sampled: bool,
 }
 
+/// A trace context as it arrived: the parent, and its vendors' `tracestate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// The caller's span.
+    pub parent: Parent,
+    /// The `tracestate` that came with it, when usable.
+    pub state: Option<String>,
+}
+
+impl Remote {
+    /// The context of these `traceparent` and `tracestate` values; `None` without a
+    /// well-formed `traceparent`.
+    pub fn read(traceparent: Option<&[u8]>, tracestate: Option<&[u8]>) -> Option<Remote> {
+        Some(Remote {
+            parent: parse_traceparent(traceparent?)?,
+            state: tracestate.and_then(self::tracestate),
+        })
+    }
+}
+
 /// The longest `tracestate` carried on (the spec's limit for a whole list).
 pub const MAX_TRACESTATE: usize = 512;
 

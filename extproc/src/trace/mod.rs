@@ -27,7 +27,7 @@ use tollgate_core::{pricing, Endpoint, UsageSource};
 use tollgate_proto::otlp::common::{any_value::Value, AnyValue, ArrayValue, KeyValue};
 use tollgate_proto::otlp::trace::{span, status, Span, Status};
 
-pub use context::{hex, parse_traceparent, traceparent, Parent};
+pub use context::{hex, parse_traceparent, traceparent, Parent, Remote};
 pub use export::{Exporter, TraceError};
 
 use crate::guard::Verdicts;
@@ -118,15 +118,10 @@ impl Tracer {
         (Tracer(Arc::new(shared)), rx)
     }
 
-    /// The span of a request that arrived at `at` with these `traceparent` and `tracestate`
-    /// header values; `None` when it is not sampled.
-    pub fn start(
-        &self,
-        traceparent: Option<&[u8]>,
-        tracestate: Option<&[u8]>,
-        at: SystemTime,
-    ) -> Option<Box<RequestSpan>> {
-        let parent = traceparent.and_then(parse_traceparent);
+    /// The span of a request that arrived at `at` in the trace `remote` (`None`: a new trace);
+    /// `None` when it is not sampled.
+    pub fn start(&self, remote: Option<Remote>, at: SystemTime) -> Option<Box<RequestSpan>> {
+        let parent = remote.as_ref().map(|r| r.parent);
         let trace_id = parent
             .as_ref()
             .map_or_else(random_nonzero::<16>, |p| p.trace_id);
@@ -137,11 +132,7 @@ impl Tracer {
             trace_id,
             span_id: random_nonzero::<8>(),
             parent_span_id: parent.map(|p| p.span_id),
-            // The state travels with the context only when the context does.
-            trace_state: parent
-                .and(tracestate)
-                .and_then(context::tracestate)
-                .unwrap_or_default(),
+            trace_state: remote.and_then(|r| r.state).unwrap_or_default(),
             start: at,
             events: Vec::new(),
             verdicts_seen: 0,

@@ -58,14 +58,17 @@ fn sampling_follows_the_parent_and_else_the_ratio() {
     let (always, _rx2) = Tracer::channel(1.0, 8, Metrics::default());
     let at = SystemTime::now();
     let unsampled = PARENT.replace("-01", "-00");
+    let remote = |parent: &[u8], state: Option<&[u8]>| Remote::read(Some(parent), state);
     for _ in 0..100 {
-        assert!(never.start(None, None, at).is_none());
-        assert!(always.start(None, None, at).is_some());
-        assert!(always.start(Some(unsampled.as_bytes()), None, at).is_none());
+        assert!(never.start(None, at).is_none());
+        assert!(always.start(None, at).is_some());
+        assert!(always
+            .start(remote(unsampled.as_bytes(), None), at)
+            .is_none());
     }
     // A sampled parent is followed whatever the ratio, its state kept.
     let span = never
-        .start(Some(PARENT.as_bytes()), Some(b"vendor=1"), at)
+        .start(remote(PARENT.as_bytes(), Some(b"vendor=1")), at)
         .unwrap();
     assert_eq!(hex(span.trace_id()), "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(
@@ -83,9 +86,7 @@ fn sampling_follows_the_parent_and_else_the_ratio() {
     );
 
     let (half, _rx3) = Tracer::channel(0.5, 8, Metrics::default());
-    let sampled = (0..4000)
-        .filter(|_| half.start(None, None, at).is_some())
-        .count();
+    let sampled = (0..4000).filter(|_| half.start(None, at).is_some()).count();
     assert!((1600..2400).contains(&sampled), "{sampled} of 4000");
 }
 
@@ -95,7 +96,7 @@ fn a_full_queue_drops_and_counts_rather_than_waits() {
     let (tracer, mut rx) = Tracer::channel(1.0, 1, metrics.clone());
     let at = SystemTime::now();
     for _ in 0..3 {
-        end(&tracer, tracer.start(None, None, at).unwrap());
+        end(&tracer, tracer.start(None, at).unwrap());
     }
     assert!(rx.try_recv().is_ok());
     assert!(rx.try_recv().is_err());
@@ -171,7 +172,7 @@ async fn full_batches_go_at_once_and_the_rest_on_shutdown() {
     let tracer = exporter.tracer();
     let at = SystemTime::now();
     for _ in 0..3 {
-        end(&tracer, tracer.start(None, None, at).unwrap());
+        end(&tracer, tracer.start(None, at).unwrap());
     }
     // The first two fill a batch, sent without waiting for `max_delay` (a minute).
     let first = tokio::time::timeout(Duration::from_secs(10), seen.recv())
@@ -195,7 +196,7 @@ async fn full_batches_go_at_once_and_the_rest_on_shutdown() {
     assert_eq!(last.resource_spans[0].scope_spans[0].spans.len(), 1);
     assert_eq!(count(&metrics, "exported"), 3);
     // Shut down: a span that ends now is dropped and counted.
-    end(&tracer, tracer.start(None, None, at).unwrap());
+    end(&tracer, tracer.start(None, at).unwrap());
     assert_eq!(count(&metrics, "dropped"), 1);
 }
 
@@ -207,7 +208,7 @@ async fn refused_and_unanswered_exports_are_counted_as_failed() {
     let tracer = exporter.tracer();
     let at = SystemTime::now();
     for _ in 0..2 {
-        end(&tracer, tracer.start(None, None, at).unwrap());
+        end(&tracer, tracer.start(None, at).unwrap());
     }
     seen.recv().await.unwrap();
     exporter.shutdown().await;
@@ -224,7 +225,7 @@ async fn refused_and_unanswered_exports_are_counted_as_failed() {
     let exporter = Exporter::start(&config(endpoint, 1), metrics.clone()).unwrap();
     end(
         &exporter.tracer(),
-        exporter.tracer().start(None, None, at).unwrap(),
+        exporter.tracer().start(None, at).unwrap(),
     );
     exporter.shutdown().await;
     assert_eq!(
