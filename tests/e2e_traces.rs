@@ -396,13 +396,10 @@ async fn spans_go_over_otlp_http_and_start_new_traces_when_the_ratio_says_so() {
     );
 }
 
-/// The Stack's bootstrap with Envoy's own OpenTelemetry tracing on (every request sampled,
-/// spans to `collector` as `envoy-e2e`), listening on `listen` with its admin on `admin`.
-fn traced_envoy_bootstrap(stack: &Stack, collector: &str, listen: &str, admin: &str) -> String {
+/// The Stack's bootstrap (listener and admin on port 0) with Envoy's own OpenTelemetry tracing
+/// on: every request sampled, spans to `collector` as `envoy-e2e`.
+fn traced_envoy_bootstrap(stack: &Stack, collector: &str) -> String {
     let rendered = std::fs::read_to_string(stack.dir.path().join("envoy.yaml")).unwrap();
-    let old_listen = stack.base.trim_start_matches("http://");
-    let old_admin = stack.envoy_admin.trim_start_matches("http://");
-    let port = |a: &str| a.rsplit(':').next().unwrap().to_owned();
     let collector = collector.trim_start_matches("http://");
     let (host, collector_port) = collector.split_once(':').unwrap();
     let tracing = r#"          stat_prefix: llm
@@ -415,16 +412,7 @@ fn traced_envoy_bootstrap(stack: &Stack, collector: &str, listen: &str, admin: &
                 grpc_service: { envoy_grpc: { cluster_name: otlp }, timeout: 2s }
                 service_name: envoy-e2e
 "#;
-    let mut yaml = rendered
-        .replacen("          stat_prefix: llm\n", tracing, 1)
-        .replace(
-            &format!("port_value: {}", port(old_listen)),
-            &format!("port_value: {}", port(listen)),
-        )
-        .replace(
-            &format!("port_value: {}", port(old_admin)),
-            &format!("port_value: {}", port(admin)),
-        );
+    let mut yaml = rendered.replacen("          stat_prefix: llm\n", tracing, 1);
     assert!(yaml.contains("envoy.tracers.opentelemetry"));
     yaml.push_str(&format!(
         r#"
@@ -454,19 +442,16 @@ async fn when_envoy_traces_the_span_is_a_child_of_envoys_ext_proc_call() {
         extra_yaml: traces_yaml(&endpoint, "grpc", "0"),
         ..Default::default()
     });
-    let listen = format!("127.0.0.1:{}", free_port());
-    let admin = format!("127.0.0.1:{}", free_port());
     let bootstrap = stack.dir.path().join("envoy-traced.yaml");
-    std::fs::write(
-        &bootstrap,
-        traced_envoy_bootstrap(&stack, &endpoint, &listen, &admin),
-    )
-    .unwrap();
+    std::fs::write(&bootstrap, traced_envoy_bootstrap(&stack, &endpoint)).unwrap();
+    let admin_file = stack.dir.path().join("envoy-traced-admin.address");
     let mut envoy = Proc::spawn(
         "envoy-traced",
         std::process::Command::new(envoy_bin())
             .arg("-c")
             .arg(&bootstrap)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
             .args([
                 "--concurrency",
                 "1",
@@ -476,7 +461,7 @@ async fn when_envoy_traces_the_span_is_a_child_of_envoys_ext_proc_call() {
             ]),
         stack.dir.path(),
     );
-    wait_http_ok(&format!("http://{admin}/ready"), &mut [&mut envoy]);
+    let (_, listen) = wait_envoy(&admin_file, &mut [&mut envoy]);
     stack.procs.push(envoy);
 
     // No trace context from the client: Envoy starts the trace (and samples it).
