@@ -31,7 +31,7 @@ fn forward(seen: &mpsc::UnboundedSender<(String, Span)>, request: ExportTraceSer
             .iter()
             .flat_map(|r| &r.attributes)
             .find(|kv| kv.key == "service.name")
-            .map(|kv| value(kv))
+            .map(value)
             .unwrap_or(Value::Null);
         for ss in rs.scope_spans {
             for span in ss.spans {
