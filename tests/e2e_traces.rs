@@ -135,6 +135,40 @@ fn traces_yaml(endpoint: &str, protocol: &str, ratio: &str) -> String {
     )
 }
 
+/// A request to `base` + `path` with the all-models key and these extra headers.
+fn request(
+    stack: &Stack,
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> ::reqwest::RequestBuilder {
+    let mut req = stack
+        .http
+        .post(format!("{base}{path}"))
+        .bearer_auth(KEY_ALL)
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req
+}
+
+/// Sends [`request`] to the stack's Envoy and reads the reply.
+async fn send(stack: &Stack, path: &str, headers: &[(&str, &str)], body: &Value) -> Reply {
+    Reply::from(
+        request(stack, &stack.base, path, headers, body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+fn hi() -> Value {
+    json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]})
+}
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
@@ -147,20 +181,15 @@ async fn spans_join_the_callers_trace_over_otlp_grpc_with_genai_attributes() {
     });
 
     // A whole answer, in a sampled trace the client started.
-    let reply = Reply::from(
-        stack
-            .http
-            .post(format!("{}/v1/chat/completions", stack.base))
-            .bearer_auth(KEY_ALL)
-            .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
-            .header("tracestate", "congo=t61rcWkgMzE")
-            .body(
-                json!({"model": "mock-model", "messages": [{"role": "user", "content": "say three words"}]})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap(),
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    let reply = send(
+        &stack,
+        "/v1/chat/completions",
+        &[
+            ("traceparent", &traceparent),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+        &json!({"model": "mock-model", "messages": [{"role": "user", "content": "say three words"}]}),
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -225,19 +254,15 @@ async fn spans_join_the_callers_trace_over_otlp_grpc_with_genai_attributes() {
     // A stream: the first-token event, and the usage the client saw.
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let (_, _, body) = stack
-        .send_timed(
-            stack
-                .http
-                .post(format!("{}/v1/chat/completions", stack.base))
-                .bearer_auth(KEY_ALL)
-                .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
-                .body(
-                    json!({"model": "mock-model", "stream": true,
-                        "stream_options": {"include_usage": true},
-                        "messages": [{"role": "user", "content": "count to five"}]})
-                    .to_string(),
-                ),
-        )
+        .send_timed(request(
+            &stack,
+            &stack.base,
+            "/v1/chat/completions",
+            &[("traceparent", &format!("00-{trace}-b7ad6b7169203331-01"))],
+            &json!({"model": "mock-model", "stream": true,
+                "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "count to five"}]}),
+        ))
         .await;
     let events: Vec<Value> = body
         .lines()
@@ -270,34 +295,18 @@ async fn spans_join_the_callers_trace_over_otlp_grpc_with_genai_attributes() {
 
     // Ratio 0: a request with no trace context, or one from an unsampled trace, leaves no
     // span. A sampled request after them is the marker: spans leave in the order requests end.
-    for traceparent in [None, Some(format!("00-{TRACE}-{PARENT}-00"))] {
-        let mut req = stack
-            .http
-            .post(format!("{}/v1/chat/completions", stack.base))
-            .bearer_auth(KEY_ALL)
-            .body(
-                json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]})
-                    .to_string(),
-            );
-        if let Some(t) = traceparent {
-            req = req.header("traceparent", t);
-        }
-        assert_eq!(req.send().await.unwrap().status(), 200);
+    let unsampled = format!("00-{TRACE}-{PARENT}-00");
+    for headers in [&[][..], &[("traceparent", unsampled.as_str())]] {
+        let reply = send(&stack, "/v1/chat/completions", headers, &hi()).await;
+        assert_eq!(reply.status, 200);
     }
     let marker = "11111111111111111111111111111111";
-    let reply = Reply::from(
-        stack
-            .http
-            .post(format!("{}/v1/chat/completions", stack.base))
-            .bearer_auth(KEY_ALL)
-            .header("traceparent", format!("00-{marker}-{PARENT}-01"))
-            .body(
-                json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap(),
+    let traceparent = format!("00-{marker}-{PARENT}-01");
+    let reply = send(
+        &stack,
+        "/v1/chat/completions",
+        &[("traceparent", &traceparent)],
+        &hi(),
     )
     .await;
     assert_eq!(reply.status, 200);
@@ -330,20 +339,12 @@ async fn spans_go_over_otlp_http_and_start_new_traces_when_the_ratio_says_so() {
         extra_yaml: traces_yaml(&endpoint, "http", "1.0"),
         ..Default::default()
     });
-    let reply = Reply::from(
-        stack
-            .http
-            .post(format!("{}/v1/messages", stack.base))
-            .header("x-api-key", KEY_ALL)
-            .header("anthropic-version", "2023-06-01")
-            .body(
-                json!({"model": "claude-model", "max_tokens": 50,
-                    "messages": [{"role": "user", "content": "hello there"}]})
-                .to_string(),
-            )
-            .send()
-            .await
-            .unwrap(),
+    let reply = send(
+        &stack,
+        "/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        &json!({"model": "claude-model", "max_tokens": 50,
+            "messages": [{"role": "user", "content": "hello there"}]}),
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
@@ -445,38 +446,22 @@ async fn when_envoy_traces_the_span_is_a_child_of_envoys_ext_proc_call() {
     let bootstrap = stack.dir.path().join("envoy-traced.yaml");
     std::fs::write(&bootstrap, traced_envoy_bootstrap(&stack, &endpoint)).unwrap();
     let admin_file = stack.dir.path().join("envoy-traced-admin.address");
-    let mut envoy = Proc::spawn(
-        "envoy-traced",
-        std::process::Command::new(envoy_bin())
-            .arg("-c")
-            .arg(&bootstrap)
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .args([
-                "--concurrency",
-                "1",
-                "--use-dynamic-base-id",
-                "--log-level",
-                "warning",
-            ]),
-        stack.dir.path(),
-    );
+    let mut envoy = spawn_envoy("envoy-traced", &bootstrap, &admin_file, stack.dir.path());
     let (_, listen) = wait_envoy(&admin_file, &mut [&mut envoy]);
     stack.procs.push(envoy);
 
     // No trace context from the client: Envoy starts the trace (and samples it).
     let reply = Reply::from(
-        stack
-            .http
-            .post(format!("http://{listen}/v1/chat/completions"))
-            .bearer_auth(KEY_ALL)
-            .body(
-                json!({"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap(),
+        request(
+            &stack,
+            &format!("http://{listen}"),
+            "/v1/chat/completions",
+            &[],
+            &hi(),
+        )
+        .send()
+        .await
+        .unwrap(),
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text);

@@ -169,6 +169,20 @@ fn gated() -> (Processor, Metrics) {
     (p, metrics)
 }
 
+/// A provider's `200` response headers.
+fn ok_response_headers() -> Request {
+    Request::ResponseHeaders(HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: vec![HeaderValue {
+                key: ":status".into(),
+                raw_value: b"200".to_vec(),
+                ..Default::default()
+            }],
+        }),
+        ..Default::default()
+    })
+}
+
 fn bare(request: Request) -> ProcessingRequest {
     ProcessingRequest {
         request: Some(request),
@@ -246,19 +260,7 @@ async fn without_ext_authz_the_gate_admits_at_the_request_headers_and_strips_the
             .any(|(k, v)| k == md::ROUTE_HEADER && !v.is_empty() && v != "evil"),
         "{routed:?}"
     );
-    let r = p
-        .handle(bare(Request::ResponseHeaders(HttpHeaders {
-            headers: Some(HeaderMap {
-                headers: vec![HeaderValue {
-                    key: ":status".into(),
-                    raw_value: b"200".to_vec(),
-                    ..Default::default()
-                }],
-            }),
-            ..Default::default()
-        })))
-        .await
-        .unwrap();
+    let r = p.handle(bare(ok_response_headers())).await.unwrap();
     let answered = set_headers(&r);
     let id = answered
         .iter()
@@ -351,6 +353,31 @@ fn traced() -> (
     (p, spans)
 }
 
+/// A sampled `traceparent` a client sent.
+const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// A [`traced`] processor given the headers (key `key`, [`PARENT`]) and the body of a chat
+/// request; its answer to the body.
+async fn traced_request(
+    key: &str,
+    json: &str,
+) -> (
+    Processor,
+    tokio::sync::mpsc::Receiver<tollgate_proto::otlp::trace::Span>,
+    ProcessingResponse,
+) {
+    let (mut p, spans) = traced();
+    let auth = format!("Bearer {key}");
+    p.handle(bare(headers(
+        "/v1/chat/completions",
+        &[("authorization", &auth), ("traceparent", PARENT)],
+    )))
+    .await
+    .unwrap();
+    let r = p.handle(bare(body(json))).await.unwrap();
+    (p, spans, r)
+}
+
 fn response_body(chunk: &str, end: bool) -> ProcessingRequest {
     bare(Request::ResponseBody(HttpBody {
         body: chunk.as_bytes().to_vec(),
@@ -389,20 +416,11 @@ fn attributes(
 
 #[tokio::test]
 async fn a_finished_stream_leaves_one_span_in_the_callers_trace_with_genai_attributes() {
-    let (mut p, mut spans) = traced();
-    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    p.handle(bare(headers(
-        "/v1/chat/completions",
-        &[("authorization", "Bearer tg-k"), ("traceparent", parent)],
-    )))
-    .await
-    .unwrap();
-    let routed = p
-        .handle(bare(body(
-            r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"the secret prompt"}]}"#,
-        )))
-        .await
-        .unwrap();
+    let (mut p, mut spans, routed) = traced_request(
+        "tg-k",
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"the secret prompt"}]}"#,
+    )
+    .await;
     // The provider's request carries this span as its parent.
     let upstream_parent = set_headers(&routed)
         .into_iter()
@@ -413,18 +431,7 @@ async fn a_finished_stream_leaves_one_span_in_the_callers_trace_with_genai_attri
         upstream_parent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
         "{upstream_parent}"
     );
-    p.handle(bare(Request::ResponseHeaders(HttpHeaders {
-        headers: Some(HeaderMap {
-            headers: vec![HeaderValue {
-                key: ":status".into(),
-                raw_value: b"200".to_vec(),
-                ..Default::default()
-            }],
-        }),
-        ..Default::default()
-    })))
-    .await
-    .unwrap();
+    p.handle(bare(ok_response_headers())).await.unwrap();
     for (chunk, end) in [
         (
             "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"model\":\"m-2024-01\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"the secret answer\"},\"finish_reason\":null}]}\n\n",
@@ -500,20 +507,11 @@ async fn a_finished_stream_leaves_one_span_in_the_callers_trace_with_genai_attri
 
 #[tokio::test]
 async fn a_blocked_request_is_an_error_span_with_its_verdict_and_no_attempt() {
-    let (mut p, mut spans) = traced();
-    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-    p.handle(bare(headers(
-        "/v1/chat/completions",
-        &[("authorization", "Bearer tg-g"), ("traceparent", parent)],
-    )))
-    .await
-    .unwrap();
-    let r = p
-        .handle(bare(body(
-            r#"{"model":"m","messages":[{"role":"user","content":"card 4111 1111 1111 1111"}]}"#,
-        )))
-        .await
-        .unwrap();
+    let (p, mut spans, r) = traced_request(
+        "tg-g",
+        r#"{"model":"m","messages":[{"role":"user","content":"card 4111 1111 1111 1111"}]}"#,
+    )
+    .await;
     assert!(matches!(r.response, Some(Response::ImmediateResponse(_))));
     drop(p);
     let span = spans.try_recv().unwrap();
