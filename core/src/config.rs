@@ -1399,6 +1399,15 @@ fn validate_traces(raw: &RawTraces, errs: &mut Errors) -> Option<Traces> {
             let scheme = uri.scheme_str().unwrap_or("");
             let has_path = !matches!(uri.path(), "" | "/");
             match raw.protocol {
+                // Not echoed: it may hold a password.
+                _ if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                    errs.add(
+                        "traces.otlp_endpoint",
+                        "must not carry credentials (user:password@); \
+                         let a local OpenTelemetry Collector authenticate to your backend",
+                    );
+                    String::new()
+                }
                 _ if uri.host().is_none() || !matches!(scheme, "http" | "https") => {
                     errs.add(
                         "traces.otlp_endpoint",

@@ -489,10 +489,15 @@ fn trace_errors_name_their_fields() {
             "traces.timeout_ms"
         ]
     );
-    for endpoint in ["https://collector:4317", "http://collector:4317/v1/traces"] {
+    for endpoint in [
+        "https://collector:4317",
+        "http://collector:4317/v1/traces",
+        "http://user:hunter2@collector:4317",
+    ] {
         let yaml = format!("{}traces:\n  otlp_endpoint: \"{endpoint}\"\n", good());
         let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
         assert_eq!(errs[0].path, "traces.otlp_endpoint", "{endpoint}");
+        assert!(!errs[0].message.contains("hunter2"), "{errs:?}");
     }
     let yaml = format!(
         "{}traces:\n  otlp_endpoint: \"http://c:4317\"\n  protocol: zipkin\n",
