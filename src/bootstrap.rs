@@ -111,6 +111,9 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
         "x-envoy-upstream-service-time",
         "x-amzn-errortype",
         tollgate_core::metadata::REQUEST_ID_HEADER,
+        // W3C trace context: the trace a request's span joins (`traces`).
+        "traceparent",
+        "tracestate",
     ]
     .iter()
     .chain(tollgate_authz::KEY_HEADERS.iter())

@@ -27,6 +27,7 @@ use tollgate_core::env::ProcessEnv;
 use tollgate_core::metrics::{Metrics, ResultLabel};
 use tollgate_core::ratelimit::{RateLimiter, RateStore, RedisRates};
 use tollgate_core::{Config, SharedConfig};
+use tollgate_extproc::trace::Exporter;
 use tollgate_extproc::ExtProcService;
 use tollgate_logger::{LogHandle, Shipper};
 
@@ -279,6 +280,7 @@ pub async fn serve_reporting(
     crate::netcheck::run(&config).await?;
     let listen = config.listen.clone();
     let logging = config.logging.clone();
+    let traces = config.traces.clone();
     let shared: SharedConfig = Arc::new(ArcSwap::from_pointee(config));
     let metrics = Metrics::default();
     let mut registry = Registry::default();
@@ -325,6 +327,13 @@ pub async fn serve_reporting(
     let log = shipper
         .as_ref()
         .map_or_else(|| LogHandle::metrics_only(metrics.clone()), Shipper::handle);
+    // Read once too: a change to `traces` takes effect on restart.
+    let exporter = match &traces {
+        Some(t) => {
+            Some(Exporter::start(t, metrics.clone()).context("cannot start span export (traces)")?)
+        }
+        None => None,
+    };
 
     let admin_listener = tokio::net::TcpListener::bind(listen.admin)
         .await
@@ -396,7 +405,8 @@ pub async fn serve_reporting(
                     .with_log(Some(log.clone()))
                     .with_ledger(Arc::clone(&ledger))
                     .with_limiter(Arc::clone(&limiter))
-                    .with_gate(gate),
+                    .with_gate(gate)
+                    .with_tracer(exporter.as_ref().map(Exporter::tracer)),
             )
             .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),
@@ -455,6 +465,10 @@ pub async fn serve_reporting(
         // Every event is queued (a cut stream's may come later: it goes to the spool): send
         // them to the logger, or spool them.
         shipper.shutdown().await;
+    }
+    if let Some(exporter) = exporter {
+        // Likewise every span is queued: export them (bounded by `traces.timeout_ms`).
+        exporter.shutdown().await;
     }
     tracing::info!("Drained: stopping");
     let _ = stop_tx.send(true);

@@ -79,6 +79,83 @@ pub struct RawConfig {
     /// Checks `serve` runs before it reports ready (all off by default).
     #[serde(default)]
     pub startup_check: RawStartupCheck,
+    /// OpenTelemetry traces: one span per request, exported over OTLP. Off when the section
+    /// is absent.
+    #[serde(default)]
+    pub traces: Option<RawTraces>,
+}
+
+/// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
+/// an OTLP collector in the background. Read once at start-up: a change takes effect on
+/// restart.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTraces {
+    /// The collector: `http://host:port` for `grpc` (OTLP/gRPC, usually port 4317; plain
+    /// HTTP/2 only), or an `http://` or `https://` URL for `http` (OTLP/HTTP with protobuf
+    /// bodies, usually port 4318; `/v1/traces` is added to a URL without a path).
+    pub otlp_endpoint: String,
+    /// `grpc` (the default) or `http`.
+    #[serde(default)]
+    pub protocol: TraceProtocol,
+    /// The share of new traces that are recorded, 0.0 to 1.0 (default 1.0). A request whose
+    /// `traceparent` comes from a sampled trace is always recorded, one from an unsampled
+    /// trace never (parent-based sampling).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+    /// The `service.name` resource attribute of every span (default `tollgate`).
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Finished spans held in memory for the exporter (1 to 1000000); when the queue is full
+    /// a span is dropped and counted in `tollgate_trace_spans_total{outcome="dropped"}`, so a
+    /// request never waits on tracing.
+    #[serde(default = "default_trace_queue_capacity")]
+    pub queue_capacity: usize,
+    /// The most spans in one export (1 to 10000).
+    #[serde(default = "default_trace_batch_size")]
+    pub batch_size: usize,
+    /// The longest a span waits for its batch to fill, in milliseconds (1 to 60000).
+    #[serde(default = "default_trace_max_delay_ms")]
+    pub max_delay_ms: u64,
+    /// The longest one export may take, in milliseconds (1 to 60000); a batch that takes
+    /// longer is dropped and counted as `failed`.
+    #[serde(default = "default_trace_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceProtocol {
+    /// OTLP/gRPC (`opentelemetry.proto.collector.trace.v1.TraceService/Export`).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP: `POST` of a protobuf `ExportTraceServiceRequest`.
+    Http,
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "tollgate".to_owned()
+}
+
+fn default_trace_queue_capacity() -> usize {
+    4096
+}
+
+fn default_trace_batch_size() -> usize {
+    512
+}
+
+fn default_trace_max_delay_ms() -> u64 {
+    1000
+}
+
+fn default_trace_timeout_ms() -> u64 {
+    10_000
 }
 
 /// The `envoy` section: the shape of the rendered bootstrap.
@@ -1293,6 +1370,111 @@ fn validate_logging(raw: &RawLogging, errs: &mut Errors) -> Option<Logging> {
     })
 }
 
+/// The validated `traces` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traces {
+    /// Where spans go: the gRPC endpoint (`http://host:port`), or the full OTLP/HTTP URL
+    /// (`/v1/traces` added when the configured URL had no path).
+    pub endpoint: String,
+    /// How they go there.
+    pub protocol: TraceProtocol,
+    /// The share of new traces recorded, 0.0 to 1.0.
+    pub sample_ratio: f64,
+    /// `service.name`.
+    pub service_name: String,
+    /// The in-memory queue's capacity, in spans.
+    pub queue_capacity: usize,
+    /// The most spans in one export.
+    pub batch_size: usize,
+    /// The longest a span waits for its batch to fill.
+    pub max_delay: std::time::Duration,
+    /// The longest one export may take.
+    pub timeout: std::time::Duration,
+}
+
+fn validate_traces(raw: &RawTraces, errs: &mut Errors) -> Option<Traces> {
+    let before = errs.0.len();
+    let endpoint = match raw.otlp_endpoint.parse::<http::Uri>() {
+        Ok(uri) => {
+            let scheme = uri.scheme_str().unwrap_or("");
+            let has_path = !matches!(uri.path(), "" | "/");
+            match raw.protocol {
+                // Not echoed: it may hold a password.
+                _ if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                    errs.add(
+                        "traces.otlp_endpoint",
+                        "must not carry credentials (user:password@); \
+                         let a local OpenTelemetry Collector authenticate to your backend",
+                    );
+                    String::new()
+                }
+                _ if uri.host().is_none() || !matches!(scheme, "http" | "https") => {
+                    errs.add(
+                        "traces.otlp_endpoint",
+                        format!("`{}` is not an http:// or https:// URL", raw.otlp_endpoint),
+                    );
+                    String::new()
+                }
+                TraceProtocol::Grpc if scheme == "https" => {
+                    errs.add(
+                        "traces.otlp_endpoint",
+                        "OTLP/gRPC is sent over plain HTTP/2 only: use an http:// collector \
+                         (e.g. a local OpenTelemetry Collector), or `protocol: http` for https",
+                    );
+                    String::new()
+                }
+                TraceProtocol::Grpc if has_path || uri.query().is_some() => {
+                    errs.add(
+                        "traces.otlp_endpoint",
+                        "an OTLP/gRPC endpoint is `http://host:port`, without a path",
+                    );
+                    String::new()
+                }
+                TraceProtocol::Grpc => raw.otlp_endpoint.trim_end_matches('/').to_owned(),
+                TraceProtocol::Http if has_path => raw.otlp_endpoint.clone(),
+                TraceProtocol::Http => {
+                    format!("{}/v1/traces", raw.otlp_endpoint.trim_end_matches('/'))
+                }
+            }
+        }
+        Err(_) => {
+            errs.add(
+                "traces.otlp_endpoint",
+                format!("`{}` is not a URL", raw.otlp_endpoint),
+            );
+            String::new()
+        }
+    };
+    if !(0.0..=1.0).contains(&raw.sample_ratio) {
+        errs.add("traces.sample_ratio", "must be between 0.0 and 1.0");
+    }
+    if raw.service_name.trim().is_empty() {
+        errs.add("traces.service_name", "must not be empty");
+    }
+    if !(1..=1_000_000).contains(&raw.queue_capacity) {
+        errs.add("traces.queue_capacity", "must be between 1 and 1000000");
+    }
+    if !(1..=10_000).contains(&raw.batch_size) {
+        errs.add("traces.batch_size", "must be between 1 and 10000");
+    }
+    if !(1..=60_000).contains(&raw.max_delay_ms) {
+        errs.add("traces.max_delay_ms", "must be between 1 and 60000");
+    }
+    if !(1..=60_000).contains(&raw.timeout_ms) {
+        errs.add("traces.timeout_ms", "must be between 1 and 60000");
+    }
+    (errs.0.len() == before).then(|| Traces {
+        endpoint,
+        protocol: raw.protocol,
+        sample_ratio: raw.sample_ratio,
+        service_name: raw.service_name.clone(),
+        queue_capacity: raw.queue_capacity,
+        batch_size: raw.batch_size,
+        max_delay: std::time::Duration::from_millis(raw.max_delay_ms),
+        timeout: std::time::Duration::from_millis(raw.timeout_ms),
+    })
+}
+
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -1329,6 +1511,9 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// Checks before `serve` reports ready (read at start-up).
     pub startup_check: StartupCheck,
+    /// OpenTelemetry span export; `None` when traces are off. Read once at start-up: a change
+    /// takes effect on restart.
+    pub traces: Option<Traces>,
 }
 
 /// The validated `budgets` section.
@@ -1747,6 +1932,10 @@ impl Config {
         let xds = validate_xds(&raw.xds, &mut errs);
         let shutdown = lifecycle::validate_shutdown(&raw.shutdown, &mut errs);
         let startup_check = lifecycle::validate_startup_check(&raw.startup_check, &mut errs);
+        let traces = raw
+            .traces
+            .as_ref()
+            .and_then(|t| validate_traces(t, &mut errs));
         let mut tenant_requests_per_minute = HashMap::new();
         let mut tenant_tokens_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
@@ -1798,6 +1987,7 @@ impl Config {
                 xds,
                 shutdown,
                 startup_check,
+                traces,
             }),
             _ => Err(errs.0),
         }

@@ -76,10 +76,11 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
-/// The outcome label of `tollgate_log_events_total`.
+/// The outcome label of `tollgate_log_events_total` and `tollgate_trace_spans_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `queued`, `sent`, `spooled` or `dropped`.
+    /// `queued`, `sent`, `spooled` or `dropped` (log events); `exported`, `dropped` or
+    /// `failed` (spans).
     pub outcome: &'static str,
 }
 
@@ -214,6 +215,8 @@ pub struct Metrics {
     pub budget_used: Family<BudgetLabels, FloatGauge>,
     /// `tollgate_budget_spent_usd`.
     pub budget_spent: Family<BudgetLabels, FloatGauge>,
+    /// `tollgate_trace_spans_total`.
+    pub trace_spans: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -242,6 +245,7 @@ impl Default for Metrics {
             request_errors: Family::default(),
             budget_used: Family::default(),
             budget_spent: Family::default(),
+            trace_spans: Family::default(),
         }
     }
 }
@@ -362,6 +366,11 @@ impl Metrics {
             "Settled spend in US dollars, per budget line of the current period",
             self.budget_spent.clone(),
         );
+        r.register(
+            "trace_spans",
+            "Request spans by export outcome",
+            self.trace_spans.clone(),
+        );
     }
 
     /// These metrics alone in the text exposition format, as `/metrics` serves them (for
@@ -373,6 +382,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
         text
+    }
+
+    /// Counts `n` request spans with this export outcome.
+    pub fn trace_spans(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.trace_spans
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(n);
+        }
     }
 
     /// Counts one budget decision.

@@ -17,6 +17,7 @@ pub mod selfservice;
 pub mod server;
 pub mod stream;
 pub mod streamcap;
+pub mod trace;
 pub mod translator;
 pub mod webhook;
 

@@ -17,6 +17,7 @@ use tollgate_logger::LogHandle;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::processor::Processor;
+use crate::trace::{Remote, Tracer};
 
 /// The ext_proc gRPC service.
 pub struct ExtProcService {
@@ -26,6 +27,7 @@ pub struct ExtProcService {
     ledger: Option<Arc<dyn Ledger>>,
     limiter: Option<Arc<dyn RateStore>>,
     gate: Option<Gate>,
+    tracer: Option<Tracer>,
 }
 
 impl ExtProcService {
@@ -38,7 +40,14 @@ impl ExtProcService {
             ledger: None,
             limiter: None,
             gate: None,
+            tracer: None,
         }
+    }
+
+    /// Records a span of each sampled request with `tracer` (traces are off with `None`).
+    pub fn with_tracer(mut self, tracer: Option<Tracer>) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Resolves keys with `gate` at the request headers of requests no ext_authz filter
@@ -90,12 +99,21 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        // When Envoy traces, its ext_proc call carries its own span's context.
+        let envoy_trace = self.tracer.as_ref().and_then(|_| {
+            let m = request.metadata();
+            Remote::read(
+                m.get("traceparent").map(|v| v.as_bytes()),
+                m.get("tracestate").map(|v| v.as_bytes()),
+            )
+        });
         let inbound = request.into_inner();
         let processor = Processor::new(self.config.load_full(), self.metrics.clone())
             .with_log(self.log.clone())
             .with_ledger(self.ledger.clone())
             .with_limiter(self.limiter.clone())
-            .with_gate(self.gate.clone());
+            .with_gate(self.gate.clone())
+            .with_tracer(self.tracer.clone(), envoy_trace);
         let stream = futures::stream::unfold(
             (inbound, processor),
             |(mut inbound, mut processor)| async move {

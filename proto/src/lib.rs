@@ -3,6 +3,9 @@
 //!
 //! - [`logger::v1`]: `tollgate.logger.v1`, the log ingest API between `tollgate serve` and
 //!   `tollgate logger`.
+//! - [`otlp`]: the OpenTelemetry Protocol's trace export API (`opentelemetry.proto.*`, vendored
+//!   from opentelemetry-proto v1.9.0 under `proto/opentelemetry/`), which `tollgate serve`
+//!   speaks to an OTLP collector (gRPC, or the same messages over HTTP).
 
 /// The `tollgate.logger` package.
 pub mod logger {
@@ -12,6 +15,51 @@ pub mod logger {
     pub mod v1 {
         tonic::include_proto!("tollgate.logger.v1");
     }
+}
+
+/// The OTLP trace protos, in their package hierarchy (`opentelemetry.proto.*`): generated code
+/// refers to its neighbours by relative paths, so the nesting must follow the packages.
+pub mod otlp {
+    /// `opentelemetry.proto`.
+    #[allow(clippy::all, missing_docs)]
+    pub mod proto {
+        /// `opentelemetry.proto.common`.
+        pub mod common {
+            /// `AnyValue`, `KeyValue`, `InstrumentationScope`.
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.common.v1");
+            }
+        }
+        /// `opentelemetry.proto.resource`.
+        pub mod resource {
+            /// `Resource`.
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.resource.v1");
+            }
+        }
+        /// `opentelemetry.proto.trace`.
+        pub mod trace {
+            /// `Span`, `ResourceSpans`, `ScopeSpans`, `Status`.
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.trace.v1");
+            }
+        }
+        /// `opentelemetry.proto.collector`.
+        pub mod collector {
+            /// `opentelemetry.proto.collector.trace`.
+            pub mod trace {
+                /// The `TraceService` (client and server) and its export request.
+                pub mod v1 {
+                    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+                }
+            }
+        }
+    }
+
+    pub use proto::collector::trace::v1 as collector;
+    pub use proto::common::v1 as common;
+    pub use proto::resource::v1 as resource;
+    pub use proto::trace::v1 as trace;
 }
 
 #[cfg(test)]

@@ -172,6 +172,27 @@ pub fn spawn_ready(
     (p, ready)
 }
 
+/// Starts Envoy (one worker, warnings only) on `bootstrap`, writing its admin address to
+/// `admin_file` for [`wait_envoy`]; its log goes to `dir/<name>.log`.
+pub fn spawn_envoy(name: &str, bootstrap: &Path, admin_file: &Path, dir: &Path) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new(envoy_bin())
+            .arg("-c")
+            .arg(bootstrap)
+            .arg("--admin-address-path")
+            .arg(admin_file)
+            .args([
+                "--concurrency",
+                "1",
+                "--use-dynamic-base-id",
+                "--log-level",
+                "warning",
+            ]),
+        dir,
+    )
+}
+
 /// Waits until Envoy, started with `--admin-address-path admin_file`, is ready (`/ready`
 /// answers 200); returns its admin address and its listener's.
 pub fn wait_envoy(admin_file: &Path, procs: &mut [&mut Proc]) -> (SocketAddr, SocketAddr) {
@@ -1000,22 +1021,7 @@ impl Stack {
         }
         std::fs::write(&bootstrap_path, rendered).unwrap();
         let admin_file = d.join("envoy-admin.address");
-        let mut envoy_p = Proc::spawn(
-            "envoy",
-            Command::new(envoy_bin())
-                .arg("-c")
-                .arg(&bootstrap_path)
-                .arg("--admin-address-path")
-                .arg(&admin_file)
-                .args([
-                    "--concurrency",
-                    "1",
-                    "--use-dynamic-base-id",
-                    "--log-level",
-                    "warning",
-                ]),
-            d,
-        );
+        let mut envoy_p = spawn_envoy("envoy", &bootstrap_path, &admin_file, d);
 
         let all = &mut [&mut mock_p, &mut serve_p, &mut envoy_p];
         let serve_ready = serve_ready.unwrap_or_else(|| wait_ready_file(&serve_file, all));

@@ -433,6 +433,81 @@ fn a_logging_section_validates_with_defaults() {
 }
 
 #[test]
+fn traces_are_off_without_their_section_and_validate_with_defaults() {
+    let c = Config::from_yaml(&good(), &env()).unwrap();
+    assert_eq!(c.traces, None);
+    let yaml = format!(
+        "{}traces:\n  otlp_endpoint: \"http://otel-collector:4317/\"\n",
+        good()
+    );
+    let t = Config::from_yaml(&yaml, &env()).unwrap().traces.unwrap();
+    assert_eq!(t.endpoint, "http://otel-collector:4317");
+    assert_eq!(t.protocol, TraceProtocol::Grpc);
+    assert_eq!((t.sample_ratio, t.service_name.as_str()), (1.0, "tollgate"));
+    assert_eq!(
+        (t.queue_capacity, t.batch_size, t.max_delay),
+        (4096, 512, std::time::Duration::from_secs(1))
+    );
+    // OTLP/HTTP: the signal path is added to a bare collector URL, kept when one is given.
+    for (given, used) in [
+        (
+            "https://otlp.example.com",
+            "https://otlp.example.com/v1/traces",
+        ),
+        ("http://127.0.0.1:4318/", "http://127.0.0.1:4318/v1/traces"),
+        (
+            "http://gw:8080/otlp/v1/traces",
+            "http://gw:8080/otlp/v1/traces",
+        ),
+    ] {
+        let yaml = format!(
+            "{}traces:\n  otlp_endpoint: \"{given}\"\n  protocol: http\n  sample_ratio: 0.25\n",
+            good()
+        );
+        let t = Config::from_yaml(&yaml, &env()).unwrap().traces.unwrap();
+        assert_eq!((t.endpoint.as_str(), t.sample_ratio), (used, 0.25));
+    }
+}
+
+#[test]
+fn trace_errors_name_their_fields() {
+    let yaml = format!(
+        "{}traces:\n  otlp_endpoint: \"collector:4317\"\n  sample_ratio: 1.5\n  service_name: \" \"\n  queue_capacity: 0\n  batch_size: 0\n  max_delay_ms: 0\n  timeout_ms: 0\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "traces.otlp_endpoint",
+            "traces.sample_ratio",
+            "traces.service_name",
+            "traces.queue_capacity",
+            "traces.batch_size",
+            "traces.max_delay_ms",
+            "traces.timeout_ms"
+        ]
+    );
+    for endpoint in [
+        "https://collector:4317",
+        "http://collector:4317/v1/traces",
+        "http://user:hunter2@collector:4317",
+    ] {
+        let yaml = format!("{}traces:\n  otlp_endpoint: \"{endpoint}\"\n", good());
+        let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+        assert_eq!(errs[0].path, "traces.otlp_endpoint", "{endpoint}");
+        assert!(!errs[0].message.contains("hunter2"), "{errs:?}");
+    }
+    let yaml = format!(
+        "{}traces:\n  otlp_endpoint: \"http://c:4317\"\n  protocol: zipkin\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    assert_eq!(errs[0].path, "traces.protocol", "{errs:?}");
+}
+
+#[test]
 fn logging_errors_name_their_fields() {
     let yaml = format!(
         "{}logging:\n  address: \"no-port\"\n  spool_dir: \"\"\n  batch_size: 0\n  max_delay_ms: 0\n  queue_capacity: 0\n  spool_max_bytes: 10\n",

@@ -12,6 +12,7 @@ use tollgate_core::{keys, ApiError, Dialect, Endpoint};
 use super::local::SelfService;
 use super::{header, strip_query, AuthContext, Processor};
 use crate::mutation::{self, set};
+use crate::trace::Remote;
 
 /// Client headers that never travel upstream: the client's key (in any of its headers) and the
 /// routing header, which is Tollgate's to set.
@@ -25,6 +26,16 @@ fn headers_to_strip() -> Vec<String> {
 
 impl Processor {
     pub(super) async fn on_request_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
+        if let Some(tracer) = &self.tracer {
+            // Envoy's own span of this call when Envoy traces, else the request's context.
+            let remote = self.envoy_trace.take().or_else(|| {
+                Remote::read(
+                    header(&h.headers, "traceparent"),
+                    header(&h.headers, "tracestate"),
+                )
+            });
+            self.span = tracer.start(remote, self.started_at);
+        }
         let text = |name: &str| header(&h.headers, name).map(|v| String::from_utf8_lossy(v));
         let mut strip = Vec::new();
         if self.ctx.is_none() {

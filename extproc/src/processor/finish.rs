@@ -7,11 +7,12 @@ use std::time::SystemTime;
 use tollgate_core::config::Side;
 use tollgate_core::metrics::{RequestLabels, TokenLabels};
 use tollgate_core::Endpoint;
+use tollgate_proto::logger::v1 as pb;
 
 use super::{strip_query, Processor};
 use crate::capture::Capture;
 use crate::streamcap::{self, StreamCap};
-use crate::{log, selfservice};
+use crate::{log, selfservice, trace};
 
 impl Processor {
     /// Records the outcome of a forwarded request, once.
@@ -31,6 +32,7 @@ impl Processor {
         self.settle();
         self.charge_tokens();
         self.emit_log();
+        self.end_span();
         let Some(fwd) = &self.forwarded else { return };
         let status = fwd.status.unwrap_or(499);
         let provider = fwd.provider.name.clone();
@@ -83,15 +85,46 @@ impl Processor {
 
     /// Hands the request's `LogEvent` to the log queue (never blocks), when logging is on.
     pub(super) fn emit_log(&mut self) {
-        let (Some(handle), Some(ctx)) = (&self.log, &self.ctx) else {
+        if self.log.is_none() {
+            return;
+        }
+        let payload = self.capture.take().map(Capture::finish);
+        let (Some(handle), Some(facts)) = (&self.log, self.facts(SystemTime::now(), payload))
+        else {
             return;
         };
-        let endpoint = self
-            .forwarded
-            .as_ref()
-            .map(|f| f.endpoint)
-            .or_else(|| Endpoint::from_request(&ctx.method, strip_query(&ctx.path)))
-            .map_or("unknown", Endpoint::label);
+        handle.emit(log::event(&facts));
+    }
+
+    /// Ends the request's span and queues it (never blocks), when it has one.
+    pub(super) fn end_span(&mut self) {
+        let (Some(span), Some(tracer)) = (self.span.take(), &self.tracer) else {
+            return;
+        };
+        let Some(facts) = self.facts(SystemTime::now(), None) else {
+            return;
+        };
+        let end = trace::SpanEnd {
+            facts: &facts,
+            endpoint: self.request_endpoint(),
+            provider: self.forwarded.as_ref().map(|f| &*f.provider),
+        };
+        tracer.end(span, &end);
+    }
+
+    /// The endpoint the request asked for, when it names one.
+    fn request_endpoint(&self) -> Option<Endpoint> {
+        self.forwarded.as_ref().map(|f| f.endpoint).or_else(|| {
+            let ctx = self.ctx.as_ref()?;
+            Endpoint::from_request(&ctx.method, strip_query(&ctx.path))
+        })
+    }
+
+    /// What the request's log event and span say about it, ended at `ended`; `None` for a
+    /// request that was not admitted, or that Tollgate answered without an error and without
+    /// a provider (`GET /v1/models`: not an LLM call).
+    fn facts(&self, ended: SystemTime, payload: Option<pb::Payload>) -> Option<log::Facts<'_>> {
+        let ctx = self.ctx.as_ref()?;
         let mut facts = log::Facts {
             request_id: &ctx.request_id,
             key_id: &ctx.key_id,
@@ -99,7 +132,7 @@ impl Processor {
             team: &ctx.team,
             end_user: self.end_user.as_deref().unwrap_or(""),
             dialect: self.dialect(),
-            endpoint,
+            endpoint: self.request_endpoint().map_or("unknown", Endpoint::label),
             requested_model: "",
             provider: "",
             upstream_model: "",
@@ -109,12 +142,12 @@ impl Processor {
             usage: None,
             started: self.started_at,
             first_byte: self.first_byte_at,
-            ended: SystemTime::now(),
+            ended,
             overhead: self.overhead,
             upstream_latency: None,
             cost: None,
             guardrails: &self.verdicts,
-            payload: self.capture.take().map(Capture::finish),
+            payload,
         };
         match (&self.forwarded, &self.rejected) {
             (Some(fwd), _) => {
@@ -155,9 +188,9 @@ impl Processor {
                 facts.error_class = r.class;
             }
             // Answered by Tollgate without an error (`GET /v1/models`): not an LLM call.
-            (None, None) => return,
+            (None, None) => return None,
         }
-        handle.emit(log::event(&facts));
+        Some(facts)
     }
 
     /// Charges the tokens the request used to its key's and tenant's token-rate limits.

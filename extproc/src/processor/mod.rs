@@ -40,6 +40,7 @@ use crate::budget;
 use crate::capture::Capture;
 use crate::guard::Verdicts;
 use crate::stream::Pipeline;
+use crate::trace::{Remote, RequestSpan, Tracer};
 use crate::translator::Pair;
 
 /// Who is calling: what the key gate established about the request (through ext_authz's
@@ -184,6 +185,12 @@ pub struct Processor {
     estimate: Option<budget::Estimate>,
     /// Token-rate state shared with ext_authz (`None`: token limits are not charged).
     limiter: Option<Arc<dyn RateStore>>,
+    /// Starts this request's span (`None`: traces are off).
+    tracer: Option<Tracer>,
+    /// This request's span, when it is sampled.
+    span: Option<Box<RequestSpan>>,
+    /// The trace context of Envoy's ext_proc call (its gRPC metadata), when Envoy traces.
+    envoy_trace: Option<Remote>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -234,7 +241,19 @@ impl Processor {
             soft_exceeded: Vec::new(),
             estimate: None,
             limiter: None,
+            tracer: None,
+            span: None,
+            envoy_trace: None,
         }
+    }
+
+    /// Records a span of the request with `tracer` when it is sampled (`None`: traces off).
+    /// Its parent: `envoy`, the context of Envoy's ext_proc call when Envoy traces, else the
+    /// request's own `traceparent`.
+    pub fn with_tracer(mut self, tracer: Option<Tracer>, envoy: Option<Remote>) -> Self {
+        self.tracer = tracer;
+        self.envoy_trace = envoy;
+        self
     }
 
     /// Charges the request's tokens to the token-rate limits kept in `limiter`.
@@ -302,6 +321,9 @@ impl Processor {
             None => ("unknown", ProcessingResponse::default()),
         };
         self.metrics.observe_phase(phase, started);
+        if let Some(span) = &mut self.span {
+            span.verdicts(&self.verdicts);
+        }
         self.overhead += started.elapsed();
         tracing::trace!(phase, "Processed ext_proc message");
         (!msg.observability_mode).then_some(response)

@@ -90,6 +90,9 @@ impl Processor {
         if self.first_byte_at.is_none() && !b.body.is_empty() {
             self.first_byte_at = Some(SystemTime::now());
         }
+        if let (true, Some(span)) = (ok, &mut self.span) {
+            span.response_body(&b.body);
+        }
         let response = if ok && fwd.sse.is_some() {
             self.stream_chunk(&b)
         } else {

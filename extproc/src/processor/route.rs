@@ -115,6 +115,13 @@ impl Processor {
         for (k, v) in &provider.headers {
             headers.push(set(k, v.as_str()));
         }
+        if let Some(span) = &mut self.span {
+            // The provider's side of the call (a traced self-hosted server) joins this span.
+            headers.push(set(
+                "traceparent",
+                span.attempt(provider, &target.upstream_model),
+            ));
+        }
         let remove = self.version_headers(pair, provider, &mut headers);
         // Last: nothing after the reservation can fail, so a refusal here is the only way out.
         self.reservation = self

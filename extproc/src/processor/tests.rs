@@ -169,6 +169,20 @@ fn gated() -> (Processor, Metrics) {
     (p, metrics)
 }
 
+/// A provider's `200` response headers.
+fn ok_response_headers() -> Request {
+    Request::ResponseHeaders(HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: vec![HeaderValue {
+                key: ":status".into(),
+                raw_value: b"200".to_vec(),
+                ..Default::default()
+            }],
+        }),
+        ..Default::default()
+    })
+}
+
 fn bare(request: Request) -> ProcessingRequest {
     ProcessingRequest {
         request: Some(request),
@@ -246,19 +260,7 @@ async fn without_ext_authz_the_gate_admits_at_the_request_headers_and_strips_the
             .any(|(k, v)| k == md::ROUTE_HEADER && !v.is_empty() && v != "evil"),
         "{routed:?}"
     );
-    let r = p
-        .handle(bare(Request::ResponseHeaders(HttpHeaders {
-            headers: Some(HeaderMap {
-                headers: vec![HeaderValue {
-                    key: ":status".into(),
-                    raw_value: b"200".to_vec(),
-                    ..Default::default()
-                }],
-            }),
-            ..Default::default()
-        })))
-        .await
-        .unwrap();
+    let r = p.handle(bare(ok_response_headers())).await.unwrap();
     let answered = set_headers(&r);
     let id = answered
         .iter()
@@ -325,4 +327,231 @@ async fn an_unknown_model_name_is_one_metric_label_not_one_series_per_name() {
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(!text.contains("made-up-1234"), "{text}");
     assert!(text.contains("model=\"unknown\""), "{text}");
+}
+
+/// A gated processor (keys `tg-k`, and `tg-g` under the `strict` policy) recording every
+/// request's span into the returned queue.
+fn traced() -> (
+    Processor,
+    tokio::sync::mpsc::Receiver<tollgate_proto::otlp::trace::Span>,
+) {
+    let hash = |k: &str| tollgate_core::keys::format_hash(&tollgate_core::keys::hash_key(k));
+    let yaml = format!(
+        "{CONFIG}keys:\n  - {{ id: k, hash: \"{}\", tenant: acme, team: ml, models: [\"*\"] }}\n  - {{ id: g, hash: \"{}\", models: [\"*\"], guardrails: strict }}\n",
+        hash("tg-k"),
+        hash("tg-g"),
+    );
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(
+        Config::from_yaml(&yaml, &MapEnv::from_pairs([])).unwrap(),
+    ));
+    let metrics = Metrics::default();
+    let gate = Gate::new(Arc::clone(&shared), metrics.clone());
+    let (tracer, spans) = crate::trace::Tracer::channel(0.0, 8, metrics.clone());
+    let p = Processor::new(shared.load_full(), metrics)
+        .with_gate(Some(gate))
+        .with_tracer(Some(tracer), None);
+    (p, spans)
+}
+
+/// A sampled `traceparent` a client sent.
+const PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+/// A [`traced`] processor given the headers (key `key`, [`PARENT`]) and the body of a chat
+/// request; its answer to the body.
+async fn traced_request(
+    key: &str,
+    json: &str,
+) -> (
+    Processor,
+    tokio::sync::mpsc::Receiver<tollgate_proto::otlp::trace::Span>,
+    ProcessingResponse,
+) {
+    let (mut p, spans) = traced();
+    let auth = format!("Bearer {key}");
+    p.handle(bare(headers(
+        "/v1/chat/completions",
+        &[("authorization", &auth), ("traceparent", PARENT)],
+    )))
+    .await
+    .unwrap();
+    let r = p.handle(bare(body(json))).await.unwrap();
+    (p, spans, r)
+}
+
+fn response_body(chunk: &str, end: bool) -> ProcessingRequest {
+    bare(Request::ResponseBody(HttpBody {
+        body: chunk.as_bytes().to_vec(),
+        end_of_stream: end,
+        ..Default::default()
+    }))
+}
+
+/// A span's attributes as JSON-ish values, by key.
+fn attributes(
+    list: &[tollgate_proto::otlp::common::KeyValue],
+) -> HashMap<String, serde_json::Value> {
+    use tollgate_proto::otlp::common::any_value::Value as V;
+    list.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(V::StringValue(s)) => serde_json::json!(s),
+                Some(V::IntValue(i)) => serde_json::json!(i),
+                Some(V::BoolValue(b)) => serde_json::json!(b),
+                Some(V::DoubleValue(d)) => serde_json::json!(d),
+                Some(V::ArrayValue(a)) => serde_json::Value::Array(
+                    a.values
+                        .iter()
+                        .map(|v| match &v.value {
+                            Some(V::StringValue(s)) => serde_json::json!(s),
+                            other => serde_json::json!(format!("{other:?}")),
+                        })
+                        .collect(),
+                ),
+                other => serde_json::json!(format!("{other:?}")),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_finished_stream_leaves_one_span_in_the_callers_trace_with_genai_attributes() {
+    let (mut p, mut spans, routed) = traced_request(
+        "tg-k",
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"the secret prompt"}]}"#,
+    )
+    .await;
+    // The provider's request carries this span as its parent.
+    let upstream_parent = set_headers(&routed)
+        .into_iter()
+        .find(|(k, _)| k == "traceparent")
+        .map(|(_, v)| v)
+        .unwrap();
+    assert!(
+        upstream_parent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{upstream_parent}"
+    );
+    p.handle(bare(ok_response_headers())).await.unwrap();
+    for (chunk, end) in [
+        (
+            "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"model\":\"m-2024-01\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"the secret answer\"},\"finish_reason\":null}]}\n\n",
+            false,
+        ),
+        (
+            "data: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"model\":\"m-2024-01\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: {\"id\":\"chatcmpl-9\",\"object\":\"chat.completion.chunk\",\"model\":\"m-2024-01\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}}\n\n",
+            false,
+        ),
+        ("data: [DONE]\n\n", true),
+    ] {
+        p.handle(response_body(chunk, end)).await.unwrap();
+    }
+    let span = spans.try_recv().unwrap();
+    assert!(spans.try_recv().is_err(), "one span per request");
+    assert_eq!(
+        crate::trace::hex(&span.trace_id),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+    assert_eq!(crate::trace::hex(&span.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(
+        upstream_parent,
+        format!(
+            "00-0af7651916cd43dd8448eb211c80319c-{}-01",
+            crate::trace::hex(&span.span_id)
+        )
+    );
+    assert_eq!(span.name, "chat m");
+    assert_eq!(
+        span.kind,
+        i32::from(tollgate_proto::otlp::trace::span::SpanKind::Client)
+    );
+    assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    let a = attributes(&span.attributes);
+    for (key, value) in [
+        ("gen_ai.operation.name", serde_json::json!("chat")),
+        ("gen_ai.provider.name", serde_json::json!("openai")),
+        ("gen_ai.system", serde_json::json!("openai")),
+        ("gen_ai.request.model", serde_json::json!("m")),
+        ("gen_ai.response.model", serde_json::json!("m-2024-01")),
+        ("gen_ai.response.id", serde_json::json!("chatcmpl-9")),
+        (
+            "gen_ai.response.finish_reasons",
+            serde_json::json!(["stop"]),
+        ),
+        ("gen_ai.usage.input_tokens", serde_json::json!(7)),
+        ("gen_ai.usage.output_tokens", serde_json::json!(3)),
+        ("server.address", serde_json::json!("127.0.0.1")),
+        ("server.port", serde_json::json!(1)),
+        ("http.response.status_code", serde_json::json!(200)),
+        ("tollgate.key_id", serde_json::json!("k")),
+        ("tollgate.tenant", serde_json::json!("acme")),
+        ("tollgate.team", serde_json::json!("ml")),
+        ("tollgate.provider", serde_json::json!("p")),
+        ("tollgate.stream", serde_json::json!(true)),
+    ] {
+        assert_eq!(a.get(key), Some(&value), "{key}: {a:?}");
+    }
+    assert_eq!(a["tollgate.request_id"].as_str().map(str::len), Some(32));
+    assert!(!a.contains_key("error.type"), "{a:?}");
+    let events: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(events, ["tollgate.attempt", "tollgate.first_token"]);
+    // Neither the prompt nor the answer, nor the key, is in the span.
+    let wire = prost::Message::encode_to_vec(&span);
+    for secret in [&b"secret"[..], b"tg-k"] {
+        assert!(
+            !wire.windows(secret.len()).any(|w| w == secret),
+            "{:?} in the span",
+            String::from_utf8_lossy(secret)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_blocked_request_is_an_error_span_with_its_verdict_and_no_attempt() {
+    let (p, mut spans, r) = traced_request(
+        "tg-g",
+        r#"{"model":"m","messages":[{"role":"user","content":"card 4111 1111 1111 1111"}]}"#,
+    )
+    .await;
+    assert!(matches!(r.response, Some(Response::ImmediateResponse(_))));
+    drop(p);
+    let span = spans.try_recv().unwrap();
+    let a = attributes(&span.attributes);
+    assert_eq!(a["error.type"], "guardrail_blocked", "{a:?}");
+    assert_eq!(a["gen_ai.request.model"], "m");
+    assert!(!a.contains_key("gen_ai.response.model"), "{a:?}");
+    let status = span.status.unwrap();
+    assert_eq!(
+        status.code,
+        i32::from(tollgate_proto::otlp::trace::status::StatusCode::Error)
+    );
+    let [verdict] = span.events.as_slice() else {
+        panic!("{:?}", span.events);
+    };
+    assert_eq!(verdict.name, "tollgate.guardrail");
+    let v = attributes(&verdict.attributes);
+    assert_eq!(
+        (
+            &v["tollgate.guardrail.rule"],
+            &v["tollgate.guardrail.action"],
+            &v["tollgate.guardrail.side"]
+        ),
+        (
+            &serde_json::json!("cards"),
+            &serde_json::json!("block"),
+            &serde_json::json!("request")
+        )
+    );
+    // Not sampled (ratio 0, no parent): nothing is recorded.
+    let (mut p, mut spans) = traced();
+    p.handle(bare(headers(
+        "/v1/chat/completions",
+        &[("authorization", "Bearer tg-k")],
+    )))
+    .await
+    .unwrap();
+    p.handle(bare(body(r#"{"model":"m","messages":[]}"#)))
+        .await
+        .unwrap();
+    drop(p);
+    assert!(spans.try_recv().is_err());
 }
