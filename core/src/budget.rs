@@ -421,8 +421,10 @@ impl MemoryLedger {
                 b.reserved > 0 || k.contains(":total:") || current.iter().any(|c| k.contains(c))
             });
         }
-        for line in lines {
-            let b = map.entry(line.key.clone()).or_default();
+        // Two budgets may share a ledger line (a soft and a hard one on the same scope,
+        // period and member): each is checked, the line is reserved on once.
+        for key in distinct_keys(lines) {
+            let b = map.entry(key).or_default();
             b.reserved = b.reserved.saturating_add(amount);
         }
         Reserved::Ok { soft_exceeded }
@@ -486,6 +488,17 @@ impl fmt::Debug for Reservation {
     }
 }
 
+/// The ledger lines of `lines`, each once, in order (budgets may share a line).
+pub fn distinct_keys(lines: &[Line]) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::with_capacity(lines.len());
+    for l in lines {
+        if !keys.contains(&l.key) {
+            keys.push(l.key.clone());
+        }
+    }
+    keys
+}
+
 /// A reservation attempt's outcome.
 #[derive(Debug)]
 pub enum Admission {
@@ -511,7 +524,8 @@ impl Reservation {
                 Ok(Admission::Refused(line))
             }
             Reserved::Ok { soft_exceeded } => {
-                let keys = lines.iter().map(|l| l.key.clone()).collect();
+                // Settled once per ledger line, however many budgets share it.
+                let keys = distinct_keys(&lines);
                 let soft = lines
                     .into_iter()
                     .enumerate()

@@ -39,9 +39,13 @@ for i, key in ipairs(KEYS) do
     soft[#soft + 1] = i
   end
 end
+local seen = {}
 for _, key in ipairs(KEYS) do
-  redis.call('HINCRBY', key, 'r', ARGV[1])
-  if not string.find(key, ':total:', 1, true) then redis.call('EXPIRE', key, ARGV[#ARGV]) end
+  if not seen[key] then
+    seen[key] = true
+    redis.call('HINCRBY', key, 'r', ARGV[1])
+    if not string.find(key, ':total:', 1, true) then redis.call('EXPIRE', key, ARGV[#ARGV]) end
+  end
 end
 return {1, unpack(soft)}
 ";

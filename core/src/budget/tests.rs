@@ -149,6 +149,36 @@ async fn a_reservation_settles_or_refunds_exactly_once() {
 }
 
 #[tokio::test]
+async fn budgets_sharing_a_ledger_line_reserve_and_settle_it_once() {
+    // A soft and a hard budget on the same scope, period and member share one ledger line.
+    let memory = Arc::new(MemoryLedger::new());
+    let ledger: Arc<dyn Ledger> = memory.clone();
+    let a = keys(&["a"]);
+    let shared = vec![line("a", 50, false), line("a", 100, true)];
+    let Admission::Admitted(r, soft) = Reservation::reserve(&ledger, shared.clone(), 60)
+        .await
+        .unwrap()
+    else {
+        panic!("refused")
+    };
+    assert_eq!(soft.len(), 1, "the soft budget is past its limit");
+    assert_eq!(memory.balances_now(&a)[0].reserved, 60);
+    r.settle(40);
+    assert_eq!(
+        memory.balances_now(&a)[0],
+        Balance {
+            spent: 40,
+            reserved: 0
+        }
+    );
+    // The hard budget still sees 40 spent, not 80: 60 more fits in its 100.
+    assert!(matches!(
+        Reservation::reserve(&ledger, shared, 60).await.unwrap(),
+        Admission::Admitted(..)
+    ));
+}
+
+#[tokio::test]
 async fn precheck_refuses_only_a_hard_line_already_used_up() {
     let l = MemoryLedger::new();
     l.add_spent(&keys(&["a"]), 100).await.unwrap();
