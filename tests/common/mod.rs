@@ -795,7 +795,8 @@ impl Logger {
         self.relay.set_target(Some(bound));
     }
 
-    /// Every stored line, oldest file first.
+    /// Every stored line, oldest file first. A last line without its newline is a write in
+    /// progress (the logger appends while the test reads): it is left for the next read.
     pub fn lines(&self) -> Vec<serde_json::Value> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.data_dir)
             .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
@@ -805,8 +806,9 @@ impl Logger {
         files
             .iter()
             .flat_map(|p| {
-                std::fs::read_to_string(p)
-                    .unwrap()
+                let text = std::fs::read_to_string(p).unwrap();
+                let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+                complete
                     .lines()
                     .map(|l| {
                         serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line ({e}): {l}"))
