@@ -69,23 +69,12 @@ fn spawn_envoy(name: &str, bootstrap: &str, dir: &Path) -> (Proc, String) {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, bootstrap).unwrap();
     let admin_file = dir.join(format!("{name}.admin"));
-    let mut p = Proc::spawn(
+    let mut p = common::spawn_envoy_with(
         name,
-        Command::new(envoy_bin())
-            .arg("-c")
-            .arg(&path)
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .args([
-                "--concurrency",
-                "1",
-                "--use-dynamic-base-id",
-                "--log-level",
-                "warning",
-                "--component-log-level",
-                "upstream:info,config:info",
-            ]),
+        &path,
+        &admin_file,
         dir,
+        &["--component-log-level", "upstream:info,config:info"],
     );
     let start = Instant::now();
     loop {

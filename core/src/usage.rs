@@ -35,6 +35,38 @@ pub struct Usage {
     pub source: UsageSource,
 }
 
+impl Usage {
+    /// The token counts by the `kind` label of the token metrics: `input`, `output`,
+    /// `cache_read`, `cache_write`, `reasoning`.
+    pub fn by_kind(&self) -> [(&'static str, u64); 5] {
+        token_kinds(
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_tokens,
+            self.cache_write_tokens,
+            self.reasoning_tokens,
+        )
+    }
+}
+
+/// Token counts labelled by kind, in the order of [`Usage`]'s fields (for usage held in
+/// another shape, such as a log event's).
+pub fn token_kinds(
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+    reasoning: u64,
+) -> [(&'static str, u64); 5] {
+    [
+        ("input", input),
+        ("output", output),
+        ("cache_read", cache_read),
+        ("cache_write", cache_write),
+        ("reasoning", reasoning),
+    ]
+}
+
 /// The `usage` object of OpenAI's chat, completions and embeddings APIs.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct OpenAiUsage {

@@ -28,13 +28,13 @@ pub fn observe(metrics: &Metrics, event: &LogEvent) {
             .inc();
     }
     if let Some(u) = &event.usage {
-        for (kind, n) in [
-            ("input", u.input_tokens),
-            ("output", u.output_tokens),
-            ("cache_read", u.cache_read_tokens),
-            ("cache_write", u.cache_write_tokens),
-            ("reasoning", u.reasoning_tokens),
-        ] {
+        for (kind, n) in tollgate_core::usage::token_kinds(
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.reasoning_tokens,
+        ) {
             if n > 0 {
                 metrics
                     .usage_tokens

@@ -175,6 +175,17 @@ pub fn spawn_ready(
 /// Starts Envoy (one worker, warnings only) on `bootstrap`, writing its admin address to
 /// `admin_file` for [`wait_envoy`]; its log goes to `dir/<name>.log`.
 pub fn spawn_envoy(name: &str, bootstrap: &Path, admin_file: &Path, dir: &Path) -> Proc {
+    spawn_envoy_with(name, bootstrap, admin_file, dir, &[])
+}
+
+/// [`spawn_envoy`] with `extra` command-line flags (say, `--component-log-level`).
+pub fn spawn_envoy_with(
+    name: &str,
+    bootstrap: &Path,
+    admin_file: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> Proc {
     Proc::spawn(
         name,
         Command::new(envoy_bin())
@@ -188,7 +199,8 @@ pub fn spawn_envoy(name: &str, bootstrap: &Path, admin_file: &Path, dir: &Path) 
                 "--use-dynamic-base-id",
                 "--log-level",
                 "warning",
-            ]),
+            ])
+            .args(extra),
         dir,
     )
 }

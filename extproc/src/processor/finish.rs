@@ -46,13 +46,7 @@ impl Processor {
             })
             .inc();
         if let Some(u) = fwd.usage {
-            for (kind, n) in [
-                ("input", u.input_tokens),
-                ("output", u.output_tokens),
-                ("cache_read", u.cache_read_tokens),
-                ("cache_write", u.cache_write_tokens),
-                ("reasoning", u.reasoning_tokens),
-            ] {
+            for (kind, n) in u.by_kind() {
                 if n > 0 {
                     self.metrics
                         .tokens
