@@ -8,6 +8,7 @@
 pub mod budget;
 pub mod capture;
 pub mod feedback;
+pub mod aws;
 pub mod google;
 pub mod guard;
 pub mod log;
