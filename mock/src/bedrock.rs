@@ -23,6 +23,7 @@ use tollgate_extproc::translator::eventstream;
 use crate::error::MockError;
 use crate::messages::ToolUse;
 use crate::params::Request;
+use crate::platform;
 use crate::routes::Exchange;
 use crate::sse;
 use crate::text::{word_count, FinishReason, Reply};
@@ -96,7 +97,7 @@ fn text_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Checks the request's SigV4 signature against the mock's credentials, `now` being the
+/// Checks the request's SigV4 signature against the mock's fixed credentials, `now` being the
 /// mock's clock.
 pub(crate) fn verify(
     method: &str,
@@ -105,6 +106,21 @@ pub(crate) fn verify(
     headers: &HeaderMap,
     body: &[u8],
     now: SystemTime,
+) -> Result<(), BedrockError> {
+    verify_issued(method, path, query, headers, body, now, &platform::Issued::default())
+}
+
+/// Checks the request's SigV4 signature against the mock's fixed credentials or the
+/// temporary ones it handed out (`issued`): those must be unexpired and come with their
+/// session token in a signed `x-amz-security-token`, as AWS requires.
+pub(crate) fn verify_issued(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+    issued: &platform::Issued,
 ) -> Result<(), BedrockError> {
     let Some(value) = text_header(headers, "authorization") else {
         return Err(BedrockError::forbidden(
@@ -118,12 +134,36 @@ pub(crate) fn verify(
             "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters.",
         ));
     };
-    if auth.access_key_id != AWS_ACCESS_KEY_ID {
-        return Err(BedrockError::forbidden(
+    let unrecognized = || {
+        BedrockError::forbidden(
             "UnrecognizedClientException",
             "The security token included in the request is invalid.",
-        ));
-    }
+        )
+    };
+    let secret = if auth.access_key_id == AWS_ACCESS_KEY_ID {
+        AWS_SECRET_ACCESS_KEY.to_owned()
+    } else {
+        match issued.lookup(auth.access_key_id, now) {
+            platform::Lookup::Unknown => return Err(unrecognized()),
+            platform::Lookup::Expired => {
+                return Err(BedrockError::forbidden(
+                    "ExpiredTokenException",
+                    "The security token included in the request is expired",
+                ))
+            }
+            platform::Lookup::Valid { secret, token } => {
+                let sent = text_header(headers, "x-amz-security-token");
+                let signed_in = auth
+                    .signed_headers
+                    .split(';')
+                    .any(|h| h == "x-amz-security-token");
+                if sent != Some(token.as_str()) || !signed_in {
+                    return Err(unrecognized());
+                }
+                secret
+            }
+        }
+    };
     let invalid = || {
         BedrockError::forbidden(
             "InvalidSignatureException",
@@ -169,7 +209,7 @@ pub(crate) fn verify(
         payload_hash: &payload_hash,
     };
     let key = sigv4::signing_key(
-        AWS_SECRET_ACCESS_KEY,
+        &secret,
         auth.date,
         auth.region,
         sigv4::BEDROCK_SERVICE,

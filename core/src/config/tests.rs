@@ -271,7 +271,7 @@ models:
     assert!(p.credential_header.is_none());
     let signer = p.aws.as_ref().unwrap();
     assert_eq!(signer.region(), "eu-west-3");
-    assert_eq!(signer.session_token(), Some("token"));
+    assert_eq!(signer.session_token().as_deref(), Some("token"));
     assert!(!format!("{p:?}").contains("EXAMPLEKEY"));
     let t = &c.models["claude"].targets[0];
     let path = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse";
