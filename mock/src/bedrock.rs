@@ -99,6 +99,7 @@ fn text_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Checks the request's SigV4 signature against the mock's fixed credentials, `now` being the
 /// mock's clock.
+#[cfg(test)]
 pub(crate) fn verify(
     method: &str,
     path: &str,
