@@ -346,7 +346,7 @@ fn a_misconfigured_chain_is_a_start_up_error_naming_the_provider() {
     .unwrap();
     let none = dir.path().join("none");
     let out = std::process::Command::new(TOLLGATE)
-        .args(["check", "--config"])
+        .arg("check")
         .arg(&config)
         .env("AWS_SHARED_CREDENTIALS_FILE", &none)
         .env("AWS_CONFIG_FILE", &none)
