@@ -121,8 +121,14 @@ async fn web_identity_credentials_sign_bedrock_and_rotate_with_the_metadata_toke
         serve_env: isolated(
             tokens.path(),
             &[
-                ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.display().to_string()),
-                ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/tollgate".into()),
+                (
+                    "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    token_file.display().to_string(),
+                ),
+                (
+                    "AWS_ROLE_ARN",
+                    "arn:aws:iam::123456789012:role/tollgate".into(),
+                ),
                 ("AWS_ROLE_SESSION_NAME", "gw-e2e".into()),
                 ("AWS_ENDPOINT_URL_STS", "http://{mock}".into()),
                 ("GCE_METADATA_HOST", "{mock}".into()),
@@ -133,10 +139,15 @@ async fn web_identity_credentials_sign_bedrock_and_rotate_with_the_metadata_toke
     });
     let r = chat(&stack, "bedrock-model").await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.json()["choices"][0]["message"]["content"], "Mock reply to: hi");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["content"],
+        "Mock reply to: hi"
+    );
     let (first_key, first_token) = last_signed(&stack).await;
     assert!(first_key.starts_with("ASIAMOCKSTS"), "{first_key}");
-    assert!(first_token.as_deref().is_some_and(|t| t.starts_with("mock-session-sts-")));
+    assert!(first_token
+        .as_deref()
+        .is_some_and(|t| t.starts_with("mock-session-sts-")));
 
     // STS got the role, the session name and the token file's contents, as a form.
     let seen = stack.upstream_requests().await;
@@ -163,16 +174,25 @@ async fn web_identity_credentials_sign_bedrock_and_rotate_with_the_metadata_toke
         "/computeMetadata/v1/instance/service-accounts/default/token",
     );
     assert!(!gce.is_empty());
-    assert!(gce.iter().all(|r| r["headers"]["metadata-flavor"] == "Google"));
+    assert!(gce
+        .iter()
+        .all(|r| r["headers"]["metadata-flavor"] == "Google"));
     let vertex_auth = |seen: &[Value]| {
         seen.iter()
             .rev()
-            .find(|r| r["path"].as_str().is_some_and(|p| p.contains("/publishers/google/")))
+            .find(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/publishers/google/"))
+            })
             .map(|r| r["headers"]["authorization"].as_str().unwrap().to_owned())
             .unwrap()
     };
     let first_bearer = vertex_auth(&seen);
-    assert!(first_bearer.starts_with("Bearer ya29.mock-"), "{first_bearer}");
+    assert!(
+        first_bearer.starts_with("Bearer ya29.mock-"),
+        "{first_bearer}"
+    );
 
     // Before the first credentials expire, new ones are fetched in the background and used:
     // the mock refuses expired ones, so every request succeeds.
@@ -206,7 +226,10 @@ async fn web_identity_credentials_sign_bedrock_and_rotate_with_the_metadata_toke
     let log = stack.serve_log();
     assert!(!log.contains("mock-secret-"), "a secret was logged");
     assert!(!log.contains("mock-session-"), "a session token was logged");
-    assert!(!log.contains(OIDC_TOKEN), "the web identity token was logged");
+    assert!(
+        !log.contains(OIDC_TOKEN),
+        "the web identity token was logged"
+    );
 }
 
 #[tokio::test]
@@ -218,8 +241,14 @@ async fn container_credentials_with_the_authorization_token_file() {
         serve_env: isolated(
             files.path(),
             &[
-                ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://{mock}/v1/credentials".into()),
-                ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token_file.display().to_string()),
+                (
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://{mock}/v1/credentials".into(),
+                ),
+                (
+                    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                    token_file.display().to_string(),
+                ),
             ],
         ),
         patch_config: Some(bedrock_on_the_chain),
@@ -260,7 +289,10 @@ async fn instance_metadata_v2_credentials() {
     // IMDSv2: a PUT for the session token first, then the role and its credentials with it.
     let seen = stack.upstream_requests().await;
     let put = requests_to(&seen, "PUT", "/latest/api/token");
-    assert_eq!(put[0]["headers"]["x-aws-ec2-metadata-token-ttl-seconds"], "21600");
+    assert_eq!(
+        put[0]["headers"]["x-aws-ec2-metadata-token-ttl-seconds"],
+        "21600"
+    );
     let role = requests_to(
         &seen,
         "GET",
@@ -314,9 +346,18 @@ async fn an_unreachable_sts_is_retried_while_serve_serves_the_others() {
         serve_env: isolated(
             dir.path(),
             &[
-                ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.display().to_string()),
-                ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/tollgate".into()),
-                ("AWS_ENDPOINT_URL_STS", format!("http://127.0.0.1:{}", closed_port())),
+                (
+                    "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    token_file.display().to_string(),
+                ),
+                (
+                    "AWS_ROLE_ARN",
+                    "arn:aws:iam::123456789012:role/tollgate".into(),
+                ),
+                (
+                    "AWS_ENDPOINT_URL_STS",
+                    format!("http://127.0.0.1:{}", closed_port()),
+                ),
             ],
         ),
         patch_config: Some(bedrock_on_the_chain),
@@ -326,13 +367,19 @@ async fn an_unreachable_sts_is_retried_while_serve_serves_the_others() {
     let started = Instant::now();
     let r = chat(&stack, "bedrock-model").await;
     assert_eq!(r.status, 503, "{}", r.text);
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(r.header("x-tollgate-request-id").is_some());
     // Other providers serve.
     assert_eq!(chat(&stack, "mock-model").await.status, 200);
     let m = stack.metrics().await;
     assert!(metric(&m, "bedrock", "web_identity", "error") >= 1, "{m}");
-    assert!(stack.serve_log().contains("Could not get provider credentials"));
+    assert!(stack
+        .serve_log()
+        .contains("Could not get provider credentials"));
 }
 
 #[test]

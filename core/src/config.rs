@@ -2274,10 +2274,8 @@ fn validate_aws(
             // come from the service's refresh task.
             return match aws::resolve(env, &aws.region) {
                 Ok((found, creds)) => {
-                    let signer = Signer::without_credentials(
-                        aws.region.clone(),
-                        sigv4::BEDROCK_SERVICE,
-                    );
+                    let signer =
+                        Signer::without_credentials(aws.region.clone(), sigv4::BEDROCK_SERVICE);
                     if let Some(c) = creds {
                         signer.store(c);
                     }

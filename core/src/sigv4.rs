@@ -280,7 +280,11 @@ impl std::fmt::Debug for AwsCredentials {
 
 impl AwsCredentials {
     /// Credentials that never expire (an access key).
-    pub fn long_lived(access_key_id: String, secret_access_key: Secret, session_token: Option<Secret>) -> Self {
+    pub fn long_lived(
+        access_key_id: String,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    ) -> Self {
         Self {
             access_key_id,
             secret_access_key,
@@ -371,7 +375,8 @@ impl Signer {
 
     /// Replaces the credentials (a refresh): the next request signs with these.
     pub fn store(&self, credentials: AwsCredentials) {
-        self.credentials.store(Some(std::sync::Arc::new(credentials)));
+        self.credentials
+            .store(Some(std::sync::Arc::new(credentials)));
     }
 
     /// The credentials as stored, expired or not.
@@ -464,7 +469,14 @@ impl Signer {
 
     /// [`Signer::try_sign`] for a signer with fixed credentials ([`Signer::new`]); one without
     /// credentials yet gives an empty `authorization`, which AWS refuses.
-    pub fn sign(&self, method: &str, host: &str, path: &str, body: &[u8], now: SystemTime) -> Signed {
+    pub fn sign(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Signed {
         self.try_sign(method, host, path, body, now)
             .unwrap_or_else(|| Signed {
                 authorization: String::new(),

@@ -124,7 +124,10 @@ async fn assume_role_with_web_identity(
     let obtained_at = SystemTime::now();
     let resp = client
         .post(format!("{}/", w.sts_endpoint))
-        .header("content-type", "application/x-www-form-urlencoded; charset=utf-8")
+        .header(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )
         .header("accept", "text/xml")
         .body(body)
         .timeout(CALL_TIMEOUT)
@@ -135,18 +138,26 @@ async fn assume_role_with_web_identity(
     if !(200..300).contains(&status) {
         return Err(CredentialError::Refused {
             status,
-            code: xml_text(&text, "Code").filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')),
+            code: xml_text(&text, "Code").filter(|c| {
+                c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
+            }),
         });
     }
     sts_credentials(&text, obtained_at)
 }
 
 /// The `<Credentials>` of an STS answer.
-pub fn sts_credentials(xml: &str, obtained_at: SystemTime) -> Result<AwsCredentials, CredentialError> {
-    let creds = xml_element(xml, "Credentials")
-        .ok_or(CredentialError::Malformed("no <Credentials> in the STS answer"))?;
+pub fn sts_credentials(
+    xml: &str,
+    obtained_at: SystemTime,
+) -> Result<AwsCredentials, CredentialError> {
+    let creds = xml_element(xml, "Credentials").ok_or(CredentialError::Malformed(
+        "no <Credentials> in the STS answer",
+    ))?;
     let field = |name: &'static str| {
-        xml_text(creds, name).ok_or(CredentialError::Malformed("a member of <Credentials> is missing"))
+        xml_text(creds, name).ok_or(CredentialError::Malformed(
+            "a member of <Credentials> is missing",
+        ))
     };
     Ok(AwsCredentials {
         access_key_id: key_id(field("AccessKeyId")?)?,
@@ -194,14 +205,18 @@ fn xml_text(xml: &str, tag: &str) -> Option<String> {
 
 fn key_id(id: String) -> Result<String, CredentialError> {
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(CredentialError::Malformed("the access key id is not alphanumeric"));
+        return Err(CredentialError::Malformed(
+            "the access key id is not alphanumeric",
+        ));
     }
     Ok(id)
 }
 
 fn header_safe(v: String) -> Result<String, CredentialError> {
     if v.is_empty() || http::HeaderValue::from_str(&v).is_err() {
-        return Err(CredentialError::Malformed("the session token is not a header value"));
+        return Err(CredentialError::Malformed(
+            "the session token is not a header value",
+        ));
     }
     Ok(v)
 }
@@ -218,11 +233,16 @@ struct JsonCredentials {
     expiration: String,
 }
 
-fn json_credentials(text: &str, obtained_at: SystemTime) -> Result<AwsCredentials, CredentialError> {
+fn json_credentials(
+    text: &str,
+    obtained_at: SystemTime,
+) -> Result<AwsCredentials, CredentialError> {
     let c: JsonCredentials = serde_json::from_str(text)
         .map_err(|_| CredentialError::Malformed("not the credentials JSON"))?;
     if c.code.as_deref().is_some_and(|c| c != "Success") {
-        return Err(CredentialError::Malformed("the credentials' Code is not Success"));
+        return Err(CredentialError::Malformed(
+            "the credentials' Code is not Success",
+        ));
     }
     Ok(AwsCredentials {
         access_key_id: key_id(c.access_key_id)?,
@@ -266,7 +286,9 @@ async fn imds(client: &reqwest::Client, endpoint: &str) -> Result<AwsCredentials
     }
     let token = bounded_text(resp).await?.trim().to_owned();
     if http::HeaderValue::from_str(&token).is_err() || token.is_empty() {
-        return Err(CredentialError::Malformed("the IMDSv2 token is not a header value"));
+        return Err(CredentialError::Malformed(
+            "the IMDSv2 token is not a header value",
+        ));
     }
     let base = format!("{endpoint}/latest/meta-data/iam/security-credentials/");
     let resp = client
@@ -281,7 +303,11 @@ async fn imds(client: &reqwest::Client, endpoint: &str) -> Result<AwsCredentials
     }
     let roles = bounded_text(resp).await?;
     let role = roles.lines().next().unwrap_or_default().trim().to_owned();
-    if role.is_empty() || !role.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b)) {
+    if role.is_empty()
+        || !role
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    {
         return Err(CredentialError::Malformed("no usable role name from IMDS"));
     }
     let obtained_at = SystemTime::now();
@@ -330,7 +356,9 @@ pub async fn first_credentials(provider: &Provider) {
 type Retry = HashMap<String, (SystemTime, Duration)>;
 
 fn backoff(retry: &Retry, name: &str) -> Duration {
-    retry.get(name).map_or(TICK, |(_, b)| (*b * 2).min(MAX_BACKOFF))
+    retry
+        .get(name)
+        .map_or(TICK, |(_, b)| (*b * 2).min(MAX_BACKOFF))
 }
 
 /// Keeps fetched credentials fresh until `stop`: every `bedrock` provider on the AWS chain's
@@ -359,7 +387,10 @@ pub async fn keep_credentials_fresh(
         let aws: Vec<_> = snapshot
             .aws_fetched()
             .filter(|(name, signer, _)| {
-                !waiting(name) && signer.credentials().is_none_or(|c| c.due(now, REFRESH_BEFORE))
+                !waiting(name)
+                    && signer
+                        .credentials()
+                        .is_none_or(|c| c.due(now, REFRESH_BEFORE))
             })
             .collect();
         let gce: Vec<_> = snapshot
@@ -461,7 +492,10 @@ mod tests {
         let now = SystemTime::now();
         let c = sts_credentials(STS_ANSWER, now).unwrap();
         assert_eq!(c.access_key_id, "ASIAEXAMPLE1");
-        assert_eq!(c.secret_access_key.expose(), "wJalrXUtnFEMI/K7MDENG/bPxRfiCY");
+        assert_eq!(
+            c.secret_access_key.expose(),
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCY"
+        );
         assert_eq!(c.session_token.unwrap().expose(), "FwoG&token/+=");
         assert_eq!(
             c.expires_at.unwrap(),
@@ -480,7 +514,10 @@ mod tests {
             assert!(sts_credentials(&bad, now).is_err(), "{bad}");
         }
         let error = "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>No OpenIDConnect provider</Message></Error></ErrorResponse>";
-        assert_eq!(xml_text(error, "Code").as_deref(), Some("InvalidIdentityToken"));
+        assert_eq!(
+            xml_text(error, "Code").as_deref(),
+            Some("InvalidIdentityToken")
+        );
     }
 
     #[test]
@@ -494,7 +531,10 @@ mod tests {
         assert!(json_credentials("{}", now).is_err());
         // The container endpoint's answer has no Code.
         let container = r#"{"AccessKeyId":"ASIAC","SecretAccessKey":"s","Token":"t","Expiration":"2026-12-06T19:00:00Z","RoleArn":"arn:aws:iam::1:role/r"}"#;
-        assert_eq!(json_credentials(container, now).unwrap().access_key_id, "ASIAC");
+        assert_eq!(
+            json_credentials(container, now).unwrap().access_key_id,
+            "ASIAC"
+        );
     }
 
     #[test]

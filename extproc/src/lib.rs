@@ -5,10 +5,10 @@
 //! stream has one method per ext_proc phase; [`translator`]s are pure functions over bodies
 //! and chunks. Header and body mutations are built by the pure functions in [`mutation`].
 
+pub mod aws;
 pub mod budget;
 pub mod capture;
 pub mod feedback;
-pub mod aws;
 pub mod google;
 pub mod guard;
 pub mod log;

@@ -108,7 +108,15 @@ pub(crate) fn verify(
     body: &[u8],
     now: SystemTime,
 ) -> Result<(), BedrockError> {
-    verify_issued(method, path, query, headers, body, now, &platform::Issued::default())
+    verify_issued(
+        method,
+        path,
+        query,
+        headers,
+        body,
+        now,
+        &platform::Issued::default(),
+    )
 }
 
 /// Checks the request's SigV4 signature against the mock's fixed credentials or the
@@ -209,12 +217,7 @@ pub(crate) fn verify_issued(
         headers: &signed,
         payload_hash: &payload_hash,
     };
-    let key = sigv4::signing_key(
-        &secret,
-        auth.date,
-        auth.region,
-        sigv4::BEDROCK_SERVICE,
-    );
+    let key = sigv4::signing_key(&secret, auth.date, auth.region, sigv4::BEDROCK_SERVICE);
     let scope = format!(
         "{}/{}/{}/aws4_request",
         auth.date, auth.region, auth.service

@@ -166,7 +166,11 @@ pub(crate) fn sts(issued: &Issued, ttl_config: Duration, number: u64, body: &[u8
         );
     }
     if form_value(&body, "Version").as_deref() != Some("2011-06-15") {
-        return sts_error(StatusCode::BAD_REQUEST, "InvalidParameterValue", "Invalid Version.");
+        return sts_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValue",
+            "Invalid Version.",
+        );
     }
     let role = form_value(&body, "RoleArn").unwrap_or_default();
     let session = form_value(&body, "RoleSessionName").unwrap_or_default();
@@ -258,7 +262,9 @@ pub(crate) fn container(
     {
         return (
             StatusCode::UNAUTHORIZED,
-            Json(json!({"code": "AccessDeniedException", "message": "Invalid authorization token"})),
+            Json(
+                json!({"code": "AccessDeniedException", "message": "Invalid authorization token"}),
+            ),
         )
             .into_response();
     }
@@ -284,7 +290,9 @@ pub(crate) fn imds(
     headers: &HeaderMap,
 ) -> Option<Response> {
     const CREDS: &str = "/latest/meta-data/iam/security-credentials/";
-    let text = |status: StatusCode, body: String| (status, [("content-type", "text/plain")], body).into_response();
+    let text = |status: StatusCode, body: String| {
+        (status, [("content-type", "text/plain")], body).into_response()
+    };
     if path == "/latest/api/token" {
         if *method != Method::PUT {
             return Some(text(StatusCode::METHOD_NOT_ALLOWED, String::new()));
@@ -299,11 +307,16 @@ pub(crate) fn imds(
         }
         let token = format!("mock-imds-token-{number}-{}", rand::random::<u32>());
         if let Ok(mut t) = issued.imds_tokens.lock() {
-            t.insert(token.clone(), SystemTime::now() + Duration::from_secs(21_600));
+            t.insert(
+                token.clone(),
+                SystemTime::now() + Duration::from_secs(21_600),
+            );
         }
         return Some(text(StatusCode::OK, token));
     }
-    let role = path.strip_prefix(CREDS).or_else(|| (path == CREDS.trim_end_matches('/')).then_some(""))?;
+    let role = path
+        .strip_prefix(CREDS)
+        .or_else(|| (path == CREDS.trim_end_matches('/')).then_some(""))?;
     let token_ok = headers
         .get("x-aws-ec2-metadata-token")
         .and_then(|v| v.to_str().ok())
@@ -328,7 +341,8 @@ pub(crate) fn imds(
 }
 
 /// The GCE metadata server's path of the default account's token.
-pub(crate) const GCE_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+pub(crate) const GCE_TOKEN_PATH: &str =
+    "/computeMetadata/v1/instance/service-accounts/default/token";
 
 /// The GCE metadata token: `Metadata-Flavor: Google` required; the token is one the Vertex
 /// routes accept (`issue`), living the configured lifetime.
@@ -371,14 +385,21 @@ mod tests {
         assert!(id.starts_with("ASIAMOCKSTS"));
         let now = SystemTime::now();
         assert!(matches!(issued.lookup(&id, now), Lookup::Valid { token, .. } if token == c.token));
-        assert!(matches!(issued.lookup(&id, now + Duration::from_secs(61)), Lookup::Expired));
+        assert!(matches!(
+            issued.lookup(&id, now + Duration::from_secs(61)),
+            Lookup::Expired
+        ));
         assert!(matches!(issued.lookup("AKIDOTHER", now), Lookup::Unknown));
     }
 
     #[test]
     fn form_values_decode() {
         assert_eq!(
-            form_value("Action=X&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr", "RoleArn").as_deref(),
+            form_value(
+                "Action=X&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr",
+                "RoleArn"
+            )
+            .as_deref(),
             Some("arn:aws:iam::1:role/r")
         );
         assert_eq!(form_value("a=1", "b"), None);

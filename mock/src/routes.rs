@@ -157,7 +157,13 @@ async fn answer(
         return Ok(platform::sts(&state.issued, ttl, number, body));
     }
     if *method == Method::GET && platform::is_container(uri.path()) {
-        return Ok(platform::container(&state.issued, ttl, number, uri.path(), headers));
+        return Ok(platform::container(
+            &state.issued,
+            ttl,
+            number,
+            uri.path(),
+            headers,
+        ));
     }
     if let Some(r) = platform::imds(&state.issued, ttl, number, method, uri.path(), headers) {
         return Ok(r);

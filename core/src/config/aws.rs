@@ -146,9 +146,11 @@ pub fn resolve(
     }
     // 5. Instance metadata.
     if var(env, "AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        return Err("no AWS credentials: none in the environment, the shared profile, web \
+        return Err(
+            "no AWS credentials: none in the environment, the shared profile, web \
                     identity or container variables, and AWS_EC2_METADATA_DISABLED=true"
-            .into());
+                .into(),
+        );
     }
     let endpoint = match var(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT") {
         Some(e) => check_url(&e, "AWS_EC2_METADATA_SERVICE_ENDPOINT")?,
@@ -170,7 +172,9 @@ fn check_url(url: &str, what: &str) -> Result<String, String> {
         .parse()
         .map_err(|_| format!("{what}: `{url}` is not a URL"))?;
     if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
-        return Err(format!("{what}: `{url}` must be an http:// or https:// URL"));
+        return Err(format!(
+            "{what}: `{url}` must be an http:// or https:// URL"
+        ));
     }
     Ok(url.trim_end_matches('/').to_owned())
 }
@@ -342,11 +346,9 @@ fn profile(
             let origin = format!("profile {name}");
             return Ok(Some((AwsSource::Static { origin }, Some(creds))));
         }
-        (Some(_), None) | (None, Some(_)) => {
-            return Err(format!(
-                "profile `{name}` in {where_} needs both aws_access_key_id and aws_secret_access_key"
-            ))
-        }
+        (Some(_), None) | (None, Some(_)) => return Err(format!(
+            "profile `{name}` in {where_} needs both aws_access_key_id and aws_secret_access_key"
+        )),
         (None, None) => {}
     }
     if let (Some(role), Some(token_file)) = (get("role_arn"), get("web_identity_token_file")) {
@@ -398,7 +400,12 @@ mod tests {
 
         let env = MapEnv::from_pairs([("AWS_SHARED_CREDENTIALS_FILE", creds.as_str())]);
         let (source, c) = resolve(&env, "us-east-1").unwrap();
-        assert_eq!(source, AwsSource::Static { origin: "profile default".into() });
+        assert_eq!(
+            source,
+            AwsSource::Static {
+                origin: "profile default".into()
+            }
+        );
         assert_eq!(c.unwrap().access_key_id, "AKIDPROFILE");
 
         let env = MapEnv::from_pairs([
@@ -414,7 +421,9 @@ mod tests {
             ("AWS_SHARED_CREDENTIALS_FILE", creds.as_str()),
             ("AWS_PROFILE", "missing"),
         ]);
-        assert!(resolve(&env, "us-east-1").unwrap_err().contains("`missing`"));
+        assert!(resolve(&env, "us-east-1")
+            .unwrap_err()
+            .contains("`missing`"));
 
         // Web identity: regional STS by default, the override, the legacy global endpoint.
         let missing = dir.path().join("none").display().to_string();
@@ -430,15 +439,18 @@ mod tests {
         };
         assert_eq!(w.sts_endpoint, "https://sts.eu-west-1.amazonaws.com");
         assert_eq!(w.session_name, "tollgate");
-        let env = MapEnv::from_pairs(base.into_iter().chain([("AWS_STS_REGIONAL_ENDPOINTS", "legacy")]));
+        let env = MapEnv::from_pairs(
+            base.into_iter()
+                .chain([("AWS_STS_REGIONAL_ENDPOINTS", "legacy")]),
+        );
         let AwsSource::WebIdentity(w) = resolve(&env, "eu-west-1").unwrap().0 else {
             panic!("not web identity")
         };
         assert_eq!(w.sts_endpoint, "https://sts.amazonaws.com");
-        let env = MapEnv::from_pairs(
-            base.into_iter()
-                .chain([("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9/"), ("AWS_REGION", "ap-south-1")]),
-        );
+        let env = MapEnv::from_pairs(base.into_iter().chain([
+            ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9/"),
+            ("AWS_REGION", "ap-south-1"),
+        ]));
         let AwsSource::WebIdentity(w) = resolve(&env, "eu-west-1").unwrap().0 else {
             panic!("not web identity")
         };
@@ -449,33 +461,70 @@ mod tests {
             ("AWS_WEB_IDENTITY_TOKEN_FILE", missing.as_str()),
             ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/gw"),
         ]);
-        assert!(resolve(&env, "us-east-1").unwrap_err().contains("cannot be read"));
+        assert!(resolve(&env, "us-east-1")
+            .unwrap_err()
+            .contains("cannot be read"));
 
         // Container credentials: relative (ECS), full (trusted hosts only over http).
-        let none = [("AWS_SHARED_CREDENTIALS_FILE", missing.as_str()), ("AWS_CONFIG_FILE", missing.as_str())];
-        let env = MapEnv::from_pairs(none.into_iter().chain([("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/abc")]));
+        let none = [
+            ("AWS_SHARED_CREDENTIALS_FILE", missing.as_str()),
+            ("AWS_CONFIG_FILE", missing.as_str()),
+        ];
+        let env = MapEnv::from_pairs(none.into_iter().chain([(
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "/v2/credentials/abc",
+        )]));
         assert_eq!(
             resolve(&env, "us-east-1").unwrap().0,
-            AwsSource::Container(ContainerEndpoint { url: "http://169.254.170.2/v2/credentials/abc".into(), token: None })
+            AwsSource::Container(ContainerEndpoint {
+                url: "http://169.254.170.2/v2/credentials/abc".into(),
+                token: None
+            })
         );
         let env = MapEnv::from_pairs(none.into_iter().chain([
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9/creds"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", token.as_str()),
         ]));
         let AwsSource::Container(c) = resolve(&env, "us-east-1").unwrap().0 else {
             panic!("not container")
         };
         assert_eq!(c.token, Some(ContainerToken::File(PathBuf::from(&token))));
-        let env = MapEnv::from_pairs(none.into_iter().chain([("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://evil.example/creds")]));
-        assert!(resolve(&env, "us-east-1").unwrap_err().contains("not allowed"));
+        let env = MapEnv::from_pairs(none.into_iter().chain([(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            "http://evil.example/creds",
+        )]));
+        assert!(resolve(&env, "us-east-1")
+            .unwrap_err()
+            .contains("not allowed"));
 
         // Nothing configured: instance metadata, unless disabled.
         let env = MapEnv::from_pairs(none);
-        assert_eq!(resolve(&env, "us-east-1").unwrap().0, AwsSource::Imds { endpoint: IMDS_ENDPOINT.into() });
-        let env = MapEnv::from_pairs(none.into_iter().chain([("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9/")]));
-        assert_eq!(resolve(&env, "us-east-1").unwrap().0, AwsSource::Imds { endpoint: "http://127.0.0.1:9".into() });
-        let env = MapEnv::from_pairs(none.into_iter().chain([("AWS_EC2_METADATA_DISABLED", "true")]));
-        assert!(resolve(&env, "us-east-1").unwrap_err().starts_with("no AWS credentials"));
+        assert_eq!(
+            resolve(&env, "us-east-1").unwrap().0,
+            AwsSource::Imds {
+                endpoint: IMDS_ENDPOINT.into()
+            }
+        );
+        let env = MapEnv::from_pairs(
+            none.into_iter()
+                .chain([("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9/")]),
+        );
+        assert_eq!(
+            resolve(&env, "us-east-1").unwrap().0,
+            AwsSource::Imds {
+                endpoint: "http://127.0.0.1:9".into()
+            }
+        );
+        let env = MapEnv::from_pairs(
+            none.into_iter()
+                .chain([("AWS_EC2_METADATA_DISABLED", "true")]),
+        );
+        assert!(resolve(&env, "us-east-1")
+            .unwrap_err()
+            .starts_with("no AWS credentials"));
         // Half a key pair is a misconfiguration.
         let env = MapEnv::from_pairs([("AWS_ACCESS_KEY_ID", "AKID")]);
         assert!(resolve(&env, "us-east-1").is_err());

@@ -171,13 +171,17 @@ impl GceMetadata {
             return true;
         };
         let obtained = self.obtained_at.load_full().map_or(now, |t| *t);
-        let lifetime = token.expires_at.duration_since(obtained).unwrap_or_default();
+        let lifetime = token
+            .expires_at
+            .duration_since(obtained)
+            .unwrap_or_default();
         now + refresh_before.min(lifetime / 2) >= token.expires_at
     }
 
     /// Replaces the token, obtained at `obtained_at`.
     pub fn store(&self, token: AccessToken, obtained_at: SystemTime) {
-        self.obtained_at.store(Some(std::sync::Arc::new(obtained_at)));
+        self.obtained_at
+            .store(Some(std::sync::Arc::new(obtained_at)));
         self.token.store(Some(std::sync::Arc::new(token)));
     }
 
@@ -205,8 +209,15 @@ impl Config {
             }
             if let (Some(signer), Some(source), Some(o)) = (&p.aws, &p.aws_source, previous) {
                 let same = o.aws_source.as_ref() == Some(source)
-                    && o.aws.as_ref().is_some_and(|s| s.region() == signer.region());
-                if let Some(c) = o.aws.as_ref().and_then(|s| s.credentials()).filter(|_| same && source.fetched()) {
+                    && o.aws
+                        .as_ref()
+                        .is_some_and(|s| s.region() == signer.region());
+                if let Some(c) = o
+                    .aws
+                    .as_ref()
+                    .and_then(|s| s.credentials())
+                    .filter(|_| same && source.fetched())
+                {
                     signer.store((*c).clone());
                 }
             }
@@ -237,10 +248,12 @@ impl Config {
     pub fn aws_fetched(
         &self,
     ) -> impl Iterator<Item = (&str, &crate::sigv4::Signer, &super::AwsSource)> {
-        self.providers.iter().filter_map(|(n, p)| match (&p.aws, &p.aws_source) {
-            (Some(s), Some(src)) if src.fetched() => Some((n.as_str(), s, src)),
-            _ => None,
-        })
+        self.providers
+            .iter()
+            .filter_map(|(n, p)| match (&p.aws, &p.aws_source) {
+                (Some(s), Some(src)) if src.fetched() => Some((n.as_str(), s, src)),
+                _ => None,
+            })
     }
 
     /// Every service account of the config, with its provider's name.

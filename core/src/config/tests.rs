@@ -1184,9 +1184,19 @@ models:
             endpoint: "http://169.254.169.254".into()
         })
     );
-    assert!(c.providers["chain"].aws.as_ref().unwrap().credentials().is_none());
+    assert!(c.providers["chain"]
+        .aws
+        .as_ref()
+        .unwrap()
+        .credentials()
+        .is_none());
     assert_eq!(c.aws_fetched().count(), 1);
-    assert!(c.providers["wi"].gce_metadata.as_ref().unwrap().token_url.starts_with("http://metadata.google.internal/"));
+    assert!(c.providers["wi"]
+        .gce_metadata
+        .as_ref()
+        .unwrap()
+        .token_url
+        .starts_with("http://metadata.google.internal/"));
 
     // A misconfigured chain fails validation, naming the provider's `aws` and the variable.
     let bad = MapEnv::from_pairs([
@@ -1201,15 +1211,25 @@ models:
 
     // A reload keeps fetched credentials of the same source.
     let old = Config::from_yaml(&good, &none).unwrap();
-    old.providers["chain"].aws.as_ref().unwrap().store(crate::sigv4::AwsCredentials::long_lived(
-        "ASIAFETCHED".into(),
-        Secret::new("s".into()),
-        Some(Secret::new("t".into())),
-    ));
+    old.providers["chain"]
+        .aws
+        .as_ref()
+        .unwrap()
+        .store(crate::sigv4::AwsCredentials::long_lived(
+            "ASIAFETCHED".into(),
+            Secret::new("s".into()),
+            Some(Secret::new("t".into())),
+        ));
     let new = Config::from_yaml(&good, &none).unwrap();
     new.adopt_tokens(&old);
     assert_eq!(
-        new.providers["chain"].aws.as_ref().unwrap().credentials().unwrap().access_key_id,
+        new.providers["chain"]
+            .aws
+            .as_ref()
+            .unwrap()
+            .credentials()
+            .unwrap()
+            .access_key_id,
         "ASIAFETCHED"
     );
 }
