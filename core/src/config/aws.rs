@@ -267,9 +267,12 @@ fn container(env: &dyn EnvSource) -> Result<Option<ContainerEndpoint>, String> {
     Ok(Some(ContainerEndpoint { url, token }))
 }
 
-/// Sections of an INI file: name → (key → value). Comments (`#`, `;`) and blank lines skipped.
-fn ini(text: &str) -> HashMap<String, HashMap<String, String>> {
-    let mut out: HashMap<String, HashMap<String, String>> = HashMap::new();
+/// An INI file's sections: name → (key → value).
+type Ini = HashMap<String, HashMap<String, String>>;
+
+/// Sections of an INI file. Comments (`#`, `;`) and blank lines skipped.
+fn ini(text: &str) -> Ini {
+    let mut out = Ini::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
         let line = line.trim();
@@ -304,7 +307,7 @@ fn profile(
 ) -> Result<Option<(AwsSource, Option<AwsCredentials>)>, String> {
     let named = var(env, "AWS_PROFILE");
     let name = named.clone().unwrap_or_else(|| "default".to_owned());
-    let read = |path: &Option<PathBuf>| -> Result<Option<HashMap<String, HashMap<String, String>>>, String> {
+    let read = |path: &Option<PathBuf>| -> Result<Option<Ini>, String> {
         let Some(path) = path else { return Ok(None) };
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(Some(ini(&text))),
