@@ -349,9 +349,11 @@ fn profile(
             let origin = format!("profile {name}");
             return Ok(Some((AwsSource::Static { origin }, Some(creds))));
         }
-        (Some(_), None) | (None, Some(_)) => return Err(format!(
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(format!(
             "profile `{name}` in {where_} needs both aws_access_key_id and aws_secret_access_key"
-        )),
+        ))
+        }
         (None, None) => {}
     }
     if let (Some(role), Some(token_file)) = (get("role_arn"), get("web_identity_token_file")) {
