@@ -525,4 +525,78 @@ mod tests {
             Some((403, "MissingAuthenticationTokenException"))
         );
     }
+
+    #[test]
+    fn issued_credentials_need_their_session_token_signed_and_must_be_valid() {
+        let issued = platform::Issued::default();
+        let body = br#"{"messages":[]}"#;
+        let path = "/model/m/converse";
+        let now = SystemTime::now();
+        // Credentials from the mock's STS, read back the way a client would.
+        let xml = platform::sts(
+            &issued,
+            Duration::from_secs(60),
+            1,
+            b"Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr&RoleSessionName=s&WebIdentityToken=a.b.c",
+        );
+        assert_eq!(xml.status(), StatusCode::OK);
+        let creds = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(xml.into_body(), 1 << 16))
+            .unwrap();
+        let creds =
+            tollgate_extproc::aws::sts_credentials(std::str::from_utf8(&creds).unwrap(), now)
+                .unwrap();
+        let signer = sigv4::Signer::without_credentials("us-east-1".into(), sigv4::BEDROCK_SERVICE);
+        signer.store(creds.clone());
+        let s = signer
+            .try_sign("POST", "127.0.0.1:9", path, body, now)
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("127.0.0.1:9"));
+        headers.insert("authorization", s.authorization.parse().unwrap());
+        headers.insert("x-amz-date", s.amz_date.parse().unwrap());
+        headers.insert("x-amz-content-sha256", s.content_sha256.parse().unwrap());
+        let kind = |r: Result<(), BedrockError>| r.err().map(|e| (e.status.as_u16(), e.kind));
+        // Without the session token: refused.
+        assert_eq!(
+            kind(verify_issued(
+                "POST", path, "", &headers, body, now, &issued
+            )),
+            Some((403, "UnrecognizedClientException"))
+        );
+        headers.insert(
+            "x-amz-security-token",
+            s.security_token.unwrap().parse().unwrap(),
+        );
+        assert!(verify_issued("POST", path, "", &headers, body, now, &issued).is_ok());
+        // Unknown to a mock that did not issue them; expired later.
+        assert_eq!(
+            kind(verify("POST", path, "", &headers, body, now)),
+            Some((403, "UnrecognizedClientException"))
+        );
+        assert_eq!(
+            kind(verify_issued(
+                "POST",
+                path,
+                "",
+                &headers,
+                body,
+                now + Duration::from_secs(61),
+                &issued
+            )),
+            Some((403, "ExpiredTokenException"))
+        );
+        // The signer refuses to sign with expired credentials.
+        assert!(signer
+            .try_sign(
+                "POST",
+                "127.0.0.1:9",
+                path,
+                body,
+                now + Duration::from_secs(61)
+            )
+            .is_none());
+    }
 }
