@@ -323,8 +323,10 @@ async fn imds(client: &reqwest::Client, endpoint: &str) -> Result<AwsCredentials
     json_credentials(&bounded_text(resp).await?, obtained_at)
 }
 
-/// Waits, at most [`FIRST_WAIT`], until a provider whose credentials are fetched has its
-/// first ones; returns at once for every other provider and once there are credentials.
+/// Waits, at most [`FIRST_WAIT`], until a provider whose credentials are fetched (AWS chain,
+/// GCE metadata, a Vertex AI service account's token) has its first ones; returns at once for
+/// every other provider and once there are credentials. [`FIRST_WAIT`] stays well under the
+/// ext_proc `message_timeout` of Tollgate's bootstraps (2 s).
 pub async fn first_credentials(provider: &Provider) {
     let fetched = provider.aws_source.as_ref().is_some_and(AwsSource::fetched);
     let has = |now: SystemTime| {
@@ -338,7 +340,11 @@ pub async fn first_credentials(provider: &Provider) {
             .gce_metadata
             .as_ref()
             .is_none_or(|m| m.current(now).is_some());
-        aws && gce
+        let service_account = provider
+            .google
+            .as_ref()
+            .is_none_or(|g| g.current(now).is_some());
+        aws && gce && service_account
     };
     if has(SystemTime::now()) {
         return;
