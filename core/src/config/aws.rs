@@ -536,6 +536,59 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_profile_may_assume_a_role_with_web_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "jwt").unwrap();
+        let config = dir.path().join("config");
+        std::fs::write(
+            &config,
+            format!(
+                "[default]\nregion = us-east-1\n\n[profile irsa]\nrole_arn = arn:aws:iam::1:role/r\nweb_identity_token_file = {}\nrole_session_name = s1\n",
+                token.display()
+            ),
+        )
+        .unwrap();
+        let missing = dir.path().join("none").display().to_string();
+        let config = config.display().to_string();
+        let env = MapEnv::from_pairs([
+            ("AWS_SHARED_CREDENTIALS_FILE", missing.as_str()),
+            ("AWS_CONFIG_FILE", config.as_str()),
+            ("AWS_PROFILE", "irsa"),
+        ]);
+        let AwsSource::WebIdentity(w) = resolve(&env, "eu-central-1").unwrap().0 else {
+            panic!("not web identity")
+        };
+        assert_eq!(w.role_arn, "arn:aws:iam::1:role/r");
+        assert_eq!(w.session_name, "s1");
+        assert_eq!(w.sts_endpoint, "https://sts.eu-central-1.amazonaws.com");
+        // The default profile with only a region: the chain goes on (to instance metadata).
+        let env = MapEnv::from_pairs([
+            ("AWS_SHARED_CREDENTIALS_FILE", missing.as_str()),
+            ("AWS_CONFIG_FILE", config.as_str()),
+        ]);
+        assert_eq!(resolve(&env, "us-east-1").unwrap().0.kind(), "imds");
+        // A container token given as a value.
+        let env = MapEnv::from_pairs([
+            ("AWS_SHARED_CREDENTIALS_FILE", missing.as_str()),
+            ("AWS_CONFIG_FILE", missing.as_str()),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "https://creds.example/v1",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok"),
+        ]);
+        let AwsSource::Container(c) = resolve(&env, "us-east-1").unwrap().0 else {
+            panic!("not container")
+        };
+        assert_eq!(
+            c.token,
+            Some(ContainerToken::Value(Secret::new("tok".into())))
+        );
+        assert!(!format!("{c:?}").contains("tok\""));
+    }
+
+    #[test]
     fn credentials_are_due_before_they_expire() {
         use std::time::{Duration, SystemTime};
         let now = SystemTime::now();
