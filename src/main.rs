@@ -192,6 +192,10 @@ enum Command {
         /// assertions with.
         #[arg(long)]
         google_public_key_file: Option<PathBuf>,
+        /// Lifetime of the temporary AWS credentials and GCE metadata tokens the mock's
+        /// platform endpoints hand out, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        credential_ttl_secs: u64,
         /// Once listening, write the address bound to this file as `{"listen": ...}`: first
         /// to FILE.tmp, then renamed. With port 0 in `--listen`, it holds the port the system
         /// picked.
@@ -499,6 +503,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             chunk_delay_ms,
             api_key,
             google_public_key_file,
+            credential_ttl_secs,
             ready_file,
         } => {
             drop(out);
@@ -528,6 +533,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         chunk_delay: Duration::from_millis(chunk_delay_ms),
                         api_key,
                         google_public_key,
+                        credential_ttl: Duration::from_secs(credential_ttl_secs),
                     },
                     tollgate::serve::shutdown_signal(),
                 )

@@ -371,6 +371,12 @@ pub async fn serve_reporting(
         Arc::clone(&shared),
         stop_rx.clone(),
     ));
+    // AWS chain credentials and GCE metadata tokens, fetched and refreshed in the background.
+    let credentials_task = tokio::spawn(tollgate_extproc::aws::keep_credentials_fresh(
+        Arc::clone(&shared),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     let reload_task = tokio::spawn(watch_config(
         config_path.to_owned(),
         Arc::clone(&shared),
@@ -475,6 +481,7 @@ pub async fn serve_reporting(
     let _ = admin_task.await;
     let _ = reload_task.await;
     let _ = token_task.await;
+    let _ = credentials_task.await;
     if let GrpcAddr::Unix(path) = &listen.grpc {
         let _ = std::fs::remove_file(path);
     }

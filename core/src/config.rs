@@ -685,7 +685,9 @@ pub struct RawProvider {
     /// The Envoy cluster that reaches this provider (defaults to the provider's name).
     #[serde(default)]
     pub cluster: Option<String>,
-    /// Where the provider credential comes from (never the YAML itself).
+    /// Where the provider credential comes from (never the YAML itself). For `vertex`: the
+    /// service account's JSON key; omitted, the access token comes from the GCE/GKE metadata
+    /// server (workload identity; host `metadata.google.internal` or `GCE_METADATA_HOST`).
     #[serde(default)]
     pub credential: Option<RawCredential>,
     /// Extra headers sent to this provider on every request.
@@ -711,12 +713,16 @@ pub struct RawProvider {
 pub struct RawAws {
     /// The AWS region, e.g. `us-east-1` (the signing region, and the default host).
     pub region: String,
-    /// Where the access key id comes from.
-    pub access_key_id: RawCredential,
-    /// Where the secret access key comes from.
-    pub secret_access_key: RawCredential,
+    /// Where the access key id comes from. Omit it together with `secret_access_key` to use
+    /// the standard AWS credential chain (environment, shared profile, web identity / IRSA,
+    /// container credentials, instance metadata), refreshed before the credentials expire.
+    #[serde(default)]
+    pub access_key_id: Option<RawCredential>,
+    /// Where the secret access key comes from (given with `access_key_id`).
+    #[serde(default)]
+    pub secret_access_key: Option<RawCredential>,
     /// Where the session token of temporary credentials comes from (sent as
-    /// `x-amz-security-token`).
+    /// `x-amz-security-token`; only with `access_key_id`).
     #[serde(default)]
     pub session_token: Option<RawCredential>,
 }
@@ -1095,6 +1101,12 @@ pub struct Provider {
     pub google: Option<Arc<GoogleAuth>>,
     /// The SigV4 signer of a `bedrock` provider.
     pub aws: Option<Signer>,
+    /// Where a `bedrock` provider without explicit keys gets its credentials (the AWS chain);
+    /// for the sources that answer over HTTP, the service fetches them into `aws`.
+    pub aws_source: Option<AwsSource>,
+    /// The GCE/GKE metadata server and its current access token (a `vertex` provider without
+    /// a service account key).
+    pub gce_metadata: Option<Arc<GceMetadata>>,
 }
 
 /// One provider target of a model, with its upstream paths precomputed.
@@ -2176,13 +2188,13 @@ fn validate_provider(
             "applies only to `azure_openai`",
         );
     }
-    if vertex && p.credential.is_none() {
-        errs.add(
-            format!("{path}.credential"),
-            "is required for `vertex`: the service account's JSON key",
-        );
-    }
-    let aws = validate_aws(name, p, env, errs);
+    // No key: workload identity through the metadata server.
+    let gce_metadata = (vertex && p.credential.is_none())
+        .then(|| GceMetadata::from_env(env).map_err(|m| errs.add(format!("{path}.credential"), m)))
+        .and_then(Result::ok)
+        .map(Arc::new);
+    let mut aws_source = None;
+    let aws = validate_aws(name, p, env, errs, &mut aws_source);
     let url = url.ok()?;
     (errs.0.len() == before).then(|| Provider {
         name: name.to_owned(),
@@ -2199,6 +2211,8 @@ fn validate_provider(
         vertex: p.project.clone().zip(p.location.clone()),
         google,
         aws,
+        aws_source,
+        gce_metadata,
     })
 }
 
@@ -2208,6 +2222,7 @@ fn validate_aws(
     p: &RawProvider,
     env: &dyn EnvSource,
     errs: &mut Errors,
+    source: &mut Option<AwsSource>,
 ) -> Option<Signer> {
     let path = format!("providers.{name}.aws");
     let aws = match (p.kind, &p.aws) {
@@ -2245,15 +2260,53 @@ fn validate_aws(
             None
         }
     };
-    let key_id = read_secret(
-        &aws.access_key_id,
-        &format!("{path}.access_key_id"),
-        env,
-        errs,
-    )
-    .and_then(|v| header_safe("access_key_id", v, errs));
+    let (key_id_source, secret_source) = match (&aws.access_key_id, &aws.secret_access_key) {
+        (Some(k), Some(s)) => (k, s),
+        (None, None) => {
+            if aws.session_token.is_some() {
+                errs.add(
+                    format!("{path}.session_token"),
+                    "applies only with `access_key_id` and `secret_access_key`",
+                );
+                return None;
+            }
+            // The standard chain: the source is settled now, a fetched source's credentials
+            // come from the service's refresh task.
+            return match aws::resolve(env, &aws.region) {
+                Ok((found, creds)) => {
+                    let signer =
+                        Signer::without_credentials(aws.region.clone(), sigv4::BEDROCK_SERVICE);
+                    if let Some(c) = creds {
+                        signer.store(c);
+                    }
+                    *source = Some(found);
+                    Some(signer).filter(|_| region_ok)
+                }
+                Err(m) => {
+                    errs.add(&path, format!("the AWS credential chain: {m}"));
+                    None
+                }
+            };
+        }
+        (Some(_), None) => {
+            errs.add(
+                format!("{path}.secret_access_key"),
+                "is required with `access_key_id` (omit both to use the AWS credential chain)",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            errs.add(
+                format!("{path}.access_key_id"),
+                "is required with `secret_access_key` (omit both to use the AWS credential chain)",
+            );
+            return None;
+        }
+    };
+    let key_id = read_secret(key_id_source, &format!("{path}.access_key_id"), env, errs)
+        .and_then(|v| header_safe("access_key_id", v, errs));
     let secret = read_secret(
-        &aws.secret_access_key,
+        secret_source,
         &format!("{path}.secret_access_key"),
         env,
         errs,
@@ -2390,7 +2443,9 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
 }
 
 mod google;
-pub use google::{AccessToken, GoogleAuth, ServiceAccount};
+pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};
+pub mod aws;
+pub use aws::AwsSource;
 
 #[cfg(test)]
 mod tests;

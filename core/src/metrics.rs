@@ -84,6 +84,17 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Labels of `tollgate_credential_refreshes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    /// The provider's name in the config.
+    pub provider: String,
+    /// `web_identity`, `container`, `imds` (AWS) or `gce_metadata` (Vertex AI).
+    pub source: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// Labels of `tollgate_guardrail_verdicts_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GuardrailLabels {
@@ -217,6 +228,8 @@ pub struct Metrics {
     pub budget_spent: Family<BudgetLabels, FloatGauge>,
     /// `tollgate_trace_spans_total`.
     pub trace_spans: Family<OutcomeLabel, Counter>,
+    /// `tollgate_credential_refreshes_total`.
+    pub credential_refreshes: Family<CredentialLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -246,6 +259,7 @@ impl Default for Metrics {
             budget_used: Family::default(),
             budget_spent: Family::default(),
             trace_spans: Family::default(),
+            credential_refreshes: Family::default(),
         }
     }
 }
@@ -281,6 +295,11 @@ impl Metrics {
             "errors",
             "Requests Tollgate answered with an error itself",
             self.errors.clone(),
+        );
+        r.register(
+            "credential_refreshes",
+            "Fetches of provider credentials from the AWS chain or the GCE metadata server, by provider, source and result",
+            self.credential_refreshes.clone(),
         );
         r.register(
             "config_reloads",

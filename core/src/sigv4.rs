@@ -248,20 +248,83 @@ pub struct Signed {
     pub amz_date: String,
     /// `x-amz-content-sha256`.
     pub content_sha256: String,
+    /// `x-amz-security-token`: the session token of the credentials that signed (temporary
+    /// credentials only). Send exactly this one: it is part of the signature.
+    pub security_token: Option<String>,
 }
 
-/// Signs requests for one set of AWS credentials, region and service. The signing key is
-/// derived once per UTC day and kept.
+/// One set of AWS credentials: long-lived (an access key) or temporary (with a session
+/// token and an expiry).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AwsCredentials {
+    /// The access key id (not secret, but kept out of logs all the same).
+    pub access_key_id: String,
+    /// The secret access key.
+    pub secret_access_key: Secret,
+    /// The session token of temporary credentials.
+    pub session_token: Option<Secret>,
+    /// When temporary credentials stop working (`None`: they do not expire).
+    pub expires_at: Option<SystemTime>,
+    /// When these credentials were obtained (sets how early they are refreshed).
+    pub obtained_at: SystemTime,
+}
+
+impl std::fmt::Debug for AwsCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredentials")
+            .field("session_token", &self.session_token.is_some())
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsCredentials {
+    /// Credentials that never expire (an access key).
+    pub fn long_lived(
+        access_key_id: String,
+        secret_access_key: Secret,
+        session_token: Option<Secret>,
+    ) -> Self {
+        Self {
+            access_key_id,
+            secret_access_key,
+            session_token,
+            expires_at: None,
+            obtained_at: SystemTime::now(),
+        }
+    }
+
+    /// Whether these credentials should be replaced at `now`: they expire within
+    /// `refresh_before`, or within half their lifetime for short-lived ones.
+    pub fn due(&self, now: SystemTime, refresh_before: std::time::Duration) -> bool {
+        let Some(expires_at) = self.expires_at else {
+            return false;
+        };
+        let lifetime = expires_at
+            .duration_since(self.obtained_at)
+            .unwrap_or_default();
+        let margin = refresh_before.min(lifetime / 2);
+        now + margin >= expires_at
+    }
+
+    /// Whether they still work at `now`.
+    pub fn valid_at(&self, now: SystemTime) -> bool {
+        self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// Signs requests for one region and service with the current AWS credentials: fixed ones
+/// ([`Signer::new`]) or those a background task keeps fresh ([`Signer::without_credentials`]
+/// then [`Signer::store`]). The signing key is derived once per UTC day and credentials and
+/// kept.
 pub struct Signer {
-    access_key_id: String,
-    secret_access_key: Secret,
-    session_token: Option<Secret>,
+    credentials: arc_swap::ArcSwapOption<AwsCredentials>,
     region: String,
     service: &'static str,
     /// `/{region}/{service}/aws4_request`, appended to the day of a scope.
     scope_suffix: String,
-    /// The signing key of the last day used.
-    key: Mutex<Option<(String, [u8; 32])>>,
+    /// The signing key of the last day and access key id used.
+    key: Mutex<Option<(String, String, [u8; 32])>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -270,13 +333,13 @@ impl std::fmt::Debug for Signer {
         f.debug_struct("Signer")
             .field("region", &self.region)
             .field("service", &self.service)
-            .field("session_token", &self.session_token.is_some())
+            .field("credentials", &self.credentials.load_full())
             .finish_non_exhaustive()
     }
 }
 
 impl Signer {
-    /// A signer for `service` in `region`.
+    /// A signer for `service` in `region` with fixed credentials.
     pub fn new(
         access_key_id: String,
         secret_access_key: Secret,
@@ -284,11 +347,20 @@ impl Signer {
         region: String,
         service: &'static str,
     ) -> Self {
-        let scope_suffix = format!("/{region}/{service}/aws4_request");
-        Self {
+        let signer = Self::without_credentials(region, service);
+        signer.store(AwsCredentials::long_lived(
             access_key_id,
             secret_access_key,
             session_token,
+        ));
+        signer
+    }
+
+    /// A signer for `service` in `region` whose credentials come later ([`Signer::store`]).
+    pub fn without_credentials(region: String, service: &'static str) -> Self {
+        let scope_suffix = format!("/{region}/{service}/aws4_request");
+        Self {
+            credentials: arc_swap::ArcSwapOption::empty(),
             region,
             service,
             scope_suffix,
@@ -301,55 +373,72 @@ impl Signer {
         &self.region
     }
 
-    /// The session token, sent as `x-amz-security-token` (temporary credentials).
-    pub fn session_token(&self) -> Option<&str> {
-        self.session_token.as_ref().map(Secret::expose)
+    /// Replaces the credentials (a refresh): the next request signs with these.
+    pub fn store(&self, credentials: AwsCredentials) {
+        self.credentials
+            .store(Some(std::sync::Arc::new(credentials)));
     }
 
-    fn key(&self, day: &str) -> [u8; 32] {
-        if let Ok(mut cached) = self.key.lock() {
-            match &*cached {
-                Some((d, k)) if d == day => *k,
-                _ => {
-                    let k = signing_key(
-                        self.secret_access_key.expose(),
-                        day,
-                        &self.region,
-                        self.service,
-                    );
-                    *cached = Some((day.to_owned(), k));
-                    k
-                }
-            }
-        } else {
+    /// The credentials as stored, expired or not.
+    pub fn credentials(&self) -> Option<std::sync::Arc<AwsCredentials>> {
+        self.credentials.load_full()
+    }
+
+    /// The session token of the current credentials (temporary ones), sent as
+    /// `x-amz-security-token`. Prefer [`Signed::security_token`]: it belongs to the
+    /// credentials that signed, even while they are being replaced.
+    pub fn session_token(&self) -> Option<String> {
+        self.credentials
+            .load()
+            .as_ref()
+            .and_then(|c| c.session_token.as_ref())
+            .map(|t| t.expose().to_owned())
+    }
+
+    fn key(&self, day: &str, creds: &AwsCredentials) -> [u8; 32] {
+        let derive = || {
             signing_key(
-                self.secret_access_key.expose(),
+                creds.secret_access_key.expose(),
                 day,
                 &self.region,
                 self.service,
             )
+        };
+        let Ok(mut cached) = self.key.lock() else {
+            return derive();
+        };
+        match &*cached {
+            Some((d, id, k)) if d == day && *id == creds.access_key_id => *k,
+            _ => {
+                let k = derive();
+                *cached = Some((day.to_owned(), creds.access_key_id.clone(), k));
+                k
+            }
         }
     }
 
     /// Signs a request with headers `host`, `x-amz-content-sha256`, `x-amz-date` and, with a
     /// session token, `x-amz-security-token`: `host` and `path` must be exactly what the
-    /// provider receives, `body` the final body.
-    pub fn sign(
+    /// provider receives, `body` the final body. `None` while the signer has no credentials
+    /// that work at `now`.
+    pub fn try_sign(
         &self,
         method: &str,
         host: &str,
         path: &str,
         body: &[u8],
         now: SystemTime,
-    ) -> Signed {
+    ) -> Option<Signed> {
+        let creds = self.credentials.load_full().filter(|c| c.valid_at(now))?;
         let amz_date = amz_date(now);
         let day = &amz_date[..8];
         let content_sha256 = sha256_hex(body);
+        let token = creds.session_token.as_ref().map(Secret::expose);
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4);
         headers.push(("host", host));
         headers.push(("x-amz-content-sha256", &content_sha256));
         headers.push(("x-amz-date", &amz_date));
-        if let Some(t) = self.session_token() {
+        if let Some(t) = token {
             headers.push(("x-amz-security-token", t));
         }
         let (path, query) = path.split_once('?').unwrap_or((path, ""));
@@ -362,19 +451,39 @@ impl Signer {
                 headers: &headers,
                 payload_hash: &content_sha256,
             },
-            &self.key(day),
+            &self.key(day, &creds),
             &amz_date,
             &scope,
         );
         let authorization = format!(
             "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-            self.access_key_id
+            creds.access_key_id
         );
-        Signed {
+        Some(Signed {
             authorization,
             amz_date,
             content_sha256,
-        }
+            security_token: token.map(str::to_owned),
+        })
+    }
+
+    /// [`Signer::try_sign`] for a signer with fixed credentials ([`Signer::new`]); one without
+    /// credentials yet gives an empty `authorization`, which AWS refuses.
+    pub fn sign(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Signed {
+        self.try_sign(method, host, path, body, now)
+            .unwrap_or_else(|| Signed {
+                authorization: String::new(),
+                amz_date: amz_date(now),
+                content_sha256: sha256_hex(body),
+                security_token: None,
+            })
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tollgate_core::config::{AccessToken, Secret, ServiceAccount};
+use tollgate_core::config::{AccessToken, GceMetadata, Secret, ServiceAccount};
 use tollgate_core::SharedConfig;
 
 /// The OAuth scope Vertex AI needs.
@@ -41,6 +41,10 @@ pub enum TokenError {
     /// The token endpoint refused the assertion.
     #[error("token endpoint answered HTTP {0}")]
     Refused(u16),
+    /// What answered is not the GCE metadata server (no `Metadata-Flavor: Google`, or no
+    /// usable token).
+    #[error("the answer is not the GCE metadata server's")]
+    NotMetadataServer,
 }
 
 #[derive(Serialize)]
@@ -104,6 +108,49 @@ pub async fn exchange(
         header: Secret::new(format!("Bearer {}", t.access_token)),
         expires_at: now + Duration::from_secs(t.expires_in),
     })
+}
+
+#[derive(Deserialize)]
+struct MetadataTokenResponse {
+    access_token: String,
+    expires_in: u64,
+}
+
+/// The current access token of the instance's default service account from the GCE/GKE
+/// metadata server (`Metadata-Flavor: Google` both ways), and when it was obtained.
+pub async fn metadata_token(
+    client: &reqwest::Client,
+    server: &GceMetadata,
+) -> Result<(AccessToken, SystemTime), TokenError> {
+    let now = SystemTime::now();
+    let resp = client
+        .get(&server.token_url)
+        .header("metadata-flavor", "Google")
+        .timeout(EXCHANGE_TIMEOUT)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        return Err(TokenError::Refused(resp.status().as_u16()));
+    }
+    // Anything else answering on that host is not the metadata server.
+    if resp
+        .headers()
+        .get("metadata-flavor")
+        .is_none_or(|v| v.as_bytes() != b"Google")
+    {
+        return Err(TokenError::NotMetadataServer);
+    }
+    let t: MetadataTokenResponse = resp.json().await?;
+    if t.access_token.is_empty() || http::HeaderValue::from_str(&t.access_token).is_err() {
+        return Err(TokenError::NotMetadataServer);
+    }
+    Ok((
+        AccessToken {
+            header: Secret::new(format!("Bearer {}", t.access_token)),
+            expires_at: now + Duration::from_secs(t.expires_in),
+        },
+        now,
+    ))
 }
 
 /// Keeps the access token of every service account in the live config fresh until `stop`:

@@ -23,6 +23,7 @@ use tollgate_extproc::translator::eventstream;
 use crate::error::MockError;
 use crate::messages::ToolUse;
 use crate::params::Request;
+use crate::platform;
 use crate::routes::Exchange;
 use crate::sse;
 use crate::text::{word_count, FinishReason, Reply};
@@ -96,8 +97,9 @@ fn text_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Checks the request's SigV4 signature against the mock's credentials, `now` being the
+/// Checks the request's SigV4 signature against the mock's fixed credentials, `now` being the
 /// mock's clock.
+#[cfg(test)]
 pub(crate) fn verify(
     method: &str,
     path: &str,
@@ -105,6 +107,29 @@ pub(crate) fn verify(
     headers: &HeaderMap,
     body: &[u8],
     now: SystemTime,
+) -> Result<(), BedrockError> {
+    verify_issued(
+        method,
+        path,
+        query,
+        headers,
+        body,
+        now,
+        &platform::Issued::default(),
+    )
+}
+
+/// Checks the request's SigV4 signature against the mock's fixed credentials or the
+/// temporary ones it handed out (`issued`): those must be unexpired and come with their
+/// session token in a signed `x-amz-security-token`, as AWS requires.
+pub(crate) fn verify_issued(
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: SystemTime,
+    issued: &platform::Issued,
 ) -> Result<(), BedrockError> {
     let Some(value) = text_header(headers, "authorization") else {
         return Err(BedrockError::forbidden(
@@ -118,12 +143,36 @@ pub(crate) fn verify(
             "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters.",
         ));
     };
-    if auth.access_key_id != AWS_ACCESS_KEY_ID {
-        return Err(BedrockError::forbidden(
+    let unrecognized = || {
+        BedrockError::forbidden(
             "UnrecognizedClientException",
             "The security token included in the request is invalid.",
-        ));
-    }
+        )
+    };
+    let secret = if auth.access_key_id == AWS_ACCESS_KEY_ID {
+        AWS_SECRET_ACCESS_KEY.to_owned()
+    } else {
+        match issued.lookup(auth.access_key_id, now) {
+            platform::Lookup::Unknown => return Err(unrecognized()),
+            platform::Lookup::Expired => {
+                return Err(BedrockError::forbidden(
+                    "ExpiredTokenException",
+                    "The security token included in the request is expired",
+                ))
+            }
+            platform::Lookup::Valid { secret, token } => {
+                let sent = text_header(headers, "x-amz-security-token");
+                let signed_in = auth
+                    .signed_headers
+                    .split(';')
+                    .any(|h| h == "x-amz-security-token");
+                if sent != Some(token.as_str()) || !signed_in {
+                    return Err(unrecognized());
+                }
+                secret
+            }
+        }
+    };
     let invalid = || {
         BedrockError::forbidden(
             "InvalidSignatureException",
@@ -168,12 +217,7 @@ pub(crate) fn verify(
         headers: &signed,
         payload_hash: &payload_hash,
     };
-    let key = sigv4::signing_key(
-        AWS_SECRET_ACCESS_KEY,
-        auth.date,
-        auth.region,
-        sigv4::BEDROCK_SERVICE,
-    );
+    let key = sigv4::signing_key(&secret, auth.date, auth.region, sigv4::BEDROCK_SERVICE);
     let scope = format!(
         "{}/{}/{}/aws4_request",
         auth.date, auth.region, auth.service
@@ -480,5 +524,79 @@ mod tests {
             kind(verify("POST", path, "", &headers, body, now)),
             Some((403, "MissingAuthenticationTokenException"))
         );
+    }
+
+    #[test]
+    fn issued_credentials_need_their_session_token_signed_and_must_be_valid() {
+        let issued = platform::Issued::default();
+        let body = br#"{"messages":[]}"#;
+        let path = "/model/m/converse";
+        let now = SystemTime::now();
+        // Credentials from the mock's STS, read back the way a client would.
+        let xml = platform::sts(
+            &issued,
+            Duration::from_secs(60),
+            1,
+            b"Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A1%3Arole%2Fr&RoleSessionName=s&WebIdentityToken=a.b.c",
+        );
+        assert_eq!(xml.status(), StatusCode::OK);
+        let creds = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(xml.into_body(), 1 << 16))
+            .unwrap();
+        let creds =
+            tollgate_extproc::aws::sts_credentials(std::str::from_utf8(&creds).unwrap(), now)
+                .unwrap();
+        let signer = sigv4::Signer::without_credentials("us-east-1".into(), sigv4::BEDROCK_SERVICE);
+        signer.store(creds.clone());
+        let s = signer
+            .try_sign("POST", "127.0.0.1:9", path, body, now)
+            .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("127.0.0.1:9"));
+        headers.insert("authorization", s.authorization.parse().unwrap());
+        headers.insert("x-amz-date", s.amz_date.parse().unwrap());
+        headers.insert("x-amz-content-sha256", s.content_sha256.parse().unwrap());
+        let kind = |r: Result<(), BedrockError>| r.err().map(|e| (e.status.as_u16(), e.kind));
+        // Without the session token: refused.
+        assert_eq!(
+            kind(verify_issued(
+                "POST", path, "", &headers, body, now, &issued
+            )),
+            Some((403, "UnrecognizedClientException"))
+        );
+        headers.insert(
+            "x-amz-security-token",
+            s.security_token.unwrap().parse().unwrap(),
+        );
+        assert!(verify_issued("POST", path, "", &headers, body, now, &issued).is_ok());
+        // Unknown to a mock that did not issue them; expired later.
+        assert_eq!(
+            kind(verify("POST", path, "", &headers, body, now)),
+            Some((403, "UnrecognizedClientException"))
+        );
+        assert_eq!(
+            kind(verify_issued(
+                "POST",
+                path,
+                "",
+                &headers,
+                body,
+                now + Duration::from_secs(61),
+                &issued
+            )),
+            Some((403, "ExpiredTokenException"))
+        );
+        // The signer refuses to sign with expired credentials.
+        assert!(signer
+            .try_sign(
+                "POST",
+                "127.0.0.1:9",
+                path,
+                body,
+                now + Duration::from_secs(61)
+            )
+            .is_none());
     }
 }

@@ -25,6 +25,9 @@
 //! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;
 //! - header `x-mock-endless-stream: 1` on a streamed chat completion: the content chunks repeat
 //!   forever (`x-mock-chunk-delay-ms` apart, 100 ms when unset), never finishing;
+//! - the credentials endpoints of AWS (STS at `POST /`, container credentials, IMDSv2) and of
+//!   the GCE metadata server, handing out short-lived credentials the Bedrock and Vertex routes
+//!   accept (see [`platform`]);
 //! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.
 
 pub mod bedrock;
@@ -37,6 +40,7 @@ mod log;
 mod messages;
 mod models;
 mod params;
+pub mod platform;
 mod routes;
 mod sse;
 mod text;
@@ -64,6 +68,9 @@ pub struct MockConfig {
     /// The public key (PEM) of the service account whose JWT assertions the Vertex AI token
     /// endpoint (`POST …/token`) accepts; without it the endpoint refuses every assertion.
     pub google_public_key: Option<String>,
+    /// How long the temporary AWS credentials (STS, container, instance metadata) and GCE
+    /// metadata tokens handed out live (zero: an hour). See [`platform`].
+    pub credential_ttl: Duration,
 }
 
 impl fmt::Debug for MockConfig {
@@ -73,6 +80,7 @@ impl fmt::Debug for MockConfig {
             .field("chunk_delay", &self.chunk_delay)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("google_public_key", &self.google_public_key.is_some())
+            .field("credential_ttl", &self.credential_ttl)
             .finish()
     }
 }

@@ -18,7 +18,8 @@ use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
 use crate::{
-    bedrock, chat, completions, embeddings, gemini, messages, models, text, vertex, MockConfig,
+    bedrock, chat, completions, embeddings, gemini, messages, models, platform, text, vertex,
+    MockConfig,
 };
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
@@ -44,6 +45,8 @@ struct AppState {
     requests: AtomicU64,
     /// Vertex AI access tokens issued by the token endpoint.
     tokens: vertex::Tokens,
+    /// Temporary AWS credentials handed out by the platform endpoints.
+    issued: platform::Issued,
 }
 
 /// What one request is about, for the endpoint that answers it.
@@ -68,6 +71,7 @@ pub(crate) fn router(config: MockConfig) -> Router {
         log: RequestLog::default(),
         requests: AtomicU64::new(0),
         tokens: vertex::Tokens::default(),
+        issued: platform::Issued::default(),
     });
     Router::new()
         .route(
@@ -147,6 +151,28 @@ async fn answer(
         tokio::time::sleep(latency).await;
     }
 
+    // The platforms' credentials endpoints.
+    let ttl = state.config.credential_ttl;
+    if *method == Method::POST && uri.path() == "/" {
+        return Ok(platform::sts(&state.issued, ttl, number, body));
+    }
+    if *method == Method::GET && platform::is_container(uri.path()) {
+        return Ok(platform::container(
+            &state.issued,
+            ttl,
+            number,
+            uri.path(),
+            headers,
+        ));
+    }
+    if let Some(r) = platform::imds(&state.issued, ttl, number, method, uri.path(), headers) {
+        return Ok(r);
+    }
+    if *method == Method::GET && uri.path() == platform::GCE_TOKEN_PATH {
+        return Ok(platform::gce_token(ttl, headers, || {
+            state.tokens.issue(number)
+        }));
+    }
     if *method == Method::POST && uri.path().ends_with("/token") {
         let key = state.config.google_public_key.as_deref();
         return Ok(vertex::token(key, &state.tokens, number, body));
@@ -175,13 +201,14 @@ async fn answer(
     // Bedrock: the model is in the path, and every request must carry a valid SigV4 signature.
     let bedrock_model = match route.operation {
         Operation::Converse { .. } => {
-            let verified = bedrock::verify(
+            let verified = bedrock::verify_issued(
                 method.as_str(),
                 uri.path(),
                 uri.query().unwrap_or_default(),
                 headers,
                 body,
                 std::time::SystemTime::now(),
+                &state.issued,
             );
             if let Err(e) = verified {
                 return Ok(e.into_response());

@@ -25,7 +25,7 @@ pub(crate) const ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
 pub(crate) struct Tokens(Mutex<HashSet<String>>);
 
 impl Tokens {
-    fn issue(&self, number: u64) -> String {
+    pub(crate) fn issue(&self, number: u64) -> String {
         let token = format!("ya29.mock-{number}");
         if let Ok(mut set) = self.0.lock() {
             set.insert(token.clone());

@@ -414,6 +414,11 @@ pub struct StackOptions {
     pub patch_config: Option<fn(String) -> String>,
     /// Rewrites Envoy's rendered bootstrap before Envoy starts (e.g. outlier detection).
     pub patch_bootstrap: Option<fn(String) -> String>,
+    /// Extra arguments of `tollgate mock` (e.g. `--credential-ttl-secs`).
+    pub mock_args: Vec<String>,
+    /// Extra environment of `serve` (e.g. the AWS chain's variables); `{mock}` in a value
+    /// becomes the mock's `host:port`.
+    pub serve_env: Vec<(String, String)>,
 }
 
 impl Default for StackOptions {
@@ -428,6 +433,8 @@ impl Default for StackOptions {
             extra_yaml: String::new(),
             patch_config: None,
             patch_bootstrap: None,
+            mock_args: Vec::new(),
+            serve_env: Vec::new(),
         }
     }
 }
@@ -910,6 +917,15 @@ impl Drop for Logger {
 /// `tollgate serve` on a stack's config, with the stack's provider secrets and a ready file
 /// `<name>.ready` in `dir` (not waited for).
 fn spawn_serve(name: &str, config_path: &Path, dir: &Path) -> (Proc, PathBuf) {
+    spawn_serve_env(name, config_path, dir, &[])
+}
+
+fn spawn_serve_env(
+    name: &str,
+    config_path: &Path,
+    dir: &Path,
+    env: &[(String, String)],
+) -> (Proc, PathBuf) {
     let ready = dir.join(format!("{name}.ready"));
     let _ = std::fs::remove_file(&ready);
     let proc = Proc::spawn(
@@ -920,6 +936,7 @@ fn spawn_serve(name: &str, config_path: &Path, dir: &Path) -> (Proc, PathBuf) {
             .arg("--ready-file")
             .arg(&ready)
             .envs(provider_env())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "TOLLGATE_LOG",
                 "info,tollgate_extproc=debug,tollgate_authz=debug",
@@ -968,6 +985,7 @@ impl Stack {
             "--chunk-delay-ms".to_owned(),
             opts.chunk_delay_ms.to_string(),
         ];
+        mock_args.extend(opts.mock_args.iter().cloned());
         if opts.vertex {
             mock_args.push("--google-public-key-file".to_owned());
             mock_args.push(vertex_keys(d).display().to_string());
@@ -995,7 +1013,12 @@ impl Stack {
             yaml = patch(yaml);
         }
         std::fs::write(&config_path, &yaml).unwrap();
-        let (mut serve_p, serve_file) = spawn_serve("serve", &config_path, d);
+        let serve_env: Vec<(String, String)> = opts
+            .serve_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.replace("{mock}", &mock)))
+            .collect();
+        let (mut serve_p, serve_file) = spawn_serve_env("serve", &config_path, d, &serve_env);
 
         // 3. Envoy, pointed at `serve`: at its Unix socket, or at the gRPC port it bound
         // (which the bootstrap is rendered from a copy of the config naming).

@@ -271,7 +271,7 @@ models:
     assert!(p.credential_header.is_none());
     let signer = p.aws.as_ref().unwrap();
     assert_eq!(signer.region(), "eu-west-3");
-    assert_eq!(signer.session_token(), Some("token"));
+    assert_eq!(signer.session_token().as_deref(), Some("token"));
     assert!(!format!("{p:?}").contains("EXAMPLEKEY"));
     let t = &c.models["claude"].targets[0];
     let path = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse";
@@ -1102,4 +1102,134 @@ fn shutdown_and_startup_check_have_defaults_and_errors_name_their_fields() {
     let yaml = format!("{}startup_check: {{ dns: true }}\n", good());
     let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
     assert_eq!(errs[0].path, "startup_check.dns");
+}
+
+#[test]
+fn bedrock_without_keys_uses_the_aws_chain_and_vertex_without_a_key_the_metadata_server() {
+    let yaml = r#"
+providers:
+  chain:
+    kind: bedrock
+    aws: { region: us-west-2 }
+  half:
+    kind: bedrock
+    aws:
+      region: us-east-1
+      access_key_id: { env: AWS_KEY_ID }
+  token-only:
+    kind: bedrock
+    aws:
+      region: us-east-1
+      session_token: { env: AWS_KEY_ID }
+  wi:
+    kind: vertex
+    project: p
+    location: us-central1
+models:
+  m:
+    targets: [{ provider: chain, model: "anthropic.claude-3-5-sonnet-20240620-v1:0" }]
+"#;
+    // Environment keys: fixed credentials from the chain.
+    let env = MapEnv::from_pairs([
+        ("AWS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_ACCESS_KEY_ID", "AKIDCHAIN"),
+        ("AWS_SECRET_ACCESS_KEY", "chain-secret"),
+        ("GCE_METADATA_HOST", "127.0.0.1:8999"),
+    ]);
+    let errs = Config::from_yaml(yaml, &env).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "providers.half.aws.secret_access_key",
+            "providers.token-only.aws.session_token"
+        ],
+        "{errs:#?}"
+    );
+    let good: String = yaml
+        .lines()
+        .take_while(|l| !l.starts_with("  half:"))
+        .chain(yaml.lines().skip_while(|l| !l.starts_with("  wi:")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let c = Config::from_yaml(&good, &env).unwrap();
+    let p = &c.providers["chain"];
+    assert_eq!(p.authority, "bedrock-runtime.us-west-2.amazonaws.com");
+    assert_eq!(
+        p.aws_source,
+        Some(AwsSource::Static {
+            origin: "environment".into()
+        })
+    );
+    let creds = p.aws.as_ref().unwrap().credentials().unwrap();
+    assert_eq!(creds.access_key_id, "AKIDCHAIN");
+    assert_eq!(c.aws_fetched().count(), 0);
+    let wi = &c.providers["wi"];
+    assert!(wi.google.is_none());
+    assert_eq!(
+        wi.gce_metadata.as_ref().unwrap().token_url,
+        "http://127.0.0.1:8999/computeMetadata/v1/instance/service-accounts/default/token"
+    );
+    assert_eq!(c.gce_metadata().count(), 1);
+
+    // Nothing in the environment: instance metadata, fetched by the service.
+    let none = MapEnv::from_pairs([
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+        ("AWS_CONFIG_FILE", "/nonexistent/config"),
+    ]);
+    let c = Config::from_yaml(&good, &none).unwrap();
+    assert_eq!(
+        c.providers["chain"].aws_source,
+        Some(AwsSource::Imds {
+            endpoint: "http://169.254.169.254".into()
+        })
+    );
+    assert!(c.providers["chain"]
+        .aws
+        .as_ref()
+        .unwrap()
+        .credentials()
+        .is_none());
+    assert_eq!(c.aws_fetched().count(), 1);
+    assert!(c.providers["wi"]
+        .gce_metadata
+        .as_ref()
+        .unwrap()
+        .token_url
+        .starts_with("http://metadata.google.internal/"));
+
+    // A misconfigured chain fails validation, naming the provider's `aws` and the variable.
+    let bad = MapEnv::from_pairs([
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/gw"),
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", "/nonexistent/token"),
+        ("GCE_METADATA_HOST", "bad host/"),
+    ]);
+    let errs = Config::from_yaml(&good, &bad).unwrap_err();
+    assert_eq!(errs[0].path, "providers.chain.aws", "{errs:#?}");
+    assert!(errs[0].message.contains("/nonexistent/token"), "{errs:#?}");
+    assert_eq!(errs[1].path, "providers.wi.credential", "{errs:#?}");
+
+    // A reload keeps fetched credentials of the same source.
+    let old = Config::from_yaml(&good, &none).unwrap();
+    old.providers["chain"]
+        .aws
+        .as_ref()
+        .unwrap()
+        .store(crate::sigv4::AwsCredentials::long_lived(
+            "ASIAFETCHED".into(),
+            Secret::new("s".into()),
+            Some(Secret::new("t".into())),
+        ));
+    let new = Config::from_yaml(&good, &none).unwrap();
+    new.adopt_tokens(&old);
+    assert_eq!(
+        new.providers["chain"]
+            .aws
+            .as_ref()
+            .unwrap()
+            .credentials()
+            .unwrap()
+            .access_key_id,
+        "ASIAFETCHED"
+    );
 }

@@ -111,6 +111,8 @@ impl Processor {
             body: &up.body,
             stream: parsed.stream,
         };
+        // Only a provider's very first request may wait (bounded) for fetched credentials.
+        crate::aws::first_credentials(provider).await;
         upstream_auth::credentials(provider, &signed, &mut headers).map_err(refusal)?;
         for (k, v) in &provider.headers {
             headers.push(set(k, v.as_str()));

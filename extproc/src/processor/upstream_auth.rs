@@ -1,6 +1,7 @@
 //! The provider's credential on an upstream request, one handler per kind of credential: a
-//! static header (OpenAI, Azure, Anthropic, Gemini API keys), a Vertex AI service account's
-//! current OAuth token, or an AWS SigV4 signature over exactly the bytes Envoy sends.
+//! static header (OpenAI, Azure, Anthropic, Gemini API keys), a Vertex AI service account's or
+//! the GCE metadata server's current OAuth token, or an AWS SigV4 signature (fixed keys or the
+//! AWS chain's current credentials) over exactly the bytes Envoy sends.
 
 use std::time::SystemTime;
 
@@ -23,7 +24,8 @@ pub(super) struct Signed<'a> {
 }
 
 /// Adds `provider`'s credential headers for `request` to `headers`; a 503 while a Vertex AI
-/// provider has no access token yet (the first is still being fetched).
+/// provider has no access token, or a Bedrock provider on the AWS chain no credentials, yet
+/// (the first are still being fetched, see [`crate::aws::first_credentials`]).
 pub(super) fn credentials(
     provider: &Provider,
     request: &Signed<'_>,
@@ -39,30 +41,42 @@ pub(super) fn credentials(
         };
         headers.push(set("authorization", token.header.expose()));
     }
+    if let Some(metadata) = &provider.gce_metadata {
+        let Some(token) = metadata.current(SystemTime::now()) else {
+            tracing::warn!(provider = %provider.name, "No access token from the metadata server yet");
+            return Err(ApiError::Upstream(503));
+        };
+        headers.push(set("authorization", token.header.expose()));
+    }
     if let Some(signer) = &provider.aws {
-        bedrock(signer, request, headers);
+        if !bedrock(signer, request, headers) {
+            tracing::warn!(provider = %provider.name, "No AWS credentials for the provider yet");
+            return Err(ApiError::Upstream(503));
+        }
     }
     Ok(())
 }
 
 /// The SigV4 headers of a Bedrock request, signing exactly the `host` (`:authority`), `path`
-/// and `body` Envoy sends upstream.
+/// and `body` Envoy sends upstream; `false` while the signer has no working credentials.
 fn bedrock(
     signer: &tollgate_core::sigv4::Signer,
     request: &Signed<'_>,
     headers: &mut Vec<HeaderValueOption>,
-) {
-    let signed = signer.sign(
+) -> bool {
+    let Some(signed) = signer.try_sign(
         "POST",
         request.authority,
         request.path,
         request.body,
         SystemTime::now(),
-    );
+    ) else {
+        return false;
+    };
     headers.push(set("authorization", signed.authorization));
     headers.push(set("x-amz-date", signed.amz_date));
     headers.push(set("x-amz-content-sha256", signed.content_sha256));
-    if let Some(token) = signer.session_token() {
+    if let Some(token) = signed.security_token {
         headers.push(set("x-amz-security-token", token));
     }
     headers.push(set("content-type", "application/json"));
@@ -74,4 +88,5 @@ fn bedrock(
             "application/json"
         },
     ));
+    true
 }
