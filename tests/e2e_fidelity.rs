@@ -68,11 +68,17 @@ async fn anthropic_sdk_gets_sequential_tool_blocks_and_thinking_tokens_from_ever
     // Each provider kind was asked, and the OpenAI family with a reasoning effort.
     let seen = stack.posted().await;
     let paths: Vec<&str> = seen.iter().map(|r| r["path"].as_str().unwrap()).collect();
-    for want in ["/v1/chat/completions", "/v1/messages", "generateContent", "/converse"] {
+    for want in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "generateContent",
+        "/converse",
+    ] {
         assert!(paths.iter().any(|p| p.contains(want)), "{want}: {paths:?}");
     }
     assert!(
-        seen.iter().any(|r| r["body"]["reasoning_effort"].is_string()),
+        seen.iter()
+            .any(|r| r["body"]["reasoning_effort"].is_string()),
         "no reasoning_effort upstream"
     );
 }
@@ -184,7 +190,9 @@ async fn structurally_invalid_requests_get_a_400_in_the_clients_dialect() {
             if body.get("max_tokens").is_none() {
                 body["max_tokens"] = 10.into();
             }
-            let r = s.post("/v1/messages", Some(KEY_ALL), body.to_string()).await;
+            let r = s
+                .post("/v1/messages", Some(KEY_ALL), body.to_string())
+                .await;
             assert_eq!(r.status, 400, "{model} {body}: {}", r.text);
             let v = r.json();
             assert_eq!(v["type"], "error", "{v}");
@@ -202,10 +210,7 @@ async fn structurally_invalid_requests_get_a_400_in_the_clients_dialect() {
         for bad in &gemini_bad {
             let r = Reply::from(
                 s.http
-                    .post(format!(
-                        "{}/v1beta/models/{model}:generateContent",
-                        s.base
-                    ))
+                    .post(format!("{}/v1beta/models/{model}:generateContent", s.base))
                     .header("x-goog-api-key", KEY_ALL)
                     .header("content-type", "application/json")
                     .body(bad.to_string())
@@ -221,5 +226,8 @@ async fn structurally_invalid_requests_get_a_400_in_the_clients_dialect() {
         }
     }
     let sent = s.posted().await;
-    assert!(sent.is_empty(), "invalid requests reached a provider: {sent:?}");
+    assert!(
+        sent.is_empty(),
+        "invalid requests reached a provider: {sent:?}"
+    );
 }

@@ -1,6 +1,7 @@
 //! `POST …/chat/completions`: the OpenAI Chat Completions API, answered with one
 //! `chat.completion` object or an SSE stream of `chat.completion.chunk` events. With `tools`
-//! in the request and no tool result in the last message, the reply calls the first tool.
+//! in the request and no tool result in the last message, the reply calls the first tool, or
+//! every tool the user's text names when it names several (streamed interleaved by `index`).
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;

@@ -159,9 +159,11 @@ pub(crate) fn respond(
                     "Corrupted thought signature in the functionCall part of contents[{i}]."
                 )))
             }
-            None => return Err(invalid(&format!(
+            None => {
+                return Err(invalid(&format!(
                 "Function call `{name}` in the {i}. content block is missing a thought_signature."
-            ))),
+            )))
+            }
         }
     }
     let system_words: u64 = part_texts(
