@@ -31,7 +31,7 @@ pub const FOREIGN_CALL_SIGNATURE: &str = "skip_thought_signature_validator";
 
 fn canonical_base64(s: &str) -> bool {
     let body = s.trim_end_matches('=');
-    s.len() % 4 == 0
+    s.len().is_multiple_of(4)
         && s.len() - body.len() <= 2
         && !body.is_empty()
         && body
@@ -83,7 +83,7 @@ pub fn split(id: &str) -> (&str, Option<String>) {
                     c => c,
                 })
                 .collect();
-            while s.len() % 4 != 0 {
+            while !s.len().is_multiple_of(4) {
                 s.push('=');
             }
             Some(s)
