@@ -42,11 +42,15 @@ fn call_signature(name: &str, number: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
 }
 
-/// Whether `signature` is one the mock issued for a call of `name`.
+/// Whether `signature` is one the mock issued for a call of `name`. Google's JSON parser takes
+/// bytes in either base64 alphabet, padded or not (`google-genai` sends them back URL-safe).
 fn issued_for(signature: &str, name: &str) -> bool {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
     use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
+    let unpadded = signature.trim_end_matches('=');
+    STANDARD
         .decode(signature)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(unpadded))
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .is_some_and(|s| s.starts_with(&format!("mock-sig:{name}:")))
