@@ -319,13 +319,16 @@ pub(crate) fn respond(
             .as_array()
             .is_some_and(|b| b.iter().any(|b| b.get("toolResult").is_some()))
     });
-    let tool = request
+    check_tool_use_ids(messages)?;
+    let tools: Vec<Value> = request
         .get("toolConfig")
         .and_then(|c| c["tools"].as_array())
-        .and_then(|t| t.first())
+        .into_iter()
+        .flatten()
         .map(|t| &t["toolSpec"])
         .filter(|_| !answering_tool)
-        .map(|spec| json!({"name": spec["name"], "input_schema": spec["inputSchema"]["json"]}));
+        .map(|spec| json!({"name": spec["name"], "input_schema": spec["inputSchema"]["json"]}))
+        .collect();
     let last_user = messages.iter().rev().find(|m| m["role"] == "user");
     let user_texts = last_user
         .map(|m| block_texts(&m["content"]))
@@ -334,13 +337,14 @@ pub(crate) fn respond(
         user_texts.iter().flat_map(|t| t.split_whitespace()),
         (!exchange.stream_error).then_some(max_tokens).flatten(),
     );
-    let call = tool.map(|t| ToolUse::for_tool(&t, exchange.number));
-    let text = match &call {
+    let calls = ToolUse::for_tools(&tools, &user_texts.join(" "), exchange.number);
+    let call = calls.first();
+    let text = match call {
         Some(c) => format!("Calling {}.", c.name),
         None => reply.text(),
     };
-    let output_tokens = word_count(&text) + call.as_ref().map_or(0, ToolUse::tokens);
-    let stop_reason = match (&call, reply.finish_reason) {
+    let output_tokens = word_count(&text) + calls.iter().map(ToolUse::tokens).sum::<u64>();
+    let stop_reason = match (call, reply.finish_reason) {
         (Some(_), _) => "tool_use",
         (None, FinishReason::Length) => "max_tokens",
         (None, FinishReason::Stop) => "end_turn",
@@ -348,17 +352,11 @@ pub(crate) fn respond(
     let usage = json!({"inputTokens": input_tokens, "outputTokens": output_tokens,
         "totalTokens": input_tokens + output_tokens});
     if stream {
-        let pieces: Vec<String> = match &call {
+        let pieces: Vec<String> = match call {
             Some(_) => vec![text.clone()],
             None => reply.pieces().collect(),
         };
-        let events = stream_events(
-            &pieces,
-            call.as_ref(),
-            stop_reason,
-            &usage,
-            exchange.stream_error,
-        );
+        let events = stream_events(&pieces, &calls, stop_reason, &usage, exchange.stream_error);
         let mut r = sse::response(events, exchange.chunk_delay);
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -370,7 +368,7 @@ pub(crate) fn respond(
         return Err(MockError::GenerationFailed);
     }
     let mut content = vec![json!({"text": text})];
-    if let Some(c) = &call {
+    for c in &calls {
         content.push(json!({"toolUse": {"toolUseId": c.id, "name": c.name, "input": c.input}}));
     }
     Ok(Json(json!({
@@ -382,13 +380,41 @@ pub(crate) fn respond(
     .into_response())
 }
 
+/// Bedrock's `toolUseId`: 1 to 64 of `[a-zA-Z0-9_-]`, in calls and results alike.
+fn check_tool_use_ids(messages: &[Value]) -> Result<(), MockError> {
+    let ids = messages
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .filter_map(|b| {
+            b.get("toolUse")
+                .or_else(|| b.get("toolResult"))
+                .map(|t| &t["toolUseId"])
+        });
+    for id in ids {
+        let ok = id.as_str().is_some_and(|id| {
+            (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !ok {
+            return Err(MockError::InvalidParameter {
+                param: "messages",
+                message: "1 validation error detected: Value at 'messages.content.toolUse.toolUseId' failed to satisfy constraint: Member must have length less than or equal to 64".to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn event(kind: &str, payload: &Value) -> Bytes {
     Bytes::from(eventstream::event(kind, payload.to_string().as_bytes()))
 }
 
 fn stream_events(
     pieces: &[String],
-    call: Option<&ToolUse>,
+    calls: &[ToolUse],
     stop_reason: &str,
     usage: &Value,
     fail: bool,
@@ -410,18 +436,22 @@ fn stream_events(
     }
     events.extend(pieces.iter().map(|p| delta(p)));
     events.push(event("contentBlockStop", &json!({"contentBlockIndex": 0})));
-    if let Some(c) = call {
+    for (n, c) in calls.iter().enumerate() {
+        let index = n + 1;
         events.push(event(
             "contentBlockStart",
-            &json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": c.id, "name": c.name}}}),
+            &json!({"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": c.id, "name": c.name}}}),
         ));
         for piece in c.argument_pieces() {
             events.push(event(
                 "contentBlockDelta",
-                &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": piece}}}),
+                &json!({"contentBlockIndex": index, "delta": {"toolUse": {"input": piece}}}),
             ));
         }
-        events.push(event("contentBlockStop", &json!({"contentBlockIndex": 1})));
+        events.push(event(
+            "contentBlockStop",
+            &json!({"contentBlockIndex": index}),
+        ));
     }
     events.push(event("messageStop", &json!({"stopReason": stop_reason})));
     events.push(event(

@@ -1,6 +1,7 @@
 //! `POST …/chat/completions`: the OpenAI Chat Completions API, answered with one
 //! `chat.completion` object or an SSE stream of `chat.completion.chunk` events. With `tools`
-//! in the request and no tool result in the last message, the reply calls the first tool.
+//! in the request and no tool result in the last message, the reply calls the first tool, or
+//! every tool the user's text names when it names several (streamed interleaved by `index`).
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -35,31 +36,34 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
         .find(|message| message.get("role").and_then(Value::as_str) == Some("user"));
     let user_texts = last_user.map(message_texts).unwrap_or_default();
     let reply = Reply::to(
-        user_texts.into_iter().flat_map(str::split_whitespace),
+        user_texts.iter().flat_map(|t| t.split_whitespace()),
         max_tokens,
     );
     let id = format!("chatcmpl-mock-{}", exchange.number);
     let answering_tool = messages
         .last()
         .is_some_and(|m| m.get("role").and_then(Value::as_str) == Some("tool"));
-    let tool = request
+    check_tool_call_ids(messages)?;
+    let reasoning = reasoning_tokens(request);
+    let calls = request
         .get("tools")
         .and_then(Value::as_array)
-        .and_then(|t| t.first())
-        .filter(|_| !answering_tool && !exchange.stream_error);
-    if let Some(tool) = tool {
-        let call = ToolUse::for_tool(tool, exchange.number);
-        let usage = Usage::new(prompt_tokens, call.tokens());
+        .filter(|_| !answering_tool && !exchange.stream_error)
+        .map(|tools| ToolUse::for_tools(tools, &user_texts.join(" "), exchange.number))
+        .unwrap_or_default();
+    if !calls.is_empty() {
+        let tokens = calls.iter().map(ToolUse::tokens).sum::<u64>();
+        let usage = Usage::new(prompt_tokens, tokens, reasoning);
         return Ok(tool_call(
             &id,
             exchange,
-            &call,
+            &calls,
             &usage,
             stream,
             include_usage,
         ));
     }
-    let usage = Usage::new(prompt_tokens, reply.tokens());
+    let usage = Usage::new(prompt_tokens, reply.tokens(), reasoning);
 
     if stream {
         let events = stream_events(&id, exchange, &reply, &usage, include_usage);
@@ -115,26 +119,66 @@ fn messages(request: &Request) -> Result<&Vec<Value>, MockError> {
     }
 }
 
-/// A reply that calls `call`'s tool (`finish_reason: tool_calls`), whole or streamed with
-/// the id and name in the first tool-call delta and the arguments in two pieces.
+/// Reasoning tokens the reply reports: 3 when the request sets a `reasoning_effort` other than
+/// `none`, as reasoning models count them in `completion_tokens_details`.
+fn reasoning_tokens(request: &Request) -> u64 {
+    match request.get("reasoning_effort").and_then(Value::as_str) {
+        None | Some("none") => 0,
+        Some(_) => 3,
+    }
+}
+
+/// OpenAI refuses tool-call ids longer than 40 characters, in the calls and in the results.
+fn check_tool_call_ids(messages: &[Value]) -> Result<(), MockError> {
+    for (i, m) in messages.iter().enumerate() {
+        let ids = m["tool_calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| &c["id"])
+            .chain(std::iter::once(&m["tool_call_id"]));
+        for id in ids.filter_map(Value::as_str) {
+            if id.len() > 40 {
+                return Err(MockError::InvalidParameter {
+                    param: "messages",
+                    message: format!(
+                        "Invalid 'messages[{i}]' tool call id: string too long. Expected a string with maximum length 40, but got a string with length {} instead.",
+                        id.len()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A reply that calls `calls`' tools (`finish_reason: tool_calls`), whole or streamed with
+/// each call's id and name in its first tool-call delta and its arguments in two pieces;
+/// several calls are all announced first, then their argument pieces interleave by `index`,
+/// as OpenAI streams parallel calls.
 fn tool_call(
     id: &str,
     exchange: &Exchange<'_>,
-    call: &ToolUse,
+    calls: &[ToolUse],
     usage: &Usage,
     stream: bool,
     include_usage: bool,
 ) -> Response {
-    let call_id = call.id.replace("toolu_", "call_");
-    let arguments = call.input.to_string();
+    let call_id = |call: &ToolUse| call.id.replace("toolu_", "call_");
     if !stream {
+        let tool_calls: Vec<Value> = calls
+            .iter()
+            .map(|call| {
+                json!({"id": call_id(call), "type": "function",
+                    "function": {"name": call.name, "arguments": call.input.to_string()}})
+            })
+            .collect();
         return Json(json!({
             "id": id, "object": "chat.completion", "created": exchange.created,
             "model": exchange.model,
             "choices": [{"index": 0, "message": {
                 "role": "assistant", "content": null, "refusal": null, "annotations": [],
-                "tool_calls": [{"id": call_id, "type": "function",
-                                "function": {"name": call.name, "arguments": arguments}}],
+                "tool_calls": tool_calls,
             }, "logprobs": null, "finish_reason": "tool_calls"}],
             "usage": usage, "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT,
         }))
@@ -152,16 +196,24 @@ fn tool_call(
         }
         sse::event(&c)
     };
-    let mut events = vec![chunk(
-        json!({"role": "assistant", "content": null, "tool_calls": [{"index": 0, "id": call_id,
-            "type": "function", "function": {"name": call.name, "arguments": ""}}]}),
-        None,
-    )];
-    for piece in call.argument_pieces() {
-        events.push(chunk(
-            json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}),
-            None,
-        ));
+    let mut events = Vec::with_capacity(3 * calls.len() + 3);
+    for (n, call) in calls.iter().enumerate() {
+        let mut delta = json!({"tool_calls": [{"index": n, "id": call_id(call),
+            "type": "function", "function": {"name": call.name, "arguments": ""}}]});
+        if n == 0 {
+            delta["role"] = "assistant".into();
+            delta["content"] = Value::Null;
+        }
+        events.push(chunk(delta, None));
+    }
+    let pieces: Vec<[String; 2]> = calls.iter().map(ToolUse::argument_pieces).collect();
+    for half in 0..2 {
+        for (n, p) in pieces.iter().enumerate() {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": n, "function": {"arguments": p[half]}}]}),
+                None,
+            ));
+        }
     }
     events.push(chunk(json!({}), Some("tool_calls")));
     if include_usage {
@@ -280,7 +332,9 @@ struct Usage {
 }
 
 impl Usage {
-    fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+    /// `reasoning_tokens` are counted into the completion tokens, as OpenAI counts them.
+    fn new(prompt_tokens: u64, completion_tokens: u64, reasoning_tokens: u64) -> Self {
+        let completion_tokens = completion_tokens + reasoning_tokens;
         Self {
             prompt_tokens,
             completion_tokens,
@@ -290,7 +344,7 @@ impl Usage {
                 audio_tokens: 0,
             },
             completion_tokens_details: CompletionTokensDetails {
-                reasoning_tokens: 0,
+                reasoning_tokens,
                 audio_tokens: 0,
                 accepted_prediction_tokens: 0,
                 rejected_prediction_tokens: 0,

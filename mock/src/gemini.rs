@@ -7,9 +7,12 @@
 //! With `tools[].functionDeclarations` in the request and no `functionResponse` in the last
 //! turn, the reply is a short text and a `functionCall` of the first declaration (Gemini's
 //! `finishReason` stays `STOP`), its arguments made from the schema. With
-//! `thinkingConfig.includeThoughts`, the reply starts with a thought, the first call (else the
-//! first text) carries a `thoughtSignature`, and a request whose history has a model turn with
-//! calls but no signature on its first call is refused with 400, as Gemini 3 does.
+//! `thinkingConfig.includeThoughts`, the reply starts with a thought and the first text of a
+//! reply without calls carries a `thoughtSignature`. As Gemini 3, the first call of a reply is
+//! always signed (a signature naming the call, so the mock can tell its own), and a request
+//! whose history has a model turn whose first call lacks the signature issued for it (or
+//! Google's documented `skip_thought_signature_validator`) is refused with 400. A user text
+//! naming two or more of the declared functions gets a call of each (parallel calls).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,8 +27,34 @@ use crate::routes::Exchange;
 use crate::sse;
 use crate::text::{word_count, FinishReason, Reply};
 
-/// The signature the mock signs its calls with.
+/// The signature the mock signs its first text with, when thinking.
 pub(crate) const SIGNATURE: &str = "bW9jay10aG91Z2h0LXNpZ25hdHVyZQ==";
+
+/// What Google documents for history a Gemini model did not write: the check is skipped.
+const FOREIGN_CALL_SIGNATURE: &str = "skip_thought_signature_validator";
+
+/// The signature of the first call of a turn (`number`: the exchange), as Gemini 3 signs
+/// every function call: base64 of `mock-sig:{name}:{number}:` and filler, so it has `+`, `/`
+/// and padding like real ones.
+fn call_signature(name: &str, number: u64) -> String {
+    use base64::Engine as _;
+    let raw = format!("mock-sig:{name}:{number}:\u{fb}\u{ff}\u{fe}?>");
+    base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
+}
+
+/// Whether `signature` is one the mock issued for a call of `name`. Google's JSON parser takes
+/// bytes in either base64 alphabet, padded or not (`google-genai` sends them back URL-safe).
+fn issued_for(signature: &str, name: &str) -> bool {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    let unpadded = signature.trim_end_matches('=');
+    STANDARD
+        .decode(signature)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(unpadded))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .is_some_and(|s| s.starts_with(&format!("mock-sig:{name}:")))
+}
 
 /// The model and streaming flag of a Gemini path (`…/models/{model}:generateContent` or
 /// `:streamGenerateContent`).
@@ -113,17 +142,31 @@ pub(crate) fn respond(
     let thinking = ["includeThoughts", "include_thoughts"]
         .iter()
         .any(|k| config["thinkingConfig"][*k] == true);
-    if thinking {
-        for turn in contents.iter().filter(|c| c["role"] == "model") {
-            let first_call = turn["parts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|p| p.get("functionCall").is_some());
-            if first_call.is_some_and(|p| p.get("thoughtSignature").is_none()) {
-                return Err(invalid(
-                    "Function call is missing a thought_signature in functionCall parts.",
-                ));
+    // As Gemini 3: the first call of every model turn must carry the signature issued with
+    // it (or the documented bypass for calls another model made).
+    for (i, turn) in contents
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c["role"] == "model")
+    {
+        let first_call = turn["parts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p.get("functionCall").is_some());
+        let Some(call) = first_call else { continue };
+        let name = call["functionCall"]["name"].as_str().unwrap_or_default();
+        match call.get("thoughtSignature").and_then(Value::as_str) {
+            Some(s) if s == FOREIGN_CALL_SIGNATURE || issued_for(s, name) => {}
+            Some(_) => {
+                return Err(invalid(&format!(
+                    "Corrupted thought signature in the functionCall part of contents[{i}]."
+                )))
+            }
+            None => {
+                return Err(invalid(&format!(
+                "Function call `{name}` in the {i}. content block is missing a thought_signature."
+            )))
             }
         }
     }
@@ -148,32 +191,33 @@ pub(crate) fn respond(
             .as_array()
             .is_some_and(|p| p.iter().any(|p| p.get("functionResponse").is_some()))
     });
-    let declaration = request
+    let last_user = contents.iter().rev().find(|c| c["role"] != "model");
+    let user_texts = last_user
+        .map(|c| part_texts(&c["parts"]))
+        .unwrap_or_default();
+    let declarations: Vec<&Value> = request
         .get("tools")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(|t| t["functionDeclarations"].as_array())
         .flatten()
-        .next()
-        .filter(|_| !answering);
-    let last_user = contents.iter().rev().find(|c| c["role"] != "model");
-    let user_texts = last_user
-        .map(|c| part_texts(&c["parts"]))
-        .unwrap_or_default();
+        .filter(|_| !answering)
+        .collect();
+    let calls = ToolUse::for_tools(declarations, &user_texts.join(" "), exchange.number);
     let reply = Reply::to(
         user_texts.iter().flat_map(|t| t.split_whitespace()),
         (!exchange.stream_error).then_some(max_tokens).flatten(),
     );
-    let call = declaration.map(|d| ToolUse::for_tool(d, exchange.number));
-    let pieces: Vec<String> = match &call {
+    let call = calls.first();
+    let pieces: Vec<String> = match call {
         Some(c) => vec![format!("Calling {}.", c.name)],
         None => reply.pieces().collect(),
     };
     let thought_tokens = if thinking { 2 } else { 0 };
     let output_tokens = pieces.iter().map(|p| word_count(p)).sum::<u64>()
-        + call.as_ref().map_or(0, ToolUse::tokens);
-    let finish = match (&call, reply.finish_reason) {
+        + calls.iter().map(ToolUse::tokens).sum::<u64>();
+    let finish = match (call, reply.finish_reason) {
         (None, FinishReason::Length) => "MAX_TOKENS",
         _ => "STOP",
     };
@@ -196,13 +240,18 @@ pub(crate) fn respond(
             "modelVersion": exchange.model, "responseId": format!("mock-resp-{}", exchange.number)})
     };
     let mut thought = thinking.then(|| json!({"text": "Mock thoughts.", "thought": true}));
-    let call_part = call.as_ref().map(|c| {
-        let mut p = json!({"functionCall": {"name": c.name, "args": c.input}});
-        if thinking {
-            p["thoughtSignature"] = SIGNATURE.into();
-        }
-        p
-    });
+    // Only the first call of the turn is signed, as Gemini signs parallel calls.
+    let call_parts: Vec<Value> = calls
+        .iter()
+        .enumerate()
+        .map(|(n, c)| {
+            let mut p = json!({"functionCall": {"name": c.name, "args": c.input}});
+            if n == 0 {
+                p["thoughtSignature"] = call_signature(&c.name, exchange.number).into();
+            }
+            p
+        })
+        .collect();
     // Without a call, the first text carries the signature.
     let text_part = |piece: &str, first: bool| {
         let mut p = json!({"text": piece});
@@ -218,7 +267,7 @@ pub(crate) fn respond(
         }
         let mut parts: Vec<Value> = thought.into_iter().collect();
         parts.push(text_part(&pieces.concat(), true));
-        parts.extend(call_part);
+        parts.extend(call_parts);
         return Ok(Json(chunk(parts, Some(finish), &usage_done)).into_response());
     }
     let partial = json!({"promptTokenCount": input_tokens, "totalTokenCount": input_tokens,
@@ -238,7 +287,7 @@ pub(crate) fn respond(
             "The model is overloaded. Please try again later.",
         )
     } else {
-        chunk(call_part.into_iter().collect(), Some(finish), &usage_done)
+        chunk(call_parts, Some(finish), &usage_done)
     };
     if !sse {
         chunks.push(end);

@@ -15,6 +15,13 @@
 //! - model `mock-stream-error`: a stream that sends two content chunks, then an in-stream error
 //!   event, and ends without `[DONE]` (a non-streaming request gets a 500);
 //! - model `mock-html-error`: 502 with an HTML body, as a misbehaving proxy would answer;
+//! - a last user message naming two or more of the offered tools: a call of each (parallel
+//!   calls; OpenAI's streamed with their argument fragments interleaved by `index`);
+//! - `reasoning_effort` (other than `none`) on a chat completion: 3 reasoning tokens in
+//!   `completion_tokens_details`;
+//! - limits real providers put on tool-call ids in history: OpenAI at most 40 characters,
+//!   Bedrock 1–64 of `[a-zA-Z0-9_-]` (400 otherwise); Gemini signs the first call of every
+//!   reply and refuses history whose first call in a model turn lacks that signature;
 //! - the same fault models work as Bedrock model ids in Converse paths, answered in Bedrock's
 //!   error format (`mock-stream-error` ends the event stream with a
 //!   `modelStreamErrorException`);

@@ -59,29 +59,35 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     let named = choice
         .filter(|c| c["type"] == "tool")
         .and_then(|c| c["name"].as_str());
-    let tool = request
-        .get("tools")
-        .and_then(Value::as_array)
-        .and_then(|t| match named {
-            Some(n) => t.iter().find(|tool| tool["name"] == n),
-            None => t.first(),
-        })
-        .filter(|_| !answering_tool);
     let last_user = messages.iter().rev().find(|m| m["role"] == "user");
     let user_texts = last_user.map(message_texts).unwrap_or_default();
+    let tools = request
+        .get("tools")
+        .and_then(Value::as_array)
+        .filter(|_| !answering_tool);
+    let calls: Vec<ToolUse> = match (tools, named) {
+        (None, _) => Vec::new(),
+        (Some(t), Some(n)) => t
+            .iter()
+            .find(|tool| tool["name"] == n)
+            .map(|tool| ToolUse::for_tool(tool, exchange.number))
+            .into_iter()
+            .collect(),
+        (Some(t), None) => ToolUse::for_tools(t, &user_texts.join(" "), exchange.number),
+    };
     let reply = Reply::to(
         user_texts.iter().flat_map(|t| t.split_whitespace()),
         (!exchange.stream_error).then_some(max_tokens),
     );
     let id = format!("msg_mock{:08}", exchange.number);
-    let call = tool.map(|t| ToolUse::for_tool(t, exchange.number));
-    let text = match &call {
+    let call = calls.first();
+    let text = match call {
         Some(_) if forced => String::new(),
         Some(c) => format!("Calling {}.", c.name),
         None => reply.text(),
     };
-    let output_tokens = word_count(&text) + call.as_ref().map_or(0, |c| c.tokens());
-    let stop_reason = match (&call, reply.finish_reason) {
+    let output_tokens = word_count(&text) + calls.iter().map(ToolUse::tokens).sum::<u64>();
+    let stop_reason = match (call, reply.finish_reason) {
         (Some(_), _) => "tool_use",
         (None, FinishReason::Length) => "max_tokens",
         (None, FinishReason::Stop) => "end_turn",
@@ -94,7 +100,7 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     });
 
     if stream {
-        let pieces: Vec<String> = match &call {
+        let pieces: Vec<String> = match call {
             Some(_) if forced => Vec::new(),
             Some(_) => vec![text.clone()],
             None => reply.pieces().collect(),
@@ -103,7 +109,7 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
             id: &id,
             model: exchange.model,
             pieces: &pieces,
-            call: call.as_ref(),
+            calls: &calls,
             input_tokens,
             output_tokens,
             stop_reason,
@@ -118,7 +124,7 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
-    if let Some(c) = &call {
+    for c in &calls {
         content.push(json!({"type": "tool_use", "id": c.id, "name": c.name, "input": c.input}));
     }
     Ok(Json(json!({
@@ -186,6 +192,39 @@ impl ToolUse {
         }
     }
 
+    /// The calls a reply makes: every offered tool the user's text names, when it names two
+    /// or more (parallel calls, ids numbered after the first), else the first tool.
+    pub(crate) fn for_tools<'t>(
+        tools: impl IntoIterator<Item = &'t Value>,
+        user_text: &str,
+        number: u64,
+    ) -> Vec<Self> {
+        let all: Vec<Self> = tools
+            .into_iter()
+            .map(|t| Self::for_tool(t, number))
+            .collect();
+        let named: Vec<usize> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| user_text.contains(c.name.as_str()))
+            .map(|(i, _)| i)
+            .collect();
+        if named.len() < 2 {
+            return all.into_iter().take(1).collect();
+        }
+        all.into_iter()
+            .enumerate()
+            .filter(|(i, _)| named.contains(i))
+            .enumerate()
+            .map(|(n, (_, mut c))| {
+                if n > 0 {
+                    c.id = format!("{}_{n}", c.id);
+                }
+                c
+            })
+            .collect()
+    }
+
     /// The arguments as JSON text, in two pieces for streaming.
     pub(crate) fn argument_pieces(&self) -> [String; 2] {
         let text = self.input.to_string();
@@ -207,7 +246,7 @@ struct StreamPlan<'a> {
     id: &'a str,
     model: &'a str,
     pieces: &'a [String],
-    call: Option<&'a ToolUse>,
+    calls: &'a [ToolUse],
     input_tokens: u64,
     output_tokens: u64,
     stop_reason: &'a str,
@@ -229,8 +268,8 @@ fn stream_events(plan: &StreamPlan<'_>) -> Vec<Bytes> {
         }}),
     )];
     // A forced tool call comes alone, at index 0.
-    let text_block = !plan.pieces.is_empty() || plan.call.is_none();
-    let call_index = usize::from(text_block);
+    let text_block = !plan.pieces.is_empty() || plan.calls.is_empty();
+    let first_call_index = usize::from(text_block);
     if text_block {
         events.push(event(
             "content_block_start",
@@ -261,7 +300,8 @@ fn stream_events(plan: &StreamPlan<'_>) -> Vec<Bytes> {
             &json!({"type": "content_block_stop", "index": 0}),
         ));
     }
-    if let Some(c) = plan.call {
+    for (n, c) in plan.calls.iter().enumerate() {
+        let call_index = first_call_index + n;
         events.push(event(
             "content_block_start",
             &json!({"type": "content_block_start", "index": call_index,

@@ -1067,3 +1067,66 @@ async fn chat_calls_the_first_tool_when_offered_tools() {
 }
 
 mod gemini;
+
+fn chat_tool(name: &str) -> Value {
+    json!({"type": "function", "function": {"name": name,
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}})
+}
+
+#[tokio::test]
+async fn chat_calls_every_tool_the_prompt_names_interleaving_streamed_arguments() {
+    let mock = Mock::default().await;
+    let ask = json!({"model": "m", "tools": [chat_tool("get_weather"), chat_tool("get_time"), chat_tool("other")],
+        "messages": [{"role": "user", "content": "use get_weather and get_time"}]});
+    let (_, _, body) = mock.post_json("/v1/chat/completions", &ask).await;
+    let calls = body["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap();
+    let names: Vec<&str> = calls
+        .iter()
+        .map(|c| c["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["get_weather", "get_time"]);
+    assert_ne!(calls[0]["id"], calls[1]["id"]);
+    let stream = mock
+        .post_stream("/v1/chat/completions", &with(ask, json!({"stream": true})))
+        .await;
+    let indices: Vec<u64> = chunks_until_done(&stream)
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["index"].as_u64())
+        .collect();
+    assert_eq!(indices, [0, 1, 0, 1, 0, 1], "announced, then interleaved");
+}
+
+#[tokio::test]
+async fn chat_reports_reasoning_tokens_when_asked_to_reason() {
+    let mock = Mock::default().await;
+    let (_, _, body) = mock
+        .post_json(
+            "/v1/chat/completions",
+            &with(chat_request("o3"), json!({"reasoning_effort": "low"})),
+        )
+        .await;
+    assert_eq!(
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        3
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 11, "{body}");
+}
+
+#[tokio::test]
+async fn tool_call_ids_over_the_providers_limits_are_refused() {
+    let mock = Mock::default().await;
+    let long = "call_".repeat(9);
+    let ask = json!({"model": "m", "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "tool_calls": [{"id": long, "type": "function",
+            "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": long, "content": "ok"}]});
+    let (status, _, body) = mock.post_json("/v1/chat/completions", &ask).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("maximum length 40"));
+}

@@ -296,15 +296,22 @@ impl Processor {
                 }
                 _ => "max_tokens",
             };
-            let extra: &[(&str, &str)] = if self.budgeted(&target.upstream_model)
+            let mut extra: Vec<(&str, &str)> = if self.budgeted(&target.upstream_model)
                 && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
                 && !budget::has_own_limit(parsed.object())
             {
-                &[(field, limit.as_str())]
+                vec![(field, limit.as_str())]
             } else {
-                &[]
+                Vec::new()
             };
-            let r = parsed.rewrite_with(&target.upstream_model, size, extra)?;
+            // Tool-call ids that carry a Gemini signature go to this provider plain.
+            let messages = (endpoint == Endpoint::ChatCompletions)
+                .then(|| crate::translator::call_id::strip_raw_messages(parsed.object()))
+                .flatten();
+            if let Some(m) = &messages {
+                extra.push(("messages", m));
+            }
+            let r = parsed.rewrite_with(&target.upstream_model, size, &extra)?;
             Upstream {
                 body: r.body,
                 strip_usage_chunk: r.strip_usage_chunk,

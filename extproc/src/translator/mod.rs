@@ -7,6 +7,7 @@
 //! [`hub`]: the client's codec decodes, the provider's encodes, and back for responses,
 //! errors and streams ([`codec`], [`crate::stream`]).
 
+pub mod call_id;
 pub mod codec;
 pub mod error;
 pub mod eventstream;
@@ -143,7 +144,12 @@ impl Pair {
                 return Ok((obj.write_with(&[], size_hint), false));
             }
             let model = serde_json::to_string(upstream_model).unwrap_or_default();
-            return Ok((obj.write_with(&[("model", &model)], size_hint), false));
+            let mut replace = vec![("model", model.as_str())];
+            let messages = call_id::strip_raw_messages(obj);
+            if let Some(m) = &messages {
+                replace.push(("messages", m));
+            }
+            return Ok((obj.write_with(&replace, size_hint), false));
         }
         let req = match self.client {
             ApiFamily::OpenAi => openai_codec::request_from_wire(obj, upstream_model, stream)?,
@@ -152,6 +158,14 @@ impl Pair {
             ApiFamily::Bedrock => return Err(no_bedrock_client()),
         };
         let mut req = req;
+        // Gemini's signatures ride in tool-call ids: back onto the calls for Gemini, gone for
+        // everyone else.
+        match self.upstream {
+            ApiFamily::Gemini => call_id::for_gemini(&mut req),
+            ApiFamily::OpenAi | ApiFamily::Anthropic | ApiFamily::Bedrock => {
+                call_id::strip(&mut req)
+            }
+        }
         json_tool::check_tool_names(&req)?;
         // Providers without a JSON mode get it as one forced tool (undone on the way back).
         if matches!(self.upstream, ApiFamily::Anthropic | ApiFamily::Bedrock) {

@@ -18,6 +18,7 @@ use super::json::RawObject;
 use super::*;
 use crate::stream::tests::split_at;
 
+mod fidelity;
 mod gemini;
 
 const CREATED: u64 = 1_700_000_000;
@@ -129,6 +130,7 @@ fn validate_anthropic(sse: &[u8]) -> Vec<Value> {
     let mut next = 0u64;
     let mut starts = 0;
     let mut saw_delta = false;
+    let mut arguments: HashMap<u64, String> = HashMap::new();
     for (i, (name, data)) in evs.iter().enumerate() {
         let name = name
             .as_deref()
@@ -144,8 +146,15 @@ fn validate_anthropic(sse: &[u8]) -> Vec<Value> {
             "content_block_start" => {
                 let idx = v["index"].as_u64().unwrap();
                 assert_eq!(idx, next, "blocks must be numbered in order");
+                assert!(
+                    open.is_empty(),
+                    "block {idx} started before {open:?} stopped: blocks must be sequential"
+                );
                 next += 1;
                 open.insert(idx);
+                if v["content_block"]["type"] == "tool_use" {
+                    arguments.insert(idx, String::new());
+                }
             }
             "content_block_delta" => {
                 let idx = v["index"].as_u64().unwrap();
@@ -153,6 +162,12 @@ fn validate_anthropic(sse: &[u8]) -> Vec<Value> {
                     open.contains(&idx),
                     "delta for block {idx} outside its block"
                 );
+                if let Some(a) = v["delta"]["partial_json"].as_str() {
+                    arguments
+                        .get_mut(&idx)
+                        .unwrap_or_else(|| panic!("input_json_delta in non-tool block {idx}"))
+                        .push_str(a);
+                }
             }
             "content_block_stop" => {
                 let idx = v["index"].as_u64().unwrap();
@@ -160,6 +175,12 @@ fn validate_anthropic(sse: &[u8]) -> Vec<Value> {
                     open.remove(&idx),
                     "block {idx} stopped twice or never started"
                 );
+                // The SDK parses a tool block's input when it stops: empty, or one JSON object.
+                if let Some(a) = arguments.get(&idx).filter(|a| !a.is_empty()) {
+                    let input: Value = serde_json::from_str(a)
+                        .unwrap_or_else(|e| panic!("block {idx} arguments {a:?}: {e}"));
+                    assert!(input.is_object(), "block {idx} input {input}");
+                }
             }
             "message_delta" => {
                 assert!(open.is_empty(), "message_delta with open blocks {open:?}");
@@ -486,9 +507,9 @@ fn requests_the_provider_cannot_express_are_refused() {
     let obj = RawObject::parse(obj_body).unwrap();
     assert!(OPENAI_TO_ANTHROPIC.request(&obj, "x", false, 0).is_err());
     for body in [
-        &br#"{"model":"c","logprobs":true,"messages":[]}"#[..],
+        &br#"{"model":"c","logprobs":true,"messages":[{"role":"user","content":"x"}]}"#[..],
         // JSON mode is emulated with a tool, which cannot sit beside the client's own tools.
-        br#"{"model":"c","response_format":{"type":"json_object"},"tools":[{"type":"function","function":{"name":"f"}}],"messages":[]}"#,
+        br#"{"model":"c","response_format":{"type":"json_object"},"tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"user","content":"x"}]}"#,
     ] {
         let obj = RawObject::parse(body).unwrap();
         let e = OPENAI_TO_ANTHROPIC
@@ -496,7 +517,7 @@ fn requests_the_provider_cannot_express_are_refused() {
             .unwrap_err();
         assert_eq!(e.api_error().status(), 400);
     }
-    let ok = br#"{"model":"c","response_format":{"type":"text"},"logprobs":false,"messages":[]}"#;
+    let ok = br#"{"model":"c","response_format":{"type":"text"},"logprobs":false,"messages":[{"role":"user","content":"x"}]}"#;
     assert!(OPENAI_TO_ANTHROPIC
         .request(&RawObject::parse(ok).unwrap(), "x", false, 0)
         .is_ok());

@@ -190,3 +190,41 @@ async fn gemini_errors_keys_and_faults_use_google_bodies() {
     assert_eq!(last["error"]["code"], 503);
     assert!(body.contains("\r\n\r\ndata: {\"error\":"));
 }
+
+#[tokio::test]
+async fn calls_are_always_signed_and_history_needs_the_issued_signature() {
+    let mock = Mock::default().await;
+    let (_, _, body) = mock.post_json(FLASH, &request(tools())).await;
+    let parts = body["candidates"][0]["content"]["parts"].clone();
+    let signed = parts[1]["thoughtSignature"].as_str().unwrap().to_owned();
+    let url_safe = signed
+        .replace('+', "-")
+        .replace('/', "_")
+        .trim_end_matches('=')
+        .to_owned();
+    let history = |signature: Option<&str>| {
+        let mut call = json!({"functionCall": {"name": "get_weather", "args": {"city": "mock"}}});
+        if let Some(s) = signature {
+            call["thoughtSignature"] = s.into();
+        }
+        with(
+            json!({"contents": [
+                {"role": "user", "parts": [{"text": "weather?"}]},
+                {"role": "model", "parts": [call]},
+                {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"result": "sunny"}}}]},
+            ]}),
+            tools(),
+        )
+    };
+    for (signature, want) in [
+        (None, StatusCode::BAD_REQUEST),
+        (Some("bm90IG91cnM="), StatusCode::BAD_REQUEST),
+        (Some(signed.as_str()), StatusCode::OK),
+        // google-genai sends bytes back in the URL-safe alphabet.
+        (Some(url_safe.as_str()), StatusCode::OK),
+        (Some("skip_thought_signature_validator"), StatusCode::OK),
+    ] {
+        let (status, _, body) = mock.post_json(FLASH, &history(signature)).await;
+        assert_eq!(status, want, "{signature:?}: {body}");
+    }
+}

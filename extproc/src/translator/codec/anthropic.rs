@@ -558,13 +558,20 @@ pub fn response_from_wire(body: &[u8]) -> Result<ChatResponse, TranslateError> {
     })
 }
 
+/// Anthropic's `usage`; reasoning reported by the provider (OpenAI's
+/// `completion_tokens_details.reasoning_tokens`, Gemini's `thoughtsTokenCount`) goes in
+/// `output_tokens_details.thinking_tokens`, as Anthropic's own API carries it.
 fn usage_value(u: &Usage) -> Value {
-    json!({
+    let mut v = json!({
         "input_tokens": u.input_tokens.saturating_sub(u.cache_read_tokens + u.cache_write_tokens),
         "output_tokens": u.output_tokens,
         "cache_creation_input_tokens": u.cache_write_tokens,
         "cache_read_input_tokens": u.cache_read_tokens,
-    })
+    });
+    if u.reasoning_tokens > 0 {
+        v["output_tokens_details"] = json!({"thinking_tokens": u.reasoning_tokens});
+    }
+    v
 }
 
 /// A `message` body for an Anthropic client.
@@ -736,20 +743,73 @@ impl StreamDecoder {
 
 /// Hub events → Messages events for an Anthropic client. Blocks are renumbered 0, 1, 2… in
 /// the order they start, whatever indices the hub events carry, so the client's accumulator
-/// never sees a gap.
+/// never sees a gap; and they go out strictly one after the other (each `content_block_stop`
+/// before the next `content_block_start`), as Anthropic streams them: a block that starts
+/// while another is on the wire (an OpenAI provider interleaving the argument fragments of
+/// parallel tool calls by `index`) is held, with its deltas, until the blocks before it end.
 #[derive(Debug, Default)]
 pub struct StreamEncoder {
     started: bool,
-    /// Open blocks: (hub index, client index).
-    open: Vec<(usize, usize)>,
+    /// The block on the wire: (hub index, client index).
+    live: Option<(usize, usize)>,
+    /// Blocks started after the live one, in start order, held until it ends.
+    held: Vec<Held>,
     /// Hub indices already started (a block is started once).
     seen: Vec<usize>,
     next_index: usize,
     ended: bool,
 }
 
+/// A block waiting for the one on the wire to end.
+#[derive(Debug)]
+struct Held {
+    hub: usize,
+    block: BlockKind,
+    deltas: Vec<Delta>,
+    stopped: bool,
+}
+
 fn event(name: &'static str, v: Value, out: &mut Vec<Frame<'_>>) {
     out.push(Frame::named(name, v));
+}
+
+fn block_start_value(block: BlockKind) -> Value {
+    match block {
+        BlockKind::Text => json!({"type": "text", "text": ""}),
+        BlockKind::ToolCall { id, name } => {
+            json!({"type": "tool_use", "id": id, "name": name, "input": {}})
+        }
+        BlockKind::Thinking => {
+            json!({"type": "thinking", "thinking": "", "signature": ""})
+        }
+        BlockKind::RedactedThinking { data } => {
+            json!({"type": "redacted_thinking", "data": data})
+        }
+    }
+}
+
+fn delta_event(index: usize, delta: Delta, out: &mut Vec<Frame<'_>>) {
+    let delta = match delta {
+        Delta::Text(t) => json!({"type": "text_delta", "text": t}),
+        Delta::ToolArguments(a) => {
+            json!({"type": "input_json_delta", "partial_json": a})
+        }
+        Delta::Thinking(t) => json!({"type": "thinking_delta", "thinking": t}),
+        Delta::Signature(s) => json!({"type": "signature_delta", "signature": s}),
+    };
+    event(
+        "content_block_delta",
+        json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        out,
+    );
+}
+
+fn stop_event(index: usize, out: &mut Vec<Frame<'_>>) {
+    event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": index}),
+        out,
+    );
 }
 
 impl StreamEncoder {
@@ -770,14 +830,44 @@ impl StreamEncoder {
         );
     }
 
-    fn close_all(&mut self, out: &mut Vec<Frame<'_>>) {
-        for (_, index) in std::mem::take(&mut self.open) {
-            event(
-                "content_block_stop",
-                json!({"type": "content_block_stop", "index": index}),
-                out,
-            );
+    /// Puts a block on the wire under the next client index.
+    fn open_block(&mut self, hub: usize, block: BlockKind, out: &mut Vec<Frame<'_>>) -> usize {
+        let index = self.next_index;
+        self.next_index += 1;
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index,
+                "content_block": block_start_value(block)}),
+            out,
+        );
+        self.live = Some((hub, index));
+        index
+    }
+
+    /// Ends the live block, then sends the held ones in order until one is still open.
+    fn stop_live(&mut self, out: &mut Vec<Frame<'_>>) {
+        if let Some((_, index)) = self.live.take() {
+            stop_event(index, out);
         }
+        while !self.held.is_empty() {
+            let h = self.held.remove(0);
+            let index = self.open_block(h.hub, h.block, out);
+            for d in h.deltas {
+                delta_event(index, d, out);
+            }
+            if !h.stopped {
+                return;
+            }
+            self.live = None;
+            stop_event(index, out);
+        }
+    }
+
+    fn close_all(&mut self, out: &mut Vec<Frame<'_>>) {
+        for h in &mut self.held {
+            h.stopped = true;
+        }
+        self.stop_live(out);
     }
 
     /// Encodes one hub event.
@@ -795,56 +885,34 @@ impl StreamEncoder {
                     return; // a block twice: keep the indices consistent
                 }
                 self.seen.push(index);
-                let hub_index = index;
-                let index = self.next_index;
-                self.next_index += 1;
-                self.open.push((hub_index, index));
-                let block = match block {
-                    BlockKind::Text => json!({"type": "text", "text": ""}),
-                    BlockKind::ToolCall { id, name } => {
-                        json!({"type": "tool_use", "id": id, "name": name, "input": {}})
-                    }
-                    BlockKind::Thinking => {
-                        json!({"type": "thinking", "thinking": "", "signature": ""})
-                    }
-                    BlockKind::RedactedThinking { data } => {
-                        json!({"type": "redacted_thinking", "data": data})
-                    }
-                };
-                event(
-                    "content_block_start",
-                    json!({"type": "content_block_start", "index": index, "content_block": block}),
-                    out,
-                );
-            }
-            StreamEvent::Delta { index, delta } => {
-                let Some(&(_, index)) = self.open.iter().find(|(h, _)| *h == index) else {
-                    return; // a delta outside its block would break the client's accumulator
-                };
-                let delta = match delta {
-                    Delta::Text(t) => json!({"type": "text_delta", "text": t}),
-                    Delta::ToolArguments(a) => {
-                        json!({"type": "input_json_delta", "partial_json": a})
-                    }
-                    Delta::Thinking(t) => json!({"type": "thinking_delta", "thinking": t}),
-                    Delta::Signature(s) => json!({"type": "signature_delta", "signature": s}),
-                };
-                event(
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
-                    out,
-                );
-            }
-            StreamEvent::BlockStop { index } => {
-                if let Some(pos) = self.open.iter().position(|(h, _)| *h == index) {
-                    let (_, index) = self.open.remove(pos);
-                    event(
-                        "content_block_stop",
-                        json!({"type": "content_block_stop", "index": index}),
-                        out,
-                    );
+                if self.live.is_none() && self.held.is_empty() {
+                    self.open_block(index, block, out);
+                } else {
+                    self.held.push(Held {
+                        hub: index,
+                        block,
+                        deltas: Vec::new(),
+                        stopped: false,
+                    });
                 }
             }
+            StreamEvent::Delta { index, delta } => match self.live {
+                Some((hub, client)) if hub == index => delta_event(client, delta, out),
+                // A delta outside its block would break the client's accumulator.
+                _ => {
+                    if let Some(h) = self.held.iter_mut().find(|h| h.hub == index && !h.stopped) {
+                        h.deltas.push(delta);
+                    }
+                }
+            },
+            StreamEvent::BlockStop { index } => match self.live {
+                Some((hub, _)) if hub == index => self.stop_live(out),
+                _ => {
+                    if let Some(h) = self.held.iter_mut().find(|h| h.hub == index) {
+                        h.stopped = true;
+                    }
+                }
+            },
             StreamEvent::Finish {
                 stop_reason,
                 stop_sequence,

@@ -19,6 +19,7 @@ use tollgate_core::Usage;
 
 use super::{member, to_bytes};
 use crate::stream::Frame;
+use crate::translator::call_id;
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
     BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning,
@@ -324,7 +325,9 @@ fn lowercase_types(v: &mut Value) {
 
 /// Hub parts of Gemini parts. Consecutive thoughts make one thinking block; a signature on a
 /// thought or on the part after thoughts signs that block (one with no text when there were
-/// none). `strict`: a part of an unknown kind is an error (requests), not skipped (responses).
+/// none). `strict`: a client's request, where a part of an unknown kind is an error; else a
+/// provider's response, where it is skipped and a `functionCall`'s signature rides in the
+/// call's id instead ([`call_id`]), which OpenAI and Anthropic clients echo unchanged.
 fn parts_of(
     parts: Vec<WirePart>,
     ids: &mut CallIds,
@@ -349,21 +352,30 @@ fn parts_of(
             }
             continue;
         }
+        let mut call_signature = None;
         if let Some(sig) = p.thought_signature {
-            match out.last_mut() {
-                Some(Part::Thinking {
-                    signature: signature @ None,
-                    ..
-                }) => *signature = Some(sig),
-                _ => out.push(Part::Thinking {
-                    text: String::new(),
-                    signature: Some(sig),
-                }),
+            if !strict && p.function_call.is_some() {
+                call_signature = Some(sig);
+            } else {
+                match out.last_mut() {
+                    Some(Part::Thinking {
+                        signature: signature @ None,
+                        ..
+                    }) => *signature = Some(sig),
+                    _ => out.push(Part::Thinking {
+                        text: String::new(),
+                        signature: Some(sig),
+                    }),
+                }
             }
         }
         let part = if let Some(c) = p.function_call {
+            let id = ids.call(&c.name, c.id);
             Part::ToolCall(ToolCall {
-                id: ids.call(&c.name, c.id),
+                id: match call_signature {
+                    Some(sig) => call_id::with_signature(&id, &sig),
+                    None => id,
+                },
                 arguments: match c.args {
                     None | Some(Value::Null) => "{}".to_owned(),
                     Some(a) => a.to_string(),
@@ -419,6 +431,9 @@ pub fn request_from_wire(
 ) -> Result<ChatRequest, TranslateError> {
     let contents: Vec<WireContent> =
         member(obj, "contents")?.ok_or_else(|| invalid("contents", "it is required"))?;
+    if contents.is_empty() {
+        return Err(invalid("contents", "at least one content is required"));
+    }
     let mut req = ChatRequest {
         model: model.to_owned(),
         stream,
@@ -969,8 +984,14 @@ impl StreamDecoder {
                 }
                 continue;
             }
+            let mut call_signature = None;
             if let Some(s) = p.thought_signature {
-                self.sign(s, out);
+                if p.function_call.is_some() {
+                    // Rides in the call's id, which clients echo (see `call_id`).
+                    call_signature = Some(s);
+                } else {
+                    self.sign(s, out);
+                }
             }
             if let Some(c) = p.function_call {
                 self.close(out);
@@ -978,6 +999,10 @@ impl StreamDecoder {
                 let index = self.next_index;
                 self.next_index += 1;
                 let id = self.ids.call(&c.name, c.id);
+                let id = match call_signature {
+                    Some(s) => call_id::with_signature(&id, &s),
+                    None => id,
+                };
                 out.push(StreamEvent::BlockStart {
                     index,
                     block: BlockKind::ToolCall { id, name: c.name },

@@ -18,7 +18,11 @@ pub(crate) fn start_request<M: DeserializeOwned>(
     model: &str,
     stream: bool,
 ) -> Result<(Vec<M>, ChatRequest), TranslateError> {
-    let wire = member(obj, "messages")?.ok_or_else(|| invalid("messages", "it is required"))?;
+    let wire: Vec<M> =
+        member(obj, "messages")?.ok_or_else(|| invalid("messages", "it is required"))?;
+    if wire.is_empty() {
+        return Err(invalid("messages", "at least one message is required"));
+    }
     let req = ChatRequest {
         model: model.to_owned(),
         stream,
@@ -37,8 +41,33 @@ pub(crate) fn member<T: DeserializeOwned>(
         Some(raw) if raw.get() == "null" => Ok(None),
         Some(raw) => serde_json::from_str(raw.get())
             .map(Some)
-            .map_err(|e| invalid(key, e)),
+            .map_err(|e| invalid(key, describe(&e))),
     }
+}
+
+/// A serde error as the client may read it: what was wrong, without our Rust type names
+/// (`expected struct WireMessage`) or positions inside the member (not the body).
+pub(crate) fn describe(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = text
+        .rsplit_once(" at line ")
+        .map_or(text.as_str(), |(head, _)| head);
+    let mut out: Vec<&str> = Vec::new();
+    for word in text.split(' ') {
+        let ident = word.trim_end_matches([',', '.', ';']);
+        if ident.starts_with("Wire") {
+            while matches!(
+                out.last(),
+                Some(&("struct" | "enum" | "tagged" | "internally" | "untagged"))
+            ) {
+                out.pop();
+            }
+            out.push("the documented shape");
+            continue;
+        }
+        out.push(word);
+    }
+    out.join(" ")
 }
 
 /// Serializes a JSON value we built ourselves (cannot fail for `serde_json::Value`).

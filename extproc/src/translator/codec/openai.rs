@@ -249,6 +249,12 @@ pub fn request_from_wire(
     let (wire, mut req) = start_request::<WireMessage>(obj, model, stream)?;
     for m in wire {
         match m.role.as_str() {
+            "system" | "developer" | "user" if m.content.is_none() => {
+                return Err(invalid(
+                    "messages",
+                    format!("a `{}` message needs `content`", m.role),
+                ))
+            }
             "system" | "developer" => req.system.extend(texts_of(parts_of(m.content)?)),
             "user" => req.messages.push(Message {
                 role: Role::User,
