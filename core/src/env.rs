@@ -1,11 +1,59 @@
 //! The process environment behind one injectable source, so tests never touch `std::env`.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Where configuration reads environment variables from.
 pub trait EnvSource: Send + Sync {
     /// The value of `name`, if set and valid UTF-8.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Whether a secret that cannot be read (an unset variable, an unreadable file) may be left
+    /// out rather than be an error: `path` is the secret's field path, `why` what is missing.
+    /// Strict (`false`) for every source but [`AllowMissingSecrets`], which records it.
+    fn allow_missing_secret(&self, _path: &str, _why: &str) -> bool {
+        false
+    }
+}
+
+/// A source that lets every missing secret pass (`tollgate check --allow-missing-secrets`, for
+/// CI where provider keys do not exist) and keeps what was missing, for the warnings.
+pub struct AllowMissingSecrets<'a> {
+    inner: &'a dyn EnvSource,
+    missing: Mutex<Vec<(String, String)>>,
+}
+
+impl<'a> AllowMissingSecrets<'a> {
+    /// Reads variables from `inner`, letting missing secrets pass.
+    pub fn new(inner: &'a dyn EnvSource) -> Self {
+        Self {
+            inner,
+            missing: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The secrets that were missing: `(field path, what is missing)`, in the order met.
+    pub fn missing(&self) -> Vec<(String, String)> {
+        match self.missing.lock() {
+            Ok(m) => m.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl EnvSource for AllowMissingSecrets<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.inner.var(name)
+    }
+
+    fn allow_missing_secret(&self, path: &str, why: &str) -> bool {
+        let mut m = match self.missing.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        m.push((path.to_owned(), why.to_owned()));
+        true
+    }
 }
 
 /// The real process environment.
