@@ -299,7 +299,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (outcome, missing) = Config::check(&file, &ProcessEnv, allow_missing_secrets);
             let mut err = std::io::stderr().lock();
             for (path, why) in &missing {
-                writeln!(err, "warning: {path}: {why} (allowed by --allow-missing-secrets)")?;
+                writeln!(
+                    err,
+                    "warning: {path}: {why} (allowed by --allow-missing-secrets)"
+                )?;
             }
             let c = match outcome {
                 Ok(c) => c,

@@ -166,15 +166,19 @@ keys: []
     ] {
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
-    assert!(out.contains("ok (3 providers, 3 models, 0 keys, 4 secret(s) missing)"), "{out}");
+    assert!(
+        out.contains("ok (3 providers, 3 models, 0 keys, 4 secret(s) missing)"),
+        "{out}"
+    );
 
     // Everything else is still validated: a real error fails the check, the warnings stay.
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,
-        std::fs::read_to_string(&good)
-            .unwrap()
-            .replace("provider: oa, model: gpt-4o", "provider: ghost, model: gpt-4o"),
+        std::fs::read_to_string(&good).unwrap().replace(
+            "provider: oa, model: gpt-4o",
+            "provider: ghost, model: gpt-4o",
+        ),
     )
     .unwrap();
     let out = Command::new(TOLLGATE)
@@ -184,8 +188,14 @@ keys: []
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("models.m.targets[0].provider: unknown provider `ghost`"), "{err}");
-    assert!(err.contains("warning: providers.oa.credential.env:"), "{err}");
+    assert!(
+        err.contains("models.m.targets[0].provider: unknown provider `ghost`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: providers.oa.credential.env:"),
+        "{err}"
+    );
 
     // A bad command line is exit status 2 (clap).
     let usage = Command::new(TOLLGATE)

@@ -10,6 +10,7 @@
 //! answer), or forwarded to a provider (`forwarded`).
 
 mod auth;
+mod count;
 mod finish;
 mod local;
 mod reserve;
@@ -17,6 +18,7 @@ mod response;
 mod route;
 mod upstream_auth;
 
+pub use count::TOKEN_COUNT_HEADER;
 pub use reserve::BUDGET_WARNING_HEADER;
 
 use std::sync::Arc;
