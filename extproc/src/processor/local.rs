@@ -210,6 +210,7 @@ impl Processor {
         }
         let counter = budget::Counter::for_target(target.provider.kind, &target.upstream_model);
         let tokens = budget::prompt_tokens(&obj, counter);
+        self.estimated_count = Some(model);
         let mut answer = self.answer(
             Endpoint::CountTokens.label(),
             serde_json::json!({ "input_tokens": tokens }).to_string(),

@@ -193,6 +193,8 @@ pub struct Processor {
     span: Option<Box<RequestSpan>>,
     /// The trace context of Envoy's ext_proc call (its gRPC metadata), when Envoy traces.
     envoy_trace: Option<Remote>,
+    /// The model of a token count Tollgate estimated itself (logged, like every count).
+    estimated_count: Option<String>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -246,6 +248,7 @@ impl Processor {
             tracer: None,
             span: None,
             envoy_trace: None,
+            estimated_count: None,
         }
     }
 
