@@ -1252,6 +1252,9 @@ fn validate_feedback(
     })
 }
 
+/// The secrets a config check let pass missing: `(field path, what is missing)`.
+pub type MissingSecrets = Vec<(String, String)>;
+
 /// What stands in for a secret the source let pass missing ([`EnvSource::allow_missing_secret`]):
 /// long enough and plain enough to pass every check made on a real one.
 pub const MISSING_SECRET_PLACEHOLDER: &str = "tollgate-check-missing-secret-placeholder-0123456789";
@@ -1800,7 +1803,7 @@ impl Config {
         path: &Path,
         env: &dyn EnvSource,
         allow_missing_secrets: bool,
-    ) -> (Result<Config, Vec<ConfigError>>, Vec<(String, String)>) {
+    ) -> (Result<Config, Vec<ConfigError>>, MissingSecrets) {
         if !allow_missing_secrets {
             return (Self::load(path, env), Vec::new());
         }

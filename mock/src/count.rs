@@ -74,10 +74,8 @@ pub(crate) fn anthropic(body: &[u8]) -> Response {
     {
         return invalid(&format!("{extra}: Extra inputs are not permitted"));
     }
-    if !request
-        .get("model")
-        .is_some_and(|m| m.as_str().is_some_and(|s| !s.is_empty()))
-    {
+    let named = request.get("model").and_then(Value::as_str);
+    if named.is_none_or(str::is_empty) {
         return invalid("model: Field required");
     }
     let Some(Value::Array(msgs)) = request.get("messages") else {
