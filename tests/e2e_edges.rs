@@ -105,11 +105,19 @@ async fn count_tokens_asks_the_providers_counting_api_and_marks_estimates() {
     ];
     for (model, path) in counted {
         let r = stack
-            .post("/v1/messages/count_tokens", Some(KEY_ALL), count_body(model))
+            .post(
+                "/v1/messages/count_tokens",
+                Some(KEY_ALL),
+                count_body(model),
+            )
             .await;
         assert_eq!(r.status, 200, "{model}: {}", r.text);
         assert_eq!(r.json(), json!({"input_tokens": MOCK_COUNT}), "{model}");
-        assert_eq!(r.header("x-tollgate-token-count"), Some("provider"), "{model}");
+        assert_eq!(
+            r.header("x-tollgate-token-count"),
+            Some("provider"),
+            "{model}"
+        );
         assert!(r.header("x-tollgate-request-id").is_some(), "{model}");
         let calls = seen(&stack, path).await;
         assert_eq!(calls.len(), 1, "{model}: {calls:?}");
@@ -119,7 +127,10 @@ async fn count_tokens_asks_the_providers_counting_api_and_marks_estimates() {
     assert_eq!(anthropic["headers"]["x-api-key"], ANTHROPIC_SECRET);
     assert_eq!(anthropic["body"]["model"], "claude-upstream-model");
     assert!(anthropic["headers"]["anthropic-version"].is_string());
-    assert!(anthropic["headers"].get("authorization").is_none(), "{anthropic}");
+    assert!(
+        anthropic["headers"].get("authorization").is_none(),
+        "{anthropic}"
+    );
     let vertex_claude = &seen(&stack, "count-tokens:rawPredict").await[0];
     assert_eq!(vertex_claude["body"]["model"], "claude-vertex-model");
     assert!(vertex_claude["headers"]["authorization"]
@@ -127,7 +138,10 @@ async fn count_tokens_asks_the_providers_counting_api_and_marks_estimates() {
         .unwrap()
         .starts_with("Bearer ya29.mock-"));
     let vertex_gemini = &seen(&stack, "gemini-vertex-model:countTokens").await[0];
-    assert!(vertex_gemini["body"]["contents"].is_array(), "{vertex_gemini}");
+    assert!(
+        vertex_gemini["body"]["contents"].is_array(),
+        "{vertex_gemini}"
+    );
     let gemini = &seen(&stack, "gemini-upstream-model:countTokens").await[0];
     assert_eq!(gemini["headers"]["x-goog-api-key"], GEMINI_SECRET);
     assert_eq!(
@@ -146,21 +160,39 @@ async fn count_tokens_asks_the_providers_counting_api_and_marks_estimates() {
         .as_str()
         .unwrap()
         .starts_with("AWS4-HMAC-SHA256"));
-    assert!(bedrock["body"]["input"]["converse"]["messages"].is_array(), "{bedrock}");
-    assert!(bedrock["body"]["input"]["converse"]["system"].is_array(), "{bedrock}");
+    assert!(
+        bedrock["body"]["input"]["converse"]["messages"].is_array(),
+        "{bedrock}"
+    );
+    assert!(
+        bedrock["body"]["input"]["converse"]["system"].is_array(),
+        "{bedrock}"
+    );
 
     // No counting API: an OpenAI-family model, a Bedrock model CountTokens refuses.
     let before = stack.posted().await.len();
     for model in ["mock-model", "bedrock-rate-limited"] {
         let r = stack
-            .post("/v1/messages/count_tokens", Some(KEY_ALL), count_body(model))
+            .post(
+                "/v1/messages/count_tokens",
+                Some(KEY_ALL),
+                count_body(model),
+            )
             .await;
         assert_eq!(r.status, 200, "{model}: {}", r.text);
-        assert_eq!(r.header("x-tollgate-token-count"), Some("estimate"), "{model}");
+        assert_eq!(
+            r.header("x-tollgate-token-count"),
+            Some("estimate"),
+            "{model}"
+        );
         let n = r.json()["input_tokens"].as_u64().unwrap();
         assert!(n > 0 && n != MOCK_COUNT, "{model}: {n}");
     }
-    assert_eq!(stack.posted().await.len(), before, "an estimate went upstream");
+    assert_eq!(
+        stack.posted().await.len(),
+        before,
+        "an estimate went upstream"
+    );
 
     // The provider's refusal reaches the client in Anthropic's format: Anthropic's own
     // (a member its count endpoint does not take), and Bedrock's (a bad signature).
@@ -175,7 +207,12 @@ async fn count_tokens_asks_the_providers_counting_api_and_marks_estimates() {
         .await;
     assert_eq!(r.status, 400, "{}", r.text);
     assert_eq!(r.json()["type"], "error", "{}", r.text);
-    assert_eq!(r.json()["error"]["type"], "invalid_request_error", "{}", r.text);
+    assert_eq!(
+        r.json()["error"]["type"],
+        "invalid_request_error",
+        "{}",
+        r.text
+    );
     assert_eq!(r.header("x-tollgate-token-count"), None);
     let r = stack
         .post(
@@ -219,7 +256,11 @@ async fn count_tokens_asks_the_providers_counting_api_and_marks_estimates() {
     assert_eq!(usage.status, 200, "{}", usage.text);
     for row in usage.json()["data"].as_array().unwrap() {
         let spent = row["spent_usd"].as_str().unwrap();
-        assert!(spent.trim_start_matches(['0', '.']).is_empty(), "{}", usage.text);
+        assert!(
+            spent.trim_start_matches(['0', '.']).is_empty(),
+            "{}",
+            usage.text
+        );
     }
 }
 
@@ -292,15 +333,25 @@ async fn gemini_clients_may_send_the_key_in_the_query_string() {
 
     // The key went nowhere past the gate.
     let upstream = serde_json::to_string(&stack.upstream_requests().await).unwrap();
-    assert!(!upstream.contains(KEY_ALL), "the provider saw the key: {upstream}");
+    assert!(
+        !upstream.contains(KEY_ALL),
+        "the provider saw the key: {upstream}"
+    );
     let lines = wait_lines(&logger, 4).await;
     let events = serde_json::to_string(&lines).unwrap();
-    assert!(!events.contains(KEY_ALL), "a log event holds the key: {events}");
+    assert!(
+        !events.contains(KEY_ALL),
+        "a log event holds the key: {events}"
+    );
     assert!(!events.contains("tg-not-a-key"), "{events}");
     for p in &stack.procs {
         let log = p.log();
         assert!(!log.contains(KEY_ALL), "{}'s log holds the key", p.name);
-        assert!(!log.contains("tg-not-a-key"), "{}'s log holds the key", p.name);
+        assert!(
+            !log.contains("tg-not-a-key"),
+            "{}'s log holds the key",
+            p.name
+        );
     }
 }
 
@@ -314,8 +365,9 @@ async fn rate_limit_refusals_carry_the_reset_headers_of_every_limit_kind() {
     const KEY_TENANT_TOKENS: &str = "tg-e2e-edges-tenant-tokens";
     const KEY_BOTH: &str = "tg-e2e-edges-both";
     let stack = Stack::start(StackOptions {
-        extra_yaml: "tenants:\n  acme: { requests_per_minute: 1 }\n  tt: { tokens_per_minute: 5 }\n"
-            .to_owned(),
+        extra_yaml:
+            "tenants:\n  acme: { requests_per_minute: 1 }\n  tt: { tokens_per_minute: 5 }\n"
+                .to_owned(),
         patch_config: Some(|y| {
             let keys = format!(
                 "keys:\n  - {{ id: key-tokens, hash: \"{}\", models: [\"*\"], tokens_per_minute: 5, requests_per_minute: 100 }}\n  - {{ id: tenant-tokens, hash: \"{}\", tenant: tt, models: [\"*\"] }}\n  - {{ id: both, hash: \"{}\", models: [\"*\"], requests_per_minute: 1, tokens_per_minute: 1000 }}\n",

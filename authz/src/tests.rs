@@ -300,8 +300,9 @@ fn a_refused_request_rate_says_when_the_limit_resets() {
     for _ in 0..3 {
         block(svc.decide(&request("/v1/chat/completions", "tg-slow"), t0));
     }
-    let (status, _, headers) =
-        denied(&block(svc.decide(&request("/v1/chat/completions", "tg-slow"), t0)));
+    let (status, _, headers) = denied(&block(
+        svc.decide(&request("/v1/chat/completions", "tg-slow"), t0),
+    ));
     assert_eq!(status, 429);
     let h: HashMap<String, String> = headers.into_iter().collect();
     assert_eq!(h["x-ratelimit-limit-requests"], "3");
@@ -312,8 +313,14 @@ fn a_refused_request_rate_says_when_the_limit_resets() {
 
 #[test]
 fn the_key_may_come_in_the_query_string_and_goes_no_further() {
-    assert_eq!(query_key("/v1beta/models/g:generateContent?key=tg-good").as_deref(), Some("tg-good"));
-    assert_eq!(query_key("/x?alt=sse&key=tg%2Dgood").as_deref(), Some("tg-good"));
+    assert_eq!(
+        query_key("/v1beta/models/g:generateContent?key=tg-good").as_deref(),
+        Some("tg-good")
+    );
+    assert_eq!(
+        query_key("/x?alt=sse&key=tg%2Dgood").as_deref(),
+        Some("tg-good")
+    );
     assert_eq!(query_key("/x?keys=1&apikey=2"), None);
     assert_eq!(query_key("/x?key="), None);
     assert_eq!(query_key("/x"), None);
@@ -335,7 +342,10 @@ fn the_key_may_come_in_the_query_string_and_goes_no_further() {
         other => panic!("expected an allow, got {other:?}"),
     }
     // A header wins over the query; a wrong query key is Gemini's 401.
-    let resp = check("/v1beta/models/m1:generateContent?key=tg-bad", &[("x-goog-api-key", "tg-good")]);
+    let resp = check(
+        "/v1beta/models/m1:generateContent?key=tg-bad",
+        &[("x-goog-api-key", "tg-good")],
+    );
     assert_eq!(resp.status.as_ref().unwrap().code, 0);
     let (status, body, _) = denied(&check("/v1beta/models/m1:generateContent?key=tg-bad", &[]));
     assert_eq!(status, 401);
