@@ -287,3 +287,67 @@ impl Processor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tollgate_core::env::MapEnv;
+    use tollgate_core::Config;
+
+    use super::*;
+
+    #[test]
+    fn each_provider_counts_at_its_own_path_or_not_at_all() {
+        let yaml = r#"
+providers:
+  a: { kind: anthropic, base_url: "https://api.anthropic.com/v1", credential: { env: K } }
+  g: { kind: gemini, credential: { env: K } }
+  v: { kind: vertex, project: p, location: us-east5, credential: { env: SA } }
+  b: { kind: bedrock, aws: { region: us-east-1, access_key_id: { env: K }, secret_access_key: { env: K } } }
+  o: { kind: openai, base_url: "https://api.openai.com/v1" }
+models:
+  a: { targets: [{ provider: a, model: claude-x }] }
+  g: { targets: [{ provider: g, model: gemini-x }] }
+  vc: { targets: [{ provider: v, model: claude-x@1 }] }
+  vg: { targets: [{ provider: v, model: gemini-x }] }
+  b: { targets: [{ provider: b, model: "anthropic.claude-x-v1:0" }] }
+  bx: { targets: [{ provider: b, model: "us.anthropic.claude-x-v1:0" }] }
+  o: { targets: [{ provider: o, model: gpt-x }] }
+"#;
+        let sa = r#"{"type":"service_account","client_email":"a@b","private_key":"-----BEGIN PRIVATE KEY-----","token_uri":"http://x/token"}"#;
+        let env = MapEnv::from_pairs([("K", "secret"), ("SA", sa)]);
+        let config = Config::from_yaml(yaml, &env).unwrap();
+        let path = |m: &str| Counter::of(&config.models[m].targets[0]);
+        let some = |c: Counter, p: &str| Some((c, p.to_owned()));
+        assert_eq!(
+            path("a"),
+            some(Counter::Anthropic, "/v1/messages/count_tokens")
+        );
+        assert_eq!(
+            path("g"),
+            some(Counter::Gemini, "/v1beta/models/gemini-x:countTokens")
+        );
+        assert_eq!(
+            path("vc"),
+            some(
+                Counter::VertexAnthropic,
+                "/v1/projects/p/locations/us-east5/publishers/anthropic/models/count-tokens:rawPredict"
+            )
+        );
+        assert_eq!(
+            path("vg"),
+            some(
+                Counter::VertexGemini,
+                "/v1/projects/p/locations/us-east5/publishers/google/models/gemini-x:countTokens"
+            )
+        );
+        assert_eq!(
+            path("b"),
+            some(
+                Counter::Bedrock,
+                "/model/anthropic.claude-x-v1%3A0/count-tokens"
+            )
+        );
+        assert_eq!(path("bx"), None, "cross-region profiles cannot be counted");
+        assert_eq!(path("o"), None);
+    }
+}
