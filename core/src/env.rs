@@ -87,3 +87,45 @@ impl EnvSource for MapEnv {
         self.0.get(name).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_secrets_may_pass_as_warnings_naming_their_field_path() {
+        let yaml = r#"
+providers:
+  openai: { kind: openai, base_url: "https://api.openai.com/v1", credential: { env: NOT_SET_1 } }
+models:
+  m: { targets: [{ provider: openai, model: gpt-4o }] }
+logging: { address: "127.0.0.1:1", spool_dir: /tmp/tollgate-spool-test }
+feedback: { secret: { file: /nonexistent/tollgate-feedback-secret } }
+budgets:
+  redis: { url_env: NOT_SET_2 }
+"#;
+        let strict = crate::Config::from_yaml(yaml, &MapEnv::default()).unwrap_err();
+        let paths: Vec<&str> = strict.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "providers.openai.credential.env",
+                "feedback.secret.file",
+                "budgets.redis.url_env"
+            ],
+            "{strict:?}"
+        );
+        let empty = MapEnv::default();
+        let lenient = AllowMissingSecrets::new(&empty);
+        let config = crate::Config::from_yaml(yaml, &lenient);
+        assert!(config.is_ok(), "{config:?}");
+        let missing: Vec<String> = lenient.missing().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(missing, paths);
+        // Everything else is still an error.
+        let bad = yaml.replace("gpt-4o }", "gpt-4o, weight: 0 }");
+        let errs = crate::Config::from_yaml(&bad, &AllowMissingSecrets::new(&MapEnv::default()))
+            .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "models.m.targets[0].weight");
+    }
+}

@@ -14,12 +14,12 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::count;
 use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
 use crate::{
-    bedrock, chat, completions, count, embeddings, gemini, messages, models, text, vertex,
-    MockConfig,
+    bedrock, chat, completions, embeddings, gemini, messages, models, text, vertex, MockConfig,
 };
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
