@@ -122,10 +122,16 @@ enum Command {
         #[arg(long)]
         envoy: Option<PathBuf>,
     },
-    /// Validate a config file: every error, with its field path.
+    /// Validate a config file: every error, with its field path. Exit status: 0 valid, 1
+    /// invalid (or unreadable), 2 bad command line.
     Check {
         /// The config file.
         file: PathBuf,
+        /// Let secrets that are not there (unset variables, unreadable files) pass, each
+        /// reported as a warning naming its field path; everything else is still validated
+        /// (for CI, where provider keys do not exist). Default: a missing secret is an error.
+        #[arg(long)]
+        allow_missing_secrets: bool,
     },
     /// Virtual keys.
     Keys {
@@ -290,27 +296,43 @@ fn yaml_str(s: &str) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Check { file } => match Config::load(&file, &ProcessEnv) {
-            Ok(c) => {
+        Command::Check {
+            file,
+            allow_missing_secrets,
+        } => {
+            let (outcome, missing) = Config::check(&file, &ProcessEnv, allow_missing_secrets);
+            let mut err = std::io::stderr().lock();
+            for (path, why) in &missing {
                 writeln!(
-                    out,
-                    "{}: ok ({} providers, {} models, {} keys)",
-                    file.display(),
-                    c.providers.len(),
-                    c.models.len(),
-                    c.keys.len()
+                    err,
+                    "warning: {path}: {why} (allowed by --allow-missing-secrets)"
                 )?;
-                Ok(ExitCode::SUCCESS)
             }
-            Err(errs) => {
-                let mut err = std::io::stderr().lock();
-                writeln!(err, "{}: {} error(s)", file.display(), errs.len())?;
-                for e in errs {
-                    writeln!(err, "  {e}")?;
+            let c = match outcome {
+                Ok(c) => c,
+                Err(errs) => {
+                    writeln!(err, "{}: {} error(s)", file.display(), errs.len())?;
+                    for e in errs {
+                        writeln!(err, "  {e}")?;
+                    }
+                    return Ok(ExitCode::FAILURE);
                 }
-                Ok(ExitCode::FAILURE)
-            }
-        },
+            };
+            writeln!(
+                out,
+                "{}: ok ({} providers, {} models, {} keys{})",
+                file.display(),
+                c.providers.len(),
+                c.models.len(),
+                c.keys.len(),
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} secret(s) missing", missing.len())
+                }
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys {
             command:
                 KeysCommand::New {

@@ -106,3 +106,102 @@ keys:
         assert!(err.contains(want), "missing `{want}` in:\n{err}");
     }
 }
+
+/// `tollgate check --allow-missing-secrets` (CI, where provider keys do not exist): every
+/// secret that is not there is a warning naming its field path, everything else is still an
+/// error; without the flag a missing secret fails the check.
+#[test]
+fn check_can_let_missing_secrets_pass_as_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    let missing_file = dir.path().join("no-such-service-account.json");
+    std::fs::write(
+        &good,
+        format!(
+            r#"providers:
+  oa: {{ kind: openai, base_url: "https://api.openai.com/v1", credential: {{ env: TOLLGATE_TEST_SURELY_UNSET_KEY }} }}
+  vx: {{ kind: vertex, project: p, location: us-east5, credential: {{ file: "{}" }} }}
+  br:
+    kind: bedrock
+    aws:
+      region: us-east-1
+      access_key_id: {{ env: TOLLGATE_TEST_SURELY_UNSET_AKID }}
+      secret_access_key: {{ env: TOLLGATE_TEST_SURELY_UNSET_SAK }}
+models:
+  m: {{ targets: [{{ provider: oa, model: gpt-4o }}] }}
+  c: {{ targets: [{{ provider: vx, model: claude-sonnet-4 }}] }}
+  b: {{ targets: [{{ provider: br, model: anthropic.claude-3-haiku }}] }}
+keys: []
+"#,
+            missing_file.display()
+        ),
+    )
+    .unwrap();
+    let strict = Command::new(TOLLGATE)
+        .arg("check")
+        .arg(&good)
+        .env_remove("TOLLGATE_TEST_SURELY_UNSET_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(1), "strict by default");
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert!(
+        err.contains("providers.oa.credential.env: environment variable `TOLLGATE_TEST_SURELY_UNSET_KEY` is not set"),
+        "{err}"
+    );
+
+    let lenient = Command::new(TOLLGATE)
+        .args(["check", "--allow-missing-secrets"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&lenient.stderr);
+    let out = String::from_utf8_lossy(&lenient.stdout);
+    assert_eq!(lenient.status.code(), Some(0), "{err}\n{out}");
+    for want in [
+        "warning: providers.oa.credential.env: environment variable `TOLLGATE_TEST_SURELY_UNSET_KEY` is not set",
+        "warning: providers.vx.credential.file: cannot read",
+        "warning: providers.br.aws.access_key_id.env:",
+        "warning: providers.br.aws.secret_access_key.env:",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    assert!(
+        out.contains("ok (3 providers, 3 models, 0 keys, 4 secret(s) missing)"),
+        "{out}"
+    );
+
+    // Everything else is still validated: a real error fails the check, the warnings stay.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&good).unwrap().replace(
+            "provider: oa, model: gpt-4o",
+            "provider: ghost, model: gpt-4o",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(TOLLGATE)
+        .args(["check", "--allow-missing-secrets"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("models.m.targets[0].provider: unknown provider `ghost`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: providers.oa.credential.env:"),
+        "{err}"
+    );
+
+    // A bad command line is exit status 2 (clap).
+    let usage = Command::new(TOLLGATE)
+        .args(["check", "--no-such-flag"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+}

@@ -11,13 +11,16 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
-/// Every request the mock saw went to a Converse path of the encoded model id, signed.
+/// Every request the mock saw went to a Converse path of the encoded model id (or, for the
+/// Anthropic SDK's `count_tokens`, its `CountTokens` path), signed.
 fn assert_signed_converse_requests(seen: &[Value]) {
     for req in seen {
         let path = req["path"].as_str().unwrap();
         assert!(path.starts_with("/model/"), "{req}");
         assert!(
-            path.ends_with("/converse") || path.ends_with("/converse-stream"),
+            path.ends_with("/converse")
+                || path.ends_with("/converse-stream")
+                || path.ends_with("/count-tokens"),
             "{req}"
         );
         let auth = req["headers"]["authorization"].as_str().unwrap();

@@ -35,7 +35,14 @@ async fn anthropic_sdk_against_an_anthropic_backend() {
         .anthropic_sdk("claude-model", "claude-rate-limited", "claude-stream-error")
         .await;
     for req in &seen {
-        assert_eq!(req["path"], "/v1/messages", "{req}");
+        // The SDK's `count_tokens` is asked of Anthropic's own counting endpoint.
+        assert!(
+            matches!(
+                req["path"].as_str(),
+                Some("/v1/messages" | "/v1/messages/count_tokens")
+            ),
+            "{req}"
+        );
         assert_eq!(req["headers"]["x-api-key"], ANTHROPIC_SECRET, "{req}");
     }
 }
@@ -163,15 +170,16 @@ async fn providers_get_anthropic_credentials_versions_and_bodies() {
 }
 
 /// Asserts an Anthropic-format error with this status and type, and a request id.
-/// `POST /v1/messages/count_tokens` is answered by Tollgate for every backend, errors in
-/// Anthropic's format, and never reaches a provider.
+/// `POST /v1/messages/count_tokens` for backends without a counting API (OpenAI family) is
+/// estimated by Tollgate and marked so; errors in Anthropic's format; neither reaches a
+/// provider (models whose provider counts: `tests/e2e_edges.rs`).
 #[tokio::test]
 async fn count_tokens_is_answered_by_tollgate_in_anthropic_format() {
     let stack = Stack::start(StackOptions::default());
     let count = |model: &str, text: &str| {
         json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string()
     };
-    for model in ["mock-model", "claude-model"] {
+    for model in ["mock-model", "compat-model"] {
         let short = stack
             .post(
                 "/v1/messages/count_tokens",
@@ -180,6 +188,7 @@ async fn count_tokens_is_answered_by_tollgate_in_anthropic_format() {
             )
             .await;
         assert_eq!(short.status, 200, "{}", short.text);
+        assert_eq!(short.header("x-tollgate-token-count"), Some("estimate"));
         let long = stack
             .post(
                 "/v1/messages/count_tokens",

@@ -79,6 +79,46 @@ impl Admitted {
     }
 }
 
+/// A request the gate refused: why, and the state of the key's rate limits where they were
+/// asked (a limited key's refusal carries them like every other answer).
+#[derive(Debug, Clone)]
+pub struct Denied {
+    /// The refusal.
+    pub error: ApiError,
+    /// The request-rate decision (the refusing one for a request-rate refusal).
+    pub rate: Option<Decision>,
+    /// The token-rate decision (the refusing one for a token-rate refusal).
+    pub tokens: Option<Decision>,
+}
+
+impl From<ApiError> for Denied {
+    fn from(error: ApiError) -> Self {
+        Self {
+            error,
+            rate: None,
+            tokens: None,
+        }
+    }
+}
+
+impl Denied {
+    /// The refusal's headers: [`refusal_headers`], then OpenAI's `x-ratelimit-*` headers of
+    /// every limit that was asked: a refusing limit says 0 remaining and when it is whole
+    /// again (`x-ratelimit-reset-*`), as every other response of a limited key does.
+    pub fn headers(&self, request_id: &str) -> Vec<(String, String)> {
+        let mut headers = refusal_headers(&self.error, request_id);
+        for (d, unit) in [(&self.rate, "requests"), (&self.tokens, "tokens")] {
+            if let Some(d) = d {
+                for (k, v) in rate_headers(d, unit) {
+                    headers.retain(|(h, _)| *h != k);
+                    headers.push((k, v));
+                }
+            }
+        }
+        headers
+    }
+}
+
 /// The headers of a refusal: content type, request id, and `retry-after` plus the
 /// `x-ratelimit-*` headers a rate or budget refusal tells the client.
 pub fn refusal_headers(err: &ApiError, request_id: &str) -> Vec<(String, String)> {
@@ -149,10 +189,12 @@ impl Gate {
         method: &str,
         request_id: &str,
         now: OffsetDateTime,
-    ) -> Result<Admitted, ApiError> {
+    ) -> Result<Admitted, Denied> {
         // An owned snapshot: it is held across the ledger and rate-store calls.
         let config = self.config.load_full();
-        let key = presented_key_in(&header);
+        // A key header first, else Google's `?key=` (removed from the path by the caller).
+        let in_query = query_key(path);
+        let key = presented_key_in(&header).or(in_query.as_deref());
         let bundle = key.and_then(|key| config.key(&keys::hash_key(key)));
         let decision = match (key, bundle) {
             (None, _) => Err(ApiError::MissingKey),
@@ -177,7 +219,7 @@ impl Gate {
         let now_nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
         let decision = match decision {
             Ok(b) => self.rate_limits(&config, b, now_nanos).await,
-            Err(e) => Err(e),
+            Err(e) => Err(Denied::from(e)),
         };
         match decision {
             Ok((bundle, rate, tokens)) => {
@@ -196,7 +238,8 @@ impl Gate {
                     feedback_token,
                 })
             }
-            Err(err) => {
+            Err(denied) => {
+                let err = &denied.error;
                 let label = err.class().code;
                 self.metrics
                     .authz
@@ -213,11 +256,11 @@ impl Gate {
                         bundle.map(|b| b.as_ref()),
                         path,
                         method,
-                        &err,
+                        err,
                         now,
                     ));
                 }
-                Err(err)
+                Err(denied)
             }
         }
     }
@@ -280,7 +323,7 @@ impl AuthzService {
             .await
         {
             Ok(admitted) => allow(&admitted, path, method, &request_id),
-            Err(err) => deny(&err, Dialect::from_path(path), &request_id),
+            Err(denied) => deny(&denied, Dialect::from_path(path), &request_id),
         }
     }
 }
@@ -326,12 +369,14 @@ impl Gate {
 impl Gate {
     /// The key's and its tenant's request-rate limits (counted only when all admit), then
     /// their token-rate limits (room is asked; ext_proc charges the real tokens at the end).
+    /// A refusal carries the decisions of both kinds (the token limits are only looked at
+    /// after a request-rate refusal) for its headers.
     async fn rate_limits<'b>(
         &self,
         config: &tollgate_core::Config,
         b: &'b Arc<KeyBundle>,
         now_nanos: u64,
-    ) -> Result<(&'b Arc<KeyBundle>, Option<Decision>, Option<Decision>), ApiError> {
+    ) -> Result<(&'b Arc<KeyBundle>, Option<Decision>, Option<Decision>), Denied> {
         let refusal = |unit, scope, d: Decision| ApiError::RateLimited {
             unit,
             scope,
@@ -355,29 +400,46 @@ impl Gate {
             b.tenant.as_deref(),
             &config.tenant_tokens_per_minute,
         );
-        let mut answers = [None, None];
-        for (slot, (limits, unit)) in answers
-            .iter_mut()
-            .zip([(&requests, "requests"), (&tokens, "tokens")])
-        {
-            if limits.is_empty() {
-                continue;
-            }
-            let pairs: Vec<(&str, u32)> = limits.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
-            let checked = if unit == "requests" {
-                self.limiter.check_all(&pairs, now_nanos).await
-            } else {
-                self.limiter.check_tokens(&pairs, now_nanos).await
-            };
-            match checked {
-                Ok(d) => *slot = Some(d),
+        let request_pairs: Vec<(&str, u32)> =
+            requests.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
+        let token_pairs: Vec<(&str, u32)> =
+            tokens.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
+        let scope =
+            |limits: &[(String, u32, &'static str)], i: usize| limits.get(i).map_or("key", |l| l.2);
+        let mut rate = None;
+        if !requests.is_empty() {
+            match self.limiter.check_all(&request_pairs, now_nanos).await {
+                Ok(d) => rate = Some(d),
                 Err((i, d)) => {
-                    return Err(refusal(unit, limits.get(i).map_or("key", |l| l.2), d));
+                    // Looked at, not charged: the refusal reports the token limits too.
+                    let tokens = if token_pairs.is_empty() {
+                        None
+                    } else {
+                        let looked = self.limiter.check_tokens(&token_pairs, now_nanos).await;
+                        Some(looked.unwrap_or_else(|(_, d)| d))
+                    };
+                    return Err(Denied {
+                        error: refusal("requests", scope(&requests, i), d),
+                        rate: Some(d),
+                        tokens,
+                    });
                 }
             }
         }
-        let [rate, tokens] = answers;
-        Ok((b, rate, tokens))
+        let mut answer_tokens = None;
+        if !tokens.is_empty() {
+            match self.limiter.check_tokens(&token_pairs, now_nanos).await {
+                Ok(d) => answer_tokens = Some(d),
+                Err((i, d)) => {
+                    return Err(Denied {
+                        error: refusal("tokens", scope(&tokens, i), d),
+                        rate,
+                        tokens: Some(d),
+                    });
+                }
+            }
+        }
+        Ok((b, rate, answer_tokens))
     }
 }
 
@@ -408,6 +470,70 @@ pub fn denied_event(
         error_class: class.code.to_owned(),
         ..Default::default()
     }
+}
+
+/// The query parameter Google's REST examples carry the API key in (`?key=…`).
+pub const KEY_QUERY_PARAMETER: &str = "key";
+
+/// The key in `path`'s query (`?key=…`, as Gemini clients may send it), percent-decoded.
+pub fn query_key(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let (_, query) = path.split_once('?')?;
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(KEY_QUERY_PARAMETER)?.strip_prefix('='))?;
+    let decoded = percent_decode(raw)?;
+    (!decoded.trim().is_empty()).then_some(decoded)
+}
+
+/// `path` without its `key` query parameters (the rest of the query kept as it was), so the
+/// key goes nowhere past the gate: not upstream, not into logs, traces or events.
+pub fn without_query_key(path: &str) -> std::borrow::Cow<'_, str> {
+    let Some((bare, query)) = path.split_once('?') else {
+        return path.into();
+    };
+    let is_key = |pair: &&str| {
+        *pair == KEY_QUERY_PARAMETER
+            || pair
+                .strip_prefix(KEY_QUERY_PARAMETER)
+                .is_some_and(|rest| rest.starts_with('='))
+    };
+    if !query.split('&').any(|p| is_key(&p)) {
+        return path.into();
+    }
+    let rest: Vec<&str> = query.split('&').filter(|p| !is_key(p)).collect();
+    if rest.iter().all(|p| p.is_empty()) {
+        bare.to_owned().into()
+    } else {
+        format!("{bare}?{}", rest.join("&")).into()
+    }
+}
+
+/// Decodes `%XX` escapes and `+` (a space); `None` when the result is not UTF-8.
+fn percent_decode(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !raw.contains(['%', '+']) {
+        return Some(raw.into());
+    }
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |at: usize| b.get(at).and_then(|d| char::from(*d).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().map(Into::into)
 }
 
 /// The key a client presented, from the first header that carries one.
@@ -516,7 +642,7 @@ fn allow(admitted: &Admitted, path: &str, method: &str, request_id: &str) -> Che
             kind: Some(Kind::ListValue(ListValue { values: models })),
         },
     );
-    fields.insert(md::PATH.to_owned(), string(path));
+    fields.insert(md::PATH.to_owned(), string(&without_query_key(path)));
     fields.insert(md::METHOD.to_owned(), string(method));
     fields.insert(md::REQUEST_ID.to_owned(), string(request_id));
 
@@ -536,12 +662,15 @@ fn allow(admitted: &Admitted, path: &str, method: &str, request_id: &str) -> Che
                 .iter()
                 .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
                 .collect(),
+            // Google's `?key=`: gone before the request goes on.
+            query_parameters_to_remove: vec![KEY_QUERY_PARAMETER.to_owned()],
             ..Default::default()
         })),
     }
 }
 
-fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
+fn deny(denied: &Denied, dialect: Dialect, request_id: &str) -> CheckResponse {
+    let err = &denied.error;
     let status = err.status();
     let body = String::from_utf8(err.body(dialect)).unwrap_or_default();
     let grpc_code = if status == 401 {
@@ -549,7 +678,8 @@ fn deny(err: &ApiError, dialect: Dialect, request_id: &str) -> CheckResponse {
     } else {
         GRPC_PERMISSION_DENIED
     };
-    let headers = refusal_headers(err, request_id)
+    let headers = denied
+        .headers(request_id)
         .iter()
         .map(|(k, v)| header(k, v, HeaderAppendAction::OverwriteIfExistsOrAdd))
         .collect();

@@ -292,3 +292,62 @@ fn request_rate_limits_of_key_and_tenant_answer_429_with_retry_after() {
         Some(HttpResponse::OkResponse(_))
     ));
 }
+
+#[test]
+fn a_refused_request_rate_says_when_the_limit_resets() {
+    let svc = service();
+    let t0 = datetime!(2026-06-01 0:00 UTC);
+    for _ in 0..3 {
+        block(svc.decide(&request("/v1/chat/completions", "tg-slow"), t0));
+    }
+    let (status, _, headers) = denied(&block(
+        svc.decide(&request("/v1/chat/completions", "tg-slow"), t0),
+    ));
+    assert_eq!(status, 429);
+    let h: HashMap<String, String> = headers.into_iter().collect();
+    assert_eq!(h["x-ratelimit-limit-requests"], "3");
+    assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+    // Three taken at once: whole again in a minute.
+    assert_eq!(h["x-ratelimit-reset-requests"], "1m0s");
+}
+
+#[test]
+fn the_key_may_come_in_the_query_string_and_goes_no_further() {
+    assert_eq!(
+        query_key("/v1beta/models/g:generateContent?key=tg-good").as_deref(),
+        Some("tg-good")
+    );
+    assert_eq!(
+        query_key("/x?alt=sse&key=tg%2Dgood").as_deref(),
+        Some("tg-good")
+    );
+    assert_eq!(query_key("/x?keys=1&apikey=2"), None);
+    assert_eq!(query_key("/x?key="), None);
+    assert_eq!(query_key("/x"), None);
+    assert_eq!(without_query_key("/x?key=a"), "/x");
+    assert_eq!(without_query_key("/x?alt=sse&key=a&b=c"), "/x?alt=sse&b=c");
+    assert_eq!(without_query_key("/x?keys=1"), "/x?keys=1");
+    assert_eq!(without_query_key("/x"), "/x");
+
+    let path = "/v1beta/models/m1:generateContent?alt=sse&key=tg-good";
+    let resp = check(path, &[]);
+    assert_eq!(resp.status.as_ref().unwrap().code, 0, "{resp:?}");
+    // ext_proc reads the path without the key; Envoy drops it before the request goes on.
+    assert_eq!(
+        field(&resp, "path"),
+        Kind::StringValue("/v1beta/models/m1:generateContent?alt=sse".into())
+    );
+    match resp.http_response.as_ref().unwrap() {
+        HttpResponse::OkResponse(ok) => assert_eq!(ok.query_parameters_to_remove, ["key"]),
+        other => panic!("expected an allow, got {other:?}"),
+    }
+    // A header wins over the query; a wrong query key is Gemini's 401.
+    let resp = check(
+        "/v1beta/models/m1:generateContent?key=tg-bad",
+        &[("x-goog-api-key", "tg-good")],
+    );
+    assert_eq!(resp.status.as_ref().unwrap().code, 0);
+    let (status, body, _) = denied(&check("/v1beta/models/m1:generateContent?key=tg-bad", &[]));
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["status"], "UNAUTHENTICATED", "{body}");
+}

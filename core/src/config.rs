@@ -1264,6 +1264,28 @@ fn validate_feedback(
     })
 }
 
+/// The secrets a config check let pass missing: `(field path, what is missing)`.
+pub type MissingSecrets = Vec<(String, String)>;
+
+/// What stands in for a secret the source let pass missing ([`EnvSource::allow_missing_secret`]):
+/// long enough and plain enough to pass every check made on a real one.
+pub const MISSING_SECRET_PLACEHOLDER: &str = "tollgate-check-missing-secret-placeholder-0123456789";
+
+/// A missing secret: the placeholder when the source lets it pass, else an error naming `path`.
+fn missing_secret(
+    path: String,
+    why: String,
+    env: &dyn EnvSource,
+    errs: &mut Errors,
+) -> Result<String, ()> {
+    if env.allow_missing_secret(&path, &why) {
+        Ok(MISSING_SECRET_PLACEHOLDER.to_owned())
+    } else {
+        errs.add(path, why);
+        Err(())
+    }
+}
+
 /// Reads a secret from its source; an error names `path`.
 fn read_secret(
     c: &RawCredential,
@@ -1272,23 +1294,24 @@ fn read_secret(
     errs: &mut Errors,
 ) -> Option<String> {
     match (&c.env, &c.file) {
-        (Some(var), None) => env
-            .var(var)
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| {
-                errs.add(
-                    format!("{path}.env"),
-                    format!("environment variable `{var}` is not set"),
-                )
-            }),
-        (None, Some(file)) => std::fs::read_to_string(file)
-            .map(|s| s.trim().to_owned())
-            .map_err(|e| {
-                errs.add(
-                    format!("{path}.file"),
-                    format!("cannot read {}: {e}", file.display()),
-                )
-            }),
+        (Some(var), None) => match env.var(var).filter(|v| !v.trim().is_empty()) {
+            Some(v) => Ok(v),
+            None => missing_secret(
+                format!("{path}.env"),
+                format!("environment variable `{var}` is not set"),
+                env,
+                errs,
+            ),
+        },
+        (None, Some(file)) => match std::fs::read_to_string(file) {
+            Ok(s) => Ok(s.trim().to_owned()),
+            Err(e) => missing_secret(
+                format!("{path}.file"),
+                format!("cannot read {}: {e}", file.display()),
+                env,
+                errs,
+            ),
+        },
         _ => {
             errs.add(path, "give exactly one of `env` or `file`");
             Err(())
@@ -1609,13 +1632,14 @@ fn validate_restore(
                 None => None,
                 Some(var) => match env.var(var).filter(|v| !v.is_empty()) {
                     Some(p) => Some(Secret::new(p)),
-                    None => {
-                        errs.add(
-                            "budgets.restore.clickhouse.password_env",
-                            format!("environment variable `{var}` is not set"),
-                        );
-                        None
-                    }
+                    None => missing_secret(
+                        "budgets.restore.clickhouse.password_env".to_owned(),
+                        format!("environment variable `{var}` is not set"),
+                        env,
+                        errs,
+                    )
+                    .ok()
+                    .map(Secret::new),
                 },
             };
             (errs.0.len() == before).then(|| {
@@ -1687,11 +1711,15 @@ fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) ->
         let url = match (&r.url, &r.url_env) {
             (Some(u), None) => Some(u.clone()),
             (None, Some(var)) => env.var(var).filter(|v| !v.trim().is_empty()).or_else(|| {
-                errs.add(
-                    "budgets.redis.url_env",
+                missing_secret(
+                    "budgets.redis.url_env".to_owned(),
                     format!("environment variable `{var}` is not set"),
-                );
-                None
+                    env,
+                    errs,
+                )
+                .ok()
+                // A URL of the right form stands in for the missing one.
+                .map(|_| "redis://missing-secret.invalid:6379".to_owned())
             }),
             _ => {
                 errs.add("budgets.redis", "give exactly one of `url` or `url_env`");
@@ -1778,6 +1806,22 @@ impl Config {
             }]
         })?;
         Self::from_yaml(&text, env)
+    }
+
+    /// Loads `path` as `tollgate check` does: strictly, or, with `allow_missing_secrets`,
+    /// letting secrets that are not there pass (everything else still validated). Returns the
+    /// outcome and the secrets let pass, as `(field path, what is missing)`.
+    pub fn check(
+        path: &Path,
+        env: &dyn EnvSource,
+        allow_missing_secrets: bool,
+    ) -> (Result<Config, Vec<ConfigError>>, MissingSecrets) {
+        if !allow_missing_secrets {
+            return (Self::load(path, env), Vec::new());
+        }
+        let lenient = crate::env::AllowMissingSecrets::new(env);
+        let outcome = Self::load(path, &lenient);
+        (outcome, lenient.missing())
     }
 
     /// Parses and validates YAML text.
@@ -2134,6 +2178,9 @@ fn validate_provider(
         let cpath = format!("{path}.credential");
         let secret = read_secret(c, &cpath, env, errs)?;
         let header = match p.kind {
+            // A missing service account let pass (`tollgate check --allow-missing-secrets`)
+            // has nothing to parse.
+            ProviderKind::Vertex if secret == MISSING_SECRET_PLACEHOLDER => return None,
             ProviderKind::Vertex => {
                 google = ServiceAccount::parse(&secret)
                     .map_err(|m| errs.add(&cpath, m))

@@ -79,6 +79,22 @@ pub fn request_headers(remove: Vec<String>) -> ProcessingResponse {
     }
 }
 
+/// Continue the request-headers phase, setting `headers` and removing `remove`.
+pub fn request_headers_with(
+    headers: Vec<HeaderValueOption>,
+    remove: Vec<String>,
+) -> ProcessingResponse {
+    if headers.is_empty() {
+        return request_headers(remove);
+    }
+    ProcessingResponse {
+        response: Some(Response::RequestHeaders(HeadersResponse {
+            response: Some(common(headers, remove, None, false)),
+        })),
+        ..Default::default()
+    }
+}
+
 /// Continue the response-headers phase with `common`, switching the response body mode.
 pub fn response_headers(common: CommonResponse, body_mode: BodySendMode) -> ProcessingResponse {
     ProcessingResponse {
@@ -142,5 +158,15 @@ pub fn immediate_headers(
             ..Default::default()
         })),
         ..Default::default()
+    }
+}
+
+/// Adds `header` to an immediate reply (any other response is left as it is).
+pub fn add_immediate_header(response: &mut ProcessingResponse, header: HeaderValueOption) {
+    if let Some(Response::ImmediateResponse(r)) = &mut response.response {
+        r.headers
+            .get_or_insert_with(Default::default)
+            .set_headers
+            .push(header);
     }
 }

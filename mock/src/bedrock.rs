@@ -248,7 +248,7 @@ pub(crate) fn parse_path(path: &str) -> Option<(String, bool)> {
     (!id.is_empty() && !id.contains('/')).then(|| (percent_decode(id), stream))
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -40,6 +40,7 @@
 pub mod bedrock;
 mod chat;
 mod completions;
+pub mod count;
 mod embeddings;
 mod error;
 mod gemini;

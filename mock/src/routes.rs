@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::count;
 use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
@@ -177,6 +178,9 @@ async fn answer(
         let key = state.config.google_public_key.as_deref();
         return Ok(vertex::token(key, &state.tokens, number, body));
     }
+    if let Some(response) = answer_count(state, method, uri, headers, body) {
+        return Ok(response);
+    }
     if let Some((publisher, model, call)) = vertex::publisher_call(uri.path()) {
         if !state.tokens.authorized(headers) {
             return Err(MockError::InvalidApiKey);
@@ -262,6 +266,95 @@ async fn answer(
         .get(ENDLESS_HEADER)
         .is_some_and(|v| v.as_bytes() != b"0");
     respond(&request, &exchange)
+}
+
+/// Answers the providers' token-counting APIs (see [`count`]), each checking its own
+/// credential; `None` for any other path.
+fn answer_count(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response> {
+    if *method != Method::POST {
+        return None;
+    }
+    let path = uri.path();
+    let api_key = state.config.api_key.as_deref();
+    if let Some((publisher, model, call)) = vertex::publisher_call(path) {
+        let count = match (publisher, model, call) {
+            ("anthropic", "count-tokens", "rawPredict") => count::anthropic,
+            ("google", _, "countTokens") => {
+                return Some(if state.tokens.authorized(headers) {
+                    count::gemini(body, model, true)
+                } else {
+                    gemini::error_response(
+                        StatusCode::UNAUTHORIZED,
+                        &MockError::InvalidApiKey.to_string(),
+                    )
+                })
+            }
+            _ => return None,
+        };
+        return Some(if state.tokens.authorized(headers) {
+            count(body)
+        } else {
+            messages::error_response(
+                StatusCode::UNAUTHORIZED,
+                &MockError::InvalidApiKey.to_string(),
+            )
+        });
+    }
+    if let Some((prefix, last)) = path.rsplit_once('/') {
+        if let (true, Some(model)) = (
+            prefix.ends_with("/models"),
+            last.strip_suffix(":countTokens"),
+        ) {
+            let in_query = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .any(|pair| api_key.is_some_and(|k| pair.strip_prefix("key=") == Some(k)));
+            let ok = api_key.is_none_or(|k| in_query || authorized(headers, k, true));
+            return Some(if ok {
+                count::gemini(body, model, false)
+            } else {
+                gemini::error_response(
+                    StatusCode::BAD_REQUEST,
+                    "API key not valid. Please pass a valid API key.",
+                )
+            });
+        }
+    }
+    if path
+        .trim_end_matches('/')
+        .ends_with("/messages/count_tokens")
+    {
+        let ok = api_key.is_none_or(|k| authorized(headers, k, false));
+        return Some(if ok {
+            count::anthropic(body)
+        } else {
+            messages::error_response(
+                StatusCode::UNAUTHORIZED,
+                &MockError::InvalidApiKey.to_string(),
+            )
+        });
+    }
+    let model = count::bedrock_path(path)?;
+    let verified = bedrock::verify_issued(
+        method.as_str(),
+        path,
+        uri.query().unwrap_or_default(),
+        headers,
+        body,
+        std::time::SystemTime::now(),
+        &state.issued,
+    );
+    Some(match verified {
+        Ok(()) => count::bedrock(body, &model),
+        Err(e) => e.into_response(),
+    })
 }
 
 /// The exchange of a request to `model`, or the answer its fault asks for instead.

@@ -1130,3 +1130,49 @@ async fn tool_call_ids_over_the_providers_limits_are_refused() {
         .unwrap()
         .contains("maximum length 40"));
 }
+
+#[tokio::test]
+async fn counting_apis_answer_in_each_providers_shape_with_the_same_count() {
+    let mock = Mock::default().await;
+    // 3 + 6 words, plus the mock's overhead.
+    let want = 9 + crate::count::COUNT_OVERHEAD;
+    let (status, _, body) = mock
+        .post_json(
+            "/v1/messages/count_tokens",
+            &json!({"model": "m", "system": "You are terse.",
+                "messages": [{"role": "user", "content": "count these six words right here"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"input_tokens": want}));
+    // Anthropic refuses members its count endpoint does not take.
+    let (status, _, body) = mock
+        .post_json(
+            "/v1/messages/count_tokens",
+            &json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+
+    let contents =
+        json!([{"role": "user", "parts": [{"text": "count these six words right here"}]}]);
+    let system = json!({"parts": [{"text": "You are terse."}]});
+    let (status, _, body) = mock
+        .post_json(
+            "/v1beta/models/g:countTokens",
+            &json!({"generateContentRequest": {"model": "models/g", "contents": contents,
+                "systemInstruction": system}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"totalTokens": want}));
+    let (status, _, body) = mock
+        .post_json(
+            "/v1beta/models/g:countTokens",
+            &json!({"generateContentRequest": {"model": "models/other", "contents": contents}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["status"], "INVALID_ARGUMENT", "{body}");
+}

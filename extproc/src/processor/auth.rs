@@ -76,7 +76,17 @@ impl Processor {
                 &ApiError::InvalidJson("the request has no body".to_owned()),
                 None,
             ),
-            Ok(_) => mutation::request_headers(strip),
+            Ok(_) => {
+                // Google's `?key=` goes no further than the gate (ext_authz has Envoy drop it).
+                let mut set_headers = Vec::new();
+                if let Some(raw) = text(":path") {
+                    let clean = tollgate_authz::without_query_key(&raw);
+                    if clean != raw {
+                        set_headers.push(set(":path", clean.as_bytes()));
+                    }
+                }
+                mutation::request_headers_with(set_headers, strip)
+            }
             Err(e) => self.reject(&e, None),
         }
     }
@@ -114,16 +124,18 @@ impl Processor {
                     .collect();
                 self.ctx = Some(AuthContext::from_bundle(
                     &admitted.bundle,
-                    path,
+                    tollgate_authz::without_query_key(&path).into_owned(),
                     method,
                     request_id,
                 ));
                 Ok(())
             }
-            Err(err) => {
+            Err(denied) => {
                 // Answered and logged: nothing of this request is left for `finish`.
                 self.finished = true;
-                let headers = tollgate_authz::refusal_headers(&err, &request_id)
+                let err = &denied.error;
+                let headers = denied
+                    .headers(&request_id)
                     .into_iter()
                     .map(|(k, v)| set(k.as_str(), v))
                     .collect();

@@ -181,6 +181,11 @@ impl Processor {
                 facts.status = r.status;
                 facts.error_class = r.class;
             }
+            // A token count Tollgate estimated: no provider, no tokens, no cost.
+            (None, None) if self.estimated_count.is_some() => {
+                facts.requested_model = self.estimated_count.as_deref().unwrap_or("");
+                facts.status = 200;
+            }
             // Answered by Tollgate without an error (`GET /v1/models`): not an LLM call.
             (None, None) => return None,
         }

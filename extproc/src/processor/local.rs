@@ -172,10 +172,11 @@ impl Processor {
 
     /// `POST /v1/feedback`: checks the token (signature, expiry, same key) and the body,
     /// hands the feedback to the log queue and answers 200 itself.
-    /// `POST /v1/messages/count_tokens`: the prompt's tokens as the model's provider would
-    /// bill them, counted here (no upstream call): the model's own tokenizer for OpenAI and
-    /// Azure models, one token per 3 bytes of text otherwise, plus 4 per message and 3 per
-    /// request (the estimate budgets reserve with).
+    /// `POST /v1/messages/count_tokens` for a model whose provider cannot count (see
+    /// [`super::count`]): the prompt's tokens estimated here, marked `x-tollgate-token-count:
+    /// estimate`: the model's own tokenizer for OpenAI and Azure models, one token per 3 bytes
+    /// of text otherwise, plus 4 per message and 3 per request (the estimate budgets reserve
+    /// with).
     pub(super) fn count_tokens(
         &mut self,
         body: &[u8],
@@ -209,10 +210,13 @@ impl Processor {
         }
         let counter = budget::Counter::for_target(target.provider.kind, &target.upstream_model);
         let tokens = budget::prompt_tokens(&obj, counter);
-        Ok(self.answer(
+        self.estimated_count = Some(model);
+        let mut answer = self.answer(
             Endpoint::CountTokens.label(),
             serde_json::json!({ "input_tokens": tokens }).to_string(),
-        ))
+        );
+        mutation::add_immediate_header(&mut answer, set(super::TOKEN_COUNT_HEADER, "estimate"));
+        Ok(answer)
     }
 
     pub(super) fn record_feedback(&mut self, body: &[u8]) -> Result<ProcessingResponse, ApiError> {

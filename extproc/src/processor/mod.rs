@@ -10,6 +10,7 @@
 //! answer), or forwarded to a provider (`forwarded`).
 
 mod auth;
+mod count;
 mod finish;
 mod local;
 mod reserve;
@@ -17,6 +18,7 @@ mod response;
 mod route;
 mod upstream_auth;
 
+pub use count::TOKEN_COUNT_HEADER;
 pub use reserve::BUDGET_WARNING_HEADER;
 
 use std::sync::Arc;
@@ -191,6 +193,8 @@ pub struct Processor {
     span: Option<Box<RequestSpan>>,
     /// The trace context of Envoy's ext_proc call (its gRPC metadata), when Envoy traces.
     envoy_trace: Option<Remote>,
+    /// The model of a token count Tollgate estimated itself (logged, like every count).
+    estimated_count: Option<String>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -244,6 +248,7 @@ impl Processor {
             tracer: None,
             span: None,
             envoy_trace: None,
+            estimated_count: None,
         }
     }
 

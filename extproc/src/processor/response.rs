@@ -11,9 +11,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, Proce
 use tollgate_core::config::{ApiFamily, Side};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::ProviderLabel;
-use tollgate_core::{keys, ApiError};
+use tollgate_core::{keys, ApiError, Endpoint};
 
-use super::{header, unix_now, Processor, BUDGET_WARNING_HEADER};
+use super::{header, unix_now, Processor, BUDGET_WARNING_HEADER, TOKEN_COUNT_HEADER};
 use crate::guard;
 use crate::mutation::{self, set};
 use crate::translator::ResponseMeta;
@@ -64,6 +64,9 @@ impl Processor {
             (BodySendMode::Buffered, Vec::new())
         };
         let mut headers = self.answer_headers.clone();
+        if ok && fwd.endpoint == Endpoint::CountTokens {
+            headers.push(set(TOKEN_COUNT_HEADER, "provider"));
+        }
         // Bedrock streams in AWS event-stream framing; the client gets SSE.
         if bedrock && ok && fwd.stream {
             headers.push(set("content-type", "text/event-stream"));
@@ -132,6 +135,23 @@ impl Processor {
         };
         let status = fwd.status.unwrap_or(0);
         let ok = (200..300).contains(&status);
+        if fwd.endpoint == Endpoint::CountTokens {
+            return match self.count_answer(status, &b.body) {
+                Ok(body) => mutation::response_body(match body {
+                    Some(body) => mutation::common(
+                        vec![
+                            set("content-type", "application/json"),
+                            set("content-length", body.len().to_string()),
+                        ],
+                        vec![],
+                        Some(body),
+                        false,
+                    ),
+                    None => Default::default(),
+                }),
+                Err(err) => self.refuse_response(err, ApiFamily::Anthropic, b.end_of_stream),
+            };
+        }
         let meta = ResponseMeta {
             created: unix_now(),
             id: &fwd.response_id,

@@ -59,7 +59,7 @@ impl Processor {
         match endpoint {
             Endpoint::Models => return Ok(self.list_models()),
             Endpoint::Feedback => return self.record_feedback(&b.body).map_err(|e| (e, None)),
-            Endpoint::CountTokens => return self.count_tokens(&b.body),
+            Endpoint::CountTokens => return self.route_count_tokens(b),
             Endpoint::ChatCompletions
             | Endpoint::Completions
             | Endpoint::Embeddings
@@ -389,7 +389,7 @@ impl Processor {
 }
 
 /// The target of this request: the only one, or one picked by weight.
-fn pick(m: &Model) -> Option<&Target> {
+pub(super) fn pick(m: &Model) -> Option<&Target> {
     if m.targets.len() == 1 {
         m.targets.first()
     } else {
