@@ -12,6 +12,7 @@
 mod auth;
 mod finish;
 mod local;
+mod offload;
 mod reserve;
 mod response;
 mod route;
