@@ -41,9 +41,9 @@ pub fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(Value::from),
+        // Binary fractions: their text reads back exactly (serde_json's default float
+        // parsing is not exact for every f64).
+        any::<i32>().prop_map(|i| Value::from(f64::from(i) / 8.0)),
         ".{0,12}".prop_map(Value::String),
         // Text that looks like structure.
         prop_oneof![Just("{[\":,]}"), Just("\\\""), Just("data: x\n\n")]

@@ -28,3 +28,40 @@ pub(super) async fn blocking<F: Future>(work: F) -> F::Output {
     tracing::debug!("Handling a large request body on a blocking thread");
     tokio::task::block_in_place(|| Handle::current().block_on(work))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn heavy_work_leaves_the_async_worker_to_other_tasks() {
+        // One async worker: work that blocked it would hold every other task until it ends.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let heavy = tokio::spawn(blocking(async {
+                std::thread::sleep(Duration::from_millis(600));
+                Instant::now()
+            }));
+            // Let the heavy task start first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let other = tokio::spawn(async { Instant::now() });
+            let other = other.await.unwrap();
+            let heavy = heavy.await.unwrap();
+            assert!(
+                other + Duration::from_millis(300) < heavy,
+                "the other task waited for the heavy one"
+            );
+        });
+    }
+
+    #[tokio::test]
+    async fn on_a_single_threaded_runtime_the_work_runs_inline() {
+        assert_eq!(blocking(async { 7 }).await, 7);
+    }
+}
