@@ -148,7 +148,11 @@ fn probes() -> Vec<Probe> {
         "/v1/feedback",
     ] {
         for (name, body) in bad_bodies(true) {
-            out.push(probe(&format!("{path} {name}"), "POST", path, body));
+            let mut p = probe(&format!("{path} {name}"), "POST", path, body);
+            // Counting reads only the text: members it does not use may be anything.
+            p.may_succeed = path.ends_with("count_tokens")
+                && matches!(name, "stream a string" | "huge number");
+            out.push(p);
         }
     }
     for path in [
@@ -209,7 +213,7 @@ fn probes() -> Vec<Probe> {
     let mut p = probe("unicode end user header", "POST", "/v1/messages", {
         br#"{"model":"no-such-model","max_tokens":5,"messages":[]}"#.to_vec()
     });
-    p.headers.push(("x-tollgate-end-user", "ünï\u{7f}".to_owned()));
+    p.headers.push(("x-tollgate-end-user", "ünï 模型 🦀".to_owned()));
     out.push(p);
     let mut p = probe(
         "xml content type",
@@ -279,7 +283,9 @@ async fn send(stack: &Stack, p: &Probe) -> Reply {
         req = req.header("content-type", "application/json");
     }
     for (k, v) in &p.headers {
-        req = req.header(*k, v.as_str());
+        // Raw bytes: non-ASCII header values (obs-text) are what a hostile client sends.
+        let value = ::reqwest::header::HeaderValue::from_bytes(v.as_bytes()).unwrap();
+        req = req.header(*k, value);
     }
     let r = tokio::time::timeout(Duration::from_secs(30), req.send())
         .await
