@@ -100,7 +100,10 @@ fn bad_bodies(model_member: bool) -> Vec<(&'static str, Vec<u8>)> {
         }),
         ("not json", b"this is not json".to_vec()),
         ("empty", Vec::new()),
-        ("truncated", br#"{"model":"mock-model","messages":[{"role":"#.to_vec()),
+        (
+            "truncated",
+            br#"{"model":"mock-model","messages":[{"role":"#.to_vec(),
+        ),
         ("an array", b"[1,2,3]".to_vec()),
         ("null", b"null".to_vec()),
         ("a string", br#""model""#.to_vec()),
@@ -111,14 +114,21 @@ fn bad_bodies(model_member: bool) -> Vec<(&'static str, Vec<u8>)> {
             b
         }),
         ("raw NUL byte", {
-            let mut b = br#"{"model":"mock-model","messages":[{"role":"user","content":"a"#.to_vec();
+            let mut b =
+                br#"{"model":"mock-model","messages":[{"role":"user","content":"a"#.to_vec();
             b.push(0);
             b.extend_from_slice(br#"b"}]}"#);
             b
         }),
-        ("duplicate members", br#"{"model":"mock-model","model":"other"}"#.to_vec()),
+        (
+            "duplicate members",
+            br#"{"model":"mock-model","model":"other"}"#.to_vec(),
+        ),
         ("model a number", br#"{"model":5,"messages":[]}"#.to_vec()),
-        ("model an object", br#"{"model":{"$ne":1},"messages":[]}"#.to_vec()),
+        (
+            "model an object",
+            br#"{"model":{"$ne":1},"messages":[]}"#.to_vec(),
+        ),
         (
             "huge model name",
             format!(r#"{{"model":"{}","messages":[]}}"#, "m".repeat(1 << 20)).into_bytes(),
@@ -132,7 +142,10 @@ fn bad_bodies(model_member: bool) -> Vec<(&'static str, Vec<u8>)> {
             br#"{"model":"../../etc/passwd","messages":[]}"#.to_vec(),
         ),
         ("stream a string", m(r#""stream":"yes""#).into_bytes()),
-        ("huge number", m(&format!(r#""max_tokens":1{}"#, "0".repeat(5000))).into_bytes()),
+        (
+            "huge number",
+            m(&format!(r#""max_tokens":1{}"#, "0".repeat(5000))).into_bytes(),
+        ),
     ]
 }
 
@@ -150,8 +163,8 @@ fn probes() -> Vec<Probe> {
         for (name, body) in bad_bodies(true) {
             let mut p = probe(&format!("{path} {name}"), "POST", path, body);
             // Counting reads only the text: members it does not use may be anything.
-            p.may_succeed = path.ends_with("count_tokens")
-                && matches!(name, "stream a string" | "huge number");
+            p.may_succeed =
+                path.ends_with("count_tokens") && matches!(name, "stream a string" | "huge number");
             out.push(p);
         }
     }
@@ -180,7 +193,11 @@ fn probes() -> Vec<Probe> {
             "POST",
             "/v1beta/models/..%2F..%2Fadmin:generateContent".to_owned(),
         ),
-        ("openai traversal", "POST", "/v1/chat/../../admin".to_owned()),
+        (
+            "openai traversal",
+            "POST",
+            "/v1/chat/../../admin".to_owned(),
+        ),
         ("unknown endpoint", "POST", format!("/v1/{huge}")),
         (
             "encoded NUL in path",
@@ -207,13 +224,13 @@ fn probes() -> Vec<Probe> {
     let mut p = probe("huge end user header", "POST", "/v1/chat/completions", {
         br#"{"model":"no-such-model","messages":[]}"#.to_vec()
     });
-    p.headers
-        .push(("x-tollgate-end-user", "u".repeat(30_000)));
+    p.headers.push(("x-tollgate-end-user", "u".repeat(30_000)));
     out.push(p);
     let mut p = probe("unicode end user header", "POST", "/v1/messages", {
         br#"{"model":"no-such-model","max_tokens":5,"messages":[]}"#.to_vec()
     });
-    p.headers.push(("x-tollgate-end-user", "ünï 模型 🦀".to_owned()));
+    p.headers
+        .push(("x-tollgate-end-user", "ünï 模型 🦀".to_owned()));
     out.push(p);
     let mut p = probe(
         "xml content type",
@@ -221,7 +238,8 @@ fn probes() -> Vec<Probe> {
         "/v1/chat/completions",
         b"<a/>".to_vec(),
     );
-    p.headers.push(("content-type", "application/xml".to_owned()));
+    p.headers
+        .push(("content-type", "application/xml".to_owned()));
     out.push(p);
     out
 }
@@ -300,7 +318,12 @@ fn judge(p: &Probe, r: &Reply) -> Option<String> {
     let head = |t: &str| t.chars().take(300).collect::<String>();
     let ok = p.may_succeed && (200..300).contains(&r.status);
     if !ok && !(400..500).contains(&r.status) {
-        return Some(format!("{}: status {} ({})", p.name, r.status, head(&r.text)));
+        return Some(format!(
+            "{}: status {} ({})",
+            p.name,
+            r.status,
+            head(&r.text)
+        ));
     }
     if r.text.contains(KEY_ALL) {
         return Some(format!("{}: the key is in the body", p.name));
@@ -313,7 +336,12 @@ fn judge(p: &Probe, r: &Reply) -> Option<String> {
         ));
     }
     let Ok(v) = serde_json::from_str::<Value>(&r.text) else {
-        return Some(format!("{}: {} not JSON: {}", p.name, r.status, head(&r.text)));
+        return Some(format!(
+            "{}: {} not JSON: {}",
+            p.name,
+            r.status,
+            head(&r.text)
+        ));
     };
     if ok {
         return None;
@@ -369,7 +397,10 @@ async fn every_endpoint_answers_hostile_input_with_a_4xx_in_its_dialect() {
     );
     still_serving(stack).await;
     // No key in any log line of serve, nor in any stored event; no event echoes a huge input.
-    assert!(!stack.serve_log().contains(KEY_ALL), "the key is in serve's log");
+    assert!(
+        !stack.serve_log().contains(KEY_ALL),
+        "the key is in serve's log"
+    );
     let lines = logged.logger.lines();
     assert!(!lines.is_empty());
     for l in &lines {
@@ -521,7 +552,11 @@ async fn a_huge_model_name_costs_no_other_tenant_its_record() {
             .find(|l| l["request_id"] == id.as_str())
             .unwrap_or_else(|| panic!("no record of {id}"));
         let model = line["requested_model"].as_str().unwrap_or("");
-        assert!(model.len() < 512, "a {}-byte model name logged", model.len());
+        assert!(
+            model.len() < 512,
+            "a {}-byte model name logged",
+            model.len()
+        );
     }
     let bad = lines
         .iter()

@@ -84,7 +84,10 @@ fn framed(rel: &str) -> Vec<u8> {
 /// Real request bodies of each client dialect.
 fn request_samples() -> Vec<(ApiFamily, Vec<u8>)> {
     vec![
-        (ApiFamily::OpenAi, fixture("openai_to_anthropic/request.json")),
+        (
+            ApiFamily::OpenAi,
+            fixture("openai_to_anthropic/request.json"),
+        ),
         (ApiFamily::OpenAi, fixture("openai_to_bedrock/request.json")),
         (
             ApiFamily::Anthropic,
@@ -95,17 +98,29 @@ fn request_samples() -> Vec<(ApiFamily, Vec<u8>)> {
             fixture("anthropic_to_bedrock/request.json"),
         ),
         (ApiFamily::Gemini, fixture("gemini_to_openai/request.json")),
-        (ApiFamily::Gemini, fixture("gemini_to_anthropic/request.json")),
+        (
+            ApiFamily::Gemini,
+            fixture("gemini_to_anthropic/request.json"),
+        ),
     ]
 }
 
 /// Real response bodies of each provider dialect.
 fn response_samples() -> Vec<(ApiFamily, Vec<u8>)> {
     vec![
-        (ApiFamily::OpenAi, fixture("anthropic_to_openai/response.json")),
-        (ApiFamily::Anthropic, fixture("openai_to_anthropic/response.json")),
+        (
+            ApiFamily::OpenAi,
+            fixture("anthropic_to_openai/response.json"),
+        ),
+        (
+            ApiFamily::Anthropic,
+            fixture("openai_to_anthropic/response.json"),
+        ),
         (ApiFamily::Gemini, fixture("openai_to_gemini/response.json")),
-        (ApiFamily::Bedrock, fixture("openai_to_bedrock/response.json")),
+        (
+            ApiFamily::Bedrock,
+            fixture("openai_to_bedrock/response.json"),
+        ),
     ]
 }
 
@@ -113,7 +128,10 @@ fn response_samples() -> Vec<(ApiFamily, Vec<u8>)> {
 fn stream_samples() -> Vec<(ApiFamily, Vec<u8>)> {
     vec![
         (ApiFamily::OpenAi, fixture("anthropic_to_openai/stream.sse")),
-        (ApiFamily::Anthropic, fixture("openai_to_anthropic/stream.sse")),
+        (
+            ApiFamily::Anthropic,
+            fixture("openai_to_anthropic/stream.sse"),
+        ),
         (ApiFamily::Gemini, fixture("openai_to_gemini/stream.sse")),
         (ApiFamily::Bedrock, framed("openai_to_bedrock/stream.jsonl")),
     ]

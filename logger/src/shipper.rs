@@ -433,8 +433,15 @@ impl<T: Transport> Sender<T> {
                 .iter()
                 .map(|e| tollgate_core::bound::bounded(&e.request_id, 64).into_owned())
                 .collect();
-            self.reject(LogBatch { events: parts.refused }, n, &parts.reason, &ids)
-                .await;
+            self.reject(
+                LogBatch {
+                    events: parts.refused,
+                },
+                n,
+                &parts.reason,
+                &ids,
+            )
+            .await;
         }
         parts.rest
     }

@@ -630,7 +630,9 @@ async fn profile_wide_bodies() {
     let yaml = format!("{CONFIG}limits: {{ max_json_members: 1000000 }}\n");
     let config = Arc::new(Config::from_yaml(&yaml, &MapEnv::from_pairs([])).unwrap());
     for n in [10_000, 40_000, 100_000] {
-        let mut wide = String::from(r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]"#);
+        let mut wide = String::from(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]"#,
+        );
         for i in 0..n {
             wide.push_str(&format!(",\"x{i}\":{i}"));
         }

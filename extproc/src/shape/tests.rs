@@ -66,7 +66,14 @@ fn limits_are_enforced_at_the_first_container_over_them() {
     let wide = format!("[{}]", vec!["1"; 10_000].join(","));
     assert!(check(wide.as_bytes(), &LIMITS).is_ok());
     // Garbage or truncation never panics.
-    for body in [&b"\"abc\\"[..], b"}}}]]]", b"{\"a", b"\\", b"", b"{\"a\":\"\\"] {
+    for body in [
+        &b"\"abc\\"[..],
+        b"}}}]]]",
+        b"{\"a",
+        b"\\",
+        b"",
+        b"{\"a\":\"\\",
+    ] {
         let _ = check(body, &LIMITS);
     }
 }
@@ -87,7 +94,11 @@ fn the_scan_is_linear_in_the_body() {
     );
     assert_eq!(measure(body.as_bytes()).members, 100_002);
     // Generous for a debug build on a loaded machine; the quadratic parse took seconds.
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 proptest::proptest! {

@@ -274,7 +274,10 @@ fn spool_len(dir: &tempfile::TempDir) -> usize {
 
 fn aside(dir: &tempfile::TempDir) -> Vec<String> {
     let mut ids = Vec::new();
-    for e in std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()) {
+    for e in std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+    {
         if e.file_name().to_string_lossy().ends_with(".rejected") {
             let bytes = std::fs::read(e.path()).unwrap();
             let batch = <LogBatch as prost::Message>::decode(bytes.as_slice()).unwrap();
