@@ -302,8 +302,9 @@ async fn one_refused_event_never_takes_its_batch_with_it() {
     for i in 0..50 {
         shipper.handle().emit(event(format!("e{i}")));
     }
+    // Counted first, then written aside: wait for both.
     eventually("the batch settled", || {
-        count(&metrics, "sent") == 49 && count(&metrics, "dropped") == 1
+        count(&metrics, "sent") == 49 && count(&metrics, "dropped") == 1 && aside(&dir).len() == 1
     })
     .await;
     let mut want: Vec<String> = (0..50).map(|i| format!("e{i}")).collect();
