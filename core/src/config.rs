@@ -530,12 +530,62 @@ pub struct RawLimits {
     /// in bootstraps rendered from this config. At most 32 MiB.
     #[serde(default = "default_max_body")]
     pub max_request_body_bytes: u64,
+    /// The deepest nesting of objects and arrays a JSON request body may have (400
+    /// `request_too_complex` above it). 1 to 128.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
+    /// The most members any one object of a JSON request body may have (400
+    /// `request_too_complex` above it). At least 16.
+    #[serde(default = "default_max_json_members")]
+    pub max_json_members: usize,
+    /// Request bodies of at least this many bytes are parsed, judged and translated on a
+    /// blocking thread (at most as many at once as there are CPUs), so that they never hold
+    /// an async worker that other requests need; smaller bodies stay on the fast path.
+    #[serde(default = "default_blocking_body_bytes")]
+    pub blocking_body_bytes: u64,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_request_body_bytes: default_max_body(),
+            max_json_depth: default_max_json_depth(),
+            max_json_members: default_max_json_members(),
+            blocking_body_bytes: default_blocking_body_bytes(),
+        }
+    }
+}
+
+fn default_max_json_depth() -> usize {
+    64
+}
+
+fn default_max_json_members() -> usize {
+    1000
+}
+
+fn default_blocking_body_bytes() -> u64 {
+    256 * 1024
+}
+
+/// The validated shape limits of request bodies (`limits.max_json_*`,
+/// `limits.blocking_body_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// The deepest nesting of objects and arrays.
+    pub max_depth: usize,
+    /// The most members of one object.
+    pub max_members: usize,
+    /// Bodies this large or larger are handled on a blocking thread.
+    pub blocking_bytes: u64,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: default_max_json_depth(),
+            max_members: default_max_json_members(),
+            blocking_bytes: default_blocking_body_bytes(),
         }
     }
 }
@@ -1523,6 +1573,8 @@ pub struct Config {
     pub keys: HashMap<KeyHash, Arc<KeyBundle>>,
     /// The largest request body accepted, in bytes.
     pub max_request_body_bytes: u64,
+    /// The shape limits of request bodies, and where their handling leaves the async workers.
+    pub body_limits: BodyLimits,
     /// Per-request log shipping; `None` when logging is off. Read once at start-up: a change
     /// takes effect on restart.
     pub logging: Option<Logging>,
@@ -1974,6 +2026,17 @@ impl Config {
                 format!("must be between 1 and {MAX_REQUEST_BODY_CEILING}"),
             );
         }
+        if !(1..=128).contains(&raw.limits.max_json_depth) {
+            errs.add("limits.max_json_depth", "must be between 1 and 128");
+        }
+        if raw.limits.max_json_members < 16 {
+            errs.add("limits.max_json_members", "must be at least 16");
+        }
+        let body_limits = BodyLimits {
+            max_depth: raw.limits.max_json_depth,
+            max_members: raw.limits.max_json_members,
+            blocking_bytes: raw.limits.blocking_body_bytes,
+        };
 
         let logging = raw
             .logging
@@ -2032,6 +2095,7 @@ impl Config {
                 models,
                 keys,
                 max_request_body_bytes: max_body,
+                body_limits,
                 logging,
                 prices,
                 guardrails,

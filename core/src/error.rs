@@ -83,6 +83,15 @@ pub enum ApiError {
     /// The request body exceeds the configured limit.
     #[error("The request body is too large.")]
     PayloadTooLarge,
+    /// The request body's JSON nests deeper, or has an object with more members, than the
+    /// configured limits allow (`limits.max_json_depth`, `limits.max_json_members`).
+    #[error("The request body is too complex: {what} (the limit is {max}).")]
+    BodyTooComplex {
+        /// What went over the limit, e.g. `objects and arrays nest too deeply`.
+        what: &'static str,
+        /// The limit.
+        max: usize,
+    },
     /// A request-rate limit of the key or its tenant is used up.
     #[error("Rate limit reached for {unit} on this {scope}: {limit} per minute. Try again in {retry_after_secs}s.")]
     RateLimited {
@@ -208,6 +217,12 @@ impl ApiError {
                 Some("request_too_large"),
                 "request_too_large",
             ),
+            ApiError::BodyTooComplex { .. } => (
+                400,
+                "invalid_request_error",
+                Some("request_too_complex"),
+                "request_too_complex",
+            ),
             ApiError::RateLimited { unit, .. } => (
                 429,
                 *unit,
@@ -277,6 +292,7 @@ impl ApiError {
             | ApiError::InvalidJson(_)
             | ApiError::UnknownEndpoint { .. }
             | ApiError::PayloadTooLarge
+            | ApiError::BodyTooComplex { .. }
             | ApiError::RateLimited { .. }
             | ApiError::BudgetExceeded { .. }
             | ApiError::BudgetUnavailable
@@ -289,10 +305,75 @@ impl ApiError {
         }
     }
 
-    /// The error body in `dialect`.
+    /// This error with every client-controlled string in it (a model name, a path, a
+    /// message quoting the body) cut to [`crate::bound::MAX_ECHO_BYTES`], so that an error
+    /// body or a log line never echoes a huge input back.
+    pub fn bounded(&self) -> std::borrow::Cow<'_, ApiError> {
+        use crate::bound::{echo, MAX_ECHO_BYTES};
+        use std::borrow::Cow;
+        let long = |s: &str| s.len() > MAX_ECHO_BYTES;
+        let cut = |s: &str| echo(s).into_owned();
+        match self {
+            ApiError::InvalidJson(m) if long(m) => Cow::Owned(ApiError::InvalidJson(cut(m))),
+            ApiError::InvalidField { param, message } if long(message) => {
+                Cow::Owned(ApiError::InvalidField {
+                    param,
+                    message: cut(message),
+                })
+            }
+            ApiError::UnknownModel(m) if long(m) => Cow::Owned(ApiError::UnknownModel(cut(m))),
+            ApiError::ModelNotAllowed(m) if long(m) => {
+                Cow::Owned(ApiError::ModelNotAllowed(cut(m)))
+            }
+            ApiError::UnknownEndpoint { method, path } if long(method) || long(path) => {
+                Cow::Owned(ApiError::UnknownEndpoint {
+                    method: cut(method),
+                    path: cut(path),
+                })
+            }
+            ApiError::GuardrailBlocked { rule, side } if long(rule) => {
+                Cow::Owned(ApiError::GuardrailBlocked {
+                    rule: cut(rule),
+                    side: *side,
+                })
+            }
+            ApiError::GuardrailUnavailable(n) if long(n) => {
+                Cow::Owned(ApiError::GuardrailUnavailable(cut(n)))
+            }
+            ApiError::GuardrailPolicyUnavailable(n) if long(n) => {
+                Cow::Owned(ApiError::GuardrailPolicyUnavailable(cut(n)))
+            }
+            ApiError::InvalidFeedbackToken(m) if long(m) => {
+                Cow::Owned(ApiError::InvalidFeedbackToken(cut(m)))
+            }
+            ApiError::MissingKey
+            | ApiError::InvalidKey
+            | ApiError::ExpiredKey
+            | ApiError::DisabledKey
+            | ApiError::InvalidJson(_)
+            | ApiError::InvalidField { .. }
+            | ApiError::UnknownModel(_)
+            | ApiError::ModelNotAllowed(_)
+            | ApiError::UnknownEndpoint { .. }
+            | ApiError::PayloadTooLarge
+            | ApiError::BodyTooComplex { .. }
+            | ApiError::RateLimited { .. }
+            | ApiError::BudgetExceeded { .. }
+            | ApiError::BudgetUnavailable
+            | ApiError::Upstream(_)
+            | ApiError::GuardrailBlocked { .. }
+            | ApiError::GuardrailUnavailable(_)
+            | ApiError::GuardrailPolicyUnavailable(_)
+            | ApiError::InvalidFeedbackToken(_)
+            | ApiError::Internal => Cow::Borrowed(self),
+        }
+    }
+
+    /// The error body in `dialect` (client-controlled text in it bounded, see
+    /// [`ApiError::bounded`]).
     pub fn body(&self, dialect: Dialect) -> Vec<u8> {
         let class = self.class();
-        let message = self.to_string();
+        let message = self.bounded().to_string();
         let value = match dialect {
             Dialect::OpenAi => json!({"error": {
                 "message": message,
@@ -387,6 +468,55 @@ mod tests {
         assert!(m.contains("monthly budget of this tenant"), "{m}");
         let v = parse(e.body(Dialect::Anthropic));
         assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn huge_client_text_is_never_echoed_whole() {
+        let huge = "m".repeat(1 << 20);
+        for e in [
+            ApiError::UnknownModel(huge.clone()),
+            ApiError::ModelNotAllowed(huge.clone()),
+            ApiError::InvalidJson(huge.clone()),
+            ApiError::UnknownEndpoint {
+                method: huge.clone(),
+                path: format!("/v1beta/models/{huge}:generateContent"),
+            },
+            ApiError::InvalidField {
+                param: "model",
+                message: huge.clone(),
+            },
+        ] {
+            for d in [Dialect::OpenAi, Dialect::Anthropic, Dialect::Gemini] {
+                let body = e.body(d);
+                assert!(body.len() < 2048, "{e:?}: {} bytes", body.len());
+                let v = parse(body);
+                let m = v["error"]["message"].as_str().unwrap();
+                assert!(m.contains("…[+"), "{m}");
+            }
+        }
+        let e = ApiError::UnknownModel(huge);
+        let m = e.bounded().to_string();
+        assert!(m.ends_with("does not exist or you do not have access to it."));
+        // Short text stays as it is.
+        assert!(matches!(
+            ApiError::UnknownModel("gpt".into()).bounded(),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
+    #[test]
+    fn a_body_too_complex_is_a_400_in_each_dialect() {
+        let e = ApiError::BodyTooComplex {
+            what: "an object has too many members",
+            max: 1000,
+        };
+        assert_eq!(e.status(), 400);
+        let v = parse(e.body(Dialect::OpenAi));
+        assert_eq!(v["error"]["code"], "request_too_complex");
+        let v = parse(e.body(Dialect::Anthropic));
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        let v = parse(e.body(Dialect::Gemini));
+        assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Tollgate's domain model, shared by every service: the config schema and its validation,
 //! virtual keys, normalised usage, and errors in each client API's own dialect.
 
+pub mod bound;
 pub mod budget;
 pub mod config;
 pub mod env;

@@ -16,6 +16,7 @@ pub mod mutation;
 pub mod processor;
 pub mod selfservice;
 pub mod server;
+pub mod shape;
 pub mod stream;
 pub mod streamcap;
 pub mod trace;
@@ -23,3 +24,6 @@ pub mod translator;
 pub mod webhook;
 
 pub use server::ExtProcService;
+
+#[cfg(test)]
+mod fuzz;

@@ -81,25 +81,33 @@ pub fn upstream_error_class(status: u16) -> &'static str {
     }
 }
 
-/// The event for these facts.
+/// A text field of an event, bounded: one client-controlled string (a model name in a
+/// path, an end user) must never make an event the logger refuses.
+fn field(s: &str) -> String {
+    tollgate_core::bound::echo(s).into_owned()
+}
+
+/// The event for these facts (every text field bounded to
+/// [`tollgate_core::bound::MAX_ECHO_BYTES`] with a marker; the captured payload has its own
+/// bound, `logging.capture_max_bytes`).
 pub fn event(f: &Facts<'_>) -> LogEvent {
     LogEvent {
-        request_id: f.request_id.to_owned(),
+        request_id: field(f.request_id),
         start_time_unix_nanos: unix_nanos(f.started),
         first_token_time_unix_nanos: f.first_byte.map_or(0, unix_nanos),
         end_time_unix_nanos: unix_nanos(f.ended),
-        key_id: f.key_id.to_owned(),
-        tenant: f.tenant.to_owned(),
-        team: f.team.to_owned(),
-        end_user: f.end_user.to_owned(),
+        key_id: field(f.key_id),
+        tenant: field(f.tenant),
+        team: field(f.team),
+        end_user: field(f.end_user),
         client_api: f.dialect.label().to_owned(),
-        endpoint: f.endpoint.to_owned(),
-        requested_model: f.requested_model.to_owned(),
-        provider: f.provider.to_owned(),
-        upstream_model: f.upstream_model.to_owned(),
+        endpoint: field(f.endpoint),
+        requested_model: field(f.requested_model),
+        provider: field(f.provider),
+        upstream_model: field(f.upstream_model),
         stream: f.stream,
         http_status: u32::from(f.status),
-        error_class: f.error_class.to_owned(),
+        error_class: field(f.error_class),
         usage: f.usage.map(|u| pb::Usage {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
@@ -247,6 +255,42 @@ mod tests {
             (0, 0.0)
         );
         assert!(e.usage.is_none());
+    }
+
+    #[test]
+    fn client_controlled_text_is_bounded_in_the_event() {
+        let huge = "m".repeat(1 << 20);
+        let verdicts = Verdicts::default();
+        let t0 = SystemTime::UNIX_EPOCH;
+        let e = event(&Facts {
+            request_id: "rid",
+            key_id: "k",
+            tenant: "",
+            team: "",
+            end_user: &huge,
+            dialect: Dialect::Gemini,
+            endpoint: "generate_content",
+            requested_model: &huge,
+            provider: "",
+            upstream_model: "",
+            stream: false,
+            status: 404,
+            error_class: "model_not_found",
+            usage: None,
+            started: t0,
+            first_byte: None,
+            ended: t0,
+            overhead: Duration::ZERO,
+            upstream_latency: None,
+            cost: None,
+            guardrails: &verdicts,
+            payload: None,
+        });
+        use prost::Message as _;
+        assert!(e.encoded_len() < 1024, "{}", e.encoded_len());
+        assert!(e.requested_model.ends_with("…[+1048320 bytes]"));
+        assert!(e.end_user.starts_with("mmm"));
+        assert_eq!(e.request_id, "rid");
     }
 
     #[test]

@@ -233,6 +233,19 @@ fn classify(status: tonic::Status) -> Failure {
     }
 }
 
+/// What sending a refused batch in parts came to.
+#[derive(Default)]
+struct Parts {
+    /// Events the logger took.
+    sent: u64,
+    /// Events it refused on their own.
+    refused: Vec<LogEvent>,
+    /// Why (the last refusal's message).
+    reason: String,
+    /// Events not delivered because the logger went away meanwhile.
+    rest: Vec<LogEvent>,
+}
+
 struct Sender<T> {
     transport: T,
     spool: Arc<Spool>,
@@ -325,7 +338,17 @@ impl<T: Transport> Sender<T> {
                     self.logger_up();
                     return;
                 }
-                Err(Failure::Rejected(status)) => return self.reject(batch, n, status).await,
+                Err(Failure::Rejected(status)) => {
+                    tracing::warn!(events = n, message = status.message(), "The logger refused a log batch: sending it in parts to find the events it refuses");
+                    let parts = self.isolate(batch.events).await;
+                    let rest = self.settle_parts(parts).await;
+                    if !rest.is_empty() {
+                        let left = rest.len() as u64;
+                        self.logger_down();
+                        self.spool_batch(LogBatch { events: rest }, left).await;
+                    }
+                    return;
+                }
                 Err(Failure::Retryable(status)) => {
                     tracing::debug!(attempt, code = ?status.code(), message = status.message(), "Log batch not delivered");
                     if attempt < attempts {
@@ -351,7 +374,79 @@ impl<T: Transport> Sender<T> {
         }
     }
 
-    async fn reject(&mut self, batch: LogBatch, n: u64, status: tonic::Status) {
+    /// Sends the events of a batch the logger refused whole in halves, and halves of those
+    /// that are refused again, down to single events: every event the logger takes is
+    /// delivered, and only the events it refuses on their own are singled out. One bad event
+    /// in a batch of `n` costs about 2·log2(n) sends. Stops at the first failure that is not
+    /// a refusal (the logger went away): the events not yet delivered are returned as `rest`.
+    async fn isolate(&mut self, events: Vec<LogEvent>) -> Parts {
+        let mut parts = Parts::default();
+        // Halves still to send, the next one last; the whole batch was already refused.
+        let mut todo = vec![events];
+        let mut refused_whole = true;
+        while let Some(mut part) = todo.pop() {
+            if refused_whole && part.len() > 1 {
+                let second = part.split_off(part.len() / 2);
+                todo.push(second);
+                todo.push(part);
+                refused_whole = false;
+                continue;
+            }
+            let n = part.len() as u64;
+            let batch = LogBatch { events: part };
+            match self.transport.send(batch.clone()).await.map_err(classify) {
+                Ok(_) => {
+                    self.logger_up();
+                    parts.sent += n;
+                }
+                Err(Failure::Rejected(status)) if n == 1 => {
+                    parts.refused.extend(batch.events);
+                    parts.reason = status.message().to_owned();
+                }
+                Err(Failure::Rejected(_)) => {
+                    todo.push(batch.events);
+                    refused_whole = true;
+                }
+                Err(Failure::Retryable(status)) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "Logger unreachable while sending a refused batch in parts");
+                    parts.rest.extend(batch.events);
+                    while let Some(p) = todo.pop() {
+                        parts.rest.extend(p);
+                    }
+                    break;
+                }
+            }
+        }
+        parts
+    }
+
+    /// Counts what [`Sender::isolate`] delivered and keeps the refused events aside (counted
+    /// as dropped, each named in the log); returns the events still to deliver.
+    async fn settle_parts(&mut self, parts: Parts) -> Vec<LogEvent> {
+        if parts.sent > 0 {
+            self.metrics.log_events("sent", parts.sent);
+        }
+        if !parts.refused.is_empty() {
+            let n = parts.refused.len() as u64;
+            let ids: Vec<String> = parts
+                .refused
+                .iter()
+                .map(|e| tollgate_core::bound::bounded(&e.request_id, 64).into_owned())
+                .collect();
+            self.reject(
+                LogBatch {
+                    events: parts.refused,
+                },
+                n,
+                &parts.reason,
+                &ids,
+            )
+            .await;
+        }
+        parts.rest
+    }
+
+    async fn reject(&mut self, batch: LogBatch, n: u64, reason: &str, request_ids: &[String]) {
         self.metrics.log_events("dropped", n);
         match self
             .spool
@@ -359,10 +454,10 @@ impl<T: Transport> Sender<T> {
             .await
         {
             Ok(path) => {
-                tracing::error!(events = n, message = status.message(), path = %path.display(), "The logger refused a log batch; kept it aside")
+                tracing::error!(events = n, ?request_ids, message = reason, path = %path.display(), "The logger refused log events on their own; kept them aside (the rest of their batch was delivered)")
             }
             Err(e) => {
-                tracing::error!(events = n, message = status.message(), error = %e, "The logger refused a log batch")
+                tracing::error!(events = n, ?request_ids, message = reason, error = %e, "The logger refused log events on their own")
             }
         }
     }
@@ -392,19 +487,38 @@ impl<T: Transport> Sender<T> {
                     tracing::debug!(events = n, "Replayed a spooled log batch");
                 }
                 Err(Failure::Rejected(status)) => {
-                    self.metrics.log_events("dropped", n);
-                    tracing::error!(
+                    tracing::warn!(
                         events = n,
                         message = status.message(),
-                        "The logger refused a spooled log batch; kept it aside as .rejected"
+                        "The logger refused a spooled log batch: sending it in parts"
                     );
-                    if let Err(e) = self
+                    let Ok(Some((_, batch))) = self
                         .spool
-                        .blocking(move |s| s.set_aside(seq, ".rejected"))
+                        .blocking(|s| s.oldest())
                         .await
-                    {
-                        tracing::error!(error = %e, "Cannot set a refused batch aside");
+                        .map(|b| b.filter(|(s, _)| *s == seq))
+                    else {
                         self.logger_down();
+                        return;
+                    };
+                    let parts = self.isolate(batch.events).await;
+                    let rest = self.settle_parts(parts).await;
+                    // What was delivered or kept aside leaves the spool; the rest keeps its
+                    // place in the order.
+                    let done = if rest.is_empty() {
+                        self.spool.blocking(move |s| s.remove(seq)).await
+                    } else {
+                        self.logger_down();
+                        self.spool
+                            .blocking(move |s| s.replace(seq, &LogBatch { events: rest }))
+                            .await
+                    };
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "Cannot update the spool after sending a refused batch in parts");
+                        self.logger_down();
+                        return;
+                    }
+                    if !self.spool.is_empty() && Instant::now() < self.next_attempt {
                         return;
                     }
                 }

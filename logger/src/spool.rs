@@ -180,6 +180,22 @@ impl Spool {
         self.forget(seq)
     }
 
+    /// Rewrites the spooled batch `seq` as `batch` (what is left of it once part of it was
+    /// delivered), keeping its place in the replay order. Blocking.
+    pub fn replace(&self, seq: u64, batch: &LogBatch) -> Result<(), LoggerError> {
+        let bytes = batch.encode_to_vec();
+        let len = bytes.len() as u64;
+        let mut state = self.lock()?;
+        let Some(old) = state.files.get(&seq).copied() else {
+            return Ok(());
+        };
+        self.write_file(&self.path(seq, SUFFIX), &bytes)?;
+        state.files.insert(seq, len);
+        state.bytes = state.bytes.saturating_sub(old).saturating_add(len);
+        self.publish(&state);
+        Ok(())
+    }
+
     /// Moves a batch out of the replay order, keeping it on disk as `NNN<suffix>` for an
     /// operator to look at. Blocking.
     pub fn set_aside(&self, seq: u64, suffix: &str) -> Result<(), LoggerError> {

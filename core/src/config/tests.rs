@@ -1233,3 +1233,33 @@ models:
         "ASIAFETCHED"
     );
 }
+
+#[test]
+fn body_shape_limits_default_and_validate_naming_their_fields() {
+    let c = Config::from_yaml(&good(), &env()).unwrap();
+    assert_eq!(c.body_limits, BodyLimits::default());
+    assert_eq!(
+        (c.body_limits.max_depth, c.body_limits.max_members),
+        (64, 1000)
+    );
+    let yaml = format!(
+        "{}limits:\n  max_json_depth: 0\n  max_json_members: 3\n  blocking_body_bytes: 1024\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["limits.max_json_depth", "limits.max_json_members"]);
+    let yaml = format!(
+        "{}limits:\n  max_json_depth: 128\n  max_json_members: 16\n  blocking_body_bytes: 1024\n",
+        good()
+    );
+    let c = Config::from_yaml(&yaml, &env()).unwrap();
+    assert_eq!(
+        c.body_limits,
+        BodyLimits {
+            max_depth: 128,
+            max_members: 16,
+            blocking_bytes: 1024
+        }
+    );
+}

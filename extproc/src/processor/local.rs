@@ -49,7 +49,8 @@ impl Processor {
         self.rejected = Some(Rejected {
             status: class.status,
             class: class.code,
-            model: model.map(str::to_owned),
+            // A client's model name: bounded before it reaches the log event and the span.
+            model: model.map(|m| tollgate_core::bound::echo(m).into_owned()),
         });
         self.metrics
             .errors
@@ -65,7 +66,7 @@ impl Processor {
             })
             .inc();
         let request_id = self.ctx.as_ref().map(|c| c.request_id.as_str());
-        tracing::debug!(request_id, status = class.status, error = %err, "Rejected request");
+        tracing::debug!(request_id, status = class.status, error = %err.bounded(), "Rejected request");
         let extra = match err {
             ApiError::BudgetExceeded {
                 retry_after_secs: Some(secs),

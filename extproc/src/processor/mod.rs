@@ -13,6 +13,7 @@ mod auth;
 mod count;
 mod finish;
 mod local;
+mod offload;
 mod reserve;
 mod response;
 mod route;

@@ -15,11 +15,13 @@ use tollgate_core::config::{
 use tollgate_core::metadata as md;
 use tollgate_core::{ApiError, Endpoint};
 
+use super::offload;
 use super::upstream_auth::{self, Signed};
 use super::{strip_query, unix_now, Forwarded, Processor};
 use crate::capture::Capture;
 use crate::guard;
 use crate::mutation::{self, set};
+use crate::shape;
 use crate::stream::Pipeline;
 use crate::translator::{openai, Pair};
 use crate::{budget, webhook};
@@ -38,7 +40,14 @@ struct Upstream {
 
 impl Processor {
     pub(super) async fn on_request_body(&mut self, b: HttpBody) -> ProcessingResponse {
-        match self.route(&b).await {
+        // A large body's parse, guardrails and translation leave the async workers that every
+        // other request (and the ext_authz service) needs.
+        let routed = if b.body.len() as u64 >= self.config.body_limits.blocking_bytes {
+            offload::blocking(self.route(&b)).await
+        } else {
+            self.route(&b).await
+        };
+        match routed {
             Ok(resp) => resp,
             Err((err, model)) => self.reject(&err, model.as_deref()),
         }
@@ -56,6 +65,8 @@ impl Processor {
         let endpoint = self
             .endpoint(&ctx.method, &ctx.path)
             .map_err(|e| (e, None))?;
+        // One linear pass bounds the body's shape before anything parses it.
+        shape::check(&b.body, &self.config.body_limits).map_err(|e| (e.api_error(), None))?;
         match endpoint {
             Endpoint::Models => return Ok(self.list_models()),
             Endpoint::Feedback => return self.record_feedback(&b.body).map_err(|e| (e, None)),

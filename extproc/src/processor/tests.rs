@@ -555,3 +555,100 @@ async fn a_blocked_request_is_an_error_span_with_its_verdict_and_no_attempt() {
     drop(p);
     assert!(spans.try_recv().is_err());
 }
+
+/// The immediate response to `text` sent to `path` by a key allowed every model.
+async fn answer(path: &str, text: &str) -> (i32, serde_json::Value) {
+    let config = Config::from_yaml(CONFIG, &MapEnv::from_pairs([])).unwrap();
+    let mut p = Processor::new(Arc::new(config), Metrics::default());
+    let metadata = [
+        (md::KEY_ID, "k"),
+        (md::PATH, path),
+        (md::METHOD, "POST"),
+        (md::REQUEST_ID, "rid"),
+    ];
+    p.handle(message(headers(path, &[]), &metadata)).await;
+    let r = p.handle(message(body(text), &metadata)).await.unwrap();
+    match r.response {
+        Some(Response::ImmediateResponse(i)) => (
+            i.status.unwrap().code,
+            serde_json::from_slice(&i.body).unwrap(),
+        ),
+        other => panic!("no immediate response: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_shape_limits_is_a_400_in_the_clients_dialect() {
+    let mut wide = String::from(r#"{"model":"m","messages":[]"#);
+    for i in 0..100_000 {
+        wide.push_str(&format!(",\"x{i}\":{i}"));
+    }
+    wide.push('}');
+    let deep = format!(
+        r#"{{"model":"m","messages":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    for body in [&wide, &deep] {
+        let started = std::time::Instant::now();
+        let (status, v) = answer("/v1/chat/completions", body).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["code"], "request_too_complex", "{v}");
+        let (status, v) = answer("/v1/messages", body).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        let (status, v) = answer("/v1beta/models/m:generateContent", body).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{v}");
+        // Refused after one linear scan (the quadratic parse took seconds at 40,000 members).
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_huge_model_name_is_not_echoed_back() {
+    let huge = "m".repeat(1 << 20);
+    let (status, v) = answer(
+        "/v1/chat/completions",
+        &format!(r#"{{"model":"{huge}","messages":[]}}"#),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(v.to_string().len() < 2048, "{} bytes", v.to_string().len());
+    let (status, v) = answer(&format!("/v1beta/models/{huge}:generateContent"), "{}").await;
+    assert_eq!(status, 404);
+    assert!(v.to_string().len() < 2048, "{} bytes", v.to_string().len());
+}
+
+#[tokio::test]
+#[ignore = "a measurement: cargo nextest run -p tollgate-extproc --run-ignored only profile_wide_bodies --no-capture"]
+async fn profile_wide_bodies() {
+    let yaml = format!("{CONFIG}limits: {{ max_json_members: 1000000 }}\n");
+    let config = Arc::new(Config::from_yaml(&yaml, &MapEnv::from_pairs([])).unwrap());
+    for n in [10_000, 40_000, 100_000] {
+        let mut wide = String::from(
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]"#,
+        );
+        for i in 0..n {
+            wide.push_str(&format!(",\"x{i}\":{i}"));
+        }
+        wide.push('}');
+        for path in ["/v1/chat/completions", "/v1/messages"] {
+            let mut p = Processor::new(Arc::clone(&config), Metrics::default());
+            let metadata = [
+                (md::KEY_ID, "k"),
+                (md::PATH, path),
+                (md::METHOD, "POST"),
+                (md::REQUEST_ID, "rid"),
+            ];
+            p.handle(message(headers(path, &[]), &metadata)).await;
+            let started = std::time::Instant::now();
+            p.handle(message(body(&wide), &metadata)).await;
+            eprintln!("{n} members, {path}: {:?}", started.elapsed());
+        }
+    }
+}

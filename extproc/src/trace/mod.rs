@@ -188,8 +188,12 @@ fn kv(key: &str, value: Value) -> KeyValue {
     }
 }
 
+/// A text attribute; its value bounded (a client may have named the model or the end user).
 fn text(key: &str, value: &str) -> KeyValue {
-    kv(key, Value::StringValue(value.to_owned()))
+    kv(
+        key,
+        Value::StringValue(tollgate_core::bound::echo(value).into_owned()),
+    )
 }
 
 fn int(key: &str, value: u64) -> KeyValue {
@@ -414,7 +418,7 @@ impl RequestSpan {
         self.events.sort_by_key(|e| e.time_unix_nano);
         let name = match (op, f.requested_model) {
             (Some(op), "") => op.to_owned(),
-            (Some(op), model) => format!("{op} {model}"),
+            (Some(op), model) => format!("{op} {}", tollgate_core::bound::echo(model)),
             (None, _) => format!("tollgate {}", f.endpoint),
         };
         let status = if f.error_class.is_empty() {

@@ -12,6 +12,9 @@ use super::*;
 struct FakeState {
     up: bool,
     reject: bool,
+    /// Request ids the logger refuses (with the whole batch holding one), as it refuses an
+    /// oversized event.
+    refuse: Vec<String>,
     /// Each batch received, as its request ids.
     received: Vec<Vec<String>>,
     attempts: usize,
@@ -47,6 +50,15 @@ impl Transport for Fake {
         }
         if !s.up {
             return Err(tonic::Status::unavailable("connection refused"));
+        }
+        if let Some(i) = batch
+            .events
+            .iter()
+            .position(|e| s.refuse.contains(&e.request_id))
+        {
+            return Err(tonic::Status::invalid_argument(format!(
+                "event {i} is over the 256-byte cap"
+            )));
         }
         s.received
             .push(batch.events.into_iter().map(|e| e.request_id).collect());
@@ -237,13 +249,101 @@ async fn a_refused_batch_is_counted_kept_aside_and_not_retried_forever() {
     shipper.handle().emit(event("b"));
     eventually("the refusal counted", || count(&metrics, "dropped") == 2).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(fake.0.lock().unwrap().attempts, 1);
+    // The whole batch, then each event alone (each refused on its own): never again.
+    assert_eq!(fake.0.lock().unwrap().attempts, 3);
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".rejected"))
         .collect();
     assert_eq!(aside.len(), 1);
+    shipper.shutdown().await;
+}
+
+/// Batches waiting in the spool (files without a set-aside suffix).
+fn spool_len(dir: &tempfile::TempDir) -> usize {
+    std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".batch")
+        })
+        .count()
+}
+
+fn aside(dir: &tempfile::TempDir) -> Vec<String> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+    {
+        if e.file_name().to_string_lossy().ends_with(".rejected") {
+            let bytes = std::fs::read(e.path()).unwrap();
+            let batch = <LogBatch as prost::Message>::decode(bytes.as_slice()).unwrap();
+            ids.extend(batch.events.into_iter().map(|e| e.request_id));
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn one_refused_event_never_takes_its_batch_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::up();
+    fake.0.lock().unwrap().refuse = vec!["e17".to_owned()];
+    let metrics = Metrics::default();
+    let shipper = Shipper::start_with(
+        fake.clone(),
+        spool(&dir),
+        options(50, 60_000, 100),
+        metrics.clone(),
+    );
+    for i in 0..50 {
+        shipper.handle().emit(event(format!("e{i}")));
+    }
+    // Counted first, then written aside: wait for both.
+    eventually("the batch settled", || {
+        count(&metrics, "sent") == 49 && count(&metrics, "dropped") == 1 && aside(&dir).len() == 1
+    })
+    .await;
+    let mut want: Vec<String> = (0..50).map(|i| format!("e{i}")).collect();
+    want.retain(|id| id != "e17");
+    // Every other event delivered, in order; only the bad one kept aside.
+    assert_eq!(fake.ids(), want);
+    assert_eq!(aside(&dir), ["e17"]);
+    // About 2·log2(50) sends, not one per event.
+    let attempts = fake.0.lock().unwrap().attempts;
+    assert!(attempts <= 14, "{attempts} sends");
+    shipper.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spooled_batch_with_a_refused_event_is_replayed_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    fake.0.lock().unwrap().refuse = vec!["b3".to_owned(), "b4".to_owned()];
+    let metrics = Metrics::default();
+    let shipper = Shipper::start_with(
+        fake.clone(),
+        spool(&dir),
+        options(8, 60_000, 100),
+        metrics.clone(),
+    );
+    for i in 0..8 {
+        shipper.handle().emit(event(format!("b{i}")));
+    }
+    eventually("the batch spooled", || count(&metrics, "spooled") == 8).await;
+    fake.set_up(true);
+    eventually("the spool replayed", || {
+        count(&metrics, "dropped") == 2 && fake.ids().len() == 6
+    })
+    .await;
+    assert_eq!(fake.ids(), ["b0", "b1", "b2", "b5", "b6", "b7"]);
+    eventually("the spool emptied", || spool_len(&dir) == 0).await;
+    let mut refused = aside(&dir);
+    refused.sort();
+    assert_eq!(refused, ["b3", "b4"]);
     shipper.shutdown().await;
 }
 
