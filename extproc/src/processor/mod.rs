@@ -183,6 +183,9 @@ pub struct Processor {
     soft_exceeded: Vec<Line>,
     /// The request's token estimate, once made.
     estimate: Option<budget::Estimate>,
+    /// What the request was billed, decided once when it ends (`finish.rs`): the ledger's
+    /// settlement, the log event and the span all read this one figure.
+    bill: Option<finish::Bill>,
     /// Token-rate state shared with ext_authz (`None`: token limits are not charged).
     limiter: Option<Arc<dyn RateStore>>,
     /// Starts this request's span (`None`: traces are off).
@@ -240,6 +243,7 @@ impl Processor {
             reservation: None,
             soft_exceeded: Vec::new(),
             estimate: None,
+            bill: None,
             limiter: None,
             tracer: None,
             span: None,
