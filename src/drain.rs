@@ -118,7 +118,10 @@ pub async fn flush(
     let spans = async {
         if let Some(exporter) = exporter {
             // Bounded by `traces.timeout_ms`; no longer than the flush either.
-            if tokio::time::timeout(bound, exporter.shutdown()).await.is_err() {
+            if tokio::time::timeout(bound, exporter.shutdown())
+                .await
+                .is_err()
+            {
                 tracing::warn!("Span export did not finish within the flush timeout");
             }
         }

@@ -322,7 +322,9 @@ pub async fn serve_reporting(
                     settlements = n,
                     "Applied the budget settlements an earlier run left pending"
                 ),
-                Err(e) => tracing::error!(error = %e, "Cannot apply every pending budget settlement; the rest waits for the next start (their reservations stay held meanwhile)"),
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot apply every pending budget settlement; the rest waits for the next start (their reservations stay held meanwhile)")
+                }
             }
             let rates = RedisRates::new(ledger.connection(), &r.key_prefix, r.timeout);
             (Arc::new(ledger), Arc::new(rates))

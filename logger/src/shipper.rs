@@ -266,7 +266,11 @@ struct Sender<T> {
 }
 
 impl<T: Transport> Sender<T> {
-    async fn run(mut self, mut rx: mpsc::Receiver<LogEvent>, mut stop: watch::Receiver<Option<Instant>>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<LogEvent>,
+        mut stop: watch::Receiver<Option<Instant>>,
+    ) {
         let size = self.options.batch_size.max(1);
         let mut stopping = false;
         while !stopping {
@@ -324,11 +328,13 @@ impl<T: Transport> Sender<T> {
         loop {
             let set = *deadline.borrow_and_update();
             if let Some(d) = set {
-                return tokio::time::timeout_at(d, &mut send).await.unwrap_or_else(|_| {
-                    Err(tonic::Status::deadline_exceeded(
-                        "the shutdown's flush bound passed",
-                    ))
-                });
+                return tokio::time::timeout_at(d, &mut send)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::deadline_exceeded(
+                            "the shutdown's flush bound passed",
+                        ))
+                    });
             }
             tokio::select! {
                 r = &mut send => return r,

@@ -69,7 +69,11 @@ pub fn read(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<Settlement>)>> {
     for path in paths {
         let text = std::fs::read_to_string(&path)?;
         let mut settlements = Vec::new();
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             match serde_json::from_str::<Settlement>(line) {
                 Ok(s) => settlements.push(s),
                 Err(e) => {

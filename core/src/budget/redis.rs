@@ -181,7 +181,10 @@ impl RedisLedger {
         for (path, settlements) in files {
             for (i, s) in settlements.iter().enumerate() {
                 let mut con = self.con.clone();
-                if let Err(e) = self.timed(apply(&mut con, &self.settle, &self.prefix, s)).await {
+                if let Err(e) = self
+                    .timed(apply(&mut con, &self.settle, &self.prefix, s))
+                    .await
+                {
                     // Keep what is left of this file (the rest of the files stay as they are).
                     let rest = settlements[i..].to_vec();
                     let (dir, old) = (
@@ -479,9 +482,8 @@ impl Ledger for RedisLedger {
                 // The writer keeps to the deadline itself; the pending file's write gets a
                 // moment past it, and no more.
                 match tokio::time::timeout_at(deadline + Duration::from_secs(2), &mut w).await {
-                    Ok(joined) => joined.map_err(|e| {
-                        LedgerError::Unavailable(format!("settlement writer: {e}"))
-                    })?,
+                    Ok(joined) => joined
+                        .map_err(|e| LedgerError::Unavailable(format!("settlement writer: {e}")))?,
                     Err(_) => {
                         w.abort();
                         return Err(LedgerError::Unavailable(

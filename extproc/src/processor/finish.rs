@@ -232,7 +232,11 @@ impl Processor {
         if let Some(u) = fwd.usage {
             return Bill {
                 usage: Some(u),
-                cost: self.config.prices.get(&fwd.upstream_model).map(|p| p.cost(&u)),
+                cost: self
+                    .config
+                    .prices
+                    .get(&fwd.upstream_model)
+                    .map(|p| p.cost(&u)),
             };
         }
         let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
@@ -259,8 +263,7 @@ impl Processor {
         let reservation = self.reservation.take();
         let bill = self.decide_bill(reservation.as_ref());
         self.bill = Some(bill);
-        let (Some(_), Some(ledger), Some(ctx)) = (&self.forwarded, &self.ledger, &self.ctx)
-        else {
+        let (Some(_), Some(ledger), Some(ctx)) = (&self.forwarded, &self.ledger, &self.ctx) else {
             return; // dropping the reservation refunds it
         };
         let charged = bill.cost;

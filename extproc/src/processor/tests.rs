@@ -665,19 +665,19 @@ async fn billed(ending: Ending) -> (Balance, tollgate_proto::logger::v1::LogEven
     let usage = r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
     match ending {
         Ending::StreamWithUsage => {
-            p.handle(response_body(&format!("{chunk}\n\n"), false)).await;
-            p.handle(response_body(
-                &format!("{usage}\n\ndata: [DONE]\n\n"),
-                true,
-            ))
-            .await;
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
+            p.handle(response_body(&format!("{usage}\n\ndata: [DONE]\n\n"), true))
+                .await;
         }
         Ending::ClientCancels => {
-            p.handle(response_body(&format!("{chunk}\n\n"), false)).await;
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
             drop(p);
         }
         Ending::ErrorMidStream => {
-            p.handle(response_body(&format!("{chunk}\n\n"), false)).await;
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
             p.handle(response_body(
                 "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n",
                 true,
@@ -685,7 +685,8 @@ async fn billed(ending: Ending) -> (Balance, tollgate_proto::logger::v1::LogEven
             .await;
         }
         Ending::StreamWithoutUsage => {
-            p.handle(response_body(&format!("{chunk}\n\n"), false)).await;
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
             p.handle(response_body("data: [DONE]\n\n", true)).await;
         }
         Ending::CompleteWithoutUsage => {
@@ -696,7 +697,8 @@ async fn billed(ending: Ending) -> (Balance, tollgate_proto::logger::v1::LogEven
             .await;
         }
         Ending::Reset => {
-            p.handle(response_body(&format!("{chunk}\n\n"), false)).await;
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
             p.abandon();
         }
         Ending::UpstreamError => {
