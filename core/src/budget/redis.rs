@@ -58,9 +58,13 @@ end
 return {1, unpack(soft)}
 ";
 
+// A reservation is never released below zero: a settlement applied from the pending directory
+// to a Redis that lost the line must not make room it never held.
 const SETTLE: &str = r"
 for _, key in ipairs(KEYS) do
-  if ARGV[1] ~= '0' then redis.call('HINCRBY', key, 'r', '-' .. ARGV[1]) end
+  if ARGV[1] ~= '0' then
+    if redis.call('HINCRBY', key, 'r', '-' .. ARGV[1]) < 0 then redis.call('HSET', key, 'r', '0') end
+  end
   if ARGV[2] ~= '0' then redis.call('HINCRBY', key, 's', ARGV[2]) end
   if not string.find(key, ':total:', 1, true) then redis.call('EXPIRE', key, ARGV[3]) end
 end
