@@ -846,3 +846,71 @@ async fn with_redis_gone_serve_exits_within_its_bound_and_the_next_start_settles
     );
     assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0);
 }
+
+/// The base config with a price for the mock's fault model `mock-stream-error` (served as
+/// `stream-error`), so that its requests are reserved.
+fn price_the_stream_error_model(config: String) -> String {
+    config.replacen(
+        "    mock-error-500: {",
+        "    mock-stream-error: { input: \"1.5\", output: \"2\" }\n    mock-error-500: {",
+        1,
+    )
+}
+
+/// Another way a started response's usage never comes, through real Envoy: the provider sends
+/// an error event mid-stream and ends it. The ledger keeps the whole reservation, and the
+/// record carries the same charge, with usage source `reservation`.
+#[tokio::test]
+async fn a_stream_that_breaks_off_with_an_error_is_billed_its_reservation_in_ledger_and_record() {
+    let logged = LoggedStack::ndjson_with(StackOptions {
+        extra_yaml: "budgets:\n  limits:\n    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.0001\" }\n".into(),
+        patch_config: Some(price_the_stream_error_model),
+        ..Default::default()
+    });
+    let stack = &logged.stack;
+    let body = json!({"model": "stream-error", "max_tokens": 10, "stream": true,
+        "messages": [{"role": "user", "content": TEN_WORDS}]});
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), body.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("\"error\""), "{}", r.text);
+    let id = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let start = std::time::Instant::now();
+    let event = loop {
+        if let Some(e) = logged
+            .logger
+            .lines()
+            .into_iter()
+            .find(|l| l["request_id"] == id.as_str())
+        {
+            break e;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no event for {id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(event["usage_source"], "reservation", "{event}");
+    assert_eq!(
+        u128::from(event["cost_picodollars"].as_u64().unwrap()),
+        RESERVATION,
+        "{event}"
+    );
+    assert_eq!(
+        (
+            event["input_tokens"].as_u64(),
+            event["output_tokens"].as_u64()
+        ),
+        (Some(18), Some(10)),
+        "{event}"
+    );
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(
+        v["data"][0]["spent_usd"],
+        format!("0.{RESERVATION:012}"),
+        "{v}"
+    );
+    assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
+}
