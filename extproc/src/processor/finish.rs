@@ -218,30 +218,36 @@ impl Processor {
         );
     }
 
-    /// What the request is billed, decided once as it ends: the provider's usage at the
-    /// model's price when the provider reported it (whatever the client finally got: the
-    /// provider billed it); else, when a successful response was being delivered but its usage
-    /// never came (a stream the client cancelled or that broke off: upstream error, timeout,
-    /// ext_proc stream reset; a response without usage), the whole reservation, as the
-    /// estimate's tokens (the provider charges for what it generated, which nobody counted);
-    /// else nothing (no response came, or nothing was reserved).
+    /// What the request is billed, decided once as it ends. A successful response that
+    /// started but was cut before its end (the client cancelled; an upstream reset or
+    /// timeout; Envoy reset the ext_proc stream), or that ended without usage (an error event
+    /// mid-stream, a response without `usage`), is billed its whole reservation, as the
+    /// estimate's tokens: the provider charges for what it generated, which nobody counted
+    /// (the partial usage some providers send at a stream's start, Anthropic's
+    /// `message_start`, counts the prompt only). Otherwise the provider's usage at the model's
+    /// price, whatever the client finally got (the provider billed it); else nothing (no
+    /// response came, or nothing was reserved).
     fn decide_bill(&self, reservation: Option<&Reservation>) -> Bill {
         let Some(fwd) = &self.forwarded else {
             return Bill::default();
         };
-        if let Some(u) = fwd.usage {
-            return Bill {
-                usage: Some(u),
-                cost: self
-                    .config
-                    .prices
-                    .get(&fwd.upstream_model)
-                    .map(|p| p.cost(&u)),
-            };
-        }
         let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
-        match (ok, self.first_byte_at, reservation, self.estimate) {
-            (true, Some(_), Some(r), Some(est)) => Bill {
+        let started = ok && self.first_byte_at.is_some();
+        let usage_bill = |u: Usage| Bill {
+            usage: Some(u),
+            cost: self
+                .config
+                .prices
+                .get(&fwd.upstream_model)
+                .map(|p| p.cost(&u)),
+        };
+        match (fwd.usage, self.response_done) {
+            (Some(u), true) => return usage_bill(u),
+            (Some(u), false) if !started || reservation.is_none() => return usage_bill(u),
+            _ => {}
+        }
+        match (started, reservation, self.estimate) {
+            (true, Some(r), Some(est)) => Bill {
                 usage: Some(Usage {
                     input_tokens: est.prompt_tokens,
                     output_tokens: est.max_output_tokens,
@@ -252,7 +258,7 @@ impl Processor {
                 }),
                 cost: Some(r.amount()),
             },
-            _ => Bill::default(),
+            _ => fwd.usage.map(usage_bill).unwrap_or_default(),
         }
     }
 

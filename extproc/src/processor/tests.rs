@@ -580,6 +580,9 @@ enum Ending {
     StreamWithUsage,
     /// The client cancels after the first chunk (Envoy drops the ext_proc stream).
     ClientCancels,
+    /// The client cancels after a chunk that carried usage so far (as Anthropic's
+    /// `message_start` does: the prompt only), before the stream's end.
+    ClientCancelsAfterPartialUsage,
     /// The provider sends an error event mid-stream and ends it.
     ErrorMidStream,
     /// A whole stream without a usage chunk.
@@ -675,6 +678,11 @@ async fn billed(ending: Ending) -> (Balance, tollgate_proto::logger::v1::LogEven
                 .await;
             drop(p);
         }
+        Ending::ClientCancelsAfterPartialUsage => {
+            p.handle(response_body(&format!("{chunk}\n\n{usage}\n\n"), false))
+                .await;
+            drop(p);
+        }
         Ending::ErrorMidStream => {
             p.handle(response_body(&format!("{chunk}\n\n"), false))
                 .await;
@@ -726,6 +734,7 @@ async fn the_log_event_carries_the_charge_the_ledger_applied_however_the_respons
     let reservation: u128 = 9 * 1_000_000 + 10 * 2_000_000;
     for ending in [
         Ending::ClientCancels,
+        Ending::ClientCancelsAfterPartialUsage,
         Ending::ErrorMidStream,
         Ending::StreamWithoutUsage,
         Ending::CompleteWithoutUsage,
