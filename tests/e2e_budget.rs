@@ -914,3 +914,86 @@ async fn a_stream_that_breaks_off_with_an_error_is_billed_its_reservation_in_led
     );
     assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
 }
+
+/// The base config with prices for the Anthropic, Gemini and Bedrock mock models.
+fn price_every_provider(config: String) -> String {
+    config.replacen(
+        "    mock-error-500: {",
+        &format!(
+            "    claude-upstream-model: {{ input: \"3\", output: \"15\" }}\n    gemini-upstream-model: {{ input: \"1\", output: \"4\" }}\n    \"{BEDROCK_MODEL_ID}\": {{ input: \"3\", output: \"15\" }}\n    mock-error-500: {{"
+        ),
+        1,
+    )
+}
+
+/// A cancelled stream is billed its reservation whatever the provider, an OpenAI client
+/// asking each: Anthropic's and Bedrock's streams report the prompt's usage as they start,
+/// which must not replace the reservation; the record and the ledger agree on each.
+#[tokio::test]
+async fn a_cancelled_stream_is_billed_its_reservation_at_every_provider() {
+    let logged = LoggedStack::ndjson_with(StackOptions {
+        extra_yaml: "budgets:\n  limits:\n    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"10\" }\n".into(),
+        patch_config: Some(price_every_provider),
+        ..Default::default()
+    });
+    let stack = &logged.stack;
+    let spent = |v: &Value| -> u128 {
+        let s = v["data"][0]["spent_usd"].as_str().unwrap().replace('.', "");
+        s.parse().unwrap()
+    };
+    for model in [
+        "mock-model",
+        "claude-model",
+        "gemini-model",
+        "bedrock-model",
+    ] {
+        let before = spent(&stack.get("/v1/budget", Some(KEY_ALL)).await.json());
+        let mut resp = stack
+            .http
+            .post(format!("{}/v1/chat/completions", stack.base))
+            .bearer_auth(KEY_ALL)
+            .header("x-mock-chunk-delay-ms", "400")
+            .body(
+                json!({"model": model, "max_tokens": 10, "stream": true,
+                       "messages": [{"role": "user", "content": TEN_WORDS}]})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{model}");
+        let id = resp.headers()["x-tollgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let first = resp.chunk().await.unwrap().unwrap();
+        assert!(!first.is_empty(), "{model}");
+        drop(resp);
+        let start = std::time::Instant::now();
+        let event = loop {
+            if let Some(e) = logged
+                .logger
+                .lines()
+                .into_iter()
+                .find(|l| l["request_id"] == id.as_str())
+            {
+                break e;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{model}: no event for {id}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(event["usage_source"], "reservation", "{model}: {event}");
+        assert_eq!(event["output_tokens"], 10, "{model}: {event}");
+        let cost = u128::from(event["cost_picodollars"].as_u64().unwrap());
+        assert!(cost > 0, "{model}: {event}");
+        let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+        assert_eq!(spent(&v) - before, cost, "{model}: {v} {event}");
+        assert_eq!(
+            v["data"][0]["reserved_usd"], "0.000000000000",
+            "{model}: {v}"
+        );
+    }
+}
