@@ -165,6 +165,10 @@ impl Ledger for ObservedLedger {
     fn flush(&self) -> LedgerFuture<'_, ()> {
         self.inner.flush()
     }
+
+    fn flush_within(&self, within: std::time::Duration) -> LedgerFuture<'_, ()> {
+        self.inner.flush_within(within)
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,12 @@
 //! 2. [`streams`]: the gRPC listener closes (no new connection) and open HTTP/2 connections
 //!    get a GOAWAY (no new stream on them); the streams in flight, LLM streams included, get
 //!    `shutdown.drain_timeout_ms` to finish, and are cut when it passes;
-//! 3. then `serve` applies the budget settlements, sends the log queue to the logger (what
-//!    cannot go is spooled for the next start), stops the admin endpoint and exits 0.
+//! 3. [`flush`]: then, in parallel and within `shutdown.flush_timeout_ms`, `serve` applies the
+//!    budget settlements (what Redis does not take by then goes to the pending directory, for
+//!    the next start), sends the log queue to the logger (what cannot go is spooled for the
+//!    next start) and exports the spans; then it stops the admin endpoint and exits 0. So
+//!    `serve` exits within pre-drain wait + drain timeout (only while streams are open) +
+//!    flush timeout of the signal, whatever Redis and the logger do.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -19,9 +23,12 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tollgate_authz::AuthzService;
+use tollgate_core::budget::Ledger;
 use tollgate_core::config::Shutdown;
 use tollgate_core::metrics::Metrics;
+use tollgate_extproc::trace::Exporter;
 use tollgate_extproc::ExtProcService;
+use tollgate_logger::Shipper;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -84,4 +91,45 @@ pub async fn streams(
             Ok(())
         }
     }
+}
+
+/// Step 3: applies the last budget settlements, sends the log queue and exports the spans,
+/// all at once, each bounded by `settings.flush_timeout` (spans by `traces.timeout_ms`, at
+/// most the same): what cannot go by then is written to disk for the next start.
+pub async fn flush(
+    settings: Shutdown,
+    ledger: &dyn Ledger,
+    shipper: Option<Shipper>,
+    exporter: Option<Exporter>,
+) {
+    let started = Instant::now();
+    let bound = settings.flush_timeout;
+    let settlements = async {
+        if let Err(e) = ledger.flush_within(bound).await {
+            tracing::error!(error = %e, "Could not apply every budget settlement");
+        }
+    };
+    let events = async {
+        if let Some(shipper) = shipper {
+            // Every event is queued (a cut stream's may come later: it goes to the spool).
+            shipper.shutdown_within(bound).await;
+        }
+    };
+    let spans = async {
+        if let Some(exporter) = exporter {
+            // Bounded by `traces.timeout_ms`; no longer than the flush either.
+            if tokio::time::timeout(bound, exporter.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!("Span export did not finish within the flush timeout");
+            }
+        }
+    };
+    tokio::join!(settlements, events, spans);
+    tracing::info!(
+        took_ms = started.elapsed().as_millis(),
+        flush_timeout_ms = bound.as_millis(),
+        "Flushed budget settlements and log events"
+    );
 }

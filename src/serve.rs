@@ -137,6 +137,10 @@ async fn watch_config(
     }
 }
 
+/// Where, under `logging.spool_dir`, settlements Redis did not take wait for the next start
+/// when `budgets.redis.pending_dir` is not set.
+const PENDING_UNDER_SPOOL: &str = "ledger";
+
 /// The longest the spend restore from ClickHouse may take at start-up.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -300,9 +304,28 @@ pub async fn serve_reporting(
     // in memory for one replica, in the same Redis for many. Both outlive reloads.
     let (ledger, limiter): (Arc<dyn Ledger>, Arc<dyn RateStore>) = match redis {
         Some(r) => {
-            let ledger = RedisLedger::connect(r.url.expose(), &r.key_prefix, r.timeout)
-                .await
-                .context("cannot reach the Redis ledger (budgets.redis)")?;
+            // Settlements Redis does not take wait here for the next start.
+            let pending = r.pending_dir.clone().or_else(|| {
+                logging
+                    .as_ref()
+                    .map(|l| l.spool_dir.join(PENDING_UNDER_SPOOL))
+            });
+            let ledger =
+                RedisLedger::connect_with(r.url.expose(), &r.key_prefix, r.timeout, pending)
+                    .await
+                    .context("cannot reach the Redis ledger (budgets.redis)")?;
+            // An earlier run's settlements that Redis did not take (it was away when that run
+            // stopped): applied before serving, so their reservations are not held any more.
+            match ledger.apply_pending().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    settlements = n,
+                    "Applied the budget settlements an earlier run left pending"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot apply every pending budget settlement; the rest waits for the next start (their reservations stay held meanwhile)")
+                }
+            }
             let rates = RedisRates::new(ledger.connection(), &r.key_prefix, r.timeout);
             (Arc::new(ledger), Arc::new(rates))
         }
@@ -462,20 +485,9 @@ pub async fn serve_reporting(
     let settings = shared.load().shutdown;
     crate::drain::begin(settings, &ready, &metrics, &health).await;
     let grpc_result = crate::drain::streams(settings, &grpc_stop_tx, grpc).await;
-    // Every stream has ended (or was cut at the drain timeout), so every settlement is
-    // handed over: apply them.
-    if let Err(e) = ledger.flush().await {
-        tracing::error!(error = %e, "Could not apply every budget settlement");
-    }
-    if let Some(shipper) = shipper {
-        // Every event is queued (a cut stream's may come later: it goes to the spool): send
-        // them to the logger, or spool them.
-        shipper.shutdown().await;
-    }
-    if let Some(exporter) = exporter {
-        // Likewise every span is queued: export them (bounded by `traces.timeout_ms`).
-        exporter.shutdown().await;
-    }
+    // Every stream has ended (or was cut at the drain timeout), so every settlement and log
+    // event is handed over: flush them, in parallel, within `shutdown.flush_timeout_ms`.
+    crate::drain::flush(settings, ledger.as_ref(), shipper, exporter).await;
     tracing::info!("Drained: stopping");
     let _ = stop_tx.send(true);
     let _ = admin_task.await;

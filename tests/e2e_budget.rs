@@ -572,3 +572,428 @@ async fn token_rate_limits_admit_while_there_is_room_and_charge_real_tokens() {
     assert!((20..=23).contains(&retry), "retry-after {retry}");
     assert_eq!(r.header("x-ratelimit-remaining-tokens"), Some("0"));
 }
+
+/// Polls ClickHouse until `sql` returns something (at most 20 s).
+fn ch_row(ch: &common::clickhouse::ClickHouse, sql: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(out) = ch.query(sql).filter(|o| !o.trim().is_empty()) {
+            return out.trim().to_owned();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "nothing for {sql}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A stream the client cancels after it started is charged its whole reservation in the
+/// ledger (the provider bills what it generated, which nobody counted), and its log event
+/// carries that same charge with usage source `reservation`: `tollgate usage` shows it, and a
+/// `serve` restarted from the logger's ClickHouse table starts with it in the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_client_cancels_is_billed_its_reservation_in_ledger_records_and_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let ch = common::clickhouse::ClickHouse::start();
+    let logger = Logger::start_clickhouse(ANY_PORT, &ch.url, "tg_cancel", dir.path());
+    let mut stack = Stack::start(StackOptions {
+        logger: Some(logger.addr.clone()),
+        extra_yaml: format!(
+            "budgets:\n  restore:\n    clickhouse: {{ url: \"{}\", database: tg_cancel, table: requests }}\n  limits:\n    - {{ id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.0001\" }}\n",
+            ch.url
+        ),
+        ..Default::default()
+    });
+    let body = json!({"model": "mock-model", "max_tokens": 10, "stream": true,
+        "messages": [{"role": "user", "content": TEN_WORDS}]});
+    let mut resp = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base))
+        .bearer_auth(KEY_ALL)
+        .header("x-mock-chunk-delay-ms", "400")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-tollgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    // The client goes away mid-stream.
+    drop(resp);
+
+    // The record: the reservation (18 prompt tokens as estimated, 10 at most generated),
+    // charged whole, with its source.
+    let row = ch_row(
+        &ch,
+        &format!("SELECT usage_source, cost_picodollars, input_tokens, output_tokens, http_status FROM tg_cancel.requests WHERE request_id = '{id}' FORMAT TSV"),
+    );
+    assert_eq!(row, format!("reservation\t{RESERVATION}\t18\t10\t200"));
+    // The ledger charged the same.
+    let spent = format!("0.{RESERVATION:012}");
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(v["data"][0]["spent_usd"], spent.as_str(), "{v}");
+    assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
+    // `tollgate usage`, the billing source, shows it.
+    let out = std::process::Command::new(TOLLGATE)
+        .args(["usage", "--clickhouse-url", &ch.url])
+        .args([
+            "--clickhouse-database",
+            "tg_cancel",
+            "--by",
+            "key",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let usage: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        usage["total"]["cost_picodollars"],
+        RESERVATION.to_string().as_str(),
+        "{usage}"
+    );
+    // After a restart restored from ClickHouse, the budget still holds it.
+    let u = restart_and_read_usage(&mut stack).await;
+    assert_eq!(u["data"][2]["spent_usd"], spent.as_str(), "{u}");
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(v["data"][0]["spent_usd"], spent.as_str(), "{v}");
+}
+
+/// A `redis-server` on a Unix socket in `dir` that keeps its data across a `kill -9` (AOF,
+/// fsync on every write), so that it can be started again on the same socket with the same
+/// lines; killed on drop.
+fn durable_redis(dir: &std::path::Path, run: u32) -> Proc {
+    let socket = dir.join("redis.sock");
+    let mut proc = Proc::spawn(
+        &format!("redis-{run}"),
+        std::process::Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--unixsocketperm", "700", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(dir),
+        dir,
+    );
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(proc.alive(), "redis-server exited:\n{}", proc.log());
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "redis-server did not listen:\n{}",
+            proc.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    proc
+}
+
+/// With the Redis ledger gone (hung: every call waits for its timeout, the worst case), SIGTERM
+/// in the middle of five streams: `serve` exits within its bound (the streams' end +
+/// `shutdown.flush_timeout_ms` + a little; retrying the queued settlements one by one took
+/// ≥ 2 s each here, 45–50 s with a TCP Redis gone), every log event reaches the logger, the
+/// settlements Redis did not take are written to `budgets.redis.pending_dir`, and once Redis
+/// is back (killed, restarted from its append-only file) the next start applies them: nothing
+/// stays reserved and the spend is what the records say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_gone_serve_exits_within_its_bound_and_the_next_start_settles_what_was_left() {
+    let rdir = tempfile::tempdir().unwrap();
+    let mut redis = durable_redis(rdir.path(), 0);
+    let url = format!(
+        "redis+unix://{}?db=0",
+        rdir.path().join("redis.sock").display()
+    );
+    let data = tempfile::tempdir().unwrap();
+    let logger = Logger::start(ANY_PORT, &data.path().join("data"), data.path());
+    let pending = data.path().join("pending");
+    let mut stack = Stack::start(StackOptions {
+        logger: Some(logger.addr.clone()),
+        extra_yaml: format!(
+            "budgets:\n  redis: {{ url: \"{url}\", timeout_ms: 250, pending_dir: \"{}\" }}\n  limits:\n    - {{ id: acme, scope: tenant, name: acme, period: total, amount_usd: \"1\" }}\n\
+             shutdown: {{ pre_drain_wait_ms: 0, drain_timeout_ms: 10000, flush_timeout_ms: 2000 }}\n",
+            pending.display()
+        ),
+        ..Default::default()
+    });
+    // One request settled while Redis is there.
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), chat("mock-model"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let mut ids = vec![r.header("x-tollgate-request-id").unwrap().to_owned()];
+    // Five streams of about ten chunks, 150 ms apart, reserved before Redis goes.
+    let mut readers = Vec::new();
+    for _ in 0..5 {
+        let mut resp = stack
+            .http
+            .post(format!("{}/v1/chat/completions", stack.base))
+            .bearer_auth(KEY_ALL)
+            .header("x-mock-chunk-delay-ms", "150")
+            .body(
+                json!({"model": "mock-model", "stream": true,
+                       "messages": [{"role": "user", "content": TEN_WORDS}]})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        ids.push(
+            resp.headers()["x-tollgate-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut body = Vec::new();
+            while let Ok(Some(c)) = resp.chunk().await {
+                body.extend_from_slice(&c);
+            }
+            String::from_utf8_lossy(&body).into_owned()
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    redis.signal("STOP");
+    let signalled = std::time::Instant::now();
+    stack.procs[1].signal("TERM");
+    let exited = loop {
+        if let Some(status) = stack.procs[1].exit_status() {
+            assert!(
+                status.success(),
+                "serve exited with {status}:\n{}",
+                stack.serve_log()
+            );
+            break signalled.elapsed();
+        }
+        assert!(
+            signalled.elapsed() < std::time::Duration::from_secs(30),
+            "serve did not exit within 30 s:\n{}",
+            stack.serve_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let mut streamed_to_the_end = 0;
+    for r in readers {
+        if r.await.unwrap().contains("data: [DONE]") {
+            streamed_to_the_end += 1;
+        }
+    }
+    assert_eq!(streamed_to_the_end, 5, "{}", stack.serve_log());
+    // The streams' ≈ 1.6 s, the 2 s flush bound, a margin for a loaded machine.
+    eprintln!("serve exited {exited:?} after SIGTERM");
+    assert!(
+        exited < std::time::Duration::from_millis(6500),
+        "serve took {exited:?} to exit:\n{}",
+        stack.serve_log()
+    );
+    let log = stack.serve_log();
+    assert!(
+        log.contains("Wrote budget settlements Redis did not take"),
+        "{log}"
+    );
+
+    // Every event reached the logger, each with its cost.
+    let start = std::time::Instant::now();
+    let events = loop {
+        let lines = logger.lines();
+        if ids
+            .iter()
+            .all(|id| lines.iter().any(|l| l["request_id"] == id.as_str()))
+        {
+            break lines;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "missing events: {ids:?} in {lines:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let billed: u128 = ids
+        .iter()
+        .map(|id| {
+            let e = events
+                .iter()
+                .find(|l| l["request_id"] == id.as_str())
+                .unwrap();
+            u128::from(e["cost_picodollars"].as_u64().unwrap())
+        })
+        .sum();
+    assert!(billed > 0);
+    let files: Vec<_> = std::fs::read_dir(&pending).unwrap().collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+
+    // Redis killed and back with its data: the streams' reservations are still held there.
+    redis.kill9();
+    let _redis = durable_redis(rdir.path(), 1);
+    stack.restart_serve(2);
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
+    assert_eq!(v["data"][0]["spent_usd"], format!("0.{billed:012}"), "{v}");
+    assert!(
+        stack
+            .serve_log()
+            .contains("Applied the budget settlements an earlier run left pending"),
+        "{}",
+        stack.serve_log()
+    );
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0);
+}
+
+/// The base config with a price for the mock's fault model `mock-stream-error` (served as
+/// `stream-error`), so that its requests are reserved.
+fn price_the_stream_error_model(config: String) -> String {
+    config.replacen(
+        "    mock-error-500: {",
+        "    mock-stream-error: { input: \"1.5\", output: \"2\" }\n    mock-error-500: {",
+        1,
+    )
+}
+
+/// Another way a started response's usage never comes, through real Envoy: the provider sends
+/// an error event mid-stream and ends it. The ledger keeps the whole reservation, and the
+/// record carries the same charge, with usage source `reservation`.
+#[tokio::test]
+async fn a_stream_that_breaks_off_with_an_error_is_billed_its_reservation_in_ledger_and_record() {
+    let logged = LoggedStack::ndjson_with(StackOptions {
+        extra_yaml: "budgets:\n  limits:\n    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.0001\" }\n".into(),
+        patch_config: Some(price_the_stream_error_model),
+        ..Default::default()
+    });
+    let stack = &logged.stack;
+    let body = json!({"model": "stream-error", "max_tokens": 10, "stream": true,
+        "messages": [{"role": "user", "content": TEN_WORDS}]});
+    let r = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), body.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("\"error\""), "{}", r.text);
+    let id = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let start = std::time::Instant::now();
+    let event = loop {
+        if let Some(e) = logged
+            .logger
+            .lines()
+            .into_iter()
+            .find(|l| l["request_id"] == id.as_str())
+        {
+            break e;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no event for {id}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(event["usage_source"], "reservation", "{event}");
+    assert_eq!(
+        u128::from(event["cost_picodollars"].as_u64().unwrap()),
+        RESERVATION,
+        "{event}"
+    );
+    assert_eq!(
+        (
+            event["input_tokens"].as_u64(),
+            event["output_tokens"].as_u64()
+        ),
+        (Some(18), Some(10)),
+        "{event}"
+    );
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(
+        v["data"][0]["spent_usd"],
+        format!("0.{RESERVATION:012}"),
+        "{v}"
+    );
+    assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
+}
+
+/// The base config with prices for the Anthropic, Gemini and Bedrock mock models.
+fn price_every_provider(config: String) -> String {
+    config.replacen(
+        "    mock-error-500: {",
+        &format!(
+            "    claude-upstream-model: {{ input: \"3\", output: \"15\" }}\n    gemini-upstream-model: {{ input: \"1\", output: \"4\" }}\n    \"{BEDROCK_MODEL_ID}\": {{ input: \"3\", output: \"15\" }}\n    mock-error-500: {{"
+        ),
+        1,
+    )
+}
+
+/// A cancelled stream is billed its reservation whatever the provider, an OpenAI client
+/// asking each: Anthropic's and Bedrock's streams report the prompt's usage as they start,
+/// which must not replace the reservation; the record and the ledger agree on each.
+#[tokio::test]
+async fn a_cancelled_stream_is_billed_its_reservation_at_every_provider() {
+    let logged = LoggedStack::ndjson_with(StackOptions {
+        extra_yaml: "budgets:\n  limits:\n    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"10\" }\n".into(),
+        patch_config: Some(price_every_provider),
+        ..Default::default()
+    });
+    let stack = &logged.stack;
+    let spent = |v: &Value| -> u128 {
+        let s = v["data"][0]["spent_usd"].as_str().unwrap().replace('.', "");
+        s.parse().unwrap()
+    };
+    for model in [
+        "mock-model",
+        "claude-model",
+        "gemini-model",
+        "bedrock-model",
+    ] {
+        let before = spent(&stack.get("/v1/budget", Some(KEY_ALL)).await.json());
+        let mut resp = stack
+            .http
+            .post(format!("{}/v1/chat/completions", stack.base))
+            .bearer_auth(KEY_ALL)
+            .header("x-mock-chunk-delay-ms", "400")
+            .body(
+                json!({"model": model, "max_tokens": 10, "stream": true,
+                       "messages": [{"role": "user", "content": TEN_WORDS}]})
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{model}");
+        let id = resp.headers()["x-tollgate-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let first = resp.chunk().await.unwrap().unwrap();
+        assert!(!first.is_empty(), "{model}");
+        drop(resp);
+        let start = std::time::Instant::now();
+        let event = loop {
+            if let Some(e) = logged
+                .logger
+                .lines()
+                .into_iter()
+                .find(|l| l["request_id"] == id.as_str())
+            {
+                break e;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "{model}: no event for {id}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(event["usage_source"], "reservation", "{model}: {event}");
+        assert_eq!(event["output_tokens"], 10, "{model}: {event}");
+        let cost = u128::from(event["cost_picodollars"].as_u64().unwrap());
+        assert!(cost > 0, "{model}: {event}");
+        let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+        assert_eq!(spent(&v) - before, cost, "{model}: {v} {event}");
+        assert_eq!(
+            v["data"][0]["reserved_usd"], "0.000000000000",
+            "{model}: {v}"
+        );
+    }
+}

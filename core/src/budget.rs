@@ -274,6 +274,12 @@ pub trait Ledger: Send + Sync + fmt::Debug {
     fn flush(&self) -> LedgerFuture<'_, ()> {
         Box::pin(std::future::ready(Ok(())))
     }
+    /// [`Ledger::flush`] within `within`: a store that cannot apply everything by then keeps
+    /// the rest where its next start finds it, and returns.
+    fn flush_within(&self, within: std::time::Duration) -> LedgerFuture<'_, ()> {
+        let _ = within;
+        self.flush()
+    }
 }
 
 /// One stored request's spend, as the logger recorded it.
@@ -585,6 +591,7 @@ impl Drop for Reservation {
     }
 }
 
+pub mod pending;
 mod redis;
 pub use self::redis::RedisLedger;
 

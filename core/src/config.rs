@@ -294,6 +294,13 @@ pub struct RawRedisLedger {
     /// meets `on_ledger_error` rather than Envoy's own timeout.
     #[serde(default = "default_redis_timeout_ms")]
     pub timeout_ms: u64,
+    /// Directory where settlements that could not reach Redis are written (at shutdown, past
+    /// `shutdown.flush_timeout_ms`, or after their retries while running); the next start
+    /// applies them to Redis before it serves, so a reservation never stays held. Default:
+    /// `ledger/` under `logging.spool_dir` when logging is on; without either, such
+    /// settlements are only logged.
+    #[serde(default)]
+    pub pending_dir: Option<PathBuf>,
 }
 
 fn default_redis_prefix() -> String {
@@ -1633,6 +1640,9 @@ pub struct RedisLedgerConfig {
     pub key_prefix: String,
     /// Per-call timeout.
     pub timeout: std::time::Duration,
+    /// Where settlements that could not reach Redis wait for the next start (`None`: the
+    /// logging spool's `ledger/`, or nowhere).
+    pub pending_dir: Option<PathBuf>,
 }
 
 /// Whether `name` is a plain SQL identifier: letters, digits and `_`, not starting with a digit
@@ -1817,6 +1827,7 @@ fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) ->
             url: Secret::new(url),
             key_prefix: r.key_prefix.clone(),
             timeout: std::time::Duration::from_millis(r.timeout_ms),
+            pending_dir: r.pending_dir.clone(),
         })
     });
     if redis.is_some() && raw.restore.is_some() {

@@ -11,6 +11,10 @@ pub enum UsageSource {
     Provider,
     /// Tollgate estimated it (the provider reported nothing).
     Estimated,
+    /// The request's budget reservation, charged whole because the provider's usage never
+    /// came (a stream the client cancelled or that broke off after it started, a response
+    /// without usage): the estimate's tokens (prompt, and the most it could generate).
+    Reservation,
 }
 
 /// Token counts of one request, the same shape for every provider.

@@ -117,6 +117,7 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
             source: match u.source {
                 UsageSource::Provider => pb::UsageSource::Provider,
                 UsageSource::Estimated => pb::UsageSource::Estimated,
+                UsageSource::Reservation => pb::UsageSource::Reservation,
             }
             .into(),
         }),

@@ -50,7 +50,8 @@ pub struct Record {
     pub cache_write_tokens: u64,
     /// Generated tokens spent on reasoning.
     pub reasoning_tokens: u64,
-    /// `provider`, `estimated`, or `none` when no usage is known.
+    /// `provider`, `estimated`, `reservation` (the budget reservation was charged: the
+    /// provider's usage never came), or `none` when no usage is known.
     pub usage_source: String,
     /// Cost in US dollars (`cost_picodollars` as a float).
     pub cost_usd: f64,
@@ -107,6 +108,7 @@ impl From<&LogEvent> for Record {
             (false, _) | (true, UsageSource::Unspecified) => "none",
             (true, UsageSource::Provider) => "provider",
             (true, UsageSource::Estimated) => "estimated",
+            (true, UsageSource::Reservation) => "reservation",
         };
         Record {
             request_id: e.request_id.clone(),

@@ -145,9 +145,13 @@ impl LogHandle {
 /// The owned background sender and the handle requests use.
 pub struct Shipper {
     handle: LogHandle,
-    stop: watch::Sender<bool>,
+    /// The shutdown's deadline, once it has begun.
+    stop: watch::Sender<Option<Instant>>,
     task: JoinHandle<()>,
 }
+
+/// [`Shipper::shutdown`]'s bound.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(60);
 
 impl Shipper {
     /// Opens the spool under `config.spool_dir` and starts the sender towards
@@ -180,8 +184,9 @@ impl Shipper {
         metrics: Metrics,
     ) -> Shipper {
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(None);
         let sender = Sender {
+            deadline: stop_rx.clone(),
             transport,
             spool: Arc::clone(&spool),
             metrics: metrics.clone(),
@@ -212,9 +217,25 @@ impl Shipper {
     /// Stops taking events into the queue (later ones go to the spool), sends what is
     /// queued (one attempt per batch; whatever fails is spooled) and waits for the sender.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "The log sender failed");
+        self.shutdown_within(SHUTDOWN_BOUND).await;
+    }
+
+    /// [`Shipper::shutdown`] within `within`: once a send fails or the bound passes, the
+    /// batch being sent and everything still queued go to the spool (a local write), so a
+    /// logger that is away or hangs cannot hold the exit. The spool is not replayed now: the
+    /// next start does it.
+    pub async fn shutdown_within(self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let _ = self.stop.send(Some(deadline));
+        let mut task = self.task;
+        // The sender keeps to the deadline itself; spooling gets a moment past it.
+        match tokio::time::timeout_at(deadline + Duration::from_secs(2), &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "The log sender failed"),
+            Err(_) => {
+                task.abort();
+                tracing::error!("The log sender did not finish within the flush bound: stopped it");
+            }
         }
     }
 }
@@ -247,6 +268,8 @@ struct Parts {
 }
 
 struct Sender<T> {
+    /// The shutdown's deadline, once it has begun: bounds every send.
+    deadline: watch::Receiver<Option<Instant>>,
     transport: T,
     spool: Arc<Spool>,
     metrics: Metrics,
@@ -256,7 +279,11 @@ struct Sender<T> {
 }
 
 impl<T: Transport> Sender<T> {
-    async fn run(mut self, mut rx: mpsc::Receiver<LogEvent>, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<LogEvent>,
+        mut stop: watch::Receiver<Option<Instant>>,
+    ) {
         let size = self.options.batch_size.max(1);
         let mut stopping = false;
         while !stopping {
@@ -301,6 +328,34 @@ impl<T: Transport> Sender<T> {
         }
     }
 
+    /// The shutdown's deadline, once it has begun.
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.borrow()
+    }
+
+    /// Sends one batch, giving up at the shutdown's deadline (even one set while it waits).
+    async fn send(&mut self, batch: LogBatch) -> Result<IngestAck, tonic::Status> {
+        let mut deadline = self.deadline.clone();
+        let send = self.transport.send(batch);
+        tokio::pin!(send);
+        loop {
+            let set = *deadline.borrow_and_update();
+            if let Some(d) = set {
+                return tokio::time::timeout_at(d, &mut send)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(tonic::Status::deadline_exceeded(
+                            "the shutdown's flush bound passed",
+                        ))
+                    });
+            }
+            tokio::select! {
+                r = &mut send => return r,
+                changed = deadline.changed() => if changed.is_err() { return send.await },
+            }
+        }
+    }
+
     fn logger_down(&mut self) {
         self.next_attempt = Instant::now() + self.backoff;
         self.backoff = (self.backoff * 2).min(self.options.max_backoff);
@@ -317,12 +372,18 @@ impl<T: Transport> Sender<T> {
         }
         let n = events.len() as u64;
         let batch = LogBatch { events };
+        let stopping = self.deadline();
+        let last = last || stopping.is_some();
         let due = Instant::now() >= self.next_attempt;
-        if !self.spool.is_empty() && due {
+        if !self.spool.is_empty() && due && stopping.is_none() {
             self.replay().await;
         }
-        if !self.spool.is_empty() || Instant::now() < self.next_attempt {
-            // Older batches wait, or the logger is known to be away: keep the order.
+        if !self.spool.is_empty()
+            || Instant::now() < self.next_attempt
+            || stopping.is_some_and(|d| Instant::now() >= d)
+        {
+            // Older batches wait, the logger is known to be away, or the shutdown's bound
+            // has passed: keep the order, spool it.
             return self.spool_batch(batch, n).await;
         }
         let attempts = if last {
@@ -332,7 +393,7 @@ impl<T: Transport> Sender<T> {
         };
         let mut pause = self.options.initial_backoff;
         for attempt in 1..=attempts {
-            match self.transport.send(batch.clone()).await.map_err(classify) {
+            match self.send(batch.clone()).await.map_err(classify) {
                 Ok(_) => {
                     self.metrics.log_events("sent", n);
                     self.logger_up();
@@ -351,11 +412,12 @@ impl<T: Transport> Sender<T> {
                 }
                 Err(Failure::Retryable(status)) => {
                     tracing::debug!(attempt, code = ?status.code(), message = status.message(), "Log batch not delivered");
-                    if attempt < attempts {
+                    if attempt < attempts && self.deadline().is_none() {
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(self.options.max_backoff);
                     } else {
                         tracing::warn!(code = ?status.code(), message = status.message(), events = n, "Logger unreachable: spooling the batch");
+                        break;
                     }
                 }
             }
@@ -465,6 +527,10 @@ impl<T: Transport> Sender<T> {
     /// Sends spooled batches oldest first until the spool is empty or the logger fails.
     async fn replay(&mut self) {
         loop {
+            if self.deadline().is_some() {
+                // Shutting down: the next start replays the spool.
+                return;
+            }
             let (seq, batch) = match self.spool.blocking(|s| s.oldest()).await {
                 Ok(Some(next)) => next,
                 Ok(None) => return,
@@ -475,7 +541,7 @@ impl<T: Transport> Sender<T> {
                 }
             };
             let n = batch.events.len() as u64;
-            match self.transport.send(batch).await.map_err(classify) {
+            match self.send(batch).await.map_err(classify) {
                 Ok(_) => {
                     self.metrics.log_events("sent", n);
                     self.logger_up();

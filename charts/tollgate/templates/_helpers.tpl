@@ -112,7 +112,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- fail "config.shutdown is set by the chart from gateway.drain (preDrainWaitSeconds, timeoutSeconds), which the grace period is checked against: set those instead" -}}
 {{- end -}}
 {{- $drain := .Values.gateway.drain -}}
-{{- $_ := set $cfg "shutdown" (dict "pre_drain_wait_ms" (mul (int $drain.preDrainWaitSeconds) 1000) "drain_timeout_ms" (mul (int $drain.timeoutSeconds) 1000)) -}}
+{{- /* Half the slack for the last settlements and log events to go out (serve spools and writes pending what cannot), half for those writes and the exit. */ -}}
+{{- $flush := min (div (mul (int $drain.slackSeconds) 1000) 2) 60000 -}}
+{{- $_ := set $cfg "shutdown" (dict "pre_drain_wait_ms" (mul (int $drain.preDrainWaitSeconds) 1000) "drain_timeout_ms" (mul (int $drain.timeoutSeconds) 1000) "flush_timeout_ms" $flush) -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 

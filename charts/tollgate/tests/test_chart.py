@@ -688,7 +688,12 @@ class ChartTest(unittest.TestCase):
                 config = yaml.safe_load(self.configmap(mode)["data"]["config.yaml"])
                 self.assertEqual(
                     config["shutdown"],
-                    {"pre_drain_wait_ms": drain["preDrainWaitSeconds"] * 1000, "drain_timeout_ms": drain["timeoutSeconds"] * 1000},
+                    {
+                        "pre_drain_wait_ms": drain["preDrainWaitSeconds"] * 1000,
+                        "drain_timeout_ms": drain["timeoutSeconds"] * 1000,
+                        # Half the slack bounds serve's last flush (settlements, log events).
+                        "flush_timeout_ms": min(drain["slackSeconds"] * 500, 60000),
+                    },
                 )
                 if "envoy" in cs:
                     envoy_sleep = cs["envoy"]["lifecycle"]["preStop"]["sleep"]["seconds"]

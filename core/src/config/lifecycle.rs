@@ -21,6 +21,12 @@ pub struct RawShutdown {
     /// milliseconds (0 to 3600000).
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// Then the last budget settlements go to the ledger and the log queue to the logger, in
+    /// parallel, for at most this long; what has not gone by then is written to disk for the
+    /// next start (settlements to `budgets.redis.pending_dir`, log events to the spool), so a
+    /// Redis or logger that is away cannot hold the exit. In milliseconds (100 to 60000).
+    #[serde(default = "default_flush_timeout_ms")]
+    pub flush_timeout_ms: u64,
 }
 
 impl Default for RawShutdown {
@@ -28,6 +34,7 @@ impl Default for RawShutdown {
         Self {
             pre_drain_wait_ms: default_pre_drain_wait_ms(),
             drain_timeout_ms: default_drain_timeout_ms(),
+            flush_timeout_ms: default_flush_timeout_ms(),
         }
     }
 }
@@ -38,6 +45,10 @@ fn default_pre_drain_wait_ms() -> u64 {
 
 fn default_drain_timeout_ms() -> u64 {
     30_000
+}
+
+fn default_flush_timeout_ms() -> u64 {
+    5_000
 }
 
 /// The `startup_check` section.
@@ -74,6 +85,8 @@ pub struct Shutdown {
     pub pre_drain_wait: Duration,
     /// How long streams in flight may take to finish.
     pub drain_timeout: Duration,
+    /// How long the settlements and the log queue may take to go out after the streams.
+    pub flush_timeout: Duration,
 }
 
 /// The validated `startup_check` section.
@@ -92,9 +105,13 @@ pub(super) fn validate_shutdown(raw: &RawShutdown, errs: &mut Errors) -> Shutdow
     if raw.drain_timeout_ms > 3_600_000 {
         errs.add("shutdown.drain_timeout_ms", "must be between 0 and 3600000");
     }
+    if !(100..=60_000).contains(&raw.flush_timeout_ms) {
+        errs.add("shutdown.flush_timeout_ms", "must be between 100 and 60000");
+    }
     Shutdown {
         pre_drain_wait: Duration::from_millis(raw.pre_drain_wait_ms),
         drain_timeout: Duration::from_millis(raw.drain_timeout_ms),
+        flush_timeout: Duration::from_millis(raw.flush_timeout_ms),
     }
 }
 

@@ -1065,7 +1065,8 @@ fn shutdown_and_startup_check_have_defaults_and_errors_name_their_fields() {
         c.shutdown,
         Shutdown {
             pre_drain_wait: Duration::from_secs(5),
-            drain_timeout: Duration::from_secs(30)
+            drain_timeout: Duration::from_secs(30),
+            flush_timeout: Duration::from_secs(5),
         }
     );
     assert_eq!(
@@ -1076,17 +1077,18 @@ fn shutdown_and_startup_check_have_defaults_and_errors_name_their_fields() {
         }
     );
     let yaml = format!(
-        "{}shutdown: {{ pre_drain_wait_ms: 0, drain_timeout_ms: 1500 }}\nstartup_check: {{ network: true, timeout_ms: 250 }}\n",
+        "{}shutdown: {{ pre_drain_wait_ms: 0, drain_timeout_ms: 1500, flush_timeout_ms: 2500 }}\nstartup_check: {{ network: true, timeout_ms: 250 }}\n",
         good()
     );
     let c = Config::from_yaml(&yaml, &env()).unwrap();
     assert_eq!(c.shutdown.pre_drain_wait, Duration::ZERO);
     assert_eq!(c.shutdown.drain_timeout, Duration::from_millis(1500));
+    assert_eq!(c.shutdown.flush_timeout, Duration::from_millis(2500));
     assert!(c.startup_check.network);
     assert_eq!(c.startup_check.timeout, Duration::from_millis(250));
 
     let yaml = format!(
-        "{}shutdown: {{ pre_drain_wait_ms: 300001, drain_timeout_ms: 3600001 }}\nstartup_check: {{ timeout_ms: 5 }}\n",
+        "{}shutdown: {{ pre_drain_wait_ms: 300001, drain_timeout_ms: 3600001, flush_timeout_ms: 99 }}\nstartup_check: {{ timeout_ms: 5 }}\n",
         good()
     );
     let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
@@ -1096,6 +1098,7 @@ fn shutdown_and_startup_check_have_defaults_and_errors_name_their_fields() {
         [
             "shutdown.pre_drain_wait_ms",
             "shutdown.drain_timeout_ms",
+            "shutdown.flush_timeout_ms",
             "startup_check.timeout_ms"
         ]
     );

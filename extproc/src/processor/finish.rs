@@ -1,12 +1,16 @@
-//! The end of a request: settle its reservation, charge its tokens to the rate limits, count
-//! it in the metrics, and hand its one `LogEvent` to the log queue — once, whichever way the
-//! stream ended (response done, client gone, Envoy reset).
+//! The end of a request: decide its bill once (provider usage, else the whole reservation of
+//! a response whose usage never came), settle its reservation with it, charge its tokens to
+//! the rate limits, count it in the metrics, and hand its one `LogEvent` (carrying the same
+//! bill) to the log queue — once, whichever way the stream ended (response done, client gone,
+//! Envoy reset).
 
 use std::time::SystemTime;
 
+use tollgate_core::budget::Reservation;
 use tollgate_core::config::Side;
 use tollgate_core::metrics::{RequestLabels, TokenLabels};
-use tollgate_core::Endpoint;
+use tollgate_core::pricing::Picodollars;
+use tollgate_core::{Endpoint, Usage, UsageSource};
 use tollgate_proto::logger::v1 as pb;
 
 use super::{strip_query, Processor};
@@ -169,12 +173,13 @@ impl Processor {
                 } else {
                     log::upstream_error_class(status)
                 };
-                facts.usage = fwd.usage;
+                // The bill settled with (a request not settled yet gets the same rule).
+                let bill = self
+                    .bill
+                    .unwrap_or_else(|| self.decide_bill(self.reservation.as_ref()));
+                facts.usage = bill.usage;
                 facts.upstream_latency = fwd.upstream_latency;
-                facts.cost = fwd
-                    .usage
-                    .zip(self.config.prices.get(&fwd.upstream_model))
-                    .map(|(u, p)| p.cost(&u));
+                facts.cost = bill.cost;
             }
             (None, Some(r)) => {
                 facts.requested_model = r.model.as_deref().unwrap_or("");
@@ -218,26 +223,61 @@ impl Processor {
         );
     }
 
-    /// Ends the reservation: the real cost when the usage is known; the whole reservation
-    /// when a response was being delivered but its usage never came (a stream cut short: the
-    /// provider charges for what it generated); nothing when no response came (upstream
-    /// failure, client gone before the answer).
-    pub(super) fn settle(&mut self) {
-        let reservation = self.reservation.take();
-        let (Some(fwd), Some(ledger), Some(ctx)) = (&self.forwarded, &self.ledger, &self.ctx)
-        else {
-            return; // dropping the reservation refunds it
+    /// What the request is billed, decided once as it ends. A successful response that
+    /// started but was cut before its end (the client cancelled; an upstream reset or
+    /// timeout; Envoy reset the ext_proc stream), or that ended without usage (an error event
+    /// mid-stream, a response without `usage`), is billed its whole reservation, as the
+    /// estimate's tokens: the provider charges for what it generated, which nobody counted
+    /// (the partial usage some providers send at a stream's start, Anthropic's
+    /// `message_start`, counts the prompt only). Otherwise the provider's usage at the model's
+    /// price, whatever the client finally got (the provider billed it); else nothing (no
+    /// response came, or nothing was reserved).
+    fn decide_bill(&self, reservation: Option<&Reservation>) -> Bill {
+        let Some(fwd) = &self.forwarded else {
+            return Bill::default();
         };
         let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
-        let cost = fwd
-            .usage
-            .zip(self.config.prices.get(&fwd.upstream_model))
-            .map(|(u, p)| p.cost(&u));
-        let charged = match (ok, cost, &reservation) {
-            (true, Some(c), _) => Some(c),
-            (true, None, Some(r)) if self.first_byte_at.is_some() => Some(r.amount()),
-            _ => None,
+        let started = ok && self.first_byte_at.is_some();
+        let usage_bill = |u: Usage| Bill {
+            usage: Some(u),
+            cost: self
+                .config
+                .prices
+                .get(&fwd.upstream_model)
+                .map(|p| p.cost(&u)),
         };
+        match (fwd.usage, self.response_done) {
+            (Some(u), true) => return usage_bill(u),
+            (Some(u), false) if !started || reservation.is_none() => return usage_bill(u),
+            _ => {}
+        }
+        match (started, reservation, self.estimate) {
+            (true, Some(r), Some(est)) => Bill {
+                usage: Some(Usage {
+                    input_tokens: est.prompt_tokens,
+                    output_tokens: est.max_output_tokens,
+                    cache_read_tokens: 0,
+                    cache_write_tokens: 0,
+                    reasoning_tokens: 0,
+                    source: UsageSource::Reservation,
+                }),
+                cost: Some(r.amount()),
+            },
+            _ => fwd.usage.map(usage_bill).unwrap_or_default(),
+        }
+    }
+
+    /// Ends the reservation with the request's [`Bill`] (decided here, once): its cost when
+    /// it has one, else a refund. The log event and the span carry the same bill, so the
+    /// ledger, `tollgate usage` and the spend restored at start-up agree.
+    pub(super) fn settle(&mut self) {
+        let reservation = self.reservation.take();
+        let bill = self.decide_bill(reservation.as_ref());
+        self.bill = Some(bill);
+        let (Some(_), Some(ledger), Some(ctx)) = (&self.forwarded, &self.ledger, &self.ctx) else {
+            return; // dropping the reservation refunds it
+        };
+        let charged = bill.cost;
         // The key's own spend per period (`GET /v1/usage`), on the lines the reservation
         // does not already hold.
         let mut usage = selfservice::usage_lines(&ctx.key_id, self.started_at.into());
@@ -252,4 +292,14 @@ impl Processor {
             ledger.settle(usage, 0, c);
         }
     }
+}
+
+/// What one request is billed: the usage its log event carries and the cost its reservation
+/// settles with (and its log event records).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Bill {
+    /// The provider's usage, or the reservation's estimate ([`UsageSource::Reservation`]).
+    pub(super) usage: Option<Usage>,
+    /// The cost: of the usage at the model's price, or the reservation.
+    pub(super) cost: Option<Picodollars>,
 }

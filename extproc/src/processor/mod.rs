@@ -186,6 +186,12 @@ pub struct Processor {
     soft_exceeded: Vec<Line>,
     /// The request's token estimate, once made.
     estimate: Option<budget::Estimate>,
+    /// What the request was billed, decided once when it ends (`finish.rs`): the ledger's
+    /// settlement, the log event and the span all read this one figure.
+    bill: Option<finish::Bill>,
+    /// Whether the response reached its end (Envoy's `end_of_stream`), rather than being cut
+    /// (client gone, upstream reset or timeout, ext_proc stream reset).
+    response_done: bool,
     /// Token-rate state shared with ext_authz (`None`: token limits are not charged).
     limiter: Option<Arc<dyn RateStore>>,
     /// Starts this request's span (`None`: traces are off).
@@ -245,6 +251,8 @@ impl Processor {
             reservation: None,
             soft_exceeded: Vec::new(),
             estimate: None,
+            bill: None,
+            response_done: false,
             limiter: None,
             tracer: None,
             span: None,

@@ -80,6 +80,7 @@ impl Processor {
             headers.push(set(BUDGET_WARNING_HEADER, warning.join(", ")));
         }
         if h.end_of_stream {
+            self.response_done = true;
             self.finish();
         }
         mutation::response_headers(mutation::common(headers, remove, None, false), mode)
@@ -102,6 +103,7 @@ impl Processor {
             self.complete_body(&b).await
         };
         if b.end_of_stream {
+            self.response_done = true;
             self.finish();
         }
         response

@@ -652,3 +652,207 @@ async fn profile_wide_bodies() {
         }
     }
 }
+
+/// Collects the batches a [`tollgate_logger::Shipper`] sends.
+#[derive(Clone, Default)]
+struct Collect(Arc<std::sync::Mutex<Vec<tollgate_proto::logger::v1::LogEvent>>>);
+
+#[tonic::async_trait]
+impl tollgate_logger::shipper::Transport for Collect {
+    async fn send(
+        &mut self,
+        batch: tollgate_proto::logger::v1::LogBatch,
+    ) -> Result<tollgate_proto::logger::v1::IngestAck, tonic::Status> {
+        self.0.lock().unwrap().extend(batch.events);
+        Ok(Default::default())
+    }
+}
+
+use tollgate_core::budget::{Balance, MemoryLedger};
+
+/// How a budgeted request's response goes.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// A stream with its usage chunk, to the end.
+    StreamWithUsage,
+    /// The client cancels after the first chunk (Envoy drops the ext_proc stream).
+    ClientCancels,
+    /// The client cancels after a chunk that carried usage so far (as Anthropic's
+    /// `message_start` does: the prompt only), before the stream's end.
+    ClientCancelsAfterPartialUsage,
+    /// The provider sends an error event mid-stream and ends it.
+    ErrorMidStream,
+    /// A whole stream without a usage chunk.
+    StreamWithoutUsage,
+    /// A complete (non-stream) 200 without `usage`.
+    CompleteWithoutUsage,
+    /// Envoy resets the ext_proc stream (upstream timeout, reset) after the first chunk.
+    Reset,
+    /// The provider answers 500 before any body: nothing to bill.
+    UpstreamError,
+}
+
+/// Runs one budgeted request (`m` at 1 and 2 USD per million tokens) through a gated
+/// processor with a memory ledger and a shipper; returns the tenant's line balance and the
+/// request's log event.
+async fn billed(ending: Ending) -> (Balance, tollgate_proto::logger::v1::LogEvent) {
+    let yaml = format!(
+        "{CONFIG}keys: [{{ id: k, hash: \"{}\", tenant: acme, models: [\"*\"] }}]\n\
+         pricing: {{ models: {{ m: {{ input: \"1\", output: \"2\" }} }} }}\n\
+         budgets: {{ limits: [{{ id: acme, scope: tenant, name: acme, period: total, amount_usd: \"10\" }}] }}\n",
+        tollgate_core::keys::format_hash(&tollgate_core::keys::hash_key("tg-k"))
+    );
+    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(
+        Config::from_yaml(&yaml, &MapEnv::from_pairs([])).unwrap(),
+    ));
+    let metrics = Metrics::default();
+    let gate = Gate::new(Arc::clone(&shared), metrics.clone());
+    let memory = Arc::new(MemoryLedger::new());
+    let ledger: Arc<dyn Ledger> = Arc::clone(&memory) as Arc<dyn Ledger>;
+    let dir = tempfile::tempdir().unwrap();
+    let collect = Collect::default();
+    let shipper = tollgate_logger::Shipper::start_with(
+        collect.clone(),
+        Arc::new(tollgate_logger::spool::Spool::open(dir.path(), 1 << 20).unwrap()),
+        tollgate_logger::shipper::ShipperOptions {
+            batch_size: 10,
+            max_delay: Duration::from_millis(1),
+            queue_capacity: 10,
+            attempts: 1,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+        },
+        metrics.clone(),
+    );
+    let mut p = Processor::new(shared.load_full(), metrics)
+        .with_gate(Some(gate))
+        .with_ledger(Some(Arc::clone(&ledger)))
+        .with_log(Some(shipper.handle()));
+    let stream = !matches!(ending, Ending::CompleteWithoutUsage | Ending::UpstreamError);
+    p.handle(bare(headers(
+        "/v1/chat/completions",
+        &[("authorization", "Bearer tg-k")],
+    )))
+    .await
+    .unwrap();
+    let body_json = serde_json::json!({"model": "m", "max_tokens": 10, "stream": stream,
+        "messages": [{"role": "user", "content": "hello"}]})
+    .to_string();
+    let routed = p.handle(bare(body(&body_json))).await.unwrap();
+    assert!(
+        !matches!(routed.response, Some(Response::ImmediateResponse(_))),
+        "{routed:?}"
+    );
+    let line = "tenant:total:acme".to_owned();
+    assert!(memory.balances_now(std::slice::from_ref(&line))[0].reserved > 0);
+    let status = if matches!(ending, Ending::UpstreamError) {
+        b"500".to_vec()
+    } else {
+        b"200".to_vec()
+    };
+    p.handle(bare(Request::ResponseHeaders(HttpHeaders {
+        headers: Some(HeaderMap {
+            headers: vec![HeaderValue {
+                key: ":status".into(),
+                raw_value: status,
+                ..Default::default()
+            }],
+        }),
+        ..Default::default()
+    })))
+    .await;
+    let chunk = r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null}]}"#;
+    let usage = r#"data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
+    match ending {
+        Ending::StreamWithUsage => {
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
+            p.handle(response_body(&format!("{usage}\n\ndata: [DONE]\n\n"), true))
+                .await;
+        }
+        Ending::ClientCancels => {
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
+            drop(p);
+        }
+        Ending::ClientCancelsAfterPartialUsage => {
+            p.handle(response_body(&format!("{chunk}\n\n{usage}\n\n"), false))
+                .await;
+            drop(p);
+        }
+        Ending::ErrorMidStream => {
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
+            p.handle(response_body(
+                "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n",
+                true,
+            ))
+            .await;
+        }
+        Ending::StreamWithoutUsage => {
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
+            p.handle(response_body("data: [DONE]\n\n", true)).await;
+        }
+        Ending::CompleteWithoutUsage => {
+            p.handle(response_body(
+                r#"{"id":"c1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}]}"#,
+                true,
+            ))
+            .await;
+        }
+        Ending::Reset => {
+            p.handle(response_body(&format!("{chunk}\n\n"), false))
+                .await;
+            p.abandon();
+        }
+        Ending::UpstreamError => {
+            p.handle(response_body(
+                r#"{"error":{"message":"boom","type":"server_error"}}"#,
+                true,
+            ))
+            .await;
+        }
+    }
+    shipper.shutdown().await;
+    let events = collect.0.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "{ending:?}: {events:?}");
+    (
+        memory.balances_now(std::slice::from_ref(&line))[0],
+        events.into_iter().next().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn the_log_event_carries_the_charge_the_ledger_applied_however_the_response_ended() {
+    use tollgate_proto::logger::v1::UsageSource as Src;
+    // The reservation: "user" and "hello" (o200k: 1 token each) + 4 for the message + 3, at
+    // 1 µUSD; 10 output tokens at 2 µUSD.
+    let reservation: u128 = 9 * 1_000_000 + 10 * 2_000_000;
+    for ending in [
+        Ending::ClientCancels,
+        Ending::ClientCancelsAfterPartialUsage,
+        Ending::ErrorMidStream,
+        Ending::StreamWithoutUsage,
+        Ending::CompleteWithoutUsage,
+        Ending::Reset,
+    ] {
+        let (balance, e) = billed(ending).await;
+        assert_eq!(balance.reserved, 0, "{ending:?}");
+        assert_eq!(balance.spent, reservation, "{ending:?}");
+        assert_eq!(u128::from(e.cost_picodollars), balance.spent, "{ending:?}");
+        let u = e.usage.unwrap_or_else(|| panic!("{ending:?}: no usage"));
+        assert_eq!(u.source(), Src::Reservation, "{ending:?}");
+        assert_eq!((u.input_tokens, u.output_tokens), (9, 10), "{ending:?}");
+    }
+    // Provider usage: billed as reported, the same in the ledger and the event.
+    let (balance, e) = billed(Ending::StreamWithUsage).await;
+    assert_eq!(balance.spent, 7 * 1_000_000 + 3 * 2_000_000);
+    assert_eq!(u128::from(e.cost_picodollars), balance.spent);
+    assert_eq!(e.usage.unwrap().source(), Src::Provider);
+    // No response: refunded, and the event bills nothing.
+    let (balance, e) = billed(Ending::UpstreamError).await;
+    assert_eq!(balance, Balance::default());
+    assert_eq!(e.cost_picodollars, 0);
+    assert!(e.usage.is_none());
+}

@@ -369,8 +369,10 @@ impl RequestSpan {
                     a.push(int(key, n));
                 }
             }
-            if u.source == UsageSource::Estimated {
-                a.push(text("tollgate.usage.source", "estimated"));
+            match u.source {
+                UsageSource::Provider => {}
+                UsageSource::Estimated => a.push(text("tollgate.usage.source", "estimated")),
+                UsageSource::Reservation => a.push(text("tollgate.usage.source", "reservation")),
             }
         }
         if f.status != 0 {

@@ -413,3 +413,45 @@ async fn shutdown_sends_what_is_queued_and_spools_what_cannot_go() {
     assert_eq!(count(&metrics, "spooled"), 6);
     assert_eq!(sp.len(), 2);
 }
+
+/// A logger that takes the connection and never answers.
+struct Hang;
+
+#[tonic::async_trait]
+impl Transport for Hang {
+    async fn send(&mut self, _batch: LogBatch) -> Result<IngestAck, tonic::Status> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_logger_that_hangs_cannot_hold_the_shutdown_past_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = spool(&dir);
+    let metrics = Metrics::default();
+    let shipper = Shipper::start_with(Hang, Arc::clone(&sp), options(2, 1, 1000), metrics.clone());
+    for i in 0..7 {
+        shipper.handle().emit(event(format!("h{i}")));
+    }
+    // The sender is waiting on its first batch, which will never be answered.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = std::time::Instant::now();
+    shipper.shutdown_within(Duration::from_millis(300)).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // Nothing sent, nothing lost: every event is in the spool for the next start.
+    assert_eq!(count(&metrics, "sent"), 0);
+    assert_eq!(count(&metrics, "spooled"), 7);
+    assert_eq!(count(&metrics, "dropped"), 0);
+    let mut spooled = Vec::new();
+    while let Some((seq, b)) = sp.oldest().unwrap() {
+        spooled.extend(b.events.into_iter().map(|e| e.request_id));
+        sp.remove(seq).unwrap();
+    }
+    spooled.sort();
+    let want: Vec<String> = (0..7).map(|i| format!("h{i}")).collect();
+    assert_eq!(spooled, want);
+}
