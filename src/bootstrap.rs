@@ -95,6 +95,109 @@ const AUTHZ_FILTER: &str = r#"          - name: envoy.filters.http.ext_authz
 /// (it carries no response flag; its details name the failure).
 const EXT_PROC_ERROR: &str = "{ extension_filter: { name: cel, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter, expression: \"response.code_details.startsWith('ext_proc_error')\" } } }";
 
+/// An access-log filter matching Envoy's own 4xx replies, which have empty bodies: malformed
+/// HTTP (details `http1.*`, `http2.*`; the `DPE` flag is set only after the reply is mapped),
+/// a client too slow to send (`SI`), and the checks the connection manager makes before
+/// routing (named by their response code details). Tollgate's own 4xx
+/// (ext_authz denials, ext_proc immediate responses) match none of these and keep their bodies.
+const ENVOY_4XX: &str = "{ and_filter: { filters: [ \
+{ status_code_filter: { comparison: { op: GE, value: { default_value: 400, runtime_key: tollgate.unused } } } }, \
+{ status_code_filter: { comparison: { op: LE, value: { default_value: 499, runtime_key: tollgate.unused } } } }, \
+{ or_filter: { filters: [ { response_flag_filter: { flags: [DPE, SI] } }, \
+{ extension_filter: { name: cel, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter, \
+expression: \"response.code_details in ['missing_host_header', 'path_normalization_failed', 'upgrade_failed', \
+'absolute_path_rejected', 'missing_path_rejected', 'request_headers_failed_strict_check', \
+'request_overall_timeout', 'request_header_timeout', 'low_version'] \
+|| response.code_details.startsWith('http1.') || response.code_details.startsWith('http2.')\" } } } ] } } ] } }";
+
+/// A route's `typed_per_filter_config` enabling ext_proc, which the listener's filter list
+/// leaves disabled: a request Envoy refuses before it has a route never waits for Tollgate.
+/// (An empty `config` enables the filter with the listener's settings; without it Envoy refuses
+/// the route.)
+const EXT_PROC_ON: &str = "{ envoy.filters.http.ext_proc: { \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {} } }";
+
+/// The client request headers every request keeps on its way to Tollgate and the provider
+/// (besides the pseudo-headers and the end-user header): what Tollgate reads (the key headers,
+/// which it removes, the trace context) and what providers take from a client. Tollgate drops
+/// `anthropic-*` again for providers of other dialects and sets each provider's credential.
+pub const KEPT_CLIENT_HEADERS: [&str; 12] = [
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "accept",
+    "anthropic-version",
+    "anthropic-beta",
+    "traceparent",
+    "tracestate",
+    // Envoy's own request id (its access logs and traces).
+    "x-request-id",
+    // Set by Envoy: without it no route matches (Envoy answers 404 `route_not_found`).
+    "x-forwarded-proto",
+    tollgate_core::metadata::REQUEST_ID_HEADER,
+];
+
+/// The request headers kept for `config` (see [`KEPT_CLIENT_HEADERS`]), lowercase, sorted.
+pub fn kept_client_headers(config: &Config) -> Vec<String> {
+    let mut kept: Vec<String> = KEPT_CLIENT_HEADERS
+        .iter()
+        .chain(tollgate_authz::KEY_HEADERS.iter())
+        .map(|h| (*h).to_owned())
+        .collect();
+    kept.push(config.budgets.end_user_header.to_ascii_lowercase());
+    kept.sort();
+    kept.dedup();
+    kept
+}
+
+/// An RE2 pattern that fully matches every header name except the pseudo-headers (`:path`, ...)
+/// and `kept`: the complement of a finite set, written as a trie, so it stays linear to match.
+pub fn not_kept_regex(kept: &[String]) -> String {
+    #[derive(Default)]
+    struct Node {
+        end: bool,
+        children: std::collections::BTreeMap<u8, Node>,
+    }
+    fn escape(c: u8) -> String {
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            char::from(c).to_string()
+        } else {
+            format!("\\{}", char::from(c))
+        }
+    }
+    // The rest of a name, below `node`, that makes it one not in the set (at the root, no
+    // name starting with `:` is).
+    fn pattern(node: &Node, root: bool) -> String {
+        let mut alternatives = Vec::new();
+        if !node.end {
+            alternatives.push(String::new());
+        }
+        if node.children.is_empty() {
+            alternatives.push(".+".to_owned());
+        } else {
+            let class: String = node.children.keys().map(|c| escape(*c)).collect();
+            alternatives.push(format!("[^{class}].*"));
+        }
+        for (c, child) in &node.children {
+            if !(root && *c == b':') {
+                alternatives.push(format!("{}{}", escape(*c), pattern(child, false)));
+            }
+        }
+        format!("(?:{})", alternatives.join("|"))
+    }
+    let mut root = Node::default();
+    // The pseudo-headers: every name starting with `:`.
+    root.children.entry(b':').or_default();
+    for name in kept {
+        let mut node = &mut root;
+        for c in name.bytes() {
+            node = node.children.entry(c).or_default();
+        }
+        node.end = true;
+    }
+    format!("(?s){}", pattern(&root, true))
+}
+
 /// ext_proc's view of the bundle ext_authz found (the `envoy.auth: ext_authz` shape).
 const EXT_PROC_METADATA: &str = r#"              metadata_options:
                 forwarding_namespaces: { untyped: [envoy.filters.http.ext_authz] }
@@ -185,6 +288,11 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     };
     vars.push(("AUTHZ_FILTER", authz));
     vars.push(("EXT_PROC_ERROR", EXT_PROC_ERROR.to_owned()));
+    vars.push(("ENVOY_4XX", ENVOY_4XX.to_owned()));
+    vars.push(("EXT_PROC_ON", EXT_PROC_ON.to_owned()));
+    let kept = kept_client_headers(config);
+    vars.push(("KEPT_HEADERS_LIST", kept.join(", ")));
+    vars.push(("HEADERS_NOT_KEPT", not_kept_regex(&kept).replace('\'', "''")));
     vars.push(("EXT_PROC_METADATA", metadata));
     vars.push((
         "FORWARDED_HEADERS",
