@@ -400,6 +400,90 @@ mod tests {
     use super::*;
     use tollgate_core::env::MapEnv;
 
+    fn config(extra: &str) -> Config {
+        let yaml = format!("listen: {{ grpc: \"unix:/tmp/t.sock\", admin: \"127.0.0.1:0\" }}\n{extra}");
+        Config::from_yaml(&yaml, &MapEnv::default()).unwrap()
+    }
+
+    #[test]
+    fn the_header_pattern_matches_exactly_the_names_not_kept() {
+        let kept = kept_client_headers(&config("budgets: { end_user_header: X-End-User }\n"));
+        assert!(kept.contains(&"x-end-user".to_owned()), "{kept:?}");
+        let pattern = not_kept_regex(&kept);
+        // RE2 and the regex crate agree on this subset; Envoy matches the whole name.
+        let re = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+        for name in &kept {
+            assert!(!re.is_match(name), "{name} would be removed");
+        }
+        for name in [":path", ":method", ":authority", ":scheme", ":protocol"] {
+            assert!(!re.is_match(name), "{name} would be removed");
+        }
+        for name in [
+            "cookie",
+            "user-agent",
+            "x-tollgate-cluster",
+            "x-forwarded-for",
+            "accept-encoding",
+            "openai-organization",
+            "x-stainless-os",
+            // Prefixes and extensions of kept names.
+            "a",
+            "accep",
+            "accepts",
+            "host2",
+            "x-api-key-2",
+            "anthropic-",
+            "anthropic-beta-x",
+            "content",
+            "x",
+            "-",
+            "x:y",
+        ] {
+            assert!(re.is_match(name), "{name} would be kept");
+        }
+        // Special characters of header names are escaped, and the quote YAML needs doubled.
+        let odd = vec!["a.b".to_owned(), "c+d".to_owned(), "e\'f".to_owned()];
+        let re = regex::Regex::new(&format!("^(?:{})$", not_kept_regex(&odd))).unwrap();
+        assert!(!re.is_match("a.b") && re.is_match("axb"));
+        assert!(!re.is_match("c+d") && re.is_match("ccd"));
+        assert!(!re.is_match("e\'f"));
+    }
+
+    #[test]
+    fn the_body_limit_comes_first_and_ext_proc_only_on_routes() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for (auth, authz) in [("", false), ("envoy: { auth: ext_authz }\n", true)] {
+            let text = gateway(&config(auth), &EnvoyOptions::new(any, any)).unwrap();
+            let boot: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            let hcm = &boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                ["typed_config"];
+            let filters = hcm["http_filters"].as_sequence().unwrap();
+            let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+            let mut expected = vec![
+                "envoy.filters.http.body_size_limit",
+                "envoy.filters.http.buffer",
+                "envoy.filters.http.header_mutation",
+            ];
+            if authz {
+                expected.push("envoy.filters.http.ext_authz");
+            }
+            expected.extend(["envoy.filters.http.ext_proc", "envoy.filters.http.router"]);
+            assert_eq!(names, expected);
+            let ext_proc = filters.iter().find(|f| f["name"] == "envoy.filters.http.ext_proc");
+            assert_eq!(ext_proc.unwrap()["disabled"], true);
+            let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+                .as_sequence()
+                .unwrap();
+            assert_eq!(routes.len(), 2);
+            for r in routes {
+                assert!(
+                    r["typed_per_filter_config"]["envoy.filters.http.ext_proc"].is_mapping(),
+                    "{r:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_grpc_port_0_is_refused_with_what_to_do() {
         let yaml = "listen: { grpc: \"127.0.0.1:0\", admin: \"127.0.0.1:0\" }\n";
