@@ -397,6 +397,7 @@ fn client_headers_outside_the_allow_list_never_reach_the_provider() {
             "cookie: session=secret\r\n".to_owned(),
             "x-tollgate-cluster: down\r\n".to_owned(),
             "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n".to_owned(),
+            "anthropic-version: 2023-06-01\r\n".to_owned(),
         ])
         .collect();
     for (dialect, path, key, body) in dialects(200) {
@@ -415,6 +416,12 @@ fn client_headers_outside_the_allow_list_never_reach_the_provider() {
         assert!(headers.len() < 20, "{dialect:?}: {headers:?}");
         assert_eq!(headers["content-type"], "application/json", "{headers:?}");
         assert!(headers.contains_key("traceparent"), "{headers:?}");
+        // Anthropic's headers reach Anthropic-dialect providers only, whoever sends them.
+        assert_eq!(
+            headers.contains_key("anthropic-version"),
+            matches!(dialect, Dialect::Anthropic),
+            "{dialect:?}: {headers:?}"
+        );
     }
     // Past Envoy's own limit (100 headers): a 431 in the client's dialect, not the provider's.
     let many: String = (0..110).map(|i| format!("x-client-extra-{i}: {i}\r\n")).collect();
