@@ -292,7 +292,10 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     vars.push(("EXT_PROC_ON", EXT_PROC_ON.to_owned()));
     let kept = kept_client_headers(config);
     vars.push(("KEPT_HEADERS_LIST", kept.join(", ")));
-    vars.push(("HEADERS_NOT_KEPT", not_kept_regex(&kept).replace('\'', "''")));
+    vars.push((
+        "HEADERS_NOT_KEPT",
+        not_kept_regex(&kept).replace('\'', "''"),
+    ));
     vars.push(("EXT_PROC_METADATA", metadata));
     vars.push((
         "FORWARDED_HEADERS",
@@ -401,7 +404,8 @@ mod tests {
     use tollgate_core::env::MapEnv;
 
     fn config(extra: &str) -> Config {
-        let yaml = format!("listen: {{ grpc: \"unix:/tmp/t.sock\", admin: \"127.0.0.1:0\" }}\n{extra}");
+        let yaml =
+            format!("listen: {{ grpc: \"unix:/tmp/t.sock\", admin: \"127.0.0.1:0\" }}\n{extra}");
         Config::from_yaml(&yaml, &MapEnv::default()).unwrap()
     }
 
@@ -458,7 +462,10 @@ mod tests {
             let hcm = &boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
                 ["typed_config"];
             let filters = hcm["http_filters"].as_sequence().unwrap();
-            let names: Vec<&str> = filters.iter().map(|f| f["name"].as_str().unwrap()).collect();
+            let names: Vec<&str> = filters
+                .iter()
+                .map(|f| f["name"].as_str().unwrap())
+                .collect();
             let mut expected = vec![
                 "envoy.filters.http.body_size_limit",
                 "envoy.filters.http.buffer",
@@ -469,7 +476,9 @@ mod tests {
             }
             expected.extend(["envoy.filters.http.ext_proc", "envoy.filters.http.router"]);
             assert_eq!(names, expected);
-            let ext_proc = filters.iter().find(|f| f["name"] == "envoy.filters.http.ext_proc");
+            let ext_proc = filters
+                .iter()
+                .find(|f| f["name"] == "envoy.filters.http.ext_proc");
             assert_eq!(ext_proc.unwrap()["disabled"], true);
             let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
                 .as_sequence()

@@ -182,12 +182,8 @@ fn post(path: &str, key_header: &str, body: &[u8], chunked: bool, extra: &str) -
 /// The three client dialects: a path, the key header, a valid body of exactly `size` bytes
 /// (at least a small minimum).
 fn dialects(size: usize) -> [(Dialect, String, String, Vec<u8>); 3] {
-    let openai = |t: &str| {
-        serde_json::json!({"model": "mock-model", "messages": [{"role": "user", "content": t}]})
-    };
-    let anthropic = |t: &str| {
-        serde_json::json!({"model": "claude-model", "max_tokens": 16, "messages": [{"role": "user", "content": t}]})
-    };
+    let openai = |t: &str| serde_json::json!({"model": "mock-model", "messages": [{"role": "user", "content": t}]});
+    let anthropic = |t: &str| serde_json::json!({"model": "claude-model", "max_tokens": 16, "messages": [{"role": "user", "content": t}]});
     let gemini =
         |t: &str| serde_json::json!({"contents": [{"role": "user", "parts": [{"text": t}]}]});
     let sized = |make: &dyn Fn(&str) -> serde_json::Value| {
@@ -333,8 +329,10 @@ fn malformed_http_gets_a_json_reply_in_the_clients_dialect() {
     // Envoy still serves.
     let ok = exchange(
         addr,
-        format!("GET /v1/models HTTP/1.1\r\nHost: gateway\r\nauthorization: Bearer {KEY_ALL}\r\n\r\n")
-            .into_bytes(),
+        format!(
+            "GET /v1/models HTTP/1.1\r\nHost: gateway\r\nauthorization: Bearer {KEY_ALL}\r\n\r\n"
+        )
+        .into_bytes(),
     );
     assert_eq!(ok.status, 200, "{ok:?}");
 }
@@ -424,7 +422,9 @@ fn client_headers_outside_the_allow_list_never_reach_the_provider() {
         );
     }
     // Past Envoy's own limit (100 headers): a 431 in the client's dialect, not the provider's.
-    let many: String = (0..110).map(|i| format!("x-client-extra-{i}: {i}\r\n")).collect();
+    let many: String = (0..110)
+        .map(|i| format!("x-client-extra-{i}: {i}\r\n"))
+        .collect();
     for (dialect, path, key, body) in dialects(200) {
         let r = exchange(addr, post(&path, &key, &body, false, &many));
         assert!(r.status != 0, "{dialect:?}: {}", r.body);
@@ -470,8 +470,10 @@ fn plain_requests_and_tollgates_own_errors_are_unchanged() {
     assert!(!r.body.contains("The gateway refused"), "{r:?}");
     let r = exchange(
         addr,
-        format!("GET /v1/nowhere HTTP/1.1\r\nHost: gateway\r\nauthorization: Bearer {KEY_ALL}\r\n\r\n")
-            .into_bytes(),
+        format!(
+            "GET /v1/nowhere HTTP/1.1\r\nHost: gateway\r\nauthorization: Bearer {KEY_ALL}\r\n\r\n"
+        )
+        .into_bytes(),
     );
     assert_eq!(r.status, 404, "{r:?}");
     assert!(r.json()["error"]["message"].is_string(), "{r:?}");
