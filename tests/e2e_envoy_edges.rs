@@ -4,6 +4,9 @@
 //! JSON in the client's dialect where the path names one, within a bounded time; plain
 //! requests still pass. Runs in either auth shape (`TOLLGATE_E2E_AUTH=ext_authz`).
 
+// Test support: failing loudly is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{Read, Write};
