@@ -137,7 +137,8 @@ pub const KEPT_CLIENT_HEADERS: [&str; 12] = [
     tollgate_core::metadata::REQUEST_ID_HEADER,
 ];
 
-/// The request headers kept for `config` (see [`KEPT_CLIENT_HEADERS`]), lowercase, sorted.
+/// The request headers kept for `config` (see [`KEPT_CLIENT_HEADERS`]; the config adds
+/// `envoy.client_headers`), lowercase, sorted.
 pub fn kept_client_headers(config: &Config) -> Vec<String> {
     let mut kept: Vec<String> = KEPT_CLIENT_HEADERS
         .iter()
@@ -145,6 +146,7 @@ pub fn kept_client_headers(config: &Config) -> Vec<String> {
         .map(|h| (*h).to_owned())
         .collect();
     kept.push(config.budgets.end_user_header.to_ascii_lowercase());
+    kept.extend(config.envoy_client_headers.iter().cloned());
     kept.sort();
     kept.dedup();
     kept
@@ -411,8 +413,11 @@ mod tests {
 
     #[test]
     fn the_header_pattern_matches_exactly_the_names_not_kept() {
-        let kept = kept_client_headers(&config("budgets: { end_user_header: X-End-User }\n"));
+        let kept = kept_client_headers(&config(
+            "budgets: { end_user_header: X-End-User }\nenvoy: { client_headers: [OpenAI-Beta] }\n",
+        ));
         assert!(kept.contains(&"x-end-user".to_owned()), "{kept:?}");
+        assert!(kept.contains(&"openai-beta".to_owned()), "{kept:?}");
         let pattern = not_kept_regex(&kept);
         // RE2 and the regex crate agree on this subset; Envoy matches the whole name.
         let re = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();

@@ -432,7 +432,10 @@ fn traced_envoy_bootstrap(stack: &Stack, collector: &str) -> String {
     // A layer of its own in the bootstrap's runtime (which must stay: it raises RE2's program
     // size limit for the header allow-list).
     let runtime = "layered_runtime:\n  layers:\n";
-    assert!(yaml.contains(runtime), "no layered_runtime in the bootstrap");
+    assert!(
+        yaml.contains(runtime),
+        "no layered_runtime in the bootstrap"
+    );
     yaml.replacen(
         runtime,
         "layered_runtime:\n  layers:\n  - name: flush-fast\n    static_layer: { tracing.opentelemetry.flush_interval_ms: 100, tracing.opentelemetry.min_flush_spans: 1 }\n",
