@@ -95,6 +95,111 @@ const AUTHZ_FILTER: &str = r#"          - name: envoy.filters.http.ext_authz
 /// (it carries no response flag; its details name the failure).
 const EXT_PROC_ERROR: &str = "{ extension_filter: { name: cel, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter, expression: \"response.code_details.startsWith('ext_proc_error')\" } } }";
 
+/// An access-log filter matching Envoy's own 4xx replies, which have empty bodies: malformed
+/// HTTP (details `http1.*`, `http2.*`; the `DPE` flag is set only after the reply is mapped),
+/// a client too slow to send (`SI`), and the checks the connection manager makes before
+/// routing (named by their response code details). Tollgate's own 4xx
+/// (ext_authz denials, ext_proc immediate responses) match none of these and keep their bodies.
+const ENVOY_4XX: &str = "{ and_filter: { filters: [ \
+{ status_code_filter: { comparison: { op: GE, value: { default_value: 400, runtime_key: tollgate.unused } } } }, \
+{ status_code_filter: { comparison: { op: LE, value: { default_value: 499, runtime_key: tollgate.unused } } } }, \
+{ or_filter: { filters: [ { response_flag_filter: { flags: [DPE, SI] } }, \
+{ extension_filter: { name: cel, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter, \
+expression: \"response.code_details in ['missing_host_header', 'path_normalization_failed', 'upgrade_failed', \
+'absolute_path_rejected', 'missing_path_rejected', 'request_headers_failed_strict_check', \
+'request_overall_timeout', 'request_header_timeout', 'low_version'] \
+|| response.code_details.startsWith('http1.') || response.code_details.startsWith('http2.')\" } } } ] } } ] } }";
+
+/// A route's `typed_per_filter_config` enabling ext_proc, which the listener's filter list
+/// leaves disabled: a request Envoy refuses before it has a route never waits for Tollgate.
+/// (An empty `config` enables the filter with the listener's settings; without it Envoy refuses
+/// the route.)
+const EXT_PROC_ON: &str = "{ envoy.filters.http.ext_proc: { \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {} } }";
+
+/// The client request headers every request keeps on its way to Tollgate and the provider
+/// (besides the pseudo-headers and the end-user header): what Tollgate reads (the key headers,
+/// which it removes, the trace context) and what providers take from a client. Tollgate drops
+/// `anthropic-*` again for providers of other dialects and sets each provider's credential.
+pub const KEPT_CLIENT_HEADERS: [&str; 12] = [
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "accept",
+    "anthropic-version",
+    "anthropic-beta",
+    "traceparent",
+    "tracestate",
+    // Envoy's own request id (its access logs and traces).
+    "x-request-id",
+    // Set by Envoy: without it no route matches (Envoy answers 404 `route_not_found`).
+    "x-forwarded-proto",
+    tollgate_core::metadata::REQUEST_ID_HEADER,
+];
+
+/// The request headers kept for `config` (see [`KEPT_CLIENT_HEADERS`]; the config adds
+/// `envoy.client_headers`), lowercase, sorted.
+pub fn kept_client_headers(config: &Config) -> Vec<String> {
+    let mut kept: Vec<String> = KEPT_CLIENT_HEADERS
+        .iter()
+        .chain(tollgate_authz::KEY_HEADERS.iter())
+        .map(|h| (*h).to_owned())
+        .collect();
+    kept.push(config.budgets.end_user_header.to_ascii_lowercase());
+    kept.extend(config.envoy_client_headers.iter().cloned());
+    kept.sort();
+    kept.dedup();
+    kept
+}
+
+/// An RE2 pattern that fully matches every header name except the pseudo-headers (`:path`, ...)
+/// and `kept`: the complement of a finite set, written as a trie, so it stays linear to match.
+pub fn not_kept_regex(kept: &[String]) -> String {
+    #[derive(Default)]
+    struct Node {
+        end: bool,
+        children: std::collections::BTreeMap<u8, Node>,
+    }
+    fn escape(c: u8) -> String {
+        if c.is_ascii_alphanumeric() || c == b'_' {
+            char::from(c).to_string()
+        } else {
+            format!("\\{}", char::from(c))
+        }
+    }
+    // The rest of a name, below `node`, that makes it one not in the set (at the root, no
+    // name starting with `:` is).
+    fn pattern(node: &Node, root: bool) -> String {
+        let mut alternatives = Vec::new();
+        if !node.end {
+            alternatives.push(String::new());
+        }
+        if node.children.is_empty() {
+            alternatives.push(".+".to_owned());
+        } else {
+            let class: String = node.children.keys().map(|c| escape(*c)).collect();
+            alternatives.push(format!("[^{class}].*"));
+        }
+        for (c, child) in &node.children {
+            if !(root && *c == b':') {
+                alternatives.push(format!("{}{}", escape(*c), pattern(child, false)));
+            }
+        }
+        format!("(?:{})", alternatives.join("|"))
+    }
+    let mut root = Node::default();
+    // The pseudo-headers: every name starting with `:`.
+    root.children.entry(b':').or_default();
+    for name in kept {
+        let mut node = &mut root;
+        for c in name.bytes() {
+            node = node.children.entry(c).or_default();
+        }
+        node.end = true;
+    }
+    format!("(?s){}", pattern(&root, true))
+}
+
 /// ext_proc's view of the bundle ext_authz found (the `envoy.auth: ext_authz` shape).
 const EXT_PROC_METADATA: &str = r#"              metadata_options:
                 forwarding_namespaces: { untyped: [envoy.filters.http.ext_authz] }
@@ -185,6 +290,14 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     };
     vars.push(("AUTHZ_FILTER", authz));
     vars.push(("EXT_PROC_ERROR", EXT_PROC_ERROR.to_owned()));
+    vars.push(("ENVOY_4XX", ENVOY_4XX.to_owned()));
+    vars.push(("EXT_PROC_ON", EXT_PROC_ON.to_owned()));
+    let kept = kept_client_headers(config);
+    vars.push(("KEPT_HEADERS_LIST", kept.join(", ")));
+    vars.push((
+        "HEADERS_NOT_KEPT",
+        not_kept_regex(&kept).replace('\'', "''"),
+    ));
     vars.push(("EXT_PROC_METADATA", metadata));
     vars.push((
         "FORWARDED_HEADERS",
@@ -291,6 +404,99 @@ pub fn find_envoy(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 mod tests {
     use super::*;
     use tollgate_core::env::MapEnv;
+
+    fn config(extra: &str) -> Config {
+        let yaml =
+            format!("listen: {{ grpc: \"unix:/tmp/t.sock\", admin: \"127.0.0.1:0\" }}\n{extra}");
+        Config::from_yaml(&yaml, &MapEnv::default()).unwrap()
+    }
+
+    #[test]
+    fn the_header_pattern_matches_exactly_the_names_not_kept() {
+        let kept = kept_client_headers(&config(
+            "budgets: { end_user_header: X-End-User }\nenvoy: { client_headers: [OpenAI-Beta] }\n",
+        ));
+        assert!(kept.contains(&"x-end-user".to_owned()), "{kept:?}");
+        assert!(kept.contains(&"openai-beta".to_owned()), "{kept:?}");
+        let pattern = not_kept_regex(&kept);
+        // RE2 and the regex crate agree on this subset; Envoy matches the whole name.
+        let re = regex::Regex::new(&format!("^(?:{pattern})$")).unwrap();
+        for name in &kept {
+            assert!(!re.is_match(name), "{name} would be removed");
+        }
+        for name in [":path", ":method", ":authority", ":scheme", ":protocol"] {
+            assert!(!re.is_match(name), "{name} would be removed");
+        }
+        for name in [
+            "cookie",
+            "user-agent",
+            "x-tollgate-cluster",
+            "x-forwarded-for",
+            "accept-encoding",
+            "openai-organization",
+            "x-stainless-os",
+            // Prefixes and extensions of kept names.
+            "a",
+            "accep",
+            "accepts",
+            "host2",
+            "x-api-key-2",
+            "anthropic-",
+            "anthropic-beta-x",
+            "content",
+            "x",
+            "-",
+            "x:y",
+        ] {
+            assert!(re.is_match(name), "{name} would be kept");
+        }
+        // Special characters of header names are escaped, and the quote YAML needs doubled.
+        let odd = vec!["a.b".to_owned(), "c+d".to_owned(), "e\'f".to_owned()];
+        let re = regex::Regex::new(&format!("^(?:{})$", not_kept_regex(&odd))).unwrap();
+        assert!(!re.is_match("a.b") && re.is_match("axb"));
+        assert!(!re.is_match("c+d") && re.is_match("ccd"));
+        assert!(!re.is_match("e\'f"));
+    }
+
+    #[test]
+    fn the_body_limit_comes_first_and_ext_proc_only_on_routes() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for (auth, authz) in [("", false), ("envoy: { auth: ext_authz }\n", true)] {
+            let text = gateway(&config(auth), &EnvoyOptions::new(any, any)).unwrap();
+            let boot: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            let hcm = &boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+                ["typed_config"];
+            let filters = hcm["http_filters"].as_sequence().unwrap();
+            let names: Vec<&str> = filters
+                .iter()
+                .map(|f| f["name"].as_str().unwrap())
+                .collect();
+            let mut expected = vec![
+                "envoy.filters.http.body_size_limit",
+                "envoy.filters.http.buffer",
+                "envoy.filters.http.header_mutation",
+            ];
+            if authz {
+                expected.push("envoy.filters.http.ext_authz");
+            }
+            expected.extend(["envoy.filters.http.ext_proc", "envoy.filters.http.router"]);
+            assert_eq!(names, expected);
+            let ext_proc = filters
+                .iter()
+                .find(|f| f["name"] == "envoy.filters.http.ext_proc");
+            assert_eq!(ext_proc.unwrap()["disabled"], true);
+            let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+                .as_sequence()
+                .unwrap();
+            assert_eq!(routes.len(), 2);
+            for r in routes {
+                assert!(
+                    r["typed_per_filter_config"]["envoy.filters.http.ext_proc"].is_mapping(),
+                    "{r:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn a_grpc_port_0_is_refused_with_what_to_do() {

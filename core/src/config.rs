@@ -169,6 +169,11 @@ pub struct RawEnvoy {
     /// this says; it only decides the bootstrap.
     #[serde(default)]
     pub auth: AuthAttach,
+    /// Client request headers passed on to Tollgate and the providers besides the built-in
+    /// allow-list of the rendered bootstrap (README, "Hostile input at the edge"); every other
+    /// client header is removed by Envoy. Names, matched case-insensitively.
+    #[serde(default)]
+    pub client_headers: Vec<String>,
 }
 
 /// Which Envoy filter asks Tollgate's key gate.
@@ -1599,6 +1604,8 @@ pub struct Config {
     pub budgets: Budgets,
     /// Which filter of the rendered bootstrap asks the key gate.
     pub envoy_auth: AuthAttach,
+    /// Client headers the rendered bootstrap keeps besides its built-in allow-list, lowercase.
+    pub envoy_client_headers: Vec<String>,
     /// The xDS server.
     pub xds: Xds,
     /// How `serve` drains on SIGTERM or Ctrl-C (read when the signal arrives).
@@ -2061,6 +2068,20 @@ impl Config {
         let budgets = validate_budgets(&raw.budgets, env, &mut errs);
         let xds = validate_xds(&raw.xds, &mut errs);
         let shutdown = lifecycle::validate_shutdown(&raw.shutdown, &mut errs);
+        let envoy_client_headers: Vec<String> = raw
+            .envoy
+            .client_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        for (i, h) in envoy_client_headers.iter().enumerate() {
+            if !valid_header_name(h) {
+                errs.add(
+                    format!("envoy.client_headers[{i}]"),
+                    "is not a valid header name",
+                );
+            }
+        }
         let startup_check = lifecycle::validate_startup_check(&raw.startup_check, &mut errs);
         let traces = raw
             .traces
@@ -2115,6 +2136,7 @@ impl Config {
                 tenant_tokens_per_minute,
                 budgets,
                 envoy_auth: raw.envoy.auth,
+                envoy_client_headers,
                 xds,
                 shutdown,
                 startup_check,

@@ -545,12 +545,14 @@ models:
 /// The `envoy` section that picks where the key gate runs: `TOLLGATE_E2E_AUTH=ext_authz` runs
 /// the whole suite with the ext_authz filter (`scripts/test.sh` does, after the default
 /// `ext_proc` run), so both shapes pass the same end-to-end tests.
+/// The mock's control headers (`x-mock-*`) are passed on by Envoy's client-header allow-list.
 pub fn auth_attach_yaml() -> String {
-    match std::env::var("TOLLGATE_E2E_AUTH").as_deref() {
-        Ok("ext_authz") => "\nenvoy:\n  auth: ext_authz\n".to_owned(),
-        Ok("ext_proc") | Err(_) => String::new(),
+    let auth = match std::env::var("TOLLGATE_E2E_AUTH").as_deref() {
+        Ok("ext_authz") => "  auth: ext_authz\n",
+        Ok("ext_proc") | Err(_) => "",
         Ok(other) => panic!("TOLLGATE_E2E_AUTH must be ext_proc or ext_authz, not {other}"),
-    }
+    };
+    format!("\nenvoy:\n{auth}  client_headers: [x-mock-chunk-delay-ms, x-mock-endless-stream]\n")
 }
 
 /// Mock, serve and Envoy, all real processes.

@@ -63,6 +63,16 @@ typed_config:
 {{- ((.Values.config | default dict).budgets | default dict).end_user_header | default "x-tollgate-end-user" -}}
 {{- end -}}
 
+{{/* The request body limit (the config's limits.max_request_body_bytes), counted as the body
+     arrives: 413 once the declared length or the bytes received pass it. First, as in the
+     bootstrap: the buffer filter alone lets through a body that reaches it whole. */}}
+{{- define "tollgate.filter.bodySizeLimit" -}}
+name: envoy.filters.http.body_size_limit
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.filters.http.body_size_limit.v3.BodySizeLimit
+  max_request_bytes: {{ include "tollgate.maxBodyBytes" . }}
+{{- end -}}
+
 {{/* The buffer filter holding the request body limit (the config's limits.max_request_body_bytes),
      so that a body past it is always a 413. */}}
 {{- define "tollgate.filter.buffer" -}}

@@ -878,13 +878,17 @@ class ChartTest(unittest.TestCase):
                 self.assertEqual(ef["metadata"]["namespace"], values.get("namespace", NAMESPACE))
                 self.assertEqual(ef["spec"]["workloadSelector"]["labels"], values["workloadSelector"])
                 inserted = [p["patch"]["value"] for p in patches]
-                # Inserted in this order before the router: buffer, then ext_proc (as in the bootstrap).
-                self.assertEqual([f["name"] for f in inserted], ["envoy.filters.http.buffer", "envoy.filters.http.ext_proc"])
+                # Inserted in this order before the router: body limit, buffer, then ext_proc (as
+                # in the bootstrap).
+                self.assertEqual([f["name"] for f in inserted], ["envoy.filters.http.body_size_limit",
+                                                                  "envoy.filters.http.buffer", "envoy.filters.http.ext_proc"])
                 ours = {f["name"]: f for f in inserted}
                 boot = self.bootstrap_filters(mode)
                 names = list(boot)
+                self.assertLess(names.index("envoy.filters.http.body_size_limit"), names.index("envoy.filters.http.buffer"))
                 self.assertLess(names.index("envoy.filters.http.buffer"), names.index("envoy.filters.http.ext_proc"))
                 # Field by field: the same settings, the cluster that reaches serve aside.
+                self.assertEqual(ours["envoy.filters.http.body_size_limit"], boot["envoy.filters.http.body_size_limit"])
                 self.assertEqual(ours["envoy.filters.http.buffer"], boot["envoy.filters.http.buffer"])
                 self.assertEqual(ours["envoy.filters.http.buffer"]["typed_config"]["max_request_bytes"], CONFIG["limits"]["max_request_body_bytes"])
                 ext_proc = ours["envoy.filters.http.ext_proc"]["typed_config"]

@@ -1266,3 +1266,23 @@ fn body_shape_limits_default_and_validate_naming_their_fields() {
         }
     );
 }
+
+#[test]
+fn envoy_client_headers_are_lowercased_and_must_be_header_names() {
+    let yaml = format!(
+        "{}envoy:\n  client_headers: [OpenAI-Beta, x-team]\n",
+        good()
+    );
+    let c = Config::from_yaml(&yaml, &env()).unwrap();
+    assert_eq!(c.envoy_client_headers, ["openai-beta", "x-team"]);
+    let yaml = format!(
+        "{}envoy:\n  client_headers: [ok, \"bad header\", \":path\"]\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env()).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["envoy.client_headers[1]", "envoy.client_headers[2]"]
+    );
+}

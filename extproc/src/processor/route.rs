@@ -345,7 +345,8 @@ impl Processor {
     }
 
     /// The API-version headers: Anthropic's `anthropic-version` when the client sent none,
-    /// Anthropic's headers removed on the way to another dialect. Returns the headers to
+    /// Anthropic's headers removed on the way to a provider of another dialect (from any
+    /// client). Returns the headers to
     /// remove: with these, the client's `accept-encoding` (the response is read, so it must
     /// come back uncompressed; Envoy can still compress towards the client) and the
     /// end-user header.
@@ -369,12 +370,12 @@ impl Processor {
             {
                 headers.push(set("anthropic-version", ANTHROPIC_VERSION));
             }
-            ApiFamily::OpenAi | ApiFamily::Gemini | ApiFamily::Bedrock
-                if pair.client == ApiFamily::Anthropic =>
-            {
+            // Whatever the client speaks: the client-header allow-list (README, "Hostile input
+            // at the edge") lets these through for Anthropic-dialect providers only.
+            ApiFamily::OpenAi | ApiFamily::Gemini | ApiFamily::Bedrock => {
                 remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
             }
-            ApiFamily::OpenAi | ApiFamily::Anthropic | ApiFamily::Gemini | ApiFamily::Bedrock => {}
+            ApiFamily::Anthropic => {}
         }
         remove
     }
