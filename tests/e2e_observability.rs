@@ -274,14 +274,16 @@ fn assert_scrape_is_documented(scrape: &str) {
         families.insert(family.to_owned());
     }
     // The traffic made every family report at least one sample (but the ADS ones, which need
-    // an Envoy on xDS: `src/xds/tests.rs` counts those; and the span exporter's, which needs
-    // `traces` and a collector: `tests/e2e_traces.rs` reads it).
+    // an Envoy on xDS: `src/xds/tests.rs` counts those; the span exporter's, which needs
+    // `traces` and a collector: `tests/e2e_traces.rs` reads it; and the credential refreshes,
+    // which need chain or metadata credentials: `tests/e2e_credentials.rs` reads them).
     let missing: Vec<&String> = doc
         .keys()
         .filter(|k| {
             !families.contains(*k)
                 && !k.starts_with("tollgate_xds_")
                 && k.as_str() != "tollgate_trace_spans_total"
+                && k.as_str() != "tollgate_credential_refreshes_total"
         })
         .collect();
     assert!(
