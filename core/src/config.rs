@@ -2649,8 +2649,8 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
 
 mod google;
 pub mod routing;
-pub use routing::{Excluded, InFlight, Pick, Strategy, TargetStats, MAX_TARGETS};
 pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};
+pub use routing::{Excluded, InFlight, Pick, Strategy, TargetStats, MAX_TARGETS};
 pub mod aws;
 pub use aws::AwsSource;
 

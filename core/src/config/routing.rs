@@ -90,8 +90,7 @@ impl TargetStats {
                     s
                 } else {
                     // old + (s - old) / EWMA_DIVISOR, in integers, never 0.
-                    ((old.saturating_mul(EWMA_DIVISOR - 1)).saturating_add(s) / EWMA_DIVISOR)
-                        .max(1)
+                    ((old.saturating_mul(EWMA_DIVISOR - 1)).saturating_add(s) / EWMA_DIVISOR).max(1)
                 })
             });
     }

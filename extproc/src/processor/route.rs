@@ -13,8 +13,8 @@ use tollgate_core::config::{
     ApiFamily, Excluded, InFlight, Model, Pick, Policy, Provider, ProviderKind, Side, Strategy,
     Target, ANTHROPIC_VERSION,
 };
-use tollgate_core::pricing::Picodollars;
 use tollgate_core::metadata as md;
+use tollgate_core::pricing::Picodollars;
 use tollgate_core::{ApiError, Endpoint};
 
 use super::offload;
@@ -102,9 +102,7 @@ impl Processor {
             Some(body) => openai::parse_request_at(endpoint, &path, body).map_err(refusal)?,
             None => parsed,
         };
-        let (target, slot) = self
-            .choose_target(m, endpoint, &parsed)
-            .map_err(refusal)?;
+        let (target, slot) = self.choose_target(m, endpoint, &parsed).map_err(refusal)?;
         let provider = &target.provider;
         let (pair, upstream_endpoint) =
             Pair::route(endpoint, target.family).map_err(|e| refusal(e.api_error()))?;

@@ -55,7 +55,13 @@ fn weighted_picks_by_weight_with_the_injected_random_point() {
     let m = model(&c);
     assert_eq!(m.strategy(), Strategy::Weighted);
     for (r, want) in [(0, "a"), (2, "a"), (3, "b")] {
-        assert_eq!(name(m, Excluded::NONE, &mut |n| { assert_eq!(n, 4); r }), want);
+        assert_eq!(
+            name(m, Excluded::NONE, &mut |n| {
+                assert_eq!(n, 4);
+                r
+            }),
+            want
+        );
     }
     // With `a` left out, the total is only `b`'s weight.
     assert_eq!(
@@ -101,7 +107,9 @@ fn round_robin_alternates_and_skips_excluded() {
     )
     .unwrap();
     let m = model(&c);
-    let picks: Vec<String> = (0..4).map(|_| name(m, Excluded::NONE, &mut |_| 0)).collect();
+    let picks: Vec<String> = (0..4)
+        .map(|_| name(m, Excluded::NONE, &mut |_| 0))
+        .collect();
     assert_eq!(picks, ["a", "b", "a", "b"]);
     let picks: Vec<String> = (0..3)
         .map(|_| name(m, Excluded::NONE.with(1), &mut |_| 0))
@@ -119,7 +127,9 @@ fn least_latency_prefers_unmeasured_then_fastest_and_explores() {
     let no_explore = &mut |n: u64| if n == 1000 { 999 } else { 0 };
     // Neither measured: the first unmeasured goes first.
     assert_eq!(name(m, Excluded::NONE, no_explore), "a");
-    m.targets[0].stats.record_latency(Duration::from_millis(300));
+    m.targets[0]
+        .stats
+        .record_latency(Duration::from_millis(300));
     // `b` unmeasured: tried next.
     assert_eq!(name(m, Excluded::NONE, no_explore), "b");
     m.targets[1].stats.record_latency(Duration::from_millis(20));
@@ -138,7 +148,9 @@ fn least_latency_prefers_unmeasured_then_fastest_and_explores() {
     assert_eq!(asked, [1000, 2]);
     // `b` slows down, `a` recovers: the averages move and so does the traffic.
     for _ in 0..20 {
-        m.targets[1].stats.record_latency(Duration::from_millis(500));
+        m.targets[1]
+            .stats
+            .record_latency(Duration::from_millis(500));
         m.targets[0].stats.record_latency(Duration::from_millis(10));
     }
     assert_eq!(name(m, Excluded::NONE, no_explore), "a");
@@ -216,8 +228,7 @@ fn a_reload_keeps_the_state_of_unchanged_targets() {
         "  m:\n    strategy: round_robin\n    targets:\n      - { provider: a, model: x, max_requests_in_flight: 1 }\n      - { provider: b, model: x }\n",
     )
     .unwrap();
-    let Pick::Chosen { slot, .. } = model(&old).choose(Excluded::NONE, &no_cost, &mut |_| 0)
-    else {
+    let Pick::Chosen { slot, .. } = model(&old).choose(Excluded::NONE, &no_cost, &mut |_| 0) else {
         panic!("a is free");
     };
     model(&old).targets[1]
@@ -230,7 +241,10 @@ fn a_reload_keeps_the_state_of_unchanged_targets() {
     new.adopt_routing_state(&old);
     let m = model(&new);
     assert_eq!(m.targets[0].stats.in_flight(), 1);
-    assert_eq!(m.targets[1].stats.latency(), Some(Duration::from_millis(40)));
+    assert_eq!(
+        m.targets[1].stats.latency(),
+        Some(Duration::from_millis(40))
+    );
     assert_eq!(m.targets[2].stats.latency(), None);
     // The cursor continues (b is next), and `a` stays at its limit under the new config.
     assert_eq!(name(m, Excluded::NONE, &mut |_| 0), "b");
@@ -261,5 +275,8 @@ fn strategy_fields_are_validated_with_their_paths() {
         .map(|i| format!("      - {{ provider: a, model: x{i} }}\n"))
         .collect();
     let errs = config(&format!("  m:\n    targets:\n{many}")).unwrap_err();
-    assert!(errs.iter().any(|e| e.path == "models.m.targets"), "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.path == "models.m.targets"),
+        "{errs:?}"
+    );
 }
