@@ -230,6 +230,10 @@ impl Model {
         cost: &dyn Fn(&Target) -> Option<Picodollars>,
         random: &mut dyn FnMut(u64) -> u64,
     ) -> Option<usize> {
+        // One target: no strategy to ask (and no random draw).
+        if n == 1 {
+            return (!skip.contains(0)).then_some(0);
+        }
         let open = || {
             self.targets
                 .iter()

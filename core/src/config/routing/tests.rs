@@ -280,3 +280,18 @@ fn strategy_fields_are_validated_with_their_paths() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn a_single_target_draws_nothing_and_still_has_its_limit() {
+    let c = config("  m:\n    targets: [{ provider: a, model: x, max_requests_in_flight: 1 }]\n")
+        .unwrap();
+    let m = model(&c);
+    let never = &mut |_: u64| -> u64 { panic!("no draw for one target") };
+    let Pick::Chosen { slot, .. } = m.choose(Excluded::NONE, &no_cost, never) else {
+        panic!("a is free");
+    };
+    assert_eq!(name(m, Excluded::NONE, never), "busy");
+    drop(slot);
+    assert_eq!(name(m, Excluded::NONE.with(0), never), "exhausted");
+    assert_eq!(name(m, Excluded::NONE, never), "a");
+}
