@@ -371,6 +371,7 @@ impl ApiError {
             | ApiError::GuardrailBlocked { .. }
             | ApiError::GuardrailUnavailable(_)
             | ApiError::GuardrailPolicyUnavailable(_)
+            | ApiError::TargetsBusy(_)
             | ApiError::InvalidFeedbackToken(_)
             | ApiError::Internal => Cow::Borrowed(self),
         }
