@@ -113,8 +113,9 @@ async fn watch_config(
             })
         };
         match tokio::task::spawn_blocking(loaded).await {
-            Ok(Ok(config)) => {
+            Ok(Ok(mut config)) => {
                 config.adopt_tokens(&shared.load());
+                config.adopt_routing_state(&shared.load());
                 shared.store(Arc::new(config));
                 if let Some(xds) = &xds {
                     xds.publish(&shared.load());

@@ -805,8 +805,12 @@ pub struct RawCredential {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
-    /// The provider targets serving this model; one is picked per request by weight.
+    /// The provider targets serving this model; one is picked per request by `strategy`.
     pub targets: Vec<RawTarget>,
+    /// How a target is picked: `weighted` (default), `priority`, `round_robin`,
+    /// `least_latency` or `least_cost`.
+    #[serde(default)]
+    pub strategy: Strategy,
 }
 
 /// One provider target of a model.
@@ -817,9 +821,13 @@ pub struct RawTarget {
     pub provider: String,
     /// The model id the provider knows (for Azure: the deployment name).
     pub model: String,
-    /// Relative share of traffic (default 1).
+    /// Relative share of traffic (default 1; only under strategy `weighted`).
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Requests this target may have in flight at once (unset: no limit); a target at its
+    /// limit is skipped, and when every target is, the client gets a 503.
+    #[serde(default)]
+    pub max_requests_in_flight: Option<u32>,
 }
 
 fn default_weight() -> u32 {
@@ -1182,6 +1190,10 @@ pub struct Target {
     pub weight: u32,
     /// The API the provider speaks for this model.
     pub family: ApiFamily,
+    /// Requests it may have in flight at once (`None`: no limit).
+    pub max_requests_in_flight: Option<u32>,
+    /// Live routing state (in-flight count, latency average), kept across reloads.
+    pub stats: Arc<TargetStats>,
     paths: [String; 5],
     /// The streaming path where it differs: Gemini's `…:streamGenerateContent?alt=sse`,
     /// Bedrock's `converse-stream` (other providers stream on the same path).
@@ -1214,6 +1226,9 @@ pub struct Model {
     /// Its targets (never empty).
     pub targets: Vec<Target>,
     total_weight: u64,
+    strategy: Strategy,
+    /// The `round_robin` cursor, kept across reloads.
+    cursor: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Model {
@@ -1934,18 +1949,42 @@ impl Config {
                 let tpath = format!("{path}.targets[{i}]");
                 if t.weight == 0 {
                     errs.add(format!("{tpath}.weight"), "must be at least 1");
+                } else if t.weight != 1 && m.strategy != Strategy::Weighted {
+                    errs.add(
+                        format!("{tpath}.weight"),
+                        format!(
+                            "only applies to strategy `weighted` (this model's is `{}`)",
+                            m.strategy.label()
+                        ),
+                    );
+                }
+                if t.max_requests_in_flight == Some(0) {
+                    errs.add(
+                        format!("{tpath}.max_requests_in_flight"),
+                        "must be at least 1 (leave it out for no limit)",
+                    );
                 }
                 if t.model.trim().is_empty() {
                     errs.add(format!("{tpath}.model"), "must not be empty");
                 }
                 match providers.get(&t.provider) {
-                    Some(p) => targets.push(target(Arc::clone(p), &t.model, t.weight)),
+                    Some(p) => {
+                        let mut target = target(Arc::clone(p), &t.model, t.weight);
+                        target.max_requests_in_flight = t.max_requests_in_flight;
+                        targets.push(target);
+                    }
                     None if raw.providers.contains_key(&t.provider) => {} // reported already
                     None => errs.add(
                         format!("{tpath}.provider"),
                         format!("unknown provider `{}`", t.provider),
                     ),
                 }
+            }
+            if m.targets.len() > MAX_TARGETS {
+                errs.add(
+                    format!("{path}.targets"),
+                    format!("at most {MAX_TARGETS} targets per model"),
+                );
             }
             let total_weight = targets.iter().map(|t| u64::from(t.weight)).sum();
             models.insert(
@@ -1954,6 +1993,8 @@ impl Config {
                     name: name.clone(),
                     targets,
                     total_weight,
+                    strategy: m.strategy,
+                    cursor: Arc::default(),
                 },
             );
         }
@@ -2061,6 +2102,22 @@ impl Config {
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
+        for (name, m) in &raw.models {
+            if m.strategy != Strategy::LeastCost {
+                continue;
+            }
+            for (i, t) in m.targets.iter().enumerate() {
+                if prices.get(&t.model).is_none() {
+                    errs.add(
+                        format!("models.{name}.targets[{i}].model"),
+                        format!(
+                            "strategy `least_cost` needs a price for `{}`: add it under pricing.models",
+                            t.model
+                        ),
+                    );
+                }
+            }
+        }
         let feedback = raw
             .feedback
             .as_ref()
@@ -2530,6 +2587,8 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
             upstream_model: model.to_owned(),
             weight,
             family,
+            max_requests_in_flight: None,
+            stats: Arc::default(),
             paths: Endpoint::FORWARDED.map(|e| {
                 if e == endpoint {
                     path.clone()
@@ -2581,13 +2640,17 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         upstream_model: model.to_owned(),
         weight,
         family,
+        max_requests_in_flight: None,
+        stats: Arc::default(),
         paths,
         stream_path,
     }
 }
 
 mod google;
+pub mod routing;
 pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};
+pub use routing::{Excluded, InFlight, Pick, Strategy, TargetStats, MAX_TARGETS};
 pub mod aws;
 pub use aws::AwsSource;
 

@@ -135,6 +135,11 @@ pub enum ApiError {
     /// between ext_authz and ext_proc): refused rather than served unguarded.
     #[error("The guardrails policy `{0}` of this API key is not available, so the request was refused rather than served unguarded. Try again.")]
     GuardrailPolicyUnavailable(String),
+    /// Every target of the model is at its `max_requests_in_flight`.
+    #[error(
+        "Every provider target of the model `{0}` is at its concurrency limit. Try again shortly."
+    )]
+    TargetsBusy(String),
     /// A feedback token that is malformed, tampered with, expired, or issued to another key.
     #[error("Invalid feedback token: {0}.")]
     InvalidFeedbackToken(String),
@@ -260,6 +265,7 @@ impl ApiError {
                 Some("guardrail_policy_unavailable"),
                 "guardrail_policy_unavailable",
             ),
+            ApiError::TargetsBusy(_) => (503, "server_error", Some("targets_busy"), "targets_busy"),
             ApiError::InvalidFeedbackToken(_) => (
                 401,
                 "invalid_request_error",
@@ -300,6 +306,7 @@ impl ApiError {
             | ApiError::GuardrailBlocked { .. }
             | ApiError::GuardrailUnavailable(_)
             | ApiError::GuardrailPolicyUnavailable(_)
+            | ApiError::TargetsBusy(_)
             | ApiError::InvalidFeedbackToken(_)
             | ApiError::Internal => None,
         }
@@ -364,6 +371,7 @@ impl ApiError {
             | ApiError::GuardrailBlocked { .. }
             | ApiError::GuardrailUnavailable(_)
             | ApiError::GuardrailPolicyUnavailable(_)
+            | ApiError::TargetsBusy(_)
             | ApiError::InvalidFeedbackToken(_)
             | ApiError::Internal => Cow::Borrowed(self),
         }

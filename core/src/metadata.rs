@@ -28,3 +28,5 @@ pub const REQUEST_ID: &str = "request_id";
 pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
 /// Request header whose value names the Envoy cluster to route to.
 pub const ROUTE_HEADER: &str = "x-tollgate-cluster";
+/// Response header naming the provider (config name) of the target that answered.
+pub const PROVIDER_HEADER: &str = "x-tollgate-provider";

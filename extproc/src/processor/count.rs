@@ -240,6 +240,7 @@ impl Processor {
             response_guard: None,
             response_id: String::new(),
             error_type: None,
+            slot: None,
         });
         Ok(mutation::request_body(mutation::common(
             headers,

@@ -25,6 +25,10 @@ impl Processor {
             return;
         }
         self.finished = true;
+        // The target's in-flight slot is free as soon as its response is over.
+        if let Some(f) = &mut self.forwarded {
+            f.slot = None;
+        }
         let stream_verdict = self
             .forwarded
             .as_ref()

@@ -143,6 +143,9 @@ struct Forwarded {
     response_id: String,
     /// The provider's error type header (Bedrock's `x-amzn-errortype`).
     error_type: Option<String>,
+    /// The target's in-flight slot (released when the request's stream ends); its latency
+    /// average takes this request's time to first byte.
+    slot: Option<tollgate_core::config::InFlight>,
 }
 
 fn unix_now() -> u64 {

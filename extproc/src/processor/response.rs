@@ -19,6 +19,9 @@ use crate::mutation::{self, set};
 use crate::translator::ResponseMeta;
 use crate::webhook;
 
+/// The latency sample a failed attempt counts as (at least), under `least_latency`.
+const FAILED_ATTEMPT_LATENCY: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Processor {
     pub(super) fn on_response_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
         let Some(fwd) = &mut self.forwarded else {
@@ -43,7 +46,19 @@ impl Processor {
             let ct = header(&h.headers, "content-type").unwrap_or_default();
             c.response_headers(&String::from_utf8_lossy(ct));
         }
-        if header(&h.headers, "x-envoy-upstream-service-time").is_some() {
+        let from_upstream = header(&h.headers, "x-envoy-upstream-service-time").is_some();
+        if let Some(slot) = &fwd.slot {
+            // Time to first byte feeds `least_latency`; a failed attempt (no answer, a 5xx or
+            // a 429) counts as at least `FAILED_ATTEMPT_LATENCY`, so traffic moves away.
+            let ttfb = fwd.sent_at.elapsed();
+            let failed = !from_upstream || status >= 500 || status == 429;
+            slot.stats().record_latency(if failed {
+                ttfb.max(FAILED_ATTEMPT_LATENCY)
+            } else {
+                ttfb
+            });
+        }
+        if from_upstream {
             fwd.upstream_latency = Some(fwd.sent_at.elapsed());
             self.metrics
                 .upstream_latency
@@ -64,6 +79,7 @@ impl Processor {
             (BodySendMode::Buffered, Vec::new())
         };
         let mut headers = self.answer_headers.clone();
+        headers.push(set(md::PROVIDER_HEADER, fwd.provider.name.as_str()));
         if ok && fwd.endpoint == Endpoint::CountTokens {
             headers.push(set(TOKEN_COUNT_HEADER, "provider"));
         }

@@ -10,9 +10,11 @@ use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use rand::Rng;
 use tollgate_core::config::{
-    ApiFamily, Model, Policy, Provider, ProviderKind, Side, Target, ANTHROPIC_VERSION,
+    ApiFamily, Excluded, InFlight, Model, Pick, Policy, Provider, ProviderKind, Side, Strategy,
+    Target, ANTHROPIC_VERSION,
 };
 use tollgate_core::metadata as md;
+use tollgate_core::pricing::Picodollars;
 use tollgate_core::{ApiError, Endpoint};
 
 use super::offload;
@@ -100,7 +102,7 @@ impl Processor {
             Some(body) => openai::parse_request_at(endpoint, &path, body).map_err(refusal)?,
             None => parsed,
         };
-        let target = pick(m).ok_or_else(|| refusal(ApiError::Internal))?;
+        let (target, slot) = self.choose_target(m, endpoint, &parsed).map_err(refusal)?;
         let provider = &target.provider;
         let (pair, upstream_endpoint) =
             Pair::route(endpoint, target.family).map_err(|e| refusal(e.api_error()))?;
@@ -149,7 +151,7 @@ impl Processor {
         let Some(ctx) = &self.ctx else {
             return Err((ApiError::Internal, None));
         };
-        tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing request");
+        tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, strategy = m.strategy().label(), "Routing request");
         // Bedrock names neither its responses nor the model: Tollgate's request id does.
         let response_id = match (pair.upstream, pair.client) {
             (ApiFamily::Bedrock, ApiFamily::Anthropic) => format!("msg_{}", ctx.request_id),
@@ -198,6 +200,7 @@ impl Processor {
             response_guard,
             response_id,
             error_type: None,
+            slot: Some(slot),
         });
         Ok(mutation::request_body(mutation::common(
             headers,
@@ -205,6 +208,43 @@ impl Processor {
             Some(up.body),
             true,
         )))
+    }
+
+    /// The model's target for this request by its strategy, with the in-flight slot it
+    /// takes; a 503 when every target is at its `max_requests_in_flight`. (A failover would
+    /// ask `Model::choose` again with the targets it tried in the `Excluded` set.)
+    fn choose_target<'m>(
+        &self,
+        m: &'m Model,
+        endpoint: Endpoint,
+        parsed: &openai::ParsedRequest<'_>,
+    ) -> Result<(&'m Target, InFlight), ApiError> {
+        // Tokens for `least_cost`: the prompt (counted once, with the first target's
+        // tokenizer) and the output the request asks for at most.
+        let tokens = match (m.strategy(), m.targets.first()) {
+            (Strategy::LeastCost, Some(first)) => {
+                let est = self.estimate(endpoint, &first.provider, &first.upstream_model, parsed);
+                Some((est.prompt_tokens, est.max_output_tokens))
+            }
+            _ => None,
+        };
+        let prices = &self.config.prices;
+        let cost = |t: &Target| -> Option<Picodollars> {
+            let (prompt, output) = tokens?;
+            prices
+                .get(&t.upstream_model)
+                .map(|p| budget::estimate(p, prompt, output))
+        };
+        let mut rng = rand::rng();
+        let mut random = |n: u64| if n == 0 { 0 } else { rng.random_range(0..n) };
+        match m.choose(Excluded::NONE, &cost, &mut random) {
+            Pick::Chosen { target, slot, .. } => Ok((target, slot)),
+            Pick::Busy => {
+                tracing::warn!(model = %m.name, "Every target of the model is at its max_requests_in_flight: refusing with 503");
+                Err(ApiError::TargetsBusy(m.name.clone()))
+            }
+            Pick::Exhausted => Err(ApiError::Internal),
+        }
     }
 
     /// Judges the request under the key's policy: its local rules (which may redact: the body
@@ -400,7 +440,8 @@ impl Processor {
     }
 }
 
-/// The target of this request: the only one, or one picked by weight.
+/// A target by weight alone, for `count_tokens` forwarded to a provider's counting API: not a
+/// generation, so it neither takes an in-flight slot nor feeds `least_latency`.
 pub(super) fn pick(m: &Model) -> Option<&Target> {
     if m.targets.len() == 1 {
         m.targets.first()

@@ -1,0 +1,320 @@
+//! Routing strategies: how a model picks one of its targets for a request (`weighted`,
+//! `priority`, `round_robin`, `least_latency`, `least_cost`), under each target's
+//! `max_requests_in_flight`. Per-target state (in-flight count, latency average) and the
+//! round-robin cursor are atomics shared with the next config version for unchanged targets.
+//!
+//! The picker takes an [`Excluded`] set, so a caller that failed on one target can ask for
+//! the next one after those it already tried: the same strategy orders every attempt.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Config, Model, Target};
+use crate::pricing::Picodollars;
+
+/// The most targets a model may have (the [`Excluded`] set is one bit per target).
+pub const MAX_TARGETS: usize = 64;
+
+/// Under `least_latency`, one request in this many (per thousand) goes to a random target
+/// instead of the fastest, so a target that recovered (or slowed down) is measured again.
+pub const EXPLORATION_PER_MILLE: u64 = 50;
+
+/// The weight of a new sample in the latency average (1/`EWMA_DIVISOR`).
+const EWMA_DIVISOR: u64 = 5;
+
+/// How a model picks its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// At random, in proportion to the targets' `weight` (the default).
+    #[default]
+    Weighted,
+    /// The first target (in the order listed) that is available.
+    Priority,
+    /// Each target in turn.
+    RoundRobin,
+    /// The target with the lowest moving average of time to first byte; a target without a
+    /// measurement yet is tried first, and a share of requests explores the others.
+    LeastLatency,
+    /// The target whose price (from `pricing`) is lowest for the request's estimated tokens:
+    /// its prompt estimate plus the output it asks for at most.
+    LeastCost,
+}
+
+impl Strategy {
+    /// The name used in config, logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Strategy::Weighted => "weighted",
+            Strategy::Priority => "priority",
+            Strategy::RoundRobin => "round_robin",
+            Strategy::LeastLatency => "least_latency",
+            Strategy::LeastCost => "least_cost",
+        }
+    }
+}
+
+/// Live state of one target, shared by every request routed to it and kept across config
+/// reloads while the target (model, provider, provider model id) stays in the config.
+#[derive(Debug, Default)]
+pub struct TargetStats {
+    in_flight: AtomicU32,
+    /// Moving average of time to first byte in microseconds; 0 until the first sample.
+    ewma_micros: AtomicU64,
+}
+
+impl TargetStats {
+    /// Requests routed to the target and not yet finished.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The moving average of time to first byte (`None` before the first sample).
+    pub fn latency(&self) -> Option<Duration> {
+        match self.ewma_micros.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Adds a time-to-first-byte sample to the moving average.
+    pub fn record_latency(&self, sample: Duration) {
+        let s = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .ewma_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    s
+                } else {
+                    // old + (s - old) / EWMA_DIVISOR, in integers, never 0.
+                    ((old.saturating_mul(EWMA_DIVISOR - 1)).saturating_add(s) / EWMA_DIVISOR).max(1)
+                })
+            });
+    }
+
+    /// Takes an in-flight slot unless `limit` are taken already.
+    fn try_acquire(self: &Arc<Self>, limit: Option<u32>) -> Option<InFlight> {
+        let taken = match limit {
+            None => {
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(max) => self
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok(),
+        };
+        taken.then(|| InFlight(Arc::clone(self)))
+    }
+}
+
+/// One request's in-flight slot on a target: released when dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<TargetStats>);
+
+impl InFlight {
+    /// The target's live state (to record the request's latency).
+    pub fn stats(&self) -> &TargetStats {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Targets left out of a pick, by index (e.g. those a failover already tried).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Excluded(u64);
+
+impl Excluded {
+    /// No target left out.
+    pub const NONE: Excluded = Excluded(0);
+
+    /// This set and the target at `index`.
+    #[must_use]
+    pub fn with(self, index: usize) -> Excluded {
+        Excluded(self.0 | 1u64.checked_shl(index as u32).unwrap_or(0))
+    }
+
+    /// Whether the target at `index` is left out.
+    pub fn contains(self, index: usize) -> bool {
+        self.0 & 1u64.checked_shl(index as u32).unwrap_or(0) != 0
+    }
+}
+
+/// The outcome of a pick.
+#[derive(Debug)]
+pub enum Pick<'a> {
+    /// The target to use, its index in the model's list, and the in-flight slot it holds.
+    Chosen {
+        /// The target's position in the model's `targets`.
+        index: usize,
+        /// The target.
+        target: &'a Target,
+        /// Its in-flight slot, held until the request ends.
+        slot: InFlight,
+    },
+    /// Every target not excluded is at its `max_requests_in_flight`.
+    Busy,
+    /// Every target is excluded.
+    Exhausted,
+}
+
+impl Model {
+    /// The routing strategy.
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// Picks a target by the model's strategy among those not in `excluded`, skipping targets
+    /// at their `max_requests_in_flight`. `cost` prices a target for this request (only
+    /// `least_cost` asks; `None`: no price, ranked last); `random(n)` returns a number in
+    /// `[0, n)` (injectable, for tests). Allocates nothing.
+    pub fn choose(
+        &self,
+        excluded: Excluded,
+        cost: &dyn Fn(&Target) -> Option<Picodollars>,
+        random: &mut dyn FnMut(u64) -> u64,
+    ) -> Pick<'_> {
+        let n = self.targets.len().min(MAX_TARGETS);
+        let start = match self.strategy {
+            Strategy::RoundRobin if n > 0 => {
+                (self.cursor.fetch_add(1, Ordering::Relaxed) % n as u64) as usize
+            }
+            _ => 0,
+        };
+        let mut skip = excluded;
+        let mut busy = false;
+        for _ in 0..n {
+            let Some(index) = self.candidate(skip, start, n, cost, random) else {
+                break;
+            };
+            let Some(target) = self.targets.get(index) else {
+                break;
+            };
+            match target.stats.try_acquire(target.max_requests_in_flight) {
+                Some(slot) => {
+                    return Pick::Chosen {
+                        index,
+                        target,
+                        slot,
+                    }
+                }
+                None => {
+                    busy = true;
+                    skip = skip.with(index);
+                }
+            }
+        }
+        if busy {
+            Pick::Busy
+        } else {
+            Pick::Exhausted
+        }
+    }
+
+    /// The strategy's choice among the targets not in `skip`.
+    fn candidate(
+        &self,
+        skip: Excluded,
+        start: usize,
+        n: usize,
+        cost: &dyn Fn(&Target) -> Option<Picodollars>,
+        random: &mut dyn FnMut(u64) -> u64,
+    ) -> Option<usize> {
+        // One target: no strategy to ask (and no random draw).
+        if n == 1 {
+            return (!skip.contains(0)).then_some(0);
+        }
+        let open = || {
+            self.targets
+                .iter()
+                .enumerate()
+                .take(n)
+                .filter(move |(i, _)| !skip.contains(*i))
+        };
+        match self.strategy {
+            Strategy::Weighted => weighted(open(), random),
+            Strategy::Priority => open().map(|(i, _)| i).next(),
+            Strategy::RoundRobin => (0..n).map(|k| (start + k) % n).find(|i| !skip.contains(*i)),
+            Strategy::LeastLatency => {
+                // A target never measured (new, or just added) goes first, one at a time.
+                if let Some((i, _)) =
+                    open().find(|(_, t)| t.stats.latency().is_none() && t.stats.in_flight() == 0)
+                {
+                    return Some(i);
+                }
+                let count = open().count() as u64;
+                if count > 1 && random(1000) < EXPLORATION_PER_MILLE {
+                    let k = random(count);
+                    return open().nth(k as usize).map(|(i, _)| i);
+                }
+                open()
+                    .min_by_key(|(_, t)| t.stats.latency().unwrap_or(Duration::ZERO))
+                    .map(|(i, _)| i)
+            }
+            Strategy::LeastCost => open()
+                .min_by_key(|(_, t)| cost(t).unwrap_or(Picodollars::MAX))
+                .map(|(i, _)| i),
+        }
+    }
+
+    /// Takes over the live state of the same targets (same provider and provider model id)
+    /// and the round-robin cursor from the previous version of this model.
+    pub fn adopt_routing_state(&mut self, old: &Model) {
+        self.cursor = Arc::clone(&old.cursor);
+        for t in &mut self.targets {
+            if let Some(o) = old.targets.iter().find(|o| {
+                o.provider.name == t.provider.name && o.upstream_model == t.upstream_model
+            }) {
+                t.stats = Arc::clone(&o.stats);
+            }
+        }
+    }
+}
+
+/// Weighted random choice among `open` targets.
+fn weighted<'a>(
+    open: impl Iterator<Item = (usize, &'a Target)> + Clone,
+    random: &mut dyn FnMut(u64) -> u64,
+) -> Option<usize> {
+    let total: u64 = open.clone().map(|(_, t)| u64::from(t.weight)).sum();
+    if total == 0 {
+        return open.map(|(i, _)| i).next();
+    }
+    let r = random(total);
+    let mut acc = 0u64;
+    let mut last = None;
+    for (i, t) in open {
+        acc += u64::from(t.weight);
+        last = Some(i);
+        if r < acc {
+            return Some(i);
+        }
+    }
+    last
+}
+
+impl Config {
+    /// Takes over the routing state (in-flight counts, latency averages, round-robin
+    /// cursors) of the models and targets that `old` has too, so a reload neither forgets
+    /// what it measured nor lets a target exceed its `max_requests_in_flight`.
+    pub fn adopt_routing_state(&mut self, old: &Config) {
+        for (name, m) in &mut self.models {
+            if let Some(o) = old.models.get(name) {
+                m.adopt_routing_state(o);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
