@@ -153,32 +153,16 @@ impl Processor {
         b: &HttpBody,
     ) -> Result<ProcessingResponse, Refusal> {
         let obj = openai::parse_object(&b.body).map_err(|e| (e, None))?;
-        let model: String = obj
-            .get("model")
-            .and_then(|r| serde_json::from_str(r.get()).ok())
-            .ok_or_else(|| {
-                (
-                    ApiError::InvalidField {
-                        param: "model",
-                        message: "`model` is required".to_owned(),
-                    },
-                    None,
-                )
-            })?;
+        let model = super::local::required_model(&obj)?;
         let Some(ctx) = &self.ctx else {
             return Err((ApiError::Internal, None));
         };
         let config = Arc::clone(&self.config);
-        let Some(m) = config.models.get(&model) else {
-            return Err((ApiError::UnknownModel(model.clone()), Some(model)));
-        };
-        if !ctx.allows(&model) {
-            return Err((ApiError::ModelNotAllowed(model.clone()), Some(model)));
-        }
+        let m = super::route::allowed_model(&config, ctx, &model)?;
         let refusal = |e: ApiError| (e, Some(model.clone()));
         let target = super::route::pick(m).ok_or_else(|| refusal(ApiError::Internal))?;
         let Some((counter, path)) = Counter::of(target) else {
-            return self.count_tokens(&b.body);
+            return Ok(self.estimate_count(&obj, model, target));
         };
         let provider = &target.provider;
         let (pair, _) =

@@ -5,12 +5,13 @@
 use std::time::SystemTime;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::ProcessingResponse;
+use tollgate_core::config::Target;
 use tollgate_core::metrics::{CodeLabel, RequestLabels};
 use tollgate_core::{ApiError, Config, Dialect, Endpoint};
 
 use super::{owner, Processor, Rejected};
 use crate::mutation::{self, set};
-use crate::translator::openai;
+use crate::translator::json::RawObject;
 use crate::{budget, feedback, log, selfservice};
 
 /// Self-service answers.
@@ -171,55 +172,30 @@ impl Processor {
         }
     }
 
-    /// `POST /v1/feedback`: checks the token (signature, expiry, same key) and the body,
-    /// hands the feedback to the log queue and answers 200 itself.
     /// `POST /v1/messages/count_tokens` for a model whose provider cannot count (see
-    /// [`super::count`]): the prompt's tokens estimated here, marked `x-tollgate-token-count:
-    /// estimate`: the model's own tokenizer for OpenAI and Azure models, one token per 3 bytes
-    /// of text otherwise, plus 4 per message and 3 per request (the estimate budgets reserve
-    /// with).
-    pub(super) fn count_tokens(
+    /// [`super::count`]): the prompt's tokens estimated here for the picked `target`, marked
+    /// `x-tollgate-token-count: estimate`: the model's own tokenizer for OpenAI and Azure
+    /// models, one token per 3 bytes of text otherwise, plus 4 per message and 3 per request
+    /// (the estimate budgets reserve with).
+    pub(super) fn estimate_count(
         &mut self,
-        body: &[u8],
-    ) -> Result<ProcessingResponse, (ApiError, Option<String>)> {
-        let obj = openai::parse_object(body).map_err(|e| (e, None))?;
-        let model: String = obj
-            .get("model")
-            .and_then(|r| serde_json::from_str(r.get()).ok())
-            .ok_or_else(|| {
-                (
-                    ApiError::InvalidField {
-                        param: "model",
-                        message: "`model` is required".to_owned(),
-                    },
-                    None,
-                )
-            })?;
-        let Some(ctx) = &self.ctx else {
-            return Err((ApiError::Internal, None));
-        };
-        let Some(target) = self
-            .config
-            .models
-            .get(&model)
-            .and_then(|m| m.targets.first())
-        else {
-            return Err((ApiError::UnknownModel(model.clone()), Some(model)));
-        };
-        if !ctx.allows(&model) {
-            return Err((ApiError::ModelNotAllowed(model.clone()), Some(model)));
-        }
+        obj: &RawObject<'_>,
+        model: String,
+        target: &Target,
+    ) -> ProcessingResponse {
         let counter = budget::Counter::for_target(target.provider.kind, &target.upstream_model);
-        let tokens = budget::prompt_tokens(&obj, counter);
+        let tokens = budget::prompt_tokens(obj, counter);
         self.estimated_count = Some(model);
         let mut answer = self.answer(
             Endpoint::CountTokens.label(),
             serde_json::json!({ "input_tokens": tokens }).to_string(),
         );
         mutation::add_immediate_header(&mut answer, set(super::TOKEN_COUNT_HEADER, "estimate"));
-        Ok(answer)
+        answer
     }
 
+    /// `POST /v1/feedback`: checks the token (signature, expiry, same key) and the body,
+    /// hands the feedback to the log queue and answers 200 itself.
     pub(super) fn record_feedback(&mut self, body: &[u8]) -> Result<ProcessingResponse, ApiError> {
         let (Some(ctx), Some(settings), Some(log)) = (&self.ctx, &self.config.feedback, &self.log)
         else {
@@ -272,4 +248,19 @@ impl Processor {
             self.answer_headers.clone(),
         ))
     }
+}
+
+/// The `model` a count request names: required.
+pub(super) fn required_model(obj: &RawObject<'_>) -> Result<String, (ApiError, Option<String>)> {
+    obj.get("model")
+        .and_then(|r| serde_json::from_str(r.get()).ok())
+        .ok_or_else(|| {
+            (
+                ApiError::InvalidField {
+                    param: "model",
+                    message: "`model` is required".to_owned(),
+                },
+                None,
+            )
+        })
 }

@@ -155,18 +155,7 @@ impl Processor {
         let ok = (200..300).contains(&status);
         if fwd.endpoint == Endpoint::CountTokens {
             return match self.count_answer(status, &b.body) {
-                Ok(body) => mutation::response_body(match body {
-                    Some(body) => mutation::common(
-                        vec![
-                            set("content-type", "application/json"),
-                            set("content-length", body.len().to_string()),
-                        ],
-                        vec![],
-                        Some(body),
-                        false,
-                    ),
-                    None => Default::default(),
-                }),
+                Ok(body) => json_body(body),
                 Err(err) => self.refuse_response(err, ApiFamily::Anthropic, b.end_of_stream),
             };
         }
@@ -195,18 +184,7 @@ impl Processor {
         if let Some(c) = &mut self.capture {
             c.response_body(body.as_deref().unwrap_or(&b.body));
         }
-        mutation::response_body(match body {
-            Some(body) => mutation::common(
-                vec![
-                    set("content-type", "application/json"),
-                    set("content-length", body.len().to_string()),
-                ],
-                vec![],
-                Some(body),
-                false,
-            ),
-            None => Default::default(),
-        })
+        json_body(body)
     }
 
     /// Judges a complete response in the client's dialect: the key's response webhooks, then
@@ -286,4 +264,21 @@ impl Processor {
             self.answer_headers.clone(),
         )
     }
+}
+
+/// The response-body answer: `body` (JSON) in place of the provider's, or the provider's as it
+/// came when `None`.
+fn json_body(body: Option<Vec<u8>>) -> ProcessingResponse {
+    mutation::response_body(match body {
+        Some(body) => mutation::common(
+            vec![
+                set("content-type", "application/json"),
+                set("content-length", body.len().to_string()),
+            ],
+            vec![],
+            Some(body),
+            false,
+        ),
+        None => Default::default(),
+    })
 }

@@ -15,11 +15,11 @@ use tollgate_core::config::{
 };
 use tollgate_core::metadata as md;
 use tollgate_core::pricing::Picodollars;
-use tollgate_core::{ApiError, Endpoint};
+use tollgate_core::{ApiError, Config, Endpoint};
 
 use super::offload;
 use super::upstream_auth::{self, Signed};
-use super::{strip_query, unix_now, Forwarded, Processor};
+use super::{strip_query, unix_now, AuthContext, Forwarded, Processor};
 use crate::capture::Capture;
 use crate::guard;
 use crate::mutation::{self, set};
@@ -85,12 +85,7 @@ impl Processor {
         let model = parsed.model.clone();
         // A handle of its own: the target borrowed from it outlives `&mut self` calls below.
         let config = Arc::clone(&self.config);
-        let Some(m) = config.models.get(&model) else {
-            return Err((ApiError::UnknownModel(model.clone()), Some(model)));
-        };
-        if !ctx.allows(&model) {
-            return Err((ApiError::ModelNotAllowed(model.clone()), Some(model)));
-        }
+        let m = allowed_model(&config, ctx, &model)?;
         let refusal = |e: ApiError| (e, Some(model.clone()));
         let policy = self.policy().map_err(refusal)?;
         let redacted = self
@@ -448,4 +443,25 @@ pub(super) fn pick(m: &Model) -> Option<&Target> {
     } else {
         m.pick(rand::rng().random_range(0..m.total_weight()))
     }
+}
+
+/// The model `model` names, if the config has it and the key may use it.
+pub(super) fn allowed_model<'c>(
+    config: &'c Config,
+    ctx: &AuthContext,
+    model: &str,
+) -> Result<&'c Model, Refusal> {
+    let Some(m) = config.models.get(model) else {
+        return Err((
+            ApiError::UnknownModel(model.to_owned()),
+            Some(model.to_owned()),
+        ));
+    };
+    if !ctx.allows(model) {
+        return Err((
+            ApiError::ModelNotAllowed(model.to_owned()),
+            Some(model.to_owned()),
+        ));
+    }
+    Ok(m)
 }
