@@ -215,6 +215,8 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
         "anthropic-version",
         "x-envoy-upstream-service-time",
         "x-amzn-errortype",
+        // A provider's 429 takes its target out of rotation for this long.
+        "retry-after",
         tollgate_core::metadata::REQUEST_ID_HEADER,
         // W3C trace context: the trace a request's span joins (`traces`).
         "traceparent",

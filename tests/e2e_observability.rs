@@ -276,7 +276,8 @@ fn assert_scrape_is_documented(scrape: &str) {
     // The traffic made every family report at least one sample (but the ADS ones, which need
     // an Envoy on xDS: `src/xds/tests.rs` counts those; the span exporter's, which needs
     // `traces` and a collector: `tests/e2e_traces.rs` reads it; and the credential refreshes,
-    // which need chain or metadata credentials: `tests/e2e_credentials.rs` reads them).
+    // which need chain or metadata credentials: `tests/e2e_credentials.rs` reads them; and the
+    // routing cool-downs, which need a model of several targets: `tests/e2e_routing.rs`).
     let missing: Vec<&String> = doc
         .keys()
         .filter(|k| {
@@ -284,6 +285,7 @@ fn assert_scrape_is_documented(scrape: &str) {
                 && !k.starts_with("tollgate_xds_")
                 && k.as_str() != "tollgate_trace_spans_total"
                 && k.as_str() != "tollgate_credential_refreshes_total"
+                && k.as_str() != "tollgate_target_cooldowns_total"
         })
         .collect();
     assert!(

@@ -2,7 +2,8 @@
 //! same mock (`fast`, `other`, and `slow`, whose every answer the mock delays through a
 //! provider header): priority, round robin, least latency, least cost, the per-target
 //! `max_requests_in_flight` spilling over (and a 503 when every target is full), and the
-//! `x-tollgate-provider` header on complete and streamed responses.
+//! `x-tollgate-provider` header on complete and streamed responses, and a provider's 429 with
+//! `Retry-After` taking its target out of rotation that long.
 
 // Test support: helpers outside `#[test]` functions fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -57,6 +58,9 @@ models:
       - {{ provider: fast, model: mock-model }}
   single-slot:
     targets: [{{ provider: slow, model: mock-model, max_requests_in_flight: 1 }}]
+  cooling:
+    strategy: priority
+    targets: [{{ provider: other, model: mock-error-429 }}, {{ provider: fast, model: mock-model }}]
 "#
         ),
         1,
@@ -245,5 +249,31 @@ async fn a_full_target_spills_over_and_all_full_is_a_503() {
         "overloaded_error",
         "{}",
         busy.text
+    );
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_takes_the_target_out_of_rotation_that_long() {
+    let stack = stack();
+    // The first target answers 429 with `Retry-After: 1` (the mock's): the client sees it.
+    let first = chat(&stack, "cooling").await;
+    assert_eq!(first.status, 429, "{}", first.text);
+    // For that second the next target in the chain serves instead.
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_millis(600) {
+        assert_eq!(provider(&chat(&stack, "cooling").await), "fast");
+        served += 1;
+    }
+    assert!(served > 0);
+    // Then the first target is back in rotation (and refuses again).
+    tokio::time::sleep(Duration::from_millis(1_100).saturating_sub(started.elapsed())).await;
+    let again = chat(&stack, "cooling").await;
+    assert_eq!(again.status, 429, "{}", again.text);
+    assert_eq!(again.header("x-tollgate-provider"), Some("other"));
+    let scrape = stack.metrics().await;
+    assert!(
+        scrape.contains("tollgate_target_cooldowns_total{provider=\"other\"} 2"),
+        "{scrape}"
     );
 }

@@ -230,6 +230,8 @@ pub struct Metrics {
     pub trace_spans: Family<OutcomeLabel, Counter>,
     /// `tollgate_credential_refreshes_total`.
     pub credential_refreshes: Family<CredentialLabels, Counter>,
+    /// `tollgate_target_cooldowns_total`.
+    pub target_cooldowns: Family<ProviderLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -260,6 +262,7 @@ impl Default for Metrics {
             budget_spent: Family::default(),
             trace_spans: Family::default(),
             credential_refreshes: Family::default(),
+            target_cooldowns: Family::default(),
         }
     }
 }
@@ -300,6 +303,11 @@ impl Metrics {
             "credential_refreshes",
             "Fetches of provider credentials from the AWS chain or the GCE metadata server, by provider, source and result",
             self.credential_refreshes.clone(),
+        );
+        r.register(
+            "target_cooldowns",
+            "Times a provider's 429 with Retry-After took a routing target out of rotation, by provider",
+            self.target_cooldowns.clone(),
         );
         r.register(
             "config_reloads",

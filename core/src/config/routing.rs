@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
@@ -64,6 +64,9 @@ pub struct TargetStats {
     in_flight: AtomicU32,
     /// Moving average of time to first byte in microseconds; 0 until the first sample.
     ewma_micros: AtomicU64,
+    /// Until when (Unix milliseconds) the provider asked to be left alone (`Retry-After` on a
+    /// 429): the target is out of rotation until then; 0 when it never asked.
+    cool_until_ms: AtomicU64,
 }
 
 impl TargetStats {
@@ -93,6 +96,17 @@ impl TargetStats {
                     ((old.saturating_mul(EWMA_DIVISOR - 1)).saturating_add(s) / EWMA_DIVISOR).max(1)
                 })
             });
+    }
+
+    /// Takes the target out of rotation until `until_ms` (Unix milliseconds), as a provider's
+    /// `Retry-After` asks; a later deadline already set stays.
+    pub fn cool_down_until(&self, until_ms: u64) {
+        self.cool_until_ms.fetch_max(until_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the target is out of rotation at `now_ms` (Unix milliseconds).
+    pub fn cooling(&self, now_ms: u64) -> bool {
+        self.cool_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
     /// Takes an in-flight slot unless `limit` are taken already.
@@ -178,7 +192,37 @@ impl Model {
     /// at their `max_requests_in_flight`. `cost` prices a target for this request (only
     /// `least_cost` asks; `None`: no price, ranked last); `random(n)` returns a number in
     /// `[0, n)` (injectable, for tests). Allocates nothing.
+    ///
+    /// Targets a provider asked to leave alone (`Retry-After` on a 429, see
+    /// [`TargetStats::cool_down_until`]) are left out while that lasts, unless every target
+    /// left is cooling down: then the pick is made among them as if none were.
     pub fn choose(
+        &self,
+        excluded: Excluded,
+        cost: &dyn Fn(&Target) -> Option<Picodollars>,
+        random: &mut dyn FnMut(u64) -> u64,
+    ) -> Pick<'_> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let cooling = self
+            .targets
+            .iter()
+            .enumerate()
+            .take(MAX_TARGETS)
+            .filter(|(_, t)| t.stats.cooling(now_ms))
+            .fold(excluded, |skip, (i, _)| skip.with(i));
+        if cooling != excluded {
+            match self.choose_among(cooling, cost, random) {
+                Pick::Exhausted => {}
+                pick => return pick,
+            }
+        }
+        self.choose_among(excluded, cost, random)
+    }
+
+    /// [`Model::choose`] without the cool-down: among the targets not in `excluded`.
+    fn choose_among(
         &self,
         excluded: Excluded,
         cost: &dyn Fn(&Target) -> Option<Picodollars>,

@@ -4,7 +4,7 @@
 //! translated into the client's dialect, judged (local rules and webhooks over one parse of
 //! it) and captured.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingResponse};
@@ -57,6 +57,19 @@ impl Processor {
             } else {
                 ttfb
             });
+            // A provider's 429 with `Retry-After` takes the target out of rotation that long.
+            if from_upstream && status == 429 {
+                if let Some(wait) = header(&h.headers, "retry-after").and_then(retry_after) {
+                    slot.stats()
+                        .cool_down_until(unix_millis(SystemTime::now() + wait));
+                    self.metrics
+                        .target_cooldowns
+                        .get_or_create(&ProviderLabel {
+                            provider: fwd.provider.name.clone(),
+                        })
+                        .inc();
+                }
+            }
         }
         if from_upstream {
             fwd.upstream_latency = Some(fwd.sent_at.elapsed());
@@ -281,4 +294,21 @@ fn json_body(body: Option<Vec<u8>>) -> ProcessingResponse {
         ),
         None => Default::default(),
     })
+}
+
+/// The longest `Retry-After` honoured: a provider asking for more is tried again after this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// A `Retry-After` value in seconds (the form providers send; an HTTP date is not read),
+/// capped at [`MAX_RETRY_AFTER`].
+fn retry_after(value: &[u8]) -> Option<Duration> {
+    let secs: f64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
+    (secs.is_finite() && secs > 0.0)
+        .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())))
+}
+
+/// `t` as Unix milliseconds.
+fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -295,3 +295,38 @@ fn a_single_target_draws_nothing_and_still_has_its_limit() {
     assert_eq!(name(m, Excluded::NONE.with(0), never), "exhausted");
     assert_eq!(name(m, Excluded::NONE, never), "a");
 }
+
+#[test]
+fn a_target_cooling_down_is_left_out_until_its_time_unless_all_are() {
+    let c = config(
+        "  m:\n    strategy: priority\n    targets:\n      - { provider: a, model: x }\n      - { provider: b, model: x }\n",
+    )
+    .unwrap();
+    let m = model(&c);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A deadline in the past changes nothing.
+    m.targets[0].stats.cool_down_until(now_ms - 1_000);
+    assert_eq!(name(m, Excluded::NONE, &mut |_| 0), "a");
+    // `a` asked to be left alone for a minute: `b` serves meanwhile.
+    m.targets[0].stats.cool_down_until(now_ms + 60_000);
+    assert!(m.targets[0].stats.cooling(now_ms));
+    assert!(!m.targets[0].stats.cooling(now_ms + 60_000));
+    assert_eq!(name(m, Excluded::NONE, &mut |_| 0), "b");
+    // An earlier deadline does not shorten a later one.
+    m.targets[0].stats.cool_down_until(now_ms + 1);
+    assert!(m.targets[0].stats.cooling(now_ms + 30_000));
+    // Every target left cooling (b excluded, or cooling too): picked as if none were.
+    assert_eq!(name(m, Excluded::NONE.with(1), &mut |_| 0), "a");
+    m.targets[1].stats.cool_down_until(now_ms + 60_000);
+    assert_eq!(name(m, Excluded::NONE, &mut |_| 0), "a");
+    // The cool-down is routing state, kept across a reload of the same targets.
+    let mut fresh = config(
+        "  m:\n    strategy: priority\n    targets:\n      - { provider: a, model: x }\n      - { provider: b, model: x }\n",
+    )
+    .unwrap();
+    fresh.adopt_routing_state(&c);
+    assert!(model(&fresh).targets[0].stats.cooling(now_ms));
+}
