@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use serde_json::{Map, Value};
-use tollgate_core::config::{ApiFamily, ProviderKind, Target, ANTHROPIC_VERSION};
+use tollgate_core::config::{ApiFamily, ProviderKind, Target};
 use tollgate_core::metadata as md;
 use tollgate_core::{ApiError, Endpoint};
 
@@ -186,28 +186,12 @@ impl Processor {
         for (k, v) in &provider.headers {
             headers.push(set(k, v.as_str()));
         }
-        let mut remove = vec![
-            "accept-encoding".to_owned(),
-            self.config.budgets.end_user_header.clone(),
-        ];
-        match counter {
-            Counter::Anthropic
-                if !self.client_anthropic_version
-                    && !provider
-                        .headers
-                        .iter()
-                        .any(|(k, _)| k == "anthropic-version") =>
-            {
-                headers.push(set("anthropic-version", ANTHROPIC_VERSION));
-            }
-            Counter::Anthropic => {}
-            Counter::VertexAnthropic
-            | Counter::Gemini
-            | Counter::VertexGemini
-            | Counter::Bedrock => {
-                remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
-            }
-        }
+        // Vertex's Claude count endpoint takes no Anthropic headers (unlike its messages).
+        let remove = self.version_headers(
+            matches!(counter, Counter::Anthropic),
+            provider,
+            &mut headers,
+        );
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing a token count to the provider");
         self.forwarded = Some(Forwarded {
             endpoint: Endpoint::CountTokens,

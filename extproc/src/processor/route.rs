@@ -132,7 +132,11 @@ impl Processor {
                 span.attempt(provider, &target.upstream_model),
             ));
         }
-        let remove = self.version_headers(pair, provider, &mut headers);
+        let remove = self.version_headers(
+            pair.upstream == ApiFamily::Anthropic,
+            provider,
+            &mut headers,
+        );
         // Last: nothing after the reservation can fail, so a refusal here is the only way out.
         self.reservation = self
             .reserve(endpoint, provider, &target.upstream_model, &parsed)
@@ -385,9 +389,9 @@ impl Processor {
     /// remove: with these, the client's `accept-encoding` (the response is read, so it must
     /// come back uncompressed; Envoy can still compress towards the client) and the
     /// end-user header.
-    fn version_headers(
+    pub(super) fn version_headers(
         &self,
-        pair: Pair,
+        anthropic_dialect: bool,
         provider: &Provider,
         headers: &mut Vec<HeaderValueOption>,
     ) -> Vec<String> {
@@ -395,22 +399,17 @@ impl Processor {
             "accept-encoding".to_owned(),
             self.config.budgets.end_user_header.clone(),
         ];
-        match pair.upstream {
-            ApiFamily::Anthropic
-                if !self.client_anthropic_version
-                    && !provider
-                        .headers
-                        .iter()
-                        .any(|(k, _)| k == "anthropic-version") =>
-            {
-                headers.push(set("anthropic-version", ANTHROPIC_VERSION));
-            }
+        if !anthropic_dialect {
             // Whatever the client speaks: the client-header allow-list (README, "Hostile input
             // at the edge") lets these through for Anthropic-dialect providers only.
-            ApiFamily::OpenAi | ApiFamily::Gemini | ApiFamily::Bedrock => {
-                remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
-            }
-            ApiFamily::Anthropic => {}
+            remove.extend(["anthropic-version".to_owned(), "anthropic-beta".to_owned()]);
+        } else if !self.client_anthropic_version
+            && !provider
+                .headers
+                .iter()
+                .any(|(k, _)| k == "anthropic-version")
+        {
+            headers.push(set("anthropic-version", ANTHROPIC_VERSION));
         }
         remove
     }
