@@ -75,10 +75,7 @@ fn chat(stream: bool) -> String {
 async fn preflight(s: &Stack, path: &str, origin: &str, headers: &str) -> Reply {
     let r = s
         .http
-        .request(
-            reqwest::Method::OPTIONS,
-            format!("{}{path}", s.base),
-        )
+        .request(reqwest::Method::OPTIONS, format!("{}{path}", s.base))
         .header("origin", origin)
         .header("access-control-request-method", "POST")
         .header("access-control-request-headers", headers)
@@ -118,15 +115,22 @@ fn readable(r: &Reply, origin: &str) {
         .filter_map(|v| v.to_str().ok())
         .collect();
     assert!(
-        vary.iter()
-            .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("origin"))),
+        vary.iter().any(|v| v
+            .split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("origin"))),
         "vary: {vary:?}"
     );
-    let exposed = r.header("access-control-expose-headers").unwrap_or_default();
+    let exposed = r
+        .header("access-control-expose-headers")
+        .unwrap_or_default();
     for h in ["x-tollgate-request-id", "x-tollgate-provider"] {
         assert!(exposed.split(", ").any(|e| e == h), "{exposed}");
     }
-    assert!(r.header("x-tollgate-request-id").is_some(), "{:?}", r.headers);
+    assert!(
+        r.header("x-tollgate-request-id").is_some(),
+        "{:?}",
+        r.headers
+    );
 }
 
 #[track_caller]
@@ -215,7 +219,14 @@ async fn real_requests_are_checked_against_the_keys_origins_and_answers_carry_co
     s.clear_upstream_requests().await;
 
     // Allowed: the answer is readable, the provider never sees the origin.
-    let r = post_from(s, "/v1/chat/completions", ALLOWED, Some(KEY_WEB), chat(false)).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        ALLOWED,
+        Some(KEY_WEB),
+        chat(false),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     readable(&r, ALLOWED);
     // The tenant's own exposed header too.
@@ -228,14 +239,28 @@ async fn real_requests_are_checked_against_the_keys_origins_and_answers_carry_co
     assert!(seen[0]["headers"].get("origin").is_none(), "{}", seen[0]);
 
     // A stream, by the wildcard.
-    let r = post_from(s, "/v1/chat/completions", WILDCARD, Some(KEY_WEB), chat(true)).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        WILDCARD,
+        Some(KEY_WEB),
+        chat(true),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.text.trim_end().ends_with("data: [DONE]"), "{}", r.text);
     readable(&r, WILDCARD);
 
     // An origin no policy lists: 403 in the client's dialect, not readable, not forwarded.
     let before = s.posted().await.len();
-    let r = post_from(s, "/v1/chat/completions", UNKNOWN, Some(KEY_WEB), chat(false)).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        UNKNOWN,
+        Some(KEY_WEB),
+        chat(false),
+    )
+    .await;
     r.assert_openai_error(403, Some("origin_not_allowed"));
     not_readable(&r);
     let anthropic = json!({"model": "claude-model", "max_tokens": 16,
@@ -249,7 +274,14 @@ async fn real_requests_are_checked_against_the_keys_origins_and_answers_carry_co
     r.assert_openai_error(403, Some("origin_not_allowed"));
     readable(&r, OWN);
     // A key's own policy replaces its tenant's.
-    let r = post_from(s, "/v1/chat/completions", ALLOWED, Some(KEY_OWN), chat(false)).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        ALLOWED,
+        Some(KEY_OWN),
+        chat(false),
+    )
+    .await;
     r.assert_openai_error(403, Some("origin_not_allowed"));
     let r = post_from(s, "/v1/chat/completions", OWN, Some(KEY_OWN), chat(false)).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -258,7 +290,14 @@ async fn real_requests_are_checked_against_the_keys_origins_and_answers_carry_co
     assert_eq!(s.posted().await.len(), before + 1);
 
     // A key without any policy is not checked and gets no CORS headers (as before CORS).
-    let r = post_from(s, "/v1/chat/completions", UNKNOWN, Some(KEY_ALL), chat(false)).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        UNKNOWN,
+        Some(KEY_ALL),
+        chat(false),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     not_readable(&r);
 
@@ -266,22 +305,50 @@ async fn real_requests_are_checked_against_the_keys_origins_and_answers_carry_co
     let r = post_from(s, "/v1/chat/completions", ALLOWED, None, chat(false)).await;
     r.assert_openai_error(401, None);
     readable(&r, ALLOWED);
-    let r = post_from(s, "/v1/chat/completions", ALLOWED, Some("tg-nope"), chat(false)).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        ALLOWED,
+        Some("tg-nope"),
+        chat(false),
+    )
+    .await;
     r.assert_openai_error(401, Some("invalid_api_key"));
     readable(&r, ALLOWED);
     let r = post_from(s, "/v1/chat/completions", UNKNOWN, None, chat(false)).await;
     assert_eq!(r.status, 401);
     not_readable(&r);
     // 429 from the request-rate limit.
-    let r = post_from(s, "/v1/chat/completions", ALLOWED, Some(KEY_WEB_RATE), chat(false)).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        ALLOWED,
+        Some(KEY_WEB_RATE),
+        chat(false),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    let r = post_from(s, "/v1/chat/completions", ALLOWED, Some(KEY_WEB_RATE), chat(false)).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        ALLOWED,
+        Some(KEY_WEB_RATE),
+        chat(false),
+    )
+    .await;
     r.assert_openai_error(429, Some("rate_limit_exceeded"));
     readable(&r, ALLOWED);
 
     // Tollgate's own errors after the key: unknown model (404), unknown URL (404).
     let body = json!({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]});
-    let r = post_from(s, "/v1/chat/completions", ALLOWED, Some(KEY_WEB), body.to_string()).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        ALLOWED,
+        Some(KEY_WEB),
+        body.to_string(),
+    )
+    .await;
     r.assert_openai_error(404, Some("model_not_found"));
     readable(&r, ALLOWED);
     let r = post_from(s, "/v1/nothing/here", ALLOWED, Some(KEY_WEB), chat(false)).await;
@@ -290,13 +357,27 @@ async fn real_requests_are_checked_against_the_keys_origins_and_answers_carry_co
     // The provider's 5xx and 429, passed through.
     for (model, status) in [("server-error", 500), ("rate-limited", 429)] {
         let body = json!({"model": model, "messages": [{"role": "user", "content": "x"}]});
-        let r = post_from(s, "/v1/chat/completions", ALLOWED, Some(KEY_WEB), body.to_string()).await;
+        let r = post_from(
+            s,
+            "/v1/chat/completions",
+            ALLOWED,
+            Some(KEY_WEB),
+            body.to_string(),
+        )
+        .await;
         assert_eq!(r.status, status, "{model}: {}", r.text);
         readable(&r, ALLOWED);
     }
     // Envoy's own local reply: the provider's port is closed (503).
     let body = json!({"model": "dead-model", "messages": [{"role": "user", "content": "x"}]});
-    let r = post_from(s, "/v1/chat/completions", ALLOWED, Some(KEY_WEB), body.to_string()).await;
+    let r = post_from(
+        s,
+        "/v1/chat/completions",
+        ALLOWED,
+        Some(KEY_WEB),
+        body.to_string(),
+    )
+    .await;
     assert_eq!(r.status, 503, "{}", r.text);
     readable(&r, ALLOWED);
     // A GET Tollgate answers itself.
@@ -435,9 +516,19 @@ fn browse(bin: &str, url: &str, dir: &Path) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut dom = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut dom).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut dom)
+        .unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let Some(start) = dom.find("RESULT ") else {
         panic!("no result from the page at {url} (exit {status:?}):\n{dom}\n--- stderr ---\n{err}");
     };
@@ -478,7 +569,10 @@ async fn a_real_browser_streams_from_an_allowed_origin_and_is_refused_from_anoth
     assert_eq!(ok["status"], 200, "{ok}");
     assert_eq!(ok["done"], true, "{ok}");
     // Read from an exposed header, and the stream came in pieces.
-    assert!(ok["requestId"].as_str().is_some_and(|id| !id.is_empty()), "{ok}");
+    assert!(
+        ok["requestId"].as_str().is_some_and(|id| !id.is_empty()),
+        "{ok}"
+    );
     assert_eq!(ok["provider"], "mock", "{ok}");
     assert!(ok["chunks"].as_u64().unwrap() >= 1, "{ok}");
     assert!(!ok["content"].as_str().unwrap().is_empty(), "{ok}");

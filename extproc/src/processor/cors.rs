@@ -125,3 +125,198 @@ impl Processor {
         Some(self.reject(&ApiError::OriginNotAllowed, None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
+    use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+    use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
+    use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingRequest};
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    use tollgate_core::env::MapEnv;
+    use tollgate_core::metadata as md;
+    use tollgate_core::metrics::Metrics;
+    use tollgate_core::Config;
+
+    use super::super::Processor;
+
+    const CONFIG: &str = r#"
+providers: { p: { kind: openai, base_url: "http://127.0.0.1:1/v1" } }
+models: { m: { targets: [{ provider: p, model: m }] } }
+tenants:
+  web: { cors: { origins: ["https://*.example.com"], exposed_headers: [x-extra] } }
+"#;
+
+    fn processor() -> Processor {
+        let config = Config::from_yaml(CONFIG, &MapEnv::from_pairs([])).unwrap();
+        Processor::new(Arc::new(config), Metrics::default())
+    }
+
+    /// The request headers, with ext_authz's metadata of key `k` of `tenant` when given.
+    fn request(
+        method: &str,
+        path: &str,
+        extra: &[(&str, &str)],
+        tenant: Option<&str>,
+    ) -> ProcessingRequest {
+        let mut list = vec![(":path", path), (":method", method)];
+        list.extend_from_slice(extra);
+        let headers = HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: list
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: (*k).to_owned(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            end_of_stream: method == "GET",
+            ..Default::default()
+        };
+        let metadata_context = tenant.map(|t| {
+            let s = |v: &str| Value {
+                kind: Some(Kind::StringValue(v.to_owned())),
+            };
+            let fields: HashMap<String, Value> = [
+                (md::KEY_ID, s("k")),
+                (md::TENANT, s(t)),
+                (md::PATH, s(path)),
+                (md::METHOD, s(method)),
+                (md::REQUEST_ID, s("rid")),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            Metadata {
+                filter_metadata: [(md::NAMESPACE.to_owned(), Struct { fields })].into(),
+                ..Default::default()
+            }
+        });
+        ProcessingRequest {
+            request: Some(Request::RequestHeaders(headers)),
+            metadata_context,
+            ..Default::default()
+        }
+    }
+
+    fn immediate(r: Response) -> (i32, HashMap<String, String>) {
+        let Response::ImmediateResponse(i) = r else {
+            panic!("not an immediate response: {r:?}")
+        };
+        let headers = i
+            .headers
+            .unwrap()
+            .set_headers
+            .into_iter()
+            .map(|h| {
+                let h = h.header.unwrap();
+                (h.key, String::from_utf8(h.raw_value).unwrap())
+            })
+            .collect();
+        (i.status.unwrap().code, headers)
+    }
+
+    #[tokio::test]
+    async fn a_preflight_is_answered_without_a_key() {
+        let mut p = processor();
+        let pre = [
+            ("origin", "https://app.example.com"),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization,content-type",
+            ),
+        ];
+        let r = p
+            .handle(request("OPTIONS", "/v1/chat/completions", &pre, None))
+            .await
+            .unwrap();
+        let (status, h) = immediate(r.response.unwrap());
+        assert_eq!(status, 204);
+        assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
+        assert_eq!(
+            h["access-control-allow-headers"],
+            "authorization, content-type"
+        );
+        assert!(h.contains_key(md::REQUEST_ID_HEADER));
+
+        let mut p = processor();
+        let evil = [
+            ("origin", "https://example.com.evil"),
+            ("access-control-request-method", "POST"),
+        ];
+        let r = p
+            .handle(request("OPTIONS", "/v1/chat/completions", &evil, None))
+            .await
+            .unwrap();
+        let (status, h) = immediate(r.response.unwrap());
+        assert_eq!(status, 403);
+        assert!(!h.contains_key("access-control-allow-origin"));
+    }
+
+    #[tokio::test]
+    async fn a_request_from_an_origin_its_key_does_not_allow_is_refused() {
+        let mut p = processor();
+        let r = p
+            .handle(request(
+                "POST",
+                "/v1/chat/completions",
+                &[("origin", "https://evil.test")],
+                Some("web"),
+            ))
+            .await
+            .unwrap();
+        let (status, h) = immediate(r.response.unwrap());
+        assert_eq!(status, 403);
+        assert!(!h.contains_key("access-control-allow-origin"));
+
+        // Allowed: the origin goes no further, and Tollgate's answers carry the headers.
+        let mut p = processor();
+        let r = p
+            .handle(request(
+                "POST",
+                "/v1/chat/completions",
+                &[("origin", "https://a.example.com")],
+                Some("web"),
+            ))
+            .await
+            .unwrap();
+        let Some(Response::RequestHeaders(h)) = r.response else {
+            panic!("{r:?}")
+        };
+        let removed = h.response.unwrap().header_mutation.unwrap().remove_headers;
+        assert!(removed.contains(&"origin".to_owned()), "{removed:?}");
+        let mut p = processor();
+        let r = p
+            .handle(request(
+                "GET",
+                "/v1/models",
+                &[("origin", "https://a.example.com")],
+                Some("web"),
+            ))
+            .await
+            .unwrap();
+        let (status, h) = immediate(r.response.unwrap());
+        assert_eq!(status, 200);
+        assert_eq!(h["access-control-allow-origin"], "https://a.example.com");
+        assert!(h["access-control-expose-headers"].contains("x-extra"));
+
+        // A key of a tenant without a policy: not checked.
+        let mut p = processor();
+        let r = p
+            .handle(request(
+                "POST",
+                "/v1/chat/completions",
+                &[("origin", "https://evil.test")],
+                Some("other"),
+            ))
+            .await
+            .unwrap();
+        assert!(matches!(r.response, Some(Response::RequestHeaders(_))));
+    }
+}
