@@ -15,10 +15,11 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// A key of tenant `web` (its tenant's policy applies).
 const KEY_WEB: &str = "tg-e2e-cors-web";
@@ -210,6 +211,12 @@ async fn preflights_are_answered_without_a_key_or_the_provider() {
         "{:?}",
         s.upstream_requests().await
     );
+    // Counted, by result.
+    let metrics = s.metrics().await;
+    for (result, n) in [("allowed", 5), ("refused", 3)] {
+        let line = format!("tollgate_cors_preflights_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -399,14 +406,13 @@ async fn real_requests_are_checked_against_the_keys_origins_and_answers_carry_co
 // ---------------------------------------------------------------------------------------------
 
 /// The page: calls chat completions on `gateway` with `fetch`, streaming, reads the SSE body
-/// to its end, and writes the outcome into `#out` as JSON.
+/// to its end, and reports the outcome as JSON to its own server (`POST /result`, same origin).
 fn page(gateway: &str, key: &str) -> String {
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>cors</title></head><body>
-<pre id="out">PENDING</pre>
 <script>
 (async () => {{
-  const out = document.getElementById('out');
+  let result;
   try {{
     const r = await fetch('{gateway}/v1/chat/completions', {{
       method: 'POST',
@@ -429,35 +435,57 @@ fn page(gateway: &str, key: &str) -> String {
       const d = JSON.parse(line.slice(6)).choices?.[0]?.delta?.content;
       if (d) content += d;
     }}
-    out.textContent = 'RESULT ' + JSON.stringify({{ ok: true, status: r.status,
+    result = {{ ok: true, status: r.status,
       requestId: r.headers.get('x-tollgate-request-id'),
       provider: r.headers.get('x-tollgate-provider'),
-      done: text.trimEnd().endsWith('data: [DONE]'), chunks, content }});
+      done: text.trimEnd().endsWith('data: [DONE]'), chunks, content }};
   }} catch (e) {{
-    out.textContent = 'RESULT ' + JSON.stringify({{ ok: false, error: String(e) }});
+    result = {{ ok: false, error: String(e) }};
   }}
+  result.origin = location.origin;
+  await fetch('/result', {{ method: 'POST', body: JSON.stringify(result) }});
 }})();
 </script></body></html>"#
     )
 }
 
-/// Serves `html` at `/` on `listener` (bound to 127.0.0.1, port 0) until the test ends.
-fn serve_page(listener: TcpListener, html: String) {
+/// Serves `html` at `/` on `listener` (bound to 127.0.0.1, port 0) until the test ends, and
+/// sends every body POSTed to `/result` to `results`.
+fn serve_page(listener: TcpListener, html: String, results: mpsc::Sender<String>) {
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
             let mut buf = Vec::new();
             let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break Some(i + 4);
+                }
                 match conn.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => break None,
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
-            }
-            let first = String::from_utf8_lossy(&buf);
-            let (status, body) = if first.starts_with("GET / ") {
+            };
+            let Some(head_end) = head_end else { continue };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+            let (status, body) = if head.starts_with("get / ") {
                 ("200 OK", html.as_str())
+            } else if head.starts_with("post /result ") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let end = buf.len().min(head_end + len);
+                let _ = results.send(String::from_utf8_lossy(&buf[head_end..end]).into_owned());
+                ("204 No Content", "")
             } else {
                 ("404 Not Found", "")
             };
@@ -482,10 +510,11 @@ fn chromium() -> Option<&'static str> {
     })
 }
 
-/// Loads `url` in headless Chromium and returns the `RESULT` JSON the page wrote (Chromium
-/// killed after 60 s at most).
-fn browse(bin: &str, url: &str, dir: &Path) -> serde_json::Value {
+/// Loads `url` in headless Chromium and returns the JSON the page reported, waiting 60 s at
+/// most; then Chromium (this child, by its own handle) is killed.
+fn browse(bin: &str, url: &str, dir: &Path, results: &mpsc::Receiver<String>) -> Value {
     let profile = tempfile::tempdir_in(dir).unwrap();
+    let log = profile.path().with_extension("log");
     let mut child = Command::new(bin)
         .args([
             "--headless",
@@ -494,52 +523,24 @@ fn browse(bin: &str, url: &str, dir: &Path) -> serde_json::Value {
             "--disable-dev-shm-usage",
             "--no-first-run",
             "--no-proxy-server",
-            "--virtual-time-budget=20000",
-            "--dump-dom",
+            "--enable-logging=stderr",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let got = results.recv_timeout(Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    let Ok(text) = got else {
+        panic!(
+            "no result from the page at {url} within 60 s; Chromium's log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     };
-    let mut dom = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut dom)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let Some(start) = dom.find("RESULT ") else {
-        panic!("no result from the page at {url} (exit {status:?}):\n{dom}\n--- stderr ---\n{err}");
-    };
-    let rest = &dom[start + "RESULT ".len()..];
-    let end = rest.find("</pre>").unwrap();
-    let json = rest[..end]
-        .replace("&quot;", "\"")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&");
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -561,14 +562,16 @@ async fn a_real_browser_streams_from_an_allowed_origin_and_is_refused_from_anoth
     let refused = format!("http://localhost:{port}");
     let stack = stack(&[allowed.as_str()]);
     let s = &stack;
-    serve_page(listener, page(&s.base, KEY_WEB));
+    let (tx, results) = mpsc::channel();
+    serve_page(listener, page(&s.base, KEY_WEB), tx);
     s.clear_upstream_requests().await;
 
-    let ok = browse(bin, &format!("{allowed}/"), s.dir.path());
+    let ok = browse(bin, &format!("{allowed}/"), s.dir.path(), &results);
+    assert_eq!(ok["origin"], allowed.as_str(), "{ok}");
     assert_eq!(ok["ok"], true, "{ok}\n{}", s.serve_log());
     assert_eq!(ok["status"], 200, "{ok}");
     assert_eq!(ok["done"], true, "{ok}");
-    // Read from an exposed header, and the stream came in pieces.
+    // Read from exposed headers; the stream's text assembled from its chunks.
     assert!(
         ok["requestId"].as_str().is_some_and(|id| !id.is_empty()),
         "{ok}"
@@ -580,14 +583,15 @@ async fn a_real_browser_streams_from_an_allowed_origin_and_is_refused_from_anoth
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["body"]["stream"], true, "{}", seen[0]);
 
-    let refused_result = browse(bin, &format!("{refused}/"), s.dir.path());
-    assert_eq!(refused_result["ok"], false, "{refused_result}");
+    let no = browse(bin, &format!("{refused}/"), s.dir.path(), &results);
+    assert_eq!(no["origin"], refused.as_str(), "{no}");
+    assert_eq!(no["ok"], false, "{no}");
     // Chromium's CORS failure of `fetch`.
     assert!(
-        refused_result["error"]
+        no["error"]
             .as_str()
             .is_some_and(|e| e.contains("TypeError") && e.contains("fetch")),
-        "{refused_result}"
+        "{no}"
     );
     // Refused at the preflight: nothing more reached the provider.
     assert_eq!(s.posted().await.len(), 1);

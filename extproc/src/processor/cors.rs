@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpHeaders, ProcessingResponse};
 use tollgate_core::config::Preflight;
 use tollgate_core::metadata as md;
+use tollgate_core::metrics::ResultLabel;
 use tollgate_core::{keys, ApiError, Dialect};
 
 use super::{header, Processor};
@@ -63,11 +64,14 @@ impl Processor {
         self.finished = true;
         let request_id = keys::new_request_id();
         let answer = self.config.cors.preflight(origin, method, requested);
-        tracing::debug!(
-            request_id,
-            allowed = matches!(answer, Preflight::Allowed(_)),
-            "Answered a CORS preflight"
-        );
+        let allowed = matches!(answer, Preflight::Allowed(_));
+        tracing::debug!(request_id, allowed, "Answered a CORS preflight");
+        self.metrics
+            .cors_preflights
+            .get_or_create(&ResultLabel {
+                result: if allowed { "allowed" } else { "refused" },
+            })
+            .inc();
         Some(match answer {
             Preflight::Allowed(pairs) => {
                 let mut headers = cors_headers(pairs);
