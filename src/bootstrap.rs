@@ -120,7 +120,7 @@ const EXT_PROC_ON: &str = "{ envoy.filters.http.ext_proc: { \"@type\": type.goog
 /// (besides the pseudo-headers and the end-user header): what Tollgate reads (the key headers,
 /// which it removes, the trace context) and what providers take from a client. Tollgate drops
 /// `anthropic-*` again for providers of other dialects and sets each provider's credential.
-pub const KEPT_CLIENT_HEADERS: [&str; 12] = [
+pub const KEPT_CLIENT_HEADERS: [&str; 15] = [
     "host",
     "content-type",
     "content-length",
@@ -135,6 +135,11 @@ pub const KEPT_CLIENT_HEADERS: [&str; 12] = [
     // Set by Envoy: without it no route matches (Envoy answers 404 `route_not_found`).
     "x-forwarded-proto",
     tollgate_core::metadata::REQUEST_ID_HEADER,
+    // Browsers (CORS): Tollgate answers preflights and checks the origin against the key's
+    // policy; `origin` goes no further than Tollgate.
+    "origin",
+    "access-control-request-method",
+    "access-control-request-headers",
 ];
 
 /// The request headers kept for `config` (see [`KEPT_CLIENT_HEADERS`]; the config adds
@@ -221,6 +226,10 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
         // W3C trace context: the trace a request's span joins (`traces`).
         "traceparent",
         "tracestate",
+        // Browsers (CORS): the preflight Tollgate answers, the origin it checks.
+        "origin",
+        "access-control-request-method",
+        "access-control-request-headers",
     ]
     .iter()
     .chain(tollgate_authz::KEY_HEADERS.iter())

@@ -25,6 +25,8 @@ use tollgate_core::{keys, ApiError, Dialect, Endpoint, SharedConfig};
 use tollgate_logger::LogHandle;
 use tollgate_proto::logger::v1::LogEvent;
 
+mod cors;
+
 /// Headers a client key may arrive in; all of them are removed before the request goes on.
 pub const KEY_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
 
@@ -317,13 +319,21 @@ impl AuthzService {
         let method = http.map(|h| h.method.as_str()).unwrap_or("");
         let request_id = keys::new_request_id();
         let lookup = |name: &str| headers.get(name).map(String::as_str);
+        // A CORS preflight carries no key: ext_proc answers it (`cors.rs`).
+        if cors::is_preflight(method, lookup) {
+            return cors::pass_preflight();
+        }
         match self
             .gate
             .admit(lookup, path, method, &request_id, now)
             .await
         {
             Ok(admitted) => allow(&admitted, path, method, &request_id),
-            Err(denied) => deny(&denied, Dialect::from_path(path), &request_id),
+            Err(denied) => {
+                let mut resp = deny(&denied, Dialect::from_path(path), &request_id);
+                cors::add_refusal_headers(&mut resp, &self.gate.config.load(), lookup("origin"));
+                resp
+            }
         }
     }
 }

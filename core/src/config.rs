@@ -18,8 +18,10 @@ use crate::keys::{self, KeyHash};
 use crate::pricing::{PerToken, Price, PriceTable};
 use crate::sigv4::{self, Signer};
 
+mod cors;
 mod guardrails;
 mod lifecycle;
+pub use cors::{Cors, CorsPolicy, Preflight, RawCors};
 pub use guardrails::{
     Guardrails, Policy, RawAction, RawDetector, RawFail, RawGuardrails, RawPolicy, RawRule,
     RawSide, RawWebhook, Side, WebhookRule,
@@ -872,6 +874,10 @@ pub struct RawKey {
     /// there is room, and charged their real tokens when they end. No limit when absent.
     #[serde(default)]
     pub tokens_per_minute: Option<u32>,
+    /// Which web pages may use this key from a browser (CORS); overrides its tenant's. A key
+    /// with no policy (its own or its tenant's) is not checked and gets no CORS headers.
+    #[serde(default)]
+    pub cors: Option<RawCors>,
 }
 
 /// Limits and settings shared by every key of a tenant.
@@ -887,6 +893,10 @@ pub struct RawTenant {
     /// Tokens per minute for all the tenant's keys together.
     #[serde(default)]
     pub tokens_per_minute: Option<u32>,
+    /// Which web pages may use the tenant's keys from a browser (CORS), for every key of the
+    /// tenant that sets none itself.
+    #[serde(default)]
+    pub cors: Option<RawCors>,
 }
 
 /// How much of a request's payloads its log event carries.
@@ -1630,6 +1640,8 @@ pub struct Config {
     /// OpenTelemetry span export; `None` when traces are off. Read once at start-up: a change
     /// takes effect on restart.
     pub traces: Option<Traces>,
+    /// Browser access (CORS) policies of keys and tenants.
+    pub cors: Cors,
 }
 
 /// The validated `budgets` section.
@@ -2177,6 +2189,18 @@ impl Config {
             }
         }
 
+        let cors = cors::validate(
+            raw.keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, k)| Some((i, k.id.as_str(), k.cors.as_ref()?))),
+            raw.tenants
+                .iter()
+                .filter_map(|(n, t)| Some((n.as_str(), t.cors.as_ref()?))),
+            &raw.budgets.end_user_header,
+            &mut errs,
+        );
+
         match listen {
             Some(listen) if errs.0.is_empty() => Ok(Config {
                 listen,
@@ -2198,6 +2222,7 @@ impl Config {
                 shutdown,
                 startup_check,
                 traces,
+                cors,
             }),
             _ => Err(errs.0),
         }

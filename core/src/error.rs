@@ -72,6 +72,10 @@ pub enum ApiError {
     /// The model exists but this key may not use it.
     #[error("This API key is not allowed to use the model `{0}`.")]
     ModelNotAllowed(String),
+    /// A browser request (`Origin`) from an origin the key's (or its tenant's) `cors` policy
+    /// does not list.
+    #[error("This API key may not be used from this origin.")]
+    OriginNotAllowed,
     /// No such endpoint.
     #[error("Unknown request URL: {method} {path}.")]
     UnknownEndpoint {
@@ -210,6 +214,12 @@ impl ApiError {
                 Some("model_not_allowed"),
                 "model_not_allowed",
             ),
+            ApiError::OriginNotAllowed => (
+                403,
+                "permission_error",
+                Some("origin_not_allowed"),
+                "origin_not_allowed",
+            ),
             ApiError::UnknownEndpoint { .. } => (
                 404,
                 "invalid_request_error",
@@ -296,6 +306,7 @@ impl ApiError {
             | ApiError::ExpiredKey
             | ApiError::DisabledKey
             | ApiError::InvalidJson(_)
+            | ApiError::OriginNotAllowed
             | ApiError::UnknownEndpoint { .. }
             | ApiError::PayloadTooLarge
             | ApiError::BodyTooComplex { .. }
@@ -361,6 +372,7 @@ impl ApiError {
             | ApiError::InvalidField { .. }
             | ApiError::UnknownModel(_)
             | ApiError::ModelNotAllowed(_)
+            | ApiError::OriginNotAllowed
             | ApiError::UnknownEndpoint { .. }
             | ApiError::PayloadTooLarge
             | ApiError::BodyTooComplex { .. }

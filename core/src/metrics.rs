@@ -232,6 +232,8 @@ pub struct Metrics {
     pub credential_refreshes: Family<CredentialLabels, Counter>,
     /// `tollgate_target_cooldowns_total`.
     pub target_cooldowns: Family<ProviderLabel, Counter>,
+    /// `tollgate_cors_preflights_total`.
+    pub cors_preflights: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -263,6 +265,7 @@ impl Default for Metrics {
             trace_spans: Family::default(),
             credential_refreshes: Family::default(),
             target_cooldowns: Family::default(),
+            cors_preflights: Family::default(),
         }
     }
 }
@@ -308,6 +311,11 @@ impl Metrics {
             "target_cooldowns",
             "Times a provider's 429 with Retry-After took a routing target out of rotation, by provider",
             self.target_cooldowns.clone(),
+        );
+        r.register(
+            "cors_preflights",
+            "Browser (CORS) preflights Tollgate answered, by result (allowed, refused)",
+            self.cors_preflights.clone(),
         );
         r.register(
             "config_reloads",

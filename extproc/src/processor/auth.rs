@@ -36,6 +36,10 @@ impl Processor {
             });
             self.span = tracer.start(remote, self.started_at);
         }
+        // A CORS preflight carries no key and goes no further (`cors.rs`).
+        if let Some(answer) = self.preflight(h) {
+            return answer;
+        }
         let text = |name: &str| header(&h.headers, name).map(|v| String::from_utf8_lossy(v));
         let mut strip = Vec::new();
         if self.ctx.is_none() {
@@ -43,6 +47,14 @@ impl Processor {
                 Ok(()) => strip = headers_to_strip(),
                 Err(refusal) => return refusal,
             }
+        }
+        if let Some(refusal) = self.check_origin(h) {
+            return refusal;
+        }
+        // A browser's `Origin` is Tollgate's to check, not the provider's (Anthropic refuses
+        // browser requests it did not opt into).
+        if header(&h.headers, "origin").is_some() {
+            strip.push("origin".to_owned());
         }
         let Some(ctx) = &self.ctx else {
             tracing::error!("No ext_authz metadata on the request: is ext_authz before ext_proc, and its namespace forwarded?");
@@ -134,11 +146,12 @@ impl Processor {
                 // Answered and logged: nothing of this request is left for `finish`.
                 self.finished = true;
                 let err = &denied.error;
-                let headers = denied
+                let mut headers: Vec<_> = denied
                     .headers(&request_id)
                     .into_iter()
                     .map(|(k, v)| set(k.as_str(), v))
                     .collect();
+                headers.extend(self.cors_refusal_headers(h));
                 Err(mutation::immediate_headers(
                     err.status(),
                     err.body(Dialect::from_path(&path)),

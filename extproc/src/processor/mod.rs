@@ -10,6 +10,7 @@
 //! answer), or forwarded to a provider (`forwarded`).
 
 mod auth;
+mod cors;
 mod count;
 mod finish;
 mod local;
