@@ -55,6 +55,13 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
+/// A public model label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// The public model.
+    pub model: String,
+}
+
 /// A decision label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabel {
@@ -232,6 +239,10 @@ pub struct Metrics {
     pub credential_refreshes: Family<CredentialLabels, Counter>,
     /// `tollgate_target_cooldowns_total`.
     pub target_cooldowns: Family<ProviderLabel, Counter>,
+    /// `tollgate_target_ejections_total`.
+    pub target_ejections: Family<ProviderLabel, Counter>,
+    /// `tollgate_targets_cooling`.
+    pub targets_cooling: Family<ModelLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -263,6 +274,8 @@ impl Default for Metrics {
             trace_spans: Family::default(),
             credential_refreshes: Family::default(),
             target_cooldowns: Family::default(),
+            target_ejections: Family::default(),
+            targets_cooling: Family::default(),
         }
     }
 }
@@ -308,6 +321,16 @@ impl Metrics {
             "target_cooldowns",
             "Times a provider's 429 with Retry-After took a routing target out of rotation, by provider",
             self.target_cooldowns.clone(),
+        );
+        r.register(
+            "target_ejections",
+            "Times consecutive failures (5xx, 429, no response) took a routing target out of rotation, by provider",
+            self.target_ejections.clone(),
+        );
+        r.register(
+            "targets_cooling",
+            "Routing targets out of rotation now (a provider's wait or an ejection), by model",
+            self.targets_cooling.clone(),
         );
         r.register(
             "config_reloads",

@@ -168,6 +168,9 @@ pub struct TargetStats {
     consecutive_failures: AtomicU32,
     /// The ejection policy and history (locked on failures only).
     ejection: Mutex<EjectionState>,
+    /// The latest `cool_until_ms` other replicas know of (published to or received from the
+    /// shared store); 0 without one.
+    shared_until_ms: AtomicU64,
 }
 
 impl TargetStats {
@@ -213,6 +216,17 @@ impl TargetStats {
     /// Until when (Unix milliseconds) the target is out of rotation (0: never was).
     pub fn cool_until_ms(&self) -> u64 {
         self.cool_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records that other replicas know the target is out of rotation until `until_ms`;
+    /// true when that is later than anything recorded before (so it is news to share).
+    pub fn mark_shared(&self, until_ms: u64) -> bool {
+        self.shared_until_ms.fetch_max(until_ms, Ordering::Relaxed) < until_ms
+    }
+
+    /// The latest deadline recorded by [`TargetStats::mark_shared`] (0: none).
+    pub fn shared_until_ms(&self) -> u64 {
+        self.shared_until_ms.load(Ordering::Relaxed)
     }
 
     /// The ejection policy in force for this target.
