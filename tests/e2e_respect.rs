@@ -1,9 +1,10 @@
 //! End to end through real Envoy: respecting the provider. Consecutive failures (a provider's
 //! 5xx, or no answer at all: a refused connection) eject a target and traffic moves to the
 //! model's other target, growing ejections and the return after the ejection time; Gemini's
-//! `google.rpc.RetryInfo` in a 429's body taking its target out of rotation that long; and a
-//! cool-down shared through a real Redis between two `serve` replicas. Times are kept short
-//! through each model's `ejection` config.
+//! `google.rpc.RetryInfo` in a 429's body taking its target out of rotation that long; a
+//! cool-down shared through a real Redis between two `serve` replicas; and a replica catching
+//! up on the deadlines stored before it subscribed, and subscribing again after Redis
+//! restarts. Times are kept short through each model's `ejection` config.
 
 // Test support: helpers outside `#[test]` functions fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -261,22 +262,53 @@ async fn gemini_retry_info_takes_the_target_out_of_rotation_that_long() {
 struct Redis {
     url: String,
     socket: std::path::PathBuf,
-    _proc: Proc,
-    _dir: tempfile::TempDir,
+    proc: Proc,
+    dir: tempfile::TempDir,
 }
 
 fn start_redis() -> Redis {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("redis.sock");
+    let proc = spawn_redis(dir.path(), &socket);
+    Redis {
+        url: format!("redis+unix://{}?db=0", socket.display()),
+        socket,
+        proc,
+        dir,
+    }
+}
+
+impl Redis {
+    /// Kills the server and starts a fresh one (no data) on the same socket.
+    fn restart(&mut self) {
+        self.proc.kill9();
+        let _ = std::fs::remove_file(&self.socket);
+        self.proc = spawn_redis(self.dir.path(), &self.socket);
+    }
+
+    /// Runs `redis-cli` with `args`; its output, trimmed.
+    fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+fn spawn_redis(dir: &std::path::Path, socket: &std::path::Path) -> Proc {
     let mut proc = Proc::spawn(
         "redis",
         std::process::Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
-            .arg(&socket)
+            .arg(socket)
             .args(["--unixsocketperm", "700"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(dir.path()),
-        dir.path(),
+            .arg(dir),
+        dir,
     );
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -288,12 +320,7 @@ fn start_redis() -> Redis {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Redis {
-        url: format!("redis+unix://{}?db=0", socket.display()),
-        socket,
-        _proc: proc,
-        _dir: dir,
-    }
+    proc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,12 +382,80 @@ async fn a_429_on_one_replica_takes_the_target_out_on_another_through_redis() {
         "{scrape}"
     );
     // The deadline is in Redis, under the documented key, with its expiry.
-    let out = std::process::Command::new("redis-cli")
-        .arg("-s")
-        .arg(&redis.socket)
-        .args(["PTTL", "{tollgate}:cool:limited:mock-error-429"])
-        .output()
+    let pttl: i64 = redis
+        .cli(&["PTTL", "{tollgate}:cool:limited:mock-error-429"])
+        .parse()
         .unwrap();
-    let pttl: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!((1..=4_000).contains(&pttl), "PTTL {pttl}");
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_catches_up_on_stored_deadlines_and_resubscribes_after_redis_comes_back() {
+    let mut redis = start_redis();
+    // Another replica's deadline, stored before this one starts.
+    let until = unix_ms() + 20_000;
+    redis.cli(&[
+        "SET",
+        "{tollgate}:cool:limited:mock-error-429",
+        &until.to_string(),
+        "PX",
+        "20000",
+    ]);
+    let stack = Stack::start(StackOptions {
+        extra_yaml: format!(
+            "budgets:\n  redis: {{ url: \"{}\", timeout_ms: 1000 }}\n",
+            redis.url
+        ),
+        ..options()
+    });
+    // Read when it subscribed: the target is out before it ever failed here.
+    wait_for_sample(
+        &stack,
+        "tollgate_targets_cooling{model=\"shared\"}",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    served_by_fast(&chat(&stack, "shared").await);
+    // Redis restarts empty: the subscriber reconnects (backoff at most 5 s) and applies what
+    // is published after. The gateway serves meanwhile.
+    redis.restart();
+    served_by_fast(&chat(&stack, "shared").await);
+    let message = format!(
+        r#"{{"provider":"flaky","model":"mock-error-500","until_ms":{}}}"#,
+        unix_ms() + 30_000
+    );
+    let started = Instant::now();
+    loop {
+        // Published until someone hears it (the subscriber may not be back yet).
+        let listeners: u32 = redis
+            .cli(&["PUBLISH", "{tollgate}:cool", &message])
+            .parse()
+            .unwrap();
+        if listeners > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the subscriber did not come back:\n{}",
+            stack.serve_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_sample(
+        &stack,
+        "tollgate_targets_cooling{model=\"ejecting\"}",
+        1.0,
+        Duration::from_secs(2),
+    )
+    .await;
+    // `flaky` never failed here: out only because another replica said so.
+    served_by_fast(&chat(&stack, "ejecting").await);
 }
