@@ -311,7 +311,7 @@ fn spawn_redis(dir: &std::path::Path, socket: &std::path::Path) -> Proc {
         dir,
     );
     let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
         assert!(proc.alive(), "redis-server exited:\n{}", proc.log());
         assert!(
             start.elapsed() < Duration::from_secs(20),

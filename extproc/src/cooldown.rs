@@ -40,12 +40,22 @@ return 0
 ";
 
 /// Where cool-downs are shared.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sharing {
     /// The Redis URL (may hold a password: never logged).
     pub url: String,
     /// `budgets.redis.key_prefix`.
     pub prefix: String,
+}
+
+impl std::fmt::Debug for Sharing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("Sharing")
+            .field("url", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
 }
 
 /// One cool-down on the channel.
@@ -315,14 +325,15 @@ async fn listen(
             .iter()
             .map(|(p, m)| key(&sharing.prefix, p, m))
             .collect();
-        let stored: Vec<Option<u64>> = tokio::time::timeout(
+        let stored: Vec<Option<String>> = tokio::time::timeout(
             CALL_TIMEOUT,
             redis::cmd("MGET").arg(&keys).query_async(&mut con),
         )
         .await
         .map_err(|_| timed_out())??;
         for ((provider, model), until) in wanted.into_iter().zip(stored) {
-            if let Some(until_ms) = until {
+            // A value that is not a deadline (written by something else) is left alone.
+            if let Some(until_ms) = until.and_then(|u| u.parse::<u64>().ok()) {
                 apply(
                     &current,
                     &Message {
