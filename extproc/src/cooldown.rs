@@ -143,7 +143,11 @@ async fn tick(
         }
         models = seen;
         if let Some(p) = &mut publisher {
-            p.share(&current, now).await;
+            // A Redis that hangs does not hold up the shutdown.
+            tokio::select! {
+                _ = p.share(&current, now) => {}
+                _ = stop.changed() => return,
+            }
         }
     }
 }
