@@ -248,8 +248,9 @@ impl TargetStats {
     /// success (`ok`) resets the count of failures in a row; a failure (5xx, 429, no response)
     /// adds one, and the one that reaches the policy's `consecutive_failures` ejects the
     /// target — out of rotation for `n × base_ms` (at most `max_ms`) on its n-th ejection in
-    /// a row — and returns true. Failures while the target is already out of rotation (the
-    /// answers of requests sent before) do not count. The ejection count decays by one per
+    /// a row — and returns true. Failures while the target is ejected (the answers of
+    /// requests sent before) do not count; a cool-down the provider asked for does not stop
+    /// the count. The ejection count decays by one per
     /// `base_ms` the target stays back in rotation, as Envoy's outlier detection does.
     pub fn note_outcome(&self, ok: bool, now_ms: u64) -> bool {
         if ok {
@@ -259,12 +260,11 @@ impl TargetStats {
             }
             return false;
         }
-        if self.cooling(now_ms) {
-            return false;
-        }
         let mut state = self.ejection_state();
         let policy = state.policy;
-        if policy.consecutive_failures == 0 {
+        // Out already (ejected): the answers of requests sent before do not count. A provider's
+        // wait (`Retry-After`) does not stop the count, whichever was noted first.
+        if policy.consecutive_failures == 0 || now_ms < state.last_until_ms {
             return false;
         }
         let failures = self

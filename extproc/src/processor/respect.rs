@@ -7,6 +7,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tollgate_core::config::TargetStats;
 use tollgate_core::metrics::{Metrics, ProviderLabel};
 
 use super::Forwarded;
@@ -28,47 +29,70 @@ pub(super) fn target_failed(from_upstream: bool, status: u16) -> bool {
     !from_upstream || status >= 500 || status == 429
 }
 
-/// Notes the outcome of a forwarded request's response on its target; an ejection is
-/// counted and logged.
-pub(super) fn note_target_outcome(metrics: &Metrics, fwd: &Forwarded, failed: bool) {
-    let Some(slot) = &fwd.slot else { return };
-    let stats = slot.stats();
+/// Which target an outcome is about, for the metrics and the log.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TargetRef<'a> {
+    /// The target's live state.
+    pub stats: &'a TargetStats,
+    /// The provider's name (the metrics' `provider` label).
+    pub provider: &'a str,
+    /// The public model.
+    pub model: &'a str,
+    /// The provider's model id.
+    pub upstream_model: &'a str,
+}
+
+impl<'a> TargetRef<'a> {
+    /// The target of a forwarded request (`None` without an in-flight slot: nothing routed).
+    pub(super) fn of(fwd: &'a Forwarded) -> Option<Self> {
+        Some(TargetRef {
+            stats: fwd.slot.as_ref()?.stats(),
+            provider: &fwd.provider.name,
+            model: &fwd.model,
+            upstream_model: &fwd.upstream_model,
+        })
+    }
+}
+
+/// Notes the outcome of a response (or, per attempt, of one attempt) on its target: see
+/// [`TargetStats::note_outcome`]. An ejection is counted and logged.
+pub(super) fn note_target_outcome(metrics: &Metrics, target: TargetRef<'_>, failed: bool) {
+    let stats = target.stats;
     if stats.note_outcome(!failed, unix_millis(SystemTime::now())) {
         metrics
             .target_ejections
             .get_or_create(&ProviderLabel {
-                provider: fwd.provider.name.clone(),
+                provider: target.provider.to_owned(),
             })
             .inc();
-        let policy = stats.ejection();
         tracing::warn!(
-            model = %fwd.model,
-            provider = %fwd.provider.name,
-            upstream_model = %fwd.upstream_model,
-            consecutive_failures = policy.consecutive_failures,
+            model = %target.model,
+            provider = %target.provider,
+            upstream_model = %target.upstream_model,
+            consecutive_failures = stats.ejection().consecutive_failures,
             until_ms = stats.cool_until_ms(),
             "Target ejected after consecutive failures"
         );
     }
 }
 
-/// Takes a forwarded request's target out of rotation for `wait` (at most
-/// [`MAX_PROVIDER_WAIT`]), as its provider asked; counted in
-/// `tollgate_target_cooldowns_total`.
-pub(super) fn cool_target(metrics: &Metrics, fwd: &Forwarded, wait: Duration) {
-    let Some(slot) = &fwd.slot else { return };
+/// Takes a target out of rotation for `wait` (at most [`MAX_PROVIDER_WAIT`]), as its
+/// provider asked; counted in `tollgate_target_cooldowns_total`.
+pub(super) fn cool_target(metrics: &Metrics, target: TargetRef<'_>, wait: Duration) {
     let wait = wait.min(MAX_PROVIDER_WAIT);
-    slot.stats()
+    target
+        .stats
         .cool_down_until(unix_millis(SystemTime::now() + wait));
     metrics
         .target_cooldowns
         .get_or_create(&ProviderLabel {
-            provider: fwd.provider.name.clone(),
+            provider: target.provider.to_owned(),
         })
         .inc();
     tracing::info!(
-        model = %fwd.model,
-        provider = %fwd.provider.name,
+        model = %target.model,
+        provider = %target.provider,
+        upstream_model = %target.upstream_model,
         wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         "Target cooling down as its provider asked"
     );

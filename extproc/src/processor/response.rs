@@ -58,16 +58,15 @@ impl Processor {
                 ttfb
             });
         }
-        // Consecutive failures eject the target (a success resets the count).
-        respect::note_target_outcome(
-            &self.metrics,
-            fwd,
-            respect::target_failed(from_upstream, status),
-        );
-        // A provider's 429 with `Retry-After` takes the target out of rotation that long.
-        if from_upstream && status == 429 {
-            if let Some(wait) = header(&h.headers, "retry-after").and_then(retry_after) {
-                respect::cool_target(&self.metrics, fwd, wait);
+        if let Some(target) = respect::TargetRef::of(fwd) {
+            // Consecutive failures eject the target (a success resets the count).
+            let failed = respect::target_failed(from_upstream, status);
+            respect::note_target_outcome(&self.metrics, target, failed);
+            // A provider's 429 with `Retry-After` takes the target out of rotation that long.
+            if from_upstream && status == 429 {
+                if let Some(wait) = header(&h.headers, "retry-after").and_then(retry_after) {
+                    respect::cool_target(&self.metrics, target, wait);
+                }
             }
         }
         if from_upstream {
@@ -179,8 +178,10 @@ impl Processor {
         };
         // Gemini and Vertex say how long to wait in the 429's body (`RetryInfo`), not a header.
         if status == 429 && fwd.pair.upstream == ApiFamily::Gemini {
-            if let Some(wait) = respect::retry_info(&b.body) {
-                respect::cool_target(&self.metrics, fwd, wait);
+            if let (Some(wait), Some(target)) =
+                (respect::retry_info(&b.body), respect::TargetRef::of(fwd))
+            {
+                respect::cool_target(&self.metrics, target, wait);
             }
         }
         let done = fwd.pair.complete_with(status, &b.body, &meta);

@@ -368,8 +368,18 @@ fn consecutive_failures_eject_for_a_growing_time_up_to_the_cap() {
     }
     assert!(s.note_outcome(false, t2));
     assert_eq!(s.cool_until_ms(), t2 + 2_500);
+    // A provider's wait (a 429's Retry-After, set before or after the failure is noted) does
+    // not stop the count.
+    let t4 = t2 + 2_500 + 60_000;
+    s.cool_down_until(t4 + 10_000);
+    for _ in 0..2 {
+        assert!(!s.note_outcome(false, t4));
+    }
+    assert!(s.note_outcome(false, t4));
+    assert_eq!(s.cool_until_ms(), t4 + 10_000, "the longer deadline stays");
+    assert!(!s.note_outcome(true, t4 + 20_000));
     // After a long healthy stretch the count has decayed: base_ms again.
-    let t3 = t2 + 2_500 + 60_000;
+    let t3 = t4 + 1_000 + 60_000;
     for _ in 0..2 {
         assert!(!s.note_outcome(false, t3));
     }
