@@ -401,6 +401,22 @@ pub async fn serve_reporting(
         metrics.clone(),
         stop_rx.clone(),
     ));
+    // Targets out of rotation: counted for the gauge, and shared between replicas through
+    // the ledger's Redis when there is one (read once, like `budgets.redis`).
+    let cooldown_task = tokio::spawn(tollgate_extproc::cooldown::run(
+        Arc::clone(&shared),
+        metrics.clone(),
+        shared
+            .load()
+            .budgets
+            .redis
+            .as_ref()
+            .map(|r| tollgate_extproc::cooldown::Sharing {
+                url: r.url.expose().to_owned(),
+                prefix: r.key_prefix.clone(),
+            }),
+        stop_rx.clone(),
+    ));
     let reload_task = tokio::spawn(watch_config(
         config_path.to_owned(),
         Arc::clone(&shared),
@@ -495,6 +511,7 @@ pub async fn serve_reporting(
     let _ = reload_task.await;
     let _ = token_task.await;
     let _ = credentials_task.await;
+    let _ = cooldown_task.await;
     if let GrpcAddr::Unix(path) = &listen.grpc {
         let _ = std::fs::remove_file(path);
     }

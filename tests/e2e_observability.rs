@@ -278,7 +278,8 @@ fn assert_scrape_is_documented(scrape: &str) {
     // `traces` and a collector: `tests/e2e_traces.rs` reads it; and the credential refreshes,
     // which need chain or metadata credentials: `tests/e2e_credentials.rs` reads them; and the
     // routing cool-downs, which need a model of several targets: `tests/e2e_routing.rs`; and
-    // the CORS preflights, which need a `cors` policy: `tests/e2e_cors.rs`).
+    // the CORS preflights, which need a `cors` policy: `tests/e2e_cors.rs`; and the ejections,
+    // which need consecutive failures: `tests/e2e_respect.rs`).
     let missing: Vec<&String> = doc
         .keys()
         .filter(|k| {
@@ -288,6 +289,7 @@ fn assert_scrape_is_documented(scrape: &str) {
                 && k.as_str() != "tollgate_credential_refreshes_total"
                 && k.as_str() != "tollgate_target_cooldowns_total"
                 && k.as_str() != "tollgate_cors_preflights_total"
+                && k.as_str() != "tollgate_target_ejections_total"
         })
         .collect();
     assert!(

@@ -813,6 +813,10 @@ pub struct RawModel {
     /// `least_latency` or `least_cost`.
     #[serde(default)]
     pub strategy: Strategy,
+    /// When consecutive failures take a target out of rotation, for every target of the
+    /// model without its own `ejection` (default: 5 failures, 30 s growing to 300 s).
+    #[serde(default)]
+    pub ejection: Option<routing::RawEjection>,
 }
 
 /// One provider target of a model.
@@ -830,6 +834,10 @@ pub struct RawTarget {
     /// limit is skipped, and when every target is, the client gets a 503.
     #[serde(default)]
     pub max_requests_in_flight: Option<u32>,
+    /// When consecutive failures take this target out of rotation (replaces the model's
+    /// `ejection`).
+    #[serde(default)]
+    pub ejection: Option<routing::RawEjection>,
 }
 
 fn default_weight() -> u32 {
@@ -1956,9 +1964,17 @@ impl Config {
                 errs.add(format!("{path}.targets"), "needs at least one target");
                 continue;
             }
+            let model_ejection = m
+                .ejection
+                .map(|e| e.validate(&format!("{path}.ejection"), &mut errs))
+                .unwrap_or_default();
             let mut targets = Vec::new();
             for (i, t) in m.targets.iter().enumerate() {
                 let tpath = format!("{path}.targets[{i}]");
+                let ejection = t
+                    .ejection
+                    .map(|e| e.validate(&format!("{tpath}.ejection"), &mut errs))
+                    .unwrap_or(model_ejection);
                 if t.weight == 0 {
                     errs.add(format!("{tpath}.weight"), "must be at least 1");
                 } else if t.weight != 1 && m.strategy != Strategy::Weighted {
@@ -1983,6 +1999,7 @@ impl Config {
                     Some(p) => {
                         let mut target = target(Arc::clone(p), &t.model, t.weight);
                         target.max_requests_in_flight = t.max_requests_in_flight;
+                        target.stats.set_ejection(ejection);
                         targets.push(target);
                     }
                     None if raw.providers.contains_key(&t.provider) => {} // reported already
@@ -2675,7 +2692,7 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
 mod google;
 pub mod routing;
 pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};
-pub use routing::{Excluded, InFlight, Pick, Strategy, TargetStats, MAX_TARGETS};
+pub use routing::{Ejection, Excluded, InFlight, Pick, Strategy, TargetStats, MAX_TARGETS};
 pub mod aws;
 pub use aws::AwsSource;
 

@@ -55,6 +55,13 @@ pub struct ProviderLabel {
     pub provider: String,
 }
 
+/// A public model label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// The public model.
+    pub model: String,
+}
+
 /// A decision label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabel {
@@ -234,6 +241,10 @@ pub struct Metrics {
     pub target_cooldowns: Family<ProviderLabel, Counter>,
     /// `tollgate_cors_preflights_total`.
     pub cors_preflights: Family<ResultLabel, Counter>,
+    /// `tollgate_target_ejections_total`.
+    pub target_ejections: Family<ProviderLabel, Counter>,
+    /// `tollgate_targets_cooling`.
+    pub targets_cooling: Family<ModelLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -266,6 +277,8 @@ impl Default for Metrics {
             credential_refreshes: Family::default(),
             target_cooldowns: Family::default(),
             cors_preflights: Family::default(),
+            target_ejections: Family::default(),
+            targets_cooling: Family::default(),
         }
     }
 }
@@ -316,6 +329,16 @@ impl Metrics {
             "cors_preflights",
             "Browser (CORS) preflights Tollgate answered, by result (allowed, refused)",
             self.cors_preflights.clone(),
+        );
+        r.register(
+            "target_ejections",
+            "Times consecutive failures (5xx, 429, no response) took a routing target out of rotation, by provider",
+            self.target_ejections.clone(),
+        );
+        r.register(
+            "targets_cooling",
+            "Routing targets out of rotation now (a provider's wait or an ejection), by model",
+            self.targets_cooling.clone(),
         );
         r.register(
             "config_reloads",

@@ -8,6 +8,7 @@
 pub mod aws;
 pub mod budget;
 pub mod capture;
+pub mod cooldown;
 pub mod feedback;
 pub mod google;
 pub mod guard;

@@ -86,18 +86,34 @@ fn rpc_status(status: StatusCode) -> &'static str {
     }
 }
 
+/// The wait a 429 asks for, as Google writes a protobuf `Duration` in JSON (decimal seconds).
+pub(crate) const RETRY_DELAY: &str = "1.5s";
+
 fn error_value(status: StatusCode, message: &str) -> Value {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // As the Gemini API answers a quota 429: no `Retry-After` header; the wait is in the
+        // body's details, as `google.rpc.RetryInfo`, beside the `QuotaFailure`.
+        return json!({"error": {
+            "code": 429,
+            "message": format!("{message}\nPlease retry in {RETRY_DELAY}."),
+            "status": rpc_status(status),
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                    "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                    "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                    "quotaDimensions": {"location": "global", "model": "mock-error-429"},
+                    "quotaValue": "1"
+                }]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": RETRY_DELAY}
+            ]
+        }});
+    }
     json!({"error": {"code": status.as_u16(), "message": message, "status": rpc_status(status)}})
 }
 
 /// An error in Gemini's format.
 pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
-    let mut r = (status, Json(error_value(status, message))).into_response();
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    r
+    (status, Json(error_value(status, message))).into_response()
 }
 
 fn invalid(message: &str) -> MockError {

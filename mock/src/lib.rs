@@ -26,7 +26,8 @@
 //!   error format (`mock-stream-error` ends the event stream with a
 //!   `modelStreamErrorException`);
 //! - the same models in a Gemini path (`…/models/mock-error-429:generateContent`), answered in
-//!   Google's format, and behind Vertex AI's Anthropic publisher with a `claude-` prefix
+//!   Google's format (a 429 as Google's: no `retry-after`, a `google.rpc.RetryInfo` of `1.5s`
+//!   in `error.details`), and behind Vertex AI's Anthropic publisher with a `claude-` prefix
 //!   (`…/publishers/anthropic/models/claude-mock-stream-error:streamRawPredict`);
 //! - header `x-mock-latency-ms`: time to first byte for this request;
 //! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;

@@ -7,7 +7,7 @@
 //! the next one after those it already tried: the same strategy orders every attempt.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
@@ -57,6 +57,103 @@ impl Strategy {
     }
 }
 
+/// When consecutive failures take a target out of rotation, and for how long (validated from
+/// a model's or target's `ejection`), after Envoy's outlier detection: the n-th ejection in a
+/// row lasts `n × base_ms`, at most `max_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    /// Failures in a row (5xx, 429, no response) that eject the target; 0: never ejected.
+    pub consecutive_failures: u32,
+    /// The first ejection's length in milliseconds.
+    pub base_ms: u64,
+    /// The longest ejection in milliseconds.
+    pub max_ms: u64,
+}
+
+impl Ejection {
+    /// 5 failures in a row; 30 s, growing by 30 s with each ejection in a row, at most 300 s
+    /// (Envoy's `consecutive_5xx`, `base_ejection_time` and `max_ejection_time` defaults).
+    pub const DEFAULT: Ejection = Ejection {
+        consecutive_failures: 5,
+        base_ms: 30_000,
+        max_ms: 300_000,
+    };
+}
+
+impl Default for Ejection {
+    fn default() -> Self {
+        Ejection::DEFAULT
+    }
+}
+
+/// `ejection` of a model or target: when consecutive failures take a target out of rotation.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEjection {
+    /// Failures in a row (a 5xx, a 429, or no response at all) that eject the target
+    /// (default 5; 0: never eject).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts, in milliseconds (default 30000); the n-th ejection
+    /// in a row lasts n times as long.
+    #[serde(default = "default_base_ms")]
+    pub base_ms: u64,
+    /// The longest an ejection lasts, in milliseconds (default 300000; at least `base_ms`).
+    #[serde(default = "default_max_ms")]
+    pub max_ms: u64,
+}
+
+fn default_consecutive_failures() -> u32 {
+    Ejection::DEFAULT.consecutive_failures
+}
+
+fn default_base_ms() -> u64 {
+    Ejection::DEFAULT.base_ms
+}
+
+fn default_max_ms() -> u64 {
+    Ejection::DEFAULT.max_ms
+}
+
+/// The longest ejection accepted in config (one day).
+pub const MAX_EJECTION_MS: u64 = 86_400_000;
+
+impl RawEjection {
+    /// Validates the policy; errors name fields under `path`.
+    pub(super) fn validate(&self, path: &str, errs: &mut super::Errors) -> Ejection {
+        if self.base_ms == 0 {
+            errs.add(format!("{path}.base_ms"), "must be at least 1");
+        }
+        if self.max_ms < self.base_ms {
+            errs.add(
+                format!("{path}.max_ms"),
+                format!("must be at least base_ms ({})", self.base_ms),
+            );
+        }
+        if self.max_ms > MAX_EJECTION_MS {
+            errs.add(
+                format!("{path}.max_ms"),
+                format!("must be at most {MAX_EJECTION_MS} (one day)"),
+            );
+        }
+        Ejection {
+            consecutive_failures: self.consecutive_failures,
+            base_ms: self.base_ms,
+            max_ms: self.max_ms,
+        }
+    }
+}
+
+/// A target's ejection policy and history.
+#[derive(Debug, Default)]
+struct EjectionState {
+    policy: Ejection,
+    /// Ejections in a row (decays by one per `base_ms` the target stays in rotation).
+    level: u64,
+    /// When the last ejection ended (Unix milliseconds); 0 before the first.
+    last_until_ms: u64,
+}
+
 /// Live state of one target, shared by every request routed to it and kept across config
 /// reloads while the target (model, provider, provider model id) stays in the config.
 #[derive(Debug, Default)]
@@ -64,9 +161,16 @@ pub struct TargetStats {
     in_flight: AtomicU32,
     /// Moving average of time to first byte in microseconds; 0 until the first sample.
     ewma_micros: AtomicU64,
-    /// Until when (Unix milliseconds) the provider asked to be left alone (`Retry-After` on a
-    /// 429): the target is out of rotation until then; 0 when it never asked.
+    /// Until when (Unix milliseconds) the target is out of rotation: a provider asked to be
+    /// left alone (`Retry-After` on a 429) or consecutive failures ejected it; 0 when never.
     cool_until_ms: AtomicU64,
+    /// Failures in a row since the last success or ejection.
+    consecutive_failures: AtomicU32,
+    /// The ejection policy and history (locked on failures only).
+    ejection: Mutex<EjectionState>,
+    /// The latest `cool_until_ms` other replicas know of (published to or received from the
+    /// shared store); 0 without one.
+    shared_until_ms: AtomicU64,
 }
 
 impl TargetStats {
@@ -107,6 +211,85 @@ impl TargetStats {
     /// Whether the target is out of rotation at `now_ms` (Unix milliseconds).
     pub fn cooling(&self, now_ms: u64) -> bool {
         self.cool_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Until when (Unix milliseconds) the target is out of rotation (0: never was).
+    pub fn cool_until_ms(&self) -> u64 {
+        self.cool_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records that other replicas know the target is out of rotation until `until_ms`;
+    /// true when that is later than anything recorded before (so it is news to share).
+    pub fn mark_shared(&self, until_ms: u64) -> bool {
+        self.shared_until_ms.fetch_max(until_ms, Ordering::Relaxed) < until_ms
+    }
+
+    /// The latest deadline recorded by [`TargetStats::mark_shared`] (0: none).
+    pub fn shared_until_ms(&self) -> u64 {
+        self.shared_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// The ejection policy in force for this target.
+    pub fn ejection(&self) -> Ejection {
+        self.ejection_state().policy
+    }
+
+    /// Sets the ejection policy (from config; a reload sets the new one on adopted state).
+    pub fn set_ejection(&self, policy: Ejection) {
+        self.ejection_state().policy = policy;
+    }
+
+    fn ejection_state(&self) -> std::sync::MutexGuard<'_, EjectionState> {
+        // The state holds plain numbers, always consistent: a poisoned lock is still usable.
+        self.ejection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes the outcome of a response from the target at `now_ms` (Unix milliseconds): a
+    /// success (`ok`) resets the count of failures in a row; a failure (5xx, 429, no response)
+    /// adds one, and the one that reaches the policy's `consecutive_failures` ejects the
+    /// target — out of rotation for `n × base_ms` (at most `max_ms`) on its n-th ejection in
+    /// a row — and returns true. Failures while the target is ejected (the answers of
+    /// requests sent before) do not count; a cool-down the provider asked for does not stop
+    /// the count. The ejection count decays by one per
+    /// `base_ms` the target stays back in rotation, as Envoy's outlier detection does.
+    pub fn note_outcome(&self, ok: bool, now_ms: u64) -> bool {
+        if ok {
+            // Load first: no write (cache-line ping-pong) on the common all-good path.
+            if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+            }
+            return false;
+        }
+        let mut state = self.ejection_state();
+        let policy = state.policy;
+        // Out already (ejected): the answers of requests sent before do not count. A provider's
+        // wait (`Retry-After`) does not stop the count, whichever was noted first.
+        if policy.consecutive_failures == 0 || now_ms < state.last_until_ms {
+            return false;
+        }
+        let failures = self
+            .consecutive_failures
+            .load(Ordering::Relaxed)
+            .saturating_add(1);
+        if failures < policy.consecutive_failures {
+            self.consecutive_failures.store(failures, Ordering::Relaxed);
+            return false;
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let base = policy.base_ms.max(1);
+        let healthy_periods = now_ms.saturating_sub(state.last_until_ms) / base;
+        state.level = state
+            .level
+            .saturating_sub(healthy_periods)
+            .saturating_add(1);
+        let length = base
+            .saturating_mul(state.level)
+            .min(policy.max_ms.max(base));
+        let until = now_ms.saturating_add(length);
+        state.last_until_ms = until;
+        drop(state);
+        self.cool_down_until(until);
+        true
     }
 
     /// Takes an in-flight slot unless `limit` are taken already.
@@ -319,6 +502,8 @@ impl Model {
             if let Some(o) = old.targets.iter().find(|o| {
                 o.provider.name == t.provider.name && o.upstream_model == t.upstream_model
             }) {
+                // The new version's ejection policy applies to the state it takes over.
+                o.stats.set_ejection(t.stats.ejection());
                 t.stats = Arc::clone(&o.stats);
             }
         }

@@ -16,6 +16,7 @@ mod finish;
 mod local;
 mod offload;
 mod reserve;
+mod respect;
 mod response;
 mod route;
 mod upstream_auth;

@@ -4,7 +4,7 @@
 //! translated into the client's dialect, judged (local rules and webhooks over one parse of
 //! it) and captured.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingResponse};
@@ -13,7 +13,7 @@ use tollgate_core::metadata as md;
 use tollgate_core::metrics::ProviderLabel;
 use tollgate_core::{keys, ApiError, Endpoint};
 
-use super::{header, unix_now, Processor, BUDGET_WARNING_HEADER, TOKEN_COUNT_HEADER};
+use super::{header, respect, unix_now, Processor, BUDGET_WARNING_HEADER, TOKEN_COUNT_HEADER};
 use crate::guard;
 use crate::mutation::{self, set};
 use crate::translator::ResponseMeta;
@@ -51,23 +51,21 @@ impl Processor {
             // Time to first byte feeds `least_latency`; a failed attempt (no answer, a 5xx or
             // a 429) counts as at least `FAILED_ATTEMPT_LATENCY`, so traffic moves away.
             let ttfb = fwd.sent_at.elapsed();
-            let failed = !from_upstream || status >= 500 || status == 429;
+            let failed = respect::target_failed(from_upstream, status);
             slot.stats().record_latency(if failed {
                 ttfb.max(FAILED_ATTEMPT_LATENCY)
             } else {
                 ttfb
             });
+        }
+        if let Some(target) = respect::TargetRef::of(fwd) {
+            // Consecutive failures eject the target (a success resets the count).
+            let failed = respect::target_failed(from_upstream, status);
+            respect::note_target_outcome(&self.metrics, target, failed);
             // A provider's 429 with `Retry-After` takes the target out of rotation that long.
             if from_upstream && status == 429 {
                 if let Some(wait) = header(&h.headers, "retry-after").and_then(retry_after) {
-                    slot.stats()
-                        .cool_down_until(unix_millis(SystemTime::now() + wait));
-                    self.metrics
-                        .target_cooldowns
-                        .get_or_create(&ProviderLabel {
-                            provider: fwd.provider.name.clone(),
-                        })
-                        .inc();
+                    respect::cool_target(&self.metrics, target, wait);
                 }
             }
         }
@@ -178,6 +176,14 @@ impl Processor {
             model: &fwd.upstream_model,
             error_type: fwd.error_type.as_deref(),
         };
+        // Gemini and Vertex say how long to wait in the 429's body (`RetryInfo`), not a header.
+        if status == 429 && fwd.pair.upstream == ApiFamily::Gemini {
+            if let (Some(wait), Some(target)) =
+                (respect::retry_info(&b.body), respect::TargetRef::of(fwd))
+            {
+                respect::cool_target(&self.metrics, target, wait);
+            }
+        }
         let done = fwd.pair.complete_with(status, &b.body, &meta);
         if ok {
             fwd.usage = done.usage;
@@ -297,7 +303,7 @@ fn json_body(body: Option<Vec<u8>>) -> ProcessingResponse {
 }
 
 /// The longest `Retry-After` honoured: a provider asking for more is tried again after this.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+const MAX_RETRY_AFTER: Duration = respect::MAX_PROVIDER_WAIT;
 
 /// A `Retry-After` value in seconds (the form providers send; an HTTP date is not read),
 /// capped at [`MAX_RETRY_AFTER`].
@@ -305,10 +311,4 @@ fn retry_after(value: &[u8]) -> Option<Duration> {
     let secs: f64 = std::str::from_utf8(value).ok()?.trim().parse().ok()?;
     (secs.is_finite() && secs > 0.0)
         .then(|| Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())))
-}
-
-/// `t` as Unix milliseconds.
-fn unix_millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

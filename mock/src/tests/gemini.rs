@@ -173,7 +173,15 @@ async fn gemini_errors_keys_and_faults_use_google_bodies() {
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
-    assert!(headers.get("retry-after").is_some());
+    // Like Google's: the wait is in the body's `RetryInfo`, not in a header.
+    assert!(headers.get("retry-after").is_none());
+    let retry = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo")
+        .unwrap();
+    assert_eq!(retry["retryDelay"], "1.5s");
     let (status, _, body) = mock.post_json(FLASH, &json!({"contents": []})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["status"], "INVALID_ARGUMENT");

@@ -330,3 +330,124 @@ fn a_target_cooling_down_is_left_out_until_its_time_unless_all_are() {
     fresh.adopt_routing_state(&c);
     assert!(model(&fresh).targets[0].stats.cooling(now_ms));
 }
+
+#[test]
+fn consecutive_failures_eject_for_a_growing_time_up_to_the_cap() {
+    let c = config(
+        "  m:\n    ejection: { consecutive_failures: 3, base_ms: 1000, max_ms: 2500 }\n    targets:\n      - { provider: a, model: x }\n",
+    )
+    .unwrap();
+    let s = &model(&c).targets[0].stats;
+    let t0 = 1_000_000;
+    // A success between failures starts the count again.
+    assert!(!s.note_outcome(false, t0));
+    assert!(!s.note_outcome(false, t0));
+    assert!(!s.note_outcome(true, t0));
+    assert!(!s.note_outcome(false, t0));
+    assert!(!s.note_outcome(false, t0));
+    assert!(!s.cooling(t0));
+    // The third in a row ejects for base_ms.
+    assert!(s.note_outcome(false, t0));
+    assert!(s.cooling(t0 + 999));
+    assert!(!s.cooling(t0 + 1_000));
+    assert_eq!(s.cool_until_ms(), t0 + 1_000);
+    // Failures of requests still in flight while it is out do not count.
+    for _ in 0..5 {
+        assert!(!s.note_outcome(false, t0 + 500));
+    }
+    // Back at once, failing again: the second ejection in a row lasts twice as long.
+    let t1 = t0 + 1_000;
+    assert!(!s.note_outcome(false, t1));
+    assert!(!s.note_outcome(false, t1));
+    assert!(s.note_outcome(false, t1));
+    assert_eq!(s.cool_until_ms(), t1 + 2_000);
+    // The third would last 3 s: capped at max_ms.
+    let t2 = t1 + 2_000;
+    for _ in 0..2 {
+        assert!(!s.note_outcome(false, t2));
+    }
+    assert!(s.note_outcome(false, t2));
+    assert_eq!(s.cool_until_ms(), t2 + 2_500);
+    // A provider's wait (a 429's Retry-After, set before or after the failure is noted) does
+    // not stop the count.
+    let t4 = t2 + 2_500 + 60_000;
+    s.cool_down_until(t4 + 10_000);
+    for _ in 0..2 {
+        assert!(!s.note_outcome(false, t4));
+    }
+    assert!(s.note_outcome(false, t4));
+    assert_eq!(s.cool_until_ms(), t4 + 10_000, "the longer deadline stays");
+    assert!(!s.note_outcome(true, t4 + 20_000));
+    // After a long healthy stretch the count has decayed: base_ms again.
+    let t3 = t4 + 1_000 + 60_000;
+    for _ in 0..2 {
+        assert!(!s.note_outcome(false, t3));
+    }
+    assert!(s.note_outcome(false, t3));
+    assert_eq!(s.cool_until_ms(), t3 + 1_000);
+}
+
+#[test]
+fn ejection_defaults_target_overrides_and_zero_turns_it_off() {
+    let c = config(
+        "  m:\n    ejection: { consecutive_failures: 2 }\n    targets:\n      - { provider: a, model: x }\n      - { provider: b, model: x, ejection: { consecutive_failures: 0 } }\n  n:\n    targets: [{ provider: c, model: x }]\n",
+    )
+    .unwrap();
+    let a = &c.models["m"].targets[0].stats;
+    assert_eq!(
+        a.ejection(),
+        Ejection {
+            consecutive_failures: 2,
+            base_ms: 30_000,
+            max_ms: 300_000
+        }
+    );
+    assert_eq!(c.models["n"].targets[0].stats.ejection(), Ejection::DEFAULT);
+    let b = &c.models["m"].targets[1].stats;
+    for _ in 0..100 {
+        assert!(!b.note_outcome(false, 5));
+    }
+    assert!(!b.cooling(5));
+    // An ejected target is left out of the pick like a cooling one.
+    assert!(!a.note_outcome(false, 0));
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(a.note_outcome(false, now_ms));
+    assert_eq!(name(&c.models["m"], Excluded::NONE, &mut |_| 0), "b");
+}
+
+#[test]
+fn a_reload_applies_the_new_ejection_policy_to_the_state_it_keeps() {
+    let yaml = |n: u32| {
+        format!("  m:\n    ejection: {{ consecutive_failures: {n} }}\n    targets: [{{ provider: a, model: x }}]\n")
+    };
+    let old = config(&yaml(5)).unwrap();
+    let s = Arc::clone(&model(&old).targets[0].stats);
+    assert!(!s.note_outcome(false, 10));
+    let mut new = config(&yaml(2)).unwrap();
+    new.adopt_routing_state(&old);
+    assert!(Arc::ptr_eq(&s, &model(&new).targets[0].stats));
+    assert_eq!(s.ejection().consecutive_failures, 2);
+    // The failure counted before the reload still counts.
+    assert!(s.note_outcome(false, 10));
+}
+
+#[test]
+fn bad_ejection_settings_name_their_field() {
+    let errs = config(
+        "  m:\n    ejection: { base_ms: 0, bogus: 1 }\n    targets: [{ provider: a, model: x }]\n",
+    )
+    .unwrap_err();
+    assert!(format!("{errs:?}").contains("bogus"), "{errs:?}");
+    let errs = config(
+        "  m:\n    ejection: { base_ms: 0 }\n    targets:\n      - { provider: a, model: x, ejection: { base_ms: 5000, max_ms: 10 } }\n      - { provider: b, model: x, ejection: { max_ms: 100000000 } }\n",
+    )
+    .unwrap_err();
+    let paths: Vec<_> = errs.iter().map(|e| e.to_string()).collect();
+    let all = paths.join("\n");
+    assert!(all.contains("models.m.ejection.base_ms"), "{all}");
+    assert!(all.contains("models.m.targets[0].ejection.max_ms"), "{all}");
+    assert!(all.contains("models.m.targets[1].ejection.max_ms"), "{all}");
+}
