@@ -169,18 +169,10 @@ pub struct Cp {
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+#[derive(Default)]
 pub struct Options {
     pub previous_secret: bool,
     pub extra: String,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            previous_secret: false,
-            extra: String::new(),
-        }
-    }
 }
 
 impl Cp {
