@@ -136,9 +136,18 @@ enum Command {
     /// Run the control plane: admin REST API for keys, tenants, teams and budgets; signed
     /// `resolve-key` and change feed for the sidecars (docs/CONTROL-PLANE.md).
     ControlPlane {
-        /// The control plane's config file.
+        /// The control plane's config file. Without one: the defaults, the admin tokens in
+        /// TOLLGATE_ADMIN_TOKENS, the signing secret in TOLLGATE_SIGNING_SECRET (the previous
+        /// one in TOLLGATE_SIGNING_SECRET_PREVIOUS when set), PostgreSQL from
+        /// TOLLGATE_DATABASE_URL when set, else SQLite.
         #[arg(long, short)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        /// Listen here instead of the config's `listen`.
+        #[arg(long)]
+        listen: Option<String>,
+        /// `sqlite://PATH` instead of the config's `storage`.
+        #[arg(long)]
+        database: Option<String>,
         /// Once listening, write `{"listen": "host:port"}` to this file (FILE.tmp, then
         /// renamed); with port 0 in `listen`, it holds the port the system picked.
         #[arg(long)]
@@ -403,14 +412,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::ControlPlane { config, ready_file } => {
+        Command::ControlPlane {
+            config,
+            listen,
+            database,
+            ready_file,
+        } => {
             drop(out);
             let _log = init_tracing();
-            let config = match tollgate_controlplane::Config::load(&config, &ProcessEnv) {
+            let overrides = tollgate_controlplane::config::Overrides { listen, database };
+            let loaded =
+                tollgate_controlplane::Config::from_cli(config.as_deref(), &overrides, &ProcessEnv);
+            let config = match loaded {
                 Ok(c) => c,
                 Err(errs) => {
                     let mut err = std::io::stderr().lock();
-                    writeln!(err, "{}: {} error(s)", config.display(), errs.len())?;
+                    let source = config.map_or_else(
+                        || "control-plane (no --config)".to_owned(),
+                        |c| c.display().to_string(),
+                    );
+                    writeln!(err, "{source}: {} error(s)", errs.len())?;
                     for e in errs {
                         writeln!(err, "  {e}")?;
                     }

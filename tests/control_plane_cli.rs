@@ -208,3 +208,65 @@ fn the_cli_creates_rotates_and_revokes_keys_on_a_real_control_plane() {
 fn closed_port_addr() -> String {
     format!("127.0.0.1:{}", closed_port())
 }
+
+/// The Helm chart's interface: no config file, `--listen`, `--database sqlite://PATH`, and the
+/// secrets in fixed environment variables; `/readyz` for its readiness probe.
+#[test]
+fn the_control_plane_runs_without_a_config_file_as_the_chart_starts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("chart.db").display());
+    let mut cmd = tollgate();
+    cmd.args([
+        "control-plane",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        &db,
+    ])
+    .env("TOLLGATE_ADMIN_TOKENS", ADMIN_TOKEN)
+    .env("TOLLGATE_SIGNING_SECRET", SECRET)
+    .env_remove("TOLLGATE_SIGNING_SECRET_PREVIOUS")
+    .env_remove("TOLLGATE_DATABASE_URL");
+    let (mut cp, ready) = spawn_ready("control-plane", &mut cmd, dir.path(), &mut []);
+    let addr = ready_addr(&ready, "listen").to_string();
+    let out = stdout(&keys(
+        &format!("http://{addr}"),
+        Some(ADMIN_TOKEN),
+        &["create", "--id", "chart", "--models", "*"],
+    ));
+    let raw = out.lines().next().unwrap().to_owned();
+    assert_eq!(resolve(&addr, &raw), 200);
+    assert!(dir.path().join("chart.db").exists());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 200);
+    assert!(cp.alive(), "{}", cp.log());
+
+    // A missing secret is a clear start-up error naming the variable.
+    let out = tollgate()
+        .args([
+            "control-plane",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+        ])
+        .env("TOLLGATE_ADMIN_TOKENS", ADMIN_TOKEN)
+        .env_remove("TOLLGATE_SIGNING_SECRET")
+        .output()
+        .unwrap();
+    let err = failure(&out);
+    assert!(
+        err.contains("signing.secret_env") && err.contains("TOLLGATE_SIGNING_SECRET"),
+        "{err}"
+    );
+}

@@ -168,18 +168,101 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str, env: &dyn EnvSource) -> Result<Config, Vec<String>> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.inner().to_string();
-            if path == "." || inner.starts_with(&format!("{path}: ")) {
-                vec![inner]
-            } else {
-                vec![format!("{path}: {inner}")]
+        parse_raw(text)?.validate(env)
+    }
+}
+
+/// Environment variables of a control plane started without `--config` (what the Helm chart
+/// sets): admin tokens, signing secret, previous secret (when set), PostgreSQL URL (when set).
+pub const ENV_ADMIN_TOKENS: &str = "TOLLGATE_ADMIN_TOKENS";
+/// See [`ENV_ADMIN_TOKENS`].
+pub const ENV_SIGNING_SECRET: &str = "TOLLGATE_SIGNING_SECRET";
+/// See [`ENV_ADMIN_TOKENS`].
+pub const ENV_SIGNING_SECRET_PREVIOUS: &str = "TOLLGATE_SIGNING_SECRET_PREVIOUS";
+/// See [`ENV_ADMIN_TOKENS`].
+pub const ENV_DATABASE_URL: &str = "TOLLGATE_DATABASE_URL";
+
+/// Command-line overrides of `tollgate control-plane`.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`: replaces `listen`.
+    pub listen: Option<String>,
+    /// `--database`: `sqlite://PATH` (`sqlite:///abs/path`) replaces `storage`.
+    pub database: Option<String>,
+}
+
+impl Config {
+    /// The config of `tollgate control-plane [--config FILE] [--listen ADDR] [--database URL]`.
+    /// Without a file: the defaults, secrets from `TOLLGATE_ADMIN_TOKENS`,
+    /// `TOLLGATE_SIGNING_SECRET` (and `TOLLGATE_SIGNING_SECRET_PREVIOUS` when set), and
+    /// PostgreSQL from `TOLLGATE_DATABASE_URL` when that is set and no `--database` is given.
+    pub fn from_cli(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: &dyn EnvSource,
+    ) -> Result<Config, Vec<String>> {
+        let mut raw = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+                parse_raw(&text)?
             }
-        })?;
+            None => RawConfig {
+                listen: default_listen(),
+                storage: RawStorage {
+                    sqlite: None,
+                    postgres: env.var(ENV_DATABASE_URL).map(|_| RawPostgres {
+                        url_env: ENV_DATABASE_URL.to_owned(),
+                        pool_size: default_pool_size(),
+                    }),
+                },
+                admin: RawAdmin {
+                    tokens_env: ENV_ADMIN_TOKENS.to_owned(),
+                },
+                signing: RawSigning {
+                    secret_env: ENV_SIGNING_SECRET.to_owned(),
+                    previous_secret_env: env
+                        .var(ENV_SIGNING_SECRET_PREVIOUS)
+                        .map(|_| ENV_SIGNING_SECRET_PREVIOUS.to_owned()),
+                },
+                bundle_ttl_secs: default_bundle_ttl(),
+                change_history: default_change_history(),
+                feed_poll_ms: default_feed_poll_ms(),
+                default_rotation_grace_secs: default_rotation_grace(),
+            },
+        };
+        if let Some(l) = &overrides.listen {
+            raw.listen = l.clone();
+        }
+        if let Some(db) = &overrides.database {
+            let Some(path) = db.strip_prefix("sqlite://") else {
+                // Not echoed: it may be a PostgreSQL URL with a password.
+                return Err(vec![format!(
+                    "--database: only sqlite://PATH is accepted here; give PostgreSQL through {ENV_DATABASE_URL} or storage.postgres.url_env, never on the command line"
+                )]);
+            };
+            raw.storage = RawStorage {
+                sqlite: Some(RawSqlite {
+                    path: PathBuf::from(path),
+                }),
+                postgres: None,
+            };
+        }
         raw.validate(env)
     }
+}
+
+fn parse_raw(text: &str) -> Result<RawConfig, Vec<String>> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        if path == "." || inner.starts_with(&format!("{path}: ")) {
+            vec![inner]
+        } else {
+            vec![format!("{path}: {inner}")]
+        }
+    })
 }
 
 impl RawConfig {
@@ -391,6 +474,37 @@ mod tests {
         ] {
             assert!(all.contains(want), "{want} missing in {all}");
         }
+    }
+
+    #[test]
+    fn without_a_file_the_charts_flags_and_variables_do() {
+        let e = MapEnv(HashMap::from([
+            (
+                ENV_ADMIN_TOKENS.to_owned(),
+                "admin-token-0123456789".to_owned(),
+            ),
+            (ENV_SIGNING_SECRET.to_owned(), "s".repeat(32)),
+            (ENV_DATABASE_URL.to_owned(), "host=/tmp user=x".to_owned()),
+        ]));
+        let c = Config::from_cli(None, &Overrides::default(), &e).unwrap();
+        assert!(matches!(c.storage, Storage::Postgres { .. }));
+        assert!(c.previous_secret.is_none());
+        let o = Overrides {
+            listen: Some("0.0.0.0:8090".into()),
+            database: Some("sqlite:///var/lib/cp/tollgate.db".into()),
+        };
+        let c = Config::from_cli(None, &o, &e).unwrap();
+        assert_eq!(c.listen.port(), 8090);
+        assert!(
+            matches!(c.storage, Storage::Sqlite { ref path } if path == Path::new("/var/lib/cp/tollgate.db"))
+        );
+        let o = Overrides {
+            database: Some("postgres://u:pw@h/db".into()),
+            ..Overrides::default()
+        };
+        let errs = Config::from_cli(None, &o, &e).unwrap_err();
+        assert!(errs[0].starts_with("--database"), "{errs:?}");
+        assert!(!errs[0].contains("pw@"), "a secret in an error: {errs:?}");
     }
 
     #[test]

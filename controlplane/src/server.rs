@@ -1,6 +1,6 @@
 //! The HTTP server: the admin REST API under `/admin/v1` (bearer tokens), the sidecar
 //! endpoints `POST /v1/resolve-key` and `GET /v1/changes` (HMAC-signed), `/metrics` and
-//! `/healthz`; the read cache in front of storage and the task that follows the change feed.
+//! `/healthz`, `/readyz`; the read cache in front of storage and the task that follows the change feed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -290,6 +290,7 @@ fn open_routes() -> Routes {
     use routing::{get, post};
     Routes::new()
         .add(&["GET"], "/healthz", get(healthz))
+        .add(&["GET"], "/readyz", get(readyz))
         .add(&["GET"], "/metrics", get(metrics))
         .add(&["POST"], "/v1/resolve-key", post(resolve_key))
         .add(&["GET"], "/v1/changes", get(changes))
@@ -364,6 +365,12 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// Ready while storage answers (a replica whose database is away leaves the load balancer).
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.read(|tx| tx.latest_seq()).await?;
+    Ok("ok")
 }
 
 async fn openapi() -> Response {

@@ -720,6 +720,8 @@ async fn the_openapi_document_matches_the_real_routes() {
             .map(|v| v["error"]["code"].clone());
         assert_ne!(code, Some(json!("no_route")), "{method} {path}: {body}");
     }
+    let (s, _) = cp.admin_as(None, "GET", "/readyz", None).await;
+    assert_eq!(s, 200, "storage answers: ready");
     // The fallbacks answer in the same JSON shape.
     let (s, v) = cp.admin("GET", "/admin/v1/nothing", None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("no_route")));
