@@ -153,6 +153,21 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
     },
+    /// Tenants on a control plane.
+    Tenants {
+        #[command(subcommand)]
+        command: tollgate_controlplane::client::ObjectCommand,
+    },
+    /// Teams on a control plane.
+    Teams {
+        #[command(subcommand)]
+        command: tollgate_controlplane::client::ObjectCommand,
+    },
+    /// Budgets on a control plane.
+    Budgets {
+        #[command(subcommand)]
+        command: tollgate_controlplane::client::ObjectCommand,
+    },
     /// Virtual keys.
     Keys {
         #[command(subcommand)]
@@ -450,6 +465,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 running.task.await?
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tenants { command } => {
+            runtime()?.block_on(tollgate_controlplane::client::run_objects(
+                "tenants",
+                command,
+                &ProcessEnv,
+                &mut out,
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Teams { command } => {
+            runtime()?.block_on(tollgate_controlplane::client::run_objects(
+                "teams",
+                command,
+                &ProcessEnv,
+                &mut out,
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Budgets { command } => {
+            runtime()?.block_on(tollgate_controlplane::client::run_objects(
+                "budgets",
+                command,
+                &ProcessEnv,
+                &mut out,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {

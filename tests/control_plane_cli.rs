@@ -189,6 +189,62 @@ fn the_cli_creates_rotates_and_revokes_keys_on_a_real_control_plane() {
     ));
     assert!(err.contains("cannot reach the control plane"), "{err}");
 
+    // Tenants, teams and budgets: the same calls, JSON in and out.
+    let obj = |args: &[&str]| -> serde_json::Value {
+        let mut c = tollgate();
+        c.args(args)
+            .arg("--control-plane")
+            .arg(&url)
+            .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
+        serde_json::from_str(&stdout(&c.output().unwrap())).unwrap()
+    };
+    let v = obj(&[
+        "tenants",
+        "create",
+        "--json",
+        r#"{"name":"acme","requests_per_minute":100}"#,
+    ]);
+    assert_eq!(v["requests_per_minute"], 100);
+    let v = obj(&[
+        "budgets",
+        "create",
+        "--json",
+        r#"{"id":"acme-m","scope":"tenant","name":"acme","period":"monthly","amount_usd":"10"}"#,
+    ]);
+    assert_eq!(v["mode"], "hard");
+    let v = obj(&[
+        "budgets",
+        "update",
+        "acme-m",
+        "--json",
+        r#"{"amount_usd":"25"}"#,
+    ]);
+    assert_eq!(v["amount_usd"], "25");
+    let v = obj(&[
+        "teams",
+        "create",
+        "--json",
+        r#"{"name":"ml","tenant":"acme"}"#,
+    ]);
+    assert_eq!(v["tenant"], "acme");
+    let v = obj(&["budgets", "list"]);
+    assert_eq!(v["items"][0]["id"], "acme-m");
+    obj(&["teams", "delete", "ml"]);
+    let v = obj(&["teams", "list"]);
+    assert_eq!(v["items"], serde_json::json!([]));
+    let mut c = tollgate();
+    c.args([
+        "budgets",
+        "create",
+        "--json",
+        r#"{"id":"b","scope":"galaxy","period":"daily","amount_usd":"1"}"#,
+        "--control-plane",
+        &url,
+    ])
+    .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
+    let err = failure(&c.output().unwrap());
+    assert!(err.contains("422") && err.contains("scope"), "{err}");
+
     // The offline `keys new` is unchanged.
     let out = tollgate()
         .args(["keys", "new", "--id", "offline"])

@@ -241,3 +241,93 @@ pub async fn run_keys(
     }
     Ok(())
 }
+
+/// `tollgate tenants|teams|budgets ...`: the same five calls on each collection.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ObjectCommand {
+    /// List them (JSON).
+    List {
+        #[command(flatten)]
+        cp: ControlPlaneArgs,
+    },
+    /// Show one (JSON).
+    Get {
+        #[command(flatten)]
+        cp: ControlPlaneArgs,
+        /// Its name (budgets: its id).
+        name: String,
+    },
+    /// Create one from a JSON body, e.g. budgets:
+    /// `{"id":"acme-monthly","scope":"tenant","name":"acme","period":"monthly","amount_usd":"100"}`.
+    Create {
+        #[command(flatten)]
+        cp: ControlPlaneArgs,
+        /// The object, as JSON (docs/CONTROL-PLANE.md, "Admin API").
+        #[arg(long)]
+        json: String,
+    },
+    /// Change one with a JSON merge patch (`null` clears a field), e.g. `{"amount_usd":"250"}`.
+    Update {
+        #[command(flatten)]
+        cp: ControlPlaneArgs,
+        /// Its name (budgets: its id).
+        name: String,
+        /// The merge patch, as JSON.
+        #[arg(long)]
+        json: String,
+    },
+    /// Delete one.
+    Delete {
+        #[command(flatten)]
+        cp: ControlPlaneArgs,
+        /// Its name (budgets: its id).
+        name: String,
+    },
+}
+
+/// Runs `tollgate <collection> ...` (`collection`: `tenants`, `teams` or `budgets`).
+pub async fn run_objects(
+    collection: &str,
+    command: ObjectCommand,
+    env: &dyn EnvSource,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let base = format!("/admin/v1/{collection}");
+    let parse = |text: &str| -> anyhow::Result<Value> {
+        serde_json::from_str(text).with_context(|| format!("--json is not valid JSON: {text}"))
+    };
+    let v = match command {
+        ObjectCommand::List { cp } => {
+            client(&cp, env)?
+                .call(reqwest::Method::GET, &base, None)
+                .await?
+        }
+        ObjectCommand::Get { cp, name } => {
+            let path = format!("{base}/{}", segment(&name));
+            client(&cp, env)?
+                .call(reqwest::Method::GET, &path, None)
+                .await?
+        }
+        ObjectCommand::Create { cp, json } => {
+            let body = parse(&json)?;
+            client(&cp, env)?
+                .call(reqwest::Method::POST, &base, Some(&body))
+                .await?
+        }
+        ObjectCommand::Update { cp, name, json } => {
+            let body = parse(&json)?;
+            let path = format!("{base}/{}", segment(&name));
+            client(&cp, env)?
+                .call(reqwest::Method::PATCH, &path, Some(&body))
+                .await?
+        }
+        ObjectCommand::Delete { cp, name } => {
+            let path = format!("{base}/{}", segment(&name));
+            client(&cp, env)?
+                .call(reqwest::Method::DELETE, &path, None)
+                .await?
+        }
+    };
+    writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    Ok(())
+}
