@@ -75,6 +75,8 @@ pub struct AppState {
     feed: watch::Sender<i64>,
     kick: Arc<Notify>,
     metrics: Arc<Metrics>,
+    /// Turns true at shutdown: long polls answer at once instead of holding it up.
+    stopping: watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -136,6 +138,7 @@ pub async fn start(
             "A previous signing secret is set: sidecar calls signed with it are accepted; remove it once every sidecar has the new secret"
         );
     }
+    let (stop_tx, stop_rx) = watch::channel(false);
     let state = AppState {
         store,
         config: Arc::new(config),
@@ -143,10 +146,10 @@ pub async fn start(
         feed,
         kick: Arc::new(Notify::new()),
         metrics: Arc::new(Metrics::new()),
+        stopping: stop_rx.clone(),
     };
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = watch::channel(false);
     let follower = tokio::spawn(follow_feed(state.clone(), latest, stop_rx.clone()));
     let app = router(state);
     tracing::info!(%addr, "Control plane listening");
@@ -496,6 +499,7 @@ async fn changes(
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(q.wait_secs);
     let mut rx = state.feed.subscribe();
+    let mut stopping = state.stopping.clone();
     loop {
         rx.borrow_and_update();
         let since = q.since;
@@ -503,7 +507,7 @@ async fn changes(
             .store
             .read(move |tx| ops::changes(tx, since, CHANGES_PAGE))
             .await?;
-        let waited_out = tokio::time::Instant::now() >= deadline;
+        let waited_out = tokio::time::Instant::now() >= deadline || *stopping.borrow();
         if reset || !entries.is_empty() || waited_out {
             state.metrics.changes(if reset {
                 "reset"
@@ -518,8 +522,11 @@ async fn changes(
             }))
             .into_response());
         }
-        // Woken by the feed follower, or at the deadline for one last look.
-        let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
+        // Woken by the feed follower, at shutdown, or at the deadline for one last look.
+        tokio::select! {
+            _ = tokio::time::timeout_at(deadline, rx.changed()) => {}
+            _ = stopping.changed() => {}
+        }
     }
 }
 

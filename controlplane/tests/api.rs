@@ -648,6 +648,25 @@ async fn the_change_feed_long_polls_and_resets_beyond_its_history() {
     );
     let (s, v) = cp.changes(0, 31).await;
     assert_eq!(s, 400, "{v}");
+    // Shutdown does not wait for long polls: they answer at once.
+    {
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut other = Cp::start(Backend::Sqlite(dir2.path())).await;
+        let stopper = other.stopper();
+        let started = Instant::now();
+        let poll = other.changes(0, 25);
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = stopper.send(());
+        };
+        let ((s, feed), _) = tokio::join!(poll, stop);
+        assert_eq!((s, feed["changes"].clone()), (200, json!([])));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
     // Past the kept history: reset.
     for i in 0..110 {
         let (s, _) = cp

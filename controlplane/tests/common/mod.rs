@@ -223,6 +223,11 @@ impl Cp {
         }
     }
 
+    /// The sender that stops the server (graceful shutdown).
+    pub fn stopper(&mut self) -> tokio::sync::oneshot::Sender<()> {
+        self.stop.take().unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
