@@ -25,6 +25,8 @@ pub use guardrails::{
     RawSide, RawWebhook, Side, WebhookRule,
 };
 pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
+mod responses;
+pub use responses::{RawResponses, Responses, ResponsesBackend};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -83,6 +85,10 @@ pub struct RawConfig {
     /// is absent.
     #[serde(default)]
     pub traces: Option<RawTraces>,
+    /// How `POST /v1/responses` keeps responses for `previous_response_id` and
+    /// `GET`/`DELETE /v1/responses/{id}`.
+    #[serde(default)]
+    pub responses: RawResponses,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -982,6 +988,9 @@ pub enum Endpoint {
     /// `POST /v1/messages/count_tokens` (Anthropic), answered by Tollgate itself with the
     /// count of the model's tokenizer (OpenAI-family models) or the documented estimate.
     CountTokens,
+    /// `POST /v1/responses` (OpenAI Responses): natively to OpenAI and Azure, through the
+    /// chat hub to every other provider.
+    Responses,
 }
 
 /// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
@@ -1022,6 +1031,7 @@ impl Endpoint {
             ("POST", p) if gemini_call(p).is_some() => Some(Endpoint::GenerateContent),
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
+            ("POST", "/v1/responses") => Some(Endpoint::Responses),
             _ => None,
         }
     }
@@ -1037,6 +1047,7 @@ impl Endpoint {
             Endpoint::GenerateContent => "generateContent",
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "messages/count_tokens",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -1051,6 +1062,7 @@ impl Endpoint {
             Endpoint::GenerateContent => "generate_content",
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "count_tokens",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -1064,6 +1076,7 @@ impl Endpoint {
             Endpoint::Models => 5,
             Endpoint::Feedback => 6,
             Endpoint::CountTokens => 7,
+            Endpoint::Responses => 8,
         }
     }
 }
@@ -1630,6 +1643,8 @@ pub struct Config {
     /// OpenTelemetry span export; `None` when traces are off. Read once at start-up: a change
     /// takes effect on restart.
     pub traces: Option<Traces>,
+    /// The Responses API's store.
+    pub responses: Responses,
 }
 
 /// The validated `budgets` section.
@@ -2140,6 +2155,8 @@ impl Config {
             }
         }
         let startup_check = lifecycle::validate_startup_check(&raw.startup_check, &mut errs);
+        let responses =
+            responses::validate_responses(&raw.responses, budgets.redis.is_some(), &mut errs);
         let traces = raw
             .traces
             .as_ref()
@@ -2198,6 +2215,7 @@ impl Config {
                 shutdown,
                 startup_check,
                 traces,
+                responses,
             }),
             _ => Err(errs.0),
         }

@@ -59,6 +59,12 @@ impl Processor {
         self.end_user = text(&self.config.budgets.end_user_header)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty());
+        if let Some(id) = strip_query(&path).strip_prefix("/v1/responses/") {
+            if !id.is_empty() && !id.contains('/') {
+                let id = id.to_owned();
+                return self.stored_response(&method, &id);
+            }
+        }
         if method == "GET" {
             match strip_query(&path) {
                 "/v1/budget" => return self.self_service(SelfService::Budget).await,

@@ -116,6 +116,10 @@ impl Processor {
 
     /// The endpoint the request asked for, when it names one.
     fn request_endpoint(&self) -> Option<Endpoint> {
+        // A Responses request goes on as the chat body it means; it is logged as itself.
+        if self.responses.is_some() {
+            return Some(Endpoint::Responses);
+        }
         self.forwarded.as_ref().map(|f| f.endpoint).or_else(|| {
             let ctx = self.ctx.as_ref()?;
             Endpoint::from_request(&ctx.method, strip_query(&ctx.path))

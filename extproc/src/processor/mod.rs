@@ -16,6 +16,7 @@ mod local;
 mod offload;
 mod reserve;
 mod response;
+mod responses;
 mod route;
 mod upstream_auth;
 
@@ -205,6 +206,8 @@ pub struct Processor {
     envoy_trace: Option<Remote>,
     /// The model of a token count Tollgate estimated itself (logged, like every count).
     estimated_count: Option<String>,
+    /// A `POST /v1/responses` request's state (`None` for every other endpoint).
+    responses: Option<Box<responses::ResponsesCall>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -261,6 +264,7 @@ impl Processor {
             span: None,
             envoy_trace: None,
             estimated_count: None,
+            responses: None,
         }
     }
 

@@ -152,6 +152,7 @@ impl Processor {
         if let Some(c) = &mut self.capture {
             c.response_bytes(out.as_ref().map_or(b.body.len(), Vec::len));
         }
+        self.responses_stream_chunk(out.as_deref().unwrap_or(&b.body), b.end_of_stream);
         mutation::response_body(match out {
             Some(out) => mutation::common(vec![], vec![], Some(out), false),
             None => Default::default(),
@@ -194,6 +195,7 @@ impl Processor {
                 Err(err) => return self.refuse_response(err, client, b.end_of_stream),
             }
         }
+        let body = self.responses_complete(ok, body, &b.body);
         if let Some(c) = &mut self.capture {
             c.response_body(body.as_deref().unwrap_or(&b.body));
         }
