@@ -152,7 +152,9 @@ impl Processor {
         if let Some(c) = &mut self.capture {
             c.response_bytes(out.as_ref().map_or(b.body.len(), Vec::len));
         }
-        self.responses_stream_chunk(out.as_deref().unwrap_or(&b.body), b.end_of_stream);
+        let out = self
+            .responses_stream_chunk(out.as_deref().unwrap_or(&b.body), b.end_of_stream)
+            .or(out);
         mutation::response_body(match out {
             Some(out) => mutation::common(vec![], vec![], Some(out), false),
             None => Default::default(),

@@ -44,6 +44,8 @@ pub(super) struct ResponsesCall {
     tap: Tap,
     /// Done storing (or given up).
     finished: bool,
+    /// The usage a native stream's final event reported.
+    usage: Option<tollgate_core::Usage>,
 }
 
 /// The upstream `:path` of a provider's Responses API.
@@ -108,6 +110,7 @@ impl Processor {
             store,
             tap: Tap::default(),
             finished: false,
+            usage: None,
         }));
         Ok(HttpBody {
             body: chat,
@@ -148,6 +151,10 @@ impl Processor {
         )?;
         if let Some(call) = &mut self.responses {
             call.native = true;
+            // The provider gets the whole conversation; the client sees its own id back.
+            if let Some(prev) = call.req.previous_response_id.clone() {
+                call.tap = Tap::patching(prev);
+            }
         }
         Ok(Some((body, path)))
     }
@@ -170,24 +177,27 @@ impl Processor {
     }
 
     /// The client's bytes of a Responses stream chunk: read for the final response, stored at
-    /// the end (its usage is the request's for a native stream).
-    pub(super) fn responses_stream_chunk(&mut self, out: &[u8], end: bool) {
-        let Some(call) = &mut self.responses else {
-            return;
-        };
-        call.tap.push(out);
+    /// the end (its usage is the request's for a native stream); `Some`: the bytes to send
+    /// instead (a native stream's lifecycle events given back the client's
+    /// `previous_response_id`).
+    pub(super) fn responses_stream_chunk(&mut self, out: &[u8], end: bool) -> Option<Vec<u8>> {
+        let call = self.responses.as_mut()?;
+        let replaced = call.tap.push(out, end);
         let done = call.tap.done.take();
-        if let Some(resp) = done {
+        if let Some(resp) = &done {
             if call.native {
-                if let (Some(fwd), Some(u)) = (&mut self.forwarded, usage_from_value(&resp["usage"]))
-                {
-                    fwd.usage = Some(u);
-                }
+                call.usage = usage_from_value(&resp["usage"]);
             }
+        }
+        if let (Some(fwd), Some(u)) = (&mut self.forwarded, call.usage) {
+            fwd.usage = Some(u);
+        }
+        if let Some(resp) = done {
             self.responses_store(resp);
         } else if end {
             self.responses_store(Value::Null);
         }
+        replaced
     }
 
     /// A complete Responses answer: the provider's own (native: its usage read), or the
@@ -206,12 +216,24 @@ impl Processor {
             return body;
         }
         if call.native {
-            let v: Value = serde_json::from_slice(provider_body).unwrap_or_default();
+            let mut v: Value = serde_json::from_slice(provider_body).unwrap_or_default();
+            let patch = match (&call.req.previous_response_id, v.as_object_mut()) {
+                (Some(prev), Some(o)) => {
+                    o.insert("previous_response_id".into(), Value::String(prev.clone()));
+                    true
+                }
+                _ => false,
+            };
             if let (Some(fwd), Some(u)) = (&mut self.forwarded, usage_from_value(&v["usage"])) {
                 fwd.usage = Some(u);
             }
+            let out = if patch {
+                serde_json::to_vec(&v).ok()
+            } else {
+                body
+            };
             self.responses_store(v);
-            return body;
+            return out;
         }
         let chat = body.as_deref().unwrap_or(provider_body);
         let mut hub = match openai_codec::response_from_wire(chat) {
