@@ -89,7 +89,9 @@ async fn openai_sdk_responses_onto_anthropic() {
         );
     }
     // The tool loop's result reached Anthropic as a tool_result answering the call.
-    assert!(seen.iter().any(|r| r["body"].to_string().contains("tool_result")));
+    assert!(seen
+        .iter()
+        .any(|r| r["body"].to_string().contains("tool_result")));
 }
 
 #[tokio::test]
@@ -178,7 +180,13 @@ async fn stored_responses_are_scoped_by_tenant() {
     assert_eq!(r.status, 200, "{}", r.text);
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let url = format!("{}/v1/responses/{id}", stack.base);
-    let resp = stack.http.get(url).bearer_auth(KEY_ALL).send().await.unwrap();
+    let resp = stack
+        .http
+        .get(url)
+        .bearer_auth(KEY_ALL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 }
 
@@ -201,8 +209,7 @@ async fn storing_off_refuses_continuations_and_reads() {
         .post(
             "/v1/responses",
             Some(KEY_ALL),
-            json!({"model": "mock-model", "input": "more", "previous_response_id": id})
-                .to_string(),
+            json!({"model": "mock-model", "input": "more", "previous_response_id": id}).to_string(),
         )
         .await;
     let e = cont.assert_openai_error(400, None);
@@ -214,7 +221,13 @@ async fn storing_off_refuses_continuations_and_reads() {
         "{e}"
     );
     let url = format!("{}/v1/responses/{id}", stack.base);
-    let resp = stack.http.get(url).bearer_auth(KEY_ALL).send().await.unwrap();
+    let resp = stack
+        .http
+        .get(url)
+        .bearer_auth(KEY_ALL)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 }
 
@@ -305,8 +318,14 @@ async fn responses_usage_and_spend_reach_the_log_event() {
         assert_eq!(l["requested_model"], model, "{l}");
         assert_eq!(l["stream"], stream, "{l}");
         assert_eq!(l["usage_source"], "provider", "{l}");
-        assert_eq!(l["input_tokens"], usage["input_tokens"], "{model} {stream}: {l}");
-        assert_eq!(l["output_tokens"], usage["output_tokens"], "{model} {stream}: {l}");
+        assert_eq!(
+            l["input_tokens"], usage["input_tokens"],
+            "{model} {stream}: {l}"
+        );
+        assert_eq!(
+            l["output_tokens"], usage["output_tokens"],
+            "{model} {stream}: {l}"
+        );
         let input = usage["input_tokens"].as_u64().unwrap();
         let output = usage["output_tokens"].as_u64().unwrap();
         assert!(input > 0 && output > 0, "{usage}");
@@ -319,4 +338,103 @@ async fn responses_usage_and_spend_reach_the_log_event() {
             );
         }
     }
+}
+
+/// A real `redis-server` listening on a Unix socket only, data in a temporary directory,
+/// killed on drop.
+struct Redis {
+    url: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+fn start_redis() -> Redis {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let mut proc = Proc::spawn(
+        "redis",
+        std::process::Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--unixsocketperm", "700"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path()),
+        dir.path(),
+    );
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(proc.alive(), "redis-server exited:\n{}", proc.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "redis-server did not listen:\n{}",
+            proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Redis {
+        url: format!("redis+unix://{}?db=0", socket.display()),
+        _proc: proc,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_redis_share_stored_responses() {
+    let redis = start_redis();
+    let yaml = format!(
+        "budgets:\n  redis: {{ url: \"{}\", timeout_ms: 1000 }}\nresponses:\n  backend: redis\n",
+        redis.url
+    );
+    let opts = || StackOptions {
+        extra_yaml: yaml.clone(),
+        ..Default::default()
+    };
+    let (a, b) = (Stack::start(opts()), Stack::start(opts()));
+    let r = a
+        .post(
+            "/v1/responses",
+            Some(KEY_ALL),
+            json!({"model": "claude-model", "input": "remember the word tangerine"}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    // The other replica reads it, and continues it with the stored conversation.
+    let got = b.get(&format!("/v1/responses/{id}"), Some(KEY_ALL)).await;
+    assert_eq!(got.status, 200, "{}", got.text);
+    assert_eq!(got.json()["id"], id.as_str());
+    let cont = b
+        .post(
+            "/v1/responses",
+            Some(KEY_ALL),
+            json!({"model": "claude-model", "input": "which word?", "previous_response_id": id})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(cont.status, 200, "{}", cont.text);
+    let sent = b.posted().await;
+    assert!(sent
+        .iter()
+        .any(|r| r["body"].to_string().contains("tangerine")));
+    // Another tenant sees nothing there either; a delete on one replica is seen by the other.
+    assert_eq!(
+        b.get(&format!("/v1/responses/{id}"), Some(KEY_GUARDED))
+            .await
+            .status,
+        404
+    );
+    let del = a
+        .http
+        .delete(format!("{}/v1/responses/{id}", a.base))
+        .bearer_auth(KEY_ALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    assert_eq!(
+        b.get(&format!("/v1/responses/{id}"), Some(KEY_ALL))
+            .await
+            .status,
+        404
+    );
 }

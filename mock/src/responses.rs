@@ -46,7 +46,10 @@ fn invalid(param: &'static str, message: impl Into<String>) -> MockError {
 /// Answers one Responses request.
 pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Response, MockError> {
     let stream = params::flag(request, "stream")?;
-    if request.get("previous_response_id").is_some_and(|v| !v.is_null()) {
+    if request
+        .get("previous_response_id")
+        .is_some_and(|v| !v.is_null())
+    {
         return Err(invalid(
             "previous_response_id",
             "The mock keeps no responses: previous_response_id is not accepted.",
@@ -85,9 +88,10 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
         prompt_tokens += word_count(i);
     }
     let prompt_tokens = prompt_tokens.max(1);
-    let last_user = items.iter().rev().find(|i| {
-        i.get("role").and_then(Value::as_str) == Some("user")
-    });
+    let last_user = items
+        .iter()
+        .rev()
+        .find(|i| i.get("role").and_then(Value::as_str) == Some("user"));
     let user_texts = last_user.map(item_texts).unwrap_or_default();
     let answering_tool = items
         .last()
@@ -111,8 +115,10 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     let mut output = Vec::new();
     let reasoning_tokens = if reasoning { 3 } else { 0 };
     if reasoning {
-        output.push(json!({"type": "reasoning", "id": format!("rs_mock{:08}", exchange.number),
-            "summary": [], "encrypted_content": format!("{ENCRYPTED_PREFIX}{}", exchange.number)}));
+        output.push(
+            json!({"type": "reasoning", "id": format!("rs_mock{:08}", exchange.number),
+            "summary": [], "encrypted_content": format!("{ENCRYPTED_PREFIX}{}", exchange.number)}),
+        );
     }
     let mut output_tokens = reasoning_tokens;
     if calls.is_empty() {
@@ -123,9 +129,11 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     } else {
         for (n, c) in calls.iter().enumerate() {
             output_tokens += c.tokens();
-            output.push(json!({"type": "function_call", "id": format!("fc_mock{:08}_{n}", exchange.number),
+            output.push(
+                json!({"type": "function_call", "id": format!("fc_mock{:08}_{n}", exchange.number),
                 "call_id": c.id.replace("toolu_", "call_"), "name": c.name,
-                "arguments": c.input.to_string(), "status": "completed"}));
+                "arguments": c.input.to_string(), "status": "completed"}),
+            );
         }
     }
     let incomplete = calls.is_empty() && reply.finish_reason == FinishReason::Length;
@@ -151,7 +159,11 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
             "truncation": "disabled", "usage": usage, "user": null, "metadata": {},
         })
     };
-    let status = if incomplete { "incomplete" } else { "completed" };
+    let status = if incomplete {
+        "incomplete"
+    } else {
+        "completed"
+    };
     if !stream {
         if exchange.stream_error {
             return Err(MockError::GenerationFailed);
@@ -169,22 +181,35 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
                 let mut added = item.clone();
                 added["status"] = "in_progress".into();
                 added["content"] = json!([]);
-                events.push("response.output_item.added", json!({"output_index": oi, "item": added}));
+                events.push(
+                    "response.output_item.added",
+                    json!({"output_index": oi, "item": added}),
+                );
                 events.push("response.content_part.added", json!({"item_id": item_id, "output_index": oi,
                     "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}));
                 let pieces: Vec<String> = reply.pieces().collect();
-                let count = if exchange.stream_error { 2 } else { pieces.len() };
+                let count = if exchange.stream_error {
+                    2
+                } else {
+                    pieces.len()
+                };
                 for p in pieces.iter().take(count) {
-                    events.push("response.output_text.delta", json!({"item_id": item_id, "output_index": oi,
-                        "content_index": 0, "delta": p, "logprobs": []}));
+                    events.push(
+                        "response.output_text.delta",
+                        json!({"item_id": item_id, "output_index": oi,
+                        "content_index": 0, "delta": p, "logprobs": []}),
+                    );
                 }
                 if exchange.stream_error {
                     events.push("error", json!({"code": "server_error", "message": SERVER_ERROR_MESSAGE, "param": null}));
                     return Ok(sse::response(events.0, exchange.chunk_delay));
                 }
                 let text = reply.text();
-                events.push("response.output_text.done", json!({"item_id": item_id, "output_index": oi,
-                    "content_index": 0, "text": text, "logprobs": []}));
+                events.push(
+                    "response.output_text.done",
+                    json!({"item_id": item_id, "output_index": oi,
+                    "content_index": 0, "text": text, "logprobs": []}),
+                );
                 events.push("response.content_part.done", json!({"item_id": item_id, "output_index": oi,
                     "content_index": 0, "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}));
             }
@@ -192,25 +217,49 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
                 let mut added = item.clone();
                 added["status"] = "in_progress".into();
                 added["arguments"] = "".into();
-                events.push("response.output_item.added", json!({"output_index": oi, "item": added}));
+                events.push(
+                    "response.output_item.added",
+                    json!({"output_index": oi, "item": added}),
+                );
                 let args = item["arguments"].as_str().unwrap_or_default();
                 let mid = args.len() / 2;
-                let mid = (mid..=args.len()).find(|i| args.is_char_boundary(*i)).unwrap_or(args.len());
+                let mid = (mid..=args.len())
+                    .find(|i| args.is_char_boundary(*i))
+                    .unwrap_or(args.len());
                 for piece in [&args[..mid], &args[mid..]] {
-                    events.push("response.function_call_arguments.delta", json!({"item_id": item_id,
-                        "output_index": oi, "delta": piece}));
+                    events.push(
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": item_id,
+                        "output_index": oi, "delta": piece}),
+                    );
                 }
-                events.push("response.function_call_arguments.done", json!({"item_id": item_id,
-                    "output_index": oi, "name": item["name"], "arguments": args}));
+                events.push(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": item_id,
+                    "output_index": oi, "name": item["name"], "arguments": args}),
+                );
             }
             _ => {
-                events.push("response.output_item.added", json!({"output_index": oi, "item": item}));
+                events.push(
+                    "response.output_item.added",
+                    json!({"output_index": oi, "item": item}),
+                );
             }
         }
-        events.push("response.output_item.done", json!({"output_index": oi, "item": item}));
+        events.push(
+            "response.output_item.done",
+            json!({"output_index": oi, "item": item}),
+        );
     }
-    let last = if incomplete { "response.incomplete" } else { "response.completed" };
-    events.push(last, json!({"response": object(status, output.clone(), usage)}));
+    let last = if incomplete {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    events.push(
+        last,
+        json!({"response": object(status, output.clone(), usage)}),
+    );
     Ok(sse::response(events.0, exchange.chunk_delay))
 }
 

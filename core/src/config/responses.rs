@@ -104,7 +104,10 @@ pub(super) fn validate_responses(raw: &RawResponses, redis: bool, errs: &mut Err
         errs.add("responses.max_entries", "must be between 1 and 10000000");
     }
     if !(1024..=64 * 1024 * 1024 * 1024).contains(&raw.max_bytes) {
-        errs.add("responses.max_bytes", "must be between 1024 and 68719476736");
+        errs.add(
+            "responses.max_bytes",
+            "must be between 1024 and 68719476736",
+        );
     }
     if !(1..=31_536_000).contains(&raw.ttl_secs) {
         errs.add("responses.ttl_secs", "must be between 1 and 31536000");

@@ -62,7 +62,7 @@ impl Processor {
         if let Some(id) = strip_query(&path).strip_prefix("/v1/responses/") {
             if !id.is_empty() && !id.contains('/') {
                 let id = id.to_owned();
-                return self.stored_response(&method, &id);
+                return self.stored_response(&method, &id).await;
             }
         }
         if method == "GET" {

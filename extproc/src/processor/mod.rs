@@ -208,6 +208,8 @@ pub struct Processor {
     estimated_count: Option<String>,
     /// A `POST /v1/responses` request's state (`None` for every other endpoint).
     responses: Option<Box<responses::ResponsesCall>>,
+    /// Where Responses API responses are kept.
+    response_store: crate::responses::store::Backend,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -265,6 +267,7 @@ impl Processor {
             envoy_trace: None,
             estimated_count: None,
             responses: None,
+            response_store: Default::default(),
         }
     }
 

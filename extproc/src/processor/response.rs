@@ -135,6 +135,7 @@ impl Processor {
             self.response_done = true;
             self.finish();
         }
+        self.responses_flush().await;
         response
     }
 

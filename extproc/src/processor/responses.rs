@@ -21,7 +21,7 @@ use super::{unix_now, Processor};
 use crate::mutation;
 use crate::responses::request::{self, ResponsesRequest};
 use crate::responses::response::{usage_from_value, Envelope, StreamEncoder};
-use crate::responses::store::{Inserted, Limits, Store, Stored};
+use crate::responses::store::{Backend, Inserted, Limits, Stored};
 use crate::responses::{error_body, scope, Tap};
 use crate::stream::Pipeline;
 use crate::translator::codec::openai as openai_codec;
@@ -46,6 +46,8 @@ pub(super) struct ResponsesCall {
     finished: bool,
     /// The usage a native stream's final event reported.
     usage: Option<tollgate_core::Usage>,
+    /// A response to store, written once the response phase can wait for the store.
+    pending: Option<(String, Stored)>,
 }
 
 /// The upstream `:path` of a provider's Responses API.
@@ -63,9 +65,15 @@ fn native_path(target: &Target) -> Option<String> {
 }
 
 impl Processor {
+    /// Keeps Responses API responses in `store`.
+    pub fn with_response_store(mut self, store: Backend) -> Self {
+        self.response_store = store;
+        self
+    }
+
     /// Reads a Responses body: the Chat Completions body the route goes on with (the request's
     /// state kept in `self.responses`).
-    pub(super) fn responses_prepare(&mut self, b: &HttpBody) -> Result<HttpBody, ApiError> {
+    pub(super) async fn responses_prepare(&mut self, b: &HttpBody) -> Result<HttpBody, ApiError> {
         let req = request::parse(&b.body)?;
         let Some(ctx) = &self.ctx else {
             return Err(ApiError::Internal);
@@ -79,9 +87,17 @@ impl Processor {
                     message: "This gateway does not store responses (responses.store is off): send the whole conversation in `input`.".to_owned(),
                 })
             }
-            Some(id) => match Store::shared().get(&scope(&ctx.tenant, &ctx.key_id), id) {
-                Some(stored) => stored.history(),
-                None => {
+            Some(id) => match self
+                .response_store
+                .get(&scope(&ctx.tenant, &ctx.key_id), id)
+                .await
+            {
+                Ok(Some(stored)) => stored.history(),
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "Cannot read a stored response");
+                    return Err(e.api_error());
+                }
+                Ok(None) => {
                     return Err(ApiError::InvalidField {
                         param: "previous_response_id",
                         message: format!(
@@ -111,6 +127,7 @@ impl Processor {
             tap: Tap::default(),
             finished: false,
             usage: None,
+            pending: None,
         }));
         Ok(HttpBody {
             body: chat,
@@ -142,7 +159,11 @@ impl Processor {
             return Ok(None);
         };
         let limit = (self.budgeted(&target.upstream_model)
-            && call.req.body.get("max_output_tokens").is_none_or(Value::is_null))
+            && call
+                .req
+                .body
+                .get("max_output_tokens")
+                .is_none_or(Value::is_null))
         .then_some(self.config.budgets.default_max_tokens);
         let body = call.req.native_body(
             &target.upstream_model,
@@ -253,39 +274,65 @@ impl Processor {
         out.or(body)
     }
 
-    /// Stores the final response object (once), when storing is on for this request.
+    /// Keeps the final response object (once) for [`Processor::responses_flush`], when storing
+    /// is on for this request.
     fn responses_store(&mut self, response: Value) {
-        let (Some(call), Some(ctx)) = (&mut self.responses, &self.ctx) else {
+        let Some(call) = &mut self.responses else {
             return;
         };
         if call.finished {
             return;
         }
         call.finished = true;
-        let Some(id) = response.get("id").and_then(Value::as_str).map(str::to_owned) else {
+        let Some(id) = response
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
             return;
         };
         if !call.store {
             return;
         }
+        let stored = Stored {
+            response,
+            input: std::mem::take(&mut call.conversation),
+        };
+        call.pending = Some((id, stored));
+    }
+
+    /// Writes the response kept by [`Processor::responses_store`] to the store.
+    pub(super) async fn responses_flush(&mut self) {
+        let (Some(call), Some(ctx)) = (&mut self.responses, &self.ctx) else {
+            return;
+        };
+        let Some((id, stored)) = call.pending.take() else {
+            return;
+        };
         let settings = &self.config.responses;
         let limits = Limits {
             max_entries: settings.max_entries,
             max_bytes: settings.max_bytes,
             ttl: settings.ttl,
         };
-        let stored = Stored {
-            response,
-            input: std::mem::take(&mut call.conversation),
-        };
         let scope = scope(&ctx.tenant, &ctx.key_id);
-        if Store::shared().insert(&scope, &id, stored, limits) == Inserted::TooLarge {
-            tracing::warn!(request_id = %ctx.request_id, response_id = %tollgate_core::bound::echo(&id), "A response larger than an eighth of responses.max_bytes was not stored");
+        match self
+            .response_store
+            .insert(&scope, &id, stored, limits)
+            .await
+        {
+            Ok(Inserted::Stored) => {}
+            Ok(Inserted::TooLarge) => {
+                tracing::warn!(request_id = %ctx.request_id, response_id = %tollgate_core::bound::echo(&id), "A response larger than an eighth of responses.max_bytes was not stored");
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "Cannot store a response: previous_response_id and GET will not find it");
+            }
         }
     }
 
     /// `GET` or `DELETE /v1/responses/{id}` for the calling key's tenant.
-    pub(super) fn stored_response(&mut self, method: &str, id: &str) -> ProcessingResponse {
+    pub(super) async fn stored_response(&mut self, method: &str, id: &str) -> ProcessingResponse {
         let Some(ctx) = &self.ctx else {
             return self.reject(&ApiError::Internal, None);
         };
@@ -304,7 +351,11 @@ impl Processor {
         if !self.config.responses.store {
             self.metrics.requests.get_or_create(&label(404)).inc();
             let msg = "This gateway does not store responses (responses.store is off).";
-            return reply(404, error_body(msg, "invalid_request_error", None, None), headers);
+            return reply(
+                404,
+                error_body(msg, "invalid_request_error", None, None),
+                headers,
+            );
         }
         let not_found = || {
             let msg = format!(
@@ -314,14 +365,18 @@ impl Processor {
             error_body(&msg, "invalid_request_error", None, None)
         };
         let found = match method {
-            "GET" => Store::shared()
+            "GET" => self
+                .response_store
                 .get(&scope, id)
-                .and_then(|s| serde_json::to_vec(&s.response).ok()),
-            "DELETE" => Store::shared().delete(&scope, id).then(|| {
-                serde_json::to_vec(
-                    &serde_json::json!({"id": id, "object": "response.deleted", "deleted": true}),
-                )
-                .unwrap_or_default()
+                .await
+                .map(|s| s.and_then(|s| serde_json::to_vec(&s.response).ok())),
+            "DELETE" => self.response_store.delete(&scope, id).await.map(|d| {
+                d.then(|| {
+                    serde_json::to_vec(&serde_json::json!(
+                        {"id": id, "object": "response.deleted", "deleted": true}
+                    ))
+                    .unwrap_or_default()
+                })
             }),
             _ => {
                 let err = ApiError::UnknownEndpoint {
@@ -329,6 +384,22 @@ impl Processor {
                     path: format!("/v1/responses/{id}"),
                 };
                 return self.reject(&err, None);
+            }
+        };
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(request_id = %request_id, error = %e, "Cannot read the response store");
+                let err = e.api_error();
+                self.metrics
+                    .requests
+                    .get_or_create(&label(err.status()))
+                    .inc();
+                return reply(
+                    err.status(),
+                    err.body(tollgate_core::Dialect::OpenAi),
+                    headers,
+                );
             }
         };
         match found {

@@ -72,7 +72,7 @@ impl Processor {
         // A Responses request goes on as the Chat Completions body it means.
         let chat_of_responses;
         let (endpoint, b) = if endpoint == Endpoint::Responses {
-            chat_of_responses = self.responses_prepare(b).map_err(|e| (e, None))?;
+            chat_of_responses = self.responses_prepare(b).await.map_err(|e| (e, None))?;
             (Endpoint::ChatCompletions, &chat_of_responses)
         } else {
             (endpoint, b)

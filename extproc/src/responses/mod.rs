@@ -111,7 +111,9 @@ impl Tap {
             if end {
                 self.carry.clear();
             } else if self.carry.len() > TAP_MAX_CARRY {
-                tracing::warn!("A Responses stream event exceeded 16 MiB: its response is not stored");
+                tracing::warn!(
+                    "A Responses stream event exceeded 16 MiB: its response is not stored"
+                );
                 self.overflowed = true;
                 self.carry = Vec::new();
             }
@@ -119,7 +121,9 @@ impl Tap {
         }
         if end || self.carry.len() > TAP_MAX_CARRY {
             if !end {
-                tracing::warn!("A Responses stream event exceeded 16 MiB: it went through unpatched");
+                tracing::warn!(
+                    "A Responses stream event exceeded 16 MiB: it went through unpatched"
+                );
             }
             out.append(&mut self.carry);
         }
@@ -160,8 +164,15 @@ mod tests {
             let mut out = tap.push(&stream[..split], false).unwrap();
             out.extend(tap.push(&stream[split..], true).unwrap());
             let text = String::from_utf8(out).unwrap();
-            assert_eq!(text.matches("\"previous_response_id\":\"resp_prev\"").count(), 2);
-            assert_eq!(tap.done.as_ref().unwrap()["previous_response_id"], "resp_prev");
+            assert_eq!(
+                text.matches("\"previous_response_id\":\"resp_prev\"")
+                    .count(),
+                2
+            );
+            assert_eq!(
+                tap.done.as_ref().unwrap()["previous_response_id"],
+                "resp_prev"
+            );
         }
     }
 

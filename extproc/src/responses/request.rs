@@ -271,9 +271,8 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> 
                             }
                         }
                     }
-                    _ => messages.push(
-                        json!({"role": "assistant", "content": null, "tool_calls": [call]}),
-                    ),
+                    _ => messages
+                        .push(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
                 }
             }
             Some("function_call_output") => {
@@ -380,7 +379,10 @@ impl ResponsesRequest {
                     let mut schema = Map::new();
                     schema.insert(
                         "name".into(),
-                        format.get("name").cloned().unwrap_or_else(|| "response".into()),
+                        format
+                            .get("name")
+                            .cloned()
+                            .unwrap_or_else(|| "response".into()),
                     );
                     schema.insert(
                         "schema".into(),
@@ -492,8 +494,10 @@ mod tests {
 
     #[test]
     fn text_input_and_instructions_become_system_and_user() {
-        let c = chat(json!({"model": "m", "input": "hi", "instructions": "be brief",
-            "max_output_tokens": 20, "temperature": 0.5}));
+        let c = chat(
+            json!({"model": "m", "input": "hi", "instructions": "be brief",
+            "max_output_tokens": 20, "temperature": 0.5}),
+        );
         assert_eq!(
             c["messages"],
             json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
@@ -516,7 +520,10 @@ mod tests {
         let m = c["messages"].as_array().unwrap();
         assert_eq!(m.len(), 4);
         assert_eq!(m[1]["tool_calls"].as_array().unwrap().len(), 2);
-        assert_eq!(m[2], json!({"role": "tool", "tool_call_id": "c1", "content": "sunny"}));
+        assert_eq!(
+            m[2],
+            json!({"role": "tool", "tool_call_id": "c1", "content": "sunny"})
+        );
         assert_eq!(c["tools"][0]["function"]["name"], "get");
         assert_eq!(c["tool_choice"]["function"]["name"], "get");
     }
@@ -544,13 +551,12 @@ mod tests {
 
     #[test]
     fn native_body_expands_the_stored_conversation() {
-        let req = parse(br#"{"model":"m","input":"again","previous_response_id":"resp_1"}"#)
-            .unwrap();
+        let req =
+            parse(br#"{"model":"m","input":"again","previous_response_id":"resp_1"}"#).unwrap();
         let history = vec![user_item("first")];
         let conv = req.conversation(&history);
         let body: Value =
-            serde_json::from_slice(&req.native_body("up", Some(&conv), Some(64)).unwrap())
-                .unwrap();
+            serde_json::from_slice(&req.native_body("up", Some(&conv), Some(64)).unwrap()).unwrap();
         assert_eq!(body["model"], "up");
         assert!(body.get("previous_response_id").is_none());
         assert_eq!(body["input"].as_array().unwrap().len(), 2);

@@ -10,7 +10,9 @@ use tollgate_core::usage::UsageSource;
 use tollgate_core::Usage;
 
 use crate::stream::Frame;
-use crate::translator::hub::{BlockKind, ChatResponse, Delta, ErrorInfo, Part, StopReason, StreamEvent};
+use crate::translator::hub::{
+    BlockKind, ChatResponse, Delta, ErrorInfo, Part, StopReason, StreamEvent,
+};
 
 /// What a response object says besides its output.
 #[derive(Debug, Clone, Default)]
@@ -140,9 +142,21 @@ fn reasoning_item(id: &str, text: &str, signature: Option<&str>) -> Value {
 /// The item a stream has open.
 #[derive(Debug)]
 enum OpenItem {
-    Message { id: String, text: String },
-    Call { id: String, call_id: String, name: String, arguments: String },
-    Reasoning { id: String, text: String, signature: Option<String> },
+    Message {
+        id: String,
+        text: String,
+    },
+    Call {
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+    Reasoning {
+        id: String,
+        text: String,
+        signature: Option<String>,
+    },
 }
 
 /// Hub events → Responses SSE events.
@@ -202,14 +216,25 @@ impl StreamEncoder {
                 let id = self.envelope.item_id("msg", oi);
                 let added = json!({"type": "message", "id": id, "status": "in_progress",
                     "role": "assistant", "content": []});
-                (OpenItem::Message { id, text: String::new() }, added)
+                (
+                    OpenItem::Message {
+                        id,
+                        text: String::new(),
+                    },
+                    added,
+                )
             }
             BlockKind::ToolCall { id: call_id, name } => {
                 let id = self.envelope.item_id("fc", oi);
                 let added = json!({"type": "function_call", "id": id, "call_id": call_id,
                     "name": name, "arguments": "", "status": "in_progress"});
                 (
-                    OpenItem::Call { id, call_id, name, arguments: String::new() },
+                    OpenItem::Call {
+                        id,
+                        call_id,
+                        name,
+                        arguments: String::new(),
+                    },
                     added,
                 )
             }
@@ -217,7 +242,11 @@ impl StreamEncoder {
                 let id = self.envelope.item_id("rs", oi);
                 let added = json!({"type": "reasoning", "id": id, "summary": []});
                 (
-                    OpenItem::Reasoning { id, text: String::new(), signature: None },
+                    OpenItem::Reasoning {
+                        id,
+                        text: String::new(),
+                        signature: None,
+                    },
                     added,
                 )
             }
@@ -250,19 +279,31 @@ impl StreamEncoder {
                 let v = json!({"item_id": id, "output_index": oi, "content_index": 0,
                     "text": text, "logprobs": []});
                 self.emit("response.output_text.done", v, out);
-                let part = json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
-                let v = json!({"item_id": id, "output_index": oi, "content_index": 0, "part": part});
+                let part =
+                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []});
+                let v =
+                    json!({"item_id": id, "output_index": oi, "content_index": 0, "part": part});
                 self.emit("response.content_part.done", v, out);
                 message_item(&id, text, "completed")
             }
-            OpenItem::Call { id, call_id, name, arguments } => {
+            OpenItem::Call {
+                id,
+                call_id,
+                name,
+                arguments,
+            } => {
                 let v = json!({"item_id": id, "output_index": oi, "name": name, "arguments": arguments});
                 self.emit("response.function_call_arguments.done", v, out);
                 json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
                     "arguments": arguments, "status": "completed"})
             }
-            OpenItem::Reasoning { id, text, signature } => {
-                let v = json!({"item_id": id, "output_index": oi, "summary_index": 0, "text": text});
+            OpenItem::Reasoning {
+                id,
+                text,
+                signature,
+            } => {
+                let v =
+                    json!({"item_id": id, "output_index": oi, "summary_index": 0, "text": text});
                 self.emit("response.reasoning_summary_text.done", v, out);
                 let v = json!({"item_id": id, "output_index": oi, "summary_index": 0,
                     "part": {"type": "summary_text", "text": text}});
@@ -294,8 +335,7 @@ impl StreamEncoder {
             }
             StreamEvent::Delta { index, delta } => {
                 self.start(out);
-                let Some((_, oi, item)) = self.open.iter_mut().find(|(i, _, _)| *i == index)
-                else {
+                let Some((_, oi, item)) = self.open.iter_mut().find(|(i, _, _)| *i == index) else {
                     return;
                 };
                 let oi = *oi;
@@ -373,7 +413,9 @@ impl StreamEncoder {
             json!({"code": code, "message": e.message, "param": null}),
             out,
         );
-        let mut r = self.envelope.object("failed", Value::Null, Vec::new(), None);
+        let mut r = self
+            .envelope
+            .object("failed", Value::Null, Vec::new(), None);
         r["error"] = json!({"code": code, "message": e.message});
         self.emit("response.failed", json!({"response": r}), out);
         self.ended = true;

@@ -1,17 +1,38 @@
 //! The store of served responses, for `previous_response_id` and `GET`/`DELETE
-//! /v1/responses/{id}`: one bounded map per process (by count and by bytes, oldest out first,
-//! each entry with a time to live), keyed by the owner's scope and the response id, so one
-//! tenant never reads another's responses. The bounds come from each call's config snapshot,
-//! so a reload applies at the next insert.
+//! /v1/responses/{id}`, keyed by the owner's scope and the response id so one tenant never
+//! reads another's responses: one bounded map per process (by count and by bytes, oldest out
+//! first, each entry with a time to live), or, when replicas share it, Redis (the budget
+//! ledger's connection; one `SET … EX ttl` per response, so Redis's own memory policy and the
+//! TTL bound it). The bounds come from each call's config snapshot, so a reload applies at the
+//! next insert.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Why the shared store could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis failed or timed out.
+    #[error("the response store (Redis) is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// What the client gets: 503, the store being the gateway's upstream here.
+    pub fn api_error(&self) -> tollgate_core::ApiError {
+        match self {
+            StoreError::Unavailable(_) => tollgate_core::ApiError::Upstream(503),
+        }
+    }
+}
+
 /// A stored response and the conversation it answered.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stored {
     /// The response object, as the client got it.
     pub response: Value,
@@ -176,6 +197,137 @@ impl Store {
     }
 }
 
+/// The responses kept in the budget ledger's Redis, shared by every replica.
+#[derive(Clone)]
+pub struct RedisStore {
+    con: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedisStore {
+    /// A store on `con`, its keys under `{prefix}:resp:`, each call bounded by `timeout`.
+    pub fn new(con: ConnectionManager, prefix: &str, timeout: Duration) -> Self {
+        Self {
+            con,
+            prefix: prefix.to_owned(),
+            timeout,
+        }
+    }
+
+    fn key(&self, scope: &str, id: &str) -> String {
+        format!(
+            "{{{}}}:resp:{}:{}",
+            self.prefix,
+            hex::encode(scope),
+            hex::encode(id)
+        )
+    }
+
+    async fn bounded<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(unavailable("timed out")),
+        }
+    }
+
+    async fn get(&self, scope: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("GET").arg(self.key(scope, id)).to_owned();
+        let raw: Option<Vec<u8>> = self.bounded(cmd.query_async(&mut con)).await?;
+        Ok(raw.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    async fn put(
+        &self,
+        scope: &str,
+        id: &str,
+        data: &Stored,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let body = serde_json::to_vec(data).map_err(unavailable)?;
+        let cmd = redis::cmd("SET")
+            .arg(self.key(scope, id))
+            .arg(body)
+            .arg("EX")
+            .arg(ttl.as_secs().max(1))
+            .to_owned();
+        self.bounded(cmd.query_async::<()>(&mut con)).await
+    }
+
+    async fn delete(&self, scope: &str, id: &str) -> Result<bool, StoreError> {
+        let mut con = self.con.clone();
+        let cmd = redis::cmd("DEL").arg(self.key(scope, id)).to_owned();
+        let n: u64 = self.bounded(cmd.query_async(&mut con)).await?;
+        Ok(n > 0)
+    }
+}
+
+/// Where this process keeps responses.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// [`Store::shared`].
+    #[default]
+    Memory,
+    /// Redis, shared by every replica.
+    Redis(RedisStore),
+}
+
+impl Backend {
+    /// The response `id` of `scope`.
+    pub async fn get(&self, scope: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        match self {
+            Backend::Memory => Ok(Store::shared().get(scope, id).map(|s| (*s).clone())),
+            Backend::Redis(r) => r.get(scope, id).await,
+        }
+    }
+
+    /// Stores `data` as `id` of `scope`.
+    pub async fn insert(
+        &self,
+        scope: &str,
+        id: &str,
+        data: Stored,
+        limits: Limits,
+    ) -> Result<Inserted, StoreError> {
+        match self {
+            Backend::Memory => Ok(Store::shared().insert(scope, id, data, limits)),
+            Backend::Redis(r) => {
+                if data.size() > limits.max_bytes / 8 {
+                    return Ok(Inserted::TooLarge);
+                }
+                r.put(scope, id, &data, limits.ttl)
+                    .await
+                    .map(|()| Inserted::Stored)
+            }
+        }
+    }
+
+    /// Deletes the response `id` of `scope`; whether it was there.
+    pub async fn delete(&self, scope: &str, id: &str) -> Result<bool, StoreError> {
+        match self {
+            Backend::Memory => Ok(Store::shared().delete(scope, id)),
+            Backend::Redis(r) => r.delete(scope, id).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +373,12 @@ mod tests {
         let per = stored(&big).size();
         let s = Store::default();
         for i in 0..4 {
-            s.insert("t", &format!("r{i}"), stored(&big), limits(100, per * 8 + 10));
+            s.insert(
+                "t",
+                &format!("r{i}"),
+                stored(&big),
+                limits(100, per * 8 + 10),
+            );
         }
         assert!(s.size().1 <= per * 8 + 10);
         assert_eq!(
