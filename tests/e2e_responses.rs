@@ -438,3 +438,39 @@ async fn replicas_sharing_redis_share_stored_responses() {
         404
     );
 }
+
+#[tokio::test]
+async fn guardrails_judge_responses_requests_and_answers() {
+    let stack = Stack::start(StackOptions::default());
+    let post = |body: Value| stack.post("/v1/responses", Some(KEY_GUARDED), body.to_string());
+    // A request rule blocks, in OpenAI's shape, before any provider is asked.
+    let r = post(json!({"model": "mock-model", "input": "my card is 4111 1111 1111 1111"})).await;
+    r.assert_openai_error(400, Some("guardrail_blocked"));
+    assert!(stack.posted().await.is_empty());
+    // A redaction reaches the provider redacted (multi-turn input items too).
+    let r = post(json!({"model": "claude-model", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "write to bob@example.com"}]}]}))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let sent = stack.posted().await;
+    assert!(
+        !sent[0]["body"].to_string().contains("bob@example.com"),
+        "{}",
+        sent[0]
+    );
+    stack.clear_upstream_requests().await;
+    // A response rule: the (echoing) mock's answer is blocked, whole or streamed. With a
+    // response rule, an OpenAI target is asked through Chat Completions, judged there.
+    let r = post(json!({"model": "mock-model", "input": "repeat TOPSECRET-1234"})).await;
+    r.assert_openai_error(400, Some("guardrail_blocked"));
+    let sent = stack.posted().await;
+    assert_eq!(sent[0]["path"], "/v1/chat/completions", "{}", sent[0]);
+    let r =
+        post(json!({"model": "claude-model", "input": "repeat TOPSECRET-1234", "stream": true}))
+            .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("event: error"), "{}", r.text);
+    assert!(r.text.contains("guardrail_blocked"), "{}", r.text);
+    assert!(!r.text.contains("response.completed"), "{}", r.text);
+    assert!(!r.text.contains("TOPSECRET-1234"), "{}", r.text);
+}
