@@ -474,3 +474,41 @@ async fn guardrails_judge_responses_requests_and_answers() {
     assert!(!r.text.contains("response.completed"), "{}", r.text);
     assert!(!r.text.contains("TOPSECRET-1234"), "{}", r.text);
 }
+
+#[tokio::test]
+async fn budgets_reserve_settle_and_refuse_responses_as_chat() {
+    // Room for a few requests: each reserves its prompt plus 4096 output tokens.
+    let stack = Stack::start(StackOptions {
+        extra_yaml: "budgets:\n  limits:\n    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.03\" }\n".to_owned(),
+        ..Default::default()
+    });
+    let r = stack
+        .post(
+            "/v1/responses",
+            Some(KEY_ALL),
+            json!({"model": "mock-model", "input": "five words of prompt here"}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let usage = r.json()["usage"].clone();
+    // A budgeted request without its own limit goes to the provider with the reserved one.
+    let sent = stack.posted().await;
+    assert_eq!(sent[0]["path"], "/v1/responses");
+    assert_eq!(sent[0]["body"]["max_output_tokens"], 4096, "{}", sent[0]);
+    // Settled at the real usage (1.5 and 2 USD per million tokens), nothing left reserved.
+    let cost = usage["input_tokens"].as_u64().unwrap() * 1_500_000
+        + usage["output_tokens"].as_u64().unwrap() * 2_000_000;
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(
+        v["data"][0]["spent_usd"],
+        format!("0.{cost:012}").as_str(),
+        "{v}"
+    );
+    assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
+    // A request whose reservation does not fit is refused in OpenAI's shape (429).
+    let big = json!({"model": "mock-model", "input": "x", "max_output_tokens": 100_000});
+    let r = stack
+        .post("/v1/responses", Some(KEY_ALL), big.to_string())
+        .await;
+    r.assert_openai_error(429, Some("budget_exceeded"));
+}
