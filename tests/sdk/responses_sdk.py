@@ -182,6 +182,9 @@ class Checks:
         got = self.client.responses.retrieve(self.first_id)
         expect(got.id == self.first_id, f"retrieved {got.id}")
         expect(got.output_text == self.text, "retrieved text differs")
+        items = list(self.client.responses.input_items.list(self.first_id, order="asc"))
+        expect(len(items) == 1 and items[0].type == "message", f"input items {items}")
+        expect(items[0].content[0].text == PROMPT, f"input item {items[0]}")
         deleted = self.client.responses.delete(self.first_id)
         expect(deleted is None or True, "delete")
         try:

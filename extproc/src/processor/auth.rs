@@ -64,6 +64,17 @@ impl Processor {
                 let id = id.to_owned();
                 return self.stored_response(&method, &id).await;
             }
+            if let Some(id) = id.strip_suffix("/input_items").filter(|i| !i.contains('/')) {
+                if method == "GET" && !id.is_empty() {
+                    let (id, query) = (
+                        id.to_owned(),
+                        path.split_once('?').map(|(_, q)| q.to_owned()),
+                    );
+                    return self
+                        .stored_input_items(&id, query.as_deref().unwrap_or(""))
+                        .await;
+                }
+            }
         }
         if method == "GET" {
             match strip_query(&path) {

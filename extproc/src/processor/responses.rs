@@ -331,6 +331,102 @@ impl Processor {
         }
     }
 
+    /// `GET /v1/responses/{id}/input_items` (`limit` 1 to 100, default 20; `order` `desc`, the
+    /// default, or `asc`; `after` an item id) for the calling key's tenant: the stored
+    /// conversation's input items (an item without an `id` is listed as `item_<n>`).
+    pub(super) async fn stored_input_items(&mut self, id: &str, query: &str) -> ProcessingResponse {
+        let Some(ctx) = &self.ctx else {
+            return self.reject(&ApiError::Internal, None);
+        };
+        let request_id = ctx.request_id.clone();
+        let scope = scope(&ctx.tenant, &ctx.key_id);
+        let headers = self.answer_headers.clone();
+        let reply = |status: u16, body: Vec<u8>| {
+            mutation::immediate_with(status, body, "application/json", Some(&request_id), headers)
+        };
+        let param = |name: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        };
+        let limit = match param("limit").map(str::parse::<usize>) {
+            None => 20,
+            Some(Ok(n)) if (1..=100).contains(&n) => n,
+            Some(_) => {
+                let msg = "`limit` must be an integer between 1 and 100.";
+                return reply(
+                    400,
+                    error_body(msg, "invalid_request_error", Some("limit"), None),
+                );
+            }
+        };
+        let desc = match param("order") {
+            None | Some("desc") => true,
+            Some("asc") => false,
+            Some(_) => {
+                let msg = "`order` must be `asc` or `desc`.";
+                return reply(
+                    400,
+                    error_body(msg, "invalid_request_error", Some("order"), None),
+                );
+            }
+        };
+        let stored = if self.config.responses.store {
+            match self.response_store.get(&scope, id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(request_id = %request_id, error = %e, "Cannot read the response store");
+                    let err = e.api_error();
+                    return reply(err.status(), err.body(tollgate_core::Dialect::OpenAi));
+                }
+            }
+        } else {
+            None
+        };
+        let Some(stored) = stored else {
+            let msg = format!(
+                "Response with id '{}' not found.",
+                tollgate_core::bound::echo(id)
+            );
+            return reply(404, error_body(&msg, "invalid_request_error", None, None));
+        };
+        let mut items: Vec<Value> = stored
+            .input
+            .iter()
+            .enumerate()
+            .map(|(n, item)| {
+                let mut item = item.clone();
+                if let Some(o) = item.as_object_mut() {
+                    if !o.get("id").is_some_and(Value::is_string) {
+                        o.insert("id".into(), Value::String(format!("item_{n}")));
+                    }
+                    if !o.contains_key("type") {
+                        o.insert("type".into(), "message".into());
+                    }
+                }
+                item
+            })
+            .collect();
+        if desc {
+            items.reverse();
+        }
+        if let Some(after) = param("after") {
+            if let Some(pos) = items.iter().position(|i| i["id"] == after) {
+                items.drain(..=pos);
+            }
+        }
+        let has_more = items.len() > limit;
+        items.truncate(limit);
+        let body = serde_json::json!({
+            "object": "list",
+            "first_id": items.first().map(|i| i["id"].clone()),
+            "last_id": items.last().map(|i| i["id"].clone()),
+            "has_more": has_more,
+            "data": items,
+        });
+        reply(200, serde_json::to_vec(&body).unwrap_or_default())
+    }
+
     /// `GET` or `DELETE /v1/responses/{id}` for the calling key's tenant.
     pub(super) async fn stored_response(&mut self, method: &str, id: &str) -> ProcessingResponse {
         let Some(ctx) = &self.ctx else {
