@@ -16,6 +16,11 @@
 use serde_json::{json, Map, Value};
 use tollgate_core::ApiError;
 
+/// The id prefix of reasoning items Tollgate wrote from another provider's thinking: their
+/// `encrypted_content` (that provider's signature) would be refused by OpenAI, so they are
+/// dropped from what an OpenAI or Azure target gets.
+pub const HUB_REASONING_PREFIX: &str = "rs_tg_";
+
 /// What a Responses request says, read once.
 #[derive(Debug, Clone)]
 pub struct ResponsesRequest {
@@ -444,6 +449,15 @@ impl ResponsesRequest {
             body.remove("previous_response_id");
             body.insert("input".into(), Value::Array(items.to_vec()));
         }
+        // Reasoning another provider issued (through the hub) cannot be read by this one.
+        if let Some(Value::Array(items)) = body.get_mut("input") {
+            items.retain(|i| {
+                !(i.get("type").and_then(Value::as_str) == Some("reasoning")
+                    && i.get("id")
+                        .and_then(Value::as_str)
+                        .is_some_and(|id| id.starts_with(HUB_REASONING_PREFIX)))
+            });
+        }
         if let Some(limit) = limit {
             if body.get("max_output_tokens").is_none_or(Value::is_null) {
                 body.insert("max_output_tokens".into(), Value::from(limit));
@@ -553,13 +567,20 @@ mod tests {
     fn native_body_expands_the_stored_conversation() {
         let req =
             parse(br#"{"model":"m","input":"again","previous_response_id":"resp_1"}"#).unwrap();
-        let history = vec![user_item("first")];
+        let history = vec![
+            user_item("first"),
+            json!({"type": "reasoning", "id": "rs_tg_abc_0", "summary": [], "encrypted_content": "anthropic-sig"}),
+            json!({"type": "reasoning", "id": "rs_openai", "summary": [], "encrypted_content": "gAAAA"}),
+        ];
         let conv = req.conversation(&history);
         let body: Value =
             serde_json::from_slice(&req.native_body("up", Some(&conv), Some(64)).unwrap()).unwrap();
         assert_eq!(body["model"], "up");
         assert!(body.get("previous_response_id").is_none());
-        assert_eq!(body["input"].as_array().unwrap().len(), 2);
+        // The hub-issued reasoning is dropped; OpenAI's own goes back.
+        let input = body["input"].as_array().unwrap();
+        assert_eq!(input.len(), 3, "{body}");
+        assert_eq!(input[1]["id"], "rs_openai");
         assert_eq!(body["max_output_tokens"], 64);
     }
 }

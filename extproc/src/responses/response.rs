@@ -87,9 +87,11 @@ impl Envelope {
         Value::Object(o)
     }
 
+    /// An output item's id: `{prefix}_tg_…`, so items Tollgate wrote from the hub are told
+    /// apart from a provider's own (see [`super::request::HUB_REASONING_PREFIX`]).
     fn item_id(&self, prefix: &str, n: usize) -> String {
         let tail = self.id.strip_prefix("resp_").unwrap_or(&self.id);
-        format!("{prefix}_{tail}_{n}")
+        format!("{prefix}_tg_{tail}_{n}")
     }
 
     /// The complete response object of a hub response.
