@@ -126,6 +126,30 @@ async fn openai_sdk_responses_onto_bedrock() {
 }
 
 #[tokio::test]
+async fn openai_sdk_responses_onto_vertex_ai_gemini_and_claude() {
+    let stack = Stack::start(StackOptions {
+        vertex: true,
+        ..Default::default()
+    });
+    sdk(&stack, "vertex-gemini", "vertex-stream-error", false);
+    sdk(&stack, "vertex-claude", "vertex-claude-stream-error", false);
+    let seen = stack.posted().await;
+    let paths: Vec<&str> = seen.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.contains("/publishers/google/models/gemini-vertex-model:")),
+        "{paths:?}"
+    );
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.contains("/publishers/anthropic/models/claude-vertex-model:")),
+        "{paths:?}"
+    );
+}
+
+#[tokio::test]
 async fn stored_responses_are_scoped_by_tenant() {
     let stack = Stack::start(StackOptions::default());
     let r = stack
