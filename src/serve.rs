@@ -303,6 +303,9 @@ pub async fn serve_reporting(
     let redis = shared.load().budgets.redis.clone();
     // Rate-limit state (ext_authz checks, ext_proc charges tokens) lives beside the ledger:
     // in memory for one replica, in the same Redis for many. Both outlive reloads.
+    // Stored Responses API responses: in this replica's memory, or in the ledger's Redis when
+    // `responses.backend: redis` (read once too).
+    let mut response_store = tollgate_extproc::responses::store::Backend::Memory;
     let (ledger, limiter): (Arc<dyn Ledger>, Arc<dyn RateStore>) = match redis {
         Some(r) => {
             // Settlements Redis does not take wait here for the next start.
@@ -328,6 +331,15 @@ pub async fn serve_reporting(
                 }
             }
             let rates = RedisRates::new(ledger.connection(), &r.key_prefix, r.timeout);
+            if shared.load().responses.backend == tollgate_core::config::ResponsesBackend::Redis {
+                response_store = tollgate_extproc::responses::store::Backend::Redis(
+                    tollgate_extproc::responses::store::RedisStore::new(
+                        ledger.connection(),
+                        &r.key_prefix,
+                        r.timeout,
+                    ),
+                );
+            }
             (Arc::new(ledger), Arc::new(rates))
         }
         None => (Arc::new(MemoryLedger::new()), Arc::new(RateLimiter::new())),
@@ -452,7 +464,8 @@ pub async fn serve_reporting(
                     .with_ledger(Arc::clone(&ledger))
                     .with_limiter(Arc::clone(&limiter))
                     .with_gate(gate)
-                    .with_tracer(exporter.as_ref().map(Exporter::tracer)),
+                    .with_tracer(exporter.as_ref().map(Exporter::tracer))
+                    .with_response_store(response_store.clone()),
             )
             .max_decoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(tollgate_extproc::server::MAX_MESSAGE_BYTES),

@@ -27,6 +27,8 @@ pub use guardrails::{
     RawSide, RawWebhook, Side, WebhookRule,
 };
 pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
+mod responses;
+pub use responses::{RawResponses, Responses, ResponsesBackend};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -85,6 +87,10 @@ pub struct RawConfig {
     /// is absent.
     #[serde(default)]
     pub traces: Option<RawTraces>,
+    /// How `POST /v1/responses` keeps responses for `previous_response_id` and
+    /// `GET`/`DELETE /v1/responses/{id}`.
+    #[serde(default)]
+    pub responses: RawResponses,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -1000,6 +1006,9 @@ pub enum Endpoint {
     /// `POST /v1/messages/count_tokens` (Anthropic), answered by Tollgate itself with the
     /// count of the model's tokenizer (OpenAI-family models) or the documented estimate.
     CountTokens,
+    /// `POST /v1/responses` (OpenAI Responses): natively to OpenAI and Azure, through the
+    /// chat hub to every other provider.
+    Responses,
 }
 
 /// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
@@ -1040,6 +1049,7 @@ impl Endpoint {
             ("POST", p) if gemini_call(p).is_some() => Some(Endpoint::GenerateContent),
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
+            ("POST", "/v1/responses") => Some(Endpoint::Responses),
             _ => None,
         }
     }
@@ -1055,6 +1065,7 @@ impl Endpoint {
             Endpoint::GenerateContent => "generateContent",
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "messages/count_tokens",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -1069,6 +1080,7 @@ impl Endpoint {
             Endpoint::GenerateContent => "generate_content",
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "count_tokens",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -1082,6 +1094,7 @@ impl Endpoint {
             Endpoint::Models => 5,
             Endpoint::Feedback => 6,
             Endpoint::CountTokens => 7,
+            Endpoint::Responses => 8,
         }
     }
 }
@@ -1650,6 +1663,8 @@ pub struct Config {
     pub traces: Option<Traces>,
     /// Browser access (CORS) policies of keys and tenants.
     pub cors: Cors,
+    /// The Responses API's store.
+    pub responses: Responses,
 }
 
 /// The validated `budgets` section.
@@ -2169,6 +2184,8 @@ impl Config {
             }
         }
         let startup_check = lifecycle::validate_startup_check(&raw.startup_check, &mut errs);
+        let responses =
+            responses::validate_responses(&raw.responses, budgets.redis.is_some(), &mut errs);
         let traces = raw
             .traces
             .as_ref()
@@ -2240,6 +2257,7 @@ impl Config {
                 startup_check,
                 traces,
                 cors,
+                responses,
             }),
             _ => Err(errs.0),
         }

@@ -194,6 +194,8 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::Completions => &["prompt"],
         Endpoint::Embeddings => &["input"],
         Endpoint::GenerateContent => &["systemInstruction", "contents"],
+        // Judged as the Chat Completions body it becomes (`processor/responses.rs`).
+        Endpoint::Responses => &["messages"],
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
 }

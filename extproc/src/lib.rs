@@ -15,6 +15,7 @@ pub mod guard;
 pub mod log;
 pub mod mutation;
 pub mod processor;
+pub mod responses;
 pub mod selfservice;
 pub mod server;
 pub mod shape;

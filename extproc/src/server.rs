@@ -28,6 +28,7 @@ pub struct ExtProcService {
     limiter: Option<Arc<dyn RateStore>>,
     gate: Option<Gate>,
     tracer: Option<Tracer>,
+    response_store: crate::responses::store::Backend,
 }
 
 impl ExtProcService {
@@ -41,7 +42,14 @@ impl ExtProcService {
             limiter: None,
             gate: None,
             tracer: None,
+            response_store: Default::default(),
         }
+    }
+
+    /// Keeps Responses API responses in `store` (this process's memory by default).
+    pub fn with_response_store(mut self, store: crate::responses::store::Backend) -> Self {
+        self.response_store = store;
+        self
     }
 
     /// Records a span of each sampled request with `tracer` (traces are off with `None`).
@@ -113,7 +121,8 @@ impl ExternalProcessor for ExtProcService {
             .with_ledger(self.ledger.clone())
             .with_limiter(self.limiter.clone())
             .with_gate(self.gate.clone())
-            .with_tracer(self.tracer.clone(), envoy_trace);
+            .with_tracer(self.tracer.clone(), envoy_trace)
+            .with_response_store(self.response_store.clone());
         let stream = futures::stream::unfold(
             (inbound, processor),
             |(mut inbound, mut processor)| async move {

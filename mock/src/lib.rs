@@ -1,6 +1,6 @@
 //! Built-in mock OpenAI, Anthropic, Gemini and Bedrock provider: an HTTP server speaking the
-//! OpenAI wire format (chat completions, legacy completions, embeddings, models, Azure OpenAI
-//! deployment paths; JSON and SSE streaming), the Anthropic Messages format (`…/messages`, JSON
+//! OpenAI wire format (chat completions, legacy completions, embeddings, models, Responses,
+//! Azure OpenAI deployment paths; JSON and SSE streaming), the Anthropic Messages format (`…/messages`, JSON
 //! and SSE, errors in Anthropic's shape), the Gemini format (`…/models/{model}:generateContent`,
 //! `:streamGenerateContent` with or without `alt=sse`, errors in Google's shape; the model and
 //! its faults come from the path) and AWS Bedrock Converse (`…/model/{id}/converse[-stream]`,
@@ -36,6 +36,9 @@
 //! - the credentials endpoints of AWS (STS at `POST /`, container credentials, IMDSv2) and of
 //!   the GCE metadata server, handing out short-lived credentials the Bedrock and Vertex routes
 //!   accept (see [`platform`]);
+//! - `reasoning.effort` (other than `none`) on a Responses request: a reasoning item whose
+//!   `encrypted_content` (`gAAAA-mock-…`) must come back unchanged in later input (400
+//!   otherwise); `previous_response_id` is refused (the gateway expands conversations itself);
 //! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.
 
 pub mod bedrock;
@@ -50,6 +53,7 @@ mod messages;
 mod models;
 mod params;
 pub mod platform;
+mod responses;
 mod routes;
 mod sse;
 mod text;

@@ -19,8 +19,8 @@ use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
 use crate::{
-    bedrock, chat, completions, embeddings, gemini, messages, models, platform, text, vertex,
-    MockConfig,
+    bedrock, chat, completions, embeddings, gemini, messages, models, platform, responses, text,
+    vertex, MockConfig,
 };
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
@@ -244,6 +244,7 @@ async fn answer(
         Operation::Completions => completions::respond,
         Operation::Embeddings => embeddings::respond,
         Operation::Messages => messages::respond,
+        Operation::Responses => responses::respond,
         Operation::Converse { stream: false } => |r, e| bedrock::respond(r, e, false),
         Operation::Converse { stream: true } => |r, e| bedrock::respond(r, e, true),
     };
@@ -472,6 +473,8 @@ enum Operation<'a> {
     Completions,
     Embeddings,
     Messages,
+    /// OpenAI Responses (`…/responses`).
+    Responses,
     /// Bedrock `converse` or `converse-stream`.
     Converse {
         stream: bool,
@@ -505,6 +508,7 @@ impl<'a> Route<'a> {
                 "chat/completions" => Operation::Chat,
                 "completions" => Operation::Completions,
                 "embeddings" => Operation::Embeddings,
+                "responses" => Operation::Responses,
                 _ => return Err(not_found()),
             };
             if deployment.is_empty() {
@@ -525,6 +529,7 @@ impl<'a> Route<'a> {
             | Operation::Completions
             | Operation::Embeddings
             | Operation::Messages
+            | Operation::Responses
             | Operation::Converse { .. } => Method::POST,
             Operation::ListModels | Operation::RetrieveModel(_) => Method::GET,
         };
@@ -548,6 +553,8 @@ impl<'a> Operation<'a> {
             Some(Self::Embeddings)
         } else if path.ends_with("/messages") {
             Some(Self::Messages)
+        } else if path.ends_with("/responses") {
+            Some(Self::Responses)
         } else if path.ends_with("/models") {
             Some(Self::ListModels)
         } else {

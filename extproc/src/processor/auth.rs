@@ -71,6 +71,23 @@ impl Processor {
         self.end_user = text(&self.config.budgets.end_user_header)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty());
+        if let Some(id) = strip_query(&path).strip_prefix("/v1/responses/") {
+            if !id.is_empty() && !id.contains('/') {
+                let id = id.to_owned();
+                return self.stored_response(&method, &id).await;
+            }
+            if let Some(id) = id.strip_suffix("/input_items").filter(|i| !i.contains('/')) {
+                if method == "GET" && !id.is_empty() {
+                    let (id, query) = (
+                        id.to_owned(),
+                        path.split_once('?').map(|(_, q)| q.to_owned()),
+                    );
+                    return self
+                        .stored_input_items(&id, query.as_deref().unwrap_or(""))
+                        .await;
+                }
+            }
+        }
         if method == "GET" {
             match strip_query(&path) {
                 "/v1/budget" => return self.self_service(SelfService::Budget).await,

@@ -42,12 +42,13 @@ impl Processor {
         self.emit_log();
         self.end_span();
         let Some(fwd) = &self.forwarded else { return };
+        let endpoint = self.request_endpoint().unwrap_or(fwd.endpoint);
         let status = fwd.status.unwrap_or(499);
         let provider = fwd.provider.name.clone();
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                endpoint: fwd.endpoint.label(),
+                endpoint: endpoint.label(),
                 provider: provider.clone(),
                 model: fwd.model.clone(),
                 status,
@@ -73,7 +74,7 @@ impl Processor {
             key_id = ctx.map_or("", |c| c.key_id.as_str()),
             tenant = ctx.map_or("", |c| c.tenant.as_str()),
             team = ctx.map_or("", |c| c.team.as_str()),
-            endpoint = fwd.endpoint.label(),
+            endpoint = endpoint.label(),
             model = %fwd.model,
             provider = %provider,
             stream = fwd.stream,
@@ -116,6 +117,10 @@ impl Processor {
 
     /// The endpoint the request asked for, when it names one.
     fn request_endpoint(&self) -> Option<Endpoint> {
+        // A Responses request goes on as the chat body it means; it is logged as itself.
+        if self.responses.is_some() {
+            return Some(Endpoint::Responses);
+        }
         self.forwarded.as_ref().map(|f| f.endpoint).or_else(|| {
             let ctx = self.ctx.as_ref()?;
             Endpoint::from_request(&ctx.method, strip_query(&ctx.path))

@@ -18,6 +18,7 @@ mod offload;
 mod reserve;
 mod respect;
 mod response;
+mod responses;
 mod route;
 mod upstream_auth;
 
@@ -207,6 +208,10 @@ pub struct Processor {
     envoy_trace: Option<Remote>,
     /// The model of a token count Tollgate estimated itself (logged, like every count).
     estimated_count: Option<String>,
+    /// A `POST /v1/responses` request's state (`None` for every other endpoint).
+    responses: Option<Box<responses::ResponsesCall>>,
+    /// Where Responses API responses are kept.
+    response_store: crate::responses::store::Backend,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -263,6 +268,8 @@ impl Processor {
             span: None,
             envoy_trace: None,
             estimated_count: None,
+            responses: None,
+            response_store: Default::default(),
         }
     }
 

@@ -133,6 +133,7 @@ impl Processor {
             self.response_done = true;
             self.finish();
         }
+        self.responses_flush().await;
         response
     }
 
@@ -150,6 +151,9 @@ impl Processor {
         if let Some(c) = &mut self.capture {
             c.response_bytes(out.as_ref().map_or(b.body.len(), Vec::len));
         }
+        let out = self
+            .responses_stream_chunk(out.as_deref().unwrap_or(&b.body), b.end_of_stream)
+            .or(out);
         mutation::response_body(match out {
             Some(out) => mutation::common(vec![], vec![], Some(out), false),
             None => Default::default(),
@@ -200,6 +204,7 @@ impl Processor {
                 Err(err) => return self.refuse_response(err, client, b.end_of_stream),
             }
         }
+        let body = self.responses_complete(ok, body, &b.body);
         if let Some(c) = &mut self.capture {
             c.response_body(body.as_deref().unwrap_or(&b.body));
         }

@@ -69,6 +69,17 @@ impl Processor {
             .map_err(|e| (e, None))?;
         // One linear pass bounds the body's shape before anything parses it.
         shape::check(&b.body, &self.config.body_limits).map_err(|e| (e.api_error(), None))?;
+        // A Responses request goes on as the Chat Completions body it means.
+        let chat_of_responses;
+        let (endpoint, b) = if endpoint == Endpoint::Responses {
+            chat_of_responses = self.responses_prepare(b).await.map_err(|e| (e, None))?;
+            (Endpoint::ChatCompletions, &chat_of_responses)
+        } else {
+            (endpoint, b)
+        };
+        let Some(ctx) = &self.ctx else {
+            return Err((ApiError::Internal, None));
+        };
         match endpoint {
             Endpoint::Models => return Ok(self.list_models()),
             Endpoint::Feedback => return self.record_feedback(&b.body).map_err(|e| (e, None)),
@@ -78,6 +89,7 @@ impl Processor {
             | Endpoint::Embeddings
             | Endpoint::Messages
             | Endpoint::GenerateContent => {}
+            Endpoint::Responses => return Err((ApiError::Internal, None)),
         }
         let path = strip_query(&ctx.path).to_owned();
         // The one parse of the body: every step below reads its members.
@@ -104,10 +116,20 @@ impl Processor {
         if self.end_user.is_none() {
             self.end_user = budget::end_user_in_body(parsed.object());
         }
-        let up = self
+        let mut up = self
             .upstream_body(endpoint, target, pair, &parsed, b.body.len())
             .map_err(refusal)?;
-        let upstream_path = target.path_for(upstream_endpoint, parsed.stream);
+        let native = self
+            .responses_native(target, redacted.is_some(), policy.as_deref(), &model)
+            .map_err(refusal)?;
+        let native_path = native.map(|(body, path)| {
+            up.body = body;
+            up.strip_usage_chunk = false;
+            path
+        });
+        let upstream_path = native_path
+            .as_deref()
+            .unwrap_or_else(|| target.path_for(upstream_endpoint, parsed.stream));
         let mut headers = Vec::with_capacity(8 + provider.headers.len());
         headers.push(set(":path", upstream_path));
         headers.push(set(":authority", provider.authority.as_str()));
@@ -174,7 +196,8 @@ impl Processor {
                     client_usage,
                 )
             })
-            .flatten();
+            .flatten()
+            .filter(|_| self.responses.is_none());
         let sse = parsed.stream.then(|| {
             let engine = response_guard.as_ref().map(Arc::clone);
             Box::new(
@@ -184,6 +207,15 @@ impl Processor {
                     .with_cap(cap),
             )
         });
+        let sse = match self.responses_pipeline(
+            pair,
+            response_guard.as_ref(),
+            &response_id,
+            &target.upstream_model,
+        ) {
+            Some(p) if parsed.stream => Some(p),
+            _ => sse,
+        };
         self.forwarded = Some(Forwarded {
             endpoint,
             model,

@@ -73,6 +73,8 @@ enum Encoder {
     Anthropic(anthropic::StreamEncoder),
     /// `GenerateContentResponse` chunks.
     Gemini(gemini::StreamEncoder),
+    /// OpenAI Responses events (`POST /v1/responses` through the hub).
+    Responses(Box<crate::responses::response::StreamEncoder>),
 }
 
 impl Encoder {
@@ -81,6 +83,7 @@ impl Encoder {
             Encoder::OpenAi(enc) => enc.encode(e, out),
             Encoder::Anthropic(enc) => enc.encode(e, out),
             Encoder::Gemini(enc) => enc.encode(e, out),
+            Encoder::Responses(enc) => enc.encode(e, out),
         }
     }
 }
@@ -187,6 +190,22 @@ impl Pipeline {
         if let Decoder::Bedrock(d) = &mut self.decoder {
             **d = bedrock::StreamDecoder::new(id, model);
         }
+        self
+    }
+
+    /// Writes the client's stream as OpenAI Responses events with `encoder` (decoded into hub
+    /// events whatever the provider speaks), judging the text with `guard` when given.
+    pub fn into_responses(
+        mut self,
+        encoder: crate::responses::response::StreamEncoder,
+        guard: Option<Arc<Engine>>,
+    ) -> Self {
+        self.mode = Mode::Translate(Box::new(Hub {
+            encoder: Encoder::Responses(Box::new(encoder)),
+            guard: guard.map(StreamGuard::new),
+            json: Default::default(),
+            events: Vec::new(),
+        }));
         self
     }
 
@@ -400,6 +419,21 @@ impl Pipeline {
             return;
         }
         self.ended = true;
+        if let Mode::Translate(hub) = &mut self.mode {
+            if let Encoder::Responses(enc) = &mut hub.encoder {
+                let e = ApiError::GuardrailBlocked {
+                    rule,
+                    side: Side::Response,
+                };
+                let info = crate::translator::hub::ErrorInfo {
+                    status: e.status(),
+                    kind: Some("guardrail_blocked".to_owned()),
+                    message: e.to_string(),
+                };
+                enc.error(&info, frames);
+                return;
+            }
+        }
         let dialect = dialect_of(self.client);
         let body = ApiError::GuardrailBlocked {
             rule,

@@ -215,7 +215,7 @@ fn event(name: &str, at: SystemTime, attributes: Vec<KeyValue>) -> span::Event {
 /// `gen_ai.operation.name` of an endpoint; `None` for what is no model call.
 pub fn operation(endpoint: Endpoint) -> Option<&'static str> {
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Messages => Some("chat"),
+        Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => Some("chat"),
         Endpoint::GenerateContent => Some("generate_content"),
         Endpoint::Completions => Some("text_completion"),
         Endpoint::Embeddings => Some("embeddings"),
