@@ -193,6 +193,21 @@ pub struct Line {
     pub ends: Option<OffsetDateTime>,
 }
 
+/// The lines of every budget in `budgets` (the config's) and in `extra` (the key's own, from
+/// the control plane) that applies to `owner` at `now`.
+pub fn lines_with(
+    budgets: &[Budget],
+    extra: &[Budget],
+    owner: &Owner<'_>,
+    now: OffsetDateTime,
+) -> Vec<Line> {
+    let mut out = lines(budgets, owner, now);
+    if !extra.is_empty() {
+        out.extend(lines(extra, owner, now));
+    }
+    out
+}
+
 /// The lines of every budget in `budgets` that applies to `owner` at `now`.
 pub fn lines(budgets: &[Budget], owner: &Owner<'_>, now: OffsetDateTime) -> Vec<Line> {
     budgets

@@ -232,6 +232,21 @@ pub struct Metrics {
     pub credential_refreshes: Family<CredentialLabels, Counter>,
     /// `tollgate_target_cooldowns_total`.
     pub target_cooldowns: Family<ProviderLabel, Counter>,
+    /// `tollgate_control_plane_resolutions_total`.
+    pub cp_resolutions: Family<ResultLabel, Counter>,
+    /// `tollgate_control_plane_cache_lookups_total`.
+    pub cp_cache: Family<ResultLabel, Counter>,
+    /// `tollgate_control_plane_feed_reconnects_total`.
+    pub cp_feed_reconnects: Counter,
+    /// `tollgate_control_plane_feed_changes_total`.
+    pub cp_feed_changes: Family<KindLabel, Counter>,
+}
+
+/// A kind label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -263,6 +278,10 @@ impl Default for Metrics {
             trace_spans: Family::default(),
             credential_refreshes: Family::default(),
             target_cooldowns: Family::default(),
+            cp_resolutions: Family::default(),
+            cp_cache: Family::default(),
+            cp_feed_reconnects: Counter::default(),
+            cp_feed_changes: Family::default(),
         }
     }
 }
@@ -397,6 +416,26 @@ impl Metrics {
             "trace_spans",
             "Request spans by export outcome",
             self.trace_spans.clone(),
+        );
+        r.register(
+            "control_plane_resolutions",
+            "Calls to the control plane's resolve-key, by result",
+            self.cp_resolutions.clone(),
+        );
+        r.register(
+            "control_plane_cache_lookups",
+            "Lookups of keys the file does not list in the control-plane bundle cache, by result",
+            self.cp_cache.clone(),
+        );
+        r.register(
+            "control_plane_feed_reconnects",
+            "Failed polls of the control plane's change feed (each is retried with backoff)",
+            self.cp_feed_reconnects.clone(),
+        );
+        r.register(
+            "control_plane_feed_changes",
+            "Changes from the control plane's feed applied to the bundle cache, by kind",
+            self.cp_feed_changes.clone(),
         );
     }
 
