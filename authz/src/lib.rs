@@ -333,6 +333,12 @@ impl AuthzService {
         self
     }
 
+    /// Resolves keys the config file does not list through the control plane.
+    pub fn with_control_plane(mut self, client: Option<Arc<ControlPlaneClient>>) -> Self {
+        self.gate = self.gate.with_control_plane(client);
+        self
+    }
+
     /// The gate this service asks, to share with ext_proc.
     pub fn gate(&self) -> &Gate {
         &self.gate
@@ -670,6 +676,12 @@ fn allow(admitted: &Admitted, path: &str, method: &str, request_id: &str) -> Che
     }
     if let Some(n) = bundle.tokens_per_minute {
         fields.insert(md::TOKENS_PER_MINUTE.to_owned(), string(&n.to_string()));
+    }
+    if !bundle.extra_budgets.is_empty() {
+        fields.insert(
+            md::BUDGETS.to_owned(),
+            string(&budget::budgets_to_json(&bundle.extra_budgets)),
+        );
     }
     fields.insert(
         md::MODELS.to_owned(),
