@@ -133,6 +133,17 @@ enum Command {
         #[arg(long)]
         allow_missing_secrets: bool,
     },
+    /// Run the control plane: admin REST API for keys, tenants, teams and budgets; signed
+    /// `resolve-key` and change feed for the sidecars (docs/CONTROL-PLANE.md).
+    ControlPlane {
+        /// The control plane's config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Once listening, write `{"listen": "host:port"}` to this file (FILE.tmp, then
+        /// renamed); with port 0 in `listen`, it holds the port the system picked.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
     /// Virtual keys.
     Keys {
         #[command(subcommand)]
@@ -268,6 +279,65 @@ enum KeysCommand {
         #[arg(long)]
         expires_at: Option<String>,
     },
+    /// Create a key on a control plane: prints the key once, then its record.
+    Create {
+        #[command(flatten)]
+        cp: tollgate_controlplane::client::ControlPlaneArgs,
+        /// The key's id.
+        #[arg(long)]
+        id: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Team.
+        #[arg(long)]
+        team: Option<String>,
+        /// Allowed models, comma-separated (`*` for all).
+        #[arg(long, default_value = "*", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Expiry, RFC 3339.
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tokens_per_minute: Option<u32>,
+        /// Guardrails policy name.
+        #[arg(long)]
+        guardrails: Option<String>,
+    },
+    /// List a control plane's keys.
+    List {
+        #[command(flatten)]
+        cp: tollgate_controlplane::client::ControlPlaneArgs,
+    },
+    /// Show one key of a control plane (as JSON).
+    Get {
+        #[command(flatten)]
+        cp: tollgate_controlplane::client::ControlPlaneArgs,
+        /// The key's id.
+        id: String,
+    },
+    /// Revoke a key on a control plane: it stops resolving at once.
+    Revoke {
+        #[command(flatten)]
+        cp: tollgate_controlplane::client::ControlPlaneArgs,
+        /// The key's id.
+        id: String,
+    },
+    /// Give a key a new secret (printed once); the old one keeps working for the grace period.
+    Rotate {
+        #[command(flatten)]
+        cp: tollgate_controlplane::client::ControlPlaneArgs,
+        /// The key's id.
+        id: String,
+        /// Seconds the old secret keeps working (default: the control plane's
+        /// `default_rotation_grace_secs`).
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
 }
 
 /// Logs to stderr through a background writer thread, so a slow log reader (a full pipe, a
@@ -331,6 +401,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     format!(", {} secret(s) missing", missing.len())
                 }
             )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ControlPlane { config, ready_file } => {
+            drop(out);
+            let _log = init_tracing();
+            let config = match tollgate_controlplane::Config::load(&config, &ProcessEnv) {
+                Ok(c) => c,
+                Err(errs) => {
+                    let mut err = std::io::stderr().lock();
+                    writeln!(err, "{}: {} error(s)", config.display(), errs.len())?;
+                    for e in errs {
+                        writeln!(err, "  {e}")?;
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            runtime()?.block_on(async move {
+                let running =
+                    tollgate_controlplane::start(config, tollgate::serve::shutdown_signal())
+                        .await?;
+                if let Some(path) = &ready_file {
+                    tollgate::ready::write(
+                        path,
+                        &serde_json::json!({ "listen": running.addr.to_string() }),
+                    )?;
+                }
+                running.task.await?
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command:
+                command @ (KeysCommand::Create { .. }
+                | KeysCommand::List { .. }
+                | KeysCommand::Get { .. }
+                | KeysCommand::Revoke { .. }
+                | KeysCommand::Rotate { .. }),
+        } => {
+            let request = keys_request(command)
+                .ok_or_else(|| anyhow::anyhow!("`keys new` does not talk to a control plane"))?;
+            runtime()?.block_on(tollgate_controlplane::client::run_keys(
+                request,
+                &ProcessEnv,
+                &mut out,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {
@@ -564,6 +679,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The control-plane request of a `tollgate keys` subcommand other than `new`.
+fn keys_request(command: KeysCommand) -> Option<tollgate_controlplane::client::KeysRequest> {
+    use tollgate_controlplane::client::KeysRequest;
+    match command {
+        KeysCommand::Create {
+            cp,
+            id,
+            tenant,
+            team,
+            models,
+            expires_at,
+            requests_per_minute,
+            tokens_per_minute,
+            guardrails,
+        } => Some(KeysRequest::Create {
+            cp,
+            body: serde_json::json!({
+                "id": id, "tenant": tenant, "team": team, "models": models,
+                "expires_at": expires_at, "requests_per_minute": requests_per_minute,
+                "tokens_per_minute": tokens_per_minute, "guardrails": guardrails,
+            }),
+        }),
+        KeysCommand::List { cp } => Some(KeysRequest::List { cp }),
+        KeysCommand::Get { cp, id } => Some(KeysRequest::Get { cp, id }),
+        KeysCommand::Revoke { cp, id } => Some(KeysRequest::Revoke { cp, id }),
+        KeysCommand::Rotate { cp, id, grace_secs } => {
+            Some(KeysRequest::Rotate { cp, id, grace_secs })
+        }
+        // `new` runs offline, without a control plane.
+        KeysCommand::New { .. } => None,
     }
 }
 
