@@ -2,8 +2,8 @@
 //! through `tollgate control-plane` (HTTP `POST /v1/resolve-key`, every call HMAC-signed),
 //! whose HS256 bundle is verified against the current and the previous secret and becomes the
 //! same in-memory key a file key becomes. Bundles are cached in memory (moka, bounded): fresh
-//! until `soft_ttl` (then refreshed in the background on use), served until `hard_ttl` or the
-//! bundle's `exp` (so a control plane that is down does not stop keys already seen), unknown
+//! until `soft_ttl` or the bundle's `exp` (then refreshed in the background on use), served
+//! until `hard_ttl` (so a control plane that is down does not stop keys already seen), unknown
 //! keys cached negatively for `negative_ttl`. One call per key at a time: concurrent requests
 //! for the same key wait on the same call. The change feed (`GET /v1/changes`, long-poll,
 //! [`ControlPlaneClient::run_feed`]) drops the bundles a change names within seconds.
@@ -71,7 +71,7 @@ impl From<BundleError> for ResolveError {
 #[derive(Debug)]
 struct Entry {
     bundle: Arc<KeyBundle>,
-    /// Served until then (the earlier of `hard_ttl` after the fetch and the bundle's `exp`).
+    /// Served until then (`hard_ttl` after the fetch).
     hard_at: Instant,
     /// Milliseconds since the client's epoch at which the next background refresh may start
     /// (at first the soft expiry); moved forward atomically by whoever starts one.
@@ -356,7 +356,10 @@ impl ControlPlaneClient {
         let left = Duration::from_secs(
             u64::try_from(claims.exp.saturating_sub(now.unix_timestamp())).unwrap_or(0),
         );
-        let hard_at = fetched + self.settings.hard_ttl.min(left);
+        // `exp` is checked on arrival (no stale or replayed answer is taken); from then on the
+        // sidecar's own lifetimes govern: refreshed by the bundle's `exp` at the latest, served
+        // until `hard_ttl` while the control plane cannot be asked.
+        let hard_at = fetched + self.settings.hard_ttl;
         let soft_at = fetched + self.settings.soft_ttl.min(left);
         Ok(Cached::Found(Arc::new(Entry {
             budget_ids: key.extra_budgets.iter().map(|b| b.id.clone()).collect(),
@@ -512,8 +515,16 @@ impl ControlPlaneClient {
                 }
                 ("budget", _, Some(name)) => {
                     count("budget");
+                    // The bundles carrying it are dropped (a lowered budget holds from the
+                    // next request); a budget may also newly apply to any other key, so the
+                    // rest are refreshed in the background on their next use.
                     self.drop_where(|_, ids| ids.iter().any(|id| id == name))
                         .await;
+                    for (_, cached) in self.cache.iter() {
+                        if let Cached::Found(e) = cached {
+                            e.refresh_at_ms.store(0, Ordering::Release);
+                        }
+                    }
                 }
                 (kind, _, _) => {
                     tracing::debug!(kind = %kind, "Ignored a control-plane change of an unknown kind")

@@ -27,13 +27,14 @@ pub struct RawControlPlane {
     /// Remove it to end the overlap: bundles cached under it are then refused.
     #[serde(default)]
     pub previous_secret_env: Option<String>,
-    /// A cached bundle older than this is refreshed in the background on its next use (the
-    /// request is served from the cache meanwhile), in seconds (1 to 86400).
+    /// A cached bundle older than this (or past the bundle's own `exp`) is refreshed in the
+    /// background on its next use (the request is served from the cache meanwhile), in
+    /// seconds (1 to 86400).
     #[serde(default = "default_soft_ttl_secs")]
     pub soft_ttl_secs: u64,
-    /// A cached bundle older than this is no longer served (nor past the bundle's own `exp`):
-    /// while the control plane is down, cached bundles serve until then. In seconds, at least
-    /// `soft_ttl_secs` (up to 604800).
+    /// A cached bundle older than this is no longer served: while the control plane is down,
+    /// cached bundles serve until then (a bundle's `exp` is checked when it arrives, not
+    /// after). In seconds, at least `soft_ttl_secs` (up to 604800).
     #[serde(default = "default_hard_ttl_secs")]
     pub hard_ttl_secs: u64,
     /// How long a key the control plane does not know (404) is refused from the cache
