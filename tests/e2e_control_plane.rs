@@ -118,7 +118,13 @@ impl ControlPlane {
 
 /// The sidecar's `control_plane` section: the secret from `E2E_SECRET_A` (and the previous one
 /// from `previous`, a variable name), the given lifetimes.
-fn control_plane_yaml(url: &str, secret_env: &str, previous: Option<&str>, soft: u64, hard: u64) -> String {
+fn control_plane_yaml(
+    url: &str,
+    secret_env: &str,
+    previous: Option<&str>,
+    soft: u64,
+    hard: u64,
+) -> String {
     let previous = previous
         .map(|p| format!("  previous_secret_env: {p}\n"))
         .unwrap_or_default();
@@ -171,7 +177,14 @@ fn metric(text: &str, parts: &[&str]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_shares_one_control_plane_create_use_flood_budget_revoke() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = start_control_plane(dir.path(), "1", &dir.path().join("cp.db"), ANY_PORT, SECRET_A, None);
+    let cp = start_control_plane(
+        dir.path(),
+        "1",
+        &dir.path().join("cp.db"),
+        ANY_PORT,
+        SECRET_A,
+        None,
+    );
     let a = sidecar(&cp.url, 30, 600);
     let b = sidecar(&cp.url, 30, 600);
 
@@ -194,10 +207,33 @@ async fn a_fleet_shares_one_control_plane_create_use_flood_budget_revoke() {
     let r = b.post("/v1/chat/completions", Some(&key), chat()).await;
     assert_eq!(r.status, 200, "replica B: {}", r.text);
     eprintln!("first request of a cold replica {cold:?}, cached {cached:?} (best of 5)");
-    assert_eq!(cp.resolves().await - before, 2, "one resolve per replica, then the cache");
+    assert_eq!(
+        cp.resolves().await - before,
+        2,
+        "one resolve per replica, then the cache"
+    );
     let m = a.metrics().await;
-    assert_eq!(metric(&m, &["tollgate_control_plane_resolutions_total", "result=\"found\""]), 1.0, "{m}");
-    assert!(metric(&m, &["tollgate_control_plane_cache_lookups_total", "result=\"hit\""]) >= 5.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            &[
+                "tollgate_control_plane_resolutions_total",
+                "result=\"found\""
+            ]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            &[
+                "tollgate_control_plane_cache_lookups_total",
+                "result=\"hit\""
+            ]
+        ) >= 5.0,
+        "{m}"
+    );
     // The key's id is in the log events and metrics, never the key.
     assert!(!a.serve_log().contains(&key));
 
@@ -229,9 +265,21 @@ async fn a_fleet_shares_one_control_plane_create_use_flood_budget_revoke() {
     }
     let calls = cp.resolves().await - before;
     eprintln!("600 requests with 300 distinct bad keys: {calls} resolve-key calls");
-    assert!((300..=310).contains(&calls), "{calls} calls for 300 distinct bad keys");
+    assert!(
+        (300..=310).contains(&calls),
+        "{calls} calls for 300 distinct bad keys"
+    );
     let m = a.metrics().await;
-    assert!(metric(&m, &["tollgate_control_plane_cache_lookups_total", "result=\"negative\""]) >= 290.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            &[
+                "tollgate_control_plane_cache_lookups_total",
+                "result=\"negative\""
+            ]
+        ) >= 290.0,
+        "{m}"
+    );
 
     // A budget on the key, then lowered through the API: both replicas refuse within seconds.
     cp.admin(
@@ -241,14 +289,19 @@ async fn a_fleet_shares_one_control_plane_create_use_flood_budget_revoke() {
     )
     .await;
     for s in [&a, &b] {
-        eventually(Duration::from_secs(10), "the budget reaches the replica", || async {
-            let r = s.get("/v1/budget", Some(&key)).await;
-            r.status == 200
-                && r.json()["data"].as_array().is_some_and(|d| {
-                    d.iter()
-                        .any(|b| b["id"] == "fleet-daily" && b["limit_usd"] == "100.000000000000")
-                })
-        })
+        eventually(
+            Duration::from_secs(10),
+            "the budget reaches the replica",
+            || async {
+                let r = s.get("/v1/budget", Some(&key)).await;
+                r.status == 200
+                    && r.json()["data"].as_array().is_some_and(|d| {
+                        d.iter().any(|b| {
+                            b["id"] == "fleet-daily" && b["limit_usd"] == "100.000000000000"
+                        })
+                    })
+            },
+        )
         .await;
         let r = s.post("/v1/chat/completions", Some(&key), chat()).await;
         assert_eq!(r.status, 200, "{}", r.text);
@@ -260,22 +313,37 @@ async fn a_fleet_shares_one_control_plane_create_use_flood_budget_revoke() {
     )
     .await;
     for (name, s) in [("A", &a), ("B", &b)] {
-        let took = eventually(Duration::from_secs(10), "the lowered budget refuses", || async {
-            let r = s.post("/v1/chat/completions", Some(&key), chat()).await;
-            r.status == 429 && r.json()["error"]["code"] == "budget_exceeded"
-        })
+        let took = eventually(
+            Duration::from_secs(10),
+            "the lowered budget refuses",
+            || async {
+                let r = s.post("/v1/chat/completions", Some(&key), chat()).await;
+                r.status == 429 && r.json()["error"]["code"] == "budget_exceeded"
+            },
+        )
         .await;
         eprintln!("lowered budget refused on replica {name} after {took:?}");
         // Used up: the gate's precheck refuses even `GET /v1/budget` (as for file keys).
     }
 
     // Revoked through the API: refused on both replicas within seconds.
-    cp.admin(reqwest::Method::POST, "/admin/v1/keys/svc-fleet/revoke", None)
-        .await;
+    cp.admin(
+        reqwest::Method::POST,
+        "/admin/v1/keys/svc-fleet/revoke",
+        None,
+    )
+    .await;
     for (name, s) in [("A", &a), ("B", &b)] {
-        let took = eventually(Duration::from_secs(10), "the revoked key is refused", || async {
-            s.post("/v1/chat/completions", Some(&key), chat()).await.status == 401
-        })
+        let took = eventually(
+            Duration::from_secs(10),
+            "the revoked key is refused",
+            || async {
+                s.post("/v1/chat/completions", Some(&key), chat())
+                    .await
+                    .status
+                    == 401
+            },
+        )
         .await;
         eprintln!("revocation reached replica {name} after {took:?}");
         assert!(took < Duration::from_secs(5), "{took:?}");
@@ -283,15 +351,37 @@ async fn a_fleet_shares_one_control_plane_create_use_flood_budget_revoke() {
         r.assert_openai_error(401, Some("invalid_api_key"));
     }
     let m = b.metrics().await;
-    assert!(metric(&m, &["tollgate_control_plane_feed_changes_total", "kind=\"key\""]) >= 1.0, "{m}");
-    assert!(metric(&m, &["tollgate_control_plane_feed_changes_total", "kind=\"budget\""]) >= 1.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            &["tollgate_control_plane_feed_changes_total", "kind=\"key\""]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            &[
+                "tollgate_control_plane_feed_changes_total",
+                "kind=\"budget\""
+            ]
+        ) >= 1.0,
+        "{m}"
+    );
     drop(cp);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_control_plane_that_is_down_leaves_cached_keys_working_until_the_hard_expiry() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = start_control_plane(dir.path(), "1", &dir.path().join("cp.db"), ANY_PORT, SECRET_A, None);
+    let mut cp = start_control_plane(
+        dir.path(),
+        "1",
+        &dir.path().join("cp.db"),
+        ANY_PORT,
+        SECRET_A,
+        None,
+    );
     let s = sidecar(&cp.url, 1, 8);
     let key = cp.create_key("svc-outage").await;
     let never_seen = cp.create_key("svc-never-seen").await;
@@ -306,9 +396,17 @@ async fn a_control_plane_that_is_down_leaves_cached_keys_working_until_the_hard_
     let r = s.post("/v1/chat/completions", Some(&key), chat()).await;
     assert_eq!(r.status, 200, "{}", r.text);
     // Not cached: a clear 503 in the client's dialect, not a 401.
-    let r = s.post("/v1/chat/completions", Some(&never_seen), chat()).await;
+    let r = s
+        .post("/v1/chat/completions", Some(&never_seen), chat())
+        .await;
     let v = r.assert_openai_error(503, Some("key_unverifiable"));
-    assert!(v["error"]["message"].as_str().unwrap().contains("could not be checked"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be checked"),
+        "{v}"
+    );
     let anthropic = s
         .http
         .post(format!("{}/v1/messages", s.base))
@@ -324,7 +422,9 @@ async fn a_control_plane_that_is_down_leaves_cached_keys_working_until_the_hard_
     assert_eq!(v["type"], "error", "{v}");
     assert!(v["error"]["type"].is_string(), "{v}");
     // Nothing was cached for the outage: asked again, still 503 (not a cached 401).
-    let r = s.post("/v1/chat/completions", Some(&never_seen), chat()).await;
+    let r = s
+        .post("/v1/chat/completions", Some(&never_seen), chat())
+        .await;
     assert_eq!(r.status, 503);
 
     // Past the hard expiry the cached key is no longer served: the same clear 503.
@@ -333,10 +433,40 @@ async fn a_control_plane_that_is_down_leaves_cached_keys_working_until_the_hard_
     let r = s.post("/v1/chat/completions", Some(&key), chat()).await;
     r.assert_openai_error(503, Some("key_unverifiable"));
     let m = s.metrics().await;
-    assert!(metric(&m, &["tollgate_control_plane_resolutions_total", "result=\"unavailable\""]) >= 1.0, "{m}");
-    assert!(metric(&m, &["tollgate_control_plane_cache_lookups_total", "result=\"stale\""]) >= 1.0, "{m}");
-    assert!(metric(&m, &["tollgate_control_plane_feed_reconnects_total"]) >= 1.0, "{m}");
-    assert!(metric(&m, &["tollgate_authz_decisions_total", "decision=\"key_unverifiable\""]) >= 1.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            &[
+                "tollgate_control_plane_resolutions_total",
+                "result=\"unavailable\""
+            ]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            &[
+                "tollgate_control_plane_cache_lookups_total",
+                "result=\"stale\""
+            ]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, &["tollgate_control_plane_feed_reconnects_total"]) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            &[
+                "tollgate_authz_decisions_total",
+                "decision=\"key_unverifiable\""
+            ]
+        ) >= 1.0,
+        "{m}"
+    );
 }
 
 /// Rewrites the sidecar's config with another `control_plane` section and waits for the
@@ -345,7 +475,10 @@ async fn reload_with(s: &Stack, cp_url: &str, secret_env: &str, previous: Option
     let text = std::fs::read_to_string(&s.config_path).unwrap();
     let start = text.find("\ncontrol_plane:\n").unwrap();
     let end = start + 1 + text[start + 1..].find("\nenvoy:\n").unwrap();
-    let reloads = metric(&s.metrics().await, &["tollgate_config_reloads_total", "result=\"ok\""]);
+    let reloads = metric(
+        &s.metrics().await,
+        &["tollgate_config_reloads_total", "result=\"ok\""],
+    );
     let new = format!(
         "{}{}{}",
         &text[..start],
@@ -356,7 +489,10 @@ async fn reload_with(s: &Stack, cp_url: &str, secret_env: &str, previous: Option
     tokio::time::sleep(Duration::from_millis(1100)).await;
     std::fs::write(&s.config_path, new).unwrap();
     eventually(Duration::from_secs(10), "the config reloads", || async {
-        metric(&s.metrics().await, &["tollgate_config_reloads_total", "result=\"ok\""]) > reloads
+        metric(
+            &s.metrics().await,
+            &["tollgate_config_reloads_total", "result=\"ok\""],
+        ) > reloads
     })
     .await;
 }

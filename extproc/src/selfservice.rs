@@ -129,7 +129,9 @@ mod tests {
             key: "k1",
             ..Default::default()
         };
-        let v = budget_report(&budgets, &[], &ledger, &owner, now).await.unwrap();
+        let v = budget_report(&budgets, &[], &ledger, &owner, now)
+            .await
+            .unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 1);
         let b = &v["data"][0];
         assert_eq!(b["id"], "k-daily");
