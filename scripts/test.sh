@@ -47,6 +47,16 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus
 fi
 
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  # The control plane's PostgreSQL tests start their own cluster (initdb + pg_ctl in a temp dir,
+  # Unix socket only; as the `postgres` user when run as root).
+  step "Installing PostgreSQL 15 (Debian postgresql-15)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql-15
+fi
+
 step "Installing test dependencies (tests/requirements.txt)"
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 if ! command -v cargo-nextest >/dev/null 2>&1; then

@@ -253,6 +253,26 @@ impl PgPool {
     }
 }
 
+impl Drop for PgPool {
+    /// The synchronous client blocks on its own runtime when it closes, which must not happen
+    /// on an async worker thread: the connections are closed on a thread of their own.
+    fn drop(&mut self) {
+        let clients: Vec<postgres::Client> = self
+            .conns
+            .iter_mut()
+            .filter_map(|m| match m.get_mut() {
+                Ok(c) => c.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            })
+            .collect();
+        if !clients.is_empty() {
+            let _ = std::thread::Builder::new()
+                .name("tollgate-cp-pg-close".to_owned())
+                .spawn(move || drop(clients));
+        }
+    }
+}
+
 fn migrate_sqlite(conn: &mut rusqlite::Connection) -> Result<(), ApiError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(
