@@ -34,6 +34,10 @@ const MAX_REFRESHES: usize = 16;
 const REFRESH_RETRY: Duration = Duration::from_secs(5);
 /// The most bytes read from one control-plane answer.
 const MAX_ANSWER_BYTES: usize = 2 * 1024 * 1024;
+/// Key changes remembered for fetches in flight (far more than can overlap one fetch).
+const RECENT_KEY_CHANGES: u64 = 100_000;
+/// How long a key change is remembered: longer than any fetch can take.
+const RECENT_KEY_CHANGES_TTL: Duration = Duration::from_secs(60);
 /// The feed's first retry delay, doubled up to [`FEED_BACKOFF_MAX`].
 const FEED_BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// The feed's longest retry delay.
@@ -79,7 +83,11 @@ struct Entry {
     /// The fingerprint of the secret that signed it: refused once that secret is no longer
     /// accepted (a rotation's overlap ended).
     signed_with: [u8; 32],
-    /// The feed sequence number the bundle reflects.
+    /// [`ControlPlaneClient::broad_changes`] when its fetch started: a tenant, team or budget
+    /// change applied while the fetch was out may concern it.
+    broad_epoch: u64,
+    /// The change-feed sequence number the bundle reflects: a change of its key with a
+    /// higher one is not in it.
     seq: u64,
     /// The ids of its budgets (a `budget` change drops the bundles that carry it).
     budget_ids: Vec<String>,
@@ -133,8 +141,14 @@ pub struct ControlPlaneClient {
     refreshes: Arc<Semaphore>,
     metrics: Metrics,
     epoch: Instant,
-    /// The highest feed sequence number applied to the cache.
-    applied_seq: AtomicU64,
+    /// Tenant, team, budget and reset changes the feed has applied so far: a fetch that
+    /// overlapped one is not kept, so a change that raced with a resolution is not undone.
+    broad_changes: AtomicU64,
+    /// The sequence number of the last change applied to each recently changed key: a bundle
+    /// of that key with a lower `seq` predates the change and is not kept. (Bundles' `seq`
+    /// is compared only per key: the control plane caches resolutions, so a bundle's `seq`
+    /// can be older than unrelated changes and still current.)
+    recent_key_changes: moka::future::Cache<KeyHash, u64>,
 }
 
 /// One page of the change feed.
@@ -150,6 +164,8 @@ struct ChangePage {
 /// One change.
 #[derive(Debug, Deserialize)]
 struct Change {
+    #[serde(default)]
+    seq: u64,
     kind: String,
     #[serde(default)]
     hash: Option<String>,
@@ -184,7 +200,11 @@ impl ControlPlaneClient {
             refreshes: Arc::new(Semaphore::new(MAX_REFRESHES)),
             metrics,
             epoch: Instant::now(),
-            applied_seq: AtomicU64::new(0),
+            broad_changes: AtomicU64::new(0),
+            recent_key_changes: moka::future::Cache::builder()
+                .max_capacity(RECENT_KEY_CHANGES)
+                .time_to_live(RECENT_KEY_CHANGES_TTL)
+                .build(),
         }))
     }
 
@@ -261,7 +281,7 @@ impl ControlPlaneClient {
             Cached::Found(e) => {
                 // A change applied while this call was out may have concerned the key: keep
                 // the answer for this request only.
-                if e.seq < self.applied_seq.load(Ordering::Acquire) {
+                if self.overlapped(hash, &e).await {
                     self.cache.invalidate(&hash).await;
                 }
                 Some(Arc::clone(&e.bundle))
@@ -281,12 +301,24 @@ impl ControlPlaneClient {
         tokio::spawn(async move {
             let _permit = permit;
             match this.fetch(hash).await {
+                Ok(Cached::Found(e)) if this.overlapped(hash, &e).await => {}
                 Ok(cached) => this.cache.insert(hash, cached).await,
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot refresh a cached key bundle; it serves on until its hard expiry")
                 }
             }
         });
+    }
+
+    /// Whether `e` (of `hash`) may miss a change the feed applied: a tenant, team or budget
+    /// change while it was being fetched, or a change of its key after its `seq`.
+    async fn overlapped(&self, hash: KeyHash, e: &Entry) -> bool {
+        e.broad_epoch < self.broad_changes.load(Ordering::Acquire)
+            || self
+                .recent_key_changes
+                .get(&hash)
+                .await
+                .is_some_and(|changed| changed > e.seq)
     }
 
     /// One signed `POST /v1/resolve-key`, its answer verified and turned into a cache entry.
@@ -312,6 +344,7 @@ impl ControlPlaneClient {
     }
 
     async fn fetch_inner(&self, hash: KeyHash) -> Result<Cached, ResolveError> {
+        let broad_epoch = self.broad_changes.load(Ordering::Acquire);
         let body = serde_json::to_vec(&serde_json::json!({ "hash": keys::format_hash(&hash) }))
             .map_err(|e| ResolveError::Refused(e.to_string()))?;
         let (status, answer) = self
@@ -367,6 +400,7 @@ impl ControlPlaneClient {
             hard_at,
             refresh_at_ms: AtomicU64::new(self.millis(soft_at)),
             signed_with: verified.signed_with,
+            broad_epoch,
             seq: claims.seq,
         })))
     }
@@ -491,15 +525,21 @@ impl ControlPlaneClient {
                 seq = page.seq,
                 "Control-plane change feed reset: dropping every cached key bundle"
             );
+            self.broad_changes.fetch_add(1, Ordering::AcqRel);
             self.cache.invalidate_all();
-            self.applied_seq.store(page.seq, Ordering::Release);
             return page.seq;
         }
         for change in &page.changes {
+            // Each change is counted before the cache is touched: a fetch in flight that it
+            // may concern is not kept.
+            if change.kind != "key" {
+                self.broad_changes.fetch_add(1, Ordering::AcqRel);
+            }
             match (change.kind.as_str(), &change.hash, &change.name) {
                 ("key", Some(h), _) => {
                     count("key");
                     if let Ok(hash) = keys::parse_hash(h) {
+                        self.recent_key_changes.insert(hash, change.seq).await;
                         self.cache.invalidate(&hash).await;
                     }
                 }
@@ -531,7 +571,6 @@ impl ControlPlaneClient {
                 }
             }
         }
-        self.applied_seq.fetch_max(page.seq, Ordering::AcqRel);
         page.seq
     }
 

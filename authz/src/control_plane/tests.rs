@@ -332,6 +332,7 @@ async fn ending_the_overlap_refuses_bundles_signed_with_the_previous_secret() {
                 hard_at: Instant::now() + Duration::from_secs(600),
                 refresh_at_ms: AtomicU64::new(u64::MAX),
                 signed_with: v.signed_with,
+                broad_epoch: 0,
                 seq: 0,
                 budget_ids: Vec::new(),
             })),
