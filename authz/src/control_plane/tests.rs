@@ -138,6 +138,8 @@ struct Fake {
     seq: Arc<AtomicU64>,
     feed: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
     bad_signatures: Arc<AtomicU32>,
+    /// When set, the `seq` bundles carry (a control plane answering from an old cache).
+    bundle_seq: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 async fn serve_fake(fake: Fake) -> String {
@@ -176,7 +178,12 @@ async fn serve_fake(fake: Fake) -> String {
         match known.iter().find(|k| format_hash(&hash_key(k)) == hash) {
             Some(k) => {
                 let mut c = claims(k, now() + 3600);
-                c["seq"] = json!(f.seq.load(Ordering::SeqCst));
+                let seq = f
+                    .bundle_seq
+                    .lock()
+                    .unwrap()
+                    .unwrap_or(f.seq.load(Ordering::SeqCst));
+                c["seq"] = json!(seq);
                 let token = bundle::sign(secret.as_bytes(), &c);
                 (StatusCode::OK, json!({ "bundle": token }).to_string())
             }
@@ -396,6 +403,49 @@ async fn the_feed_drops_revoked_keys_and_budget_changes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(cp.resolve(hash_key("tg-b")).await.unwrap().is_some());
     assert_eq!(fake.calls.load(Ordering::SeqCst), 4, "tg-b fetched again");
+    let _ = stop_tx.send(true);
+    feed.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bundle_older_than_a_change_of_its_key_serves_once_and_is_not_kept() {
+    let fake = Fake::default();
+    *fake.secret.lock().unwrap() = CURRENT.into();
+    fake.known.lock().unwrap().push("tg-a".into());
+    fake.seq.store(1, Ordering::SeqCst);
+    let url = serve_fake(fake.clone()).await;
+    let config = shared(&url, 60, 600, false);
+    let cp = client(&config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let feed = tokio::spawn(Arc::clone(&cp).run_feed(stop_rx));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The key changes at seq 5, but the control plane still answers with a bundle of seq 1.
+    *fake.bundle_seq.lock().unwrap() = Some(1);
+    fake.feed
+        .lock()
+        .unwrap()
+        .push(json!({"seq": 5, "kind": "key", "hash": format_hash(&hash_key("tg-a"))}));
+    fake.seq.store(5, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cp.resolve(hash_key("tg-a")).await.unwrap().is_some());
+    assert!(cp.resolve(hash_key("tg-a")).await.unwrap().is_some());
+    assert_eq!(
+        fake.calls.load(Ordering::SeqCst),
+        2,
+        "the stale bundle was not kept"
+    );
+    // A bundle that reflects the change is kept; an unrelated key change does not matter.
+    *fake.bundle_seq.lock().unwrap() = Some(5);
+    fake.feed
+        .lock()
+        .unwrap()
+        .push(json!({"seq": 6, "kind": "key", "hash": format_hash(&hash_key("tg-other"))}));
+    fake.seq.store(6, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        assert!(cp.resolve(hash_key("tg-a")).await.unwrap().is_some());
+    }
+    assert_eq!(fake.calls.load(Ordering::SeqCst), 3, "kept");
     let _ = stop_tx.send(true);
     feed.await.unwrap();
 }
