@@ -134,8 +134,13 @@ fn control_plane_yaml(
 }
 
 fn sidecar(url: &str, soft: u64, hard: u64) -> Stack {
+    sidecar_with(url, None, soft, hard)
+}
+
+/// A sidecar accepting bundles signed with the secret in `previous` (a variable name) too.
+fn sidecar_with(url: &str, previous: Option<&str>, soft: u64, hard: u64) -> Stack {
     Stack::start(StackOptions {
-        extra_yaml: control_plane_yaml(url, "E2E_SECRET_A", None, soft, hard),
+        extra_yaml: control_plane_yaml(url, "E2E_SECRET_A", previous, soft, hard),
         serve_env: vec![
             ("E2E_SECRET_A".into(), SECRET_A.into()),
             ("E2E_SECRET_B".into(), SECRET_B.into()),
@@ -388,7 +393,13 @@ async fn a_control_plane_that_is_down_leaves_cached_keys_working_until_the_hard_
         SECRET_A,
         None,
     );
-    let s = sidecar(&cp.url, 1, 8);
+    // A previous secret set (any accepted secret): `serve` warns about it at start.
+    let s = sidecar_with(&cp.url, Some("E2E_SECRET_B"), 1, 8);
+    assert!(
+        s.serve_log().contains("previous_secret_env is set"),
+        "{}",
+        s.serve_log()
+    );
     let key = cp.create_key("svc-outage").await;
     let never_seen = cp.create_key("svc-never-seen").await;
     let r = s.post("/v1/chat/completions", Some(&key), chat()).await;
