@@ -316,6 +316,12 @@ async fn a_fleet_shares_one_control_plane_create_use_flood_budget_revoke() {
         .await;
         let r = s.post("/v1/chat/completions", Some(&key), chat()).await;
         assert_eq!(r.status, 200, "{}", r.text);
+        // `GET /v1/usage` answers for a control-plane key too: its own spend on this replica.
+        let u = s.get("/v1/usage", Some(&key)).await;
+        assert_eq!(u.status, 200, "{}", u.text);
+        let u = u.json();
+        assert_eq!(u["key_id"], "svc-fleet", "{u}");
+        assert_ne!(u["data"][0]["spent_usd"], "0.000000000000", "{u}");
     }
     cp.admin(
         reqwest::Method::PATCH,
