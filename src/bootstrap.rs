@@ -95,6 +95,11 @@ const AUTHZ_FILTER: &str = r#"          - name: envoy.filters.http.ext_authz
 /// (it carries no response flag; its details name the failure).
 const EXT_PROC_ERROR: &str = "{ extension_filter: { name: cel, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter, expression: \"response.code_details.startsWith('ext_proc_error')\" } } }";
 
+/// An access-log filter excluding ext_authz's own denials (a 503 `key_unverifiable` carries the
+/// `UAEX` flag like an unreachable ext_authz does, but its body is Tollgate's, in the client's
+/// dialect, and must not be replaced).
+const NOT_AUTHZ_DENIAL: &str = "{ extension_filter: { name: cel, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter, expression: \"response.code_details != 'ext_authz_denied'\" } } }";
+
 /// An access-log filter matching Envoy's own 4xx replies, which have empty bodies: malformed
 /// HTTP (details `http1.*`, `http2.*`; the `DPE` flag is set only after the reply is mapped),
 /// a client too slow to send (`SI`), and the checks the connection manager makes before
@@ -301,6 +306,7 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     };
     vars.push(("AUTHZ_FILTER", authz));
     vars.push(("EXT_PROC_ERROR", EXT_PROC_ERROR.to_owned()));
+    vars.push(("NOT_AUTHZ_DENIAL", NOT_AUTHZ_DENIAL.to_owned()));
     vars.push(("ENVOY_4XX", ENVOY_4XX.to_owned()));
     vars.push(("EXT_PROC_ON", EXT_PROC_ON.to_owned()));
     let kept = kept_client_headers(config);

@@ -446,7 +446,31 @@ pub async fn serve_reporting(
         .await;
     // One key gate, asked by ext_authz or, with no ext_authz filter in front, by ext_proc at
     // the request headers: same rate state, same ledger, same refusal log.
+    // Keys the file does not list, resolved through the control plane; its change feed runs
+    // until the stop signal. Read once: `control_plane` takes effect on restart (its secrets
+    // follow reloads).
+    let control_plane = match shared.load().control_plane.clone() {
+        Some(settings) => {
+            if settings.previous_secret.is_some() {
+                tracing::warn!("control_plane.previous_secret_env is set: bundles signed with the previous secret are still accepted; remove it once every control plane signs with the current one");
+            }
+            let url = settings.url.clone();
+            let client = tollgate_authz::control_plane::ControlPlaneClient::new(
+                settings,
+                Arc::clone(&shared),
+                metrics.clone(),
+            )
+            .context("cannot start the control-plane client (control_plane)")?;
+            tracing::info!(url = %url, "Resolving keys the config does not list through the control plane");
+            Some(client)
+        }
+        None => None,
+    };
+    let feed_task = control_plane
+        .clone()
+        .map(|c| tokio::spawn(c.run_feed(stop_rx.clone())));
     let authz = AuthzService::new(Arc::clone(&shared), metrics.clone())
+        .with_control_plane(control_plane)
         .with_log(Some(log.clone()))
         .with_ledger(Arc::clone(&ledger))
         .with_limiter(Arc::clone(&limiter));
@@ -525,6 +549,9 @@ pub async fn serve_reporting(
     let _ = token_task.await;
     let _ = credentials_task.await;
     let _ = cooldown_task.await;
+    if let Some(feed) = feed_task {
+        let _ = feed.await;
+    }
     if let GrpcAddr::Unix(path) = &listen.grpc {
         let _ = std::fs::remove_file(path);
     }

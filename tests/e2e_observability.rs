@@ -278,8 +278,9 @@ fn assert_scrape_is_documented(scrape: &str) {
     // `traces` and a collector: `tests/e2e_traces.rs` reads it; and the credential refreshes,
     // which need chain or metadata credentials: `tests/e2e_credentials.rs` reads them; and the
     // routing cool-downs, which need a model of several targets: `tests/e2e_routing.rs`; and
-    // the CORS preflights, which need a `cors` policy: `tests/e2e_cors.rs`; and the ejections,
-    // which need consecutive failures: `tests/e2e_respect.rs`).
+    // the CORS preflights, which need a `cors` policy: `tests/e2e_cors.rs`; the ejections,
+    // which need consecutive failures: `tests/e2e_respect.rs`; and the control-plane families,
+    // which need a control plane: `tests/e2e_control_plane.rs`).
     let missing: Vec<&String> = doc
         .keys()
         .filter(|k| {
@@ -290,6 +291,7 @@ fn assert_scrape_is_documented(scrape: &str) {
                 && k.as_str() != "tollgate_target_cooldowns_total"
                 && k.as_str() != "tollgate_cors_preflights_total"
                 && k.as_str() != "tollgate_target_ejections_total"
+                && !k.starts_with("tollgate_control_plane_")
         })
         .collect();
     assert!(

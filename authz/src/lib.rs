@@ -26,6 +26,8 @@ use tollgate_logger::LogHandle;
 use tollgate_proto::logger::v1::LogEvent;
 
 mod cors;
+pub mod control_plane;
+use control_plane::ControlPlaneClient;
 
 /// Headers a client key may arrive in; all of them are removed before the request goes on.
 pub const KEY_HEADERS: [&str; 4] = ["authorization", "x-api-key", "api-key", "x-goog-api-key"];
@@ -49,6 +51,8 @@ pub struct Gate {
     limiter: Arc<dyn RateStore>,
     /// The spend ledger for the budget precheck (`None`: no precheck).
     ledger: Option<Arc<dyn Ledger>>,
+    /// Where keys the file does not list are resolved (`None`: nowhere, they are unknown).
+    control_plane: Option<Arc<ControlPlaneClient>>,
 }
 
 /// A request the gate let through.
@@ -158,7 +162,32 @@ impl Gate {
             log: None,
             limiter: Arc::new(RateLimiter::new()),
             ledger: None,
+            control_plane: None,
         }
+    }
+
+    /// Resolves keys the config file does not list through `client` (file keys win).
+    pub fn with_control_plane(mut self, client: Option<Arc<ControlPlaneClient>>) -> Self {
+        self.control_plane = client;
+        self
+    }
+
+    /// The key with this hash: a file key, else the control plane's (when one is configured).
+    /// `Ok(None)`: unknown; `Err`: the control plane could not be asked.
+    async fn lookup(
+        &self,
+        config: &tollgate_core::Config,
+        hash: keys::KeyHash,
+    ) -> Result<Option<Arc<KeyBundle>>, ApiError> {
+        if let Some(b) = config.key(&hash) {
+            return Ok(Some(Arc::clone(b)));
+        }
+        let Some(cp) = &self.control_plane else {
+            return Ok(None);
+        };
+        cp.resolve(hash)
+            .await
+            .map_err(|_| ApiError::KeyUnverifiable)
     }
 
     /// Keeps rate-limit state in `limiter` (shared with ext_proc, which charges tokens).
@@ -197,15 +226,20 @@ impl Gate {
         // A key header first, else Google's `?key=` (removed from the path by the caller).
         let in_query = query_key(path);
         let key = presented_key_in(&header).or(in_query.as_deref());
-        let bundle = key.and_then(|key| config.key(&keys::hash_key(key)));
-        let decision = match (key, bundle) {
+        let resolved = match key {
+            Some(key) => self.lookup(&config, keys::hash_key(key)).await,
+            None => Ok(None),
+        };
+        let bundle = resolved.as_ref().ok().and_then(Option::as_ref);
+        let decision = match (key, &resolved) {
             (None, _) => Err(ApiError::MissingKey),
-            (Some(_), None) => Err(ApiError::InvalidKey),
-            (Some(_), Some(b)) if b.disabled => Err(ApiError::DisabledKey),
-            (Some(_), Some(b)) if b.expires_at.is_some_and(|t| t <= now) => {
+            (Some(_), Err(e)) => Err(e.clone()),
+            (Some(_), Ok(None)) => Err(ApiError::InvalidKey),
+            (Some(_), Ok(Some(b))) if b.disabled => Err(ApiError::DisabledKey),
+            (Some(_), Ok(Some(b))) if b.expires_at.is_some_and(|t| t <= now) => {
                 Err(ApiError::ExpiredKey)
             }
-            (Some(_), Some(b)) => Ok(b),
+            (Some(_), Ok(Some(b))) => Ok(b),
         };
         // Budgets already used up: refused here, before the rate limits count the request
         // and without reading the body.
@@ -300,6 +334,12 @@ impl AuthzService {
         self
     }
 
+    /// Resolves keys the config file does not list through the control plane.
+    pub fn with_control_plane(mut self, client: Option<Arc<ControlPlaneClient>>) -> Self {
+        self.gate = self.gate.with_control_plane(client);
+        self
+    }
+
     /// The gate this service asks, to share with ext_proc.
     pub fn gate(&self) -> &Gate {
         &self.gate
@@ -358,7 +398,7 @@ impl Gate {
             tenant: b.tenant.as_deref(),
             end_user,
         };
-        let lines = budget::lines(&config.budgets.limits, &owner, now);
+        let lines = budget::lines_with(&config.budgets.limits, &b.extra_budgets, &owner, now);
         match budget::precheck(ledger.as_ref(), &lines).await {
             Ok(Some(i)) => {
                 self.metrics.budget("prechecked_refused");
@@ -645,6 +685,12 @@ fn allow(admitted: &Admitted, path: &str, method: &str, request_id: &str) -> Che
     }
     if let Some(n) = bundle.tokens_per_minute {
         fields.insert(md::TOKENS_PER_MINUTE.to_owned(), string(&n.to_string()));
+    }
+    if !bundle.extra_budgets.is_empty() {
+        fields.insert(
+            md::BUDGETS.to_owned(),
+            string(&budget::budgets_to_json(&bundle.extra_budgets)),
+        );
     }
     fields.insert(
         md::MODELS.to_owned(),

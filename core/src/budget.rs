@@ -193,6 +193,66 @@ pub struct Line {
     pub ends: Option<OffsetDateTime>,
 }
 
+/// Budgets as the JSON text that carries a control-plane key's budgets from ext_authz to
+/// ext_proc in dynamic metadata (limits in picodollars, exact).
+pub fn budgets_to_json(budgets: &[Budget]) -> String {
+    let list: Vec<serde_json::Value> = budgets
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "id": b.id,
+                "scope": b.scope.label(),
+                "member": b.member,
+                "period": b.period.label(),
+                "limit": b.limit.to_string(),
+                "hard": b.hard,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+/// Reads [`budgets_to_json`]'s text back; `None` when it is not that.
+pub fn budgets_from_json(text: &str) -> Option<Vec<Budget>> {
+    #[derive(Deserialize)]
+    struct Wire {
+        id: String,
+        scope: Scope,
+        member: Option<String>,
+        period: Period,
+        limit: String,
+        hard: bool,
+    }
+    let wire: Vec<Wire> = serde_json::from_str(text).ok()?;
+    wire.into_iter()
+        .map(|w| {
+            Some(Budget {
+                id: w.id,
+                scope: w.scope,
+                member: w.member,
+                period: w.period,
+                limit: w.limit.parse().ok()?,
+                hard: w.hard,
+            })
+        })
+        .collect()
+}
+
+/// The lines of every budget in `budgets` (the config's) and in `extra` (the key's own, from
+/// the control plane) that applies to `owner` at `now`.
+pub fn lines_with(
+    budgets: &[Budget],
+    extra: &[Budget],
+    owner: &Owner<'_>,
+    now: OffsetDateTime,
+) -> Vec<Line> {
+    let mut out = lines(budgets, owner, now);
+    if !extra.is_empty() {
+        out.extend(lines(extra, owner, now));
+    }
+    out
+}
+
 /// The lines of every budget in `budgets` that applies to `owner` at `now`.
 pub fn lines(budgets: &[Budget], owner: &Owner<'_>, now: OffsetDateTime) -> Vec<Line> {
     budgets

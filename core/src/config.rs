@@ -18,9 +18,11 @@ use crate::keys::{self, KeyHash};
 use crate::pricing::{PerToken, Price, PriceTable};
 use crate::sigv4::{self, Signer};
 
+mod control_plane;
 mod cors;
 mod guardrails;
 mod lifecycle;
+pub use control_plane::{ControlPlane, RawControlPlane, SigningSecret};
 pub use cors::{Cors, CorsPolicy, Preflight, RawCors};
 pub use guardrails::{
     Guardrails, Policy, RawAction, RawDetector, RawFail, RawGuardrails, RawPolicy, RawRule,
@@ -91,6 +93,10 @@ pub struct RawConfig {
     /// `GET`/`DELETE /v1/responses/{id}`.
     #[serde(default)]
     pub responses: RawResponses,
+    /// A control plane (`tollgate control-plane`) that resolves keys this file does not list;
+    /// off when the section is absent. File keys win over it on a clash.
+    #[serde(default)]
+    pub control_plane: Option<RawControlPlane>,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -449,6 +455,21 @@ pub struct RawBudget {
     /// `hard` (refuse with 429; the default) or `soft` (admit, flagged).
     #[serde(default)]
     pub mode: RawBudgetMode,
+}
+
+impl RawBudget {
+    /// The budget this raw one becomes (a file budget and a control-plane bundle's alike);
+    /// the error says what is wrong with `amount_usd`. The other checks are the caller's.
+    pub fn budget(&self) -> Result<crate::budget::Budget, String> {
+        Ok(crate::budget::Budget {
+            id: self.id.clone(),
+            scope: self.scope,
+            member: self.name.clone(),
+            period: self.period,
+            limit: crate::pricing::parse_usd(&self.amount_usd)?,
+            hard: self.mode == RawBudgetMode::Hard,
+        })
+    }
 }
 
 /// What a budget does when it is used up.
@@ -894,6 +915,40 @@ pub struct RawKey {
     pub cors: Option<RawCors>,
 }
 
+impl RawKey {
+    /// The in-memory key this raw key becomes, for a file key and a control-plane bundle's
+    /// alike: the guardrails policy and payload capture are the key's own, else its tenant's
+    /// (`tenant`: that tenant's settings). Checks are the caller's.
+    pub fn bundle(
+        &self,
+        hash: KeyHash,
+        guardrails: &Guardrails,
+        tenant: Option<&RawTenant>,
+    ) -> KeyBundle {
+        KeyBundle {
+            id: self.id.clone(),
+            hash,
+            tenant: self.tenant.clone(),
+            team: self.team.clone(),
+            models: if self.models.iter().any(|m| m == "*") {
+                ModelAccess::All
+            } else {
+                ModelAccess::Only(self.models.iter().cloned().collect())
+            },
+            expires_at: self.expires_at,
+            disabled: self.disabled,
+            guardrails: guardrails.resolve(self.guardrails.as_deref(), self.tenant.as_deref()),
+            requests_per_minute: self.requests_per_minute,
+            capture: self
+                .capture
+                .or_else(|| tenant.and_then(|t| t.capture))
+                .unwrap_or_default(),
+            tokens_per_minute: self.tokens_per_minute,
+            extra_budgets: Vec::new(),
+        }
+    }
+}
+
 /// Limits and settings shared by every key of a tenant.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1325,6 +1380,9 @@ pub struct KeyBundle {
     pub capture: Capture,
     /// The key's own token-rate limit, per minute.
     pub tokens_per_minute: Option<u32>,
+    /// Budgets that came with the key from outside the file (the control plane's bundle),
+    /// applied besides `budgets.limits`; empty for file keys.
+    pub extra_budgets: Vec<crate::budget::Budget>,
 }
 
 /// The validated `feedback` section.
@@ -1665,6 +1723,8 @@ pub struct Config {
     pub cors: Cors,
     /// The Responses API's store.
     pub responses: Responses,
+    /// The control plane resolving keys the file does not list; `None` when off.
+    pub control_plane: Option<ControlPlane>,
 }
 
 /// The validated `budgets` section.
@@ -1800,15 +1860,8 @@ fn validate_budgets(raw: &RawBudgets, env: &dyn EnvSource, errs: &mut Errors) ->
                 "must not be empty (leave it out for every member)",
             );
         }
-        match crate::pricing::parse_usd(&b.amount_usd) {
-            Ok(limit) => limits.push(crate::budget::Budget {
-                id: b.id.clone(),
-                scope: b.scope,
-                member: b.name.clone(),
-                period: b.period,
-                limit,
-                hard: b.mode == RawBudgetMode::Hard,
-            }),
+        match b.budget() {
+            Ok(budget) => limits.push(budget),
             Err(m) => errs.add(format!("{path}.amount_usd"), m),
         }
     }
@@ -2063,9 +2116,7 @@ impl Config {
             } else if !ids.insert(k.id.as_str()) {
                 errs.add(format!("{path}.id"), format!("duplicate key id `{}`", k.id));
             }
-            let models_access = if k.models.iter().any(|m| m == "*") {
-                ModelAccess::All
-            } else {
+            if !k.models.iter().any(|m| m == "*") {
                 for (j, m) in k.models.iter().enumerate() {
                     if !raw.models.contains_key(m) {
                         errs.add(
@@ -2074,8 +2125,7 @@ impl Config {
                         );
                     }
                 }
-                ModelAccess::Only(k.models.iter().cloned().collect())
-            };
+            }
             if k.capture.is_some_and(|c| c != Capture::Off) && raw.logging.is_none() {
                 errs.add(
                     format!("{path}.capture"),
@@ -2092,28 +2142,8 @@ impl Config {
             }
             match keys::parse_hash(&k.hash) {
                 Ok(hash) => {
-                    let bundle = KeyBundle {
-                        id: k.id.clone(),
-                        hash,
-                        tenant: k.tenant.clone(),
-                        team: k.team.clone(),
-                        models: models_access,
-                        expires_at: k.expires_at,
-                        disabled: k.disabled,
-                        guardrails: guardrails
-                            .resolve(k.guardrails.as_deref(), k.tenant.as_deref()),
-                        requests_per_minute: k.requests_per_minute,
-                        capture: k
-                            .capture
-                            .or_else(|| {
-                                k.tenant
-                                    .as_ref()
-                                    .and_then(|t| raw.tenants.get(t))
-                                    .and_then(|t| t.capture)
-                            })
-                            .unwrap_or_default(),
-                        tokens_per_minute: k.tokens_per_minute,
-                    };
+                    let tenant = k.tenant.as_ref().and_then(|t| raw.tenants.get(t));
+                    let bundle = k.bundle(hash, &guardrails, tenant);
                     if keys.insert(hash, Arc::new(bundle)).is_some() {
                         errs.add(format!("{path}.hash"), "the same key hash appears twice");
                     }
@@ -2190,6 +2220,10 @@ impl Config {
             .traces
             .as_ref()
             .and_then(|t| validate_traces(t, &mut errs));
+        let control_plane = raw
+            .control_plane
+            .as_ref()
+            .and_then(|c| control_plane::validate(c, env, &mut errs));
         let mut tenant_requests_per_minute = HashMap::new();
         let mut tenant_tokens_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
@@ -2258,6 +2292,7 @@ impl Config {
                 traces,
                 cors,
                 responses,
+                control_plane,
             }),
             _ => Err(errs.0),
         }

@@ -121,6 +121,10 @@ pub enum ApiError {
     /// The budget ledger (Redis) cannot answer and budgets fail closed.
     #[error("Budgets cannot be checked right now. Try again shortly.")]
     BudgetUnavailable,
+    /// A key the file does not list could not be checked: the control plane did not answer
+    /// (or answered with a bundle that does not verify). Not a 401: the key may be valid.
+    #[error("The API key could not be checked right now: the key service is unavailable. Try again shortly.")]
+    KeyUnverifiable,
     /// The provider answered with an error body that is not in the client's format.
     #[error("The upstream provider returned an error (HTTP {0}).")]
     Upstream(u16),
@@ -256,6 +260,12 @@ impl ApiError {
                 Some("budget_unavailable"),
                 "budget_unavailable",
             ),
+            ApiError::KeyUnverifiable => (
+                503,
+                "server_error",
+                Some("key_unverifiable"),
+                "key_unverifiable",
+            ),
             ApiError::Upstream(status) => (*status, "upstream_error", None, "upstream_error"),
             ApiError::GuardrailBlocked { .. } => (
                 400,
@@ -313,6 +323,7 @@ impl ApiError {
             | ApiError::RateLimited { .. }
             | ApiError::BudgetExceeded { .. }
             | ApiError::BudgetUnavailable
+            | ApiError::KeyUnverifiable
             | ApiError::Upstream(_)
             | ApiError::GuardrailBlocked { .. }
             | ApiError::GuardrailUnavailable(_)
@@ -379,6 +390,7 @@ impl ApiError {
             | ApiError::RateLimited { .. }
             | ApiError::BudgetExceeded { .. }
             | ApiError::BudgetUnavailable
+            | ApiError::KeyUnverifiable
             | ApiError::Upstream(_)
             | ApiError::GuardrailBlocked { .. }
             | ApiError::GuardrailUnavailable(_)

@@ -17,6 +17,9 @@ pub const GUARDRAILS: &str = "guardrails";
 pub const CAPTURE: &str = "capture";
 /// Metadata field: the key's token-rate limit per minute, as a decimal string (absent: none).
 pub const TOKENS_PER_MINUTE: &str = "tokens_per_minute";
+/// Metadata field: the budgets that came with the key from the control plane, as JSON
+/// ([`crate::budget::budgets_to_json`]; absent: none).
+pub const BUDGETS: &str = "budgets";
 /// Metadata field: the request's `:path`.
 pub const PATH: &str = "path";
 /// Metadata field: the request's `:method`.

@@ -245,6 +245,21 @@ pub struct Metrics {
     pub target_ejections: Family<ProviderLabel, Counter>,
     /// `tollgate_targets_cooling`.
     pub targets_cooling: Family<ModelLabel, Gauge>,
+    /// `tollgate_control_plane_resolutions_total`.
+    pub cp_resolutions: Family<ResultLabel, Counter>,
+    /// `tollgate_control_plane_cache_lookups_total`.
+    pub cp_cache: Family<ResultLabel, Counter>,
+    /// `tollgate_control_plane_feed_reconnects_total`.
+    pub cp_feed_reconnects: Counter,
+    /// `tollgate_control_plane_feed_changes_total`.
+    pub cp_feed_changes: Family<KindLabel, Counter>,
+}
+
+/// A kind label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    /// The kind.
+    pub kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -279,6 +294,10 @@ impl Default for Metrics {
             cors_preflights: Family::default(),
             target_ejections: Family::default(),
             targets_cooling: Family::default(),
+            cp_resolutions: Family::default(),
+            cp_cache: Family::default(),
+            cp_feed_reconnects: Counter::default(),
+            cp_feed_changes: Family::default(),
         }
     }
 }
@@ -428,6 +447,26 @@ impl Metrics {
             "trace_spans",
             "Request spans by export outcome",
             self.trace_spans.clone(),
+        );
+        r.register(
+            "control_plane_resolutions",
+            "Calls to the control plane's resolve-key, by result",
+            self.cp_resolutions.clone(),
+        );
+        r.register(
+            "control_plane_cache_lookups",
+            "Lookups of keys the file does not list in the control-plane bundle cache, by result",
+            self.cp_cache.clone(),
+        );
+        r.register(
+            "control_plane_feed_reconnects",
+            "Failed polls of the control plane's change feed (each is retried with backoff)",
+            self.cp_feed_reconnects.clone(),
+        );
+        r.register(
+            "control_plane_feed_changes",
+            "Changes from the control plane's feed applied to the bundle cache, by kind",
+            self.cp_feed_changes.clone(),
         );
     }
 

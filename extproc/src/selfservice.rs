@@ -30,15 +30,17 @@ fn time(t: Option<OffsetDateTime>) -> Value {
         .map_or(Value::Null, Value::String)
 }
 
-/// `GET /v1/budget`: every budget that applies to `owner`, with what is spent, reserved and
-/// left in its current period.
+/// `GET /v1/budget`: every budget that applies to `owner` (the config's, and `extra`: those
+/// that came with the key from the control plane), with what is spent, reserved and left in
+/// its current period.
 pub async fn budget_report(
     budgets: &Budgets,
+    extra: &[budget::Budget],
     ledger: &dyn Ledger,
     owner: &Owner<'_>,
     now: OffsetDateTime,
 ) -> Result<Value, LedgerError> {
-    let lines = budget::lines(&budgets.limits, owner, now);
+    let lines = budget::lines_with(&budgets.limits, extra, owner, now);
     let keys: Vec<String> = lines.iter().map(|l| l.key.clone()).collect();
     let balances = ledger.balances(&keys).await?;
     let data: Vec<Value> = lines
@@ -127,7 +129,9 @@ mod tests {
             key: "k1",
             ..Default::default()
         };
-        let v = budget_report(&budgets, &ledger, &owner, now).await.unwrap();
+        let v = budget_report(&budgets, &[], &ledger, &owner, now)
+            .await
+            .unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 1);
         let b = &v["data"][0];
         assert_eq!(b["id"], "k-daily");

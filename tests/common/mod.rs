@@ -1046,6 +1046,7 @@ impl Stack {
             .arg(&bootstrap_config)
             .args(["--listen", ANY_PORT, "--admin", ANY_PORT])
             .envs(provider_env())
+            .envs(serve_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .unwrap();
         assert!(

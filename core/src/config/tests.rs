@@ -1286,3 +1286,96 @@ fn envoy_client_headers_are_lowercased_and_must_be_header_names() {
         ["envoy.client_headers[1]", "envoy.client_headers[2]"]
     );
 }
+
+#[test]
+fn the_control_plane_section_validates_and_names_each_field() {
+    let secret = "cp-secret-0123456789abcdef0123456789abcdef";
+    let env = MapEnv::from_pairs([
+        ("OPENAI_API_KEY", "sk-test"),
+        ("AZ_KEY", "az-secret"),
+        ("CP_SECRET", secret),
+        ("CP_OLD", "cp-old-secret-0123456789abcdef0123456789"),
+        ("CP_SHORT", "short"),
+    ]);
+    let yaml = format!(
+        "{}control_plane:\n  url: http://cp.internal:7070/\n  secret_env: CP_SECRET\n  previous_secret_env: CP_OLD\n",
+        good()
+    );
+    let c = Config::from_yaml(&yaml, &env).unwrap();
+    let cp = c.control_plane.as_ref().unwrap();
+    assert_eq!(cp.url, "http://cp.internal:7070", "trailing slash dropped");
+    assert_eq!(cp.secret.value.expose(), secret);
+    assert_eq!(cp.secrets().count(), 2, "current, then previous");
+    assert_eq!(cp.soft_ttl, std::time::Duration::from_secs(60));
+    assert_eq!(cp.hard_ttl, std::time::Duration::from_secs(3600));
+    assert_eq!(cp.negative_ttl, std::time::Duration::from_secs(10));
+    assert_eq!(cp.max_cached_keys, 100_000);
+    assert!(!format!("{cp:?}").contains(secret), "secrets never print");
+    assert!(Config::from_yaml(&good(), &env)
+        .unwrap()
+        .control_plane
+        .is_none());
+
+    let yaml = format!(
+        "{}control_plane:\n  url: ftp://cp\n  secret_env: CP_SHORT\n  previous_secret_env: CP_UNSET\n  soft_ttl_secs: 100\n  hard_ttl_secs: 50\n  negative_ttl_secs: 0\n  timeout_ms: 0\n  max_cached_keys: 0\n  feed_wait_secs: 31\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "control_plane.url",
+            "control_plane.secret_env",
+            "control_plane.previous_secret_env",
+            "control_plane.hard_ttl_secs",
+            "control_plane.negative_ttl_secs",
+            "control_plane.timeout_ms",
+            "control_plane.max_cached_keys",
+            "control_plane.feed_wait_secs",
+        ]
+    );
+    assert!(
+        errs[1].message.contains("at least 32 bytes"),
+        "{}",
+        errs[1].message
+    );
+    assert!(
+        !errs.iter().any(|e| e.message.contains("short")),
+        "no secret in errors"
+    );
+    let yaml = format!(
+        "{}control_plane:\n  url: http://cp\n  secret_env: CP_SECRET\n  refresh: 3\n",
+        good()
+    );
+    let errs = Config::from_yaml(&yaml, &env).unwrap_err();
+    assert_eq!(errs[0].path, "control_plane.refresh");
+    assert!(
+        errs[0].message.contains("unknown field"),
+        "{}",
+        errs[0].message
+    );
+}
+
+#[test]
+fn a_control_plane_key_becomes_the_same_bundle_a_file_key_does() {
+    let c = Config::from_yaml(&good(), &env()).unwrap();
+    let raw: RawKey = serde_json::from_value(serde_json::json!({
+        "id": "cp-1", "hash": format_hash(&hash_key("tg-cp")), "tenant": "acme", "team": null,
+        "models": ["gpt-4o-mini"], "expires_at": "2030-01-01T00:00:00Z", "disabled": false,
+        "guardrails": null, "requests_per_minute": 5, "capture": null, "tokens_per_minute": null
+    }))
+    .unwrap();
+    let tenant: RawTenant =
+        serde_json::from_value(serde_json::json!({"capture": "metadata"})).unwrap();
+    let b = raw.bundle(hash_key("tg-cp"), &c.guardrails, Some(&tenant));
+    assert_eq!(b.id, "cp-1");
+    assert_eq!(
+        b.models,
+        ModelAccess::Only(["gpt-4o-mini".to_owned()].into())
+    );
+    assert_eq!(b.capture, Capture::Metadata, "the tenant's capture");
+    assert_eq!(b.requests_per_minute, Some(5));
+    assert!(b.expires_at.is_some());
+    assert!(b.extra_budgets.is_empty());
+}

@@ -153,6 +153,7 @@ impl Processor {
             SelfService::Budget => {
                 selfservice::budget_report(
                     &self.config.budgets,
+                    &ctx.budgets,
                     ledger.as_ref(),
                     &owner(ctx, self.end_user.as_deref()),
                     now,

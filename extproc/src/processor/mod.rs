@@ -66,6 +66,8 @@ struct AuthContext {
     capture: CaptureMode,
     /// The key's token-rate limit per minute.
     tokens_per_minute: Option<u32>,
+    /// Budgets that came with the key from the control plane (besides the config's).
+    budgets: Vec<tollgate_core::budget::Budget>,
 }
 
 impl AuthContext {
@@ -97,6 +99,8 @@ impl AuthContext {
             guardrails: text(md::GUARDRAILS),
             capture: CaptureMode::from_label(&text(md::CAPTURE)),
             tokens_per_minute: text(md::TOKENS_PER_MINUTE).parse().ok(),
+            budgets: tollgate_core::budget::budgets_from_json(&text(md::BUDGETS))
+                .unwrap_or_default(),
         };
         (!ctx.key_id.is_empty()).then_some(ctx)
     }
@@ -117,6 +121,7 @@ impl AuthContext {
             guardrails: b.guardrails.clone().unwrap_or_default(),
             capture: b.capture,
             tokens_per_minute: b.tokens_per_minute,
+            budgets: b.extra_budgets.clone(),
         }
     }
 

@@ -27,8 +27,9 @@ impl Processor {
             return Ok(None);
         };
         let now = time::OffsetDateTime::now_utc();
-        let lines = budgets::lines(
+        let lines = budgets::lines_with(
             &self.config.budgets.limits,
+            &ctx.budgets,
             &owner(ctx, self.end_user.as_deref()),
             now,
         );
@@ -84,8 +85,9 @@ impl Processor {
             return false;
         };
         self.config.prices.get(upstream_model).is_some()
-            && !budgets::lines(
+            && !budgets::lines_with(
                 &self.config.budgets.limits,
+                &ctx.budgets,
                 &owner(ctx, self.end_user.as_deref()),
                 time::OffsetDateTime::now_utc(),
             )
