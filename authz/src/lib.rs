@@ -16,7 +16,7 @@ use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use time::OffsetDateTime;
 use tollgate_core::budget::{self, Ledger, Owner};
-use tollgate_core::config::{Capture, Feedback, KeyBundle};
+use tollgate_core::config::{looks_like_jwt, Capture, Feedback, KeyBundle};
 use tollgate_core::feedback;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
@@ -47,6 +47,8 @@ pub struct Gate {
     limiter: Arc<dyn RateStore>,
     /// The spend ledger for the budget precheck (`None`: no precheck).
     ledger: Option<Arc<dyn Ledger>>,
+    /// Verifies self-contained JWT client keys (`jwt_keys`); holds the fetched JWKS sets.
+    jwt: Arc<jwt::JwtVerifier>,
 }
 
 /// A request the gate let through.
@@ -156,7 +158,13 @@ impl Gate {
             log: None,
             limiter: Arc::new(RateLimiter::new()),
             ledger: None,
+            jwt: Arc::new(jwt::JwtVerifier::new()),
         }
+    }
+
+    /// The JWT verifier, whose JWKS URLs `serve` keeps fresh.
+    pub fn jwt(&self) -> &Arc<jwt::JwtVerifier> {
+        &self.jwt
     }
 
     /// Keeps rate-limit state in `limiter` (shared with ext_proc, which charges tokens).
@@ -195,10 +203,23 @@ impl Gate {
         // A key header first, else Google's `?key=` (removed from the path by the caller).
         let in_query = query_key(path);
         let key = presented_key_in(&header).or(in_query.as_deref());
-        let bundle = key.and_then(|key| config.key(&keys::hash_key(key)));
+        // A JWT client key is verified with no lookup (jwt.rs); any other key by its hash.
+        let verified = key
+            .filter(|k| !config.jwt_keys.issuers.is_empty() && looks_like_jwt(k))
+            .map(|k| self.jwt.verify(&config, k));
+        let bundle = match &verified {
+            Some(v) => v.as_ref().ok(),
+            None => key.and_then(|key| config.key(&keys::hash_key(key))),
+        };
+        if let Some(Err(refusal)) = &verified {
+            tracing::info!(request_id, reason = refusal.label(), "Refused a JWT client key");
+        }
         let decision = match (key, bundle) {
             (None, _) => Err(ApiError::MissingKey),
-            (Some(_), None) => Err(ApiError::InvalidKey),
+            (Some(_), None) => Err(match &verified {
+                Some(Err(refusal)) => refusal.api_error(),
+                _ => ApiError::InvalidKey,
+            }),
             (Some(_), Some(b)) if b.disabled => Err(ApiError::DisabledKey),
             (Some(_), Some(b)) if b.expires_at.is_some_and(|t| t <= now) => {
                 Err(ApiError::ExpiredKey)
@@ -713,6 +734,8 @@ impl Authorization for AuthzService {
         Ok(tonic::Response::new(response))
     }
 }
+
+pub mod jwt;
 
 #[cfg(test)]
 mod tests;

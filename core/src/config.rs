@@ -19,10 +19,15 @@ use crate::pricing::{PerToken, Price, PriceTable};
 use crate::sigv4::{self, Signer};
 
 mod guardrails;
+mod jwt;
 mod lifecycle;
 pub use guardrails::{
     Guardrails, Policy, RawAction, RawDetector, RawFail, RawGuardrails, RawPolicy, RawRule,
     RawSide, RawWebhook, Side, WebhookRule,
+};
+pub use jwt::{
+    looks_like_jwt, parse_jwks, JwkKeys, JwtClaimNames, JwtIssuer, JwtKeySource, JwtKeys,
+    RawJwtClaims, RawJwtIssuer, RawJwtKeys,
 };
 pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
 
@@ -83,6 +88,9 @@ pub struct RawConfig {
     /// is absent.
     #[serde(default)]
     pub traces: Option<RawTraces>,
+    /// Issuers whose signed JWTs are client keys by themselves, verified with no lookup.
+    #[serde(default)]
+    pub jwt_keys: RawJwtKeys,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -1630,6 +1638,8 @@ pub struct Config {
     /// OpenTelemetry span export; `None` when traces are off. Read once at start-up: a change
     /// takes effect on restart.
     pub traces: Option<Traces>,
+    /// The issuers of self-contained JWT client keys (none: JWTs are not accepted).
+    pub jwt_keys: JwtKeys,
 }
 
 /// The validated `budgets` section.
@@ -2140,6 +2150,7 @@ impl Config {
             }
         }
         let startup_check = lifecycle::validate_startup_check(&raw.startup_check, &mut errs);
+        let jwt_keys = jwt::validate(&raw.jwt_keys, env, &mut errs);
         let traces = raw
             .traces
             .as_ref()
@@ -2198,6 +2209,7 @@ impl Config {
                 shutdown,
                 startup_check,
                 traces,
+                jwt_keys,
             }),
             _ => Err(errs.0),
         }
