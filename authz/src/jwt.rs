@@ -169,8 +169,8 @@ impl JwtVerifier {
                 }
             }
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => JwtRefusal::BadSignature,
                 ErrorKind::ExpiredSignature => JwtRefusal::Expired,
                 ErrorKind::ImmatureSignature => JwtRefusal::NotYetValid,
@@ -179,12 +179,9 @@ impl JwtVerifier {
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     JwtRefusal::AlgorithmNotAllowed
                 }
-                ErrorKind::MissingRequiredClaim(_) => {
-                    JwtRefusal::MissingClaim
-                }
+                ErrorKind::MissingRequiredClaim(_) => JwtRefusal::MissingClaim,
                 _ => JwtRefusal::Malformed,
-            }
-        })?;
+            })?;
         bundle(config, issuer, validation.leeway, data.claims).map(Arc::new)
     }
 

@@ -212,7 +212,11 @@ impl Gate {
             None => key.and_then(|key| config.key(&keys::hash_key(key))),
         };
         if let Some(Err(refusal)) = &verified {
-            tracing::info!(request_id, reason = refusal.label(), "Refused a JWT client key");
+            tracing::info!(
+                request_id,
+                reason = refusal.label(),
+                "Refused a JWT client key"
+            );
         }
         let decision = match (key, bundle) {
             (None, _) => Err(ApiError::MissingKey),

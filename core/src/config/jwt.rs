@@ -320,7 +320,10 @@ fn validate_issuer(
         errs.add(format!("{path}.issuer"), "must not be empty");
     }
     if r.audiences.iter().any(|a| a.trim().is_empty()) {
-        errs.add(format!("{path}.audiences"), "must not hold an empty audience");
+        errs.add(
+            format!("{path}.audiences"),
+            "must not hold an empty audience",
+        );
     }
     let mut algorithms = Vec::new();
     if r.algorithms.is_empty() {
@@ -403,7 +406,10 @@ fn validate_issuer(
                 Ok(text) => match parse_jwks(&text) {
                     Ok(keys) => Some(JwtKeySource::File(Arc::new(keys))),
                     Err(e) => {
-                        errs.add(format!("{path}.jwks_file"), format!("{}: {e}", file.display()));
+                        errs.add(
+                            format!("{path}.jwks_file"),
+                            format!("{}: {e}", file.display()),
+                        );
                         None
                     }
                 },
@@ -424,14 +430,20 @@ fn validate_issuer(
                 );
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                errs.add(format!("{path}.jwks_url"), "must be an http:// or https:// URL");
+                errs.add(
+                    format!("{path}.jwks_url"),
+                    "must be an http:// or https:// URL",
+                );
             }
             Some(JwtKeySource::Url(url.clone()))
         }
         (None, None, None) => None,
     };
     if !(10..=86_400).contains(&r.refresh_secs) {
-        errs.add(format!("{path}.refresh_secs"), "must be between 10 and 86400");
+        errs.add(
+            format!("{path}.refresh_secs"),
+            "must be between 10 and 86400",
+        );
     }
     if !(1..=3_600).contains(&r.unknown_kid_refresh_secs) {
         errs.add(
