@@ -107,7 +107,6 @@ struct UrlState {
 
 /// Verifies JWT client keys. Holds the JWKS sets fetched from URLs (they outlive config
 /// reloads); everything else comes from the config snapshot. Shared by every request.
-#[derive(Default)]
 pub struct JwtVerifier {
     /// The last good key set of each JWKS URL.
     sets: ArcSwap<HashMap<String, Arc<JwkKeys>>>,
@@ -115,6 +114,8 @@ pub struct JwtVerifier {
     state: Mutex<HashMap<String, UrlState>>,
     /// Wakes the refresher when a token names an unknown `kid`.
     wake: Notify,
+    /// The HTTP client of JWKS fetches.
+    client: reqwest::Client,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -128,10 +129,24 @@ impl std::fmt::Debug for JwtVerifier {
 /// The claims of a token, as sent (the issuer's claim names pick from them).
 type Claims = HashMap<String, Value>;
 
+impl Default for JwtVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl JwtVerifier {
     /// A verifier with no fetched sets.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            sets: ArcSwap::default(),
+            state: Mutex::default(),
+            wake: Notify::new(),
+            client: reqwest::Client::builder()
+                .timeout(JWKS_FETCH_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+        }
     }
 
     /// Verifies `token` against the config's issuers and builds its bundle.
@@ -205,9 +220,9 @@ impl JwtVerifier {
 
     /// Fetches every JWKS URL of `config` once (bounded by [`JWKS_FETCH_TIMEOUT`] each),
     /// so tokens verify from the first request. A failure is logged; `serve` starts anyway.
-    pub async fn prime(&self, config: &Config, client: &reqwest::Client) {
+    pub async fn prime(&self, config: &Config) {
         for (url, _) in urls(config) {
-            self.fetch(client, &url).await;
+            self.fetch(&url).await;
         }
     }
 
@@ -217,7 +232,6 @@ impl JwtVerifier {
     pub async fn keep_fresh(
         self: Arc<Self>,
         config: SharedConfig,
-        client: reqwest::Client,
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
@@ -238,7 +252,7 @@ impl JwtVerifier {
                     }
                 };
                 if due {
-                    self.fetch(&client, &url).await;
+                    self.fetch(&url).await;
                 }
             }
             tokio::select! {
@@ -254,8 +268,8 @@ impl JwtVerifier {
 
     /// Fetches one JWKS URL; on success its set replaces the last one, on failure the last
     /// good set stays.
-    async fn fetch(&self, client: &reqwest::Client, url: &str) {
-        let outcome = fetch_jwks(client, url).await;
+    async fn fetch(&self, url: &str) {
+        let outcome = fetch_jwks(&self.client, url).await;
         let now = Instant::now();
         if let Ok(mut state) = self.state.lock() {
             let s = state.entry(url.to_owned()).or_default();
