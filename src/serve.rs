@@ -425,10 +425,8 @@ pub async fn serve_reporting(
     let gate = authz.gate().clone();
     // JWT client keys: JWKS URLs fetched once before ready, then kept fresh in the background.
     gate.jwt().prime(&shared.load()).await;
-    let jwks_task = tokio::spawn(Arc::clone(gate.jwt()).keep_fresh(
-        Arc::clone(&shared),
-        stop_rx.clone(),
-    ));
+    let jwks_task =
+        tokio::spawn(Arc::clone(gate.jwt()).keep_fresh(Arc::clone(&shared), stop_rx.clone()));
     // The gRPC server stops on its own signal: the admin endpoint serves on through the drain.
     // ADS streams never end by themselves, so the same signal ends them.
     let (grpc_stop_tx, mut grpc_stop) = watch::channel(false);
