@@ -2031,20 +2031,27 @@ impl Config {
         let mut keys = HashMap::new();
         let mut ids = HashSet::new();
         for (i, k) in raw.keys.iter().enumerate() {
-            let path = format!("keys[{i}]");
+            // The field path, built only for an error (50,000 keys make 50,000 strings otherwise).
+            let path = || format!("keys[{i}]");
             if k.tokens_per_minute == Some(0) {
-                errs.add(format!("{path}.tokens_per_minute"), "must be at least 1");
+                errs.add(
+                    format!("{}.tokens_per_minute", path()),
+                    "must be at least 1",
+                );
             }
             if k.requests_per_minute == Some(0) {
                 errs.add(
-                    format!("{path}.requests_per_minute"),
+                    format!("{}.requests_per_minute", path()),
                     "must be at least 1 (set `disabled: true` to refuse everything)",
                 );
             }
             if k.id.trim().is_empty() {
-                errs.add(format!("{path}.id"), "must not be empty");
+                errs.add(format!("{}.id", path()), "must not be empty");
             } else if !ids.insert(k.id.as_str()) {
-                errs.add(format!("{path}.id"), format!("duplicate key id `{}`", k.id));
+                errs.add(
+                    format!("{}.id", path()),
+                    format!("duplicate key id `{}`", k.id),
+                );
             }
             let models_access = if k.models.iter().any(|m| m == "*") {
                 ModelAccess::All
@@ -2052,7 +2059,7 @@ impl Config {
                 for (j, m) in k.models.iter().enumerate() {
                     if !raw.models.contains_key(m) {
                         errs.add(
-                            format!("{path}.models[{j}]"),
+                            format!("{}.models[{j}]", path()),
                             format!("unknown model `{m}`"),
                         );
                     }
@@ -2061,14 +2068,14 @@ impl Config {
             };
             if k.capture.is_some_and(|c| c != Capture::Off) && raw.logging.is_none() {
                 errs.add(
-                    format!("{path}.capture"),
+                    format!("{}.capture", path()),
                     "needs the `logging` section: captured payloads travel in log events",
                 );
             }
             if let Some(g) = &k.guardrails {
                 if !raw.guardrails.policies.contains_key(g) {
                     errs.add(
-                        format!("{path}.guardrails"),
+                        format!("{}.guardrails", path()),
                         format!("unknown guardrails policy `{g}`"),
                     );
                 }
@@ -2098,10 +2105,13 @@ impl Config {
                         tokens_per_minute: k.tokens_per_minute,
                     };
                     if keys.insert(hash, Arc::new(bundle)).is_some() {
-                        errs.add(format!("{path}.hash"), "the same key hash appears twice");
+                        errs.add(
+                            format!("{}.hash", path()),
+                            "the same key hash appears twice",
+                        );
                     }
                 }
-                Err(m) => errs.add(format!("{path}.hash"), m),
+                Err(m) => errs.add(format!("{}.hash", path()), m),
             }
         }
 
