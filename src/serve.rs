@@ -497,9 +497,9 @@ pub async fn serve_reporting(
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = reload_task.await;
+    let _ = jwks_task.await;
     let _ = token_task.await;
     let _ = credentials_task.await;
-    let _ = jwks_task.await;
     if let GrpcAddr::Unix(path) = &listen.grpc {
         let _ = std::fs::remove_file(path);
     }

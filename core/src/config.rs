@@ -51,6 +51,9 @@ pub struct RawConfig {
     /// Virtual keys.
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// Issuers whose signed JWTs are client keys by themselves, verified with no lookup.
+    #[serde(default)]
+    pub jwt_keys: RawJwtKeys,
     /// Request limits.
     #[serde(default)]
     pub limits: RawLimits,
@@ -88,9 +91,6 @@ pub struct RawConfig {
     /// is absent.
     #[serde(default)]
     pub traces: Option<RawTraces>,
-    /// Issuers whose signed JWTs are client keys by themselves, verified with no lookup.
-    #[serde(default)]
-    pub jwt_keys: RawJwtKeys,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -1606,6 +1606,8 @@ pub struct Config {
     pub models: BTreeMap<String, Model>,
     /// Keys by hash.
     pub keys: HashMap<KeyHash, Arc<KeyBundle>>,
+    /// The issuers of self-contained JWT client keys (none: JWTs are not accepted).
+    pub jwt_keys: JwtKeys,
     /// The largest request body accepted, in bytes.
     pub max_request_body_bytes: u64,
     /// The shape limits of request bodies, and where their handling leaves the async workers.
@@ -1638,8 +1640,6 @@ pub struct Config {
     /// OpenTelemetry span export; `None` when traces are off. Read once at start-up: a change
     /// takes effect on restart.
     pub traces: Option<Traces>,
-    /// The issuers of self-contained JWT client keys (none: JWTs are not accepted).
-    pub jwt_keys: JwtKeys,
 }
 
 /// The validated `budgets` section.
@@ -2115,6 +2115,7 @@ impl Config {
             }
         }
 
+        let jwt_keys = jwt::validate(&raw.jwt_keys, env, &mut errs);
         let max_body = raw.limits.max_request_body_bytes;
         if max_body == 0 || max_body > MAX_REQUEST_BODY_CEILING {
             errs.add(
@@ -2177,7 +2178,6 @@ impl Config {
             }
         }
         let startup_check = lifecycle::validate_startup_check(&raw.startup_check, &mut errs);
-        let jwt_keys = jwt::validate(&raw.jwt_keys, env, &mut errs);
         let traces = raw
             .traces
             .as_ref()
@@ -2222,6 +2222,7 @@ impl Config {
                 models,
                 keys,
                 max_request_body_bytes: max_body,
+                jwt_keys,
                 body_limits,
                 logging,
                 prices,
@@ -2236,7 +2237,6 @@ impl Config {
                 shutdown,
                 startup_check,
                 traces,
-                jwt_keys,
             }),
             _ => Err(errs.0),
         }
