@@ -203,32 +203,31 @@ impl Gate {
         // A key header first, else Google's `?key=` (removed from the path by the caller).
         let in_query = query_key(path);
         let key = presented_key_in(&header).or(in_query.as_deref());
-        // A JWT client key is verified with no lookup (jwt.rs); any other key by its hash.
-        let verified = key
-            .filter(|k| !config.jwt_keys.issuers.is_empty() && looks_like_jwt(k))
-            .map(|k| self.jwt.verify(&config, k));
-        let bundle = match &verified {
-            Some(v) => v.as_ref().ok(),
-            None => key.and_then(|key| config.key(&keys::hash_key(key))),
+        let resolved = match key {
+            // A JWT client key is verified with no lookup (jwt.rs); any other key by its hash.
+            Some(key) if !config.jwt_keys.issuers.is_empty() && looks_like_jwt(key) => {
+                self.jwt.verify(&config, key).map(Some).map_err(|refusal| {
+                    tracing::info!(
+                        request_id,
+                        reason = refusal.label(),
+                        "Refused a JWT client key"
+                    );
+                    refusal.api_error()
+                })
+            }
+            Some(key) => Ok(config.key(&keys::hash_key(key)).cloned()),
+            None => Ok(None),
         };
-        if let Some(Err(refusal)) = &verified {
-            tracing::info!(
-                request_id,
-                reason = refusal.label(),
-                "Refused a JWT client key"
-            );
-        }
-        let decision = match (key, bundle) {
+        let bundle = resolved.as_ref().ok().and_then(Option::as_ref);
+        let decision = match (key, &resolved) {
             (None, _) => Err(ApiError::MissingKey),
-            (Some(_), None) => Err(match &verified {
-                Some(Err(refusal)) => refusal.api_error(),
-                _ => ApiError::InvalidKey,
-            }),
-            (Some(_), Some(b)) if b.disabled => Err(ApiError::DisabledKey),
-            (Some(_), Some(b)) if b.expires_at.is_some_and(|t| t <= now) => {
+            (Some(_), Err(e)) => Err(e.clone()),
+            (Some(_), Ok(None)) => Err(ApiError::InvalidKey),
+            (Some(_), Ok(Some(b))) if b.disabled => Err(ApiError::DisabledKey),
+            (Some(_), Ok(Some(b))) if b.expires_at.is_some_and(|t| t <= now) => {
                 Err(ApiError::ExpiredKey)
             }
-            (Some(_), Some(b)) => Ok(b),
+            (Some(_), Ok(Some(b))) => Ok(b),
         };
         // Budgets already used up: refused here, before the rate limits count the request
         // and without reading the body.
