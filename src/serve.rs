@@ -475,6 +475,10 @@ pub async fn serve_reporting(
         .with_ledger(Arc::clone(&ledger))
         .with_limiter(Arc::clone(&limiter));
     let gate = authz.gate().clone();
+    // JWT client keys: JWKS URLs fetched once before ready, then kept fresh in the background.
+    gate.jwt().prime(&shared.load()).await;
+    let jwks_task =
+        tokio::spawn(Arc::clone(gate.jwt()).keep_fresh(Arc::clone(&shared), stop_rx.clone()));
     // The gRPC server stops on its own signal: the admin endpoint serves on through the drain.
     // ADS streams never end by themselves, so the same signal ends them.
     let (grpc_stop_tx, mut grpc_stop) = watch::channel(false);
@@ -546,6 +550,7 @@ pub async fn serve_reporting(
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = reload_task.await;
+    let _ = jwks_task.await;
     let _ = token_task.await;
     let _ = credentials_task.await;
     let _ = cooldown_task.await;

@@ -16,7 +16,7 @@ use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
 use time::OffsetDateTime;
 use tollgate_core::budget::{self, Ledger, Owner};
-use tollgate_core::config::{Capture, Feedback, KeyBundle};
+use tollgate_core::config::{looks_like_jwt, Capture, Feedback, KeyBundle};
 use tollgate_core::feedback;
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::{CodeLabel, DecisionLabel, Metrics};
@@ -53,6 +53,8 @@ pub struct Gate {
     ledger: Option<Arc<dyn Ledger>>,
     /// Where keys the file does not list are resolved (`None`: nowhere, they are unknown).
     control_plane: Option<Arc<ControlPlaneClient>>,
+    /// Verifies self-contained JWT client keys (`jwt_keys`); holds the fetched JWKS sets.
+    jwt: Arc<jwt::JwtVerifier>,
 }
 
 /// A request the gate let through.
@@ -163,7 +165,13 @@ impl Gate {
             limiter: Arc::new(RateLimiter::new()),
             ledger: None,
             control_plane: None,
+            jwt: Arc::new(jwt::JwtVerifier::new()),
         }
+    }
+
+    /// The JWT verifier, whose JWKS URLs `serve` keeps fresh.
+    pub fn jwt(&self) -> &Arc<jwt::JwtVerifier> {
+        &self.jwt
     }
 
     /// Resolves keys the config file does not list through `client` (file keys win).
@@ -227,6 +235,17 @@ impl Gate {
         let in_query = query_key(path);
         let key = presented_key_in(&header).or(in_query.as_deref());
         let resolved = match key {
+            // A JWT client key is verified with no lookup (jwt.rs); any other key by its hash.
+            Some(key) if !config.jwt_keys.issuers.is_empty() && looks_like_jwt(key) => {
+                self.jwt.verify(&config, key).map(Some).map_err(|refusal| {
+                    tracing::info!(
+                        request_id,
+                        reason = refusal.label(),
+                        "Refused a JWT client key"
+                    );
+                    refusal.api_error()
+                })
+            }
             Some(key) => self.lookup(&config, keys::hash_key(key)).await,
             None => Ok(None),
         };
@@ -769,6 +788,8 @@ impl Authorization for AuthzService {
         Ok(tonic::Response::new(response))
     }
 }
+
+pub mod jwt;
 
 #[cfg(test)]
 mod tests;

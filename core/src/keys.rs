@@ -33,10 +33,15 @@ pub fn parse_hash(s: &str) -> Result<KeyHash, String> {
     let hex_part = s
         .strip_prefix(HASH_PREFIX)
         .ok_or_else(|| format!("must start with `{HASH_PREFIX}`"))?;
-    let bytes = hex::decode(hex_part).map_err(|_| "is not valid hex".to_owned())?;
-    bytes
-        .try_into()
-        .map_err(|_| "must be 32 bytes (64 hex digits)".to_owned())
+    if !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("is not valid hex".to_owned());
+    }
+    if hex_part.len() != 64 {
+        return Err("must be 32 bytes (64 hex digits)".to_owned());
+    }
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut hash).map_err(|_| "is not valid hex".to_owned())?;
+    Ok(hash)
 }
 
 /// Compares two hashes in constant time.
