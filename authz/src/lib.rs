@@ -25,8 +25,8 @@ use tollgate_core::{keys, ApiError, Dialect, Endpoint, SharedConfig};
 use tollgate_logger::LogHandle;
 use tollgate_proto::logger::v1::LogEvent;
 
-mod cors;
 pub mod control_plane;
+mod cors;
 use control_plane::ControlPlaneClient;
 
 /// Headers a client key may arrive in; all of them are removed before the request goes on.
