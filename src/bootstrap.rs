@@ -265,6 +265,7 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
                 }
                 clusters.push_str(&c.yaml());
             }
+            clusters.push_str(&crate::clusters::failover_clusters_yaml(config));
             (clusters, String::new(), String::new())
         }
         Some(node) => {

@@ -215,6 +215,66 @@ fn upstream_tls(tls: &ClusterTls) -> UpstreamTlsContext {
     }
 }
 
+/// The composite clusters of the config's failover chains, as bootstrap YAML: each walks its
+/// provider clusters one Envoy retry attempt after the other (attempt 1 the first, retry 1
+/// the second, ...), carries Tollgate's ext_proc as an upstream HTTP filter (so every attempt
+/// is translated, addressed and signed for its own target) and a retry budget. Empty when no
+/// model fails over.
+pub fn failover_clusters_yaml(config: &Config) -> String {
+    let mut y = String::new();
+    for c in config.failover_clusters() {
+        let _ = writeln!(y, "  - name: \"{}\"", c.name);
+        let _ = writeln!(y, "    connect_timeout: {CONNECT_TIMEOUT_SECS}s");
+        let _ = writeln!(y, "    lb_policy: CLUSTER_PROVIDED");
+        let _ = writeln!(y, "    cluster_type:");
+        let _ = writeln!(y, "      name: envoy.clusters.composite");
+        let _ = writeln!(y, "      typed_config:");
+        let _ = writeln!(
+            y,
+            "        \"@type\": type.googleapis.com/envoy.extensions.clusters.composite.v3.ClusterConfig"
+        );
+        let _ = writeln!(y, "        clusters:");
+        for sub in &c.clusters {
+            let _ = writeln!(y, "        - name: \"{sub}\"");
+        }
+        let _ = writeln!(y, "    circuit_breakers:");
+        let _ = writeln!(
+            y,
+            "      thresholds: [{{ retry_budget: {{ budget_percent: {{ value: {} }}, min_retry_concurrency: 3 }} }}]",
+            c.retry_budget_percent
+        );
+        y.push_str(UPSTREAM_EXT_PROC);
+    }
+    y
+}
+
+/// The upstream HTTP filters of a failover cluster: Tollgate's ext_proc sees each attempt's
+/// request (headers and the buffered body, which Envoy replays to every attempt unchanged)
+/// and its response headers, then the codec.
+const UPSTREAM_EXT_PROC: &str = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http_protocol_options: {} }
+        http_filters:
+        - name: envoy.filters.http.ext_proc
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+            grpc_service: { envoy_grpc: { cluster_name: tollgate }, timeout: 2s }
+            failure_mode_allow: false
+            message_timeout: 2s
+            processing_mode:
+              request_header_mode: SEND
+              response_header_mode: SEND
+              request_body_mode: BUFFERED
+              response_body_mode: NONE
+              request_trailer_mode: SKIP
+              response_trailer_mode: SKIP
+            mutation_rules: { allow_all_routing: true }
+        - name: envoy.filters.http.upstream_codec
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -815,6 +815,11 @@ pub struct RawModel {
     /// model without its own `ejection` (default: 5 failures, 30 s growing to 300 s).
     #[serde(default)]
     pub ejection: Option<routing::RawEjection>,
+    /// Per-attempt failover to the model's next target (on by default for a model with
+    /// several targets): `off`, or `max_attempts`, `per_try_timeout_ms`, `timeout_ms`, `on`,
+    /// `retry_budget_percent`.
+    #[serde(default)]
+    pub failover: Option<failover::RawFailover>,
 }
 
 /// One provider target of a model.
@@ -1237,6 +1242,8 @@ pub struct Model {
     strategy: Strategy,
     /// The `round_robin` cursor, kept across reloads.
     cursor: Arc<std::sync::atomic::AtomicU64>,
+    /// Per-attempt failover (`None`: one attempt per request, today's path).
+    pub failover: Option<failover::Failover>,
 }
 
 impl Model {
@@ -2004,6 +2011,12 @@ impl Config {
                 );
             }
             let total_weight = targets.iter().map(|t| u64::from(t.weight)).sum();
+            let failover = failover::Failover::validate(
+                m.failover.as_ref(),
+                m.targets.len(),
+                &format!("{path}.failover"),
+                &mut errs,
+            );
             models.insert(
                 name.clone(),
                 Model {
@@ -2012,6 +2025,7 @@ impl Config {
                     total_weight,
                     strategy: m.strategy,
                     cursor: Arc::default(),
+                    failover,
                 },
             );
         }
@@ -2666,6 +2680,7 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
 
 mod google;
 pub mod routing;
+pub mod failover;
 pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};
 pub use routing::{Ejection, Excluded, InFlight, Pick, Strategy, TargetStats, MAX_TARGETS};
 pub mod aws;

@@ -232,6 +232,20 @@ pub struct Metrics {
     pub credential_refreshes: Family<CredentialLabels, Counter>,
     /// `tollgate_target_cooldowns_total`.
     pub target_cooldowns: Family<ProviderLabel, Counter>,
+    /// `tollgate_failovers_total`.
+    pub failovers: Family<FailoverLabels, Counter>,
+}
+
+/// The labels of `tollgate_failovers_total`: the model, and the providers of the target that
+/// failed and of the one tried next.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    /// The public model name.
+    pub model: String,
+    /// The provider of the attempt that failed.
+    pub from: String,
+    /// The provider tried next.
+    pub to: String,
 }
 
 impl Default for Metrics {
@@ -263,6 +277,7 @@ impl Default for Metrics {
             trace_spans: Family::default(),
             credential_refreshes: Family::default(),
             target_cooldowns: Family::default(),
+            failovers: Family::default(),
         }
     }
 }
@@ -308,6 +323,11 @@ impl Metrics {
             "target_cooldowns",
             "Times a provider's 429 with Retry-After took a routing target out of rotation, by provider",
             self.target_cooldowns.clone(),
+        );
+        r.register(
+            "failovers",
+            "Requests moved from a failed attempt to the model's next target, by model and providers",
+            self.failovers.clone(),
         );
         r.register(
             "config_reloads",

@@ -17,6 +17,7 @@ mod offload;
 mod reserve;
 mod response;
 mod route;
+mod upstream;
 mod upstream_auth;
 
 pub use count::TOKEN_COUNT_HEADER;
@@ -146,6 +147,22 @@ struct Forwarded {
     /// The target's in-flight slot (released when the request's stream ends); its latency
     /// average takes this request's time to first byte.
     slot: Option<tollgate_core::config::InFlight>,
+    /// The failover chain the request went down (`None`: one attempt, to `provider`).
+    failover: Option<FailoverState>,
+}
+
+/// What the response of a failover request needs to read the answer of whichever target
+/// gave it.
+#[derive(Debug)]
+struct FailoverState {
+    /// The model (its targets are the chain's).
+    model: String,
+    /// The chain's target indexes, in attempt order.
+    chain: Vec<usize>,
+    /// Attempts made, as the answering attempt reported (0: no attempt answered).
+    attempts: usize,
+    /// The target that answered (`None`: none did, e.g. every connection was refused).
+    answered: Option<usize>,
 }
 
 fn unix_now() -> u64 {
@@ -205,6 +222,8 @@ pub struct Processor {
     envoy_trace: Option<Remote>,
     /// The model of a token count Tollgate estimated itself (logged, like every count).
     estimated_count: Option<String>,
+    /// Set when this stream is the upstream ext_proc of one failover attempt.
+    upstream: Option<upstream::Attempt>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -261,6 +280,7 @@ impl Processor {
             span: None,
             envoy_trace: None,
             estimated_count: None,
+            upstream: None,
         }
     }
 
@@ -306,6 +326,10 @@ impl Processor {
                 .and_then(AuthContext::from_metadata);
         }
         let started = Instant::now();
+        if let Some(response) = self.upstream_phase(&msg).await {
+            self.metrics.observe_phase("upstream", started);
+            return (!msg.observability_mode).then_some(response);
+        }
         let (phase, response) = match msg.request {
             Some(Request::RequestHeaders(h)) => {
                 ("request_headers", self.on_request_headers(&h).await)
