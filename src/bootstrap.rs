@@ -217,6 +217,8 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
         "x-amzn-errortype",
         // A provider's 429 takes its target out of rotation for this long.
         "retry-after",
+        // Which target of a failover chain answered (set by the attempt's upstream ext_proc).
+        tollgate_core::metadata::ANSWER_HEADER,
         tollgate_core::metadata::REQUEST_ID_HEADER,
         // W3C trace context: the trace a request's span joins (`traces`).
         "traceparent",

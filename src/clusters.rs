@@ -269,7 +269,7 @@ const UPSTREAM_EXT_PROC: &str = r#"    typed_extension_protocol_options:
               response_body_mode: NONE
               request_trailer_mode: SKIP
               response_trailer_mode: SKIP
-            mutation_rules: { allow_all_routing: true }
+            mutation_rules: { allow_all_routing: true, allow_envoy: true }
         - name: envoy.filters.http.upstream_codec
           typed_config:
             "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec

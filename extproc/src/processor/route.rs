@@ -117,6 +117,11 @@ impl Processor {
         }
         let budget_lines = self.budget_lines();
         let chain = m.failover_chain(index);
+        let (ctx_method, ctx_path) = self
+            .ctx
+            .as_ref()
+            .map(|c| (c.method.clone(), c.path.clone()))
+            .unwrap_or_default();
         let (mut headers, remove, up, body) = match (&chain, &m.failover) {
             (Some(chain), Some(f)) => {
                 // Failover: the body stays in the client's dialect (as the guardrails left
@@ -125,7 +130,17 @@ impl Processor {
                 let up = self
                     .upstream_body(endpoint, target, pair, &parsed, b.body.len(), budget_lines)
                     .map_err(refusal)?;
-                let mut headers = failover_headers(m, f, chain, index, budget_lines, parsed.stream);
+                let mut headers = failover_headers(f, chain, parsed.stream);
+                headers.push(set(
+                    md::CHAIN_HEADER,
+                    format!(
+                        "{index};{};{};{};{}",
+                        u8::from(budget_lines),
+                        ctx_method,
+                        m.name,
+                        ctx_path
+                    ),
+                ));
                 if let Some(body) = &redacted {
                     headers.push(set("content-length", body.len().to_string()));
                 }
@@ -548,24 +563,12 @@ pub(super) fn allowed_model<'c>(
     Ok(m)
 }
 
-/// The headers that send a request down its failover chain: the chain's composite cluster,
-/// the chain itself for the upstream ext_proc (`<model>/<first target>/<budget lines 0|1>`),
+/// The headers that send a request down its failover chain: the chain's composite cluster
 /// and Envoy's retry settings for it (honoured because Tollgate, not the client, sets them:
 /// Envoy strips a client's `x-envoy-*`).
-fn failover_headers(
-    m: &Model,
-    f: &Failover,
-    chain: &Chain,
-    first: usize,
-    budget_lines: bool,
-    stream: bool,
-) -> Vec<HeaderValueOption> {
+fn failover_headers(f: &Failover, chain: &Chain, stream: bool) -> Vec<HeaderValueOption> {
     let mut headers = Vec::with_capacity(7);
     headers.push(set(md::ROUTE_HEADER, chain.cluster_name()));
-    headers.push(set(
-        md::CHAIN_HEADER,
-        format!("{}/{first}/{}", m.name, u8::from(budget_lines)),
-    ));
     headers.push(set(
         "x-envoy-max-retries",
         chain.targets.len().saturating_sub(1).to_string(),

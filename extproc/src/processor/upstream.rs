@@ -27,7 +27,16 @@ use crate::translator::{openai, Pair};
 /// Envoy's count of the attempt (1 for the first), on every upstream request.
 const ATTEMPT_HEADER: &str = "x-envoy-attempt-count";
 
-/// The request headers of an attempt that go no further than Tollgate.
+/// The credential headers a target may have been given by an earlier attempt.
+const CREDENTIAL_HEADERS: [&str; 4] = [
+    "authorization",
+    "x-amz-date",
+    "x-amz-content-sha256",
+    "x-amz-security-token",
+];
+
+/// The request headers of an attempt that go no further than Tollgate (removed by the
+/// chain's last attempt: earlier ones leave them for the next).
 const INTERNAL_HEADERS: [&str; 2] = [md::CHAIN_HEADER, ATTEMPT_HEADER];
 
 /// What one attempt's stream knows.
@@ -59,27 +68,29 @@ struct Chosen {
 
 impl Attempt {
     /// An attempt's stream, when the request headers carry a failover chain
-    /// (`<model>/<first target>/<budget lines 0|1>`); `None` for a request's own stream.
+    /// (`<first target>;<budget lines 0|1>;<method>;<model>;<client path>`); `None` for a
+    /// request's own stream. The client's path travels in the chain because every attempt
+    /// sees the request headers as the attempts before it left them (Envoy shares one
+    /// header map between them; only the body is replayed as it was).
     fn from_headers(h: &HttpHeaders) -> Option<Attempt> {
         let chain = std::str::from_utf8(header(&h.headers, md::CHAIN_HEADER)?).ok()?;
-        let (rest, budget) = chain.rsplit_once('/')?;
-        let (model, first) = rest.rsplit_once('/')?;
+        let mut parts = chain.splitn(5, ';');
+        let first = parts.next()?.parse().ok()?;
+        let budget_lines = parts.next()? == "1";
+        let method = parts.next()?.to_owned();
+        let model = parts.next()?.to_owned();
+        let path = parts.next()?.to_owned();
         let number = header(&h.headers, ATTEMPT_HEADER)
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
             .unwrap_or(1usize)
             .max(1);
-        let text = |name: &str| {
-            header(&h.headers, name)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
         Some(Attempt {
-            model: model.to_owned(),
-            first: first.parse().ok()?,
-            budget_lines: budget == "1",
+            model,
+            first,
+            budget_lines,
             number,
-            path: text(":path"),
-            method: text(":method"),
+            path,
+            method,
             target: None,
         })
     }
@@ -195,7 +206,30 @@ impl Processor {
             });
         }
         let mut remove = applied.remove;
-        remove.extend(INTERNAL_HEADERS.iter().map(|h| (*h).to_owned()));
+        let chain = m.failover_chain(first).map(|c| c.targets).unwrap_or_default();
+        if number > 1 {
+            // What earlier attempts set for their targets is still on the request: their
+            // credentials and provider headers must not reach this one.
+            remove.extend(CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned()));
+            for t in chain.iter().take(number - 1).filter_map(|i| m.targets.get(*i)) {
+                if let Some((name, _)) = &t.provider.credential_header {
+                    remove.push((*name).to_owned());
+                }
+                remove.extend(t.provider.headers.iter().map(|(k, _)| k.clone()));
+            }
+        }
+        if number >= chain.len() {
+            // The chain's last attempt: no later one needs the chain.
+            remove.extend(INTERNAL_HEADERS.iter().map(|h| (*h).to_owned()));
+        }
+        let set_here: Vec<&str> = applied
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref().map(|h| h.key.as_str()))
+            .collect();
+        remove.retain(|r| !set_here.contains(&r.as_str()));
+        remove.sort();
+        remove.dedup();
         Ok(mutation::request_body(mutation::common(
             applied.headers,
             remove,
@@ -329,21 +363,28 @@ mod tests {
     #[test]
     fn an_attempt_reads_its_chain_and_number() {
         let a = Attempt::from_headers(&headers(&[
-            (md::CHAIN_HEADER, "team/chat-a/2/1"),
+            (
+                md::CHAIN_HEADER,
+                "2;1;POST;team/chat-a;/v1beta/models/x:generateContent?alt=sse",
+            ),
             (ATTEMPT_HEADER, "3"),
-            (":path", "/v1/chat/completions"),
-            (":method", "POST"),
+            // An earlier attempt's path: the chain's is the client's.
+            (":path", "/v1/messages"),
         ]))
         .unwrap();
         assert_eq!(
             (a.model.as_str(), a.first, a.budget_lines, a.number),
             ("team/chat-a", 2, true, 3)
         );
+        assert_eq!(
+            (a.method.as_str(), a.path.as_str()),
+            ("POST", "/v1beta/models/x:generateContent?alt=sse")
+        );
         // Without Envoy's count it is the first attempt; without the chain, not an attempt.
-        let a = Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "m/0/0")])).unwrap();
+        let a = Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "0;0;POST;m;/v1/x")])).unwrap();
         assert_eq!((a.number, a.budget_lines), (1, false));
         assert!(Attempt::from_headers(&headers(&[(":path", "/v1/chat/completions")])).is_none());
-        assert!(Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "m/x/0")])).is_none());
+        assert!(Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "x;0;POST;m;/")])).is_none());
     }
 
     #[test]
