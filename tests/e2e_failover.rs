@@ -47,6 +47,7 @@ models:
       - {{ provider: bedrock, model: "{bedrock}" }}
   fo-refused:
     strategy: priority
+    failover: {{}}
     targets: [{{ provider: down, model: whatever }}, {{ provider: claude, model: claude-upstream-model }}]
   fo-slow:
     strategy: priority
@@ -54,7 +55,15 @@ models:
     targets: [{{ provider: slow, model: mock-model }}, {{ provider: gemini, model: gemini-upstream-model }}]
   fo-stream-error:
     strategy: priority
+    failover: {{}}
     targets: [{{ provider: mock, model: mock-stream-error }}, {{ provider: claude, model: claude-upstream-model }}]
+  fo-two-attempts:
+    strategy: priority
+    failover: {{ max_attempts: 2 }}
+    targets:
+      - {{ provider: mock, model: mock-error-500 }}
+      - {{ provider: claude, model: mock-error-503 }}
+      - {{ provider: gemini, model: gemini-upstream-model }}
   fo-off:
     strategy: priority
     failover: off
@@ -233,6 +242,15 @@ async fn a_started_stream_is_not_retried_and_failover_off_is_unchanged() {
     assert_eq!(r.status, 500, "{}", r.text);
     assert_eq!(r.header("x-tollgate-provider"), Some("mock"));
     assert_eq!(paths_since(&stack, before).await.len(), 1);
+
+    // `max_attempts: 2`: the second target's 503 (Anthropic's) reaches the client in
+    // OpenAI's shape, though a third target would have answered.
+    let before = stack.upstream_requests().await.len();
+    let r = chat(&stack, "fo-two-attempts", false).await;
+    assert_eq!(r.status, 503, "{}", r.text);
+    assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
+    assert!(r.json()["error"]["message"].is_string(), "{}", r.text);
+    assert_eq!(paths_since(&stack, before).await.len(), 2);
 
     // `on: [5xx]`: a 429 is not a reason to move on.
     let r = chat(&stack, "fo-one-try", false).await;

@@ -815,9 +815,9 @@ pub struct RawModel {
     /// model without its own `ejection` (default: 5 failures, 30 s growing to 300 s).
     #[serde(default)]
     pub ejection: Option<routing::RawEjection>,
-    /// Per-attempt failover to the model's next target (on by default for a model with
-    /// several targets): `off`, or `max_attempts`, `per_try_timeout_ms`, `timeout_ms`, `on`,
-    /// `retry_budget_percent`.
+    /// Per-attempt failover to the model's next target when one fails (unset or `off`: none;
+    /// `{}` for the defaults): `max_attempts`, `per_try_timeout_ms`, `timeout_ms`, `on`,
+    /// `retry_budget_percent`. Needs the failover clusters of `tollgate envoy-bootstrap`.
     #[serde(default)]
     pub failover: Option<failover::RawFailover>,
 }

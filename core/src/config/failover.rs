@@ -96,7 +96,8 @@ impl Failover {
         errs: &mut Errors,
     ) -> Option<Failover> {
         let settings = match raw {
-            None => RawFailoverSettings::default(),
+            // Opt-in: the failover clusters exist only in bootstraps Tollgate renders.
+            None => return None,
             Some(RawFailover::Switch(word)) if word == "off" => return None,
             Some(RawFailover::Switch(word)) => {
                 errs.add(
@@ -274,5 +275,128 @@ impl super::Config {
             }
         }
         out.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::env::MapEnv;
+
+    fn config(models: &str) -> Result<Config, Vec<crate::config::ConfigError>> {
+        let yaml = format!(
+            r#"
+listen:
+  grpc: "unix:/tmp/tollgate.sock"
+  admin: "127.0.0.1:9464"
+providers:
+  a: {{ kind: openai, base_url: "http://127.0.0.1:1/v1" }}
+  b: {{ kind: anthropic, base_url: "http://127.0.0.1:2/v1" }}
+  c: {{ kind: openai, base_url: "http://127.0.0.1:3/v1", cluster: shared }}
+  d: {{ kind: openai, base_url: "http://127.0.0.1:3/v1", cluster: shared }}
+models:
+{models}
+keys: []
+"#
+        );
+        Config::from_yaml(&yaml, &MapEnv::from_pairs([("X", "y")]))
+    }
+
+    fn errors(models: &str) -> Vec<String> {
+        config(models)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn failover_is_opt_in_and_one_attempt_is_none() {
+        let c = config(
+            "  plain:\n    targets: [{ provider: a, model: x }, { provider: b, model: y }]\n  \
+             off:\n    failover: off\n    targets: [{ provider: a, model: x }, { provider: b, model: y }]\n  \
+             single:\n    failover: {}\n    targets: [{ provider: a, model: x }]\n  \
+             once:\n    failover: { max_attempts: 1 }\n    targets: [{ provider: a, model: x }, { provider: b, model: y }]\n",
+        )
+        .unwrap();
+        for m in ["plain", "off", "single", "once"] {
+            assert_eq!(c.models[m].failover, None, "{m}");
+            assert_eq!(c.models[m].failover_chain(0), None, "{m}");
+        }
+        assert!(c.failover_clusters().is_empty());
+    }
+
+    #[test]
+    fn defaults_and_chains_from_each_first_target() {
+        let c = config(
+            "  m:\n    failover: {}\n    targets:\n      - { provider: a, model: x }\n      \
+             - { provider: b, model: y }\n      - { provider: c, model: z }\n",
+        )
+        .unwrap();
+        let m = &c.models["m"];
+        let f = m.failover.as_ref().unwrap();
+        assert_eq!((f.max_attempts, f.retry_budget_percent), (3, 20));
+        assert_eq!(f.on.len(), 4);
+        assert_eq!(
+            f.retry_on(),
+            "5xx,retriable-status-codes,connect-failure,refused-stream,reset-before-request,gateway-error"
+        );
+        // The first target by the strategy, then the others in the order configured.
+        let chain = m.failover_chain(1).unwrap();
+        assert_eq!(chain.targets, [1, 0, 2]);
+        assert_eq!(chain.clusters, ["b", "a", "shared"]);
+        assert_eq!(chain.cluster_name(), "tollgate-failover~b~a~shared");
+        assert_eq!(m.failover_chain(2).unwrap().targets, [2, 0, 1]);
+        let names: Vec<String> = c.failover_clusters().into_iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            [
+                "tollgate-failover~a~b~shared",
+                "tollgate-failover~b~a~shared",
+                "tollgate-failover~shared~a~b"
+            ]
+        );
+    }
+
+    #[test]
+    fn max_attempts_bounds_the_chain_and_clusters_are_shared() {
+        let c = config(
+            "  m:\n    failover: { max_attempts: 2, retry_budget_percent: 50, on: [\"5xx\"] }\n    targets:\n      \
+             - { provider: a, model: x }\n      - { provider: b, model: y }\n      - { provider: c, model: z }\n  \
+             n:\n    failover: { retry_budget_percent: 10 }\n    targets: [{ provider: a, model: q }, { provider: b, model: r }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.models["m"].failover_chain(0).unwrap().targets, [0, 1]);
+        assert_eq!(c.models["m"].failover.as_ref().unwrap().retry_on(), "5xx");
+        assert!(!c.models["m"].failover.as_ref().unwrap().on_429());
+        // `m` from `a` and `n` from `a` walk the same clusters: one composite, the smaller budget.
+        let shared = c
+            .failover_clusters()
+            .into_iter()
+            .find(|f| f.name == "tollgate-failover~a~b")
+            .unwrap();
+        assert_eq!(shared.retry_budget_percent, 10);
+    }
+
+    #[test]
+    fn bad_settings_name_their_field() {
+        let two = "targets: [{ provider: a, model: x }, { provider: b, model: y }]";
+        for (failover, field) in [
+            ("{ max_attempts: 0 }", "models.m.failover.max_attempts"),
+            ("{ max_attempts: 3 }", "models.m.failover.max_attempts"),
+            ("{ per_try_timeout_ms: 0 }", "models.m.failover.per_try_timeout_ms"),
+            ("{ timeout_ms: 0 }", "models.m.failover.timeout_ms"),
+            ("{ retry_budget_percent: 0 }", "models.m.failover.retry_budget_percent"),
+            ("{ on: [] }", "models.m.failover.on"),
+            ("on", "models.m.failover"),
+        ] {
+            let errs = errors(&format!("  m:\n    failover: {failover}\n    {two}\n"));
+            assert!(errs.iter().any(|e| e.contains(field)), "{failover}: {errs:?}");
+        }
+        // Unknown settings and failures are refused by the parser.
+        assert!(config(&format!("  m:\n    failover: {{ retries: 2 }}\n    {two}\n")).is_err());
+        assert!(config(&format!("  m:\n    failover: {{ on: [\"4xx\"] }}\n    {two}\n")).is_err());
     }
 }
