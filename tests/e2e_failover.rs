@@ -45,6 +45,13 @@ models:
       - {{ provider: claude, model: mock-error-503 }}
       - {{ provider: gemini, model: mock-error-500 }}
       - {{ provider: bedrock, model: "{bedrock}" }}
+  fo-to-openai:
+    strategy: priority
+    failover: {{}}
+    targets:
+      - {{ provider: gemini, model: mock-error-503 }}
+      - {{ provider: claude, model: mock-error-500 }}
+      - {{ provider: mock, model: mock-model }}
   fo-refused:
     strategy: priority
     failover: {{}}
@@ -124,12 +131,23 @@ async fn a_request_fails_over_across_dialects_complete_and_streamed() {
     let before = stack.upstream_requests().await.len();
     let r = chat(stack, "fo-dialects", false).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.header("x-tollgate-provider"), Some("bedrock"), "{:?}", r.headers);
+    assert_eq!(
+        r.header("x-tollgate-provider"),
+        Some("bedrock"),
+        "{:?}",
+        r.headers
+    );
     assert!(r.header("x-tollgate-answer").is_none(), "{:?}", r.headers);
     let body = r.json();
     assert_eq!(body["object"], "chat.completion", "{body}");
-    assert!(body["choices"][0]["message"]["content"].is_string(), "{body}");
-    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{body}");
+    assert!(
+        body["choices"][0]["message"]["content"].is_string(),
+        "{body}"
+    );
+    assert!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap() > 0,
+        "{body}"
+    );
     let paths = paths_since(stack, before).await;
     assert_eq!(paths.len(), 4, "{paths:?}");
     assert_eq!(paths[0], "/v1/chat/completions", "{paths:?}");
@@ -139,8 +157,16 @@ async fn a_request_fails_over_across_dialects_complete_and_streamed() {
     // Each attempt carried its own target's model id and credential, and nothing internal.
     let reqs = stack.upstream_requests().await;
     let attempts: Vec<&serde_json::Value> = reqs.iter().skip(before).collect();
-    assert_eq!(attempts[0]["body"]["model"], "mock-error-500", "{}", attempts[0]);
-    assert_eq!(attempts[1]["body"]["model"], "mock-error-503", "{}", attempts[1]);
+    assert_eq!(
+        attempts[0]["body"]["model"], "mock-error-500",
+        "{}",
+        attempts[0]
+    );
+    assert_eq!(
+        attempts[1]["body"]["model"], "mock-error-503",
+        "{}",
+        attempts[1]
+    );
     // Envoy shares the request headers between attempts: the Gemini attempt carries no
     // Anthropic credential, the Bedrock one neither nor Gemini's, and the last one nothing
     // internal.
@@ -177,7 +203,11 @@ async fn a_request_fails_over_across_dialects_complete_and_streamed() {
     assert!(r.text.contains("\"chat.completion.chunk\""), "{}", r.text);
 
     let scrape = stack.metrics().await;
-    for (from, to) in [("mock", "claude"), ("claude", "gemini"), ("gemini", "bedrock")] {
+    for (from, to) in [
+        ("mock", "claude"),
+        ("claude", "gemini"),
+        ("gemini", "bedrock"),
+    ] {
         let line = format!(
             "tollgate_failovers_total{{model=\"fo-dialects\",from=\"{from}\",to=\"{to}\"}} 2"
         );
@@ -256,4 +286,20 @@ async fn a_started_stream_is_not_retried_and_failover_off_is_unchanged() {
     let r = chat(&stack, "fo-one-try", false).await;
     assert_eq!(r.status, 429, "{}", r.text);
     assert_eq!(r.header("x-tollgate-provider"), Some("mock"));
+}
+
+#[tokio::test]
+async fn the_official_sdks_get_their_own_dialect_from_any_target() {
+    let stack = Stack::start(options());
+    for (model, answering) in [("fo-dialects", "bedrock"), ("fo-to-openai", "mock")] {
+        run_sdk(
+            "failover_sdk.py",
+            &[
+                ("TOLLGATE_BASE_URL", &stack.base),
+                ("TOLLGATE_KEY", KEY_ALL),
+                ("TOLLGATE_CHAIN_MODEL", model),
+                ("TOLLGATE_ANSWERING", answering),
+            ],
+        );
+    }
 }

@@ -2678,9 +2678,9 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
     }
 }
 
+pub mod failover;
 mod google;
 pub mod routing;
-pub mod failover;
 pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};
 pub use routing::{Ejection, Excluded, InFlight, Pick, Strategy, TargetStats, MAX_TARGETS};
 pub mod aws;

@@ -264,8 +264,7 @@ impl super::Config {
                 let name = chain.cluster_name();
                 out.entry(name.clone())
                     .and_modify(|c| {
-                        c.retry_budget_percent =
-                            c.retry_budget_percent.min(f.retry_budget_percent);
+                        c.retry_budget_percent = c.retry_budget_percent.min(f.retry_budget_percent);
                     })
                     .or_insert(FailoverCluster {
                         name,
@@ -386,17 +385,32 @@ keys: []
         for (failover, field) in [
             ("{ max_attempts: 0 }", "models.m.failover.max_attempts"),
             ("{ max_attempts: 3 }", "models.m.failover.max_attempts"),
-            ("{ per_try_timeout_ms: 0 }", "models.m.failover.per_try_timeout_ms"),
+            (
+                "{ per_try_timeout_ms: 0 }",
+                "models.m.failover.per_try_timeout_ms",
+            ),
             ("{ timeout_ms: 0 }", "models.m.failover.timeout_ms"),
-            ("{ retry_budget_percent: 0 }", "models.m.failover.retry_budget_percent"),
+            (
+                "{ retry_budget_percent: 0 }",
+                "models.m.failover.retry_budget_percent",
+            ),
             ("{ on: [] }", "models.m.failover.on"),
             ("on", "models.m.failover"),
         ] {
             let errs = errors(&format!("  m:\n    failover: {failover}\n    {two}\n"));
-            assert!(errs.iter().any(|e| e.contains(field)), "{failover}: {errs:?}");
+            assert!(
+                errs.iter().any(|e| e.contains(field)),
+                "{failover}: {errs:?}"
+            );
         }
         // Unknown settings and failures are refused by the parser.
-        assert!(config(&format!("  m:\n    failover: {{ retries: 2 }}\n    {two}\n")).is_err());
-        assert!(config(&format!("  m:\n    failover: {{ on: [\"4xx\"] }}\n    {two}\n")).is_err());
+        assert!(config(&format!(
+            "  m:\n    failover: {{ retries: 2 }}\n    {two}\n"
+        ))
+        .is_err());
+        assert!(config(&format!(
+            "  m:\n    failover: {{ on: [\"4xx\"] }}\n    {two}\n"
+        ))
+        .is_err());
     }
 }

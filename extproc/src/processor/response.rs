@@ -8,9 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingResponse};
+use tollgate_core::config::routing::TargetStats;
 use tollgate_core::config::{ApiFamily, Side};
 use tollgate_core::metadata as md;
-use tollgate_core::config::routing::TargetStats;
 use tollgate_core::metrics::{Metrics, ProviderLabel};
 use tollgate_core::{keys, ApiError, Endpoint};
 

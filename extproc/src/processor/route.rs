@@ -578,7 +578,10 @@ fn failover_headers(f: &Failover, chain: &Chain, stream: bool) -> Vec<HeaderValu
         headers.push(set("x-envoy-retriable-status-codes", "429"));
     }
     if let Some(ms) = f.per_try_timeout_ms {
-        headers.push(set("x-envoy-upstream-rq-per-try-timeout-ms", ms.to_string()));
+        headers.push(set(
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+            ms.to_string(),
+        ));
     }
     // The overall deadline would cut a stream that has started: streams keep the route's.
     if let (Some(ms), false) = (f.timeout_ms, stream) {

@@ -19,10 +19,10 @@ use tollgate_core::{ApiError, Dialect, Endpoint};
 
 use super::response::note_response;
 use super::{header, strip_query, unix_now, Processor};
-use crate::stream::Pipeline;
-use tollgate_core::config::ApiFamily;
 use crate::mutation::{self, set};
+use crate::stream::Pipeline;
 use crate::translator::{openai, Pair};
+use tollgate_core::config::ApiFamily;
 
 /// Envoy's count of the attempt (1 for the first), on every upstream request.
 const ATTEMPT_HEADER: &str = "x-envoy-attempt-count";
@@ -206,12 +206,19 @@ impl Processor {
             });
         }
         let mut remove = applied.remove;
-        let chain = m.failover_chain(first).map(|c| c.targets).unwrap_or_default();
+        let chain = m
+            .failover_chain(first)
+            .map(|c| c.targets)
+            .unwrap_or_default();
         if number > 1 {
             // What earlier attempts set for their targets is still on the request: their
             // credentials and provider headers must not reach this one.
             remove.extend(CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned()));
-            for t in chain.iter().take(number - 1).filter_map(|i| m.targets.get(*i)) {
+            for t in chain
+                .iter()
+                .take(number - 1)
+                .filter_map(|i| m.targets.get(*i))
+            {
                 if let Some((name, _)) = &t.provider.credential_header {
                     remove.push((*name).to_owned());
                 }
@@ -302,7 +309,11 @@ impl Processor {
         if f.chain.first() == Some(&index) {
             return;
         }
-        let Some(target) = config.models.get(&f.model).and_then(|m| m.targets.get(index)) else {
+        let Some(target) = config
+            .models
+            .get(&f.model)
+            .and_then(|m| m.targets.get(index))
+        else {
             return;
         };
         let Ok((pair, _)) = Pair::route(fwd.endpoint, target.family) else {
