@@ -277,7 +277,8 @@ fn assert_scrape_is_documented(scrape: &str) {
     // an Envoy on xDS: `src/xds/tests.rs` counts those; the span exporter's, which needs
     // `traces` and a collector: `tests/e2e_traces.rs` reads it; and the credential refreshes,
     // which need chain or metadata credentials: `tests/e2e_credentials.rs` reads them; and the
-    // routing cool-downs, which need a model of several targets: `tests/e2e_routing.rs`).
+    // routing cool-downs, which need a model of several targets: `tests/e2e_routing.rs`; and
+    // the failovers, which need a failover model: `tests/e2e_failover.rs`).
     let missing: Vec<&String> = doc
         .keys()
         .filter(|k| {
@@ -286,6 +287,7 @@ fn assert_scrape_is_documented(scrape: &str) {
                 && k.as_str() != "tollgate_trace_spans_total"
                 && k.as_str() != "tollgate_credential_refreshes_total"
                 && k.as_str() != "tollgate_target_cooldowns_total"
+                && k.as_str() != "tollgate_failovers_total"
         })
         .collect();
     assert!(
