@@ -279,7 +279,6 @@ impl super::Config {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::Config;
     use crate::env::MapEnv;
 
