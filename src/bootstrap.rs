@@ -493,7 +493,8 @@ mod tests {
             let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
                 .as_sequence()
                 .unwrap();
-            assert_eq!(routes.len(), 2);
+            // The failover route (a chain named), the provider route, the 404.
+            assert_eq!(routes.len(), 3);
             for r in routes {
                 assert!(
                     r["typed_per_filter_config"]["envoy.filters.http.ext_proc"].is_mapping(),

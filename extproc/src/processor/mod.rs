@@ -416,5 +416,6 @@ impl Drop for Processor {
     fn drop(&mut self) {
         // A stream that ends before the response did (client gone, upstream reset) still counts.
         self.finish();
+        self.end_attempt();
     }
 }

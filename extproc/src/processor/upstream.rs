@@ -55,6 +55,8 @@ pub(super) struct Attempt {
     method: String,
     /// This attempt's target, once the body chose it, with how its response is read.
     target: Option<Chosen>,
+    /// Whether the attempt's response headers came.
+    answered: bool,
 }
 
 /// The target of an attempt.
@@ -92,6 +94,7 @@ impl Attempt {
             path,
             method,
             target: None,
+            answered: false,
         })
     }
 
@@ -279,6 +282,9 @@ impl Processor {
                 ),
             ));
         }
+        if let Some(a) = &mut self.upstream {
+            a.answered = true;
+        }
         mutation::response_headers(
             mutation::common(headers, Vec::new(), None, false),
             BodySendMode::None,
@@ -337,6 +343,36 @@ impl Processor {
                     .with_cap(cap),
             ));
         }
+    }
+}
+
+impl Processor {
+    /// An attempt's stream that ends before its response headers came (Envoy gave up on it:
+    /// the per-try timeout, a reset): a failure of its target, noted like a failed answer.
+    pub(super) fn end_attempt(&mut self) {
+        let Some(a) = &self.upstream else { return };
+        let (Some(chosen), false) = (&a.target, a.answered) else {
+            return;
+        };
+        let Some(target) = self
+            .config
+            .models
+            .get(&a.model)
+            .and_then(|m| m.targets.get(chosen.index))
+        else {
+            return;
+        };
+        tracing::debug!(model = %a.model, attempt = a.number, provider = %target.provider.name, "A failover attempt ended without an answer");
+        note_response(
+            &target.stats,
+            &target.provider.name,
+            0,
+            false,
+            chosen.sent_at.elapsed(),
+            None,
+            &self.metrics,
+            SystemTime::now(),
+        );
     }
 }
 
