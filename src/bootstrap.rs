@@ -227,6 +227,8 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
         "x-amzn-errortype",
         // A provider's 429 takes its target out of rotation for this long.
         "retry-after",
+        // Which target of a failover chain answered (set by the attempt's upstream ext_proc).
+        tollgate_core::metadata::ANSWER_HEADER,
         tollgate_core::metadata::REQUEST_ID_HEADER,
         // W3C trace context: the trace a request's span joins (`traces`).
         "traceparent",
@@ -279,6 +281,7 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
                 }
                 clusters.push_str(&c.yaml());
             }
+            clusters.push_str(&crate::clusters::failover_clusters_yaml(config));
             (clusters, String::new(), String::new())
         }
         Some(node) => {
@@ -505,7 +508,8 @@ mod tests {
             let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
                 .as_sequence()
                 .unwrap();
-            assert_eq!(routes.len(), 2);
+            // The failover route (a chain named), the provider route, the 404.
+            assert_eq!(routes.len(), 3);
             for r in routes {
                 assert!(
                     r["typed_per_filter_config"]["envoy.filters.http.ext_proc"].is_mapping(),

@@ -215,6 +215,196 @@ fn upstream_tls(tls: &ClusterTls) -> UpstreamTlsContext {
     }
 }
 
+/// The composite clusters of the config's failover chains, as bootstrap YAML: each walks its
+/// provider clusters one Envoy retry attempt after the other (attempt 1 the first, retry 1
+/// the second, ...), carries Tollgate's ext_proc as an upstream HTTP filter (so every attempt
+/// is translated, addressed and signed for its own target) and a retry budget. Empty when no
+/// model fails over.
+pub fn failover_clusters_yaml(config: &Config) -> String {
+    let mut y = String::new();
+    for c in config.failover_clusters() {
+        let _ = writeln!(y, "  - name: \"{}\"", c.name);
+        let _ = writeln!(y, "    connect_timeout: {CONNECT_TIMEOUT_SECS}s");
+        let _ = writeln!(y, "    lb_policy: CLUSTER_PROVIDED");
+        let _ = writeln!(y, "    cluster_type:");
+        let _ = writeln!(y, "      name: envoy.clusters.composite");
+        let _ = writeln!(y, "      typed_config:");
+        let _ = writeln!(
+            y,
+            "        \"@type\": type.googleapis.com/envoy.extensions.clusters.composite.v3.ClusterConfig"
+        );
+        let _ = writeln!(y, "        clusters:");
+        for sub in &c.clusters {
+            let _ = writeln!(y, "        - name: \"{sub}\"");
+        }
+        let _ = writeln!(y, "    circuit_breakers:");
+        let _ = writeln!(
+            y,
+            "      thresholds: [{{ retry_budget: {{ budget_percent: {{ value: {} }}, min_retry_concurrency: 3 }} }}]",
+            c.retry_budget_percent
+        );
+        y.push_str(UPSTREAM_EXT_PROC);
+    }
+    y
+}
+
+/// The upstream HTTP filters of a failover cluster: Tollgate's ext_proc sees each attempt's
+/// request (headers and the buffered body, which Envoy replays to every attempt unchanged)
+/// and its response headers, then the codec.
+const UPSTREAM_EXT_PROC: &str = r#"    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http_protocol_options: {} }
+        http_filters:
+        - name: envoy.filters.http.ext_proc
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+            grpc_service: { envoy_grpc: { cluster_name: tollgate }, timeout: 2s }
+            failure_mode_allow: false
+            message_timeout: 2s
+            processing_mode:
+              request_header_mode: SEND
+              response_header_mode: SEND
+              request_body_mode: BUFFERED
+              response_body_mode: NONE
+              request_trailer_mode: SKIP
+              response_trailer_mode: SKIP
+            mutation_rules: { allow_all_routing: true, allow_envoy: true }
+        - name: envoy.filters.http.upstream_codec
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
+"#;
+
+/// The composite clusters of the config's failover chains as the protobuf messages xDS
+/// delivers: the same as [`failover_clusters_yaml`] writes into a static bootstrap.
+pub fn failover_clusters_proto(config: &Config) -> Vec<Cluster> {
+    use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::{thresholds, Thresholds};
+    use envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers;
+    use envoy_types::pb::envoy::config::common::mutation_rules::v3::HeaderMutationRules;
+    use envoy_types::pb::envoy::config::core::v3::{grpc_service, GrpcService};
+    use envoy_types::pb::envoy::extensions::clusters::composite::v3::{
+        cluster_config::ClusterEntry, ClusterConfig,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::{
+        processing_mode::{BodySendMode, HeaderSendMode},
+        ExternalProcessor, ProcessingMode,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_filter, HttpFilter,
+    };
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        http_protocol_options::{
+            explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions,
+        },
+        HttpProtocolOptions,
+    };
+    use envoy_types::pb::envoy::r#type::v3::Percent;
+    use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+
+    let two_secs = Duration {
+        seconds: 2,
+        nanos: 0,
+    };
+    let ext_proc = ExternalProcessor {
+        grpc_service: Some(GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                grpc_service::EnvoyGrpc {
+                    cluster_name: "tollgate".to_owned(),
+                    ..Default::default()
+                },
+            )),
+            timeout: Some(two_secs),
+            ..Default::default()
+        }),
+        failure_mode_allow: false,
+        message_timeout: Some(two_secs),
+        processing_mode: Some(ProcessingMode {
+            request_header_mode: HeaderSendMode::Send as i32,
+            response_header_mode: HeaderSendMode::Send as i32,
+            request_body_mode: BodySendMode::Buffered as i32,
+            response_body_mode: BodySendMode::None as i32,
+            request_trailer_mode: HeaderSendMode::Skip as i32,
+            response_trailer_mode: HeaderSendMode::Skip as i32,
+        }),
+        mutation_rules: Some(HeaderMutationRules {
+            allow_all_routing: Some(BoolValue { value: true }),
+            allow_envoy: Some(BoolValue { value: true }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(explicit_http_config::ProtocolConfig::HttpProtocolOptions(
+                    Default::default(),
+                )),
+            },
+        )),
+        http_filters: vec![
+            HttpFilter {
+                name: "envoy.filters.http.ext_proc".to_owned(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(ext_proc))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: "envoy.filters.http.upstream_codec".to_owned(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                    UpstreamCodec {},
+                ))),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let options = pack_any(options);
+    config
+        .failover_clusters()
+        .into_iter()
+        .map(|c| Cluster {
+            name: c.name.clone(),
+            connect_timeout: Some(Duration {
+                seconds: CONNECT_TIMEOUT_SECS,
+                nanos: 0,
+            }),
+            lb_policy: cluster::LbPolicy::ClusterProvided as i32,
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
+                cluster::CustomClusterType {
+                    name: "envoy.clusters.composite".to_owned(),
+                    typed_config: Some(pack_any(ClusterConfig {
+                        clusters: c
+                            .clusters
+                            .iter()
+                            .map(|name| ClusterEntry { name: name.clone() })
+                            .collect(),
+                    })),
+                },
+            )),
+            circuit_breakers: Some(CircuitBreakers {
+                thresholds: vec![Thresholds {
+                    retry_budget: Some(thresholds::RetryBudget {
+                        budget_percent: Some(Percent {
+                            value: f64::from(c.retry_budget_percent),
+                        }),
+                        min_retry_concurrency: Some(UInt32Value { value: 3 }),
+                        budget_interval: None,
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            typed_extension_protocol_options: [(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+                options.clone(),
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

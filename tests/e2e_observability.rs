@@ -279,8 +279,9 @@ fn assert_scrape_is_documented(scrape: &str) {
     // which need chain or metadata credentials: `tests/e2e_credentials.rs` reads them; and the
     // routing cool-downs, which need a model of several targets: `tests/e2e_routing.rs`; and
     // the CORS preflights, which need a `cors` policy: `tests/e2e_cors.rs`; the ejections,
-    // which need consecutive failures: `tests/e2e_respect.rs`; and the control-plane families,
-    // which need a control plane: `tests/e2e_control_plane.rs`).
+    // which need consecutive failures: `tests/e2e_respect.rs`; the control-plane families,
+    // which need a control plane: `tests/e2e_control_plane.rs`; and the failovers, which need
+    // a failover model: `tests/e2e_failover.rs`).
     let missing: Vec<&String> = doc
         .keys()
         .filter(|k| {
@@ -292,6 +293,7 @@ fn assert_scrape_is_documented(scrape: &str) {
                 && k.as_str() != "tollgate_cors_preflights_total"
                 && k.as_str() != "tollgate_target_ejections_total"
                 && !k.starts_with("tollgate_control_plane_")
+                && k.as_str() != "tollgate_failovers_total"
         })
         .collect();
     assert!(

@@ -452,7 +452,8 @@ async fn envoy_sees_the_same_clusters_from_xds_as_from_the_static_bootstrap() {
             &grpc,
             &admin,
             providers,
-            "  m: { targets: [{ provider: ip, model: x }] }\n",
+            // And a failover chain over two of them (its composite clusters).
+            "  m: { failover: {}, targets: [{ provider: ip, model: x }, { provider: named, model: y }] }\n",
             &format!("  ca_file: \"{}\"\n", ca.display()),
         ),
     )
@@ -480,7 +481,13 @@ async fn envoy_sees_the_same_clusters_from_xds_as_from_the_static_bootstrap() {
     let from_xds = dumped_clusters(&http, &dynamic_admin, "dynamic_active_clusters").await;
     assert_eq!(
         from_bootstrap.keys().collect::<Vec<_>>(),
-        ["ip", "outbound|9||localhost", "tls"]
+        [
+            "ip",
+            "outbound|9||localhost",
+            "tls",
+            "tollgate-failover~ip~outbound|9||localhost",
+            "tollgate-failover~outbound|9||localhost~ip"
+        ]
     );
     assert_eq!(
         from_bootstrap.keys().collect::<Vec<_>>(),
@@ -492,6 +499,18 @@ async fn envoy_sees_the_same_clusters_from_xds_as_from_the_static_bootstrap() {
             "cluster {name} differs between the static bootstrap and xDS"
         );
     }
+    // The failover cluster really is composite, with Tollgate's ext_proc upstream.
+    let composite = from_xds["tollgate-failover~ip~outbound|9||localhost"]
+        .0
+        .to_string();
+    assert!(
+        composite.contains("envoy.clusters.composite"),
+        "{composite}"
+    );
+    assert!(
+        composite.contains("envoy.filters.http.ext_proc"),
+        "{composite}"
+    );
     // The TLS cluster really carries TLS (the comparison above is not of two empty objects).
     assert_eq!(
         from_xds["tls"].0["transport_socket"]["typed_config"]["sni"],

@@ -852,6 +852,11 @@ pub struct RawModel {
     /// model without its own `ejection` (default: 5 failures, 30 s growing to 300 s).
     #[serde(default)]
     pub ejection: Option<routing::RawEjection>,
+    /// Per-attempt failover to the model's next target when one fails (unset or `off`: none;
+    /// `{}` for the defaults): `max_attempts`, `per_try_timeout_ms`, `timeout_ms`, `on`,
+    /// `retry_budget_percent`. Needs the failover clusters of `tollgate envoy-bootstrap`.
+    #[serde(default)]
+    pub failover: Option<failover::RawFailover>,
 }
 
 /// One provider target of a model.
@@ -1323,6 +1328,8 @@ pub struct Model {
     strategy: Strategy,
     /// The `round_robin` cursor, kept across reloads.
     cursor: Arc<std::sync::atomic::AtomicU64>,
+    /// Per-attempt failover (`None`: one attempt per request, today's path).
+    pub failover: Option<failover::Failover>,
 }
 
 impl Model {
@@ -2112,6 +2119,12 @@ impl Config {
                 );
             }
             let total_weight = targets.iter().map(|t| u64::from(t.weight)).sum();
+            let failover = failover::Failover::validate(
+                m.failover.as_ref(),
+                m.targets.len(),
+                &format!("{path}.failover"),
+                &mut errs,
+            );
             models.insert(
                 name.clone(),
                 Model {
@@ -2120,6 +2133,7 @@ impl Config {
                     total_weight,
                     strategy: m.strategy,
                     cursor: Arc::default(),
+                    failover,
                 },
             );
         }
@@ -2782,6 +2796,7 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
     }
 }
 
+pub mod failover;
 mod google;
 pub mod routing;
 pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};

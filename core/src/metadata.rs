@@ -33,3 +33,12 @@ pub const REQUEST_ID_HEADER: &str = "x-tollgate-request-id";
 pub const ROUTE_HEADER: &str = "x-tollgate-cluster";
 /// Response header naming the provider (config name) of the target that answered.
 pub const PROVIDER_HEADER: &str = "x-tollgate-provider";
+
+/// The failover chain of a request (`<model>/<first target index>`), set by the request's
+/// ext_proc for the upstream ext_proc of each attempt; never reaches a provider.
+pub const CHAIN_HEADER: &str = "x-tollgate-chain";
+
+/// On an attempt's response: which target answered and how its body is read
+/// (`<target index>;<attempt>;<strip usage chunk 0|1>;<include usage 0|1>`), set by the
+/// upstream ext_proc for the request's; never reaches the client.
+pub const ANSWER_HEADER: &str = "x-tollgate-answer";

@@ -253,6 +253,20 @@ pub struct Metrics {
     pub cp_feed_reconnects: Counter,
     /// `tollgate_control_plane_feed_changes_total`.
     pub cp_feed_changes: Family<KindLabel, Counter>,
+    /// `tollgate_failovers_total`.
+    pub failovers: Family<FailoverLabels, Counter>,
+}
+
+/// The labels of `tollgate_failovers_total`: the model, and the providers of the target that
+/// failed and of the one tried next.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    /// The public model name.
+    pub model: String,
+    /// The provider of the attempt that failed.
+    pub from: String,
+    /// The provider tried next.
+    pub to: String,
 }
 
 /// A kind label.
@@ -298,6 +312,7 @@ impl Default for Metrics {
             cp_cache: Family::default(),
             cp_feed_reconnects: Counter::default(),
             cp_feed_changes: Family::default(),
+            failovers: Family::default(),
         }
     }
 }
@@ -358,6 +373,11 @@ impl Metrics {
             "targets_cooling",
             "Routing targets out of rotation now (a provider's wait or an ejection), by model",
             self.targets_cooling.clone(),
+        );
+        r.register(
+            "failovers",
+            "Requests moved from a failed attempt to the model's next target, by model and providers",
+            self.failovers.clone(),
         );
         r.register(
             "config_reloads",

@@ -128,6 +128,9 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         guardrail_verdicts: f.guardrails.to_proto(),
         payload: f.payload.clone(),
         feedback: None,
+        attempt_providers: Vec::new(),
+        attempt_statuses: Vec::new(),
+        answered_attempt: 0,
     }
 }
 

@@ -94,6 +94,15 @@ pub struct Record {
     /// The redacted, capped response body or stream text (`full`).
     #[serde(default)]
     pub response_body: String,
+    /// A failover request's attempts: the provider of each, in order (migration 5).
+    #[serde(default)]
+    pub attempt_providers: Vec<String>,
+    /// Each attempt's HTTP status where the request saw it (0: failed over inside Envoy).
+    #[serde(default)]
+    pub attempt_statuses: Vec<u32>,
+    /// Which attempt answered (1 for the first; 0 without failover or when none did).
+    #[serde(default)]
+    pub answered_attempt: u32,
 }
 
 fn off() -> String {
@@ -156,6 +165,9 @@ impl From<&LogEvent> for Record {
             tool_call_count: p.map_or(0, |p| p.tool_call_count),
             request_body: p.map(|p| p.request_body.clone()).unwrap_or_default(),
             response_body: p.map(|p| p.response_body.clone()).unwrap_or_default(),
+            attempt_providers: e.attempt_providers.clone(),
+            attempt_statuses: e.attempt_statuses.clone(),
+            answered_attempt: e.answered_attempt,
         }
     }
 }

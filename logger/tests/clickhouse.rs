@@ -327,6 +327,25 @@ async fn a_table_from_before_guardrails_gets_the_verdicts_column_and_rows_carry_
     assert_eq!(row.trim(), "['request:redact:email']");
 }
 
+#[tokio::test]
+async fn failover_attempts_land_as_parallel_arrays() {
+    let ch = ClickHouse::start();
+    let config = sink_config(&ch, "tg_fo");
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let mut e = event("f1", 1);
+    e.attempt_providers = vec!["openai".into(), "anthropic".into(), "bedrock".into()];
+    e.attempt_statuses = vec![0, 0, 200];
+    e.answered_attempt = 3;
+    sink.write(vec![e, event("f2", 1)]).await.unwrap();
+    let rows = ch
+        .query("SELECT request_id, attempt_providers, attempt_statuses, answered_attempt FROM tg_fo.requests ORDER BY request_id FORMAT TSV")
+        .unwrap();
+    assert_eq!(
+        rows.trim(),
+        "f1\t['openai','anthropic','bedrock']\t[0,0,200]\t3\nf2\t[]\t[]\t0"
+    );
+}
+
 /// Events over three days, two tenants, three keys and two models, with costs that overflow a
 /// `UInt64` sum.
 fn usage_events(prefix: &str, n: u64) -> Vec<LogEvent> {

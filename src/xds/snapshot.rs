@@ -29,13 +29,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The clusters `config` derives, the same ones `tollgate envoy-bootstrap` writes in
-    /// statically.
+    /// The clusters `config` derives (provider clusters and failover chains), the same ones
+    /// `tollgate envoy-bootstrap` writes in statically.
     pub fn from_config(config: &Config) -> Snapshot {
         let mut clusters: Vec<(String, Any)> = provider_clusters(config, &config.xds.ca_file)
             .iter()
             .map(|c| (c.name.clone(), pack_any(c.proto())))
             .collect();
+        // The failover chains' composite clusters, as the static bootstrap has them.
+        clusters.extend(
+            crate::clusters::failover_clusters_proto(config)
+                .into_iter()
+                .map(|c| (c.name.clone(), pack_any(c))),
+        );
         clusters.sort_by(|a, b| a.0.cmp(&b.0));
         Snapshot::new(clusters)
     }

@@ -33,13 +33,15 @@ typed_config:
     request_trailer_mode: SKIP
     response_trailer_mode: SKIP
   # Without it Envoy silently refuses Tollgate's `:authority` and `:path` rewrites.
+  # allow_envoy: a failover request's retry settings are `x-envoy-*` headers.
   mutation_rules:
     allow_all_routing: true
+    allow_envoy: true
   # Only the headers Tollgate reads travel to it (src/bootstrap.rs, forwarded_headers).
   forward_rules:
     allowed_headers:
       patterns:
-      {{- range list ":path" ":method" ":status" "content-type" "anthropic-version" "x-envoy-upstream-service-time" "x-amzn-errortype" "retry-after" "x-tollgate-request-id" "traceparent" "tracestate" "origin" "access-control-request-method" "access-control-request-headers" "authorization" "x-api-key" "api-key" "x-goog-api-key" (include "tollgate.endUserHeader" .root) }}
+      {{- range list ":path" ":method" ":status" "content-type" "anthropic-version" "x-envoy-upstream-service-time" "x-amzn-errortype" "retry-after" "x-tollgate-answer" "x-tollgate-request-id" "traceparent" "tracestate" "origin" "access-control-request-method" "access-control-request-headers" "authorization" "x-api-key" "api-key" "x-goog-api-key" (include "tollgate.endUserHeader" .root) }}
       - exact: {{ . | quote }}
       {{- end }}
   {{- if eq (include "tollgate.auth" .root) "ext_authz" }}

@@ -209,6 +209,7 @@ impl Processor {
             response_id: String::new(),
             error_type: None,
             slot: None,
+            failover: None,
         });
         Ok(mutation::request_body(mutation::common(
             headers,

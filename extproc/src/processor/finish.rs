@@ -96,7 +96,36 @@ impl Processor {
         else {
             return;
         };
-        handle.emit(log::event(&facts));
+        let mut event = log::event(&facts);
+        if let Some(fwd) = &self.forwarded {
+            if let Some(f) = &fwd.failover {
+                self.failover_attempts(fwd, f, &mut event);
+            }
+        }
+        handle.emit(event);
+    }
+
+    /// The attempts of a failover request, into its event: the chain's providers up to the
+    /// attempt that answered (the answering one with the status the client got).
+    fn failover_attempts(
+        &self,
+        fwd: &super::Forwarded,
+        f: &super::FailoverState,
+        event: &mut pb::LogEvent,
+    ) {
+        let Some(m) = self.config.models.get(&f.model) else {
+            return;
+        };
+        for (n, i) in f.chain.iter().take(f.attempts).enumerate() {
+            let Some(t) = m.targets.get(*i) else { continue };
+            event.attempt_providers.push(t.provider.name.clone());
+            event.attempt_statuses.push(if n + 1 == f.attempts {
+                u32::from(fwd.status.unwrap_or(0))
+            } else {
+                0
+            });
+        }
+        event.answered_attempt = u32::try_from(f.attempts).unwrap_or(0);
     }
 
     /// Ends the request's span and queues it (never blocks), when it has one.

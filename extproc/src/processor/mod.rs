@@ -20,6 +20,7 @@ mod respect;
 mod response;
 mod responses;
 mod route;
+mod upstream;
 mod upstream_auth;
 
 pub use count::TOKEN_COUNT_HEADER;
@@ -154,6 +155,22 @@ struct Forwarded {
     /// The target's in-flight slot (released when the request's stream ends); its latency
     /// average takes this request's time to first byte.
     slot: Option<tollgate_core::config::InFlight>,
+    /// The failover chain the request went down (`None`: one attempt, to `provider`).
+    failover: Option<FailoverState>,
+}
+
+/// What the response of a failover request needs to read the answer of whichever target
+/// gave it.
+#[derive(Debug)]
+struct FailoverState {
+    /// The model (its targets are the chain's).
+    model: String,
+    /// The chain's target indexes, in attempt order.
+    chain: Vec<usize>,
+    /// Attempts made, as the answering attempt reported (0: no attempt answered).
+    attempts: usize,
+    /// The target that answered (`None`: none did, e.g. every connection was refused).
+    answered: Option<usize>,
 }
 
 fn unix_now() -> u64 {
@@ -217,6 +234,8 @@ pub struct Processor {
     responses: Option<Box<responses::ResponsesCall>>,
     /// Where Responses API responses are kept.
     response_store: crate::responses::store::Backend,
+    /// Set when this stream is the upstream ext_proc of one failover attempt.
+    upstream: Option<upstream::Attempt>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -275,6 +294,7 @@ impl Processor {
             estimated_count: None,
             responses: None,
             response_store: Default::default(),
+            upstream: None,
         }
     }
 
@@ -320,6 +340,10 @@ impl Processor {
                 .and_then(AuthContext::from_metadata);
         }
         let started = Instant::now();
+        if let Some(response) = self.upstream_phase(&msg).await {
+            self.metrics.observe_phase("upstream", started);
+            return (!msg.observability_mode).then_some(response);
+        }
         let (phase, response) = match msg.request {
             Some(Request::RequestHeaders(h)) => {
                 ("request_headers", self.on_request_headers(&h).await)
@@ -406,5 +430,6 @@ impl Drop for Processor {
     fn drop(&mut self) {
         // A stream that ends before the response did (client gone, upstream reset) still counts.
         self.finish();
+        self.end_attempt();
     }
 }

@@ -78,20 +78,20 @@ impl Processor {
         }
     }
 
-    /// Whether a reservation will be made for a request to `upstream_model`: a ledger, a
-    /// budget that applies, and a price.
-    pub(super) fn budgeted(&self, upstream_model: &str) -> bool {
+    /// Whether a budget applies to the request's key (with a ledger): a reservation will be
+    /// made for a request to a priced model. (Once per request; each failover attempt
+    /// checks its own target's price.)
+    pub(super) fn budget_lines(&self) -> bool {
         let (Some(_), Some(ctx)) = (&self.ledger, &self.ctx) else {
             return false;
         };
-        self.config.prices.get(upstream_model).is_some()
-            && !budgets::lines_with(
-                &self.config.budgets.limits,
-                &ctx.budgets,
-                &owner(ctx, self.end_user.as_deref()),
-                time::OffsetDateTime::now_utc(),
-            )
-            .is_empty()
+        !budgets::lines_with(
+            &self.config.budgets.limits,
+            &ctx.budgets,
+            &owner(ctx, self.end_user.as_deref()),
+            time::OffsetDateTime::now_utc(),
+        )
+        .is_empty()
     }
 
     pub(super) fn estimate(

@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingResponse};
 use tollgate_core::config::{ApiFamily, Side};
 use tollgate_core::metadata as md;
-use tollgate_core::metrics::ProviderLabel;
+use tollgate_core::metrics::{Metrics, ProviderLabel};
 use tollgate_core::{keys, ApiError, Endpoint};
 
 use super::{header, respect, unix_now, Processor, BUDGET_WARNING_HEADER, TOKEN_COUNT_HEADER};
@@ -47,28 +47,25 @@ impl Processor {
             c.response_headers(&String::from_utf8_lossy(ct));
         }
         let from_upstream = header(&h.headers, "x-envoy-upstream-service-time").is_some();
-        if let Some(slot) = &fwd.slot {
-            // Time to first byte feeds `least_latency`; a failed attempt (no answer, a 5xx or
-            // a 429) counts as at least `FAILED_ATTEMPT_LATENCY`, so traffic moves away.
-            let ttfb = fwd.sent_at.elapsed();
-            let failed = respect::target_failed(from_upstream, status);
-            slot.stats().record_latency(if failed {
-                ttfb.max(FAILED_ATTEMPT_LATENCY)
-            } else {
-                ttfb
-            });
-        }
-        if let Some(target) = respect::TargetRef::of(fwd) {
-            // Consecutive failures eject the target (a success resets the count).
-            let failed = respect::target_failed(from_upstream, status);
-            respect::note_target_outcome(&self.metrics, target, failed);
-            // A provider's 429 with `Retry-After` takes the target out of rotation that long.
-            if from_upstream && status == 429 {
-                if let Some(wait) = header(&h.headers, "retry-after").and_then(retry_after) {
-                    respect::cool_target(&self.metrics, target, wait);
-                }
+        let answer = header(&h.headers, md::ANSWER_HEADER).and_then(super::upstream::parse_answer);
+        if fwd.failover.is_none() {
+            if let Some(target) = respect::TargetRef::of(fwd) {
+                note_response(
+                    target,
+                    status,
+                    from_upstream,
+                    fwd.sent_at.elapsed(),
+                    header(&h.headers, "retry-after"),
+                    &self.metrics,
+                );
             }
+        } else if let Some(answer) = answer {
+            // Each attempt noted its own outcome; the answer is read as its target's.
+            self.answered_by(answer);
         }
+        let Some(fwd) = &mut self.forwarded else {
+            return mutation::response_headers(Default::default(), BodySendMode::None);
+        };
         if from_upstream {
             fwd.upstream_latency = Some(fwd.sent_at.elapsed());
             self.metrics
@@ -84,11 +81,14 @@ impl Processor {
             fwd.error_type = header(&h.headers, "x-amzn-errortype")
                 .map(|t| String::from_utf8_lossy(t).into_owned());
         }
-        let (mode, remove) = if ok && fwd.stream {
+        let (mode, mut remove) = if ok && fwd.stream {
             (BodySendMode::Streamed, vec!["content-length".to_owned()])
         } else {
             (BodySendMode::Buffered, Vec::new())
         };
+        if fwd.failover.is_some() {
+            remove.push(md::ANSWER_HEADER.to_owned());
+        }
         let mut headers = self.answer_headers.clone();
         headers.push(set(md::PROVIDER_HEADER, fwd.provider.name.as_str()));
         if ok && fwd.endpoint == Endpoint::CountTokens {
@@ -305,6 +305,34 @@ fn json_body(body: Option<Vec<u8>>) -> ProcessingResponse {
         ),
         None => Default::default(),
     })
+}
+
+/// Notes the outcome of one attempt on its target: its time to first byte for
+/// `least_latency` (a failed attempt — no answer, a 5xx or a 429 — counts as at least
+/// `FAILED_ATTEMPT_LATENCY`, so traffic moves away), the consecutive-failure count that ejects
+/// a target, and a 429's `Retry-After` cool-down. `from_upstream`: the provider answered (not
+/// Envoy's own reply).
+pub(super) fn note_response(
+    target: respect::TargetRef<'_>,
+    status: u16,
+    from_upstream: bool,
+    ttfb: Duration,
+    retry_after_value: Option<&[u8]>,
+    metrics: &Metrics,
+) {
+    let failed = respect::target_failed(from_upstream, status);
+    target.stats.record_latency(if failed {
+        ttfb.max(FAILED_ATTEMPT_LATENCY)
+    } else {
+        ttfb
+    });
+    respect::note_target_outcome(metrics, target, failed);
+    // A provider's 429 with `Retry-After` takes the target out of rotation that long.
+    if from_upstream && status == 429 {
+        if let Some(wait) = retry_after_value.and_then(retry_after) {
+            respect::cool_target(metrics, target, wait);
+        }
+    }
 }
 
 /// The longest `Retry-After` honoured: a provider asking for more is tried again after this.

@@ -158,7 +158,8 @@ impl Processor {
         let Some(path) = native_path(target).filter(|_| !redacted && !judged) else {
             return Ok(None);
         };
-        let limit = (self.budgeted(&target.upstream_model)
+        let limit = (self.budget_lines()
+            && self.config.prices.get(&target.upstream_model).is_some()
             && call
                 .req
                 .body

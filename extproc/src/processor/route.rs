@@ -9,6 +9,7 @@ use std::time::Instant;
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use rand::Rng;
+use tollgate_core::config::failover::{Chain, Failover};
 use tollgate_core::config::{
     ApiFamily, Excluded, InFlight, Model, Pick, Policy, Provider, ProviderKind, Side, Strategy,
     Target, ANTHROPIC_VERSION,
@@ -31,13 +32,23 @@ use crate::{budget, webhook};
 /// A refusal, with the model it was about when one was named.
 type Refusal = (ApiError, Option<String>);
 
+/// A request rewritten for one target ([`Processor::apply_target`]).
+pub(super) struct Applied {
+    /// Headers to set (path, authority, length, credential, provider and version headers).
+    pub(super) headers: Vec<HeaderValueOption>,
+    /// Headers to remove.
+    pub(super) remove: Vec<String>,
+    /// The body, and how the response is read.
+    pub(super) up: Upstream,
+}
+
 /// The body for the provider, and how its response must be read back.
-struct Upstream {
-    body: Vec<u8>,
+pub(super) struct Upstream {
+    pub(super) body: Vec<u8>,
     /// Whether the provider will send a usage chunk the client did not ask for.
-    strip_usage_chunk: bool,
+    pub(super) strip_usage_chunk: bool,
     /// Whether the translated stream must carry usage to the client.
-    include_usage: bool,
+    pub(super) include_usage: bool,
 }
 
 impl Processor {
@@ -109,44 +120,73 @@ impl Processor {
             Some(body) => openai::parse_request_at(endpoint, &path, body).map_err(refusal)?,
             None => parsed,
         };
-        let (target, slot) = self.choose_target(m, endpoint, &parsed).map_err(refusal)?;
+        let (index, target, slot) = self.choose_target(m, endpoint, &parsed).map_err(refusal)?;
         let provider = &target.provider;
         let (pair, upstream_endpoint) =
             Pair::route(endpoint, target.family).map_err(|e| refusal(e.api_error()))?;
         if self.end_user.is_none() {
             self.end_user = budget::end_user_in_body(parsed.object());
         }
-        let mut up = self
-            .upstream_body(endpoint, target, pair, &parsed, b.body.len())
-            .map_err(refusal)?;
-        let native = self
-            .responses_native(target, redacted.is_some(), policy.as_deref(), &model)
-            .map_err(refusal)?;
-        let native_path = native.map(|(body, path)| {
-            up.body = body;
-            up.strip_usage_chunk = false;
-            path
-        });
-        let upstream_path = native_path
-            .as_deref()
-            .unwrap_or_else(|| target.path_for(upstream_endpoint, parsed.stream));
-        let mut headers = Vec::with_capacity(8 + provider.headers.len());
-        headers.push(set(":path", upstream_path));
-        headers.push(set(":authority", provider.authority.as_str()));
-        headers.push(set(md::ROUTE_HEADER, provider.cluster.as_str()));
-        headers.push(set("content-length", up.body.len().to_string()));
-        let signed = Signed {
-            authority: &provider.authority,
-            path: upstream_path,
-            body: &up.body,
-            stream: parsed.stream,
+        let budget_lines = self.budget_lines();
+        // A Responses request (rewritten here into the body it means) goes to its first target
+        // only: the per-attempt path reads the client's own body.
+        let chain = m.failover_chain(index).filter(|_| self.responses.is_none());
+        let (ctx_method, ctx_path) = self
+            .ctx
+            .as_ref()
+            .map(|c| (c.method.clone(), c.path.clone()))
+            .unwrap_or_default();
+        let (mut headers, remove, up, body) = match (&chain, &m.failover) {
+            (Some(chain), Some(f)) => {
+                // Failover: the body stays in the client's dialect (as the guardrails left
+                // it); the upstream ext_proc of each attempt applies that attempt's target.
+                // Only what reads the response is prepared here, for the first target.
+                let up = self
+                    .upstream_body(endpoint, target, pair, &parsed, b.body.len(), budget_lines)
+                    .map_err(refusal)?;
+                let mut headers = failover_headers(f, chain, parsed.stream);
+                headers.push(set(
+                    md::CHAIN_HEADER,
+                    format!(
+                        "{index};{};{};{};{}",
+                        u8::from(budget_lines),
+                        ctx_method,
+                        m.name,
+                        ctx_path
+                    ),
+                ));
+                if let Some(body) = &redacted {
+                    headers.push(set("content-length", body.len().to_string()));
+                }
+                let remove = vec![
+                    "accept-encoding".to_owned(),
+                    self.config.budgets.end_user_header.clone(),
+                ];
+                (headers, remove, up, redacted.clone())
+            }
+            _ => {
+                let native = self
+                    .responses_native(target, redacted.is_some(), policy.as_deref(), &model)
+                    .map_err(refusal)?;
+                let applied = self
+                    .apply_target(
+                        endpoint,
+                        target,
+                        pair,
+                        upstream_endpoint,
+                        &parsed,
+                        b.body.len(),
+                        budget_lines,
+                        native,
+                    )
+                    .await
+                    .map_err(refusal)?;
+                let mut headers = applied.headers;
+                headers.push(set(md::ROUTE_HEADER, provider.cluster.as_str()));
+                let body = Some(applied.up.body.clone());
+                (headers, applied.remove, applied.up, body)
+            }
         };
-        // Only a provider's very first request may wait (bounded) for fetched credentials.
-        crate::aws::first_credentials(provider).await;
-        upstream_auth::credentials(provider, &signed, &mut headers).map_err(refusal)?;
-        for (k, v) in &provider.headers {
-            headers.push(set(k, v.as_str()));
-        }
         if let Some(span) = &mut self.span {
             // The provider's side of the call (a traced self-hosted server) joins this span.
             headers.push(set(
@@ -154,11 +194,6 @@ impl Processor {
                 span.attempt(provider, &target.upstream_model),
             ));
         }
-        let remove = self.version_headers(
-            pair.upstream == ApiFamily::Anthropic,
-            provider,
-            &mut headers,
-        );
         // Last: nothing after the reservation can fail, so a refusal here is the only way out.
         self.reservation = self
             .reserve(endpoint, provider, &target.upstream_model, &parsed)
@@ -232,13 +267,76 @@ impl Processor {
             response_id,
             error_type: None,
             slot: Some(slot),
+            failover: None,
         });
+        if let (Some(fwd), Some(chain)) = (&mut self.forwarded, chain) {
+            fwd.failover = Some(super::FailoverState {
+                model: m.name.clone(),
+                chain: chain.targets,
+                attempts: 0,
+                answered: None,
+            });
+        }
         Ok(mutation::request_body(mutation::common(
+            headers, remove, body, true,
+        )))
+    }
+
+    /// Rewrites a request in the client's dialect for `target`: the body (translated, or
+    /// the model id rewritten), `:path`, `:authority`, `content-length`, the provider's
+    /// credential (signed over the new body) and headers, and the API-version headers. One
+    /// function for both paths: a request routed to one target, and each failover attempt in
+    /// the upstream ext_proc. `native`: the body and path of a Responses request that goes
+    /// to OpenAI or Azure as itself.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn apply_target(
+        &self,
+        endpoint: Endpoint,
+        target: &Target,
+        pair: Pair,
+        upstream_endpoint: Endpoint,
+        parsed: &openai::ParsedRequest<'_>,
+        size: usize,
+        budget_lines: bool,
+        native: Option<(Vec<u8>, String)>,
+    ) -> Result<Applied, ApiError> {
+        let provider = &target.provider;
+        let mut up = self.upstream_body(endpoint, target, pair, parsed, size, budget_lines)?;
+        // A Responses request to OpenAI or Azure goes on as itself (`responses_native`).
+        let native_path = native.map(|(body, path)| {
+            up.body = body;
+            up.strip_usage_chunk = false;
+            path
+        });
+        let upstream_path = native_path
+            .as_deref()
+            .unwrap_or_else(|| target.path_for(upstream_endpoint, parsed.stream));
+        let mut headers = Vec::with_capacity(8 + provider.headers.len());
+        headers.push(set(":path", upstream_path));
+        headers.push(set(":authority", provider.authority.as_str()));
+        headers.push(set("content-length", up.body.len().to_string()));
+        let signed = Signed {
+            authority: &provider.authority,
+            path: upstream_path,
+            body: &up.body,
+            stream: parsed.stream,
+        };
+        // Only a provider's very first request may wait (bounded) for fetched credentials.
+        crate::aws::first_credentials(provider).await;
+        upstream_auth::credentials(provider, &signed, &mut headers)?;
+        for (k, v) in &provider.headers {
+            headers.push(set(k, v.as_str()));
+        }
+        let remove = self.version_headers(
+            pair.upstream == ApiFamily::Anthropic,
+            provider,
+            &mut headers,
+        );
+        Ok(Applied {
             headers,
             remove,
-            Some(up.body),
-            true,
-        )))
+            up,
+        })
     }
 
     /// The model's target for this request by its strategy, with the in-flight slot it
@@ -249,7 +347,7 @@ impl Processor {
         m: &'m Model,
         endpoint: Endpoint,
         parsed: &openai::ParsedRequest<'_>,
-    ) -> Result<(&'m Target, InFlight), ApiError> {
+    ) -> Result<(usize, &'m Target, InFlight), ApiError> {
         // Tokens for `least_cost`: the prompt (counted once, with the first target's
         // tokenizer) and the output the request asks for at most.
         let tokens = match (m.strategy(), m.targets.first()) {
@@ -269,7 +367,11 @@ impl Processor {
         let mut rng = rand::rng();
         let mut random = |n: u64| if n == 0 { 0 } else { rng.random_range(0..n) };
         match m.choose(Excluded::NONE, &cost, &mut random) {
-            Pick::Chosen { target, slot, .. } => Ok((target, slot)),
+            Pick::Chosen {
+                index,
+                target,
+                slot,
+            } => Ok((index, target, slot)),
             Pick::Busy => {
                 tracing::warn!(model = %m.name, "Every target of the model is at its max_requests_in_flight: refusing with 503");
                 Err(ApiError::TargetsBusy(m.name.clone()))
@@ -368,6 +470,7 @@ impl Processor {
         pair: Pair,
         parsed: &openai::ParsedRequest<'_>,
         size: usize,
+        budget_lines: bool,
     ) -> Result<Upstream, ApiError> {
         let provider = &target.provider;
         let mut up = if pair.is_openai_passthrough() {
@@ -378,7 +481,8 @@ impl Processor {
                 }
                 _ => "max_tokens",
             };
-            let mut extra: Vec<(&str, &str)> = if self.budgeted(&target.upstream_model)
+            let mut extra: Vec<(&str, &str)> = if budget_lines
+                && self.config.prices.get(&target.upstream_model).is_some()
                 && matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Completions)
                 && !budget::has_own_limit(parsed.object())
             {
@@ -495,4 +599,31 @@ pub(super) fn allowed_model<'c>(
         ));
     }
     Ok(m)
+}
+
+/// The headers that send a request down its failover chain: the chain's composite cluster
+/// and Envoy's retry settings for it (honoured because Tollgate, not the client, sets them:
+/// Envoy strips a client's `x-envoy-*`).
+fn failover_headers(f: &Failover, chain: &Chain, stream: bool) -> Vec<HeaderValueOption> {
+    let mut headers = Vec::with_capacity(7);
+    headers.push(set(md::ROUTE_HEADER, chain.cluster_name()));
+    headers.push(set(
+        "x-envoy-max-retries",
+        chain.targets.len().saturating_sub(1).to_string(),
+    ));
+    headers.push(set("x-envoy-retry-on", f.retry_on()));
+    if f.on_429() {
+        headers.push(set("x-envoy-retriable-status-codes", "429"));
+    }
+    if let Some(ms) = f.per_try_timeout_ms {
+        headers.push(set(
+            "x-envoy-upstream-rq-per-try-timeout-ms",
+            ms.to_string(),
+        ));
+    }
+    // The overall deadline would cut a stream that has started: streams keep the route's.
+    if let (Some(ms), false) = (f.timeout_ms, stream) {
+        headers.push(set("x-envoy-upstream-rq-timeout-ms", ms.to_string()));
+    }
+    headers
 }

@@ -215,6 +215,11 @@ impl Pipeline {
         self
     }
 
+    /// Takes the output cap out (to carry it over to another pipeline for the same client).
+    pub fn take_cap(&mut self) -> Option<StreamCap> {
+        self.cap.take()
+    }
+
     /// The stream's output cap, when it has one.
     pub fn cap(&self) -> Option<&StreamCap> {
         self.cap.as_ref()

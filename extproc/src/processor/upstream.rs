@@ -1,0 +1,450 @@
+//! One failover attempt, as the ext_proc filter in a failover cluster's upstream filter chain
+//! sees it (one gRPC stream per attempt): the request in the client's dialect, which this
+//! attempt's target (the chain's entry for Envoy's `x-envoy-attempt-count`) gets translated,
+//! addressed and signed for, exactly as a request routed to one target; then the attempt's
+//! response headers, which feed the target's live state (latency, `Retry-After` cool-down,
+//! consecutive failures) and tell the request's own ext_proc which target answered.
+
+use std::time::Instant;
+
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+};
+use tollgate_core::config::Model;
+use tollgate_core::metadata as md;
+use tollgate_core::metrics::FailoverLabels;
+use tollgate_core::{ApiError, Dialect, Endpoint};
+
+use super::respect::TargetRef;
+use super::response::note_response;
+use super::{header, strip_query, unix_now, Processor};
+use crate::mutation::{self, set};
+use crate::stream::Pipeline;
+use crate::translator::{openai, Pair};
+use tollgate_core::config::ApiFamily;
+
+/// Envoy's count of the attempt (1 for the first), on every upstream request.
+const ATTEMPT_HEADER: &str = "x-envoy-attempt-count";
+
+/// The credential headers a target may have been given by an earlier attempt.
+const CREDENTIAL_HEADERS: [&str; 4] = [
+    "authorization",
+    "x-amz-date",
+    "x-amz-content-sha256",
+    "x-amz-security-token",
+];
+
+/// The request headers of an attempt that go no further than Tollgate (removed by the
+/// chain's last attempt: earlier ones leave them for the next).
+const INTERNAL_HEADERS: [&str; 2] = [md::CHAIN_HEADER, ATTEMPT_HEADER];
+
+/// What one attempt's stream knows.
+#[derive(Debug)]
+pub(super) struct Attempt {
+    /// The model whose chain this is.
+    model: String,
+    /// The chain's first target.
+    first: usize,
+    /// Whether a budget applies to the request's key (the request's ext_proc decided).
+    budget_lines: bool,
+    /// Which attempt (1 for the first).
+    number: usize,
+    /// The request's path and method (the client's: the request's ext_proc left them).
+    path: String,
+    method: String,
+    /// This attempt's target, once the body chose it, with how its response is read.
+    target: Option<Chosen>,
+    /// Whether the attempt's response headers came.
+    answered: bool,
+}
+
+/// The target of an attempt.
+#[derive(Debug)]
+struct Chosen {
+    index: usize,
+    sent_at: Instant,
+    include_usage: bool,
+    strip_usage_chunk: bool,
+}
+
+impl Attempt {
+    /// An attempt's stream, when the request headers carry a failover chain
+    /// (`<first target>;<budget lines 0|1>;<method>;<model>;<client path>`); `None` for a
+    /// request's own stream. The client's path travels in the chain because every attempt
+    /// sees the request headers as the attempts before it left them (Envoy shares one
+    /// header map between them; only the body is replayed as it was).
+    fn from_headers(h: &HttpHeaders) -> Option<Attempt> {
+        let chain = std::str::from_utf8(header(&h.headers, md::CHAIN_HEADER)?).ok()?;
+        let mut parts = chain.splitn(5, ';');
+        let first = parts.next()?.parse().ok()?;
+        let budget_lines = parts.next()? == "1";
+        let method = parts.next()?.to_owned();
+        let model = parts.next()?.to_owned();
+        let path = parts.next()?.to_owned();
+        let number = header(&h.headers, ATTEMPT_HEADER)
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+            .unwrap_or(1usize)
+            .max(1);
+        Some(Attempt {
+            model,
+            first,
+            budget_lines,
+            number,
+            path,
+            method,
+            target: None,
+            answered: false,
+        })
+    }
+
+    /// The target index of this attempt in `m`'s chain.
+    fn target_index(&self, m: &Model) -> Option<usize> {
+        m.failover_chain(self.first)?
+            .targets
+            .get(self.number - 1)
+            .copied()
+    }
+}
+
+impl Processor {
+    /// Handles `msg` when this stream belongs to a failover attempt (its request headers
+    /// carry the chain); `None` for a request's own stream.
+    pub(super) async fn upstream_phase(
+        &mut self,
+        msg: &ProcessingRequest,
+    ) -> Option<ProcessingResponse> {
+        match &msg.request {
+            Some(Request::RequestHeaders(h)) if self.upstream.is_none() => {
+                let attempt = Attempt::from_headers(h)?;
+                // Not a request of its own: nothing to settle or log when the stream ends.
+                self.finished = true;
+                self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
+                tracing::debug!(model = %attempt.model, attempt = attempt.number, "Failover attempt");
+                self.upstream = Some(attempt);
+                Some(mutation::request_headers(Vec::new()))
+            }
+            Some(Request::RequestBody(b)) if self.upstream.is_some() => {
+                Some(match self.attempt_body(b).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let dialect = self
+                            .upstream
+                            .as_ref()
+                            .map_or(Dialect::OpenAi, |a| Dialect::from_path(&a.path));
+                        tracing::warn!(error = %e, "A failover attempt could not be prepared");
+                        mutation::immediate(e.status(), e.body(dialect), "application/json", None)
+                    }
+                })
+            }
+            Some(Request::ResponseHeaders(h)) if self.upstream.is_some() => {
+                Some(self.attempt_response(h))
+            }
+            _ => None,
+        }
+    }
+
+    /// The attempt's request: the body (in the client's dialect) applied to this attempt's
+    /// target, with the same function as a request routed to one target.
+    async fn attempt_body(&mut self, b: &HttpBody) -> Result<ProcessingResponse, ApiError> {
+        let config = std::sync::Arc::clone(&self.config);
+        let Some(attempt) = &self.upstream else {
+            return Err(ApiError::Internal);
+        };
+        let Some(m) = config.models.get(&attempt.model) else {
+            // The config changed between the request's ext_proc and this attempt.
+            return Err(ApiError::UnknownModel(attempt.model.clone()));
+        };
+        let Some((index, target)) = attempt
+            .target_index(m)
+            .and_then(|i| Some((i, m.targets.get(i)?)))
+        else {
+            tracing::warn!(model = %m.name, attempt = attempt.number, "A failover attempt past the model's chain");
+            return Err(ApiError::Internal);
+        };
+        let path = strip_query(&attempt.path).to_owned();
+        let endpoint = Endpoint::from_request(&attempt.method, &path).ok_or_else(|| {
+            ApiError::UnknownEndpoint {
+                method: attempt.method.clone(),
+                path: path.clone(),
+            }
+        })?;
+        let (number, first, budget_lines) = (attempt.number, attempt.first, attempt.budget_lines);
+        let parsed = openai::parse_request_at(endpoint, &path, &b.body)?;
+        let (pair, upstream_endpoint) =
+            Pair::route(endpoint, target.family).map_err(|e| e.api_error())?;
+        let applied = self
+            .apply_target(
+                endpoint,
+                target,
+                pair,
+                upstream_endpoint,
+                &parsed,
+                b.body.len(),
+                budget_lines,
+                None,
+            )
+            .await?;
+        if number > 1 {
+            // The attempt before this one failed: a failover from its target to this one.
+            let from = m
+                .failover_chain(first)
+                .and_then(|c| c.targets.get(number - 2).copied())
+                .and_then(|i| m.targets.get(i))
+                .map_or_else(String::new, |t| t.provider.name.clone());
+            self.metrics
+                .failovers
+                .get_or_create(&FailoverLabels {
+                    model: m.name.clone(),
+                    from,
+                    to: target.provider.name.clone(),
+                })
+                .inc();
+        }
+        if let Some(a) = &mut self.upstream {
+            a.target = Some(Chosen {
+                index,
+                sent_at: Instant::now(),
+                include_usage: applied.up.include_usage,
+                strip_usage_chunk: applied.up.strip_usage_chunk,
+            });
+        }
+        let mut remove = applied.remove;
+        let chain = m
+            .failover_chain(first)
+            .map(|c| c.targets)
+            .unwrap_or_default();
+        if number > 1 {
+            // What earlier attempts set for their targets is still on the request: their
+            // credentials and provider headers must not reach this one.
+            remove.extend(CREDENTIAL_HEADERS.iter().map(|h| (*h).to_owned()));
+            for t in chain
+                .iter()
+                .take(number - 1)
+                .filter_map(|i| m.targets.get(*i))
+            {
+                if let Some((name, _)) = &t.provider.credential_header {
+                    remove.push((*name).to_owned());
+                }
+                remove.extend(t.provider.headers.iter().map(|(k, _)| k.clone()));
+            }
+        }
+        if number >= chain.len() {
+            // The chain's last attempt: no later one needs the chain.
+            remove.extend(INTERNAL_HEADERS.iter().map(|h| (*h).to_owned()));
+        }
+        let set_here: Vec<&str> = applied
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref().map(|h| h.key.as_str()))
+            .collect();
+        remove.retain(|r| !set_here.contains(&r.as_str()));
+        remove.sort();
+        remove.dedup();
+        Ok(mutation::request_body(mutation::common(
+            applied.headers,
+            remove,
+            Some(applied.up.body),
+            false,
+        )))
+    }
+
+    /// The attempt's response headers: the target's live state learns the outcome, and the
+    /// response names the target (for the request's ext_proc, which removes the header).
+    fn attempt_response(&mut self, h: &HttpHeaders) -> ProcessingResponse {
+        let config = std::sync::Arc::clone(&self.config);
+        let answer = self.upstream.as_ref().and_then(|a| {
+            let chosen = a.target.as_ref()?;
+            let target = config.models.get(&a.model)?.targets.get(chosen.index)?;
+            Some((a.number, chosen, target, a.model.as_str()))
+        });
+        let mut headers = Vec::new();
+        if let Some((number, chosen, target, model)) = answer {
+            let status = header(&h.headers, ":status")
+                .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+                .unwrap_or(0u16);
+            note_response(
+                TargetRef {
+                    stats: &target.stats,
+                    provider: &target.provider.name,
+                    model,
+                    upstream_model: &target.upstream_model,
+                },
+                status,
+                true,
+                chosen.sent_at.elapsed(),
+                header(&h.headers, "retry-after"),
+                &self.metrics,
+            );
+            headers.push(set(
+                md::ANSWER_HEADER,
+                format!(
+                    "{};{number};{};{}",
+                    chosen.index,
+                    u8::from(chosen.strip_usage_chunk),
+                    u8::from(chosen.include_usage)
+                ),
+            ));
+        }
+        if let Some(a) = &mut self.upstream {
+            a.answered = true;
+        }
+        mutation::response_headers(
+            mutation::common(headers, Vec::new(), None, false),
+            BodySendMode::None,
+        )
+    }
+}
+
+impl Processor {
+    /// A failover request's response came from the target at `answer` (index, attempt,
+    /// strip usage chunk, include usage): from here on, its body is read, priced and named
+    /// as that target's.
+    pub(super) fn answered_by(&mut self, answer: (usize, usize, bool, bool)) {
+        let (index, number, strip_usage_chunk, include_usage) = answer;
+        let config = std::sync::Arc::clone(&self.config);
+        let request_id = self
+            .ctx
+            .as_ref()
+            .map(|c| c.request_id.clone())
+            .unwrap_or_default();
+        let Some(fwd) = &mut self.forwarded else {
+            return;
+        };
+        let Some(f) = &mut fwd.failover else {
+            return;
+        };
+        f.attempts = number;
+        f.answered = Some(index);
+        if f.chain.first() == Some(&index) {
+            return;
+        }
+        let Some(target) = config
+            .models
+            .get(&f.model)
+            .and_then(|m| m.targets.get(index))
+        else {
+            return;
+        };
+        let Ok((pair, _)) = Pair::route(fwd.endpoint, target.family) else {
+            return;
+        };
+        fwd.provider = std::sync::Arc::clone(&target.provider);
+        fwd.upstream_model = target.upstream_model.clone();
+        fwd.pair = pair;
+        fwd.response_id = match (pair.upstream, pair.client) {
+            (ApiFamily::Bedrock, ApiFamily::Anthropic) => format!("msg_{request_id}"),
+            (ApiFamily::Bedrock, _) => format!("chatcmpl-{request_id}"),
+            _ => String::new(),
+        };
+        if let Some(old) = &mut fwd.sse {
+            let cap = old.take_cap();
+            let engine = fwd.response_guard.as_ref().map(std::sync::Arc::clone);
+            fwd.sse = Some(Box::new(
+                Pipeline::new(pair, include_usage, unix_now(), engine)
+                    .strip_usage_chunk(strip_usage_chunk)
+                    .with_identity(&fwd.response_id, &target.upstream_model)
+                    .with_cap(cap),
+            ));
+        }
+    }
+}
+
+impl Processor {
+    /// An attempt's stream that ends before its response headers came (Envoy gave up on it:
+    /// the per-try timeout, a reset): a failure of its target, noted like a failed answer.
+    pub(super) fn end_attempt(&mut self) {
+        let Some(a) = &self.upstream else { return };
+        let (Some(chosen), false) = (&a.target, a.answered) else {
+            return;
+        };
+        let Some(target) = self
+            .config
+            .models
+            .get(&a.model)
+            .and_then(|m| m.targets.get(chosen.index))
+        else {
+            return;
+        };
+        tracing::debug!(model = %a.model, attempt = a.number, provider = %target.provider.name, "A failover attempt ended without an answer");
+        note_response(
+            TargetRef {
+                stats: &target.stats,
+                provider: &target.provider.name,
+                model: &a.model,
+                upstream_model: &target.upstream_model,
+            },
+            0,
+            false,
+            chosen.sent_at.elapsed(),
+            None,
+            &self.metrics,
+        );
+    }
+}
+
+/// The answer header's fields: target index, attempt number, strip usage chunk, include usage.
+pub(super) fn parse_answer(value: &[u8]) -> Option<(usize, usize, bool, bool)> {
+    let mut parts = std::str::from_utf8(value).ok()?.split(';');
+    let index = parts.next()?.parse().ok()?;
+    let number = parts.next()?.parse().ok()?;
+    let strip = parts.next()? == "1";
+    let include = parts.next()? == "1";
+    Some((index, number, strip, include))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HttpHeaders {
+        HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: pairs
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: (*k).to_owned(),
+                        raw_value: v.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_attempt_reads_its_chain_and_number() {
+        let a = Attempt::from_headers(&headers(&[
+            (
+                md::CHAIN_HEADER,
+                "2;1;POST;team/chat-a;/v1beta/models/x:generateContent?alt=sse",
+            ),
+            (ATTEMPT_HEADER, "3"),
+            // An earlier attempt's path: the chain's is the client's.
+            (":path", "/v1/messages"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (a.model.as_str(), a.first, a.budget_lines, a.number),
+            ("team/chat-a", 2, true, 3)
+        );
+        assert_eq!(
+            (a.method.as_str(), a.path.as_str()),
+            ("POST", "/v1beta/models/x:generateContent?alt=sse")
+        );
+        // Without Envoy's count it is the first attempt; without the chain, not an attempt.
+        let a = Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "0;0;POST;m;/v1/x")])).unwrap();
+        assert_eq!((a.number, a.budget_lines), (1, false));
+        assert!(Attempt::from_headers(&headers(&[(":path", "/v1/chat/completions")])).is_none());
+        assert!(Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "x;0;POST;m;/")])).is_none());
+    }
+
+    #[test]
+    fn the_answer_header_round_trips() {
+        assert_eq!(parse_answer(b"2;3;0;1"), Some((2, 3, false, true)));
+        assert_eq!(parse_answer(b"2;3"), None);
+    }
+}
