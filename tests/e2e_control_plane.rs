@@ -559,3 +559,50 @@ async fn a_signing_secret_rotation_overlaps_until_the_previous_secret_is_removed
     let r = s.post("/v1/chat/completions", Some(&old_key), chat()).await;
     r.assert_openai_error(503, Some("key_unverifiable"));
 }
+
+/// A tenant's request-rate limit set through the admin API holds for every key of the tenant
+/// on the sidecar, whose own file does not know the tenant (the bundle carries it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_rate_limit_from_the_control_plane_holds_for_all_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = start_control_plane(
+        dir.path(),
+        "1",
+        &dir.path().join("cp.db"),
+        ANY_PORT,
+        SECRET_A,
+        None,
+    );
+    cp.admin(
+        reqwest::Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"name": "metered", "requests_per_minute": 3})),
+    )
+    .await;
+    let mut keys = Vec::new();
+    for id in ["svc-metered-1", "svc-metered-2"] {
+        let v = cp
+            .admin(
+                reqwest::Method::POST,
+                "/admin/v1/keys",
+                Some(json!({"id": id, "tenant": "metered", "models": ["*"]})),
+            )
+            .await;
+        keys.push(v["key"].as_str().unwrap().to_owned());
+    }
+    let s = sidecar(&cp.url, 30, 600);
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let r = s
+            .post("/v1/chat/completions", Some(&keys[i % 2]), chat())
+            .await;
+        statuses.push(r.status);
+        if r.status == 429 {
+            r.assert_openai_error(429, Some("rate_limit_exceeded"));
+            assert!(r.text.contains("tenant"), "{}", r.text);
+        }
+    }
+    // Three requests a minute for the tenant, whichever of its keys sends them.
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429], "{statuses:?}");
+    drop(cp);
+}

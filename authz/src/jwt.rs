@@ -415,6 +415,8 @@ fn bundle(
         capture: Capture::Off,
         tokens_per_minute: issuer.tokens_per_minute,
         extra_budgets: Vec::new(),
+        tenant_requests_per_minute: None,
+        tenant_tokens_per_minute: None,
     })
 }
 

@@ -456,11 +456,14 @@ impl Gate {
         if let Some(n) = b.requests_per_minute {
             requests.push((format!("key:{}", b.id), n, "key"));
         }
-        if let Some((t, n)) = b
-            .tenant
-            .as_ref()
-            .and_then(|t| config.tenant_requests_per_minute.get(t).map(|n| (t, *n)))
-        {
+        if let Some((t, n)) = b.tenant.as_ref().and_then(|t| {
+            config
+                .tenant_requests_per_minute
+                .get(t)
+                .copied()
+                .or(b.tenant_requests_per_minute)
+                .map(|n| (t, n))
+        }) {
             requests.push((format!("tenant:{t}"), n, "tenant"));
         }
         let tokens = ratelimit::token_limits(
@@ -468,6 +471,7 @@ impl Gate {
             b.tokens_per_minute,
             b.tenant.as_deref(),
             &config.tenant_tokens_per_minute,
+            b.tenant_tokens_per_minute,
         );
         let request_pairs: Vec<(&str, u32)> =
             requests.iter().map(|(s, n, _)| (s.as_str(), *n)).collect();
@@ -704,6 +708,12 @@ fn allow(admitted: &Admitted, path: &str, method: &str, request_id: &str) -> Che
     }
     if let Some(n) = bundle.tokens_per_minute {
         fields.insert(md::TOKENS_PER_MINUTE.to_owned(), string(&n.to_string()));
+    }
+    if let Some(n) = bundle.tenant_tokens_per_minute {
+        fields.insert(
+            md::TENANT_TOKENS_PER_MINUTE.to_owned(),
+            string(&n.to_string()),
+        );
     }
     if !bundle.extra_budgets.is_empty() {
         fields.insert(

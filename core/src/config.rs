@@ -957,6 +957,8 @@ impl RawKey {
                 .or_else(|| tenant.and_then(|t| t.capture))
                 .unwrap_or_default(),
             tokens_per_minute: self.tokens_per_minute,
+            tenant_requests_per_minute: tenant.and_then(|t| t.requests_per_minute),
+            tenant_tokens_per_minute: tenant.and_then(|t| t.tokens_per_minute),
             extra_budgets: Vec::new(),
         }
     }
@@ -1398,6 +1400,12 @@ pub struct KeyBundle {
     /// Budgets that came with the key from outside the file (the control plane's bundle),
     /// applied besides `budgets.limits`; empty for file keys.
     pub extra_budgets: Vec<crate::budget::Budget>,
+    /// The request-rate limit per minute of the key's tenant as the key came with it (a
+    /// control-plane bundle's tenant); the file's `tenants` entry of that name wins.
+    pub tenant_requests_per_minute: Option<u32>,
+    /// The token-rate limit per minute of the key's tenant as the key came with it; the
+    /// file's `tenants` entry of that name wins.
+    pub tenant_tokens_per_minute: Option<u32>,
 }
 
 /// The validated `feedback` section.

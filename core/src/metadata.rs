@@ -17,6 +17,9 @@ pub const GUARDRAILS: &str = "guardrails";
 pub const CAPTURE: &str = "capture";
 /// Metadata field: the key's token-rate limit per minute, as a decimal string (absent: none).
 pub const TOKENS_PER_MINUTE: &str = "tokens_per_minute";
+/// The token-rate limit per minute of the key's tenant as the key came with it (a
+/// control-plane bundle's tenant; the file's `tenants` entry wins).
+pub const TENANT_TOKENS_PER_MINUTE: &str = "tenant_tokens_per_minute";
 /// Metadata field: the budgets that came with the key from the control plane, as JSON
 /// ([`crate::budget::budgets_to_json`]; absent: none).
 pub const BUDGETS: &str = "budgets";

@@ -220,12 +220,15 @@ pub fn token_limits(
     key_per_minute: Option<u32>,
     tenant: Option<&str>,
     tenants: &HashMap<String, u32>,
+    tenant_fallback: Option<u32>,
 ) -> Vec<(String, u32, &'static str)> {
     let mut limits = Vec::with_capacity(2);
     if let Some(n) = key_per_minute {
         limits.push((format!("tpm:key:{key_id}"), n, "key"));
     }
-    if let Some((t, n)) = tenant.and_then(|t| tenants.get(t).map(|n| (t, *n))) {
+    if let Some((t, n)) =
+        tenant.and_then(|t| tenants.get(t).copied().or(tenant_fallback).map(|n| (t, n)))
+    {
         limits.push((format!("tpm:tenant:{t}"), n, "tenant"));
     }
     limits
@@ -363,5 +366,25 @@ mod tests {
         assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_reset(Duration::from_secs(60)), "1m0s");
         assert_eq!(format_reset(Duration::from_secs(6)), "6s");
+    }
+
+    #[test]
+    fn a_tenant_token_limit_comes_from_the_file_else_from_the_key() {
+        let file: HashMap<String, u32> = [("acme".to_owned(), 100u32)].into();
+        // The file's entry wins over what the key came with.
+        assert_eq!(
+            token_limits("k", Some(10), Some("acme"), &file, Some(5)),
+            vec![
+                ("tpm:key:k".to_owned(), 10, "key"),
+                ("tpm:tenant:acme".to_owned(), 100, "tenant")
+            ]
+        );
+        // A tenant the file does not know: the key's (a control-plane bundle's tenant).
+        assert_eq!(
+            token_limits("k", None, Some("other"), &file, Some(5)),
+            vec![("tpm:tenant:other".to_owned(), 5, "tenant")]
+        );
+        assert!(token_limits("k", None, Some("other"), &file, None).is_empty());
+        assert!(token_limits("k", None, None, &file, Some(5)).is_empty());
     }
 }

@@ -247,6 +247,7 @@ impl Processor {
             ctx.tokens_per_minute,
             Some(ctx.tenant.as_str()).filter(|t| !t.is_empty()),
             &self.config.tenant_tokens_per_minute,
+            ctx.tenant_tokens_per_minute,
         );
         if limits.is_empty() {
             return;

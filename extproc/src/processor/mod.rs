@@ -67,6 +67,8 @@ struct AuthContext {
     capture: CaptureMode,
     /// The key's token-rate limit per minute.
     tokens_per_minute: Option<u32>,
+    /// The tenant's token-rate limit per minute as the key came with it.
+    tenant_tokens_per_minute: Option<u32>,
     /// Budgets that came with the key from the control plane (besides the config's).
     budgets: Vec<tollgate_core::budget::Budget>,
 }
@@ -100,6 +102,7 @@ impl AuthContext {
             guardrails: text(md::GUARDRAILS),
             capture: CaptureMode::from_label(&text(md::CAPTURE)),
             tokens_per_minute: text(md::TOKENS_PER_MINUTE).parse().ok(),
+            tenant_tokens_per_minute: text(md::TENANT_TOKENS_PER_MINUTE).parse().ok(),
             budgets: tollgate_core::budget::budgets_from_json(&text(md::BUDGETS))
                 .unwrap_or_default(),
         };
@@ -122,6 +125,7 @@ impl AuthContext {
             guardrails: b.guardrails.clone().unwrap_or_default(),
             capture: b.capture,
             tokens_per_minute: b.tokens_per_minute,
+            tenant_tokens_per_minute: b.tenant_tokens_per_minute,
             budgets: b.extra_budgets.clone(),
         }
     }
