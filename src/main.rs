@@ -467,33 +467,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tenants { command } => {
-            runtime()?.block_on(tollgate_controlplane::client::run_objects(
-                "tenants",
-                command,
-                &ProcessEnv,
-                &mut out,
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Teams { command } => {
-            runtime()?.block_on(tollgate_controlplane::client::run_objects(
-                "teams",
-                command,
-                &ProcessEnv,
-                &mut out,
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Budgets { command } => {
-            runtime()?.block_on(tollgate_controlplane::client::run_objects(
-                "budgets",
-                command,
-                &ProcessEnv,
-                &mut out,
-            ))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Tenants { command } => objects("tenants", command, &mut out),
+        Command::Teams { command } => objects("teams", command, &mut out),
+        Command::Budgets { command } => objects("budgets", command, &mut out),
         Command::Keys {
             command:
                 command @ (KeysCommand::Create { .. }
@@ -776,6 +752,21 @@ fn keys_request(command: KeysCommand) -> Option<tollgate_controlplane::client::K
         // `new` runs offline, without a control plane.
         KeysCommand::New { .. } => None,
     }
+}
+
+/// `tollgate tenants|teams|budgets …`: one admin collection of the control plane.
+fn objects(
+    collection: &str,
+    command: tollgate_controlplane::client::ObjectCommand,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(tollgate_controlplane::client::run_objects(
+        collection,
+        command,
+        &ProcessEnv,
+        out,
+    ))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
