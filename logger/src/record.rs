@@ -103,6 +103,9 @@ pub struct Record {
     /// Which attempt answered (1 for the first; 0 without failover or when none did).
     #[serde(default)]
     pub answered_attempt: u32,
+    /// Each attempt's latency in milliseconds, parallel to `attempt_statuses` (migration 5).
+    #[serde(default)]
+    pub attempt_latencies_ms: Vec<u32>,
 }
 
 fn off() -> String {
@@ -168,6 +171,7 @@ impl From<&LogEvent> for Record {
             attempt_providers: e.attempt_providers.clone(),
             attempt_statuses: e.attempt_statuses.clone(),
             answered_attempt: e.answered_attempt,
+            attempt_latencies_ms: e.attempt_latencies_ms.clone(),
         }
     }
 }
