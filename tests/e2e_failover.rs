@@ -269,12 +269,19 @@ async fn refused_connections_and_slow_first_bytes_move_on() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
     assert_eq!(r.json()["object"], "chat.completion", "{}", r.text);
-    // The refused attempt got no response headers: status 0.
+    // The refused attempt got no response headers: status 0. Envoy never ran the upstream
+    // filter chain for it (no connection), so no stream of Tollgate's saw it: latency 0.
     let id = r.header("x-tollgate-request-id").unwrap().to_owned();
     let event = wait_event(logger, &id).await;
-    assert_eq!(event["attempt_providers"], json!(["down", "claude"]), "{event}");
+    assert_eq!(
+        event["attempt_providers"],
+        json!(["down", "claude"]),
+        "{event}"
+    );
     assert_eq!(event["attempt_statuses"], json!([0, 200]), "{event}");
-    eprintln!("refused: {event}");
+    let latencies = &event["attempt_latencies_ms"];
+    assert_eq!(latencies[0], 0, "{event}");
+    assert!(latencies[1].as_u64().unwrap() > 0, "{event}");
 
     // A first byte slower than the per-try timeout (300 ms of the mock's 1500): Gemini.
     let started = Instant::now();
@@ -288,8 +295,10 @@ async fn refused_connections_and_slow_first_bytes_move_on() {
     );
     let id = r.header("x-tollgate-request-id").unwrap().to_owned();
     let event = wait_event(logger, &id).await;
+    // The timed-out attempt ended without response headers: status 0, after the 300 ms.
     assert_eq!(event["attempt_statuses"], json!([0, 200]), "{event}");
-    eprintln!("slow: {event}");
+    let latencies = assert_latencies(&event, 2);
+    assert!(latencies[0] >= 300, "{event}");
 }
 
 #[tokio::test]

@@ -188,7 +188,10 @@ mod tests {
         book.record("", outcome(1, 200));
         let taken = book.take("r1");
         assert_eq!(
-            taken.iter().map(|o| (o.number, o.status)).collect::<Vec<_>>(),
+            taken
+                .iter()
+                .map(|o| (o.number, o.status))
+                .collect::<Vec<_>>(),
             [(1, 500), (2, 503)]
         );
         assert!(book.take("r1").is_empty());
@@ -221,9 +224,7 @@ mod tests {
         book.record_at("old", outcome(1, 500), t0);
         book.record_at("late", outcome(1, 500), t0 + Duration::from_secs(30));
         assert_eq!(book.len(), 2);
-        assert!(book
-            .take_at("old", t0 + Duration::from_secs(61))
-            .is_empty());
+        assert!(book.take_at("old", t0 + Duration::from_secs(61)).is_empty());
         assert_eq!(book.len(), 1);
         assert!(book
             .take_at("late", t0 + Duration::from_secs(91))

@@ -92,7 +92,10 @@ impl Processor {
     /// The outcomes the upstream ext_proc streams of a failover request's attempts recorded
     /// for it (none without failover, or when they ran on another replica).
     fn take_attempt_outcomes(&self) -> Vec<Outcome> {
-        match (&self.ctx, self.forwarded.as_ref().and_then(|f| f.failover.as_ref())) {
+        match (
+            &self.ctx,
+            self.forwarded.as_ref().and_then(|f| f.failover.as_ref()),
+        ) {
             (Some(ctx), Some(_)) => attempts::book().take(&ctx.request_id),
             _ => Vec::new(),
         }

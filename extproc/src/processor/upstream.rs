@@ -56,6 +56,8 @@ pub(super) struct Attempt {
     budget_lines: bool,
     /// Which attempt (1 for the first).
     number: usize,
+    /// When its request headers came.
+    started: Instant,
     /// The request's path and method (the client's: the request's ext_proc left them).
     path: String,
     method: String,
@@ -100,6 +102,7 @@ impl Attempt {
             first,
             budget_lines,
             number,
+            started: Instant::now(),
             path,
             method,
             target: None,
@@ -374,7 +377,29 @@ impl Processor {
     /// the per-try timeout, a reset): a failure of its target, noted like a failed answer.
     pub(super) fn end_attempt(&mut self) {
         let Some(a) = &self.upstream else { return };
-        let (Some(chosen), false) = (&a.target, a.answered) else {
+        if a.answered {
+            return;
+        }
+        let Some(chosen) = &a.target else {
+            // Ended before its body came (Envoy could not connect to the target): status 0,
+            // timed from its request headers.
+            if let Some(index) = self
+                .config
+                .models
+                .get(&a.model)
+                .and_then(|m| a.target_index(m))
+            {
+                tracing::debug!(model = %a.model, attempt = a.number, "A failover attempt ended before its body");
+                attempts::book().record(
+                    &a.request_id,
+                    Outcome {
+                        number: a.number,
+                        target: index,
+                        status: 0,
+                        latency_ms: Outcome::millis(a.started.elapsed()),
+                    },
+                );
+            }
             return;
         };
         let Some(target) = self
@@ -477,7 +502,8 @@ mod tests {
             ("POST", "/v1beta/models/x:generateContent?alt=sse")
         );
         // Without Envoy's count it is the first attempt; without the chain, not an attempt.
-        let a = Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "0;0;r;POST;m;/v1/x")])).unwrap();
+        let a =
+            Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "0;0;r;POST;m;/v1/x")])).unwrap();
         assert_eq!((a.number, a.budget_lines), (1, false));
         assert!(Attempt::from_headers(&headers(&[(":path", "/v1/chat/completions")])).is_none());
         assert!(Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "x;0;r;POST;m;/")])).is_none());
