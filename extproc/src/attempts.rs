@@ -26,10 +26,37 @@ pub struct Outcome {
     pub target: usize,
     /// The HTTP status of its response headers; 0 when it ended without any.
     pub status: u16,
+    /// How it ended.
+    pub ending: Ending,
     /// Milliseconds from the attempt's request to its response headers (to its end, for one
     /// that got none), rounded up: a seen attempt is never 0.
     pub latency_ms: u32,
 }
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Its response headers came (whatever their status).
+    Answered,
+    /// Its stream ended without response headers after the per-try timeout.
+    Timeout,
+    /// Its stream ended without response headers otherwise (a reset).
+    Reset,
+}
+
+impl Ending {
+    /// The log event's `attempt_errors` entry.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ending::Answered => "",
+            Ending::Timeout => "timeout",
+            Ending::Reset => "reset",
+        }
+    }
+}
+
+/// The log event's `attempt_errors` entry of an attempt no stream of this replica saw.
+pub const NOT_SEEN: &str = "not_seen";
 
 impl Outcome {
     /// `elapsed` in whole milliseconds, rounded up (at least 1).
@@ -175,6 +202,11 @@ mod tests {
             number,
             target: number - 1,
             status,
+            ending: if status == 0 {
+                Ending::Reset
+            } else {
+                Ending::Answered
+            },
             latency_ms: 5,
         }
     }

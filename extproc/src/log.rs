@@ -132,6 +132,7 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         attempt_statuses: Vec::new(),
         answered_attempt: 0,
         attempt_latencies_ms: Vec::new(),
+        attempt_errors: Vec::new(),
     }
 }
 

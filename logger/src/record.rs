@@ -106,6 +106,10 @@ pub struct Record {
     /// Each attempt's latency in milliseconds, parallel to `attempt_statuses` (migration 5).
     #[serde(default)]
     pub attempt_latencies_ms: Vec<u32>,
+    /// Why each attempt ended without response headers (`timeout`, `reset`, `not_seen`;
+    /// empty when headers came), parallel to `attempt_statuses` (migration 5).
+    #[serde(default)]
+    pub attempt_errors: Vec<String>,
 }
 
 fn off() -> String {
@@ -172,6 +176,7 @@ impl From<&LogEvent> for Record {
             attempt_statuses: e.attempt_statuses.clone(),
             answered_attempt: e.answered_attempt,
             attempt_latencies_ms: e.attempt_latencies_ms.clone(),
+            attempt_errors: e.attempt_errors.clone(),
         }
     }
 }

@@ -147,17 +147,19 @@ impl Processor {
             let seen = outcomes
                 .iter()
                 .find(|o| o.number == n + 1 && o.target == *i);
-            let (status, latency_ms) = match seen {
-                Some(o) => (u32::from(o.status), o.latency_ms),
+            let (status, latency_ms, error) = match seen {
+                Some(o) => (u32::from(o.status), o.latency_ms, o.ending.label()),
                 None if n + 1 == f.attempts => (
                     u32::from(fwd.status.unwrap_or(0)),
                     fwd.upstream_latency.map_or(0, Outcome::millis),
+                    "",
                 ),
-                None => (0, 0),
+                None => (0, 0, attempts::NOT_SEEN),
             };
             event.attempt_providers.push(t.provider.name.clone());
             event.attempt_statuses.push(status);
             event.attempt_latencies_ms.push(latency_ms);
+            event.attempt_errors.push(error.to_owned());
         }
         event.answered_attempt = u32::try_from(f.attempts).unwrap_or(0);
     }

@@ -22,7 +22,7 @@ use tollgate_core::{ApiError, Dialect, Endpoint};
 use super::respect::TargetRef;
 use super::response::note_response;
 use super::{header, strip_query, unix_now, Processor};
-use crate::attempts::{self, Outcome};
+use crate::attempts::{self, Ending, Outcome};
 use crate::mutation::{self, set};
 use crate::stream::Pipeline;
 use crate::translator::{openai, Pair};
@@ -282,6 +282,7 @@ impl Processor {
                     number,
                     target: chosen.index,
                     status,
+                    ending: Ending::Answered,
                     latency_ms: Outcome::millis(chosen.sent_at.elapsed()),
                 },
             );
@@ -396,6 +397,7 @@ impl Processor {
                         number: a.number,
                         target: index,
                         status: 0,
+                        ending: Ending::Reset,
                         latency_ms: Outcome::millis(a.started.elapsed()),
                     },
                 );
@@ -411,20 +413,27 @@ impl Processor {
             return;
         };
         let elapsed = chosen.sent_at.elapsed();
+        // Envoy's per-try timer starts before this stream sees the attempt: an end within
+        // the last tenth of the per-try timeout (from the attempt's headers) is the timeout.
+        let since_headers = a.started.elapsed().as_millis();
         let timeout = self
             .config
             .models
             .get(&a.model)
             .and_then(|m| m.failover.as_ref()?.per_try_timeout_ms)
-            .is_some_and(|ms| elapsed.as_millis() >= u128::from(ms));
-        let reason = if timeout { "timeout" } else { "reset" };
-        tracing::debug!(model = %a.model, attempt = a.number, provider = %target.provider.name, reason, "A failover attempt ended without an answer");
+            .is_some_and(|ms| since_headers.saturating_mul(10) >= u128::from(ms) * 9);
+        tracing::debug!(model = %a.model, attempt = a.number, provider = %target.provider.name, timeout, "A failover attempt ended without an answer");
         attempts::book().record(
             &a.request_id,
             Outcome {
                 number: a.number,
                 target: chosen.index,
                 status: 0,
+                ending: if timeout {
+                    Ending::Timeout
+                } else {
+                    Ending::Reset
+                },
                 latency_ms: Outcome::millis(elapsed),
             },
         );
