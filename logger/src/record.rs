@@ -97,7 +97,7 @@ pub struct Record {
     /// A failover request's attempts: the provider of each, in order (migration 5).
     #[serde(default)]
     pub attempt_providers: Vec<String>,
-    /// Each attempt's HTTP status where the request saw it (0: failed over inside Envoy).
+    /// Each attempt's HTTP status (0: no response headers, or not seen by the replica).
     #[serde(default)]
     pub attempt_statuses: Vec<u32>,
     /// Which attempt answered (1 for the first; 0 without failover or when none did).
