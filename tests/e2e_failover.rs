@@ -189,7 +189,14 @@ async fn a_request_fails_over_across_dialects_complete_and_streamed() {
         json!(["mock", "claude", "gemini", "bedrock"]),
         "{event}"
     );
-    assert_eq!(event["attempt_statuses"], json!([0, 0, 0, 200]), "{event}");
+    // Every attempt's own status and latency, as its upstream ext_proc stream saw it.
+    assert_eq!(
+        event["attempt_statuses"],
+        json!([500, 503, 500, 200]),
+        "{event}"
+    );
+    assert_latencies(&event, 4);
+    assert_eq!(event["attempt_errors"], json!(["", "", "", ""]), "{event}");
     assert_eq!(event["answered_attempt"], 4, "{event}");
     // Priced as the answering target (Bedrock's model), the failed attempts cost nothing.
     assert_eq!(event["upstream_model"], bedrock_model(), "{event}");
@@ -201,6 +208,14 @@ async fn a_request_fails_over_across_dialects_complete_and_streamed() {
     assert_eq!(r.header("x-tollgate-provider"), Some("bedrock"));
     assert!(r.text.contains("data: [DONE]"), "{}", r.text);
     assert!(r.text.contains("\"chat.completion.chunk\""), "{}", r.text);
+    let id = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let event = wait_event(logger, &id).await;
+    assert_eq!(
+        event["attempt_statuses"],
+        json!([500, 503, 500, 200]),
+        "{event}"
+    );
+    assert_latencies(&event, 4);
 
     let scrape = stack.metrics().await;
     for (from, to) in [
@@ -213,6 +228,19 @@ async fn a_request_fails_over_across_dialects_complete_and_streamed() {
         );
         assert!(scrape.contains(&line), "{line} not in\n{scrape}");
     }
+}
+
+/// The event's `attempt_latencies_ms`: `n` of them, none 0 (each attempt was seen).
+fn assert_latencies(event: &serde_json::Value, n: usize) -> Vec<u64> {
+    let latencies: Vec<u64> = event["attempt_latencies_ms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no attempt_latencies_ms in {event}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(latencies.len(), n, "{event}");
+    assert!(latencies.iter().all(|l| *l > 0), "{event}");
+    latencies
 }
 
 fn bedrock_model() -> &'static str {
@@ -235,16 +263,31 @@ async fn wait_event(logger: &Logger, id: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn refused_connections_and_slow_first_bytes_move_on() {
-    let stack = Stack::start(options());
+    let logged = LoggedStack::ndjson_with(options());
+    let (stack, logger) = (&logged.stack, &logged.logger);
     // A refused connection (the `down` provider's closed port): Anthropic answers.
-    let r = chat(&stack, "fo-refused", false).await;
+    let r = chat(stack, "fo-refused", false).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
     assert_eq!(r.json()["object"], "chat.completion", "{}", r.text);
+    // The refused attempt got no response headers: status 0. Envoy never ran the upstream
+    // filter chain for it (no connection), so no stream of Tollgate's saw it: latency 0.
+    let id = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let event = wait_event(logger, &id).await;
+    assert_eq!(
+        event["attempt_providers"],
+        json!(["down", "claude"]),
+        "{event}"
+    );
+    assert_eq!(event["attempt_statuses"], json!([0, 200]), "{event}");
+    let latencies = &event["attempt_latencies_ms"];
+    assert_eq!(latencies[0], 0, "{event}");
+    assert_eq!(event["attempt_errors"], json!(["not_seen", ""]), "{event}");
+    assert!(latencies[1].as_u64().unwrap() > 0, "{event}");
 
     // A first byte slower than the per-try timeout (300 ms of the mock's 1500): Gemini.
     let started = Instant::now();
-    let r = chat(&stack, "fo-slow", false).await;
+    let r = chat(stack, "fo-slow", false).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("x-tollgate-provider"), Some("gemini"));
     assert!(
@@ -252,6 +295,14 @@ async fn refused_connections_and_slow_first_bytes_move_on() {
         "waited for the slow target: {:?}",
         started.elapsed()
     );
+    let id = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let event = wait_event(logger, &id).await;
+    // The timed-out attempt ended without response headers: status 0, after about the
+    // 300 ms (Envoy's per-try timer starts a little before Tollgate sees the attempt's body).
+    assert_eq!(event["attempt_statuses"], json!([0, 200]), "{event}");
+    let latencies = assert_latencies(&event, 2);
+    assert!((250..1000).contains(&latencies[0]), "{event}");
+    assert_eq!(event["attempt_errors"], json!(["timeout", ""]), "{event}");
 }
 
 #[tokio::test]

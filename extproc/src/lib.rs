@@ -5,6 +5,7 @@
 //! stream has one method per ext_proc phase; [`translator`]s are pure functions over bodies
 //! and chunks. Header and body mutations are built by the pure functions in [`mutation`].
 
+pub mod attempts;
 pub mod aws;
 pub mod budget;
 pub mod capture;

@@ -131,6 +131,8 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         attempt_providers: Vec::new(),
         attempt_statuses: Vec::new(),
         answered_attempt: 0,
+        attempt_latencies_ms: Vec::new(),
+        attempt_errors: Vec::new(),
     }
 }
 

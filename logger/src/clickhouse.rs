@@ -143,10 +143,12 @@ pub const PAYLOAD_COLUMNS: [(&str, &str); 10] = [
 
 /// The failover columns (migration 5): parallel arrays, one entry per attempt (ClickHouse
 /// 18.16 has no JSON functions to read a nested document back).
-pub const FAILOVER_COLUMNS: [(&str, &str); 3] = [
+pub const FAILOVER_COLUMNS: [(&str, &str); 5] = [
     ("attempt_providers", "Array(String)"),
     ("attempt_statuses", "Array(UInt32)"),
     ("answered_attempt", "UInt32"),
+    ("attempt_latencies_ms", "Array(UInt32)"),
+    ("attempt_errors", "Array(String)"),
 ];
 
 /// Adds each of `columns` that `database.table` lacks, in order. ClickHouse 18.16 has no

@@ -97,12 +97,19 @@ pub struct Record {
     /// A failover request's attempts: the provider of each, in order (migration 5).
     #[serde(default)]
     pub attempt_providers: Vec<String>,
-    /// Each attempt's HTTP status where the request saw it (0: failed over inside Envoy).
+    /// Each attempt's HTTP status (0: no response headers, or not seen by the replica).
     #[serde(default)]
     pub attempt_statuses: Vec<u32>,
     /// Which attempt answered (1 for the first; 0 without failover or when none did).
     #[serde(default)]
     pub answered_attempt: u32,
+    /// Each attempt's latency in milliseconds, parallel to `attempt_statuses` (migration 5).
+    #[serde(default)]
+    pub attempt_latencies_ms: Vec<u32>,
+    /// Why each attempt ended without response headers (`timeout`, `reset`, `not_seen`;
+    /// empty when headers came), parallel to `attempt_statuses` (migration 5).
+    #[serde(default)]
+    pub attempt_errors: Vec<String>,
 }
 
 fn off() -> String {
@@ -168,6 +175,8 @@ impl From<&LogEvent> for Record {
             attempt_providers: e.attempt_providers.clone(),
             attempt_statuses: e.attempt_statuses.clone(),
             answered_attempt: e.answered_attempt,
+            attempt_latencies_ms: e.attempt_latencies_ms.clone(),
+            attempt_errors: e.attempt_errors.clone(),
         }
     }
 }

@@ -334,15 +334,17 @@ async fn failover_attempts_land_as_parallel_arrays() {
     let sink = ClickHouseSink::open(&config).await.unwrap();
     let mut e = event("f1", 1);
     e.attempt_providers = vec!["openai".into(), "anthropic".into(), "bedrock".into()];
-    e.attempt_statuses = vec![0, 0, 200];
+    e.attempt_statuses = vec![500, 0, 200];
     e.answered_attempt = 3;
+    e.attempt_latencies_ms = vec![12, 2000, 35];
+    e.attempt_errors = vec![String::new(), "timeout".into(), String::new()];
     sink.write(vec![e, event("f2", 1)]).await.unwrap();
     let rows = ch
-        .query("SELECT request_id, attempt_providers, attempt_statuses, answered_attempt FROM tg_fo.requests ORDER BY request_id FORMAT TSV")
+        .query("SELECT request_id, attempt_providers, attempt_statuses, answered_attempt, attempt_latencies_ms, attempt_errors FROM tg_fo.requests ORDER BY request_id FORMAT TSV")
         .unwrap();
     assert_eq!(
         rows.trim(),
-        "f1\t['openai','anthropic','bedrock']\t[0,0,200]\t3\nf2\t[]\t[]\t0"
+        "f1\t['openai','anthropic','bedrock']\t[500,0,200]\t3\t[12,2000,35]\t['','timeout','']\nf2\t[]\t[]\t0\t[]\t[]"
     );
 }
 

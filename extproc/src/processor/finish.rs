@@ -14,6 +14,7 @@ use tollgate_core::{Endpoint, Usage, UsageSource};
 use tollgate_proto::logger::v1 as pb;
 
 use super::{strip_query, Processor};
+use crate::attempts::{self, Outcome};
 use crate::capture::Capture;
 use crate::streamcap::{self, StreamCap};
 use crate::{log, selfservice, trace};
@@ -39,7 +40,9 @@ impl Processor {
         }
         self.settle();
         self.charge_tokens();
-        self.emit_log();
+        // Taken whether or not logging is on: the book keeps nothing nobody reads.
+        let outcomes = self.take_attempt_outcomes();
+        self.emit_log(&outcomes);
         self.end_span();
         let Some(fwd) = &self.forwarded else { return };
         let endpoint = self.request_endpoint().unwrap_or(fwd.endpoint);
@@ -86,8 +89,20 @@ impl Processor {
         );
     }
 
+    /// The outcomes the upstream ext_proc streams of a failover request's attempts recorded
+    /// for it (none without failover, or when they ran on another replica).
+    fn take_attempt_outcomes(&self) -> Vec<Outcome> {
+        match (
+            &self.ctx,
+            self.forwarded.as_ref().and_then(|f| f.failover.as_ref()),
+        ) {
+            (Some(ctx), Some(_)) => attempts::book().take(&ctx.request_id),
+            _ => Vec::new(),
+        }
+    }
+
     /// Hands the request's `LogEvent` to the log queue (never blocks), when logging is on.
-    pub(super) fn emit_log(&mut self) {
+    pub(super) fn emit_log(&mut self, outcomes: &[Outcome]) {
         if self.log.is_none() {
             return;
         }
@@ -99,31 +114,52 @@ impl Processor {
         let mut event = log::event(&facts);
         if let Some(fwd) = &self.forwarded {
             if let Some(f) = &fwd.failover {
-                self.failover_attempts(fwd, f, &mut event);
+                self.failover_attempts(fwd, f, outcomes, &mut event);
             }
         }
         handle.emit(event);
     }
 
     /// The attempts of a failover request, into its event: the chain's providers up to the
-    /// attempt that answered (the answering one with the status the client got).
+    /// attempt that answered (or the last one recorded, when none answered), each with the
+    /// status and latency its upstream ext_proc stream recorded in `outcomes`. An attempt
+    /// not recorded (its stream ran on another replica) gets status 0 and latency 0, except
+    /// the answering one: the status the client got and the upstream latency seen here.
     fn failover_attempts(
         &self,
         fwd: &super::Forwarded,
         f: &super::FailoverState,
+        outcomes: &[Outcome],
         event: &mut pb::LogEvent,
     ) {
         let Some(m) = self.config.models.get(&f.model) else {
             return;
         };
-        for (n, i) in f.chain.iter().take(f.attempts).enumerate() {
+        let recorded = outcomes
+            .iter()
+            .filter(|o| f.chain.get(o.number.wrapping_sub(1)) == Some(&o.target))
+            .map(|o| o.number)
+            .max()
+            .unwrap_or(0);
+        let made = f.attempts.max(recorded);
+        for (n, i) in f.chain.iter().take(made).enumerate() {
             let Some(t) = m.targets.get(*i) else { continue };
+            let seen = outcomes
+                .iter()
+                .find(|o| o.number == n + 1 && o.target == *i);
+            let (status, latency_ms, error) = match seen {
+                Some(o) => (u32::from(o.status), o.latency_ms, o.ending.label()),
+                None if n + 1 == f.attempts => (
+                    u32::from(fwd.status.unwrap_or(0)),
+                    fwd.upstream_latency.map_or(0, Outcome::millis),
+                    "",
+                ),
+                None => (0, 0, attempts::NOT_SEEN),
+            };
             event.attempt_providers.push(t.provider.name.clone());
-            event.attempt_statuses.push(if n + 1 == f.attempts {
-                u32::from(fwd.status.unwrap_or(0))
-            } else {
-                0
-            });
+            event.attempt_statuses.push(status);
+            event.attempt_latencies_ms.push(latency_ms);
+            event.attempt_errors.push(error.to_owned());
         }
         event.answered_attempt = u32::try_from(f.attempts).unwrap_or(0);
     }

@@ -131,10 +131,10 @@ impl Processor {
         // A Responses request (rewritten here into the body it means) goes to its first target
         // only: the per-attempt path reads the client's own body.
         let chain = m.failover_chain(index).filter(|_| self.responses.is_none());
-        let (ctx_method, ctx_path) = self
+        let (ctx_method, ctx_path, ctx_request_id) = self
             .ctx
             .as_ref()
-            .map(|c| (c.method.clone(), c.path.clone()))
+            .map(|c| (c.method.clone(), c.path.clone(), c.request_id.clone()))
             .unwrap_or_default();
         let (mut headers, remove, up, body) = match (&chain, &m.failover) {
             (Some(chain), Some(f)) => {
@@ -148,8 +148,9 @@ impl Processor {
                 headers.push(set(
                     md::CHAIN_HEADER,
                     format!(
-                        "{index};{};{};{};{}",
+                        "{index};{};{};{};{};{}",
                         u8::from(budget_lines),
+                        ctx_request_id,
                         ctx_method,
                         m.name,
                         ctx_path

@@ -3,7 +3,9 @@
 //! attempt's target (the chain's entry for Envoy's `x-envoy-attempt-count`) gets translated,
 //! addressed and signed for, exactly as a request routed to one target; then the attempt's
 //! response headers, which feed the target's live state (latency, `Retry-After` cool-down,
-//! consecutive failures) and tell the request's own ext_proc which target answered.
+//! consecutive failures) and tell the request's own ext_proc which target answered. Each
+//! attempt's status and latency go into the process's [`attempts::book`] under the request's
+//! id, where the request's ext_proc takes them for its log event.
 
 use std::time::Instant;
 
@@ -20,6 +22,7 @@ use tollgate_core::{ApiError, Dialect, Endpoint};
 use super::respect::TargetRef;
 use super::response::note_response;
 use super::{header, strip_query, unix_now, Processor};
+use crate::attempts::{self, Ending, Outcome};
 use crate::mutation::{self, set};
 use crate::stream::Pipeline;
 use crate::translator::{openai, Pair};
@@ -45,12 +48,16 @@ const INTERNAL_HEADERS: [&str; 2] = [md::CHAIN_HEADER, ATTEMPT_HEADER];
 pub(super) struct Attempt {
     /// The model whose chain this is.
     model: String,
+    /// The request's id (Tollgate's, as the request's ext_proc knew it).
+    request_id: String,
     /// The chain's first target.
     first: usize,
     /// Whether a budget applies to the request's key (the request's ext_proc decided).
     budget_lines: bool,
     /// Which attempt (1 for the first).
     number: usize,
+    /// When its request headers came.
+    started: Instant,
     /// The request's path and method (the client's: the request's ext_proc left them).
     path: String,
     method: String,
@@ -71,15 +78,17 @@ struct Chosen {
 
 impl Attempt {
     /// An attempt's stream, when the request headers carry a failover chain
-    /// (`<first target>;<budget lines 0|1>;<method>;<model>;<client path>`); `None` for a
+    /// (`<first target>;<budget lines 0|1>;<request id>;<method>;<model>;<client path>`);
+    /// `None` for a
     /// request's own stream. The client's path travels in the chain because every attempt
     /// sees the request headers as the attempts before it left them (Envoy shares one
     /// header map between them; only the body is replayed as it was).
     fn from_headers(h: &HttpHeaders) -> Option<Attempt> {
         let chain = std::str::from_utf8(header(&h.headers, md::CHAIN_HEADER)?).ok()?;
-        let mut parts = chain.splitn(5, ';');
+        let mut parts = chain.splitn(6, ';');
         let first = parts.next()?.parse().ok()?;
         let budget_lines = parts.next()? == "1";
+        let request_id = parts.next()?.to_owned();
         let method = parts.next()?.to_owned();
         let model = parts.next()?.to_owned();
         let path = parts.next()?.to_owned();
@@ -89,9 +98,11 @@ impl Attempt {
             .max(1);
         Some(Attempt {
             model,
+            request_id,
             first,
             budget_lines,
             number,
+            started: Instant::now(),
             path,
             method,
             target: None,
@@ -257,13 +268,24 @@ impl Processor {
         let answer = self.upstream.as_ref().and_then(|a| {
             let chosen = a.target.as_ref()?;
             let target = config.models.get(&a.model)?.targets.get(chosen.index)?;
-            Some((a.number, chosen, target, a.model.as_str()))
+            Some((a, chosen, target, a.model.as_str()))
         });
         let mut headers = Vec::new();
-        if let Some((number, chosen, target, model)) = answer {
+        if let Some((a, chosen, target, model)) = answer {
+            let number = a.number;
             let status = header(&h.headers, ":status")
                 .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
                 .unwrap_or(0u16);
+            attempts::book().record(
+                &a.request_id,
+                Outcome {
+                    number,
+                    target: chosen.index,
+                    status,
+                    ending: Ending::Answered,
+                    latency_ms: Outcome::millis(chosen.sent_at.elapsed()),
+                },
+            );
             note_response(
                 TargetRef {
                     stats: &target.stats,
@@ -356,7 +378,30 @@ impl Processor {
     /// the per-try timeout, a reset): a failure of its target, noted like a failed answer.
     pub(super) fn end_attempt(&mut self) {
         let Some(a) = &self.upstream else { return };
-        let (Some(chosen), false) = (&a.target, a.answered) else {
+        if a.answered {
+            return;
+        }
+        let Some(chosen) = &a.target else {
+            // Ended before its body came (Envoy could not connect to the target): status 0,
+            // timed from its request headers.
+            if let Some(index) = self
+                .config
+                .models
+                .get(&a.model)
+                .and_then(|m| a.target_index(m))
+            {
+                tracing::debug!(model = %a.model, attempt = a.number, "A failover attempt ended before its body");
+                attempts::book().record(
+                    &a.request_id,
+                    Outcome {
+                        number: a.number,
+                        target: index,
+                        status: 0,
+                        ending: Ending::Reset,
+                        latency_ms: Outcome::millis(a.started.elapsed()),
+                    },
+                );
+            }
             return;
         };
         let Some(target) = self
@@ -367,7 +412,31 @@ impl Processor {
         else {
             return;
         };
-        tracing::debug!(model = %a.model, attempt = a.number, provider = %target.provider.name, "A failover attempt ended without an answer");
+        let elapsed = chosen.sent_at.elapsed();
+        // Envoy's per-try timer starts before this stream sees the attempt: an end within
+        // the last tenth of the per-try timeout (from the attempt's headers) is the timeout.
+        let since_headers = a.started.elapsed().as_millis();
+        let timeout = self
+            .config
+            .models
+            .get(&a.model)
+            .and_then(|m| m.failover.as_ref()?.per_try_timeout_ms)
+            .is_some_and(|ms| since_headers.saturating_mul(10) >= u128::from(ms) * 9);
+        tracing::debug!(model = %a.model, attempt = a.number, provider = %target.provider.name, timeout, "A failover attempt ended without an answer");
+        attempts::book().record(
+            &a.request_id,
+            Outcome {
+                number: a.number,
+                target: chosen.index,
+                status: 0,
+                ending: if timeout {
+                    Ending::Timeout
+                } else {
+                    Ending::Reset
+                },
+                latency_ms: Outcome::millis(elapsed),
+            },
+        );
         note_response(
             TargetRef {
                 stats: &target.stats,
@@ -377,7 +446,7 @@ impl Processor {
             },
             0,
             false,
-            chosen.sent_at.elapsed(),
+            elapsed,
             None,
             &self.metrics,
         );
@@ -420,7 +489,7 @@ mod tests {
         let a = Attempt::from_headers(&headers(&[
             (
                 md::CHAIN_HEADER,
-                "2;1;POST;team/chat-a;/v1beta/models/x:generateContent?alt=sse",
+                "2;1;req-1;POST;team/chat-a;/v1beta/models/x:generateContent?alt=sse",
             ),
             (ATTEMPT_HEADER, "3"),
             // An earlier attempt's path: the chain's is the client's.
@@ -428,18 +497,25 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            (a.model.as_str(), a.first, a.budget_lines, a.number),
-            ("team/chat-a", 2, true, 3)
+            (
+                a.model.as_str(),
+                a.request_id.as_str(),
+                a.first,
+                a.budget_lines,
+                a.number
+            ),
+            ("team/chat-a", "req-1", 2, true, 3)
         );
         assert_eq!(
             (a.method.as_str(), a.path.as_str()),
             ("POST", "/v1beta/models/x:generateContent?alt=sse")
         );
         // Without Envoy's count it is the first attempt; without the chain, not an attempt.
-        let a = Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "0;0;POST;m;/v1/x")])).unwrap();
+        let a =
+            Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "0;0;r;POST;m;/v1/x")])).unwrap();
         assert_eq!((a.number, a.budget_lines), (1, false));
         assert!(Attempt::from_headers(&headers(&[(":path", "/v1/chat/completions")])).is_none());
-        assert!(Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "x;0;POST;m;/")])).is_none());
+        assert!(Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "x;0;r;POST;m;/")])).is_none());
     }
 
     #[test]
