@@ -23,11 +23,13 @@ const MOCK_COUNT: u64 = 6 + 1000;
 /// The mock's vector length without `outputDimensionality` (Gemini and OpenAI mocks alike).
 const MOCK_DIMENSIONS: &str = "8";
 
-/// Adds the embedding models: `gemini-embedding` (the Gemini API), `openai-embedding` (an
+/// Adds the embedding models: `doc-embedder` (the Gemini API; no `gemini` in the public name:
+/// google-genai treats such names, but `gemini-embedding-001`, as multimodal embedding models
+/// and sends a list of strings as one content of several parts), `openai-embedding` (an
 /// OpenAI model with a list price), `vertex-embedding` (Vertex AI, when the stack has it).
 fn with_embedding_models(config: String) -> String {
     let mut models = String::from(
-        "models:\n  gemini-embedding:\n    targets: [{ provider: gemini, model: gemini-embedding-001 }]\n  openai-embedding:\n    targets: [{ provider: mock, model: text-embedding-3-small }]\n",
+        "models:\n  doc-embedder:\n    targets: [{ provider: gemini, model: gemini-embedding-001 }]\n  openai-embedding:\n    targets: [{ provider: mock, model: text-embedding-3-small }]\n",
     );
     if config.contains("\n  vertex:\n") {
         models.push_str(
@@ -62,6 +64,14 @@ async fn at(stack: &Stack, path: &str) -> Vec<Value> {
         .into_iter()
         .filter(|r| r["path"] == path)
         .collect()
+}
+
+/// The API calls the mock got (Vertex AI's token endpoint, which serve polls on its own
+/// schedule, left out).
+async fn api_calls(stack: &Stack) -> Vec<Value> {
+    let mut seen = stack.posted().await;
+    seen.retain(|r| !r["path"].as_str().unwrap_or_default().ends_with("/token"));
+    seen
 }
 
 /// Asserts a Gemini-format error with this code and status.
@@ -144,7 +154,7 @@ async fn gemini_sdk_counts_tokens_on_every_backend() {
         ],
     );
     assert!(
-        stack.posted().await.is_empty(),
+        api_calls(&stack).await.is_empty(),
         "an estimated count reached a provider"
     );
 }
@@ -157,7 +167,7 @@ async fn gemini_sdk_embeds_through_gemini_and_openai_backends() {
     sdk(
         &stack,
         &[
-            ("EMBED_MODEL", "gemini-embedding"),
+            ("EMBED_MODEL", "doc-embedder"),
             ("EMBED_DIMENSIONS", MOCK_DIMENSIONS),
         ],
     );
@@ -253,9 +263,9 @@ async fn embeddings_are_priced_in_the_log_event_and_counts_are_free() {
 
     let r = stack
         .post(
-            "/v1/models/gemini-embedding:batchEmbedContents",
+            "/v1/models/doc-embedder:batchEmbedContents",
             Some(KEY_ALL),
-            batch("gemini-embedding"),
+            batch("doc-embedder"),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -300,12 +310,12 @@ async fn bad_gemini_method_input_gets_gemini_errors() {
         // No contents.
         (post("/v1beta/models/gemini-model:countTokens", KEY_ALL, json!({})).await, 400, "INVALID_ARGUMENT"),
         (post("/v1beta/models/mock-model:countTokens", KEY_ALL, json!({"contents": "x"})).await, 400, "INVALID_ARGUMENT"),
-        (post("/v1beta/models/gemini-embedding:embedContent", KEY_ALL, json!({"taskType": "X"})).await, 400, "INVALID_ARGUMENT"),
-        (post("/v1beta/models/gemini-embedding:batchEmbedContents", KEY_ALL, json!({"requests": []})).await, 400, "INVALID_ARGUMENT"),
+        (post("/v1beta/models/doc-embedder:embedContent", KEY_ALL, json!({"taskType": "X"})).await, 400, "INVALID_ARGUMENT"),
+        (post("/v1beta/models/doc-embedder:batchEmbedContents", KEY_ALL, json!({"requests": []})).await, 400, "INVALID_ARGUMENT"),
         // A batch request naming another model.
         (
             post(
-                "/v1beta/models/gemini-embedding:batchEmbedContents",
+                "/v1beta/models/doc-embedder:batchEmbedContents",
                 KEY_ALL,
                 json!({"requests": [{"model": "models/other", "content": {"parts": [{"text": "a"}]}}]}),
             )
@@ -325,13 +335,13 @@ async fn bad_gemini_method_input_gets_gemini_errors() {
             "INVALID_ARGUMENT",
         ),
         // Not JSON.
-        (stack.post("/v1beta/models/gemini-embedding:embedContent", Some(KEY_ALL), "{".to_owned()).await, 400, "INVALID_ARGUMENT"),
+        (stack.post("/v1beta/models/doc-embedder:embedContent", Some(KEY_ALL), "{".to_owned()).await, 400, "INVALID_ARGUMENT"),
         // Unknown model; a model the key may not use.
         (post("/v1beta/models/nope:countTokens", KEY_ALL, json!({"contents": []})).await, 404, "NOT_FOUND"),
         (post("/v1beta/models/nope:embedContent", KEY_ALL, text.clone()).await, 404, "NOT_FOUND"),
-        (post("/v1beta/models/gemini-embedding:embedContent", KEY_LIMITED, text.clone()).await, 403, "PERMISSION_DENIED"),
+        (post("/v1beta/models/doc-embedder:embedContent", KEY_LIMITED, text.clone()).await, 403, "PERMISSION_DENIED"),
         // A method Gemini does not have.
-        (post("/v1beta/models/gemini-embedding:embedEverything", KEY_ALL, text.clone()).await, 404, "NOT_FOUND"),
+        (post("/v1beta/models/doc-embedder:embedEverything", KEY_ALL, text.clone()).await, 404, "NOT_FOUND"),
         // Models whose provider has no Gemini-style embeddings.
         (post("/v1beta/models/claude-model:embedContent", KEY_ALL, text.clone()).await, 400, "INVALID_ARGUMENT"),
         (post("/v1beta/models/vertex-embedding:embedContent", KEY_ALL, text.clone()).await, 400, "INVALID_ARGUMENT"),
@@ -341,22 +351,19 @@ async fn bad_gemini_method_input_gets_gemini_errors() {
         assert_gemini_error(r, *code, status);
     }
     assert!(
-        stack.posted().await.is_empty(),
+        api_calls(&stack).await.is_empty(),
         "bad input reached a provider"
     );
 
     // A GET of a method path.
     let r = stack
-        .get(
-            "/v1beta/models/gemini-embedding:embedContent",
-            Some(KEY_ALL),
-        )
+        .get("/v1beta/models/doc-embedder:embedContent", Some(KEY_ALL))
         .await;
     assert_gemini_error(&r, 404, "NOT_FOUND");
 
     // The provider's own refusal: Gemini's passes through, OpenAI's becomes Gemini-shaped.
     let r = post(
-        "/v1beta/models/gemini-embedding:embedContent",
+        "/v1beta/models/doc-embedder:embedContent",
         KEY_ALL,
         json!({"content": {"parts": [{"text": "a"}]}, "outputDimensionality": 5000}),
     )

@@ -74,7 +74,7 @@ def main() -> int:
             config=types.EmbedContentConfig(task_type="RETRIEVAL_DOCUMENT", output_dimensionality=4),
         )
         v = vectors(r)
-        expect(len(v) == len(TEXTS), f"{len(v)} embeddings for {len(TEXTS)} contents")
+        expect(len(v) == len(TEXTS), f"{len(v)} embeddings for {len(TEXTS)} contents: {r}")
         expect(all(len(x) == 4 for x in v), f"lengths {[len(x) for x in v]}, not 4")
         expect(len({tuple(x) for x in v}) == len(TEXTS), "two texts got the same vector")
         # In request order: the second text alone gets the second vector.
