@@ -385,3 +385,34 @@ async fn bad_gemini_method_input_gets_gemini_errors() {
         r.text
     );
 }
+
+/// Embeddings are budgeted: a request whose estimate does not fit the tenant's budget is
+/// refused with Gemini's 429 before it reaches a provider; counting, which costs nothing, still
+/// answers.
+#[tokio::test]
+async fn embeddings_are_budgeted_and_counts_are_not() {
+    let stack = Stack::start(StackOptions {
+        extra_yaml: "budgets:\n  limits:\n    - { id: tiny, scope: tenant, name: acme, period: total, amount_usd: \"0.0000001\" }\n".to_owned(),
+        ..options(false)
+    });
+    let long = "a few words to embed ".repeat(20);
+    let r = stack
+        .post(
+            "/v1beta/models/openai-embedding:embedContent",
+            Some(KEY_ALL),
+            json!({"content": {"parts": [{"text": long}]}}).to_string(),
+        )
+        .await;
+    assert_gemini_error(&r, 429, "RESOURCE_EXHAUSTED");
+    let r = stack
+        .post(
+            "/v1beta/models/gemini-model:countTokens",
+            Some(KEY_ALL),
+            json!({"contents": [{"parts": [{"text": long}]}]}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let calls = api_calls(&stack).await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0]["path"].as_str().unwrap().ends_with(":countTokens"));
+}
