@@ -416,3 +416,44 @@ async fn embeddings_are_budgeted_and_counts_are_not() {
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert!(calls[0]["path"].as_str().unwrap().ends_with(":countTokens"));
 }
+
+/// The key's guardrails judge the texts to embed: a blocked one never reaches the provider, a
+/// redacted one reaches it redacted (natively to Gemini and translated to OpenAI alike).
+#[tokio::test]
+async fn guardrails_judge_the_texts_to_embed() {
+    let stack = Stack::start(options(false));
+    let r = stack
+        .post(
+            "/v1beta/models/doc-embedder:embedContent",
+            Some(KEY_GUARDED),
+            json!({"content": {"parts": [{"text": "card 4111 1111 1111 1111"}]}}).to_string(),
+        )
+        .await;
+    assert_gemini_error(&r, 400, "INVALID_ARGUMENT");
+    assert!(api_calls(&stack).await.is_empty());
+    for model in ["doc-embedder", "openai-embedding"] {
+        let r = stack
+            .post(
+                &format!("/v1beta/models/{model}:batchEmbedContents"),
+                Some(KEY_GUARDED),
+                json!({"requests": [
+                    {"model": format!("models/{model}"), "content": {"parts": [{"text": "plain"}]}},
+                    {"model": format!("models/{model}"), "content": {"parts": [{"text": "mail jane@example.com"}]}},
+                ]})
+                .to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text);
+        assert_eq!(r.json()["embeddings"].as_array().unwrap().len(), 2);
+    }
+    let upstream = api_calls(&stack).await;
+    assert_eq!(upstream.len(), 2, "{upstream:?}");
+    for req in &upstream {
+        let body = req["body"].to_string();
+        assert!(
+            body.contains("[REDACTED:email]") && !body.contains("jane@"),
+            "{body}"
+        );
+        assert!(body.contains("plain"), "{body}");
+    }
+}
