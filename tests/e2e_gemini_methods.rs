@@ -36,7 +36,12 @@ fn with_embedding_models(config: String) -> String {
             "  vertex-embedding:\n    targets: [{ provider: vertex, model: text-embedding-005 }]\n",
         );
     }
-    config.replacen("models:\n", &models, 1)
+    config.replacen("models:\n", &models, 1).replacen(
+        "pricing:\n  models:\n",
+        // A test price (Vertex AI bills text-embedding-005 by characters).
+        "pricing:\n  models:\n    text-embedding-005: { input: \"0.025\", output: \"0\" }\n",
+        1,
+    )
 }
 
 fn options(vertex: bool) -> StackOptions {
@@ -160,10 +165,11 @@ async fn gemini_sdk_counts_tokens_on_every_backend() {
 }
 
 /// `embed_content` with the SDK (one content, several with a task type and dimensions) onto the
-/// Gemini API natively and onto an OpenAI embedding model through translation.
+/// Gemini API natively, onto Vertex AI's `:predict` and onto an OpenAI embedding model through
+/// translation.
 #[tokio::test]
 async fn gemini_sdk_embeds_through_gemini_and_openai_backends() {
-    let stack = Stack::start(options(false));
+    let stack = Stack::start(options(true));
     sdk(
         &stack,
         &[
@@ -186,6 +192,37 @@ async fn gemini_sdk_embeds_through_gemini_and_openai_backends() {
     assert_eq!(
         native[1]["body"]["requests"][0]["taskType"],
         "RETRIEVAL_DOCUMENT"
+    );
+
+    stack.clear_upstream_requests().await;
+    sdk(
+        &stack,
+        &[
+            ("EMBED_MODEL", "vertex-embedding"),
+            ("EMBED_DIMENSIONS", MOCK_DIMENSIONS),
+        ],
+    );
+    let predict = at(
+        &stack,
+        "/v1/projects/tollgate-test/locations/us-central1/publishers/google/models/text-embedding-005:predict",
+    )
+    .await;
+    assert_eq!(predict.len(), 3, "{predict:?}");
+    assert!(predict[0]["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .starts_with("Bearer "));
+    assert_eq!(
+        predict[0]["body"],
+        json!({"instances": [{"content": PROMPT}]})
+    );
+    assert_eq!(
+        predict[1]["body"]["instances"][1],
+        json!({"content": "a second, longer text to embed", "task_type": "RETRIEVAL_DOCUMENT"})
+    );
+    assert_eq!(
+        predict[1]["body"]["parameters"],
+        json!({"outputDimensionality": 4})
     );
 
     stack.clear_upstream_requests().await;
@@ -231,7 +268,7 @@ async fn logged(logger: &Logger, request_id: &str) -> Value {
 /// answer carries no usage) and their spend is in the log event; a count is logged and free.
 #[tokio::test]
 async fn embeddings_are_priced_in_the_log_event_and_counts_are_free() {
-    let ls = LoggedStack::ndjson_with(options(false));
+    let ls = LoggedStack::ndjson_with(options(true));
     let stack = &ls.stack;
     let one = json!({"content": {"parts": [{"text": "hello there general kenobi"}]}}).to_string();
     let batch = |model: &str| {
@@ -278,6 +315,22 @@ async fn embeddings_are_priced_in_the_log_event_and_counts_are_free() {
     assert_eq!(input, 3 + 1 + 3, "{l}");
     // gemini-embedding-001: 0.15 USD per million tokens.
     assert_eq!(l["cost_picodollars"], input * 150_000, "{l}");
+
+    let r = stack
+        .post(
+            "/v1beta/models/vertex-embedding:batchEmbedContents",
+            Some(KEY_ALL),
+            batch("vertex-embedding"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["embeddings"].as_array().unwrap().len(), 2);
+    let l = logged(&ls.logger, r.header("x-tollgate-request-id").unwrap()).await;
+    assert_eq!(l["provider"], "vertex", "{l}");
+    // Vertex AI's `statistics.token_count` (the mock's: a word each).
+    assert_eq!(l["usage_source"], "provider", "{l}");
+    assert_eq!(l["input_tokens"], 3, "{l}");
+    assert_eq!(l["cost_picodollars"], 3 * 25_000, "{l}");
 
     let r = stack
         .post(
@@ -344,7 +397,7 @@ async fn bad_gemini_method_input_gets_gemini_errors() {
         (post("/v1beta/models/doc-embedder:embedEverything", KEY_ALL, text.clone()).await, 404, "NOT_FOUND"),
         // Models whose provider has no Gemini-style embeddings.
         (post("/v1beta/models/claude-model:embedContent", KEY_ALL, text.clone()).await, 400, "INVALID_ARGUMENT"),
-        (post("/v1beta/models/vertex-embedding:embedContent", KEY_ALL, text.clone()).await, 400, "INVALID_ARGUMENT"),
+        (post("/v1beta/models/vertex-claude:embedContent", KEY_ALL, text.clone()).await, 400, "INVALID_ARGUMENT"),
     ];
     for (i, (r, code, status)) in cases.iter().enumerate() {
         eprintln!("case {i}");

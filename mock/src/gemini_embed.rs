@@ -7,6 +7,11 @@
 //! texts (so the same text always gets the same vector), has unit length, and
 //! [`DEFAULT_DIMENSIONS`] values unless `outputDimensionality` asks for another length. The
 //! key comes in `x-goog-api-key` or the `key` query parameter; errors in Google's shape.
+//!
+//! Vertex AI's text embeddings, `POST …/publishers/google/models/{model}:predict` (bearer
+//! token): `{instances: [{content, task_type?, title?}], parameters?: {outputDimensionality?,
+//! autoTruncate?}}` → `{predictions: [{embeddings: {values, statistics: {token_count,
+//! truncated}}}], metadata: {billableCharacterCount}}`, `token_count` one per word.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -137,6 +142,50 @@ pub(crate) fn respond(body: &[u8], model: &str, batch: bool) -> Response {
         }
     }
     Json(json!({ "embeddings": out })).into_response()
+}
+
+/// Answers Vertex AI's `:predict` for a text embedding model (the token was checked).
+pub(crate) fn predict(body: &[u8]) -> Response {
+    let request: Map<String, Value> = match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => m,
+        _ => return invalid("Invalid JSON payload received."),
+    };
+    let Some(instances) = request
+        .get("instances")
+        .and_then(Value::as_array)
+        .filter(|i| !i.is_empty())
+    else {
+        return invalid("instances is required");
+    };
+    let dims = match request
+        .get("parameters")
+        .and_then(|p| p.get("outputDimensionality"))
+    {
+        None => DEFAULT_DIMENSIONS,
+        Some(d) => match d.as_u64().filter(|d| (1..=MAX_DIMENSIONS).contains(d)) {
+            Some(d) => d,
+            None => return invalid("parameters.outputDimensionality is out of range"),
+        },
+    };
+    let mut predictions = Vec::with_capacity(instances.len());
+    let mut chars = 0usize;
+    for (i, instance) in instances.iter().enumerate() {
+        let Some(content) = instance.get("content").and_then(Value::as_str) else {
+            return invalid(&format!("instances[{i}].content is required"));
+        };
+        chars += content.chars().filter(|c| !c.is_whitespace()).count();
+        let mut text = content.to_owned();
+        text.push('\n');
+        predictions.push(json!({"embeddings": {
+            "values": vector(&text, dims),
+            "statistics": {"token_count": crate::text::word_count(content), "truncated": false},
+        }}));
+    }
+    Json(json!({
+        "predictions": predictions,
+        "metadata": {"billableCharacterCount": chars},
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

@@ -362,7 +362,8 @@ fn answer_count(
 }
 
 /// Answers Gemini's `:embedContent` and `:batchEmbedContents` (see [`gemini_embed`]), the key in
-/// `x-goog-api-key` or the `key` query parameter; `None` for any other path.
+/// `x-goog-api-key` or the `key` query parameter, and Vertex AI's `:predict` of Google's text
+/// embedding models (its bearer token); `None` for any other path.
 fn answer_gemini_embed(
     state: &AppState,
     method: &Method,
@@ -370,6 +371,19 @@ fn answer_gemini_embed(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Option<Response> {
+    if let Some(("google", _, "predict")) = vertex::publisher_call(uri.path()) {
+        if *method != Method::POST {
+            return None;
+        }
+        return Some(if state.tokens.authorized(headers) {
+            gemini_embed::predict(body)
+        } else {
+            gemini::error_response(
+                StatusCode::UNAUTHORIZED,
+                &MockError::InvalidApiKey.to_string(),
+            )
+        });
+    }
     let (model, batch) = gemini_embed::call(uri.path())?;
     if *method != Method::POST || vertex::publisher_call(uri.path()).is_some() {
         return None;

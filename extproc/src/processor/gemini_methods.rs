@@ -13,8 +13,10 @@
 //!   `input`, `outputDimensionality` → `dimensions`, `taskType` and `title` dropped: OpenAI
 //!   embeddings have no task type); the answer in Gemini's shape. Priced and budgeted as
 //!   embeddings: OpenAI's `usage.prompt_tokens`, Gemini's `usageMetadata.promptTokenCount`
-//!   where present, else the estimate. Vertex AI embeds through `:predict`, another shape: a
-//!   model served by Vertex AI is refused here with a 400.
+//!   where present, else the estimate. To Vertex AI through its text-embedding `:predict`
+//!   (`instances[].content`, `task_type`, `title`; `parameters.outputDimensionality`), the
+//!   answer's `predictions[].embeddings.values` in Gemini's shape, usage the sum of their
+//!   `statistics.token_count`.
 //!
 //! Neither goes down a failover chain nor takes an in-flight slot: one target, by weight.
 
@@ -36,12 +38,23 @@ use crate::translator::{openai, Pair};
 /// A refusal, with the model it was about when one was named.
 type Refusal = (ApiError, Option<String>);
 
+/// The API a Gemini method goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// The Gemini API itself (the answer goes back as it is).
+    Gemini,
+    /// Vertex AI's `:predict` of a text embedding model (errors in Google's shape already).
+    VertexPredict,
+    /// OpenAI's embeddings.
+    OpenAi,
+}
+
 /// What the response of a forwarded Gemini method needs.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct GeminiCall {
     method: GeminiMethod,
-    /// The provider speaks Gemini (its answer goes back as it is).
-    native: bool,
+    /// Where it went.
+    wire: Wire,
     /// The prompt's estimated tokens (the usage of a Gemini answer without `usageMetadata`).
     estimate: u64,
 }
@@ -265,7 +278,7 @@ impl Processor {
             body,
             GeminiCall {
                 method: GeminiMethod::CountTokens,
-                native: true,
+                wire: Wire::Gemini,
                 estimate: 0,
             },
         )
@@ -323,28 +336,23 @@ impl Processor {
             .map(|r| content_text(r, what))
             .collect::<Result<Vec<_>, _>>()?;
         let upstream = target.upstream_model.as_str();
-        let family = match (target.provider.kind, target.family) {
-            (ProviderKind::Gemini, _) => ApiFamily::Gemini,
+        let wire = match (target.provider.kind, target.family) {
+            (ProviderKind::Gemini, _) => Wire::Gemini,
             (
                 ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::AzureOpenai,
                 _,
-            ) => ApiFamily::OpenAi,
-            (ProviderKind::Vertex, _) => {
-                return Err(invalid(
-                    "model",
-                    "This model is served by Vertex AI, whose embeddings (`:predict`) Tollgate does not route: serve it from a `gemini` provider or an OpenAI-family embedding model.",
-                ))
-            }
-            (ProviderKind::Anthropic | ProviderKind::Bedrock, _) => {
+            ) => Wire::OpenAi,
+            (ProviderKind::Vertex, ApiFamily::Gemini) => Wire::VertexPredict,
+            (ProviderKind::Vertex, _) | (ProviderKind::Anthropic | ProviderKind::Bedrock, _) => {
                 return Err(invalid(
                     "model",
                     "This model is served by a provider without an embeddings API.",
                 ))
             }
         };
-        let dims = match family {
-            ApiFamily::OpenAi => dimensions(&requests)?,
-            _ => None,
+        let dims = match wire {
+            Wire::OpenAi | Wire::VertexPredict => dimensions(&requests)?,
+            Wire::Gemini => None,
         };
         // The OpenAI form of the request: what guardrails judge and budgets estimate (and, for
         // an OpenAI-family target, what goes upstream).
@@ -371,8 +379,8 @@ impl Processor {
         };
         let counter = budget::Counter::for_target(target.provider.kind, upstream);
         let estimate = budget::prompt_tokens(parsed.object(), counter);
-        let (path, body) = match family {
-            ApiFamily::Gemini => {
+        let (path, body) = match wire {
+            Wire::Gemini => {
                 let path = gemini_path(
                     target,
                     match method {
@@ -409,14 +417,40 @@ impl Processor {
                 };
                 (path, body.to_string().into_bytes())
             }
-            _ => (
+            Wire::VertexPredict => {
+                let path = gemini_path(target, "predict").ok_or(ApiError::Internal)?;
+                let inputs = parsed_inputs(redacted.as_deref().unwrap_or(&openai_bytes));
+                let instances: Vec<Value> = requests
+                    .iter()
+                    .zip(inputs)
+                    .map(|(r, content)| {
+                        let mut i = Map::new();
+                        i.insert("content".into(), content.into());
+                        for (from, to) in [("taskType", "task_type"), ("title", "title")] {
+                            if let Some(v) = r.get(from) {
+                                i.insert(to.into(), v.clone());
+                            }
+                        }
+                        Value::Object(i)
+                    })
+                    .collect();
+                let mut body = json!({ "instances": instances });
+                if let Some(d) = dims {
+                    body["parameters"] = json!({ "outputDimensionality": d });
+                }
+                (path, body.to_string().into_bytes())
+            }
+            Wire::OpenAi => (
                 target.path(Endpoint::Embeddings).to_owned(),
                 redacted.clone().unwrap_or(openai_bytes.clone()),
             ),
         };
         let pair = Pair {
             client: ApiFamily::Gemini,
-            upstream: family,
+            upstream: match wire {
+                Wire::OpenAi => ApiFamily::OpenAi,
+                Wire::Gemini | Wire::VertexPredict => ApiFamily::Gemini,
+            },
         };
         self.reservation = self
             .reserve(Endpoint::Embeddings, &target.provider, upstream, &parsed)
@@ -430,7 +464,7 @@ impl Processor {
             body,
             GeminiCall {
                 method,
-                native: family == ApiFamily::Gemini,
+                wire,
                 estimate,
             },
         )
@@ -507,7 +541,7 @@ impl Processor {
     ) -> Result<Option<Vec<u8>>, ApiError> {
         let ok = (200..300).contains(&status);
         if !ok {
-            return Ok((!call.native).then(|| openai_error_as_gemini(status, body)));
+            return Ok((call.wire == Wire::OpenAi).then(|| openai_error_as_gemini(status, body)));
         }
         let provider = self
             .forwarded
@@ -538,7 +572,9 @@ impl Processor {
                     .collect();
                 (Some(Value::Object(kept).to_string().into_bytes()), None)
             }
-            GeminiMethod::EmbedContent | GeminiMethod::BatchEmbedContents if call.native => {
+            GeminiMethod::EmbedContent | GeminiMethod::BatchEmbedContents
+                if call.wire == Wire::Gemini =>
+            {
                 let reported = v
                     .get("usageMetadata")
                     .and_then(|u| u.get("promptTokenCount"))
@@ -550,15 +586,21 @@ impl Processor {
                 (None, Some(usage))
             }
             GeminiMethod::EmbedContent | GeminiMethod::BatchEmbedContents => {
-                let Some(vectors) = openai_vectors(&v) else {
+                let read = match call.wire {
+                    Wire::VertexPredict => predict_vectors(&v),
+                    Wire::OpenAi | Wire::Gemini => openai_vectors(&v).map(|vs| {
+                        let n = v
+                            .get("usage")
+                            .and_then(|u| u.get("prompt_tokens"))
+                            .and_then(Value::as_u64);
+                        (vs, n)
+                    }),
+                };
+                let Some((vectors, reported)) = read else {
                     tracing::warn!(provider = %provider, "The provider's embeddings answer holds no float vectors");
                     return Err(ApiError::Upstream(502));
                 };
-                let usage = match v
-                    .get("usage")
-                    .and_then(|u| u.get("prompt_tokens"))
-                    .and_then(Value::as_u64)
-                {
+                let usage = match reported {
                     Some(n) => embed_usage(n, UsageSource::Provider),
                     None => embed_usage(call.estimate, UsageSource::Estimated),
                 };
@@ -589,6 +631,42 @@ fn embed_usage(input_tokens: u64, source: UsageSource) -> Usage {
         reasoning_tokens: 0,
         source,
     }
+}
+
+/// The `input` strings of an OpenAI embeddings body Tollgate wrote.
+fn parsed_inputs(body: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("input")?
+                .as_array()?
+                .iter()
+                .map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Vertex AI's `predictions[].embeddings.values`, and the sum of their
+/// `statistics.token_count` when every one has it.
+fn predict_vectors(v: &Map<String, Value>) -> Option<(Vec<Value>, Option<u64>)> {
+    let predictions = v.get("predictions")?.as_array()?;
+    let mut vectors = Vec::with_capacity(predictions.len());
+    let mut tokens = Some(0u64);
+    for p in predictions {
+        let e = p.get("embeddings")?;
+        let values = e.get("values")?;
+        if !values.is_array() {
+            return None;
+        }
+        vectors.push(values.clone());
+        let n = e
+            .get("statistics")
+            .and_then(|s| s.get("token_count"))
+            .and_then(Value::as_u64);
+        tokens = tokens.zip(n).map(|(a, b)| a + b);
+    }
+    Some((vectors, tokens))
 }
 
 /// OpenAI's `data[].embedding` vectors in `index` order (`None`: not float vectors).
