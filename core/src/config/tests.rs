@@ -221,7 +221,8 @@ models:
             Some(("gemini-2.5-flash", false)),
         ),
         ("/v1/models/g:streamGenerateContent", Some(("g", true))),
-        ("/v1beta/models/g:countTokens", None),
+        // `:countTokens` is routed now (`gemini_method`); `:generateAnswer` is not.
+        ("/v1beta/models/g:generateAnswer", None),
         ("/v1beta/models/:generateContent", None),
         ("/v1beta/tunedModels/x:generateContent", None),
     ] {

@@ -757,6 +757,23 @@ mod tests {
     }
 
     #[test]
+    fn vertex_predictions_give_vectors_and_their_token_counts() {
+        let v = obj(
+            r#"{"predictions":[{"embeddings":{"values":[1.0],"statistics":{"token_count":2}}},{"embeddings":{"values":[2.0],"statistics":{"token_count":3}}}]}"#,
+        );
+        let (vectors, tokens) = predict_vectors(&v).unwrap();
+        assert_eq!(vectors.len(), 2);
+        assert_eq!(tokens, Some(5));
+        let partial = obj(r#"{"predictions":[{"embeddings":{"values":[1.0]}}]}"#);
+        assert_eq!(predict_vectors(&partial).unwrap().1, None);
+        assert!(predict_vectors(&obj(r#"{"predictions":[{}]}"#)).is_none());
+        assert_eq!(
+            parsed_inputs(br#"{"input":["a","b"]}"#),
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+    }
+
+    #[test]
     fn openai_vectors_follow_their_index_and_errors_become_gemini_shaped() {
         let v = obj(r#"{"data":[{"index":1,"embedding":[2.0]},{"index":0,"embedding":[1.0]}]}"#);
         assert_eq!(
