@@ -235,7 +235,8 @@ async fn errors_reach_gemini_clients_in_gemini_format() {
     );
     assert_gemini_error(
         &post(
-            "/v1beta/models/gemini-model:countTokens",
+            // A method Tollgate does not route (`:countTokens` is routed now).
+            "/v1beta/models/gemini-model:generateAnswer",
             Some(KEY_ALL),
             hi.clone(),
         )

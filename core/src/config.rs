@@ -1079,6 +1079,39 @@ pub enum Endpoint {
     /// `POST /v1/responses` (OpenAI Responses): natively to OpenAI and Azure, through the
     /// chat hub to every other provider.
     Responses,
+    /// `POST /v1beta/models/{model}:embedContent` or `:batchEmbedContents` (Gemini; the model
+    /// and the method come from the path, see [`gemini_method`]): natively to Gemini, through
+    /// translation to OpenAI-family embedding models.
+    EmbedContent,
+}
+
+/// A Gemini method other than `generateContent` that Tollgate routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeminiMethod {
+    /// `:countTokens`.
+    CountTokens,
+    /// `:embedContent` (one content).
+    EmbedContent,
+    /// `:batchEmbedContents` (`requests[]`, each one `embedContent` request).
+    BatchEmbedContents,
+}
+
+/// The model and method of a Gemini client path for `:countTokens`, `:embedContent` or
+/// `:batchEmbedContents` (`/v1beta/models/…` or `/v1/models/…`), without its query.
+pub fn gemini_method(path: &str) -> Option<(&str, GeminiMethod)> {
+    let rest = path
+        .strip_prefix("/v1beta/models/")
+        .or_else(|| path.strip_prefix("/v1/models/"))?;
+    let (model, method) = rest.rsplit_once(':')?;
+    if model.is_empty() || model.contains('/') {
+        return None;
+    }
+    match method {
+        "countTokens" => Some((model, GeminiMethod::CountTokens)),
+        "embedContent" => Some((model, GeminiMethod::EmbedContent)),
+        "batchEmbedContents" => Some((model, GeminiMethod::BatchEmbedContents)),
+        _ => None,
+    }
 }
 
 /// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
@@ -1120,6 +1153,11 @@ impl Endpoint {
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
             ("POST", "/v1/responses") => Some(Endpoint::Responses),
+            ("POST", p) => match gemini_method(p) {
+                Some((_, GeminiMethod::CountTokens)) => Some(Endpoint::CountTokens),
+                Some(_) => Some(Endpoint::EmbedContent),
+                None => None,
+            },
             _ => None,
         }
     }
@@ -1136,6 +1174,7 @@ impl Endpoint {
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "messages/count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::EmbedContent => "embedContent",
         }
     }
 
@@ -1151,6 +1190,7 @@ impl Endpoint {
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::EmbedContent => "embed_content",
         }
     }
 
@@ -1165,6 +1205,7 @@ impl Endpoint {
             Endpoint::Feedback => 6,
             Endpoint::CountTokens => 7,
             Endpoint::Responses => 8,
+            Endpoint::EmbedContent => 9,
         }
     }
 }

@@ -200,6 +200,8 @@ const CATALOG: &[(&str, &str, &str, &str, &str)] = &[
     ("gemini-2.5-flash-lite", "0.10", "0.01", "0.10", "0.40"),
     ("gemini-2.0-flash", "0.10", "0.025", "0.10", "0.40"),
     ("gemini-2.0-flash-lite", "0.075", "0.075", "0.075", "0.30"),
+    // Gemini API embeddings (input only).
+    ("gemini-embedding-001", "0.15", "0.15", "0.15", "0"),
 ];
 
 /// Long-prompt prices: (model, above input tokens, input, cached read, cache write, output).

@@ -196,6 +196,8 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::GenerateContent => &["systemInstruction", "contents"],
         // Judged as the Chat Completions body it becomes (`processor/responses.rs`).
         Endpoint::Responses => &["messages"],
+        // Judged as the OpenAI embeddings body it is read into (`processor/gemini_methods.rs`).
+        Endpoint::EmbedContent => &["input"],
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
 }

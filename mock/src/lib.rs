@@ -48,6 +48,7 @@ pub mod count;
 mod embeddings;
 mod error;
 mod gemini;
+mod gemini_embed;
 mod log;
 mod messages;
 mod models;

@@ -19,8 +19,8 @@ use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
 use crate::{
-    bedrock, chat, completions, embeddings, gemini, messages, models, platform, responses, text,
-    vertex, MockConfig,
+    bedrock, chat, completions, embeddings, gemini, gemini_embed, messages, models, platform,
+    responses, text, vertex, MockConfig,
 };
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
@@ -179,6 +179,9 @@ async fn answer(
         return Ok(vertex::token(key, &state.tokens, number, body));
     }
     if let Some(response) = answer_count(state, method, uri, headers, body) {
+        return Ok(response);
+    }
+    if let Some(response) = answer_gemini_embed(state, method, uri, headers, body) {
         return Ok(response);
     }
     if let Some((publisher, model, call)) = vertex::publisher_call(uri.path()) {
@@ -356,6 +359,48 @@ fn answer_count(
         Ok(()) => count::bedrock(body, &model),
         Err(e) => e.into_response(),
     })
+}
+
+/// Answers Gemini's `:embedContent` and `:batchEmbedContents` (see [`gemini_embed`]), the key in
+/// `x-goog-api-key` or the `key` query parameter, and Vertex AI's `:predict` of Google's text
+/// embedding models (its bearer token); `None` for any other path.
+fn answer_gemini_embed(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response> {
+    if let Some(("google", _, "predict")) = vertex::publisher_call(uri.path()) {
+        if *method != Method::POST {
+            return None;
+        }
+        return Some(if state.tokens.authorized(headers) {
+            gemini_embed::predict(body)
+        } else {
+            gemini::error_response(
+                StatusCode::UNAUTHORIZED,
+                &MockError::InvalidApiKey.to_string(),
+            )
+        });
+    }
+    let (model, batch) = gemini_embed::call(uri.path())?;
+    if *method != Method::POST || vertex::publisher_call(uri.path()).is_some() {
+        return None;
+    }
+    let api_key = state.config.api_key.as_deref();
+    let in_query = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .any(|pair| api_key.is_some_and(|k| pair.strip_prefix("key=") == Some(k)));
+    if !api_key.is_none_or(|k| in_query || authorized(headers, k, true)) {
+        return Some(gemini::error_response(
+            StatusCode::BAD_REQUEST,
+            "API key not valid. Please pass a valid API key.",
+        ));
+    }
+    Some(gemini_embed::respond(body, model, batch))
 }
 
 /// The exchange of a request to `model`, or the answer its fault asks for instead.

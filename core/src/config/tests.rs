@@ -221,7 +221,8 @@ models:
             Some(("gemini-2.5-flash", false)),
         ),
         ("/v1/models/g:streamGenerateContent", Some(("g", true))),
-        ("/v1beta/models/g:countTokens", None),
+        // `:countTokens` is routed now (`gemini_method`); `:generateAnswer` is not.
+        ("/v1beta/models/g:generateAnswer", None),
         ("/v1beta/models/:generateContent", None),
         ("/v1beta/tunedModels/x:generateContent", None),
     ] {
@@ -1378,4 +1379,39 @@ fn a_control_plane_key_becomes_the_same_bundle_a_file_key_does() {
     assert_eq!(b.requests_per_minute, Some(5));
     assert!(b.expires_at.is_some());
     assert!(b.extra_budgets.is_empty());
+}
+
+#[test]
+fn gemini_methods_name_their_model_and_endpoint() {
+    assert_eq!(
+        gemini_method("/v1beta/models/m:countTokens"),
+        Some(("m", GeminiMethod::CountTokens))
+    );
+    assert_eq!(
+        gemini_method("/v1/models/m:embedContent"),
+        Some(("m", GeminiMethod::EmbedContent))
+    );
+    assert_eq!(
+        gemini_method("/v1beta/models/m:batchEmbedContents"),
+        Some(("m", GeminiMethod::BatchEmbedContents))
+    );
+    assert_eq!(gemini_method("/v1beta/models/m:generateContent"), None);
+    assert_eq!(gemini_method("/v1beta/models/a/b:countTokens"), None);
+    assert_eq!(gemini_method("/v1beta/models/:countTokens"), None);
+    assert_eq!(
+        Endpoint::from_request("POST", "/v1beta/models/m:countTokens"),
+        Some(Endpoint::CountTokens)
+    );
+    assert_eq!(
+        Endpoint::from_request("POST", "/v1beta/models/m:batchEmbedContents"),
+        Some(Endpoint::EmbedContent)
+    );
+    assert_eq!(
+        Endpoint::from_request("GET", "/v1beta/models/m:embedContent"),
+        None
+    );
+    assert_eq!(
+        Endpoint::from_request("POST", "/v1beta/models/m:embedEverything"),
+        None
+    );
 }

@@ -13,6 +13,7 @@ mod auth;
 mod cors;
 mod count;
 mod finish;
+mod gemini_methods;
 mod local;
 mod offload;
 mod reserve;
@@ -240,6 +241,8 @@ pub struct Processor {
     response_store: crate::responses::store::Backend,
     /// Set when this stream is the upstream ext_proc of one failover attempt.
     upstream: Option<upstream::Attempt>,
+    /// A forwarded Gemini `:countTokens` or `:embedContent` request's state.
+    gemini: Option<gemini_methods::GeminiCall>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -299,6 +302,7 @@ impl Processor {
             responses: None,
             response_store: Default::default(),
             upstream: None,
+            gemini: None,
         }
     }
 

@@ -163,6 +163,18 @@ impl Processor {
     /// A complete (buffered) response: translated into the client's dialect, then, when it
     /// succeeded, judged by the response webhooks and local rules over one parse of it.
     async fn complete_body(&mut self, b: &HttpBody) -> ProcessingResponse {
+        if let Some(call) = self.gemini {
+            let status = self.forwarded.as_ref().and_then(|f| f.status).unwrap_or(0);
+            return match self.gemini_answer(call, status, &b.body) {
+                Ok(body) => {
+                    if let Some(c) = &mut self.capture {
+                        c.response_body(body.as_deref().unwrap_or(&b.body));
+                    }
+                    json_body(body)
+                }
+                Err(err) => self.refuse_response(err, ApiFamily::Gemini, b.end_of_stream),
+            };
+        }
         let Some(fwd) = &mut self.forwarded else {
             return mutation::response_body(Default::default());
         };

@@ -94,7 +94,13 @@ impl Processor {
         match endpoint {
             Endpoint::Models => return Ok(self.list_models()),
             Endpoint::Feedback => return self.record_feedback(&b.body).map_err(|e| (e, None)),
+            Endpoint::CountTokens
+                if tollgate_core::config::gemini_method(strip_query(&ctx.path)).is_some() =>
+            {
+                return self.route_gemini_method(b).await
+            }
             Endpoint::CountTokens => return self.route_count_tokens(b),
+            Endpoint::EmbedContent => return self.route_gemini_method(b).await,
             Endpoint::ChatCompletions
             | Endpoint::Completions
             | Endpoint::Embeddings
@@ -384,7 +390,7 @@ impl Processor {
     /// Judges the request under the key's policy: its local rules (which may redact: the body
     /// to send instead is returned), then, unless they blocked, its webhooks, all reading the
     /// user text through the one walker. Captures the body the provider will see.
-    async fn judge_request(
+    pub(super) async fn judge_request(
         &mut self,
         policy: Option<&Policy>,
         endpoint: Endpoint,

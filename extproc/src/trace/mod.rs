@@ -218,7 +218,7 @@ pub fn operation(endpoint: Endpoint) -> Option<&'static str> {
         Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => Some("chat"),
         Endpoint::GenerateContent => Some("generate_content"),
         Endpoint::Completions => Some("text_completion"),
-        Endpoint::Embeddings => Some("embeddings"),
+        Endpoint::Embeddings | Endpoint::EmbedContent => Some("embeddings"),
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => None,
     }
 }
