@@ -17,6 +17,7 @@ pub mod clickhouse;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod evals;
 pub mod evaluate;
 pub mod ndjson;
 pub mod observe;
