@@ -628,10 +628,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => None,
                 Some(path) => match tollgate_core::config::evaluators::load_section(path) {
                     Ok(None) => None,
-                    Ok(Some(section)) => Some(tollgate_logger::evaluate::Setup::new(
-                        section,
-                        &ProcessEnv,
-                    )?),
+                    Ok(Some(section)) => {
+                        Some(tollgate_logger::evaluate::Setup::new(section, &ProcessEnv)?)
+                    }
                     Err(errs) => {
                         let mut err = std::io::stderr().lock();
                         writeln!(err, "{}: {} error(s)", path.display(), errs.len())?;

@@ -183,7 +183,10 @@ async fn evaluators_score_real_traffic_into_clickhouse_and_a_hung_webhook_stalls
     assert_eq!(get(&plain, "short")[..2], ["1", "1"]);
     assert_eq!(get(&plain, "fast")[..2], ["1", "1"]);
     assert_eq!(get(&plain, "tools-ok")[..3], ["1", "1", "no_tool_calls"]);
-    assert_eq!(get(&tools, "tools-ok")[..3], ["0", "0", "invalid_tool_call"]);
+    assert_eq!(
+        get(&tools, "tools-ok")[..3],
+        ["0", "0", "invalid_tool_call"]
+    );
     assert_eq!(get(&plain, "judge")[..2], ["0.75", "1"]);
     let hook = get(&plain, "hook");
     assert_eq!(hook[1], "0");
@@ -213,7 +216,11 @@ async fn evaluators_score_real_traffic_into_clickhouse_and_a_hung_webhook_stalls
         .args(["--clickhouse-database", "tg_evals", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = |ev: &str| {
         report["rows"]
@@ -229,10 +236,19 @@ async fn evaluators_score_real_traffic_into_clickhouse_and_a_hung_webhook_stalls
     assert_eq!(refusals["model"], "mock-model");
     assert!((refusals["pass_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
     let hooks = row("hook");
-    assert_eq!((hooks["count"].as_u64(), hooks["failures"].as_u64()), (Some(3), Some(3)));
+    assert_eq!(
+        (hooks["count"].as_u64(), hooks["failures"].as_u64()),
+        (Some(3), Some(3))
+    );
     assert!(hooks["mean_score"].is_null());
     let table = Command::new(TOLLGATE)
-        .args(["evals", "--clickhouse-url", &ch.url, "--clickhouse-database", "tg_evals"])
+        .args([
+            "evals",
+            "--clickhouse-url",
+            &ch.url,
+            "--clickhouse-database",
+            "tg_evals",
+        ])
         .output()
         .unwrap();
     let table = String::from_utf8(table.stdout).unwrap();
@@ -251,10 +267,14 @@ async fn evaluators_score_real_traffic_into_clickhouse_and_a_hung_webhook_stalls
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"tollgate_evaluations_total{evaluator="no-refusal",outcome="failed"} 1"#),
+        metrics
+            .contains(r#"tollgate_evaluations_total{evaluator="no-refusal",outcome="failed"} 1"#),
         "{metrics}"
     );
-    assert!(metrics.contains("tollgate_evaluation_queue_depth"), "{metrics}");
+    assert!(
+        metrics.contains("tollgate_evaluation_queue_depth"),
+        "{metrics}"
+    );
     hook_task.abort();
 }
 

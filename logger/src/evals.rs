@@ -32,7 +32,9 @@ impl EvalsQuery {
     fn range(&self) -> Result<(i64, i64), LoggerError> {
         if let (Some(from), Some(to)) = (self.from, self.to) {
             if from > to {
-                return Err(LoggerError::Query(format!("--from {from} is after --to {to}")));
+                return Err(LoggerError::Query(format!(
+                    "--from {from} is after --to {to}"
+                )));
             }
         }
         let lo = self
@@ -82,7 +84,11 @@ struct Acc {
 
 /// Groups `evals` (deduplicated on request and evaluator, the newest kept) and puts the
 /// feedback on the same requests beside them.
-pub fn summarise(evals: Vec<EvaluationRecord>, feedback: Vec<FeedbackRecord>, q: &EvalsQuery) -> Result<Vec<EvalsRow>, LoggerError> {
+pub fn summarise(
+    evals: Vec<EvaluationRecord>,
+    feedback: Vec<FeedbackRecord>,
+    q: &EvalsQuery,
+) -> Result<Vec<EvalsRow>, LoggerError> {
     let (lo, hi) = q.range()?;
     let mut latest: HashMap<(String, String), EvaluationRecord> = HashMap::new();
     for e in evals {
@@ -160,7 +166,10 @@ pub fn from_ndjson(dir: &Path, q: &EvalsQuery) -> Result<Vec<EvalsRow>, LoggerEr
 
 /// The report from ClickHouse: `<table>_evaluations` and `<table>_feedback`, each
 /// deduplicated in the query.
-pub async fn from_clickhouse(config: &ClickHouseConfig, q: &EvalsQuery) -> Result<Vec<EvalsRow>, LoggerError> {
+pub async fn from_clickhouse(
+    config: &ClickHouseConfig,
+    q: &EvalsQuery,
+) -> Result<Vec<EvalsRow>, LoggerError> {
     config.validate()?;
     let (lo, hi) = q.range()?;
     let client = crate::clickhouse::client(config).with_database(&config.database);
@@ -202,8 +211,16 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The report as an aligned table.
 pub fn render_table(rows: &[EvalsRow]) -> String {
     let mut lines = vec![[
-        "day", "model", "key", "evaluator", "count", "mean_score", "pass_rate", "failures",
-        "feedback_n", "feedback_mean",
+        "day",
+        "model",
+        "key",
+        "evaluator",
+        "count",
+        "mean_score",
+        "pass_rate",
+        "failures",
+        "feedback_n",
+        "feedback_mean",
     ]
     .map(str::to_owned)
     .to_vec()];
@@ -222,7 +239,13 @@ pub fn render_table(rows: &[EvalsRow]) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..10)
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for l in &lines {
@@ -290,7 +313,12 @@ mod tests {
             label: String::new(),
             comment: String::new(),
         };
-        let feedback = vec![fb("f1", "a", Some(1.0)), fb("f1", "a", Some(1.0)), fb("f2", "b", Some(0.0)), fb("f3", "b", None)];
+        let feedback = vec![
+            fb("f1", "a", Some(1.0)),
+            fb("f1", "a", Some(1.0)),
+            fb("f2", "b", Some(0.0)),
+            fb("f3", "b", None),
+        ];
         let rows = summarise(evals, feedback, &EvalsQuery::default()).unwrap();
         assert_eq!(rows.len(), 1);
         let r = &rows[0];

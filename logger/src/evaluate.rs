@@ -145,7 +145,10 @@ impl Stage {
             }
         }
         if dropped > 0 {
-            tracing::warn!(events = dropped, "Evaluation queue full: events not evaluated");
+            tracing::warn!(
+                events = dropped,
+                "Evaluation queue full: events not evaluated"
+            );
             self.metrics.dropped("queue_full", dropped);
         }
         self.metrics.queue_depth.set(self.depth() as i64);
@@ -234,8 +237,13 @@ async fn evaluate(
     metrics: &EvaluationMetrics,
 ) {
     let chosen = evaluators.iter().filter(|ev| {
-        ev.sample
-            .selects(&ev.name, &e.request_id, &e.key_id, &e.tenant, &e.requested_model)
+        ev.sample.selects(
+            &ev.name,
+            &e.request_id,
+            &e.key_id,
+            &e.tenant,
+            &e.requested_model,
+        )
     });
     let runs = chosen.map(|ev| async move {
         let started = Instant::now();
@@ -335,7 +343,11 @@ async fn write(
     }
 }
 
-async fn flush(sink: &Arc<dyn Sink>, batch: &mut Vec<EvaluationRecord>, metrics: &EvaluationMetrics) {
+async fn flush(
+    sink: &Arc<dyn Sink>,
+    batch: &mut Vec<EvaluationRecord>,
+    metrics: &EvaluationMetrics,
+) {
     let n = batch.len();
     let mut pause = Duration::from_millis(200);
     for attempt in 1..=WRITE_TRIES {

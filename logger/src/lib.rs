@@ -124,8 +124,7 @@ pub async fn serve_reporting(
     if let Some(stage) = &stage {
         service = service.with_stage(Arc::clone(stage));
     }
-    let ingest =
-        LogIngestServer::new(service).max_decoding_message_size(config.max_batch_bytes());
+    let ingest = LogIngestServer::new(service).max_decoding_message_size(config.max_batch_bytes());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<LogIngestServer<service::IngestService>>()

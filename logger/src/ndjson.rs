@@ -17,9 +17,7 @@ use tollgate_proto::logger::v1::LogEvent;
 
 use crate::durable::sync_dir;
 use crate::error::LoggerError;
-use crate::record::{
-    EvaluationId, EvaluationRecord, FeedbackId, FeedbackRecord, Record, RecordId,
-};
+use crate::record::{EvaluationId, EvaluationRecord, FeedbackId, FeedbackRecord, Record, RecordId};
 use crate::sink::{Sink, WriteSummary};
 
 const PREFIX: &str = "events-";

@@ -117,7 +117,11 @@ fn judge_verdict(messages: &[Value]) -> Option<String> {
     if !system.starts_with("You are an evaluator.") {
         return None;
     }
-    let score = if system.contains("from 1 to 5") { "4" } else { "0.75" };
+    let score = if system.contains("from 1 to 5") {
+        "4"
+    } else {
+        "0.75"
+    };
     Some(format!(r#"{{"score": {score}, "reason": "mock judge"}}"#))
 }
 

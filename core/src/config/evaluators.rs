@@ -386,9 +386,19 @@ pub struct Sample {
 impl Sample {
     /// Whether an event of this key, tenant and model, with this request id, is scored by the
     /// evaluator `name`. Deterministic: the same event always gets the same answer.
-    pub fn selects(&self, name: &str, request_id: &str, key: &str, tenant: &str, model: &str) -> bool {
+    pub fn selects(
+        &self,
+        name: &str,
+        request_id: &str,
+        key: &str,
+        tenant: &str,
+        model: &str,
+    ) -> bool {
         let listed = |set: &HashSet<String>, v: &str| set.is_empty() || set.contains(v);
-        if !(listed(&self.keys, key) && listed(&self.tenants, tenant) && listed(&self.models, model)) {
+        if !(listed(&self.keys, key)
+            && listed(&self.tenants, tenant)
+            && listed(&self.models, model))
+        {
             return false;
         }
         if self.rate >= 1.0 {
@@ -486,7 +496,14 @@ fn pii_detector(name: &str) -> Option<Detector> {
 }
 
 /// The PII detectors of a `pii` evaluator without `detectors`.
-pub const PII_DETECTORS: [&str; 6] = ["email", "phone", "credit_card", "iban", "us_ssn", "ip_address"];
+pub const PII_DETECTORS: [&str; 6] = [
+    "email",
+    "phone",
+    "credit_card",
+    "iban",
+    "us_ssn",
+    "ip_address",
+];
 
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
@@ -500,7 +517,9 @@ fn params<T: serde::de::DeserializeOwned>(
     path: &str,
     errs: &mut Errors,
 ) -> Option<T> {
-    let value = raw.clone().unwrap_or_else(|| Value::Object(Default::default()));
+    let value = raw
+        .clone()
+        .unwrap_or_else(|| Value::Object(Default::default()));
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(p) => Some(p),
         Err(e) => {
@@ -546,17 +565,26 @@ fn check(raw: &RawEvaluator, path: &str, errs: &mut Errors) -> Option<Check> {
             match jsonschema::validator_for(&p.schema) {
                 Ok(v) => Check::JsonSchema(Arc::new(v)),
                 Err(e) => {
-                    errs.add(format!("{path}.params.schema"), format!("is not a valid JSON Schema: {e}"));
+                    errs.add(
+                        format!("{path}.params.schema"),
+                        format!("is not a valid JSON Schema: {e}"),
+                    );
                     return None;
                 }
             }
         }
         EvaluatorKind::Regex => {
             let p = params::<RegexParams>(&raw.params, path, errs)?;
-            match regex::RegexBuilder::new(&p.pattern).size_limit(1 << 20).build() {
+            match regex::RegexBuilder::new(&p.pattern)
+                .size_limit(1 << 20)
+                .build()
+            {
                 Ok(r) => Check::Regex(r),
                 Err(e) => {
-                    errs.add(format!("{path}.params.pattern"), format!("invalid regex: {e}"));
+                    errs.add(
+                        format!("{path}.params.pattern"),
+                        format!("invalid regex: {e}"),
+                    );
                     return None;
                 }
             }
@@ -567,22 +595,38 @@ fn check(raw: &RawEvaluator, path: &str, errs: &mut Errors) -> Option<Check> {
                 errs.add(format!("{path}.params.text"), "must not be empty");
                 return None;
             }
-            let text = if p.ignore_case { p.text.to_lowercase() } else { p.text };
-            if raw.kind == EvaluatorKind::Contains {
-                Check::Contains { text, ignore_case: p.ignore_case }
+            let text = if p.ignore_case {
+                p.text.to_lowercase()
             } else {
-                Check::NotContains { text, ignore_case: p.ignore_case }
+                p.text
+            };
+            if raw.kind == EvaluatorKind::Contains {
+                Check::Contains {
+                    text,
+                    ignore_case: p.ignore_case,
+                }
+            } else {
+                Check::NotContains {
+                    text,
+                    ignore_case: p.ignore_case,
+                }
             }
         }
         EvaluatorKind::Length => {
             let p = params::<LengthParams>(&raw.params, path, errs)?;
             match (p.min_chars, p.max_chars) {
                 (None, None) => {
-                    errs.add(format!("{path}.params"), "give `min_chars`, `max_chars` or both");
+                    errs.add(
+                        format!("{path}.params"),
+                        "give `min_chars`, `max_chars` or both",
+                    );
                     return None;
                 }
                 (Some(lo), Some(hi)) if lo > hi => {
-                    errs.add(format!("{path}.params.min_chars"), "must not exceed `max_chars`");
+                    errs.add(
+                        format!("{path}.params.min_chars"),
+                        "must not exceed `max_chars`",
+                    );
                     return None;
                 }
                 (min, max) => Check::Length { min, max },
@@ -590,7 +634,8 @@ fn check(raw: &RawEvaluator, path: &str, errs: &mut Errors) -> Option<Check> {
         }
         EvaluatorKind::Refusal => {
             let p = params::<RefusalParams>(&raw.params, path, errs)?;
-            let mut phrases: Vec<String> = REFUSAL_PHRASES.iter().map(|p| (*p).to_owned()).collect();
+            let mut phrases: Vec<String> =
+                REFUSAL_PHRASES.iter().map(|p| (*p).to_owned()).collect();
             for (i, extra) in p.phrases.iter().enumerate() {
                 if extra.trim().is_empty() {
                     errs.add(format!("{path}.params.phrases[{i}]"), "must not be empty");
@@ -646,14 +691,20 @@ fn check(raw: &RawEvaluator, path: &str, errs: &mut Errors) -> Option<Check> {
         EvaluatorKind::LlmJudge => {
             let p = params::<JudgeParams>(&raw.params, path, errs)?;
             if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
-                errs.add(format!("{path}.params.url"), "must start with http:// or https://");
+                errs.add(
+                    format!("{path}.params.url"),
+                    "must start with http:// or https://",
+                );
                 return None;
             }
             let key = match (p.key.env, p.key.file) {
                 (Some(var), None) if !var.is_empty() => KeySource::Env(var),
                 (None, Some(file)) => KeySource::File(file),
                 _ => {
-                    errs.add(format!("{path}.params.key"), "give exactly one of `env` or `file`");
+                    errs.add(
+                        format!("{path}.params.key"),
+                        "give exactly one of `env` or `file`",
+                    );
                     return None;
                 }
             };
@@ -664,7 +715,10 @@ fn check(raw: &RawEvaluator, path: &str, errs: &mut Errors) -> Option<Check> {
                 }
             }
             if !(1..=8192).contains(&p.max_tokens) {
-                errs.add(format!("{path}.params.max_tokens"), "must be between 1 and 8192");
+                errs.add(
+                    format!("{path}.params.max_tokens"),
+                    "must be between 1 and 8192",
+                );
                 return None;
             }
             Check::LlmJudge(Judge {
@@ -679,7 +733,10 @@ fn check(raw: &RawEvaluator, path: &str, errs: &mut Errors) -> Option<Check> {
         EvaluatorKind::Webhook => {
             let p = params::<WebhookParams>(&raw.params, path, errs)?;
             if !(p.url.starts_with("http://") || p.url.starts_with("https://")) {
-                errs.add(format!("{path}.params.url"), "must start with http:// or https://");
+                errs.add(
+                    format!("{path}.params.url"),
+                    "must start with http:// or https://",
+                );
                 return None;
             }
             Check::Webhook { url: p.url }
@@ -711,7 +768,10 @@ pub(super) fn validate(raw: &RawEvaluators, errs: &mut Errors) -> Evaluators {
                 "must be 1 to 64 letters, digits, `_`, `-` or `.`",
             );
         } else if !names.insert(e.name.as_str()) {
-            errs.add(format!("{path}.name"), format!("`{}` is used twice", e.name));
+            errs.add(
+                format!("{path}.name"),
+                format!("`{}` is used twice", e.name),
+            );
         }
         if !(0.0..=1.0).contains(&e.sample.rate) {
             errs.add(format!("{path}.sample.rate"), "must be between 0 and 1");
@@ -760,12 +820,19 @@ struct OnlyEvaluators {
 /// file has none.
 pub fn load_section(path: &std::path::Path) -> Result<Option<Evaluators>, Vec<ConfigError>> {
     let one = |path: String, message: String| vec![ConfigError { path, message }];
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| one(String::new(), format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        one(
+            String::new(),
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
     let de = serde_yaml::Deserializer::from_str(&text);
     let raw: OnlyEvaluators = serde_path_to_error::deserialize(de).map_err(|e| {
         let p = e.path().to_string();
-        one(if p == "." { String::new() } else { p }, e.into_inner().to_string())
+        one(
+            if p == "." { String::new() } else { p },
+            e.into_inner().to_string(),
+        )
     })?;
     let Some(raw) = raw.evaluators else {
         return Ok(None);
@@ -823,7 +890,9 @@ list:
         assert!(matches!(e.list[1].check, Check::JsonSchema(_)));
         assert!(matches!(&e.list[3].check, Check::Contains { text, .. } if text == "mock"));
         assert_eq!(e.list[12].timeout, Duration::from_millis(200));
-        let Check::LlmJudge(j) = &e.list[13].check else { panic!() };
+        let Check::LlmJudge(j) = &e.list[13].check else {
+            panic!()
+        };
         assert_eq!(j.key, KeySource::Env("JUDGE_KEY".into()));
         assert_eq!(j.scale, JudgeScale::Five);
     }

@@ -276,7 +276,13 @@ async fn apply(
         3 => execute(client, &create_feedback_table_sql(database, table)).await,
         4 => add_missing_columns(client, database, table, &PAYLOAD_COLUMNS).await,
         5 => add_missing_columns(client, database, table, &FAILOVER_COLUMNS).await,
-        9 => execute(client, &super::create_evaluations_table_sql(database, table)).await,
+        9 => {
+            execute(
+                client,
+                &super::create_evaluations_table_sql(database, table),
+            )
+            .await
+        }
         other => Err(LoggerError::Task(format!("no migration numbered {other}"))),
     }
 }

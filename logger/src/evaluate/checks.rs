@@ -138,7 +138,10 @@ pub async fn run(ev: &Evaluator, e: &LogEvent, calls: &Calls) -> Run {
             scored(!short && !long, label, format!("{n} characters"))
         }
         Check::Refusal(phrases) => {
-            let lower = out.text.to_lowercase().replace(['\u{2019}', '\u{2018}'], "'");
+            let lower = out
+                .text
+                .to_lowercase()
+                .replace(['\u{2019}', '\u{2018}'], "'");
             match phrases.iter().find(|p| lower.contains(p.as_str())) {
                 Some(p) => scored(false, "refusal", format!("says `{p}`")),
                 None => scored(true, "", ""),
@@ -212,7 +215,10 @@ fn tool_calls(e: &LogEvent, out: &Output) -> Run {
             Arguments::Text(t) => match serde_json::from_str::<Value>(t) {
                 Ok(v) => v,
                 Err(err) => {
-                    problems.push(format!("call {i} (`{}`): arguments are not JSON: {err}", call.name));
+                    problems.push(format!(
+                        "call {i} (`{}`): arguments are not JSON: {err}",
+                        call.name
+                    ));
                     continue;
                 }
             },
@@ -335,7 +341,12 @@ async fn judge(judge: &Judge, key: &Secret, e: &LogEvent, out: &Output, calls: &
     let status = resp.status();
     let answer: Value = match resp.json().await {
         Ok(v) => v,
-        Err(err) => return Run::Failed(format!("judge answered {status} with no JSON: {}", without_url(&err))),
+        Err(err) => {
+            return Run::Failed(format!(
+                "judge answered {status} with no JSON: {}",
+                without_url(&err)
+            ))
+        }
     };
     if !status.is_success() {
         let msg = answer
@@ -403,10 +414,7 @@ async fn webhook(url: &str, ev: &Evaluator, e: &LogEvent, out: &Output, calls: &
     match resp.json::<WebhookAnswer>().await {
         Ok(a) if (0.0..=1.0).contains(&a.score) => Run::Scored(Scored {
             score: a.score,
-            label: a
-                .label
-                .filter(|l| l.len() <= 64)
-                .unwrap_or_default(),
+            label: a.label.filter(|l| l.len() <= 64).unwrap_or_default(),
             reason: a.reason.map(|r| clip(&r)).unwrap_or_default(),
         }),
         Ok(a) => Run::Failed(format!("webhook score {} is not between 0 and 1", a.score)),

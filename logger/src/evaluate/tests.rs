@@ -27,7 +27,9 @@ fn event(id: &str, response: &str) -> LogEvent {
         payload: Some(Payload {
             mode: "full".into(),
             request_body: r#"{"messages":[{"role":"user","content":"q"}]}"#.into(),
-            response_body: serde_json::json!({"choices":[{"message":{"role":"assistant","content":response}}]}).to_string(),
+            response_body:
+                serde_json::json!({"choices":[{"message":{"role":"assistant","content":response}}]})
+                    .to_string(),
             ..Default::default()
         }),
         ..Default::default()
@@ -59,7 +61,11 @@ impl Sink for Collect {
 
 async fn run_all(yaml: &str, events: Vec<LogEvent>) -> Vec<EvaluationRecord> {
     let sink = Arc::new(Collect::default());
-    let setup = Setup::new(evaluators(yaml), &tollgate_core::env::MapEnv(Default::default())).unwrap();
+    let setup = Setup::new(
+        evaluators(yaml),
+        &tollgate_core::env::MapEnv(Default::default()),
+    )
+    .unwrap();
     let stage = Stage::start(setup, sink.clone(), EvaluationMetrics::default());
     let wanted: Vec<LogEvent> = events.into_iter().filter(|e| stage.wants(e)).collect();
     stage.offer(wanted);
@@ -143,22 +149,34 @@ async fn a_full_queue_drops_and_counts_without_waiting_for_a_hung_evaluator() {
     );
     let sink = Arc::new(Collect::default());
     let metrics = EvaluationMetrics::default();
-    let setup = Setup::new(evaluators(&yaml), &tollgate_core::env::MapEnv(Default::default())).unwrap();
+    let setup = Setup::new(
+        evaluators(&yaml),
+        &tollgate_core::env::MapEnv(Default::default()),
+    )
+    .unwrap();
     let stage = Stage::start(setup, sink.clone(), metrics.clone());
     let started = Instant::now();
     for i in 0..20 {
         stage.offer(vec![event(&format!("e{i}"), "x")]);
     }
-    assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
     let dropped = metrics
         .drops
-        .get_or_create(&tollgate_core::evaluation_metrics::DropLabel { reason: "queue_full" })
+        .get_or_create(&tollgate_core::evaluation_metrics::DropLabel {
+            reason: "queue_full",
+        })
         .get();
     // One in the worker at most, two queued: the rest dropped.
     assert!((17..=18).contains(&dropped), "{dropped}");
     stage.close(Duration::from_secs(10)).await;
     let rows = sink.rows.lock().unwrap().clone();
     assert_eq!(rows.len() as u64, 20 - dropped);
-    assert!(rows.iter().all(|r| r.error == "timeout after 300 ms" && !r.passed));
+    assert!(rows
+        .iter()
+        .all(|r| r.error == "timeout after 300 ms" && !r.passed));
     hold.abort();
 }

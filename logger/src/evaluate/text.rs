@@ -98,7 +98,12 @@ fn content_text(content: &Value, out: &mut Vec<String>) {
 pub fn response_text(body: &Value) -> String {
     let mut out = Vec::new();
     // OpenAI chat completions (and completions' `text`).
-    for choice in body.get("choices").and_then(Value::as_array).into_iter().flatten() {
+    for choice in body
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(c) = choice.get("message").and_then(|m| m.get("content")) {
             content_text(c, &mut out);
         } else if let Some(t) = choice.get("text").and_then(Value::as_str) {
@@ -112,13 +117,23 @@ pub fn response_text(body: &Value) -> String {
         }
     }
     // OpenAI Responses.
-    for item in body.get("output").and_then(Value::as_array).into_iter().flatten() {
+    for item in body
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(c) = item.get("content") {
             content_text(c, &mut out);
         }
     }
     // Gemini.
-    for cand in body.get("candidates").and_then(Value::as_array).into_iter().flatten() {
+    for cand in body
+        .get("candidates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(parts) = cand.get("content").and_then(|c| c.get("parts")) {
             content_text(parts, &mut out);
         }
@@ -151,7 +166,12 @@ pub fn input_text(request: &Value) -> String {
 /// The tools `request` declares, in any dialect.
 pub fn declared_tools(request: &Value) -> Vec<Tool> {
     let mut tools = Vec::new();
-    for t in request.get("tools").and_then(Value::as_array).into_iter().flatten() {
+    for t in request
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(f) = t.get("function") {
             // OpenAI chat: {type: function, function: {name, parameters}}.
             if let Some(name) = f.get("name").and_then(Value::as_str) {
@@ -178,7 +198,10 @@ pub fn declared_tools(request: &Value) -> Vec<Tool> {
             // Anthropic ({name, input_schema}) and the Responses API ({type, name, parameters}).
             tools.push(Tool {
                 name: name.to_owned(),
-                parameters: t.get("input_schema").or_else(|| t.get("parameters")).cloned(),
+                parameters: t
+                    .get("input_schema")
+                    .or_else(|| t.get("parameters"))
+                    .cloned(),
             });
         }
     }
@@ -207,7 +230,12 @@ fn lowercase_types(schema: &Value) -> Value {
 /// The tool calls of a complete response body, in any dialect.
 pub fn tool_calls(body: &Value) -> Vec<ToolCall> {
     let mut calls = Vec::new();
-    for choice in body.get("choices").and_then(Value::as_array).into_iter().flatten() {
+    for choice in body
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let listed = choice
             .get("message")
             .and_then(|m| m.get("tool_calls"))
@@ -244,7 +272,12 @@ pub fn tool_calls(body: &Value) -> Vec<ToolCall> {
             _ => {}
         }
     }
-    for cand in body.get("candidates").and_then(Value::as_array).into_iter().flatten() {
+    for cand in body
+        .get("candidates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let parts = cand
             .get("content")
             .and_then(|c| c.get("parts"))
@@ -277,7 +310,10 @@ mod tests {
     fn text_and_tool_calls_are_read_in_every_dialect() {
         let openai = json!({"choices":[{"message":{"content":"hi","tool_calls":[{"function":{"name":"f","arguments":"{\"a\":1}"}}]}}]});
         assert_eq!(response_text(&openai), "hi");
-        assert_eq!(tool_calls(&openai)[0].arguments, Arguments::Text("{\"a\":1}".into()));
+        assert_eq!(
+            tool_calls(&openai)[0].arguments,
+            Arguments::Text("{\"a\":1}".into())
+        );
         let anthropic = json!({"type":"message","content":[{"type":"text","text":"yo"},{"type":"tool_use","name":"g","input":{"b":2}}]});
         assert_eq!(response_text(&anthropic), "yo");
         assert_eq!(tool_calls(&anthropic)[0].name, "g");
@@ -293,7 +329,9 @@ mod tests {
         assert_eq!(names, ["f", "g", "h"]);
         assert_eq!(tools[2].parameters, Some(json!({"type":"object"})));
         assert_eq!(
-            input_text(&json!({"messages":[{"role":"user","content":"q1"},{"role":"assistant","content":"a"},{"role":"user","content":[{"type":"text","text":"q2"}]}]})),
+            input_text(
+                &json!({"messages":[{"role":"user","content":"q1"},{"role":"assistant","content":"a"},{"role":"user","content":[{"type":"text","text":"q2"}]}]})
+            ),
             "q2"
         );
     }
