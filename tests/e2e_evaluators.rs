@@ -3,6 +3,8 @@
 //! ClickHouse (and NDJSON), read back with `tollgate evals`. Scores are checked against what
 //! the mock is known to answer: `Mock reply to: <the prompt's first words>`.
 
+#![allow(clippy::unwrap_used, clippy::panic)]
+
 mod common;
 
 use std::collections::HashMap;
