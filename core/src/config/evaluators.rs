@@ -413,6 +413,13 @@ impl Sample {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
+        // FNV's high bits barely change between ids that differ at the end: mix them in
+        // (the murmur3 finaliser) before taking the top 53 bits.
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
         ((h >> 11) as f64 / (1u64 << 53) as f64) < self.rate
     }
 }
@@ -920,7 +927,7 @@ list:
                 "evaluators.list[1].name",
                 "evaluators.list[1].params.schema",
                 "evaluators.list[2].name",
-                "evaluators.list[2].params",
+                "evaluators.list[2].params.what",
                 "evaluators.list[3].sample.rate",
                 "evaluators.list[3].params",
                 "evaluators.list[4].params.url",
