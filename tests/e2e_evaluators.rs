@@ -72,6 +72,11 @@ async fn eventually<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
 }
 
 async fn chat(logged: &LoggedStack, body: serde_json::Value) -> String {
+    chat_rated(logged, body).await.0
+}
+
+/// The request id and the feedback token of a chat request by the capture-full key.
+async fn chat_rated(logged: &LoggedStack, body: serde_json::Value) -> (String, String) {
     let r = logged
         .stack
         .post(
@@ -81,7 +86,12 @@ async fn chat(logged: &LoggedStack, body: serde_json::Value) -> String {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    r.header("x-tollgate-request-id").unwrap().to_owned()
+    (
+        r.header("x-tollgate-request-id").unwrap().to_owned(),
+        r.header("x-tollgate-feedback-token")
+            .unwrap_or_default()
+            .to_owned(),
+    )
 }
 
 fn configure(logged: &mut LoggedStack, webhook: &str, metrics_port: u16) {
@@ -110,7 +120,7 @@ async fn evaluators_score_real_traffic_into_clickhouse_and_a_hung_webhook_stalls
     configure(&mut logged, &webhook, metrics_port);
 
     let sent = Instant::now();
-    let plain = chat(
+    let (plain, token) = chat_rated(
         &logged,
         serde_json::json!({"model": "mock-model", "messages": [{"role": "user", "content": "hello from ann@example.com"}]}),
     )
@@ -212,6 +222,25 @@ async fn evaluators_score_real_traffic_into_clickhouse_and_a_hung_webhook_stalls
         .unwrap();
     assert_eq!(evaluated_judges.trim(), "0");
 
+    // User feedback on the first request, to sit beside its scores.
+    let fb = logged
+        .stack
+        .post(
+            "/v1/feedback",
+            Some(KEY_CAPTURE_FULL),
+            serde_json::json!({"token": token, "score": 0.5}).to_string(),
+        )
+        .await;
+    assert_eq!(fb.status, 200, "{}", fb.text);
+    let fed = eventually(Duration::from_secs(20), || {
+        let n = ch.query(&format!(
+            "SELECT count() FROM tg_evals.requests_feedback WHERE request_id = '{plain}'"
+        ))?;
+        (n.trim() == "1").then_some(())
+    })
+    .await;
+    assert!(fed.is_some(), "the feedback never reached ClickHouse");
+
     // `tollgate evals` summarises them from ClickHouse.
     let out = Command::new(TOLLGATE)
         .args(["evals", "--clickhouse-url", &ch.url])
@@ -237,6 +266,8 @@ async fn evaluators_score_real_traffic_into_clickhouse_and_a_hung_webhook_stalls
     assert_eq!(refusals["count"], 3);
     assert_eq!(refusals["model"], "mock-model");
     assert!((refusals["pass_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(refusals["feedback_count"], 1);
+    assert_eq!(refusals["feedback_mean"], 0.5);
     let hooks = row("hook");
     assert_eq!(
         (hooks["count"].as_u64(), hooks["failures"].as_u64()),
