@@ -6,6 +6,10 @@
 //!   acknowledged only once the sink says it is durable. The default sink is
 //!   [`ndjson::NdjsonSink`]: rotating NDJSON files, fsynced before the ack, idempotent on `request_id` across restarts; [`clickhouse::ClickHouseSink`] writes a
 //!   ClickHouse table, idempotent on `request_id` too.
+//! - Evaluation ([`evaluate`]): with an `evaluators` section (`tollgate logger --config`),
+//!   the sampled events of each durable batch are offered to a bounded queue (never waited
+//!   on) and scored; results go to the sink's evaluations store, read back by [`evals`]
+//!   (`tollgate evals`).
 //! - Sidecar side ([`shipper`]): `tollgate serve` pushes one event per request into a bounded
 //!   queue; a background sender batches, retries, spools to disk ([`spool`]) while the logger
 //!   is unreachable, and replays the spool in order; [`observe`] counts each event into the
