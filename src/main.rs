@@ -66,11 +66,45 @@ enum Command {
         /// The logger-side spool's size cap in bytes.
         #[arg(long, default_value_t = tollgate_logger::config::DEFAULT_SPOOL_MAX_BYTES)]
         spool_max_bytes: u64,
+        /// A Tollgate config file whose `evaluators` section the logger runs on durable events
+        /// (docs/EVALUATORS.md); its other sections are not read.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Serve the logger's metrics (the evaluation stage's) as `GET /metrics` here; port 0
+        /// picks one (the ready file's `metrics` says which).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         /// Once the sink is open and batches are served, write the address bound to this file
-        /// as `{"listen": ...}`: first to FILE.tmp, then renamed. With port 0 in `--listen`,
-        /// it holds the port the system picked.
+        /// as `{"listen": ...}` (and `"metrics"` with `--metrics-listen`): first to FILE.tmp,
+        /// then renamed. With port 0 in `--listen`, it holds the port the system picked.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+    },
+    /// Evaluation scores by day, model, key and evaluator (mean score, pass rate, count,
+    /// failures) beside the feedback on the same requests, read from the logger's NDJSON files
+    /// (`--data-dir`) or ClickHouse (`--clickhouse-url`).
+    Evals {
+        /// The NDJSON sink's data directory.
+        #[arg(
+            long,
+            conflicts_with = "clickhouse_url",
+            required_unless_present = "clickhouse_url"
+        )]
+        data_dir: Option<PathBuf>,
+        /// ClickHouse's HTTP URL.
+        #[arg(long)]
+        clickhouse_url: Option<String>,
+        #[command(flatten)]
+        clickhouse: ClickHouseTable,
+        /// First day included, YYYY-MM-DD (UTC, of the request's start).
+        #[arg(long, value_parser = parse_day)]
+        from: Option<time::Date>,
+        /// Last day included, YYYY-MM-DD (UTC).
+        #[arg(long, value_parser = parse_day)]
+        to: Option<time::Date>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Spend and tokens per key, tenant, model and/or day, read back from the logger's NDJSON
     /// files (`--data-dir`) or its ClickHouse table (`--clickhouse-url`).
@@ -584,10 +618,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_batch_events,
             spool_dir,
             spool_max_bytes,
+            config: config_file,
+            metrics_listen,
             ready_file,
         } => {
             drop(out);
             let _log = init_tracing();
+            let evaluators = match &config_file {
+                None => None,
+                Some(path) => match tollgate_core::config::evaluators::load_section(path) {
+                    Ok(None) => None,
+                    Ok(Some(section)) => {
+                        Some(tollgate_logger::evaluate::Setup::new(section, &ProcessEnv)?)
+                    }
+                    Err(errs) => {
+                        let mut err = std::io::stderr().lock();
+                        writeln!(err, "{}: {} error(s)", path.display(), errs.len())?;
+                        for e in errs {
+                            writeln!(err, "  {e}")?;
+                        }
+                        return Ok(ExitCode::FAILURE);
+                    }
+                },
+            };
             let sink = match sink {
                 SinkKind::Ndjson => tollgate_logger::config::SinkConfig::Ndjson {
                     data_dir: data_dir.unwrap_or_default(),
@@ -604,9 +657,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_batch_events,
                 spool_dir,
                 spool_max_bytes,
+                evaluators,
+                evaluation_metrics: Default::default(),
             };
             let (ready, bound) = oneshot::channel();
-            runtime()?.block_on(tollgate::ready::report(
+            let rt = runtime()?;
+            let metrics_addr = match metrics_listen {
+                Some(addr) => {
+                    let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
+                    let bound = listener.local_addr()?;
+                    rt.spawn(tollgate_logger::serve_metrics(
+                        listener,
+                        config.evaluation_metrics.clone(),
+                        tollgate::serve::shutdown_signal(),
+                    ));
+                    Some(bound.to_string())
+                }
+                None => None,
+            };
+            rt.block_on(tollgate::ready::report(
                 async {
                     tollgate_logger::run_reporting(
                         config,
@@ -618,8 +687,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 bound,
                 ready_file,
-                |listen| serde_json::json!({ "listen": listen.to_string() }),
+                move |listen| match &metrics_addr {
+                    Some(m) => serde_json::json!({ "listen": listen.to_string(), "metrics": m }),
+                    None => serde_json::json!({ "listen": listen.to_string() }),
+                },
             ))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Evals {
+            data_dir,
+            clickhouse_url,
+            clickhouse,
+            from,
+            to,
+            json,
+        } => {
+            use tollgate_logger::evals;
+            let query = evals::EvalsQuery { from, to };
+            let rows = match (data_dir, clickhouse_url) {
+                (Some(dir), _) => evals::from_ndjson(&dir, &query)?,
+                (None, Some(url)) => {
+                    let config = clickhouse.config(url);
+                    runtime()?.block_on(evals::from_clickhouse(&config, &query))?
+                }
+                (None, None) => anyhow::bail!("give --data-dir or --clickhouse-url"),
+            };
+            let text = if json {
+                evals::render_json(&rows)
+            } else {
+                evals::render_table(&rows)
+            };
+            out.write_all(text.as_bytes())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Usage {

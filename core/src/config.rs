@@ -36,6 +36,8 @@ pub use jwt::{
 pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
 mod responses;
 pub use responses::{RawResponses, Responses, ResponsesBackend};
+pub mod evaluators;
+pub use evaluators::{Evaluators, RawEvaluators};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -105,6 +107,10 @@ pub struct RawConfig {
     /// off when the section is absent. File keys win over it on a clash.
     #[serde(default)]
     pub control_plane: Option<RawControlPlane>,
+    /// Evaluators the logger runs on logged results once they are durable
+    /// (docs/EVALUATORS.md); `serve` only validates the section.
+    #[serde(default)]
+    pub evaluators: Option<RawEvaluators>,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -1791,6 +1797,8 @@ pub struct Config {
     pub responses: Responses,
     /// The control plane resolving keys the file does not list; `None` when off.
     pub control_plane: Option<ControlPlane>,
+    /// The evaluators the logger runs (empty when the section is absent).
+    pub evaluators: Evaluators,
 }
 
 /// The validated `budgets` section.
@@ -2326,6 +2334,11 @@ impl Config {
             .control_plane
             .as_ref()
             .and_then(|c| control_plane::validate(c, env, &mut errs));
+        let evaluators = raw
+            .evaluators
+            .as_ref()
+            .map(|e| evaluators::validate(e, &mut errs))
+            .unwrap_or_default();
         let mut tenant_requests_per_minute = HashMap::new();
         let mut tenant_tokens_per_minute = HashMap::new();
         for (name, t) in &raw.tenants {
@@ -2396,6 +2409,7 @@ impl Config {
                 cors,
                 responses,
                 control_plane,
+                evaluators,
             }),
             _ => Err(errs.0),
         }

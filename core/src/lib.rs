@@ -6,6 +6,7 @@ pub mod budget;
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod evaluation_metrics;
 pub mod feedback;
 pub mod keys;
 pub mod metadata;

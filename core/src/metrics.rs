@@ -255,6 +255,8 @@ pub struct Metrics {
     pub cp_feed_changes: Family<KindLabel, Counter>,
     /// `tollgate_failovers_total`.
     pub failovers: Family<FailoverLabels, Counter>,
+    /// The logger's evaluation stage (`tollgate_evaluation*`).
+    pub evaluations: crate::evaluation_metrics::EvaluationMetrics,
 }
 
 /// The labels of `tollgate_failovers_total`: the model, and the providers of the target that
@@ -313,6 +315,7 @@ impl Default for Metrics {
             cp_feed_reconnects: Counter::default(),
             cp_feed_changes: Family::default(),
             failovers: Family::default(),
+            evaluations: Default::default(),
         }
     }
 }
@@ -488,6 +491,7 @@ impl Metrics {
             "Changes from the control plane's feed applied to the bundle cache, by kind",
             self.cp_feed_changes.clone(),
         );
+        self.evaluations.register(r);
     }
 
     /// These metrics alone in the text exposition format, as `/metrics` serves them (for

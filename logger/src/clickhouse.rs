@@ -23,7 +23,7 @@ use tollgate_core::config::Secret;
 use tollgate_proto::logger::v1::LogEvent;
 
 use crate::error::LoggerError;
-use crate::record::{FeedbackRecord, Record};
+use crate::record::{EvaluationRecord, FeedbackRecord, Record};
 use crate::sink::{Sink, WriteSummary};
 
 /// Where the sink writes.
@@ -121,6 +121,32 @@ pub fn create_feedback_table_sql(database: &str, table: &str) -> String {
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(event_date)
 ORDER BY feedback_id"
+    )
+}
+
+/// The evaluations table's DDL (`<table>_evaluations`, migration 9): one row per evaluator
+/// per request, folded on (`request_id`, `evaluator`); readers still deduplicate.
+pub fn create_evaluations_table_sql(database: &str, table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {database}.{table}_evaluations (
+    request_id String,
+    evaluator String,
+    kind String,
+    score Float64,
+    passed UInt8,
+    label String,
+    reason String,
+    error String,
+    latency_ms Float64,
+    time_unix_nanos Int64,
+    request_time_unix_nanos Int64,
+    key_id String,
+    tenant String,
+    model String,
+    event_date Date DEFAULT toDate(intDiv(request_time_unix_nanos, 1000000000))
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(event_date)
+ORDER BY (request_id, evaluator)"
     )
 }
 
@@ -375,8 +401,34 @@ impl ClickHouseSink {
     }
 }
 
+impl ClickHouseSink {
+    /// The evaluations table's name.
+    fn evaluations_table(&self) -> String {
+        format!("{}_evaluations", self.table)
+    }
+}
+
 #[tonic::async_trait]
 impl Sink for ClickHouseSink {
+    /// A plain insert: results come from one logger's stage, replays are folded by the
+    /// `ReplacingMergeTree` and by readers, who deduplicate on (`request_id`, `evaluator`).
+    async fn write_evaluations(&self, rows: Vec<EvaluationRecord>) -> Result<u32, LoggerError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let table = self.evaluations_table();
+        let mut insert = self
+            .client
+            .insert::<EvaluationRecord>(&table)
+            .await
+            .map_err(ch)?;
+        for r in &rows {
+            insert.write(r).await.map_err(ch)?;
+        }
+        insert.end().await.map_err(ch)?;
+        Ok(u32::try_from(rows.len()).unwrap_or(u32::MAX))
+    }
+
     async fn write(&self, events: Vec<LogEvent>) -> Result<WriteSummary, LoggerError> {
         let _one_at_a_time = self.writes.lock().await;
         let (feedback, events): (Vec<LogEvent>, Vec<LogEvent>) =

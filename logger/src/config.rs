@@ -40,6 +40,10 @@ pub struct LoggerConfig {
     pub spool_dir: Option<PathBuf>,
     /// The logger-side spool's size cap in bytes.
     pub spool_max_bytes: u64,
+    /// The evaluation stage (`tollgate logger --config`'s `evaluators` section); `None`: off.
+    pub evaluators: Option<crate::evaluate::Setup>,
+    /// The evaluation stage's metrics (served by `--metrics-listen`).
+    pub evaluation_metrics: tollgate_core::evaluation_metrics::EvaluationMetrics,
 }
 
 /// Default of [`LoggerConfig::spool_max_bytes`]: 1 GiB.
@@ -65,6 +69,8 @@ impl LoggerConfig {
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
             spool_dir: None,
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            evaluators: None,
+            evaluation_metrics: Default::default(),
         }
     }
 

@@ -6,6 +6,10 @@
 //!   acknowledged only once the sink says it is durable. The default sink is
 //!   [`ndjson::NdjsonSink`]: rotating NDJSON files, fsynced before the ack, idempotent on `request_id` across restarts; [`clickhouse::ClickHouseSink`] writes a
 //!   ClickHouse table, idempotent on `request_id` too.
+//! - Evaluation ([`evaluate`]): with an `evaluators` section (`tollgate logger --config`),
+//!   the sampled events of each durable batch are offered to a bounded queue (never waited
+//!   on) and scored; results go to the sink's evaluations store, read back by [`evals`]
+//!   (`tollgate evals`).
 //! - Sidecar side ([`shipper`]): `tollgate serve` pushes one event per request into a bounded
 //!   queue; a background sender batches, retries, spools to disk ([`spool`]) while the logger
 //!   is unreachable, and replays the spool in order; [`observe`] counts each event into the
@@ -17,6 +21,8 @@ pub mod clickhouse;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod evals;
+pub mod evaluate;
 pub mod ndjson;
 pub mod observe;
 pub mod record;
@@ -115,11 +121,14 @@ pub async fn serve_reporting(
             addr: config.listen,
             source,
         })?;
-    let ingest = LogIngestServer::new(service::IngestService::new(
-        Arc::clone(&sink),
-        config.limits(),
-    ))
-    .max_decoding_message_size(config.max_batch_bytes());
+    let stage = config.evaluators.clone().map(|setup| {
+        evaluate::Stage::start(setup, Arc::clone(&sink), config.evaluation_metrics.clone())
+    });
+    let mut service = service::IngestService::new(Arc::clone(&sink), config.limits());
+    if let Some(stage) = &stage {
+        service = service.with_stage(Arc::clone(stage));
+    }
+    let ingest = LogIngestServer::new(service).max_decoding_message_size(config.max_batch_bytes());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<LogIngestServer<service::IngestService>>()
@@ -135,8 +144,46 @@ pub async fn serve_reporting(
             shutdown,
         )
         .await;
+    if let Some(stage) = &stage {
+        tracing::info!("Tollgate logger stopping: finishing queued evaluations");
+        stage.close(std::time::Duration::from_secs(10)).await;
+    }
     tracing::info!("Tollgate logger stopping: closing the sink");
     let closed = sink.close().await;
     served.map_err(LoggerError::Transport)?;
     closed
+}
+
+/// Serves the evaluation stage's metrics as `GET /metrics` (OpenMetrics text) on `listener`
+/// until `shutdown` resolves (`tollgate logger --metrics-listen`).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: tollgate_core::evaluation_metrics::EvaluationMetrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), LoggerError> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(registry.sub_registry_with_prefix("tollgate"));
+    let registry = Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = Arc::clone(&registry);
+            async move {
+                let mut text = String::new();
+                // Writing into a String cannot fail.
+                let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| LoggerError::Task(format!("metrics server: {e}")))
 }

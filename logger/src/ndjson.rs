@@ -3,7 +3,9 @@
 //! `request_id` across restarts (the ids already stored are read back from the files at
 //! start, so a replayed batch never writes a line twice). Feedback events go the same way
 //! into `feedback/feedback-NNNNNNNNNN.ndjson` ([`FeedbackRecord`] lines, idempotent on
-//! `feedback_id`), so readers of the request files never meet them.
+//! `feedback_id`), so readers of the request files never meet them. Evaluation results go to
+//! `evaluations/evaluations-NNNNNNNNNN.ndjson` ([`EvaluationRecord`] lines, idempotent on
+//! request id and evaluator).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -15,12 +17,15 @@ use tollgate_proto::logger::v1::LogEvent;
 
 use crate::durable::sync_dir;
 use crate::error::LoggerError;
-use crate::record::{FeedbackId, FeedbackRecord, Record, RecordId};
+use crate::record::{EvaluationId, EvaluationRecord, FeedbackId, FeedbackRecord, Record, RecordId};
 use crate::sink::{Sink, WriteSummary};
 
 const PREFIX: &str = "events-";
 const FEEDBACK_PREFIX: &str = "feedback-";
 const SUFFIX: &str = ".ndjson";
+const EVALUATION_PREFIX: &str = "evaluations-";
+/// The subdirectory of the data directory holding evaluation results.
+pub const EVALUATION_DIR: &str = "evaluations";
 /// The subdirectory of the data directory holding feedback files.
 pub const FEEDBACK_DIR: &str = "feedback";
 
@@ -33,6 +38,7 @@ pub struct NdjsonSink {
 struct Files {
     requests: State,
     feedback: State,
+    evaluations: State,
 }
 
 /// One set of rotating files.
@@ -56,13 +62,18 @@ pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
     prefixed_files(dir, PREFIX)
 }
 
+/// Every stored evaluation result under the data directory `dir`, oldest first. Blocking.
+pub fn read_evaluations(dir: &Path) -> Result<Vec<EvaluationRecord>, LoggerError> {
+    read_lines(&dir.join(EVALUATION_DIR), EVALUATION_PREFIX, true)
+}
+
 /// Every stored feedback record under the data directory `dir`, oldest first. Blocking.
 pub fn read_feedback(dir: &Path) -> Result<Vec<FeedbackRecord>, LoggerError> {
     read_lines(&dir.join(FEEDBACK_DIR), FEEDBACK_PREFIX, false)
 }
 
 fn prefixed_files(dir: &Path, prefix: &str) -> Result<Vec<(u64, PathBuf)>, LoggerError> {
-    if prefix == FEEDBACK_PREFIX && !dir.exists() {
+    if (prefix == FEEDBACK_PREFIX || prefix == EVALUATION_PREFIX) && !dir.exists() {
         return Ok(Vec::new());
     }
     let rd = std::fs::read_dir(dir).map_err(|e| LoggerError::io("cannot list", dir, e))?;
@@ -147,8 +158,22 @@ impl NdjsonSink {
                     .map(|r| r.feedback_id)
             },
         )?;
+        let evaluations = State::open(
+            &dir.join(EVALUATION_DIR),
+            EVALUATION_PREFIX,
+            max_file_bytes,
+            |line| {
+                serde_json::from_slice::<EvaluationId>(line)
+                    .ok()
+                    .map(|r| format!("{}/{}", r.request_id, r.evaluator))
+            },
+        )?;
         Ok(NdjsonSink {
-            state: Arc::new(Mutex::new(Files { requests, feedback })),
+            state: Arc::new(Mutex::new(Files {
+                requests,
+                feedback,
+                evaluations,
+            })),
         })
     }
 
@@ -282,6 +307,42 @@ impl State {
         Ok(())
     }
 
+    /// Appends one line per row, skipping ids already stored (`id` gives a row's).
+    fn append<R: serde::Serialize>(
+        &mut self,
+        rows: &[R],
+        id: impl Fn(&R) -> String,
+    ) -> Result<u32, LoggerError> {
+        let mut buf = Vec::new();
+        let mut ids = HashSet::new();
+        for row in rows {
+            let key = id(row);
+            if self.seen.contains(&key) || !ids.insert(key) {
+                continue;
+            }
+            serde_json::to_writer(&mut buf, row)
+                .map_err(|e| LoggerError::Task(format!("cannot serialise a row: {e}")))?;
+            buf.push(b'\n');
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.rotate_if_needed(buf.len() as u64)?;
+        let path = self.current_path();
+        let Some(file) = self.file.as_mut() else {
+            return Err(LoggerError::Task("no NDJSON file open".into()));
+        };
+        let written = file.write_all(&buf).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            let _ = file.set_len(self.len);
+            return Err(LoggerError::io("cannot write", &path, e));
+        }
+        self.len += buf.len() as u64;
+        let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        self.seen.extend(ids);
+        Ok(n)
+    }
+
     /// Appends one line per event (`row` gives its stored form), skipping ids already stored.
     fn write<R: serde::Serialize>(
         &mut self,
@@ -341,9 +402,14 @@ impl Sink for NdjsonSink {
         .await
     }
 
+    async fn write_evaluations(&self, rows: Vec<EvaluationRecord>) -> Result<u32, LoggerError> {
+        self.with_state(move |s| s.evaluations.append(&rows, EvaluationRecord::id))
+            .await
+    }
+
     async fn close(&self) -> Result<(), LoggerError> {
         self.with_state(|s| {
-            for files in [&mut s.requests, &mut s.feedback] {
+            for files in [&mut s.requests, &mut s.feedback, &mut s.evaluations] {
                 if let Some(f) = files.file.take() {
                     let path = files.current_path();
                     f.sync_all()

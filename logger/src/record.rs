@@ -233,3 +233,53 @@ pub struct FeedbackId {
     /// The feedback's own id.
     pub feedback_id: String,
 }
+
+/// One evaluation result (docs/EVALUATORS.md): NDJSON lines under `evaluations/`, rows of the
+/// ClickHouse table `<table>_evaluations`. Idempotent on (`request_id`, `evaluator`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct EvaluationRecord {
+    /// The request evaluated.
+    pub request_id: String,
+    /// The evaluator's name.
+    pub evaluator: String,
+    /// The evaluator's kind (`json_valid`, `llm_judge`, ...).
+    pub kind: String,
+    /// The score, 0 to 1 (0 when `error` is set).
+    pub score: f64,
+    /// Whether the score reached the evaluator's threshold (false when `error` is set).
+    pub passed: bool,
+    /// A short label (`refusal`, `invalid_arguments`, a webhook's own), empty when none.
+    pub label: String,
+    /// Why, in a sentence; empty when there is nothing to say.
+    pub reason: String,
+    /// Why the evaluator could not score (`timeout`, an HTTP error, ...); empty on success.
+    pub error: String,
+    /// How long the evaluation took, ms.
+    pub latency_ms: f64,
+    /// When the evaluation ended, unix nanoseconds.
+    pub time_unix_nanos: i64,
+    /// When the request reached Tollgate, unix nanoseconds (days are counted by this).
+    pub request_time_unix_nanos: i64,
+    /// The request's key id.
+    pub key_id: String,
+    /// The request's tenant.
+    pub tenant: String,
+    /// The public model the request asked for.
+    pub model: String,
+}
+
+impl EvaluationRecord {
+    /// The idempotency key: request id and evaluator.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.request_id, self.evaluator)
+    }
+}
+
+/// Just the idempotency key of a stored evaluation line.
+#[derive(Debug, Deserialize)]
+pub struct EvaluationId {
+    /// The request.
+    pub request_id: String,
+    /// The evaluator.
+    pub evaluator: String,
+}

@@ -1,5 +1,7 @@
 //! The `tollgate.logger.v1.LogIngest` gRPC service: validates a batch, writes it to the sink,
-//! and acknowledges it only once the sink says it is durable.
+//! and acknowledges it only once the sink says it is durable. With an evaluation stage, the
+//! sampled events of a durable batch are then offered to it without waiting
+//! ([`crate::evaluate`]).
 
 use std::sync::Arc;
 
@@ -16,12 +18,23 @@ use crate::sink::Sink;
 pub struct IngestService {
     sink: Arc<dyn Sink>,
     limits: Limits,
+    stage: Option<Arc<crate::evaluate::Stage>>,
 }
 
 impl IngestService {
     /// A service writing to `sink`, refusing batches outside `limits`.
     pub fn new(sink: Arc<dyn Sink>, limits: Limits) -> Self {
-        Self { sink, limits }
+        Self {
+            sink,
+            limits,
+            stage: None,
+        }
+    }
+
+    /// The same, offering durable events to an evaluation stage.
+    pub fn with_stage(mut self, stage: Arc<crate::evaluate::Stage>) -> Self {
+        self.stage = Some(stage);
+        self
     }
 }
 
@@ -59,8 +72,23 @@ impl LogIngest for IngestService {
             return Err(e.into());
         }
         let events = batch.events.len();
+        // Copied before the write (which takes the batch), offered only after it is durable.
+        let sampled: Vec<_> = match &self.stage {
+            Some(stage) => batch
+                .events
+                .iter()
+                .filter(|e| stage.wants(e))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
         match self.sink.write(batch.events).await {
             Ok(s) => {
+                if let Some(stage) = &self.stage {
+                    if !sampled.is_empty() {
+                        stage.offer(sampled);
+                    }
+                }
                 tracing::debug!(
                     events,
                     written = s.written,

@@ -4,6 +4,7 @@
 use tollgate_proto::logger::v1::LogEvent;
 
 use crate::error::LoggerError;
+use crate::record::EvaluationRecord;
 
 /// What one write did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -21,6 +22,15 @@ pub trait Sink: Send + Sync + 'static {
     /// stored event is durable. On error nothing of the batch may be assumed stored, and the
     /// caller may resend it whole.
     async fn write(&self, events: Vec<LogEvent>) -> Result<WriteSummary, LoggerError>;
+
+    /// Stores evaluation results, skipping any (`request_id`, `evaluator`) already stored;
+    /// returns once they are durable. Sinks without a place for them refuse them.
+    async fn write_evaluations(&self, rows: Vec<EvaluationRecord>) -> Result<u32, LoggerError> {
+        let _ = rows;
+        Err(LoggerError::Config(
+            "this sink does not store evaluation results".into(),
+        ))
+    }
 
     /// Flushes and closes; called once, after the last write.
     async fn close(&self) -> Result<(), LoggerError>;

@@ -95,6 +95,14 @@ impl Sink for SpooledSink {
         }
     }
 
+    async fn write_evaluations(
+        &self,
+        rows: Vec<crate::record::EvaluationRecord>,
+    ) -> Result<u32, LoggerError> {
+        // Results are not spooled: the stage retries, then counts them dropped.
+        self.inner.write_evaluations(rows).await
+    }
+
     async fn close(&self) -> Result<(), LoggerError> {
         let _ = self.stop.send(true);
         let task = self.replay.lock().ok().and_then(|mut t| t.take());

@@ -203,11 +203,11 @@ fn day_of(nanos: i64) -> i64 {
     nanos.div_euclid(NANOS_PER_DAY)
 }
 
-fn day_number(d: Date) -> i64 {
+pub(crate) fn day_number(d: Date) -> i64 {
     i64::from(d.to_julian_day()) - i64::from(time::macros::date!(1970 - 01 - 01).to_julian_day())
 }
 
-fn day_label(days: i64) -> String {
+pub(crate) fn day_label(days: i64) -> String {
     let epoch = time::macros::date!(1970 - 01 - 01).to_julian_day();
     i32::try_from(days)
         .ok()

@@ -2,6 +2,8 @@
 //! `chat.completion` object or an SSE stream of `chat.completion.chunk` events. With `tools`
 //! in the request and no tool result in the last message, the reply calls the first tool, or
 //! every tool the user's text names when it names several (streamed interleaved by `index`).
+//! A judge prompt (a system message starting `You are an evaluator.`, what Tollgate's
+//! `llm_judge` evaluators send) gets a parsable verdict instead of an echo.
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -80,7 +82,7 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     if exchange.stream_error {
         return Err(MockError::GenerationFailed);
     }
-    let content = reply.text();
+    let content = judge_verdict(messages).unwrap_or_else(|| reply.text());
     Ok(Json(Completion {
         id: &id,
         object: "chat.completion",
@@ -102,6 +104,25 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
         system_fingerprint: SYSTEM_FINGERPRINT,
     })
     .into_response())
+}
+
+/// The verdict of a judge prompt: `{"score": 4, ...}` when the system message asks for 1 to 5,
+/// `{"score": 0.75, ...}` otherwise; `None` for any other request.
+fn judge_verdict(messages: &[Value]) -> Option<String> {
+    let system = messages
+        .iter()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("system"))?
+        .get("content")?
+        .as_str()?;
+    if !system.starts_with("You are an evaluator.") {
+        return None;
+    }
+    let score = if system.contains("from 1 to 5") {
+        "4"
+    } else {
+        "0.75"
+    };
+    Some(format!(r#"{{"score": {score}, "reason": "mock judge"}}"#))
 }
 
 fn messages(request: &Request) -> Result<&Vec<Value>, MockError> {

@@ -816,6 +816,14 @@ impl Logger {
         self.relay.set_target(Some(bound));
     }
 
+    /// Kills the logger and starts a new one (number `run`) with `extra` flags besides its
+    /// sink's (e.g. `--config` for evaluators), behind the same [`Logger::addr`].
+    pub fn restart_with(&mut self, run: u32, extra: &[String]) {
+        self.kill9();
+        self.sink.extend(extra.iter().cloned());
+        self.restart(run);
+    }
+
     /// Every stored line, oldest file first. A last line without its newline is a write in
     /// progress (the logger appends while the test reads): it is left for the next read.
     pub fn lines(&self) -> Vec<serde_json::Value> {

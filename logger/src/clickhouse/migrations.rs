@@ -88,6 +88,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "failover attempt columns on the requests table",
         min_server: OLDEST_SERVER,
     },
+    Migration {
+        version: 9,
+        name: "evaluations table (ReplacingMergeTree on request_id, evaluator)",
+        min_server: OLDEST_SERVER,
+    },
 ];
 
 /// The migrations still to run on `server`, given those applied, in order; those needing a
@@ -271,6 +276,13 @@ async fn apply(
         3 => execute(client, &create_feedback_table_sql(database, table)).await,
         4 => add_missing_columns(client, database, table, &PAYLOAD_COLUMNS).await,
         5 => add_missing_columns(client, database, table, &FAILOVER_COLUMNS).await,
+        9 => {
+            execute(
+                client,
+                &super::create_evaluations_table_sql(database, table),
+            )
+            .await
+        }
         other => Err(LoggerError::Task(format!("no migration numbered {other}"))),
     }
 }
