@@ -36,6 +36,8 @@ pub use jwt::{
 pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
 mod responses;
 pub use responses::{RawResponses, Responses, ResponsesBackend};
+mod media;
+pub use media::{MediaApi, RawMediaPrice};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -550,6 +552,10 @@ pub struct RawPricing {
     /// `meta-llama/Llama-3.1-8B-Instruct`), replacing the built-in price of that id.
     #[serde(default)]
     pub models: BTreeMap<String, RawPrice>,
+    /// Media models priced in their own units (per image by size and quality, per audio
+    /// second, per character), by provider model id, replacing the built-in price of that id.
+    #[serde(default)]
+    pub media: BTreeMap<String, RawMediaPrice>,
 }
 
 /// One model's prices, in USD per million tokens written as decimal strings (`"2.50"`).
@@ -1079,6 +1085,9 @@ pub enum Endpoint {
     /// `POST /v1/responses` (OpenAI Responses): natively to OpenAI and Azure, through the
     /// chat hub to every other provider.
     Responses,
+    /// OpenAI's images, audio and moderations APIs (to OpenAI, Azure and OpenAI-compatible
+    /// providers), priced in their own units.
+    Media(MediaApi),
 }
 
 /// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
@@ -1120,6 +1129,9 @@ impl Endpoint {
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
             ("POST", "/v1/responses") => Some(Endpoint::Responses),
+            ("POST", p) if MediaApi::from_path(p).is_some() => {
+                MediaApi::from_path(p).map(Endpoint::Media)
+            }
             _ => None,
         }
     }
@@ -1136,6 +1148,7 @@ impl Endpoint {
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "messages/count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::Media(api) => api.suffix(),
         }
     }
 
@@ -1151,6 +1164,7 @@ impl Endpoint {
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::Media(api) => api.label(),
         }
     }
 
@@ -1165,6 +1179,7 @@ impl Endpoint {
             Endpoint::Feedback => 6,
             Endpoint::CountTokens => 7,
             Endpoint::Responses => 8,
+            Endpoint::Media(_) => 9,
         }
     }
 }
@@ -2402,6 +2417,7 @@ fn validate_pricing(raw: &RawPricing, errs: &mut Errors) -> PriceTable {
             },
         );
     }
+    media::validate_media_pricing(&raw.media, &mut table, errs);
     table
 }
 

@@ -196,6 +196,8 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::GenerateContent => &["systemInstruction", "contents"],
         // Judged as the Chat Completions body it becomes (`processor/responses.rs`).
         Endpoint::Responses => &["messages"],
+        // Not judged yet (their prompts are plain `prompt`/`input` members or form fields).
+        Endpoint::Media(_) => &[],
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
 }

@@ -311,6 +311,9 @@ impl Processor {
         let Some(fwd) = &self.forwarded else {
             return Bill::default();
         };
+        if let Some(bill) = self.media_bill() {
+            return bill;
+        }
         let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
         let started = ok && self.first_byte_at.is_some();
         let usage_bill = |u: Usage| Bill {

@@ -14,6 +14,7 @@ mod cors;
 mod count;
 mod finish;
 mod local;
+mod media;
 mod offload;
 mod reserve;
 mod respect;
@@ -240,6 +241,8 @@ pub struct Processor {
     response_store: crate::responses::store::Backend,
     /// Set when this stream is the upstream ext_proc of one failover attempt.
     upstream: Option<upstream::Attempt>,
+    /// An images, audio or moderations request's state (`None` for every other endpoint).
+    media: Option<Box<media::MediaCall>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -299,6 +302,7 @@ impl Processor {
             responses: None,
             response_store: Default::default(),
             upstream: None,
+            media: None,
         }
     }
 
