@@ -49,6 +49,7 @@ mod embeddings;
 mod error;
 mod gemini;
 mod log;
+mod media;
 mod messages;
 mod models;
 mod params;
