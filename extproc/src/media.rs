@@ -202,16 +202,16 @@ pub fn response_usage(api: MediaApi, req: &MediaRequest, body: &[u8]) -> (MediaU
                 .map_or(0, |a| u32::try_from(a.len()).unwrap_or(u32::MAX));
         }
         MediaApi::Transcriptions | MediaApi::Translations => {
-            // verbose_json's `duration`, whisper-1's `usage: {type: duration, seconds}`, else
-            // the upload's own header (text, srt and vtt answers say nothing).
+            // The seconds the provider bills (whisper-1's `usage: {type: duration, seconds}`),
+            // else verbose_json's `duration`, else the upload's own header (text, srt and vtt
+            // answers say nothing).
             let usage = doc.and_then(|d| d.get("usage"));
-            let seconds = doc
-                .and_then(|d| d.get("duration"))
+            let seconds = usage
+                .filter(|u| u.get("type").and_then(Value::as_str) == Some("duration"))
+                .and_then(|u| u.get("seconds"))
                 .and_then(Value::as_f64)
                 .or_else(|| {
-                    usage
-                        .filter(|u| u.get("type").and_then(Value::as_str) == Some("duration"))
-                        .and_then(|u| u.get("seconds"))
+                    doc.and_then(|d| d.get("duration"))
                         .and_then(Value::as_f64)
                 });
             units.audio_ms = match seconds {

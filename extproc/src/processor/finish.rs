@@ -112,6 +112,7 @@ impl Processor {
             return;
         };
         let mut event = log::event(&facts);
+        self.media_event(&mut event);
         if let Some(fwd) = &self.forwarded {
             if let Some(f) = &fwd.failover {
                 self.failover_attempts(fwd, f, outcomes, &mut event);

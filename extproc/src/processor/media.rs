@@ -309,9 +309,9 @@ impl Processor {
         })
     }
 
-    /// The media units a request's log event records.
-    pub(super) fn media_units(&self) -> Option<(MediaApi, MediaUsage, u64)> {
-        let call = self.media.as_ref()?;
+    /// Writes the units a media request was billed in into its log event.
+    pub(super) fn media_event(&self, event: &mut tollgate_proto::logger::v1::LogEvent) {
+        let Some(call) = &self.media else { return };
         let units = match call.api {
             MediaApi::Speech => MediaUsage {
                 characters: call.request.characters,
@@ -319,7 +319,16 @@ impl Processor {
             },
             _ => call.units.clone().unwrap_or_default(),
         };
-        Some((call.api, units, call.streamed_bytes))
+        event.media_images = units.images;
+        if units.images > 0 {
+            event.media_image_size = units.size;
+            event.media_image_quality = units.quality;
+        }
+        event.media_audio_ms = units.audio_ms;
+        event.media_characters = units.characters;
+        if call.streams() {
+            tracing::debug!(request_id = %event.request_id, bytes = call.streamed_bytes, "Streamed media response passed through");
+        }
     }
 }
 
