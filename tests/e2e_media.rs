@@ -191,7 +191,7 @@ async fn openai_sdk_media_onto_openai() {
             .iter()
             .filter(|l| l["endpoint"] == endpoint)
             .map(|l| {
-                assert_eq!(l["status"], 200, "{l}");
+                assert_eq!(l["http_status"], 200, "{l}");
                 l["cost_picodollars"].as_u64().unwrap_or(u64::MAX)
             })
             .collect()
@@ -212,9 +212,23 @@ async fn openai_sdk_media_onto_openai() {
     // 36 characters at $15 per million.
     assert_eq!(cost("audio_speech"), vec![36 * 15_000_000]);
     assert_eq!(cost("moderations"), vec![0]);
+    // The units themselves, in the event's own columns.
     let speech = events.iter().find(|l| l["endpoint"] == "audio_speech").unwrap();
     assert_eq!(speech["upstream_model"], "tts-1", "{speech}");
     assert_eq!(speech["requested_model"], "tts", "{speech}");
+    assert_eq!(speech["media_characters"], 36, "{speech}");
+    let image = events.iter().find(|l| l["endpoint"] == "image_generations").unwrap();
+    assert_eq!(
+        (&image["media_images"], &image["media_image_size"], &image["media_image_quality"]),
+        (&json!(2), &json!("1024x1024"), &json!("hd")),
+        "{image}"
+    );
+    let audio_ms: Vec<&Value> = events
+        .iter()
+        .filter(|l| l["endpoint"] == "audio_transcriptions")
+        .map(|l| &l["media_audio_ms"])
+        .collect();
+    assert_eq!(audio_ms, [&json!(2000), &json!(2000), &json!(1500)]);
 }
 
 #[tokio::test]
@@ -227,11 +241,11 @@ async fn openai_sdk_media_onto_azure() {
         "azure-tts",
         "azure-moderation",
     );
+    let seen = stack.posted().await;
     assert_eq!(
         audio,
         mock_speech(&stack, "Hello from the Tollgate media check.").await
     );
-    let seen = stack.posted().await;
     assert!(seen.len() >= 9, "{seen:?}");
     for r in &seen {
         let path = r["path"].as_str().unwrap();
