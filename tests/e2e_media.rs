@@ -118,7 +118,13 @@ fn form(boundary: &str, fields: &[(&str, &str)], file: Option<(&str, &[u8])>) ->
     out
 }
 
-async fn post_form(stack: &Stack, path: &str, key: &str, content_type: &str, body: Vec<u8>) -> Reply {
+async fn post_form(
+    stack: &Stack,
+    path: &str,
+    key: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> Reply {
     let resp = stack
         .http
         .post(format!("{}{path}", stack.base))
@@ -213,13 +219,23 @@ async fn openai_sdk_media_onto_openai() {
     assert_eq!(cost("audio_speech"), vec![36 * 15_000_000]);
     assert_eq!(cost("moderations"), vec![0]);
     // The units themselves, in the event's own columns.
-    let speech = events.iter().find(|l| l["endpoint"] == "audio_speech").unwrap();
+    let speech = events
+        .iter()
+        .find(|l| l["endpoint"] == "audio_speech")
+        .unwrap();
     assert_eq!(speech["upstream_model"], "tts-1", "{speech}");
     assert_eq!(speech["requested_model"], "tts", "{speech}");
     assert_eq!(speech["media_characters"], 36, "{speech}");
-    let image = events.iter().find(|l| l["endpoint"] == "image_generations").unwrap();
+    let image = events
+        .iter()
+        .find(|l| l["endpoint"] == "image_generations")
+        .unwrap();
     assert_eq!(
-        (&image["media_images"], &image["media_image_size"], &image["media_image_quality"]),
+        (
+            &image["media_images"],
+            &image["media_image_size"],
+            &image["media_image_quality"]
+        ),
         (&json!(2), &json!("1024x1024"), &json!("hd")),
         "{image}"
     );
@@ -338,7 +354,14 @@ async fn bad_media_requests_are_refused_in_openai_shape() {
         ),
     ];
     for (what, content_type, body, status, code) in cases {
-        let r = post_form(&stack, "/v1/audio/transcriptions", KEY_ALL, &content_type, body).await;
+        let r = post_form(
+            &stack,
+            "/v1/audio/transcriptions",
+            KEY_ALL,
+            &content_type,
+            body,
+        )
+        .await;
         let e = r.assert_openai_error(status, Some(code));
         eprintln!("{what}: {e}");
     }
@@ -377,7 +400,14 @@ async fn bad_media_requests_are_refused_in_openai_shape() {
         .await;
     r.assert_openai_error(400, Some("invalid_value"));
     // The allow-list: the limited key may not use the media models.
-    let r = post_form(&stack, "/v1/audio/transcriptions", KEY_LIMITED, &ct, whole.clone()).await;
+    let r = post_form(
+        &stack,
+        "/v1/audio/transcriptions",
+        KEY_LIMITED,
+        &ct,
+        whole.clone(),
+    )
+    .await;
     r.assert_openai_error(403, Some("model_not_allowed"));
     // An upload over limits.max_request_body_bytes (64 KiB here): Envoy's 413, OpenAI's shape.
     let big = form(b, &[("model", "whisper")], Some(("file", &wav(5000))));

@@ -41,11 +41,16 @@ fn field_error(param: &'static str, message: &str) -> ApiError {
 }
 
 /// Reads a JSON media request (images generations, speech, moderations).
-pub fn read_json(api: MediaApi, body: &[u8]) -> Result<(MediaRequest, Map<String, Value>), ApiError> {
+pub fn read_json(
+    api: MediaApi,
+    body: &[u8],
+) -> Result<(MediaRequest, Map<String, Value>), ApiError> {
     let doc: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let Value::Object(obj) = doc else {
-        return Err(ApiError::InvalidJson("the body is not a JSON object".into()));
+        return Err(ApiError::InvalidJson(
+            "the body is not a JSON object".into(),
+        ));
     };
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
@@ -53,7 +58,12 @@ pub fn read_json(api: MediaApi, body: &[u8]) -> Result<(MediaRequest, Map<String
         None if api == MediaApi::Moderations => "omni-moderation-latest".to_owned(),
         _ => return Err(field_error("model", "you must provide a model parameter")),
     };
-    let text = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let text = |k: &str| {
+        obj.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     let mut req = MediaRequest {
         model,
         size: text("size"),
@@ -63,7 +73,10 @@ pub fn read_json(api: MediaApi, body: &[u8]) -> Result<(MediaRequest, Map<String
     match api {
         MediaApi::ImageGenerations => {
             if !obj.get("prompt").is_some_and(Value::is_string) {
-                return Err(field_error("prompt", "Missing required parameter: 'prompt'."));
+                return Err(field_error(
+                    "prompt",
+                    "Missing required parameter: 'prompt'.",
+                ));
             }
             req.images = image_count(obj.get("n"))?;
         }
@@ -185,7 +198,11 @@ pub fn wav_duration_ms(bytes: &[u8]) -> Option<u64> {
 
 /// What a successful response says it used: the media units (images returned, audio seconds)
 /// and the tokens of a token-billed model (`gpt-image-1`, `gpt-4o-transcribe`).
-pub fn response_usage(api: MediaApi, req: &MediaRequest, body: &[u8]) -> (MediaUsage, Option<Usage>) {
+pub fn response_usage(
+    api: MediaApi,
+    req: &MediaRequest,
+    body: &[u8],
+) -> (MediaUsage, Option<Usage>) {
     let mut units = MediaUsage {
         size: req.size.clone(),
         quality: req.quality.clone(),
@@ -210,10 +227,7 @@ pub fn response_usage(api: MediaApi, req: &MediaRequest, body: &[u8]) -> (MediaU
                 .filter(|u| u.get("type").and_then(Value::as_str) == Some("duration"))
                 .and_then(|u| u.get("seconds"))
                 .and_then(Value::as_f64)
-                .or_else(|| {
-                    doc.and_then(|d| d.get("duration"))
-                        .and_then(Value::as_f64)
-                });
+                .or_else(|| doc.and_then(|d| d.get("duration")).and_then(Value::as_f64));
             units.audio_ms = match seconds {
                 Some(s) if s.is_finite() && s >= 0.0 => (s * 1000.0).round() as u64,
                 _ => req.audio_ms.unwrap_or(0),
@@ -283,15 +297,25 @@ mod tests {
             br#"{"model":"dall-e-3","prompt":"a cat","n":2,"size":"1024x1792","quality":"hd"}"#,
         )
         .unwrap();
-        assert_eq!((r.images, r.size.as_str(), r.quality.as_str()), (2, "1024x1792", "hd"));
-        let (r, _) = read_json(MediaApi::Speech, r#"{"model":"tts-1","input":"héllo","voice":"alloy"}"#.as_bytes()).unwrap();
+        assert_eq!(
+            (r.images, r.size.as_str(), r.quality.as_str()),
+            (2, "1024x1792", "hd")
+        );
+        let (r, _) = read_json(
+            MediaApi::Speech,
+            r#"{"model":"tts-1","input":"héllo","voice":"alloy"}"#.as_bytes(),
+        )
+        .unwrap();
         assert_eq!(r.characters, 5);
         let (r, _) = read_json(MediaApi::Moderations, br#"{"input":"x"}"#).unwrap();
         assert_eq!(r.model, "omni-moderation-latest");
         let e = read_json(MediaApi::Speech, br#"{"input":"x"}"#).unwrap_err();
         assert_eq!(e.status(), 400);
-        let e = read_json(MediaApi::ImageGenerations, br#"{"model":"m","prompt":"p","n":0}"#)
-            .unwrap_err();
+        let e = read_json(
+            MediaApi::ImageGenerations,
+            br#"{"model":"m","prompt":"p","n":0}"#,
+        )
+        .unwrap_err();
         assert!(matches!(e, ApiError::InvalidField { param: "n", .. }));
     }
 
@@ -301,7 +325,11 @@ mod tests {
             audio_ms: Some(2000),
             ..Default::default()
         };
-        let (u, t) = response_usage(MediaApi::Transcriptions, &req, br#"{"text":"x","duration":3.25}"#);
+        let (u, t) = response_usage(
+            MediaApi::Transcriptions,
+            &req,
+            br#"{"text":"x","duration":3.25}"#,
+        );
         assert_eq!((u.audio_ms, t), (3250, None));
         let (u, _) = response_usage(
             MediaApi::Transcriptions,

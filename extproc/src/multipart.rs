@@ -146,9 +146,7 @@ fn part(headers: &[u8], data: Range<usize>) -> Result<Part, MultipartError> {
     let mut filename = None;
     let mut content_type = None;
     for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or(MultipartError::BadPartHeaders)?;
+        let (k, v) = line.split_once(':').ok_or(MultipartError::BadPartHeaders)?;
         let k = k.trim();
         if k.eq_ignore_ascii_case("content-disposition") {
             let (kind, params) = v.split_once(';').unwrap_or((v, ""));

@@ -35,11 +35,11 @@ pub(crate) enum Op {
 
 /// A 1×1 transparent PNG.
 const PNG: &[u8] = &[
-    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
-    0x52, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f,
-    0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00,
-    0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49,
-    0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52,
+    0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4,
+    0x89, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0x00, 0x01, 0x00, 0x00,
+    0x05, 0x00, 0x01, 0x0d, 0x0a, 0x2d, 0xb4, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae,
+    0x42, 0x60, 0x82,
 ];
 
 /// Bytes per chunk of a speech answer.
@@ -117,7 +117,10 @@ fn form(headers: &HeaderMap, body: &Bytes) -> Result<Vec<Field>, MockError> {
         let mut name = None;
         let mut filename = None;
         for line in head.split("\r\n") {
-            if !line.to_ascii_lowercase().starts_with("content-disposition:") {
+            if !line
+                .to_ascii_lowercase()
+                .starts_with("content-disposition:")
+            {
                 continue;
             }
             for p in line.split(';').skip(1) {
@@ -197,9 +200,12 @@ pub(crate) fn respond(
             let Value::Object(request) = request else {
                 return Err(MockError::BodyNotObject);
             };
-            let model = deployment
-                .map(str::to_owned)
-                .or_else(|| request.get("model").and_then(Value::as_str).map(str::to_owned));
+            let model = deployment.map(str::to_owned).or_else(|| {
+                request
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            });
             if let Some(m) = &model {
                 fault(m)?;
             }
@@ -273,8 +279,9 @@ pub(crate) fn respond(
                 .ok_or(MockError::MissingParameter("file"))?;
             let seconds = wav_seconds(&file.data).ok_or_else(|| MockError::InvalidParameter {
                 param: "file",
-                message: "Invalid file format. Supported formats: ['wav'] (the mock reads WAV only)"
-                    .to_owned(),
+                message:
+                    "Invalid file format. Supported formats: ['wav'] (the mock reads WAV only)"
+                        .to_owned(),
             })?;
             let format = text("response_format").unwrap_or_else(|| "json".to_owned());
             Ok(transcription(
@@ -306,7 +313,10 @@ fn images(model: &str, prompt: &str, n: u64, format: &str, number: u64, created:
                 );
             }
             if model == "dall-e-3" {
-                item.insert("revised_prompt".into(), format!("A mock of: {prompt}").into());
+                item.insert(
+                    "revised_prompt".into(),
+                    format!("A mock of: {prompt}").into(),
+                );
             }
             Value::Object(item)
         })
@@ -374,17 +384,22 @@ fn transcription(
     } else {
         "Hello from the mock transcription."
     };
-    let plain = |body: String, ct: &'static str| {
-        ([(header::CONTENT_TYPE, ct)], body).into_response()
-    };
+    let plain =
+        |body: String, ct: &'static str| ([(header::CONTENT_TYPE, ct)], body).into_response();
     match format {
         "text" => plain(format!("{text}\n"), "text/plain; charset=utf-8"),
         "srt" => plain(
-            format!("1\n00:00:00,000 --> 00:00:{:02},000\n{text}\n\n", seconds.ceil() as u64),
+            format!(
+                "1\n00:00:00,000 --> 00:00:{:02},000\n{text}\n\n",
+                seconds.ceil() as u64
+            ),
             "text/plain; charset=utf-8",
         ),
         "vtt" => plain(
-            format!("WEBVTT\n\n00:00:00.000 --> 00:00:{:02}.000\n{text}\n\n", seconds.ceil() as u64),
+            format!(
+                "WEBVTT\n\n00:00:00.000 --> 00:00:{:02}.000\n{text}\n\n",
+                seconds.ceil() as u64
+            ),
             "text/plain; charset=utf-8",
         ),
         "verbose_json" => Json(json!({
@@ -438,7 +453,11 @@ fn moderations(model: &str, input: &Value, number: u64) -> Response {
             .iter()
             .map(|i| match i {
                 Value::String(s) => s.clone(),
-                other => other.get("text").and_then(Value::as_str).unwrap_or("").to_owned(),
+                other => other
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
             })
             .collect(),
         Value::String(s) => vec![s.clone()],

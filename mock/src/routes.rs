@@ -19,8 +19,8 @@ use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
 use crate::{
-    bedrock, chat, completions, embeddings, gemini, media, messages, models, platform, responses, text,
-    vertex, MockConfig,
+    bedrock, chat, completions, embeddings, gemini, media, messages, models, platform, responses,
+    text, vertex, MockConfig,
 };
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.

@@ -126,10 +126,7 @@ mod tests {
             ..Default::default()
         };
         // $0.08 an HD square image, two of them.
-        assert_eq!(
-            d3.cost(&usage(2, "1024x1024", "hd")),
-            Some(160_000_000_000)
-        );
+        assert_eq!(d3.cost(&usage(2, "1024x1024", "hd")), Some(160_000_000_000));
         // No quality named: the size's price.
         assert_eq!(d3.cost(&usage(1, "1024x1792", "")), Some(80_000_000_000));
         // No size named: OpenAI's default square.

@@ -21,9 +21,9 @@ use super::route::allowed_model;
 use super::upstream_auth::{self, Signed};
 use super::{owner, Forwarded, Processor};
 use crate::media::{self, MediaRequest};
+use crate::multipart;
 use crate::mutation::{self, set};
 use crate::shape;
-use crate::multipart;
 use crate::translator::Pair;
 
 /// A refusal, with the model it was about when one was named.
@@ -112,7 +112,9 @@ impl Processor {
         // replaced in one copy of the body; nothing copied when the ids are the same.
         let upstream_model = target.upstream_model.as_str();
         let body = match (json, &request.model_range) {
-            (Some(mut obj), _) if obj.get("model").and_then(|v| v.as_str()) != Some(upstream_model) => {
+            (Some(mut obj), _)
+                if obj.get("model").and_then(|v| v.as_str()) != Some(upstream_model) =>
+            {
                 obj.insert("model".into(), upstream_model.into());
                 Some(serde_json::to_vec(&obj).map_err(|_| refusal(ApiError::Internal))?)
             }
@@ -299,7 +301,12 @@ impl Processor {
             .as_ref()
             .zip(self.config.prices.media(&fwd.upstream_model))
             .and_then(|(u, p)| p.cost(u));
-        let by_tokens = |u: &Usage| self.config.prices.get(&fwd.upstream_model).map(|p| p.cost(u));
+        let by_tokens = |u: &Usage| {
+            self.config
+                .prices
+                .get(&fwd.upstream_model)
+                .map(|p| p.cost(u))
+        };
         let cost = by_units
             .or_else(|| fwd.usage.as_ref().and_then(by_tokens))
             .or((call.api == MediaApi::Moderations).then_some(0));
