@@ -140,10 +140,11 @@ pub fn read_form(api: MediaApi, body: &[u8], content_type: &str) -> Result<Media
             "size" => req.size = value(p),
             "quality" => req.quality = value(p),
             "response_format" => req.response_format = value(p),
-            name if name == file_field || name == format!("{file_field}[]") => {
-                if file.is_none() {
-                    file = Some(p.data.clone());
-                }
+            // The first file (`image` or `image[]`: several images may come).
+            name if file.is_none()
+                && (name == file_field || name.strip_suffix("[]") == Some(file_field)) =>
+            {
+                file = Some(p.data.clone());
             }
             _ => {}
         }
