@@ -38,6 +38,8 @@ mod responses;
 pub use responses::{RawResponses, Responses, ResponsesBackend};
 pub mod evaluators;
 pub use evaluators::{Evaluators, RawEvaluators};
+mod media;
+pub use media::{MediaApi, RawMediaPrice};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -556,6 +558,10 @@ pub struct RawPricing {
     /// `meta-llama/Llama-3.1-8B-Instruct`), replacing the built-in price of that id.
     #[serde(default)]
     pub models: BTreeMap<String, RawPrice>,
+    /// Media models priced in their own units (per image by size and quality, per audio
+    /// second, per character), by provider model id, replacing the built-in price of that id.
+    #[serde(default)]
+    pub media: BTreeMap<String, RawMediaPrice>,
 }
 
 /// One model's prices, in USD per million tokens written as decimal strings (`"2.50"`).
@@ -1089,6 +1095,9 @@ pub enum Endpoint {
     /// and the method come from the path, see [`gemini_method`]): natively to Gemini, through
     /// translation to OpenAI-family embedding models.
     EmbedContent,
+    /// OpenAI's images, audio and moderations APIs (to OpenAI, Azure and OpenAI-compatible
+    /// providers), priced in their own units.
+    Media(MediaApi),
 }
 
 /// A Gemini method other than `generateContent` that Tollgate routes.
@@ -1159,6 +1168,9 @@ impl Endpoint {
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
             ("POST", "/v1/responses") => Some(Endpoint::Responses),
+            ("POST", p) if MediaApi::from_path(p).is_some() => {
+                MediaApi::from_path(p).map(Endpoint::Media)
+            }
             ("POST", p) => match gemini_method(p) {
                 Some((_, GeminiMethod::CountTokens)) => Some(Endpoint::CountTokens),
                 Some(_) => Some(Endpoint::EmbedContent),
@@ -1181,6 +1193,7 @@ impl Endpoint {
             Endpoint::CountTokens => "messages/count_tokens",
             Endpoint::Responses => "responses",
             Endpoint::EmbedContent => "embedContent",
+            Endpoint::Media(api) => api.suffix(),
         }
     }
 
@@ -1197,6 +1210,7 @@ impl Endpoint {
             Endpoint::CountTokens => "count_tokens",
             Endpoint::Responses => "responses",
             Endpoint::EmbedContent => "embed_content",
+            Endpoint::Media(api) => api.label(),
         }
     }
 
@@ -1212,6 +1226,7 @@ impl Endpoint {
             Endpoint::CountTokens => 7,
             Endpoint::Responses => 8,
             Endpoint::EmbedContent => 9,
+            Endpoint::Media(_) => 11,
         }
     }
 }
@@ -2457,6 +2472,7 @@ fn validate_pricing(raw: &RawPricing, errs: &mut Errors) -> PriceTable {
             },
         );
     }
+    media::validate_media_pricing(&raw.media, &mut table, errs);
     table
 }
 

@@ -154,6 +154,21 @@ pub enum ApiError {
     /// The gateway is misconfigured or failed internally.
     #[error("The gateway could not process the request.")]
     Internal,
+    /// A `multipart/form-data` body that cannot be read (no boundary, truncated, a part
+    /// without its name).
+    #[error("We could not parse the multipart form of your request: {0}")]
+    InvalidMultipart(String),
+    /// An endpoint the provider of the requested model does not serve (images, audio and
+    /// moderations on an Anthropic, Gemini or Bedrock model).
+    #[error("The endpoint `{endpoint}` is not available for the model `{model}`: its provider (kind `{kind}`) does not serve it.")]
+    EndpointNotAvailable {
+        /// The client path.
+        endpoint: &'static str,
+        /// The requested model.
+        model: String,
+        /// The provider's kind.
+        kind: &'static str,
+    },
 }
 
 /// How an error is classed on the wire.
@@ -293,6 +308,18 @@ impl ApiError {
                 "invalid_feedback_token",
             ),
             ApiError::Internal => (500, "server_error", None, "internal_error"),
+            ApiError::InvalidMultipart(_) => (
+                400,
+                "invalid_request_error",
+                Some("invalid_multipart"),
+                "invalid_multipart",
+            ),
+            ApiError::EndpointNotAvailable { .. } => (
+                400,
+                "invalid_request_error",
+                Some("unsupported_endpoint"),
+                "unsupported_endpoint",
+            ),
         };
         ErrorClass {
             status,
@@ -310,7 +337,9 @@ impl ApiError {
     fn param(&self) -> Option<&'static str> {
         match self {
             ApiError::InvalidField { param, .. } => Some(param),
-            ApiError::UnknownModel(_) | ApiError::ModelNotAllowed(_) => Some("model"),
+            ApiError::UnknownModel(_)
+            | ApiError::ModelNotAllowed(_)
+            | ApiError::EndpointNotAvailable { .. } => Some("model"),
             ApiError::MissingKey
             | ApiError::InvalidKey
             | ApiError::ExpiredKey
@@ -330,6 +359,7 @@ impl ApiError {
             | ApiError::GuardrailPolicyUnavailable(_)
             | ApiError::TargetsBusy(_)
             | ApiError::InvalidFeedbackToken(_)
+            | ApiError::InvalidMultipart(_)
             | ApiError::Internal => None,
         }
     }
@@ -375,6 +405,18 @@ impl ApiError {
             ApiError::InvalidFeedbackToken(m) if long(m) => {
                 Cow::Owned(ApiError::InvalidFeedbackToken(cut(m)))
             }
+            ApiError::InvalidMultipart(m) if long(m) => {
+                Cow::Owned(ApiError::InvalidMultipart(cut(m)))
+            }
+            ApiError::EndpointNotAvailable {
+                endpoint,
+                model,
+                kind,
+            } if long(model) => Cow::Owned(ApiError::EndpointNotAvailable {
+                endpoint,
+                model: cut(model),
+                kind,
+            }),
             ApiError::MissingKey
             | ApiError::InvalidKey
             | ApiError::ExpiredKey
@@ -397,6 +439,8 @@ impl ApiError {
             | ApiError::GuardrailPolicyUnavailable(_)
             | ApiError::TargetsBusy(_)
             | ApiError::InvalidFeedbackToken(_)
+            | ApiError::InvalidMultipart(_)
+            | ApiError::EndpointNotAvailable { .. }
             | ApiError::Internal => Cow::Borrowed(self),
         }
     }

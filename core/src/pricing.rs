@@ -10,6 +10,8 @@ use std::fmt;
 
 use crate::usage::Usage;
 
+pub mod media;
+
 /// Picodollars (10⁻¹² USD): the unit of every cost.
 pub type Picodollars = u128;
 
@@ -219,6 +221,8 @@ fn p(s: &str) -> PerToken {
 #[derive(Debug, Clone)]
 pub struct PriceTable {
     prices: HashMap<String, Price>,
+    /// Media models priced in their own units (images, audio seconds, characters).
+    media: HashMap<String, media::MediaPrice>,
 }
 
 impl Default for PriceTable {
@@ -257,7 +261,25 @@ impl PriceTable {
                 });
             }
         }
-        Self { prices }
+        Self {
+            prices,
+            media: media::catalog(),
+        }
+    }
+
+    /// Sets (or replaces) the media price of `model`.
+    pub fn set_media(&mut self, model: &str, price: media::MediaPrice) {
+        self.media.insert(model.to_owned(), price);
+    }
+
+    /// The media price (images, audio seconds, characters) of a model id, exact or without a
+    /// routing prefix (`openai/dall-e-3`).
+    pub fn media(&self, model: &str) -> Option<&media::MediaPrice> {
+        let model = model.trim();
+        self.media.get(model).or_else(|| {
+            let (_, rest) = model.rsplit_once('/')?;
+            self.media.get(rest)
+        })
     }
 
     /// Sets (or replaces) the price of `model`.

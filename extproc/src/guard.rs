@@ -198,6 +198,8 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::Responses => &["messages"],
         // Judged as the OpenAI embeddings body it is read into (`processor/gemini_methods.rs`).
         Endpoint::EmbedContent => &["input"],
+        // Not judged yet (their prompts are plain `prompt`/`input` members or form fields).
+        Endpoint::Media(_) => &[],
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
 }

@@ -14,6 +14,8 @@ pub mod feedback;
 pub mod google;
 pub mod guard;
 pub mod log;
+pub mod media;
+pub mod multipart;
 pub mod mutation;
 pub mod processor;
 pub mod responses;

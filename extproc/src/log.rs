@@ -133,6 +133,11 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         answered_attempt: 0,
         attempt_latencies_ms: Vec::new(),
         attempt_errors: Vec::new(),
+        media_images: 0,
+        media_image_size: String::new(),
+        media_image_quality: String::new(),
+        media_audio_ms: 0,
+        media_characters: 0,
     }
 }
 

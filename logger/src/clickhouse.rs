@@ -177,6 +177,15 @@ pub const FAILOVER_COLUMNS: [(&str, &str); 5] = [
     ("attempt_errors", "Array(String)"),
 ];
 
+/// The media units columns (migration 7).
+pub const MEDIA_COLUMNS: [(&str, &str); 5] = [
+    ("media_images", "UInt32"),
+    ("media_image_size", "String"),
+    ("media_image_quality", "String"),
+    ("media_audio_ms", "UInt64"),
+    ("media_characters", "UInt64"),
+];
+
 /// Adds each of `columns` that `database.table` lacks, in order. ClickHouse 18.16 has no
 /// `ADD COLUMN IF NOT EXISTS`: `system.columns` says which exist.
 pub(crate) async fn add_missing_columns(

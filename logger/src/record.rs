@@ -110,6 +110,21 @@ pub struct Record {
     /// empty when headers came), parallel to `attempt_statuses` (migration 5).
     #[serde(default)]
     pub attempt_errors: Vec<String>,
+    /// Images an images request returned (migration 7).
+    #[serde(default)]
+    pub media_images: u32,
+    /// The images' requested size (empty: the provider's default; migration 7).
+    #[serde(default)]
+    pub media_image_size: String,
+    /// The images' requested quality (empty: the provider's default; migration 7).
+    #[serde(default)]
+    pub media_image_quality: String,
+    /// Milliseconds of input audio a transcription or translation was billed for (migration 7).
+    #[serde(default)]
+    pub media_audio_ms: u64,
+    /// Characters of a speech request's input (migration 7).
+    #[serde(default)]
+    pub media_characters: u64,
 }
 
 fn off() -> String {
@@ -177,6 +192,11 @@ impl From<&LogEvent> for Record {
             answered_attempt: e.answered_attempt,
             attempt_latencies_ms: e.attempt_latencies_ms.clone(),
             attempt_errors: e.attempt_errors.clone(),
+            media_images: e.media_images,
+            media_image_size: e.media_image_size.clone(),
+            media_image_quality: e.media_image_quality.clone(),
+            media_audio_ms: e.media_audio_ms,
+            media_characters: e.media_characters,
         }
     }
 }

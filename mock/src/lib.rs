@@ -50,6 +50,7 @@ mod error;
 mod gemini;
 mod gemini_embed;
 mod log;
+mod media;
 mod messages;
 mod models;
 mod params;

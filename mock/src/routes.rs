@@ -19,8 +19,8 @@ use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
 use crate::{
-    bedrock, chat, completions, embeddings, gemini, gemini_embed, messages, models, platform,
-    responses, text, vertex, MockConfig,
+    bedrock, chat, completions, embeddings, gemini, gemini_embed, media, messages, models,
+    platform, responses, text, vertex, MockConfig,
 };
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
@@ -203,6 +203,24 @@ async fn answer(
             (model, stream),
             chunk_delay,
         );
+    }
+    if let (true, Some(op)) = (*method == Method::POST, media::operation(uri.path())) {
+        let deployment = uri
+            .path()
+            .split_once("/openai/deployments/")
+            .and_then(|(_, rest)| rest.split('/').next());
+        if let Some(key) = &state.config.api_key {
+            if !authorized(headers, key, deployment.is_some()) {
+                return Err(MockError::InvalidApiKey);
+            }
+        }
+        if deployment.is_some() && !has_api_version(uri.query()) {
+            return Err(MockError::MissingApiVersion);
+        }
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        return media::respond(op, deployment, headers, body, number, created, chunk_delay);
     }
     let route = Route::parse(method, uri.path())?;
     // Bedrock: the model is in the path, and every request must carry a valid SigV4 signature.

@@ -63,7 +63,10 @@ impl Processor {
         let path = text(":path").map_or(ctx.path.clone(), |p| p.into_owned());
         let method = text(":method").map_or(ctx.method.clone(), |m| m.into_owned());
         self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
-        if ctx.capture != CaptureMode::Off {
+        // Kept for capture, and for a multipart form's boundary.
+        let multipart = tollgate_core::config::MediaApi::from_path(strip_query(&path))
+            .is_some_and(|a| a.multipart());
+        if ctx.capture != CaptureMode::Off || multipart {
             self.request_content_type = text("content-type")
                 .map(|v| v.into_owned())
                 .unwrap_or_default();

@@ -112,6 +112,7 @@ impl Processor {
             return;
         };
         let mut event = log::event(&facts);
+        self.media_event(&mut event);
         if let Some(fwd) = &self.forwarded {
             if let Some(f) = &fwd.failover {
                 self.failover_attempts(fwd, f, outcomes, &mut event);
@@ -311,6 +312,9 @@ impl Processor {
         let Some(fwd) = &self.forwarded else {
             return Bill::default();
         };
+        if let Some(bill) = self.media_bill() {
+            return bill;
+        }
         let ok = fwd.status.is_some_and(|s| (200..300).contains(&s));
         let started = ok && self.first_byte_at.is_some();
         let usage_bill = |u: Usage| Bill {

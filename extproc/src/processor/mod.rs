@@ -15,6 +15,7 @@ mod count;
 mod finish;
 mod gemini_methods;
 mod local;
+mod media;
 mod offload;
 mod reserve;
 mod respect;
@@ -243,6 +244,8 @@ pub struct Processor {
     upstream: Option<upstream::Attempt>,
     /// A forwarded Gemini `:countTokens` or `:embedContent` request's state.
     gemini: Option<gemini_methods::GeminiCall>,
+    /// An images, audio or moderations request's state (`None` for every other endpoint).
+    media: Option<Box<media::MediaCall>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -303,6 +306,7 @@ impl Processor {
             response_store: Default::default(),
             upstream: None,
             gemini: None,
+            media: None,
         }
     }
 

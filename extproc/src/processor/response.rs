@@ -83,6 +83,9 @@ impl Processor {
         }
         let (mode, mut remove) = if ok && fwd.stream {
             (BodySendMode::Streamed, vec!["content-length".to_owned()])
+        } else if ok && self.media.as_ref().is_some_and(|m| m.streams()) {
+            // Speech audio goes through chunk by chunk, unchanged, never held whole.
+            (BodySendMode::Streamed, Vec::new())
         } else {
             (BodySendMode::Buffered, Vec::new())
         };
@@ -114,6 +117,9 @@ impl Processor {
     }
 
     pub(super) async fn on_response_body(&mut self, b: HttpBody) -> ProcessingResponse {
+        if self.media.is_some() {
+            return self.media_response_body(&b);
+        }
         let Some(fwd) = &mut self.forwarded else {
             return mutation::response_body(Default::default());
         };

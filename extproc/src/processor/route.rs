@@ -78,6 +78,10 @@ impl Processor {
         let endpoint = self
             .endpoint(&ctx.method, &ctx.path)
             .map_err(|e| (e, None))?;
+        // Images, audio and moderations: their own path (a multipart body is no JSON).
+        if let Endpoint::Media(api) = endpoint {
+            return self.route_media(api, b).await;
+        }
         // One linear pass bounds the body's shape before anything parses it.
         shape::check(&b.body, &self.config.body_limits).map_err(|e| (e.api_error(), None))?;
         // A Responses request goes on as the Chat Completions body it means.
@@ -106,7 +110,7 @@ impl Processor {
             | Endpoint::Embeddings
             | Endpoint::Messages
             | Endpoint::GenerateContent => {}
-            Endpoint::Responses => return Err((ApiError::Internal, None)),
+            Endpoint::Responses | Endpoint::Media(_) => return Err((ApiError::Internal, None)),
         }
         let path = strip_query(&ctx.path).to_owned();
         // The one parse of the body: every step below reads its members.

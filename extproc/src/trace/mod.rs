@@ -219,6 +219,8 @@ pub fn operation(endpoint: Endpoint) -> Option<&'static str> {
         Endpoint::GenerateContent => Some("generate_content"),
         Endpoint::Completions => Some("text_completion"),
         Endpoint::Embeddings | Endpoint::EmbedContent => Some("embeddings"),
+        Endpoint::Embeddings => Some("embeddings"),
+        Endpoint::Media(api) => Some(api.label()),
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => None,
     }
 }
