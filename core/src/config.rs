@@ -569,6 +569,11 @@ pub struct RawPrice {
     /// Reasoning tokens, when priced apart from other output (default: `output`).
     #[serde(default)]
     pub reasoning: Option<String>,
+    /// USD per search unit (one rerank query over up to 100 documents, Cohere's billing
+    /// unit), e.g. `"0.002"`. A model with this price is charged per search unit for rerank
+    /// requests, its per-token prices unused there.
+    #[serde(default)]
+    pub search_unit: Option<String>,
 }
 
 /// Request limits.
@@ -703,6 +708,19 @@ pub enum ProviderKind {
     /// AWS Bedrock Runtime Converse API: `POST {base_url}/model/{modelId}/converse` (or
     /// `converse-stream`), signed with SigV4 from the `aws` section.
     Bedrock,
+    /// Cohere's Rerank API v2: `POST {base_url}/rerank`, `Authorization: Bearer`; `base_url`
+    /// defaults to [`COHERE_BASE_URL`]. Serves `POST /v1/rerank` only.
+    Cohere,
+    /// Jina AI's reranker: `POST {base_url}/rerank` (Cohere's shape, `usage.total_tokens`),
+    /// `Authorization: Bearer`; `base_url` defaults to [`JINA_BASE_URL`]. Serves rerank only.
+    Jina,
+    /// Voyage AI's reranker: `POST {base_url}/rerank` (`top_k`, answers `data[]`),
+    /// `Authorization: Bearer`; `base_url` defaults to [`VOYAGE_BASE_URL`]. Serves rerank only.
+    Voyage,
+    /// Hugging Face text-embeddings-inference: `POST {base_url}/rerank` with `query` and
+    /// `texts`, answering `[{index, score}]`; `base_url` is required, the credential
+    /// optional (`Authorization: Bearer`). Serves rerank only.
+    Tei,
 }
 
 impl ProviderKind {
@@ -715,6 +733,33 @@ impl ProviderKind {
             ProviderKind::Anthropic => ApiFamily::Anthropic,
             ProviderKind::Gemini | ProviderKind::Vertex => ApiFamily::Gemini,
             ProviderKind::Bedrock => ApiFamily::Bedrock,
+            // Never used to translate: these serve rerank only (see `serves_rerank`).
+            ProviderKind::Cohere | ProviderKind::Jina | ProviderKind::Voyage | ProviderKind::Tei => {
+                ApiFamily::OpenAi
+            }
+        }
+    }
+
+    /// Whether the provider serves `POST /v1/rerank` (the rerank kinds, and
+    /// `openai_compatible` servers such as vLLM, which answer Cohere's shape at
+    /// `{base_url}/rerank`).
+    pub fn serves_rerank(self) -> bool {
+        self.rerank_only() || self == ProviderKind::OpenaiCompatible
+    }
+
+    /// Whether the provider serves rerank and nothing else (no chat, completions, embeddings).
+    pub fn rerank_only(self) -> bool {
+        match self {
+            ProviderKind::Cohere | ProviderKind::Jina | ProviderKind::Voyage | ProviderKind::Tei => {
+                true
+            }
+            ProviderKind::Openai
+            | ProviderKind::OpenaiCompatible
+            | ProviderKind::AzureOpenai
+            | ProviderKind::Anthropic
+            | ProviderKind::Gemini
+            | ProviderKind::Vertex
+            | ProviderKind::Bedrock => false,
         }
     }
 
@@ -731,16 +776,29 @@ impl ProviderKind {
     pub fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::Gemini => Some(GEMINI_BASE_URL),
+            ProviderKind::Cohere => Some(COHERE_BASE_URL),
+            ProviderKind::Jina => Some(JINA_BASE_URL),
+            ProviderKind::Voyage => Some(VOYAGE_BASE_URL),
             // Per location: see `vertex_base_url`.
             ProviderKind::Vertex => None,
             ProviderKind::Openai
             | ProviderKind::OpenaiCompatible
             | ProviderKind::AzureOpenai
             | ProviderKind::Anthropic
-            | ProviderKind::Bedrock => None,
+            | ProviderKind::Bedrock
+            | ProviderKind::Tei => None,
         }
     }
 }
+
+/// The base URL of `kind: cohere` providers that name none.
+pub const COHERE_BASE_URL: &str = "https://api.cohere.com/v2";
+
+/// The base URL of `kind: jina` providers that name none.
+pub const JINA_BASE_URL: &str = "https://api.jina.ai/v1";
+
+/// The base URL of `kind: voyage` providers that name none.
+pub const VOYAGE_BASE_URL: &str = "https://api.voyageai.com/v1";
 
 /// The base URL of `kind: gemini` providers that name none.
 pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
@@ -1079,6 +1137,9 @@ pub enum Endpoint {
     /// `POST /v1/responses` (OpenAI Responses): natively to OpenAI and Azure, through the
     /// chat hub to every other provider.
     Responses,
+    /// `POST /v1/rerank` (or Cohere's `/v2/rerank`) in Cohere's shape, to the rerank provider
+    /// kinds (`cohere`, `jina`, `voyage`, `tei`) and `openai_compatible` servers (vLLM).
+    Rerank,
 }
 
 /// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
@@ -1120,6 +1181,7 @@ impl Endpoint {
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
             ("POST", "/v1/responses") => Some(Endpoint::Responses),
+            ("POST", "/v1/rerank" | "/v2/rerank") => Some(Endpoint::Rerank),
             _ => None,
         }
     }
@@ -1136,6 +1198,7 @@ impl Endpoint {
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "messages/count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::Rerank => "rerank",
         }
     }
 
@@ -1151,6 +1214,7 @@ impl Endpoint {
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::Rerank => "rerank",
         }
     }
 
@@ -1165,6 +1229,7 @@ impl Endpoint {
             Endpoint::Feedback => 6,
             Endpoint::CountTokens => 7,
             Endpoint::Responses => 8,
+            Endpoint::Rerank => 9,
         }
     }
 }
@@ -1721,6 +1786,8 @@ pub struct Config {
     pub logging: Option<Logging>,
     /// Model prices: the built-in catalog with the config's overrides.
     pub prices: PriceTable,
+    /// Prices per rerank search unit by provider model id (`pricing.models.*.search_unit`).
+    pub search_unit_prices: rerank::SearchUnitPrices,
     /// Compiled guardrail policies.
     pub guardrails: Guardrails,
     /// Request-rate limits per tenant, per minute.
@@ -2237,6 +2304,7 @@ impl Config {
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
+        let search_unit_prices = rerank::validate_search_unit_prices(&raw.pricing, &mut errs);
         for (name, m) in &raw.models {
             if m.strategy != Strategy::LeastCost {
                 continue;
@@ -2341,6 +2409,7 @@ impl Config {
                 body_limits,
                 logging,
                 prices,
+                search_unit_prices,
                 guardrails,
                 tenant_requests_per_minute,
                 feedback,
@@ -2505,6 +2574,9 @@ fn validate_provider(
             }
             ProviderKind::Anthropic => ("x-api-key", Secret::new(secret)),
             ProviderKind::Gemini => ("x-goog-api-key", Secret::new(secret)),
+            ProviderKind::Cohere | ProviderKind::Jina | ProviderKind::Voyage | ProviderKind::Tei => {
+                ("authorization", Secret::new(format!("Bearer {secret}")))
+            }
             ProviderKind::Bedrock => {
                 errs.add(
                     &cpath,
@@ -2770,6 +2842,10 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Anthropic => {
             format!("{}/{}", provider.base_path, e.suffix())
         }
+        // Rerank only: its path is `{base_path}/rerank`, whatever the endpoint table says.
+        ProviderKind::Cohere | ProviderKind::Jina | ProviderKind::Voyage | ProviderKind::Tei => {
+            format!("{}/rerank", provider.base_path)
+        }
         // One Converse path for every chat endpoint, the model id one encoded path segment.
         ProviderKind::Bedrock => format!(
             "{}/model/{}/converse",
@@ -2790,7 +2866,11 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         ProviderKind::Openai
         | ProviderKind::OpenaiCompatible
         | ProviderKind::AzureOpenai
-        | ProviderKind::Anthropic => None,
+        | ProviderKind::Anthropic
+        | ProviderKind::Cohere
+        | ProviderKind::Jina
+        | ProviderKind::Voyage
+        | ProviderKind::Tei => None,
     };
     Target {
         provider,
@@ -2805,6 +2885,7 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
 }
 
 pub mod failover;
+pub mod rerank;
 mod google;
 pub mod routing;
 pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};

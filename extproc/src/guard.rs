@@ -196,6 +196,8 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::GenerateContent => &["systemInstruction", "contents"],
         // Judged as the Chat Completions body it becomes (`processor/responses.rs`).
         Endpoint::Responses => &["messages"],
+        // Judged by `processor/rerank.rs` over the query and documents it reads itself.
+        Endpoint::Rerank => &[],
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
 }

@@ -16,6 +16,7 @@ pub mod guard;
 pub mod log;
 pub mod mutation;
 pub mod processor;
+pub mod rerank;
 pub mod responses;
 pub mod selfservice;
 pub mod server;

@@ -151,6 +151,9 @@ pub const FAILOVER_COLUMNS: [(&str, &str); 5] = [
     ("attempt_errors", "Array(String)"),
 ];
 
+/// The rerank columns (migration 8).
+pub const RERANK_COLUMNS: [(&str, &str); 1] = [("search_units", "UInt64")];
+
 /// Adds each of `columns` that `database.table` lacks, in order. ClickHouse 18.16 has no
 /// `ADD COLUMN IF NOT EXISTS`: `system.columns` says which exist.
 pub(crate) async fn add_missing_columns(

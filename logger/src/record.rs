@@ -110,6 +110,9 @@ pub struct Record {
     /// empty when headers came), parallel to `attempt_statuses` (migration 5).
     #[serde(default)]
     pub attempt_errors: Vec<String>,
+    /// Search units of a rerank request; 0 for other endpoints (migration 8).
+    #[serde(default)]
+    pub search_units: u64,
 }
 
 fn off() -> String {
@@ -177,6 +180,7 @@ impl From<&LogEvent> for Record {
             answered_attempt: e.answered_attempt,
             attempt_latencies_ms: e.attempt_latencies_ms.clone(),
             attempt_errors: e.attempt_errors.clone(),
+            search_units: e.search_units,
         }
     }
 }

@@ -95,6 +95,7 @@ impl Processor {
             Endpoint::Models => return Ok(self.list_models()),
             Endpoint::Feedback => return self.record_feedback(&b.body).map_err(|e| (e, None)),
             Endpoint::CountTokens => return self.route_count_tokens(b),
+            Endpoint::Rerank => return self.route_rerank(b).await,
             Endpoint::ChatCompletions
             | Endpoint::Completions
             | Endpoint::Embeddings
@@ -122,6 +123,7 @@ impl Processor {
         };
         let (index, target, slot) = self.choose_target(m, endpoint, &parsed).map_err(refusal)?;
         let provider = &target.provider;
+        super::rerank::refuse_rerank_only(endpoint, provider.kind, &model).map_err(refusal)?;
         let (pair, upstream_endpoint) =
             Pair::route(endpoint, target.family).map_err(|e| refusal(e.api_error()))?;
         if self.end_user.is_none() {
