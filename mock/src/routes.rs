@@ -19,8 +19,8 @@ use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
 use crate::{
-    bedrock, chat, completions, embeddings, gemini, messages, models, platform, responses, text,
-    vertex, MockConfig,
+    bedrock, chat, completions, embeddings, gemini, messages, models, platform, rerank, responses,
+    text, vertex, MockConfig,
 };
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
@@ -200,6 +200,10 @@ async fn answer(
             (model, stream),
             chunk_delay,
         );
+    }
+    if let (true, Some(api)) = (*method == Method::POST, rerank::Api::of(uri.path())) {
+        let key = state.config.api_key.as_deref();
+        return Ok(rerank::respond(api, key, headers, body, number));
     }
     let route = Route::parse(method, uri.path())?;
     // Bedrock: the model is in the path, and every request must carry a valid SigV4 signature.
