@@ -84,6 +84,7 @@ fn compatibility_matrix_names_real_tests() {
         "tests/e2e_bedrock.rs",
         "tests/e2e_fidelity.rs",
         "tests/e2e_responses.rs",
+        "tests/e2e_rerank.rs",
     ] {
         for name in tests_in(file) {
             let full = format!("{file}::{name}");

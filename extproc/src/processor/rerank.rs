@@ -91,6 +91,15 @@ impl Processor {
             headers.push(set(k, v.as_str()));
         }
         let remove = self.version_headers(false, provider, &mut headers);
+        if let (Some(max), Some(ctx)) = (
+            self.config.logging.as_ref().map(|l| l.capture_max_bytes),
+            &self.ctx,
+        ) {
+            self.capture = crate::capture::Capture::new(ctx.capture, max).map(|mut c| {
+                c.request(&self.request_content_type, &b.body);
+                c
+            });
+        }
         // Last: nothing after the reservation can fail.
         self.reservation = self
             .reserve_rerank(&request, provider.kind, &target.upstream_model)
