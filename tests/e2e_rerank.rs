@@ -116,11 +116,35 @@ async fn rerank_reaches_each_provider_kind_in_its_own_api_and_logs_usage_and_spe
     let stack = &ls.stack;
     // (model, upstream path, field the provider gets top_n in, documents field, model sent)
     let cases = [
-        ("rerank-cohere", "/cohere/v2/rerank", "top_n", "documents", Some("rerank-v3.5")),
-        ("rerank-jina", "/jina/v1/rerank", "top_n", "documents", Some("jina-reranker-v2-base-multilingual")),
-        ("rerank-voyage", "/voyage/v1/rerank", "top_k", "documents", Some("rerank-2")),
+        (
+            "rerank-cohere",
+            "/cohere/v2/rerank",
+            "top_n",
+            "documents",
+            Some("rerank-v3.5"),
+        ),
+        (
+            "rerank-jina",
+            "/jina/v1/rerank",
+            "top_n",
+            "documents",
+            Some("jina-reranker-v2-base-multilingual"),
+        ),
+        (
+            "rerank-voyage",
+            "/voyage/v1/rerank",
+            "top_k",
+            "documents",
+            Some("rerank-2"),
+        ),
         ("rerank-tei", "/tei/rerank", "", "texts", None),
-        ("rerank-vllm", "/openai/v1/rerank", "top_n", "documents", Some("BAAI/bge-reranker-v2-m3")),
+        (
+            "rerank-vllm",
+            "/openai/v1/rerank",
+            "top_n",
+            "documents",
+            Some("BAAI/bge-reranker-v2-m3"),
+        ),
     ];
     for (model, path, top_field, docs_field, upstream_model) in cases {
         stack.clear_upstream_requests().await;
@@ -138,13 +162,20 @@ async fn rerank_reaches_each_provider_kind_in_its_own_api_and_logs_usage_and_spe
             "{model}: {v}"
         );
         assert!(v["id"].as_str().is_some_and(|i| !i.is_empty()), "{v}");
-        assert_eq!(v["meta"]["api_version"]["version"], "1", "{model}: /v1/rerank: {v}");
+        assert_eq!(
+            v["meta"]["api_version"]["version"], "1",
+            "{model}: /v1/rerank: {v}"
+        );
         // The provider saw its own API.
         let seen = stack.posted().await;
         assert_eq!(seen.len(), 1, "{model}: {seen:?}");
         let up = &seen[0];
         assert_eq!(up["path"], path, "{model}: {up}");
-        assert_eq!(up["body"][docs_field].as_array().unwrap().len(), 4, "{model}: {up}");
+        assert_eq!(
+            up["body"][docs_field].as_array().unwrap().len(),
+            4,
+            "{model}: {up}"
+        );
         assert_eq!(up["body"][docs_field][1], DOCUMENTS[1], "{model}: {up}");
         assert_eq!(up["body"]["query"], QUERY, "{model}: {up}");
         match upstream_model {
@@ -156,12 +187,20 @@ async fn rerank_reaches_each_provider_kind_in_its_own_api_and_logs_usage_and_spe
         }
         // Providers never send the documents back: Tollgate adds the client's own.
         if model != "rerank-cohere" {
-            let flag = if model == "rerank-tei" { "return_text" } else { "return_documents" };
+            let flag = if model == "rerank-tei" {
+                "return_text"
+            } else {
+                "return_documents"
+            };
             assert_eq!(up["body"][flag], false, "{model}: {up}");
         }
         if model != "rerank-tei" {
             let auth = up["headers"]["authorization"].as_str().unwrap_or_default();
-            let expected = if model == "rerank-vllm" { COMPAT_SECRET } else { ANTHROPIC_SECRET };
+            let expected = if model == "rerank-vllm" {
+                COMPAT_SECRET
+            } else {
+                ANTHROPIC_SECRET
+            };
             assert_eq!(auth, format!("Bearer {expected}"), "{model}: {up}");
         }
         // The log event: endpoint, usage in each API's unit, spend at the model's price.
@@ -231,18 +270,56 @@ async fn rerank_refusals_come_in_cohere_shape() {
     let message = |r: &Reply| -> String {
         let v = r.json();
         assert!(v.get("error").is_none(), "not Cohere's shape: {v}");
-        v["message"].as_str().unwrap_or_else(|| panic!("{v}")).to_owned()
+        v["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{v}"))
+            .to_owned()
     };
     for (path, body, status, needle) in [
-        ("/v1/rerank", json!({"model": "rerank-cohere", "documents": ["a"]}), 400, "query"),
-        ("/v2/rerank", json!({"model": "rerank-cohere", "query": "q", "documents": []}), 400, "documents"),
-        ("/v1/rerank", json!({"query": "q", "documents": ["a"]}), 400, "model"),
-        ("/v1/rerank", json!({"model": "rerank-cohere", "query": "q", "documents": ["a"], "top_n": -1}), 400, "top_n"),
-        ("/v1/rerank", json!({"model": "nope", "query": "q", "documents": ["a"]}), 404, "nope"),
+        (
+            "/v1/rerank",
+            json!({"model": "rerank-cohere", "documents": ["a"]}),
+            400,
+            "query",
+        ),
+        (
+            "/v2/rerank",
+            json!({"model": "rerank-cohere", "query": "q", "documents": []}),
+            400,
+            "documents",
+        ),
+        (
+            "/v1/rerank",
+            json!({"query": "q", "documents": ["a"]}),
+            400,
+            "model",
+        ),
+        (
+            "/v1/rerank",
+            json!({"model": "rerank-cohere", "query": "q", "documents": ["a"], "top_n": -1}),
+            400,
+            "top_n",
+        ),
+        (
+            "/v1/rerank",
+            json!({"model": "nope", "query": "q", "documents": ["a"]}),
+            404,
+            "nope",
+        ),
         // A chat-only provider kind serves no rerank.
-        ("/v1/rerank", json!({"model": "mock-model", "query": "q", "documents": ["a"]}), 400, "does not serve rerank"),
+        (
+            "/v1/rerank",
+            json!({"model": "mock-model", "query": "q", "documents": ["a"]}),
+            400,
+            "does not serve rerank",
+        ),
         // The provider's own error keeps its status, in Cohere's shape.
-        ("/v1/rerank", json!({"model": "rerank-failing", "query": "q", "documents": ["a"]}), 429, "mock error 429"),
+        (
+            "/v1/rerank",
+            json!({"model": "rerank-failing", "query": "q", "documents": ["a"]}),
+            429,
+            "mock error 429",
+        ),
     ] {
         let r = stack.post(path, Some(KEY_ALL), body.to_string()).await;
         assert_eq!(r.status, status, "{body}: {}", r.text);
@@ -255,7 +332,11 @@ async fn rerank_refusals_come_in_cohere_shape() {
     message(&r);
     // The allow-list: this key may use mock-model and mock-embedding only.
     let r = stack
-        .post("/v1/rerank", Some(KEY_LIMITED), rerank_body("rerank-cohere", 1, false))
+        .post(
+            "/v1/rerank",
+            Some(KEY_LIMITED),
+            rerank_body("rerank-cohere", 1, false),
+        )
         .await;
     assert_eq!(r.status, 403, "{}", r.text);
     assert!(message(&r).contains("rerank-cohere"));
@@ -290,12 +371,20 @@ async fn a_budget_holds_rerank_spend_and_refuses_in_cohere_shape() {
         "budgets:\n  limits:\n    - { id: all-daily, scope: key, name: all, period: daily, amount_usd: \"0.003\" }\n",
     ));
     let r = stack
-        .post("/v2/rerank", Some(KEY_ALL), rerank_body("rerank-cohere", 1, false))
+        .post(
+            "/v2/rerank",
+            Some(KEY_ALL),
+            rerank_body("rerank-cohere", 1, false),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["meta"]["api_version"]["version"], "2");
     let r = stack
-        .post("/v2/rerank", Some(KEY_ALL), rerank_body("rerank-cohere", 1, false))
+        .post(
+            "/v2/rerank",
+            Some(KEY_ALL),
+            rerank_body("rerank-cohere", 1, false),
+        )
         .await;
     assert_eq!(r.status, 429, "{}", r.text);
     assert!(r.json()["message"].as_str().is_some(), "{}", r.text);

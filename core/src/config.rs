@@ -734,9 +734,10 @@ impl ProviderKind {
             ProviderKind::Gemini | ProviderKind::Vertex => ApiFamily::Gemini,
             ProviderKind::Bedrock => ApiFamily::Bedrock,
             // Never used to translate: these serve rerank only (see `serves_rerank`).
-            ProviderKind::Cohere | ProviderKind::Jina | ProviderKind::Voyage | ProviderKind::Tei => {
-                ApiFamily::OpenAi
-            }
+            ProviderKind::Cohere
+            | ProviderKind::Jina
+            | ProviderKind::Voyage
+            | ProviderKind::Tei => ApiFamily::OpenAi,
         }
     }
 
@@ -750,9 +751,10 @@ impl ProviderKind {
     /// Whether the provider serves rerank and nothing else (no chat, completions, embeddings).
     pub fn rerank_only(self) -> bool {
         match self {
-            ProviderKind::Cohere | ProviderKind::Jina | ProviderKind::Voyage | ProviderKind::Tei => {
-                true
-            }
+            ProviderKind::Cohere
+            | ProviderKind::Jina
+            | ProviderKind::Voyage
+            | ProviderKind::Tei => true,
             ProviderKind::Openai
             | ProviderKind::OpenaiCompatible
             | ProviderKind::AzureOpenai
@@ -2574,9 +2576,10 @@ fn validate_provider(
             }
             ProviderKind::Anthropic => ("x-api-key", Secret::new(secret)),
             ProviderKind::Gemini => ("x-goog-api-key", Secret::new(secret)),
-            ProviderKind::Cohere | ProviderKind::Jina | ProviderKind::Voyage | ProviderKind::Tei => {
-                ("authorization", Secret::new(format!("Bearer {secret}")))
-            }
+            ProviderKind::Cohere
+            | ProviderKind::Jina
+            | ProviderKind::Voyage
+            | ProviderKind::Tei => ("authorization", Secret::new(format!("Bearer {secret}"))),
             ProviderKind::Bedrock => {
                 errs.add(
                     &cpath,
@@ -2885,8 +2888,8 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
 }
 
 pub mod failover;
-pub mod rerank;
 mod google;
+pub mod rerank;
 pub mod routing;
 pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};
 pub use routing::{Ejection, Excluded, InFlight, Pick, Strategy, TargetStats, MAX_TARGETS};

@@ -571,4 +571,14 @@ mod tests {
             Dialect::Gemini
         );
     }
+
+    #[test]
+    fn rerank_paths_answer_in_cohere_shape() {
+        assert_eq!(Dialect::from_path("/v1/rerank"), Dialect::Cohere);
+        assert_eq!(Dialect::from_path("/v2/rerank?x=1"), Dialect::Cohere);
+        assert_eq!(Dialect::from_path("/v1/rerankers"), Dialect::OpenAi);
+        let v = parse(ApiError::ModelNotAllowed("m".into()).body(Dialect::Cohere));
+        assert!(v["message"].as_str().unwrap().contains("`m`"), "{v}");
+        assert!(v.get("error").is_none(), "{v}");
+    }
 }

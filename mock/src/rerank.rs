@@ -119,7 +119,11 @@ pub(crate) fn respond(
     else {
         return invalid("invalid request: query must not be empty");
     };
-    let docs_field = if api == Api::Tei { "texts" } else { "documents" };
+    let docs_field = if api == Api::Tei {
+        "texts"
+    } else {
+        "documents"
+    };
     let Some(docs) = req.get(docs_field).and_then(Value::as_array) else {
         return invalid(&format!("invalid request: {docs_field} must be a list"));
     };
@@ -143,7 +147,10 @@ pub(crate) fn respond(
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     // Jina and Voyage return documents unless told not to (Jina's default is true).
     let return_documents = match api {
-        Api::Tei => req.get("return_text").and_then(Value::as_bool).unwrap_or(false),
+        Api::Tei => req
+            .get("return_text")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         Api::Jina => req
             .get("return_documents")
             .and_then(Value::as_bool)

@@ -39,7 +39,10 @@ pub(super) struct RerankCall {
 
 impl Processor {
     /// Routes a rerank request to its model's target.
-    pub(super) async fn route_rerank(&mut self, b: &HttpBody) -> Result<ProcessingResponse, Refusal> {
+    pub(super) async fn route_rerank(
+        &mut self,
+        b: &HttpBody,
+    ) -> Result<ProcessingResponse, Refusal> {
         let Some(ctx) = &self.ctx else {
             return Err((ApiError::Internal, None));
         };
@@ -171,8 +174,10 @@ impl Processor {
             self.config.search_unit_prices.get(upstream_model),
             self.config.prices.get(upstream_model),
         ) {
-            (Some(unit), _) => Picodollars::from(request.estimated_search_units(|t| counter.count(t)))
-                .saturating_mul(unit),
+            (Some(unit), _) => {
+                Picodollars::from(request.estimated_search_units(|t| counter.count(t)))
+                    .saturating_mul(unit)
+            }
             (None, Some(price)) => budget::estimate(price, tokens, 0),
             (None, None) => {
                 tracing::warn!(request_id = %ctx.request_id, model = %upstream_model, "No price for the rerank model: the request is not charged to its budgets (add it under pricing.models)");
@@ -312,7 +317,11 @@ pub(super) fn refuse_rerank_only(
 
 impl Processor {
     /// Replaces a rerank answer with `err` in Cohere's error shape.
-    pub(super) fn refuse_rerank_response(&mut self, err: ApiError, end: bool) -> ProcessingResponse {
+    pub(super) fn refuse_rerank_response(
+        &mut self,
+        err: ApiError,
+        end: bool,
+    ) -> ProcessingResponse {
         if let Some(fwd) = &mut self.forwarded {
             fwd.status = Some(err.status());
         }

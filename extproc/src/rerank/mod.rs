@@ -62,7 +62,9 @@ impl Request {
         let value: Value =
             serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
         let Value::Object(obj) = value else {
-            return Err(ApiError::InvalidJson("the body must be a JSON object".into()));
+            return Err(ApiError::InvalidJson(
+                "the body must be a JSON object".into(),
+            ));
         };
         let model = match obj.get("model") {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
