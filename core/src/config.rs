@@ -2202,6 +2202,7 @@ impl Config {
                 &format!("{path}.failover"),
                 &mut errs,
             );
+            rerank::validate_model_targets(&path, &targets, failover.is_some(), &mut errs);
             models.insert(
                 name.clone(),
                 Model {

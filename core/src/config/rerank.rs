@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{Errors, RawPricing};
+use super::{Errors, RawPricing, Target};
 use crate::pricing::{self, Picodollars};
 
 /// Documents one search unit covers (Cohere: one query over up to 100 documents).
@@ -41,6 +41,33 @@ pub fn estimate_search_units(query_tokens: u64, document_tokens: &[u64]) -> u64 
         })
         .sum();
     chunks.div_ceil(DOCUMENTS_PER_SEARCH_UNIT).max(1)
+}
+
+/// A model's targets either all serve rerank only or none does (a request's endpoint must suit
+/// whichever target is picked), and a rerank model has no failover (rerank requests go to one
+/// target). `path`: the model's, `models.NAME`.
+pub(super) fn validate_model_targets(
+    path: &str,
+    targets: &[Target],
+    failover: bool,
+    errs: &mut Errors,
+) {
+    let rerank = targets
+        .iter()
+        .filter(|t| t.provider.kind.rerank_only())
+        .count();
+    if rerank > 0 && rerank < targets.len() {
+        errs.add(
+            format!("{path}.targets"),
+            "mixes rerank-only providers (cohere, jina, voyage, tei) with others: a model serves rerank or the other endpoints, not both",
+        );
+    }
+    if rerank > 0 && failover {
+        errs.add(
+            format!("{path}.failover"),
+            "does not apply to rerank models (a rerank request goes to one target)",
+        );
+    }
 }
 
 /// Reads `pricing.models.*.search_unit` (USD per search unit).
