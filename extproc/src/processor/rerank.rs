@@ -52,6 +52,22 @@ impl Processor {
         let config = Arc::clone(&self.config);
         let m = super::route::allowed_model(&config, ctx, &model)?;
         let refusal = |e: ApiError| (e, Some(model.clone()));
+        // `least_cost`: each target's price of this request, by the same estimate the budget
+        // reservation makes.
+        let bytes = |t: &str| budget::Counter::Bytes.count(t);
+        let (tokens, units) = (
+            request.estimated_tokens(bytes),
+            request.estimated_search_units(bytes),
+        );
+        let cost = |t: &tollgate_core::config::Target| -> Option<Picodollars> {
+            match config.search_unit_prices.get(&t.upstream_model) {
+                Some(unit) => Some(Picodollars::from(units).saturating_mul(unit)),
+                None => config
+                    .prices
+                    .get(&t.upstream_model)
+                    .map(|p| budget::estimate(p, tokens, 0)),
+            }
+        };
         let pick = {
             let mut rng = rand::rng();
             let mut random = |n: u64| {
@@ -61,7 +77,7 @@ impl Processor {
                     rand::Rng::random_range(&mut rng, 0..n)
                 }
             };
-            m.choose(Excluded::NONE, &|_| None, &mut random)
+            m.choose(Excluded::NONE, &cost, &mut random)
         };
         let (target, slot) = match pick {
             Pick::Chosen { target, slot, .. } => (target, slot),
