@@ -1231,7 +1231,8 @@ impl Endpoint {
             Endpoint::Feedback => 6,
             Endpoint::CountTokens => 7,
             Endpoint::Responses => 8,
-            Endpoint::Rerank => 9,
+            // 9 is Gemini's `EmbedContent` (issue 15, item 5, merged in parallel).
+            Endpoint::Rerank => 10,
         }
     }
 }
