@@ -581,6 +581,11 @@ pub struct RawPrice {
     /// Reasoning tokens, when priced apart from other output (default: `output`).
     #[serde(default)]
     pub reasoning: Option<String>,
+    /// USD per search unit (one rerank query over up to 100 documents, Cohere's billing
+    /// unit), e.g. `"0.002"`. A model with this price is charged per search unit for rerank
+    /// requests, its per-token prices unused there.
+    #[serde(default)]
+    pub search_unit: Option<String>,
 }
 
 /// Request limits.
@@ -715,6 +720,19 @@ pub enum ProviderKind {
     /// AWS Bedrock Runtime Converse API: `POST {base_url}/model/{modelId}/converse` (or
     /// `converse-stream`), signed with SigV4 from the `aws` section.
     Bedrock,
+    /// Cohere's Rerank API v2: `POST {base_url}/rerank`, `Authorization: Bearer`; `base_url`
+    /// defaults to [`COHERE_BASE_URL`]. Serves `POST /v1/rerank` only.
+    Cohere,
+    /// Jina AI's reranker: `POST {base_url}/rerank` (Cohere's shape, `usage.total_tokens`),
+    /// `Authorization: Bearer`; `base_url` defaults to [`JINA_BASE_URL`]. Serves rerank only.
+    Jina,
+    /// Voyage AI's reranker: `POST {base_url}/rerank` (`top_k`, answers `data[]`),
+    /// `Authorization: Bearer`; `base_url` defaults to [`VOYAGE_BASE_URL`]. Serves rerank only.
+    Voyage,
+    /// Hugging Face text-embeddings-inference: `POST {base_url}/rerank` with `query` and
+    /// `texts`, answering `[{index, score}]`; `base_url` is required, the credential
+    /// optional (`Authorization: Bearer`). Serves rerank only.
+    Tei,
 }
 
 impl ProviderKind {
@@ -727,6 +745,35 @@ impl ProviderKind {
             ProviderKind::Anthropic => ApiFamily::Anthropic,
             ProviderKind::Gemini | ProviderKind::Vertex => ApiFamily::Gemini,
             ProviderKind::Bedrock => ApiFamily::Bedrock,
+            // Never used to translate: these serve rerank only (see `serves_rerank`).
+            ProviderKind::Cohere
+            | ProviderKind::Jina
+            | ProviderKind::Voyage
+            | ProviderKind::Tei => ApiFamily::OpenAi,
+        }
+    }
+
+    /// Whether the provider serves `POST /v1/rerank` (the rerank kinds, and
+    /// `openai_compatible` servers such as vLLM, which answer Cohere's shape at
+    /// `{base_url}/rerank`).
+    pub fn serves_rerank(self) -> bool {
+        self.rerank_only() || self == ProviderKind::OpenaiCompatible
+    }
+
+    /// Whether the provider serves rerank and nothing else (no chat, completions, embeddings).
+    pub fn rerank_only(self) -> bool {
+        match self {
+            ProviderKind::Cohere
+            | ProviderKind::Jina
+            | ProviderKind::Voyage
+            | ProviderKind::Tei => true,
+            ProviderKind::Openai
+            | ProviderKind::OpenaiCompatible
+            | ProviderKind::AzureOpenai
+            | ProviderKind::Anthropic
+            | ProviderKind::Gemini
+            | ProviderKind::Vertex
+            | ProviderKind::Bedrock => false,
         }
     }
 
@@ -743,16 +790,29 @@ impl ProviderKind {
     pub fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::Gemini => Some(GEMINI_BASE_URL),
+            ProviderKind::Cohere => Some(COHERE_BASE_URL),
+            ProviderKind::Jina => Some(JINA_BASE_URL),
+            ProviderKind::Voyage => Some(VOYAGE_BASE_URL),
             // Per location: see `vertex_base_url`.
             ProviderKind::Vertex => None,
             ProviderKind::Openai
             | ProviderKind::OpenaiCompatible
             | ProviderKind::AzureOpenai
             | ProviderKind::Anthropic
-            | ProviderKind::Bedrock => None,
+            | ProviderKind::Bedrock
+            | ProviderKind::Tei => None,
         }
     }
 }
+
+/// The base URL of `kind: cohere` providers that name none.
+pub const COHERE_BASE_URL: &str = "https://api.cohere.com/v2";
+
+/// The base URL of `kind: jina` providers that name none.
+pub const JINA_BASE_URL: &str = "https://api.jina.ai/v1";
+
+/// The base URL of `kind: voyage` providers that name none.
+pub const VOYAGE_BASE_URL: &str = "https://api.voyageai.com/v1";
 
 /// The base URL of `kind: gemini` providers that name none.
 pub const GEMINI_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
@@ -1098,6 +1158,9 @@ pub enum Endpoint {
     /// OpenAI's images, audio and moderations APIs (to OpenAI, Azure and OpenAI-compatible
     /// providers), priced in their own units.
     Media(MediaApi),
+    /// `POST /v1/rerank` (or Cohere's `/v2/rerank`) in Cohere's shape, to the rerank provider
+    /// kinds (`cohere`, `jina`, `voyage`, `tei`) and `openai_compatible` servers (vLLM).
+    Rerank,
 }
 
 /// A Gemini method other than `generateContent` that Tollgate routes.
@@ -1168,6 +1231,7 @@ impl Endpoint {
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
             ("POST", "/v1/responses") => Some(Endpoint::Responses),
+            ("POST", "/v1/rerank" | "/v2/rerank") => Some(Endpoint::Rerank),
             ("POST", p) if MediaApi::from_path(p).is_some() => {
                 MediaApi::from_path(p).map(Endpoint::Media)
             }
@@ -1194,6 +1258,7 @@ impl Endpoint {
             Endpoint::Responses => "responses",
             Endpoint::EmbedContent => "embedContent",
             Endpoint::Media(api) => api.suffix(),
+            Endpoint::Rerank => "rerank",
         }
     }
 
@@ -1211,6 +1276,7 @@ impl Endpoint {
             Endpoint::Responses => "responses",
             Endpoint::EmbedContent => "embed_content",
             Endpoint::Media(api) => api.label(),
+            Endpoint::Rerank => "rerank",
         }
     }
 
@@ -1227,6 +1293,8 @@ impl Endpoint {
             Endpoint::Responses => 8,
             Endpoint::EmbedContent => 9,
             Endpoint::Media(_) => 11,
+            // 9 is Gemini's `EmbedContent` (issue 15, item 5, merged in parallel).
+            Endpoint::Rerank => 10,
         }
     }
 }
@@ -1783,6 +1851,8 @@ pub struct Config {
     pub logging: Option<Logging>,
     /// Model prices: the built-in catalog with the config's overrides.
     pub prices: PriceTable,
+    /// Prices per rerank search unit by provider model id (`pricing.models.*.search_unit`).
+    pub search_unit_prices: rerank::SearchUnitPrices,
     /// Compiled guardrail policies.
     pub guardrails: Guardrails,
     /// Request-rate limits per tenant, per minute.
@@ -2197,6 +2267,7 @@ impl Config {
                 &format!("{path}.failover"),
                 &mut errs,
             );
+            rerank::validate_model_targets(&path, &targets, failover.is_some(), &mut errs);
             models.insert(
                 name.clone(),
                 Model {
@@ -2301,6 +2372,7 @@ impl Config {
             .as_ref()
             .and_then(|l| validate_logging(l, &mut errs));
         let prices = validate_pricing(&raw.pricing, &mut errs);
+        let search_unit_prices = rerank::validate_search_unit_prices(&raw.pricing, &mut errs);
         for (name, m) in &raw.models {
             if m.strategy != Strategy::LeastCost {
                 continue;
@@ -2410,6 +2482,7 @@ impl Config {
                 body_limits,
                 logging,
                 prices,
+                search_unit_prices,
                 guardrails,
                 tenant_requests_per_minute,
                 feedback,
@@ -2576,6 +2649,10 @@ fn validate_provider(
             }
             ProviderKind::Anthropic => ("x-api-key", Secret::new(secret)),
             ProviderKind::Gemini => ("x-goog-api-key", Secret::new(secret)),
+            ProviderKind::Cohere
+            | ProviderKind::Jina
+            | ProviderKind::Voyage
+            | ProviderKind::Tei => ("authorization", Secret::new(format!("Bearer {secret}"))),
             ProviderKind::Bedrock => {
                 errs.add(
                     &cpath,
@@ -2841,6 +2918,10 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         ProviderKind::Openai | ProviderKind::OpenaiCompatible | ProviderKind::Anthropic => {
             format!("{}/{}", provider.base_path, e.suffix())
         }
+        // Rerank only: its path is `{base_path}/rerank`, whatever the endpoint table says.
+        ProviderKind::Cohere | ProviderKind::Jina | ProviderKind::Voyage | ProviderKind::Tei => {
+            format!("{}/rerank", provider.base_path)
+        }
         // One Converse path for every chat endpoint, the model id one encoded path segment.
         ProviderKind::Bedrock => format!(
             "{}/model/{}/converse",
@@ -2861,7 +2942,11 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
         ProviderKind::Openai
         | ProviderKind::OpenaiCompatible
         | ProviderKind::AzureOpenai
-        | ProviderKind::Anthropic => None,
+        | ProviderKind::Anthropic
+        | ProviderKind::Cohere
+        | ProviderKind::Jina
+        | ProviderKind::Voyage
+        | ProviderKind::Tei => None,
     };
     Target {
         provider,
@@ -2877,6 +2962,7 @@ fn target(provider: Arc<Provider>, model: &str, weight: u32) -> Target {
 
 pub mod failover;
 mod google;
+pub mod rerank;
 pub mod routing;
 pub use google::{AccessToken, GceMetadata, GoogleAuth, ServiceAccount};
 pub use routing::{Ejection, Excluded, InFlight, Pick, Strategy, TargetStats, MAX_TARGETS};

@@ -14,6 +14,8 @@ pub enum Dialect {
     Anthropic,
     /// Google Gemini.
     Gemini,
+    /// Cohere (`/v1/rerank`, `/v2/rerank`): errors are `{"id", "message"}`.
+    Cohere,
 }
 
 impl Dialect {
@@ -23,6 +25,7 @@ impl Dialect {
             Dialect::OpenAi => "openai",
             Dialect::Anthropic => "anthropic",
             Dialect::Gemini => "gemini",
+            Dialect::Cohere => "cohere",
         }
     }
 
@@ -30,6 +33,11 @@ impl Dialect {
     pub fn from_path(path: &str) -> Self {
         if path.starts_with("/v1/messages") {
             Dialect::Anthropic
+        } else if matches!(
+            path.split_once('?').map_or(path, |(p, _)| p),
+            "/v1/rerank" | "/v2/rerank"
+        ) {
+            Dialect::Cohere
         } else if path.starts_with("/v1beta/")
             || path.starts_with("/v1/models/") && path.contains(':')
         {
@@ -466,6 +474,9 @@ impl ApiError {
                 "message": message,
                 "status": gemini_status(class.status),
             }}),
+            // Cohere's errors carry a message only (and an id, which Tollgate's
+            // `x-tollgate-request-id` header stands for).
+            Dialect::Cohere => json!({ "message": message }),
         };
         value.to_string().into_bytes()
     }
@@ -603,5 +614,15 @@ mod tests {
             Dialect::from_path("/v1beta/models/gemini-2.0-flash:generateContent"),
             Dialect::Gemini
         );
+    }
+
+    #[test]
+    fn rerank_paths_answer_in_cohere_shape() {
+        assert_eq!(Dialect::from_path("/v1/rerank"), Dialect::Cohere);
+        assert_eq!(Dialect::from_path("/v2/rerank?x=1"), Dialect::Cohere);
+        assert_eq!(Dialect::from_path("/v1/rerankers"), Dialect::OpenAi);
+        let v = parse(ApiError::ModelNotAllowed("m".into()).body(Dialect::Cohere));
+        assert!(v["message"].as_str().unwrap().contains("`m`"), "{v}");
+        assert!(v.get("error").is_none(), "{v}");
     }
 }

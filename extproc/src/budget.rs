@@ -63,7 +63,11 @@ impl Counter {
             | ProviderKind::Anthropic
             | ProviderKind::Gemini
             | ProviderKind::Vertex
-            | ProviderKind::Bedrock => Counter::Bytes,
+            | ProviderKind::Bedrock
+            | ProviderKind::Cohere
+            | ProviderKind::Jina
+            | ProviderKind::Voyage
+            | ProviderKind::Tei => Counter::Bytes,
         }
     }
 

@@ -200,6 +200,8 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::EmbedContent => &["input"],
         // Not judged yet (their prompts are plain `prompt`/`input` members or form fields).
         Endpoint::Media(_) => &[],
+        // Judged by `processor/rerank.rs` over the query and documents it reads itself.
+        Endpoint::Rerank => &[],
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
 }

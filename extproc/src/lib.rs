@@ -18,6 +18,7 @@ pub mod media;
 pub mod multipart;
 pub mod mutation;
 pub mod processor;
+pub mod rerank;
 pub mod responses;
 pub mod selfservice;
 pub mod server;

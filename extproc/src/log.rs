@@ -138,6 +138,7 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         media_image_quality: String::new(),
         media_audio_ms: 0,
         media_characters: 0,
+        search_units: 0,
     }
 }
 

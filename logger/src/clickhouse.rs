@@ -185,6 +185,8 @@ pub const MEDIA_COLUMNS: [(&str, &str); 5] = [
     ("media_audio_ms", "UInt64"),
     ("media_characters", "UInt64"),
 ];
+/// The rerank columns (migration 8).
+pub const RERANK_COLUMNS: [(&str, &str); 1] = [("search_units", "UInt64")];
 
 /// Adds each of `columns` that `database.table` lacks, in order. ClickHouse 18.16 has no
 /// `ADD COLUMN IF NOT EXISTS`: `system.columns` says which exist.

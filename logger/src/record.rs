@@ -125,6 +125,9 @@ pub struct Record {
     /// Characters of a speech request's input (migration 7).
     #[serde(default)]
     pub media_characters: u64,
+    /// Search units of a rerank request; 0 for other endpoints (migration 8).
+    #[serde(default)]
+    pub search_units: u64,
 }
 
 fn off() -> String {
@@ -197,6 +200,7 @@ impl From<&LogEvent> for Record {
             media_image_quality: e.media_image_quality.clone(),
             media_audio_ms: e.media_audio_ms,
             media_characters: e.media_characters,
+            search_units: e.search_units,
         }
     }
 }

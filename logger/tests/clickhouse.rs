@@ -348,6 +348,27 @@ async fn failover_attempts_land_as_parallel_arrays() {
     );
 }
 
+#[tokio::test]
+async fn rerank_search_units_land_in_their_column() {
+    let ch = ClickHouse::start();
+    let config = sink_config(&ch, "tg_rr");
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let mut e = event("r1", 1);
+    e.endpoint = "rerank".into();
+    e.search_units = 3;
+    sink.write(vec![e, event("r2", 1)]).await.unwrap();
+    let rows = ch
+        .query("SELECT request_id, endpoint, search_units FROM tg_rr.requests ORDER BY request_id FORMAT TSV")
+        .unwrap();
+    let r2_endpoint = ch
+        .query("SELECT endpoint FROM tg_rr.requests WHERE request_id = 'r2' FORMAT TSV")
+        .unwrap();
+    assert_eq!(
+        rows.trim(),
+        format!("r1\trerank\t3\nr2\t{}\t0", r2_endpoint.trim())
+    );
+}
+
 /// Events over three days, two tenants, three keys and two models, with costs that overflow a
 /// `UInt64` sum.
 fn usage_events(prefix: &str, n: u64) -> Vec<LogEvent> {

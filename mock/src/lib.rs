@@ -29,6 +29,8 @@
 //!   Google's format (a 429 as Google's: no `retry-after`, a `google.rpc.RetryInfo` of `1.5s`
 //!   in `error.details`), and behind Vertex AI's Anthropic publisher with a `claude-` prefix
 //!   (`…/publishers/anthropic/models/claude-mock-stream-error:streamRawPredict`);
+//! - the rerank APIs of Cohere, Jina (and vLLM), Voyage and text-embeddings-inference at
+//!   `…/rerank` paths, the API picked by a path segment (see `rerank.rs`);
 //! - header `x-mock-latency-ms`: time to first byte for this request;
 //! - header `x-mock-chunk-delay-ms`: delay between streamed chunks for this request;
 //! - header `x-mock-endless-stream: 1` on a streamed chat completion: the content chunks repeat
@@ -55,6 +57,7 @@ mod messages;
 mod models;
 mod params;
 pub mod platform;
+mod rerank;
 mod responses;
 mod routes;
 mod sse;

@@ -20,7 +20,7 @@ use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
 use crate::{
     bedrock, chat, completions, embeddings, gemini, gemini_embed, media, messages, models,
-    platform, responses, text, vertex, MockConfig,
+    platform, rerank, responses, text, vertex, MockConfig,
 };
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
@@ -221,6 +221,10 @@ async fn answer(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         return media::respond(op, deployment, headers, body, number, created, chunk_delay);
+    }
+    if let (true, Some(api)) = (*method == Method::POST, rerank::Api::of(uri.path())) {
+        let key = state.config.api_key.as_deref();
+        return Ok(rerank::respond(api, key, headers, body, number));
     }
     let route = Route::parse(method, uri.path())?;
     // Bedrock: the model is in the path, and every request must carry a valid SigV4 signature.

@@ -119,7 +119,11 @@ impl MediaApi {
             ProviderKind::Anthropic
             | ProviderKind::Gemini
             | ProviderKind::Vertex
-            | ProviderKind::Bedrock => None,
+            | ProviderKind::Bedrock
+            | ProviderKind::Cohere
+            | ProviderKind::Jina
+            | ProviderKind::Voyage
+            | ProviderKind::Tei => None,
         }
     }
 }

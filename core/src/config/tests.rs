@@ -1415,3 +1415,54 @@ fn gemini_methods_name_their_model_and_endpoint() {
         None
     );
 }
+
+#[test]
+fn rerank_kinds_get_bearer_default_base_urls_and_their_own_models() {
+    let yaml = r#"
+providers:
+  co: { kind: cohere, credential: { env: K } }
+  ji: { kind: jina, credential: { env: K } }
+  vo: { kind: voyage, credential: { env: K } }
+  te: { kind: tei, base_url: "http://tei:8080" }
+models:
+  rr: { targets: [{ provider: co, model: rerank-v3.5 }, { provider: vo, model: rerank-2 }] }
+  jr: { targets: [{ provider: ji, model: jina-reranker-v2-base-multilingual }] }
+  tr: { targets: [{ provider: te, model: bge }] }
+pricing:
+  models:
+    rerank-v3.5: { input: "0", output: "0", search_unit: "0.002" }
+"#;
+    let env = MapEnv::from_pairs([("K", "secret")]);
+    let c = Config::from_yaml(yaml, &env).unwrap();
+    let co = &c.providers["co"];
+    assert_eq!(co.authority, "api.cohere.com");
+    assert_eq!(co.base_path, "/v2");
+    let (name, secret) = co.credential_header.as_ref().unwrap();
+    assert_eq!((*name, secret.expose()), ("authorization", "Bearer secret"));
+    assert_eq!(c.providers["ji"].authority, "api.jina.ai");
+    assert_eq!(c.providers["vo"].authority, "api.voyageai.com");
+    assert!(c.providers["te"].credential_header.is_none());
+    assert!(ProviderKind::Tei.rerank_only() && !ProviderKind::Openai.serves_rerank());
+    assert!(ProviderKind::OpenaiCompatible.serves_rerank());
+    assert_eq!(c.search_unit_prices.get("rerank-v3.5"), Some(2_000_000_000));
+    assert_eq!(
+        Endpoint::from_request("POST", "/v2/rerank"),
+        Some(Endpoint::Rerank)
+    );
+    // `tei` has no default base URL; a model mixing rerank-only and chat targets, or a rerank
+    // model with failover, is refused naming the field.
+    let bad = r#"
+providers:
+  te: { kind: tei }
+  co: { kind: cohere }
+  oa: { kind: openai, base_url: "https://api.openai.com/v1" }
+models:
+  mixed: { targets: [{ provider: co, model: a }, { provider: oa, model: b }] }
+  fo: { targets: [{ provider: co, model: a }, { provider: co, model: c }], failover: {} }
+"#;
+    let errs = Config::from_yaml(bad, &env).unwrap_err();
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert!(paths.contains(&"providers.te.base_url"), "{paths:?}");
+    assert!(paths.contains(&"models.mixed.targets"), "{paths:?}");
+    assert!(paths.contains(&"models.fo.failover"), "{paths:?}");
+}

@@ -85,7 +85,11 @@ impl Counter {
                 ProviderKind::Bedrock
                 | ProviderKind::Openai
                 | ProviderKind::OpenaiCompatible
-                | ProviderKind::AzureOpenai,
+                | ProviderKind::AzureOpenai
+                | ProviderKind::Cohere
+                | ProviderKind::Jina
+                | ProviderKind::Voyage
+                | ProviderKind::Tei,
                 _,
             ) => None,
         }

@@ -113,6 +113,7 @@ impl Processor {
         };
         let mut event = log::event(&facts);
         self.media_event(&mut event);
+        event.search_units = self.rerank_search_units();
         if let Some(fwd) = &self.forwarded {
             if let Some(f) = &fwd.failover {
                 self.failover_attempts(fwd, f, outcomes, &mut event);
@@ -319,11 +320,12 @@ impl Processor {
         let started = ok && self.first_byte_at.is_some();
         let usage_bill = |u: Usage| Bill {
             usage: Some(u),
-            cost: self
-                .config
-                .prices
-                .get(&fwd.upstream_model)
-                .map(|p| p.cost(&u)),
+            cost: self.rerank_cost(&fwd.upstream_model).or_else(|| {
+                self.config
+                    .prices
+                    .get(&fwd.upstream_model)
+                    .map(|p| p.cost(&u))
+            }),
         };
         match (fwd.usage, self.response_done) {
             (Some(u), true) => return usage_bill(u),

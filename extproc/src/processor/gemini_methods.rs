@@ -343,7 +343,16 @@ impl Processor {
                 _,
             ) => Wire::OpenAi,
             (ProviderKind::Vertex, ApiFamily::Gemini) => Wire::VertexPredict,
-            (ProviderKind::Vertex, _) | (ProviderKind::Anthropic | ProviderKind::Bedrock, _) => {
+            (ProviderKind::Vertex, _)
+            | (
+                ProviderKind::Anthropic
+                | ProviderKind::Bedrock
+                | ProviderKind::Cohere
+                | ProviderKind::Jina
+                | ProviderKind::Voyage
+                | ProviderKind::Tei,
+                _,
+            ) => {
                 return Err(invalid(
                     "model",
                     "This model is served by a provider without an embeddings API.",

@@ -57,6 +57,10 @@ fn kind_label(kind: ProviderKind) -> &'static str {
         ProviderKind::Gemini => "gemini",
         ProviderKind::Vertex => "vertex",
         ProviderKind::Bedrock => "bedrock",
+        ProviderKind::Cohere => "cohere",
+        ProviderKind::Jina => "jina",
+        ProviderKind::Voyage => "voyage",
+        ProviderKind::Tei => "tei",
     }
 }
 

@@ -17,6 +17,7 @@ mod gemini_methods;
 mod local;
 mod media;
 mod offload;
+mod rerank;
 mod reserve;
 mod respect;
 mod response;
@@ -246,6 +247,8 @@ pub struct Processor {
     gemini: Option<gemini_methods::GeminiCall>,
     /// An images, audio or moderations request's state (`None` for every other endpoint).
     media: Option<Box<media::MediaCall>>,
+    /// A `POST /v1/rerank` request's state (`None` for every other endpoint).
+    rerank: Option<Box<rerank::RerankCall>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -307,6 +310,7 @@ impl Processor {
             upstream: None,
             gemini: None,
             media: None,
+            rerank: None,
         }
     }
 

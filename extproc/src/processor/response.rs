@@ -186,6 +186,17 @@ impl Processor {
         };
         let status = fwd.status.unwrap_or(0);
         let ok = (200..300).contains(&status);
+        if fwd.endpoint == Endpoint::Rerank {
+            return match self.rerank_answer(status, &b.body) {
+                Ok(body) => {
+                    if let Some(c) = &mut self.capture {
+                        c.response_body(body.as_deref().unwrap_or(&b.body));
+                    }
+                    json_body(body)
+                }
+                Err(err) => self.refuse_rerank_response(err, b.end_of_stream),
+            };
+        }
         if fwd.endpoint == Endpoint::CountTokens {
             return match self.count_answer(status, &b.body) {
                 Ok(body) => json_body(body),

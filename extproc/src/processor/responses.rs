@@ -60,7 +60,11 @@ fn native_path(target: &Target) -> Option<String> {
         | ProviderKind::Anthropic
         | ProviderKind::Gemini
         | ProviderKind::Vertex
-        | ProviderKind::Bedrock => None,
+        | ProviderKind::Bedrock
+        | ProviderKind::Cohere
+        | ProviderKind::Jina
+        | ProviderKind::Voyage
+        | ProviderKind::Tei => None,
     }
 }
 

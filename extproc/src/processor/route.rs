@@ -105,6 +105,7 @@ impl Processor {
             }
             Endpoint::CountTokens => return self.route_count_tokens(b),
             Endpoint::EmbedContent => return self.route_gemini_method(b).await,
+            Endpoint::Rerank => return self.route_rerank(b).await,
             Endpoint::ChatCompletions
             | Endpoint::Completions
             | Endpoint::Embeddings
@@ -132,6 +133,7 @@ impl Processor {
         };
         let (index, target, slot) = self.choose_target(m, endpoint, &parsed).map_err(refusal)?;
         let provider = &target.provider;
+        super::rerank::refuse_rerank_only(endpoint, provider.kind, &model).map_err(refusal)?;
         let (pair, upstream_endpoint) =
             Pair::route(endpoint, target.family).map_err(|e| refusal(e.api_error()))?;
         if self.end_user.is_none() {

@@ -219,8 +219,8 @@ pub fn operation(endpoint: Endpoint) -> Option<&'static str> {
         Endpoint::GenerateContent => Some("generate_content"),
         Endpoint::Completions => Some("text_completion"),
         Endpoint::Embeddings | Endpoint::EmbedContent => Some("embeddings"),
-        Endpoint::Embeddings => Some("embeddings"),
         Endpoint::Media(api) => Some(api.label()),
+        Endpoint::Rerank => Some("rerank"),
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => None,
     }
 }
@@ -235,6 +235,10 @@ pub fn provider_name(p: &Provider) -> &str {
         ProviderKind::Gemini => "gcp.gemini",
         ProviderKind::Vertex => "gcp.vertex_ai",
         ProviderKind::Bedrock => "aws.bedrock",
+        ProviderKind::Cohere => "cohere",
+        ProviderKind::Jina => "jina",
+        ProviderKind::Voyage => "voyage",
+        ProviderKind::Tei => "huggingface.tei",
         ProviderKind::OpenaiCompatible => {
             const HOSTS: [(&str, &str); 6] = [
                 ("groq.com", "groq"),

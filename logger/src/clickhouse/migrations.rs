@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::{
     add_missing_columns, ch, create_feedback_table_sql, create_table_sql, deduplicated,
-    DAY_OF_START, FAILOVER_COLUMNS, MEDIA_COLUMNS, PAYLOAD_COLUMNS,
+    DAY_OF_START, FAILOVER_COLUMNS, MEDIA_COLUMNS, PAYLOAD_COLUMNS, RERANK_COLUMNS,
 };
 use crate::error::LoggerError;
 
@@ -91,6 +91,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 7,
         name: "media units columns (images, audio milliseconds, characters) on the requests table",
+        min_server: OLDEST_SERVER,
+    },
+    Migration {
+        version: 8,
+        name: "rerank search units column on the requests table",
         min_server: OLDEST_SERVER,
     },
     Migration {
@@ -282,6 +287,7 @@ async fn apply(
         4 => add_missing_columns(client, database, table, &PAYLOAD_COLUMNS).await,
         5 => add_missing_columns(client, database, table, &FAILOVER_COLUMNS).await,
         7 => add_missing_columns(client, database, table, &MEDIA_COLUMNS).await,
+        8 => add_missing_columns(client, database, table, &RERANK_COLUMNS).await,
         9 => {
             execute(
                 client,
