@@ -36,6 +36,8 @@ pub use jwt::{
 pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
 mod responses;
 pub use responses::{RawResponses, Responses, ResponsesBackend};
+mod cache;
+pub use cache::{Cache, CacheBackend, CachePolicy, RawCache, RawCachePolicy};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -105,6 +107,9 @@ pub struct RawConfig {
     /// off when the section is absent. File keys win over it on a clash.
     #[serde(default)]
     pub control_plane: Option<RawControlPlane>,
+    /// The response cache (exact, by policy); off when the section is absent.
+    #[serde(default)]
+    pub cache: Option<RawCache>,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -1750,6 +1755,8 @@ pub struct Config {
     pub responses: Responses,
     /// The control plane resolving keys the file does not list; `None` when off.
     pub control_plane: Option<ControlPlane>,
+    /// The response cache; `None` when off.
+    pub cache: Option<Cache>,
 }
 
 /// The validated `budgets` section.
@@ -2281,6 +2288,14 @@ impl Config {
             .traces
             .as_ref()
             .and_then(|t| validate_traces(t, &mut errs));
+        let cache = raw.cache.as_ref().map(|c| {
+            cache::validate_cache(
+                c,
+                budgets.redis.is_some(),
+                &|m| raw.models.contains_key(m),
+                &mut errs,
+            )
+        });
         let control_plane = raw
             .control_plane
             .as_ref()
@@ -2355,6 +2370,7 @@ impl Config {
                 cors,
                 responses,
                 control_plane,
+                cache,
             }),
             _ => Err(errs.0),
         }

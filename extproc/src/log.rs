@@ -133,6 +133,8 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         answered_attempt: 0,
         attempt_latencies_ms: Vec::new(),
         attempt_errors: Vec::new(),
+        cache: String::new(),
+        cache_source_request_id: String::new(),
     }
 }
 

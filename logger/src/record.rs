@@ -110,6 +110,12 @@ pub struct Record {
     /// empty when headers came), parallel to `attempt_statuses` (migration 5).
     #[serde(default)]
     pub attempt_errors: Vec<String>,
+    /// The response cache that answered (`exact`; empty: a provider did) (migration 6).
+    #[serde(default)]
+    pub cache: String,
+    /// For a cache hit: the request id whose answer was served (migration 6).
+    #[serde(default)]
+    pub cache_source_request_id: String,
 }
 
 fn off() -> String {
@@ -177,6 +183,8 @@ impl From<&LogEvent> for Record {
             answered_attempt: e.answered_attempt,
             attempt_latencies_ms: e.attempt_latencies_ms.clone(),
             attempt_errors: e.attempt_errors.clone(),
+            cache: e.cache.clone(),
+            cache_source_request_id: e.cache_source_request_id.clone(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! answer), or forwarded to a provider (`forwarded`).
 
 mod auth;
+mod cache;
 mod cors;
 mod count;
 mod finish;
@@ -23,6 +24,7 @@ mod route;
 mod upstream;
 mod upstream_auth;
 
+pub use cache::CACHE_HEADER;
 pub use count::TOKEN_COUNT_HEADER;
 pub use reserve::BUDGET_WARNING_HEADER;
 
@@ -240,6 +242,12 @@ pub struct Processor {
     response_store: crate::responses::store::Backend,
     /// Set when this stream is the upstream ext_proc of one failover attempt.
     upstream: Option<upstream::Attempt>,
+    /// The client's `Cache-Control` directives for the response cache.
+    cache_control: crate::cache::Directives,
+    /// Where a missed request's answer is stored (`None`: not cached).
+    cache_pending: Option<Box<cache::Pending>>,
+    /// The cache's answer to this request, when it had one.
+    cache_hit: Option<Box<cache::Hit>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -299,6 +307,9 @@ impl Processor {
             responses: None,
             response_store: Default::default(),
             upstream: None,
+            cache_control: Default::default(),
+            cache_pending: None,
+            cache_hit: None,
         }
     }
 
