@@ -82,6 +82,7 @@ impl Processor {
             tenant: ctx.tenant.clone(),
             result,
         };
+        tracing::debug!(no_store = self.cache_control.no_store, no_cache = self.cache_control.no_cache, "Response cache lookup");
         if self.cache_control.no_store {
             self.metrics.cache_lookups.get_or_create(&labels("bypass")).inc();
             return None;
