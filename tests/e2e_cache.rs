@@ -96,7 +96,11 @@ async fn equal_requests_reach_the_provider_once_in_every_dialect() {
         .await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(b.status, 200, "{}", b.text);
-    assert_eq!(stack.posted().await.len(), 1, "the second request reached the provider");
+    assert_eq!(
+        stack.posted().await.len(),
+        1,
+        "the second request reached the provider"
+    );
     assert_eq!(a.header("x-tollgate-cache"), None);
     assert_eq!(b.header("x-tollgate-cache"), Some("exact"));
     assert_eq!(a.json()["choices"], b.json()["choices"]);
@@ -161,7 +165,9 @@ async fn equal_requests_reach_the_provider_once_in_every_dialect() {
 
     let metrics = stack.metrics().await;
     assert!(
-        metrics.contains(r#"tollgate_cache_lookups_total{model="mock-model",tenant="acme",result="hit"} 1"#),
+        metrics.contains(
+            r#"tollgate_cache_lookups_total{model="mock-model",tenant="acme",result="hit"} 1"#
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("tollgate_cache_bytes "), "{metrics}");
@@ -173,25 +179,40 @@ async fn a_stream_is_stored_and_replayed_as_a_well_formed_stream() {
     stack.clear_upstream_requests().await;
     let body = json!({"model": "mock-model", "stream": true, "stream_options": {"include_usage": true},
         "messages": [{"role": "user", "content": "stream me"}]});
-    let (_, _, first) = stack.stream_timed("/v1/chat/completions", body.clone()).await;
+    let (_, _, first) = stack
+        .stream_timed("/v1/chat/completions", body.clone())
+        .await;
     let (_, _, second) = stack.stream_timed("/v1/chat/completions", body).await;
-    assert_eq!(stack.posted().await.len(), 1, "the replayed stream reached the provider");
+    assert_eq!(
+        stack.posted().await.len(),
+        1,
+        "the replayed stream reached the provider"
+    );
     let text = |s: &str| -> String {
         s.lines()
             .filter_map(|l| l.strip_prefix("data: "))
             .filter(|d| *d != "[DONE]")
             .map(|d| serde_json::from_str::<Value>(d).unwrap())
-            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
             .collect()
     };
     assert!(!text(&first).is_empty());
     assert_eq!(text(&first), text(&second));
     assert!(second.trim_end().ends_with("data: [DONE]"), "{second}");
-    assert!(second.contains("\"completion_tokens\""), "no usage chunk: {second}");
+    assert!(
+        second.contains("\"completion_tokens\""),
+        "no usage chunk: {second}"
+    );
     // A stream answered from a complete answer stored by a request that did not stream.
     stack.clear_upstream_requests().await;
     let plain = chat("mock-model", "stored whole, replayed streamed");
-    let a = stack.post("/v1/chat/completions", Some(KEY_ALL), plain).await;
+    let a = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), plain)
+        .await;
     assert_eq!(a.status, 200);
     let (_, _, replayed) = stack
         .stream_timed(
@@ -203,7 +224,9 @@ async fn a_stream_is_stored_and_replayed_as_a_well_formed_stream() {
     assert_eq!(stack.posted().await.len(), 1);
     assert_eq!(
         text(&replayed),
-        a.json()["choices"][0]["message"]["content"].as_str().unwrap()
+        a.json()["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
     );
 }
 
@@ -255,13 +278,31 @@ async fn cache_control_and_ttl_are_honoured() {
     let path = "/v1/chat/completions";
     // `no-store`: neither looked up nor stored.
     let body = chat("mock-model", "no store please");
-    let r = post_with(&stack, path, KEY_ALL, body.clone(), &[("cache-control", "no-store")]).await;
+    let r = post_with(
+        &stack,
+        path,
+        KEY_ALL,
+        body.clone(),
+        &[("cache-control", "no-store")],
+    )
+    .await;
     assert_eq!(r.status, 200);
     let r = post_with(&stack, path, KEY_ALL, body.clone(), &[]).await;
-    assert_eq!(r.header("x-tollgate-cache"), None, "no-store stored the answer");
+    assert_eq!(
+        r.header("x-tollgate-cache"),
+        None,
+        "no-store stored the answer"
+    );
     assert_eq!(stack.posted().await.len(), 2);
     // Now it is stored: `no-cache` skips the lookup (the provider answers) and stores anew.
-    let r = post_with(&stack, path, KEY_ALL, body.clone(), &[("cache-control", "no-cache")]).await;
+    let r = post_with(
+        &stack,
+        path,
+        KEY_ALL,
+        body.clone(),
+        &[("cache-control", "no-cache")],
+    )
+    .await;
     assert_eq!(r.header("x-tollgate-cache"), None);
     assert_eq!(stack.posted().await.len(), 3);
     let r = post_with(&stack, path, KEY_ALL, body, &[]).await;
@@ -276,7 +317,11 @@ async fn cache_control_and_ttl_are_honoured() {
     assert_eq!(calls, 1);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let r = post_with(&stack, path, KEY_ALL, body, &[]).await;
-    assert_eq!(r.header("x-tollgate-cache"), None, "an expired answer was served");
+    assert_eq!(
+        r.header("x-tollgate-cache"),
+        None,
+        "an expired answer was served"
+    );
     assert_eq!(stack.posted().await.len(), 2);
 }
 
@@ -302,7 +347,9 @@ async fn a_hit_costs_nothing_and_its_log_event_names_the_source() {
         before = spent(stack.get("/v1/budget", Some(KEY_ALL)).await.json());
     }
     assert_ne!(before, "0.000000000000");
-    let b = stack.post("/v1/chat/completions", Some(KEY_ALL), body).await;
+    let b = stack
+        .post("/v1/chat/completions", Some(KEY_ALL), body)
+        .await;
     assert_eq!(b.header("x-tollgate-cache"), Some("exact"));
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let after = spent(stack.get("/v1/budget", Some(KEY_ALL)).await.json());

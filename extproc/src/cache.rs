@@ -258,7 +258,12 @@ impl Store {
 
     /// A store in Redis under `prefix` (each entry with its TTL), every call bounded by
     /// `timeout`.
-    pub fn redis(con: ConnectionManager, prefix: &str, timeout: Duration, metrics: Metrics) -> Self {
+    pub fn redis(
+        con: ConnectionManager,
+        prefix: &str,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             backend: Backend::Redis {
                 con,
@@ -295,19 +300,25 @@ impl Store {
                 timeout,
             } => {
                 let mut con = con.clone();
-                let cmd = redis::cmd("GET").arg(Self::redis_key(prefix, key)).to_owned();
-                let got: Option<Vec<u8>> =
-                    match tokio::time::timeout(*timeout, cmd.query_async(&mut con)).await {
-                        Ok(Ok(v)) => v,
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "Response cache: Redis GET failed, treated as a miss");
-                            None
-                        }
-                        Err(_) => {
-                            tracing::warn!("Response cache: Redis GET timed out, treated as a miss");
-                            None
-                        }
-                    };
+                let cmd = redis::cmd("GET")
+                    .arg(Self::redis_key(prefix, key))
+                    .to_owned();
+                let got: Option<Vec<u8>> = match tokio::time::timeout(
+                    *timeout,
+                    cmd.query_async(&mut con),
+                )
+                .await
+                {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "Response cache: Redis GET failed, treated as a miss");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!("Response cache: Redis GET timed out, treated as a miss");
+                        None
+                    }
+                };
                 got.and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
                     .map(Arc::new)
             }

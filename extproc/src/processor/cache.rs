@@ -82,9 +82,16 @@ impl Processor {
             tenant: ctx.tenant.clone(),
             result,
         };
-        tracing::debug!(no_store = self.cache_control.no_store, no_cache = self.cache_control.no_cache, "Response cache lookup");
+        tracing::debug!(
+            no_store = self.cache_control.no_store,
+            no_cache = self.cache_control.no_cache,
+            "Response cache lookup"
+        );
         if self.cache_control.no_store {
-            self.metrics.cache_lookups.get_or_create(&labels("bypass")).inc();
+            self.metrics
+                .cache_lookups
+                .get_or_create(&labels("bypass"))
+                .inc();
             return None;
         }
         let scope = if ctx.tenant.is_empty() {
@@ -105,17 +112,25 @@ impl Processor {
         let ctx = self.ctx.as_ref()?;
         match hit.filter(|e| e.family == family) {
             Some(entry) => {
-                self.metrics.cache_lookups.get_or_create(&labels("hit")).inc();
+                self.metrics
+                    .cache_lookups
+                    .get_or_create(&labels("hit"))
+                    .inc();
                 let cost = entry
                     .usage
                     .and_then(|u| Some(self.config.prices.get(&entry.upstream_model)?.cost(&u)))
-                    .map_or(0, |c| c * Picodollars::from(policy.price_millionths) / 1_000_000);
+                    .map_or(0, |c| {
+                        c * Picodollars::from(policy.price_millionths) / 1_000_000
+                    });
                 tracing::debug!(request_id = %ctx.request_id, source = %entry.source_request_id, model, "Response cache hit");
                 Some(self.cache_answer(&entry, family, model, parsed, cost))
             }
             None => {
                 let result = if lookup { "miss" } else { "bypass" };
-                self.metrics.cache_lookups.get_or_create(&labels(result)).inc();
+                self.metrics
+                    .cache_lookups
+                    .get_or_create(&labels(result))
+                    .inc();
                 self.cache_pending = Some(Box::new(Pending {
                     key,
                     family,
@@ -225,17 +240,15 @@ impl Processor {
         if !fwd.status.is_some_and(|s| (200..300).contains(&s)) {
             return;
         }
-        let blocked = self
-            .verdicts
-            .list()
-            .iter()
-            .any(|v| v.action == "block");
+        let blocked = self.verdicts.list().iter().any(|v| v.action == "block");
         let cut = fwd
             .sse
             .as_ref()
             .and_then(|p| p.cap())
             .is_some_and(crate::streamcap::StreamCap::was_cut);
-        let usage = fwd.usage.or_else(|| fwd.sse.as_ref().and_then(|p| p.usage()));
+        let usage = fwd
+            .usage
+            .or_else(|| fwd.sse.as_ref().and_then(|p| p.usage()));
         let upstream_model = fwd.upstream_model.clone();
         if blocked || cut {
             return;
@@ -264,7 +277,10 @@ impl Processor {
             result,
         };
         if body.len() as u64 > max_entry_bytes {
-            self.metrics.cache_stores.get_or_create(&labels("too_large")).inc();
+            self.metrics
+                .cache_stores
+                .get_or_create(&labels("too_large"))
+                .inc();
             return;
         }
         let entry = Entry {
@@ -284,7 +300,10 @@ impl Processor {
         } else {
             "error"
         };
-        self.metrics.cache_stores.get_or_create(&labels(result)).inc();
+        self.metrics
+            .cache_stores
+            .get_or_create(&labels(result))
+            .inc();
     }
 
     /// The log event's cache members, for a request the cache answered.

@@ -210,7 +210,8 @@ impl Processor {
         }
         let body = self.responses_complete(ok, body, &b.body);
         if b.end_of_stream {
-            self.cache_store(Some(body.as_deref().unwrap_or(&b.body))).await;
+            self.cache_store(Some(body.as_deref().unwrap_or(&b.body)))
+                .await;
         }
         if let Some(c) = &mut self.capture {
             c.response_body(body.as_deref().unwrap_or(&b.body));
