@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn cache_control_directives() {
-        assert_eq!(Directives::parse(b"no-cache").no_cache, true);
+        assert!(Directives::parse(b"no-cache").no_cache);
         let d = Directives::parse(b"max-age=0, No-Store");
         assert!(d.no_store && !d.no_cache);
         assert_eq!(Directives::parse(b"max-age=10"), Directives::default());
