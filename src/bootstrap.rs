@@ -156,6 +156,10 @@ pub fn kept_client_headers(config: &Config) -> Vec<String> {
         .map(|h| (*h).to_owned())
         .collect();
     kept.push(config.budgets.end_user_header.to_ascii_lowercase());
+    // The response cache reads the client's `no-cache` / `no-store`.
+    if config.cache.is_some() {
+        kept.push("cache-control".to_owned());
+    }
     kept.extend(config.envoy_client_headers.iter().cloned());
     kept.sort();
     kept.dedup();
@@ -243,6 +247,10 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
     .map(|h| (*h).to_owned())
     .collect();
     headers.push(config.budgets.end_user_header.clone());
+    // The response cache reads the client's `no-cache` / `no-store`.
+    if config.cache.is_some() {
+        headers.push("cache-control".to_owned());
+    }
     headers
 }
 

@@ -340,6 +340,20 @@ pub async fn serve_reporting(
                     ),
                 );
             }
+            // The response cache in the same Redis when `cache.backend: redis` (read once).
+            if shared
+                .load()
+                .cache
+                .as_ref()
+                .is_some_and(|c| c.backend == tollgate_core::config::CacheBackend::Redis)
+            {
+                tollgate_extproc::cache::Store::install(tollgate_extproc::cache::Store::redis(
+                    ledger.connection(),
+                    &r.key_prefix,
+                    r.timeout,
+                    metrics.clone(),
+                ));
+            }
             (Arc::new(ledger), Arc::new(rates))
         }
         None => (Arc::new(MemoryLedger::new()), Arc::new(RateLimiter::new())),

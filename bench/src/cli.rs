@@ -16,6 +16,7 @@ use crate::loadgen::{
 };
 use crate::report::{fmt_ms, render_markdown, summarize, Meta, Report};
 use crate::run::{run_plan, Plan};
+use crate::stack::CacheMode;
 use crate::stack::{chat_body, run_capture, GrpcTransport, Stack, StackOptions};
 use crate::stats::LatencyStats;
 
@@ -139,6 +140,11 @@ pub struct RunArgs {
     /// meshes attach Tollgate) instead of in ext_proc's request-headers phase (the default).
     #[arg(long)]
     pub ext_authz: bool,
+    /// Give the gateway a response-cache policy for the model: `hit` (every request after the
+    /// first answered from the cache) or `miss` (`Cache-Control: no-cache` on every request:
+    /// the key computed and the answer stored, never served).
+    #[arg(long, value_enum)]
+    pub cache: Option<CacheMode>,
 }
 
 /// The comparison's settings with every default applied.
@@ -158,6 +164,8 @@ pub struct RunConfig {
     pub budgets: bool,
     /// Whether keys are checked by a separate ext_authz filter.
     pub ext_authz: bool,
+    /// The response-cache scenario.
+    pub cache: Option<CacheMode>,
     /// gRPC transport.
     pub grpc: GrpcTransport,
     /// Client runtime threads.
@@ -245,6 +253,7 @@ impl RunArgs {
             mock_chunk_delay_ms: self.mock_chunk_delay_ms.unwrap_or(1),
             budgets: self.budgets,
             ext_authz: self.ext_authz,
+            cache: self.cache,
             grpc: self.grpc.unwrap_or(GrpcTransport::Tcp),
             client_threads: self.client_threads.unwrap_or(DEFAULT_CLIENT_THREADS).max(1),
             ready_timeout_secs: check_secs(
@@ -311,6 +320,15 @@ impl RunConfig {
         }
         if let Some(w) = &self.workdir {
             a.extend(["--workdir".into(), w.display().to_string()]);
+        }
+        if let Some(c) = self.cache {
+            a.extend([
+                "--cache".into(),
+                match c {
+                    CacheMode::Hit => "hit".into(),
+                    CacheMode::Miss => "miss".into(),
+                },
+            ]);
         }
         a
     }
@@ -471,6 +489,7 @@ pub async fn run_comparison(cfg: RunConfig) -> Result<()> {
         ext_authz: cfg.ext_authz,
         grpc: cfg.grpc,
         ready_timeout: Duration::from_secs_f64(cfg.ready_timeout_secs),
+        cache: cfg.cache,
     };
     let mut stack = Stack::start(&opts).await?;
     let rounds = match run_plan(&mut stack, &cfg.plan).await {

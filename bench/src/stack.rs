@@ -44,6 +44,24 @@ pub enum GrpcTransport {
     Uds,
 }
 
+/// The response-cache scenario of the gateway (`--cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    /// A cache policy covers the benchmark's model and every request is the same: after the
+    /// first, each is answered from the cache (no provider call).
+    Hit,
+    /// A cache policy covers the model, and every request carries `Cache-Control: no-cache`:
+    /// the key is computed and the answer stored each time, never answered from the cache
+    /// (a miss's work, store included, without a lookup's hit).
+    Miss,
+}
+
+/// Adds a `cache` section covering the benchmark's model to `config`.
+pub fn with_cache(config: &mut serde_json::Value) {
+    config["cache"] = serde_json::json!({ "policies": [ { "name": "bench", "models": [MODEL] } ] });
+}
+
 /// What to start and how.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -66,6 +84,8 @@ pub struct StackOptions {
     pub grpc: GrpcTransport,
     /// How long each process may take to become ready.
     pub ready_timeout: Duration,
+    /// The response-cache scenario (`None`: no cache section).
+    pub cache: Option<CacheMode>,
 }
 
 /// A child process killed (SIGKILL, by its own PID) and reaped on drop; output goes to a log.
@@ -327,6 +347,8 @@ pub struct Stack {
     procs: Vec<Proc>,
     /// Where to send requests.
     pub endpoints: Endpoints,
+    /// The response-cache scenario the gateway runs.
+    cache: Option<CacheMode>,
 }
 
 impl Drop for Stack {
@@ -364,6 +386,7 @@ impl Stack {
                 gateway_url: String::new(),
                 key: String::new(),
             },
+            cache: opts.cache,
         };
         // On failure `stack` is dropped here, which kills whatever was started.
         stack.boot(opts).await?;
@@ -422,14 +445,18 @@ impl Stack {
             GrpcTransport::Uds => format!("unix:{}", dir.join("tollgate.sock").display()),
         };
         let config = |grpc: &str| {
-            gateway_config(
+            let mut c = gateway_config(
                 grpc,
                 ANY_PORT,
                 mock.port(),
                 &key_hash(&key),
                 opts.budgets,
                 opts.ext_authz,
-            )
+            );
+            if opts.cache.is_some() {
+                with_cache(&mut c);
+            }
+            c
         };
         let config_path = dir.join("tollgate.yaml");
         std::fs::write(&config_path, serde_yaml::to_string(&config(&grpc))?)
@@ -572,14 +599,14 @@ impl Stack {
 
     /// The benchmark request to `url` with the gateway key.
     pub fn request(&self, url: &str, stream: bool) -> Result<RequestSpec> {
-        RequestSpec::post_json(
-            url,
-            &[(
-                "authorization".to_owned(),
-                format!("Bearer {}", self.endpoints.key),
-            )],
-            chat_body(stream),
-        )
+        let mut headers = vec![(
+            "authorization".to_owned(),
+            format!("Bearer {}", self.endpoints.key),
+        )];
+        if self.cache == Some(CacheMode::Miss) {
+            headers.push(("cache-control".to_owned(), "no-cache".to_owned()));
+        }
+        RequestSpec::post_json(url, &headers, chat_body(stream))
     }
 }
 

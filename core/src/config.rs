@@ -40,6 +40,8 @@ pub mod evaluators;
 pub use evaluators::{Evaluators, RawEvaluators};
 mod media;
 pub use media::{MediaApi, RawMediaPrice};
+mod cache;
+pub use cache::{Cache, CacheBackend, CachePolicy, RawCache, RawCachePolicy};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -113,6 +115,9 @@ pub struct RawConfig {
     /// (docs/EVALUATORS.md); `serve` only validates the section.
     #[serde(default)]
     pub evaluators: Option<RawEvaluators>,
+    /// The response cache (exact, by policy); off when the section is absent.
+    #[serde(default)]
+    pub cache: Option<RawCache>,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -1884,6 +1889,8 @@ pub struct Config {
     pub control_plane: Option<ControlPlane>,
     /// The evaluators the logger runs (empty when the section is absent).
     pub evaluators: Evaluators,
+    /// The response cache; `None` when off.
+    pub cache: Option<Cache>,
 }
 
 /// The validated `budgets` section.
@@ -2417,6 +2424,14 @@ impl Config {
             .traces
             .as_ref()
             .and_then(|t| validate_traces(t, &mut errs));
+        let cache = raw.cache.as_ref().map(|c| {
+            cache::validate_cache(
+                c,
+                budgets.redis.is_some(),
+                &|m| raw.models.contains_key(m),
+                &mut errs,
+            )
+        });
         let control_plane = raw
             .control_plane
             .as_ref()
@@ -2498,6 +2513,7 @@ impl Config {
                 responses,
                 control_plane,
                 evaluators,
+                cache,
             }),
             _ => Err(errs.0),
         }

@@ -257,6 +257,27 @@ pub struct Metrics {
     pub failovers: Family<FailoverLabels, Counter>,
     /// The logger's evaluation stage (`tollgate_evaluation*`).
     pub evaluations: crate::evaluation_metrics::EvaluationMetrics,
+    /// `tollgate_cache_lookups_total`: response-cache lookups by model, tenant and result.
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    /// `tollgate_cache_stores_total`: answers stored in the response cache by model, tenant
+    /// and result (`stored`, `too_large`).
+    pub cache_stores: Family<CacheLabels, Counter>,
+    /// `tollgate_cache_evictions_total`: answers the memory cache dropped (size, expiry).
+    pub cache_evictions: Family<KindLabel, Counter>,
+    /// `tollgate_cache_bytes`: bytes of answers in the memory cache.
+    pub cache_bytes: Gauge,
+}
+
+/// The labels of the response-cache metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// The public model name.
+    pub model: String,
+    /// The tenant (empty: a key without one).
+    pub tenant: String,
+    /// `hit`, `miss`, `bypass` (`no-cache`/`no-store`) for lookups; `stored`, `too_large`,
+    /// `error` for stores.
+    pub result: &'static str,
 }
 
 /// The labels of `tollgate_failovers_total`: the model, and the providers of the target that
@@ -316,6 +337,10 @@ impl Default for Metrics {
             cp_feed_changes: Family::default(),
             failovers: Family::default(),
             evaluations: Default::default(),
+            cache_lookups: Family::default(),
+            cache_stores: Family::default(),
+            cache_evictions: Family::default(),
+            cache_bytes: Gauge::default(),
         }
     }
 }
@@ -381,6 +406,27 @@ impl Metrics {
             "failovers",
             "Requests moved from a failed attempt to the model's next target, by model and providers",
             self.failovers.clone(),
+        );
+        r.register(
+            "cache_lookups",
+            "Response-cache lookups by model, tenant and result (hit, miss, bypass)",
+            self.cache_lookups.clone(),
+        );
+        r.register(
+            "cache_stores",
+            "Answers offered to the response cache by model, tenant and result (stored, too_large, error)",
+            self.cache_stores.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Answers the memory response cache dropped, by kind (size, expired)",
+            self.cache_evictions.clone(),
+        );
+        r.register_with_unit(
+            "cache",
+            "Bytes of answers held in the memory response cache",
+            Unit::Bytes,
+            self.cache_bytes.clone(),
         );
         r.register(
             "config_reloads",

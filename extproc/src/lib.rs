@@ -8,6 +8,7 @@
 pub mod attempts;
 pub mod aws;
 pub mod budget;
+pub mod cache;
 pub mod capture;
 pub mod cooldown;
 pub mod feedback;

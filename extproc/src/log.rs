@@ -139,6 +139,8 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         media_audio_ms: 0,
         media_characters: 0,
         search_units: 0,
+        cache: String::new(),
+        cache_source_request_id: String::new(),
     }
 }
 

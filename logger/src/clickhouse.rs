@@ -187,6 +187,9 @@ pub const MEDIA_COLUMNS: [(&str, &str); 5] = [
 ];
 /// The rerank columns (migration 8).
 pub const RERANK_COLUMNS: [(&str, &str); 1] = [("search_units", "UInt64")];
+/// The response-cache columns (migration 6).
+pub const CACHE_COLUMNS: [(&str, &str); 2] =
+    [("cache", "String"), ("cache_source_request_id", "String")];
 
 /// Adds each of `columns` that `database.table` lacks, in order. ClickHouse 18.16 has no
 /// `ADD COLUMN IF NOT EXISTS`: `system.columns` says which exist.

@@ -128,6 +128,12 @@ pub struct Record {
     /// Search units of a rerank request; 0 for other endpoints (migration 8).
     #[serde(default)]
     pub search_units: u64,
+    /// The response cache that answered (`exact`; empty: a provider did) (migration 6).
+    #[serde(default)]
+    pub cache: String,
+    /// For a cache hit: the request id whose answer was served (migration 6).
+    #[serde(default)]
+    pub cache_source_request_id: String,
 }
 
 fn off() -> String {
@@ -201,6 +207,8 @@ impl From<&LogEvent> for Record {
             media_audio_ms: e.media_audio_ms,
             media_characters: e.media_characters,
             search_units: e.search_units,
+            cache: e.cache.clone(),
+            cache_source_request_id: e.cache_source_request_id.clone(),
         }
     }
 }

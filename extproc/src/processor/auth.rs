@@ -63,6 +63,7 @@ impl Processor {
         let path = text(":path").map_or(ctx.path.clone(), |p| p.into_owned());
         let method = text(":method").map_or(ctx.method.clone(), |m| m.into_owned());
         self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
+        self.cache_control = super::cache::directives(header(&h.headers, "cache-control"));
         // Kept for capture, and for a multipart form's boundary.
         let multipart = tollgate_core::config::MediaApi::from_path(strip_query(&path))
             .is_some_and(|a| a.multipart());

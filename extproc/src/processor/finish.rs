@@ -114,6 +114,7 @@ impl Processor {
         let mut event = log::event(&facts);
         self.media_event(&mut event);
         event.search_units = self.rerank_search_units();
+        self.cache_log(&mut event);
         if let Some(fwd) = &self.forwarded {
             if let Some(f) = &fwd.failover {
                 self.failover_attempts(fwd, f, outcomes, &mut event);
@@ -261,6 +262,18 @@ impl Processor {
                 facts.requested_model = r.model.as_deref().unwrap_or("");
                 facts.status = r.status;
                 facts.error_class = r.class;
+            }
+            // Answered by the response cache: its answer's usage, the hit's cost.
+            (None, None) if self.cache_hit.is_some() => {
+                if let Some(hit) = &self.cache_hit {
+                    facts.requested_model = &hit.model;
+                    facts.provider = "cache";
+                    facts.upstream_model = &hit.upstream_model;
+                    facts.stream = hit.stream;
+                    facts.status = 200;
+                    facts.usage = hit.usage;
+                    facts.cost = Some(hit.cost);
+                }
             }
             // A token count Tollgate estimated: no provider, no tokens, no cost.
             (None, None) if self.estimated_count.is_some() => {

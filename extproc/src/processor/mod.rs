@@ -10,6 +10,7 @@
 //! answer), or forwarded to a provider (`forwarded`).
 
 mod auth;
+mod cache;
 mod cors;
 mod count;
 mod finish;
@@ -26,6 +27,7 @@ mod route;
 mod upstream;
 mod upstream_auth;
 
+pub use cache::CACHE_HEADER;
 pub use count::TOKEN_COUNT_HEADER;
 pub use reserve::BUDGET_WARNING_HEADER;
 
@@ -249,6 +251,12 @@ pub struct Processor {
     media: Option<Box<media::MediaCall>>,
     /// A `POST /v1/rerank` request's state (`None` for every other endpoint).
     rerank: Option<Box<rerank::RerankCall>>,
+    /// The client's `Cache-Control` directives for the response cache.
+    cache_control: crate::cache::Directives,
+    /// Where a missed request's answer is stored (`None`: not cached).
+    cache_pending: Option<Box<cache::Pending>>,
+    /// The cache's answer to this request, when it had one.
+    cache_hit: Option<Box<cache::Hit>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -311,6 +319,9 @@ impl Processor {
             gemini: None,
             media: None,
             rerank: None,
+            cache_control: Default::default(),
+            cache_pending: None,
+            cache_hit: None,
         }
     }
 

@@ -138,6 +138,9 @@ impl Processor {
         if b.end_of_stream {
             self.response_done = true;
             self.finish();
+            if ok && self.forwarded.as_ref().is_some_and(|f| f.sse.is_some()) {
+                self.cache_store(None).await;
+            }
         }
         self.responses_flush().await;
         response
@@ -157,6 +160,7 @@ impl Processor {
         if let Some(c) = &mut self.capture {
             c.response_bytes(out.as_ref().map_or(b.body.len(), Vec::len));
         }
+        self.cache_stream_bytes(out.as_deref().unwrap_or(&b.body));
         let out = self
             .responses_stream_chunk(out.as_deref().unwrap_or(&b.body), b.end_of_stream)
             .or(out);
@@ -234,6 +238,10 @@ impl Processor {
             }
         }
         let body = self.responses_complete(ok, body, &b.body);
+        if b.end_of_stream {
+            self.cache_store(Some(body.as_deref().unwrap_or(&b.body)))
+                .await;
+        }
         if let Some(c) = &mut self.capture {
             c.response_body(body.as_deref().unwrap_or(&b.body));
         }

@@ -131,6 +131,10 @@ impl Processor {
             Some(body) => openai::parse_request_at(endpoint, &path, body).map_err(refusal)?,
             None => parsed,
         };
+        // The response cache: a hit is answered here, before a target or a budget is taken.
+        if let Some(hit) = self.cache_lookup(endpoint, &model, &parsed).await {
+            return Ok(hit);
+        }
         let (index, target, slot) = self.choose_target(m, endpoint, &parsed).map_err(refusal)?;
         let provider = &target.provider;
         super::rerank::refuse_rerank_only(endpoint, provider.kind, &model).map_err(refusal)?;

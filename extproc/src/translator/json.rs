@@ -39,6 +39,11 @@ impl<'a> RawObject<'a> {
         self.members.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
+    /// The members, in order, values unparsed.
+    pub fn members(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+        self.members.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+
     /// Writes the object back, with `replace` members substituted (or appended when absent).
     /// Replacement values must already be JSON text.
     pub fn write_with(&self, replace: &[(&str, &str)], capacity_hint: usize) -> Vec<u8> {

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::{
     add_missing_columns, ch, create_feedback_table_sql, create_table_sql, deduplicated,
-    DAY_OF_START, FAILOVER_COLUMNS, MEDIA_COLUMNS, PAYLOAD_COLUMNS, RERANK_COLUMNS,
+    CACHE_COLUMNS, DAY_OF_START, FAILOVER_COLUMNS, MEDIA_COLUMNS, PAYLOAD_COLUMNS, RERANK_COLUMNS,
 };
 use crate::error::LoggerError;
 
@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 5,
         name: "failover attempt columns on the requests table",
+        min_server: OLDEST_SERVER,
+    },
+    Migration {
+        version: 6,
+        name: "response cache columns on the requests table",
         min_server: OLDEST_SERVER,
     },
     Migration {
@@ -286,6 +291,7 @@ async fn apply(
         3 => execute(client, &create_feedback_table_sql(database, table)).await,
         4 => add_missing_columns(client, database, table, &PAYLOAD_COLUMNS).await,
         5 => add_missing_columns(client, database, table, &FAILOVER_COLUMNS).await,
+        6 => add_missing_columns(client, database, table, &CACHE_COLUMNS).await,
         7 => add_missing_columns(client, database, table, &MEDIA_COLUMNS).await,
         8 => add_missing_columns(client, database, table, &RERANK_COLUMNS).await,
         9 => {
