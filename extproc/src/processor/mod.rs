@@ -240,6 +240,10 @@ pub struct Processor {
     response_store: crate::responses::store::Backend,
     /// Set when this stream is the upstream ext_proc of one failover attempt.
     upstream: Option<upstream::Attempt>,
+    /// Envoy's `x-request-id` of the request (the key of its pending failover facts).
+    envoy_request_id: Option<String>,
+    /// Whether this request's facts wait in [`crate::attempts::pending`] (removed at its end).
+    pending_failover: bool,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -299,6 +303,8 @@ impl Processor {
             responses: None,
             response_store: Default::default(),
             upstream: None,
+            envoy_request_id: None,
+            pending_failover: false,
         }
     }
 
@@ -350,6 +356,9 @@ impl Processor {
         }
         let (phase, response) = match msg.request {
             Some(Request::RequestHeaders(h)) => {
+                self.envoy_request_id = header(&h.headers, "x-request-id")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(str::to_owned);
                 ("request_headers", self.on_request_headers(&h).await)
             }
             Some(Request::RequestBody(b)) => ("request_body", self.on_request_body(b).await),
