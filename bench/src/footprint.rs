@@ -97,6 +97,7 @@ pub async fn streams(args: &StreamsArgs, envoy: PathBuf) -> Result<StreamsReport
         ext_authz: false,
         grpc: GrpcTransport::Uds,
         ready_timeout: Duration::from_secs(60),
+        failover_models: false,
     };
     let stack = Stack::start(&opts).await?;
     let pid = stack
@@ -327,6 +328,7 @@ pub async fn cpu(args: &CpuArgs, envoy: PathBuf) -> Result<CpuReport> {
         ext_authz: args.ext_authz,
         grpc: GrpcTransport::Uds,
         ready_timeout: Duration::from_secs(60),
+        failover_models: false,
     };
     let stack = Stack::start(&opts).await?;
     let client = LoadClient::new(args.connections, Duration::from_secs(10));

@@ -66,6 +66,9 @@ pub struct StackOptions {
     pub grpc: GrpcTransport,
     /// How long each process may take to become ready.
     pub ready_timeout: Duration,
+    /// Add the failover benchmark's models to the gateway's config
+    /// ([`crate::failover::add_failover_models`]).
+    pub failover_models: bool,
 }
 
 /// A child process killed (SIGKILL, by its own PID) and reaped on drop; output goes to a log.
@@ -422,14 +425,18 @@ impl Stack {
             GrpcTransport::Uds => format!("unix:{}", dir.join("tollgate.sock").display()),
         };
         let config = |grpc: &str| {
-            gateway_config(
+            let mut c = gateway_config(
                 grpc,
                 ANY_PORT,
                 mock.port(),
                 &key_hash(&key),
                 opts.budgets,
                 opts.ext_authz,
-            )
+            );
+            if opts.failover_models {
+                crate::failover::add_failover_models(&mut c);
+            }
+            c
         };
         let config_path = dir.join("tollgate.yaml");
         std::fs::write(&config_path, serde_yaml::to_string(&config(&grpc))?)
