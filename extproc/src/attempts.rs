@@ -172,6 +172,15 @@ impl Book {
         outcomes
     }
 
+    /// Whether attempt `number` of `request_id` has an outcome here.
+    pub fn has(&self, request_id: &str, number: usize) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner
+            .entries
+            .get(request_id)
+            .is_some_and(|e| e.outcomes.iter().any(|o| o.number == number))
+    }
+
     /// How many requests have outcomes here.
     pub fn len(&self) -> usize {
         self.inner
@@ -361,6 +370,7 @@ mod tests {
         );
         assert!(book.take("r1").is_empty());
         assert_eq!(book.len(), 1);
+        assert!(book.has("r2", 1) && !book.has("r2", 2) && !book.has("r1", 1));
         // A later report of the same attempt replaces the earlier one.
         book.record("r2", outcome(1, 0));
         assert_eq!(book.take("r2")[0].status, 0);

@@ -141,6 +141,9 @@ impl Processor {
                 self.finished = true;
                 self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
                 tracing::debug!(model = %attempt.model, attempt = attempt.number, "Failover attempt");
+                if attempt.number == 2 && !attempts::book().has(&attempt.request_id, 1) {
+                    self.first_attempt_unanswered(&attempt);
+                }
                 self.upstream = Some(attempt);
                 Some(mutation::request_headers(Vec::new()))
             }
@@ -400,6 +403,58 @@ impl Processor {
             mutation::common(headers, Vec::new(), None, false),
             BodySendMode::None,
         )
+    }
+
+    /// The second attempt of a request whose first attempt left no outcome: no response
+    /// headers came (a refused connection, a reset, the per-try timeout). The first target
+    /// learns the failure; the timeout is told from a reset by the time since the request's
+    /// ext_proc sent it on (an end within the last tenth of the per-try timeout, or later).
+    fn first_attempt_unanswered(&self, a: &Attempt) {
+        let config = Arc::clone(&self.config);
+        let Some(m) = config.models.get(&a.model) else {
+            return;
+        };
+        let Some((index, target)) = m
+            .failover_chain(a.first)
+            .and_then(|c| c.targets.first().copied())
+            .and_then(|i| Some((i, m.targets.get(i)?)))
+        else {
+            return;
+        };
+        let elapsed = a.pending.sent_at.elapsed();
+        let timeout = m
+            .failover
+            .as_ref()
+            .and_then(|f| f.per_try_timeout_ms)
+            .is_some_and(|ms| elapsed.as_millis().saturating_mul(10) >= u128::from(ms) * 9);
+        tracing::debug!(model = %a.model, provider = %target.provider.name, timeout, "A failover request's first attempt ended without an answer");
+        attempts::book().record(
+            &a.request_id,
+            Outcome {
+                number: 1,
+                target: index,
+                status: 0,
+                ending: if timeout {
+                    Ending::Timeout
+                } else {
+                    Ending::Reset
+                },
+                latency_ms: Outcome::millis(elapsed),
+            },
+        );
+        note_response(
+            TargetRef {
+                stats: &target.stats,
+                provider: &target.provider.name,
+                model: &a.model,
+                upstream_model: &target.upstream_model,
+            },
+            0,
+            false,
+            elapsed,
+            None,
+            &self.metrics,
+        );
     }
 
     /// A failover request answered by its first attempt (no upstream ext_proc saw that
