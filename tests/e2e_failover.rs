@@ -75,6 +75,15 @@ models:
     strategy: priority
     failover: off
     targets: [{{ provider: mock, model: mock-error-500 }}, {{ provider: claude, model: claude-upstream-model }}]
+  fo-eject:
+    strategy: priority
+    failover: {{}}
+    ejection: {{ consecutive_failures: 2, base_ms: 60000 }}
+    targets: [{{ provider: mock, model: mock-error-500 }}, {{ provider: claude, model: claude-upstream-model }}]
+  fo-deadline:
+    strategy: priority
+    failover: {{ timeout_ms: 800 }}
+    targets: [{{ provider: slow, model: mock-model }}, {{ provider: slow, model: mock-model-b }}]
   fo-one-try:
     strategy: priority
     failover: {{ on: ["5xx"] }}
@@ -353,4 +362,45 @@ async fn the_official_sdks_get_their_own_dialect_from_any_target() {
             ],
         );
     }
+}
+
+#[tokio::test]
+async fn failed_attempts_eject_their_target_and_the_deadline_cuts_a_slow_chain() {
+    let stack = Stack::start(options());
+    // Two requests whose first attempt fails (OpenAI 500) and whose second answers: the
+    // failed attempts, not the answers the client got, eject the first target
+    // (`consecutive_failures: 2`), so the next request starts at the second.
+    for _ in 0..2 {
+        let before = stack.upstream_requests().await.len();
+        let r = chat(&stack, "fo-eject", false).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
+        let paths = paths_since(&stack, before).await;
+        assert_eq!(paths, ["/v1/chat/completions", "/v1/messages"], "{paths:?}");
+    }
+    let before = stack.upstream_requests().await.len();
+    let r = chat(&stack, "fo-eject", false).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
+    let paths = paths_since(&stack, before).await;
+    assert_eq!(paths, ["/v1/messages"], "the ejected target was tried: {paths:?}");
+    let scrape = stack.metrics().await;
+    assert!(
+        scrape.contains("tollgate_target_ejections_total{provider=\"mock\"} 1"),
+        "{scrape}"
+    );
+
+    // `timeout_ms: 800` over a chain of two targets that take 1.5 s to answer: the client
+    // gets the deadline's 504 in its own dialect after about 800 ms, not after 3 s.
+    let started = Instant::now();
+    let r = chat(&stack, "fo-deadline", false).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text);
+    assert!(
+        (Duration::from_millis(750)..Duration::from_millis(1450)).contains(&took),
+        "{took:?}"
+    );
+    let body = r.json();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
 }
