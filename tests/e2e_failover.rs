@@ -84,6 +84,10 @@ models:
     strategy: priority
     failover: {{ timeout_ms: 800 }}
     targets: [{{ provider: slow, model: mock-model }}, {{ provider: slow, model: mock-model-b }}]
+  fo-budget:
+    strategy: priority
+    failover: {{}}
+    targets: [{{ provider: mock, model: mock-error-500 }}, {{ provider: claude, model: claude-upstream-model }}]
   fo-one-try:
     strategy: priority
     failover: {{ on: ["5xx"] }}
@@ -403,4 +407,58 @@ async fn failed_attempts_eject_their_target_and_the_deadline_cuts_a_slow_chain()
     let body = r.json();
     assert!(body["error"]["message"].is_string(), "{body}");
     assert!(body["error"]["type"].is_string(), "{body}");
+}
+
+/// The failover models, with a price for the Anthropic mock's model.
+fn priced_failover_models(yaml: String) -> String {
+    let line = "    mock-error-500: { input: \"1.5\", output: \"2\" }\n";
+    assert!(yaml.contains(line));
+    failover_models(yaml.replacen(
+        line,
+        &format!("{line}    claude-upstream-model: {{ input: \"3\", output: \"15\" }}\n"),
+        1,
+    ))
+}
+
+/// Picodollars as the budget endpoint writes USD.
+fn usd(picodollars: u64) -> String {
+    format!(
+        "{}.{:012}",
+        picodollars / 1_000_000_000_000,
+        picodollars % 1_000_000_000_000
+    )
+}
+
+#[tokio::test]
+async fn a_budget_is_charged_the_answering_attempt_only() {
+    let logged = LoggedStack::ndjson_with(StackOptions {
+        patch_config: Some(priced_failover_models),
+        extra_yaml: "budgets:\n  limits:\n    - { id: all-monthly, scope: key, name: all, period: monthly, amount_usd: \"100\" }\n".to_owned(),
+        ..Default::default()
+    });
+    let (stack, logger) = (&logged.stack, &logged.logger);
+    // OpenAI's 500 (a priced model), then Anthropic answers.
+    let r = chat(stack, "fo-budget", false).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
+    let event = wait_event(logger, r.header("x-tollgate-request-id").unwrap()).await;
+    assert_eq!(event["attempt_statuses"], json!([500, 200]), "{event}");
+    assert_eq!(event["upstream_model"], "claude-upstream-model", "{event}");
+    let failover_cost = event["cost_picodollars"].as_u64().unwrap();
+    // The same request straight to Anthropic costs exactly as much: the failed attempt
+    // added nothing.
+    let r = chat(stack, "claude-model", false).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let event = wait_event(logger, r.header("x-tollgate-request-id").unwrap()).await;
+    let direct_cost = event["cost_picodollars"].as_u64().unwrap();
+    assert!(direct_cost > 0, "{event}");
+    assert_eq!(failover_cost, direct_cost);
+    // The ledger holds the two answers' prices, nothing reserved.
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(
+        v["data"][0]["spent_usd"],
+        usd(failover_cost + direct_cost).as_str(),
+        "{v}"
+    );
+    assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
 }
