@@ -387,7 +387,11 @@ async fn failed_attempts_eject_their_target_and_the_deadline_cuts_a_slow_chain()
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
     let paths = paths_since(&stack, before).await;
-    assert_eq!(paths, ["/v1/messages"], "the ejected target was tried: {paths:?}");
+    assert_eq!(
+        paths,
+        ["/v1/messages"],
+        "the ejected target was tried: {paths:?}"
+    );
     let scrape = stack.metrics().await;
     assert!(
         scrape.contains("tollgate_target_ejections_total{provider=\"mock\"} 1"),

@@ -63,10 +63,7 @@ impl Cli {
         match &self.command {
             Some(Command::Load(l)) => l.client_threads,
             Some(
-                Command::Streams(_)
-                | Command::Startup(_)
-                | Command::Cpu(_)
-                | Command::Failover(_),
+                Command::Streams(_) | Command::Startup(_) | Command::Cpu(_) | Command::Failover(_),
             ) => 2,
             None => self.run.client_threads.unwrap_or(DEFAULT_CLIENT_THREADS),
         }
@@ -410,7 +407,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                     None => default_envoy()?,
                 };
                 let r = crate::failover::failover(&args, envoy).await?;
-                write_stdout(&format!("{}\n{}\n", r.markdown(), serde_json::to_string(&r)?))
+                write_stdout(&format!(
+                    "{}\n{}\n",
+                    r.markdown(),
+                    serde_json::to_string(&r)?
+                ))
             }
             Some(Command::Startup(args)) => {
                 let r = crate::footprint::startup(&args).await?;

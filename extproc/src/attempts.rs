@@ -309,7 +309,10 @@ impl Pendings {
     /// The pending request under `envoy_id`, left in place for later attempts.
     pub fn get(&self, envoy_id: &str) -> Option<std::sync::Arc<Pending>> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.entries.get(envoy_id).map(|(_, p)| std::sync::Arc::clone(p))
+        inner
+            .entries
+            .get(envoy_id)
+            .map(|(_, p)| std::sync::Arc::clone(p))
     }
 
     /// Drops the pending request under `envoy_id` (its request ended).

@@ -325,7 +325,10 @@ impl Processor {
     /// bound): the request then goes to its first target alone.
     fn keep_pending(&mut self, model: &str, first: usize, budget_lines: bool, body: &[u8]) -> bool {
         let (Some(envoy_id), Some(ctx)) = (&self.envoy_request_id, &self.ctx) else {
-            tracing::warn!(model, "No x-request-id on a failover request: it goes to its first target alone");
+            tracing::warn!(
+                model,
+                "No x-request-id on a failover request: it goes to its first target alone"
+            );
             return false;
         };
         let kept = attempts::pending().put(

@@ -121,10 +121,12 @@ impl Attempt {
 /// cluster's response-only ext_proc sends with a failed first attempt's response headers).
 fn attribute_request_id(msg: &ProcessingRequest) -> Option<&str> {
     use envoy_types::pb::google::protobuf::value::Kind;
-    msg.attributes.values().find_map(|s| match &s.fields.get("request.id")?.kind {
-        Some(Kind::StringValue(v)) => Some(v.as_str()),
-        _ => None,
-    })
+    msg.attributes
+        .values()
+        .find_map(|s| match &s.fields.get("request.id")?.kind {
+            Some(Kind::StringValue(v)) => Some(v.as_str()),
+            _ => None,
+        })
 }
 
 impl Processor {
@@ -362,7 +364,11 @@ impl Processor {
     /// target's live state learns the failure (latency, `Retry-After`, consecutive
     /// failures), the outcome book its status, and the response names the target, so that
     /// the request's stream, should this answer reach the client, does not note it again.
-    fn first_attempt_failed(&mut self, pending: Arc<Pending>, h: &HttpHeaders) -> ProcessingResponse {
+    fn first_attempt_failed(
+        &mut self,
+        pending: Arc<Pending>,
+        h: &HttpHeaders,
+    ) -> ProcessingResponse {
         let config = Arc::clone(&self.config);
         let status = header(&h.headers, ":status")
             .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
@@ -686,14 +692,16 @@ mod tests {
             ("POST", "/v1beta/models/x:generateContent?alt=sse")
         );
         // Without Envoy's count it is the first attempt; an unknown id is not an attempt.
-        let a = Attempt::from_headers(&headers(&[("x-request-id", "envoy-id-upstream-test")]))
-            .unwrap();
+        let a =
+            Attempt::from_headers(&headers(&[("x-request-id", "envoy-id-upstream-test")])).unwrap();
         assert_eq!(a.number, 1);
         assert!(Attempt::from_headers(&headers(&[("x-request-id", "other")])).is_none());
         assert!(Attempt::from_headers(&headers(&[(":path", "/v1/chat/completions")])).is_none());
         attempts::pending().remove("envoy-id-upstream-test");
-        assert!(Attempt::from_headers(&headers(&[("x-request-id", "envoy-id-upstream-test")]))
-            .is_none());
+        assert!(
+            Attempt::from_headers(&headers(&[("x-request-id", "envoy-id-upstream-test")]))
+                .is_none()
+        );
     }
 
     #[test]
