@@ -233,6 +233,9 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
         "retry-after",
         // Which target of a failover chain answered (set by the attempt's upstream ext_proc).
         tollgate_core::metadata::ANSWER_HEADER,
+        // Envoy's request id: a failover request's later attempts find the client's body
+        // under it.
+        "x-request-id",
         tollgate_core::metadata::REQUEST_ID_HEADER,
         // W3C trace context: the trace a request's span joins (`traces`).
         "traceparent",

@@ -248,28 +248,84 @@ pub fn failover_clusters_yaml(config: &Config) -> String {
     y
 }
 
-/// The upstream HTTP filters of a failover cluster: Tollgate's ext_proc sees each attempt's
-/// request (headers and the buffered body, which Envoy replays to every attempt unchanged)
-/// and its response headers, then the codec.
+/// The upstream HTTP filters of a failover cluster, then the codec:
+/// - Tollgate's ext_proc for attempts 2 and later (skipped on attempt 1, which the request's
+///   own ext_proc already translated for the chain's first target): it sees each later
+///   attempt's request headers, the buffered body (which Envoy replays as attempt 1 sent it;
+///   the attempt translates the client's body, kept in-process, instead) and its response
+///   headers;
+/// - a response-only ext_proc for attempt 1 that runs only when its status is a 5xx or a
+///   429 (so a first attempt that succeeds costs no exchange at all): it notes the failure
+///   on the first target (`request.id` names the request).
 const UPSTREAM_EXT_PROC: &str = r#"    typed_extension_protocol_options:
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: { http_protocol_options: {} }
         http_filters:
-        - name: envoy.filters.http.ext_proc
+        - name: envoy.filters.http.match_delegate
           typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
-            grpc_service: { envoy_grpc: { cluster_name: tollgate }, timeout: 2s }
-            failure_mode_allow: false
-            message_timeout: 2s
-            processing_mode:
-              request_header_mode: SEND
-              response_header_mode: SEND
-              request_body_mode: BUFFERED
-              response_body_mode: NONE
-              request_trailer_mode: SKIP
-              response_trailer_mode: SKIP
-            mutation_rules: { allow_all_routing: true, allow_envoy: true }
+            "@type": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher
+            extension_config:
+              name: envoy.filters.http.ext_proc
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+                grpc_service: { envoy_grpc: { cluster_name: tollgate }, timeout: 2s }
+                failure_mode_allow: false
+                message_timeout: 2s
+                processing_mode:
+                  request_header_mode: SEND
+                  response_header_mode: SEND
+                  request_body_mode: BUFFERED
+                  response_body_mode: NONE
+                  request_trailer_mode: SKIP
+                  response_trailer_mode: SKIP
+                mutation_rules: { allow_all_routing: true, allow_envoy: true }
+            xds_matcher:
+              matcher_tree:
+                input:
+                  name: attempt
+                  typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: x-envoy-attempt-count }
+                exact_match_map:
+                  map:
+                    "1":
+                      action:
+                        name: skip
+                        typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter }
+        - name: envoy.filters.http.match_delegate
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher
+            extension_config:
+              name: envoy.filters.http.ext_proc
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor
+                grpc_service: { envoy_grpc: { cluster_name: tollgate }, timeout: 2s }
+                failure_mode_allow: true
+                message_timeout: 2s
+                processing_mode:
+                  request_header_mode: SKIP
+                  response_header_mode: SEND
+                  request_body_mode: NONE
+                  response_body_mode: NONE
+                  request_trailer_mode: SKIP
+                  response_trailer_mode: SKIP
+                response_attributes: [request.id]
+            xds_matcher:
+              matcher_list:
+                matchers:
+                - predicate:
+                    not_matcher:
+                      and_matcher:
+                        predicate:
+                        - single_predicate:
+                            input: { name: attempt, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput, header_name: x-envoy-attempt-count } }
+                            value_match: { exact: "1" }
+                        - single_predicate:
+                            input: { name: status, typed_config: { "@type": type.googleapis.com/envoy.type.matcher.v3.HttpResponseHeaderMatchInput, header_name: ":status" } }
+                            value_match: { safe_regex: { google_re2: {}, regex: "5..|429" } }
+                  on_match:
+                    action:
+                      name: skip
+                      typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter }
         - name: envoy.filters.http.upstream_codec
           typed_config:
             "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
@@ -301,6 +357,7 @@ pub fn failover_clusters_proto(config: &Config) -> Vec<Cluster> {
     };
     use envoy_types::pb::envoy::r#type::v3::Percent;
     use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+    use envoy_types::pb::xds::r#type::matcher::v3 as xds_matcher;
 
     let two_secs = Duration {
         seconds: 2,
@@ -334,6 +391,49 @@ pub fn failover_clusters_proto(config: &Config) -> Vec<Cluster> {
         }),
         ..Default::default()
     };
+    // Later attempts only: attempt 1 was translated by the request's own ext_proc.
+    let later_attempts = skip_filter(
+        ext_proc,
+        xds_matcher::Matcher {
+            on_no_match: None,
+            matcher_type: Some(xds_matcher::matcher::MatcherType::MatcherTree(
+                xds_matcher::matcher::MatcherTree {
+                    input: Some(attempt_input()),
+                    tree_type: Some(xds_matcher::matcher::matcher_tree::TreeType::ExactMatchMap(
+                        xds_matcher::matcher::matcher_tree::MatchMap {
+                            map: [("1".to_owned(), skip_action())].into_iter().collect(),
+                        },
+                    )),
+                },
+            )),
+        },
+    );
+    // A failed first attempt's response headers only.
+    let first_failed = ExternalProcessor {
+        grpc_service: Some(GrpcService {
+            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                grpc_service::EnvoyGrpc {
+                    cluster_name: "tollgate".to_owned(),
+                    ..Default::default()
+                },
+            )),
+            timeout: Some(two_secs),
+            ..Default::default()
+        }),
+        failure_mode_allow: true,
+        message_timeout: Some(two_secs),
+        processing_mode: Some(ProcessingMode {
+            request_header_mode: HeaderSendMode::Skip as i32,
+            response_header_mode: HeaderSendMode::Send as i32,
+            request_body_mode: BodySendMode::None as i32,
+            response_body_mode: BodySendMode::None as i32,
+            request_trailer_mode: HeaderSendMode::Skip as i32,
+            response_trailer_mode: HeaderSendMode::Skip as i32,
+        }),
+        response_attributes: vec!["request.id".to_owned()],
+        ..Default::default()
+    };
+    let first_failed = skip_filter(first_failed, first_failed_matcher());
     let options = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
@@ -344,8 +444,15 @@ pub fn failover_clusters_proto(config: &Config) -> Vec<Cluster> {
         )),
         http_filters: vec![
             HttpFilter {
-                name: "envoy.filters.http.ext_proc".to_owned(),
-                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(ext_proc))),
+                name: MATCH_DELEGATE.to_owned(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                    later_attempts,
+                ))),
+                ..Default::default()
+            },
+            HttpFilter {
+                name: MATCH_DELEGATE.to_owned(),
+                config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(first_failed))),
                 ..Default::default()
             },
             HttpFilter {
@@ -403,6 +510,120 @@ pub fn failover_clusters_proto(config: &Config) -> Vec<Cluster> {
             ..Default::default()
         })
         .collect()
+}
+
+/// The upstream filter that wraps another in a matcher (`ExtensionWithMatcher`).
+const MATCH_DELEGATE: &str = "envoy.filters.http.match_delegate";
+
+/// `ext_proc` behind `matcher`, which skips it where it matches.
+fn skip_filter(
+    ext_proc: envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ExternalProcessor,
+    matcher: envoy_types::pb::xds::r#type::matcher::v3::Matcher,
+) -> envoy_types::pb::envoy::extensions::common::matching::v3::ExtensionWithMatcher {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    #[allow(deprecated)]
+    envoy_types::pb::envoy::extensions::common::matching::v3::ExtensionWithMatcher {
+        matcher: None,
+        xds_matcher: Some(matcher),
+        extension_config: Some(TypedExtensionConfig {
+            name: "envoy.filters.http.ext_proc".to_owned(),
+            typed_config: Some(pack_any(ext_proc)),
+        }),
+    }
+}
+
+/// A request-header input of a matcher.
+fn header_input(
+    name: &str,
+    header: &str,
+    response: bool,
+) -> envoy_types::pb::xds::core::v3::TypedExtensionConfig {
+    use envoy_types::pb::envoy::r#type::matcher::v3::{
+        HttpRequestHeaderMatchInput, HttpResponseHeaderMatchInput,
+    };
+    envoy_types::pb::xds::core::v3::TypedExtensionConfig {
+        name: name.to_owned(),
+        typed_config: Some(if response {
+            pack_any(HttpResponseHeaderMatchInput {
+                header_name: header.to_owned(),
+            })
+        } else {
+            pack_any(HttpRequestHeaderMatchInput {
+                header_name: header.to_owned(),
+            })
+        }),
+    }
+}
+
+/// Envoy's attempt count, as a matcher input.
+fn attempt_input() -> envoy_types::pb::xds::core::v3::TypedExtensionConfig {
+    header_input("attempt", "x-envoy-attempt-count", false)
+}
+
+/// The action that skips the wrapped filter.
+fn skip_action() -> envoy_types::pb::xds::r#type::matcher::v3::matcher::OnMatch {
+    use envoy_types::pb::envoy::extensions::filters::common::matcher::action::v3::SkipFilter;
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::{on_match, OnMatch};
+    OnMatch {
+        keep_matching: false,
+        on_match: Some(on_match::OnMatch::Action(
+            envoy_types::pb::xds::core::v3::TypedExtensionConfig {
+                name: "skip".to_owned(),
+                typed_config: Some(pack_any(SkipFilter {})),
+            },
+        )),
+    }
+}
+
+/// Skips unless the attempt is the first and its status a 5xx or a 429.
+fn first_failed_matcher() -> envoy_types::pb::xds::r#type::matcher::v3::Matcher {
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::matcher_list::{
+        predicate::{single_predicate, MatchType, PredicateList, SinglePredicate},
+        FieldMatcher, Predicate,
+    };
+    use envoy_types::pb::xds::r#type::matcher::v3::matcher::{MatcherList, MatcherType};
+    use envoy_types::pb::xds::r#type::matcher::v3::{
+        regex_matcher, string_matcher, Matcher, RegexMatcher, StringMatcher,
+    };
+    let single = |input, pattern| Predicate {
+        match_type: Some(MatchType::SinglePredicate(SinglePredicate {
+            input: Some(input),
+            matcher: Some(single_predicate::Matcher::ValueMatch(StringMatcher {
+                ignore_case: false,
+                match_pattern: Some(pattern),
+            })),
+        })),
+    };
+    let first_failed = Predicate {
+        match_type: Some(MatchType::AndMatcher(PredicateList {
+            predicate: vec![
+                single(
+                    attempt_input(),
+                    string_matcher::MatchPattern::Exact("1".to_owned()),
+                ),
+                single(
+                    header_input("status", ":status", true),
+                    string_matcher::MatchPattern::SafeRegex(RegexMatcher {
+                        regex: "5..|429".to_owned(),
+                        engine_type: Some(regex_matcher::EngineType::GoogleRe2(
+                            regex_matcher::GoogleRe2 {},
+                        )),
+                    }),
+                ),
+            ],
+        })),
+    };
+    Matcher {
+        on_no_match: None,
+        matcher_type: Some(MatcherType::MatcherList(MatcherList {
+            matchers: vec![FieldMatcher {
+                predicate: Some(Predicate {
+                    match_type: Some(MatchType::NotMatcher(Box::new(first_failed))),
+                }),
+                on_match: Some(skip_action()),
+            }],
+        })),
+    }
 }
 
 #[cfg(test)]

@@ -75,6 +75,19 @@ models:
     strategy: priority
     failover: off
     targets: [{{ provider: mock, model: mock-error-500 }}, {{ provider: claude, model: claude-upstream-model }}]
+  fo-eject:
+    strategy: priority
+    failover: {{}}
+    ejection: {{ consecutive_failures: 2, base_ms: 60000 }}
+    targets: [{{ provider: mock, model: mock-error-500 }}, {{ provider: claude, model: claude-upstream-model }}]
+  fo-deadline:
+    strategy: priority
+    failover: {{ timeout_ms: 800 }}
+    targets: [{{ provider: slow, model: mock-model }}, {{ provider: slow, model: mock-model-b }}]
+  fo-budget:
+    strategy: priority
+    failover: {{}}
+    targets: [{{ provider: mock, model: mock-error-500 }}, {{ provider: claude, model: claude-upstream-model }}]
   fo-one-try:
     strategy: priority
     failover: {{ on: ["5xx"] }}
@@ -271,7 +284,9 @@ async fn refused_connections_and_slow_first_bytes_move_on() {
     assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
     assert_eq!(r.json()["object"], "chat.completion", "{}", r.text);
     // The refused attempt got no response headers: status 0. Envoy never ran the upstream
-    // filter chain for it (no connection), so no stream of Tollgate's saw it: latency 0.
+    // filter chain for it (no connection); the second attempt's stream finds no outcome of
+    // the first and records it as ended without an answer (a reset), timed from the
+    // request's ext_proc.
     let id = r.header("x-tollgate-request-id").unwrap().to_owned();
     let event = wait_event(logger, &id).await;
     assert_eq!(
@@ -280,10 +295,8 @@ async fn refused_connections_and_slow_first_bytes_move_on() {
         "{event}"
     );
     assert_eq!(event["attempt_statuses"], json!([0, 200]), "{event}");
-    let latencies = &event["attempt_latencies_ms"];
-    assert_eq!(latencies[0], 0, "{event}");
-    assert_eq!(event["attempt_errors"], json!(["not_seen", ""]), "{event}");
-    assert!(latencies[1].as_u64().unwrap() > 0, "{event}");
+    assert_latencies(&event, 2);
+    assert_eq!(event["attempt_errors"], json!(["reset", ""]), "{event}");
 
     // A first byte slower than the per-try timeout (300 ms of the mock's 1500): Gemini.
     let started = Instant::now();
@@ -353,4 +366,103 @@ async fn the_official_sdks_get_their_own_dialect_from_any_target() {
             ],
         );
     }
+}
+
+#[tokio::test]
+async fn failed_attempts_eject_their_target_and_the_deadline_cuts_a_slow_chain() {
+    let stack = Stack::start(options());
+    // Two requests whose first attempt fails (OpenAI 500) and whose second answers: the
+    // failed attempts, not the answers the client got, eject the first target
+    // (`consecutive_failures: 2`), so the next request starts at the second.
+    for _ in 0..2 {
+        let before = stack.upstream_requests().await.len();
+        let r = chat(&stack, "fo-eject", false).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
+        let paths = paths_since(&stack, before).await;
+        assert_eq!(paths, ["/v1/chat/completions", "/v1/messages"], "{paths:?}");
+    }
+    let before = stack.upstream_requests().await.len();
+    let r = chat(&stack, "fo-eject", false).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
+    let paths = paths_since(&stack, before).await;
+    assert_eq!(
+        paths,
+        ["/v1/messages"],
+        "the ejected target was tried: {paths:?}"
+    );
+    let scrape = stack.metrics().await;
+    assert!(
+        scrape.contains("tollgate_target_ejections_total{provider=\"mock\"} 1"),
+        "{scrape}"
+    );
+
+    // `timeout_ms: 800` over a chain of two targets that take 1.5 s to answer: the client
+    // gets the deadline's 504 in its own dialect after about 800 ms, not after 3 s.
+    let started = Instant::now();
+    let r = chat(&stack, "fo-deadline", false).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text);
+    assert!(
+        (Duration::from_millis(750)..Duration::from_millis(1450)).contains(&took),
+        "{took:?}"
+    );
+    let body = r.json();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+}
+
+/// The failover models, with a price for the Anthropic mock's model.
+fn priced_failover_models(yaml: String) -> String {
+    let line = "    mock-error-500: { input: \"1.5\", output: \"2\" }\n";
+    assert!(yaml.contains(line));
+    failover_models(yaml.replacen(
+        line,
+        &format!("{line}    claude-upstream-model: {{ input: \"3\", output: \"15\" }}\n"),
+        1,
+    ))
+}
+
+/// Picodollars as the budget endpoint writes USD.
+fn usd(picodollars: u64) -> String {
+    format!(
+        "{}.{:012}",
+        picodollars / 1_000_000_000_000,
+        picodollars % 1_000_000_000_000
+    )
+}
+
+#[tokio::test]
+async fn a_budget_is_charged_the_answering_attempt_only() {
+    let logged = LoggedStack::ndjson_with(StackOptions {
+        patch_config: Some(priced_failover_models),
+        extra_yaml: "budgets:\n  limits:\n    - { id: all-monthly, scope: key, name: all, period: monthly, amount_usd: \"100\" }\n".to_owned(),
+        ..Default::default()
+    });
+    let (stack, logger) = (&logged.stack, &logged.logger);
+    // OpenAI's 500 (a priced model), then Anthropic answers.
+    let r = chat(stack, "fo-budget", false).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.header("x-tollgate-provider"), Some("claude"));
+    let event = wait_event(logger, r.header("x-tollgate-request-id").unwrap()).await;
+    assert_eq!(event["attempt_statuses"], json!([500, 200]), "{event}");
+    assert_eq!(event["upstream_model"], "claude-upstream-model", "{event}");
+    let failover_cost = event["cost_picodollars"].as_u64().unwrap();
+    // The same request straight to Anthropic costs exactly as much: the failed attempt
+    // added nothing.
+    let r = chat(stack, "claude-model", false).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let event = wait_event(logger, r.header("x-tollgate-request-id").unwrap()).await;
+    let direct_cost = event["cost_picodollars"].as_u64().unwrap();
+    assert!(direct_cost > 0, "{event}");
+    assert_eq!(failover_cost, direct_cost);
+    // The ledger holds the two answers' prices, nothing reserved.
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(
+        v["data"][0]["spent_usd"],
+        usd(failover_cost + direct_cost).as_str(),
+        "{v}"
+    );
+    assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
 }

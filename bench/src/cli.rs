@@ -53,6 +53,9 @@ pub enum Command {
     Startup(crate::footprint::StartupArgs),
     /// CPU per non-streaming request of Envoy, `serve` and the mock, baseline and gateway.
     Cpu(crate::footprint::CpuArgs),
+    /// What failover costs: a first attempt that answers, and a 500 then a second target,
+    /// against the same requests without failover (interleaved, medians over rounds).
+    Failover(crate::failover::FailoverArgs),
 }
 
 impl Cli {
@@ -60,7 +63,9 @@ impl Cli {
     pub fn client_threads(&self) -> usize {
         match &self.command {
             Some(Command::Load(l)) => l.client_threads,
-            Some(Command::Streams(_) | Command::Startup(_) | Command::Cpu(_)) => 2,
+            Some(
+                Command::Streams(_) | Command::Startup(_) | Command::Cpu(_) | Command::Failover(_),
+            ) => 2,
             None => self.run.client_threads.unwrap_or(DEFAULT_CLIENT_THREADS),
         }
         .max(1)
@@ -414,6 +419,18 @@ pub async fn run(cli: Cli) -> Result<()> {
                     serde_json::to_string(&r)?
                 ))
             }
+            Some(Command::Failover(args)) => {
+                let envoy = match &args.envoy {
+                    Some(e) => e.clone(),
+                    None => default_envoy()?,
+                };
+                let r = crate::failover::failover(&args, envoy).await?;
+                write_stdout(&format!(
+                    "{}\n{}\n",
+                    r.markdown(),
+                    serde_json::to_string(&r)?
+                ))
+            }
             Some(Command::Startup(args)) => {
                 let r = crate::footprint::startup(&args).await?;
                 write_stdout(&format!(
@@ -490,6 +507,7 @@ pub async fn run_comparison(cfg: RunConfig) -> Result<()> {
         grpc: cfg.grpc,
         ready_timeout: Duration::from_secs_f64(cfg.ready_timeout_secs),
         cache: cfg.cache,
+        failover_models: false,
     };
     let mut stack = Stack::start(&opts).await?;
     let rounds = match run_plan(&mut stack, &cfg.plan).await {

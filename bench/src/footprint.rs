@@ -98,6 +98,7 @@ pub async fn streams(args: &StreamsArgs, envoy: PathBuf) -> Result<StreamsReport
         grpc: GrpcTransport::Uds,
         ready_timeout: Duration::from_secs(60),
         cache: None,
+        failover_models: false,
     };
     let stack = Stack::start(&opts).await?;
     let pid = stack
@@ -329,6 +330,7 @@ pub async fn cpu(args: &CpuArgs, envoy: PathBuf) -> Result<CpuReport> {
         grpc: GrpcTransport::Uds,
         ready_timeout: Duration::from_secs(60),
         cache: None,
+        failover_models: false,
     };
     let stack = Stack::start(&opts).await?;
     let client = LoadClient::new(args.connections, Duration::from_secs(10));

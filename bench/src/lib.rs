@@ -4,6 +4,7 @@
 //! time to first / last byte, reported as medians over interleaved rounds.
 
 pub mod cli;
+pub mod failover;
 pub mod footprint;
 pub mod loadgen;
 pub mod report;

@@ -86,6 +86,9 @@ pub struct StackOptions {
     pub ready_timeout: Duration,
     /// The response-cache scenario (`None`: no cache section).
     pub cache: Option<CacheMode>,
+    /// Add the failover benchmark's models to the gateway's config
+    /// ([`crate::failover::add_failover_models`]).
+    pub failover_models: bool,
 }
 
 /// A child process killed (SIGKILL, by its own PID) and reaped on drop; output goes to a log.
@@ -455,6 +458,9 @@ impl Stack {
             );
             if opts.cache.is_some() {
                 with_cache(&mut c);
+            }
+            if opts.failover_models {
+                crate::failover::add_failover_models(&mut c);
             }
             c
         };

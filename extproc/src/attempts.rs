@@ -172,6 +172,15 @@ impl Book {
         outcomes
     }
 
+    /// Whether attempt `number` of `request_id` has an outcome here.
+    pub fn has(&self, request_id: &str, number: usize) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner
+            .entries
+            .get(request_id)
+            .is_some_and(|e| e.outcomes.iter().any(|o| o.number == number))
+    }
+
     /// How many requests have outcomes here.
     pub fn len(&self) -> usize {
         self.inner
@@ -191,6 +200,142 @@ impl Book {
 pub fn book() -> &'static Book {
     static BOOK: OnceLock<Book> = OnceLock::new();
     BOOK.get_or_init(|| Book::new(MAX_REQUESTS, MAX_AGE))
+}
+
+/// What the attempts after the first need of a failover request whose first attempt the
+/// request's own ext_proc prepared (translated for the chain's first target): the client's
+/// body, and the facts that name the chain. Kept under Envoy's `x-request-id` (the one id
+/// every attempt's upstream ext_proc sees without Tollgate adding a header), taken when the
+/// request ends.
+#[derive(Debug)]
+pub struct Pending {
+    /// Tollgate's request id (the outcome book's key).
+    pub request_id: String,
+    /// The model whose chain this is.
+    pub model: String,
+    /// The chain's first target.
+    pub first: usize,
+    /// Whether a budget applies to the request's key.
+    pub budget_lines: bool,
+    /// The client's method and path (with its query).
+    pub method: String,
+    pub path: String,
+    /// The body in the client's dialect, as the guardrails left it.
+    pub body: Vec<u8>,
+    /// When the request's ext_proc sent the first attempt on.
+    pub sent_at: Instant,
+}
+
+/// The most bytes of client bodies [`Pendings`] holds at once: past it, a failover request
+/// goes to its first target alone (logged, counted by the caller).
+pub const MAX_PENDING_BYTES: usize = 64 << 20;
+
+/// How long a pending request is kept when its stream never takes it (a lost stream).
+pub const MAX_PENDING_AGE: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Default)]
+struct PendingInner {
+    entries: HashMap<String, (Instant, std::sync::Arc<Pending>)>,
+    order: VecDeque<(Instant, String)>,
+    bytes: usize,
+}
+
+impl PendingInner {
+    fn pop_oldest(&mut self) {
+        if let Some((born, id)) = self.order.pop_front() {
+            if self.entries.get(&id).is_some_and(|(b, _)| *b == born) {
+                if let Some((_, p)) = self.entries.remove(&id) {
+                    self.bytes = self.bytes.saturating_sub(p.body.len());
+                }
+            }
+        }
+    }
+}
+
+/// Pending failover requests by Envoy's request id, bounded by count, bytes and age.
+#[derive(Debug)]
+pub struct Pendings {
+    inner: Mutex<PendingInner>,
+    max_requests: usize,
+    max_bytes: usize,
+    max_age: Duration,
+}
+
+impl Pendings {
+    /// A store of at most `max_requests` requests and `max_bytes` of bodies.
+    pub fn new(max_requests: usize, max_bytes: usize, max_age: Duration) -> Self {
+        Self {
+            inner: Mutex::new(PendingInner::default()),
+            max_requests: max_requests.max(1),
+            max_bytes,
+            max_age,
+        }
+    }
+
+    /// Keeps `pending` under `envoy_id`; `false` (nothing kept) when the id is empty or
+    /// already used, or the bodies would pass the byte bound.
+    pub fn put(&self, envoy_id: &str, pending: Pending) -> bool {
+        self.put_at(envoy_id, pending, Instant::now())
+    }
+
+    fn put_at(&self, envoy_id: &str, pending: Pending, now: Instant) -> bool {
+        if envoy_id.is_empty() {
+            return false;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        while inner
+            .order
+            .front()
+            .is_some_and(|(born, _)| now.saturating_duration_since(*born) > self.max_age)
+        {
+            inner.pop_oldest();
+        }
+        if inner.entries.contains_key(envoy_id)
+            || inner.bytes.saturating_add(pending.body.len()) > self.max_bytes
+        {
+            return false;
+        }
+        while inner.order.len() >= self.max_requests {
+            inner.pop_oldest();
+        }
+        inner.bytes += pending.body.len();
+        inner.order.push_back((now, envoy_id.to_owned()));
+        inner
+            .entries
+            .insert(envoy_id.to_owned(), (now, std::sync::Arc::new(pending)));
+        true
+    }
+
+    /// The pending request under `envoy_id`, left in place for later attempts.
+    pub fn get(&self, envoy_id: &str) -> Option<std::sync::Arc<Pending>> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner
+            .entries
+            .get(envoy_id)
+            .map(|(_, p)| std::sync::Arc::clone(p))
+    }
+
+    /// Drops the pending request under `envoy_id` (its request ended).
+    pub fn remove(&self, envoy_id: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, p)) = inner.entries.remove(envoy_id) {
+            inner.bytes = inner.bytes.saturating_sub(p.body.len());
+        }
+        // Its `order` slot goes when it reaches the front (a removed id no longer matches);
+        // the queue stays bounded by `max_requests` through `put`'s pop.
+    }
+
+    /// How many requests are pending, and their body bytes.
+    pub fn len_bytes(&self) -> (usize, usize) {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        (inner.entries.len(), inner.bytes)
+    }
+}
+
+/// The process's pending failover requests.
+pub fn pending() -> &'static Pendings {
+    static PENDING: OnceLock<Pendings> = OnceLock::new();
+    PENDING.get_or_init(|| Pendings::new(MAX_REQUESTS, MAX_PENDING_BYTES, MAX_PENDING_AGE))
 }
 
 #[cfg(test)]
@@ -228,6 +373,7 @@ mod tests {
         );
         assert!(book.take("r1").is_empty());
         assert_eq!(book.len(), 1);
+        assert!(book.has("r2", 1) && !book.has("r2", 2) && !book.has("r1", 1));
         // A later report of the same attempt replaces the earlier one.
         book.record("r2", outcome(1, 0));
         assert_eq!(book.take("r2")[0].status, 0);
@@ -268,5 +414,45 @@ mod tests {
             book.take_at(&format!("x{i}"), t0);
         }
         assert!(book.inner.lock().unwrap().order.len() <= 8);
+    }
+
+    fn pending(body: usize) -> Pending {
+        Pending {
+            request_id: "t".into(),
+            model: "m".into(),
+            first: 0,
+            budget_lines: false,
+            method: "POST".into(),
+            path: "/v1/chat/completions".into(),
+            body: vec![b'x'; body],
+            sent_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn pending_requests_are_bounded_by_count_bytes_and_age() {
+        let p = Pendings::new(2, 100, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(p.put_at("a", pending(40), t0));
+        // One id once; an empty id never.
+        assert!(!p.put_at("a", pending(1), t0));
+        assert!(!p.put_at("", pending(1), t0));
+        assert!(p.put_at("b", pending(40), t0));
+        // Past the byte bound: refused, nothing pushed out.
+        assert!(!p.put_at("c", pending(30), t0));
+        assert_eq!(p.len_bytes(), (2, 80));
+        assert_eq!(p.get("a").unwrap().body.len(), 40);
+        p.remove("a");
+        assert!(p.get("a").is_none());
+        assert_eq!(p.len_bytes(), (1, 40));
+        // Past the count bound, the oldest goes.
+        assert!(p.put_at("c", pending(10), t0));
+        assert!(p.put_at("d", pending(10), t0));
+        assert!(p.get("b").is_none());
+        assert_eq!(p.len_bytes(), (2, 20));
+        // Aged out.
+        assert!(p.put_at("e", pending(10), t0 + Duration::from_secs(61)));
+        assert_eq!(p.len_bytes(), (1, 10));
+        assert!(p.inner.lock().unwrap().order.len() <= 2);
     }
 }

@@ -26,6 +26,12 @@ impl Processor {
             return;
         }
         self.finished = true;
+        if std::mem::take(&mut self.pending_failover) {
+            // No attempt of this request comes after its end.
+            if let Some(id) = &self.envoy_request_id {
+                crate::attempts::pending().remove(id);
+            }
+        }
         // The target's in-flight slot is free as soon as its response is over.
         if let Some(f) = &mut self.forwarded {
             f.slot = None;

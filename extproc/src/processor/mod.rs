@@ -257,6 +257,10 @@ pub struct Processor {
     cache_pending: Option<Box<cache::Pending>>,
     /// The cache's answer to this request, when it had one.
     cache_hit: Option<Box<cache::Hit>>,
+    /// Envoy's `x-request-id` of the request (the key of its pending failover facts).
+    envoy_request_id: Option<String>,
+    /// Whether this request's facts wait in [`crate::attempts::pending`] (removed at its end).
+    pending_failover: bool,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -322,6 +326,8 @@ impl Processor {
             cache_control: Default::default(),
             cache_pending: None,
             cache_hit: None,
+            envoy_request_id: None,
+            pending_failover: false,
         }
     }
 
@@ -373,6 +379,9 @@ impl Processor {
         }
         let (phase, response) = match msg.request {
             Some(Request::RequestHeaders(h)) => {
+                self.envoy_request_id = header(&h.headers, "x-request-id")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .map(str::to_owned);
                 ("request_headers", self.on_request_headers(&h).await)
             }
             Some(Request::RequestBody(b)) => ("request_body", self.on_request_body(b).await),

@@ -62,6 +62,10 @@ impl Processor {
         } else if let Some(answer) = answer {
             // Each attempt noted its own outcome; the answer is read as its target's.
             self.answered_by(answer);
+        } else if from_upstream {
+            // The first attempt answered: no upstream ext_proc saw it.
+            let retry_after = header(&h.headers, "retry-after").map(<[u8]>::to_vec);
+            self.first_attempt_answered(status, retry_after.as_deref());
         }
         let Some(fwd) = &mut self.forwarded else {
             return mutation::response_headers(Default::default(), BodySendMode::None);

@@ -21,6 +21,7 @@ use tollgate_core::{ApiError, Config, Endpoint};
 use super::offload;
 use super::upstream_auth::{self, Signed};
 use super::{strip_query, unix_now, AuthContext, Forwarded, Processor};
+use crate::attempts;
 use crate::capture::Capture;
 use crate::guard;
 use crate::mutation::{self, set};
@@ -147,63 +148,42 @@ impl Processor {
         // A Responses request (rewritten here into the body it means) goes to its first target
         // only: the per-attempt path reads the client's own body.
         let chain = m.failover_chain(index).filter(|_| self.responses.is_none());
-        let (ctx_method, ctx_path, ctx_request_id) = self
-            .ctx
-            .as_ref()
-            .map(|c| (c.method.clone(), c.path.clone(), c.request_id.clone()))
-            .unwrap_or_default();
-        let (mut headers, remove, up, body) = match (&chain, &m.failover) {
-            (Some(chain), Some(f)) => {
-                // Failover: the body stays in the client's dialect (as the guardrails left
-                // it); the upstream ext_proc of each attempt applies that attempt's target.
-                // Only what reads the response is prepared here, for the first target.
-                let up = self
-                    .upstream_body(endpoint, target, pair, &parsed, b.body.len(), budget_lines)
-                    .map_err(refusal)?;
-                let mut headers = failover_headers(f, chain, parsed.stream);
-                headers.push(set(
-                    md::CHAIN_HEADER,
-                    format!(
-                        "{index};{};{};{};{};{}",
-                        u8::from(budget_lines),
-                        ctx_request_id,
-                        ctx_method,
-                        m.name,
-                        ctx_path
-                    ),
-                ));
-                if let Some(body) = &redacted {
-                    headers.push(set("content-length", body.len().to_string()));
-                }
-                let remove = vec![
-                    "accept-encoding".to_owned(),
-                    self.config.budgets.end_user_header.clone(),
-                ];
-                (headers, remove, up, redacted.clone())
-            }
-            _ => {
-                let native = self
-                    .responses_native(target, redacted.is_some(), policy.as_deref(), &model)
-                    .map_err(refusal)?;
-                let applied = self
-                    .apply_target(
-                        endpoint,
-                        target,
-                        pair,
-                        upstream_endpoint,
-                        &parsed,
-                        b.body.len(),
-                        budget_lines,
-                        native,
-                    )
-                    .await
-                    .map_err(refusal)?;
-                let mut headers = applied.headers;
-                headers.push(set(md::ROUTE_HEADER, provider.cluster.as_str()));
-                let body = Some(applied.up.body.clone());
-                (headers, applied.remove, applied.up, body)
-            }
-        };
+        // Failover: the first attempt is prepared here, for the chain's first target, exactly
+        // as a request routed to one target (the upstream ext_proc skips attempt 1). Later
+        // attempts translate the client's own body for their target: it is kept in-process
+        // under Envoy's request id; when it cannot be kept, the request goes to its first
+        // target alone.
+        let chain = chain.filter(|_| {
+            self.keep_pending(
+                &m.name,
+                index,
+                budget_lines,
+                redacted.as_deref().unwrap_or(&b.body),
+            )
+        });
+        let native = self
+            .responses_native(target, redacted.is_some(), policy.as_deref(), &model)
+            .map_err(refusal)?;
+        let applied = self
+            .apply_target(
+                endpoint,
+                target,
+                pair,
+                upstream_endpoint,
+                &parsed,
+                b.body.len(),
+                budget_lines,
+                native,
+            )
+            .await
+            .map_err(refusal)?;
+        let mut headers = applied.headers;
+        match (&chain, &m.failover) {
+            (Some(chain), Some(f)) => headers.extend(failover_headers(f, chain, parsed.stream)),
+            _ => headers.push(set(md::ROUTE_HEADER, provider.cluster.as_str())),
+        }
+        let body = Some(applied.up.body.clone());
+        let (remove, up) = (applied.remove, applied.up);
         if let Some(span) = &mut self.span {
             // The provider's side of the call (a traced self-hosted server) joins this span.
             headers.push(set(
@@ -354,6 +334,37 @@ impl Processor {
             remove,
             up,
         })
+    }
+
+    /// Keeps what a failover request's later attempts need (the client's body, the chain)
+    /// under Envoy's request id; `false` when it cannot be kept (no id, or the store's byte
+    /// bound): the request then goes to its first target alone.
+    fn keep_pending(&mut self, model: &str, first: usize, budget_lines: bool, body: &[u8]) -> bool {
+        let (Some(envoy_id), Some(ctx)) = (&self.envoy_request_id, &self.ctx) else {
+            tracing::warn!(
+                model,
+                "No x-request-id on a failover request: it goes to its first target alone"
+            );
+            return false;
+        };
+        let kept = attempts::pending().put(
+            envoy_id,
+            attempts::Pending {
+                request_id: ctx.request_id.clone(),
+                model: model.to_owned(),
+                first,
+                budget_lines,
+                method: ctx.method.clone(),
+                path: ctx.path.clone(),
+                body: body.to_vec(),
+                sent_at: Instant::now(),
+            },
+        );
+        if !kept {
+            tracing::warn!(model, bytes = body.len(), "A failover request could not be kept for later attempts (store full, or its x-request-id in use): it goes to its first target alone");
+        }
+        self.pending_failover = kept;
+        kept
     }
 
     /// The model's target for this request by its strategy, with the in-flight slot it

@@ -7,6 +7,7 @@
 //! attempt's status and latency go into the process's [`attempts::book`] under the request's
 //! id, where the request's ext_proc takes them for its log event.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
@@ -22,7 +23,7 @@ use tollgate_core::{ApiError, Dialect, Endpoint};
 use super::respect::TargetRef;
 use super::response::note_response;
 use super::{header, strip_query, unix_now, Processor};
-use crate::attempts::{self, Ending, Outcome};
+use crate::attempts::{self, Ending, Outcome, Pending};
 use crate::mutation::{self, set};
 use crate::stream::Pipeline;
 use crate::translator::{openai, Pair};
@@ -39,10 +40,6 @@ const CREDENTIAL_HEADERS: [&str; 4] = [
     "x-amz-security-token",
 ];
 
-/// The request headers of an attempt that go no further than Tollgate (removed by the
-/// chain's last attempt: earlier ones leave them for the next).
-const INTERNAL_HEADERS: [&str; 2] = [md::CHAIN_HEADER, ATTEMPT_HEADER];
-
 /// What one attempt's stream knows.
 #[derive(Debug)]
 pub(super) struct Attempt {
@@ -58,9 +55,12 @@ pub(super) struct Attempt {
     number: usize,
     /// When its request headers came.
     started: Instant,
-    /// The request's path and method (the client's: the request's ext_proc left them).
+    /// The request's path and method (the client's).
     path: String,
     method: String,
+    /// The request as the client sent it (the request's ext_proc kept it: Envoy replays the
+    /// body the first attempt was translated into).
+    pending: Arc<Pending>,
     /// This attempt's target, once the body chose it, with how its response is read.
     target: Option<Chosen>,
     /// Whether the attempt's response headers came.
@@ -77,37 +77,35 @@ struct Chosen {
 }
 
 impl Attempt {
-    /// An attempt's stream, when the request headers carry a failover chain
-    /// (`<first target>;<budget lines 0|1>;<request id>;<method>;<model>;<client path>`);
-    /// `None` for a
-    /// request's own stream. The client's path travels in the chain because every attempt
-    /// sees the request headers as the attempts before it left them (Envoy shares one
-    /// header map between them; only the body is replayed as it was).
+    /// An attempt's stream, when the request's Envoy id names a pending failover request
+    /// (which the request's ext_proc kept in [`attempts::pending`]); `None` for a request's
+    /// own stream. Nothing of the chain travels in headers: every attempt sees the request
+    /// headers as the attempts before it left them (Envoy shares one header map between
+    /// them), and Envoy's `x-request-id` and `x-envoy-attempt-count` are all it needs.
     fn from_headers(h: &HttpHeaders) -> Option<Attempt> {
-        let chain = std::str::from_utf8(header(&h.headers, md::CHAIN_HEADER)?).ok()?;
-        let mut parts = chain.splitn(6, ';');
-        let first = parts.next()?.parse().ok()?;
-        let budget_lines = parts.next()? == "1";
-        let request_id = parts.next()?.to_owned();
-        let method = parts.next()?.to_owned();
-        let model = parts.next()?.to_owned();
-        let path = parts.next()?.to_owned();
+        let id = std::str::from_utf8(header(&h.headers, "x-request-id")?).ok()?;
+        let pending = attempts::pending().get(id)?;
         let number = header(&h.headers, ATTEMPT_HEADER)
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
             .unwrap_or(1usize)
             .max(1);
-        Some(Attempt {
-            model,
-            request_id,
-            first,
-            budget_lines,
+        Some(Attempt::of(pending, number))
+    }
+
+    fn of(pending: Arc<Pending>, number: usize) -> Attempt {
+        Attempt {
+            model: pending.model.clone(),
+            request_id: pending.request_id.clone(),
+            first: pending.first,
+            budget_lines: pending.budget_lines,
             number,
             started: Instant::now(),
-            path,
-            method,
+            path: pending.path.clone(),
+            method: pending.method.clone(),
+            pending,
             target: None,
             answered: false,
-        })
+        }
     }
 
     /// The target index of this attempt in `m`'s chain.
@@ -117,6 +115,18 @@ impl Attempt {
             .get(self.number - 1)
             .copied()
     }
+}
+
+/// The Envoy request id in a message's attributes (`request.id`, which the failover
+/// cluster's response-only ext_proc sends with a failed first attempt's response headers).
+fn attribute_request_id(msg: &ProcessingRequest) -> Option<&str> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    msg.attributes
+        .values()
+        .find_map(|s| match &s.fields.get("request.id")?.kind {
+            Some(Kind::StringValue(v)) => Some(v.as_str()),
+            _ => None,
+        })
 }
 
 impl Processor {
@@ -133,6 +143,9 @@ impl Processor {
                 self.finished = true;
                 self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
                 tracing::debug!(model = %attempt.model, attempt = attempt.number, "Failover attempt");
+                if attempt.number == 2 && !attempts::book().has(&attempt.request_id, 1) {
+                    self.first_attempt_unanswered(&attempt);
+                }
                 self.upstream = Some(attempt);
                 Some(mutation::request_headers(Vec::new()))
             }
@@ -151,6 +164,17 @@ impl Processor {
             }
             Some(Request::ResponseHeaders(h)) if self.upstream.is_some() => {
                 Some(self.attempt_response(h))
+            }
+            Some(Request::ResponseHeaders(h))
+                if self.forwarded.is_none() && attribute_request_id(msg).is_some() =>
+            {
+                // Not a request of its own: nothing to settle or log when the stream ends.
+                self.finished = true;
+                let pending = attribute_request_id(msg).and_then(|id| attempts::pending().get(id));
+                Some(match pending {
+                    Some(p) => self.first_attempt_failed(p, h),
+                    None => mutation::response_headers(Default::default(), BodySendMode::None),
+                })
             }
             _ => None,
         }
@@ -182,7 +206,22 @@ impl Processor {
             }
         })?;
         let (number, first, budget_lines) = (attempt.number, attempt.first, attempt.budget_lines);
-        let parsed = openai::parse_request_at(endpoint, &path, &b.body)?;
+        if number == 1 {
+            // The request's ext_proc prepared the first attempt (a bootstrap whose upstream
+            // filter does not skip attempt 1 sends it here too): it goes on as it is.
+            if let Some(a) = &mut self.upstream {
+                a.target = Some(Chosen {
+                    index,
+                    sent_at: Instant::now(),
+                    include_usage: false,
+                    strip_usage_chunk: false,
+                });
+            }
+            return Ok(mutation::request_body(Default::default()));
+        }
+        let _replayed = b;
+        let pending = Arc::clone(&attempt.pending);
+        let parsed = openai::parse_request_at(endpoint, &path, &pending.body)?;
         let (pair, upstream_endpoint) =
             Pair::route(endpoint, target.family).map_err(|e| e.api_error())?;
         let applied = self
@@ -192,7 +231,7 @@ impl Processor {
                 pair,
                 upstream_endpoint,
                 &parsed,
-                b.body.len(),
+                pending.body.len(),
                 budget_lines,
                 None,
             )
@@ -242,8 +281,8 @@ impl Processor {
             }
         }
         if number >= chain.len() {
-            // The chain's last attempt: no later one needs the chain.
-            remove.extend(INTERNAL_HEADERS.iter().map(|h| (*h).to_owned()));
+            // The chain's last attempt: no later one needs Envoy's count.
+            remove.push(ATTEMPT_HEADER.to_owned());
         }
         let set_here: Vec<&str> = applied
             .headers
@@ -316,6 +355,137 @@ impl Processor {
             mutation::common(headers, Vec::new(), None, false),
             BodySendMode::None,
         )
+    }
+}
+
+impl Processor {
+    /// A failed first attempt's response headers (the failover cluster's response-only
+    /// ext_proc runs for attempt 1 only when its status is a 5xx or a 429): the first
+    /// target's live state learns the failure (latency, `Retry-After`, consecutive
+    /// failures), the outcome book its status, and the response names the target, so that
+    /// the request's stream, should this answer reach the client, does not note it again.
+    fn first_attempt_failed(
+        &mut self,
+        pending: Arc<Pending>,
+        h: &HttpHeaders,
+    ) -> ProcessingResponse {
+        let config = Arc::clone(&self.config);
+        let status = header(&h.headers, ":status")
+            .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+            .unwrap_or(0u16);
+        let elapsed = pending.sent_at.elapsed();
+        let mut headers = Vec::new();
+        if let Some((index, target)) = config.models.get(&pending.model).and_then(|m| {
+            let i = *m.failover_chain(pending.first)?.targets.first()?;
+            Some((i, m.targets.get(i)?))
+        }) {
+            tracing::debug!(model = %pending.model, status, "A failover request's first attempt failed");
+            attempts::book().record(
+                &pending.request_id,
+                Outcome {
+                    number: 1,
+                    target: index,
+                    status,
+                    ending: Ending::Answered,
+                    latency_ms: Outcome::millis(elapsed),
+                },
+            );
+            note_response(
+                TargetRef {
+                    stats: &target.stats,
+                    provider: &target.provider.name,
+                    model: &pending.model,
+                    upstream_model: &target.upstream_model,
+                },
+                status,
+                true,
+                elapsed,
+                header(&h.headers, "retry-after"),
+                &self.metrics,
+            );
+            headers.push(set(md::ANSWER_HEADER, format!("{index};1;0;0")));
+        }
+        mutation::response_headers(
+            mutation::common(headers, Vec::new(), None, false),
+            BodySendMode::None,
+        )
+    }
+
+    /// The second attempt of a request whose first attempt left no outcome: no response
+    /// headers came (a refused connection, a reset, the per-try timeout). The first target
+    /// learns the failure; the timeout is told from a reset by the time since the request's
+    /// ext_proc sent it on (an end within the last tenth of the per-try timeout, or later).
+    fn first_attempt_unanswered(&self, a: &Attempt) {
+        let config = Arc::clone(&self.config);
+        let Some(m) = config.models.get(&a.model) else {
+            return;
+        };
+        let Some((index, target)) = m
+            .failover_chain(a.first)
+            .and_then(|c| c.targets.first().copied())
+            .and_then(|i| Some((i, m.targets.get(i)?)))
+        else {
+            return;
+        };
+        let elapsed = a.pending.sent_at.elapsed();
+        let timeout = m
+            .failover
+            .as_ref()
+            .and_then(|f| f.per_try_timeout_ms)
+            .is_some_and(|ms| elapsed.as_millis().saturating_mul(10) >= u128::from(ms) * 9);
+        tracing::debug!(model = %a.model, provider = %target.provider.name, timeout, "A failover request's first attempt ended without an answer");
+        attempts::book().record(
+            &a.request_id,
+            Outcome {
+                number: 1,
+                target: index,
+                status: 0,
+                ending: if timeout {
+                    Ending::Timeout
+                } else {
+                    Ending::Reset
+                },
+                latency_ms: Outcome::millis(elapsed),
+            },
+        );
+        note_response(
+            TargetRef {
+                stats: &target.stats,
+                provider: &target.provider.name,
+                model: &a.model,
+                upstream_model: &target.upstream_model,
+            },
+            0,
+            false,
+            elapsed,
+            None,
+            &self.metrics,
+        );
+    }
+
+    /// A failover request answered by its first attempt (no upstream ext_proc saw that
+    /// attempt): its outcome is noted here, as for a request routed to one target.
+    pub(super) fn first_attempt_answered(&mut self, status: u16, retry_after: Option<&[u8]>) {
+        let Some(fwd) = &mut self.forwarded else {
+            return;
+        };
+        let Some(f) = &mut fwd.failover else { return };
+        let Some(&index) = f.chain.first() else {
+            return;
+        };
+        f.attempts = 1;
+        f.answered = Some(index);
+        let Some(fwd) = &self.forwarded else { return };
+        if let Some(target) = TargetRef::of(fwd) {
+            note_response(
+                target,
+                status,
+                true,
+                fwd.sent_at.elapsed(),
+                retry_after,
+                &self.metrics,
+            );
+        }
     }
 }
 
@@ -485,14 +655,25 @@ mod tests {
     }
 
     #[test]
-    fn an_attempt_reads_its_chain_and_number() {
+    fn an_attempt_reads_its_pending_request_and_number() {
+        let kept = attempts::pending().put(
+            "envoy-id-upstream-test",
+            Pending {
+                request_id: "req-1".into(),
+                model: "team/chat-a".into(),
+                first: 2,
+                budget_lines: true,
+                method: "POST".into(),
+                path: "/v1beta/models/x:generateContent?alt=sse".into(),
+                body: b"{}".to_vec(),
+                sent_at: Instant::now(),
+            },
+        );
+        assert!(kept);
         let a = Attempt::from_headers(&headers(&[
-            (
-                md::CHAIN_HEADER,
-                "2;1;req-1;POST;team/chat-a;/v1beta/models/x:generateContent?alt=sse",
-            ),
+            ("x-request-id", "envoy-id-upstream-test"),
             (ATTEMPT_HEADER, "3"),
-            // An earlier attempt's path: the chain's is the client's.
+            // An earlier attempt's path: the kept one is the client's.
             (":path", "/v1/messages"),
         ]))
         .unwrap();
@@ -510,12 +691,17 @@ mod tests {
             (a.method.as_str(), a.path.as_str()),
             ("POST", "/v1beta/models/x:generateContent?alt=sse")
         );
-        // Without Envoy's count it is the first attempt; without the chain, not an attempt.
+        // Without Envoy's count it is the first attempt; an unknown id is not an attempt.
         let a =
-            Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "0;0;r;POST;m;/v1/x")])).unwrap();
-        assert_eq!((a.number, a.budget_lines), (1, false));
+            Attempt::from_headers(&headers(&[("x-request-id", "envoy-id-upstream-test")])).unwrap();
+        assert_eq!(a.number, 1);
+        assert!(Attempt::from_headers(&headers(&[("x-request-id", "other")])).is_none());
         assert!(Attempt::from_headers(&headers(&[(":path", "/v1/chat/completions")])).is_none());
-        assert!(Attempt::from_headers(&headers(&[(md::CHAIN_HEADER, "x;0;r;POST;m;/")])).is_none());
+        attempts::pending().remove("envoy-id-upstream-test");
+        assert!(
+            Attempt::from_headers(&headers(&[("x-request-id", "envoy-id-upstream-test")]))
+                .is_none()
+        );
     }
 
     #[test]
