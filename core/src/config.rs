@@ -36,6 +36,8 @@ pub use jwt::{
 pub use lifecycle::{RawShutdown, RawStartupCheck, Shutdown, StartupCheck};
 mod responses;
 pub use responses::{RawResponses, Responses, ResponsesBackend};
+mod passthrough;
+pub use passthrough::{Grant, Passthrough, RawPassthrough};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -105,6 +107,10 @@ pub struct RawConfig {
     /// off when the section is absent. File keys win over it on a clash.
     #[serde(default)]
     pub control_plane: Option<RawControlPlane>,
+    /// Which keys and tenants may call providers' own APIs through `/passthrough/{provider}/…`
+    /// (nobody unless granted here).
+    #[serde(default)]
+    pub passthrough: RawPassthrough,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -1079,6 +1085,24 @@ pub enum Endpoint {
     /// `POST /v1/responses` (OpenAI Responses): natively to OpenAI and Azure, through the
     /// chat hub to every other provider.
     Responses,
+    /// `/passthrough/{provider}/{path}`, any method: the provider's own API, forwarded with
+    /// the client's key swapped for the provider's credential (see [`passthrough_call`]).
+    Passthrough,
+}
+
+/// The path prefix of passthrough routes.
+pub const PASSTHROUGH_PREFIX: &str = "/passthrough/";
+
+/// The provider name and the provider path (with its leading `/`, query kept) of a passthrough
+/// request path `/passthrough/{provider}/{path}`; the path is `/` when none follows.
+pub fn passthrough_call(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix(PASSTHROUGH_PREFIX)?;
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (provider, tail) = rest.split_at(split);
+    if provider.is_empty() {
+        return None;
+    }
+    Some((provider, if tail.is_empty() { "/" } else { tail }))
 }
 
 /// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
@@ -1120,6 +1144,7 @@ impl Endpoint {
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
             ("POST", "/v1/responses") => Some(Endpoint::Responses),
+            (_, p) if passthrough_call(p).is_some() => Some(Endpoint::Passthrough),
             _ => None,
         }
     }
@@ -1136,6 +1161,7 @@ impl Endpoint {
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "messages/count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::Passthrough => "passthrough",
         }
     }
 
@@ -1151,6 +1177,7 @@ impl Endpoint {
             Endpoint::Feedback => "feedback",
             Endpoint::CountTokens => "count_tokens",
             Endpoint::Responses => "responses",
+            Endpoint::Passthrough => "passthrough",
         }
     }
 
@@ -1165,6 +1192,7 @@ impl Endpoint {
             Endpoint::Feedback => 6,
             Endpoint::CountTokens => 7,
             Endpoint::Responses => 8,
+            Endpoint::Passthrough => 9,
         }
     }
 }
@@ -1750,6 +1778,8 @@ pub struct Config {
     pub responses: Responses,
     /// The control plane resolving keys the file does not list; `None` when off.
     pub control_plane: Option<ControlPlane>,
+    /// Who may use the passthrough routes, to which providers.
+    pub passthrough: Passthrough,
 }
 
 /// The validated `budgets` section.
@@ -2318,6 +2348,11 @@ impl Config {
             }
         }
 
+        let passthrough = passthrough::validate(
+            &raw.passthrough,
+            &raw.providers.keys().map(String::as_str).collect(),
+            &mut errs,
+        );
         let cors = cors::validate(
             raw.keys
                 .iter()
@@ -2355,6 +2390,7 @@ impl Config {
                 cors,
                 responses,
                 control_plane,
+                passthrough,
             }),
             _ => Err(errs.0),
         }

@@ -196,6 +196,8 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::GenerateContent => &["systemInstruction", "contents"],
         // Judged as the Chat Completions body it becomes (`processor/responses.rs`).
         Endpoint::Responses => &["messages"],
+        // Not judged: the body goes on untouched.
+        Endpoint::Passthrough => &[],
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
 }

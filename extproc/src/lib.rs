@@ -15,6 +15,7 @@ pub mod google;
 pub mod guard;
 pub mod log;
 pub mod mutation;
+pub mod passthrough;
 pub mod processor;
 pub mod responses;
 pub mod selfservice;

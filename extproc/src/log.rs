@@ -133,6 +133,7 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         answered_attempt: 0,
         attempt_latencies_ms: Vec::new(),
         attempt_errors: Vec::new(),
+        passthrough_path: String::new(),
     }
 }
 

@@ -110,6 +110,10 @@ pub struct Record {
     /// empty when headers came), parallel to `attempt_statuses` (migration 5).
     #[serde(default)]
     pub attempt_errors: Vec<String>,
+    /// A passthrough request's upstream path, without its query (migration 10; empty for
+    /// other endpoints).
+    #[serde(default)]
+    pub passthrough_path: String,
 }
 
 fn off() -> String {
@@ -177,6 +181,7 @@ impl From<&LogEvent> for Record {
             answered_attempt: e.answered_attempt,
             attempt_latencies_ms: e.attempt_latencies_ms.clone(),
             attempt_errors: e.attempt_errors.clone(),
+            passthrough_path: e.passthrough_path.clone(),
         }
     }
 }

@@ -47,6 +47,7 @@ mod completions;
 pub mod count;
 mod embeddings;
 mod error;
+mod files;
 mod gemini;
 mod log;
 mod messages;

@@ -201,6 +201,9 @@ async fn answer(
             chunk_delay,
         );
     }
+    if let Some(response) = crate::files::answer(method, uri.path(), body, number) {
+        return Ok(response);
+    }
     let route = Route::parse(method, uri.path())?;
     // Bedrock: the model is in the path, and every request must carry a valid SigV4 signature.
     let bedrock_model = match route.operation {

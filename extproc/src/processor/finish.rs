@@ -112,6 +112,9 @@ impl Processor {
             return;
         };
         let mut event = log::event(&facts);
+        if let Some(call) = &self.passthrough {
+            event.passthrough_path = call.logged_path().to_owned();
+        }
         if let Some(fwd) = &self.forwarded {
             if let Some(f) = &fwd.failover {
                 self.failover_attempts(fwd, f, outcomes, &mut event);

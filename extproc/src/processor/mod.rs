@@ -15,6 +15,7 @@ mod count;
 mod finish;
 mod local;
 mod offload;
+mod passthrough;
 mod reserve;
 mod respect;
 mod response;
@@ -240,6 +241,8 @@ pub struct Processor {
     response_store: crate::responses::store::Backend,
     /// Set when this stream is the upstream ext_proc of one failover attempt.
     upstream: Option<upstream::Attempt>,
+    /// A `/passthrough/{provider}/…` request's state (`None` for every other request).
+    passthrough: Option<Box<passthrough::Call>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -299,6 +302,7 @@ impl Processor {
             responses: None,
             response_store: Default::default(),
             upstream: None,
+            passthrough: None,
         }
     }
 

@@ -219,6 +219,8 @@ pub fn operation(endpoint: Endpoint) -> Option<&'static str> {
         Endpoint::GenerateContent => Some("generate_content"),
         Endpoint::Completions => Some("text_completion"),
         Endpoint::Embeddings => Some("embeddings"),
+        // Any call of the provider's own API: not one named operation.
+        Endpoint::Passthrough => None,
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => None,
     }
 }

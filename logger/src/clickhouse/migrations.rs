@@ -88,7 +88,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "failover attempt columns on the requests table",
         min_server: OLDEST_SERVER,
     },
+    Migration {
+        version: 10,
+        name: "passthrough path column on the requests table",
+        min_server: OLDEST_SERVER,
+    },
 ];
+
+/// The passthrough column (migration 10).
+pub const PASSTHROUGH_COLUMNS: [(&str, &str); 1] = [("passthrough_path", "String")];
 
 /// The migrations still to run on `server`, given those applied, in order; those needing a
 /// newer server are left for later.
@@ -271,6 +279,7 @@ async fn apply(
         3 => execute(client, &create_feedback_table_sql(database, table)).await,
         4 => add_missing_columns(client, database, table, &PAYLOAD_COLUMNS).await,
         5 => add_missing_columns(client, database, table, &FAILOVER_COLUMNS).await,
+        10 => add_missing_columns(client, database, table, &PASSTHROUGH_COLUMNS).await,
         other => Err(LoggerError::Task(format!("no migration numbered {other}"))),
     }
 }
