@@ -121,6 +121,10 @@ expression: \"response.code_details in ['missing_host_header', 'path_normalizati
 /// the route.)
 const EXT_PROC_ON: &str = "{ envoy.filters.http.ext_proc: { \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {} } }";
 
+/// The passthrough route's `typed_per_filter_config`: ext_proc on, the buffer filter off (a
+/// body Tollgate does not read streams through; ext_proc buffers the ones it reads).
+const PASSTHROUGH_FILTERS: &str = "{ envoy.filters.http.ext_proc: { \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {} }, envoy.filters.http.buffer: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute, disabled: true } }";
+
 /// The client request headers every request keeps on its way to Tollgate and the provider
 /// (besides the pseudo-headers and the end-user header): what Tollgate reads (the key headers,
 /// which it removes, the trace context) and what providers take from a client. Tollgate drops
@@ -312,6 +316,7 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     vars.push(("NOT_AUTHZ_DENIAL", NOT_AUTHZ_DENIAL.to_owned()));
     vars.push(("ENVOY_4XX", ENVOY_4XX.to_owned()));
     vars.push(("EXT_PROC_ON", EXT_PROC_ON.to_owned()));
+    vars.push(("PASSTHROUGH_FILTERS", PASSTHROUGH_FILTERS.to_owned()));
     let kept = kept_client_headers(config);
     vars.push(("KEPT_HEADERS_LIST", kept.join(", ")));
     vars.push((

@@ -18,11 +18,14 @@ use serde_json::{json, Value};
 /// its own grant (Gemini only), which wins; `rate` (tenant `slow`) has none.
 const GRANTS: &str = "passthrough:\n  tenants: { acme: ['*'] }\n  keys: { limited: [gemini] }\n";
 
-/// A price for the Anthropic mock's model, so passthrough usage is costed.
+/// USD per million tokens: input, output, cache read, cache write.
+const PRICE: &str = "{ input: \"3\", output: \"15\", cache_read: \"0.3\", cache_write: \"3.75\" }";
+
+/// A price for the Anthropic and Bedrock mocks' models, so usage is costed.
 fn priced(yaml: String) -> String {
     let patched = yaml.replacen(
         "pricing:\n  models:\n",
-        "pricing:\n  models:\n    claude-upstream-model: { input: \"3\", output: \"15\", cache_read: \"0.3\", cache_write: \"3.75\" }\n",
+        &format!("pricing:\n  models:\n    claude-upstream-model: {PRICE}\n    \"{BEDROCK_MODEL_ID}\": {PRICE}\n"),
         1,
     );
     assert_ne!(patched, yaml, "the base config's pricing section moved");
@@ -112,6 +115,27 @@ async fn openai_paths_tollgate_has_no_endpoint_for_go_through_with_the_key_swapp
     let req = last_to(&seen, "/batches");
     assert_eq!(req["body"], serde_json::from_str::<Value>(body).unwrap());
     assert_eq!(req["headers"]["content-length"], body.len().to_string());
+    assert!(!all_header_values(&seen).contains(KEY_ALL));
+
+    // A multipart upload (not JSON: it never visits Tollgate) arrives byte for byte.
+    stack.clear_upstream_requests().await;
+    let upload = "--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.jsonl\"\r\nContent-Type: application/octet-stream\r\n\r\n{\"custom_id\":\"1\"}\n\r\n--XyZ--\r\n";
+    let r = stack
+        .http
+        .post(format!("{}/passthrough/compat/files", stack.base))
+        .bearer_auth(KEY_ALL)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    let r = Reply::from(r).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["bytes"], upload.len());
+    let seen = stack.upstream_requests().await;
+    let req = last_to(&seen, "/files");
+    assert_eq!(req["body"], upload);
+    assert_eq!(req["headers"]["authorization"], format!("Bearer {COMPAT_SECRET}"));
     assert!(!all_header_values(&seen).contains(KEY_ALL));
 
     // A key without a grant: 403; a provider that is not configured: 404; both in OpenAI's
@@ -256,4 +280,81 @@ async fn bedrock_is_signed_over_the_forwarded_body() {
         )
         .await;
     r.assert_openai_error(403, Some("passthrough_not_allowed"));
+}
+
+#[tokio::test]
+async fn cache_control_reaches_anthropic_unchanged_and_bedrock_as_cache_points_priced() {
+    let logged = LoggedStack::ndjson_with(stack_options());
+    let stack = &logged.stack;
+    let request = |model: &str| {
+        json!({"model": model, "max_tokens": 30,
+            "system": [{"type": "text", "text": "Long rules.", "cache_control": {"type": "ephemeral"}}],
+            "tools": [{"name": "lookup", "input_schema": {"type": "object", "properties": {}},
+                       "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "Big document.", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+                {"type": "text", "text": "Question?"}]}]})
+    };
+    let send = |body: Value| async move {
+        let r = stack
+            .http
+            .post(format!("{}/v1/messages", stack.base))
+            .header("x-api-key", KEY_ALL)
+            .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        Reply::from(r).await
+    };
+
+    // To Anthropic: every `cache_control` as the client wrote it.
+    let sent = request("claude-model");
+    let r = send(sent.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let seen = stack.upstream_requests().await;
+    let got = &last_to(&seen, "/messages")["body"];
+    for member in ["system", "tools", "messages"] {
+        assert_eq!(got[member], sent[member], "{member}");
+    }
+
+    // To Bedrock: a `cachePoint` block after each marked block.
+    let r = send(request("bedrock-model")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let seen = stack.upstream_requests().await;
+    let got = &last_to(&seen, "/converse")["body"];
+    let point = json!({"cachePoint": {"type": "default"}});
+    assert_eq!(got["system"], json!([{"text": "Long rules."}, point]));
+    assert_eq!(
+        got["messages"][0]["content"],
+        json!([{"text": "Big document."}, point, {"text": "Question?"}])
+    );
+    assert_eq!(got["toolConfig"]["tools"][1], point);
+    // The cache tokens come back in Anthropic's usage...
+    let usage = &r.json()["usage"];
+    assert_eq!(usage["cache_read_input_tokens"], 1000, "{usage}");
+    assert_eq!(usage["cache_creation_input_tokens"], 300, "{usage}");
+
+    // ... and are logged and priced at the cache prices.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let event = loop {
+        let found = logged
+            .logger
+            .lines()
+            .into_iter()
+            .find(|e| e["provider"] == "bedrock" && e["endpoint"] == "messages");
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no Bedrock event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let n = |k: &str| event[k].as_u64().unwrap();
+    assert_eq!(n("cache_read_tokens"), 1000, "{event}");
+    assert_eq!(n("cache_write_tokens"), 300, "{event}");
+    let uncached = n("input_tokens") - 1300;
+    // Picodollars per token: USD per million × 10^6.
+    let expected = uncached * 3_000_000 + 1000 * 300_000 + 300 * 3_750_000 + n("output_tokens") * 15_000_000;
+    assert_eq!(n("cost_picodollars"), expected, "{event}");
 }

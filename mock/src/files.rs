@@ -1,5 +1,6 @@
 //! OpenAI's Files and Batches APIs, just enough for passthrough tests: `GET …/files` lists no
-//! files, `POST …/batches` answers a batch object naming the `input_file_id` it was sent.
+//! files, `POST …/files` (any body, multipart included) answers a file object with the byte
+//! count it received, `POST …/batches` a batch object naming the `input_file_id` it was sent.
 //! Tollgate has no endpoint of its own for either: only a passthrough route reaches them.
 
 use axum::http::Method;
@@ -12,6 +13,13 @@ pub(crate) fn answer(method: &Method, path: &str, body: &[u8], number: u64) -> O
     let path = path.trim_end_matches('/');
     if *method == Method::GET && path.ends_with("/files") {
         return Some(Json(json!({"object": "list", "data": [], "has_more": false})).into_response());
+    }
+    if *method == Method::POST && path.ends_with("/files") {
+        return Some(
+            Json(json!({"id": format!("file-mock-{number}"), "object": "file",
+                "bytes": body.len(), "purpose": "batch"}))
+            .into_response(),
+        );
     }
     if *method == Method::POST && path.ends_with("/batches") {
         let input = serde_json::from_slice::<Value>(body)

@@ -80,7 +80,7 @@ impl Processor {
             let err = ApiError::PassthroughNotAllowed(name.to_owned());
             return Some(self.reject(&err, None));
         }
-        let model = pt::model_in_path(tail);
+        let model = pt::model_in_path(tail).map(|m| tollgate_core::bound::echo(&m).into_owned());
         if let Some(m) = &model {
             if !model_allowed(&config, ctx, provider, m) {
                 return Some(self.reject(&ApiError::ModelNotAllowed(m.clone()), Some(m)));
@@ -143,7 +143,8 @@ impl Processor {
         }
         if let Some(call) = &mut self.passthrough {
             if call.model.is_none() {
-                call.model = body_model;
+                // Client text: bounded before it reaches the log event.
+                call.model = body_model.map(|m| tollgate_core::bound::echo(&m).into_owned());
             }
         }
         match self.passthrough_forward(Some(&b.body)).await {
