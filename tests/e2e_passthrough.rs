@@ -48,6 +48,18 @@ fn all_header_values(seen: &[Value]) -> String {
         .join("\n")
 }
 
+/// How many request bodies reached Tollgate's ext_proc so far.
+async fn body_messages(stack: &Stack) -> u64 {
+    stack
+        .metrics()
+        .await
+        .lines()
+        .find(|l| l.starts_with("tollgate_phase_duration_seconds_count{phase=\"request_body\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 fn last_to<'a>(seen: &'a [Value], suffix: &str) -> &'a Value {
     seen.iter()
         .rev()
@@ -111,6 +123,8 @@ async fn openai_paths_tollgate_has_no_endpoint_for_go_through_with_the_key_swapp
     let r = Reply::from(r).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["input_file_id"], "file-abc");
+    // A JSON body is read (for its model), once.
+    assert!(body_messages(&stack).await >= 1);
     let seen = stack.upstream_requests().await;
     let req = last_to(&seen, "/batches");
     assert_eq!(req["body"], serde_json::from_str::<Value>(body).unwrap());
@@ -119,6 +133,7 @@ async fn openai_paths_tollgate_has_no_endpoint_for_go_through_with_the_key_swapp
 
     // A multipart upload (not JSON: it never visits Tollgate) arrives byte for byte.
     stack.clear_upstream_requests().await;
+    let bodies_before = body_messages(&stack).await;
     let upload = "--XyZ\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.jsonl\"\r\nContent-Type: application/octet-stream\r\n\r\n{\"custom_id\":\"1\"}\n\r\n--XyZ--\r\n";
     let r = stack
         .http
@@ -135,6 +150,11 @@ async fn openai_paths_tollgate_has_no_endpoint_for_go_through_with_the_key_swapp
     let seen = stack.upstream_requests().await;
     let req = last_to(&seen, "/files");
     assert_eq!(req["body"], upload);
+    assert_eq!(
+        body_messages(&stack).await,
+        bodies_before,
+        "the upload's body was sent to Tollgate"
+    );
     assert_eq!(req["headers"]["authorization"], format!("Bearer {COMPAT_SECRET}"));
     assert!(!all_header_values(&seen).contains(KEY_ALL));
 
