@@ -513,8 +513,13 @@ mod tests {
             let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
                 .as_sequence()
                 .unwrap();
-            // The failover route (a chain named), the provider route, the 404.
-            assert_eq!(routes.len(), 3);
+            // The failover route (a chain named), the provider route, the passthrough 404
+            // (without the buffer filter), the 404.
+            assert_eq!(routes.len(), 4);
+            assert_eq!(
+                routes[2]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"],
+                true
+            );
             for r in routes {
                 assert!(
                     r["typed_per_filter_config"]["envoy.filters.http.ext_proc"].is_mapping(),

@@ -88,7 +88,10 @@ async fn openai_paths_tollgate_has_no_endpoint_for_go_through_with_the_key_swapp
     let stack = Stack::start(stack_options());
     // `GET /files` (relative to the base URL) and `/openai/v1/files` (the SDK's own prefix)
     // reach the same upstream path.
-    for path in ["/passthrough/compat/files?limit=2", "/passthrough/compat/openai/v1/files?limit=2"] {
+    for path in [
+        "/passthrough/compat/files?limit=2",
+        "/passthrough/compat/openai/v1/files?limit=2",
+    ] {
         stack.clear_upstream_requests().await;
         let r = stack.get(path, Some(KEY_ALL)).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text);
@@ -105,7 +108,10 @@ async fn openai_paths_tollgate_has_no_endpoint_for_go_through_with_the_key_swapp
         );
         // The provider's own extra headers go along.
         assert_eq!(req["headers"]["x-provider-team"], "e2e");
-        assert!(!all_header_values(&seen).contains(KEY_ALL), "client key upstream: {seen:?}");
+        assert!(
+            !all_header_values(&seen).contains(KEY_ALL),
+            "client key upstream: {seen:?}"
+        );
     }
 
     // A JSON body goes on as it came (whitespace and member order included).
@@ -155,7 +161,10 @@ async fn openai_paths_tollgate_has_no_endpoint_for_go_through_with_the_key_swapp
         bodies_before,
         "the upload's body was sent to Tollgate"
     );
-    assert_eq!(req["headers"]["authorization"], format!("Bearer {COMPAT_SECRET}"));
+    assert_eq!(
+        req["headers"]["authorization"],
+        format!("Bearer {COMPAT_SECRET}")
+    );
     assert!(!all_header_values(&seen).contains(KEY_ALL));
 
     // A key without a grant: 403; a provider that is not configured: 404; both in OpenAI's
@@ -166,7 +175,9 @@ async fn openai_paths_tollgate_has_no_endpoint_for_go_through_with_the_key_swapp
     let r = stack.get("/passthrough/nope/files", Some(KEY_ALL)).await;
     r.assert_openai_error(404, Some("provider_not_found"));
     // The key's own grant (Gemini only) wins over its tenant's.
-    let r = stack.get("/passthrough/compat/files", Some(KEY_LIMITED)).await;
+    let r = stack
+        .get("/passthrough/compat/files", Some(KEY_LIMITED))
+        .await;
     r.assert_openai_error(403, Some("passthrough_not_allowed"));
     // No key at all: refused by the gate as everywhere.
     let r = stack.get("/passthrough/compat/files", None).await;
@@ -184,7 +195,10 @@ async fn anthropic_stream_passes_through_untouched_with_usage_logged_and_priced(
     .to_string();
     let resp = stack
         .http
-        .post(format!("{}/passthrough/claude/messages?beta=true", stack.base))
+        .post(format!(
+            "{}/passthrough/claude/messages?beta=true",
+            stack.base
+        ))
         .header("x-api-key", KEY_ALL)
         .header("anthropic-version", "2023-06-01")
         .header("content-type", "application/json")
@@ -211,7 +225,9 @@ async fn anthropic_stream_passes_through_untouched_with_usage_logged_and_priced(
     assert!(!all_header_values(&seen).contains(KEY_ALL));
 
     let events = passthrough_events(&logged.logger, 1).await;
-    let e = events.last().unwrap_or_else(|| panic!("no passthrough event"));
+    let e = events
+        .last()
+        .unwrap_or_else(|| panic!("no passthrough event"));
     assert_eq!(e["provider"], "claude");
     assert_eq!(e["passthrough_path"], "/v1/messages");
     assert_eq!(e["requested_model"], "claude-upstream-model");
@@ -247,7 +263,10 @@ async fn gemini_model_in_the_path_is_held_to_the_allow_list() {
     assert!(r.json()["candidates"].is_array(), "{}", r.text);
     let seen = stack.upstream_requests().await;
     let req = last_to(&seen, ":generateContent");
-    assert_eq!(req["path"], "/v1beta/models/gemini-upstream-model:generateContent");
+    assert_eq!(
+        req["path"],
+        "/v1beta/models/gemini-upstream-model:generateContent"
+    );
     assert_eq!(req["headers"]["x-goog-api-key"], GEMINI_SECRET);
     assert!(!all_header_values(&seen).contains(KEY_ALL), "{seen:?}");
 
@@ -375,6 +394,7 @@ async fn cache_control_reaches_anthropic_unchanged_and_bedrock_as_cache_points_p
     assert_eq!(n("cache_write_tokens"), 300, "{event}");
     let uncached = n("input_tokens") - 1300;
     // Picodollars per token: USD per million × 10^6.
-    let expected = uncached * 3_000_000 + 1000 * 300_000 + 300 * 3_750_000 + n("output_tokens") * 15_000_000;
+    let expected =
+        uncached * 3_000_000 + 1000 * 300_000 + 300 * 3_750_000 + n("output_tokens") * 15_000_000;
     assert_eq!(n("cost_picodollars"), expected, "{event}");
 }

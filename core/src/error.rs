@@ -374,7 +374,9 @@ impl ApiError {
             ApiError::ModelNotAllowed(m) if long(m) => {
                 Cow::Owned(ApiError::ModelNotAllowed(cut(m)))
             }
-            ApiError::UnknownProvider(n) if long(n) => Cow::Owned(ApiError::UnknownProvider(cut(n))),
+            ApiError::UnknownProvider(n) if long(n) => {
+                Cow::Owned(ApiError::UnknownProvider(cut(n)))
+            }
             ApiError::UnknownEndpoint { method, path } if long(method) || long(path) => {
                 Cow::Owned(ApiError::UnknownEndpoint {
                     method: cut(method),

@@ -25,7 +25,10 @@ pub fn upstream_path(base_path: &str, tail: &str) -> String {
     };
     let already = !base_path.is_empty()
         && tail.starts_with(base_path)
-        && matches!(tail.as_bytes().get(base_path.len()), None | Some(b'/' | b'?'));
+        && matches!(
+            tail.as_bytes().get(base_path.len()),
+            None | Some(b'/' | b'?')
+        );
     if base_path.is_empty() || already {
         tail
     } else {
@@ -320,8 +323,10 @@ mod tests {
             Some("anthropic.claude-3-haiku-20240307-v1:0")
         );
         assert_eq!(
-            model_in_path("/v1/projects/p/locations/l/publishers/anthropic/models/claude-x:rawPredict")
-                .as_deref(),
+            model_in_path(
+                "/v1/projects/p/locations/l/publishers/anthropic/models/claude-x:rawPredict"
+            )
+            .as_deref(),
             Some("claude-x")
         );
         assert_eq!(model_in_path("/v1/files"), None);
@@ -341,7 +346,10 @@ mod tests {
             r.push(&stream[..cut], false);
             r.push(&stream[cut..], true);
             let u = r.usage().unwrap();
-            assert_eq!((u.input_tokens, u.cache_read_tokens, u.output_tokens), (15, 5, 7));
+            assert_eq!(
+                (u.input_tokens, u.cache_read_tokens, u.output_tokens),
+                (15, 5, 7)
+            );
         }
     }
 
@@ -352,8 +360,11 @@ mod tests {
             r.push(body.as_bytes(), true);
             r.usage()
         };
-        let u = read(ApiFamily::OpenAi, r#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#)
-            .unwrap();
+        let u = read(
+            ApiFamily::OpenAi,
+            r#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+        )
+        .unwrap();
         assert_eq!((u.input_tokens, u.output_tokens), (3, 4));
         let u = read(
             ApiFamily::OpenAi,
@@ -366,7 +377,10 @@ mod tests {
             r#"{"usage":{"inputTokens":3,"outputTokens":4,"cacheReadInputTokens":10,"cacheWriteInputTokens":2}}"#,
         )
         .unwrap();
-        assert_eq!((u.input_tokens, u.cache_read_tokens, u.cache_write_tokens), (15, 10, 2));
+        assert_eq!(
+            (u.input_tokens, u.cache_read_tokens, u.cache_write_tokens),
+            (15, 10, 2)
+        );
         let u = read(
             ApiFamily::Gemini,
             r#"{"usageMetadata":{"promptTokenCount":6,"candidatesTokenCount":2}}"#,

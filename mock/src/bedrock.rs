@@ -296,9 +296,9 @@ pub const CACHE_WRITE_TOKENS_PER_POINT: u64 = 100;
 /// `toolConfig.tools`.
 fn cache_points(request: &Request) -> u64 {
     let count = |blocks: Option<&Value>| {
-        blocks
-            .and_then(Value::as_array)
-            .map_or(0, |b| b.iter().filter(|x| x.get("cachePoint").is_some()).count() as u64)
+        blocks.and_then(Value::as_array).map_or(0, |b| {
+            b.iter().filter(|x| x.get("cachePoint").is_some()).count() as u64
+        })
     };
     let in_messages: u64 = request
         .get("messages")

@@ -12,12 +12,16 @@ use serde_json::{json, Value};
 pub(crate) fn answer(method: &Method, path: &str, body: &[u8], number: u64) -> Option<Response> {
     let path = path.trim_end_matches('/');
     if *method == Method::GET && path.ends_with("/files") {
-        return Some(Json(json!({"object": "list", "data": [], "has_more": false})).into_response());
+        return Some(
+            Json(json!({"object": "list", "data": [], "has_more": false})).into_response(),
+        );
     }
     if *method == Method::POST && path.ends_with("/files") {
         return Some(
-            Json(json!({"id": format!("file-mock-{number}"), "object": "file",
-                "bytes": body.len(), "purpose": "batch"}))
+            Json(
+                json!({"id": format!("file-mock-{number}"), "object": "file",
+                "bytes": body.len(), "purpose": "batch"}),
+            )
             .into_response(),
         );
     }

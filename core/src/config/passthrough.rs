@@ -88,7 +88,10 @@ pub(super) fn validate(
             }
             let grant = if list.iter().any(|p| p == "*") {
                 if list.len() > 1 {
-                    errs.add(path.clone(), "`*` already grants every provider: list it alone");
+                    errs.add(
+                        path.clone(),
+                        "`*` already grants every provider: list it alone",
+                    );
                 }
                 Grant::All
             } else {
@@ -125,7 +128,10 @@ mod tests {
         let (p, errs) = check("keys: { k1: [openai] }\ntenants: { acme: ['*'] }\n");
         assert!(errs.is_empty());
         assert!(p.allows("k1", "acme", "openai"));
-        assert!(!p.allows("k1", "acme", "anthropic"), "the key's own grant wins");
+        assert!(
+            !p.allows("k1", "acme", "anthropic"),
+            "the key's own grant wins"
+        );
         assert!(p.allows("k2", "acme", "anthropic"), "the tenant's grant");
         assert!(!p.allows("k2", "", "openai"));
         assert!(!p.allows("k3", "other", "openai"));

@@ -103,9 +103,7 @@ impl Processor {
             | Endpoint::Embeddings
             | Endpoint::Messages
             | Endpoint::GenerateContent => {}
-            Endpoint::Responses | Endpoint::Passthrough => {
-                return Err((ApiError::Internal, None))
-            }
+            Endpoint::Responses | Endpoint::Passthrough => return Err((ApiError::Internal, None)),
         }
         let path = strip_query(&ctx.path).to_owned();
         // The one parse of the body: every step below reads its members.

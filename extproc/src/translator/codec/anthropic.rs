@@ -16,8 +16,9 @@ use super::{insert_sampling, member, merged_turns, start_request, to_bytes, tool
 use crate::stream::Frame;
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
-    BlockKind, CacheAt, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning, Role,
-    StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, MIN_THINKING_BUDGET,
+    BlockKind, CacheAt, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part,
+    Reasoning, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    MIN_THINKING_BUDGET,
 };
 use crate::translator::json::RawObject;
 

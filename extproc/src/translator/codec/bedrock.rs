@@ -16,8 +16,8 @@ use super::{merged_turns, to_bytes};
 use crate::translator::error::TranslateError;
 use crate::translator::eventstream::{self, Message as Frame};
 use crate::translator::hub::{
-    BlockKind, CacheAt, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Part, Reasoning, StopReason,
-    StreamEvent, ToolCall, ToolChoice, MIN_THINKING_BUDGET,
+    BlockKind, CacheAt, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Part, Reasoning,
+    StopReason, StreamEvent, ToolCall, ToolChoice, MIN_THINKING_BUDGET,
 };
 
 // ---------------------------------------------------------------------------------------------

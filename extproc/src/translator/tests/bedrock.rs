@@ -214,7 +214,12 @@ fn anthropic_cache_control_becomes_converse_cache_points() {
     .to_string();
     let obj = RawObject::parse(body.as_bytes()).unwrap();
     let (out, _) = ANTHROPIC_TO_BEDROCK
-        .request(&obj, "anthropic.claude-3-5-sonnet-20240620-v1:0", false, body.len())
+        .request(
+            &obj,
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            false,
+            body.len(),
+        )
         .unwrap();
     let v: Value = serde_json::from_slice(&out).unwrap();
     let point = json!({"cachePoint": {"type": "default"}});
@@ -226,7 +231,10 @@ fn anthropic_cache_control_becomes_converse_cache_points() {
         v["messages"][0]["content"],
         json!([{"text": "Big document."}, point, {"text": "Question?"}])
     );
-    assert_eq!(v["messages"][2]["content"], json!([{"text": "Plain follow-up."}]));
+    assert_eq!(
+        v["messages"][2]["content"],
+        json!([{"text": "Plain follow-up."}])
+    );
     let tools = v["toolConfig"]["tools"].as_array().unwrap();
     assert_eq!(tools.len(), 3);
     assert_eq!(tools[0]["toolSpec"]["name"], "a");
@@ -238,7 +246,12 @@ fn anthropic_cache_control_becomes_converse_cache_points() {
     .to_string();
     let obj = RawObject::parse(plain.as_bytes()).unwrap();
     let (out, _) = ANTHROPIC_TO_BEDROCK
-        .request(&obj, "anthropic.claude-3-5-sonnet-20240620-v1:0", false, plain.len())
+        .request(
+            &obj,
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            false,
+            plain.len(),
+        )
         .unwrap();
     assert!(!String::from_utf8(out).unwrap().contains("cachePoint"));
 }
