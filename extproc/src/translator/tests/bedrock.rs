@@ -183,7 +183,11 @@ fn anthropic_to_bedrock_request() {
         "error"
     );
     assert_eq!(v["toolConfig"]["toolChoice"], json!({"any": {}}));
-    assert_eq!(v["system"], json!([{"text": "You are a weather bot."}]));
+    // The system block's `cache_control` becomes a cache point after it.
+    assert_eq!(
+        v["system"],
+        json!([{"text": "You are a weather bot."}, {"cachePoint": {"type": "default"}}])
+    );
     assert_eq!(
         v["additionalModelRequestFields"],
         json!({"thinking": {"type": "enabled", "budget_tokens": 2000}, "top_k": 40})
