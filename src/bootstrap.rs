@@ -121,6 +121,10 @@ expression: \"response.code_details in ['missing_host_header', 'path_normalizati
 /// the route.)
 const EXT_PROC_ON: &str = "{ envoy.filters.http.ext_proc: { \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {} } }";
 
+/// The passthrough route's `typed_per_filter_config`: ext_proc on, the buffer filter off (a
+/// body Tollgate does not read streams through; ext_proc buffers the ones it reads).
+const PASSTHROUGH_FILTERS: &str = "{ envoy.filters.http.ext_proc: { \"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig, config: {} }, envoy.filters.http.buffer: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute, disabled: true } }";
+
 /// The client request headers every request keeps on its way to Tollgate and the provider
 /// (besides the pseudo-headers and the end-user header): what Tollgate reads (the key headers,
 /// which it removes, the trace context) and what providers take from a client. Tollgate drops
@@ -323,6 +327,7 @@ pub fn gateway(config: &Config, o: &EnvoyOptions) -> anyhow::Result<String> {
     vars.push(("NOT_AUTHZ_DENIAL", NOT_AUTHZ_DENIAL.to_owned()));
     vars.push(("ENVOY_4XX", ENVOY_4XX.to_owned()));
     vars.push(("EXT_PROC_ON", EXT_PROC_ON.to_owned()));
+    vars.push(("PASSTHROUGH_FILTERS", PASSTHROUGH_FILTERS.to_owned()));
     let kept = kept_client_headers(config);
     vars.push(("KEPT_HEADERS_LIST", kept.join(", ")));
     vars.push((
@@ -519,8 +524,13 @@ mod tests {
             let routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
                 .as_sequence()
                 .unwrap();
-            // The failover route (a chain named), the provider route, the 404.
-            assert_eq!(routes.len(), 3);
+            // The failover route (a chain named), the provider route, the passthrough 404
+            // (without the buffer filter), the 404.
+            assert_eq!(routes.len(), 4);
+            assert_eq!(
+                routes[2]["typed_per_filter_config"]["envoy.filters.http.buffer"]["disabled"],
+                true
+            );
             for r in routes {
                 assert!(
                     r["typed_per_filter_config"]["envoy.filters.http.ext_proc"].is_mapping(),

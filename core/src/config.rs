@@ -42,6 +42,8 @@ mod media;
 pub use media::{MediaApi, RawMediaPrice};
 mod cache;
 pub use cache::{Cache, CacheBackend, CachePolicy, RawCache, RawCachePolicy};
+mod passthrough;
+pub use passthrough::{Grant, Passthrough, RawPassthrough};
 
 // ---------------------------------------------------------------------------------------------
 // Raw schema (what the YAML says)
@@ -118,6 +120,10 @@ pub struct RawConfig {
     /// The response cache (exact, by policy); off when the section is absent.
     #[serde(default)]
     pub cache: Option<RawCache>,
+    /// Which keys and tenants may call providers' own APIs through `/passthrough/{provider}/…`
+    /// (nobody unless granted here).
+    #[serde(default)]
+    pub passthrough: RawPassthrough,
 }
 
 /// The `traces` section: one span per LLM request (GenAI semantic conventions), exported to
@@ -1166,6 +1172,9 @@ pub enum Endpoint {
     /// `POST /v1/rerank` (or Cohere's `/v2/rerank`) in Cohere's shape, to the rerank provider
     /// kinds (`cohere`, `jina`, `voyage`, `tei`) and `openai_compatible` servers (vLLM).
     Rerank,
+    /// `/passthrough/{provider}/{path}`, any method: the provider's own API, forwarded with
+    /// the client's key swapped for the provider's credential (see [`passthrough_call`]).
+    Passthrough,
 }
 
 /// A Gemini method other than `generateContent` that Tollgate routes.
@@ -1195,6 +1204,21 @@ pub fn gemini_method(path: &str) -> Option<(&str, GeminiMethod)> {
         "batchEmbedContents" => Some((model, GeminiMethod::BatchEmbedContents)),
         _ => None,
     }
+}
+
+/// The path prefix of passthrough routes.
+pub const PASSTHROUGH_PREFIX: &str = "/passthrough/";
+
+/// The provider name and the provider path (with its leading `/`, query kept) of a passthrough
+/// request path `/passthrough/{provider}/{path}`; the path is `/` when none follows.
+pub fn passthrough_call(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix(PASSTHROUGH_PREFIX)?;
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (provider, tail) = rest.split_at(split);
+    if provider.is_empty() {
+        return None;
+    }
+    Some((provider, if tail.is_empty() { "/" } else { tail }))
 }
 
 /// The model and streaming flag of a Gemini client path (`/v1beta/models/{model}:generateContent`
@@ -1236,6 +1260,7 @@ impl Endpoint {
             ("POST", "/v1/feedback") => Some(Endpoint::Feedback),
             ("POST", "/v1/messages/count_tokens") => Some(Endpoint::CountTokens),
             ("POST", "/v1/responses") => Some(Endpoint::Responses),
+            (_, p) if passthrough_call(p).is_some() => Some(Endpoint::Passthrough),
             ("POST", "/v1/rerank" | "/v2/rerank") => Some(Endpoint::Rerank),
             ("POST", p) if MediaApi::from_path(p).is_some() => {
                 MediaApi::from_path(p).map(Endpoint::Media)
@@ -1264,6 +1289,7 @@ impl Endpoint {
             Endpoint::EmbedContent => "embedContent",
             Endpoint::Media(api) => api.suffix(),
             Endpoint::Rerank => "rerank",
+            Endpoint::Passthrough => "passthrough",
         }
     }
 
@@ -1282,6 +1308,7 @@ impl Endpoint {
             Endpoint::EmbedContent => "embed_content",
             Endpoint::Media(api) => api.label(),
             Endpoint::Rerank => "rerank",
+            Endpoint::Passthrough => "passthrough",
         }
     }
 
@@ -1300,6 +1327,7 @@ impl Endpoint {
             Endpoint::Media(_) => 11,
             // 9 is Gemini's `EmbedContent` (issue 15, item 5, merged in parallel).
             Endpoint::Rerank => 10,
+            Endpoint::Passthrough => 12,
         }
     }
 }
@@ -1891,6 +1919,8 @@ pub struct Config {
     pub evaluators: Evaluators,
     /// The response cache; `None` when off.
     pub cache: Option<Cache>,
+    /// Who may use the passthrough routes, to which providers.
+    pub passthrough: Passthrough,
 }
 
 /// The validated `budgets` section.
@@ -2474,6 +2504,11 @@ impl Config {
             }
         }
 
+        let passthrough = passthrough::validate(
+            &raw.passthrough,
+            &raw.providers.keys().map(String::as_str).collect(),
+            &mut errs,
+        );
         let cors = cors::validate(
             raw.keys
                 .iter()
@@ -2514,6 +2549,7 @@ impl Config {
                 control_plane,
                 evaluators,
                 cache,
+                passthrough,
             }),
             _ => Err(errs.0),
         }

@@ -84,6 +84,12 @@ pub enum ApiError {
     /// does not list.
     #[error("This API key may not be used from this origin.")]
     OriginNotAllowed,
+    /// A passthrough route (`/passthrough/{provider}/…`) naming no configured provider.
+    #[error("No provider `{0}` is configured for passthrough.")]
+    UnknownProvider(String),
+    /// A passthrough route to a provider this key may not reach through passthrough.
+    #[error("This API key is not allowed to use passthrough to the provider `{0}`.")]
+    PassthroughNotAllowed(String),
     /// No such endpoint.
     #[error("Unknown request URL: {method} {path}.")]
     UnknownEndpoint {
@@ -247,6 +253,18 @@ impl ApiError {
                 Some("origin_not_allowed"),
                 "origin_not_allowed",
             ),
+            ApiError::UnknownProvider(_) => (
+                404,
+                "invalid_request_error",
+                Some("provider_not_found"),
+                "provider_not_found",
+            ),
+            ApiError::PassthroughNotAllowed(_) => (
+                403,
+                "permission_error",
+                Some("passthrough_not_allowed"),
+                "passthrough_not_allowed",
+            ),
             ApiError::UnknownEndpoint { .. } => (
                 404,
                 "invalid_request_error",
@@ -354,6 +372,8 @@ impl ApiError {
             | ApiError::DisabledKey
             | ApiError::InvalidJson(_)
             | ApiError::OriginNotAllowed
+            | ApiError::UnknownProvider(_)
+            | ApiError::PassthroughNotAllowed(_)
             | ApiError::UnknownEndpoint { .. }
             | ApiError::PayloadTooLarge
             | ApiError::BodyTooComplex { .. }
@@ -391,6 +411,9 @@ impl ApiError {
             ApiError::UnknownModel(m) if long(m) => Cow::Owned(ApiError::UnknownModel(cut(m))),
             ApiError::ModelNotAllowed(m) if long(m) => {
                 Cow::Owned(ApiError::ModelNotAllowed(cut(m)))
+            }
+            ApiError::UnknownProvider(n) if long(n) => {
+                Cow::Owned(ApiError::UnknownProvider(cut(n)))
             }
             ApiError::UnknownEndpoint { method, path } if long(method) || long(path) => {
                 Cow::Owned(ApiError::UnknownEndpoint {
@@ -434,6 +457,8 @@ impl ApiError {
             | ApiError::UnknownModel(_)
             | ApiError::ModelNotAllowed(_)
             | ApiError::OriginNotAllowed
+            | ApiError::UnknownProvider(_)
+            | ApiError::PassthroughNotAllowed(_)
             | ApiError::UnknownEndpoint { .. }
             | ApiError::PayloadTooLarge
             | ApiError::BodyTooComplex { .. }

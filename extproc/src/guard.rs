@@ -202,6 +202,8 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::Media(_) => &[],
         // Judged by `processor/rerank.rs` over the query and documents it reads itself.
         Endpoint::Rerank => &[],
+        // Not judged: the body goes on untouched.
+        Endpoint::Passthrough => &[],
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
 }

@@ -18,6 +18,7 @@ pub mod log;
 pub mod media;
 pub mod multipart;
 pub mod mutation;
+pub mod passthrough;
 pub mod processor;
 pub mod rerank;
 pub mod responses;

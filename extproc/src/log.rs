@@ -141,6 +141,7 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         search_units: 0,
         cache: String::new(),
         cache_source_request_id: String::new(),
+        passthrough_path: String::new(),
     }
 }
 

@@ -134,6 +134,10 @@ pub struct Record {
     /// For a cache hit: the request id whose answer was served (migration 6).
     #[serde(default)]
     pub cache_source_request_id: String,
+    /// A passthrough request's upstream path, without its query (migration 10; empty for
+    /// other endpoints).
+    #[serde(default)]
+    pub passthrough_path: String,
 }
 
 fn off() -> String {
@@ -209,6 +213,7 @@ impl From<&LogEvent> for Record {
             search_units: e.search_units,
             cache: e.cache.clone(),
             cache_source_request_id: e.cache_source_request_id.clone(),
+            passthrough_path: e.passthrough_path.clone(),
         }
     }
 }

@@ -287,6 +287,28 @@ fn block_texts(blocks: &Value) -> Vec<&str> {
 }
 
 /// Answers one Converse request (`exchange.model` is the path's model id).
+/// Cache tokens read by a request with at least one `cachePoint`.
+pub const CACHE_READ_TOKENS: u64 = 1000;
+/// Cache tokens written per `cachePoint` of a request.
+pub const CACHE_WRITE_TOKENS_PER_POINT: u64 = 100;
+
+/// The `cachePoint` blocks of a Converse request: in `system`, message contents and
+/// `toolConfig.tools`.
+fn cache_points(request: &Request) -> u64 {
+    let count = |blocks: Option<&Value>| {
+        blocks.and_then(Value::as_array).map_or(0, |b| {
+            b.iter().filter(|x| x.get("cachePoint").is_some()).count() as u64
+        })
+    };
+    let in_messages: u64 = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |ms| ms.iter().map(|m| count(m.get("content"))).sum());
+    count(request.get("system"))
+        + in_messages
+        + count(request.get("toolConfig").and_then(|t| t.get("tools")))
+}
+
 pub(crate) fn respond(
     request: &Request,
     exchange: &Exchange<'_>,
@@ -349,8 +371,20 @@ pub(crate) fn respond(
         (None, FinishReason::Length) => "max_tokens",
         (None, FinishReason::Stop) => "end_turn",
     };
-    let usage = json!({"inputTokens": input_tokens, "outputTokens": output_tokens,
+    let mut usage = json!({"inputTokens": input_tokens, "outputTokens": output_tokens,
         "totalTokens": input_tokens + output_tokens});
+    // A prompt with cache points reads the cached prefix and writes the rest (fixed counts:
+    // the mock keeps no cache), reported apart from `inputTokens` as Bedrock does.
+    let points = cache_points(request);
+    if points > 0 {
+        usage["cacheReadInputTokens"] = CACHE_READ_TOKENS.into();
+        usage["cacheWriteInputTokens"] = (CACHE_WRITE_TOKENS_PER_POINT * points).into();
+        usage["totalTokens"] = (input_tokens
+            + output_tokens
+            + CACHE_READ_TOKENS
+            + CACHE_WRITE_TOKENS_PER_POINT * points)
+            .into();
+    }
     if stream {
         let pieces: Vec<String> = match call {
             Some(_) => vec![text.clone()],

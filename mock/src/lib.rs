@@ -49,6 +49,7 @@ mod completions;
 pub mod count;
 mod embeddings;
 mod error;
+mod files;
 mod gemini;
 mod gemini_embed;
 mod log;

@@ -226,6 +226,9 @@ async fn answer(
         let key = state.config.api_key.as_deref();
         return Ok(rerank::respond(api, key, headers, body, number));
     }
+    if let Some(response) = crate::files::answer(method, uri.path(), body, number) {
+        return Ok(response);
+    }
     let route = Route::parse(method, uri.path())?;
     // Bedrock: the model is in the path, and every request must carry a valid SigV4 signature.
     let bedrock_model = match route.operation {

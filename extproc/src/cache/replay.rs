@@ -122,7 +122,7 @@ fn events_of(r: &ChatResponse) -> Vec<StreamEvent> {
                 (BlockKind::RedactedThinking { data: data.clone() }, None)
             }
             // Not in answers.
-            Part::Image(_) | Part::ToolResult(_) => continue,
+            Part::Image(_) | Part::ToolResult(_) | Part::CachePoint => continue,
         };
         events.push(StreamEvent::BlockStart { index, block });
         if let Some(delta) = delta {

@@ -75,6 +75,9 @@ impl Processor {
         self.end_user = text(&self.config.budgets.end_user_header)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty());
+        if let Some(answer) = self.passthrough_headers(h, &path, &method, &strip).await {
+            return answer;
+        }
         if let Some(id) = strip_query(&path).strip_prefix("/v1/responses/") {
             if !id.is_empty() && !id.contains('/') {
                 let id = id.to_owned();

@@ -54,12 +54,18 @@ impl Processor {
         let endpoint = self.request_endpoint().unwrap_or(fwd.endpoint);
         let status = fwd.status.unwrap_or(499);
         let provider = fwd.provider.name.clone();
+        // A passthrough request's model is the client's text: a label only when configured.
+        let model = match fwd.endpoint {
+            Endpoint::Passthrough if fwd.model.is_empty() => "none".to_owned(),
+            Endpoint::Passthrough => super::local::model_label(&self.config, Some(&fwd.model)),
+            _ => fwd.model.clone(),
+        };
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
                 endpoint: endpoint.label(),
                 provider: provider.clone(),
-                model: fwd.model.clone(),
+                model: model.clone(),
                 status,
             })
             .inc();
@@ -70,7 +76,7 @@ impl Processor {
                         .tokens
                         .get_or_create(&TokenLabels {
                             provider: provider.clone(),
-                            model: fwd.model.clone(),
+                            model: model.clone(),
                             kind,
                         })
                         .inc_by(n);
@@ -121,6 +127,9 @@ impl Processor {
         self.media_event(&mut event);
         event.search_units = self.rerank_search_units();
         self.cache_log(&mut event);
+        if let Some(call) = &self.passthrough {
+            event.passthrough_path = call.logged_path().to_owned();
+        }
         if let Some(fwd) = &self.forwarded {
             if let Some(f) = &fwd.failover {
                 self.failover_attempts(fwd, f, outcomes, &mut event);

@@ -18,6 +18,7 @@ mod gemini_methods;
 mod local;
 mod media;
 mod offload;
+mod passthrough;
 mod rerank;
 mod reserve;
 mod respect;
@@ -261,6 +262,8 @@ pub struct Processor {
     envoy_request_id: Option<String>,
     /// Whether this request's facts wait in [`crate::attempts::pending`] (removed at its end).
     pending_failover: bool,
+    /// A `/passthrough/{provider}/…` request's state (`None` for every other request).
+    passthrough: Option<Box<passthrough::Call>>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -328,6 +331,7 @@ impl Processor {
             cache_hit: None,
             envoy_request_id: None,
             pending_failover: false,
+            passthrough: None,
         }
     }
 

@@ -24,6 +24,9 @@ const FAILED_ATTEMPT_LATENCY: std::time::Duration = std::time::Duration::from_se
 
 impl Processor {
     pub(super) fn on_response_headers(&mut self, h: &HttpHeaders) -> ProcessingResponse {
+        if self.passthrough.is_some() && self.forwarded.is_some() {
+            return self.passthrough_response_headers(h);
+        }
         let Some(fwd) = &mut self.forwarded else {
             // A reply that never came from a provider through us (a local reply): leave its
             // body, and name it like every other response.
@@ -121,6 +124,9 @@ impl Processor {
     }
 
     pub(super) async fn on_response_body(&mut self, b: HttpBody) -> ProcessingResponse {
+        if self.passthrough.is_some() && self.forwarded.is_some() {
+            return self.passthrough_response_body(&b);
+        }
         if self.media.is_some() {
             return self.media_response_body(&b);
         }

@@ -54,6 +54,9 @@ pub(super) struct Upstream {
 
 impl Processor {
     pub(super) async fn on_request_body(&mut self, b: HttpBody) -> ProcessingResponse {
+        if self.passthrough.is_some() {
+            return self.passthrough_body(b).await;
+        }
         // A large body's parse, guardrails and translation leave the async workers that every
         // other request (and the ext_authz service) needs.
         let routed = if b.body.len() as u64 >= self.config.body_limits.blocking_bytes {
@@ -112,7 +115,9 @@ impl Processor {
             | Endpoint::Embeddings
             | Endpoint::Messages
             | Endpoint::GenerateContent => {}
-            Endpoint::Responses | Endpoint::Media(_) => return Err((ApiError::Internal, None)),
+            Endpoint::Responses | Endpoint::Media(_) | Endpoint::Passthrough => {
+                return Err((ApiError::Internal, None))
+            }
         }
         let path = strip_query(&ctx.path).to_owned();
         // The one parse of the body: every step below reads its members.

@@ -90,3 +90,34 @@ fn bedrock(
     ));
     true
 }
+
+/// Adds `provider`'s credential headers to a passthrough request: the same credential as
+/// [`credentials`], with a Bedrock request signed for its own `method` over its body as the
+/// client sent it (its `content-type` and `accept` are the client's).
+pub(super) fn passthrough_credentials(
+    provider: &Provider,
+    method: &str,
+    request: &Signed<'_>,
+    headers: &mut Vec<HeaderValueOption>,
+) -> Result<(), ApiError> {
+    let Some(signer) = &provider.aws else {
+        return credentials(provider, request, headers);
+    };
+    let Some(signed) = signer.try_sign(
+        method,
+        request.authority,
+        request.path,
+        request.body,
+        SystemTime::now(),
+    ) else {
+        tracing::warn!(provider = %provider.name, "No AWS credentials for the provider yet");
+        return Err(ApiError::Upstream(503));
+    };
+    headers.push(set("authorization", signed.authorization));
+    headers.push(set("x-amz-date", signed.amz_date));
+    headers.push(set("x-amz-content-sha256", signed.content_sha256));
+    if let Some(token) = signed.security_token {
+        headers.push(set("x-amz-security-token", token));
+    }
+    Ok(())
+}

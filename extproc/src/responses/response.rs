@@ -118,7 +118,10 @@ impl Envelope {
                     let id = self.item_id("rs", output.len());
                     output.push(reasoning_item(&id, t, signature.as_deref()));
                 }
-                Part::RedactedThinking { .. } | Part::Image(_) | Part::ToolResult(_) => {}
+                Part::RedactedThinking { .. }
+                | Part::Image(_)
+                | Part::ToolResult(_)
+                | Part::CachePoint => {}
             }
         }
         flush_text(&mut text, &mut output);

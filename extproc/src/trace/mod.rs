@@ -221,6 +221,8 @@ pub fn operation(endpoint: Endpoint) -> Option<&'static str> {
         Endpoint::Embeddings | Endpoint::EmbedContent => Some("embeddings"),
         Endpoint::Media(api) => Some(api.label()),
         Endpoint::Rerank => Some("rerank"),
+        // Any call of the provider's own API: not one named operation.
+        Endpoint::Passthrough => None,
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => None,
     }
 }

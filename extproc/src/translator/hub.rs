@@ -43,6 +43,19 @@ pub struct ChatRequest {
     pub response_format: Option<ResponseFormat>,
     /// Top-k sampling (Anthropic models).
     pub top_k: Option<u64>,
+    /// Prompt-cache breakpoints the client set on system blocks and tools (Anthropic's
+    /// `cache_control`); those on message blocks are [`Part::CachePoint`]s.
+    pub cache_points: Vec<CacheAt>,
+}
+
+/// A prompt-cache breakpoint outside the messages: everything up to and including the named
+/// block is cached (Anthropic's `cache_control`, Bedrock's `cachePoint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheAt {
+    /// After system block `n` (0-based, in [`ChatRequest::system`]).
+    System(usize),
+    /// After tool `n` (0-based, in [`ChatRequest::tools`]).
+    Tool(usize),
 }
 
 /// A constraint on the answer's shape.
@@ -183,6 +196,9 @@ pub enum Part {
         /// The opaque data.
         data: String,
     },
+    /// A prompt-cache breakpoint after the block before it (Anthropic's `cache_control` on
+    /// that block, Bedrock's `cachePoint` block); providers without one drop it.
+    CachePoint,
 }
 
 /// Where an image comes from.

@@ -954,3 +954,16 @@ fn interleaved_parallel_tool_calls_lose_no_arguments() {
 }
 
 mod bedrock;
+
+#[test]
+fn vertex_claude_bodies_keep_cache_control() {
+    let body = serde_json::json!({"model": "claude", "max_tokens": 5,
+        "system": [{"type": "text", "text": "rules", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "doc", "cache_control": {"type": "ephemeral"}}]}]});
+    let out = crate::translator::codec::anthropic::for_vertex(body.to_string().as_bytes());
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["system"], body["system"]);
+    assert_eq!(v["messages"], body["messages"]);
+    assert!(v.get("model").is_none());
+}

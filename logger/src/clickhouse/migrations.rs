@@ -108,7 +108,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "evaluations table (ReplacingMergeTree on request_id, evaluator)",
         min_server: OLDEST_SERVER,
     },
+    Migration {
+        version: 10,
+        name: "passthrough path column on the requests table",
+        min_server: OLDEST_SERVER,
+    },
 ];
+
+/// The passthrough column (migration 10).
+pub const PASSTHROUGH_COLUMNS: [(&str, &str); 1] = [("passthrough_path", "String")];
 
 /// The migrations still to run on `server`, given those applied, in order; those needing a
 /// newer server are left for later.
@@ -301,6 +309,7 @@ async fn apply(
             )
             .await
         }
+        10 => add_missing_columns(client, database, table, &PASSTHROUGH_COLUMNS).await,
         other => Err(LoggerError::Task(format!("no migration numbered {other}"))),
     }
 }

@@ -16,8 +16,9 @@ use super::{insert_sampling, member, merged_turns, start_request, to_bytes, tool
 use crate::stream::Frame;
 use crate::translator::error::{invalid, TranslateError};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part, Reasoning, Role,
-    StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult, MIN_THINKING_BUDGET,
+    BlockKind, CacheAt, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Message, Part,
+    Reasoning, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, ToolResult,
+    MIN_THINKING_BUDGET,
 };
 use crate::translator::json::RawObject;
 
@@ -117,6 +118,8 @@ enum WireSystem {
 struct WireSystemBlock {
     #[serde(default)]
     text: String,
+    #[serde(default)]
+    cache_control: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +131,8 @@ struct WireTool {
     description: Option<String>,
     #[serde(default)]
     input_schema: Option<Value>,
+    #[serde(default)]
+    cache_control: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +316,50 @@ fn parts_of(c: WireContent) -> Result<Vec<Part>, TranslateError> {
     }
 }
 
+/// The `cache_control` breakpoints on message blocks, as [`Part::CachePoint`]s after their
+/// blocks (each block is one part, [`parts_of`]). Read in a second, shallow pass only when
+/// the messages mention `cache_control` at all.
+fn cache_points_in_messages(
+    obj: &RawObject<'_>,
+    messages: &mut [Message],
+) -> Result<(), TranslateError> {
+    #[derive(Deserialize)]
+    struct Scan {
+        #[serde(default)]
+        content: Option<ScanContent>,
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ScanContent {
+        Blocks(Vec<ScanBlock>),
+        Other(serde::de::IgnoredAny),
+    }
+    #[derive(Deserialize)]
+    struct ScanBlock {
+        #[serde(default)]
+        cache_control: Option<Value>,
+    }
+    if !obj
+        .get("messages")
+        .is_some_and(|m| m.get().contains("cache_control"))
+    {
+        return Ok(());
+    }
+    let scanned = member::<Vec<Scan>>(obj, "messages")?.unwrap_or_default();
+    for (m, scan) in messages.iter_mut().zip(scanned) {
+        let Some(ScanContent::Blocks(blocks)) = scan.content else {
+            continue;
+        };
+        // From the last, so the positions of earlier blocks still hold.
+        for (i, b) in blocks.iter().enumerate().rev() {
+            if b.cache_control.as_ref().is_some_and(|c| !c.is_null()) && i < m.content.len() {
+                m.content.insert(i + 1, Part::CachePoint);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A client's Messages request, read from its members.
 pub fn request_from_wire(
     obj: &RawObject<'_>,
@@ -332,9 +381,26 @@ pub fn request_from_wire(
     req.system = match member::<WireSystem>(obj, "system")? {
         None => Vec::new(),
         Some(WireSystem::Text(t)) => vec![t],
-        Some(WireSystem::Blocks(b)) => b.into_iter().map(|b| b.text).collect(),
+        Some(WireSystem::Blocks(b)) => b
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if b.cache_control.as_ref().is_some_and(|c| !c.is_null()) {
+                    req.cache_points.push(CacheAt::System(i));
+                }
+                b.text
+            })
+            .collect(),
     };
-    for t in member::<Vec<WireTool>>(obj, "tools")?.unwrap_or_default() {
+    cache_points_in_messages(obj, &mut req.messages)?;
+    for (i, t) in member::<Vec<WireTool>>(obj, "tools")?
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        if t.cache_control.as_ref().is_some_and(|c| !c.is_null()) {
+            req.cache_points.push(CacheAt::Tool(i));
+        }
         if t.kind.as_deref().is_some_and(|k| k != "custom") {
             return Err(TranslateError::Unsupported {
                 param: "tools",
@@ -428,6 +494,9 @@ fn block_value(p: &Part) -> Option<Value> {
         Part::Thinking { text, signature } => json!({"type": "thinking", "thinking": text,
             "signature": signature.clone().unwrap_or_default()}),
         Part::RedactedThinking { data } => json!({"type": "redacted_thinking", "data": data}),
+        // Only Anthropic clients set breakpoints, and their requests reach Anthropic (and
+        // Vertex's Claude) as they came, `cache_control` included: never through here.
+        Part::CachePoint => return None,
     })
 }
 

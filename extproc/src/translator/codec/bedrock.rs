@@ -16,8 +16,8 @@ use super::{merged_turns, to_bytes};
 use crate::translator::error::TranslateError;
 use crate::translator::eventstream::{self, Message as Frame};
 use crate::translator::hub::{
-    BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Part, Reasoning, StopReason,
-    StreamEvent, ToolCall, ToolChoice, MIN_THINKING_BUDGET,
+    BlockKind, CacheAt, ChatRequest, ChatResponse, Delta, ErrorInfo, Image, Part, Reasoning,
+    StopReason, StreamEvent, ToolCall, ToolChoice, MIN_THINKING_BUDGET,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -269,7 +269,14 @@ fn block_value(p: &Part) -> Result<Option<Value>, TranslateError> {
         Part::RedactedThinking { data } => {
             json!({"reasoningContent": {"redactedContent": data}})
         }
+        Part::CachePoint => cache_point(),
     }))
+}
+
+/// Converse's prompt-cache breakpoint (a content, system or tool block of its own), what an
+/// Anthropic client's `cache_control` on the block before it becomes.
+fn cache_point() -> Value {
+    json!({"cachePoint": {"type": "default"}})
 }
 
 fn has_tool_blocks(req: &ChatRequest) -> bool {
@@ -291,12 +298,15 @@ pub fn request_to_wire(req: &ChatRequest) -> Result<Vec<u8>, TranslateError> {
         "messages".into(),
         merged_turns(&req.messages, block_value)?.into(),
     );
-    let system: Vec<Value> = req
-        .system
-        .iter()
-        .filter(|t| !t.trim().is_empty())
-        .map(|t| json!({"text": t}))
-        .collect();
+    let mut system: Vec<Value> = Vec::with_capacity(req.system.len());
+    for (i, t) in req.system.iter().enumerate() {
+        if !t.trim().is_empty() {
+            system.push(json!({"text": t}));
+        }
+        if req.cache_points.contains(&CacheAt::System(i)) && !system.is_empty() {
+            system.push(cache_point());
+        }
+    }
     if !system.is_empty() {
         body.insert("system".into(), system.into());
     }
@@ -345,17 +355,17 @@ pub fn request_to_wire(req: &ChatRequest) -> Result<Vec<u8>, TranslateError> {
     }
     let none = req.tool_choice == Some(ToolChoice::None);
     if !req.tools.is_empty() && (!none || has_tool_blocks(req)) {
-        let tools: Vec<Value> = req
-            .tools
-            .iter()
-            .map(|t| {
-                let mut spec = json!({"name": t.name, "inputSchema": {"json": t.parameters}});
-                if let Some(d) = t.description.as_deref().filter(|d| !d.is_empty()) {
-                    spec["description"] = d.into();
-                }
-                json!({"toolSpec": spec})
-            })
-            .collect();
+        let mut tools: Vec<Value> = Vec::with_capacity(req.tools.len());
+        for (i, t) in req.tools.iter().enumerate() {
+            let mut spec = json!({"name": t.name, "inputSchema": {"json": t.parameters}});
+            if let Some(d) = t.description.as_deref().filter(|d| !d.is_empty()) {
+                spec["description"] = d.into();
+            }
+            tools.push(json!({"toolSpec": spec}));
+            if req.cache_points.contains(&CacheAt::Tool(i)) {
+                tools.push(cache_point());
+            }
+        }
         let mut config = json!({ "tools": tools });
         match &req.tool_choice {
             Some(ToolChoice::Auto) => config["toolChoice"] = json!({"auto": {}}),

@@ -590,7 +590,8 @@ fn parts_value(parts: &[Part], names: &HashMap<&str, &str>) -> Vec<Value> {
                 signature = s.as_deref().filter(|s| !s.is_empty()).or(signature);
                 continue;
             }
-            Part::RedactedThinking { .. } => continue,
+            // Gemini caches by explicit `cachedContents`, not breakpoints.
+            Part::RedactedThinking { .. } | Part::CachePoint => continue,
             Part::Text(t) if t.is_empty() && signature.is_none() => continue,
             Part::Text(t) => json!({"text": t}),
             Part::Image(Image::Base64 { media_type, data }) => {

@@ -183,11 +183,81 @@ fn anthropic_to_bedrock_request() {
         "error"
     );
     assert_eq!(v["toolConfig"]["toolChoice"], json!({"any": {}}));
-    assert_eq!(v["system"], json!([{"text": "You are a weather bot."}]));
+    // The system block's `cache_control` becomes a cache point after it.
+    assert_eq!(
+        v["system"],
+        json!([{"text": "You are a weather bot."}, {"cachePoint": {"type": "default"}}])
+    );
     assert_eq!(
         v["additionalModelRequestFields"],
         json!({"thinking": {"type": "enabled", "budget_tokens": 2000}, "top_k": 40})
     );
+}
+
+#[test]
+fn anthropic_cache_control_becomes_converse_cache_points() {
+    let body = json!({
+        "model": "claude", "max_tokens": 50,
+        "system": [
+            {"type": "text", "text": "Long rules.", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "Today's note."}
+        ],
+        "tools": [
+            {"name": "a", "input_schema": {"type": "object"}},
+            {"name": "b", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral", "ttl": "1h"}}
+        ],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "Big document.", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "Question?"}
+            ]},
+            {"role": "assistant", "content": "Answer."},
+            {"role": "user", "content": "Plain follow-up."}
+        ]
+    })
+    .to_string();
+    let obj = RawObject::parse(body.as_bytes()).unwrap();
+    let (out, _) = ANTHROPIC_TO_BEDROCK
+        .request(
+            &obj,
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            false,
+            body.len(),
+        )
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let point = json!({"cachePoint": {"type": "default"}});
+    assert_eq!(
+        v["system"],
+        json!([{"text": "Long rules."}, point, {"text": "Today's note."}])
+    );
+    assert_eq!(
+        v["messages"][0]["content"],
+        json!([{"text": "Big document."}, point, {"text": "Question?"}])
+    );
+    assert_eq!(
+        v["messages"][2]["content"],
+        json!([{"text": "Plain follow-up."}])
+    );
+    let tools = v["toolConfig"]["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), 3);
+    assert_eq!(tools[0]["toolSpec"]["name"], "a");
+    assert_eq!(tools[1]["toolSpec"]["name"], "b");
+    assert_eq!(tools[2], point);
+    // Without breakpoints nothing is added.
+    let plain = json!({"model": "claude", "max_tokens": 5, "system": "s",
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let obj = RawObject::parse(plain.as_bytes()).unwrap();
+    let (out, _) = ANTHROPIC_TO_BEDROCK
+        .request(
+            &obj,
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            false,
+            plain.len(),
+        )
+        .unwrap();
+    assert!(!String::from_utf8(out).unwrap().contains("cachePoint"));
 }
 
 #[test]
