@@ -281,7 +281,9 @@ fn assert_scrape_is_documented(scrape: &str) {
     // the CORS preflights, which need a `cors` policy: `tests/e2e_cors.rs`; the ejections,
     // which need consecutive failures: `tests/e2e_respect.rs`; the control-plane families,
     // which need a control plane: `tests/e2e_control_plane.rs`; and the failovers, which need
-    // a failover model: `tests/e2e_failover.rs`).
+    // a failover model: `tests/e2e_failover.rs`; the response cache's, which need a `cache`
+    // policy: `tests/e2e_cache.rs`; and the evaluation stage's, which the logger serves:
+    // `tests/e2e_evaluators.rs`).
     let missing: Vec<&String> = doc
         .keys()
         .filter(|k| {
@@ -294,6 +296,8 @@ fn assert_scrape_is_documented(scrape: &str) {
                 && k.as_str() != "tollgate_target_ejections_total"
                 && !k.starts_with("tollgate_control_plane_")
                 && k.as_str() != "tollgate_failovers_total"
+                && !k.starts_with("tollgate_cache_")
+                && !k.starts_with("tollgate_evaluation")
         })
         .collect();
     assert!(

@@ -168,6 +168,10 @@ pub enum ApiError {
     /// The gateway is misconfigured or failed internally.
     #[error("The gateway could not process the request.")]
     Internal,
+    /// A later failover attempt reached a Tollgate process that did not see the request (the
+    /// client's body is kept by the process whose stream took the request).
+    #[error("The request's failover attempt reached a gateway process that did not see the request; the gateway must run one Tollgate process per Envoy for failover models.")]
+    FailoverAttemptLost,
     /// A `multipart/form-data` body that cannot be read (no boundary, truncated, a part
     /// without its name).
     #[error("We could not parse the multipart form of your request: {0}")]
@@ -334,6 +338,12 @@ impl ApiError {
                 "invalid_feedback_token",
             ),
             ApiError::Internal => (500, "server_error", None, "internal_error"),
+            ApiError::FailoverAttemptLost => (
+                502,
+                "server_error",
+                Some("failover_attempt_lost"),
+                "failover_attempt_lost",
+            ),
             ApiError::InvalidMultipart(_) => (
                 400,
                 "invalid_request_error",
@@ -388,6 +398,7 @@ impl ApiError {
             | ApiError::TargetsBusy(_)
             | ApiError::InvalidFeedbackToken(_)
             | ApiError::InvalidMultipart(_)
+            | ApiError::FailoverAttemptLost
             | ApiError::Internal => None,
         }
     }
@@ -474,6 +485,7 @@ impl ApiError {
             | ApiError::InvalidFeedbackToken(_)
             | ApiError::InvalidMultipart(_)
             | ApiError::EndpointNotAvailable { .. }
+            | ApiError::FailoverAttemptLost
             | ApiError::Internal => Cow::Borrowed(self),
         }
     }

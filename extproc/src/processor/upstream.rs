@@ -76,6 +76,20 @@ struct Chosen {
     strip_usage_chunk: bool,
 }
 
+/// Whether `h` are the request headers of a later attempt (Envoy's count ≥ 2) of a failover
+/// request routed to a failover chain, which this process did not keep: the request's own
+/// stream went to another Tollgate process behind the same Envoy.
+fn lost_attempt(h: &HttpHeaders) -> bool {
+    let later = header(&h.headers, ATTEMPT_HEADER)
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n >= 2);
+    let chain = header(&h.headers, md::ROUTE_HEADER).is_some_and(|v| {
+        v.strip_prefix(tollgate_core::config::failover::CLUSTER_PREFIX.as_bytes())
+            .is_some_and(|rest| rest.starts_with(b"~"))
+    });
+    later && chain
+}
+
 impl Attempt {
     /// An attempt's stream, when the request's Envoy id names a pending failover request
     /// (which the request's ext_proc kept in [`attempts::pending`]); `None` for a request's
@@ -138,7 +152,19 @@ impl Processor {
     ) -> Option<ProcessingResponse> {
         match &msg.request {
             Some(Request::RequestHeaders(h)) if self.upstream.is_none() => {
-                let attempt = Attempt::from_headers(h)?;
+                let Some(attempt) = Attempt::from_headers(h) else {
+                    return lost_attempt(h).then(|| {
+                        // Answered here rather than taken for a request of its own (a 401 for
+                        // want of a key would tell the client its key is wrong).
+                        self.finished = true;
+                        tracing::warn!("A failover attempt reached a Tollgate process that did not see its request");
+                        let e = ApiError::FailoverAttemptLost;
+                        let dialect = header(&h.headers, ":path")
+                            .and_then(|p| std::str::from_utf8(p).ok())
+                            .map_or(Dialect::OpenAi, Dialect::from_path);
+                        mutation::immediate(e.status(), e.body(dialect), "application/json", None)
+                    });
+                };
                 // Not a request of its own: nothing to settle or log when the stream ends.
                 self.finished = true;
                 self.client_anthropic_version = header(&h.headers, "anthropic-version").is_some();
@@ -697,6 +723,21 @@ mod tests {
         assert_eq!(a.number, 1);
         assert!(Attempt::from_headers(&headers(&[("x-request-id", "other")])).is_none());
         assert!(Attempt::from_headers(&headers(&[(":path", "/v1/chat/completions")])).is_none());
+        // A later attempt of a chain this process did not keep is told apart from a request.
+        let lost = headers(&[
+            ("x-request-id", "kept-by-another-process"),
+            (ATTEMPT_HEADER, "2"),
+            (md::ROUTE_HEADER, "tollgate-failover~a~b"),
+        ]);
+        assert!(Attempt::from_headers(&lost).is_none() && lost_attempt(&lost));
+        assert!(!lost_attempt(&headers(&[
+            (ATTEMPT_HEADER, "1"),
+            (md::ROUTE_HEADER, "tollgate-failover~a~b"),
+        ])));
+        assert!(!lost_attempt(&headers(&[
+            (ATTEMPT_HEADER, "2"),
+            (md::ROUTE_HEADER, "openai"),
+        ])));
         attempts::pending().remove("envoy-id-upstream-test");
         assert!(
             Attempt::from_headers(&headers(&[("x-request-id", "envoy-id-upstream-test")]))
