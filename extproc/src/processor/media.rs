@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use rand::Rng;
-use tollgate_core::budget::{self as budgets, Admission, Reservation};
+use tollgate_core::budget::{self as budgets, Reservation};
 use tollgate_core::config::{ApiFamily, Excluded, MediaApi, Pick, ProviderKind};
 use tollgate_core::metadata as md;
 use tollgate_core::pricing::media::MediaUsage;
@@ -214,7 +214,7 @@ impl Processor {
         &mut self,
         amount: Option<Picodollars>,
     ) -> Result<Option<Reservation>, ApiError> {
-        let (Some(ledger), Some(ctx), Some(amount)) = (&self.ledger, &self.ctx, amount) else {
+        let (Some(_), Some(ctx), Some(amount)) = (&self.ledger, &self.ctx, amount) else {
             return Ok(None);
         };
         let now = time::OffsetDateTime::now_utc();
@@ -227,33 +227,7 @@ impl Processor {
         if lines.is_empty() {
             return Ok(None);
         }
-        match Reservation::reserve(ledger, lines, amount).await {
-            Ok(Admission::Admitted(r, soft)) => {
-                self.metrics.budget("reserved");
-                self.soft_exceeded = soft;
-                Ok(Some(r))
-            }
-            Ok(Admission::Refused(line)) => {
-                self.metrics.budget("refused");
-                Err(ApiError::BudgetExceeded {
-                    scope: line.scope.label(),
-                    period: line.period.label(),
-                    retry_after_secs: line
-                        .ends
-                        .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
-                })
-            }
-            Err(e) if self.config.budgets.fail_open => {
-                self.metrics.budget("ledger_error");
-                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the media request goes on unreserved (budgets.on_ledger_error: fail_open)");
-                Ok(None)
-            }
-            Err(e) => {
-                self.metrics.budget("ledger_error");
-                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the media request is refused (budgets.on_ledger_error: fail_closed)");
-                Err(ApiError::BudgetUnavailable)
-            }
-        }
+        self.reserve_on(lines, amount, now).await
     }
 
     /// One piece of a media response's body, passed through unchanged: a streamed (speech)

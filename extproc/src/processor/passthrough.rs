@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response
 use envoy_types::pb::envoy::service::ext_proc::v3::{
     HeadersResponse, HttpBody, HttpHeaders, ProcessingResponse,
 };
-use tollgate_core::budget::{self as budgets, Admission, Reservation};
+use tollgate_core::budget::{self as budgets, Reservation};
 use tollgate_core::config::{passthrough_call, Provider, ProviderKind};
 use tollgate_core::metadata as md;
 use tollgate_core::metrics::ProviderLabel;
@@ -229,7 +229,7 @@ impl Processor {
     /// so it holds the smallest amount, which a hard budget already spent refuses (429); the
     /// real cost is settled when the response's usage is known.
     async fn passthrough_reserve(&mut self) -> Result<Option<Reservation>, ApiError> {
-        let (Some(ledger), Some(ctx)) = (&self.ledger, &self.ctx) else {
+        let (Some(_), Some(ctx)) = (&self.ledger, &self.ctx) else {
             return Ok(None);
         };
         let now = time::OffsetDateTime::now_utc();
@@ -242,32 +242,7 @@ impl Processor {
         if lines.is_empty() {
             return Ok(None);
         }
-        match Reservation::reserve(ledger, lines, 1).await {
-            Ok(Admission::Admitted(r, soft)) => {
-                self.soft_exceeded = soft;
-                Ok(Some(r))
-            }
-            Ok(Admission::Refused(line)) => {
-                self.metrics.budget("refused");
-                Err(ApiError::BudgetExceeded {
-                    scope: line.scope.label(),
-                    period: line.period.label(),
-                    retry_after_secs: line
-                        .ends
-                        .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
-                })
-            }
-            Err(e) if self.config.budgets.fail_open => {
-                self.metrics.budget("ledger_error");
-                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the passthrough request goes on unreserved (budgets.on_ledger_error: fail_open)");
-                Ok(None)
-            }
-            Err(e) => {
-                self.metrics.budget("ledger_error");
-                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the passthrough request is refused (budgets.on_ledger_error: fail_closed)");
-                Err(ApiError::BudgetUnavailable)
-            }
-        }
+        self.reserve_on(lines, 1, now).await
     }
 
     /// The response headers of a passthrough request: a successful JSON, SSE or AWS

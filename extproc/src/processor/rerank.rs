@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
-use tollgate_core::budget::{self as budgets, Admission, Reservation};
+use tollgate_core::budget::{self as budgets, Reservation};
 use tollgate_core::config::{ApiFamily, Excluded, Pick};
 use tollgate_core::metadata as md;
 use tollgate_core::pricing::Picodollars;
@@ -171,7 +171,7 @@ impl Processor {
         kind: tollgate_core::config::ProviderKind,
         upstream_model: &str,
     ) -> Result<Option<Reservation>, ApiError> {
-        let (Some(ledger), Some(ctx)) = (&self.ledger, &self.ctx) else {
+        let (Some(_), Some(ctx)) = (&self.ledger, &self.ctx) else {
             return Ok(None);
         };
         let now = time::OffsetDateTime::now_utc();
@@ -207,37 +207,7 @@ impl Processor {
             max_output_tokens: 0,
             own_limit: true,
         });
-        match Reservation::reserve(ledger, lines, amount).await {
-            Ok(Admission::Admitted(r, soft)) => {
-                self.metrics.budget("reserved");
-                for l in &soft {
-                    self.metrics.budget("soft_exceeded");
-                    tracing::warn!(request_id = %ctx.request_id, budget = %l.budget, scope = l.scope.label(), period = l.period.label(), "Soft budget exceeded");
-                }
-                self.soft_exceeded = soft;
-                Ok(Some(r))
-            }
-            Ok(Admission::Refused(line)) => {
-                self.metrics.budget("refused");
-                Err(ApiError::BudgetExceeded {
-                    scope: line.scope.label(),
-                    period: line.period.label(),
-                    retry_after_secs: line
-                        .ends
-                        .map(|e| (e - now).whole_seconds().max(1).unsigned_abs()),
-                })
-            }
-            Err(e) if self.config.budgets.fail_open => {
-                self.metrics.budget("ledger_error");
-                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the request goes on unreserved (budgets.on_ledger_error: fail_open)");
-                Ok(None)
-            }
-            Err(e) => {
-                self.metrics.budget("ledger_error");
-                tracing::error!(request_id = %ctx.request_id, error = %e, "Budget ledger unavailable: the request is refused (budgets.on_ledger_error: fail_closed)");
-                Err(ApiError::BudgetUnavailable)
-            }
-        }
+        self.reserve_on(lines, amount, now).await
     }
 
     /// The provider's answer in Cohere's shape, its usage recorded: the provider's search

@@ -23,7 +23,7 @@ impl Processor {
         upstream_model: &str,
         parsed: &openai::ParsedRequest<'_>,
     ) -> Result<Option<Reservation>, ApiError> {
-        let (Some(ledger), Some(ctx)) = (&self.ledger, &self.ctx) else {
+        let (Some(_), Some(ctx)) = (&self.ledger, &self.ctx) else {
             return Ok(None);
         };
         let now = time::OffsetDateTime::now_utc();
@@ -44,6 +44,22 @@ impl Processor {
         let est = self.estimate(endpoint, provider, upstream_model, parsed);
         let amount = budget::estimate(price, est.prompt_tokens, est.max_output_tokens);
         self.estimate = Some(est);
+        self.reserve_on(lines, amount, now).await
+    }
+
+    /// Reserves `amount` on `lines` (the budgets that apply to this request, none empty): the
+    /// reservation, a 429 when a hard budget cannot take it, and what the ledger's failure
+    /// means under `budgets.on_ledger_error`. Soft budgets it goes past are kept for the
+    /// response's warning header.
+    pub(super) async fn reserve_on(
+        &mut self,
+        lines: Vec<budgets::Line>,
+        amount: tollgate_core::pricing::Picodollars,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<Reservation>, ApiError> {
+        let (Some(ledger), Some(ctx)) = (&self.ledger, &self.ctx) else {
+            return Ok(None);
+        };
         match Reservation::reserve(ledger, lines, amount).await {
             Ok(Admission::Admitted(r, soft)) => {
                 self.metrics.budget("reserved");
