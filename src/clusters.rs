@@ -363,17 +363,19 @@ pub fn failover_clusters_proto(config: &Config) -> Vec<Cluster> {
         seconds: 2,
         nanos: 0,
     };
+    // Tollgate's gRPC service, for both upstream ext_procs.
+    let tollgate = GrpcService {
+        target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+            grpc_service::EnvoyGrpc {
+                cluster_name: "tollgate".to_owned(),
+                ..Default::default()
+            },
+        )),
+        timeout: Some(two_secs),
+        ..Default::default()
+    };
     let ext_proc = ExternalProcessor {
-        grpc_service: Some(GrpcService {
-            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
-                grpc_service::EnvoyGrpc {
-                    cluster_name: "tollgate".to_owned(),
-                    ..Default::default()
-                },
-            )),
-            timeout: Some(two_secs),
-            ..Default::default()
-        }),
+        grpc_service: Some(tollgate.clone()),
         failure_mode_allow: false,
         message_timeout: Some(two_secs),
         processing_mode: Some(ProcessingMode {
@@ -410,16 +412,7 @@ pub fn failover_clusters_proto(config: &Config) -> Vec<Cluster> {
     );
     // A failed first attempt's response headers only.
     let first_failed = ExternalProcessor {
-        grpc_service: Some(GrpcService {
-            target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
-                grpc_service::EnvoyGrpc {
-                    cluster_name: "tollgate".to_owned(),
-                    ..Default::default()
-                },
-            )),
-            timeout: Some(two_secs),
-            ..Default::default()
-        }),
+        grpc_service: Some(tollgate),
         failure_mode_allow: true,
         message_timeout: Some(two_secs),
         processing_mode: Some(ProcessingMode {

@@ -9,7 +9,6 @@
 //! logged like every other request (endpoint `count_tokens`, no tokens, no cost).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use serde_json::{Map, Value};
@@ -197,24 +196,13 @@ impl Processor {
             &mut headers,
         );
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, "Routing a token count to the provider");
-        self.forwarded = Some(Forwarded {
-            endpoint: Endpoint::CountTokens,
+        self.forwarded = Some(Forwarded::new(
+            Endpoint::CountTokens,
             model,
-            provider: Arc::clone(provider),
-            upstream_model: target.upstream_model.clone(),
-            stream: false,
-            sent_at: Instant::now(),
-            upstream_latency: None,
-            status: None,
+            Arc::clone(provider),
+            target.upstream_model.clone(),
             pair,
-            sse: None,
-            usage: None,
-            response_guard: None,
-            response_id: String::new(),
-            error_type: None,
-            slot: None,
-            failover: None,
-        });
+        ));
         Ok(mutation::request_body(mutation::common(
             headers,
             remove,

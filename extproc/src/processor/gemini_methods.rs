@@ -21,7 +21,6 @@
 //! Neither goes down a failover chain nor takes an in-flight slot: one target, by weight.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use serde_json::{json, Map, Value};
@@ -513,24 +512,13 @@ impl Processor {
             tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, endpoint = endpoint.label(), "Routing a Gemini method");
         }
         self.gemini = Some(call);
-        self.forwarded = Some(Forwarded {
+        self.forwarded = Some(Forwarded::new(
             endpoint,
             model,
-            provider: Arc::clone(provider),
-            upstream_model: target.upstream_model.clone(),
-            stream: false,
-            sent_at: Instant::now(),
-            upstream_latency: None,
-            status: None,
+            Arc::clone(provider),
+            target.upstream_model.clone(),
             pair,
-            sse: None,
-            usage: None,
-            response_guard: None,
-            response_id: String::new(),
-            error_type: None,
-            slot: None,
-            failover: None,
-        });
+        ));
         Ok(mutation::request_body(mutation::common(
             headers,
             remove,

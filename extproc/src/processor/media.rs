@@ -5,7 +5,6 @@
 //! provider sent it (speech audio streamed, never held whole), measured for its bill.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use rand::Rng;
@@ -160,25 +159,17 @@ impl Processor {
             streamed_bytes: 0,
         }));
         self.forwarded = Some(Forwarded {
-            endpoint,
-            model,
-            provider: Arc::clone(provider),
-            upstream_model: upstream_model.to_owned(),
-            stream: false,
-            sent_at: Instant::now(),
-            upstream_latency: None,
-            status: None,
-            pair: Pair {
-                client: ApiFamily::OpenAi,
-                upstream: ApiFamily::OpenAi,
-            },
-            sse: None,
-            usage: None,
-            response_guard: None,
-            response_id: String::new(),
-            error_type: None,
             slot: Some(slot),
-            failover: None,
+            ..Forwarded::new(
+                endpoint,
+                model,
+                Arc::clone(provider),
+                upstream_model.to_owned(),
+                Pair {
+                    client: ApiFamily::OpenAi,
+                    upstream: ApiFamily::OpenAi,
+                },
+            )
         });
         Ok(mutation::request_body(mutation::common(
             headers, remove, body, true,

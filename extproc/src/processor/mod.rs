@@ -169,6 +169,37 @@ struct Forwarded {
     failover: Option<FailoverState>,
 }
 
+impl Forwarded {
+    /// A request forwarded now to `provider` as `upstream_model`: not streamed, no answer yet,
+    /// no in-flight slot, one attempt.
+    fn new(
+        endpoint: Endpoint,
+        model: String,
+        provider: Arc<Provider>,
+        upstream_model: String,
+        pair: Pair,
+    ) -> Forwarded {
+        Forwarded {
+            endpoint,
+            model,
+            provider,
+            upstream_model,
+            stream: false,
+            sent_at: Instant::now(),
+            upstream_latency: None,
+            status: None,
+            pair,
+            sse: None,
+            usage: None,
+            response_guard: None,
+            response_id: String::new(),
+            error_type: None,
+            slot: None,
+            failover: None,
+        }
+    }
+}
+
 /// What the response of a failover request needs to read the answer of whichever target
 /// gave it.
 #[derive(Debug)]

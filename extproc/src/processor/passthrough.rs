@@ -8,7 +8,7 @@
 //! the side where it has a known shape, then priced, settled on the budgets and logged.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
@@ -202,25 +202,17 @@ impl Processor {
             tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, provider = %provider.name, path = %pt::without_query(&path), "Passthrough request");
         }
         self.forwarded = Some(Forwarded {
-            endpoint: Endpoint::Passthrough,
-            model: model.clone(),
-            provider,
-            upstream_model: model,
             stream,
-            sent_at: Instant::now(),
-            upstream_latency: None,
-            status: None,
-            pair: Pair {
-                client: family,
-                upstream: family,
-            },
-            sse: None,
-            usage: None,
-            response_guard: None,
-            response_id: String::new(),
-            error_type: None,
-            slot: None,
-            failover: None,
+            ..Forwarded::new(
+                Endpoint::Passthrough,
+                model.clone(),
+                provider,
+                model,
+                Pair {
+                    client: family,
+                    upstream: family,
+                },
+            )
         });
         Ok((headers, remove))
     }

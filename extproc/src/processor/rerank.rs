@@ -7,7 +7,6 @@
 //! no rerank answers 400 in Cohere's error shape.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use tollgate_core::budget::{self as budgets, Reservation};
@@ -129,25 +128,17 @@ impl Processor {
         };
         tracing::debug!(request_id = %ctx.request_id, key_id = %ctx.key_id, model = %model, provider = %provider.name, documents = request.documents.len(), "Routing a rerank request");
         self.forwarded = Some(Forwarded {
-            endpoint: Endpoint::Rerank,
-            model,
-            provider: Arc::clone(provider),
-            upstream_model: target.upstream_model.clone(),
-            stream: false,
-            sent_at: Instant::now(),
-            upstream_latency: None,
-            status: None,
-            pair: Pair {
-                client: ApiFamily::OpenAi,
-                upstream: ApiFamily::OpenAi,
-            },
-            sse: None,
-            usage: None,
-            response_guard: None,
-            response_id: String::new(),
-            error_type: None,
             slot: Some(slot),
-            failover: None,
+            ..Forwarded::new(
+                Endpoint::Rerank,
+                model,
+                Arc::clone(provider),
+                target.upstream_model.clone(),
+                Pair {
+                    client: ApiFamily::OpenAi,
+                    upstream: ApiFamily::OpenAi,
+                },
+            )
         });
         self.rerank = Some(Box::new(RerankCall {
             request,

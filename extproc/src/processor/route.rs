@@ -254,22 +254,18 @@ impl Processor {
             _ => sse,
         };
         self.forwarded = Some(Forwarded {
-            endpoint,
-            model,
-            provider: Arc::clone(provider),
-            upstream_model: target.upstream_model.clone(),
             stream: parsed.stream,
-            sent_at: Instant::now(),
-            upstream_latency: None,
-            status: None,
-            pair,
             sse,
-            usage: None,
             response_guard,
             response_id,
-            error_type: None,
             slot: Some(slot),
-            failover: None,
+            ..Forwarded::new(
+                endpoint,
+                model,
+                Arc::clone(provider),
+                target.upstream_model.clone(),
+                pair,
+            )
         });
         if let (Some(fwd), Some(chain)) = (&mut self.forwarded, chain) {
             fwd.failover = Some(super::FailoverState {
