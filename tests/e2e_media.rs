@@ -567,12 +567,19 @@ async fn token_billed_and_mp3_requests_reserve_before_and_settle_after() {
         .await;
     r.assert_openai_error(429, Some("budget_exceeded"));
     let r = stack
-        .post("/v1/images/generations", Some(KEY_ALL), img("low", "1024x1024"))
+        .post(
+            "/v1/images/generations",
+            Some(KEY_ALL),
+            img("low", "1024x1024"),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
     let u = &r.json()["usage"];
     // Settled at the answer's usage: "a cat" is 2 text tokens at the mock, 272 output.
-    assert_eq!((&u["input_tokens"], &u["output_tokens"]), (&json!(2), &json!(272)));
+    assert_eq!(
+        (&u["input_tokens"], &u["output_tokens"]),
+        (&json!(2), &json!(272))
+    );
     let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
     assert_eq!(v["data"][0]["spent_usd"], "0.010890000000", "{v}");
     assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
@@ -581,11 +588,11 @@ async fn token_billed_and_mp3_requests_reserve_before_and_settle_after() {
 
 #[tokio::test]
 async fn an_mp3_upload_is_reserved_by_its_length() {
-    // $0.0002 of whisper-1 ($0.0001 a second): a 3 s MP3 is refused before it is sent (its
+    // $0.00025 of whisper-1 ($0.0001 a second): a 3 s MP3 is refused before it is sent (its
     // length read from the frames; a WAV-only reader reserved nothing and let it through); a
     // 1 s one goes, and settles at the 2 s the mock bills (its seconds rounded up).
     let stack = Stack::start(StackOptions {
-        extra_yaml: "budgets:\n  limits:\n    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.0002\" }\n".to_owned(),
+        extra_yaml: "budgets:\n  limits:\n    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.00025\" }\n".to_owned(),
         ..options()
     });
     let b = "tg-mp3";

@@ -415,7 +415,11 @@ async fn vertex_passthrough_swaps_the_key_for_the_service_accounts_oauth_token()
     let body = json!({"contents": [{"role": "user", "parts": [{"text": "hello vertex"}]}]});
     let r = stack.post(path, Some(KEY_ALL), body.to_string()).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(r.json()["candidates"][0]["content"]["parts"][0]["text"].is_string(), "{}", r.text);
+    assert!(
+        r.json()["candidates"][0]["content"]["parts"][0]["text"].is_string(),
+        "{}",
+        r.text
+    );
     let seen = stack.upstream_requests().await;
     let req = last_to(&seen, ":generateContent");
     assert_eq!(
@@ -424,7 +428,10 @@ async fn vertex_passthrough_swaps_the_key_for_the_service_accounts_oauth_token()
     );
     let auth = req["headers"]["authorization"].as_str().unwrap();
     assert!(auth.starts_with("Bearer ya29.mock-"), "{req}");
-    assert!(!all_header_values(&seen).contains(KEY_ALL), "client key upstream: {seen:?}");
+    assert!(
+        !all_header_values(&seen).contains(KEY_ALL),
+        "client key upstream: {seen:?}"
+    );
     let events = passthrough_events(&ls.logger, 1).await;
     let e = &events[0];
     assert_eq!(e["http_status"], 200, "{e}");
@@ -447,11 +454,17 @@ async fn azure_passthrough_sends_the_api_key_header_on_the_deployment_path() {
     assert_eq!(r.json()["object"], "chat.completion", "{}", r.text);
     let seen = stack.upstream_requests().await;
     let req = last_to(&seen, "/chat/completions");
-    assert_eq!(req["path"], "/openai/deployments/my-deployment/chat/completions");
+    assert_eq!(
+        req["path"],
+        "/openai/deployments/my-deployment/chat/completions"
+    );
     assert_eq!(req["query"], "api-version=2024-10-21");
     assert_eq!(req["headers"]["api-key"], AZURE_SECRET, "{req}");
     assert!(req["headers"].get("authorization").is_none(), "{req}");
-    assert!(!all_header_values(&seen).contains(KEY_ALL), "client key upstream: {seen:?}");
+    assert!(
+        !all_header_values(&seen).contains(KEY_ALL),
+        "client key upstream: {seen:?}"
+    );
     let events = passthrough_events(&ls.logger, 1).await;
     let e = &events[0];
     assert_eq!(e["http_status"], 200, "{e}");

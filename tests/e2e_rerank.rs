@@ -412,7 +412,12 @@ async fn cohere_knobs_reach_the_cohere_version_that_knows_them() {
         patch_config: Some(with_cohere_v1),
         ..Default::default()
     });
-    for model in ["rerank-cohere", "rerank-cohere-v1", "rerank-jina", "rerank-voyage"] {
+    for model in [
+        "rerank-cohere",
+        "rerank-cohere-v1",
+        "rerank-jina",
+        "rerank-voyage",
+    ] {
         let body = json!({
             "model": model, "query": QUERY, "documents": DOCUMENTS, "top_n": 2,
             "max_chunks_per_doc": 4, "max_tokens_per_doc": 256, "priority": 5,
@@ -431,12 +436,19 @@ async fn cohere_knobs_reach_the_cohere_version_that_knows_them() {
             .clone()
     };
     let v2 = at("/cohere/v2/rerank");
-    assert_eq!((&v2["max_tokens_per_doc"], &v2["priority"]), (&json!(256), &json!(5)), "{v2}");
+    assert_eq!(
+        (&v2["max_tokens_per_doc"], &v2["priority"]),
+        (&json!(256), &json!(5)),
+        "{v2}"
+    );
     assert!(v2.get("max_chunks_per_doc").is_none(), "{v2}");
     let v1 = at("/cohere/v1/rerank");
     assert_eq!(v1["max_chunks_per_doc"], 4, "{v1}");
     assert_eq!(v1["model"], "rerank-english-v3.0", "{v1}");
-    assert!(v1.get("max_tokens_per_doc").is_none() && v1.get("priority").is_none(), "{v1}");
+    assert!(
+        v1.get("max_tokens_per_doc").is_none() && v1.get("priority").is_none(),
+        "{v1}"
+    );
     for path in ["/jina/v1/rerank", "/voyage/v1/rerank"] {
         let b = at(path);
         for k in ["max_tokens_per_doc", "max_chunks_per_doc", "priority"] {

@@ -171,9 +171,14 @@ fn wav_seconds(data: &[u8]) -> Option<f64> {
 fn mp3_seconds(data: &[u8]) -> Option<f64> {
     let mut at = 0usize;
     if data.starts_with(b"ID3") && data.len() >= 10 {
-        at = 10 + data[6..10].iter().fold(0usize, |a, b| (a << 7) | usize::from(*b & 0x7F));
+        at = 10
+            + data[6..10]
+                .iter()
+                .fold(0usize, |a, b| (a << 7) | usize::from(*b & 0x7F));
     }
-    const KBPS: [u32; 15] = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
+    const KBPS: [u32; 15] = [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ];
     let (mut frames, mut rate) = (0u32, 0u32);
     while at + 4 <= data.len() {
         let h = &data[at..at + 4];
@@ -182,7 +187,9 @@ fn mp3_seconds(data: &[u8]) -> Option<f64> {
             break;
         }
         let kbps = *KBPS.get(usize::from(h[2] >> 4))?;
-        rate = [44_100, 48_000, 32_000].get(usize::from((h[2] >> 2) & 3)).copied()?;
+        rate = [44_100, 48_000, 32_000]
+            .get(usize::from((h[2] >> 2) & 3))
+            .copied()?;
         if kbps == 0 {
             return None;
         }

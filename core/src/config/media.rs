@@ -263,4 +263,39 @@ mod tests {
             .upstream_path(ProviderKind::Anthropic, "/v1", "m", None)
             .is_none());
     }
+
+    #[test]
+    fn token_prices_by_modality_are_read_and_bad_ones_name_their_field() {
+        let env = crate::env::MapEnv::from_pairs([("K", "k")]);
+        let base = r#"
+providers: { p: { kind: openai, base_url: "http://127.0.0.1:1/v1" } }
+models: { m: { targets: [{ provider: p, model: img } ] } }
+"#;
+        let c = crate::config::Config::from_yaml(
+            &format!("{base}pricing:\n  media:\n    img: {{ tokens: {{ text_input: \"4\", image_input: \"8\", output: \"30\" }} }}\n"),
+            &env,
+        )
+        .unwrap();
+        let t = c.prices.media("img").and_then(|p| p.tokens).unwrap();
+        assert_eq!(
+            (t.text_input.0, t.image_input.0, t.audio_input.0, t.output.0),
+            (4_000_000, 8_000_000, 4_000_000, 30_000_000)
+        );
+        // The built-in token-billed models stay.
+        assert!(c
+            .prices
+            .media("gpt-image-1")
+            .is_some_and(|p| p.tokens.is_some()));
+        let errs = crate::config::Config::from_yaml(
+            &format!("{base}pricing:\n  media:\n    img: {{ tokens: {{ text_input: \"4\", output: \"x\" }} }}\n"),
+            &env,
+        )
+        .unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|e| e.starts_with("pricing.media.img.tokens.output:")),
+            "{text:?}"
+        );
+    }
 }

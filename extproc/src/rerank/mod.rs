@@ -144,12 +144,13 @@ impl Request {
                 )
             })?),
         };
-        let priority = match obj.get("priority") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| {
-                invalid("priority", "`priority` must be a non-negative integer")
-            })?),
-        };
+        let priority =
+            match obj.get("priority") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    invalid("priority", "`priority` must be a non-negative integer")
+                })?),
+            };
         Ok(Request {
             model,
             query,

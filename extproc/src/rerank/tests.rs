@@ -187,11 +187,17 @@ fn each_cohere_version_gets_its_own_knobs_and_others_none() {
     .unwrap();
     let body = |f: Flavor| -> Value { serde_json::from_slice(&f.request(&r, "up")).unwrap() };
     let v2 = body(Flavor::Cohere);
-    assert_eq!((&v2["max_tokens_per_doc"], &v2["priority"]), (&json!(512), &json!(7)));
+    assert_eq!(
+        (&v2["max_tokens_per_doc"], &v2["priority"]),
+        (&json!(512), &json!(7))
+    );
     assert!(v2.get("max_chunks_per_doc").is_none(), "{v2}");
     let v1 = body(Flavor::CohereV1);
     assert_eq!(v1["max_chunks_per_doc"], 3, "{v1}");
-    assert!(v1.get("max_tokens_per_doc").is_none() && v1.get("priority").is_none(), "{v1}");
+    assert!(
+        v1.get("max_tokens_per_doc").is_none() && v1.get("priority").is_none(),
+        "{v1}"
+    );
     for f in [Flavor::Jina, Flavor::Voyage, Flavor::Tei] {
         let b = body(f);
         for k in ["max_tokens_per_doc", "max_chunks_per_doc", "priority"] {
@@ -211,5 +217,11 @@ fn each_cohere_version_gets_its_own_knobs_and_others_none() {
         Some(Flavor::Jina)
     );
     let bad = parse(json!({"model": "rr", "query": "q", "documents": ["a"], "priority": -1}));
-    assert!(matches!(bad, Err(ApiError::InvalidField { param: "priority", .. })));
+    assert!(matches!(
+        bad,
+        Err(ApiError::InvalidField {
+            param: "priority",
+            ..
+        })
+    ));
 }
