@@ -1,7 +1,8 @@
 //! docs/COMPATIBILITY.md cannot drift: every test a row names exists, ✓ rows name end-to-end
 //! tests (under `tests/`), and every end-to-end translation test (`e2e_translation.rs`,
 //! `e2e_gemini.rs`, `e2e_bedrock.rs`, `e2e_fidelity.rs`, `e2e_responses.rs`,
-//! `e2e_gemini_methods.rs`, `e2e_media.rs`) is named by some row.
+//! `e2e_gemini_methods.rs`, `e2e_media.rs`, `e2e_rerank.rs`, `e2e_passthrough.rs`) is named
+//! by some row.
 
 #![allow(clippy::unwrap_used, clippy::panic)]
 
@@ -88,6 +89,7 @@ fn compatibility_matrix_names_real_tests() {
         "tests/e2e_gemini_methods.rs",
         "tests/e2e_media.rs",
         "tests/e2e_rerank.rs",
+        "tests/e2e_passthrough.rs",
     ] {
         for name in tests_in(file) {
             let full = format!("{file}::{name}");

@@ -439,3 +439,172 @@ async fn media_requests_reserve_and_settle_budgets_in_their_units() {
     assert_eq!(v["data"][0]["spent_usd"], "0.080000000000", "{v}");
     assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
 }
+
+/// The token-billed media models: public name → the mock's gpt-image-1, gpt-4o-transcribe and
+/// gpt-4o-mini-tts (built-in prices per token by modality).
+fn token_models(config: String) -> String {
+    media_models(config).replacen(
+        "\nmodels:\n",
+        "\nmodels:\n\
+         \x20 token-image:\n    targets: [{ provider: mock, model: gpt-image-1 }]\n\
+         \x20 token-transcribe:\n    targets: [{ provider: mock, model: gpt-4o-transcribe }]\n\
+         \x20 token-tts:\n    targets: [{ provider: mock, model: gpt-4o-mini-tts }]\n",
+        1,
+    )
+}
+
+/// `frames` silent MPEG-1 layer III frames (128 kbit/s, 48 kHz mono: 384 bytes, 24 ms each).
+fn mp3(frames: usize) -> Vec<u8> {
+    let mut out = vec![0u8; frames * 384];
+    for f in out.chunks_mut(384) {
+        f[..4].copy_from_slice(&[0xFF, 0xFB, 0x94, 0xC0]);
+    }
+    out
+}
+
+/// Picodollars per token of USD per million: the built-in prices of the token-billed models.
+const USD_PER_M: u64 = 1_000_000;
+
+#[tokio::test]
+async fn token_billed_media_models_cost_their_prices_times_the_usage() {
+    let ls = LoggedStack::ndjson_with(StackOptions {
+        patch_config: Some(token_models),
+        ..Default::default()
+    });
+    let stack = &ls.stack;
+    let out = stack.dir.path().join("usage.json");
+    run_sdk(
+        "media_tokens_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &format!("{}/v1", stack.base)),
+            ("TOLLGATE_KEY", KEY_ALL),
+            ("TOLLGATE_IMAGE_MODEL", "token-image"),
+            ("TOLLGATE_AUDIO_MODEL", "token-transcribe"),
+            ("TOLLGATE_SPEECH_MODEL", "token-tts"),
+            ("TOLLGATE_USAGE_OUT", &out.display().to_string()),
+        ],
+    );
+    let usage: Value = serde_json::from_slice(&std::fs::read(out).unwrap()).unwrap();
+    let start = Instant::now();
+    let events = loop {
+        let lines = ls.logger.lines();
+        if lines.len() >= 4 {
+            break lines;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{lines:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let event = |endpoint: &str| -> Value {
+        let e = events
+            .iter()
+            .find(|l| l["endpoint"] == endpoint)
+            .unwrap_or_else(|| panic!("no {endpoint} event in {events:?}"))
+            .clone();
+        assert_eq!(e["http_status"], 200, "{e}");
+        e
+    };
+    let n = |v: &Value| v.as_u64().unwrap();
+    // gpt-image-1: text $5, image $10, output $40 per million tokens, from the SDK's usage.
+    for endpoint in ["image_generations", "image_edits"] {
+        let u = &usage[endpoint];
+        let details = &u["input_tokens_details"];
+        let expected = n(&details["text_tokens"]) * 5 * USD_PER_M
+            + n(&details["image_tokens"]) * 10 * USD_PER_M
+            + n(&u["output_tokens"]) * 40 * USD_PER_M;
+        let e = event(endpoint);
+        assert_eq!(n(&e["cost_picodollars"]), expected, "{endpoint}: {u} {e}");
+        assert_eq!(e["output_tokens"], u["output_tokens"], "{e}");
+        assert_eq!(e["upstream_model"], "gpt-image-1", "{e}");
+    }
+    // The mock's own table: a low 1024x1536 image is 408 output tokens, a medium square 1056;
+    // the edit's upload 194 image tokens.
+    assert_eq!(usage["image_generations"]["output_tokens"], 408);
+    assert_eq!(usage["image_edits"]["output_tokens"], 1056);
+    assert_eq!(
+        usage["image_edits"]["input_tokens_details"]["image_tokens"],
+        194
+    );
+    // gpt-4o-transcribe: text $2.50, audio $6, output $10 per million; the MP3's 3 s.
+    let u = &usage["audio_transcriptions"];
+    let details = &u["input_token_details"];
+    assert_eq!(details["audio_tokens"], 30, "{u}");
+    let expected = n(&details["text_tokens"]) * 2_500_000
+        + n(&details["audio_tokens"]) * 6 * USD_PER_M
+        + n(&u["output_tokens"]) * 10 * USD_PER_M;
+    let e = event("audio_transcriptions");
+    assert_eq!(n(&e["cost_picodollars"]), expected, "{u} {e}");
+    // The upload's length read from the MP3 frames.
+    assert_eq!(e["media_audio_ms"], 3000, "{e}");
+    // gpt-4o-mini-tts answers no usage: the input's characters at 4 a token ($0.60 per
+    // million) and the streamed MP3's 3 s at 1,250 audio tokens a minute ($12 per million).
+    let chars = n(&usage["audio_speech"]["characters"]);
+    let e = event("audio_speech");
+    let expected = chars.div_ceil(4) * 600_000 + 3000u64.div_ceil(48) * 12 * USD_PER_M;
+    assert_eq!(n(&e["cost_picodollars"]), expected, "{e}");
+    assert_eq!(e["usage_source"], "estimated", "{e}");
+    assert_eq!(e["output_tokens"], 63, "{e}");
+}
+
+#[tokio::test]
+async fn token_billed_and_mp3_requests_reserve_before_and_settle_after() {
+    // $0.05: one low gpt-image-1 square fits (272 output tokens ≈ $0.011), a high portrait
+    // (6,240 output tokens ≈ $0.25) does not.
+    let stack = Stack::start(StackOptions {
+        patch_config: Some(token_models),
+        extra_yaml: "budgets:\n  limits:\n    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.05\" }\n".to_owned(),
+        ..Default::default()
+    });
+    let img = |quality: &str, size: &str| {
+        json!({"model": "token-image", "prompt": "a cat", "quality": quality, "size": size})
+            .to_string()
+    };
+    let r = stack
+        .post(
+            "/v1/images/generations",
+            Some(KEY_ALL),
+            img("high", "1024x1536"),
+        )
+        .await;
+    r.assert_openai_error(429, Some("budget_exceeded"));
+    let r = stack
+        .post(
+            "/v1/images/generations",
+            Some(KEY_ALL),
+            img("low", "1024x1024"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let u = &r.json()["usage"];
+    // Settled at the answer's usage: "a cat" is 2 text tokens at the mock, 272 output.
+    assert_eq!(
+        (&u["input_tokens"], &u["output_tokens"]),
+        (&json!(2), &json!(272))
+    );
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(v["data"][0]["spent_usd"], "0.010890000000", "{v}");
+    assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
+    assert!(stack.posted().await.len() == 1);
+}
+
+#[tokio::test]
+async fn an_mp3_upload_is_reserved_by_its_length() {
+    // $0.00025 of whisper-1 ($0.0001 a second): a 3 s MP3 is refused before it is sent (its
+    // length read from the frames; a WAV-only reader reserved nothing and let it through); a
+    // 1 s one goes, and settles at the 2 s the mock bills (its seconds rounded up).
+    let stack = Stack::start(StackOptions {
+        extra_yaml: "budgets:\n  limits:\n    - { id: acme, scope: tenant, name: acme, period: monthly, amount_usd: \"0.00025\" }\n".to_owned(),
+        ..options()
+    });
+    let b = "tg-mp3";
+    let ct = format!("multipart/form-data; boundary={b}");
+    let long = form(b, &[("model", "whisper")], Some(("file", &mp3(125))));
+    let r = post_form(&stack, "/v1/audio/transcriptions", KEY_ALL, &ct, long).await;
+    r.assert_openai_error(429, Some("budget_exceeded"));
+    assert!(stack.posted().await.is_empty());
+    let short = form(b, &[("model", "whisper")], Some(("file", &mp3(42))));
+    let r = post_form(&stack, "/v1/audio/transcriptions", KEY_ALL, &ct, short).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = stack.get("/v1/budget", Some(KEY_ALL)).await.json();
+    assert_eq!(v["data"][0]["spent_usd"], "0.000200000000", "{v}");
+    assert_eq!(v["data"][0]["reserved_usd"], "0.000000000000", "{v}");
+}

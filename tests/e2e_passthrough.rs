@@ -398,3 +398,96 @@ async fn cache_control_reaches_anthropic_unchanged_and_bedrock_as_cache_points_p
         uncached * 3_000_000 + 1000 * 300_000 + 300 * 3_750_000 + n("output_tokens") * 15_000_000;
     assert_eq!(n("cost_picodollars"), expected, "{event}");
 }
+
+/// Vertex AI through passthrough: the client's key never reaches Google; the request carries
+/// an OAuth access token Tollgate got for its service account from the token endpoint (the
+/// mock's, which verifies the signed assertion; its publisher routes accept only tokens it
+/// issued, `ya29.mock-N`), and the usage of the answer (Gemini's `usageMetadata`, Claude's
+/// `usage` through `rawPredict`) is read on the side into the log event.
+#[tokio::test]
+async fn vertex_passthrough_swaps_the_key_for_the_service_accounts_oauth_token() {
+    let ls = LoggedStack::ndjson_with(StackOptions {
+        vertex: true,
+        ..stack_options()
+    });
+    let stack = &ls.stack;
+    let path = "/passthrough/vertex/projects/tollgate-test/locations/us-central1/publishers/google/models/gemini-vertex-model:generateContent";
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "hello vertex"}]}]});
+    let r = stack.post(path, Some(KEY_ALL), body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.json()["candidates"][0]["content"]["parts"][0]["text"].is_string(),
+        "{}",
+        r.text
+    );
+    let seen = stack.upstream_requests().await;
+    let req = last_to(&seen, ":generateContent");
+    assert_eq!(
+        req["path"],
+        "/v1/projects/tollgate-test/locations/us-central1/publishers/google/models/gemini-vertex-model:generateContent"
+    );
+    let auth = req["headers"]["authorization"].as_str().unwrap();
+    assert!(auth.starts_with("Bearer ya29.mock-"), "{req}");
+    assert!(
+        !all_header_values(&seen).contains(KEY_ALL),
+        "client key upstream: {seen:?}"
+    );
+    // Claude on Vertex (`rawPredict`, Anthropic's body with Vertex's `anthropic_version`):
+    // the same token, Anthropic's usage read on the side.
+    let claude = "/passthrough/vertex/projects/tollgate-test/locations/us-central1/publishers/anthropic/models/claude-vertex-model:rawPredict";
+    let body = json!({"anthropic_version": "vertex-2023-10-16", "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hello claude on vertex"}]});
+    let r = stack.post(claude, Some(KEY_ALL), body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["type"], "message", "{}", r.text);
+    let seen = stack.upstream_requests().await;
+    let req = last_to(&seen, ":rawPredict");
+    let auth = req["headers"]["authorization"].as_str().unwrap();
+    assert!(auth.starts_with("Bearer ya29.mock-"), "{req}");
+    assert!(
+        !all_header_values(&seen).contains(KEY_ALL),
+        "client key upstream: {seen:?}"
+    );
+    let events = passthrough_events(&ls.logger, 2).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    for e in &events {
+        assert_eq!(e["http_status"], 200, "{e}");
+        assert_eq!(e["provider"], "vertex", "{e}");
+        assert!(e["input_tokens"].as_u64().unwrap() > 0, "{e}");
+        assert!(e["output_tokens"].as_u64().unwrap() > 0, "{e}");
+        assert!(!e.to_string().contains(KEY_ALL), "{e}");
+    }
+}
+
+/// Azure OpenAI through passthrough: the deployment path and `api-version` go as the client
+/// wrote them, the client's key is replaced by Azure's `api-key` header, and the usage of the
+/// answer is read into the log event.
+#[tokio::test]
+async fn azure_passthrough_sends_the_api_key_header_on_the_deployment_path() {
+    let ls = LoggedStack::ndjson_with(stack_options());
+    let stack = &ls.stack;
+    let path = "/passthrough/azure/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21";
+    let body = json!({"messages": [{"role": "user", "content": "hello azure"}]});
+    let r = stack.post(path, Some(KEY_ALL), body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["object"], "chat.completion", "{}", r.text);
+    let seen = stack.upstream_requests().await;
+    let req = last_to(&seen, "/chat/completions");
+    assert_eq!(
+        req["path"],
+        "/openai/deployments/my-deployment/chat/completions"
+    );
+    assert_eq!(req["query"], "api-version=2024-10-21");
+    assert_eq!(req["headers"]["api-key"], AZURE_SECRET, "{req}");
+    assert!(req["headers"].get("authorization").is_none(), "{req}");
+    assert!(
+        !all_header_values(&seen).contains(KEY_ALL),
+        "client key upstream: {seen:?}"
+    );
+    let events = passthrough_events(&ls.logger, 1).await;
+    let e = &events[0];
+    assert_eq!(e["http_status"], 200, "{e}");
+    assert_eq!(e["provider"], "azure", "{e}");
+    assert!(e["input_tokens"].as_u64().unwrap() > 0, "{e}");
+    assert!(e["output_tokens"].as_u64().unwrap() > 0, "{e}");
+}

@@ -389,3 +389,70 @@ async fn a_budget_holds_rerank_spend_and_refuses_in_cohere_shape() {
     assert_eq!(r.status, 429, "{}", r.text);
     assert!(r.json()["message"].as_str().is_some(), "{}", r.text);
 }
+
+/// The rerank config plus a Cohere provider on its v1 API (a base URL ending in `/v1`).
+fn with_cohere_v1(yaml: String) -> String {
+    let yaml = with_rerank(yaml);
+    let start = yaml.find("base_url: \"http://").unwrap() + "base_url: \"http://".len();
+    let mock = yaml[start..start + yaml[start..].find('/').unwrap()].to_owned();
+    yaml.replacen(
+        "\nmodels:\n",
+        &format!(
+            "\n  cohere-v1:\n    kind: cohere\n    base_url: \"http://{mock}/cohere/v1\"\n    credential: {{ env: E2E_ANTHROPIC_KEY }}\nmodels:\n  rerank-cohere-v1:\n    targets: [{{ provider: cohere-v1, model: rerank-english-v3.0 }}]\n"
+        ),
+        1,
+    )
+}
+
+/// Cohere's version-specific knobs on the wire: `max_chunks_per_doc` to Cohere v1,
+/// `max_tokens_per_doc` and `priority` to Cohere v2, none of them to other providers.
+#[tokio::test]
+async fn cohere_knobs_reach_the_cohere_version_that_knows_them() {
+    let stack = Stack::start(StackOptions {
+        patch_config: Some(with_cohere_v1),
+        ..Default::default()
+    });
+    for model in [
+        "rerank-cohere",
+        "rerank-cohere-v1",
+        "rerank-jina",
+        "rerank-voyage",
+    ] {
+        let body = json!({
+            "model": model, "query": QUERY, "documents": DOCUMENTS, "top_n": 2,
+            "max_chunks_per_doc": 4, "max_tokens_per_doc": 256, "priority": 5,
+        });
+        let r = stack
+            .post("/v1/rerank", Some(KEY_ALL), body.to_string())
+            .await;
+        assert_eq!(r.status, 200, "{model}: {}", r.text);
+        assert_eq!(r.json()["results"][0]["index"], 1, "{model}: {}", r.text);
+    }
+    let seen = stack.posted().await;
+    let at = |path: &str| -> Value {
+        seen.iter()
+            .find(|r| r["path"] == path)
+            .unwrap_or_else(|| panic!("nothing posted to {path}: {seen:?}"))["body"]
+            .clone()
+    };
+    let v2 = at("/cohere/v2/rerank");
+    assert_eq!(
+        (&v2["max_tokens_per_doc"], &v2["priority"]),
+        (&json!(256), &json!(5)),
+        "{v2}"
+    );
+    assert!(v2.get("max_chunks_per_doc").is_none(), "{v2}");
+    let v1 = at("/cohere/v1/rerank");
+    assert_eq!(v1["max_chunks_per_doc"], 4, "{v1}");
+    assert_eq!(v1["model"], "rerank-english-v3.0", "{v1}");
+    assert!(
+        v1.get("max_tokens_per_doc").is_none() && v1.get("priority").is_none(),
+        "{v1}"
+    );
+    for path in ["/jina/v1/rerank", "/voyage/v1/rerank"] {
+        let b = at(path);
+        for k in ["max_tokens_per_doc", "max_chunks_per_doc", "priority"] {
+            assert!(b.get(k).is_none(), "{path}: {b}");
+        }
+    }
+}

@@ -329,6 +329,16 @@ async fn errors_reach_anthropic_clients_in_anthropic_format() {
         400,
         "invalid_request_error",
     );
+    // An Anthropic server tool (web search) the OpenAI backend cannot run.
+    let server_tool = json!({"model": "mock-model", "max_tokens": 10,
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+        "messages": [{"role": "user", "content": "x"}]});
+    assert_anthropic_error(
+        &s.post("/v1/messages", Some(KEY_ALL), server_tool.to_string())
+            .await,
+        400,
+        "invalid_request_error",
+    );
     let big = json!({"model": "claude-model", "max_tokens": 10, "pad": "x".repeat(70 * 1024),
         "messages": [{"role": "user", "content": "x"}]});
     let r = s.post("/v1/messages", Some(KEY_ALL), big.to_string()).await;

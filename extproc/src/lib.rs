@@ -6,6 +6,7 @@
 //! and chunks. Header and body mutations are built by the pure functions in [`mutation`].
 
 pub mod attempts;
+pub mod audio;
 pub mod aws;
 pub mod budget;
 pub mod cache;

@@ -10,7 +10,7 @@ use tollgate_core::config::MediaApi;
 use tollgate_core::pricing::media::MediaUsage;
 use tollgate_core::{ApiError, Usage, UsageSource};
 
-use crate::multipart;
+use crate::{audio, multipart};
 
 /// What a media request asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,10 +27,17 @@ pub struct MediaRequest {
     pub quality: String,
     /// Characters of a speech request's `input`.
     pub characters: u64,
-    /// The uploaded audio's length, when its header says it (WAV).
+    /// The uploaded audio's length, when its header says it (WAV, MP3, FLAC, Ogg, M4A).
     pub audio_ms: Option<u64>,
-    /// Transcription `response_format` (empty: `json`).
+    /// The uploaded audio's size in bytes (transcriptions, translations).
+    pub audio_bytes: u64,
+    /// Transcription `response_format` (empty: `json`); speech `response_format` (empty: mp3).
     pub response_format: String,
+    /// Characters of the text prompt (images `prompt`, transcription `prompt`, speech
+    /// `input` and `instructions`), for a token-billed model's input estimate.
+    pub prompt_chars: u64,
+    /// Images uploaded to edit.
+    pub input_images: u32,
 }
 
 fn field_error(param: &'static str, message: &str) -> ApiError {
@@ -68,6 +75,9 @@ pub fn read_json(
         model,
         size: text("size"),
         quality: text("quality"),
+        response_format: text("response_format"),
+        prompt_chars: (text("prompt").chars().count() + text("instructions").chars().count())
+            as u64,
         ..MediaRequest::default()
     };
     match api {
@@ -85,6 +95,7 @@ pub fn read_json(
                 return Err(field_error("input", "Missing required parameter: 'input'."));
             };
             req.characters = input.chars().count() as u64;
+            req.prompt_chars += req.characters;
         }
         MediaApi::Moderations => {
             if obj.get("input").is_none() {
@@ -140,11 +151,13 @@ pub fn read_form(api: MediaApi, body: &[u8], content_type: &str) -> Result<Media
             "size" => req.size = value(p),
             "quality" => req.quality = value(p),
             "response_format" => req.response_format = value(p),
-            // The first file (`image` or `image[]`: several images may come).
-            name if file.is_none()
-                && (name == file_field || name.strip_suffix("[]") == Some(file_field)) =>
-            {
-                file = Some(p.data.clone());
+            "prompt" => req.prompt_chars = value(p).chars().count() as u64,
+            // The files (`image` or `image[]`: several images may come); the first is read.
+            name if name == file_field || name.strip_suffix("[]") == Some(file_field) => {
+                req.input_images += 1;
+                if file.is_none() {
+                    file = Some(p.data.clone());
+                }
             }
             _ => {}
         }
@@ -159,7 +172,10 @@ pub fn read_form(api: MediaApi, body: &[u8], content_type: &str) -> Result<Media
         ));
     };
     if matches!(api, MediaApi::Transcriptions | MediaApi::Translations) {
-        req.audio_ms = body.get(file).and_then(wav_duration_ms);
+        let audio = body.get(file).unwrap_or_default();
+        req.audio_ms = audio::duration_ms(audio);
+        req.audio_bytes = audio.len() as u64;
+        req.input_images = 0;
     }
     Ok(req)
 }
@@ -167,34 +183,62 @@ pub fn read_form(api: MediaApi, body: &[u8], content_type: &str) -> Result<Media
 /// The length of a WAV (RIFF/WAVE, PCM or any format with a byte rate) file from its header,
 /// in milliseconds.
 pub fn wav_duration_ms(bytes: &[u8]) -> Option<u64> {
-    if bytes.get(0..4)? != b"RIFF" || bytes.get(8..12)? != b"WAVE" {
-        return None;
-    }
-    let u32_at = |i: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?))
+    audio::wav_ms(bytes, bytes.len() as u64)
+}
+
+/// Characters of text per token in the estimates of token-billed models (OpenAI's o200k
+/// averages ≈ 4.7 on English prose; 4 errs high).
+pub const CHARS_PER_TOKEN: u64 = 4;
+
+/// Input image tokens estimated per image to edit (`gpt-image-1`; a 1024² image at high input
+/// fidelity is counted at a few hundred to a few thousand).
+pub const IMAGE_INPUT_TOKENS: u64 = 1_500;
+
+/// Milliseconds of audio per input audio token estimated for transcription (1,000 tokens a
+/// minute: OpenAI's $0.006 a minute estimate for `gpt-4o-transcribe` at $6 per million).
+pub const MS_PER_AUDIO_INPUT_TOKEN: u64 = 60;
+
+/// Milliseconds of audio per text token a transcription is estimated to write (300 a minute:
+/// fast speech, ≈ 200 words).
+pub const MS_PER_TRANSCRIPT_TOKEN: u64 = 200;
+
+/// Milliseconds of speech per audio output token (1,250 a minute: OpenAI's $0.015 a minute
+/// estimate for `gpt-4o-mini-tts` at $12 per million).
+pub const MS_PER_SPEECH_TOKEN: u64 = 48;
+
+/// Characters spoken a second, for speech whose length the audio does not tell (OpenAI's
+/// voices read ≈ 16; 14 errs long).
+pub const SPEECH_CHARS_PER_SECOND: u64 = 14;
+
+/// The units a token-billed media model is estimated to use for `req` before the answer (for
+/// the reservation), or for a speech answer whose audio lasted `speech_ms` (measured from the
+/// streamed audio when its format tells; else from the input's characters). Token counts are
+/// estimates: the answer's `usage` replaces them where it has one.
+pub fn token_estimate(api: MediaApi, req: &MediaRequest, speech_ms: Option<u64>) -> MediaUsage {
+    let mut u = MediaUsage {
+        text_tokens: req.prompt_chars.div_ceil(CHARS_PER_TOKEN),
+        ..MediaUsage::default()
     };
-    let mut at = 12;
-    let mut byte_rate = None;
-    // Bounded: a chunk list longer than this is not a WAV header anyone writes.
-    for _ in 0..64 {
-        let id = bytes.get(at..at + 4)?;
-        let size = u32_at(at + 4)? as usize;
-        match id {
-            b"fmt " => byte_rate = Some(u32_at(at + 16)?),
-            b"data" => {
-                let rate = u64::from(byte_rate.filter(|r| *r > 0)?);
-                // A streaming writer's unknown length (0 or 0xFFFFFFFF): what is there.
-                let len = match size {
-                    0 | 0xFFFF_FFFF => bytes.len().saturating_sub(at + 8),
-                    n => n.min(bytes.len().saturating_sub(at + 8)),
-                } as u64;
-                return Some(len * 1000 / rate);
-            }
-            _ => {}
+    match api {
+        MediaApi::ImageGenerations | MediaApi::ImageEdits => {
+            u.image_tokens = u64::from(req.input_images) * IMAGE_INPUT_TOKENS;
+            u.output_tokens = u64::from(req.images)
+                * tollgate_core::pricing::media::gpt_image_output_tokens(&req.size, &req.quality);
         }
-        at = at.checked_add(8)?.checked_add(size + (size & 1))?;
+        MediaApi::Transcriptions | MediaApi::Translations => {
+            let ms = req
+                .audio_ms
+                .unwrap_or_else(|| audio::estimate_ms(req.audio_bytes));
+            u.audio_tokens = ms.div_ceil(MS_PER_AUDIO_INPUT_TOKEN);
+            u.output_tokens = ms.div_ceil(MS_PER_TRANSCRIPT_TOKEN);
+        }
+        MediaApi::Speech => {
+            let ms = speech_ms.unwrap_or(req.characters * 1000 / SPEECH_CHARS_PER_SECOND);
+            u.output_tokens = ms.div_ceil(MS_PER_SPEECH_TOKEN);
+        }
+        MediaApi::Moderations => u.text_tokens = 0,
     }
-    None
+    u
 }
 
 /// What a successful response says it used: the media units (images returned, audio seconds)
@@ -236,7 +280,25 @@ pub fn response_usage(
         }
         MediaApi::Speech | MediaApi::Moderations => {}
     }
-    let tokens = doc.and_then(|d| d.get("usage")).and_then(token_usage);
+    let usage = doc.and_then(|d| d.get("usage"));
+    let tokens = usage.and_then(token_usage);
+    if let (Some(t), Some(u)) = (&tokens, usage) {
+        // By modality: images name it `input_tokens_details`, transcriptions
+        // `input_token_details`; input tokens not broken down count as text.
+        let details = u
+            .get("input_tokens_details")
+            .or_else(|| u.get("input_token_details"));
+        let n = |k: &str| {
+            details
+                .and_then(|d| d.get(k))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        units.image_tokens = n("image_tokens").min(t.input_tokens);
+        units.audio_tokens = n("audio_tokens").min(t.input_tokens - units.image_tokens);
+        units.text_tokens = t.input_tokens - units.image_tokens - units.audio_tokens;
+        units.output_tokens = t.output_tokens;
+    }
     (units, tokens)
 }
 
@@ -321,6 +383,46 @@ mod tests {
     }
 
     #[test]
+    fn token_billed_models_are_estimated_from_the_request() {
+        let image = MediaRequest {
+            images: 2,
+            size: "1024x1536".into(),
+            quality: "low".into(),
+            prompt_chars: 17,
+            input_images: 1,
+            ..Default::default()
+        };
+        let u = token_estimate(MediaApi::ImageEdits, &image, None);
+        assert_eq!(
+            (u.text_tokens, u.image_tokens, u.output_tokens),
+            (5, 1500, 816)
+        );
+        // An upload whose header says 3 s; one that says nothing, by its size at the floor.
+        let mut audio = MediaRequest {
+            audio_ms: Some(3000),
+            ..Default::default()
+        };
+        let u = token_estimate(MediaApi::Transcriptions, &audio, None);
+        assert_eq!((u.audio_tokens, u.output_tokens), (50, 15));
+        audio.audio_ms = None;
+        audio.audio_bytes = 12_000;
+        let u = token_estimate(MediaApi::Transcriptions, &audio, None);
+        assert_eq!((u.audio_tokens, u.output_tokens), (100, 30));
+        // Speech: the audio's measured length, else 14 characters a second.
+        let speech = MediaRequest {
+            characters: 140,
+            prompt_chars: 140,
+            ..Default::default()
+        };
+        assert_eq!(
+            token_estimate(MediaApi::Speech, &speech, Some(4800)).output_tokens,
+            100
+        );
+        let u = token_estimate(MediaApi::Speech, &speech, None);
+        assert_eq!((u.text_tokens, u.output_tokens), (35, 209));
+    }
+
+    #[test]
     fn usage_comes_from_the_response_or_the_upload() {
         let req = MediaRequest {
             audio_ms: Some(2000),
@@ -346,6 +448,29 @@ mod tests {
             br#"{"text":"x","usage":{"type":"tokens","input_tokens":14,"output_tokens":45,"total_tokens":59}}"#,
         );
         assert_eq!(t.map(|t| (t.input_tokens, t.output_tokens)), Some((14, 45)));
+        let (u, _) = response_usage(
+            MediaApi::Transcriptions,
+            &req,
+            br#"{"text":"x","usage":{"type":"tokens","input_tokens":14,"output_tokens":45,"input_token_details":{"text_tokens":4,"audio_tokens":10}}}"#,
+        );
+        assert_eq!(
+            (
+                u.text_tokens,
+                u.audio_tokens,
+                u.image_tokens,
+                u.output_tokens
+            ),
+            (4, 10, 0, 45)
+        );
+        let (u, _) = response_usage(
+            MediaApi::ImageEdits,
+            &req,
+            br#"{"data":[{"b64_json":"x"}],"usage":{"input_tokens":250,"output_tokens":4160,"input_tokens_details":{"text_tokens":56,"image_tokens":194}}}"#,
+        );
+        assert_eq!(
+            (u.images, u.text_tokens, u.image_tokens, u.output_tokens),
+            (1, 56, 194, 4160)
+        );
         let (u, _) = response_usage(
             MediaApi::ImageGenerations,
             &req,

@@ -166,6 +166,62 @@ fn wav_seconds(data: &[u8]) -> Option<f64> {
     None
 }
 
+/// Seconds of an MP3 file of MPEG-1 layer III frames, counted frame by frame (an ID3v2 tag
+/// skipped), when it is one.
+fn mp3_seconds(data: &[u8]) -> Option<f64> {
+    let mut at = 0usize;
+    if data.starts_with(b"ID3") && data.len() >= 10 {
+        at = 10
+            + data[6..10]
+                .iter()
+                .fold(0usize, |a, b| (a << 7) | usize::from(*b & 0x7F));
+    }
+    const KBPS: [u32; 15] = [
+        0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
+    ];
+    let (mut frames, mut rate) = (0u32, 0u32);
+    while at + 4 <= data.len() {
+        let h = &data[at..at + 4];
+        // MPEG-1 layer III only: the mock's own narrow reader.
+        if h[0] != 0xFF || h[1] & 0xFE != 0xFA {
+            break;
+        }
+        let kbps = *KBPS.get(usize::from(h[2] >> 4))?;
+        rate = [44_100, 48_000, 32_000]
+            .get(usize::from((h[2] >> 2) & 3))
+            .copied()?;
+        if kbps == 0 {
+            return None;
+        }
+        at += (144 * kbps * 1000 / rate + u32::from((h[2] >> 1) & 1)) as usize;
+        frames += 1;
+    }
+    (frames > 0).then(|| f64::from(frames) * 1152.0 / f64::from(rate))
+}
+
+/// `frames` silent MPEG-1 layer III frames (128 kbit/s, 48 kHz, mono: 24 ms each).
+pub(crate) fn mp3_silence(frames: usize) -> Vec<u8> {
+    let mut out = vec![0u8; frames * 384];
+    for f in out.chunks_mut(384) {
+        f[..4].copy_from_slice(&[0xFF, 0xFB, 0x94, 0xC0]);
+    }
+    out
+}
+
+/// Output image tokens of one `gpt-image-1` image (OpenAI's table by quality and size).
+fn gpt_image_tokens(size: &str, quality: &str) -> u64 {
+    let i = match size {
+        "1024x1536" => 1,
+        "1536x1024" => 2,
+        _ => 0,
+    };
+    match quality {
+        "low" => [272, 408, 400][i],
+        "medium" => [1056, 1584, 1568][i],
+        _ => [4160, 6240, 6208][i],
+    }
+}
+
 fn fault(model: &str) -> Result<(), MockError> {
     if let Some(code) = model.strip_prefix("mock-error-") {
         if let Some(status) = code
@@ -221,7 +277,9 @@ pub(crate) fn respond(
                         .get("response_format")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    Ok(images(&model, prompt, n, format, number, created))
+                    let text = |k: &str| request.get(k).and_then(Value::as_str).unwrap_or("");
+                    let shape = (text("size"), text("quality"), 0);
+                    Ok(images(&model, prompt, n, format, shape, number, created))
                 }
                 Op::Speech => {
                     let model = model.ok_or(MockError::MissingModel)?;
@@ -271,18 +329,35 @@ pub(crate) fn respond(
                 let prompt = text("prompt").ok_or(MockError::MissingParameter("prompt"))?;
                 let n = text("n").and_then(|n| n.parse().ok()).unwrap_or(1);
                 let format = text("response_format").unwrap_or_default();
-                return Ok(images(&model, &prompt, n, &format, number, created));
+                let size = text("size").unwrap_or_default();
+                let quality = text("quality").unwrap_or_default();
+                let inputs = fields
+                    .iter()
+                    .filter(|f| (f.name == "image" || f.name == "image[]") && f.filename.is_some())
+                    .count() as u64;
+                return Ok(images(
+                    &model,
+                    &prompt,
+                    n,
+                    &format,
+                    (&size, &quality, inputs),
+                    number,
+                    created,
+                ));
             }
             let file = fields
                 .iter()
                 .find(|f| f.name == "file" && f.filename.is_some())
                 .ok_or(MockError::MissingParameter("file"))?;
-            let seconds = wav_seconds(&file.data).ok_or_else(|| MockError::InvalidParameter {
-                param: "file",
-                message:
-                    "Invalid file format. Supported formats: ['wav'] (the mock reads WAV only)"
+            let seconds = wav_seconds(&file.data)
+                .or_else(|| mp3_seconds(&file.data))
+                .ok_or_else(|| MockError::InvalidParameter {
+                    param: "file",
+                    message: "Invalid file format. Supported formats: ['wav', 'mp3'] (the mock \
+                              reads PCM WAV and MPEG-1 layer III only)"
                         .to_owned(),
-            })?;
+                })?;
+            let prompt = text("prompt").unwrap_or_default();
             let format = text("response_format").unwrap_or_else(|| "json".to_owned());
             Ok(transcription(
                 op == Op::Translations,
@@ -290,12 +365,23 @@ pub(crate) fn respond(
                 seconds,
                 &format,
                 text("language").as_deref(),
+                &prompt,
             ))
         }
     }
 }
 
-fn images(model: &str, prompt: &str, n: u64, format: &str, number: u64, created: u64) -> Response {
+/// Images of a generation or edit; `shape` is the request's size, quality and the number of
+/// images uploaded to edit (for `gpt-image-*` token usage).
+fn images(
+    model: &str,
+    prompt: &str,
+    n: u64,
+    format: &str,
+    shape: (&str, &str, u64),
+    number: u64,
+    created: u64,
+) -> Response {
     let gpt_image = model.starts_with("gpt-image");
     let b64 = format == "b64_json" || gpt_image;
     let data: Vec<Value> = (0..n.max(1))
@@ -323,12 +409,16 @@ fn images(model: &str, prompt: &str, n: u64, format: &str, number: u64, created:
         .collect();
     let mut out = json!({"created": created, "data": data});
     if gpt_image {
-        let input = (prompt.len() as u64).div_ceil(4);
+        // Text tokens ≈ a quarter of the prompt's bytes; 194 tokens per image to edit.
+        let (size, quality, inputs) = shape;
+        let text = (prompt.len() as u64).div_ceil(4);
+        let image = 194 * inputs;
+        let output = gpt_image_tokens(size, quality) * n.max(1);
         out["usage"] = json!({
-            "input_tokens": input,
-            "output_tokens": 272 * n.max(1),
-            "total_tokens": input + 272 * n.max(1),
-            "input_tokens_details": {"text_tokens": input, "image_tokens": 0},
+            "input_tokens": text + image,
+            "output_tokens": output,
+            "total_tokens": text + image + output,
+            "input_tokens_details": {"text_tokens": text, "image_tokens": image},
         });
     }
     Json(out).into_response()
@@ -346,6 +436,13 @@ pub(crate) fn speech_bytes(input: &str) -> Vec<u8> {
 }
 
 fn speech(model: &str, input: &str, format: &str, delay: Duration) -> Response {
+    // gpt-4o-mini-tts answers real MPEG frames (silence, 3 s) so a reader of the audio's
+    // length has something to read; other models deterministic noise.
+    let audio = if model.starts_with("gpt-4o") && format == "mp3" {
+        Bytes::from(mp3_silence(125))
+    } else {
+        Bytes::from(speech_bytes(input))
+    };
     let content_type = match format {
         "opus" => "audio/opus",
         "aac" => "audio/aac",
@@ -354,7 +451,6 @@ fn speech(model: &str, input: &str, format: &str, delay: Duration) -> Response {
         "pcm" => "audio/pcm",
         _ => "audio/mpeg",
     };
-    let audio = Bytes::from(speech_bytes(input));
     let chunks: Vec<Bytes> = audio
         .chunks(SPEECH_CHUNK)
         .map(|c| audio.slice_ref(c))
@@ -378,6 +474,7 @@ fn transcription(
     seconds: f64,
     format: &str,
     language: Option<&str>,
+    prompt: &str,
 ) -> Response {
     let text = if translate {
         "Hello from the mock translation."
@@ -417,8 +514,12 @@ fn transcription(
         .into_response(),
         _ => {
             let usage = if model.starts_with("gpt-4o") {
-                json!({"type": "tokens", "input_tokens": 14, "output_tokens": 8, "total_tokens": 22,
-                       "input_token_details": {"text_tokens": 0, "audio_tokens": 14}})
+                // Ten audio tokens a second of the upload; the prompt's text tokens.
+                let audio = (seconds * 10.0).ceil() as u64;
+                let text_tokens = (prompt.len() as u64).div_ceil(4);
+                json!({"type": "tokens", "input_tokens": audio + text_tokens, "output_tokens": 8,
+                       "total_tokens": audio + text_tokens + 8,
+                       "input_token_details": {"text_tokens": text_tokens, "audio_tokens": audio}})
             } else {
                 json!({"type": "duration", "seconds": seconds.ceil() as u64})
             };
@@ -496,6 +597,13 @@ mod tests {
             Some(Op::Transcriptions)
         );
         assert_eq!(operation("/v1/chat/completions"), None);
+    }
+
+    #[test]
+    fn mp3_frames_are_counted() {
+        let s = mp3_seconds(&mp3_silence(125)).unwrap();
+        assert!((s - 3.0).abs() < 1e-9, "{s}");
+        assert_eq!(mp3_seconds(b"not audio"), None);
     }
 
     #[test]

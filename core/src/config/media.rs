@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::{Errors, ProviderKind};
-use crate::pricing::media::MediaPrice;
-use crate::pricing::{parse_usd, PriceTable};
+use crate::pricing::media::{MediaPrice, TokenPrices};
+use crate::pricing::{parse_usd, PerToken, PriceTable};
 
 /// One of OpenAI's media APIs, served to OpenAI, Azure OpenAI and OpenAI-compatible providers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,6 +142,26 @@ pub struct RawMediaPrice {
     /// USD per input character (speech).
     #[serde(default)]
     pub per_character: Option<String>,
+    /// USD per million tokens by modality, for token-billed models (`gpt-image-1`,
+    /// `gpt-4o-transcribe`, `gpt-4o-mini-tts`).
+    #[serde(default)]
+    pub tokens: Option<RawMediaTokens>,
+}
+
+/// A token-billed media model's prices, USD per million tokens (at most 6 decimals).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMediaTokens {
+    /// Input text tokens (and input tokens the answer does not break down by modality).
+    pub text_input: String,
+    /// Input image tokens (default: `text_input`).
+    #[serde(default)]
+    pub image_input: Option<String>,
+    /// Input audio tokens (default: `text_input`).
+    #[serde(default)]
+    pub audio_input: Option<String>,
+    /// Output tokens in the model's output modality (image, text or audio tokens).
+    pub output: String,
 }
 
 /// Adds `pricing.media` to `table`, naming each bad value's field path.
@@ -176,14 +196,37 @@ pub(super) fn validate_media_pricing(
         };
         price.per_audio_second = one("per_audio_second", &p.per_audio_second);
         price.per_character = one("per_character", &p.per_character);
+        if let Some(t) = &p.tokens {
+            let mut per = |name: &str, v: &str| match PerToken::parse_usd_per_million(v) {
+                Ok(v) => Some(v),
+                Err(m) => {
+                    errs.add(format!("{path}.tokens.{name}"), m);
+                    ok = false;
+                    None
+                }
+            };
+            let text = per("text_input", &t.text_input);
+            let image = t.image_input.as_deref().map(|v| per("image_input", v));
+            let audio = t.audio_input.as_deref().map(|v| per("audio_input", v));
+            let output = per("output", &t.output);
+            if let (Some(text), Some(output)) = (text, output) {
+                price.tokens = Some(TokenPrices {
+                    text_input: text,
+                    image_input: image.flatten().unwrap_or(text),
+                    audio_input: audio.flatten().unwrap_or(text),
+                    output,
+                });
+            }
+        }
         if price.per_image.is_empty()
             && price.per_audio_second.is_none()
             && price.per_character.is_none()
+            && price.tokens.is_none()
             && ok
         {
             errs.add(
                 path,
-                "set at least one of per_image, per_audio_second, per_character",
+                "set at least one of per_image, per_audio_second, per_character, tokens",
             );
             continue;
         }
@@ -219,5 +262,40 @@ mod tests {
         assert!(MediaApi::Speech
             .upstream_path(ProviderKind::Anthropic, "/v1", "m", None)
             .is_none());
+    }
+
+    #[test]
+    fn token_prices_by_modality_are_read_and_bad_ones_name_their_field() {
+        let env = crate::env::MapEnv::from_pairs([("K", "k")]);
+        let base = r#"
+providers: { p: { kind: openai, base_url: "http://127.0.0.1:1/v1" } }
+models: { m: { targets: [{ provider: p, model: img } ] } }
+"#;
+        let c = crate::config::Config::from_yaml(
+            &format!("{base}pricing:\n  media:\n    img: {{ tokens: {{ text_input: \"4\", image_input: \"8\", output: \"30\" }} }}\n"),
+            &env,
+        )
+        .unwrap();
+        let t = c.prices.media("img").and_then(|p| p.tokens).unwrap();
+        assert_eq!(
+            (t.text_input.0, t.image_input.0, t.audio_input.0, t.output.0),
+            (4_000_000, 8_000_000, 4_000_000, 30_000_000)
+        );
+        // The built-in token-billed models stay.
+        assert!(c
+            .prices
+            .media("gpt-image-1")
+            .is_some_and(|p| p.tokens.is_some()));
+        let errs = crate::config::Config::from_yaml(
+            &format!("{base}pricing:\n  media:\n    img: {{ tokens: {{ text_input: \"4\", output: \"x\" }} }}\n"),
+            &env,
+        )
+        .unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|e| e.starts_with("pricing.media.img.tokens.output:")),
+            "{text:?}"
+        );
     }
 }

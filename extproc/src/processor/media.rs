@@ -37,6 +37,8 @@ pub(super) struct MediaCall {
     units: Option<MediaUsage>,
     /// Bytes of a streamed (speech) response passed through.
     streamed_bytes: u64,
+    /// The first bytes of a streamed (speech) response, for its length.
+    head: Vec<u8>,
 }
 
 impl MediaCall {
@@ -157,6 +159,7 @@ impl Processor {
             request,
             units: None,
             streamed_bytes: 0,
+            head: Vec::new(),
         }));
         self.forwarded = Some(Forwarded {
             slot: Some(slot),
@@ -186,6 +189,11 @@ impl Processor {
         request: &MediaRequest,
     ) -> Option<Picodollars> {
         let price = self.config.prices.media(upstream_model)?;
+        // Token-billed models: the tokens estimated by modality.
+        let tokens = match price.tokens {
+            Some(_) => media::token_estimate(api, request, None),
+            None => MediaUsage::default(),
+        };
         let units = MediaUsage {
             images: match api {
                 MediaApi::ImageGenerations | MediaApi::ImageEdits => request.images,
@@ -193,8 +201,15 @@ impl Processor {
             },
             size: request.size.clone(),
             quality: request.quality.clone(),
-            audio_ms: request.audio_ms.unwrap_or(0),
+            // An upload whose header says nothing: its size at the bitrate floor.
+            audio_ms: match api {
+                MediaApi::Transcriptions | MediaApi::Translations => request
+                    .audio_ms
+                    .unwrap_or_else(|| crate::audio::estimate_ms(request.audio_bytes)),
+                _ => 0,
+            },
             characters: request.characters,
+            ..tokens
         };
         price.cost(&units)
     }
@@ -235,6 +250,9 @@ impl Processor {
         if let (Some(call), Some(fwd)) = (&mut self.media, &mut self.forwarded) {
             if call.streams() && ok {
                 call.streamed_bytes += b.body.len() as u64;
+                let room = crate::audio::HEAD_BYTES.saturating_sub(call.head.len());
+                call.head
+                    .extend_from_slice(&b.body[..room.min(b.body.len())]);
             } else if ok {
                 let (units, tokens) = media::response_usage(call.api, &call.request, &b.body);
                 call.units = Some(units);
@@ -259,17 +277,24 @@ impl Processor {
         }
         // Speech is billed on its input, which the provider charges whether or not the
         // client heard all of it.
+        let price = self.config.prices.media(&fwd.upstream_model);
+        let token_billed = price.is_some_and(|p| p.tokens.is_some());
         let units = match (&call.units, call.api) {
             (_, MediaApi::Speech) => Some(MediaUsage {
                 characters: call.request.characters,
-                ..MediaUsage::default()
+                ..self.speech_tokens(call, token_billed)
+            }),
+            // A token-billed answer without `usage` (a `text` transcript): the estimate.
+            (Some(u), api) if token_billed && !u.has_tokens() => Some(MediaUsage {
+                images: u.images,
+                size: u.size.clone(),
+                quality: u.quality.clone(),
+                audio_ms: u.audio_ms,
+                ..media::token_estimate(api, &call.request, None)
             }),
             (u, _) => u.clone(),
         };
-        let by_units = units
-            .as_ref()
-            .zip(self.config.prices.media(&fwd.upstream_model))
-            .and_then(|(u, p)| p.cost(u));
+        let by_units = units.as_ref().zip(price).and_then(|(u, p)| p.cost(u));
         let by_tokens = |u: &Usage| {
             self.config
                 .prices
@@ -279,10 +304,31 @@ impl Processor {
         let cost = by_units
             .or_else(|| fwd.usage.as_ref().and_then(by_tokens))
             .or((call.api == MediaApi::Moderations).then_some(0));
-        Some(Bill {
-            usage: fwd.usage,
-            cost,
-        })
+        // Tokens estimated rather than reported are logged as such.
+        let usage = fwd.usage.or_else(|| {
+            let u = units.as_ref().filter(|u| token_billed && u.has_tokens())?;
+            Some(Usage {
+                input_tokens: u.text_tokens + u.image_tokens + u.audio_tokens,
+                output_tokens: u.output_tokens,
+                cache_read_tokens: 0,
+                cache_write_tokens: 0,
+                reasoning_tokens: 0,
+                source: tollgate_core::UsageSource::Estimated,
+            })
+        });
+        Some(Bill { usage, cost })
+    }
+
+    /// The tokens of a speech answer of a token-billed model (none for others): the input's
+    /// characters, and the audio's length read from the streamed audio where its format tells
+    /// (MP3, WAV, PCM), else estimated from the characters.
+    fn speech_tokens(&self, call: &MediaCall, token_billed: bool) -> MediaUsage {
+        if !token_billed {
+            return MediaUsage::default();
+        }
+        let pcm = call.request.response_format == "pcm";
+        let ms = crate::audio::streamed_ms(&call.head, call.streamed_bytes, pcm);
+        media::token_estimate(MediaApi::Speech, &call.request, ms)
     }
 
     /// Writes the units a media request was billed in into its log event.

@@ -84,7 +84,7 @@ impl Processor {
             Pick::Exhausted => return Err(refusal(ApiError::Internal)),
         };
         let provider = &target.provider;
-        let Some(flavor) = Flavor::of(provider.kind) else {
+        let Some(flavor) = Flavor::of_provider(provider.kind, &provider.base_path) else {
             return Err(refusal(ApiError::InvalidField {
                 param: "model",
                 message: format!("The model `{model}` does not serve rerank."),

@@ -39,8 +39,12 @@ pub struct Request {
     pub top_n: Option<usize>,
     /// Whether each result carries its document.
     pub return_documents: bool,
-    /// Cohere v2's `max_tokens_per_doc` (passed on to Cohere).
+    /// Cohere v2's `max_tokens_per_doc` (passed on to Cohere v2).
     pub max_tokens_per_doc: Option<u64>,
+    /// Cohere v1's `max_chunks_per_doc` (passed on to Cohere v1).
+    pub max_chunks_per_doc: Option<u64>,
+    /// Cohere v2's `priority` (passed on to Cohere v2).
+    pub priority: Option<u64>,
     /// Whether the client called Cohere's v1 path (`/v1/rerank`): its answer says
     /// `api_version` 1.
     pub v1: bool,
@@ -57,7 +61,8 @@ impl Request {
     /// Reads a client's body: `model`, `query` (non-empty), `documents` (non-empty, strings
     /// or objects: an object's `text`, else its `rank_fields` or all its string members as
     /// `name: value` lines), `top_n` (positive), `return_documents`,
-    /// `max_tokens_per_doc`; `max_chunks_per_doc` (v1) is accepted and not passed on.
+    /// `max_tokens_per_doc` and `priority` (Cohere v2), `max_chunks_per_doc` (Cohere v1); each
+    /// passed to the Cohere version that knows it and dropped for other providers.
     pub fn parse(body: &[u8], v1: bool) -> Result<Request, ApiError> {
         let value: Value =
             serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
@@ -130,14 +135,22 @@ impl Request {
                 )
             })?),
         };
-        if let Some(v) = obj.get("max_chunks_per_doc") {
-            if !v.is_null() && v.as_u64().is_none_or(|n| n == 0) {
-                return Err(invalid(
+        let max_chunks_per_doc = match obj.get("max_chunks_per_doc") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+                invalid(
                     "max_chunks_per_doc",
                     "`max_chunks_per_doc` must be a positive integer",
-                ));
-            }
-        }
+                )
+            })?),
+        };
+        let priority =
+            match obj.get("priority") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_u64().ok_or_else(|| {
+                    invalid("priority", "`priority` must be a non-negative integer")
+                })?),
+            };
         Ok(Request {
             model,
             query,
@@ -145,6 +158,8 @@ impl Request {
             top_n,
             return_documents,
             max_tokens_per_doc,
+            max_chunks_per_doc,
+            priority,
             v1,
         })
     }

@@ -177,3 +177,51 @@ fn estimates_count_the_query_once_per_document() {
     assert_eq!(r.estimated_tokens(bytes), expect);
     assert_eq!(r.estimated_search_units(bytes), 1);
 }
+
+#[test]
+fn each_cohere_version_gets_its_own_knobs_and_others_none() {
+    let r = parse(json!({
+        "model": "rr", "query": "q", "documents": ["a", "b"],
+        "max_tokens_per_doc": 512, "max_chunks_per_doc": 3, "priority": 7,
+    }))
+    .unwrap();
+    let body = |f: Flavor| -> Value { serde_json::from_slice(&f.request(&r, "up")).unwrap() };
+    let v2 = body(Flavor::Cohere);
+    assert_eq!(
+        (&v2["max_tokens_per_doc"], &v2["priority"]),
+        (&json!(512), &json!(7))
+    );
+    assert!(v2.get("max_chunks_per_doc").is_none(), "{v2}");
+    let v1 = body(Flavor::CohereV1);
+    assert_eq!(v1["max_chunks_per_doc"], 3, "{v1}");
+    assert!(
+        v1.get("max_tokens_per_doc").is_none() && v1.get("priority").is_none(),
+        "{v1}"
+    );
+    for f in [Flavor::Jina, Flavor::Voyage, Flavor::Tei] {
+        let b = body(f);
+        for k in ["max_tokens_per_doc", "max_chunks_per_doc", "priority"] {
+            assert!(b.get(k).is_none(), "{f:?}: {b}");
+        }
+    }
+    assert_eq!(
+        Flavor::of_provider(ProviderKind::Cohere, "/cohere/v1"),
+        Some(Flavor::CohereV1)
+    );
+    assert_eq!(
+        Flavor::of_provider(ProviderKind::Cohere, "/v2"),
+        Some(Flavor::Cohere)
+    );
+    assert_eq!(
+        Flavor::of_provider(ProviderKind::Jina, "/v1"),
+        Some(Flavor::Jina)
+    );
+    let bad = parse(json!({"model": "rr", "query": "q", "documents": ["a"], "priority": -1}));
+    assert!(matches!(
+        bad,
+        Err(ApiError::InvalidField {
+            param: "priority",
+            ..
+        })
+    ));
+}

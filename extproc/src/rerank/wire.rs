@@ -2,8 +2,11 @@
 //! ([`Flavor::request`]) and the answer it reads ([`Flavor::answer`], [`Flavor::error_message`]).
 //!
 //! - Cohere v2 `POST {base}/rerank`: `{model, query, documents: [str], top_n,
-//!   max_tokens_per_doc}` → `{id, results[{index, relevance_score}], meta.billed_units.search_units}`;
-//!   errors `{"message"}`.
+//!   max_tokens_per_doc, priority}` → `{id, results[{index, relevance_score}],
+//!   meta.billed_units.search_units}`; errors `{"message"}`.
+//! - Cohere v1 (a `cohere` provider whose base URL ends in `/v1`) `POST {base}/rerank`:
+//!   `{model, query, documents: [str], top_n, max_chunks_per_doc, return_documents: false}`,
+//!   answered as v2.
 //! - Jina `POST {base}/rerank` (vLLM serves the same at `/v1/rerank`): `{model, query,
 //!   documents, top_n, return_documents}` → `{model, usage.total_tokens, results[{index,
 //!   relevance_score}]}`; errors `{"detail"}` (vLLM: `{"error": {"message"}}` or `{"message"}`).
@@ -23,6 +26,8 @@ use super::{Answer, Ranked, Request};
 pub enum Flavor {
     /// Cohere v2.
     Cohere,
+    /// Cohere v1 (a `cohere` provider whose base path ends in `/v1`).
+    CohereV1,
     /// Jina, and vLLM's Cohere/Jina-compatible rerank (`openai_compatible` providers).
     Jina,
     /// Voyage AI.
@@ -48,6 +53,17 @@ impl Flavor {
         }
     }
 
+    /// The rerank API of a provider of `kind` at `base_path`: Cohere's v1 API where the base
+    /// path ends in `/v1`, else as [`Flavor::of`].
+    pub fn of_provider(kind: ProviderKind, base_path: &str) -> Option<Flavor> {
+        match Flavor::of(kind)? {
+            Flavor::Cohere if base_path.trim_end_matches('/').ends_with("/v1") => {
+                Some(Flavor::CohereV1)
+            }
+            f => Some(f),
+        }
+    }
+
     /// The upstream `:path` under a provider's base path.
     pub fn path(self, base_path: &str) -> String {
         format!("{base_path}/rerank")
@@ -62,6 +78,12 @@ impl Flavor {
                 "model": upstream_model,
                 "query": req.query,
                 "documents": texts,
+            }),
+            Flavor::CohereV1 => json!({
+                "model": upstream_model,
+                "query": req.query,
+                "documents": texts,
+                "return_documents": false,
             }),
             Flavor::Jina => json!({
                 "model": upstream_model,
@@ -86,7 +108,7 @@ impl Flavor {
         };
         if let Value::Object(m) = &mut body {
             match (self, req.top_n) {
-                (Flavor::Cohere | Flavor::Jina, Some(n)) => {
+                (Flavor::Cohere | Flavor::CohereV1 | Flavor::Jina, Some(n)) => {
                     m.insert("top_n".into(), n.into());
                 }
                 (Flavor::Voyage, Some(n)) => {
@@ -95,8 +117,15 @@ impl Flavor {
                 // TEI ranks every text: the answer is cut to `top_n` here.
                 (Flavor::Tei, _) | (_, None) => {}
             }
+            // Each Cohere version's own knobs; other APIs have no equivalent (dropped).
             if let (Flavor::Cohere, Some(n)) = (self, req.max_tokens_per_doc) {
                 m.insert("max_tokens_per_doc".into(), n.into());
+            }
+            if let (Flavor::Cohere, Some(n)) = (self, req.priority) {
+                m.insert("priority".into(), n.into());
+            }
+            if let (Flavor::CohereV1, Some(n)) = (self, req.max_chunks_per_doc) {
+                m.insert("max_chunks_per_doc".into(), n.into());
             }
         }
         body.to_string().into_bytes()
@@ -120,7 +149,7 @@ impl Flavor {
         let tokens = |v: &Value| v.pointer("/usage/total_tokens").and_then(Value::as_u64);
         let id = v.get("id").and_then(Value::as_str).map(str::to_owned);
         Some(match self {
-            Flavor::Cohere => Answer {
+            Flavor::Cohere | Flavor::CohereV1 => Answer {
                 results: ranked(v.get("results")?, "relevance_score")?,
                 id,
                 search_units: v
