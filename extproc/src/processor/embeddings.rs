@@ -29,7 +29,7 @@ use tollgate_core::{ApiError, Endpoint, Usage, UsageSource};
 use super::gemini_methods::{embed_usage, gemini_path, predict_vectors};
 use super::Processor;
 use crate::translator::json::RawObject;
-use crate::translator::{Pair, ResponseMeta};
+use crate::translator::ResponseMeta;
 
 /// The most requests of one Gemini `:batchEmbedContents` call.
 pub const GEMINI_MAX_BATCH: usize = 100;
@@ -436,8 +436,8 @@ impl Processor {
 
 /// The pair and endpoint `Pair::route` gives an OpenAI embeddings request to `family`.
 #[cfg(test)]
-fn route_of(family: ApiFamily) -> Option<(Pair, Endpoint)> {
-    Pair::route(Endpoint::Embeddings, family).ok()
+fn route_of(family: ApiFamily) -> Option<(crate::translator::Pair, Endpoint)> {
+    crate::translator::Pair::route(Endpoint::Embeddings, family).ok()
 }
 
 #[cfg(test)]
