@@ -15,22 +15,25 @@ use common::*;
 use serde_json::{json, Value};
 
 const TITAN: &str = "amazon.titan-embed-text-v2:0";
+const COHERE: &str = "cohere.embed-english-v3";
 
 /// Adds the embedding models (`gemini-embedder` on the Gemini API, `vertex-embedder` and
-/// `vertex-gemini-embedder` on Vertex AI, `titan-embedder` on Bedrock) and prices for the
+/// `vertex-gemini-embedder` on Vertex AI, `titan-embedder` and `cohere-embedder` on Bedrock) and prices for the
 /// chat models the completions go to.
 fn with_models(config: String) -> String {
     let models = format!(
         "models:\n  gemini-embedder:\n    targets: [{{ provider: gemini, model: gemini-embedding-001 }}]\n  \
          vertex-embedder:\n    targets: [{{ provider: vertex, model: text-embedding-005 }}]\n  \
          vertex-gemini-embedder:\n    targets: [{{ provider: vertex, model: gemini-embedding-001 }}]\n  \
-         titan-embedder:\n    targets: [{{ provider: bedrock, model: \"{TITAN}\" }}]\n"
+         titan-embedder:\n    targets: [{{ provider: bedrock, model: \"{TITAN}\" }}]\n  \
+         cohere-embedder:\n    targets: [{{ provider: bedrock, model: {COHERE} }}]\n"
     );
     config.replacen("\nmodels:\n", &format!("\n{models}"), 1).replacen(
         "pricing:\n  models:\n",
         &format!(
             "pricing:\n  models:\n    text-embedding-005: {{ input: \"0.025\", output: \"0\" }}\n    \
              \"{TITAN}\": {{ input: \"0.02\", output: \"0\" }}\n    \
+             {COHERE}: {{ input: \"0.1\", output: \"0\" }}\n    \
              claude-upstream-model: {{ input: \"3\", output: \"15\" }}\n    \
              gemini-upstream-model: {{ input: \"0.3\", output: \"2.5\" }}\n"
         ),
@@ -175,6 +178,27 @@ async fn openai_sdk_embeds_through_gemini_vertex_and_bedrock() {
         invoke[4]["body"],
         json!({"inputText": "The quick brown fox", "dimensions": 256, "normalize": true})
     );
+
+    // Cohere Embed on Bedrock batches (no `dimensions`: one output size).
+    stack.clear_upstream_requests().await;
+    sdk(
+        &stack,
+        &[
+            ("EMBED_MODEL", "cohere-embedder"),
+            ("EMBED_INPUTS", "3"),
+            ("EMBED_DIMENSIONS", "1024"),
+        ],
+    );
+    let invoke = at(&stack, &format!("/model/{COHERE}/invoke")).await;
+    assert_eq!(invoke.len(), 4, "{invoke:?}");
+    assert!(invoke[0]["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .starts_with("AWS4-HMAC-SHA256 "));
+    assert_eq!(
+        invoke[0]["body"],
+        json!({"texts": ["The quick brown fox", "jumps over the lazy dog", "and runs away"], "input_type": "search_document"})
+    );
 }
 
 /// `completions.create`, streaming (with and without `include_usage`) and not, onto
@@ -295,6 +319,22 @@ async fn hub_embeddings_and_completions_are_priced_logged_and_settled() {
     assert_eq!(l["input_tokens"], 4, "{l}");
     assert_eq!(l["cost_picodollars"], 4 * 20_000, "{l}");
     spent += 4 * 20_000;
+
+    // Cohere on Bedrock: usage from Bedrock's token count header.
+    let r = stack
+        .post(
+            "/v1/embeddings",
+            Some(KEY_ALL),
+            embed("cohere-embedder", json!(["one", "two three"])),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+    let l = logged(&ls.logger, r.header("x-tollgate-request-id").unwrap()).await;
+    assert_eq!(l["usage_source"], "provider", "{l}");
+    assert_eq!(l["input_tokens"], 3, "{l}");
+    assert_eq!(l["cost_picodollars"], 3 * 100_000, "{l}");
+    spent += 3 * 100_000;
 
     let r = stack
         .post(
@@ -483,6 +523,22 @@ async fn refusals_and_provider_errors_come_in_openai_shape() {
             .await,
             "encoding_format",
         ),
+        (
+            post(
+                "/v1/embeddings",
+                json!({"model": "cohere-embedder", "input": "a", "dimensions": 256}),
+            )
+            .await,
+            "dimensions",
+        ),
+        (
+            post(
+                "/v1/embeddings",
+                json!({"model": "cohere-embedder", "input": vec!["x"; 97]}),
+            )
+            .await,
+            "input",
+        ),
         // Legacy completions: members that change the answer, several prompts, token prompts.
         (
             post(
@@ -559,4 +615,56 @@ async fn refusals_and_provider_errors_come_in_openai_shape() {
     )
     .await;
     r.assert_openai_error(429, None);
+}
+
+/// The text of a `text_completion` body or stream (`data:` chunks).
+fn completion_text(r: &Reply, stream: bool) -> String {
+    if !stream {
+        return r.json()["choices"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    r.text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .map(|v| {
+            assert_eq!(v["object"], "text_completion", "{v}");
+            v["choices"][0]["text"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// A key's response guardrails judge legacy completions through the hub, streamed and not:
+/// the phone number the provider wrote never reaches the client; the key without a policy gets
+/// it as written.
+#[tokio::test]
+async fn response_guardrails_judge_hub_completions() {
+    let stack = Stack::start(options());
+    let phone = "+44 20 7946 0958";
+    let prompt = format!("call me at {phone} tomorrow");
+    for model in ["claude-model", "gemini-model", "bedrock-model"] {
+        for stream in [false, true] {
+            let body = json!({"model": model, "prompt": prompt, "max_tokens": 64, "stream": stream})
+                .to_string();
+            let r = stack
+                .post("/v1/completions", Some(KEY_GUARDED), body.clone())
+                .await;
+            assert_eq!(r.status, 200, "{model}: {}", r.text);
+            assert!(!r.text.contains("7946"), "{model}: {}", r.text);
+            assert_eq!(
+                completion_text(&r, stream),
+                "Mock reply to: call me at [REDACTED:reply-phone] tomorrow",
+                "{model} stream {stream}"
+            );
+            let r = stack.post("/v1/completions", Some(KEY_ALL), body).await;
+            assert!(
+                completion_text(&r, stream).contains(phone),
+                "{model}: {}",
+                r.text
+            );
+        }
+    }
 }

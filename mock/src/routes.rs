@@ -244,7 +244,7 @@ async fn answer(
             &state.issued,
         );
         return Ok(match verified {
-            Ok(()) => bedrock_embed::respond(body, &model),
+            Ok(()) => bedrock_embed::respond(body, &model, number),
             Err(e) => e.into_response(),
         });
     }

@@ -1,6 +1,7 @@
 //! OpenAI's `POST /v1/embeddings` onto providers of another dialect: the Gemini API
 //! (`:batchEmbedContents`), Vertex AI (`:predict` of its text and Gemini embedding models) and
-//! AWS Bedrock (`InvokeModel` of Amazon Titan Text Embeddings), the answer written back in
+//! AWS Bedrock (`InvokeModel` of Amazon Titan Text Embeddings, or of Cohere Embed, which
+//! batches), the answer written back in
 //! OpenAI's list shape (`data[].embedding` in input order, `index`, `usage.prompt_tokens`).
 //!
 //! - `input`: a string or an array of strings (token arrays are OpenAI's own: 400 `input`);
@@ -9,10 +10,12 @@
 //!   honoured here (each vector's values as little-endian f32 bytes, as OpenAI does); `user`
 //!   dropped; Gemini's `taskType` left unset (OpenAI has none).
 //! - Batch limits are the providers': Gemini 100 requests per batch, Vertex AI 250 instances
-//!   (gemini-embedding models one), Titan one `inputText` per `InvokeModel` call. Envoy makes
-//!   one upstream request per client request, so a longer `input` is refused (400 naming the
-//!   limit) rather than split.
-//! - Usage: Vertex AI's `statistics.token_count`, Titan's `inputTextTokenCount`, Gemini's
+//!   (gemini-embedding models one), Titan one `inputText` per `InvokeModel` call, Cohere Embed
+//!   on Bedrock 96 `texts` (with `input_type: search_document`: OpenAI has no input type; no
+//!   `dimensions`). Envoy makes one upstream request per client request, so a longer `input` is
+//!   refused (400 naming the limit) rather than split.
+//! - Usage: Vertex AI's `statistics.token_count`, Titan's `inputTextTokenCount`, Bedrock's
+//!   `x-amzn-bedrock-input-token-count` header (Cohere), Gemini's
 //!   `usageMetadata.promptTokenCount` when it reports one, else the request's estimate
 //!   (`usage_source: estimated`).
 //!
@@ -37,6 +40,9 @@ pub const GEMINI_MAX_BATCH: usize = 100;
 /// The most instances of one Vertex AI `:predict` call of a text embedding model.
 pub const VERTEX_MAX_INSTANCES: usize = 250;
 
+/// The most `texts` of one Cohere Embed call on Bedrock.
+pub const COHERE_MAX_TEXTS: usize = 96;
+
 /// The embeddings API a provider serves a model with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wire {
@@ -53,6 +59,8 @@ pub(super) enum Wire {
         /// Whether the model is v2.
         v2: bool,
     },
+    /// Bedrock `InvokeModel` of Cohere Embed (`texts`, `input_type`).
+    Cohere,
 }
 
 /// What the answer to an OpenAI embeddings request on another dialect needs.
@@ -62,6 +70,8 @@ pub(super) struct EmbedCall {
     base64: bool,
     /// The request's estimated prompt tokens (the usage when the provider reports none).
     estimate: u64,
+    /// Bedrock's `x-amzn-bedrock-input-token-count` response header.
+    header_tokens: Option<u64>,
 }
 
 /// An OpenAI embeddings request, read.
@@ -170,10 +180,11 @@ pub(super) fn wire_of(target: &Target) -> Result<Option<Wire>, ApiError> {
         (ProviderKind::Bedrock, _) if model.starts_with("amazon.titan-embed-text") => {
             Wire::Titan { v2: true }
         }
+        (ProviderKind::Bedrock, _) if model.starts_with("cohere.embed") => Wire::Cohere,
         (ProviderKind::Bedrock, _) => {
             return Err(invalid(
                 "model",
-                "This model is served by AWS Bedrock, where Tollgate embeds with Amazon Titan Text Embeddings models (amazon.titan-embed-text-*) only.",
+                "This model is served by AWS Bedrock, where Tollgate embeds with Amazon Titan Text Embeddings (amazon.titan-embed-text-*) and Cohere Embed (cohere.embed-*) models only.",
             ))
         }
         (_, _) => {
@@ -191,7 +202,7 @@ fn path_of(wire: Wire, target: &Target) -> Option<String> {
         Wire::GeminiBatch => gemini_path(target, "batchEmbedContents"),
         Wire::VertexPredict { .. } => gemini_path(target, "predict"),
         // One path for every chat endpoint (`…/model/{id}/converse`): InvokeModel is beside it.
-        Wire::Titan { .. } => target
+        Wire::Titan { .. } | Wire::Cohere => target
             .path(Endpoint::ChatCompletions)
             .strip_suffix("/converse")
             .map(|base| format!("{base}/invoke")),
@@ -268,6 +279,18 @@ pub(super) fn request_to_wire(
             }
             body
         }
+        Wire::Cohere => {
+            if req.inputs.len() > COHERE_MAX_TEXTS {
+                return Err(too_many(COHERE_MAX_TEXTS, "Cohere Embed on Bedrock"));
+            }
+            if req.dimensions.is_some() {
+                return Err(invalid(
+                    "dimensions",
+                    "Cohere Embed on Bedrock has one output size: leave `dimensions` out.",
+                ));
+            }
+            json!({ "texts": req.inputs, "input_type": "search_document" })
+        }
     };
     Ok(body.to_string().into_bytes())
 }
@@ -297,6 +320,16 @@ pub(super) fn vectors_from_wire(wire: Wire, body: &[u8]) -> Option<(Vec<Value>, 
             let e = v.get("embedding").filter(|e| e.is_array())?;
             let reported = v.get("inputTextTokenCount").and_then(Value::as_u64);
             Some((vec![e.clone()], reported))
+        }
+        Wire::Cohere => {
+            // `embeddings_floats` (a list), or `embeddings_by_type` (`{"float": [...]}`).
+            let e = v.get("embeddings")?;
+            let list = e.get("float").unwrap_or(e).as_array()?;
+            let vectors = list
+                .iter()
+                .map(|x| x.is_array().then(|| x.clone()))
+                .collect::<Option<Vec<_>>>()?;
+            Some((vectors, None))
         }
     }
 }
@@ -378,7 +411,20 @@ impl Processor {
         let estimate = self
             .estimate(endpoint, &target.provider, &target.upstream_model, parsed)
             .prompt_tokens;
-        self.embeddings = Some(EmbedCall { base64, estimate });
+        self.embeddings = Some(EmbedCall {
+            base64,
+            estimate,
+            header_tokens: None,
+        });
+    }
+
+    /// Keeps Bedrock's input token count header of an embeddings answer.
+    pub(super) fn embeddings_headers(&mut self, token_count: Option<&[u8]>) {
+        if let Some(call) = &mut self.embeddings {
+            call.header_tokens = token_count
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse().ok());
+        }
     }
 
     /// The answer of an OpenAI embeddings request that a provider of another dialect gave
@@ -413,7 +459,7 @@ impl Processor {
             tracing::warn!(provider = %fwd.provider.name, "The provider's embeddings answer holds no vectors");
             return Some(ApiError::Upstream(502).body(tollgate_core::Dialect::OpenAi));
         };
-        let usage: Usage = match reported {
+        let usage: Usage = match reported.or(call.header_tokens) {
             Some(n) => embed_usage(n, UsageSource::Provider),
             None => embed_usage(call.estimate, UsageSource::Estimated),
         };
@@ -519,6 +565,10 @@ mod tests {
             json!({"inputText": "a", "dimensions": 256, "normalize": true})
         );
         assert_eq!(
+            wire_json(Wire::Cohere, r#"{"input":["a","b"]}"#, "cohere.embed-english-v3"),
+            json!({"texts": ["a", "b"], "input_type": "search_document"})
+        );
+        assert_eq!(
             wire_json(
                 Wire::Titan { v2: false },
                 r#"{"input":"a"}"#,
@@ -544,6 +594,13 @@ mod tests {
         assert!(e.to_string().contains("at most 100 inputs"), "{e}");
         let dims = req(r#"{"input":"a","dimensions":8}"#).unwrap();
         assert!(request_to_wire(Wire::Titan { v2: false }, &dims, "m").is_err());
+        assert!(request_to_wire(Wire::Cohere, &dims, "m").is_err());
+        let many = EmbedRequest {
+            inputs: vec!["x".into(); COHERE_MAX_TEXTS + 1],
+            dimensions: None,
+            base64: false,
+        };
+        assert!(request_to_wire(Wire::Cohere, &many, "m").is_err());
     }
 
     /// Golden answers: each provider's answer becomes OpenAI's list, its usage read.
@@ -568,6 +625,13 @@ mod tests {
         .unwrap();
         assert_eq!((v.clone(), n), (vec![json!([0.5, -0.25])], Some(7)));
         assert!(vectors_from_wire(Wire::Titan { v2: true }, br#"{"message":"x"}"#).is_none());
+        for cohere in [
+            &br#"{"id":"x","response_type":"embeddings_floats","texts":["a","b"],"embeddings":[[0.5],[1.0]]}"#[..],
+            &br#"{"id":"x","response_type":"embeddings_by_type","embeddings":{"float":[[0.5],[1.0]]}}"#[..],
+        ] {
+            let (v, n) = vectors_from_wire(Wire::Cohere, cohere).unwrap();
+            assert_eq!((v, n), (vec![json!([0.5]), json!([1.0])], None));
+        }
         assert!(vectors_from_wire(Wire::GeminiBatch, b"nope").is_none());
 
         let out: Value =

@@ -84,6 +84,13 @@ impl Processor {
         }
         let ok = (200..300).contains(&status);
         let bedrock = fwd.pair.upstream == ApiFamily::Bedrock;
+        if bedrock && ok && fwd.endpoint == Endpoint::Embeddings {
+            let tokens = header(&h.headers, "x-amzn-bedrock-input-token-count").map(<[u8]>::to_vec);
+            self.embeddings_headers(tokens.as_deref());
+        }
+        let Some(fwd) = &mut self.forwarded else {
+            return mutation::response_headers(Default::default(), BodySendMode::None);
+        };
         if bedrock && !ok {
             fwd.error_type = header(&h.headers, "x-amzn-errortype")
                 .map(|t| String::from_utf8_lossy(t).into_owned());
