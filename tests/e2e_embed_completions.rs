@@ -632,7 +632,10 @@ fn completion_text(r: &Reply, stream: bool) -> String {
         .map(|d| serde_json::from_str::<Value>(d).unwrap())
         .map(|v| {
             assert_eq!(v["object"], "text_completion", "{v}");
-            v["choices"][0]["text"].as_str().unwrap_or_default().to_owned()
+            v["choices"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
         })
         .collect()
 }
@@ -647,8 +650,9 @@ async fn response_guardrails_judge_hub_completions() {
     let prompt = format!("call me at {phone} tomorrow");
     for model in ["claude-model", "gemini-model", "bedrock-model"] {
         for stream in [false, true] {
-            let body = json!({"model": model, "prompt": prompt, "max_tokens": 64, "stream": stream})
-                .to_string();
+            let body =
+                json!({"model": model, "prompt": prompt, "max_tokens": 64, "stream": stream})
+                    .to_string();
             let r = stack
                 .post("/v1/completions", Some(KEY_GUARDED), body.clone())
                 .await;

@@ -49,7 +49,13 @@ fn with_token_header(mut r: Response, tokens: u64) -> Response {
 
 /// Cohere Embed on Bedrock.
 fn cohere(request: &Map<String, Value>, number: u64) -> Response {
-    let allowed = ["texts", "input_type", "truncate", "embedding_types", "images"];
+    let allowed = [
+        "texts",
+        "input_type",
+        "truncate",
+        "embedding_types",
+        "images",
+    ];
     if let Some(k) = request.keys().find(|k| !allowed.contains(&k.as_str())) {
         return extraneous(k).into_response();
     }
@@ -64,7 +70,12 @@ fn cohere(request: &Map<String, Value>, number: u64) -> Response {
         )
         .into_response();
     };
-    let kinds = ["search_document", "search_query", "classification", "clustering"];
+    let kinds = [
+        "search_document",
+        "search_query",
+        "classification",
+        "clustering",
+    ];
     if !request
         .get("input_type")
         .and_then(Value::as_str)
@@ -79,7 +90,10 @@ fn cohere(request: &Map<String, Value>, number: u64) -> Response {
         .iter()
         .map(|t| crate::gemini_embed::vector(&format!("{t}\n"), 1024))
         .collect();
-    let tokens: u64 = texts.iter().map(|t| crate::text::word_count(t).max(1)).sum();
+    let tokens: u64 = texts
+        .iter()
+        .map(|t| crate::text::word_count(t).max(1))
+        .sum();
     let answer = if request.contains_key("embedding_types") {
         json!({"id": format!("mock-embed-{number}"), "response_type": "embeddings_by_type",
             "texts": texts, "embeddings": {"float": vectors}})
@@ -193,7 +207,10 @@ mod tests {
 
     #[test]
     fn titan_and_cohere_check_their_request_shapes() {
-        let (s, v) = answer("amazon.titan-embed-text-v2:0", json!({"inputText": "a b", "dimensions": 256}));
+        let (s, v) = answer(
+            "amazon.titan-embed-text-v2:0",
+            json!({"inputText": "a b", "dimensions": 256}),
+        );
         assert_eq!(s, 200);
         assert_eq!(v["embedding"].as_array().unwrap().len(), 256);
         assert_eq!(v["inputTextTokenCount"], 2);
@@ -205,12 +222,32 @@ mod tests {
         ] {
             assert_eq!(answer("amazon.titan-embed-text-v2:0", bad).0, 400);
         }
-        assert_eq!(answer("amazon.titan-embed-text-v1", json!({"inputText": "a", "normalize": true})).0, 400);
-        let (s, v) = answer("cohere.embed-english-v3", json!({"texts": ["a", "b"], "input_type": "search_document"}));
+        assert_eq!(
+            answer(
+                "amazon.titan-embed-text-v1",
+                json!({"inputText": "a", "normalize": true})
+            )
+            .0,
+            400
+        );
+        let (s, v) = answer(
+            "cohere.embed-english-v3",
+            json!({"texts": ["a", "b"], "input_type": "search_document"}),
+        );
         assert_eq!(s, 200);
         assert_eq!(v["embeddings"].as_array().unwrap().len(), 2);
-        assert_eq!(answer("cohere.embed-english-v3", json!({"texts": ["a"]})).0, 400);
-        assert_eq!(answer("cohere.embed-english-v3", json!({"texts": [], "input_type": "search_query"})).0, 400);
+        assert_eq!(
+            answer("cohere.embed-english-v3", json!({"texts": ["a"]})).0,
+            400
+        );
+        assert_eq!(
+            answer(
+                "cohere.embed-english-v3",
+                json!({"texts": [], "input_type": "search_query"})
+            )
+            .0,
+            400
+        );
         assert_eq!(answer("other.model", json!({"inputText": "a"})).0, 404);
     }
 }

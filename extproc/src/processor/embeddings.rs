@@ -565,7 +565,11 @@ mod tests {
             json!({"inputText": "a", "dimensions": 256, "normalize": true})
         );
         assert_eq!(
-            wire_json(Wire::Cohere, r#"{"input":["a","b"]}"#, "cohere.embed-english-v3"),
+            wire_json(
+                Wire::Cohere,
+                r#"{"input":["a","b"]}"#,
+                "cohere.embed-english-v3"
+            ),
             json!({"texts": ["a", "b"], "input_type": "search_document"})
         );
         assert_eq!(
