@@ -26,7 +26,9 @@ fn with_models(config: String) -> String {
          vertex-embedder:\n    targets: [{{ provider: vertex, model: text-embedding-005 }}]\n  \
          vertex-gemini-embedder:\n    targets: [{{ provider: vertex, model: gemini-embedding-001 }}]\n  \
          titan-embedder:\n    targets: [{{ provider: bedrock, model: \"{TITAN}\" }}]\n  \
-         cohere-embedder:\n    targets: [{{ provider: bedrock, model: {COHERE} }}]\n"
+         cohere-embedder:\n    targets: [{{ provider: bedrock, model: {COHERE} }}]\n  \
+         fo-complete:\n    strategy: priority\n    failover: {{}}\n    targets: [{{ provider: mock, model: mock-error-500 }}, {{ provider: claude, model: claude-upstream-model }}]\n  \
+         fo-embed:\n    strategy: priority\n    failover: {{}}\n    targets: [{{ provider: mock, model: mock-error-500 }}, {{ provider: gemini, model: gemini-embedding-001 }}]\n"
     );
     config.replacen("\nmodels:\n", &format!("\n{models}"), 1).replacen(
         "pricing:\n  models:\n",
@@ -671,4 +673,68 @@ async fn response_guardrails_judge_hub_completions() {
             );
         }
     }
+}
+
+/// A failover chain from an OpenAI target that fails (500) to a target of another dialect:
+/// the later attempt is translated for its target, and the answer read as that target's
+/// (a text completion, streamed and not; OpenAI's embeddings list from Gemini's batch).
+#[tokio::test]
+async fn failover_from_openai_to_a_hub_target_translates_the_later_attempt() {
+    let stack = Stack::start(options());
+    for stream in [false, true] {
+        let r = stack
+            .post(
+                "/v1/completions",
+                Some(KEY_ALL),
+                json!({"model": "fo-complete", "prompt": "Say hello", "max_tokens": 20, "stream": stream})
+                    .to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "stream {stream}: {}", r.text);
+        assert_eq!(
+            r.header("x-tollgate-provider"),
+            Some("claude"),
+            "{:?}",
+            r.headers
+        );
+        assert_eq!(completion_text(&r, stream), "Mock reply to: Say hello");
+        if !stream {
+            assert_eq!(r.json()["object"], "text_completion");
+        }
+    }
+    let claude = at(&stack, "/v1/messages").await;
+    assert_eq!(claude.len(), 2, "{claude:?}");
+    assert_eq!(
+        claude[0]["body"]["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "Say hello"}]}])
+    );
+
+    for format in ["float", "base64"] {
+        let r = stack
+            .post(
+                "/v1/embeddings",
+                Some(KEY_ALL),
+                json!({"model": "fo-embed", "input": ["a", "b"], "encoding_format": format})
+                    .to_string(),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{format}: {}", r.text);
+        assert_eq!(r.header("x-tollgate-provider"), Some("gemini"));
+        let v = r.json();
+        assert_eq!(v["object"], "list", "{v}");
+        assert_eq!(v["data"].as_array().unwrap().len(), 2, "{v}");
+        match format {
+            "float" => assert_eq!(v["data"][1]["embedding"].as_array().unwrap().len(), 8),
+            _ => assert!(v["data"][1]["embedding"].is_string(), "{v}"),
+        }
+    }
+    assert_eq!(
+        at(
+            &stack,
+            "/v1beta/models/gemini-embedding-001:batchEmbedContents"
+        )
+        .await
+        .len(),
+        2
+    );
 }
