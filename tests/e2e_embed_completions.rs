@@ -738,3 +738,41 @@ async fn failover_from_openai_to_a_hub_target_translates_the_later_attempt() {
         2
     );
 }
+
+/// A legacy completion stream through the hub cut at `budgets.max_output_tokens_per_request`
+/// ends with a `text_completion` chunk (`finish_reason: "length"`), the usage chunk asked for
+/// and `[DONE]`: the official SDK reads it to the end.
+#[tokio::test]
+async fn a_hub_completion_stream_cut_at_its_output_cap_ends_as_a_text_completion() {
+    let stack = Stack::start(StackOptions {
+        extra_yaml: "budgets:\n  max_output_tokens_per_request: 3\n".to_owned(),
+        ..options()
+    });
+    let body = json!({"model": "claude-model", "prompt": "one two three four five six seven eight",
+        "max_tokens": 64, "stream": true, "stream_options": {"include_usage": true}});
+    let r = stack
+        .post("/v1/completions", Some(KEY_ALL), body.to_string())
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.trim_end().ends_with("data: [DONE]"), "{}", r.text);
+    let chunks: Vec<Value> = r
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for c in &chunks {
+        assert_eq!(c["object"], "text_completion", "{c}");
+    }
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+        .collect();
+    assert_eq!(finish.len(), 1, "{}", r.text);
+    assert_eq!(finish[0]["choices"][0]["finish_reason"], "length");
+    assert_eq!(finish[0]["choices"][0]["text"], "");
+    assert!(chunks.last().unwrap()["usage"]["completion_tokens"].as_u64() <= Some(3));
+    let text = completion_text(&r, true);
+    assert!(text.len() < "Mock reply to: one two three four five six seven eight".len());
+}
