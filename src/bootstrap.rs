@@ -233,6 +233,8 @@ pub fn forwarded_headers(config: &Config) -> Vec<String> {
         "anthropic-version",
         "x-envoy-upstream-service-time",
         "x-amzn-errortype",
+        // Bedrock InvokeModel's input token count (Cohere embeddings carry none in the body).
+        "x-amzn-bedrock-input-token-count",
         // A provider's 429 takes its target out of rotation for this long.
         "retry-after",
         // Which target of a failover chain answered (set by the attempt's upstream ext_proc).

@@ -90,6 +90,7 @@ fn compatibility_matrix_names_real_tests() {
         "tests/e2e_media.rs",
         "tests/e2e_rerank.rs",
         "tests/e2e_passthrough.rs",
+        "tests/e2e_embed_completions.rs",
     ] {
         for name in tests_in(file) {
             let full = format!("{file}::{name}");

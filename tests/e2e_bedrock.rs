@@ -175,7 +175,8 @@ async fn bedrock_requests_responses_and_errors_on_the_wire() {
         .await
         .assert_openai_error(429, None);
     assert_eq!(v["error"]["type"], "ThrottlingException");
-    // Endpoints Converse has no counterpart of, and images it cannot fetch.
+    // Embeddings of a chat model (Bedrock embeds with Titan models only), and images Converse
+    // cannot fetch.
     s.post(
         "/v1/embeddings",
         Some(KEY_ALL),

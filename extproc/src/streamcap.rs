@@ -30,6 +30,8 @@ pub struct StreamCap {
     meta: Option<(Value, Value, Value)>,
     /// Anthropic: the content block started and not yet stopped.
     open_block: Option<u64>,
+    /// OpenAI: the stream is legacy `text_completion` chunks, not chat chunks.
+    text_completion: bool,
 }
 
 impl StreamCap {
@@ -53,6 +55,7 @@ impl StreamCap {
             cut: false,
             meta: None,
             open_block: None,
+            text_completion: false,
         }
     }
 
@@ -96,6 +99,7 @@ impl StreamCap {
             ApiFamily::OpenAi | ApiFamily::Bedrock => {
                 if self.meta.is_none() && v.get("id").is_some() {
                     self.meta = Some((v["id"].clone(), v["created"].clone(), v["model"].clone()));
+                    self.text_completion = v["object"] == "text_completion";
                 }
                 let choices = v.get("choices").and_then(Value::as_array);
                 choices.map_or(0, |cs| {
@@ -162,18 +166,26 @@ impl StreamCap {
         match self.client {
             ApiFamily::OpenAi | ApiFamily::Bedrock => {
                 let (id, created, model) = self.meta.clone().unwrap_or_default();
+                let object = if self.text_completion {
+                    "text_completion"
+                } else {
+                    "chat.completion.chunk"
+                };
                 let chunk = |choices: Value, usage: Option<Value>| {
-                    let mut c = json!({"id": id, "object": "chat.completion.chunk",
+                    let mut c = json!({"id": id, "object": object,
                         "created": created, "model": model, "choices": choices});
                     if let Some(u) = usage {
                         c["usage"] = u;
                     }
                     Frame::json(c)
                 };
-                out.push(chunk(
-                    json!([{"index": 0, "delta": {}, "finish_reason": "length"}]),
-                    None,
-                ));
+                // A legacy completion's last chunk carries `text`, a chat chunk's a `delta`.
+                let last = if self.text_completion {
+                    json!([{"text": "", "index": 0, "logprobs": null, "finish_reason": "length"}])
+                } else {
+                    json!([{"index": 0, "delta": {}, "finish_reason": "length"}])
+                };
+                out.push(chunk(last, None));
                 if self.include_usage {
                     out.push(chunk(
                         json!([]),
@@ -266,6 +278,34 @@ mod tests {
         assert_eq!(usage["usage"]["completion_tokens"], 1);
         assert_eq!(usage["usage"]["prompt_tokens"], 9);
         assert_eq!(events[3], "data: [DONE]");
+    }
+
+    #[test]
+    fn a_legacy_completion_stream_ends_with_a_text_completion_chunk() {
+        let mut cap = pipeline(
+            ApiFamily::OpenAi,
+            StreamCap::new(ApiFamily::OpenAi, Counter::Bytes, 1, 0, false),
+        );
+        let chunk = |text: &str| {
+            format!(
+                "data: {}\n\n",
+                json!({"id": "c1", "object": "text_completion", "created": 7, "model": "m",
+                    "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": null}]})
+            )
+        };
+        let mut out = cap.push(chunk("abc").as_bytes(), false);
+        out.extend(cap.push(chunk("abcdef").as_bytes(), false));
+        assert!(cap.cap().unwrap().was_cut());
+        let text = String::from_utf8(out).unwrap();
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 3, "{text}");
+        let last: Value = serde_json::from_str(&events[1][6..]).unwrap();
+        assert_eq!(last["object"], "text_completion", "{last}");
+        assert_eq!(
+            last["choices"][0],
+            json!({"text": "", "index": 0, "logprobs": null, "finish_reason": "length"})
+        );
+        assert_eq!(events[2], "data: [DONE]");
     }
 
     #[test]

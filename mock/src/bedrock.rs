@@ -53,6 +53,24 @@ impl BedrockError {
         }
     }
 
+    /// A 400 `ValidationException`.
+    pub(crate) fn validation(message: String) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            kind: "ValidationException",
+            message,
+        }
+    }
+
+    /// A 404 `ResourceNotFoundException`.
+    pub(crate) fn not_found(message: &str) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            kind: "ResourceNotFoundException",
+            message: message.to_owned(),
+        }
+    }
+
     /// The Bedrock counterpart of one of the mock's own errors.
     pub(crate) fn from_mock(error: &MockError) -> Self {
         let status = error.status();

@@ -86,7 +86,7 @@ fn embed(request: &Value, model: &str, batch: bool, at: &str) -> Result<Value, S
 }
 
 /// A unit vector of `dims` values from a hash of `text`.
-fn vector(text: &str, dims: u64) -> Vec<f64> {
+pub(crate) fn vector(text: &str, dims: u64) -> Vec<f64> {
     // FNV-1a, then xorshift for each value.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
@@ -144,8 +144,9 @@ pub(crate) fn respond(body: &[u8], model: &str, batch: bool) -> Response {
     Json(json!({ "embeddings": out })).into_response()
 }
 
-/// Answers Vertex AI's `:predict` for a text embedding model (the token was checked).
-pub(crate) fn predict(body: &[u8]) -> Response {
+/// Answers Vertex AI's `:predict` for a text embedding model (the token was checked);
+/// `model`'s gemini-embedding models take one instance per request, as Vertex AI documents.
+pub(crate) fn predict(body: &[u8], model: &str) -> Response {
     let request: Map<String, Value> = match serde_json::from_slice(body) {
         Ok(Value::Object(m)) => m,
         _ => return invalid("Invalid JSON payload received."),
@@ -157,6 +158,9 @@ pub(crate) fn predict(body: &[u8]) -> Response {
     else {
         return invalid("instances is required");
     };
+    if model.starts_with("gemini-embedding") && instances.len() > 1 {
+        return invalid("Unable to submit request because the model supports only 1 instance per request. Reduce the number of instances and try again.");
+    }
     let dims = match request
         .get("parameters")
         .and_then(|p| p.get("outputDimensionality"))

@@ -41,9 +41,13 @@
 //! - `reasoning.effort` (other than `none`) on a Responses request: a reasoning item whose
 //!   `encrypted_content` (`gAAAA-mock-…`) must come back unchanged in later input (400
 //!   otherwise); `previous_response_id` is refused (the gateway expands conversations itself);
+//! - Bedrock InvokeModel of Amazon Titan Text Embeddings (`…/model/{id}/invoke`, SigV4
+//!   verified; see `bedrock_embed.rs`); Vertex AI's gemini-embedding models take one
+//!   `:predict` instance per request, as Vertex AI documents;
 //! - `GET /__mock/requests` lists the last 200 requests, `DELETE /__mock/requests` clears them.
 
 pub mod bedrock;
+mod bedrock_embed;
 mod chat;
 mod completions;
 pub mod count;

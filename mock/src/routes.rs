@@ -19,8 +19,8 @@ use crate::error::{html_bad_gateway, MockError};
 use crate::log::{Recorded, RequestLog};
 use crate::params::Request;
 use crate::{
-    bedrock, chat, completions, embeddings, gemini, gemini_embed, media, messages, models,
-    platform, rerank, responses, text, vertex, MockConfig,
+    bedrock, bedrock_embed, chat, completions, embeddings, gemini, gemini_embed, media, messages,
+    models, platform, rerank, responses, text, vertex, MockConfig,
 };
 
 /// Header overriding [`MockConfig::latency`] for one request, in milliseconds.
@@ -229,6 +229,25 @@ async fn answer(
     if let Some(response) = crate::files::answer(method, uri.path(), body, number) {
         return Ok(response);
     }
+    // Bedrock InvokeModel of the Titan embedding models: SigV4 as for Converse.
+    if let (true, Some(model)) = (
+        *method == Method::POST,
+        bedrock_embed::invoke_path(uri.path()),
+    ) {
+        let verified = bedrock::verify_issued(
+            method.as_str(),
+            uri.path(),
+            uri.query().unwrap_or_default(),
+            headers,
+            body,
+            std::time::SystemTime::now(),
+            &state.issued,
+        );
+        return Ok(match verified {
+            Ok(()) => bedrock_embed::respond(body, &model, number),
+            Err(e) => e.into_response(),
+        });
+    }
     let route = Route::parse(method, uri.path())?;
     // Bedrock: the model is in the path, and every request must carry a valid SigV4 signature.
     let bedrock_model = match route.operation {
@@ -396,12 +415,12 @@ fn answer_gemini_embed(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Option<Response> {
-    if let Some(("google", _, "predict")) = vertex::publisher_call(uri.path()) {
+    if let Some(("google", model, "predict")) = vertex::publisher_call(uri.path()) {
         if *method != Method::POST {
             return None;
         }
         return Some(if state.tokens.authorized(headers) {
-            gemini_embed::predict(body)
+            gemini_embed::predict(body, model)
         } else {
             gemini::error_response(
                 StatusCode::UNAUTHORIZED,

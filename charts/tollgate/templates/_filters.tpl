@@ -41,7 +41,7 @@ typed_config:
   forward_rules:
     allowed_headers:
       patterns:
-      {{- range list ":path" ":method" ":status" "content-type" "anthropic-version" "x-envoy-upstream-service-time" "x-amzn-errortype" "retry-after" "x-tollgate-answer" "x-request-id" "x-tollgate-request-id" "traceparent" "tracestate" "origin" "access-control-request-method" "access-control-request-headers" "authorization" "x-api-key" "api-key" "x-goog-api-key" (include "tollgate.endUserHeader" .root) }}
+      {{- range list ":path" ":method" ":status" "content-type" "anthropic-version" "x-envoy-upstream-service-time" "x-amzn-errortype" "x-amzn-bedrock-input-token-count" "retry-after" "x-tollgate-answer" "x-request-id" "x-tollgate-request-id" "traceparent" "tracestate" "origin" "access-control-request-method" "access-control-request-headers" "authorization" "x-api-key" "api-key" "x-goog-api-key" (include "tollgate.endUserHeader" .root) }}
       - exact: {{ . | quote }}
       {{- end }}
   {{- if eq (include "tollgate.auth" .root) "ext_authz" }}

@@ -66,7 +66,7 @@ fn invalid(param: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 /// The upstream path of a Gemini-family target for `method` (`…/models/{m}:{method}`).
-fn gemini_path(target: &Target, method: &str) -> Option<String> {
+pub(super) fn gemini_path(target: &Target, method: &str) -> Option<String> {
     let path = target.path(Endpoint::GenerateContent);
     let base = path.strip_suffix(":generateContent")?;
     Some(format!("{base}:{method}"))
@@ -619,7 +619,7 @@ impl Processor {
     }
 }
 
-fn embed_usage(input_tokens: u64, source: UsageSource) -> Usage {
+pub(super) fn embed_usage(input_tokens: u64, source: UsageSource) -> Usage {
     Usage {
         input_tokens,
         output_tokens: 0,
@@ -646,7 +646,7 @@ fn parsed_inputs(body: &[u8]) -> Vec<String> {
 
 /// Vertex AI's `predictions[].embeddings.values`, and the sum of their
 /// `statistics.token_count` when every one has it.
-fn predict_vectors(v: &Map<String, Value>) -> Option<(Vec<Value>, Option<u64>)> {
+pub(super) fn predict_vectors(v: &Map<String, Value>) -> Option<(Vec<Value>, Option<u64>)> {
     let predictions = v.get("predictions")?.as_array()?;
     let mut vectors = Vec::with_capacity(predictions.len());
     let mut tokens = Some(0u64);

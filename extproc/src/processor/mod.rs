@@ -13,6 +13,7 @@ mod auth;
 mod cache;
 mod cors;
 mod count;
+mod embeddings;
 mod finish;
 mod gemini_methods;
 mod local;
@@ -295,6 +296,8 @@ pub struct Processor {
     pending_failover: bool,
     /// A `/passthrough/{provider}/…` request's state (`None` for every other request).
     passthrough: Option<Box<passthrough::Call>>,
+    /// An OpenAI embeddings request's state for a provider of another dialect (issue 15).
+    embeddings: Option<embeddings::EmbedCall>,
 }
 
 /// A request Tollgate answered with an error itself.
@@ -363,6 +366,7 @@ impl Processor {
             envoy_request_id: None,
             pending_failover: false,
             passthrough: None,
+            embeddings: None,
         }
     }
 

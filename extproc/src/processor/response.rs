@@ -84,6 +84,13 @@ impl Processor {
         }
         let ok = (200..300).contains(&status);
         let bedrock = fwd.pair.upstream == ApiFamily::Bedrock;
+        if bedrock && ok && fwd.endpoint == Endpoint::Embeddings {
+            let tokens = header(&h.headers, "x-amzn-bedrock-input-token-count").map(<[u8]>::to_vec);
+            self.embeddings_headers(tokens.as_deref());
+        }
+        let Some(fwd) = &mut self.forwarded else {
+            return mutation::response_headers(Default::default(), BodySendMode::None);
+        };
         if bedrock && !ok {
             fwd.error_type = header(&h.headers, "x-amzn-errortype")
                 .map(|t| String::from_utf8_lossy(t).into_owned());
@@ -195,6 +202,19 @@ impl Processor {
                 Err(err) => self.refuse_response(err, ApiFamily::Gemini, b.end_of_stream),
             };
         }
+        if self.embeddings.is_some() {
+            // OpenAI embeddings answered by a provider of another dialect.
+            let status = self.forwarded.as_ref().and_then(|f| f.status).unwrap_or(0);
+            if let Some(body) = self.embeddings_answer(status, &b.body) {
+                if b.end_of_stream && (200..300).contains(&status) {
+                    self.cache_store(Some(&body)).await;
+                }
+                if let Some(c) = &mut self.capture {
+                    c.response_body(&body);
+                }
+                return json_body(Some(body));
+            }
+        }
         let Some(fwd) = &mut self.forwarded else {
             return mutation::response_body(Default::default());
         };
@@ -236,6 +256,8 @@ impl Processor {
             fwd.usage = done.usage;
         }
         let client = fwd.pair.client;
+        // A legacy completion through the hub: judged as the chat answer, sent as a text one.
+        let text_completion = ok && fwd.endpoint == Endpoint::Completions && fwd.pair.translates();
         let mut body = done.body;
         if ok && !fwd.stream {
             match self
@@ -246,6 +268,12 @@ impl Processor {
                 Ok(None) => {}
                 Err(err) => return self.refuse_response(err, client, b.end_of_stream),
             }
+        }
+        if text_completion {
+            body = body
+                .as_deref()
+                .and_then(crate::translator::completions::text_completion_of_chat)
+                .or(body);
         }
         let body = self.responses_complete(ok, body, &b.body);
         if b.end_of_stream {

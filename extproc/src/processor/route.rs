@@ -182,6 +182,7 @@ impl Processor {
             )
             .await
             .map_err(refusal)?;
+        self.embeddings_prepare(endpoint, target, &parsed);
         let mut headers = applied.headers;
         match (&chain, &m.failover) {
             (Some(chain), Some(f)) => headers.extend(failover_headers(f, chain, parsed.stream)),
@@ -241,7 +242,12 @@ impl Processor {
                 Pipeline::new(pair, up.include_usage, unix_now(), engine)
                     .strip_usage_chunk(up.strip_usage_chunk)
                     .with_identity(&response_id, &target.upstream_model)
-                    .with_cap(cap),
+                    .with_cap(cap)
+                    .with_text_completions(
+                        endpoint == Endpoint::Completions,
+                        up.include_usage,
+                        unix_now(),
+                    ),
             )
         });
         let sse = match self.responses_pipeline(
@@ -299,7 +305,17 @@ impl Processor {
         native: Option<(Vec<u8>, String)>,
     ) -> Result<Applied, ApiError> {
         let provider = &target.provider;
-        let mut up = self.upstream_body(endpoint, target, pair, parsed, size, budget_lines)?;
+        // OpenAI embeddings to Gemini, Vertex AI or Bedrock: their own API and path.
+        let hub_embeddings = super::embeddings::hub_request(endpoint, target, parsed.object())?;
+        let native = native.or(hub_embeddings);
+        let mut up = match &native {
+            Some(_) if endpoint == Endpoint::Embeddings => Upstream {
+                body: Vec::new(),
+                strip_usage_chunk: false,
+                include_usage: false,
+            },
+            _ => self.upstream_body(endpoint, target, pair, parsed, size, budget_lines)?,
+        };
         // A Responses request to OpenAI or Azure goes on as itself (`responses_native`).
         let native_path = native.map(|(body, path)| {
             up.body = body;
@@ -533,9 +549,18 @@ impl Processor {
                 include_usage: false,
             }
         } else {
-            let (body, include_usage) = pair
-                .request(parsed.object(), &target.upstream_model, parsed.stream, size)
-                .map_err(|e| e.api_error())?;
+            let (body, include_usage) = if endpoint == Endpoint::Completions {
+                // Legacy completions: one user turn through the hub (`translator/completions`).
+                crate::translator::completions::request_from_wire(
+                    parsed.object(),
+                    &target.upstream_model,
+                    parsed.stream,
+                )
+                .and_then(|req| pair.encode_request(req))
+            } else {
+                pair.request(parsed.object(), &target.upstream_model, parsed.stream, size)
+            }
+            .map_err(|e| e.api_error())?;
             Upstream {
                 body,
                 strip_usage_chunk: false,

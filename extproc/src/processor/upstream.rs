@@ -563,7 +563,12 @@ impl Processor {
                 Pipeline::new(pair, include_usage, unix_now(), engine)
                     .strip_usage_chunk(strip_usage_chunk)
                     .with_identity(&fwd.response_id, &target.upstream_model)
-                    .with_cap(cap),
+                    .with_cap(cap)
+                    .with_text_completions(
+                        fwd.endpoint == Endpoint::Completions,
+                        include_usage,
+                        unix_now(),
+                    ),
             ));
         }
     }

@@ -75,6 +75,8 @@ enum Encoder {
     Gemini(gemini::StreamEncoder),
     /// OpenAI Responses events (`POST /v1/responses` through the hub).
     Responses(Box<crate::responses::response::StreamEncoder>),
+    /// `text_completion` chunks (`POST /v1/completions` through the hub).
+    Completions(crate::translator::completions::StreamEncoder),
 }
 
 impl Encoder {
@@ -84,6 +86,7 @@ impl Encoder {
             Encoder::Anthropic(enc) => enc.encode(e, out),
             Encoder::Gemini(enc) => enc.encode(e, out),
             Encoder::Responses(enc) => enc.encode(e, out),
+            Encoder::Completions(enc) => enc.encode(e, out),
         }
     }
 }
@@ -206,6 +209,20 @@ impl Pipeline {
             json: Default::default(),
             events: Vec::new(),
         }));
+        self
+    }
+
+    /// When `on` (a legacy `POST /v1/completions` through the hub): writes the client's
+    /// stream as `text_completion` chunks instead of chat chunks. A stream passed through
+    /// unchanged (OpenAI to OpenAI) keeps the provider's chunks.
+    pub fn with_text_completions(mut self, on: bool, include_usage: bool, created: u64) -> Self {
+        if let (true, Mode::Translate(hub)) = (on, &mut self.mode) {
+            if matches!(hub.encoder, Encoder::OpenAi(_)) {
+                hub.encoder = Encoder::Completions(
+                    crate::translator::completions::StreamEncoder::new(include_usage, created),
+                );
+            }
+        }
         self
     }
 

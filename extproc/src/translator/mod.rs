@@ -9,6 +9,7 @@
 
 pub mod call_id;
 pub mod codec;
+pub mod completions;
 pub mod error;
 pub mod eventstream;
 pub mod hub;
@@ -91,11 +92,17 @@ impl Pair {
             _ => ApiFamily::OpenAi,
         };
         let pair = Pair { client, upstream };
+        // Legacy completions go through the hub as one user turn (`completions`).
         let chat = matches!(
             endpoint,
-            Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::GenerateContent
+            Endpoint::ChatCompletions
+                | Endpoint::Messages
+                | Endpoint::GenerateContent
+                | Endpoint::Completions
         );
         let target = match (endpoint, upstream) {
+            // Their own embeddings APIs (`processor/embeddings.rs`); Anthropic has none.
+            (Endpoint::Embeddings, ApiFamily::Gemini | ApiFamily::Bedrock) => Endpoint::Embeddings,
             (_, ApiFamily::Anthropic) if chat => Endpoint::Messages,
             (_, ApiFamily::Gemini) if chat => Endpoint::GenerateContent,
             (Endpoint::Messages | Endpoint::GenerateContent, ApiFamily::OpenAi) => {
@@ -157,6 +164,12 @@ impl Pair {
             ApiFamily::Gemini => gemini::request_from_wire(obj, upstream_model, stream)?,
             ApiFamily::Bedrock => return Err(no_bedrock_client()),
         };
+        self.encode_request(req)
+    }
+
+    /// The provider's body for a hub request (see [`Pair::request`]), and whether a
+    /// streaming OpenAI client asked for the usage chunk.
+    pub fn encode_request(self, req: hub::ChatRequest) -> Result<(Vec<u8>, bool), TranslateError> {
         let mut req = req;
         // Gemini's signatures ride in tool-call ids: back onto the calls for Gemini, gone for
         // everyone else.

@@ -318,9 +318,9 @@ fn bedrock_requests_refuse_what_converse_cannot_carry() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert!(v.get("toolConfig").is_none(), "{v}");
     assert!(v.get("inferenceConfig").is_none(), "{v}");
-    // Embeddings and legacy completions have no Bedrock counterpart here.
+    // Embeddings go to InvokeModel, legacy completions to Converse (issue 15).
     for e in [Endpoint::Embeddings, Endpoint::Completions] {
-        assert!(Pair::route(e, ApiFamily::Bedrock).is_err());
+        assert!(Pair::route(e, ApiFamily::Bedrock).is_ok());
     }
     assert_eq!(
         Pair::route(Endpoint::Messages, ApiFamily::Bedrock)

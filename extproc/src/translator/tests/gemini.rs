@@ -524,10 +524,14 @@ fn gemini_requests_the_other_apis_cannot_express_are_refused() {
         let e = GEMINI_TO_OPENAI.request(&obj, "x", false, 0).unwrap_err();
         assert_eq!(e.api_error().status(), 400, "{}", String::from_utf8_lossy(body));
     }
-    // Endpoints Gemini has no counterpart of.
-    for e in [Endpoint::Completions, Endpoint::Embeddings] {
-        assert!(Pair::route(e, ApiFamily::Gemini).is_err());
-    }
+    // Legacy completions go to generateContent, embeddings to their own API (issue 15).
+    assert_eq!(
+        Pair::route(Endpoint::Completions, ApiFamily::Gemini)
+            .unwrap()
+            .1,
+        Endpoint::GenerateContent
+    );
+    assert!(Pair::route(Endpoint::Embeddings, ApiFamily::Gemini).is_ok());
 }
 
 #[test]
