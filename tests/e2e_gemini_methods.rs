@@ -33,7 +33,7 @@ fn with_embedding_models(config: String) -> String {
     );
     if config.contains("\n  vertex:\n") {
         models.push_str(
-            "  vertex-embedding:\n    targets: [{ provider: vertex, model: text-embedding-005 }]\n",
+            "  vertex-embedding:\n    targets: [{ provider: vertex, model: text-embedding-005 }]\n  vertex-gemini-embedding:\n    targets: [{ provider: vertex, model: gemini-embedding-001 }]\n",
         );
     }
     config.replacen("models:\n", &models, 1).replacen(
@@ -398,6 +398,20 @@ async fn bad_gemini_method_input_gets_gemini_errors() {
         // Models whose provider has no Gemini-style embeddings.
         (post("/v1beta/models/claude-model:embedContent", KEY_ALL, text.clone()).await, 400, "INVALID_ARGUMENT"),
         (post("/v1beta/models/vertex-claude:embedContent", KEY_ALL, text.clone()).await, 400, "INVALID_ARGUMENT"),
+        // Vertex AI's Gemini embedding models embed one text per `:predict` call.
+        (
+            post(
+                "/v1beta/models/vertex-gemini-embedding:batchEmbedContents",
+                KEY_ALL,
+                json!({"requests": [
+                    {"model": "models/vertex-gemini-embedding", "content": {"parts": [{"text": "a"}]}},
+                    {"model": "models/vertex-gemini-embedding", "content": {"parts": [{"text": "b"}]}},
+                ]}),
+            )
+            .await,
+            400,
+            "INVALID_ARGUMENT",
+        ),
     ];
     for (i, (r, code, status)) in cases.iter().enumerate() {
         eprintln!("case {i}");

@@ -159,6 +159,16 @@ pub(super) fn read(obj: &RawObject<'_>) -> Result<EmbedRequest, ApiError> {
     })
 }
 
+/// The most instances one Vertex AI `:predict` call of `model` takes: its Gemini embedding
+/// models take one, its text embedding models [`VERTEX_MAX_INSTANCES`].
+pub(super) fn vertex_max_instances(model: &str) -> usize {
+    if model.starts_with("gemini-embedding") {
+        1
+    } else {
+        VERTEX_MAX_INSTANCES
+    }
+}
+
 /// The embeddings API of `target`'s model (`Ok(None)`: an OpenAI-family provider, which
 /// takes the request as it is).
 pub(super) fn wire_of(target: &Target) -> Result<Option<Wire>, ApiError> {
@@ -167,12 +177,7 @@ pub(super) fn wire_of(target: &Target) -> Result<Option<Wire>, ApiError> {
         (_, ApiFamily::OpenAi) => return Ok(None),
         (ProviderKind::Gemini, ApiFamily::Gemini) => Wire::GeminiBatch,
         (ProviderKind::Vertex, ApiFamily::Gemini) => Wire::VertexPredict {
-            // Vertex AI's Gemini embedding models take one instance per request.
-            max: if model.starts_with("gemini-embedding") {
-                1
-            } else {
-                VERTEX_MAX_INSTANCES
-            },
+            max: vertex_max_instances(model),
         },
         (ProviderKind::Bedrock, _) if model.starts_with("amazon.titan-embed-text-v1") => {
             Wire::Titan { v2: false }

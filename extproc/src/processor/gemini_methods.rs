@@ -427,6 +427,17 @@ impl Processor {
             }
             Wire::VertexPredict => {
                 let path = gemini_path(target, "predict").ok_or(ApiError::Internal)?;
+                let max = super::embeddings::vertex_max_instances(&target.upstream_model);
+                if requests.len() > max {
+                    return Err(invalid(
+                        "requests",
+                        format!(
+                            "This model is served by Vertex AI, which embeds at most {max} text{} per request; the batch holds {}.",
+                            if max == 1 { "" } else { "s" },
+                            requests.len()
+                        ),
+                    ));
+                }
                 let inputs = parsed_inputs(redacted.as_deref().unwrap_or(&openai_bytes));
                 let instances: Vec<Value> = requests
                     .iter()
