@@ -7,6 +7,7 @@
 //! TTL in this process's memory (moka, bounded by bytes) or in Redis.
 
 pub mod replay;
+pub mod responses;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -66,6 +67,9 @@ pub enum Family {
     Anthropic,
     /// Gemini `GenerateContentResponse` bodies.
     Gemini,
+    /// OpenAI Responses API `response` objects ([`responses`]): replayed with the hit's own
+    /// id, items and envelope.
+    Responses,
 }
 
 impl Family {
@@ -86,7 +90,26 @@ pub type Key = [u8; 32];
 /// The key of a request: `scope` (`t:<tenant>` or `k:<key id>`), the key's guardrails policy
 /// (keys under different policies never share answers), the endpoint label, the public model
 /// and the request object normalised.
+///
+/// The request is hashed straight from the body parsed once (no tree is built and nothing is
+/// serialised again): objects are walked with their members sorted by name at every depth,
+/// arrays in order, and every other value (strings, numbers, literals) by its JSON text. Each
+/// piece is framed by a tag and its length, so no two different requests hash the same
+/// bytes. Two requests that differ only in how a string is escaped or a number is written
+/// (`"\u0041"` and `"A"`, `1.0` and `1`) get different keys: a miss, never a wrong hit.
 pub fn key(scope: &str, policy: &str, endpoint: &str, model: &str, obj: &RawObject<'_>) -> Key {
+    let mut h = hasher(scope, policy, endpoint, model);
+    let mut members: Vec<(&str, &RawValue)> = obj
+        .members()
+        .filter(|(k, _)| !IGNORED_MEMBERS.contains(k))
+        .collect();
+    members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    hash_members(&mut h, &members);
+    h.finalize().into()
+}
+
+/// A hasher fed the key recipe's version and the request's scope, policy, endpoint and model.
+pub(crate) fn hasher(scope: &str, policy: &str, endpoint: &str, model: &str) -> Sha256 {
     let mut h = Sha256::new();
     for part in [
         KEY_VERSION,
@@ -95,70 +118,84 @@ pub fn key(scope: &str, policy: &str, endpoint: &str, model: &str, obj: &RawObje
         endpoint.as_bytes(),
         model.as_bytes(),
     ] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
+        framed(&mut h, b'p', part);
     }
-    let mut members: Vec<(&str, &RawValue)> = obj
-        .members()
-        .filter(|(k, _)| !IGNORED_MEMBERS.contains(k))
-        .collect();
-    members.sort_by(|a, b| a.0.cmp(b.0));
-    let mut canon = Vec::with_capacity(256);
-    canon.push(b'{');
-    for (i, (k, v)) in members.iter().enumerate() {
-        if i > 0 {
-            canon.push(b',');
-        }
-        write_str(&mut canon, k);
-        canon.push(b':');
-        match serde_json::from_str::<serde_json::Value>(v.get()) {
-            Ok(value) => write_canonical(&mut canon, &value),
-            // A member that is not JSON cannot reach here (the body parsed); its text keys it.
-            Err(_) => canon.extend_from_slice(v.get().as_bytes()),
-        }
-    }
-    canon.push(b'}');
-    h.update(&canon);
-    h.finalize().into()
+    h
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    // Serialising a str cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+/// `bytes` behind a tag and their length.
+pub(crate) fn framed(h: &mut Sha256, tag: u8, bytes: &[u8]) {
+    h.update([tag]);
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
 }
 
-/// Canonical JSON: object members sorted by key at every depth, no whitespace.
-fn write_canonical(out: &mut Vec<u8>, v: &serde_json::Value) {
+/// Object members (already sorted by name) into the hash.
+fn hash_members(h: &mut Sha256, members: &[(&str, &RawValue)]) {
+    h.update([b'{']);
+    h.update((members.len() as u64).to_le_bytes());
+    for (k, v) in members {
+        framed(h, b'k', k.as_bytes());
+        hash_raw(h, v);
+    }
+    h.update([b'}']);
+}
+
+/// One JSON value, unparsed, into the hash: objects with members sorted, arrays in order,
+/// other values by their text.
+pub(crate) fn hash_raw(h: &mut Sha256, v: &RawValue) {
+    let text = v.get().trim_ascii();
+    match text.as_bytes().first() {
+        Some(b'{') => match serde_json::from_str::<RawObject<'_>>(text) {
+            Ok(obj) => {
+                let mut members: Vec<(&str, &RawValue)> = obj.members().collect();
+                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                hash_members(h, &members);
+            }
+            // Cannot happen for a value of a parsed body; its text keys it.
+            Err(_) => framed(h, b's', text.as_bytes()),
+        },
+        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
+            Ok(items) => {
+                h.update([b'[']);
+                h.update((items.len() as u64).to_le_bytes());
+                for item in items {
+                    hash_raw(h, item);
+                }
+                h.update([b']']);
+            }
+            Err(_) => framed(h, b's', text.as_bytes()),
+        },
+        _ => framed(h, b's', text.as_bytes()),
+    }
+}
+
+/// A parsed JSON value into the hash, framed exactly as [`hash_raw`] frames its text (for
+/// requests Tollgate itself rewrote, e.g. a Responses request's resolved conversation).
+pub(crate) fn hash_value(h: &mut Sha256, v: &serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(out, k);
-                out.push(b':');
-                if let Some(inner) = map.get(*k) {
-                    write_canonical(out, inner);
+            keys.sort_unstable();
+            h.update([b'{']);
+            h.update((keys.len() as u64).to_le_bytes());
+            for k in keys {
+                framed(h, b'k', k.as_bytes());
+                if let Some(inner) = map.get(k) {
+                    hash_value(h, inner);
                 }
             }
-            out.push(b'}');
+            h.update([b'}']);
         }
         serde_json::Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(out, item);
+            h.update([b'[']);
+            h.update((items.len() as u64).to_le_bytes());
+            for item in items {
+                hash_value(h, item);
             }
-            out.push(b']');
+            h.update([b']']);
         }
-        other => {
-            let _ = serde_json::to_writer(&mut *out, other);
-        }
+        other => framed(h, b's', other.to_string().as_bytes()),
     }
 }
 
@@ -389,6 +426,24 @@ mod tests {
         assert_ne!(a, c);
         let d = k(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":1}"#);
         assert_ne!(a, d);
+    }
+
+    #[test]
+    fn whitespace_does_not_change_the_key_and_framing_keeps_values_apart() {
+        let a = k(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["a","b"]}"#);
+        let b = k(
+            "{ \"stop\" : [ \"a\" ,\n \"b\" ] ,\"messages\":[ {\"content\":\"hi\", \"role\":\"user\"} ],\"model\":\"m\" }",
+        );
+        assert_eq!(a, b);
+        let c = k(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["a,b"]}"#);
+        assert_ne!(a, c);
+        // A parsed value hashes as its text does (Responses requests are keyed parsed).
+        let raw: &RawValue = serde_json::from_str(r#"{"b":[1,"x",null],"a":{"c":true}}"#).unwrap();
+        let value: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
+        let (mut h1, mut h2) = (Sha256::new(), Sha256::new());
+        hash_raw(&mut h1, raw);
+        hash_value(&mut h2, &value);
+        assert_eq!(h1.finalize(), h2.finalize());
     }
 
     #[test]
