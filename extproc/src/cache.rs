@@ -323,8 +323,10 @@ impl Store {
         SHARED.get_or_init(|| Store::memory(max_bytes, metrics.clone()))
     }
 
+    /// `{prefix}:cache:<sha256 hex>`: the prefix as the Redis Cluster hash tag, as the ledger's
+    /// and the response store's keys have it.
     fn redis_key(prefix: &str, key: &Key) -> String {
-        format!("{prefix}cache:{}", hex::encode(key))
+        format!("{{{prefix}}}:cache:{}", hex::encode(key))
     }
 
     /// The entry under `key`, when one is fresh. A Redis that does not answer is a miss.
@@ -356,8 +358,19 @@ impl Store {
                         None
                     }
                 };
-                got.and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
-                    .map(Arc::new)
+                let got = got?;
+                match decode_entry(&got) {
+                    Some(entry) => Some(Arc::new(entry)),
+                    None => {
+                        // Another version's entry, or something else under the key: a miss
+                        // (the answer stored after it replaces it).
+                        tracing::warn!(
+                            bytes = got.len(),
+                            "Response cache: a Redis value is not a cache entry, treated as a miss"
+                        );
+                        None
+                    }
+                }
             }
         }
     }
@@ -381,7 +394,7 @@ impl Store {
                 timeout,
             } => {
                 let mut con = con.clone();
-                let Ok(value) = serde_json::to_vec(&entry) else {
+                let Some(value) = encode_entry(&entry) else {
                     return false;
                 };
                 let cmd = redis::cmd("SET")
@@ -404,6 +417,55 @@ impl Store {
             }
         }
     }
+}
+
+/// The first bytes of a cache entry's Redis value (the layout's version).
+const REDIS_MAGIC: &[u8] = b"tgcache1\n";
+
+/// An entry's members besides its body, as its Redis value carries them.
+#[derive(Serialize, Deserialize)]
+struct EntryMeta {
+    family: Family,
+    usage: Option<Usage>,
+    upstream_model: String,
+    source_request_id: String,
+    ttl_secs: u64,
+}
+
+/// An entry's Redis value: [`REDIS_MAGIC`], its other members as one line of JSON, then the
+/// body's bytes as they are (so a value is its body plus about 200 bytes: the bound
+/// `max_entry_bytes` holds in Redis too).
+fn encode_entry(entry: &Entry) -> Option<Vec<u8>> {
+    let meta = serde_json::to_vec(&EntryMeta {
+        family: entry.family,
+        usage: entry.usage,
+        upstream_model: entry.upstream_model.clone(),
+        source_request_id: entry.source_request_id.clone(),
+        ttl_secs: entry.ttl_secs,
+    })
+    .ok()?;
+    let mut out = Vec::with_capacity(REDIS_MAGIC.len() + meta.len() + 1 + entry.body.len());
+    out.extend_from_slice(REDIS_MAGIC);
+    out.extend_from_slice(&meta);
+    out.push(b'\n');
+    out.extend_from_slice(&entry.body);
+    Some(out)
+}
+
+/// The entry of a Redis value (`None`: not one of [`encode_entry`]'s).
+fn decode_entry(value: &[u8]) -> Option<Entry> {
+    let rest = value.strip_prefix(REDIS_MAGIC)?;
+    // Compact JSON holds no raw newline: the first one ends the members.
+    let end = memchr::memchr(b'\n', rest)?;
+    let meta: EntryMeta = serde_json::from_slice(&rest[..end]).ok()?;
+    Some(Entry {
+        body: rest[end + 1..].to_vec(),
+        family: meta.family,
+        usage: meta.usage,
+        upstream_model: meta.upstream_model,
+        source_request_id: meta.source_request_id,
+        ttl_secs: meta.ttl_secs,
+    })
 }
 
 #[cfg(test)]
@@ -475,6 +537,23 @@ mod tests {
             source_request_id: "r1".into(),
             ttl_secs: ttl,
         }
+    }
+
+    #[test]
+    fn redis_values_are_the_body_plus_a_small_header() {
+        let e = entry(60, 10_000);
+        let v = encode_entry(&e).unwrap();
+        assert!(v.len() < 10_000 + 256, "{}", v.len());
+        let back = decode_entry(&v).unwrap();
+        assert_eq!(back.body, e.body);
+        assert_eq!(back.source_request_id, "r1");
+        assert!(decode_entry(b"garbage").is_none());
+        assert!(decode_entry(b"tgcache1\n{not json}\nbody").is_none());
+        assert!(decode_entry(&v[..REDIS_MAGIC.len() + 5]).is_none());
+        assert_eq!(
+            Store::redis_key("tollgate", &[0xab; 32]),
+            format!("{{tollgate}}:cache:{}", "ab".repeat(32))
+        );
     }
 
     #[tokio::test]
