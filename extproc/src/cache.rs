@@ -91,11 +91,11 @@ pub type Key = [u8; 32];
 /// (keys under different policies never share answers), the endpoint label, the public model
 /// and the request object normalised.
 ///
-/// The request is hashed straight from the body parsed once (no tree is built and nothing is
-/// serialised again): objects are walked with their members sorted by name at every depth,
-/// arrays in order, and every other value (strings, numbers, literals) by its JSON text. Each
-/// piece is framed by a tag and its length, so no two different requests hash the same
-/// bytes. Two requests that differ only in how a string is escaped or a number is written
+/// The request is hashed straight from the body parsed once, each byte scanned once (no tree
+/// is built and nothing is serialised again): objects with their members sorted by name at
+/// every depth (each member's value hashed on its own, so sorting moves digests), arrays in
+/// order, and every other value (strings, numbers, literals) by its JSON text. Each piece is
+/// framed by a tag and its length, so no two different requests hash the same bytes. Two requests that differ only in how a string is escaped or a number is written
 /// (`"\u0041"` and `"A"`, `1.0` and `1`) get different keys: a miss, never a wrong hit.
 pub fn key(scope: &str, policy: &str, endpoint: &str, model: &str, obj: &RawObject<'_>) -> Key {
     let mut h = hasher(scope, policy, endpoint, model);
@@ -141,62 +141,184 @@ fn hash_members(h: &mut Sha256, members: &[(&str, &RawValue)]) {
     h.update([b'}']);
 }
 
-/// One JSON value, unparsed, into the hash: objects with members sorted, arrays in order,
-/// other values by their text.
+/// How deep [`hash_raw`] walks nested values (the body's shape check bounds depth lower).
+const MAX_DEPTH: usize = 128;
+
+/// One JSON value, unparsed, into the hash, its bytes scanned once: an object as its members
+/// sorted by name, each member's value hashed on its own (so sorting moves 32-byte digests,
+/// never the values), an array's items in order, strings and other values by their text.
+/// A value that does not scan (it cannot be: the body parsed) is hashed by its whole text.
 pub(crate) fn hash_raw(h: &mut Sha256, v: &RawValue) {
-    let text = v.get().trim_ascii();
-    match text.as_bytes().first() {
-        Some(b'{') => match serde_json::from_str::<RawObject<'_>>(text) {
-            Ok(obj) => {
-                let mut members: Vec<(&str, &RawValue)> = obj.members().collect();
-                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                hash_members(h, &members);
-            }
-            // Cannot happen for a value of a parsed body; its text keys it.
-            Err(_) => framed(h, b's', text.as_bytes()),
-        },
-        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
-            Ok(items) => {
-                h.update([b'[']);
-                h.update((items.len() as u64).to_le_bytes());
-                for item in items {
-                    hash_raw(h, item);
-                }
-                h.update([b']']);
-            }
-            Err(_) => framed(h, b's', text.as_bytes()),
-        },
-        _ => framed(h, b's', text.as_bytes()),
+    let text = v.get().as_bytes();
+    let mut pos = 0;
+    let mut inner = Sha256::new();
+    match walk(text, &mut pos, &mut inner, 0) {
+        Some(()) => h.update(inner.finalize()),
+        None => framed(h, b'x', text),
     }
+}
+
+fn skip_ws(b: &[u8], pos: &mut usize) {
+    while b
+        .get(*pos)
+        .is_some_and(|c| matches!(c, b' ' | b'\n' | b'\r' | b'\t'))
+    {
+        *pos += 1;
+    }
+}
+
+/// The text between the quotes of the string at `b[*pos]` (escapes as written).
+fn string_at<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    if b.get(*pos) != Some(&b'"') {
+        return None;
+    }
+    let start = *pos + 1;
+    let mut i = start;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
+        if b[i] == b'\\' {
+            i += 2;
+            continue;
+        }
+        *pos = i + 1;
+        return b.get(start..i);
+    }
+}
+
+fn walk(b: &[u8], pos: &mut usize, h: &mut Sha256, depth: usize) -> Option<()> {
+    skip_ws(b, pos);
+    match *b.get(*pos)? {
+        b'{' => {
+            if depth > MAX_DEPTH {
+                return None;
+            }
+            *pos += 1;
+            let mut members: Vec<(&[u8], [u8; 32])> = Vec::new();
+            skip_ws(b, pos);
+            if b.get(*pos) == Some(&b'}') {
+                *pos += 1;
+            } else {
+                loop {
+                    skip_ws(b, pos);
+                    let name = string_at(b, pos)?;
+                    skip_ws(b, pos);
+                    if b.get(*pos) != Some(&b':') {
+                        return None;
+                    }
+                    *pos += 1;
+                    let mut sub = Sha256::new();
+                    walk(b, pos, &mut sub, depth + 1)?;
+                    members.push((name, sub.finalize().into()));
+                    skip_ws(b, pos);
+                    match b.get(*pos)? {
+                        b',' => *pos += 1,
+                        b'}' => {
+                            *pos += 1;
+                            break;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            members.sort_unstable_by(|x, y| x.0.cmp(y.0));
+            h.update([b'{']);
+            h.update((members.len() as u64).to_le_bytes());
+            for (name, digest) in &members {
+                framed(h, b'k', name);
+                h.update(digest);
+            }
+            h.update([b'}']);
+        }
+        b'[' => {
+            if depth > MAX_DEPTH {
+                return None;
+            }
+            *pos += 1;
+            h.update([b'[']);
+            skip_ws(b, pos);
+            if b.get(*pos) == Some(&b']') {
+                *pos += 1;
+            } else {
+                loop {
+                    h.update([b'e']);
+                    walk(b, pos, h, depth + 1)?;
+                    skip_ws(b, pos);
+                    match b.get(*pos)? {
+                        b',' => *pos += 1,
+                        b']' => {
+                            *pos += 1;
+                            break;
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            h.update([b']']);
+        }
+        b'"' => framed(h, b'q', string_at(b, pos)?),
+        _ => {
+            let start = *pos;
+            while b
+                .get(*pos)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+            {
+                *pos += 1;
+            }
+            framed(h, b'n', b.get(start..*pos)?);
+        }
+    }
+    Some(())
 }
 
 /// A parsed JSON value into the hash, framed exactly as [`hash_raw`] frames its text (for
 /// requests Tollgate itself rewrote, e.g. a Responses request's resolved conversation).
 pub(crate) fn hash_value(h: &mut Sha256, v: &serde_json::Value) {
+    let mut inner = Sha256::new();
+    value_into(&mut inner, v);
+    h.update(inner.finalize());
+}
+
+fn value_into(h: &mut Sha256, v: &serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
+            let mut members: Vec<(String, [u8; 32])> = map
+                .iter()
+                .map(|(k, inner)| {
+                    let mut sub = Sha256::new();
+                    value_into(&mut sub, inner);
+                    (escaped(k), sub.finalize().into())
+                })
+                .collect();
+            members.sort_unstable_by(|x, y| x.0.cmp(&y.0));
             h.update([b'{']);
-            h.update((keys.len() as u64).to_le_bytes());
-            for k in keys {
-                framed(h, b'k', k.as_bytes());
-                if let Some(inner) = map.get(k) {
-                    hash_value(h, inner);
-                }
+            h.update((members.len() as u64).to_le_bytes());
+            for (name, digest) in &members {
+                framed(h, b'k', name.as_bytes());
+                h.update(digest);
             }
             h.update([b'}']);
         }
         serde_json::Value::Array(items) => {
             h.update([b'[']);
-            h.update((items.len() as u64).to_le_bytes());
             for item in items {
-                hash_value(h, item);
+                h.update([b'e']);
+                value_into(h, item);
             }
             h.update([b']']);
         }
-        other => framed(h, b's', other.to_string().as_bytes()),
+        serde_json::Value::String(text) => framed(h, b'q', escaped(text).as_bytes()),
+        other => framed(h, b'n', other.to_string().as_bytes()),
     }
+}
+
+/// A string as JSON writes it, without the quotes.
+fn escaped(s: &str) -> String {
+    let quoted = serde_json::Value::String(s.to_owned()).to_string();
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(&quoted)
+        .to_owned()
 }
 
 /// What `Cache-Control` asks of the cache.
@@ -499,6 +621,16 @@ mod tests {
         assert_eq!(a, b);
         let c = k(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["a,b"]}"#);
         assert_ne!(a, c);
+        // A string is not the number it spells; nested members are sorted too.
+        assert_ne!(k(r#"{"model":"m","n":1}"#), k(r#"{"model":"m","n":"1"}"#));
+        assert_ne!(
+            k(r#"{"model":"m","x":[[1],[]]}"#),
+            k(r#"{"model":"m","x":[[],[1]]}"#)
+        );
+        assert_eq!(
+            k(r#"{"model":"m","t":[{"f":{"a":1,"b":[true,null]}}]}"#),
+            k(r#"{"model":"m","t":[ { "f" : { "b" : [ true , null ] , "a" : 1 } } ]}"#)
+        );
         // A parsed value hashes as its text does (Responses requests are keyed parsed).
         let raw: &RawValue = serde_json::from_str(r#"{"b":[1,"x",null],"a":{"c":true}}"#).unwrap();
         let value: serde_json::Value = serde_json::from_str(raw.get()).unwrap();
