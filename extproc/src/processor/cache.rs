@@ -26,7 +26,9 @@ pub(super) struct Pending {
     family: Family,
     ttl_secs: u64,
     max_entry_bytes: u64,
-    store: Store,
+    /// The process's store (a reference: a clone would copy every metric handle, about 30
+    /// shared reference counts touched per request).
+    store: &'static Store,
     model: String,
     tenant: String,
     /// A stream's client bytes, assembled as they pass.
@@ -110,7 +112,7 @@ impl Processor {
                 parsed.object(),
             ),
         };
-        let store = Store::shared(cfg.max_bytes, &self.metrics).clone();
+        let store = Store::shared(cfg.max_bytes, &self.metrics);
         let lookup = !self.cache_control.no_cache;
         let hit = if lookup { store.get(&key).await } else { None };
         // A Responses hit whose object cannot be written anew goes on as a miss.
