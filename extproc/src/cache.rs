@@ -91,10 +91,9 @@ pub type Key = [u8; 32];
 /// (keys under different policies never share answers), the endpoint label, the public model
 /// and the request object normalised.
 ///
-/// The request is hashed straight from the body parsed once, each byte scanned once (no tree
-/// is built and nothing is serialised again): objects with their members sorted by name at
-/// every depth (each member's value hashed on its own, so sorting moves digests), arrays in
-/// order, and every other value (strings, numbers, literals) by its JSON text. Each piece is
+/// The request is hashed straight from the body parsed once (no tree is built, nothing is
+/// copied or serialised again): objects with their members sorted by name at every depth,
+/// arrays in order, and every other value (strings, numbers, literals) by its JSON text. Each piece is
 /// framed by a tag and its length, so no two different requests hash the same bytes. Two requests that differ only in how a string is escaped or a number is written
 /// (`"\u0041"` and `"A"`, `1.0` and `1`) get different keys: a miss, never a wrong hit.
 pub fn key(scope: &str, policy: &str, endpoint: &str, model: &str, obj: &RawObject<'_>) -> Key {
@@ -144,17 +143,16 @@ fn hash_members(h: &mut Sha256, members: &[(&str, &RawValue)]) {
 /// How deep [`hash_raw`] walks nested values (the body's shape check bounds depth lower).
 const MAX_DEPTH: usize = 128;
 
-/// One JSON value, unparsed, into the hash, its bytes scanned once: an object as its members
-/// sorted by name, each member's value hashed on its own (so sorting moves 32-byte digests,
-/// never the values), an array's items in order, strings and other values by their text.
-/// A value that does not scan (it cannot be: the body parsed) is hashed by its whole text.
+/// One JSON value, unparsed, into the hash, with no copy and no tree: an object as its
+/// members sorted by name (one pass finds where each value starts, a second hashes them in
+/// order: bytes nested in n objects are scanned n + 1 times, by `memchr`), an array's items
+/// in order, strings and other values by their text. A value that does not scan (it cannot
+/// be: the body parsed) is hashed by its whole text after what was hashed of it.
 pub(crate) fn hash_raw(h: &mut Sha256, v: &RawValue) {
     let text = v.get().as_bytes();
     let mut pos = 0;
-    let mut inner = Sha256::new();
-    match walk(text, &mut pos, &mut inner, 0) {
-        Some(()) => h.update(inner.finalize()),
-        None => framed(h, b'x', text),
+    if walk(text, &mut pos, Some(&mut *h), 0).is_none() {
+        framed(h, b'x', text);
     }
 }
 
@@ -185,7 +183,9 @@ fn string_at<'a>(b: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     }
 }
 
-fn walk(b: &[u8], pos: &mut usize, h: &mut Sha256, depth: usize) -> Option<()> {
+/// Walks the value at `b[*pos]` past its end, hashing it into `h` when one is given (`None`:
+/// only skipped, to find where an object's member values start).
+fn walk(b: &[u8], pos: &mut usize, mut h: Option<&mut Sha256>, depth: usize) -> Option<()> {
     skip_ws(b, pos);
     match *b.get(*pos)? {
         b'{' => {
@@ -193,7 +193,8 @@ fn walk(b: &[u8], pos: &mut usize, h: &mut Sha256, depth: usize) -> Option<()> {
                 return None;
             }
             *pos += 1;
-            let mut members: Vec<(&[u8], [u8; 32])> = Vec::new();
+            // First pass: the members' names and where their values start.
+            let mut members: Vec<(&[u8], usize)> = Vec::new();
             skip_ws(b, pos);
             if b.get(*pos) == Some(&b'}') {
                 *pos += 1;
@@ -206,9 +207,8 @@ fn walk(b: &[u8], pos: &mut usize, h: &mut Sha256, depth: usize) -> Option<()> {
                         return None;
                     }
                     *pos += 1;
-                    let mut sub = Sha256::new();
-                    walk(b, pos, &mut sub, depth + 1)?;
-                    members.push((name, sub.finalize().into()));
+                    members.push((name, *pos));
+                    walk(b, pos, None, depth + 1)?;
                     skip_ws(b, pos);
                     match b.get(*pos)? {
                         b',' => *pos += 1,
@@ -220,28 +220,36 @@ fn walk(b: &[u8], pos: &mut usize, h: &mut Sha256, depth: usize) -> Option<()> {
                     }
                 }
             }
-            members.sort_unstable_by(|x, y| x.0.cmp(y.0));
-            h.update([b'{']);
-            h.update((members.len() as u64).to_le_bytes());
-            for (name, digest) in &members {
-                framed(h, b'k', name);
-                h.update(digest);
+            if let Some(h) = h {
+                // Second pass: the values hashed in their names' order.
+                members.sort_unstable_by(|x, y| x.0.cmp(y.0));
+                h.update([b'{']);
+                h.update((members.len() as u64).to_le_bytes());
+                for (name, start) in &members {
+                    framed(h, b'k', name);
+                    let mut at = *start;
+                    walk(b, &mut at, Some(&mut *h), depth + 1)?;
+                }
+                h.update([b'}']);
             }
-            h.update([b'}']);
         }
         b'[' => {
             if depth > MAX_DEPTH {
                 return None;
             }
             *pos += 1;
-            h.update([b'[']);
+            if let Some(h) = h.as_deref_mut() {
+                h.update([b'[']);
+            }
             skip_ws(b, pos);
             if b.get(*pos) == Some(&b']') {
                 *pos += 1;
             } else {
                 loop {
-                    h.update([b'e']);
-                    walk(b, pos, h, depth + 1)?;
+                    if let Some(h) = h.as_deref_mut() {
+                        h.update([b'e']);
+                    }
+                    walk(b, pos, h.as_deref_mut(), depth + 1)?;
                     skip_ws(b, pos);
                     match b.get(*pos)? {
                         b',' => *pos += 1,
@@ -253,9 +261,16 @@ fn walk(b: &[u8], pos: &mut usize, h: &mut Sha256, depth: usize) -> Option<()> {
                     }
                 }
             }
-            h.update([b']']);
+            if let Some(h) = h {
+                h.update([b']']);
+            }
         }
-        b'"' => framed(h, b'q', string_at(b, pos)?),
+        b'"' => {
+            let s = string_at(b, pos)?;
+            if let Some(h) = h {
+                framed(h, b'q', s);
+            }
+        }
         _ => {
             let start = *pos;
             while b
@@ -264,7 +279,10 @@ fn walk(b: &[u8], pos: &mut usize, h: &mut Sha256, depth: usize) -> Option<()> {
             {
                 *pos += 1;
             }
-            framed(h, b'n', b.get(start..*pos)?);
+            let text = b.get(start..*pos)?;
+            if let Some(h) = h {
+                framed(h, b'n', text);
+            }
         }
     }
     Some(())
@@ -273,28 +291,20 @@ fn walk(b: &[u8], pos: &mut usize, h: &mut Sha256, depth: usize) -> Option<()> {
 /// A parsed JSON value into the hash, framed exactly as [`hash_raw`] frames its text (for
 /// requests Tollgate itself rewrote, e.g. a Responses request's resolved conversation).
 pub(crate) fn hash_value(h: &mut Sha256, v: &serde_json::Value) {
-    let mut inner = Sha256::new();
-    value_into(&mut inner, v);
-    h.update(inner.finalize());
+    value_into(h, v);
 }
 
 fn value_into(h: &mut Sha256, v: &serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
-            let mut members: Vec<(String, [u8; 32])> = map
-                .iter()
-                .map(|(k, inner)| {
-                    let mut sub = Sha256::new();
-                    value_into(&mut sub, inner);
-                    (escaped(k), sub.finalize().into())
-                })
-                .collect();
+            let mut members: Vec<(String, &serde_json::Value)> =
+                map.iter().map(|(k, inner)| (escaped(k), inner)).collect();
             members.sort_unstable_by(|x, y| x.0.cmp(&y.0));
             h.update([b'{']);
             h.update((members.len() as u64).to_le_bytes());
-            for (name, digest) in &members {
+            for (name, inner) in members {
                 framed(h, b'k', name.as_bytes());
-                h.update(digest);
+                value_into(h, inner);
             }
             h.update([b'}']);
         }
