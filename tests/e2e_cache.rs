@@ -380,3 +380,32 @@ async fn a_hit_costs_nothing_and_its_log_event_names_the_source() {
         .unwrap();
     assert_eq!(miss["cache"], "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn responses_requests_are_cached_and_read_by_the_official_sdk() {
+    let stack = Stack::start(options(""));
+    stack.clear_upstream_requests().await;
+    // `mock-model` is served natively (an OpenAI target gets the Responses body), and
+    // `claude-model` through the hub.
+    run_sdk(
+        "cache_responses_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &stack.base),
+            ("TOLLGATE_KEY", KEY_ALL),
+            ("TOLLGATE_MODELS", "mock-model,claude-model"),
+        ],
+    );
+    // Per model the provider answered three times: the first whole answer, the first
+    // continuation and the first stream; every repeat (a continuation too) was a hit.
+    let posted = stack.posted().await;
+    assert_eq!(posted.len(), 6, "{posted:#?}");
+    assert!(posted.iter().any(|r| r["path"] == "/v1/responses"));
+    assert!(posted.iter().any(|r| r["path"] == "/v1/messages"));
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains(
+            "tollgate_cache_lookups_total{model=\"claude-model\",tenant=\"acme\",result=\"hit\"} 4"
+        ),
+        "{metrics}"
+    );
+}

@@ -56,6 +56,9 @@ pub enum Command {
     /// What failover costs: a first attempt that answers, and a 500 then a second target,
     /// against the same requests without failover (interleaved, medians over rounds).
     Failover(crate::failover::FailoverArgs),
+    /// What a response-cache miss adds per request, in process: the key (normalise + hash),
+    /// the memory lookup and the store, for 1 KB, 10 KB and 100 KB chat requests (medians).
+    CacheKey(crate::cachekey::CacheKeyArgs),
 }
 
 impl Cli {
@@ -66,6 +69,7 @@ impl Cli {
             Some(
                 Command::Streams(_) | Command::Startup(_) | Command::Cpu(_) | Command::Failover(_),
             ) => 2,
+            Some(Command::CacheKey(_)) => 1,
             None => self.run.client_threads.unwrap_or(DEFAULT_CLIENT_THREADS),
         }
         .max(1)
@@ -416,6 +420,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                     "| target | req/s | Envoy µs/req | tollgate µs/req | mock µs/req |\n|---|---:|---:|---:|---:|\n{}{}{}\n",
                     row("envoy (baseline)", &r.baseline),
                     row("envoy + tollgate", &r.gateway),
+                    serde_json::to_string(&r)?
+                ))
+            }
+            Some(Command::CacheKey(args)) => {
+                let r = crate::cachekey::cache_key(&args).await?;
+                write_stdout(&format!(
+                    "{}\n{}\n",
+                    r.markdown(),
                     serde_json::to_string(&r)?
                 ))
             }

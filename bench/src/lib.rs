@@ -3,6 +3,7 @@
 //! 127.0.0.1: open-loop latency at fixed rates, closed-loop max throughput and streaming
 //! time to first / last byte, reported as medians over interleaved rounds.
 
+pub mod cachekey;
 pub mod cli;
 pub mod failover;
 pub mod footprint;

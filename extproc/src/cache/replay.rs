@@ -20,6 +20,7 @@ pub fn decode_complete(family: Family, body: &[u8]) -> Option<ChatResponse> {
         Family::OpenAi => openai::response_from_wire(body),
         Family::Anthropic => anthropic::response_from_wire(body),
         Family::Gemini => gemini::response_from_wire(body),
+        Family::Responses => return super::responses::decode(body),
     }
     .ok()
 }
@@ -47,6 +48,10 @@ pub fn stream_of(
     include_usage: bool,
     created: u64,
 ) -> Option<Vec<u8>> {
+    // A Responses hit is written with its own request's envelope (see `processor::cache`).
+    if family == Family::Responses {
+        return None;
+    }
     let r = decode_complete(family, body)?;
     let events = events_of(&r);
     let mut frames: Vec<Frame<'_>> = Vec::new();
@@ -69,6 +74,7 @@ pub fn stream_of(
                 enc.encode(e, &mut frames);
             }
         }
+        Family::Responses => {}
     }
     let mut out = Vec::with_capacity(body.len() * 2 + 256);
     for f in &frames {
@@ -78,7 +84,7 @@ pub fn stream_of(
 }
 
 /// The hub events of a complete answer: one block per part, each whole in one delta.
-fn events_of(r: &ChatResponse) -> Vec<StreamEvent> {
+pub fn events_of(r: &ChatResponse) -> Vec<StreamEvent> {
     let mut events = Vec::with_capacity(2 + r.content.len() * 3 + 2);
     events.push(StreamEvent::Start {
         id: r.id.clone(),
@@ -189,6 +195,8 @@ impl Assembler {
         let mut events = Vec::new();
         let mut buf: &[u8] = &self.bytes;
         match self.family {
+            // The final `response` object the stream carries is the complete answer.
+            Family::Responses => return super::responses::final_of_stream(&self.bytes),
             Family::OpenAi => {
                 let mut d = openai::StreamDecoder::default();
                 while let Some(len) = event_end(buf) {
@@ -235,6 +243,7 @@ impl Assembler {
             Family::OpenAi => openai::response_to_wire(&r, created),
             Family::Anthropic => anthropic::response_to_wire(&r),
             Family::Gemini => gemini::response_to_wire(&r),
+            Family::Responses => return None,
         })
     }
 }
@@ -322,6 +331,7 @@ mod tests {
                 Family::OpenAi => openai::response_to_wire(&r, 1),
                 Family::Anthropic => anthropic::response_to_wire(&r),
                 Family::Gemini => gemini::response_to_wire(&r),
+                Family::Responses => unreachable!(),
             };
             let stream = stream_of(family, &body, true, 1).unwrap();
             let text = String::from_utf8(stream.clone()).unwrap();

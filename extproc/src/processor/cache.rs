@@ -26,7 +26,9 @@ pub(super) struct Pending {
     family: Family,
     ttl_secs: u64,
     max_entry_bytes: u64,
-    store: Store,
+    /// The process's store (a reference: a clone would copy every metric handle, about 30
+    /// shared reference counts touched per request).
+    store: &'static Store,
     model: String,
     tenant: String,
     /// A stream's client bytes, assembled as they pass.
@@ -61,25 +63,26 @@ impl Processor {
         model: &str,
         parsed: &openai::ParsedRequest<'_>,
     ) -> Option<ProcessingResponse> {
-        let cfg = self.config.cache.as_ref()?;
+        let config = std::sync::Arc::clone(&self.config);
+        let cfg = config.cache.as_ref()?;
         let family = match endpoint {
+            // A Responses request reaches here as the chat body it means.
+            Endpoint::ChatCompletions if self.responses.is_some() => Family::Responses,
             Endpoint::ChatCompletions => Family::OpenAi,
             Endpoint::Messages => Family::Anthropic,
             Endpoint::GenerateContent => Family::Gemini,
             _ => return None,
         };
-        // A Responses request is stored by the Responses API's own store, not here.
-        if self.responses.is_some() {
-            return None;
-        }
         let ctx = self.ctx.as_ref()?;
         let policy = cfg.policy(&ctx.key_id, &ctx.tenant, model)?;
         if !policy.exact {
             return None;
         }
+        let tenant = ctx.tenant.clone();
+        let request_id = ctx.request_id.clone();
         let labels = |result| CacheLabels {
             model: model.to_owned(),
-            tenant: ctx.tenant.clone(),
+            tenant: tenant.clone(),
             result,
         };
         tracing::debug!(
@@ -99,18 +102,30 @@ impl Processor {
         } else {
             format!("t:{}", ctx.tenant)
         };
-        let key = cache::key(
-            &scope,
-            &ctx.guardrails,
-            endpoint.label(),
-            model,
-            parsed.object(),
-        );
-        let store = Store::shared(cfg.max_bytes, &self.metrics).clone();
+        let key = match self.responses_cache_key(&scope, &ctx.guardrails, model) {
+            Some(key) => key,
+            None => cache::key(
+                &scope,
+                &ctx.guardrails,
+                endpoint.label(),
+                model,
+                parsed.object(),
+            ),
+        };
+        let store = Store::shared(cfg.max_bytes, &self.metrics);
         let lookup = !self.cache_control.no_cache;
         let hit = if lookup { store.get(&key).await } else { None };
-        let ctx = self.ctx.as_ref()?;
-        match hit.filter(|e| e.family == family) {
+        // A Responses hit whose object cannot be written anew goes on as a miss.
+        let (hit, responses_answer) = match hit.filter(|e| e.family == family) {
+            Some(entry) if family == Family::Responses => {
+                match self.responses_cache_answer(&entry, parsed.stream) {
+                    Some(answer) => (Some(entry), Some(answer)),
+                    None => (None, None),
+                }
+            }
+            other => (other, None),
+        };
+        match hit {
             Some(entry) => {
                 self.metrics
                     .cache_lookups
@@ -122,8 +137,12 @@ impl Processor {
                     .map_or(0, |c| {
                         c * Picodollars::from(policy.price_millionths) / 1_000_000
                     });
-                tracing::debug!(request_id = %ctx.request_id, source = %entry.source_request_id, model, "Response cache hit");
-                Some(self.cache_answer(&entry, family, model, parsed, cost))
+                tracing::debug!(request_id = %request_id, source = %entry.source_request_id, model, "Response cache hit");
+                let answer =
+                    self.cache_answer(&entry, family, model, parsed, cost, responses_answer);
+                // A Responses hit's fresh response object goes to the response store.
+                self.responses_flush().await;
+                Some(answer)
             }
             None => {
                 let result = if lookup { "miss" } else { "bypass" };
@@ -138,7 +157,7 @@ impl Processor {
                     max_entry_bytes: cfg.max_entry_bytes,
                     store,
                     model: model.to_owned(),
-                    tenant: ctx.tenant.clone(),
+                    tenant: tenant.clone(),
                     assembler: parsed.stream.then(|| {
                         replay::Assembler::new(
                             family,
@@ -152,7 +171,8 @@ impl Processor {
         }
     }
 
-    /// The immediate response of a hit: the cached answer whole, or replayed as a stream.
+    /// The immediate response of a hit: the cached answer whole, or replayed as a stream, or
+    /// `written` (a Responses hit, written with its own envelope).
     fn cache_answer(
         &mut self,
         entry: &Entry,
@@ -160,8 +180,11 @@ impl Processor {
         model: &str,
         parsed: &openai::ParsedRequest<'_>,
         cost: Picodollars,
+        written: Option<(Vec<u8>, &'static str)>,
     ) -> ProcessingResponse {
-        let (body, content_type) = if parsed.stream {
+        let (body, content_type) = if let Some(written) = written {
+            written
+        } else if parsed.stream {
             let include_usage = parsed
                 .object()
                 .get("stream_options")

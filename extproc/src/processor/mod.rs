@@ -11,6 +11,7 @@
 
 mod auth;
 mod cache;
+mod cache_responses;
 mod cors;
 mod count;
 mod embeddings;

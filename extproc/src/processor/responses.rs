@@ -50,6 +50,14 @@ pub(super) struct ResponsesCall {
     pending: Option<(String, Stored)>,
 }
 
+impl ResponsesCall {
+    /// The request, the whole conversation it continues and its envelope (the response
+    /// cache keys and answers Responses requests with them).
+    pub(super) fn cache_view(&self) -> (&ResponsesRequest, &[Value], &Envelope) {
+        (&self.req, &self.conversation, &self.envelope)
+    }
+}
+
 /// The upstream `:path` of a provider's Responses API.
 fn native_path(target: &Target) -> Option<String> {
     let p = &target.provider;
@@ -281,7 +289,7 @@ impl Processor {
 
     /// Keeps the final response object (once) for [`Processor::responses_flush`], when storing
     /// is on for this request.
-    fn responses_store(&mut self, response: Value) {
+    pub(super) fn responses_store(&mut self, response: Value) {
         let Some(call) = &mut self.responses else {
             return;
         };
