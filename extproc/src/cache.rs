@@ -7,6 +7,7 @@
 //! TTL in this process's memory (moka, bounded by bytes) or in Redis.
 
 pub mod replay;
+pub mod semantic;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -128,7 +129,7 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// Canonical JSON: object members sorted by key at every depth, no whitespace.
-fn write_canonical(out: &mut Vec<u8>, v: &serde_json::Value) {
+pub(crate) fn write_canonical(out: &mut Vec<u8>, v: &serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
