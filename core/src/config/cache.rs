@@ -302,3 +302,69 @@ fn validate_semantic(
         timeout: Duration::from_millis(s.timeout_ms),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::env::MapEnv;
+
+    fn errors(policy: &str) -> Result<Config, Vec<String>> {
+        let yaml = format!(
+            r#"
+listen:
+  grpc: "unix:/tmp/tollgate.sock"
+  admin: "127.0.0.1:9464"
+providers:
+  a: {{ kind: openai, base_url: "http://127.0.0.1:1/v1" }}
+  b: {{ kind: anthropic, base_url: "http://127.0.0.1:2/v1" }}
+models:
+  chat: {{ targets: [{{ provider: a, model: x }}] }}
+  emb: {{ targets: [{{ provider: a, model: e }}] }}
+  claude: {{ targets: [{{ provider: b, model: c }}] }}
+keys: []
+cache:
+  policies:
+    - {policy}
+"#
+        );
+        Config::from_yaml(&yaml, &MapEnv::from_pairs([("X", "y")]))
+            .map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_semantic_policy_is_validated_and_may_stand_alone() {
+        let c = errors(
+            "{ name: s, exact: false, semantic: { model: emb, threshold: 0.9, max_entries: 10, timeout_ms: 200 } }",
+        )
+        .unwrap();
+        let p = &c.cache.as_ref().unwrap().policies[0];
+        assert!(!p.exact);
+        let s = p.semantic.as_ref().unwrap();
+        assert_eq!((s.model.as_str(), s.max_entries), ("emb", 10));
+        assert!((s.threshold - 0.9).abs() < 1e-6);
+        let e = errors("{ name: s, exact: false }").unwrap_err();
+        assert!(
+            e.iter().any(|e| e.contains("cache.policies[0].exact")),
+            "{e:?}"
+        );
+        let e = errors("{ name: s, semantic: { model: nope, threshold: 0.9 } }").unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.contains("cache.policies[0].semantic.model")),
+            "{e:?}"
+        );
+        let e = errors("{ name: s, semantic: { model: claude, threshold: 0.9 } }").unwrap_err();
+        assert!(e.iter().any(|e| e.contains("cannot embed")), "{e:?}");
+        let e = errors(
+            "{ name: s, semantic: { model: emb, threshold: 0, max_entries: 0, timeout_ms: 0 } }",
+        )
+        .unwrap_err();
+        for f in ["threshold", "max_entries", "timeout_ms"] {
+            let path = format!("cache.policies[0].semantic.{f}");
+            assert!(e.iter().any(|e| e.contains(&path)), "{path}: {e:?}");
+        }
+        let e =
+            errors("{ name: s, semantic: { model: emb, threshold: 0.9, bogus: 1 } }").unwrap_err();
+        assert!(!e.is_empty());
+    }
+}
