@@ -426,7 +426,7 @@ async fn the_embedding_call_is_logged_priced_and_charged() {
     assert_eq!(hit["cache_source_request_id"], source.as_str());
     assert_eq!(hit["cost_picodollars"], 0);
     let score = hit["cache_similarity"].as_f64().unwrap();
-    assert!(score >= 0.8 && score < 1.0, "{hit}");
+    assert!((0.8..=1.0).contains(&score), "{hit}");
     let embed = find(&embed_id);
     assert_eq!(embed["endpoint"], "embeddings");
     assert_eq!(embed["parent_request_id"], hit_id.as_str());

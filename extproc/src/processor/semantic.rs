@@ -181,6 +181,11 @@ impl Processor {
             Indexes::shared()
                 .best(&name, &vector, &params, family, Instant::now())
                 .filter(|f| f.score >= sem.threshold)
+                // Rounding may put an equal prompt a hair above 1.
+                .map(|f| index::Found {
+                    score: f.score.min(1.0),
+                    ..f
+                })
         } else {
             None
         };
