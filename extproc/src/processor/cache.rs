@@ -66,7 +66,10 @@ impl Processor {
         model: &str,
         parsed: &openai::ParsedRequest<'_>,
     ) -> Option<ProcessingResponse> {
-        let cfg = self.config.cache.as_ref()?;
+        // A handle of its own (no copy): the policy borrowed from it outlives `&mut self`
+        // calls below.
+        let config = std::sync::Arc::clone(&self.config);
+        let cfg = config.cache.as_ref()?;
         let family = match endpoint {
             Endpoint::ChatCompletions => Family::OpenAi,
             Endpoint::Messages => Family::Anthropic,
@@ -82,26 +85,15 @@ impl Processor {
         if !policy.exact && policy.semantic.is_none() {
             return None;
         }
-        // Cloned (small) so the lookups below may borrow `self` mutably.
-        let policy = policy.clone();
         let max_bytes = cfg.max_bytes;
         let max_entry_bytes = cfg.max_entry_bytes;
-        let tenant = ctx.tenant.clone();
-        let labels = |result| CacheLabels {
-            model: model.to_owned(),
-            tenant: tenant.clone(),
-            result,
-        };
         tracing::debug!(
             no_store = self.cache_control.no_store,
             no_cache = self.cache_control.no_cache,
             "Response cache lookup"
         );
         if self.cache_control.no_store {
-            self.metrics
-                .cache_lookups
-                .get_or_create(&labels("bypass"))
-                .inc();
+            self.count_lookup(model, "bypass");
             return None;
         }
         let scope = if ctx.tenant.is_empty() {
@@ -124,27 +116,18 @@ impl Processor {
                 Some(entry) => {
                     if let Some(resp) = self
                         .serve_hit(
-                            &entry, "exact", 0.0, &policy, endpoint, family, model, parsed,
+                            &entry, "exact", 0.0, policy, endpoint, family, model, parsed,
                         )
                         .await
                     {
-                        self.metrics
-                            .cache_lookups
-                            .get_or_create(&labels("hit"))
-                            .inc();
+                        self.count_lookup(model, "hit");
                         return Some(resp);
                     }
-                    self.metrics
-                        .cache_lookups
-                        .get_or_create(&labels("guardrail_refused"))
-                        .inc();
+                    self.count_lookup(model, "guardrail_refused");
                 }
                 None => {
                     let result = if lookup { "miss" } else { "bypass" };
-                    self.metrics
-                        .cache_lookups
-                        .get_or_create(&labels(result))
-                        .inc();
+                    self.count_lookup(model, result);
                 }
             }
         }
@@ -171,7 +154,7 @@ impl Processor {
                                 &entry,
                                 "semantic",
                                 found.score,
-                                &policy,
+                                policy,
                                 endpoint,
                                 family,
                                 model,
@@ -179,32 +162,20 @@ impl Processor {
                             )
                             .await
                         {
-                            self.metrics
-                                .cache_lookups
-                                .get_or_create(&labels("semantic_hit"))
-                                .inc();
+                            self.count_lookup(model, "semantic_hit");
                             return Some(resp);
                         }
-                        self.metrics
-                            .cache_lookups
-                            .get_or_create(&labels("guardrail_refused"))
-                            .inc();
+                        self.count_lookup(model, "guardrail_refused");
                     }
                     None => {
                         // The answer expired or was evicted: its prompt goes too.
                         crate::cache::semantic::Indexes::shared()
                             .remove(&pending.index, &found.key);
-                        self.metrics
-                            .cache_lookups
-                            .get_or_create(&labels("semantic_miss"))
-                            .inc();
+                        self.count_lookup(model, "semantic_miss");
                     }
                 }
             } else if probe.pending.is_some() && lookup {
-                self.metrics
-                    .cache_lookups
-                    .get_or_create(&labels("semantic_miss"))
-                    .inc();
+                self.count_lookup(model, "semantic_miss");
             }
             semantic = probe.pending;
         }
@@ -226,6 +197,22 @@ impl Processor {
             semantic,
         }));
         None
+    }
+
+    /// Counts a lookup in `tollgate_cache_lookups_total`.
+    fn count_lookup(&self, model: &str, result: &'static str) {
+        self.metrics
+            .cache_lookups
+            .get_or_create(&CacheLabels {
+                model: model.to_owned(),
+                tenant: self
+                    .ctx
+                    .as_ref()
+                    .map(|c| c.tenant.clone())
+                    .unwrap_or_default(),
+                result,
+            })
+            .inc();
     }
 
     /// Serves a found entry, once the requester's response guardrails passed it: `None` when
