@@ -20,6 +20,11 @@ use serde_json::{json, Value};
 const KEY_OTHER: &str = "tg-e2e-semantic-other-tenant";
 /// A key of tenant `acme` whose response guardrails block any answer naming France.
 const KEY_STRICT: &str = "tg-e2e-semantic-strict";
+/// A key of tenant `acme` whose policy `later` blocks nothing until a reload makes it block
+/// answers naming Spain.
+const KEY_LATER: &str = "tg-e2e-semantic-later";
+/// The rule of policy `later` before the reload.
+const LATER_RULE: &str = "(?i)nothing-matches-this";
 
 fn patch(config: String) -> String {
     // The mock's address, from the `mock` provider's base URL.
@@ -33,15 +38,16 @@ fn patch(config: String) -> String {
         .replacen(
             "keys:\n",
             &format!(
-                "keys:\n  - {{ id: other, hash: \"{}\", tenant: other, models: [\"*\"] }}\n  - {{ id: strict, hash: \"{}\", tenant: acme, models: [\"*\"], guardrails: strict }}\n",
+                "keys:\n  - {{ id: other, hash: \"{}\", tenant: other, models: [\"*\"] }}\n  - {{ id: strict, hash: \"{}\", tenant: acme, models: [\"*\"], guardrails: strict }}\n  - {{ id: later, hash: \"{}\", tenant: acme, models: [\"*\"], guardrails: later }}\n",
                 hash(KEY_OTHER),
-                hash(KEY_STRICT)
+                hash(KEY_STRICT),
+                hash(KEY_LATER)
             ),
             1,
         )
         .replacen(
             "  policies:\n",
-            "  policies:\n    strict:\n      rules:\n        - { id: no-france, detector: { regex: \"(?i)france\" }, action: block, side: response }\n",
+            &format!("  policies:\n    strict:\n      rules:\n        - {{ id: no-france, detector: {{ regex: \"(?i)france\" }}, action: block, side: response }}\n    later:\n      rules:\n        - {{ id: no-spain, detector: {{ regex: \"{LATER_RULE}\" }}, action: block, side: response }}\n"),
             1,
         )
         .replacen(
@@ -62,8 +68,8 @@ fn patch(config: String) -> String {
 }
 
 /// `mock-model` and `claude-model`: semantic only; `compat-model`: exact and semantic, its
-/// embedding provider hanging past the 300 ms bound.
-const CACHE_YAML: &str = "cache:\n  policies:\n    - { name: sem, models: [mock-model, claude-model], exact: false, semantic: { model: bow-embed, threshold: 0.8 } }\n    - { name: slow, models: [compat-model], semantic: { model: slow-embed, threshold: 0.8, timeout_ms: 300 } }\n";
+/// embedding provider hanging past the 300 ms bound; `azure-model`: exact only.
+const CACHE_YAML: &str = "cache:\n  policies:\n    - { name: sem, models: [mock-model, claude-model], exact: false, semantic: { model: bow-embed, threshold: 0.8 } }\n    - { name: slow, models: [compat-model], semantic: { model: slow-embed, threshold: 0.8, timeout_ms: 300 } }\n    - { name: exact-only, models: [azure-model] }\n";
 
 fn options(extra: &str) -> StackOptions {
     StackOptions {
@@ -442,4 +448,48 @@ async fn the_embedding_call_is_logged_priced_and_charged() {
     // The miss's own embedding call is logged too, pointing at the miss.
     let miss_embed = find(&format!("{source}-embed"));
     assert_eq!(miss_embed["parent_request_id"], source.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exact_hit_is_rechecked_under_the_policy_in_force() {
+    let stack = start("");
+    stack.clear_upstream_requests().await;
+    let path = "/v1/chat/completions";
+    let body = chat("azure-model", "Tell me about Spain");
+    let a = stack.post(path, Some(KEY_LATER), body.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let b = stack.post(path, Some(KEY_LATER), body.clone()).await;
+    assert_eq!(b.header("x-tollgate-cache"), Some("exact"));
+    assert_eq!(generations(&stack).await, 1);
+    // The key's policy now blocks answers naming Spain: the stored answer is not served.
+    let original = std::fs::read_to_string(&stack.config_path).unwrap();
+    let stricter = original.replace(LATER_RULE, "(?i)spain");
+    assert_ne!(stricter, original);
+    std::fs::write(&stack.config_path, stricter).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = stack.post(path, Some(KEY_LATER), body.clone()).await;
+        if r.header("x-tollgate-cache").is_none() {
+            assert_ne!(r.status, 200, "{}", r.text);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reload not applied:\n{}",
+            stack.serve_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        generations(&stack).await,
+        2,
+        "the refused hit did not go to the provider"
+    );
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"tollgate_cache_lookups_total{model="azure-model",tenant="acme",result="guardrail_refused"} 1"#
+        ),
+        "{metrics}"
+    );
 }
