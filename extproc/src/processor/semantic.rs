@@ -176,7 +176,9 @@ impl Processor {
             return Probe::default();
         };
         let params = index::params_of(endpoint, parsed.object());
-        let name = index::index_name(scope, policy, model);
+        // The embedding model names the index too: a reload that changes it never compares
+        // vectors of two models.
+        let name = index::index_name(scope, &format!("{policy}\u{0}{}", sem.model), model);
         let found = if lookup {
             Indexes::shared()
                 .best(&name, &vector, &params, family, Instant::now())
