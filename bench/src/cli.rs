@@ -151,7 +151,8 @@ pub struct RunArgs {
     pub ext_authz: bool,
     /// Give the gateway a response-cache policy for the model: `hit` (every request after the
     /// first answered from the cache) or `miss` (`Cache-Control: no-cache` on every request:
-    /// the key computed and the answer stored, never served).
+    /// the key computed and the answer stored, never served) or `semantic` (a semantic-only
+    /// policy: every request after the first answered by meaning, one embedding call each).
     #[arg(long, value_enum)]
     pub cache: Option<CacheMode>,
 }
@@ -336,6 +337,7 @@ impl RunConfig {
                 match c {
                     CacheMode::Hit => "hit".into(),
                     CacheMode::Miss => "miss".into(),
+                    CacheMode::Semantic => "semantic".into(),
                 },
             ]);
         }

@@ -55,6 +55,20 @@ pub enum CacheMode {
     /// the key is computed and the answer stored each time, never answered from the cache
     /// (a miss's work, store included, without a lookup's hit).
     Miss,
+    /// A semantic-only policy (`exact: false`) covers the model, its embedding model the
+    /// mock's `mock-embed-bow`: after the first, each request is answered by meaning (one
+    /// embedding call to the mock, a cosine scan, the stored answer replayed).
+    Semantic,
+}
+
+/// Adds a semantic-only `cache` section (and its embedding model) for the benchmark's model.
+pub fn with_semantic_cache(config: &mut serde_json::Value) {
+    config["models"]["bench-embed"] =
+        serde_json::json!({ "targets": [ { "provider": "mock", "model": "mock-embed-bow" } ] });
+    config["cache"] = serde_json::json!({ "policies": [ {
+        "name": "bench", "models": [MODEL], "exact": false,
+        "semantic": { "model": "bench-embed", "threshold": 0.9 }
+    } ] });
 }
 
 /// Adds a `cache` section covering the benchmark's model to `config`.
@@ -456,8 +470,10 @@ impl Stack {
                 opts.budgets,
                 opts.ext_authz,
             );
-            if opts.cache.is_some() {
-                with_cache(&mut c);
+            match opts.cache {
+                Some(CacheMode::Semantic) => with_semantic_cache(&mut c),
+                Some(CacheMode::Hit | CacheMode::Miss) => with_cache(&mut c),
+                None => {}
             }
             if opts.failover_models {
                 crate::failover::add_failover_models(&mut c);
@@ -670,6 +686,20 @@ mod tests {
         assert!(back.get("envoy").is_none(), "{back}");
         let c = gateway_config("127.0.0.1:1", "127.0.0.1:2", 3, "sha256:ab", false, true);
         assert_eq!(c["envoy"]["auth"], "ext_authz");
+    }
+
+    #[test]
+    fn the_semantic_scenario_adds_an_embedding_model_and_a_semantic_only_policy() {
+        let mut c = gateway_config("127.0.0.1:1", "127.0.0.1:2", 3, "sha256:ab", false, false);
+        with_semantic_cache(&mut c);
+        assert_eq!(
+            c["models"]["bench-embed"]["targets"][0]["model"],
+            "mock-embed-bow"
+        );
+        let p = &c["cache"]["policies"][0];
+        assert_eq!(p["exact"], false);
+        assert_eq!(p["semantic"]["model"], "bench-embed");
+        assert_eq!(p["models"][0], MODEL);
     }
 
     #[test]

@@ -41,7 +41,9 @@ pub use evaluators::{Evaluators, RawEvaluators};
 mod media;
 pub use media::{MediaApi, RawMediaPrice};
 mod cache;
-pub use cache::{Cache, CacheBackend, CachePolicy, RawCache, RawCachePolicy};
+pub use cache::{
+    Cache, CacheBackend, CachePolicy, RawCache, RawCachePolicy, RawSemantic, Semantic,
+};
 mod passthrough;
 pub use passthrough::{Grant, Passthrough, RawPassthrough};
 
@@ -2459,6 +2461,15 @@ impl Config {
                 c,
                 budgets.redis.is_some(),
                 &|m| raw.models.contains_key(m),
+                &|m| {
+                    raw.models.get(m).is_some_and(|m| {
+                        m.targets.iter().all(|t| {
+                            raw.providers.get(&t.provider).is_some_and(|p| {
+                                p.kind.family() == ApiFamily::OpenAi && !p.kind.rerank_only()
+                            })
+                        })
+                    })
+                },
                 &mut errs,
             )
         });

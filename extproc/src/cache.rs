@@ -8,6 +8,7 @@
 
 pub mod replay;
 pub mod responses;
+pub mod semantic;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -142,6 +142,8 @@ pub fn event(f: &Facts<'_>) -> LogEvent {
         cache: String::new(),
         cache_source_request_id: String::new(),
         passthrough_path: String::new(),
+        cache_similarity: 0.0,
+        parent_request_id: String::new(),
     }
 }
 

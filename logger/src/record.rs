@@ -138,6 +138,13 @@ pub struct Record {
     /// other endpoints).
     #[serde(default)]
     pub passthrough_path: String,
+    /// A semantic cache hit's cosine similarity; 0 otherwise (migration 11).
+    #[serde(default)]
+    pub cache_similarity: f32,
+    /// The semantic cache's embedding call: the request it embedded the prompt of; empty
+    /// otherwise (migration 11).
+    #[serde(default)]
+    pub parent_request_id: String,
 }
 
 fn off() -> String {
@@ -214,6 +221,8 @@ impl From<&LogEvent> for Record {
             cache: e.cache.clone(),
             cache_source_request_id: e.cache_source_request_id.clone(),
             passthrough_path: e.passthrough_path.clone(),
+            cache_similarity: e.cache_similarity,
+            parent_request_id: e.parent_request_id.clone(),
         }
     }
 }

@@ -369,6 +369,24 @@ async fn rerank_search_units_land_in_their_column() {
     );
 }
 
+#[tokio::test]
+async fn semantic_cache_columns_land() {
+    let ch = ClickHouse::start();
+    let config = sink_config(&ch, "tg_sem");
+    let sink = ClickHouseSink::open(&config).await.unwrap();
+    let mut hit = event("s1", 1);
+    hit.cache = "semantic".into();
+    hit.cache_similarity = 0.875;
+    let mut embed = event("s1-embed", 1);
+    embed.endpoint = "embeddings".into();
+    embed.parent_request_id = "s1".into();
+    sink.write(vec![hit, embed]).await.unwrap();
+    let rows = ch
+        .query("SELECT request_id, cache, cache_similarity, parent_request_id FROM tg_sem.requests ORDER BY request_id FORMAT TSV")
+        .unwrap();
+    assert_eq!(rows.trim(), "s1\tsemantic\t0.875\t\ns1-embed\t\t0\ts1");
+}
+
 /// Events over three days, two tenants, three keys and two models, with costs that overflow a
 /// `UInt64` sum.
 fn usage_events(prefix: &str, n: u64) -> Vec<LogEvent> {

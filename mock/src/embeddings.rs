@@ -1,6 +1,13 @@
 //! `POST …/embeddings`: the OpenAI Embeddings API. Each vector is derived deterministically
 //! from a hash of its input and has unit length; `encoding_format: "base64"` sends the same f32
 //! values as little-endian bytes in standard base64, as OpenAI does.
+//!
+//! Models whose id starts with [`BOW_MODEL`] embed text by meaning, crudely: a hashed bag of
+//! words (lowercased runs of letters and digits, two characters or more, each adding 1 to
+//! the bucket its FNV-1a hash picks, [`BOW_DIMENSIONS`] buckets by default), so a reworded
+//! question ("What is the capital of France?" / "what's the capital of france") scores a
+//! cosine near 0.9 and an unrelated one near 0: a deterministic model for the semantic
+//! cache's tests.
 
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,6 +23,12 @@ use crate::text::word_count;
 /// Vector length when the request gives no `dimensions`.
 const DEFAULT_DIMENSIONS: u64 = 8;
 
+/// The model id prefix of the bag-of-words embedding model.
+pub(crate) const BOW_MODEL: &str = "mock-embed-bow";
+
+/// The bag-of-words model's vector length when the request gives no `dimensions`.
+const BOW_DIMENSIONS: u64 = 256;
+
 /// Largest `dimensions` accepted (text-embedding-3-large has 3072).
 const MAX_DIMENSIONS: u64 = 8192;
 
@@ -25,7 +38,9 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
         return Err(MockError::GenerationFailed);
     }
     let inputs = inputs(request)?;
+    let bow = exchange.model.starts_with(BOW_MODEL);
     let dimensions = match params::positive_integer(request, "dimensions")? {
+        None if bow => BOW_DIMENSIONS,
         None => DEFAULT_DIMENSIONS,
         Some(dimensions) if dimensions <= MAX_DIMENSIONS => dimensions,
         Some(_) => {
@@ -53,7 +68,10 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
         .iter()
         .zip(0..)
         .map(|(input, index)| {
-            let vector = vector(input.hash(), dimensions);
+            let vector = match input {
+                Input::Text(text) if bow => bag_of_words(text, dimensions),
+                _ => vector(input.hash(), dimensions),
+            };
             Embedding {
                 object: "embedding",
                 index,
@@ -173,6 +191,31 @@ fn vector(seed: u64, dimensions: usize) -> Vec<f32> {
     values
 }
 
+/// A unit vector of `dimensions` buckets counting the text's words (see [`BOW_MODEL`]); all
+/// zeros for a text without a word of two characters.
+fn bag_of_words(text: &str, dimensions: usize) -> Vec<f32> {
+    let mut values = vec![0f32; dimensions];
+    let lower = text.to_lowercase();
+    for word in lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 2)
+    {
+        let mut hash = Fnv1a::default();
+        hash.write(word.as_bytes());
+        let bucket = usize::try_from(hash.0 % dimensions.max(1) as u64).unwrap_or(0);
+        if let Some(v) = values.get_mut(bucket) {
+            *v += 1.0;
+        }
+    }
+    let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for value in &mut values {
+            *value /= norm;
+        }
+    }
+    values
+}
+
 /// 64-bit FNV-1a.
 struct Fnv1a(u64);
 
@@ -222,6 +265,17 @@ struct Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bag_of_words_scores_rewordings_high_and_other_questions_low() {
+        let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let a = bag_of_words("What is the capital of France?", 256);
+        let b = bag_of_words("what's the capital of france", 256);
+        let c = bag_of_words("How do I bake sourdough bread at home?", 256);
+        assert!(cos(&a, &b) > 0.85, "{}", cos(&a, &b));
+        assert!(cos(&a, &c) < 0.3, "{}", cos(&a, &c));
+        assert!(bag_of_words("a ?", 8).iter().all(|v| *v == 0.0));
+    }
 
     #[test]
     fn vectors_are_deterministic_unit_vectors() {

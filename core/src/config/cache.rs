@@ -67,6 +67,38 @@ pub struct RawCachePolicy {
     /// to 1.0 (the full price).
     #[serde(default)]
     pub price_fraction: f64,
+    /// The semantic cache: a request whose meaning is close enough to an answered one's is
+    /// answered with that answer (absent: off). With `exact: false` only it answers.
+    #[serde(default)]
+    pub semantic: Option<RawSemantic>,
+}
+
+/// A policy's `semantic` subsection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSemantic {
+    /// The configured public model that embeds the prompt: every target an OpenAI-API
+    /// provider (`openai`, `openai_compatible`, `azure_openai`), called by Tollgate itself
+    /// with the provider's credential, priced at the model's price.
+    pub model: String,
+    /// The cosine similarity at or above which a cached answer is served (0 < t ≤ 1).
+    pub threshold: f64,
+    /// The most prompts kept per index (one index per tenant scope, policy and model; 1 to
+    /// 100000, default 1000); the oldest go first.
+    #[serde(default = "default_max_entries")]
+    pub max_entries: u32,
+    /// How long the embedding call may take, in milliseconds (1 to 60000, default 1000); a
+    /// slower or failing call is a miss.
+    #[serde(default = "default_embed_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_max_entries() -> u32 {
+    1000
+}
+
+fn default_embed_timeout_ms() -> u64 {
+    1000
 }
 
 fn default_true() -> bool {
@@ -115,6 +147,21 @@ pub struct CachePolicy {
     pub ttl: Duration,
     /// The share of the price a hit is billed, in millionths (0 to 1000000).
     pub price_millionths: u64,
+    /// The semantic cache, when on.
+    pub semantic: Option<Semantic>,
+}
+
+/// A validated `semantic` subsection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Semantic {
+    /// The embedding model (a configured public model).
+    pub model: String,
+    /// The least cosine similarity served.
+    pub threshold: f32,
+    /// The most prompts per index.
+    pub max_entries: usize,
+    /// The embedding call's bound.
+    pub timeout: Duration,
 }
 
 impl CachePolicy {
@@ -134,11 +181,13 @@ impl Cache {
 }
 
 /// Validates the section; `redis`: whether `budgets.redis` is configured; `model_known`:
-/// whether a public model name is configured.
+/// whether a public model name is configured; `embeds`: whether a configured model can embed
+/// (every target an OpenAI-API provider).
 pub(super) fn validate_cache(
     raw: &RawCache,
     redis: bool,
     model_known: &dyn Fn(&str) -> bool,
+    embeds: &dyn Fn(&str) -> bool,
     errs: &mut Errors,
 ) -> Cache {
     if !(1024..=64 * 1024 * 1024 * 1024).contains(&raw.max_bytes) {
@@ -182,12 +231,15 @@ pub(super) fn validate_cache(
                 );
             }
         }
-        if !p.exact {
+        if !p.exact && p.semantic.is_none() {
             errs.add(
                 format!("{path}.exact"),
-                "is the only cache kind this version serves: a policy with it off caches nothing",
+                "is off and the policy has no `semantic` subsection: it would cache nothing",
             );
         }
+        let semantic = p.semantic.as_ref().and_then(|s| {
+            validate_semantic(s, &format!("{path}.semantic"), model_known, embeds, errs)
+        });
         policies.push(CachePolicy {
             name: p.name.clone(),
             keys: p.keys.clone(),
@@ -197,6 +249,7 @@ pub(super) fn validate_cache(
             ttl: Duration::from_secs(p.ttl_secs),
             // Bounded above: 0.0..=1.0 maps onto 0..=1000000.
             price_millionths: (p.price_fraction.clamp(0.0, 1.0) * 1_000_000.0).round() as u64,
+            semantic,
         });
     }
     Cache {
@@ -204,5 +257,114 @@ pub(super) fn validate_cache(
         max_bytes: raw.max_bytes,
         max_entry_bytes: raw.max_entry_bytes,
         policies,
+    }
+}
+
+fn validate_semantic(
+    s: &RawSemantic,
+    path: &str,
+    model_known: &dyn Fn(&str) -> bool,
+    embeds: &dyn Fn(&str) -> bool,
+    errs: &mut Errors,
+) -> Option<Semantic> {
+    let mut ok = true;
+    let mut add = |field: &str, message: String| {
+        ok = false;
+        errs.add(format!("{path}.{field}"), message);
+    };
+    if !model_known(&s.model) {
+        add(
+            "model",
+            format!("names no configured model (`{}`)", s.model),
+        );
+    } else if !embeds(&s.model) {
+        add(
+            "model",
+            format!(
+                "`{}` cannot embed: every target must be an `openai`, `openai_compatible` or `azure_openai` provider",
+                s.model
+            ),
+        );
+    }
+    if !(s.threshold.is_finite() && s.threshold > 0.0 && s.threshold <= 1.0) {
+        add("threshold", "must be above 0.0 and at most 1.0".into());
+    }
+    if !(1..=100_000).contains(&s.max_entries) {
+        add("max_entries", "must be between 1 and 100000".into());
+    }
+    if !(1..=60_000).contains(&s.timeout_ms) {
+        add("timeout_ms", "must be between 1 and 60000".into());
+    }
+    ok.then(|| Semantic {
+        model: s.model.clone(),
+        threshold: s.threshold as f32,
+        max_entries: s.max_entries as usize,
+        timeout: Duration::from_millis(s.timeout_ms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::env::MapEnv;
+
+    fn errors(policy: &str) -> Result<Config, Vec<String>> {
+        let yaml = format!(
+            r#"
+listen:
+  grpc: "unix:/tmp/tollgate.sock"
+  admin: "127.0.0.1:9464"
+providers:
+  a: {{ kind: openai, base_url: "http://127.0.0.1:1/v1" }}
+  b: {{ kind: anthropic, base_url: "http://127.0.0.1:2/v1" }}
+models:
+  chat: {{ targets: [{{ provider: a, model: x }}] }}
+  emb: {{ targets: [{{ provider: a, model: e }}] }}
+  claude: {{ targets: [{{ provider: b, model: c }}] }}
+keys: []
+cache:
+  policies:
+    - {policy}
+"#
+        );
+        Config::from_yaml(&yaml, &MapEnv::from_pairs([("X", "y")]))
+            .map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn a_semantic_policy_is_validated_and_may_stand_alone() {
+        let c = errors(
+            "{ name: s, exact: false, semantic: { model: emb, threshold: 0.9, max_entries: 10, timeout_ms: 200 } }",
+        )
+        .unwrap();
+        let p = &c.cache.as_ref().unwrap().policies[0];
+        assert!(!p.exact);
+        let s = p.semantic.as_ref().unwrap();
+        assert_eq!((s.model.as_str(), s.max_entries), ("emb", 10));
+        assert!((s.threshold - 0.9).abs() < 1e-6);
+        let e = errors("{ name: s, exact: false }").unwrap_err();
+        assert!(
+            e.iter().any(|e| e.contains("cache.policies[0].exact")),
+            "{e:?}"
+        );
+        let e = errors("{ name: s, semantic: { model: nope, threshold: 0.9 } }").unwrap_err();
+        assert!(
+            e.iter()
+                .any(|e| e.contains("cache.policies[0].semantic.model")),
+            "{e:?}"
+        );
+        let e = errors("{ name: s, semantic: { model: claude, threshold: 0.9 } }").unwrap_err();
+        assert!(e.iter().any(|e| e.contains("cannot embed")), "{e:?}");
+        let e = errors(
+            "{ name: s, semantic: { model: emb, threshold: 0, max_entries: 0, timeout_ms: 0 } }",
+        )
+        .unwrap_err();
+        for f in ["threshold", "max_entries", "timeout_ms"] {
+            let path = format!("cache.policies[0].semantic.{f}");
+            assert!(e.iter().any(|e| e.contains(&path)), "{path}: {e:?}");
+        }
+        let e =
+            errors("{ name: s, semantic: { model: emb, threshold: 0.9, bogus: 1 } }").unwrap_err();
+        assert!(!e.is_empty());
     }
 }

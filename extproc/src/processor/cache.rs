@@ -15,8 +15,9 @@ use super::{owner, unix_now, Processor};
 use crate::cache::{self, replay, Directives, Entry, Family, Key, Store};
 use crate::mutation::{self, set};
 use crate::translator::openai;
+use tollgate_core::config::CachePolicy;
 
-/// The response header that says a cache answered (`exact`).
+/// The response header that says a cache answered (`exact` or `semantic`).
 pub const CACHE_HEADER: &str = "x-tollgate-cache";
 
 /// A request whose answer is to be stored.
@@ -33,13 +34,17 @@ pub(super) struct Pending {
     tenant: String,
     /// A stream's client bytes, assembled as they pass.
     assembler: Option<replay::Assembler>,
+    /// The prompt's vector, for the semantic index once the answer is stored.
+    semantic: Option<super::semantic::SemanticPending>,
 }
 
 /// A request the cache answered.
 #[derive(Debug)]
 pub(super) struct Hit {
-    /// `exact`.
+    /// `exact` or `semantic`.
     pub(super) kind: &'static str,
+    /// A semantic hit's cosine similarity (0 for an exact hit).
+    pub(super) score: f32,
     pub(super) source_request_id: String,
     pub(super) model: String,
     pub(super) upstream_model: String,
@@ -63,6 +68,8 @@ impl Processor {
         model: &str,
         parsed: &openai::ParsedRequest<'_>,
     ) -> Option<ProcessingResponse> {
+        // A handle of its own (no copy): the policy borrowed from it outlives `&mut self`
+        // calls below.
         let config = std::sync::Arc::clone(&self.config);
         let cfg = config.cache.as_ref()?;
         let family = match endpoint {
@@ -75,26 +82,18 @@ impl Processor {
         };
         let ctx = self.ctx.as_ref()?;
         let policy = cfg.policy(&ctx.key_id, &ctx.tenant, model)?;
-        if !policy.exact {
+        if !policy.exact && policy.semantic.is_none() {
             return None;
         }
-        let tenant = ctx.tenant.clone();
-        let request_id = ctx.request_id.clone();
-        let labels = |result| CacheLabels {
-            model: model.to_owned(),
-            tenant: tenant.clone(),
-            result,
-        };
+        let max_bytes = cfg.max_bytes;
+        let max_entry_bytes = cfg.max_entry_bytes;
         tracing::debug!(
             no_store = self.cache_control.no_store,
             no_cache = self.cache_control.no_cache,
             "Response cache lookup"
         );
         if self.cache_control.no_store {
-            self.metrics
-                .cache_lookups
-                .get_or_create(&labels("bypass"))
-                .inc();
+            self.count_lookup(model, "bypass");
             return None;
         }
         let scope = if ctx.tenant.is_empty() {
@@ -112,70 +111,172 @@ impl Processor {
                 parsed.object(),
             ),
         };
-        let store = Store::shared(cfg.max_bytes, &self.metrics);
+        let store = Store::shared(max_bytes, &self.metrics);
         let lookup = !self.cache_control.no_cache;
-        let hit = if lookup { store.get(&key).await } else { None };
-        // A Responses hit whose object cannot be written anew goes on as a miss.
-        let (hit, responses_answer) = match hit.filter(|e| e.family == family) {
-            Some(entry) if family == Family::Responses => {
-                match self.responses_cache_answer(&entry, parsed.stream) {
-                    Some(answer) => (Some(entry), Some(answer)),
-                    None => (None, None),
+        if policy.exact {
+            let hit = if lookup { store.get(&key).await } else { None };
+            match hit.filter(|e| e.family == family) {
+                Some(entry) => {
+                    if let Some(resp) = self
+                        .serve_hit(
+                            &entry, "exact", 0.0, policy, endpoint, family, model, parsed,
+                        )
+                        .await
+                    {
+                        self.count_lookup(model, "hit");
+                        return Some(resp);
+                    }
+                    self.count_lookup(model, "guardrail_refused");
+                }
+                None => {
+                    let result = if lookup { "miss" } else { "bypass" };
+                    self.count_lookup(model, result);
                 }
             }
-            other => (other, None),
-        };
-        match hit {
-            Some(entry) => {
-                self.metrics
-                    .cache_lookups
-                    .get_or_create(&labels("hit"))
-                    .inc();
-                let cost = entry
-                    .usage
-                    .and_then(|u| Some(self.config.prices.get(&entry.upstream_model)?.cost(&u)))
-                    .map_or(0, |c| {
-                        c * Picodollars::from(policy.price_millionths) / 1_000_000
-                    });
-                tracing::debug!(request_id = %request_id, source = %entry.source_request_id, model, "Response cache hit");
-                let answer =
-                    self.cache_answer(&entry, family, model, parsed, cost, responses_answer);
-                // A Responses hit's fresh response object goes to the response store.
-                self.responses_flush().await;
-                Some(answer)
-            }
-            None => {
-                let result = if lookup { "miss" } else { "bypass" };
-                self.metrics
-                    .cache_lookups
-                    .get_or_create(&labels(result))
-                    .inc();
-                self.cache_pending = Some(Box::new(Pending {
-                    key,
-                    family,
-                    ttl_secs: policy.ttl.as_secs(),
-                    max_entry_bytes: cfg.max_entry_bytes,
-                    store,
-                    model: model.to_owned(),
-                    tenant: tenant.clone(),
-                    assembler: parsed.stream.then(|| {
-                        replay::Assembler::new(
-                            family,
-                            usize::try_from(cfg.max_entry_bytes.saturating_mul(4))
-                                .unwrap_or(usize::MAX),
-                        )
-                    }),
-                }));
-                None
-            }
         }
+        let mut semantic = None;
+        // A Responses request is not looked up by meaning (its stored conversation is not in
+        // the body the index embeds).
+        if let Some(sem) = policy
+            .semantic
+            .as_ref()
+            .filter(|_| family != Family::Responses)
+        {
+            let probe = self
+                .semantic_probe(
+                    sem,
+                    endpoint,
+                    model,
+                    parsed,
+                    &scope,
+                    &policy.name,
+                    family,
+                    lookup,
+                )
+                .await;
+            if let (Some(found), Some(pending)) = (probe.found, &probe.pending) {
+                let entry = store.get(&found.key).await.filter(|e| e.family == family);
+                match entry {
+                    Some(entry) => {
+                        if let Some(resp) = self
+                            .serve_hit(
+                                &entry,
+                                "semantic",
+                                found.score,
+                                policy,
+                                endpoint,
+                                family,
+                                model,
+                                parsed,
+                            )
+                            .await
+                        {
+                            self.count_lookup(model, "semantic_hit");
+                            return Some(resp);
+                        }
+                        self.count_lookup(model, "guardrail_refused");
+                    }
+                    None => {
+                        // The answer expired or was evicted: its prompt goes too.
+                        crate::cache::semantic::Indexes::shared()
+                            .remove(&pending.index, &found.key);
+                        self.count_lookup(model, "semantic_miss");
+                    }
+                }
+            } else if probe.pending.is_some() && lookup {
+                self.count_lookup(model, "semantic_miss");
+            }
+            semantic = probe.pending;
+        }
+        let ctx = self.ctx.as_ref()?;
+        self.cache_pending = Some(Box::new(Pending {
+            key,
+            family,
+            ttl_secs: policy.ttl.as_secs(),
+            max_entry_bytes,
+            store,
+            model: model.to_owned(),
+            tenant: ctx.tenant.clone(),
+            assembler: parsed.stream.then(|| {
+                replay::Assembler::new(
+                    family,
+                    usize::try_from(max_entry_bytes.saturating_mul(4)).unwrap_or(usize::MAX),
+                )
+            }),
+            semantic,
+        }));
+        None
+    }
+
+    /// Counts a lookup in `tollgate_cache_lookups_total`.
+    fn count_lookup(&self, model: &str, result: &'static str) {
+        self.metrics
+            .cache_lookups
+            .get_or_create(&CacheLabels {
+                model: model.to_owned(),
+                tenant: self
+                    .ctx
+                    .as_ref()
+                    .map(|c| c.tenant.clone())
+                    .unwrap_or_default(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Serves a found entry, once the requester's response guardrails passed it: `None` when
+    /// they refused it (the request goes on to the provider).
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_hit(
+        &mut self,
+        entry: &Entry,
+        kind: &'static str,
+        score: f32,
+        policy: &CachePolicy,
+        endpoint: Endpoint,
+        family: Family,
+        model: &str,
+        parsed: &openai::ParsedRequest<'_>,
+    ) -> Option<ProcessingResponse> {
+        let redacted = self
+            .recheck_hit(endpoint, model, family, &entry.body)
+            .await?;
+        let cost = entry
+            .usage
+            .and_then(|u| Some(self.config.prices.get(&entry.upstream_model)?.cost(&u)))
+            .map_or(0, |c| {
+                c * Picodollars::from(policy.price_millionths) / 1_000_000
+            });
+        if let Some(ctx) = &self.ctx {
+            tracing::debug!(request_id = %ctx.request_id, source = %entry.source_request_id, model, kind, score, "Response cache hit");
+        }
+        let body = redacted.as_deref().unwrap_or(&entry.body);
+        // A Responses hit is written anew (its own ids and envelope); one that cannot be goes
+        // on as a miss.
+        let written = if family == Family::Responses {
+            Some(self.responses_cache_answer(entry, parsed.stream)?)
+        } else {
+            None
+        };
+        let answer = self.cache_answer(
+            entry, body, kind, score, family, model, parsed, cost, written,
+        );
+        if family == Family::Responses {
+            // A Responses hit's fresh response object goes to the response store.
+            self.responses_flush().await;
+        }
+        Some(answer)
     }
 
     /// The immediate response of a hit: the cached answer whole, or replayed as a stream, or
     /// `written` (a Responses hit, written with its own envelope).
+    #[allow(clippy::too_many_arguments)]
     fn cache_answer(
         &mut self,
         entry: &Entry,
+        answer: &[u8],
+        kind: &'static str,
+        score: f32,
         family: Family,
         model: &str,
         parsed: &openai::ParsedRequest<'_>,
@@ -191,16 +292,17 @@ impl Processor {
                 .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw.get()).ok())
                 .and_then(|v| v.get("include_usage")?.as_bool())
                 .unwrap_or(false);
-            match replay::stream_of(family, &entry.body, include_usage, unix_now()) {
+            match replay::stream_of(family, answer, include_usage, unix_now()) {
                 Some(s) => (s, "text/event-stream"),
-                None => (entry.body.clone(), "application/json"),
+                None => (answer.to_vec(), "application/json"),
             }
         } else {
-            (entry.body.clone(), "application/json")
+            (answer.to_vec(), "application/json")
         };
         self.charge_hit(cost);
         self.cache_hit = Some(Box::new(Hit {
-            kind: "exact",
+            kind,
+            score,
             source_request_id: entry.source_request_id.clone(),
             model: model.to_owned(),
             upstream_model: entry.upstream_model.clone(),
@@ -210,14 +312,14 @@ impl Processor {
         }));
         self.first_byte_at = Some(std::time::SystemTime::now());
         let mut extra = self.answer_headers.clone();
-        extra.push(set(CACHE_HEADER, "exact"));
+        extra.push(set(CACHE_HEADER, kind));
         let request_id = self.ctx.as_ref().map(|c| c.request_id.clone());
         mutation::immediate_with(200, body, content_type, request_id.as_deref(), extra)
     }
 
     /// Charges a hit's cost (the policy's fraction of the answer's price) to the request's
     /// budget lines, as spend: a hit is never refused by a budget (nothing is reserved).
-    fn charge_hit(&self, cost: Picodollars) {
+    pub(super) fn charge_hit(&self, cost: Picodollars) {
         let (Some(ledger), Some(ctx)) = (&self.ledger, &self.ctx) else {
             return;
         };
@@ -285,6 +387,7 @@ impl Processor {
             model,
             tenant,
             assembler,
+            semantic,
         } = *pending;
         let body = match (body, assembler) {
             (Some(b), _) => replay::decode_complete(family, b)
@@ -319,6 +422,9 @@ impl Processor {
             ttl_secs,
         };
         let result = if store.put(key, entry).await {
+            if let Some(s) = semantic {
+                Self::semantic_insert(s, family, key, std::time::Duration::from_secs(ttl_secs));
+            }
             "stored"
         } else {
             "error"
@@ -334,6 +440,7 @@ impl Processor {
         if let Some(hit) = &self.cache_hit {
             event.cache = hit.kind.to_owned();
             event.cache_source_request_id = hit.source_request_id.clone();
+            event.cache_similarity = hit.score;
         }
     }
 }

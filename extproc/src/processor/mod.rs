@@ -27,6 +27,7 @@ mod respect;
 mod response;
 mod responses;
 mod route;
+mod semantic;
 mod upstream;
 mod upstream_auth;
 

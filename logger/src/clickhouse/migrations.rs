@@ -113,10 +113,21 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "passthrough path column on the requests table",
         min_server: OLDEST_SERVER,
     },
+    Migration {
+        version: 11,
+        name: "semantic cache columns (similarity, parent request id) on the requests table",
+        min_server: OLDEST_SERVER,
+    },
 ];
 
 /// The passthrough column (migration 10).
 pub const PASSTHROUGH_COLUMNS: [(&str, &str); 1] = [("passthrough_path", "String")];
+
+/// The semantic cache columns (migration 11).
+pub const SEMANTIC_COLUMNS: [(&str, &str); 2] = [
+    ("cache_similarity", "Float32"),
+    ("parent_request_id", "String"),
+];
 
 /// The migrations still to run on `server`, given those applied, in order; those needing a
 /// newer server are left for later.
@@ -310,6 +321,7 @@ async fn apply(
             .await
         }
         10 => add_missing_columns(client, database, table, &PASSTHROUGH_COLUMNS).await,
+        11 => add_missing_columns(client, database, table, &SEMANTIC_COLUMNS).await,
         other => Err(LoggerError::Task(format!("no migration numbered {other}"))),
     }
 }
