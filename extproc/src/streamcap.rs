@@ -30,6 +30,8 @@ pub struct StreamCap {
     meta: Option<(Value, Value, Value)>,
     /// Anthropic: the content block started and not yet stopped.
     open_block: Option<u64>,
+    /// A Responses API stream (`POST /v1/responses`) instead of Chat Completions chunks.
+    responses: Option<Box<crate::responses::cap::ResponsesCut>>,
 }
 
 impl StreamCap {
@@ -53,7 +55,15 @@ impl StreamCap {
             cut: false,
             meta: None,
             open_block: None,
+            responses: None,
         }
+    }
+
+    /// The same cap over a Responses API event stream: it ends with the open output items
+    /// done and `response.incomplete` (`incomplete_details.reason: max_output_tokens`).
+    pub fn for_responses(mut self) -> Self {
+        self.responses = Some(Box::default());
+        self
     }
 
     /// Whether the stream was ended early.
@@ -91,6 +101,11 @@ impl StreamCap {
 
     /// Notes what the event says about the stream; returns its output tokens.
     fn observe(&mut self, v: &Value) -> u64 {
+        if let Some(r) = &mut self.responses {
+            return r
+                .observe(v)
+                .map_or(0, |text| self.counter.count(text.as_str()));
+        }
         match self.client {
             // No client speaks Bedrock; its streams reach clients translated.
             ApiFamily::OpenAi | ApiFamily::Bedrock => {
@@ -158,7 +173,11 @@ impl StreamCap {
         }
     }
 
-    fn final_events(&self, out: &mut Vec<Frame<'_>>) {
+    fn final_events(&mut self, out: &mut Vec<Frame<'_>>) {
+        if let Some(r) = &mut self.responses {
+            r.final_events(self.prompt_tokens, self.used, out);
+            return;
+        }
         match self.client {
             ApiFamily::OpenAi | ApiFamily::Bedrock => {
                 let (id, created, model) = self.meta.clone().unwrap_or_default();

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use serde_json::Value;
-use tollgate_core::config::{Policy, ProviderKind, Side, Target};
+use tollgate_core::config::{ApiFamily, Policy, ProviderKind, Side, Target};
 use tollgate_core::metrics::RequestLabels;
 use tollgate_core::{ApiError, Endpoint};
 use tollgate_guardrails::Engine;
@@ -24,7 +24,10 @@ use crate::responses::response::{usage_from_value, Envelope, StreamEncoder};
 use crate::responses::store::{Backend, Inserted, Limits, Stored};
 use crate::responses::{error_body, scope, Tap};
 use crate::stream::Pipeline;
-use crate::translator::codec::openai as openai_codec;
+use crate::translator::codec::{
+    anthropic as anthropic_codec, bedrock as bedrock_codec, gemini as gemini_codec,
+    openai as openai_codec,
+};
 use crate::translator::{json_tool, Pair};
 
 /// One Responses request's state.
@@ -48,6 +51,19 @@ pub(super) struct ResponsesCall {
     usage: Option<tollgate_core::Usage>,
     /// A response to store, written once the response phase can wait for the store.
     pending: Option<(String, Stored)>,
+}
+
+/// What an answer says to the client: its text and its tool calls.
+fn said(r: &crate::translator::hub::ChatResponse) -> Vec<(&str, &str)> {
+    use crate::translator::hub::Part;
+    r.content
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) => Some(("", t.as_str())),
+            Part::ToolCall(c) => Some((c.name.as_str(), c.arguments.as_str())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The upstream `:path` of a provider's Responses API.
@@ -119,6 +135,8 @@ impl Processor {
             created_at: unix_now(),
             model: req.model.clone(),
             echo: req.echo(),
+            include_encrypted: req.includes("reasoning.encrypted_content"),
+            sealed: Default::default(),
         };
         let store = settings.store && req.store;
         self.responses = Some(Box::new(ResponsesCall {
@@ -270,11 +288,35 @@ impl Processor {
             }
         };
         json_tool::unwrap_response(&mut hub);
+        // The chat body written from the provider's answer has no place for thinking
+        // signatures: the provider's own body, read by its codec, has them. It is taken when
+        // it says what the (possibly redacted) chat body says.
+        if let Some(mut own) = self.forwarded.as_ref().and_then(|f| {
+            match f.pair.upstream {
+                ApiFamily::Anthropic => anthropic_codec::response_from_wire(provider_body),
+                ApiFamily::Gemini => gemini_codec::response_from_wire(provider_body),
+                ApiFamily::Bedrock => bedrock_codec::response_from_wire(
+                    provider_body,
+                    &f.response_id,
+                    &f.upstream_model,
+                ),
+                ApiFamily::OpenAi => return None,
+            }
+            .ok()
+        }) {
+            json_tool::unwrap_response(&mut own);
+            if said(&own) == said(&hub) {
+                hub = own;
+            } else {
+                tracing::debug!("A redacted Responses answer keeps no thinking signatures");
+            }
+        }
         if let Some(u) = self.forwarded.as_ref().and_then(|f| f.usage) {
             hub.usage = u;
         }
+        // The store keeps the reasoning's `encrypted_content`; the client gets it when it asked.
         let v = call.envelope.complete(&hub);
-        let out = serde_json::to_vec(&v).ok();
+        let out = serde_json::to_vec(&call.envelope.for_client(&v)).ok();
         self.responses_store(v);
         out.or(body)
     }
@@ -299,6 +341,8 @@ impl Processor {
         if !call.store {
             return;
         }
+        let mut response = response;
+        call.envelope.sealed.restore(&mut response);
         let stored = Stored {
             response,
             input: std::mem::take(&mut call.conversation),

@@ -21,6 +21,10 @@ use tollgate_core::ApiError;
 /// dropped from what an OpenAI or Azure target gets.
 pub const HUB_REASONING_PREFIX: &str = "rs_tg_";
 
+/// What starts the `encrypted_content` of a reasoning item written from Anthropic's
+/// `redacted_thinking` (the encrypted data follows).
+pub const REDACTED_PREFIX: &str = "tg_redacted:";
+
 /// What a Responses request says, read once.
 #[derive(Debug, Clone)]
 pub struct ResponsesRequest {
@@ -76,6 +80,18 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
             "background",
             "Background responses are not supported by this gateway.",
         ));
+    }
+    // `auto` is accepted: the conversation goes whole, and one past the model's context gets
+    // the provider's own error (no item is dropped on the gateway).
+    match body.get("truncation") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t == "auto" || t == "disabled" => {}
+        Some(_) => {
+            return Err(invalid(
+                "truncation",
+                "`truncation` must be `auto` or `disabled`.",
+            ))
+        }
     }
     let previous_response_id = match body.get("previous_response_id") {
         None | Some(Value::Null) => None,
@@ -241,7 +257,47 @@ fn chat_content(parts: Vec<Value>) -> Value {
     }
 }
 
+/// The chat member that carries an assistant turn's thinking ([`crate::translator::thinking_blocks`]).
+const THINKING_BLOCKS: &str = crate::translator::thinking_blocks::MEMBER;
+
+/// Whether a chat message is an assistant turn holding nothing but thinking so far.
+fn thinking_only(message: &Value) -> bool {
+    message["role"] == "assistant"
+        && message.get(THINKING_BLOCKS).is_some()
+        && message["content"].is_null()
+        && message.get("tool_calls").is_none()
+}
+
+/// The thinking block a reasoning item Tollgate wrote from a provider's thinking stands for
+/// (`None`: another's, whose `encrypted_content` only OpenAI can read, or one without a
+/// signature). Its summary texts are the thinking text; `encrypted_content` the signature, or
+/// `redacted_thinking`'s data after [`REDACTED_PREFIX`].
+fn thinking_block(item: &Value) -> Option<Value> {
+    let id = item.get("id").and_then(Value::as_str)?;
+    if !id.starts_with(HUB_REASONING_PREFIX) {
+        return None;
+    }
+    let sealed = item
+        .get("encrypted_content")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())?;
+    if let Some(data) = sealed.strip_prefix(REDACTED_PREFIX) {
+        return Some(json!({"type": "redacted_thinking", "data": data}));
+    }
+    let text: String = item
+        .get("summary")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join("");
+    Some(json!({"type": "thinking", "thinking": text, "signature": sealed}))
+}
+
 /// `items` (the whole conversation, oldest first) as chat messages, after `instructions`.
+/// Reasoning items Tollgate issued from a provider's thinking open the assistant turn they
+/// belong to as its `thinking_blocks`; OpenAI's own are left out (the native path gets them).
 pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> {
     let mut messages: Vec<Value> = Vec::with_capacity(items.len() + 1);
     if let Some(i) = instructions.filter(|i| !i.is_empty()) {
@@ -252,7 +308,31 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> 
             Some("message") => {
                 let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
                 let content = chat_content(text_parts(item.get("content").unwrap_or(&Value::Null)));
-                messages.push(json!({"role": role, "content": content}));
+                // An assistant turn opened by its thinking takes the text that follows.
+                match messages.last_mut() {
+                    Some(last) if role == "assistant" && thinking_only(last) => {
+                        last["content"] = content;
+                    }
+                    _ => messages.push(json!({"role": role, "content": content})),
+                }
+            }
+            Some("reasoning") => {
+                let Some(block) = thinking_block(item) else {
+                    continue;
+                };
+                match messages.last_mut() {
+                    Some(last) if thinking_only(last) => {
+                        if let Some(blocks) = last
+                            .get_mut(THINKING_BLOCKS)
+                            .and_then(Value::as_array_mut)
+                        {
+                            blocks.push(block);
+                        }
+                    }
+                    _ => messages.push(
+                        json!({"role": "assistant", "content": null, THINKING_BLOCKS: [block]}),
+                    ),
+                }
             }
             Some("function_call") => {
                 let call = json!({
@@ -292,7 +372,6 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> 
                     "content": content,
                 }));
             }
-            // Reasoning goes back only to the provider that issued it (the native path).
             _ => {}
         }
     }
@@ -466,6 +545,14 @@ impl ResponsesRequest {
         serde_json::to_vec(&Value::Object(body)).map_err(|_| ApiError::Internal)
     }
 
+    /// Whether `include` names `what`.
+    pub fn includes(&self, what: &str) -> bool {
+        self.body
+            .get("include")
+            .and_then(Value::as_array)
+            .is_some_and(|i| i.iter().any(|v| v == what))
+    }
+
     /// The members a response object repeats from its request.
     pub fn echo(&self) -> Map<String, Value> {
         let mut out = Map::new();
@@ -481,6 +568,7 @@ impl ResponsesRequest {
             ("metadata", Value::Object(Map::new())),
             ("text", json!({"format": {"type": "text"}})),
             ("reasoning", json!({"effort": null, "summary": null})),
+            ("truncation", Value::from("disabled")),
             ("user", Value::Null),
         ] {
             let v = self

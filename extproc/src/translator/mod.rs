@@ -15,6 +15,7 @@ pub mod hub;
 pub mod json;
 pub mod json_tool;
 pub mod openai;
+pub mod thinking_blocks;
 
 #[cfg(test)]
 mod tests;
@@ -158,6 +159,13 @@ impl Pair {
             ApiFamily::Bedrock => return Err(no_bedrock_client()),
         };
         let mut req = req;
+        // An OpenAI client's `thinking_blocks` carry Anthropic-style signatures: only the
+        // Anthropic family (Anthropic, Vertex Claude, Bedrock Converse) can check them.
+        if self.client == ApiFamily::OpenAi
+            && !matches!(self.upstream, ApiFamily::Anthropic | ApiFamily::Bedrock)
+        {
+            thinking_blocks::drop_thinking(&mut req);
+        }
         // Gemini's signatures ride in tool-call ids: back onto the calls for Gemini, gone for
         // everyone else.
         match self.upstream {
