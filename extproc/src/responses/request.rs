@@ -671,4 +671,116 @@ mod tests {
         assert_eq!(input[1]["id"], "rs_openai");
         assert_eq!(body["max_output_tokens"], 64);
     }
+
+    /// The provider body a Responses request becomes for `upstream` through the hub.
+    fn through_hub(body: Value, upstream: tollgate_core::config::ApiFamily) -> Value {
+        use crate::translator::json::RawObject;
+        use crate::translator::Pair;
+        let req = parse(body.to_string().as_bytes()).unwrap();
+        let chat = req.chat_body(&req.conversation(&[])).unwrap();
+        let obj = RawObject::parse(&chat).unwrap();
+        let pair = Pair {
+            client: tollgate_core::config::ApiFamily::OpenAi,
+            upstream,
+        };
+        let (out, _) = pair.request(&obj, "up", req.stream, chat.len()).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    /// A thinking + tool turn as the SDK sends it back: Tollgate's reasoning item, then the call.
+    fn thinking_loop() -> Value {
+        json!({"model": "m", "reasoning": {"effort": "low", "summary": "auto"},
+            "include": ["reasoning.encrypted_content"], "input": [
+            {"role": "user", "content": "weather?"},
+            {"type": "reasoning", "id": "rs_tg_abc_0", "summary": [{"type": "summary_text", "text": "I should call it."}],
+             "encrypted_content": "sig-anthropic"},
+            {"type": "reasoning", "id": "rs_tg_abc_1", "summary": [], "encrypted_content": "tg_redacted:opaque"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Calling."}]},
+            {"type": "function_call", "call_id": "toolu_1", "name": "get", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "toolu_1", "output": "sunny"},
+        ], "tools": [{"type": "function", "name": "get", "parameters": {"type": "object"}}]})
+    }
+
+    #[test]
+    fn tollgate_reasoning_items_open_the_assistant_turn_as_thinking_blocks() {
+        let c = chat(thinking_loop());
+        let m = c["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 3, "{c}");
+        assert_eq!(
+            m[1]["thinking_blocks"],
+            json!([{"type": "thinking", "thinking": "I should call it.", "signature": "sig-anthropic"},
+                   {"type": "redacted_thinking", "data": "opaque"}])
+        );
+        assert_eq!(m[1]["content"], "Calling.");
+        assert_eq!(m[1]["tool_calls"][0]["id"], "toolu_1");
+        assert_eq!(c["reasoning_effort"], "low");
+        // OpenAI's own reasoning items are not Tollgate's to carry.
+        let c = chat(json!({"model": "m", "input": [
+            {"role": "user", "content": "x"},
+            {"type": "reasoning", "id": "rs_openai", "summary": [], "encrypted_content": "gAAAA"},
+            {"type": "function_call", "call_id": "c", "name": "get", "arguments": "{}"},
+        ]}));
+        assert!(c["messages"][1].get("thinking_blocks").is_none(), "{c}");
+    }
+
+    #[test]
+    fn thinking_reaches_anthropic_and_bedrock_before_the_tool_use_with_its_signature() {
+        use tollgate_core::config::ApiFamily;
+        let a = through_hub(thinking_loop(), ApiFamily::Anthropic);
+        let turn = &a["messages"][1]["content"];
+        assert_eq!(turn[0]["type"], "thinking", "{a}");
+        assert_eq!(turn[0]["signature"], "sig-anthropic");
+        assert_eq!(turn[0]["thinking"], "I should call it.");
+        assert_eq!(turn[1], json!({"type": "redacted_thinking", "data": "opaque"}));
+        assert_eq!(turn[2]["type"], "text");
+        assert_eq!(turn[3]["type"], "tool_use");
+        // `reasoning.effort: low` is Anthropic's thinking budget of 2,048 tokens.
+        assert_eq!(a["thinking"], json!({"type": "enabled", "budget_tokens": 2048}));
+        let b = through_hub(thinking_loop(), ApiFamily::Bedrock);
+        let turn = &b["messages"][1]["content"];
+        assert_eq!(
+            turn[0]["reasoningContent"]["reasoningText"]["signature"],
+            "sig-anthropic",
+            "{b}"
+        );
+        assert_eq!(turn[1]["reasoningContent"]["redactedContent"], "opaque");
+        assert!(turn[3].get("toolUse").is_some(), "{b}");
+        // Nobody else can check an Anthropic signature: Gemini gets none (OpenAI-family chat
+        // providers keep the client's bytes, `thinking_blocks::strip_raw_messages` removes it).
+        let out = through_hub(thinking_loop(), ApiFamily::Gemini).to_string();
+        assert!(!out.contains("sig-anthropic"), "{out}");
+        assert!(!out.contains("opaque"), "{out}");
+    }
+
+    #[test]
+    fn tool_choice_forms_parallel_calls_and_text_options_map() {
+        for (choice, want) in [
+            (json!("required"), json!("required")),
+            (json!("none"), json!("none")),
+            (json!("auto"), json!("auto")),
+            (
+                json!({"type": "function", "name": "get"}),
+                json!({"type": "function", "function": {"name": "get"}}),
+            ),
+        ] {
+            let c = chat(json!({"model": "m", "input": "x", "tool_choice": choice,
+                "parallel_tool_calls": false, "truncation": "auto",
+                "text": {"verbosity": "low"},
+                "tools": [{"type": "function", "name": "get"}]}));
+            assert_eq!(c["tool_choice"], want);
+            assert_eq!(c["parallel_tool_calls"], false);
+            // Verbosity has no counterpart on hub backends: dropped, not sent.
+            assert!(!c.to_string().contains("verbosity"), "{c}");
+        }
+        let r = parse(br#"{"model":"m","input":"x","truncation":"middle"}"#);
+        assert!(r.is_err());
+        let req = parse(
+            br#"{"model":"m","input":"x","metadata":{"run":"7"},"include":["reasoning.encrypted_content"]}"#,
+        )
+        .unwrap();
+        assert!(req.includes("reasoning.encrypted_content"));
+        let echo = req.echo();
+        assert_eq!(echo["metadata"], json!({"run": "7"}));
+        assert_eq!(echo["truncation"], "disabled");
+    }
 }

@@ -613,4 +613,70 @@ mod tests {
         assert_eq!(last["sequence_number"], 9);
         assert_eq!(last["response"]["output"][0]["content"][0]["text"], "ab");
     }
+
+    #[test]
+    fn thinking_becomes_reasoning_items_sealed_unless_included() {
+        let r = ChatResponse {
+            content: vec![
+                Part::Thinking {
+                    text: "hmm".into(),
+                    signature: Some("sig".into()),
+                },
+                Part::RedactedThinking { data: "d".into() },
+                Part::ToolCall(ToolCall {
+                    id: "c1".into(),
+                    name: "f".into(),
+                    arguments: "{}".into(),
+                }),
+            ],
+            id: "x".into(),
+            model: "up".into(),
+            stop_reason: Some(StopReason::ToolUse),
+            stop_sequence: None,
+            usage: Usage::default(),
+        };
+        let mut env = envelope();
+        let full = env.complete(&r);
+        assert_eq!(full["output"][0]["id"], "rs_tg_abc_0");
+        assert_eq!(full["output"][0]["encrypted_content"], "sig");
+        assert_eq!(full["output"][0]["summary"][0]["text"], "hmm");
+        assert_eq!(full["output"][1]["encrypted_content"], "tg_redacted:d");
+        assert_eq!(full["output"][2]["type"], "function_call");
+        let client = env.for_client(&full);
+        assert!(client["output"][0].get("encrypted_content").is_none());
+        env.include_encrypted = true;
+        assert_eq!(env.for_client(&full)["output"][0]["encrypted_content"], "sig");
+
+        // Streamed: the client's item has none; the store gets it back.
+        let env = envelope();
+        let sealed = env.sealed.clone();
+        let mut enc = StreamEncoder::new(env);
+        let mut out = Vec::new();
+        for e in [
+            StreamEvent::BlockStart {
+                index: 0,
+                block: BlockKind::Thinking,
+            },
+            StreamEvent::Delta {
+                index: 0,
+                delta: Delta::Thinking("hmm".into()),
+            },
+            StreamEvent::Delta {
+                index: 0,
+                delta: Delta::Signature("sig".into()),
+            },
+            StreamEvent::BlockStop { index: 0 },
+            StreamEvent::Finish {
+                stop_reason: Some(StopReason::EndTurn),
+                stop_sequence: None,
+                usage: None,
+            },
+        ] {
+            enc.encode(e, &mut out);
+        }
+        let mut last = out.last_mut().unwrap().value().unwrap()["response"].clone();
+        assert!(last["output"][0].get("encrypted_content").is_none(), "{last}");
+        sealed.restore(&mut last);
+        assert_eq!(last["output"][0]["encrypted_content"], "sig");
+    }
 }
