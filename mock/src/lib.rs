@@ -63,6 +63,7 @@ mod responses;
 mod routes;
 mod sse;
 mod text;
+mod thinking;
 mod vertex;
 
 #[cfg(test)]
