@@ -595,3 +595,21 @@ async fn the_output_cap_ends_responses_streams_with_response_incomplete() {
     thinking_sdk(&stack, "claude-model", "cap");
     thinking_sdk(&stack, "mock-model", "cap");
 }
+
+#[tokio::test]
+async fn responses_agent_loops_run_twice_through_every_hub_backend() {
+    let stack = Stack::start(StackOptions::default());
+    for model in ["claude-model", "gemini-model", "bedrock-model"] {
+        thinking_sdk(&stack, model, "loop");
+    }
+    let seen = stack.posted().await;
+    // Each backend got the second round trip's tool result after the whole first one.
+    for marker in ["tool_result", "functionResponse", "toolResult"] {
+        let results = seen
+            .iter()
+            .map(|r| r["body"].to_string().matches(marker).count())
+            .max()
+            .unwrap_or(0);
+        assert!(results >= 2, "{marker}: {results}");
+    }
+}

@@ -10,6 +10,7 @@ Environment:
                       streamed and streamed, with the reasoning items (and their
                       encrypted_content) sent back, then the same through
                       `previous_response_id` without `include`; `metadata` echoed.
+                      "loop": the same agent loop without reasoning (any backend).
                       "cap": a stream cut by the gateway's output cap ends with
                       `response.incomplete` (reason `max_output_tokens`).
 
@@ -50,12 +51,14 @@ class Checks:
             timeout=30.0,
         )
         self.model = env("TOLLGATE_MODEL")
+        self.thinking = env("TOLLGATE_PLAN") == "thinking"
 
     def turn(self, conversation: list[Any], stream: bool) -> Any:
         kwargs: dict[str, Any] = dict(
-            model=self.model, input=conversation, tools=TOOLS, reasoning=REASONING,
-            include=INCLUDE, metadata={"run": "thinking"},
+            model=self.model, input=conversation, tools=TOOLS, metadata={"run": "thinking"},
         )
+        if self.thinking:
+            kwargs.update(reasoning=REASONING, include=INCLUDE)
         if not stream:
             return self.client.responses.create(**kwargs)
         with self.client.responses.stream(**kwargs) as s:
@@ -72,13 +75,14 @@ class Checks:
             conversation.append({"role": "user", "content": question})
             r1 = self.turn(conversation, stream)
             expect(r1.metadata == {"run": "thinking"}, f"metadata {r1.metadata}")
-            reasoning = [o for o in r1.output if o.type == "reasoning"]
-            expect(len(reasoning) == 1, f"want one reasoning item first: {r1.output}")
-            expect(r1.output[0].type == "reasoning", f"reasoning not first: {r1.output}")
-            item = reasoning[0]
-            expect(item.id.startswith("rs_tg_"), f"reasoning id {item.id}")
-            expect(bool(item.encrypted_content), f"no encrypted_content: {item}")
-            expect(bool(item.summary) and bool(item.summary[0].text), f"no summary: {item}")
+            if self.thinking:
+                reasoning = [o for o in r1.output if o.type == "reasoning"]
+                expect(len(reasoning) == 1, f"want one reasoning item first: {r1.output}")
+                expect(r1.output[0].type == "reasoning", f"reasoning not first: {r1.output}")
+                item = reasoning[0]
+                expect(item.id.startswith("rs_tg_"), f"reasoning id {item.id}")
+                expect(bool(item.encrypted_content), f"no encrypted_content: {item}")
+                expect(bool(item.summary) and bool(item.summary[0].text), f"no summary: {item}")
             call = next(o for o in r1.output if o.type == "function_call")
             conversation += [o.model_dump(exclude_none=True) for o in r1.output]
             conversation.append(
@@ -90,7 +94,7 @@ class Checks:
             expect(bool(r2.output_text), f"no final answer: {r2.output}")
             conversation += [o.model_dump(exclude_none=True) for o in r2.output]
             seen.append(call.call_id)
-        return f"two round trips {seen}, reasoning sent back each time"
+        return f"two round trips {seen}" + (", reasoning sent back each time" if self.thinking else "")
 
     def loop_create(self) -> str:
         return self.loop(stream=False)
@@ -158,6 +162,10 @@ def main() -> int:
             ("thinking + tool loop, create", checks.loop_create),
             ("thinking + tool loop, stream", checks.loop_stream),
             ("previous_response_id keeps the thinking", checks.stored),
+        ],
+        "loop": [
+            ("tool loop twice, create", checks.loop_create),
+            ("tool loop twice, stream", checks.loop_stream),
         ],
         "cap": [("output cap ends the stream", checks.cap)],
     }
