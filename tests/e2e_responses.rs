@@ -586,6 +586,36 @@ async fn a_thinking_tool_loop_reaches_anthropic_with_its_signed_thinking() {
 }
 
 #[tokio::test]
+async fn a_thinking_tool_loop_reaches_bedrock_claude_with_its_signed_reasoning() {
+    let stack = Stack::start(StackOptions::default());
+    thinking_sdk(&stack, "bedrock-model", "thinking");
+    let seen = stack.posted().await;
+    assert!(seen.iter().all(|r| {
+        r["body"]["additionalModelRequestFields"]["thinking"]["budget_tokens"] == 2048
+    }));
+    // Converse's `reasoningContent` with the signature, before the toolUse of its turn.
+    let replayed = seen
+        .iter()
+        .filter(|r| {
+            r["body"]["messages"].as_array().is_some_and(|m| {
+                m.iter().any(|m| {
+                    m["role"] == "assistant"
+                        && m["content"][0]["reasoningContent"]["reasoningText"]["signature"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("EqMockSig"))
+                        && m["content"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|b| b.get("toolUse").is_some())
+                })
+            })
+        })
+        .count();
+    assert!(replayed >= 7, "{replayed} of {}", seen.len());
+}
+
+#[tokio::test]
 async fn the_output_cap_ends_responses_streams_with_response_incomplete() {
     let stack = Stack::start(StackOptions {
         extra_yaml: "budgets:\n  max_output_tokens_per_request: 5\n".to_owned(),

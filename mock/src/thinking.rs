@@ -94,6 +94,47 @@ pub(crate) fn check(messages: &[Value], on: bool) -> Result<(), MockError> {
     Ok(())
 }
 
+/// Whether a Bedrock Converse request turns Claude's thinking on
+/// (`additionalModelRequestFields.thinking`).
+pub(crate) fn enabled_on_bedrock(request: &serde_json::Map<String, Value>) -> bool {
+    request
+        .get("additionalModelRequestFields")
+        .and_then(Value::as_object)
+        .is_some_and(enabled)
+}
+
+/// Bedrock Converse messages in Anthropic's block shape, for [`check`].
+pub(crate) fn from_bedrock(messages: &[Value]) -> Vec<Value> {
+    messages
+        .iter()
+        .map(|m| {
+            let blocks: Vec<Value> = m["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    if let Some(r) = b.get("reasoningContent") {
+                        if let Some(t) = r.get("reasoningText") {
+                            return serde_json::json!({"type": "thinking",
+                                "thinking": t["text"], "signature": t["signature"]});
+                        }
+                        return serde_json::json!({"type": "redacted_thinking"});
+                    }
+                    let kind = if b.get("toolUse").is_some() {
+                        "tool_use"
+                    } else if b.get("toolResult").is_some() {
+                        "tool_result"
+                    } else {
+                        "text"
+                    };
+                    serde_json::json!({"type": kind})
+                })
+                .collect();
+            serde_json::json!({"role": m["role"], "content": blocks})
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
