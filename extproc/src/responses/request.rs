@@ -7,11 +7,13 @@
 //! Mapping (docs/COMPATIBILITY.md, "Responses"): `instructions` → a system message; `input`
 //! text → a user message; message items (`input_text`, `output_text`, `input_image`) → chat
 //! messages; consecutive `function_call` items → one assistant message's `tool_calls`;
-//! `function_call_output` → a `tool` message; `reasoning` items → nothing (their encrypted
-//! content can only be read by the provider that issued it, which gets the Responses body
-//! itself); function `tools`, `tool_choice`, `text.format` → `response_format`,
-//! `max_output_tokens`, `temperature`, `top_p`, `parallel_tool_calls`, `reasoning.effort`,
-//! `user`/`safety_identifier`.
+//! `function_call_output` → a `tool` message; `reasoning` items Tollgate wrote from a
+//! provider's thinking (`rs_tg_…`) → the `thinking_blocks` that open their assistant turn
+//! (signature from `encrypted_content`), OpenAI's own → nothing (only OpenAI can read them,
+//! and it gets the Responses body itself); function `tools`, `tool_choice`, `text.format` →
+//! `response_format`, `max_output_tokens`, `temperature`, `top_p`, `parallel_tool_calls`,
+//! `reasoning.effort`, `user`/`safety_identifier`; `truncation` checked, `text.verbosity`
+//! dropped.
 
 use serde_json::{json, Map, Value};
 use tollgate_core::ApiError;
