@@ -131,7 +131,8 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     }
     let mut content = Vec::with_capacity(3);
     if let Some(t) = thought {
-        content.push(json!({"type": "thinking", "thinking": t, "signature": thinking::signature(t)}));
+        content
+            .push(json!({"type": "thinking", "thinking": t, "signature": thinking::signature(t)}));
     }
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));

@@ -151,11 +151,15 @@ mod tests {
 
     #[test]
     fn a_tool_loop_with_thinking_needs_the_signed_block_first() {
-        let signed = json!({"type": "thinking", "thinking": THOUGHT, "signature": signature(THOUGHT)});
+        let signed =
+            json!({"type": "thinking", "thinking": THOUGHT, "signature": signature(THOUGHT)});
         assert!(check(&turn(signed.clone()), true).is_ok());
         let text = json!({"type": "text", "text": "Calling."});
         let e = check(&turn(text.clone()), true).unwrap_err().to_string();
-        assert!(e.contains("Expected `thinking` or `redacted_thinking`"), "{e}");
+        assert!(
+            e.contains("Expected `thinking` or `redacted_thinking`"),
+            "{e}"
+        );
         // Thinking off: no block required.
         assert!(check(&turn(text), false).is_ok());
         let forged = json!({"type": "thinking", "thinking": THOUGHT, "signature": "other"});

@@ -534,7 +534,9 @@ impl Processor {
                 .flatten();
             // Anthropic-style `thinking_blocks` (a Responses conversation's) go no further.
             let messages = match (&messages, parsed.object().get("messages")) {
-                (Some(m), _) => crate::translator::thinking_blocks::strip_raw_messages(m).or(messages),
+                (Some(m), _) => {
+                    crate::translator::thinking_blocks::strip_raw_messages(m).or(messages)
+                }
                 (None, Some(raw)) if endpoint == Endpoint::ChatCompletions => {
                     crate::translator::thinking_blocks::strip_raw_messages(raw.get())
                 }

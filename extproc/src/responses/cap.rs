@@ -182,13 +182,17 @@ mod tests {
             out.push_str(&String::from_utf8(p.push(event(v).as_bytes(), false)).unwrap());
         };
         push(json!({"type": "response.created", "sequence_number": 0, "response": resp}));
-        push(json!({"type": "response.output_item.added", "sequence_number": 1,
+        push(
+            json!({"type": "response.output_item.added", "sequence_number": 1,
             "output_index": 0, "item": {"type": "message", "id": "msg_1", "status": "in_progress",
-            "role": "assistant", "content": []}}));
+            "role": "assistant", "content": []}}),
+        );
         // Three bytes a token: "abc" is 1, "abcdef" 2 (past the allowance of 2).
         for (n, d) in [(2, "abc"), (3, "abcdef"), (4, "ghi")] {
-            push(json!({"type": "response.output_text.delta", "sequence_number": n,
-                "output_index": 0, "item_id": "msg_1", "content_index": 0, "delta": d}));
+            push(
+                json!({"type": "response.output_text.delta", "sequence_number": n,
+                "output_index": 0, "item_id": "msg_1", "content_index": 0, "delta": d}),
+            );
         }
         push(json!({"type": "response.completed", "sequence_number": 5, "response": resp}));
         let events: Vec<Value> = out

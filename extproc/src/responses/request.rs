@@ -324,9 +324,8 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> 
                 };
                 match messages.last_mut() {
                     Some(last) if thinking_only(last) => {
-                        if let Some(blocks) = last
-                            .get_mut(THINKING_BLOCKS)
-                            .and_then(Value::as_array_mut)
+                        if let Some(blocks) =
+                            last.get_mut(THINKING_BLOCKS).and_then(Value::as_array_mut)
                         {
                             blocks.push(block);
                         }
@@ -733,16 +732,21 @@ mod tests {
         assert_eq!(turn[0]["type"], "thinking", "{a}");
         assert_eq!(turn[0]["signature"], "sig-anthropic");
         assert_eq!(turn[0]["thinking"], "I should call it.");
-        assert_eq!(turn[1], json!({"type": "redacted_thinking", "data": "opaque"}));
+        assert_eq!(
+            turn[1],
+            json!({"type": "redacted_thinking", "data": "opaque"})
+        );
         assert_eq!(turn[2]["type"], "text");
         assert_eq!(turn[3]["type"], "tool_use");
         // `reasoning.effort: low` is Anthropic's thinking budget of 2,048 tokens.
-        assert_eq!(a["thinking"], json!({"type": "enabled", "budget_tokens": 2048}));
+        assert_eq!(
+            a["thinking"],
+            json!({"type": "enabled", "budget_tokens": 2048})
+        );
         let b = through_hub(thinking_loop(), ApiFamily::Bedrock);
         let turn = &b["messages"][1]["content"];
         assert_eq!(
-            turn[0]["reasoningContent"]["reasoningText"]["signature"],
-            "sig-anthropic",
+            turn[0]["reasoningContent"]["reasoningText"]["signature"], "sig-anthropic",
             "{b}"
         );
         assert_eq!(turn[1]["reasoningContent"]["redactedContent"], "opaque");

@@ -645,7 +645,10 @@ mod tests {
         let client = env.for_client(&full);
         assert!(client["output"][0].get("encrypted_content").is_none());
         env.include_encrypted = true;
-        assert_eq!(env.for_client(&full)["output"][0]["encrypted_content"], "sig");
+        assert_eq!(
+            env.for_client(&full)["output"][0]["encrypted_content"],
+            "sig"
+        );
 
         // Streamed: the client's item has none; the store gets it back.
         let env = envelope();
@@ -675,7 +678,10 @@ mod tests {
             enc.encode(e, &mut out);
         }
         let mut last = out.last_mut().unwrap().value().unwrap()["response"].clone();
-        assert!(last["output"][0].get("encrypted_content").is_none(), "{last}");
+        assert!(
+            last["output"][0].get("encrypted_content").is_none(),
+            "{last}"
+        );
         sealed.restore(&mut last);
         assert_eq!(last["output"][0]["encrypted_content"], "sig");
     }

@@ -73,7 +73,10 @@ mod tests {
     fn raw_messages_lose_the_member() {
         let raw = r#"[{"role":"assistant","content":"x","thinking_blocks":[{"type":"thinking","thinking":"t","signature":"s"}]}]"#;
         let out: Value = serde_json::from_str(&strip_raw_messages(raw).unwrap()).unwrap();
-        assert_eq!(out[0], serde_json::json!({"role": "assistant", "content": "x"}));
+        assert_eq!(
+            out[0],
+            serde_json::json!({"role": "assistant", "content": "x"})
+        );
         assert!(strip_raw_messages(r#"[{"role":"user","content":"x"}]"#).is_none());
     }
 }
