@@ -31,8 +31,11 @@ pub struct ResponsesCut {
     items: BTreeMap<u64, Item>,
     /// The last event's number and delta, taken into account at the next event: the event
     /// that passes the allowance is dropped, and its number reused.
-    last: Option<(Option<u64>, Option<(u64, String)>)>,
+    last: Option<Last>,
 }
+
+/// An event's `sequence_number` and (output index, text delta).
+type Last = (Option<u64>, Option<(u64, String)>);
 
 impl ResponsesCut {
     /// Reads one event of the client's stream; returns the generated text it carries (`None`:
