@@ -121,6 +121,11 @@ class Checks:
         expect(len(done) == 1, "no response.completed")
         got = self.client.responses.retrieve(r1.id)
         expect(got.metadata == {"run": "stored"}, f"stored metadata {got.metadata}")
+        kept = [o for o in got.output if o.type == "reasoning"]
+        expect(not kept[0].encrypted_content, f"GET without include: {kept}")
+        got = self.client.responses.retrieve(r1.id, include=INCLUDE)
+        kept = [o for o in got.output if o.type == "reasoning"]
+        expect(bool(kept[0].encrypted_content), f"GET with include: {kept}")
         return f"{r1.id} → {done[0].response.id}"
 
     def cap(self) -> str:

@@ -66,6 +66,27 @@ fn said(r: &crate::translator::hub::ChatResponse) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// Removes `encrypted_content` from the reasoning items Tollgate wrote (`rs_tg_…`) in a
+/// stored response (a provider's own items stay as the provider gave them).
+fn seal_hub_reasoning(response: &mut Value) {
+    for item in response
+        .get_mut("output")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let hub = item
+            .get("id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| id.starts_with(request::HUB_REASONING_PREFIX));
+        if hub {
+            if let Some(o) = item.as_object_mut() {
+                o.remove("encrypted_content");
+            }
+        }
+    }
+}
+
 /// The upstream `:path` of a provider's Responses API.
 fn native_path(target: &Target) -> Option<String> {
     let p = &target.provider;
@@ -476,8 +497,24 @@ impl Processor {
         reply(200, serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    /// `GET` or `DELETE /v1/responses/{id}` for the calling key's tenant.
-    pub(super) async fn stored_response(&mut self, method: &str, id: &str) -> ProcessingResponse {
+    /// `GET` or `DELETE /v1/responses/{id}` for the calling key's tenant (`query`: the
+    /// request's query; `include[]=reasoning.encrypted_content` gives the reasoning items
+    /// Tollgate wrote their `encrypted_content`, as OpenAI's `GET` does).
+    pub(super) async fn stored_response(
+        &mut self,
+        method: &str,
+        id: &str,
+        query: &str,
+    ) -> ProcessingResponse {
+        let sealed = !query.split('&').any(|kv| {
+            matches!(
+                kv.split_once('='),
+                Some((
+                    "include" | "include[]" | "include%5B%5D",
+                    "reasoning.encrypted_content"
+                ))
+            )
+        });
         let Some(ctx) = &self.ctx else {
             return self.reject(&ApiError::Internal, None);
         };
@@ -510,11 +547,15 @@ impl Processor {
             error_body(&msg, "invalid_request_error", None, None)
         };
         let found = match method {
-            "GET" => self
-                .response_store
-                .get(&scope, id)
-                .await
-                .map(|s| s.and_then(|s| serde_json::to_vec(&s.response).ok())),
+            "GET" => self.response_store.get(&scope, id).await.map(|s| {
+                s.and_then(|s| {
+                    let mut response = s.response;
+                    if sealed {
+                        seal_hub_reasoning(&mut response);
+                    }
+                    serde_json::to_vec(&response).ok()
+                })
+            }),
             "DELETE" => self.response_store.delete(&scope, id).await.map(|d| {
                 d.then(|| {
                     serde_json::to_vec(&serde_json::json!(
