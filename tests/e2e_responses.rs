@@ -536,3 +536,110 @@ async fn budgets_reserve_settle_and_refuse_responses_as_chat() {
         .await;
     r.assert_openai_error(429, Some("budget_exceeded"));
 }
+
+/// Runs `tests/sdk/responses_thinking_sdk.py`'s `plan` with `model`.
+fn thinking_sdk(stack: &Stack, model: &str, plan: &str) {
+    let base = format!("{}/v1", stack.base);
+    run_sdk(
+        "responses_thinking_sdk.py",
+        &[
+            ("TOLLGATE_BASE_URL", &base),
+            ("TOLLGATE_KEY", KEY_ALL),
+            ("TOLLGATE_MODEL", model),
+            ("TOLLGATE_PLAN", plan),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn a_thinking_tool_loop_reaches_anthropic_with_its_signed_thinking() {
+    let stack = Stack::start(StackOptions::default());
+    thinking_sdk(&stack, "claude-model", "thinking");
+    let seen = stack.posted().await;
+    // `reasoning.effort: low` became a thinking budget; every answer to a tool call reached
+    // the mock with the assistant turn opened by the thinking block it signed (the mock
+    // refuses a tool loop without it, or with a signature it did not issue).
+    assert!(seen
+        .iter()
+        .all(|r| r["body"]["thinking"]["budget_tokens"] == 2048));
+    let replayed: Vec<&Value> = seen
+        .iter()
+        .filter(|r| {
+            r["body"]["messages"].as_array().is_some_and(|m| {
+                m.iter().any(|m| {
+                    m["role"] == "assistant"
+                        && m["content"][0]["type"] == "thinking"
+                        && m["content"][0]["signature"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("EqMockSig"))
+                        && m["content"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|b| b["type"] == "tool_use")
+                })
+            })
+        })
+        .collect();
+    // Create: 3 of 4 requests carry earlier thinking, stream the same, continuation 1.
+    assert!(replayed.len() >= 7, "{} of {}", replayed.len(), seen.len());
+}
+
+#[tokio::test]
+async fn a_thinking_tool_loop_reaches_bedrock_claude_with_its_signed_reasoning() {
+    let stack = Stack::start(StackOptions::default());
+    thinking_sdk(&stack, "bedrock-model", "thinking");
+    let seen = stack.posted().await;
+    assert!(seen.iter().all(|r| {
+        r["body"]["additionalModelRequestFields"]["thinking"]["budget_tokens"] == 2048
+    }));
+    // Converse's `reasoningContent` with the signature, before the toolUse of its turn.
+    let replayed = seen
+        .iter()
+        .filter(|r| {
+            r["body"]["messages"].as_array().is_some_and(|m| {
+                m.iter().any(|m| {
+                    m["role"] == "assistant"
+                        && m["content"][0]["reasoningContent"]["reasoningText"]["signature"]
+                            .as_str()
+                            .is_some_and(|s| s.starts_with("EqMockSig"))
+                        && m["content"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|b| b.get("toolUse").is_some())
+                })
+            })
+        })
+        .count();
+    assert!(replayed >= 7, "{replayed} of {}", seen.len());
+}
+
+#[tokio::test]
+async fn the_output_cap_ends_responses_streams_with_response_incomplete() {
+    let stack = Stack::start(StackOptions {
+        extra_yaml: "budgets:\n  max_output_tokens_per_request: 5\n".to_owned(),
+        ..Default::default()
+    });
+    // Through the hub (Anthropic) and natively (OpenAI's Responses API).
+    thinking_sdk(&stack, "claude-model", "cap");
+    thinking_sdk(&stack, "mock-model", "cap");
+}
+
+#[tokio::test]
+async fn responses_agent_loops_run_twice_through_every_hub_backend() {
+    let stack = Stack::start(StackOptions::default());
+    for model in ["claude-model", "gemini-model", "bedrock-model"] {
+        thinking_sdk(&stack, model, "loop");
+    }
+    let seen = stack.posted().await;
+    // Each backend got the second round trip's tool result after the whole first one.
+    for marker in ["tool_result", "functionResponse", "toolResult"] {
+        let results = seen
+            .iter()
+            .map(|r| r["body"].to_string().matches(marker).count())
+            .max()
+            .unwrap_or(0);
+        assert!(results >= 2, "{marker}: {results}");
+    }
+}

@@ -32,6 +32,8 @@ pub struct StreamCap {
     open_block: Option<u64>,
     /// OpenAI: the stream is legacy `text_completion` chunks, not chat chunks.
     text_completion: bool,
+    /// A Responses API stream (`POST /v1/responses`) instead of Chat Completions chunks.
+    responses: Option<Box<crate::responses::cap::ResponsesCut>>,
 }
 
 impl StreamCap {
@@ -56,7 +58,15 @@ impl StreamCap {
             meta: None,
             open_block: None,
             text_completion: false,
+            responses: None,
         }
+    }
+
+    /// The same cap over a Responses API event stream: it ends with the open output items
+    /// done and `response.incomplete` (`incomplete_details.reason: max_output_tokens`).
+    pub fn for_responses(mut self) -> Self {
+        self.responses = Some(Box::default());
+        self
     }
 
     /// Whether the stream was ended early.
@@ -94,6 +104,11 @@ impl StreamCap {
 
     /// Notes what the event says about the stream; returns its output tokens.
     fn observe(&mut self, v: &Value) -> u64 {
+        if let Some(r) = &mut self.responses {
+            return r
+                .observe(v)
+                .map_or(0, |text| self.counter.count(text.as_str()));
+        }
         match self.client {
             // No client speaks Bedrock; its streams reach clients translated.
             ApiFamily::OpenAi | ApiFamily::Bedrock => {
@@ -162,7 +177,11 @@ impl StreamCap {
         }
     }
 
-    fn final_events(&self, out: &mut Vec<Frame<'_>>) {
+    fn final_events(&mut self, out: &mut Vec<Frame<'_>>) {
+        if let Some(r) = &mut self.responses {
+            r.final_events(self.prompt_tokens, self.used, out);
+            return;
+        }
         match self.client {
             ApiFamily::OpenAi | ApiFamily::Bedrock => {
                 let (id, created, model) = self.meta.clone().unwrap_or_default();

@@ -27,6 +27,7 @@ use crate::platform;
 use crate::routes::Exchange;
 use crate::sse;
 use crate::text::{word_count, FinishReason, Reply};
+use crate::thinking;
 
 /// The access key id the mock accepts.
 pub const AWS_ACCESS_KEY_ID: &str = "AKIDTOLLGATEMOCK";
@@ -360,6 +361,9 @@ pub(crate) fn respond(
             .is_some_and(|b| b.iter().any(|b| b.get("toolResult").is_some()))
     });
     check_tool_use_ids(messages)?;
+    let thinking = thinking::enabled_on_bedrock(request);
+    thinking::check(&thinking::from_bedrock(messages), thinking)?;
+    let thought = thinking.then_some(thinking::THOUGHT);
     let tools: Vec<Value> = request
         .get("toolConfig")
         .and_then(|c| c["tools"].as_array())
@@ -383,7 +387,9 @@ pub(crate) fn respond(
         Some(c) => format!("Calling {}.", c.name),
         None => reply.text(),
     };
-    let output_tokens = word_count(&text) + calls.iter().map(ToolUse::tokens).sum::<u64>();
+    let output_tokens = word_count(&text)
+        + calls.iter().map(ToolUse::tokens).sum::<u64>()
+        + thought.map_or(0, word_count);
     let stop_reason = match (call, reply.finish_reason) {
         (Some(_), _) => "tool_use",
         (None, FinishReason::Length) => "max_tokens",
@@ -408,7 +414,11 @@ pub(crate) fn respond(
             Some(_) => vec![text.clone()],
             None => reply.pieces().collect(),
         };
-        let events = stream_events(&pieces, &calls, stop_reason, &usage, exchange.stream_error);
+        // Thinking opens the answer as block 0: every other block moves one up.
+        let events = match thought {
+            Some(t) => thinking_stream(t, &pieces, &calls, stop_reason, &usage),
+            None => stream_events(&pieces, &calls, stop_reason, &usage, exchange.stream_error),
+        };
         let mut r = sse::response(events, exchange.chunk_delay);
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -419,7 +429,12 @@ pub(crate) fn respond(
     if exchange.stream_error {
         return Err(MockError::GenerationFailed);
     }
-    let mut content = vec![json!({"text": text})];
+    let mut content = Vec::with_capacity(3);
+    if let Some(t) = thought {
+        content.push(json!({"reasoningContent": {"reasoningText":
+            {"text": t, "signature": thinking::signature(t)}}}));
+    }
+    content.push(json!({"text": text}));
     for c in &calls {
         content.push(json!({"toolUse": {"toolUseId": c.id, "name": c.name, "input": c.input}}));
     }
@@ -458,6 +473,58 @@ fn check_tool_use_ids(messages: &[Value]) -> Result<(), MockError> {
         }
     }
     Ok(())
+}
+
+/// A streamed answer that opens with a signed `reasoningContent` block (index 0), then the
+/// text (1) and the calls.
+fn thinking_stream(
+    thought: &str,
+    pieces: &[String],
+    calls: &[ToolUse],
+    stop_reason: &str,
+    usage: &Value,
+) -> Vec<Bytes> {
+    let mut events = vec![event("messageStart", &json!({"role": "assistant"}))];
+    events.push(event(
+        "contentBlockDelta",
+        &json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": thought}}}),
+    ));
+    events.push(event(
+        "contentBlockDelta",
+        &json!({"contentBlockIndex": 0,
+            "delta": {"reasoningContent": {"signature": thinking::signature(thought)}}}),
+    ));
+    events.push(event("contentBlockStop", &json!({"contentBlockIndex": 0})));
+    for p in pieces {
+        events.push(event(
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 1, "delta": {"text": p}}),
+        ));
+    }
+    events.push(event("contentBlockStop", &json!({"contentBlockIndex": 1})));
+    for (n, c) in calls.iter().enumerate() {
+        let index = n + 2;
+        events.push(event(
+            "contentBlockStart",
+            &json!({"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": c.id, "name": c.name}}}),
+        ));
+        for piece in c.argument_pieces() {
+            events.push(event(
+                "contentBlockDelta",
+                &json!({"contentBlockIndex": index, "delta": {"toolUse": {"input": piece}}}),
+            ));
+        }
+        events.push(event(
+            "contentBlockStop",
+            &json!({"contentBlockIndex": index}),
+        ));
+    }
+    events.push(event("messageStop", &json!({"stopReason": stop_reason})));
+    events.push(event(
+        "metadata",
+        &json!({"usage": usage, "metrics": {"latencyMs": 1}}),
+    ));
+    events
 }
 
 fn event(kind: &str, payload: &Value) -> Bytes {

@@ -67,6 +67,7 @@ mod responses;
 mod routes;
 mod sse;
 mod text;
+mod thinking;
 mod vertex;
 
 #[cfg(test)]

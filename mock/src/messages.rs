@@ -6,6 +6,8 @@
 //! block followed by a `tool_use` block calling the first tool (`stop_reason: tool_use`), its
 //! input built from the tool's schema; a forcing `tool_choice` (`tool` names the tool, `any`)
 //! gives the `tool_use` block alone, as Anthropic does; otherwise it is the usual echo.
+//! With thinking enabled the answer opens with a signed `thinking` block, and thinking sent
+//! back is checked as Anthropic checks it ([`crate::thinking`]).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,6 +20,7 @@ use crate::params::{self, Request};
 use crate::routes::Exchange;
 use crate::sse;
 use crate::text::{word_count, FinishReason, Reply};
+use crate::thinking;
 
 /// Answers one Messages request.
 pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Response, MockError> {
@@ -34,6 +37,8 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
     let max_tokens = params::positive_integer(request, "max_tokens")?
         .ok_or(MockError::MissingParameter("max_tokens"))?;
     let stream = params::flag(request, "stream")?;
+    let thinking = thinking::enabled(request);
+    thinking::check(messages, thinking)?;
 
     let system_words: u64 = match request.get("system") {
         Some(Value::String(s)) => word_count(s),
@@ -86,7 +91,10 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
         Some(c) => format!("Calling {}.", c.name),
         None => reply.text(),
     };
-    let output_tokens = word_count(&text) + calls.iter().map(ToolUse::tokens).sum::<u64>();
+    let thought = thinking.then_some(thinking::THOUGHT);
+    let output_tokens = word_count(&text)
+        + calls.iter().map(ToolUse::tokens).sum::<u64>()
+        + thought.map_or(0, word_count);
     let stop_reason = match (call, reply.finish_reason) {
         (Some(_), _) => "tool_use",
         (None, FinishReason::Length) => "max_tokens",
@@ -114,13 +122,18 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
             output_tokens,
             stop_reason,
             fail: exchange.stream_error,
+            thought,
         });
         return Ok(sse_response(events, exchange));
     }
     if exchange.stream_error {
         return Err(MockError::GenerationFailed);
     }
-    let mut content = Vec::with_capacity(2);
+    let mut content = Vec::with_capacity(3);
+    if let Some(t) = thought {
+        content
+            .push(json!({"type": "thinking", "thinking": t, "signature": thinking::signature(t)}));
+    }
     if !text.is_empty() {
         content.push(json!({"type": "text", "text": text}));
     }
@@ -251,6 +264,8 @@ struct StreamPlan<'a> {
     output_tokens: u64,
     stop_reason: &'a str,
     fail: bool,
+    /// The thinking block that opens the answer (thinking enabled).
+    thought: Option<&'a str>,
 }
 
 fn event(name: &str, data: &Value) -> Bytes {
@@ -267,13 +282,35 @@ fn stream_events(plan: &StreamPlan<'_>) -> Vec<Bytes> {
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
         }}),
     )];
-    // A forced tool call comes alone, at index 0.
-    let text_block = !plan.pieces.is_empty() || plan.calls.is_empty();
-    let first_call_index = usize::from(text_block);
-    if text_block {
+    // Thinking first (index 0), when on; then a forced tool call comes alone.
+    let base = usize::from(plan.thought.is_some());
+    if let Some(t) = plan.thought {
         events.push(event(
             "content_block_start",
             &json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        ));
+        events.push(event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": t}}),
+        ));
+        events.push(event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "signature_delta", "signature": thinking::signature(t)}}),
+        ));
+        events.push(event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ));
+    }
+    let text_block = !plan.pieces.is_empty() || plan.calls.is_empty();
+    let first_call_index = base + usize::from(text_block);
+    if text_block {
+        events.push(event(
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": base,
                     "content_block": {"type": "text", "text": ""}}),
         ));
     }
@@ -281,7 +318,7 @@ fn stream_events(plan: &StreamPlan<'_>) -> Vec<Bytes> {
     let delta = |piece: &str| {
         event(
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0,
+            &json!({"type": "content_block_delta", "index": base,
                     "delta": {"type": "text_delta", "text": piece}}),
         )
     };
@@ -297,7 +334,7 @@ fn stream_events(plan: &StreamPlan<'_>) -> Vec<Bytes> {
     if text_block {
         events.push(event(
             "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
+            &json!({"type": "content_block_stop", "index": base}),
         ));
     }
     for (n, c) in plan.calls.iter().enumerate() {

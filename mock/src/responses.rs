@@ -156,7 +156,8 @@ pub(crate) fn respond(request: &Request, exchange: &Exchange<'_>) -> Result<Resp
             "store": request.get("store").cloned().unwrap_or(Value::Bool(true)),
             "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
             "tools": request.get("tools").cloned().unwrap_or(json!([])), "top_p": 1.0,
-            "truncation": "disabled", "usage": usage, "user": null, "metadata": {},
+            "truncation": "disabled", "usage": usage, "user": null,
+            "metadata": request.get("metadata").cloned().unwrap_or_else(|| json!({})),
         })
     };
     let status = if incomplete {

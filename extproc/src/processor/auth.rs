@@ -80,8 +80,13 @@ impl Processor {
         }
         if let Some(id) = strip_query(&path).strip_prefix("/v1/responses/") {
             if !id.is_empty() && !id.contains('/') {
-                let id = id.to_owned();
-                return self.stored_response(&method, &id).await;
+                let (id, query) = (
+                    id.to_owned(),
+                    path.split_once('?').map(|(_, q)| q.to_owned()),
+                );
+                return self
+                    .stored_response(&method, &id, query.as_deref().unwrap_or(""))
+                    .await;
             }
             if let Some(id) = id.strip_suffix("/input_items").filter(|i| !i.contains('/')) {
                 if method == "GET" && !id.is_empty() {

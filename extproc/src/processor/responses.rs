@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, ProcessingResponse};
 use serde_json::Value;
-use tollgate_core::config::{Policy, ProviderKind, Side, Target};
+use tollgate_core::config::{ApiFamily, Policy, ProviderKind, Side, Target};
 use tollgate_core::metrics::RequestLabels;
 use tollgate_core::{ApiError, Endpoint};
 use tollgate_guardrails::Engine;
@@ -24,7 +24,10 @@ use crate::responses::response::{usage_from_value, Envelope, StreamEncoder};
 use crate::responses::store::{Backend, Inserted, Limits, Stored};
 use crate::responses::{error_body, scope, Tap};
 use crate::stream::Pipeline;
-use crate::translator::codec::openai as openai_codec;
+use crate::translator::codec::{
+    anthropic as anthropic_codec, bedrock as bedrock_codec, gemini as gemini_codec,
+    openai as openai_codec,
+};
 use crate::translator::{json_tool, Pair};
 
 /// One Responses request's state.
@@ -55,6 +58,40 @@ impl ResponsesCall {
     /// cache keys and answers Responses requests with them).
     pub(super) fn cache_view(&self) -> (&ResponsesRequest, &[Value], &Envelope) {
         (&self.req, &self.conversation, &self.envelope)
+    }
+}
+
+/// What an answer says to the client: its text and its tool calls.
+fn said(r: &crate::translator::hub::ChatResponse) -> Vec<(&str, &str)> {
+    use crate::translator::hub::Part;
+    r.content
+        .iter()
+        .filter_map(|p| match p {
+            Part::Text(t) => Some(("", t.as_str())),
+            Part::ToolCall(c) => Some((c.name.as_str(), c.arguments.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Removes `encrypted_content` from the reasoning items Tollgate wrote (`rs_tg_…`) in a
+/// stored response (a provider's own items stay as the provider gave them).
+fn seal_hub_reasoning(response: &mut Value) {
+    for item in response
+        .get_mut("output")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
+        let hub = item
+            .get("id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| id.starts_with(request::HUB_REASONING_PREFIX));
+        if hub {
+            if let Some(o) = item.as_object_mut() {
+                o.remove("encrypted_content");
+            }
+        }
     }
 }
 
@@ -127,6 +164,8 @@ impl Processor {
             created_at: unix_now(),
             model: req.model.clone(),
             echo: req.echo(),
+            include_encrypted: req.includes("reasoning.encrypted_content"),
+            sealed: Default::default(),
         };
         let store = settings.store && req.store;
         self.responses = Some(Box::new(ResponsesCall {
@@ -278,11 +317,35 @@ impl Processor {
             }
         };
         json_tool::unwrap_response(&mut hub);
+        // The chat body written from the provider's answer has no place for thinking
+        // signatures: the provider's own body, read by its codec, has them. It is taken when
+        // it says what the (possibly redacted) chat body says.
+        if let Some(mut own) = self.forwarded.as_ref().and_then(|f| {
+            match f.pair.upstream {
+                ApiFamily::Anthropic => anthropic_codec::response_from_wire(provider_body),
+                ApiFamily::Gemini => gemini_codec::response_from_wire(provider_body),
+                ApiFamily::Bedrock => bedrock_codec::response_from_wire(
+                    provider_body,
+                    &f.response_id,
+                    &f.upstream_model,
+                ),
+                ApiFamily::OpenAi => return None,
+            }
+            .ok()
+        }) {
+            json_tool::unwrap_response(&mut own);
+            if said(&own) == said(&hub) {
+                hub = own;
+            } else {
+                tracing::debug!("A redacted Responses answer keeps no thinking signatures");
+            }
+        }
         if let Some(u) = self.forwarded.as_ref().and_then(|f| f.usage) {
             hub.usage = u;
         }
+        // The store keeps the reasoning's `encrypted_content`; the client gets it when it asked.
         let v = call.envelope.complete(&hub);
-        let out = serde_json::to_vec(&v).ok();
+        let out = serde_json::to_vec(&call.envelope.for_client(&v)).ok();
         self.responses_store(v);
         out.or(body)
     }
@@ -307,6 +370,8 @@ impl Processor {
         if !call.store {
             return;
         }
+        let mut response = response;
+        call.envelope.sealed.restore(&mut response);
         let stored = Stored {
             response,
             input: std::mem::take(&mut call.conversation),
@@ -440,8 +505,24 @@ impl Processor {
         reply(200, serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    /// `GET` or `DELETE /v1/responses/{id}` for the calling key's tenant.
-    pub(super) async fn stored_response(&mut self, method: &str, id: &str) -> ProcessingResponse {
+    /// `GET` or `DELETE /v1/responses/{id}` for the calling key's tenant (`query`: the
+    /// request's query; `include[]=reasoning.encrypted_content` gives the reasoning items
+    /// Tollgate wrote their `encrypted_content`, as OpenAI's `GET` does).
+    pub(super) async fn stored_response(
+        &mut self,
+        method: &str,
+        id: &str,
+        query: &str,
+    ) -> ProcessingResponse {
+        let sealed = !query.split('&').any(|kv| {
+            matches!(
+                kv.split_once('='),
+                Some((
+                    "include" | "include[]" | "include%5B%5D",
+                    "reasoning.encrypted_content"
+                ))
+            )
+        });
         let Some(ctx) = &self.ctx else {
             return self.reject(&ApiError::Internal, None);
         };
@@ -474,11 +555,15 @@ impl Processor {
             error_body(&msg, "invalid_request_error", None, None)
         };
         let found = match method {
-            "GET" => self
-                .response_store
-                .get(&scope, id)
-                .await
-                .map(|s| s.and_then(|s| serde_json::to_vec(&s.response).ok())),
+            "GET" => self.response_store.get(&scope, id).await.map(|s| {
+                s.and_then(|s| {
+                    let mut response = s.response;
+                    if sealed {
+                        seal_hub_reasoning(&mut response);
+                    }
+                    serde_json::to_vec(&response).ok()
+                })
+            }),
             "DELETE" => self.response_store.delete(&scope, id).await.map(|d| {
                 d.then(|| {
                     serde_json::to_vec(&serde_json::json!(

@@ -235,7 +235,11 @@ impl Processor {
                 )
             })
             .flatten()
-            .filter(|_| self.responses.is_none());
+            .map(|c| match self.responses {
+                // A Responses stream ends with `response.incomplete` at the cap.
+                Some(_) => c.for_responses(),
+                None => c,
+            });
         let sse = parsed.stream.then(|| {
             let engine = response_guard.as_ref().map(Arc::clone);
             Box::new(
@@ -250,14 +254,19 @@ impl Processor {
                     ),
             )
         });
-        let sse = match self.responses_pipeline(
-            pair,
-            response_guard.as_ref(),
-            &response_id,
-            &target.upstream_model,
+        let sse = match (
+            self.responses_pipeline(
+                pair,
+                response_guard.as_ref(),
+                &response_id,
+                &target.upstream_model,
+            ),
+            sse,
         ) {
-            Some(p) if parsed.stream => Some(p),
-            _ => sse,
+            (Some(p), Some(mut sse)) if parsed.stream => {
+                Some(Box::new((*p).with_cap(sse.take_cap())))
+            }
+            (_, sse) => sse,
         };
         self.forwarded = Some(Forwarded {
             stream: parsed.stream,
@@ -539,6 +548,16 @@ impl Processor {
             let messages = (endpoint == Endpoint::ChatCompletions)
                 .then(|| crate::translator::call_id::strip_raw_messages(parsed.object()))
                 .flatten();
+            // Anthropic-style `thinking_blocks` (a Responses conversation's) go no further.
+            let messages = match (&messages, parsed.object().get("messages")) {
+                (Some(m), _) => {
+                    crate::translator::thinking_blocks::strip_raw_messages(m).or(messages)
+                }
+                (None, Some(raw)) if endpoint == Endpoint::ChatCompletions => {
+                    crate::translator::thinking_blocks::strip_raw_messages(raw.get())
+                }
+                (None, _) => None,
+            };
             if let Some(m) = &messages {
                 extra.push(("messages", m));
             }

@@ -8,6 +8,7 @@
 //! bounded store ([`store`]) scoped by tenant, for `previous_response_id` and the `GET` and
 //! `DELETE` calls.
 
+pub mod cap;
 pub mod request;
 pub mod response;
 pub mod store;

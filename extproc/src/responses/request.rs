@@ -7,11 +7,13 @@
 //! Mapping (docs/COMPATIBILITY.md, "Responses"): `instructions` → a system message; `input`
 //! text → a user message; message items (`input_text`, `output_text`, `input_image`) → chat
 //! messages; consecutive `function_call` items → one assistant message's `tool_calls`;
-//! `function_call_output` → a `tool` message; `reasoning` items → nothing (their encrypted
-//! content can only be read by the provider that issued it, which gets the Responses body
-//! itself); function `tools`, `tool_choice`, `text.format` → `response_format`,
-//! `max_output_tokens`, `temperature`, `top_p`, `parallel_tool_calls`, `reasoning.effort`,
-//! `user`/`safety_identifier`.
+//! `function_call_output` → a `tool` message; `reasoning` items Tollgate wrote from a
+//! provider's thinking (`rs_tg_…`) → the `thinking_blocks` that open their assistant turn
+//! (signature from `encrypted_content`), OpenAI's own → nothing (only OpenAI can read them,
+//! and it gets the Responses body itself); function `tools`, `tool_choice`, `text.format` →
+//! `response_format`, `max_output_tokens`, `temperature`, `top_p`, `parallel_tool_calls`,
+//! `reasoning.effort`, `user`/`safety_identifier`; `truncation` checked, `text.verbosity`
+//! dropped.
 
 use serde_json::{json, Map, Value};
 use tollgate_core::ApiError;
@@ -20,6 +22,10 @@ use tollgate_core::ApiError;
 /// `encrypted_content` (that provider's signature) would be refused by OpenAI, so they are
 /// dropped from what an OpenAI or Azure target gets.
 pub const HUB_REASONING_PREFIX: &str = "rs_tg_";
+
+/// What starts the `encrypted_content` of a reasoning item written from Anthropic's
+/// `redacted_thinking` (the encrypted data follows).
+pub const REDACTED_PREFIX: &str = "tg_redacted:";
 
 /// What a Responses request says, read once.
 #[derive(Debug, Clone)]
@@ -76,6 +82,18 @@ pub fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
             "background",
             "Background responses are not supported by this gateway.",
         ));
+    }
+    // `auto` is accepted: the conversation goes whole, and one past the model's context gets
+    // the provider's own error (no item is dropped on the gateway).
+    match body.get("truncation") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t == "auto" || t == "disabled" => {}
+        Some(_) => {
+            return Err(invalid(
+                "truncation",
+                "`truncation` must be `auto` or `disabled`.",
+            ))
+        }
     }
     let previous_response_id = match body.get("previous_response_id") {
         None | Some(Value::Null) => None,
@@ -241,7 +259,47 @@ fn chat_content(parts: Vec<Value>) -> Value {
     }
 }
 
+/// The chat member that carries an assistant turn's thinking ([`crate::translator::thinking_blocks`]).
+const THINKING_BLOCKS: &str = crate::translator::thinking_blocks::MEMBER;
+
+/// Whether a chat message is an assistant turn holding nothing but thinking so far.
+fn thinking_only(message: &Value) -> bool {
+    message["role"] == "assistant"
+        && message.get(THINKING_BLOCKS).is_some()
+        && message["content"].is_null()
+        && message.get("tool_calls").is_none()
+}
+
+/// The thinking block a reasoning item Tollgate wrote from a provider's thinking stands for
+/// (`None`: another's, whose `encrypted_content` only OpenAI can read, or one without a
+/// signature). Its summary texts are the thinking text; `encrypted_content` the signature, or
+/// `redacted_thinking`'s data after [`REDACTED_PREFIX`].
+fn thinking_block(item: &Value) -> Option<Value> {
+    let id = item.get("id").and_then(Value::as_str)?;
+    if !id.starts_with(HUB_REASONING_PREFIX) {
+        return None;
+    }
+    let sealed = item
+        .get("encrypted_content")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())?;
+    if let Some(data) = sealed.strip_prefix(REDACTED_PREFIX) {
+        return Some(json!({"type": "redacted_thinking", "data": data}));
+    }
+    let text: String = item
+        .get("summary")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.get("text").and_then(Value::as_str))
+        .collect::<Vec<_>>()
+        .join("");
+    Some(json!({"type": "thinking", "thinking": text, "signature": sealed}))
+}
+
 /// `items` (the whole conversation, oldest first) as chat messages, after `instructions`.
+/// Reasoning items Tollgate issued from a provider's thinking open the assistant turn they
+/// belong to as its `thinking_blocks`; OpenAI's own are left out (the native path gets them).
 pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> {
     let mut messages: Vec<Value> = Vec::with_capacity(items.len() + 1);
     if let Some(i) = instructions.filter(|i| !i.is_empty()) {
@@ -252,7 +310,30 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> 
             Some("message") => {
                 let role = item.get("role").and_then(Value::as_str).unwrap_or("user");
                 let content = chat_content(text_parts(item.get("content").unwrap_or(&Value::Null)));
-                messages.push(json!({"role": role, "content": content}));
+                // An assistant turn opened by its thinking takes the text that follows.
+                match messages.last_mut() {
+                    Some(last) if role == "assistant" && thinking_only(last) => {
+                        last["content"] = content;
+                    }
+                    _ => messages.push(json!({"role": role, "content": content})),
+                }
+            }
+            Some("reasoning") => {
+                let Some(block) = thinking_block(item) else {
+                    continue;
+                };
+                match messages.last_mut() {
+                    Some(last) if thinking_only(last) => {
+                        if let Some(blocks) =
+                            last.get_mut(THINKING_BLOCKS).and_then(Value::as_array_mut)
+                        {
+                            blocks.push(block);
+                        }
+                    }
+                    _ => messages.push(
+                        json!({"role": "assistant", "content": null, THINKING_BLOCKS: [block]}),
+                    ),
+                }
             }
             Some("function_call") => {
                 let call = json!({
@@ -292,7 +373,6 @@ pub fn chat_messages(instructions: Option<&str>, items: &[Value]) -> Vec<Value> 
                     "content": content,
                 }));
             }
-            // Reasoning goes back only to the provider that issued it (the native path).
             _ => {}
         }
     }
@@ -466,6 +546,14 @@ impl ResponsesRequest {
         serde_json::to_vec(&Value::Object(body)).map_err(|_| ApiError::Internal)
     }
 
+    /// Whether `include` names `what`.
+    pub fn includes(&self, what: &str) -> bool {
+        self.body
+            .get("include")
+            .and_then(Value::as_array)
+            .is_some_and(|i| i.iter().any(|v| v == what))
+    }
+
     /// The members a response object repeats from its request.
     pub fn echo(&self) -> Map<String, Value> {
         let mut out = Map::new();
@@ -481,6 +569,7 @@ impl ResponsesRequest {
             ("metadata", Value::Object(Map::new())),
             ("text", json!({"format": {"type": "text"}})),
             ("reasoning", json!({"effort": null, "summary": null})),
+            ("truncation", Value::from("disabled")),
             ("user", Value::Null),
         ] {
             let v = self
@@ -582,5 +671,122 @@ mod tests {
         assert_eq!(input.len(), 3, "{body}");
         assert_eq!(input[1]["id"], "rs_openai");
         assert_eq!(body["max_output_tokens"], 64);
+    }
+
+    /// The provider body a Responses request becomes for `upstream` through the hub.
+    fn through_hub(body: Value, upstream: tollgate_core::config::ApiFamily) -> Value {
+        use crate::translator::json::RawObject;
+        use crate::translator::Pair;
+        let req = parse(body.to_string().as_bytes()).unwrap();
+        let chat = req.chat_body(&req.conversation(&[])).unwrap();
+        let obj = RawObject::parse(&chat).unwrap();
+        let pair = Pair {
+            client: tollgate_core::config::ApiFamily::OpenAi,
+            upstream,
+        };
+        let (out, _) = pair.request(&obj, "up", req.stream, chat.len()).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    /// A thinking + tool turn as the SDK sends it back: Tollgate's reasoning item, then the call.
+    fn thinking_loop() -> Value {
+        json!({"model": "m", "reasoning": {"effort": "low", "summary": "auto"},
+            "include": ["reasoning.encrypted_content"], "input": [
+            {"role": "user", "content": "weather?"},
+            {"type": "reasoning", "id": "rs_tg_abc_0", "summary": [{"type": "summary_text", "text": "I should call it."}],
+             "encrypted_content": "sig-anthropic"},
+            {"type": "reasoning", "id": "rs_tg_abc_1", "summary": [], "encrypted_content": "tg_redacted:opaque"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Calling."}]},
+            {"type": "function_call", "call_id": "toolu_1", "name": "get", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "toolu_1", "output": "sunny"},
+        ], "tools": [{"type": "function", "name": "get", "parameters": {"type": "object"}}]})
+    }
+
+    #[test]
+    fn tollgate_reasoning_items_open_the_assistant_turn_as_thinking_blocks() {
+        let c = chat(thinking_loop());
+        let m = c["messages"].as_array().unwrap();
+        assert_eq!(m.len(), 3, "{c}");
+        assert_eq!(
+            m[1]["thinking_blocks"],
+            json!([{"type": "thinking", "thinking": "I should call it.", "signature": "sig-anthropic"},
+                   {"type": "redacted_thinking", "data": "opaque"}])
+        );
+        assert_eq!(m[1]["content"], "Calling.");
+        assert_eq!(m[1]["tool_calls"][0]["id"], "toolu_1");
+        assert_eq!(c["reasoning_effort"], "low");
+        // OpenAI's own reasoning items are not Tollgate's to carry.
+        let c = chat(json!({"model": "m", "input": [
+            {"role": "user", "content": "x"},
+            {"type": "reasoning", "id": "rs_openai", "summary": [], "encrypted_content": "gAAAA"},
+            {"type": "function_call", "call_id": "c", "name": "get", "arguments": "{}"},
+        ]}));
+        assert!(c["messages"][1].get("thinking_blocks").is_none(), "{c}");
+    }
+
+    #[test]
+    fn thinking_reaches_anthropic_and_bedrock_before_the_tool_use_with_its_signature() {
+        use tollgate_core::config::ApiFamily;
+        let a = through_hub(thinking_loop(), ApiFamily::Anthropic);
+        let turn = &a["messages"][1]["content"];
+        assert_eq!(turn[0]["type"], "thinking", "{a}");
+        assert_eq!(turn[0]["signature"], "sig-anthropic");
+        assert_eq!(turn[0]["thinking"], "I should call it.");
+        assert_eq!(
+            turn[1],
+            json!({"type": "redacted_thinking", "data": "opaque"})
+        );
+        assert_eq!(turn[2]["type"], "text");
+        assert_eq!(turn[3]["type"], "tool_use");
+        // `reasoning.effort: low` is Anthropic's thinking budget of 2,048 tokens.
+        assert_eq!(
+            a["thinking"],
+            json!({"type": "enabled", "budget_tokens": 2048})
+        );
+        let b = through_hub(thinking_loop(), ApiFamily::Bedrock);
+        let turn = &b["messages"][1]["content"];
+        assert_eq!(
+            turn[0]["reasoningContent"]["reasoningText"]["signature"], "sig-anthropic",
+            "{b}"
+        );
+        assert_eq!(turn[1]["reasoningContent"]["redactedContent"], "opaque");
+        assert!(turn[3].get("toolUse").is_some(), "{b}");
+        // Nobody else can check an Anthropic signature: Gemini gets none (OpenAI-family chat
+        // providers keep the client's bytes, `thinking_blocks::strip_raw_messages` removes it).
+        let out = through_hub(thinking_loop(), ApiFamily::Gemini).to_string();
+        assert!(!out.contains("sig-anthropic"), "{out}");
+        assert!(!out.contains("opaque"), "{out}");
+    }
+
+    #[test]
+    fn tool_choice_forms_parallel_calls_and_text_options_map() {
+        for (choice, want) in [
+            (json!("required"), json!("required")),
+            (json!("none"), json!("none")),
+            (json!("auto"), json!("auto")),
+            (
+                json!({"type": "function", "name": "get"}),
+                json!({"type": "function", "function": {"name": "get"}}),
+            ),
+        ] {
+            let c = chat(json!({"model": "m", "input": "x", "tool_choice": choice,
+                "parallel_tool_calls": false, "truncation": "auto",
+                "text": {"verbosity": "low"},
+                "tools": [{"type": "function", "name": "get"}]}));
+            assert_eq!(c["tool_choice"], want);
+            assert_eq!(c["parallel_tool_calls"], false);
+            // Verbosity has no counterpart on hub backends: dropped, not sent.
+            assert!(!c.to_string().contains("verbosity"), "{c}");
+        }
+        let r = parse(br#"{"model":"m","input":"x","truncation":"middle"}"#);
+        assert!(r.is_err());
+        let req = parse(
+            br#"{"model":"m","input":"x","metadata":{"run":"7"},"include":["reasoning.encrypted_content"]}"#,
+        )
+        .unwrap();
+        assert!(req.includes("reasoning.encrypted_content"));
+        let echo = req.echo();
+        assert_eq!(echo["metadata"], json!({"run": "7"}));
+        assert_eq!(echo["truncation"], "disabled");
     }
 }

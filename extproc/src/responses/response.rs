@@ -5,6 +5,8 @@
 //! `response.output_text.delta`…, `…done`, function-call arguments, `response.completed`,
 //! each with its `sequence_number`), and usage read from a provider's Responses bodies.
 
+use std::sync::{Arc, Mutex};
+
 use serde_json::{json, Map, Value};
 use tollgate_core::usage::UsageSource;
 use tollgate_core::Usage;
@@ -25,6 +27,46 @@ pub struct Envelope {
     pub model: String,
     /// The request's members a response repeats ([`super::request::ResponsesRequest::echo`]).
     pub echo: Map<String, Value>,
+    /// Whether the client asked for reasoning items' `encrypted_content`
+    /// (`include: ["reasoning.encrypted_content"]`).
+    pub include_encrypted: bool,
+    /// The `encrypted_content` of reasoning items streamed without it, by item id: the stored
+    /// response keeps it (shared with the stream encoder, which fills it).
+    pub sealed: Sealed,
+}
+
+/// Reasoning items' `encrypted_content` kept back from a client that did not ask for it.
+#[derive(Debug, Clone, Default)]
+pub struct Sealed(Arc<Mutex<Vec<(String, String)>>>);
+
+impl Sealed {
+    fn keep(&self, id: &str, content: &str) {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.push((id.to_owned(), content.to_owned()));
+        }
+    }
+
+    /// Writes the kept `encrypted_content` back into the reasoning items of `response`'s
+    /// output (for the store).
+    pub fn restore(&self, response: &mut Value) {
+        let Ok(kept) = self.0.lock() else {
+            return;
+        };
+        if kept.is_empty() {
+            return;
+        }
+        for item in response
+            .get_mut("output")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+            if let Some((_, c)) = kept.iter().find(|(k, _)| k == id) {
+                item["encrypted_content"] = Value::String(c.clone());
+            }
+        }
+    }
 }
 
 /// Usage in the Responses shape.
@@ -94,7 +136,42 @@ impl Envelope {
         format!("{prefix}_tg_{tail}_{n}")
     }
 
-    /// The complete response object of a hub response.
+    /// `response` as the client gets it: without reasoning items' `encrypted_content` unless
+    /// it asked for it.
+    pub fn for_client(&self, response: &Value) -> Value {
+        let mut out = response.clone();
+        if !self.include_encrypted {
+            for item in out
+                .get_mut("output")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(o) = item.as_object_mut() {
+                    o.remove("encrypted_content");
+                }
+            }
+        }
+        out
+    }
+
+    /// A reasoning item as the client gets it (its `encrypted_content` kept back in
+    /// [`Envelope::sealed`] unless the client asked for it).
+    fn reasoning_for_client(&self, id: &str, text: &str, sealed: Option<&str>) -> Value {
+        let mut item = reasoning_item(id, text, sealed);
+        if !self.include_encrypted {
+            if let Some(s) = sealed {
+                self.sealed.keep(id, s);
+            }
+            if let Some(o) = item.as_object_mut() {
+                o.remove("encrypted_content");
+            }
+        }
+        item
+    }
+
+    /// The complete response object of a hub response (reasoning items with their
+    /// `encrypted_content`: see [`Envelope::for_client`]).
     pub fn complete(&self, r: &ChatResponse) -> Value {
         let mut output = Vec::new();
         let mut text = String::new();
@@ -118,10 +195,13 @@ impl Envelope {
                     let id = self.item_id("rs", output.len());
                     output.push(reasoning_item(&id, t, signature.as_deref()));
                 }
-                Part::RedactedThinking { .. }
-                | Part::Image(_)
-                | Part::ToolResult(_)
-                | Part::CachePoint => {}
+                Part::RedactedThinking { data } => {
+                    flush_text(&mut text, &mut output);
+                    let id = self.item_id("rs", output.len());
+                    let sealed = format!("{}{data}", super::request::REDACTED_PREFIX);
+                    output.push(reasoning_item(&id, "", Some(&sealed)));
+                }
+                Part::Image(_) | Part::ToolResult(_) | Part::CachePoint => {}
             }
         }
         flush_text(&mut text, &mut output);
@@ -246,11 +326,17 @@ impl StreamEncoder {
             BlockKind::Thinking | BlockKind::RedactedThinking { .. } => {
                 let id = self.envelope.item_id("rs", oi);
                 let added = json!({"type": "reasoning", "id": id, "summary": []});
+                let signature = match block {
+                    BlockKind::RedactedThinking { data } => {
+                        Some(format!("{}{data}", super::request::REDACTED_PREFIX))
+                    }
+                    _ => None,
+                };
                 (
                     OpenItem::Reasoning {
                         id,
                         text: String::new(),
-                        signature: None,
+                        signature,
                     },
                     added,
                 )
@@ -313,7 +399,8 @@ impl StreamEncoder {
                 let v = json!({"item_id": id, "output_index": oi, "summary_index": 0,
                     "part": {"type": "summary_text", "text": text}});
                 self.emit("response.reasoning_summary_part.done", v, out);
-                reasoning_item(&id, &text, signature.as_deref())
+                self.envelope
+                    .reasoning_for_client(&id, &text, signature.as_deref())
             }
         };
         self.emit(
@@ -438,6 +525,7 @@ mod tests {
             created_at: 7,
             model: "m".into(),
             echo: Map::new(),
+            ..Default::default()
         }
     }
 
@@ -524,5 +612,77 @@ mod tests {
         let last = out.last_mut().unwrap().value().unwrap().clone();
         assert_eq!(last["sequence_number"], 9);
         assert_eq!(last["response"]["output"][0]["content"][0]["text"], "ab");
+    }
+
+    #[test]
+    fn thinking_becomes_reasoning_items_sealed_unless_included() {
+        let r = ChatResponse {
+            content: vec![
+                Part::Thinking {
+                    text: "hmm".into(),
+                    signature: Some("sig".into()),
+                },
+                Part::RedactedThinking { data: "d".into() },
+                Part::ToolCall(ToolCall {
+                    id: "c1".into(),
+                    name: "f".into(),
+                    arguments: "{}".into(),
+                }),
+            ],
+            id: "x".into(),
+            model: "up".into(),
+            stop_reason: Some(StopReason::ToolUse),
+            stop_sequence: None,
+            usage: Usage::default(),
+        };
+        let mut env = envelope();
+        let full = env.complete(&r);
+        assert_eq!(full["output"][0]["id"], "rs_tg_abc_0");
+        assert_eq!(full["output"][0]["encrypted_content"], "sig");
+        assert_eq!(full["output"][0]["summary"][0]["text"], "hmm");
+        assert_eq!(full["output"][1]["encrypted_content"], "tg_redacted:d");
+        assert_eq!(full["output"][2]["type"], "function_call");
+        let client = env.for_client(&full);
+        assert!(client["output"][0].get("encrypted_content").is_none());
+        env.include_encrypted = true;
+        assert_eq!(
+            env.for_client(&full)["output"][0]["encrypted_content"],
+            "sig"
+        );
+
+        // Streamed: the client's item has none; the store gets it back.
+        let env = envelope();
+        let sealed = env.sealed.clone();
+        let mut enc = StreamEncoder::new(env);
+        let mut out = Vec::new();
+        for e in [
+            StreamEvent::BlockStart {
+                index: 0,
+                block: BlockKind::Thinking,
+            },
+            StreamEvent::Delta {
+                index: 0,
+                delta: Delta::Thinking("hmm".into()),
+            },
+            StreamEvent::Delta {
+                index: 0,
+                delta: Delta::Signature("sig".into()),
+            },
+            StreamEvent::BlockStop { index: 0 },
+            StreamEvent::Finish {
+                stop_reason: Some(StopReason::EndTurn),
+                stop_sequence: None,
+                usage: None,
+            },
+        ] {
+            enc.encode(e, &mut out);
+        }
+        let mut last = out.last_mut().unwrap().value().unwrap()["response"].clone();
+        assert!(
+            last["output"][0].get("encrypted_content").is_none(),
+            "{last}"
+        );
+        sealed.restore(&mut last);
+        assert_eq!(last["output"][0]["encrypted_content"], "sig");
     }
 }

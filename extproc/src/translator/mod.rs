@@ -16,6 +16,7 @@ pub mod hub;
 pub mod json;
 pub mod json_tool;
 pub mod openai;
+pub mod thinking_blocks;
 
 #[cfg(test)]
 mod tests;
@@ -171,6 +172,13 @@ impl Pair {
     /// streaming OpenAI client asked for the usage chunk.
     pub fn encode_request(self, req: hub::ChatRequest) -> Result<(Vec<u8>, bool), TranslateError> {
         let mut req = req;
+        // An OpenAI client's `thinking_blocks` carry Anthropic-style signatures: only the
+        // Anthropic family (Anthropic, Vertex Claude, Bedrock Converse) can check them.
+        if self.client == ApiFamily::OpenAi
+            && !matches!(self.upstream, ApiFamily::Anthropic | ApiFamily::Bedrock)
+        {
+            thinking_blocks::drop_thinking(&mut req);
+        }
         // Gemini's signatures ride in tool-call ids: back onto the calls for Gemini, gone for
         // everyone else.
         match self.upstream {

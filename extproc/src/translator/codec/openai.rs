@@ -34,6 +34,25 @@ struct WireMessage {
     tool_calls: Option<Vec<WireToolCall>>,
     #[serde(default)]
     tool_call_id: Option<String>,
+    /// An assistant turn's thinking blocks with their signatures (the member LiteLLM and
+    /// Tollgate's Responses API use to carry Anthropic-style thinking through a chat body).
+    #[serde(default)]
+    thinking_blocks: Option<Vec<WireThinkingBlock>>,
+}
+
+/// One of an assistant message's `thinking_blocks`.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum WireThinkingBlock {
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+        #[serde(default)]
+        signature: Option<String>,
+    },
+    RedactedThinking {
+        data: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -261,10 +280,29 @@ pub fn request_from_wire(
                 content: parts_of(m.content)?,
             }),
             "assistant" => {
-                let mut content: Vec<Part> = parts_of(m.content)?
+                // Thinking comes first in the turn, as Anthropic requires.
+                let mut content: Vec<Part> = m
+                    .thinking_blocks
+                    .unwrap_or_default()
                     .into_iter()
-                    .filter(|p| !matches!(p, Part::Text(t) if t.is_empty()))
+                    .map(|b| match b {
+                        WireThinkingBlock::Thinking {
+                            thinking,
+                            signature,
+                        } => Part::Thinking {
+                            text: thinking,
+                            signature,
+                        },
+                        WireThinkingBlock::RedactedThinking { data } => {
+                            Part::RedactedThinking { data }
+                        }
+                    })
                     .collect();
+                content.extend(
+                    parts_of(m.content)?
+                        .into_iter()
+                        .filter(|p| !matches!(p, Part::Text(t) if t.is_empty())),
+                );
                 for c in m.tool_calls.unwrap_or_default() {
                     content.push(Part::ToolCall(ToolCall {
                         id: c.id,
