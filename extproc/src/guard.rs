@@ -580,6 +580,8 @@ impl StreamGuard {
 #[cfg(test)]
 mod tests;
 
+pub mod endpoints;
+
 /// The guard of a same-dialect OpenAI stream (chat or legacy completions), event by event
 /// without a round trip through the hub: every choice's `delta.content` (or completions
 /// `text`) goes through a scanner of its own, and every other member of a chunk stays as the

@@ -31,6 +31,9 @@ pub struct MediaRequest {
     pub audio_ms: Option<u64>,
     /// Transcription `response_format` (empty: `json`).
     pub response_format: String,
+    /// A multipart body's parts (names, files and byte ranges: the one parse guardrails and
+    /// capture read too); empty for a JSON body.
+    pub parts: Vec<multipart::Part>,
 }
 
 fn field_error(param: &'static str, message: &str) -> ApiError {
@@ -161,6 +164,7 @@ pub fn read_form(api: MediaApi, body: &[u8], content_type: &str) -> Result<Media
     if matches!(api, MediaApi::Transcriptions | MediaApi::Translations) {
         req.audio_ms = body.get(file).and_then(wav_duration_ms);
     }
+    req.parts = parts;
     Ok(req)
 }
 

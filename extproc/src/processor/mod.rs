@@ -15,6 +15,7 @@ mod cors;
 mod count;
 mod finish;
 mod gemini_methods;
+mod guard_endpoints;
 mod local;
 mod media;
 mod offload;
