@@ -10,6 +10,13 @@ use tollgate_guardrails::{Engine, Verdict};
 
 use super::{merge, visit_member_text, visit_text};
 
+/// Something that calls its argument on every text of a request or response.
+pub type Walker<'a> = dyn FnMut(&mut dyn FnMut(&mut String)) + 'a;
+
+/// A walker over one JSON value.
+#[cfg(test)]
+type ValueWalker = fn(&mut Value, &mut dyn FnMut(&mut String));
+
 /// Calls `f` on the text of a JSON media request: an image generation's `prompt`, a speech
 /// `input`, a moderation `input` (a string, a list of strings, or multimodal parts whose
 /// `text` is read; image parts carry no text).
@@ -144,10 +151,7 @@ pub fn visit_passthrough(
 
 /// Judges every text a walker visits under `engine`, redacting in place: the verdict, and
 /// whether any text changed.
-pub fn judge_visited(
-    engine: &Engine,
-    visit: &mut dyn FnMut(&mut dyn FnMut(&mut String)),
-) -> (Verdict, bool) {
+pub fn judge_visited(engine: &Engine, visit: &mut Walker<'_>) -> (Verdict, bool) {
     let mut verdict = Verdict::default();
     let mut changed = false;
     visit(&mut |s: &mut String| {
@@ -162,7 +166,7 @@ pub fn judge_visited(
 }
 
 /// The texts a walker visits, one per line (what a webhook guardrail is sent).
-pub fn visited_text(visit: &mut dyn FnMut(&mut dyn FnMut(&mut String))) -> String {
+pub fn visited_text(visit: &mut Walker<'_>) -> String {
     let mut out: Vec<String> = Vec::new();
     visit(&mut |s: &mut String| out.push(s.clone()));
     out.join("\n")
@@ -206,10 +210,7 @@ mod tests {
         .unwrap()
     }
 
-    fn judge_value(
-        v: &mut Value,
-        visit: fn(&mut Value, &mut dyn FnMut(&mut String)),
-    ) -> (Verdict, bool) {
+    fn judge_value(v: &mut Value, visit: ValueWalker) -> (Verdict, bool) {
         let e = engine();
         judge_visited(&e, &mut |f| visit(v, f))
     }
