@@ -4,7 +4,8 @@
 //! provider's) dialect and nothing reaches the mock; PII in a multipart transcription prompt
 //! reaches the mock redacted with the rest of the form (the audio) byte for byte as sent; a
 //! passthrough body of no known shape goes on unjudged; capture `full` of a transcription
-//! keeps its text fields and a placeholder for the file, never the audio.
+//! keeps its text fields and a placeholder for the file, never the audio, and of a passthrough
+//! call its JSON body and answer.
 
 // Test support: helpers outside `#[test]` functions fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -381,4 +382,24 @@ async fn full_capture_of_media_keeps_text_parts_and_a_file_placeholder_never_the
     );
     let request: Value = serde_json::from_str(e["request_body"].as_str().unwrap()).unwrap();
     assert_eq!(request["input"], "hello");
+
+    // Passthrough: the JSON body and the answer as it passed, redacted like every capture.
+    let r = stack
+        .post(
+            "/passthrough/mock/v1/chat/completions",
+            Some(KEY_CAPTURE_FULL),
+            json!({"model": "mock-model", "messages": [{"role": "user", "content": format!("hi from {EMAIL}")}]})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let e = event(&ls.logger, &id).await;
+    assert_eq!(e["endpoint"], "passthrough", "{e}");
+    let request: Value = serde_json::from_str(e["request_body"].as_str().unwrap()).unwrap();
+    assert_eq!(request["messages"][0]["content"], "hi from [REDACTED:email]");
+    let response = e["response_body"].as_str().unwrap();
+    assert!(response.contains("Mock reply to"), "{e}");
+    assert!(!response.contains(EMAIL), "{e}");
+    assert_eq!(e["response_bytes"], json!(r.text.len()), "{e}");
 }
