@@ -397,7 +397,10 @@ async fn full_capture_of_media_keeps_text_parts_and_a_file_placeholder_never_the
     let e = event(&ls.logger, &id).await;
     assert_eq!(e["endpoint"], "passthrough", "{e}");
     let request: Value = serde_json::from_str(e["request_body"].as_str().unwrap()).unwrap();
-    assert_eq!(request["messages"][0]["content"], "hi from [REDACTED:email]");
+    assert_eq!(
+        request["messages"][0]["content"],
+        "hi from [REDACTED:email]"
+    );
     let response = e["response_body"].as_str().unwrap();
     assert!(response.contains("Mock reply to"), "{e}");
     assert!(!response.contains(EMAIL), "{e}");

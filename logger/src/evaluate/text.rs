@@ -325,6 +325,35 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_streams_calls_come_from_its_capture_when_it_kept_them_all() {
+        use tollgate_proto::logger::v1::{CapturedToolCall, Payload};
+        let event = |calls: usize, count: u32| LogEvent {
+            stream: true,
+            http_status: 200,
+            payload: Some(Payload {
+                mode: "full".into(),
+                response_body: "text".into(),
+                tool_call_count: count,
+                tool_calls: (0..calls)
+                    .map(|i| CapturedToolCall {
+                        name: format!("f{i}"),
+                        arguments: "{}".into(),
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = output(&event(2, 2)).unwrap();
+        let calls = out.stream_calls.unwrap();
+        assert_eq!(calls[1].name, "f1");
+        assert_eq!(calls[1].arguments, Arguments::Text("{}".into()));
+        // None at all: known (no calls); fewer kept than made: unknown.
+        assert_eq!(output(&event(0, 0)).unwrap().stream_calls, Some(Vec::new()));
+        assert_eq!(output(&event(1, 3)).unwrap().stream_calls, None);
+    }
+
+    #[test]
     fn text_and_tool_calls_are_read_in_every_dialect() {
         let openai = json!({"choices":[{"message":{"content":"hi","tool_calls":[{"function":{"name":"f","arguments":"{\"a\":1}"}}]}}]});
         assert_eq!(response_text(&openai), "hi");
