@@ -40,7 +40,9 @@ fn patched(yaml: String) -> String {
         )
         .replacen(
             "    e2e:\n      rules:\n",
-            &format!("    e2e:\n      rules:\n        - {{ id: no-word, detector: {{ deny_list: [\"{WORD}\"] }}, action: block, side: request }}\n"),
+            &format!("    e2e:\n      rules:\n        - {{ id: no-word, detector: {{ deny_list: [\"{WORD}\"] }}, action: block, side: request }}\n\
+                 \x20       - {{ id: no-translation, detector: {{ deny_list: [\"mock translation\"] }}, action: block, side: response, endpoints: [audio_translations] }}\n\
+                 \x20       - {{ id: hello, detector: {{ regex: \"Hello\" }}, action: redact, side: response, endpoints: [audio_transcriptions] }}\n"),
             1,
         );
     assert!(out.contains("no-word") && out.contains("rerank-cohere"));
@@ -99,9 +101,19 @@ fn form(boundary: &str, fields: &[(&str, &str)], file: &[u8]) -> Vec<u8> {
 }
 
 async fn post_form(stack: &Stack, key: &str, boundary: &str, body: Vec<u8>) -> Reply {
+    post_form_to(stack, "/v1/audio/transcriptions", key, boundary, body).await
+}
+
+async fn post_form_to(
+    stack: &Stack,
+    path: &str,
+    key: &str,
+    boundary: &str,
+    body: Vec<u8>,
+) -> Reply {
     let resp = stack
         .http
-        .post(format!("{}/v1/audio/transcriptions", stack.base))
+        .post(format!("{}{path}", stack.base))
         .bearer_auth(key)
         .header(
             "content-type",
@@ -241,7 +253,11 @@ async fn denied_words_are_refused_in_each_dialect_and_pii_redacted_in_forms() {
     );
     let r = post_form(&stack, KEY_GUARDED, boundary, sent).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert_eq!(r.json()["text"], "Hello from the mock transcription.");
+    // The transcript judged on its way back: `hello` (scoped to transcriptions) redacts.
+    assert_eq!(
+        r.json()["text"],
+        "[REDACTED:hello] from the mock transcription."
+    );
     let expected = form(
         boundary,
         &[
@@ -258,6 +274,38 @@ async fn denied_words_are_refused_in_each_dialect_and_pii_redacted_in_forms() {
         seen[0]["headers"]["content-length"],
         expected.len().to_string()
     );
+
+    // A translation's answer blocked (`no-translation`, scoped to translations) in OpenAI's
+    // shape; a `text` answer redacted as text.
+    let r = post_form_to(
+        &stack,
+        "/v1/audio/translations",
+        KEY_GUARDED,
+        boundary,
+        form(boundary, &[("model", "whisper")], &audio),
+    )
+    .await;
+    let v = r.assert_openai_error(400, Some("guardrail_blocked"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`no-translation`"),
+        "{v}"
+    );
+    let r = post_form(
+        &stack,
+        KEY_GUARDED,
+        boundary,
+        form(
+            boundary,
+            &[("model", "whisper"), ("response_format", "text")],
+            &audio,
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.text, "[REDACTED:hello] from the mock transcription.\n");
 
     // Redaction in JSON bodies: an image prompt, a rerank query, a passthrough chat body.
     stack.clear_upstream_requests().await;
