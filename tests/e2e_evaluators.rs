@@ -385,6 +385,29 @@ async fn a_streamed_tool_call_is_scored_by_tool_calls_into_ndjson() {
                 "parameters": {"type": "object"}}}]}),
     )
     .await;
+    // Translated streams too: Bedrock's ConverseStream reaching an OpenAI client, and an
+    // Anthropic client's own stream.
+    let bedrock = chat(
+        &logged,
+        serde_json::json!({"model": "bedrock-model", "stream": true,
+            "messages": [{"role": "user", "content": "weather please"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object"}}}]}),
+    )
+    .await;
+    let r = logged
+        .stack
+        .post(
+            "/v1/messages",
+            Some(KEY_CAPTURE_FULL),
+            serde_json::json!({"model": "claude-model", "max_tokens": 64, "stream": true,
+                "messages": [{"role": "user", "content": "weather please"}],
+                "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let anthropic = r.header("x-tollgate-request-id").unwrap().to_owned();
     let dir = logged.logger.data_dir.join("evaluations");
     let scored = |id: &str| -> Option<serde_json::Value> {
         let text: String = std::fs::read_dir(&dir)
@@ -408,5 +431,14 @@ async fn a_streamed_tool_call_is_scored_by_tool_calls_into_ndjson() {
     assert_eq!(open["error"], "", "{open}");
     assert_eq!(open["score"], 1.0, "{open}");
     assert_eq!(open["label"], "", "{open}");
+    for id in [&bedrock, &anthropic] {
+        let got = eventually(Duration::from_secs(30), || scored(id))
+            .await
+            .expect("no tools-ok evaluation of a translated stream");
+        assert_eq!(got["error"], "", "{got}");
+        assert_eq!(got["score"], 1.0, "{got}");
+        // Not `no_tool_calls`: the call was seen and checked.
+        assert_eq!(got["label"], "", "{got}");
+    }
     hook_task.abort();
 }
