@@ -357,3 +357,88 @@ async fn evaluators_write_ndjson_and_tollgate_evals_reads_it() {
     assert_eq!(json["key_id"], "cap-full");
     hook_task.abort();
 }
+
+/// A streamed answer's tool calls are kept by capture (name and arguments per call) and scored
+/// by `tool_calls` like a whole answer's: the same request streamed and not gets the same
+/// score, and a call matching its schema scores 1 (issue 18: a stream's capture once had no
+/// tool names, and the evaluator recorded an error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_tool_call_is_scored_by_tool_calls_into_ndjson() {
+    let mut logged = LoggedStack::ndjson();
+    let (webhook, hook_task) = hanging_webhook().await;
+    configure(&mut logged, &webhook, common::free_port());
+    let strict = |stream: bool| {
+        serde_json::json!({"model": "mock-model", "stream": stream,
+            "messages": [{"role": "user", "content": "weather please"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object",
+                "properties": {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+                "required": ["unit"]}}}]})
+    };
+    let whole = chat(&logged, strict(false)).await;
+    let streamed = chat(&logged, strict(true)).await;
+    let open = chat(
+        &logged,
+        serde_json::json!({"model": "mock-model", "stream": true,
+            "messages": [{"role": "user", "content": "weather please"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object"}}}]}),
+    )
+    .await;
+    // Translated streams too: Bedrock's ConverseStream reaching an OpenAI client, and an
+    // Anthropic client's own stream.
+    let bedrock = chat(
+        &logged,
+        serde_json::json!({"model": "bedrock-model", "stream": true,
+            "messages": [{"role": "user", "content": "weather please"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object"}}}]}),
+    )
+    .await;
+    let r = logged
+        .stack
+        .post(
+            "/v1/messages",
+            Some(KEY_CAPTURE_FULL),
+            serde_json::json!({"model": "claude-model", "max_tokens": 64, "stream": true,
+                "messages": [{"role": "user", "content": "weather please"}],
+                "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let anthropic = r.header("x-tollgate-request-id").unwrap().to_owned();
+    let dir = logged.logger.data_dir.join("evaluations");
+    let scored = |id: &str| -> Option<serde_json::Value> {
+        let text: String = std::fs::read_dir(&dir)
+            .ok()?
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["request_id"] == id && l["evaluator"] == "tools-ok")
+    };
+    let got = eventually(Duration::from_secs(30), || {
+        Some((scored(&whole)?, scored(&streamed)?, scored(&open)?))
+    })
+    .await
+    .expect("no tools-ok evaluations in the NDJSON files");
+    let (whole, streamed, open) = got;
+    assert_eq!(streamed["error"], "", "{streamed}");
+    assert_eq!(streamed["score"], whole["score"], "{streamed} vs {whole}");
+    assert_eq!(streamed["label"], whole["label"], "{streamed} vs {whole}");
+    assert_eq!(streamed["label"], "invalid_tool_call", "{streamed}");
+    assert_eq!(open["error"], "", "{open}");
+    assert_eq!(open["score"], 1.0, "{open}");
+    assert_eq!(open["label"], "", "{open}");
+    for id in [&bedrock, &anthropic] {
+        let got = eventually(Duration::from_secs(30), || scored(id))
+            .await
+            .expect("no tools-ok evaluation of a translated stream");
+        assert_eq!(got["error"], "", "{got}");
+        assert_eq!(got["score"], 1.0, "{got}");
+        // Not `no_tool_calls`: the call was seen and checked.
+        assert_eq!(got["label"], "", "{got}");
+    }
+    hook_task.abort();
+}

@@ -139,13 +139,33 @@ fn tool_calls(v: &Value) -> u32 {
     u32::try_from(openai + anthropic).unwrap_or(u32::MAX)
 }
 
-/// The text a stream event adds, and whether it starts a tool call. OpenAI chunks: every
-/// choice's `delta.content`, reasoning, tool-call arguments, or legacy `text`; Anthropic:
-/// `content_block_delta` text, thinking or `partial_json`.
-fn stream_pieces(v: &Value, out: &mut Vec<String>) -> u32 {
+/// A piece of a tool call a stream event carries, in the client's dialect.
+#[derive(Debug, PartialEq)]
+enum CallPiece {
+    /// A call starts (or its name arrives): the call's key within the stream, its name.
+    Start(u64, String),
+    /// Argument text of the call with this key.
+    Arguments(u64, String),
+    /// A whole call in one event (Gemini's `functionCall`): its name and arguments.
+    Whole(String, String),
+}
+
+/// Keys of an OpenAI chat stream's tool calls: the choice in the high bits, the call's
+/// `index` in the low ones.
+fn openai_call_key(choice: u64, index: u64) -> u64 {
+    (choice << 32) | (index & 0xFFFF_FFFF)
+}
+
+/// The text a stream event adds, the tool-call pieces it carries, and how many tool calls it
+/// starts. OpenAI chunks: every choice's `delta.content`, reasoning, tool-call names and
+/// arguments, or legacy `text`; Anthropic: `content_block_delta` text, thinking or
+/// `partial_json`, `tool_use` block starts; Gemini: candidate text parts and `functionCall`s;
+/// the Responses API: `response.output_text.delta`, `function_call` items and their
+/// `response.function_call_arguments.delta`.
+fn stream_pieces(v: &Value, out: &mut Vec<String>, calls_out: &mut Vec<CallPiece>) -> u32 {
     let mut calls = 0;
     if let Some(choices) = v["choices"].as_array() {
-        for c in choices {
+        for (pos, c) in choices.iter().enumerate() {
             let d = &c["delta"];
             for key in ["reasoning_content", "reasoning", "content"] {
                 if let Some(s) = d[key].as_str() {
@@ -155,29 +175,109 @@ fn stream_pieces(v: &Value, out: &mut Vec<String>) -> u32 {
             if let Some(s) = c["text"].as_str() {
                 out.push(s.to_owned());
             }
-            for t in d["tool_calls"].as_array().into_iter().flatten() {
+            let choice = c["index"].as_u64().unwrap_or(pos as u64);
+            for (i, t) in d["tool_calls"].as_array().into_iter().flatten().enumerate() {
                 if t["id"].is_string() {
                     calls += 1;
                 }
+                let key = openai_call_key(choice, t["index"].as_u64().unwrap_or(i as u64));
+                if let Some(name) = t["function"]["name"].as_str() {
+                    calls_out.push(CallPiece::Start(key, name.to_owned()));
+                }
                 if let Some(s) = t["function"]["arguments"].as_str() {
                     out.push(s.to_owned());
+                    calls_out.push(CallPiece::Arguments(key, s.to_owned()));
                 }
             }
         }
         return calls;
     }
+    if let Some(candidates) = v["candidates"].as_array() {
+        for cand in candidates {
+            for part in cand["content"]["parts"].as_array().into_iter().flatten() {
+                if let Some(s) = part["text"].as_str() {
+                    out.push(s.to_owned());
+                }
+                if let Some(f) = part.get("functionCall") {
+                    calls += 1;
+                    let args = f
+                        .get("args")
+                        .map_or_else(|| "{}".to_owned(), Value::to_string);
+                    out.push(args.clone());
+                    calls_out.push(CallPiece::Whole(
+                        f["name"].as_str().unwrap_or_default().to_owned(),
+                        args,
+                    ));
+                }
+            }
+        }
+        return calls;
+    }
+    let index = v["index"].as_u64().unwrap_or(0);
     match v["type"].as_str() {
-        Some("content_block_start") if v["content_block"]["type"] == "tool_use" => 1,
+        Some("content_block_start") if v["content_block"]["type"] == "tool_use" => {
+            let name = v["content_block"]["name"].as_str().unwrap_or_default();
+            calls_out.push(CallPiece::Start(index, name.to_owned()));
+            1
+        }
         Some("content_block_delta") => {
             let d = &v["delta"];
             for key in ["text", "thinking", "partial_json"] {
                 if let Some(s) = d[key].as_str() {
                     out.push(s.to_owned());
+                    if key == "partial_json" {
+                        calls_out.push(CallPiece::Arguments(index, s.to_owned()));
+                    }
                 }
             }
             0
         }
+        // The Responses API's events.
+        Some("response.output_text.delta") => {
+            if let Some(s) = v["delta"].as_str() {
+                out.push(s.to_owned());
+            }
+            0
+        }
+        Some("response.output_item.added") if v["item"]["type"] == "function_call" => {
+            let key = v["output_index"].as_u64().unwrap_or(0);
+            let name = v["item"]["name"].as_str().unwrap_or_default();
+            calls_out.push(CallPiece::Start(key, name.to_owned()));
+            1
+        }
+        Some("response.function_call_arguments.delta") => {
+            if let Some(s) = v["delta"].as_str() {
+                let key = v["output_index"].as_u64().unwrap_or(0);
+                out.push(s.to_owned());
+                calls_out.push(CallPiece::Arguments(key, s.to_owned()));
+            }
+            0
+        }
         _ => 0,
+    }
+}
+
+/// The most tool calls a stream's capture assembles (more are counted, not kept).
+pub const MAX_STREAM_TOOL_CALLS: usize = 64;
+
+/// One tool call of a stream, as assembled so far.
+#[derive(Debug)]
+struct StreamCall {
+    key: u64,
+    name: String,
+    arguments: String,
+}
+
+/// Redacts a tool call's arguments as capture redacts bodies: a JSON text has its strings
+/// redacted (and stays JSON), anything else is redacted as text; `None` when they hold a
+/// private key.
+fn redact_arguments(engine: &Engine, args: &str) -> Option<String> {
+    match serde_json::from_str::<Value>(args) {
+        Ok(mut v) => (!redact_value(engine, &mut v)).then(|| v.to_string()),
+        Err(_) => {
+            let mut s = args.to_owned();
+            (!redact_string(engine, &mut s)).then_some(s)
+        }
     }
 }
 
@@ -191,6 +291,11 @@ pub struct Capture {
     text: String,
     /// Bytes of stream text left out.
     dropped: usize,
+    /// A stream's tool calls so far (`full`; at most [`MAX_STREAM_TOOL_CALLS`], their
+    /// arguments within `2 * max` bytes in all).
+    calls: Vec<StreamCall>,
+    /// Bytes of tool-call arguments kept so far.
+    call_bytes: usize,
 }
 
 impl Capture {
@@ -209,6 +314,8 @@ impl Capture {
             },
             text: String::new(),
             dropped: 0,
+            calls: Vec::new(),
+            call_bytes: 0,
         })
     }
 
@@ -224,6 +331,54 @@ impl Capture {
         }
         if self.mode == Mode::Full {
             p.request_body = redact_body(body, self.max);
+        }
+    }
+
+    /// Records a `multipart/form-data` request: its real size and content type, and (with
+    /// `full`) `summary` in place of the body: its text fields as they came, each file part a
+    /// placeholder naming its file name, content type and size (never its bytes).
+    pub fn request_form(&mut self, content_type: &str, bytes: usize, summary: &[u8]) {
+        let p = &mut self.payload;
+        p.request_bytes = bytes as u64;
+        p.request_content_type = content_type.to_owned();
+        if self.mode == Mode::Full {
+            p.request_body = redact_body(summary, self.max);
+        }
+    }
+
+    /// Records a complete response the client got as `bytes` bytes, captured as `summary`
+    /// (the body with its binary members, such as images' `b64_json`, replaced by
+    /// placeholders).
+    pub fn response_summary(&mut self, bytes: usize, summary: &[u8]) {
+        self.payload.response_bytes += bytes as u64;
+        if self.mode == Mode::Full {
+            self.payload.response_body = redact_body(summary, self.max);
+        }
+    }
+
+    /// Records one chunk of a response passed through untouched (a passthrough answer): its
+    /// bytes, and with `full` its text as it came (bounded like a stream's text; redacted when
+    /// the capture finishes).
+    pub fn response_chunk(&mut self, chunk: &[u8]) {
+        self.payload.response_bytes += chunk.len() as u64;
+        if self.mode == Mode::Full {
+            let piece = String::from_utf8_lossy(chunk);
+            self.keep_text(&piece);
+        }
+    }
+
+    /// Keeps `piece` of a response's text within `2 * max` bytes, counting what is left out.
+    fn keep_text(&mut self, piece: &str) {
+        let room = 2 * self.max;
+        if self.dropped > 0 || self.text.len() + piece.len() > room {
+            let mut cut = room.saturating_sub(self.text.len()).min(piece.len());
+            while !piece.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.text.push_str(&piece[..cut]);
+            self.dropped += piece.len() - cut;
+        } else {
+            self.text.push_str(piece);
         }
     }
 
@@ -251,27 +406,76 @@ impl Capture {
     /// Records one event of a stream as the client gets it (its data, parsed).
     pub fn response_event(&mut self, v: &Value) {
         let mut pieces = Vec::new();
-        self.payload.tool_call_count += stream_pieces(v, &mut pieces);
+        let mut calls = Vec::new();
+        self.payload.tool_call_count += stream_pieces(v, &mut pieces, &mut calls);
         if self.mode != Mode::Full {
             return;
         }
-        let room = 2 * self.max;
         for piece in pieces {
-            if self.dropped > 0 || self.text.len() + piece.len() > room {
-                let mut cut = room.saturating_sub(self.text.len()).min(piece.len());
-                while !piece.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                self.text.push_str(&piece[..cut]);
-                self.dropped += piece.len() - cut;
-            } else {
-                self.text.push_str(&piece);
-            }
+            self.keep_text(&piece);
         }
+        for c in calls {
+            self.keep_call(c);
+        }
+    }
+
+    /// Adds a piece of a stream's tool call to the calls assembled so far (bounded).
+    fn keep_call(&mut self, piece: CallPiece) {
+        let room = 2 * self.max;
+        let (key, name, args) = match piece {
+            CallPiece::Start(key, name) => (Some(key), Some(name), String::new()),
+            CallPiece::Arguments(key, args) => (Some(key), None, args),
+            CallPiece::Whole(name, args) => (None, Some(name), args),
+        };
+        let open = key.and_then(|k| self.calls.iter().rposition(|c| c.key == k));
+        let at = match (open, &name) {
+            // A name for a call that has one is a new call under the same key.
+            (Some(i), Some(_)) if self.calls.get(i).is_some_and(|c| !c.name.is_empty()) => None,
+            (Some(i), _) => Some(i),
+            (None, _) => None,
+        };
+        let at = match at {
+            Some(i) => i,
+            None if self.calls.len() < MAX_STREAM_TOOL_CALLS => {
+                self.calls.push(StreamCall {
+                    key: key.unwrap_or(u64::MAX),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+                self.calls.len() - 1
+            }
+            None => return,
+        };
+        let Some(call) = self.calls.get_mut(at) else {
+            return;
+        };
+        if let Some(name) = name.filter(|_| call.name.is_empty()) {
+            // Client text: bounded like any echoed name.
+            call.name = tollgate_core::bound::echo(&name).into_owned();
+        }
+        let mut cut = room.saturating_sub(self.call_bytes).min(args.len());
+        while !args.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        call.arguments.push_str(&args[..cut]);
+        self.call_bytes += cut;
     }
 
     /// The payload for the log event.
     pub fn finish(mut self) -> pb::Payload {
+        if self.mode == Mode::Full && !self.calls.is_empty() {
+            let calls = std::mem::take(&mut self.calls);
+            self.payload.tool_calls = calls
+                .into_iter()
+                .map(|c| pb::CapturedToolCall {
+                    arguments: REDACTOR
+                        .as_ref()
+                        .and_then(|e| redact_arguments(e, &c.arguments))
+                        .map_or_else(|| WITHHELD.to_owned(), |a| cap(a, self.max, 0)),
+                    name: c.name,
+                })
+                .collect();
+        }
         if self.mode == Mode::Full && (!self.text.is_empty() || self.dropped > 0) {
             let Some(engine) = REDACTOR.as_ref() else {
                 self.payload.response_body = WITHHELD.to_owned();

@@ -198,11 +198,11 @@ pub(crate) fn text_members(endpoint: Endpoint) -> &'static [&'static str] {
         Endpoint::Responses => &["messages"],
         // Judged as the OpenAI embeddings body it is read into (`processor/gemini_methods.rs`).
         Endpoint::EmbedContent => &["input"],
-        // Not judged yet (their prompts are plain `prompt`/`input` members or form fields).
+        // Judged by `processor/guard_endpoints.rs` over what each endpoint already parsed
+        // (`guard::endpoints` walks it): a media prompt or input (JSON member or form part),
+        // the rerank query and documents, a passthrough body of a recognised shape.
         Endpoint::Media(_) => &[],
-        // Judged by `processor/rerank.rs` over the query and documents it reads itself.
         Endpoint::Rerank => &[],
-        // Not judged: the body goes on untouched.
         Endpoint::Passthrough => &[],
         Endpoint::Models | Endpoint::Feedback | Endpoint::CountTokens => &[],
     }
@@ -579,6 +579,8 @@ impl StreamGuard {
 
 #[cfg(test)]
 mod tests;
+
+pub mod endpoints;
 
 /// The guard of a same-dialect OpenAI stream (chat or legacy completions), event by event
 /// without a round trip through the hub: every choice's `delta.content` (or completions

@@ -38,6 +38,9 @@ pub struct MediaRequest {
     pub prompt_chars: u64,
     /// Images uploaded to edit.
     pub input_images: u32,
+    /// A multipart body's parts (names, files and byte ranges: the one parse guardrails and
+    /// capture read too); empty for a JSON body.
+    pub parts: Vec<multipart::Part>,
 }
 
 fn field_error(param: &'static str, message: &str) -> ApiError {
@@ -177,6 +180,7 @@ pub fn read_form(api: MediaApi, body: &[u8], content_type: &str) -> Result<Media
         req.audio_bytes = audio.len() as u64;
         req.input_images = 0;
     }
+    req.parts = parts;
     Ok(req)
 }
 

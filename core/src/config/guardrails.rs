@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tollgate_guardrails::{Action, Detector, Engine, GuardError, RuleSpec};
 
-use super::{Endpoint, Errors, RawModel};
+use super::{Endpoint, Errors, MediaApi, RawModel};
 
 /// The `guardrails` section as written.
 #[derive(Debug, Default, Deserialize)]
@@ -54,7 +54,9 @@ pub struct RawRule {
     #[serde(default)]
     pub models: Option<Vec<String>>,
     /// Endpoints the rule applies to: `chat_completions`, `completions`, `embeddings`,
-    /// `messages` (default: every endpoint).
+    /// `messages`, `generate_content`, `image_generations`, `image_edits`,
+    /// `audio_transcriptions`, `audio_translations`, `audio_speech`, `moderations`, `rerank`,
+    /// `passthrough` (default: every endpoint).
     #[serde(default)]
     pub endpoints: Option<Vec<String>>,
 }
@@ -238,11 +240,30 @@ impl Side {
     }
 }
 
-/// The endpoints a rule can be scoped to, by label.
-const SCOPED_ENDPOINTS: [Endpoint; SCOPES] = Endpoint::FORWARDED;
+/// The endpoints a rule can be scoped to, by label: the chat-family endpoints, and (i15-guard)
+/// the media APIs, rerank and passthrough, whose texts are judged too.
+const SCOPED_ENDPOINTS: [Endpoint; SCOPES] = [
+    Endpoint::ChatCompletions,
+    Endpoint::Completions,
+    Endpoint::Embeddings,
+    Endpoint::Messages,
+    Endpoint::GenerateContent,
+    Endpoint::Media(MediaApi::ImageGenerations),
+    Endpoint::Media(MediaApi::ImageEdits),
+    Endpoint::Media(MediaApi::Transcriptions),
+    Endpoint::Media(MediaApi::Translations),
+    Endpoint::Media(MediaApi::Speech),
+    Endpoint::Media(MediaApi::Moderations),
+    Endpoint::Rerank,
+    Endpoint::Passthrough,
+];
 
 /// How many endpoints a rule can be scoped to.
-const SCOPES: usize = Endpoint::FORWARDED.len();
+const SCOPES: usize = Endpoint::FORWARDED.len() + MediaApi::ALL.len() + 2;
+
+/// The `by_model` entry of the rules scoped to no model: what a request naming no configured
+/// model (a passthrough request) is judged by.
+const ANY_MODEL: &str = "";
 
 /// A compiled policy: an engine per (side, endpoint, model), `None` where no rule applies.
 #[derive(Debug)]
@@ -272,6 +293,23 @@ impl Policy {
         let slot = SCOPED_ENDPOINTS.iter().position(|e| *e == endpoint)?;
         self.by_model
             .get(model)?
+            .get(side.index() * SCOPES + slot)?
+            .as_ref()
+    }
+
+    /// [`Policy::engine`] for a request whose model may be no configured model (a passthrough
+    /// request names the provider's own id, or none): a configured model's engine, else the
+    /// engine of the rules scoped to no model.
+    pub fn engine_for_any_model(
+        &self,
+        side: Side,
+        endpoint: Endpoint,
+        model: &str,
+    ) -> Option<&Arc<Engine>> {
+        let slot = SCOPED_ENDPOINTS.iter().position(|e| *e == endpoint)?;
+        self.by_model
+            .get(model)
+            .or_else(|| self.by_model.get(ANY_MODEL))?
             .get(side.index() * SCOPES + slot)?
             .as_ref()
     }
@@ -379,7 +417,8 @@ fn validate_policy(
                 errs.add(
                     format!("{rpath}.endpoints[{j}]"),
                     format!(
-                        "unknown endpoint `{e}` (one of chat_completions, completions, embeddings, messages)"
+                        "unknown endpoint `{e}` (one of {})",
+                        SCOPED_ENDPOINTS.map(Endpoint::label).join(", ")
                     ),
                 );
             }
@@ -429,7 +468,7 @@ fn validate_policy(
     // Each distinct set of rules is compiled once.
     let mut compiled: HashMap<Vec<usize>, Arc<Engine>> = HashMap::new();
     let mut by_model = HashMap::with_capacity(models.len());
-    for model in models.keys() {
+    for model in models.keys().map(String::as_str).chain([ANY_MODEL]) {
         let mut slots: [Option<Arc<Engine>>; 2 * SCOPES] = Default::default();
         for side in [Side::Request, Side::Response] {
             for (e, endpoint) in SCOPED_ENDPOINTS.iter().enumerate() {
@@ -471,7 +510,7 @@ fn validate_policy(
                 }
             }
         }
-        by_model.insert(model.clone(), slots);
+        by_model.insert(model.to_owned(), slots);
     }
     Some(Policy {
         name: name.to_owned(),

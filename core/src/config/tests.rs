@@ -1466,3 +1466,55 @@ models:
     assert!(paths.contains(&"models.mixed.targets"), "{paths:?}");
     assert!(paths.contains(&"models.fo.failover"), "{paths:?}");
 }
+
+#[test]
+fn guardrail_rules_scope_to_media_rerank_and_passthrough_and_any_model() {
+    let section = r#"
+guardrails:
+  policies:
+    p:
+      rules:
+        - { id: email, detector: email, action: redact }
+        - { id: speech, detector: { deny_list: [x] }, action: block, endpoints: [audio_speech, rerank] }
+        - { id: llama-only, detector: phone, action: block, models: [llama] }
+"#;
+    let c = Config::from_yaml(&with_guardrails(section, ""), &env()).unwrap();
+    let p = &c.guardrails.policies["p"];
+    let ids = |endpoint, model: &str, any: bool| -> Vec<String> {
+        let e = if any {
+            p.engine_for_any_model(Side::Request, endpoint, model)
+        } else {
+            p.engine(Side::Request, endpoint, model)
+        };
+        e.map(|e| e.rule_ids().map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let speech = Endpoint::Media(crate::config::MediaApi::Speech);
+    let images = Endpoint::Media(crate::config::MediaApi::ImageGenerations);
+    assert_eq!(
+        ids(speech, "llama", false),
+        ["email", "speech", "llama-only"]
+    );
+    assert_eq!(ids(images, "llama", false), ["email", "llama-only"]);
+    assert_eq!(
+        ids(Endpoint::Rerank, "gpt-4o-mini", false),
+        ["email", "speech"]
+    );
+    // A passthrough request's model may be no configured one: the rules scoped to no model.
+    assert_eq!(ids(Endpoint::Passthrough, "provider-id", true), ["email"]);
+    assert_eq!(
+        ids(Endpoint::Passthrough, "llama", true),
+        ["email", "llama-only"]
+    );
+    assert!(ids(Endpoint::Passthrough, "provider-id", false).is_empty());
+    // Unknown endpoint labels are refused, naming the ones there are.
+    let bad = "\nguardrails:\n  policies:\n    p:\n      rules:\n        - { id: a, detector: email, action: flag, endpoints: [videos] }\n";
+    let errs = Config::from_yaml(&with_guardrails(bad, ""), &env()).unwrap_err();
+    let text = format!("{errs:?}");
+    assert!(
+        text.contains("guardrails.policies.p.rules[0].endpoints[0]")
+            && text.contains("audio_transcriptions")
+            && text.contains("passthrough"),
+        "{text}"
+    );
+}

@@ -150,3 +150,103 @@ fn a_long_stream_is_bounded_and_never_keeps_a_secret_cut_by_the_bound() {
     );
     assert!(!p.response_body.contains("sk-proj"), "{}", p.response_body);
 }
+
+#[test]
+fn streamed_tool_calls_are_assembled_per_call_in_every_client_dialect() {
+    use serde_json::json;
+    let names = |p: &pb::Payload| -> Vec<(String, String)> {
+        p.tool_calls
+            .iter()
+            .map(|c| (c.name.clone(), c.arguments.clone()))
+            .collect()
+    };
+    // OpenAI chat: the name once, arguments in deltas, two calls by index; PII redacted
+    // inside the arguments, which stay JSON.
+    let mut c = Capture::new(Mode::Full, 4096).unwrap();
+    for e in [
+        json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}),
+        json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":"}}]}}]}),
+        json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"c2","type":"function","function":{"name":"mail","arguments":"{\"to\":"}}]}}]}),
+        json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\"Paris\"}"}}]}}]}),
+        json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":format!("\"{EMAIL}\"}}")}}]}}]}),
+    ] {
+        c.response_event(&e);
+    }
+    let p = c.finish();
+    assert_eq!(p.tool_call_count, 2);
+    assert_eq!(
+        names(&p),
+        [
+            ("get_weather".to_owned(), r#"{"city":"Paris"}"#.to_owned()),
+            ("mail".to_owned(), r#"{"to":"[REDACTED:email]"}"#.to_owned())
+        ]
+    );
+    // Anthropic: a tool_use block and its partial_json deltas (text blocks are no calls).
+    let mut c = Capture::new(Mode::Full, 4096).unwrap();
+    for e in [
+        json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+        json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Let me check."}}),
+        json!({"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"get_weather","input":{}}}),
+        json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"city\": "}}),
+        json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"Oslo\"}"}}),
+    ] {
+        c.response_event(&e);
+    }
+    let p = c.finish();
+    assert_eq!(
+        names(&p),
+        [("get_weather".to_owned(), r#"{"city":"Oslo"}"#.to_owned())]
+    );
+    assert!(
+        p.response_body.starts_with("Let me check."),
+        "{}",
+        p.response_body
+    );
+    // Gemini: whole calls in a chunk; its text is the body.
+    let mut c = Capture::new(Mode::Full, 4096).unwrap();
+    c.response_event(
+        &json!({"candidates":[{"content":{"role":"model","parts":[{"text":"ok "},
+        {"functionCall":{"name":"get_weather","args":{"city":"Rome"}}}]}}]}),
+    );
+    let p = c.finish();
+    assert_eq!(p.tool_call_count, 1);
+    assert_eq!(
+        names(&p),
+        [("get_weather".to_owned(), r#"{"city":"Rome"}"#.to_owned())]
+    );
+    // The Responses API: a function_call item and its argument deltas by output index.
+    let mut c = Capture::new(Mode::Full, 4096).unwrap();
+    for e in [
+        json!({"type":"response.output_text.delta","output_index":0,"delta":"hi"}),
+        json!({"type":"response.output_item.added","output_index":1,"item":{"type":"function_call","name":"get_weather","call_id":"c","arguments":""}}),
+        json!({"type":"response.function_call_arguments.delta","output_index":1,"delta":"{\"city\":\"Lima\"}"}),
+    ] {
+        c.response_event(&e);
+    }
+    let p = c.finish();
+    assert_eq!(p.tool_call_count, 1);
+    assert_eq!(
+        names(&p),
+        [("get_weather".to_owned(), r#"{"city":"Lima"}"#.to_owned())]
+    );
+    // Metadata: counted, never kept.
+    let mut c = Capture::new(Mode::Metadata, 4096).unwrap();
+    c.response_event(&json!({"type":"content_block_start","index":1,"content_block":{"type":"tool_use","name":"f"}}));
+    let p = c.finish();
+    assert_eq!((p.tool_call_count, p.tool_calls.len()), (1, 0));
+}
+
+#[test]
+fn a_stream_keeps_at_most_its_bound_of_tool_calls() {
+    let mut c = Capture::new(Mode::Full, 64).unwrap();
+    for i in 0..(MAX_STREAM_TOOL_CALLS + 5) {
+        c.response_event(&serde_json::json!({"candidates":[{"content":{"parts":[
+            {"functionCall":{"name": format!("f{i}"), "args":{"a":"x".repeat(40)}}}]}}]}));
+    }
+    let p = c.finish();
+    assert_eq!(p.tool_call_count as usize, MAX_STREAM_TOOL_CALLS + 5);
+    assert_eq!(p.tool_calls.len(), MAX_STREAM_TOOL_CALLS);
+    let kept: usize = p.tool_calls.iter().map(|c| c.arguments.len()).sum();
+    // Arguments share a bound of twice the capture's (each cut is marked).
+    assert!(kept < 64 * MAX_STREAM_TOOL_CALLS, "{kept}");
+}

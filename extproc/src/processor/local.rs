@@ -46,6 +46,17 @@ pub(super) fn model_label(config: &Config, model: Option<&str>) -> String {
 impl Processor {
     /// Answers with an error in the client's dialect.
     pub(super) fn reject(&mut self, err: &ApiError, model: Option<&str>) -> ProcessingResponse {
+        let dialect = self.dialect();
+        self.reject_in(err, model, dialect)
+    }
+
+    /// [`Self::reject`] in `dialect` (a passthrough request is refused in its provider's).
+    pub(super) fn reject_in(
+        &mut self,
+        err: &ApiError,
+        model: Option<&str>,
+        dialect: tollgate_core::Dialect,
+    ) -> ProcessingResponse {
         let class = err.class();
         self.rejected = Some(Rejected {
             status: class.status,
@@ -79,7 +90,7 @@ impl Processor {
         extra.extend(self.answer_headers.iter().cloned());
         mutation::immediate_with(
             class.status,
-            err.body(self.dialect()),
+            err.body(dialect),
             "application/json",
             request_id,
             extra,

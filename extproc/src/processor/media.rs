@@ -46,6 +46,11 @@ impl MediaCall {
     pub(super) fn streams(&self) -> bool {
         self.api == MediaApi::Speech
     }
+
+    /// The media API called.
+    pub(super) fn api(&self) -> MediaApi {
+        self.api
+    }
 }
 
 /// The config name of a provider kind, for the client's error.
@@ -73,7 +78,7 @@ impl Processor {
         b: &HttpBody,
     ) -> Result<ProcessingResponse, Refusal> {
         let endpoint = Endpoint::Media(api);
-        let (request, json) = if api.multipart() {
+        let (request, mut json) = if api.multipart() {
             let r = media::read_form(api, &b.body, &self.request_content_type)
                 .map_err(|e| (e, None))?;
             (r, None)
@@ -89,6 +94,11 @@ impl Processor {
         };
         let m = allowed_model(&config, ctx, &model)?;
         let refusal = |e: ApiError| (e, Some(model.clone()));
+        // The prompt or input judged by the key's guardrails; the request captured.
+        let guarded = self
+            .guard_media(api, &model, json.as_mut(), &request, &b.body)
+            .await
+            .map_err(refusal)?;
         // No cost-aware strategy: a media request is not priced in tokens.
         let pick = {
             let mut rng = rand::rng();
@@ -118,11 +128,16 @@ impl Processor {
         let upstream_model = target.upstream_model.as_str();
         let body = match (json, &request.model_range) {
             (Some(mut obj), _)
-                if obj.get("model").and_then(|v| v.as_str()) != Some(upstream_model) =>
+                if guarded.json_changed
+                    || obj.get("model").and_then(|v| v.as_str()) != Some(upstream_model) =>
             {
                 obj.insert("model".into(), upstream_model.into());
                 Some(serde_json::to_vec(&obj).map_err(|_| refusal(ApiError::Internal))?)
             }
+            (None, Some(range)) if guarded.form_prompt.is_some() => Some(guarded.rewrite_form(
+                &b.body,
+                (model != upstream_model).then(|| (range.clone(), upstream_model.as_bytes())),
+            )),
             (None, Some(range)) if model != upstream_model => Some(multipart::replace(
                 &b.body,
                 range.clone(),
@@ -272,7 +287,9 @@ impl Processor {
     pub(super) fn media_bill(&self) -> Option<Bill> {
         let call = self.media.as_ref()?;
         let fwd = self.forwarded.as_ref()?;
-        if !fwd.status.is_some_and(|s| (200..300).contains(&s)) {
+        // A success's units are read before anything else decides (a response guardrail that
+        // refuses the transcript still pays for it: the provider billed it).
+        if !fwd.status.is_some_and(|s| (200..300).contains(&s)) && call.units.is_none() {
             return Some(Bill::default());
         }
         // Speech is billed on its input, which the provider charges whether or not the

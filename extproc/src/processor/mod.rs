@@ -17,6 +17,7 @@ mod count;
 mod embeddings;
 mod finish;
 mod gemini_methods;
+mod guard_endpoints;
 mod local;
 mod media;
 mod offload;

@@ -147,9 +147,33 @@ impl Processor {
                 call.model = body_model.map(|m| tollgate_core::bound::echo(&m).into_owned());
             }
         }
-        match self.passthrough_forward(Some(&b.body)).await {
-            Ok((headers, remove)) => {
-                mutation::request_body(mutation::common(headers, remove, None, true))
+        // Guardrails on a JSON body of a recognisable shape (refused in the provider's
+        // dialect, or redacted: the redacted body goes on), and its capture.
+        let (model, family) = match &self.passthrough {
+            Some(c) => {
+                let model = c.model.clone().unwrap_or_default();
+                let family = c.provider.kind.family_of(&model);
+                (model, family)
+            }
+            None => (String::new(), tollgate_core::config::ApiFamily::OpenAi),
+        };
+        let redacted = match self.guard_passthrough(&model, &b.body).await {
+            Ok(r) => r,
+            Err(err) => {
+                let dialect = super::guard_endpoints::passthrough_dialect(family);
+                let model = Some(model.as_str()).filter(|m| !m.is_empty());
+                return self.reject_in(&err, model, dialect);
+            }
+        };
+        let forwarded = self
+            .passthrough_forward(Some(redacted.as_deref().unwrap_or(&b.body)))
+            .await;
+        match forwarded {
+            Ok((mut headers, remove)) => {
+                if let Some(body) = &redacted {
+                    headers.push(set("content-length", body.len().to_string()));
+                }
+                mutation::request_body(mutation::common(headers, remove, redacted, true))
             }
             Err(err) => {
                 let model = self.passthrough.as_ref().and_then(|c| c.model.clone());
@@ -267,6 +291,9 @@ impl Processor {
             fwd.stream = true;
         }
         let family = fwd.pair.upstream;
+        if let Some(c) = &mut self.capture {
+            c.response_headers(&content_type);
+        }
         let mut headers = self.answer_headers.clone();
         headers.push(set(md::PROVIDER_HEADER, fwd.provider.name.as_str()));
         if let Some(call) = &mut self.passthrough {
@@ -300,6 +327,9 @@ impl Processor {
         });
         if let (Some(fwd), Some(u)) = (&mut self.forwarded, usage) {
             fwd.usage = Some(u);
+        }
+        if let Some(c) = &mut self.capture {
+            c.response_chunk(&b.body);
         }
         if b.end_of_stream {
             self.response_done = true;

@@ -46,11 +46,15 @@ impl Processor {
             return Err((ApiError::Internal, None));
         };
         let v1 = strip_query(&ctx.path) == "/v1/rerank";
-        let request = rerank::Request::parse(&b.body, v1).map_err(|e| (e, None))?;
+        let mut request = rerank::Request::parse(&b.body, v1).map_err(|e| (e, None))?;
         let model = request.model.clone();
         let config = Arc::clone(&self.config);
         let m = super::route::allowed_model(&config, ctx, &model)?;
         let refusal = |e: ApiError| (e, Some(model.clone()));
+        // The query and documents judged by the key's guardrails; the request captured.
+        self.guard_rerank(&mut request, &b.body)
+            .await
+            .map_err(refusal)?;
         // `least_cost`: each target's price of this request, by the same estimate the budget
         // reservation makes.
         let bytes = |t: &str| budget::Counter::Bytes.count(t);
@@ -109,15 +113,6 @@ impl Processor {
             headers.push(set(k, v.as_str()));
         }
         let remove = self.version_headers(false, provider, &mut headers);
-        if let (Some(max), Some(ctx)) = (
-            self.config.logging.as_ref().map(|l| l.capture_max_bytes),
-            &self.ctx,
-        ) {
-            self.capture = crate::capture::Capture::new(ctx.capture, max).map(|mut c| {
-                c.request(&self.request_content_type, &b.body);
-                c
-            });
-        }
         // Last: nothing after the reservation can fail.
         self.reservation = self
             .reserve_rerank(&request, provider.kind, &target.upstream_model)

@@ -135,7 +135,7 @@ impl Processor {
             return self.passthrough_response_body(&b);
         }
         if self.media.is_some() {
-            return self.media_response_body(&b);
+            return self.media_response(&b).await;
         }
         let Some(fwd) = &mut self.forwarded else {
             return mutation::response_body(Default::default());
@@ -341,7 +341,7 @@ impl Processor {
     }
 
     /// Replaces a complete response with `err` in the client's dialect.
-    fn refuse_response(
+    pub(super) fn refuse_response(
         &mut self,
         err: ApiError,
         client: ApiFamily,

@@ -190,14 +190,20 @@ fn leaks(engine: &Engine, out: &Output, markers: &[&str]) -> Run {
 /// Every tool call must name a declared tool and carry arguments that are JSON (an object)
 /// matching that tool's parameters schema. Score: the share of valid calls.
 fn tool_calls(e: &LogEvent, out: &Output) -> Run {
-    let Some(body) = &out.body else {
-        return if e.stream {
-            Run::Failed("a streamed response's capture has no tool-call names".into())
-        } else {
-            Run::Failed("the captured response is not JSON (cut at capture_max_bytes?)".into())
-        };
+    let calls = match (&out.body, &out.stream_calls) {
+        (Some(body), _) => text::tool_calls(body),
+        (None, Some(calls)) => calls.clone(),
+        (None, None) if e.stream => {
+            return Run::Failed(
+                "the stream's capture did not keep its tool calls (more than 64, or captured before tool calls were)".into(),
+            )
+        }
+        (None, None) => {
+            return Run::Failed(
+                "the captured response is not JSON (cut at capture_max_bytes?)".into(),
+            )
+        }
     };
-    let calls = text::tool_calls(body);
     if calls.is_empty() {
         return scored(true, "no_tool_calls", "");
     }

@@ -2,7 +2,8 @@
 //! text, the tools the request declared and the tool calls the response made. All of it comes
 //! from the event's captured payload (`capture: full`); an event without one has no output to
 //! judge. Bodies are in the client's dialect (OpenAI chat or Responses, Anthropic Messages,
-//! Gemini); a streamed response's body is the assembled text, which has no tool-call names.
+//! Gemini); a streamed response's body is the assembled text, and its tool calls come from the
+//! capture's assembled calls (`Payload.tool_calls`: name and joined argument deltas per call).
 
 use serde_json::Value;
 use tollgate_proto::logger::v1::LogEvent;
@@ -14,6 +15,9 @@ pub struct Output {
     pub text: String,
     /// The response body as JSON, when it is JSON (a non-streamed response).
     pub body: Option<Value>,
+    /// A stream's tool calls as capture assembled them (`None` for a complete response, whose
+    /// calls are read from `body`).
+    pub stream_calls: Option<Vec<ToolCall>>,
 }
 
 /// A tool the request declared.
@@ -51,20 +55,34 @@ pub fn output(e: &LogEvent) -> Option<Output> {
         return None;
     }
     if e.stream {
+        // Every call the stream started was assembled, unless it had more than capture keeps:
+        // then its calls are not known.
+        let calls: Vec<ToolCall> = p
+            .tool_calls
+            .iter()
+            .map(|c| ToolCall {
+                name: c.name.clone(),
+                arguments: Arguments::Text(c.arguments.clone()),
+            })
+            .collect();
+        let known = calls.len() >= p.tool_call_count as usize;
         return Some(Output {
             text: p.response_body.clone(),
             body: None,
+            stream_calls: known.then_some(calls),
         });
     }
     match serde_json::from_str::<Value>(&p.response_body) {
         Ok(body) => Some(Output {
             text: response_text(&body),
             body: Some(body),
+            stream_calls: None,
         }),
         // A body cut at `capture_max_bytes` is no longer JSON: judge the text as it is.
         Err(_) => Some(Output {
             text: p.response_body.clone(),
             body: None,
+            stream_calls: None,
         }),
     }
 }
@@ -305,6 +323,35 @@ fn str_of(v: &Value, field: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_streams_calls_come_from_its_capture_when_it_kept_them_all() {
+        use tollgate_proto::logger::v1::{CapturedToolCall, Payload};
+        let event = |calls: usize, count: u32| LogEvent {
+            stream: true,
+            http_status: 200,
+            payload: Some(Payload {
+                mode: "full".into(),
+                response_body: "text".into(),
+                tool_call_count: count,
+                tool_calls: (0..calls)
+                    .map(|i| CapturedToolCall {
+                        name: format!("f{i}"),
+                        arguments: "{}".into(),
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let out = output(&event(2, 2)).unwrap();
+        let calls = out.stream_calls.unwrap();
+        assert_eq!(calls[1].name, "f1");
+        assert_eq!(calls[1].arguments, Arguments::Text("{}".into()));
+        // None at all: known (no calls); fewer kept than made: unknown.
+        assert_eq!(output(&event(0, 0)).unwrap().stream_calls, Some(Vec::new()));
+        assert_eq!(output(&event(1, 3)).unwrap().stream_calls, None);
+    }
 
     #[test]
     fn text_and_tool_calls_are_read_in_every_dialect() {
