@@ -99,13 +99,8 @@ impl ResponsesCut {
         }
     }
 
-    fn emit(&mut self, name: &'static str, mut v: Value, out: &mut Vec<Frame<'_>>) {
-        if let Some(o) = v.as_object_mut() {
-            o.insert("type".into(), name.into());
-            o.insert("sequence_number".into(), self.seq.into());
-        }
-        self.seq += 1;
-        out.push(Frame::named(name, v));
+    fn emit(&mut self, name: &'static str, v: Value, out: &mut Vec<Frame<'_>>) {
+        super::response::emit_event(&mut self.seq, name, v, out);
     }
 
     /// The events that end the stream: `prompt_tokens` and `used` are its usage.

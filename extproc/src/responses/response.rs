@@ -272,13 +272,8 @@ impl StreamEncoder {
         }
     }
 
-    fn emit(&mut self, name: &'static str, mut v: Value, out: &mut Vec<Frame<'_>>) {
-        if let Some(o) = v.as_object_mut() {
-            o.insert("type".into(), name.into());
-            o.insert("sequence_number".into(), self.seq.into());
-        }
-        self.seq += 1;
-        out.push(Frame::named(name, v));
+    fn emit(&mut self, name: &'static str, v: Value, out: &mut Vec<Frame<'_>>) {
+        emit_event(&mut self.seq, name, v, out);
     }
 
     fn start(&mut self, out: &mut Vec<Frame<'_>>) {
@@ -512,6 +507,22 @@ impl StreamEncoder {
         self.emit("response.failed", json!({"response": r}), out);
         self.ended = true;
     }
+}
+
+/// One Responses stream event: `v` with its `type` and the next `sequence_number` (`seq`,
+/// then advanced).
+pub(crate) fn emit_event(
+    seq: &mut u64,
+    name: &'static str,
+    mut v: Value,
+    out: &mut Vec<Frame<'_>>,
+) {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("type".into(), name.into());
+        o.insert("sequence_number".into(), (*seq).into());
+    }
+    *seq += 1;
+    out.push(Frame::named(name, v));
 }
 
 #[cfg(test)]

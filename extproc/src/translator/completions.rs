@@ -11,11 +11,11 @@
 //!   `logit_bias`) are dropped, as on the chat path.
 //! - `finish_reason`: `stop` or `length` (`content_filter` for a refusal).
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tollgate_core::Usage;
 
 use super::codec::member;
+use super::codec::openai::{WireStop, WireStreamOptions};
 use super::error::{invalid, TranslateError};
 use super::hub::{ChatRequest, Delta, Message, Part, Role, StopReason, StreamEvent};
 use super::json::RawObject;
@@ -23,19 +23,6 @@ use crate::stream::{self, Frame};
 
 /// The `max_tokens` OpenAI's Completions API applies when a request sets none.
 pub const DEFAULT_MAX_TOKENS: u64 = 16;
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum WireStop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-struct WireStreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
-}
 
 fn unsupported(param: &'static str, message: &str) -> TranslateError {
     TranslateError::Unsupported {

@@ -119,17 +119,19 @@ struct WireNamed {
     name: String,
 }
 
+/// `stop`: one sequence or several (Chat Completions and Completions alike).
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum WireStop {
+pub(crate) enum WireStop {
     One(String),
     Many(Vec<String>),
 }
 
+/// `stream_options` (Chat Completions and Completions alike).
 #[derive(Deserialize)]
-struct WireStreamOptions {
+pub(crate) struct WireStreamOptions {
     #[serde(default)]
-    include_usage: Option<bool>,
+    pub(crate) include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
