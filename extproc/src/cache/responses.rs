@@ -105,6 +105,15 @@ fn decode_value(v: &Value) -> Option<ChatResponse> {
                     .get("encrypted_content")
                     .and_then(Value::as_str)
                     .map(str::to_owned);
+                // A provider's thinking written by Tollgate (`rs_tg_…`) without its signature
+                // (the client did not ask `include: reasoning.encrypted_content`) could not be
+                // carried back to that provider from a hit: such an answer is not cached.
+                let hub_written = item.get("id").and_then(Value::as_str).is_some_and(|id| {
+                    id.starts_with(crate::responses::request::HUB_REASONING_PREFIX)
+                });
+                if hub_written && signature.is_none() {
+                    return None;
+                }
                 content.push(Part::Thinking { text, signature });
             }
             _ => return None,
@@ -239,6 +248,14 @@ mod tests {
         let web =
             json!({"status": "completed", "output": [{"type": "web_search_call", "id": "ws"}]});
         assert!(decode(web.to_string().as_bytes()).is_none());
+        // Tollgate-written thinking without its signature could not go back to its provider:
+        // not cached; with it, cached.
+        let unsigned = json!({"status": "completed", "output": [
+            {"type": "reasoning", "id": "rs_tg_1", "summary": [{"type": "summary_text", "text": "t"}]}]});
+        assert!(decode(unsigned.to_string().as_bytes()).is_none());
+        let signed = json!({"status": "completed", "output": [
+            {"type": "reasoning", "id": "rs_tg_1", "encrypted_content": "sig", "summary": []}]});
+        assert!(decode(signed.to_string().as_bytes()).is_some());
         // An incomplete answer for another reason than the token limit has no normal stop.
         let filtered = json!({"status": "incomplete", "incomplete_details": {"reason": "content_filter"}, "output": []});
         assert_eq!(
