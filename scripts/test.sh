@@ -86,5 +86,7 @@ cargo nextest run --workspace --all-targets --locked --no-fail-fast
 
 # The bootstrap's other shape (`envoy.auth: ext_authz`, as meshes attach Tollgate) passes the
 # same end-to-end suite: the root package's tests again, with an ext_authz filter in front.
+# Selected with a filter over the whole workspace's build, not `-p tollgate`: a narrower package
+# set unifies dependency features differently and would compile everything a second time.
 step "cargo nextest (end-to-end again, keys checked by the ext_authz filter)"
-TOLLGATE_E2E_AUTH=ext_authz cargo nextest run -p tollgate --all-targets --locked --no-fail-fast
+TOLLGATE_E2E_AUTH=ext_authz cargo nextest run --workspace --all-targets --locked --no-fail-fast -E 'package(tollgate)'
