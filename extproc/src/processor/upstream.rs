@@ -437,33 +437,21 @@ impl Processor {
         )
     }
 
-    /// The second attempt of a request whose first attempt left no outcome: no response
-    /// headers came (a refused connection, a reset, the per-try timeout). The first target
-    /// learns the failure; the timeout is told from a reset by the time since the request's
-    /// ext_proc sent it on (an end within the last tenth of the per-try timeout, or later).
-    fn first_attempt_unanswered(&self, a: &Attempt) {
-        let config = Arc::clone(&self.config);
-        let Some(m) = config.models.get(&a.model) else {
-            return;
-        };
-        let Some((index, target)) = m
-            .failover_chain(a.first)
-            .and_then(|c| c.targets.first().copied())
-            .and_then(|i| Some((i, m.targets.get(i)?)))
-        else {
-            return;
-        };
-        let elapsed = a.pending.sent_at.elapsed();
-        let timeout = m
-            .failover
-            .as_ref()
-            .and_then(|f| f.per_try_timeout_ms)
-            .is_some_and(|ms| elapsed.as_millis().saturating_mul(10) >= u128::from(ms) * 9);
-        tracing::debug!(model = %a.model, provider = %target.provider.name, timeout, "A failover request's first attempt ended without an answer");
+    /// Records attempt `number` of `a`, which ended without response headers (the per-try
+    /// `timeout`, or a reset): in the attempt book, and as a failure of its `target`.
+    fn attempt_unanswered(
+        &self,
+        a: &Attempt,
+        number: usize,
+        index: usize,
+        target: &tollgate_core::config::Target,
+        elapsed: std::time::Duration,
+        timeout: bool,
+    ) {
         attempts::book().record(
             &a.request_id,
             Outcome {
-                number: 1,
+                number,
                 target: index,
                 status: 0,
                 ending: if timeout {
@@ -487,6 +475,32 @@ impl Processor {
             None,
             &self.metrics,
         );
+    }
+
+    /// The second attempt of a request whose first attempt left no outcome: no response
+    /// headers came (a refused connection, a reset, the per-try timeout). The first target
+    /// learns the failure; the timeout is told from a reset by the time since the request's
+    /// ext_proc sent it on (an end within the last tenth of the per-try timeout, or later).
+    fn first_attempt_unanswered(&self, a: &Attempt) {
+        let config = Arc::clone(&self.config);
+        let Some(m) = config.models.get(&a.model) else {
+            return;
+        };
+        let Some((index, target)) = m
+            .failover_chain(a.first)
+            .and_then(|c| c.targets.first().copied())
+            .and_then(|i| Some((i, m.targets.get(i)?)))
+        else {
+            return;
+        };
+        let elapsed = a.pending.sent_at.elapsed();
+        let timeout = m
+            .failover
+            .as_ref()
+            .and_then(|f| f.per_try_timeout_ms)
+            .is_some_and(|ms| elapsed.as_millis().saturating_mul(10) >= u128::from(ms) * 9);
+        tracing::debug!(model = %a.model, provider = %target.provider.name, timeout, "A failover request's first attempt ended without an answer");
+        self.attempt_unanswered(a, 1, index, target, elapsed, timeout);
     }
 
     /// A failover request answered by its first attempt (no upstream ext_proc saw that
@@ -624,33 +638,7 @@ impl Processor {
             .and_then(|m| m.failover.as_ref()?.per_try_timeout_ms)
             .is_some_and(|ms| since_headers.saturating_mul(10) >= u128::from(ms) * 9);
         tracing::debug!(model = %a.model, attempt = a.number, provider = %target.provider.name, timeout, "A failover attempt ended without an answer");
-        attempts::book().record(
-            &a.request_id,
-            Outcome {
-                number: a.number,
-                target: chosen.index,
-                status: 0,
-                ending: if timeout {
-                    Ending::Timeout
-                } else {
-                    Ending::Reset
-                },
-                latency_ms: Outcome::millis(elapsed),
-            },
-        );
-        note_response(
-            TargetRef {
-                stats: &target.stats,
-                provider: &target.provider.name,
-                model: &a.model,
-                upstream_model: &target.upstream_model,
-            },
-            0,
-            false,
-            elapsed,
-            None,
-            &self.metrics,
-        );
+        self.attempt_unanswered(a, a.number, chosen.index, target, elapsed, timeout);
     }
 }
 
